@@ -1,0 +1,382 @@
+//! Frames and request headers, read without decoding anything else.
+//!
+//! Two phases, as in mini-redis: [`FrameCodec`] only answers "is a whole,
+//! acceptable frame here?" (checking the length before it allocates), then
+//! [`RequestHead::peek`] reads the few header fields every request needs
+//! (`api_key`, `api_version`, `correlation_id`, `client_id`) straight from the
+//! bytes. The body is never touched here.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::ApiKey;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::error::FrameError;
+
+/// Length-prefixed Kafka frames: `i32` big-endian length, then that many bytes.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    /// The largest body accepted; longer frames end the connection before any
+    /// byte of them is buffered.
+    max_frame_bytes: usize,
+}
+
+impl FrameCodec {
+    pub fn new(max_frame_bytes: usize) -> Self {
+        FrameCodec { max_frame_bytes }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = BytesMut;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+        let Some(head) = src.get(..4) else {
+            return Ok(None);
+        };
+        let raw = i32::from_be_bytes(head.try_into().expect("4 bytes"));
+        let len = usize::try_from(raw).map_err(|_| FrameError::NegativeLength(raw))?;
+        if len > self.max_frame_bytes {
+            return Err(FrameError::TooLarge {
+                len,
+                max: self.max_frame_bytes,
+            }
+            .into());
+        }
+        if src.len() < 4 + len {
+            // Reserve once for the whole frame instead of growing in steps;
+            // safe because len was checked against the limit above.
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        src.advance(4);
+        Ok(Some(src.split_to(len)))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, CodecError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated(src.len()).into()),
+        }
+    }
+}
+
+impl Encoder<Bytes> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, body: Bytes, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let len = i32::try_from(body.len()).map_err(|_| FrameError::TooLarge {
+            len: body.len(),
+            max: i32::MAX as usize,
+        })?;
+        dst.reserve(4 + body.len());
+        dst.put_i32(len);
+        dst.extend_from_slice(&body);
+        Ok(())
+    }
+}
+
+/// A frame error or the i/o error under it.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// The fields of a request header, peeked from the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    pub api_key: ApiKey,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    /// Kept as bytes; turned into a string only for logs and identity.
+    pub client_id: Option<Bytes>,
+    /// Where the request body starts (after the header's tagged fields, if any).
+    pub body_offset: usize,
+}
+
+/// Offset of `correlation_id` in a request frame body (after api_key, api_version).
+pub const REQUEST_CORRELATION_OFFSET: usize = 4;
+
+impl RequestHead {
+    /// Reads the header of a request frame body. Checks that the API key is
+    /// known and that the version is one that exists for it.
+    pub fn peek(frame: &[u8]) -> Result<RequestHead, FrameError> {
+        if frame.len() < 10 {
+            return Err(FrameError::TooShort(frame.len()));
+        }
+        let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+        let api_version = i16::from_be_bytes([frame[2], frame[3]]);
+        let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let api_key = ApiKey::try_from(raw_key).map_err(|_| FrameError::UnknownApiKey(raw_key))?;
+        let known = api_key.valid_versions();
+        // Versions below the crate's minimum are old versions the broker may
+        // still accept (Produce v0-2 per KAFKA-18659): they pass through raw.
+        // Above the maximum, or negative, the proxy cannot read the header.
+        // ApiVersions is the exception: a newer one gets a v0 UNSUPPORTED_VERSION
+        // answer so the client can retry lower (KIP-511).
+        let too_new = api_version > known.max && api_key != ApiKey::ApiVersions;
+        if api_version < 0 || too_new {
+            return Err(FrameError::ImpossibleVersion {
+                api_key: raw_key,
+                name: api_name(api_key),
+                version: api_version,
+            });
+        }
+        // client_id is a classic nullable string in every header version >= 1,
+        // even the flexible v2 one (KIP-482 kept it non-compact).
+        let id_len = i16::from_be_bytes([frame[8], frame[9]]);
+        let mut offset = 10;
+        let client_id = if id_len < 0 {
+            if id_len != -1 {
+                return Err(FrameError::BadHeader("client_id length below -1"));
+            }
+            None
+        } else {
+            let end = offset + id_len as usize;
+            if end > frame.len() {
+                return Err(FrameError::BadHeader("client_id runs past the frame"));
+            }
+            let id = Bytes::copy_from_slice(&frame[offset..end]);
+            offset = end;
+            Some(id)
+        };
+        if api_key.request_header_version(api_version) >= 2 {
+            offset = skip_tagged_fields(frame, offset).ok_or(FrameError::BadHeader(
+                "header tagged fields run past the frame",
+            ))?;
+        }
+        Ok(RequestHead {
+            api_key,
+            api_version,
+            correlation_id,
+            client_id,
+            body_offset: offset,
+        })
+    }
+
+    /// The client id for logs; lossy on invalid UTF-8.
+    pub fn client_id_str(&self) -> String {
+        self.client_id
+            .as_deref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Above every API key Kafka has assigned so far (92 in Kafka 4.1).
+const MAX_API_KEY: i16 = 127;
+
+/// The name Kafka uses for an API (`Produce`, `Metadata`...), for logs and metrics.
+pub fn api_name(key: ApiKey) -> &'static str {
+    // ApiKey's Debug is the variant name, which is Kafka's name; cache it as
+    // &'static str so metrics labels never allocate.
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        (0..=MAX_API_KEY)
+            .map(|k| match ApiKey::try_from(k) {
+                Ok(key) => &*Box::leak(format!("{key:?}").into_boxed_str()),
+                Err(()) => "Unknown",
+            })
+            .collect()
+    });
+    names.get(key as usize).copied().unwrap_or("Unknown")
+}
+
+/// Reads an unsigned varint (protobuf style, as Kafka's compact types use).
+pub fn read_uvarint(buf: &[u8], offset: usize) -> Option<(u32, usize)> {
+    let mut value: u32 = 0;
+    for i in 0..5 {
+        let byte = *buf.get(offset + i)?;
+        value |= u32::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, offset + i + 1));
+        }
+    }
+    None
+}
+
+/// Skips a tagged-field section (count, then tag/size/bytes each).
+pub fn skip_tagged_fields(buf: &[u8], offset: usize) -> Option<usize> {
+    let (count, mut offset) = read_uvarint(buf, offset)?;
+    for _ in 0..count {
+        let (_tag, next) = read_uvarint(buf, offset)?;
+        let (size, next) = read_uvarint(buf, next)?;
+        offset = next.checked_add(size as usize)?;
+        if offset > buf.len() {
+            return None;
+        }
+    }
+    Some(offset)
+}
+
+/// Entry point for the `frame_codec` fuzz target: arbitrary bytes as a client
+/// stream must give frames or a [`FrameError`], never a panic.
+pub fn fuzz_entry(data: &[u8]) {
+    let mut codec = FrameCodec::new(1 << 20);
+    let mut buf = BytesMut::from(data);
+    loop {
+        match codec.decode_eof(&mut buf) {
+            Ok(Some(frame)) => {
+                let _ = RequestHead::peek(&frame);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: i32, body: &[u8]) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.put_i32(len);
+        b.extend_from_slice(body);
+        b
+    }
+
+    #[test]
+    fn length_guard_at_the_edges() {
+        let mut codec = FrameCodec::new(16);
+        // -1: refused before anything is buffered.
+        let err = codec.decode(&mut frame(-1, b"")).unwrap_err();
+        assert!(matches!(
+            err,
+            CodecError::Frame(FrameError::NegativeLength(-1))
+        ));
+        // 0: an empty frame is a frame (its header peek will refuse it).
+        assert_eq!(codec.decode(&mut frame(0, b"")).unwrap().unwrap().len(), 0);
+        // max: accepted.
+        assert_eq!(
+            codec
+                .decode(&mut frame(16, &[7; 16]))
+                .unwrap()
+                .unwrap()
+                .len(),
+            16
+        );
+        // max + 1: refused from the length alone.
+        let err = codec.decode(&mut frame(17, b"")).unwrap_err();
+        assert!(matches!(
+            err,
+            CodecError::Frame(FrameError::TooLarge { len: 17, max: 16 })
+        ));
+    }
+
+    #[test]
+    fn partial_frames_wait_and_truncation_at_eof_is_an_error() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = frame(10, b"abc");
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() >= 14, "reserved the whole frame");
+        let err = codec.decode_eof(&mut buf).unwrap_err();
+        assert!(matches!(err, CodecError::Frame(FrameError::Truncated(7))));
+    }
+
+    #[test]
+    fn two_frames_in_one_read() {
+        let mut codec = FrameCodec::new(1024);
+        let mut buf = frame(2, b"ab");
+        buf.extend_from_slice(&frame(1, b"c"));
+        assert_eq!(&codec.decode(&mut buf).unwrap().unwrap()[..], b"ab");
+        assert_eq!(&codec.decode(&mut buf).unwrap().unwrap()[..], b"c");
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+    }
+
+    fn header(key: i16, version: i16, corr: i32, client_id: Option<&str>) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.put_i16(key);
+        b.put_i16(version);
+        b.put_i32(corr);
+        match client_id {
+            Some(id) => {
+                b.put_i16(id.len() as i16);
+                b.extend_from_slice(id.as_bytes());
+            }
+            None => b.put_i16(-1),
+        }
+        b
+    }
+
+    #[test]
+    fn peek_classic_header() {
+        let mut b = header(3, 1, 42, Some("connector-producer-orders-0"));
+        b.extend_from_slice(b"body");
+        let head = RequestHead::peek(&b).unwrap();
+        assert_eq!(head.api_key, ApiKey::Metadata);
+        assert_eq!(head.api_version, 1);
+        assert_eq!(head.correlation_id, 42);
+        assert_eq!(head.client_id_str(), "connector-producer-orders-0");
+        assert_eq!(&b[head.body_offset..], b"body");
+    }
+
+    #[test]
+    fn peek_flexible_header_skips_tagged_fields() {
+        // Metadata v12 uses header v2: tagged fields after client_id.
+        let mut b = header(3, 12, 7, None);
+        b.extend_from_slice(&[1, 5, 2, 0xaa, 0xbb]); // one tag (5) of 2 bytes
+        b.extend_from_slice(b"body");
+        let head = RequestHead::peek(&b).unwrap();
+        assert_eq!(head.client_id, None);
+        assert_eq!(&b[head.body_offset..], b"body");
+    }
+
+    #[test]
+    fn peek_refuses_unknown_keys_impossible_versions_and_bad_lengths() {
+        assert_eq!(
+            RequestHead::peek(&header(999, 0, 1, None)),
+            Err(FrameError::UnknownApiKey(999))
+        );
+        assert!(matches!(
+            RequestHead::peek(&header(3, 99, 1, None)),
+            Err(FrameError::ImpossibleVersion { version: 99, .. })
+        ));
+        assert!(matches!(
+            RequestHead::peek(&header(3, -1, 1, None)),
+            Err(FrameError::ImpossibleVersion { version: -1, .. })
+        ));
+        let mut b = header(3, 1, 1, None);
+        b[8..10].copy_from_slice(&100i16.to_be_bytes());
+        assert!(matches!(
+            RequestHead::peek(&b),
+            Err(FrameError::BadHeader(_))
+        ));
+        let mut b = header(3, 12, 1, None);
+        b.extend_from_slice(&[1, 5, 9]); // tag claims 9 bytes, none follow
+        assert!(matches!(
+            RequestHead::peek(&b),
+            Err(FrameError::BadHeader(_))
+        ));
+        assert_eq!(RequestHead::peek(b"short"), Err(FrameError::TooShort(5)));
+    }
+
+    #[test]
+    fn newer_api_versions_passes_the_peek() {
+        let mut b = header(18, 9, 1, None);
+        b.push(0); // header v2: no tagged fields
+        assert!(RequestHead::peek(&b).is_ok_and(|h| h.api_version == 9));
+    }
+
+    #[test]
+    fn produce_v0_passes_the_peek() {
+        // Produce below the crate's decode range is still a real version.
+        assert!(RequestHead::peek(&header(0, 2, 1, None)).is_ok());
+    }
+
+    #[test]
+    fn api_names_are_kafkas() {
+        assert_eq!(api_name(ApiKey::Produce), "Produce");
+        assert_eq!(api_name(ApiKey::FindCoordinator), "FindCoordinator");
+    }
+
+    #[test]
+    fn fuzz_entry_survives_garbage() {
+        fuzz_entry(&[0, 0, 0, 3, 1, 2, 3, 0xff, 0xff, 0xff, 0xff]);
+        fuzz_entry(&[0x7f, 0xff, 0xff, 0xff]);
+        fuzz_entry(&[]);
+    }
+}

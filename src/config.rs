@@ -1,0 +1,707 @@
+//! The configuration: TOML in, a validated [`Config`] out.
+//!
+//! The file is walked by hand over a [`toml::Table`] instead of through
+//! `#[serde(deny_unknown_fields)]` structs, because serde stops at the first
+//! problem and an operator fixing a config at 3 a.m. wants all of them at once,
+//! each with its key path (`listen.broker_ports: ...`). Every default lives in
+//! this file, in [`defaults`], and `config/idemgate.toml` shows each of them.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::num::NonZeroUsize;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::{Table, Value};
+
+/// Every default, in one place.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const BOOTSTRAP: &str = "127.0.0.1:19092";
+    pub const ADVERTISED_HOST: &str = "127.0.0.1";
+    pub const BROKER_PORTS: &str = "19093-19199";
+    /// Kafka's own `socket.request.max.bytes` default (100 MiB).
+    pub const MAX_FRAME_BYTES: usize = 104_857_600;
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    /// Kafka clients keep at most 5 requests in flight; 64 leaves room for
+    /// pipelining admin clients without letting one connection hoard memory.
+    pub const MAX_IN_FLIGHT: usize = 64;
+    pub const UPSTREAM_BOOTSTRAP: &str = "127.0.0.1:9092";
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Added to the wait a request asks for itself (Fetch max_wait_ms,
+    /// Produce timeout_ms, JoinGroup rebalance_timeout_ms).
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const METADATA_REFRESH: Duration = Duration::from_secs(30);
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9644";
+    pub const STORE_DIR: &str = "./data";
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const LOG_FORMAT: &str = "text";
+    pub const LOG_LEVEL: &str = "info";
+}
+
+/// The validated configuration. Nothing in here can be wrong any more.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Listen,
+    pub upstream: Upstream,
+    pub admin: Admin,
+    pub store: Store,
+    pub shutdown: Shutdown,
+    pub log: Log,
+    pub diagnostics: Diagnostics,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// What clients put in `bootstrap.servers`.
+    pub bootstrap: SocketAddr,
+    /// The host written into every rewritten broker address.
+    pub advertised_host: String,
+    /// One port per upstream broker, assigned by node id and kept forever.
+    pub broker_ports: RangeInclusive<u16>,
+    /// The largest request frame accepted from a client; larger closes the connection.
+    pub max_frame_bytes: usize,
+    /// Connections accepted at once over all listeners; the next one is closed.
+    pub max_connections: NonZeroUsize,
+    /// Requests a single connection may have in flight before we stop reading from it.
+    pub max_in_flight: NonZeroUsize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Seed brokers, as `host:port` strings (resolved at connect time so DNS changes are seen).
+    pub bootstrap: Vec<String>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// How often the proxy asks upstream for Metadata on its own, to learn new brokers.
+    pub metadata_refresh: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// `None` when `admin.listen = ""`: no admin listener at all.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    /// How long SIGTERM waits for in-flight requests before closing anyway.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub format: LogFormat,
+    /// A `tracing_subscriber::EnvFilter` directive; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Diagnostics {
+    /// Scan every response that leaves the proxy for an upstream broker address
+    /// and count any hit in `idemgate_address_leaks_total`. Costs a scan per
+    /// response; meant for tests and for a first deployment.
+    pub leak_check: bool,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates a file. The error lists every problem found.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![Problem {
+                path: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates TOML text. The error lists every problem found.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let table: Table = text.parse().map_err(|e: toml::de::Error| {
+            let mut message = e.message().to_string();
+            if let Some(span) = e.span() {
+                let line = text[..span.start].lines().count().max(1);
+                message = format!("line {line}: {message}");
+            }
+            ConfigErrors(vec![Problem {
+                path: String::new(),
+                message: format!("not valid TOML: {message}"),
+            }])
+        })?;
+        let mut problems = Vec::new();
+        let config = {
+            let mut root = Section::root(&table, &mut problems);
+            let listen = root.section("listen", listen);
+            let upstream = root.section("upstream", upstream);
+            let admin = root.section("admin", admin);
+            let store = root.section("store", store);
+            let shutdown = root.section("shutdown", shutdown);
+            let log = root.section("log", log);
+            let diagnostics = root.section("diagnostics", diagnostics);
+            root.finish();
+            Config {
+                listen,
+                upstream,
+                admin,
+                store,
+                shutdown,
+                log,
+                diagnostics,
+            }
+        };
+        let ports = &config.listen.broker_ports;
+        let bootstrap_port = config.listen.bootstrap.port();
+        if ports.contains(&bootstrap_port) {
+            problems.push(Problem {
+                path: "listen.broker_ports".into(),
+                message: format!(
+                    "{}-{} includes the bootstrap port {bootstrap_port}",
+                    ports.start(),
+                    ports.end()
+                ),
+            });
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
+}
+
+fn listen(s: &mut Section<'_, '_>) -> Listen {
+    let bootstrap = s.socket_addr("bootstrap", defaults::BOOTSTRAP);
+    let advertised_host = s.string("advertised_host", defaults::ADVERTISED_HOST);
+    if advertised_host.is_empty() {
+        s.problem("advertised_host", "must not be empty".into());
+    }
+    let broker_ports = s.port_range("broker_ports", defaults::BROKER_PORTS);
+    let max_frame_bytes = s.byte_size("max_frame_bytes", defaults::MAX_FRAME_BYTES);
+    if max_frame_bytes < 1024 {
+        s.problem(
+            "max_frame_bytes",
+            format!("{max_frame_bytes} is below the 1 KiB a Kafka client needs"),
+        );
+    }
+    let max_connections = s.non_zero("max_connections", defaults::MAX_CONNECTIONS);
+    let max_in_flight = s.non_zero("max_in_flight", defaults::MAX_IN_FLIGHT);
+    Listen {
+        bootstrap,
+        advertised_host,
+        broker_ports,
+        max_frame_bytes,
+        max_connections,
+        max_in_flight,
+    }
+}
+
+fn upstream(s: &mut Section<'_, '_>) -> Upstream {
+    let bootstrap = s.host_ports("bootstrap", &[defaults::UPSTREAM_BOOTSTRAP]);
+    Upstream {
+        bootstrap,
+        connect_timeout: s.duration("connect_timeout", defaults::CONNECT_TIMEOUT),
+        request_timeout: s.duration("request_timeout", defaults::REQUEST_TIMEOUT),
+        metadata_refresh: s.duration("metadata_refresh", defaults::METADATA_REFRESH),
+    }
+}
+
+fn admin(s: &mut Section<'_, '_>) -> Admin {
+    let text = s.string("listen", defaults::ADMIN_LISTEN);
+    let listen = if text.is_empty() {
+        None
+    } else {
+        match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                s.problem(
+                    "listen",
+                    format!("{text:?} is not an ip:port address (or \"\" for none)"),
+                );
+                None
+            }
+        }
+    };
+    Admin { listen }
+}
+
+fn store(s: &mut Section<'_, '_>) -> Store {
+    let dir = s.string("dir", defaults::STORE_DIR);
+    if dir.is_empty() {
+        s.problem("dir", "must not be empty".into());
+    }
+    Store { dir: dir.into() }
+}
+
+fn shutdown(s: &mut Section<'_, '_>) -> Shutdown {
+    Shutdown {
+        drain_timeout: s.duration("drain_timeout", defaults::DRAIN_TIMEOUT),
+    }
+}
+
+fn log(s: &mut Section<'_, '_>) -> Log {
+    let format = match s.string("format", defaults::LOG_FORMAT).as_str() {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            s.problem(
+                "format",
+                format!("{other:?} is not one of \"text\", \"json\""),
+            );
+            LogFormat::Text
+        }
+    };
+    let level = s.string("level", defaults::LOG_LEVEL);
+    if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        s.problem(
+            "level",
+            format!("{level:?} is not a log filter such as \"info\" or \"idemgate=debug\""),
+        );
+    }
+    Log { format, level }
+}
+
+fn diagnostics(s: &mut Section<'_, '_>) -> Diagnostics {
+    Diagnostics {
+        leak_check: s.bool("leak_check", false),
+    }
+}
+
+/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"2d"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit (ms, s, m, h, d)"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit {unit:?} (ms, s, m, h, d)"
+            ))
+        }
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+// === Problems ===
+
+/// One thing wrong with the config, at a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+/// Every problem found in a config, in file order.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if p.path.is_empty() {
+                write!(f, "{}", p.message)?;
+            } else {
+                write!(f, "{}: {}", p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+// === impl Section ===
+
+/// A table being read: takes keys out one by one, records problems with their
+/// full path, and reports whatever is left as unknown keys.
+struct Section<'a, 'p> {
+    prefix: String,
+    table: Option<&'a Table>,
+    seen: Vec<&'static str>,
+    problems: &'p mut Vec<Problem>,
+}
+
+impl<'a, 'p> Section<'a, 'p> {
+    fn root(table: &'a Table, problems: &'p mut Vec<Problem>) -> Self {
+        Section {
+            prefix: String::new(),
+            table: Some(table),
+            seen: Vec::new(),
+            problems,
+        }
+    }
+
+    fn path(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.prefix)
+        }
+    }
+
+    fn problem(&mut self, key: &str, message: String) {
+        let path = self.path(key);
+        self.problems.push(Problem { path, message });
+    }
+
+    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+        self.seen.push(key);
+        self.table.and_then(|t| t.get(key))
+    }
+
+    /// Reads a sub-table (absent means all defaults) with `read`.
+    fn section<T>(&mut self, key: &'static str, read: impl FnOnce(&mut Section<'a, '_>) -> T) -> T {
+        let path = self.path(key);
+        let table = match self.get(key) {
+            None => None,
+            Some(Value::Table(t)) => Some(t),
+            Some(other) => {
+                self.problems.push(Problem {
+                    path: path.clone(),
+                    message: format!("expected a table, found {}", other.type_str()),
+                });
+                None
+            }
+        };
+        let mut sub = Section {
+            prefix: path,
+            table,
+            seen: Vec::new(),
+            problems: self.problems,
+        };
+        let value = read(&mut sub);
+        sub.finish();
+        value
+    }
+
+    /// Reports every key nobody asked for.
+    fn finish(self) {
+        let Some(table) = self.table else { return };
+        for key in table.keys() {
+            if !self.seen.contains(&key.as_str()) {
+                let path = if self.prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{}.{key}", self.prefix)
+                };
+                let known = if self.seen.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (known keys here: {})", self.seen.join(", "))
+                };
+                self.problems.push(Problem {
+                    path,
+                    message: format!("unknown key{known}"),
+                });
+            }
+        }
+    }
+
+    fn typed<T>(
+        &mut self,
+        key: &'static str,
+        default: T,
+        expected: &str,
+        read: impl FnOnce(&'a Value) -> Option<Result<T, String>>,
+    ) -> T {
+        let Some(value) = self.get(key) else {
+            return default;
+        };
+        match read(value) {
+            Some(Ok(v)) => v,
+            Some(Err(message)) => {
+                self.problem(key, message);
+                default
+            }
+            None => {
+                self.problem(
+                    key,
+                    format!("expected {expected}, found {}", value.type_str()),
+                );
+                default
+            }
+        }
+    }
+
+    fn string(&mut self, key: &'static str, default: &str) -> String {
+        self.typed(key, default.to_string(), "a string", |v| {
+            v.as_str().map(|s| Ok(s.to_string()))
+        })
+    }
+
+    fn bool(&mut self, key: &'static str, default: bool) -> bool {
+        self.typed(key, default, "true or false", |v| v.as_bool().map(Ok))
+    }
+
+    fn duration(&mut self, key: &'static str, default: Duration) -> Duration {
+        self.typed(key, default, "a duration string such as \"30s\"", |v| {
+            v.as_str().map(parse_duration)
+        })
+    }
+
+    fn non_zero(&mut self, key: &'static str, default: usize) -> NonZeroUsize {
+        let fallback = NonZeroUsize::new(default).expect("defaults are non-zero");
+        self.typed(key, fallback, "a positive integer", |v| {
+            v.as_integer().map(|n| {
+                usize::try_from(n)
+                    .ok()
+                    .and_then(NonZeroUsize::new)
+                    .ok_or_else(|| format!("{n} must be a positive integer"))
+            })
+        })
+    }
+
+    /// An integer number of bytes, or a string with a unit: `"100MiB"`, `"64KiB"`.
+    fn byte_size(&mut self, key: &'static str, default: usize) -> usize {
+        self.typed(
+            key,
+            default,
+            "a byte count such as 1048576 or \"1MiB\"",
+            |v| match v {
+                Value::Integer(n) => {
+                    Some(usize::try_from(*n).map_err(|_| format!("{n} must not be negative")))
+                }
+                Value::String(s) => Some(parse_byte_size(s)),
+                _ => None,
+            },
+        )
+    }
+
+    fn socket_addr(&mut self, key: &'static str, default: &str) -> SocketAddr {
+        let fallback = default.parse().expect("default addresses parse");
+        self.typed(key, fallback, "an \"ip:port\" string", |v| {
+            v.as_str().map(|s| {
+                s.parse::<SocketAddr>()
+                    .map_err(|_| format!("{s:?} is not an ip:port address"))
+            })
+        })
+    }
+
+    fn port_range(&mut self, key: &'static str, default: &str) -> RangeInclusive<u16> {
+        let fallback = parse_port_range(default).expect("default range parses");
+        self.typed(
+            key,
+            fallback,
+            "a port range string such as \"19093-19199\"",
+            |v| v.as_str().map(parse_port_range),
+        )
+    }
+
+    /// A list of `host:port` strings; each must resolve now or be a literal.
+    fn host_ports(&mut self, key: &'static str, default: &[&str]) -> Vec<String> {
+        let fallback: Vec<String> = default.iter().map(|s| s.to_string()).collect();
+        let Some(value) = self.get(key) else {
+            return fallback;
+        };
+        let Some(items) = value.as_array() else {
+            self.problem(
+                key,
+                format!(
+                    "expected a list of \"host:port\" strings, found {}",
+                    value.type_str()
+                ),
+            );
+            return fallback;
+        };
+        if items.is_empty() {
+            self.problem(key, "must list at least one broker".into());
+            return fallback;
+        }
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let item_key = format!("{key}[{i}]");
+            match item.as_str() {
+                Some(s) if valid_host_port(s) => out.push(s.to_string()),
+                Some(s) => {
+                    let path = self.path(&item_key);
+                    self.problems.push(Problem {
+                        path,
+                        message: format!("{s:?} is not a host:port address"),
+                    })
+                }
+                None => {
+                    let path = self.path(&item_key);
+                    self.problems.push(Problem {
+                        path,
+                        message: format!(
+                            "expected a \"host:port\" string, found {}",
+                            item.type_str()
+                        ),
+                    })
+                }
+            }
+        }
+        out
+    }
+}
+
+fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    }
+}
+
+/// Resolves `host:port` now; used at connect time, not at load time, so that a
+/// broker whose DNS name changes is followed.
+pub fn resolve(host_port: &str) -> std::io::Result<Vec<SocketAddr>> {
+    Ok(host_port.to_socket_addrs()?.collect())
+}
+
+fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not a range such as \"19093-19199\""))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: {a:?} is not a port"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: {b:?} is not a port"))?;
+    if a == 0 || a > b {
+        return Err(format!(
+            "{s:?} must go from a low port to a higher one, both above 0"
+        ));
+    }
+    Ok(a..=b)
+}
+
+fn parse_byte_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: usize = number
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a whole number"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "{s:?} has an unknown unit {other:?} (B, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.listen.bootstrap, defaults::BOOTSTRAP.parse().unwrap());
+        assert_eq!(c.listen.broker_ports, 19093..=19199);
+        assert_eq!(c.listen.max_frame_bytes, defaults::MAX_FRAME_BYTES);
+        assert_eq!(
+            c.upstream.bootstrap,
+            vec![defaults::UPSTREAM_BOOTSTRAP.to_string()]
+        );
+        assert_eq!(c.upstream.request_timeout, defaults::REQUEST_TIMEOUT);
+        assert_eq!(
+            c.admin.listen,
+            Some(defaults::ADMIN_LISTEN.parse().unwrap())
+        );
+        assert!(!c.diagnostics.leak_check);
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_key_path() {
+        let text = r#"
+            colour = "blue"
+            [listen]
+            bootstrap = "nowhere"
+            broker_ports = "200-100"
+            max_connections = 0
+            bogus = 1
+            [upstream]
+            bootstrap = ["ok:9092", "no-port", 7]
+            request_timeout = "30 parsecs"
+            [log]
+            format = "xml"
+        "#;
+        let err = Config::parse(text).unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        for want in [
+            "colour",
+            "listen.bootstrap",
+            "listen.broker_ports",
+            "listen.max_connections",
+            "listen.bogus",
+            "upstream.bootstrap[1]",
+            "upstream.bootstrap[2]",
+            "upstream.request_timeout",
+            "log.format",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {err}");
+        }
+        assert_eq!(err.0.len(), 9, "{err}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let err = Config::parse("[listen]\nbootstrap = \n").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn bootstrap_port_inside_broker_ports_is_refused() {
+        let err = Config::parse("[listen]\nbootstrap = \"127.0.0.1:19100\"\n").unwrap_err();
+        assert_eq!(err.0[0].path, "listen.broker_ports");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert!(parse_duration("1").is_err());
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_byte_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_byte_size("512").unwrap(), 512);
+        assert!(parse_byte_size("1TB").is_err());
+    }
+
+    #[test]
+    fn admin_can_be_disabled() {
+        let c = Config::parse("[admin]\nlisten = \"\"\n").unwrap();
+        assert!(c.admin.listen.is_none());
+    }
+}

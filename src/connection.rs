@@ -1,0 +1,399 @@
+//! One client connection: frames in → pipeline → upstream → pipeline → out, in order.
+//!
+//! Three loops share the connection, joined so that one failing ends all:
+//!
+//! ```text
+//! client ──frames──▶ read_requests ──(write)──▶ upstream
+//!                        │  slot per request       │
+//!                        │  (in request order)     │ responses, FIFO
+//!                        ▼                         ▼
+//! client ◀──frames── write_responses ◀──oneshot── read_responses
+//! ```
+//!
+//! Kafka brokers answer a connection's requests in the order sent, so the
+//! in-flight queue is a plain FIFO; each entry carries the correlation id the
+//! client used, since upstream sees the proxy's own sequence (which leaves room
+//! for a filter to send requests of its own). Local answers take their slot
+//! like any other, so responses always leave in request order; Produce with
+//! acks=0 takes none. Each request's deadline is its own wait plus
+//! `upstream.request_timeout`, checked at the head of the queue only.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio_util::codec::FramedRead;
+use tracing::Instrument;
+
+use crate::codec::{CodecError, FrameCodec, RequestHead, REQUEST_CORRELATION_OFFSET};
+use crate::error::{Error, Side};
+use crate::pipeline::{ConnState, RequestAction, ResponsePlan};
+use crate::server::Shared;
+use crate::upstream::{self, MAX_RESPONSE_FRAME};
+
+/// Which listener a client came in on.
+#[derive(Debug, Clone, Copy)]
+pub enum Target {
+    /// The bootstrap listener: any upstream bootstrap broker will do.
+    Bootstrap,
+    /// A broker listener: this node and no other.
+    Node(i32),
+}
+
+/// A response to come, in its place in the order.
+struct Slot {
+    response: oneshot::Receiver<Bytes>,
+    api_key: kafka_protocol::messages::ApiKey,
+    started: Instant,
+}
+
+/// A request sent upstream whose response is awaited.
+struct InFlight {
+    upstream_correlation_id: i32,
+    client_correlation_id: i32,
+    plan: ResponsePlan,
+    sent_at: Instant,
+    reply: oneshot::Sender<Bytes>,
+}
+
+/// Serves one client until it leaves, fails, or the proxy shuts down. Logs
+/// one line on the way out if it ended with an error.
+pub async fn serve(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    peer: SocketAddr,
+    target: Target,
+    _permit: OwnedSemaphorePermit,
+) {
+    let conn_id = shared.next_conn_id();
+    let node_id = match target {
+        Target::Bootstrap => -1,
+        Target::Node(id) => id,
+    };
+    let span = tracing::info_span!("conn", conn_id, client.addr = %peer, client_id = tracing::field::Empty, node_id);
+    let metrics = shared.metrics.clone();
+    metrics.connections_active.fetch_add(1, Relaxed);
+    async {
+        match run(&shared, client, target).await {
+            Ok(()) => tracing::debug!("connection closed"),
+            Err(e) if is_disconnect(&e) => tracing::debug!(error = %e, "client went away"),
+            Err(e) => {
+                metrics.connection_error(e.side());
+                match e.side() {
+                    Side::Client => {
+                        tracing::warn!(side = %e.side(), error = %e, "closing connection")
+                    }
+                    Side::Upstream => {
+                        tracing::warn!(side = %e.side(), error = %e, "closing connection")
+                    }
+                    Side::Internal => {
+                        tracing::error!(side = %e.side(), error = %e, "closing connection")
+                    }
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    metrics.connections_active.fetch_sub(1, Relaxed);
+}
+
+/// A client that hangs up is not an error worth a warning.
+fn is_disconnect(e: &Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e, Error::ClientIo(io) if matches!(io.kind(), ConnectionReset | BrokenPipe | UnexpectedEof))
+}
+
+async fn run(shared: &Arc<Shared>, client: TcpStream, target: Target) -> Result<(), Error> {
+    let config = &shared.config;
+    let addrs = upstream_addresses(shared, target).await?;
+    let (upstream, upstream_addr) =
+        upstream::connect(&addrs, config.upstream.connect_timeout).await?;
+    tracing::debug!(upstream = %upstream_addr, "upstream connected");
+
+    let (client_r, client_w) = client.into_split();
+    let (upstream_r, upstream_w) = upstream.into_split();
+    let in_flight = config.listen.max_in_flight.get();
+    let (slot_tx, slot_rx) = mpsc::channel(in_flight);
+    let (in_flight_tx, in_flight_rx) = mpsc::channel(in_flight);
+
+    let requests = read_requests(shared, client_r, upstream_w, slot_tx, in_flight_tx);
+    let responses = read_responses(shared, upstream_r, upstream_addr, in_flight_rx);
+    let writer = write_responses(shared, client_w, slot_rx);
+    tokio::try_join!(requests, responses, writer)?;
+    Ok(())
+}
+
+async fn upstream_addresses(shared: &Shared, target: Target) -> Result<Vec<String>, Error> {
+    match target {
+        Target::Bootstrap => Ok(shared.config.upstream.bootstrap.clone()),
+        Target::Node(id) => {
+            if let Some(addr) = shared.topology.upstream_of(id) {
+                return Ok(vec![addr]);
+            }
+            // Ports are only handed out for known nodes, so this means the
+            // store forgot; ask upstream once more.
+            upstream::probe(&shared.config.upstream, &shared.topology).await?;
+            shared
+                .topology
+                .upstream_of(id)
+                .map(|a| vec![a])
+                .ok_or_else(|| Error::Upstream {
+                    addr: shared.config.upstream.bootstrap.join(","),
+                    message: format!("no broker with node id {id}"),
+                })
+        }
+    }
+}
+
+/// Reads client frames, runs the request filters, writes upstream. Returns
+/// (keeping the upstream writer open until everything is answered) when the
+/// client closes or the proxy shuts down.
+async fn read_requests(
+    shared: &Shared,
+    client_r: OwnedReadHalf,
+    upstream_w: OwnedWriteHalf,
+    slots: mpsc::Sender<Slot>,
+    in_flight: mpsc::Sender<InFlight>,
+) -> Result<OwnedWriteHalf, Error> {
+    let mut frames = FramedRead::new(
+        client_r,
+        FrameCodec::new(shared.config.listen.max_frame_bytes),
+    );
+    let mut upstream = BufWriter::with_capacity(64 * 1024, upstream_w);
+    let mut shutdown: watch::Receiver<bool> = shared.shutdown.clone();
+    let mut state = ConnState::default();
+    let mut next_correlation_id: i32 = 0;
+    let mut client_id_recorded = false;
+
+    loop {
+        let frame: BytesMut = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            next = frames.next() => match next {
+                None => break,
+                Some(Ok(frame)) => frame,
+                Some(Err(CodecError::Io(e))) => return Err(Error::ClientIo(e)),
+                Some(Err(CodecError::Frame(e))) => return Err(e.into()),
+            },
+        };
+        let started = Instant::now();
+        let head = RequestHead::peek(&frame)?;
+        if !client_id_recorded {
+            tracing::Span::current().record("client_id", head.client_id_str());
+            client_id_recorded = true;
+        }
+        shared.metrics.request(head.api_key, frame.len() + 4);
+        tracing::trace!(api_key = ?head.api_key, version = head.api_version, correlation_id = head.correlation_id, bytes = frame.len(), "request");
+
+        match shared.pipeline.on_request(&mut state, &head, frame).await? {
+            RequestAction::Answer(bytes) => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(bytes);
+                push(
+                    &slots,
+                    Slot {
+                        response: rx,
+                        api_key: head.api_key,
+                        started,
+                    },
+                )
+                .await?;
+            }
+            RequestAction::Forward(mut frame, plan) => {
+                let upstream_id = next_correlation_id;
+                next_correlation_id = next_correlation_id.wrapping_add(1);
+                frame[REQUEST_CORRELATION_OFFSET..REQUEST_CORRELATION_OFFSET + 4]
+                    .copy_from_slice(&upstream_id.to_be_bytes());
+                if let Some(plan) = plan {
+                    let (tx, rx) = oneshot::channel();
+                    push(
+                        &slots,
+                        Slot {
+                            response: rx,
+                            api_key: head.api_key,
+                            started,
+                        },
+                    )
+                    .await?;
+                    let entry = InFlight {
+                        upstream_correlation_id: upstream_id,
+                        client_correlation_id: head.correlation_id,
+                        plan,
+                        sent_at: Instant::now(),
+                        reply: tx,
+                    };
+                    if in_flight.send(entry).await.is_err() {
+                        return Err(Error::Internal("response reader stopped".into()));
+                    }
+                }
+                write_frame(&mut upstream, &frame)
+                    .await
+                    .map_err(|e| upstream_io(shared, e))?;
+                // Pipelined requests already buffered go out in one write.
+                if !whole_frame_buffered(frames.read_buffer()) {
+                    upstream.flush().await.map_err(|e| upstream_io(shared, e))?;
+                }
+            }
+        }
+    }
+    upstream.flush().await.map_err(|e| upstream_io(shared, e))?;
+    Ok(upstream.into_inner())
+}
+
+async fn push(slots: &mpsc::Sender<Slot>, slot: Slot) -> Result<(), Error> {
+    slots
+        .send(slot)
+        .await
+        .map_err(|_| Error::Internal("response writer stopped".into()))
+}
+
+fn upstream_io(shared: &Shared, source: std::io::Error) -> Error {
+    Error::UpstreamIo {
+        addr: shared.config.upstream.bootstrap.join(","),
+        source,
+    }
+}
+
+fn whole_frame_buffered(buf: &BytesMut) -> bool {
+    match buf.get(..4) {
+        Some(head) => {
+            let len = i32::from_be_bytes(head.try_into().expect("4 bytes"));
+            len >= 0 && buf.len() >= 4 + len as usize
+        }
+        None => false,
+    }
+}
+
+/// Reads upstream responses in order, checks each against the request it
+/// answers, runs the response filters, and hands it to its slot.
+async fn read_responses(
+    shared: &Shared,
+    upstream_r: OwnedReadHalf,
+    addr: String,
+    mut in_flight: mpsc::Receiver<InFlight>,
+) -> Result<(), Error> {
+    let mut frames = FramedRead::new(upstream_r, FrameCodec::new(MAX_RESPONSE_FRAME));
+    let fail = |message: String| Error::Upstream {
+        addr: addr.clone(),
+        message,
+    };
+    while let Some(entry) = in_flight.recv().await {
+        let api = entry.plan.api_key;
+        let deadline = tokio::time::Instant::from_std(entry.sent_at + entry.plan.wait);
+        let mut frame = match tokio::time::timeout_at(deadline, frames.next()).await {
+            Err(_) => {
+                return Err(fail(format!(
+                    "no response to {api:?} v{} within {:?}",
+                    entry.plan.api_version, entry.plan.wait
+                )))
+            }
+            Ok(None) => {
+                return Err(fail(format!(
+                    "closed the connection with {api:?} in flight"
+                )))
+            }
+            Ok(Some(Err(e))) => return Err(fail(e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Some(head) = frame.get(..4) else {
+            return Err(fail(format!(
+                "{}-byte response frame has no correlation id",
+                frame.len()
+            )));
+        };
+        let correlation_id = i32::from_be_bytes(head.try_into().expect("4 bytes"));
+        if correlation_id != entry.upstream_correlation_id {
+            return Err(fail(format!(
+                "answered correlation id {correlation_id} when {} was due",
+                entry.upstream_correlation_id
+            )));
+        }
+        frame[..4].copy_from_slice(&entry.client_correlation_id.to_be_bytes());
+        shared
+            .metrics
+            .upstream_latency(api, entry.sent_at.elapsed());
+        let response = shared
+            .pipeline
+            .on_response(&entry.plan, frame.freeze())
+            .await?;
+        // The writer may be gone if the client left; nothing more to do then.
+        let _ = entry.reply.send(response);
+    }
+    Ok(())
+}
+
+/// Writes responses to the client in request order, flushing whenever the
+/// next one is not ready yet.
+async fn write_responses(
+    shared: &Shared,
+    client_w: OwnedWriteHalf,
+    mut slots: mpsc::Receiver<Slot>,
+) -> Result<(), Error> {
+    let mut out = BufWriter::with_capacity(64 * 1024, client_w);
+    loop {
+        let slot = match slots.try_recv() {
+            Ok(slot) => slot,
+            Err(_) => {
+                out.flush().await.map_err(Error::ClientIo)?;
+                match slots.recv().await {
+                    Some(slot) => slot,
+                    None => break,
+                }
+            }
+        };
+        let mut response = slot.response;
+        let bytes = match response.try_recv() {
+            Ok(bytes) => bytes,
+            Err(oneshot::error::TryRecvError::Empty) => {
+                out.flush().await.map_err(Error::ClientIo)?;
+                match response.await {
+                    Ok(bytes) => bytes,
+                    // The response reader failed and reports why.
+                    Err(_) => return Ok(()),
+                }
+            }
+            Err(oneshot::error::TryRecvError::Closed) => return Ok(()),
+        };
+        write_frame(&mut out, &bytes)
+            .await
+            .map_err(Error::ClientIo)?;
+        shared
+            .metrics
+            .response(slot.api_key, bytes.len() + 4, slot.started.elapsed());
+    }
+    out.flush().await.map_err(Error::ClientIo)?;
+    Ok(())
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
+    let len = i32::try_from(body.len()).map_err(|_| std::io::Error::other("frame over 2 GiB"))?;
+    w.write_all(&len.to_be_bytes()).await?;
+    w.write_all(body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_frame_detection() {
+        assert!(!whole_frame_buffered(&BytesMut::from(&[0u8, 0, 0][..])));
+        assert!(!whole_frame_buffered(&BytesMut::from(
+            &[0u8, 0, 0, 2, 1][..]
+        )));
+        assert!(whole_frame_buffered(&BytesMut::from(
+            &[0u8, 0, 0, 2, 1, 2][..]
+        )));
+        assert!(!whole_frame_buffered(&BytesMut::from(
+            &[0xffu8, 0xff, 0xff, 0xff][..]
+        )));
+    }
+}

@@ -1,0 +1,101 @@
+//! Errors that say whose fault they are.
+//!
+//! Every error that ends a connection is logged once with its [`Side`], so an
+//! operator can tell a misbehaving client from a sick broker from our own bug.
+
+use std::fmt;
+
+/// Whose fault an error is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something we must refuse (bad frame, unknown API...).
+    Client,
+    /// The broker failed us (unreachable, closed, answered out of order, too slow).
+    Upstream,
+    /// Our own failure (store, a bug).
+    Internal,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+            Side::Internal => "internal",
+        })
+    }
+}
+
+/// Why a frame from a client was refused. Each ends only that connection.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("frame length {0} is negative")]
+    NegativeLength(i32),
+    #[error("frame length {len} is over the limit of {max} bytes (listen.max_frame_bytes)")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame of {0} bytes is too short for a request header")]
+    TooShort(usize),
+    #[error("connection closed in the middle of a frame ({0} bytes buffered)")]
+    Truncated(usize),
+    #[error("unknown api_key {0}")]
+    UnknownApiKey(i16),
+    #[error("api_key {api_key} ({name}) has no version {version}")]
+    ImpossibleVersion {
+        api_key: i16,
+        name: &'static str,
+        version: i16,
+    },
+    #[error("malformed request header: {0}")]
+    BadHeader(&'static str),
+}
+
+/// The error type of the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("client i/o: {0}")]
+    ClientIo(#[source] std::io::Error),
+    #[error("upstream {addr}: {source}")]
+    UpstreamIo {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("upstream {addr}: {message}")]
+    Upstream { addr: String, message: String },
+    #[error("{api} v{version}: {source}")]
+    Codec {
+        api: &'static str,
+        version: i16,
+        #[source]
+        source: anyhow::Error,
+    },
+    #[error("store: {0}")]
+    Store(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Whose fault this is.
+    pub fn side(&self) -> Side {
+        match self {
+            Error::Frame(_) | Error::ClientIo(_) => Side::Client,
+            Error::UpstreamIo { .. } | Error::Upstream { .. } => Side::Upstream,
+            // A message we could not decode came from upstream (responses) or a
+            // client (requests); callers that know which say so in the log.
+            Error::Codec { .. } | Error::Store(_) | Error::Internal(_) => Side::Internal,
+        }
+    }
+
+    /// Whether trying again (a new connection) may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::UpstreamIo { .. } | Error::Upstream { .. } | Error::ClientIo(_)
+        )
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,97 @@
+//! ApiVersions: advertise only what both the broker and the proxy can handle.
+//!
+//! For every API key the proxy knows, the advertised range is the broker's
+//! range cut to the versions the kafka-protocol crate knows: a client must
+//! never pick a version whose header the proxy cannot read, nor one a decoding
+//! filter cannot decode. Keys the proxy does not know are removed (a request
+//! with one would be refused). Produce keeps the broker's minimum (KAFKA-18659:
+//! clients read Produce min 0 as "this broker still speaks v0-2"; such requests
+//! pass through raw). Features and their epoch pass through unchanged.
+
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+
+/// ApiVersions versions the proxy can answer; above this, clients get the v0
+/// UNSUPPORTED_VERSION answer and retry lower (KIP-511).
+pub const MAX_VERSION: i16 = 4;
+
+/// Kafka's UNSUPPORTED_VERSION error code.
+pub const UNSUPPORTED_VERSION: i16 = 35;
+
+/// Cuts a broker's ranges to what the proxy handles.
+pub fn intersect(resp: &mut ApiVersionsResponse) {
+    resp.api_keys.retain_mut(|v| {
+        let Ok(key) = ApiKey::try_from(v.api_key) else {
+            return false;
+        };
+        let proxy = key.valid_versions();
+        if key != ApiKey::Produce {
+            v.min_version = v.min_version.max(proxy.min);
+        }
+        v.max_version = v.max_version.min(proxy.max);
+        v.min_version <= v.max_version
+    });
+}
+
+/// The ranges the proxy itself knows, for a local answer before any broker
+/// answer is cached.
+pub fn proxy_ranges() -> Vec<ApiVersion> {
+    ApiKey::iter()
+        .map(|key| {
+            let r = key.valid_versions();
+            ApiVersion::default()
+                .with_api_key(key as i16)
+                .with_min_version(r.min)
+                .with_max_version(r.max)
+        })
+        .collect()
+}
+
+/// The v0 answer to an ApiVersions request newer than the proxy knows, the
+/// way brokers answer it: UNSUPPORTED_VERSION plus the ranges, so the client
+/// retries with the highest version both sides speak.
+pub fn unsupported_version_answer(ranges: Vec<ApiVersion>) -> ApiVersionsResponse {
+    ApiVersionsResponse::default()
+        .with_error_code(UNSUPPORTED_VERSION)
+        .with_api_keys(ranges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(key: i16, min: i16, max: i16) -> ApiVersion {
+        ApiVersion::default()
+            .with_api_key(key)
+            .with_min_version(min)
+            .with_max_version(max)
+    }
+
+    #[test]
+    fn intersects_with_the_crate_ranges() {
+        let mut resp = ApiVersionsResponse::default().with_api_keys(vec![
+            v(0, 0, 99),   // Produce: broker min kept, max cut
+            v(1, 0, 17),   // Fetch: min raised to what the crate decodes
+            v(3, 0, 12),   // Metadata: broker's max is lower: kept
+            v(18, 0, 4),   // ApiVersions
+            v(1000, 0, 1), // unknown key: removed
+            v(2, 20, 30),  // ListOffsets: no overlap with 1-10: removed
+        ]);
+        intersect(&mut resp);
+        let got: Vec<(i16, i16, i16)> = resp
+            .api_keys
+            .iter()
+            .map(|a| (a.api_key, a.min_version, a.max_version))
+            .collect();
+        assert_eq!(got, vec![(0, 0, 13), (1, 4, 17), (3, 0, 12), (18, 0, 4)]);
+    }
+
+    #[test]
+    fn proxy_ranges_cover_every_key() {
+        let ranges = proxy_ranges();
+        assert!(ranges
+            .iter()
+            .any(|a| a.api_key == 18 && a.max_version == MAX_VERSION));
+        assert_eq!(ranges.len(), ApiKey::iter().count());
+    }
+}

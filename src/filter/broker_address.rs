@@ -1,0 +1,260 @@
+//! Clients only ever see the proxy: every broker address a response carries is
+//! replaced by the proxy's address for that node.
+//!
+//! Address-bearing responses (apache/kafka, as Kroxylicious' BrokerAddressFilter
+//! lists them): Metadata `brokers`, FindCoordinator (the v0-3 single node and the
+//! v4+ `coordinators` list), DescribeCluster `brokers`, and the KIP-951
+//! `node_endpoints` of Produce v10+ and Fetch v16+. Node ids and racks stay.
+
+use bytes::Bytes;
+use kafka_protocol::messages::{
+    ApiKey, DescribeClusterResponse, FetchResponse, FindCoordinatorResponse, MetadataResponse,
+    ProduceResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::error::Error;
+use crate::message::{decode_response, encode_response};
+use crate::topology::Topology;
+
+/// What a rewrite needs: where brokers are really, and what clients must see.
+pub struct Rewriter<'a> {
+    pub topology: &'a Topology,
+    pub advertised_host: &'a StrBytes,
+}
+
+impl Rewriter<'_> {
+    /// The proxy's (host, port) for an upstream broker; learns it if new.
+    fn map(&self, node_id: i32, host: &mut StrBytes, port: &mut i32) -> Result<(), Error> {
+        let proxy_port = self.topology.learn(node_id, host.as_str(), *port)?;
+        *host = self.advertised_host.clone();
+        *port = i32::from(proxy_port);
+        Ok(())
+    }
+
+    /// Whether this response type can carry a broker address.
+    pub fn applies(api: ApiKey, version: i16) -> bool {
+        match api {
+            ApiKey::Metadata | ApiKey::FindCoordinator | ApiKey::DescribeCluster => true,
+            ApiKey::Produce => version >= 10,
+            ApiKey::Fetch => version >= 16,
+            _ => false,
+        }
+    }
+
+    /// Rewrites a response frame body. `None`: nothing to change, forward
+    /// the original bytes.
+    pub fn rewrite(
+        &self,
+        api: ApiKey,
+        version: i16,
+        frame: &Bytes,
+    ) -> Result<Option<Bytes>, Error> {
+        match api {
+            ApiKey::Metadata => {
+                let mut resp: MetadataResponse = decode_response(api, version, frame)?;
+                for b in &mut resp.brokers {
+                    self.map(b.node_id.0, &mut b.host, &mut b.port)?;
+                }
+                encode_response(api, version, frame, &resp).map(Some)
+            }
+            ApiKey::FindCoordinator => {
+                let mut resp: FindCoordinatorResponse = decode_response(api, version, frame)?;
+                let mut changed = false;
+                // v0-3: one coordinator; on error node_id is -1 and host empty.
+                if version < 4 && resp.node_id.0 >= 0 {
+                    self.map(resp.node_id.0, &mut resp.host, &mut resp.port)?;
+                    changed = true;
+                }
+                for c in &mut resp.coordinators {
+                    if c.node_id.0 >= 0 {
+                        self.map(c.node_id.0, &mut c.host, &mut c.port)?;
+                        changed = true;
+                    }
+                }
+                if changed {
+                    encode_response(api, version, frame, &resp).map(Some)
+                } else {
+                    Ok(None)
+                }
+            }
+            ApiKey::DescribeCluster => {
+                let mut resp: DescribeClusterResponse = decode_response(api, version, frame)?;
+                for b in &mut resp.brokers {
+                    self.map(b.broker_id.0, &mut b.host, &mut b.port)?;
+                }
+                encode_response(api, version, frame, &resp).map(Some)
+            }
+            // KIP-951: endpoints only come with NOT_LEADER_OR_FOLLOWER and
+            // friends, so most Produce/Fetch responses decode, find none, and
+            // leave as the bytes they came in.
+            ApiKey::Produce if version >= 10 => {
+                let mut resp: ProduceResponse = decode_response(api, version, frame)?;
+                if resp.node_endpoints.is_empty() {
+                    return Ok(None);
+                }
+                for e in &mut resp.node_endpoints {
+                    self.map(e.node_id.0, &mut e.host, &mut e.port)?;
+                }
+                encode_response(api, version, frame, &resp).map(Some)
+            }
+            ApiKey::Fetch if version >= 16 => {
+                let mut resp: FetchResponse = decode_response(api, version, frame)?;
+                if resp.node_endpoints.is_empty() {
+                    return Ok(None);
+                }
+                for e in &mut resp.node_endpoints {
+                    self.map(e.node_id.0, &mut e.host, &mut e.port)?;
+                }
+                encode_response(api, version, frame, &resp).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+/// The leak check: does this response still carry an upstream address? Looks
+/// for the broker's host bytes followed by its port as a big-endian int32,
+/// which is how every address-bearing response encodes a (host, port) pair,
+/// classic or compact. A byte scan, so it catches APIs nobody thought of.
+pub fn carries_upstream_address(frame: &[u8], upstream: &[(String, i32)]) -> bool {
+    upstream.iter().any(|(host, port)| {
+        let mut needle = Vec::with_capacity(host.len() + 4);
+        needle.extend_from_slice(host.as_bytes());
+        needle.extend_from_slice(&port.to_be_bytes());
+        frame.windows(needle.len()).any(|w| w == needle.as_slice())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::encode_local_response;
+    use crate::store::Store;
+    use kafka_protocol::messages::find_coordinator_response::Coordinator;
+    use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
+    use kafka_protocol::messages::BrokerId;
+    use std::sync::Arc;
+
+    fn topology() -> (tempfile::TempDir, Topology) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        (dir, Topology::load(19093..=19199, store).unwrap())
+    }
+
+    fn upstream() -> Vec<(String, i32)> {
+        vec![("10.1.2.3".to_string(), 9092)]
+    }
+
+    #[test]
+    fn metadata_every_version() {
+        let (_d, t) = topology();
+        let host = StrBytes::from_static_str("proxy.local");
+        let r = Rewriter {
+            topology: &t,
+            advertised_host: &host,
+        };
+        for version in 0..=13 {
+            let resp =
+                MetadataResponse::default().with_brokers(vec![MetadataResponseBroker::default()
+                    .with_node_id(BrokerId(111))
+                    .with_host(StrBytes::from_static_str("10.1.2.3"))
+                    .with_port(9092)]);
+            let hv = ApiKey::Metadata.response_header_version(version);
+            let frame = encode_local_response(ApiKey::Metadata, version, hv, 9, &resp).unwrap();
+            assert!(carries_upstream_address(&frame, &upstream()));
+            let out = r
+                .rewrite(ApiKey::Metadata, version, &frame)
+                .unwrap()
+                .unwrap();
+            assert!(!carries_upstream_address(&out, &upstream()), "v{version}");
+            assert_eq!(&out[..4], &9i32.to_be_bytes(), "correlation id kept");
+            let back: MetadataResponse = decode_response(ApiKey::Metadata, version, &out).unwrap();
+            assert_eq!(back.brokers[0].host.as_str(), "proxy.local");
+            assert_eq!(back.brokers[0].port, 19093);
+            assert_eq!(back.brokers[0].node_id.0, 111);
+        }
+    }
+
+    #[test]
+    fn find_coordinator_both_shapes_and_errors() {
+        let (_d, t) = topology();
+        let host = StrBytes::from_static_str("127.0.0.1");
+        let r = Rewriter {
+            topology: &t,
+            advertised_host: &host,
+        };
+        for version in 0..=6 {
+            let resp = if version < 4 {
+                FindCoordinatorResponse::default()
+                    .with_node_id(BrokerId(5))
+                    .with_host(StrBytes::from_static_str("10.1.2.3"))
+                    .with_port(9092)
+            } else {
+                FindCoordinatorResponse::default().with_coordinators(vec![
+                    Coordinator::default()
+                        .with_key(StrBytes::from_static_str("connect-pg-sink"))
+                        .with_node_id(BrokerId(5))
+                        .with_host(StrBytes::from_static_str("10.1.2.3"))
+                        .with_port(9092),
+                    Coordinator::default()
+                        .with_key(StrBytes::from_static_str("missing"))
+                        .with_node_id(BrokerId(-1))
+                        .with_error_code(15),
+                ])
+            };
+            let hv = ApiKey::FindCoordinator.response_header_version(version);
+            let frame =
+                encode_local_response(ApiKey::FindCoordinator, version, hv, 1, &resp).unwrap();
+            let out = r
+                .rewrite(ApiKey::FindCoordinator, version, &frame)
+                .unwrap()
+                .unwrap();
+            assert!(!carries_upstream_address(&out, &upstream()), "v{version}");
+            let back: FindCoordinatorResponse =
+                decode_response(ApiKey::FindCoordinator, version, &out).unwrap();
+            if version < 4 {
+                assert_eq!(back.port, 19093);
+            } else {
+                assert_eq!(back.coordinators[0].port, 19093);
+                assert_eq!(
+                    back.coordinators[1].node_id.0, -1,
+                    "error entries untouched"
+                );
+                assert_eq!(back.coordinators[1].port, 0);
+            }
+        }
+        // A v0-3 error answer has nothing to rewrite: the original bytes go.
+        let resp = FindCoordinatorResponse::default()
+            .with_error_code(15)
+            .with_node_id(BrokerId(-1));
+        let frame = encode_local_response(ApiKey::FindCoordinator, 3, 1, 1, &resp).unwrap();
+        assert!(r
+            .rewrite(ApiKey::FindCoordinator, 3, &frame)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn produce_and_fetch_endpoints_only_when_present() {
+        use kafka_protocol::messages::produce_response::NodeEndpoint;
+        let (_d, t) = topology();
+        let host = StrBytes::from_static_str("127.0.0.1");
+        let r = Rewriter {
+            topology: &t,
+            advertised_host: &host,
+        };
+        let empty = ProduceResponse::default();
+        let frame = encode_local_response(ApiKey::Produce, 10, 1, 1, &empty).unwrap();
+        assert!(r.rewrite(ApiKey::Produce, 10, &frame).unwrap().is_none());
+        let with = ProduceResponse::default().with_node_endpoints(vec![NodeEndpoint::default()
+            .with_node_id(BrokerId(2))
+            .with_host(StrBytes::from_static_str("10.1.2.3"))
+            .with_port(9092)]);
+        let frame = encode_local_response(ApiKey::Produce, 11, 1, 1, &with).unwrap();
+        let out = r.rewrite(ApiKey::Produce, 11, &frame).unwrap().unwrap();
+        assert!(!carries_upstream_address(&out, &upstream()));
+        assert!(!Rewriter::applies(ApiKey::Produce, 9));
+        assert!(Rewriter::applies(ApiKey::Fetch, 16));
+    }
+}

@@ -1,0 +1,5 @@
+//! One file per concern. Each filter is a set of plain functions over a
+//! decoded message; `pipeline.rs` decides which run, in which order.
+
+pub mod api_versions;
+pub mod broker_address;

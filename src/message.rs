@@ -1,0 +1,262 @@
+//! The one home of the kafka-protocol crate's message types.
+//!
+//! A frame stays raw `Bytes` unless a filter asked for it; these helpers decode
+//! a body when one did, and encode it again only when it was changed. Every
+//! crate error is wrapped once here, with the API name and version.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message};
+
+use crate::codec::{api_name, skip_tagged_fields};
+use crate::error::Error;
+
+/// Where the message starts in a response frame body: after `correlation_id`
+/// and, for flexible versions (response header v1), the header's tagged fields.
+pub fn response_body_offset(api: ApiKey, version: i16, frame: &[u8]) -> Option<usize> {
+    if frame.len() < 4 {
+        return None;
+    }
+    if api.response_header_version(version) >= 1 {
+        skip_tagged_fields(frame, 4)
+    } else {
+        Some(4)
+    }
+}
+
+/// Decodes the message of a response frame body.
+pub fn decode_response<T: Decodable>(api: ApiKey, version: i16, frame: &Bytes) -> Result<T, Error> {
+    let offset = response_body_offset(api, version, frame)
+        .ok_or_else(|| codec_error(api, version, "short response header"))?;
+    let mut body = frame.slice(offset..);
+    let msg = T::decode(&mut body, version).map_err(|source| Error::Codec {
+        api: api_name(api),
+        version,
+        source,
+    })?;
+    if !body.is_empty() {
+        return Err(codec_error(
+            api,
+            version,
+            "trailing bytes after the message",
+        ));
+    }
+    Ok(msg)
+}
+
+/// Encodes a changed response message behind the original response header
+/// (correlation id and any header tagged fields are kept byte for byte).
+pub fn encode_response<T: Encodable>(
+    api: ApiKey,
+    version: i16,
+    frame: &[u8],
+    msg: &T,
+) -> Result<Bytes, Error> {
+    let offset = response_body_offset(api, version, frame)
+        .ok_or_else(|| codec_error(api, version, "short response header"))?;
+    let size = msg.compute_size(version).map_err(|source| Error::Codec {
+        api: api_name(api),
+        version,
+        source,
+    })?;
+    let mut out = BytesMut::with_capacity(offset + size);
+    out.extend_from_slice(&frame[..offset]);
+    msg.encode(&mut out, version)
+        .map_err(|source| Error::Codec {
+            api: api_name(api),
+            version,
+            source,
+        })?;
+    Ok(out.freeze())
+}
+
+/// Encodes a response of our own making (answered locally, never sent upstream).
+pub fn encode_local_response<T: Encodable>(
+    api: ApiKey,
+    version: i16,
+    header_version: i16,
+    correlation_id: i32,
+    msg: &T,
+) -> Result<Bytes, Error> {
+    let mut out = BytesMut::new();
+    out.put_i32(correlation_id);
+    if header_version >= 1 {
+        out.put_u8(0); // no header tagged fields
+    }
+    msg.encode(&mut out, version)
+        .map_err(|source| Error::Codec {
+            api: api_name(api),
+            version,
+            source,
+        })?;
+    Ok(out.freeze())
+}
+
+/// Encodes a request of our own (the proxy's metadata probe) as a frame body.
+pub fn encode_request<T: Encodable + HeaderVersion + Message>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    msg: &T,
+) -> Result<Bytes, Error> {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(kafka_protocol::protocol::StrBytes::from_static_str(
+            "idemgate",
+        )));
+    let mut out = BytesMut::new();
+    let wrap = |source| Error::Codec {
+        api: api_name(api),
+        version,
+        source,
+    };
+    header
+        .encode(&mut out, T::header_version(version))
+        .map_err(wrap)?;
+    msg.encode(&mut out, version).map_err(wrap)?;
+    Ok(out.freeze())
+}
+
+fn codec_error(api: ApiKey, version: i16, what: &'static str) -> Error {
+    Error::Codec {
+        api: api_name(api),
+        version,
+        source: anyhow::anyhow!(what),
+    }
+}
+
+// === Request fields read in place ===
+//
+// A few requests carry a wait of their own, or a flag the proxy must honour
+// (acks=0 has no response). They are read straight from the bytes, so a
+// 1 MiB Produce is never decoded just to learn its acks.
+
+/// Reads a nullable string (classic or compact) and returns the offset after it.
+fn skip_string(buf: &[u8], offset: usize, compact: bool) -> Option<usize> {
+    if compact {
+        let (len_plus_one, next) = crate::codec::read_uvarint(buf, offset)?;
+        let len = (len_plus_one as usize).saturating_sub(1);
+        let end = next.checked_add(len)?;
+        (end <= buf.len()).then_some(end)
+    } else {
+        let raw = i16::from_be_bytes(buf.get(offset..offset + 2)?.try_into().ok()?);
+        let len = usize::try_from(raw.max(0)).ok()?;
+        let end = offset + 2 + len;
+        (end <= buf.len()).then_some(end)
+    }
+}
+
+fn read_i16(buf: &[u8], offset: usize) -> Option<i16> {
+    Some(i16::from_be_bytes(
+        buf.get(offset..offset + 2)?.try_into().ok()?,
+    ))
+}
+
+fn read_i32(buf: &[u8], offset: usize) -> Option<i32> {
+    Some(i32::from_be_bytes(
+        buf.get(offset..offset + 4)?.try_into().ok()?,
+    ))
+}
+
+/// Produce: `(acks, timeout_ms)`. `transactional_id` (v3+) comes first.
+pub fn produce_acks_and_timeout(
+    frame: &[u8],
+    body_offset: usize,
+    version: i16,
+) -> Option<(i16, i32)> {
+    let offset = if version >= 3 {
+        skip_string(frame, body_offset, version >= 9)?
+    } else {
+        body_offset
+    };
+    Some((read_i16(frame, offset)?, read_i32(frame, offset + 2)?))
+}
+
+/// Fetch: `max_wait_ms`. Before v15 a `replica_id` comes first.
+pub fn fetch_max_wait(frame: &[u8], body_offset: usize, version: i16) -> Option<i32> {
+    read_i32(frame, body_offset + if version >= 15 { 0 } else { 4 })
+}
+
+/// JoinGroup: `rebalance_timeout_ms` (v1+), after `group_id` and `session_timeout_ms`.
+pub fn join_group_rebalance_timeout(frame: &[u8], body_offset: usize, version: i16) -> Option<i32> {
+    let offset = skip_string(frame, body_offset, version >= 6)?;
+    if version >= 1 {
+        read_i32(frame, offset + 4)
+    } else {
+        read_i32(frame, offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::{FetchRequest, JoinGroupRequest, ProduceRequest};
+    use kafka_protocol::protocol::StrBytes;
+
+    fn request_bytes<T: Encodable + HeaderVersion + Message>(
+        api: ApiKey,
+        version: i16,
+        msg: &T,
+    ) -> (Bytes, usize) {
+        let frame = encode_request(api, version, 1, msg).unwrap();
+        let head = crate::codec::RequestHead::peek(&frame).unwrap();
+        (frame, head.body_offset)
+    }
+
+    #[test]
+    fn produce_acks_every_version() {
+        for version in 3..=13 {
+            let mut req = ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(1234);
+            req.transactional_id = Some(StrBytes::from_static_str("txn-1").into());
+            let (frame, at) = request_bytes(ApiKey::Produce, version, &req);
+            assert_eq!(
+                produce_acks_and_timeout(&frame, at, version),
+                Some((-1, 1234)),
+                "v{version}"
+            );
+            let req = ProduceRequest::default().with_acks(0).with_timeout_ms(5);
+            let (frame, at) = request_bytes(ApiKey::Produce, version, &req);
+            assert_eq!(
+                produce_acks_and_timeout(&frame, at, version),
+                Some((0, 5)),
+                "v{version}"
+            );
+        }
+    }
+
+    #[test]
+    fn fetch_max_wait_every_version() {
+        for version in 4..=18 {
+            let req = FetchRequest::default().with_max_wait_ms(500);
+            let (frame, at) = request_bytes(ApiKey::Fetch, version, &req);
+            assert_eq!(fetch_max_wait(&frame, at, version), Some(500), "v{version}");
+        }
+    }
+
+    #[test]
+    fn join_group_rebalance_timeout_every_version() {
+        for version in 0..=9 {
+            let req = JoinGroupRequest::default()
+                .with_group_id(StrBytes::from_static_str("connect-pg-sink").into())
+                .with_session_timeout_ms(6000)
+                .with_rebalance_timeout_ms(if version >= 1 { 60000 } else { -1 });
+            let (frame, at) = request_bytes(ApiKey::JoinGroup, version, &req);
+            let want = if version >= 1 { 60000 } else { 6000 };
+            assert_eq!(
+                join_group_rebalance_timeout(&frame, at, version),
+                Some(want),
+                "v{version}"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_requests_give_none() {
+        assert_eq!(produce_acks_and_timeout(&[0, 5], 0, 3), None);
+        assert_eq!(fetch_max_wait(&[0, 0, 0], 0, 15), None);
+    }
+}

@@ -1,0 +1,191 @@
+//! The ordered filter stack, applied to each request and its response.
+//!
+//! ```text
+//! request  → api versions (answer too-new versions locally)
+//!          → produce acks / request waits (how long the broker may take)
+//!          → upstream
+//! response ← api versions (intersect ranges)
+//!          ← broker addresses (Metadata, FindCoordinator, DescribeCluster, KIP-951)
+//!          ← leak check (diagnostics.leak_check)
+//! ```
+//!
+//! A filter either leaves a message alone (its bytes travel untouched), changes
+//! it (decode, edit, encode), or answers it locally. Only the APIs a filter
+//! names are ever decoded.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::codec::RequestHead;
+use crate::config::Config;
+use crate::error::Error;
+use crate::filter::api_versions;
+use crate::filter::broker_address::{carries_upstream_address, Rewriter};
+use crate::message;
+use crate::telemetry::Metrics;
+use crate::topology::Topology;
+
+/// What to do with a request.
+pub enum RequestAction {
+    /// Send it upstream. `None`: no response will come (Produce acks=0).
+    Forward(BytesMut, Option<ResponsePlan>),
+    /// Answer it ourselves, in its place in the response order.
+    Answer(Bytes),
+}
+
+/// What the response of a forwarded request needs.
+#[derive(Debug, Clone)]
+pub struct ResponsePlan {
+    pub api_key: ApiKey,
+    pub api_version: i16,
+    /// How long the broker may legitimately take: the request's own wait
+    /// (Fetch max_wait_ms, Produce timeout_ms, JoinGroup rebalance_timeout_ms)
+    /// plus `upstream.request_timeout`.
+    pub wait: Duration,
+}
+
+/// What a connection remembers between its requests.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// The last JoinGroup's rebalance timeout: a SyncGroup may be held by the
+    /// coordinator that long too.
+    rebalance_timeout: Option<Duration>,
+}
+
+/// The filters and what they share across connections.
+pub struct Pipeline {
+    config: Arc<Config>,
+    topology: Arc<Topology>,
+    metrics: Arc<Metrics>,
+    advertised_host: StrBytes,
+    /// The last ranges advertised to a client, for local UNSUPPORTED_VERSION answers.
+    advertised_versions: RwLock<Option<Vec<ApiVersion>>>,
+}
+
+impl Pipeline {
+    pub fn new(config: Arc<Config>, topology: Arc<Topology>, metrics: Arc<Metrics>) -> Self {
+        let advertised_host = StrBytes::from_string(config.listen.advertised_host.clone());
+        Pipeline {
+            config,
+            topology,
+            metrics,
+            advertised_host,
+            advertised_versions: RwLock::new(None),
+        }
+    }
+
+    pub async fn on_request(
+        &self,
+        conn: &mut ConnState,
+        head: &RequestHead,
+        frame: BytesMut,
+    ) -> Result<RequestAction, Error> {
+        let base = self.config.upstream.request_timeout;
+        let wait_ms = |ms: Option<i32>| Duration::from_millis(ms.unwrap_or(0).max(0) as u64);
+        let wait = match head.api_key {
+            ApiKey::ApiVersions if head.api_version > api_versions::MAX_VERSION => {
+                return self
+                    .answer_unsupported_api_versions(head)
+                    .map(RequestAction::Answer);
+            }
+            ApiKey::Produce => {
+                match message::produce_acks_and_timeout(&frame, head.body_offset, head.api_version)
+                {
+                    Some((0, _)) => return Ok(RequestAction::Forward(frame, None)),
+                    Some((_, timeout)) => wait_ms(Some(timeout)),
+                    None => Duration::ZERO,
+                }
+            }
+            ApiKey::Fetch => wait_ms(message::fetch_max_wait(
+                &frame,
+                head.body_offset,
+                head.api_version,
+            )),
+            ApiKey::JoinGroup => {
+                let t = wait_ms(message::join_group_rebalance_timeout(
+                    &frame,
+                    head.body_offset,
+                    head.api_version,
+                ));
+                conn.rebalance_timeout = Some(t);
+                t
+            }
+            ApiKey::SyncGroup => conn.rebalance_timeout.unwrap_or_default(),
+            _ => Duration::ZERO,
+        };
+        let plan = ResponsePlan {
+            api_key: head.api_key,
+            api_version: head.api_version,
+            wait: base + wait,
+        };
+        Ok(RequestAction::Forward(frame, Some(plan)))
+    }
+
+    /// Filters a response frame body (correlation id already the client's).
+    pub async fn on_response(&self, plan: &ResponsePlan, frame: Bytes) -> Result<Bytes, Error> {
+        let (api, version) = (plan.api_key, plan.api_version);
+        let mut out = frame;
+        if api == ApiKey::ApiVersions {
+            if let Some(changed) = self.filter_api_versions(version, &out)? {
+                out = changed;
+            }
+        } else if Rewriter::applies(api, version) {
+            let rewriter = Rewriter {
+                topology: &self.topology,
+                advertised_host: &self.advertised_host,
+            };
+            if let Some(changed) = rewriter.rewrite(api, version, &out)? {
+                out = changed;
+            }
+        }
+        if self.config.diagnostics.leak_check
+            && carries_upstream_address(&out, &self.topology.upstream_addresses())
+        {
+            self.metrics.address_leaks.fetch_add(1, Relaxed);
+            tracing::error!(api = ?api, version, "response carries an upstream broker address");
+        }
+        Ok(out)
+    }
+
+    fn filter_api_versions(&self, version: i16, frame: &Bytes) -> Result<Option<Bytes>, Error> {
+        let api = ApiKey::ApiVersions;
+        let mut resp: ApiVersionsResponse = match message::decode_response(api, version, frame) {
+            Ok(r) => r,
+            // A broker that does not speak this version answers in v0 with an
+            // error (KIP-511); cut its ranges all the same.
+            Err(_) if version > 0 => {
+                let mut r: ApiVersionsResponse = message::decode_response(api, 0, frame)?;
+                api_versions::intersect(&mut r);
+                return message::encode_response(api, 0, frame, &r).map(Some);
+            }
+            Err(e) => return Err(e),
+        };
+        api_versions::intersect(&mut resp);
+        if resp.error_code == 0 {
+            *self.advertised_versions.write().expect("versions lock") = Some(resp.api_keys.clone());
+        }
+        message::encode_response(api, version, frame, &resp).map(Some)
+    }
+
+    fn answer_unsupported_api_versions(&self, head: &RequestHead) -> Result<Bytes, Error> {
+        let ranges = self
+            .advertised_versions
+            .read()
+            .expect("versions lock")
+            .clone()
+            .unwrap_or_else(api_versions::proxy_ranges);
+        let resp = api_versions::unsupported_version_answer(ranges);
+        tracing::debug!(
+            version = head.api_version,
+            "ApiVersions newer than the proxy knows: answered v0 UNSUPPORTED_VERSION"
+        );
+        // The v0 answer always uses response header v0.
+        message::encode_local_response(ApiKey::ApiVersions, 0, 0, head.correlation_id, &resp)
+    }
+}

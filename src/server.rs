@@ -1,0 +1,272 @@
+//! Listeners, the connection limit, and graceful shutdown.
+//!
+//! The bootstrap listener takes any client; one more listener per upstream
+//! broker is opened as soon as the broker is known (from the start-up probe,
+//! a periodic probe, or any Metadata response passing through), on the port
+//! the topology assigned it for good. SIGTERM/SIGINT: stop accepting, let each
+//! connection finish what is in flight (bounded by `shutdown.drain_timeout`),
+//! flush the store, exit 0.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::connection::{self, Target};
+use crate::error::Error;
+use crate::pipeline::Pipeline;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::topology::Topology;
+use crate::{admin, upstream};
+
+/// What every connection shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    pub topology: Arc<Topology>,
+    pub pipeline: Pipeline,
+    pub store: Arc<Store>,
+    /// Becomes `true` once: stop reading requests, finish what is in flight.
+    pub shutdown: watch::Receiver<bool>,
+    /// Permits for `listen.max_connections`.
+    connections: Arc<Semaphore>,
+    tracker: TaskTracker,
+    next_conn_id: AtomicU64,
+    /// Last time a refused connection was logged (seconds since start), so
+    /// a connection flood gives one line a second, not one per connection.
+    last_refusal_log: AtomicU64,
+    started: std::time::Instant,
+}
+
+impl Shared {
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Relaxed)
+    }
+
+    /// Ready when the store answers and the last upstream probe succeeded.
+    pub fn readiness(&self) -> Result<(), Vec<&'static str>> {
+        let mut not = Vec::new();
+        if !self.store.is_healthy() {
+            not.push("store not readable");
+        }
+        if self.metrics.upstream_up.load(Relaxed) != 1 {
+            not.push("upstream not reachable");
+        }
+        if *self.shutdown.borrow() {
+            not.push("shutting down");
+        }
+        if not.is_empty() {
+            Ok(())
+        } else {
+            Err(not)
+        }
+    }
+}
+
+/// A running proxy: its addresses, and the handle that stops it.
+pub struct Running {
+    pub bootstrap: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, drains, flushes the store.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.done.await;
+    }
+}
+
+/// Binds every listener and starts serving. Returns once listening.
+pub async fn start(config: Config) -> Result<Running, Error> {
+    let config = Arc::new(config);
+    let store = Arc::new(Store::open(&config.store.dir)?);
+    let topology = Arc::new(Topology::load(
+        config.listen.broker_ports.clone(),
+        store.clone(),
+    )?);
+    let metrics = Arc::new(Metrics::new());
+    // Unknown until the first probe, so that its outcome is logged either way.
+    metrics.upstream_up.store(-1, Relaxed);
+    let (stop, shutdown) = watch::channel(false);
+    let pipeline = Pipeline::new(config.clone(), topology.clone(), metrics.clone());
+    let shared = Arc::new(Shared {
+        connections: Arc::new(Semaphore::new(config.listen.max_connections.get())),
+        config: config.clone(),
+        metrics,
+        topology,
+        pipeline,
+        store,
+        shutdown,
+        tracker: TaskTracker::new(),
+        next_conn_id: AtomicU64::new(1),
+        last_refusal_log: AtomicU64::new(u64::MAX),
+        started: std::time::Instant::now(),
+    });
+
+    let bootstrap = bind(config.listen.bootstrap, "listen.bootstrap").await?;
+    let bootstrap_addr = bootstrap
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let admin_listener = match config.admin.listen {
+        Some(addr) => Some(bind(addr, "admin.listen").await?),
+        None => None,
+    };
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(accept_loop(shared.clone(), bootstrap, Target::Bootstrap));
+    if let Some(listener) = admin_listener {
+        tasks.spawn(admin::serve(listener, shared.clone()));
+    }
+    tasks.spawn(broker_listeners(shared.clone()));
+    tasks.spawn(refresh_metadata(shared.clone()));
+    tracing::info!(bootstrap = %bootstrap_addr, admin = ?admin_addr, upstream = ?config.upstream.bootstrap, "idemgate listening");
+
+    let done_shared = shared.clone();
+    let done = tokio::spawn(async move {
+        let mut shutdown = done_shared.shutdown.clone();
+        let _ = shutdown.wait_for(|s| *s).await;
+        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        tasks.abort_all();
+        done_shared.tracker.close();
+        let drain = done_shared.config.shutdown.drain_timeout;
+        if tokio::time::timeout(drain, done_shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = done_shared.tracker.len(),
+                ?drain,
+                "drain timed out; closing the rest"
+            );
+        }
+        match done_shared.store.flush().await {
+            Ok(()) => tracing::info!("store flushed; bye"),
+            Err(e) => tracing::error!(error = %e, "store flush failed on shutdown"),
+        }
+    });
+
+    Ok(Running {
+        bootstrap: bootstrap_addr,
+        admin: admin_addr,
+        shared,
+        stop,
+        done,
+    })
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Internal(format!("{key}: cannot listen on {addr}: {e}")))
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, target: Target) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let permit = match shared.connections.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                shared.metrics.connections_rejected.fetch_add(1, Relaxed);
+                let now = shared.started.elapsed().as_secs();
+                if shared.last_refusal_log.swap(now, Relaxed) != now {
+                    tracing::warn!(client.addr = %peer, limit = shared.config.listen.max_connections.get(), "connection refused: listen.max_connections reached");
+                }
+                drop(stream);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        shared.metrics.connections_total.fetch_add(1, Relaxed);
+        shared.tracker.spawn(connection::serve(
+            shared.clone(),
+            stream,
+            peer,
+            target,
+            permit,
+        ));
+    }
+}
+
+/// Opens a listener for every node the topology knows, as nodes appear.
+async fn broker_listeners(shared: Arc<Shared>) {
+    let mut changed = shared.topology.subscribe();
+    let mut bound: HashSet<i32> = HashSet::new();
+    loop {
+        for node in shared.topology.nodes() {
+            if bound.contains(&node.node_id) {
+                continue;
+            }
+            let addr = SocketAddr::new(shared.config.listen.bootstrap.ip(), node.port);
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    tracing::info!(node_id = node.node_id, %addr, upstream = %node.upstream, "broker listener open");
+                    bound.insert(node.node_id);
+                    shared.metrics.broker_listeners.fetch_add(1, Relaxed);
+                    tokio::spawn(accept_loop(
+                        shared.clone(),
+                        listener,
+                        Target::Node(node.node_id),
+                    ));
+                }
+                // Tried again on the next topology change or probe.
+                Err(e) => {
+                    tracing::error!(node_id = node.node_id, %addr, error = %e, "cannot open broker listener")
+                }
+            }
+        }
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(shared.config.upstream.metadata_refresh) => {}
+        }
+    }
+}
+
+/// Probes upstream Metadata now and every `upstream.metadata_refresh`.
+async fn refresh_metadata(shared: Arc<Shared>) {
+    loop {
+        match upstream::probe(&shared.config.upstream, &shared.topology).await {
+            Ok(brokers) => {
+                if shared.metrics.upstream_up.swap(1, Relaxed) != 1 {
+                    tracing::info!(brokers, "upstream reachable");
+                }
+            }
+            Err(e) => {
+                if shared.metrics.upstream_up.swap(0, Relaxed) != 0 {
+                    tracing::warn!(error = %e, "upstream metadata probe failed");
+                }
+            }
+        }
+        let period = if shared.metrics.upstream_up.load(Relaxed) == 1 {
+            shared.config.upstream.metadata_refresh
+        } else {
+            // Not ready yet: look again soon.
+            Duration::from_millis(500).min(shared.config.upstream.metadata_refresh)
+        };
+        tokio::time::sleep(period).await;
+    }
+}

@@ -1,0 +1,116 @@
+//! The persistent store: the only file that touches sled.
+//!
+//! One sled database under `store.dir`, one tree per concern. Today it holds
+//! the broker topology (node id → proxy port and upstream address), so that a
+//! client that cached a broker address before a proxy restart finds the same
+//! broker behind the same port afterwards. The idempotency window joins it.
+
+use std::path::Path;
+
+use crate::error::Error;
+
+/// What the store remembers about one upstream broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub node_id: i32,
+    /// The proxy port clients use for this broker; never changes once given.
+    pub port: u16,
+    /// The broker's own `host:port`, as its Metadata advertised it.
+    pub upstream: String,
+}
+
+pub struct Store {
+    db: sled::Db,
+    topology: sled::Tree,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, Error> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Store(format!("cannot create {}: {e}", dir.display())))?;
+        let db = sled::Config::new()
+            .path(dir.join("sled"))
+            .open()
+            .map_err(|e| Error::Store(format!("cannot open {}: {e}", dir.display())))?;
+        let topology = db
+            .open_tree("topology")
+            .map_err(|e| Error::Store(format!("cannot open the topology tree: {e}")))?;
+        Ok(Store { db, topology })
+    }
+
+    /// Every broker the proxy has ever given a port, by node id.
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, Error> {
+        let mut out = Vec::new();
+        for item in self.topology.iter() {
+            let (k, v) = item.map_err(|e| Error::Store(e.to_string()))?;
+            let node_id = i32::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::Store("bad topology key".into()))?,
+            );
+            if v.len() < 2 {
+                return Err(Error::Store(format!(
+                    "bad topology value for node {node_id}"
+                )));
+            }
+            let port = u16::from_be_bytes([v[0], v[1]]);
+            let upstream = String::from_utf8_lossy(&v[2..]).into_owned();
+            out.push(NodeRecord {
+                node_id,
+                port,
+                upstream,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records a broker durably: a port handed to a client must survive a crash.
+    pub fn save_node(&self, node: &NodeRecord) -> Result<(), Error> {
+        let mut value = Vec::with_capacity(2 + node.upstream.len());
+        value.extend_from_slice(&node.port.to_be_bytes());
+        value.extend_from_slice(node.upstream.as_bytes());
+        self.topology
+            .insert(node.node_id.to_be_bytes(), value)
+            .map_err(|e| Error::Store(e.to_string()))?;
+        self.topology
+            .flush()
+            .map_err(|e| Error::Store(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Writes everything to disk; called on shutdown.
+    pub async fn flush(&self) -> Result<(), Error> {
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| Error::Store(e.to_string()))?;
+        Ok(())
+    }
+
+    /// For `/readyz`: the database answers a read.
+    pub fn is_healthy(&self) -> bool {
+        self.topology.first().is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeRecord {
+            node_id: 111,
+            port: 19093,
+            upstream: "127.0.0.1:9092".into(),
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.save_node(&node).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.nodes().unwrap(), vec![node]);
+        assert!(store.is_healthy());
+    }
+}

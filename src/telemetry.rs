@@ -1,0 +1,336 @@
+//! Logs and metrics: tracing init, and every metric name in one place.
+//!
+//! Metrics are plain atomics in fixed arrays indexed by API key, so the hot
+//! path never takes a lock or allocates; `/metrics` renders them as Prometheus
+//! text. Latency is measured per hop: `hop="client"` is the whole time a
+//! request spends with us (frame read to response written), `hop="upstream"`
+//! the broker's share of it (request written to response read).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use kafka_protocol::messages::ApiKey;
+
+use crate::codec::api_name;
+use crate::config::{Log, LogFormat};
+use crate::error::Side;
+
+/// Starts the global tracing subscriber. `RUST_LOG` overrides `log.level`.
+pub fn init_tracing(log: &Log) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+    };
+}
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Room for every API key Kafka has assigned (92 in Kafka 4.1).
+const API_SLOTS: usize = 128;
+
+/// A latency histogram with Prometheus' cumulative buckets.
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    const fn new() -> Self {
+        Histogram {
+            buckets: [const { AtomicU64::new(0) }; BUCKETS.len() + 1],
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+/// Per-API counters.
+struct ApiMetrics {
+    requests: AtomicU64,
+    request_bytes: AtomicU64,
+    response_bytes: AtomicU64,
+    client_latency: Histogram,
+    upstream_latency: Histogram,
+}
+
+impl ApiMetrics {
+    const fn new() -> Self {
+        ApiMetrics {
+            requests: AtomicU64::new(0),
+            request_bytes: AtomicU64::new(0),
+            response_bytes: AtomicU64::new(0),
+            client_latency: Histogram::new(),
+            upstream_latency: Histogram::new(),
+        }
+    }
+}
+
+/// Every metric of the process.
+pub struct Metrics {
+    apis: [ApiMetrics; API_SLOTS],
+    pub connections_active: AtomicI64,
+    pub connections_total: AtomicU64,
+    /// Refused at accept because `listen.max_connections` was reached.
+    pub connections_rejected: AtomicU64,
+    /// Connections closed by an error, by whose fault.
+    errors: [AtomicU64; 3],
+    /// Responses that would have shown a client an upstream address.
+    pub address_leaks: AtomicU64,
+    /// 1 while the last Metadata probe of upstream succeeded.
+    pub upstream_up: AtomicI64,
+    pub broker_listeners: AtomicI64,
+}
+
+impl Metrics {
+    pub const fn new() -> Self {
+        Metrics {
+            apis: [const { ApiMetrics::new() }; API_SLOTS],
+            connections_active: AtomicI64::new(0),
+            connections_total: AtomicU64::new(0),
+            connections_rejected: AtomicU64::new(0),
+            errors: [const { AtomicU64::new(0) }; 3],
+            address_leaks: AtomicU64::new(0),
+            upstream_up: AtomicI64::new(0),
+            broker_listeners: AtomicI64::new(0),
+        }
+    }
+
+    fn api(&self, key: ApiKey) -> &ApiMetrics {
+        &self.apis[(key as usize).min(API_SLOTS - 1)]
+    }
+
+    pub fn request(&self, key: ApiKey, bytes: usize) {
+        let m = self.api(key);
+        m.requests.fetch_add(1, Relaxed);
+        m.request_bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub fn response(&self, key: ApiKey, bytes: usize, total: Duration) {
+        let m = self.api(key);
+        m.response_bytes.fetch_add(bytes as u64, Relaxed);
+        m.client_latency.observe(total);
+    }
+
+    pub fn upstream_latency(&self, key: ApiKey, d: Duration) {
+        self.api(key).upstream_latency.observe(d);
+    }
+
+    pub fn connection_error(&self, side: Side) {
+        let i = match side {
+            Side::Client => 0,
+            Side::Upstream => 1,
+            Side::Internal => 2,
+        };
+        self.errors[i].fetch_add(1, Relaxed);
+    }
+
+    pub fn requests_of(&self, key: ApiKey) -> u64 {
+        self.api(key).requests.load(Relaxed)
+    }
+
+    /// Prometheus text exposition format 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let apis: Vec<(ApiKey, &ApiMetrics)> = ApiKey::iter()
+            .map(|k| (k, self.api(k)))
+            .filter(|(_, m)| m.requests.load(Relaxed) > 0)
+            .collect();
+
+        counter_header(
+            &mut out,
+            "idemgate_requests_total",
+            "Requests received from clients, by API.",
+        );
+        for (k, m) in &apis {
+            let _ = writeln!(
+                out,
+                "idemgate_requests_total{{api=\"{}\"}} {}",
+                api_name(*k),
+                m.requests.load(Relaxed)
+            );
+        }
+        counter_header(
+            &mut out,
+            "idemgate_request_bytes_total",
+            "Request bytes received from clients, by API.",
+        );
+        for (k, m) in &apis {
+            let v = m.request_bytes.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "idemgate_request_bytes_total{{api=\"{}\"}} {v}",
+                api_name(*k)
+            );
+        }
+        counter_header(
+            &mut out,
+            "idemgate_response_bytes_total",
+            "Response bytes sent to clients, by API.",
+        );
+        for (k, m) in &apis {
+            let v = m.response_bytes.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "idemgate_response_bytes_total{{api=\"{}\"}} {v}",
+                api_name(*k)
+            );
+        }
+        let name = "idemgate_request_duration_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Request latency per hop: client = whole time in the proxy, upstream = the broker's share.\n# TYPE {name} histogram"
+        );
+        for (k, m) in &apis {
+            if m.client_latency.count() > 0 {
+                m.client_latency.render(
+                    &mut out,
+                    name,
+                    &format!("api=\"{}\",hop=\"client\"", api_name(*k)),
+                );
+            }
+            if m.upstream_latency.count() > 0 {
+                m.upstream_latency.render(
+                    &mut out,
+                    name,
+                    &format!("api=\"{}\",hop=\"upstream\"", api_name(*k)),
+                );
+            }
+        }
+
+        gauge(
+            &mut out,
+            "idemgate_connections_active",
+            "Client connections open now.",
+            self.connections_active.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "idemgate_connections_total",
+            "Client connections accepted.",
+            self.connections_total.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "idemgate_connections_rejected_total",
+            "Client connections refused because listen.max_connections was reached.",
+            self.connections_rejected.load(Relaxed),
+        );
+        counter_header(
+            &mut out,
+            "idemgate_connection_errors_total",
+            "Connections closed by an error, by whose fault it was.",
+        );
+        for (i, side) in ["client", "upstream", "internal"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "idemgate_connection_errors_total{{side=\"{side}\"}} {}",
+                self.errors[i].load(Relaxed)
+            );
+        }
+        counter(
+            &mut out,
+            "idemgate_address_leaks_total",
+            "Responses that carried an upstream broker address (diagnostics.leak_check).",
+            self.address_leaks.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "idemgate_upstream_up",
+            "1 if the last Metadata probe of upstream succeeded.",
+            self.upstream_up.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "idemgate_broker_listeners",
+            "Per-broker listeners open.",
+            self.broker_listeners.load(Relaxed),
+        );
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter_header(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    counter_header(out, name, help);
+    let _ = writeln!(out, "{name} {v}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.request(ApiKey::Produce, 100);
+        m.response(ApiKey::Produce, 40, Duration::from_micros(700));
+        m.upstream_latency(ApiKey::Produce, Duration::from_micros(500));
+        let text = m.render();
+        assert!(
+            text.contains("idemgate_requests_total{api=\"Produce\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("idemgate_request_bytes_total{api=\"Produce\"} 100"));
+        assert!(text.contains("idemgate_request_duration_seconds_bucket{api=\"Produce\",hop=\"client\",le=\"0.001\"} 1"));
+        assert!(text.contains("idemgate_request_duration_seconds_bucket{api=\"Produce\",hop=\"upstream\",le=\"0.0005\"} 1"));
+        assert!(text
+            .contains("idemgate_request_duration_seconds_count{api=\"Produce\",hop=\"client\"} 1"));
+        assert!(
+            !text.contains("api=\"Fetch\""),
+            "APIs never seen are left out"
+        );
+    }
+}

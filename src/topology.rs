@@ -1,0 +1,142 @@
+//! node_id ⇄ proxy port, stable across restarts and metadata changes.
+//!
+//! Clients cache broker addresses, so the port we hand out for a node must
+//! mean that node forever: the first time a node id is seen it gets the lowest
+//! free port of `listen.broker_ports`, the pair is written to the store before
+//! any client sees it, and it is never reassigned. Its upstream address may
+//! change (a broker moved); the port stays.
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::error::Error;
+use crate::store::{NodeRecord, Store};
+
+pub struct Topology {
+    ports: RangeInclusive<u16>,
+    store: Arc<Store>,
+    nodes: Mutex<BTreeMap<i32, NodeRecord>>,
+    /// Bumped whenever a node is added, so the server opens its listener.
+    changed: watch::Sender<u64>,
+}
+
+impl Topology {
+    /// Loads what the store remembers.
+    pub fn load(ports: RangeInclusive<u16>, store: Arc<Store>) -> Result<Topology, Error> {
+        let nodes = store.nodes()?.into_iter().map(|n| (n.node_id, n)).collect();
+        let (changed, _) = watch::channel(0);
+        Ok(Topology {
+            ports,
+            store,
+            nodes: Mutex::new(nodes),
+            changed,
+        })
+    }
+
+    /// Notified when a node gets a port.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Every node with its port, for the listeners.
+    pub fn nodes(&self) -> Vec<NodeRecord> {
+        self.nodes
+            .lock()
+            .expect("topology lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The upstream `host:port` of a node, if known.
+    pub fn upstream_of(&self, node_id: i32) -> Option<String> {
+        self.nodes
+            .lock()
+            .expect("topology lock")
+            .get(&node_id)
+            .map(|n| n.upstream.clone())
+    }
+
+    /// Learns (or confirms) a broker from upstream Metadata and returns the
+    /// proxy port clients must use for it. Persists before returning.
+    pub fn learn(&self, node_id: i32, host: &str, port: i32) -> Result<u16, Error> {
+        let upstream = format!("{host}:{port}");
+        let mut nodes = self.nodes.lock().expect("topology lock");
+        if let Some(n) = nodes.get(&node_id) {
+            if n.upstream == upstream {
+                return Ok(n.port);
+            }
+        }
+        let (port, added) = match nodes.get(&node_id) {
+            Some(n) => (n.port, false),
+            None => {
+                let used: Vec<u16> = nodes.values().map(|n| n.port).collect();
+                let port = self.ports.clone().find(|p| !used.contains(p)).ok_or_else(|| {
+                    Error::Internal(format!(
+                        "listen.broker_ports {}-{} has no free port left for node {node_id}; widen the range",
+                        self.ports.start(),
+                        self.ports.end()
+                    ))
+                })?;
+                (port, true)
+            }
+        };
+        let record = NodeRecord {
+            node_id,
+            port,
+            upstream,
+        };
+        // Sled's flush is a short fsync on a path taken once per new or moved
+        // broker; keeping the lock makes two racing learners agree on the port.
+        self.store.save_node(&record)?;
+        if added {
+            tracing::info!(node_id, port, upstream = %record.upstream, "new broker");
+        } else {
+            tracing::info!(node_id, port, upstream = %record.upstream, "broker moved");
+        }
+        nodes.insert(node_id, record);
+        drop(nodes);
+        self.changed.send_modify(|g| *g += 1);
+        Ok(port)
+    }
+
+    /// Every upstream address as (host bytes, port) pairs, for the leak check.
+    pub fn upstream_addresses(&self) -> Vec<(String, i32)> {
+        self.nodes
+            .lock()
+            .expect("topology lock")
+            .values()
+            .filter_map(|n| {
+                let (h, p) = n.upstream.rsplit_once(':')?;
+                Some((h.to_string(), p.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stable_across_restarts_and_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let t = Topology::load(19093..=19095, store.clone()).unwrap();
+        assert_eq!(t.learn(111, "broker-a", 9092).unwrap(), 19093);
+        assert_eq!(t.learn(7, "broker-b", 9092).unwrap(), 19094);
+        assert_eq!(t.learn(111, "broker-a", 9092).unwrap(), 19093);
+        // A broker that moves keeps its port.
+        assert_eq!(t.learn(7, "broker-b2", 9093).unwrap(), 19094);
+        drop(t);
+        let t = Topology::load(19093..=19095, store).unwrap();
+        assert_eq!(t.upstream_of(7).as_deref(), Some("broker-b2:9093"));
+        assert_eq!(t.learn(111, "broker-a", 9092).unwrap(), 19093);
+        assert_eq!(t.learn(5, "broker-c", 9092).unwrap(), 19095);
+        let err = t.learn(6, "broker-d", 9092).unwrap_err();
+        assert!(err.to_string().contains("no free port"), "{err}");
+    }
+}

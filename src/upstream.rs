@@ -1,0 +1,146 @@
+//! Broker connections, and the proxy's own Metadata probe.
+//!
+//! Each client connection gets its own upstream connection (so per-connection
+//! ordering, SASL state and fetch sessions stay the client's own). The probe
+//! is the only request the proxy makes on its own: it learns the brokers at
+//! start-up and every `upstream.metadata_refresh`, so broker listeners exist
+//! before a client asks for them, and `/readyz` knows whether upstream answers.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+use crate::codec::FrameCodec;
+use crate::config::{resolve, Upstream};
+use crate::error::Error;
+use crate::message::{decode_response, encode_request};
+use crate::topology::Topology;
+
+/// The largest response frame accepted from a broker. Brokers are trusted,
+/// but a corrupt length must not make us allocate gigabytes.
+pub const MAX_RESPONSE_FRAME: usize = 1 << 30;
+
+/// Connects to the first of `addrs` that answers, within `timeout` each.
+pub async fn connect(addrs: &[String], timeout: Duration) -> Result<(TcpStream, String), Error> {
+    let mut last = None;
+    for addr in addrs {
+        let resolved = match resolve(addr) {
+            Ok(r) => r,
+            Err(source) => {
+                last = Some(Error::UpstreamIo {
+                    addr: addr.clone(),
+                    source,
+                });
+                continue;
+            }
+        };
+        for sock in resolved {
+            match tokio::time::timeout(timeout, TcpStream::connect(sock)).await {
+                Ok(Ok(stream)) => {
+                    // Kafka frames are written whole; Nagle would only add latency.
+                    let _ = stream.set_nodelay(true);
+                    return Ok((stream, addr.clone()));
+                }
+                Ok(Err(source)) => {
+                    last = Some(Error::UpstreamIo {
+                        addr: addr.clone(),
+                        source,
+                    })
+                }
+                Err(_) => {
+                    last = Some(Error::Upstream {
+                        addr: addr.clone(),
+                        message: format!("connect timed out after {timeout:?}"),
+                    })
+                }
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Internal("no upstream address to connect to".into())))
+}
+
+/// Asks upstream for its brokers and teaches them to the topology.
+pub async fn probe(upstream: &Upstream, topology: &Topology) -> Result<usize, Error> {
+    let (stream, addr) = connect(&upstream.bootstrap, upstream.connect_timeout).await?;
+    let mut framed = Framed::new(stream, FrameCodec::new(MAX_RESPONSE_FRAME));
+    let deadline = upstream.request_timeout;
+    let result = tokio::time::timeout(deadline, async {
+        // ApiVersions v0 is answered by every broker; it tells which Metadata
+        // versions this one speaks.
+        let versions: ApiVersionsResponse = round_trip(
+            &mut framed,
+            &addr,
+            ApiKey::ApiVersions,
+            0,
+            1,
+            &ApiVersionsRequest::default(),
+        )
+        .await?;
+        let metadata_max = versions
+            .api_keys
+            .iter()
+            .find(|k| k.api_key == ApiKey::Metadata as i16)
+            .map(|k| k.max_version.min(ApiKey::Metadata.valid_versions().max))
+            .ok_or_else(|| Error::Upstream {
+                addr: addr.clone(),
+                message: "broker does not list Metadata in ApiVersions".into(),
+            })?;
+        // An empty topic list (v1+) asks for brokers only.
+        let version = metadata_max.max(1);
+        let request = MetadataRequest::default().with_topics(Some(vec![]));
+        let metadata: MetadataResponse =
+            round_trip(&mut framed, &addr, ApiKey::Metadata, version, 2, &request).await?;
+        for b in &metadata.brokers {
+            topology.learn(b.node_id.0, b.host.as_str(), b.port)?;
+        }
+        Ok::<usize, Error>(metadata.brokers.len())
+    })
+    .await;
+    match result {
+        Ok(r) => r,
+        Err(_) => Err(Error::Upstream {
+            addr,
+            message: format!("metadata probe timed out after {deadline:?}"),
+        }),
+    }
+}
+
+async fn round_trip<Req, Resp>(
+    framed: &mut Framed<TcpStream, FrameCodec>,
+    addr: &str,
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    request: &Req,
+) -> Result<Resp, Error>
+where
+    Req: kafka_protocol::protocol::Encodable
+        + kafka_protocol::protocol::HeaderVersion
+        + kafka_protocol::protocol::Message,
+    Resp: kafka_protocol::protocol::Decodable,
+{
+    let io = |e: crate::codec::CodecError| Error::Upstream {
+        addr: addr.to_string(),
+        message: e.to_string(),
+    };
+    framed
+        .send(encode_request(api, version, correlation_id, request)?)
+        .await
+        .map_err(io)?;
+    let frame = framed
+        .next()
+        .await
+        .ok_or_else(|| Error::Upstream {
+            addr: addr.to_string(),
+            message: "closed the connection".into(),
+        })?
+        .map_err(io)?;
+    let frame: Bytes = frame.freeze();
+    decode_response(api, version, &frame)
+}
