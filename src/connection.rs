@@ -15,9 +15,11 @@
 //! client used, since upstream sees the proxy's own sequence (which leaves room
 //! for a filter to send requests of its own). Local answers take their slot
 //! like any other, so responses always leave in request order; Produce with
-//! acks=0 takes none. Each request's deadline is its own wait plus
+//! acks=0 takes none (and should a broker answer it anyway, as tansu does, that
+//! answer is dropped). Each request's deadline is its own wait plus
 //! `upstream.request_timeout`, checked at the head of the queue only.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -54,14 +56,26 @@ struct Slot {
     started: Instant,
 }
 
-/// A request sent upstream whose response is awaited.
+/// A request sent upstream, in send order.
 struct InFlight {
     upstream_correlation_id: i32,
+    /// `None` for Produce with acks=0: Kafka never answers it (tansu does
+    /// anyway, and that answer is dropped here, never shown to the client).
+    awaited: Option<Awaited>,
+}
+
+/// What is needed to hand a response back to its client.
+struct Awaited {
     client_correlation_id: i32,
     plan: ResponsePlan,
     sent_at: Instant,
     reply: oneshot::Sender<Bytes>,
 }
+
+/// Ids of acks=0 requests a broker might still answer, kept until a later
+/// response proves it will not (answers come in order). Bounded, for brokers
+/// that never answer and clients that only ever send acks=0.
+const MAX_UNANSWERED: usize = 4096;
 
 /// Serves one client until it leaves, fails, or the proxy shuts down. Logs
 /// one line on the way out if it ended with an error.
@@ -212,27 +226,33 @@ async fn read_requests(
                 next_correlation_id = next_correlation_id.wrapping_add(1);
                 frame[REQUEST_CORRELATION_OFFSET..REQUEST_CORRELATION_OFFSET + 4]
                     .copy_from_slice(&upstream_id.to_be_bytes());
-                if let Some(plan) = plan {
-                    let (tx, rx) = oneshot::channel();
-                    push(
-                        &slots,
-                        Slot {
-                            response: rx,
-                            api_key: head.api_key,
-                            started,
-                        },
-                    )
-                    .await?;
-                    let entry = InFlight {
-                        upstream_correlation_id: upstream_id,
-                        client_correlation_id: head.correlation_id,
-                        plan,
-                        sent_at: Instant::now(),
-                        reply: tx,
-                    };
-                    if in_flight.send(entry).await.is_err() {
-                        return Err(Error::Internal("response reader stopped".into()));
+                let awaited = match plan {
+                    Some(plan) => {
+                        let (tx, rx) = oneshot::channel();
+                        push(
+                            &slots,
+                            Slot {
+                                response: rx,
+                                api_key: head.api_key,
+                                started,
+                            },
+                        )
+                        .await?;
+                        Some(Awaited {
+                            client_correlation_id: head.correlation_id,
+                            plan,
+                            sent_at: Instant::now(),
+                            reply: tx,
+                        })
                     }
+                    None => None,
+                };
+                let entry = InFlight {
+                    upstream_correlation_id: upstream_id,
+                    awaited,
+                };
+                if in_flight.send(entry).await.is_err() {
+                    return Err(Error::Internal("response reader stopped".into()));
                 }
                 write_frame(&mut upstream, &frame)
                     .await
@@ -285,49 +305,103 @@ async fn read_responses(
         addr: addr.clone(),
         message,
     };
-    while let Some(entry) = in_flight.recv().await {
-        let api = entry.plan.api_key;
-        let deadline = tokio::time::Instant::from_std(entry.sent_at + entry.plan.wait);
-        let mut frame = match tokio::time::timeout_at(deadline, frames.next()).await {
-            Err(_) => {
-                return Err(fail(format!(
-                    "no response to {api:?} v{} within {:?}",
-                    entry.plan.api_version, entry.plan.wait
-                )))
+    let mut unanswered: VecDeque<i32> = VecDeque::new();
+    loop {
+        // While acks=0 answers may still come, read them even when nothing
+        // else is in flight, so they never pile up in the socket.
+        let entry = if unanswered.is_empty() {
+            in_flight.recv().await
+        } else {
+            tokio::select! {
+                entry = in_flight.recv() => entry,
+                frame = frames.next() => {
+                    let frame = upstream_frame(frame).map_err(&fail)?;
+                    let id = correlation_id_of(&frame).map_err(&fail)?;
+                    if !forget_unanswered(&mut unanswered, id) {
+                        return Err(fail(format!("sent a response (correlation id {id}) nobody asked for")));
+                    }
+                    continue;
+                }
             }
-            Ok(None) => {
-                return Err(fail(format!(
-                    "closed the connection with {api:?} in flight"
-                )))
+        };
+        let Some(entry) = entry else { return Ok(()) };
+        let Some(awaited) = entry.awaited else {
+            if unanswered.len() == MAX_UNANSWERED {
+                unanswered.pop_front();
             }
-            Ok(Some(Err(e))) => return Err(fail(e.to_string())),
-            Ok(Some(Ok(frame))) => frame,
+            unanswered.push_back(entry.upstream_correlation_id);
+            continue;
         };
-        let Some(head) = frame.get(..4) else {
-            return Err(fail(format!(
-                "{}-byte response frame has no correlation id",
-                frame.len()
-            )));
+        let api = awaited.plan.api_key;
+        let deadline = tokio::time::Instant::from_std(awaited.sent_at + awaited.plan.wait);
+        let mut frame = loop {
+            let frame = match tokio::time::timeout_at(deadline, frames.next()).await {
+                Err(_) => {
+                    return Err(fail(format!(
+                        "no response to {api:?} v{} within {:?}",
+                        awaited.plan.api_version, awaited.plan.wait
+                    )))
+                }
+                Ok(next) => upstream_frame(next).map_err(&fail)?,
+            };
+            let id = correlation_id_of(&frame).map_err(&fail)?;
+            if id == entry.upstream_correlation_id {
+                // Answers are in order: earlier acks=0 requests got none.
+                unanswered.clear();
+                break frame;
+            }
+            if !forget_unanswered(&mut unanswered, id) {
+                return Err(fail(format!(
+                    "answered correlation id {id} when {} was due",
+                    entry.upstream_correlation_id
+                )));
+            }
         };
-        let correlation_id = i32::from_be_bytes(head.try_into().expect("4 bytes"));
-        if correlation_id != entry.upstream_correlation_id {
-            return Err(fail(format!(
-                "answered correlation id {correlation_id} when {} was due",
-                entry.upstream_correlation_id
-            )));
-        }
-        frame[..4].copy_from_slice(&entry.client_correlation_id.to_be_bytes());
+        frame[..4].copy_from_slice(&awaited.client_correlation_id.to_be_bytes());
         shared
             .metrics
-            .upstream_latency(api, entry.sent_at.elapsed());
+            .upstream_latency(api, awaited.sent_at.elapsed());
         let response = shared
             .pipeline
-            .on_response(&entry.plan, frame.freeze())
+            .on_response(&awaited.plan, frame.freeze())
             .await?;
         // The writer may be gone if the client left; nothing more to do then.
-        let _ = entry.reply.send(response);
+        let _ = awaited.reply.send(response);
     }
-    Ok(())
+}
+
+fn upstream_frame(next: Option<Result<BytesMut, CodecError>>) -> Result<BytesMut, String> {
+    match next {
+        None => Err("closed the connection with requests in flight".into()),
+        Some(Err(e)) => Err(e.to_string()),
+        Some(Ok(frame)) => Ok(frame),
+    }
+}
+
+fn correlation_id_of(frame: &[u8]) -> Result<i32, String> {
+    match frame.get(..4) {
+        Some(head) => Ok(i32::from_be_bytes(head.try_into().expect("4 bytes"))),
+        None => Err(format!(
+            "{}-byte response frame has no correlation id",
+            frame.len()
+        )),
+    }
+}
+
+/// Drops the answer to an acks=0 request (and every earlier one, which can no
+/// longer come). False if `id` was not one of them.
+fn forget_unanswered(unanswered: &mut VecDeque<i32>, id: i32) -> bool {
+    match unanswered.iter().position(|u| *u == id) {
+        Some(at) => {
+            unanswered.drain(..=at);
+            tracing::trace!(
+                correlation_id = id,
+                "dropped the broker's answer to an acks=0 produce"
+            );
+            true
+        }
+        None => false,
+    }
 }
 
 /// Writes responses to the client in request order, flushing whenever the

@@ -1,0 +1,316 @@
+//! The wire contract, byte by byte, through the proxy to a real tansu:
+//! ordering, acks=0, ApiVersions, request-derived deadlines, and hostile
+//! input that must close only its own connection.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use common::{request_frame, Proxy, RawConn, Tansu};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DescribeClusterRequest, DescribeClusterResponse, FetchRequest, FetchResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest,
+};
+use kafka_protocol::protocol::StrBytes;
+
+/// A working connection: ApiVersions v3 answers with our correlation id.
+async fn assert_alive(conn: &mut RawConn, correlation_id: i32) {
+    let resp: ApiVersionsResponse = conn
+        .call(ApiKey::ApiVersions, 3, correlation_id, &client_software())
+        .await;
+    assert_eq!(resp.error_code, 0);
+}
+
+fn client_software() -> ApiVersionsRequest {
+    ApiVersionsRequest::default()
+        .with_client_software_name(StrBytes::from_static_str("proto-tests"))
+        .with_client_software_version(StrBytes::from_static_str("1"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_versions_advertises_the_intersection() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start(&broker.addr).await;
+    let mut through = RawConn::connect(&proxy.bootstrap).await;
+    let mut direct = RawConn::connect(&broker.addr).await;
+    let ours: ApiVersionsResponse = through
+        .call(ApiKey::ApiVersions, 3, 1, &client_software())
+        .await;
+    let theirs: ApiVersionsResponse = direct
+        .call(ApiKey::ApiVersions, 3, 1, &client_software())
+        .await;
+    assert_eq!(ours.error_code, 0);
+    for v in &ours.api_keys {
+        let key = ApiKey::try_from(v.api_key).expect("only keys the proxy knows");
+        let broker = theirs
+            .api_keys
+            .iter()
+            .find(|b| b.api_key == v.api_key)
+            .expect("only keys the broker has");
+        let known = key.valid_versions();
+        assert!(
+            v.max_version <= known.max && v.max_version <= broker.max_version,
+            "{key:?}"
+        );
+        if key == ApiKey::Produce {
+            assert_eq!(
+                v.min_version, broker.min_version,
+                "Produce keeps the broker's min (KAFKA-18659)"
+            );
+        } else {
+            assert_eq!(v.min_version, broker.min_version.max(known.min), "{key:?}");
+        }
+    }
+    let produce = ours.api_keys.iter().find(|v| v.api_key == 0).unwrap();
+    assert!(produce.max_version >= 9, "Produce still advertised");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_versions_newer_than_known_gets_the_v0_unsupported_answer() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start(&broker.addr).await;
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    // A v9 ApiVersions request: header v2, then whatever v9 would carry.
+    let mut frame = BytesMut::new();
+    frame.put_i16(18);
+    frame.put_i16(9);
+    frame.put_i32(77);
+    frame.put_i16(-1);
+    frame.put_u8(0);
+    frame.extend_from_slice(b"future fields");
+    conn.send_frame(&frame).await;
+    let resp = conn.recv_frame().await.unwrap();
+    // Always response header v0 and message v0 (KIP-511).
+    let resp: ApiVersionsResponse = common::decode_response_frame(ApiKey::ApiVersions, 0, 77, resp);
+    assert_eq!(resp.error_code, 35, "UNSUPPORTED_VERSION");
+    assert!(resp
+        .api_keys
+        .iter()
+        .any(|v| v.api_key == 18 && v.max_version == 4));
+    // The client can retry lower on the same connection.
+    assert_alive(&mut conn, 78).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_answer_in_order_and_acks_0_gets_nothing() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start(&broker.addr).await;
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    let metadata = MetadataRequest::default().with_topics(Some(vec![]));
+    let produce0 = ProduceRequest::default().with_acks(0).with_timeout_ms(1000);
+    // Three requests in one write: Metadata, Produce acks=0, ApiVersions.
+    let frames = [
+        request_frame(ApiKey::Metadata, 9, 10, &metadata),
+        request_frame(ApiKey::Produce, 9, 11, &produce0),
+        request_frame(ApiKey::ApiVersions, 3, 12, &client_software()),
+    ];
+    let mut wire = BytesMut::new();
+    for f in &frames {
+        wire.put_i32(f.len() as i32);
+        wire.extend_from_slice(f);
+    }
+    conn.send_raw(&wire).await;
+    let first = conn.recv_frame().await.unwrap();
+    let md: MetadataResponse = common::decode_response_frame(ApiKey::Metadata, 9, 10, first);
+    assert!(!md.brokers.is_empty());
+    let second = conn.recv_frame().await.unwrap();
+    let _: ApiVersionsResponse = common::decode_response_frame(ApiKey::ApiVersions, 3, 12, second);
+    proxy.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_cluster_and_metadata_carry_only_proxy_addresses() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start(&broker.addr).await;
+    let (lo, hi) = proxy.broker_ports;
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    let dc: DescribeClusterResponse = conn
+        .call(
+            ApiKey::DescribeCluster,
+            0,
+            1,
+            &DescribeClusterRequest::default(),
+        )
+        .await;
+    assert_eq!(dc.error_code, 0);
+    assert!(!dc.brokers.is_empty());
+    for b in &dc.brokers {
+        assert_eq!(b.host.as_str(), "127.0.0.1");
+        assert!((lo as i32..=hi as i32).contains(&b.port), "port {}", b.port);
+    }
+    for version in [1, 4, 9, 12] {
+        let md: MetadataResponse = conn
+            .call(ApiKey::Metadata, version, 2, &MetadataRequest::default())
+            .await;
+        for b in &md.brokers {
+            assert_ne!(
+                b.port, broker.port as i32,
+                "v{version}: upstream port leaked"
+            );
+            assert!((lo as i32..=hi as i32).contains(&b.port));
+        }
+    }
+    // The broker listener the proxy advertised works and reaches the same broker.
+    let node_port = dc.brokers[0].port;
+    let mut node = RawConn::connect(&format!("127.0.0.1:{node_port}")).await;
+    assert_alive(&mut node, 3).await;
+    proxy.assert_no_leaks().await;
+    assert_eq!(
+        proxy
+            .metric("idemgate_requests_total{api=\"DescribeCluster\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_fetch_wait_is_not_cut_by_the_base_timeout() {
+    let broker = Tansu::start();
+    // A 1 s base timeout: a blanket timeout would kill a 3 s long poll.
+    let proxy = Proxy::start_full(&broker.addr, "", "request_timeout = \"1s\"", "").await;
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    let topic = kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+        .with_name(StrBytes::from_static_str("quiet").into())
+        .with_num_partitions(1)
+        .with_replication_factor(1);
+    let created: CreateTopicsResponse = conn
+        .call(
+            ApiKey::CreateTopics,
+            4,
+            1,
+            &CreateTopicsRequest::default()
+                .with_topics(vec![topic])
+                .with_timeout_ms(5000),
+        )
+        .await;
+    assert_eq!(created.topics[0].error_code, 0);
+    let fetch = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(3000)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            kafka_protocol::messages::fetch_request::FetchTopic::default()
+                .with_topic(StrBytes::from_static_str("quiet").into())
+                .with_partitions(vec![
+                    kafka_protocol::messages::fetch_request::FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    let resp: FetchResponse = conn.call(ApiKey::Fetch, 11, 2, &fetch).await;
+    assert_eq!(resp.error_code, 0);
+    // tansu holds an empty fetch for max_wait_ms (3 s), past the 1 s base:
+    // the connection survives because the deadline came from the request.
+    assert_eq!(
+        proxy
+            .metric("idemgate_connection_errors_total{side=\"upstream\"}")
+            .await,
+        0.0
+    );
+    assert_alive(&mut conn, 3).await;
+}
+
+/// Each of these frames must close its own connection and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_close_only_their_own_connection() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_full(&broker.addr, "max_frame_bytes = 65536", "", "").await;
+    let mut bystander = RawConn::connect(&proxy.bootstrap).await;
+    assert_alive(&mut bystander, 1).await;
+
+    let header = |key: i16, version: i16| {
+        let mut b = BytesMut::new();
+        b.put_i16(key);
+        b.put_i16(version);
+        b.put_i32(5);
+        b.put_i16(-1);
+        b
+    };
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("negative length", (-5i32).to_be_bytes().to_vec()),
+        ("oversized length", 65_537i32.to_be_bytes().to_vec()),
+        ("huge length", i32::MAX.to_be_bytes().to_vec()),
+        ("too short for a header", [0, 0, 0, 3, 1, 2, 3].to_vec()),
+    ];
+    for (name, body) in [
+        ("unknown api key", header(999, 0)),
+        ("impossible version", header(3, 200)),
+        ("negative version", header(3, -2)),
+        ("client_id past the end", {
+            let mut b = header(3, 1);
+            b.truncate(8);
+            b.put_i16(500);
+            b
+        }),
+    ] {
+        let mut framed = (body.len() as i32).to_be_bytes().to_vec();
+        framed.extend_from_slice(&body);
+        cases.push((name, framed));
+    }
+    for (i, (name, bytes)) in cases.iter().enumerate() {
+        let mut conn = RawConn::connect(&proxy.bootstrap).await;
+        conn.send_raw(bytes).await;
+        assert!(conn.is_closed().await, "{name}: connection must close");
+        assert_alive(&mut bystander, 100 + i as i32).await;
+    }
+    // Truncated: half a frame, then the client hangs up.
+    {
+        let mut conn = RawConn::connect(&proxy.bootstrap).await;
+        conn.send_raw(&[0, 0, 0, 100, 0, 3]).await;
+        tokio::io::AsyncWriteExt::shutdown(&mut conn.stream)
+            .await
+            .unwrap();
+        assert!(conn.is_closed().await);
+    }
+    assert_alive(&mut bystander, 200).await;
+    let refused = proxy
+        .metric("idemgate_connection_errors_total{side=\"client\"}")
+        .await;
+    assert!(
+        refused >= cases.len() as f64,
+        "each refusal counted: {refused}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_refuses_only_the_extra_connection() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_full(&broker.addr, "max_connections = 2", "", "").await;
+    let mut a = RawConn::connect(&proxy.bootstrap).await;
+    let mut b = RawConn::connect(&proxy.bootstrap).await;
+    assert_alive(&mut a, 1).await;
+    assert_alive(&mut b, 1).await;
+    let mut c = RawConn::connect(&proxy.bootstrap).await;
+    assert!(c.is_closed().await, "third connection refused");
+    assert_alive(&mut a, 2).await;
+    assert_alive(&mut b, 2).await;
+    assert_eq!(
+        proxy.metric("idemgate_connections_rejected_total").await,
+        1.0
+    );
+    drop(a);
+    // A slot frees up once a client leaves.
+    let start = Instant::now();
+    loop {
+        let mut d = RawConn::connect(&proxy.bootstrap).await;
+        d.send_frame(&request_frame(
+            ApiKey::ApiVersions,
+            3,
+            9,
+            &client_software(),
+        ))
+        .await;
+        if d.recv_frame().await.is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "slot never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
