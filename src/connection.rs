@@ -138,8 +138,15 @@ async fn run(shared: &Arc<Shared>, client: TcpStream, target: Target) -> Result<
     let (slot_tx, slot_rx) = mpsc::channel(in_flight);
     let (in_flight_tx, in_flight_rx) = mpsc::channel(in_flight);
 
-    let requests = read_requests(shared, client_r, upstream_w, slot_tx, in_flight_tx);
-    let responses = read_responses(shared, upstream_r, upstream_addr, in_flight_rx);
+    let requests = read_requests(
+        shared,
+        client_r,
+        upstream_w,
+        &upstream_addr,
+        slot_tx,
+        in_flight_tx,
+    );
+    let responses = read_responses(shared, upstream_r, upstream_addr.clone(), in_flight_rx);
     let writer = write_responses(shared, client_w, slot_rx);
     tokio::try_join!(requests, responses, writer)?;
     Ok(())
@@ -174,6 +181,7 @@ async fn read_requests(
     shared: &Shared,
     client_r: OwnedReadHalf,
     upstream_w: OwnedWriteHalf,
+    upstream_addr: &str,
     slots: mpsc::Sender<Slot>,
     in_flight: mpsc::Sender<InFlight>,
 ) -> Result<OwnedWriteHalf, Error> {
@@ -256,15 +264,21 @@ async fn read_requests(
                 }
                 write_frame(&mut upstream, &frame)
                     .await
-                    .map_err(|e| upstream_io(shared, e))?;
+                    .map_err(|e| upstream_io(upstream_addr, e))?;
                 // Pipelined requests already buffered go out in one write.
                 if !whole_frame_buffered(frames.read_buffer()) {
-                    upstream.flush().await.map_err(|e| upstream_io(shared, e))?;
+                    upstream
+                        .flush()
+                        .await
+                        .map_err(|e| upstream_io(upstream_addr, e))?;
                 }
             }
         }
     }
-    upstream.flush().await.map_err(|e| upstream_io(shared, e))?;
+    upstream
+        .flush()
+        .await
+        .map_err(|e| upstream_io(upstream_addr, e))?;
     Ok(upstream.into_inner())
 }
 
@@ -275,9 +289,9 @@ async fn push(slots: &mpsc::Sender<Slot>, slot: Slot) -> Result<(), Error> {
         .map_err(|_| Error::Internal("response writer stopped".into()))
 }
 
-fn upstream_io(shared: &Shared, source: std::io::Error) -> Error {
+fn upstream_io(addr: &str, source: std::io::Error) -> Error {
     Error::UpstreamIo {
-        addr: shared.config.upstream.bootstrap.join(","),
+        addr: addr.to_string(),
         source,
     }
 }

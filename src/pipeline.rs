@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::filter::api_versions;
 use crate::filter::broker_address::{carries_upstream_address, Rewriter};
-use crate::message;
+use crate::message::{self, Response};
 use crate::telemetry::Metrics;
 use crate::topology::Topology;
 
@@ -155,22 +155,23 @@ impl Pipeline {
 
     fn filter_api_versions(&self, version: i16, frame: &Bytes) -> Result<Option<Bytes>, Error> {
         let api = ApiKey::ApiVersions;
-        let mut resp: ApiVersionsResponse = match message::decode_response(api, version, frame) {
+        let mut resp: Response<ApiVersionsResponse> = match Response::decode(api, version, frame) {
             Ok(r) => r,
             // A broker that does not speak this version answers in v0 with an
             // error (KIP-511); cut its ranges all the same.
             Err(_) if version > 0 => {
-                let mut r: ApiVersionsResponse = message::decode_response(api, 0, frame)?;
-                api_versions::intersect(&mut r);
-                return message::encode_response(api, 0, frame, &r).map(Some);
+                let mut r: Response<ApiVersionsResponse> = Response::decode(api, 0, frame)?;
+                api_versions::intersect(&mut r.msg);
+                return r.encode().map(Some);
             }
             Err(e) => return Err(e),
         };
-        api_versions::intersect(&mut resp);
-        if resp.error_code == 0 {
-            *self.advertised_versions.write().expect("versions lock") = Some(resp.api_keys.clone());
+        api_versions::intersect(&mut resp.msg);
+        if resp.msg.error_code == 0 {
+            *self.advertised_versions.write().expect("versions lock") =
+                Some(resp.msg.api_keys.clone());
         }
-        message::encode_response(api, version, frame, &resp).map(Some)
+        resp.encode().map(Some)
     }
 
     fn answer_unsupported_api_versions(&self, head: &RequestHead) -> Result<Bytes, Error> {

@@ -138,6 +138,11 @@ impl Proxy {
         upstream_extra: &str,
         extra: &str,
     ) -> Proxy {
+        // Logs show with `cargo test -- --nocapture`; RUST_LOG picks the level.
+        idemgate::telemetry::init_tracing(&idemgate::config::Log {
+            format: idemgate::config::LogFormat::Text,
+            level: "warn".into(),
+        });
         let store = tempfile::tempdir().unwrap();
         let config = Self::config_text(upstream, store.path(), listen_extra, upstream_extra, extra);
         let config = Config::parse(&config.0).unwrap_or_else(|e| panic!("test config: {e}"));

@@ -14,7 +14,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use crate::error::Error;
-use crate::message::{decode_response, encode_response};
+use crate::message::Response;
 use crate::topology::Topology;
 
 /// What a rewrite needs: where brokers are really, and what clients must see.
@@ -52,61 +52,63 @@ impl Rewriter<'_> {
     ) -> Result<Option<Bytes>, Error> {
         match api {
             ApiKey::Metadata => {
-                let mut resp: MetadataResponse = decode_response(api, version, frame)?;
-                for b in &mut resp.brokers {
+                let mut resp: Response<MetadataResponse> = Response::decode(api, version, frame)?;
+                for b in &mut resp.msg.brokers {
                     self.map(b.node_id.0, &mut b.host, &mut b.port)?;
                 }
-                encode_response(api, version, frame, &resp).map(Some)
+                resp.encode().map(Some)
             }
             ApiKey::FindCoordinator => {
-                let mut resp: FindCoordinatorResponse = decode_response(api, version, frame)?;
+                let mut resp: Response<FindCoordinatorResponse> =
+                    Response::decode(api, version, frame)?;
                 let mut changed = false;
                 // v0-3: one coordinator; on error node_id is -1 and host empty.
-                if version < 4 && resp.node_id.0 >= 0 {
-                    self.map(resp.node_id.0, &mut resp.host, &mut resp.port)?;
+                if version < 4 && resp.msg.node_id.0 >= 0 {
+                    self.map(resp.msg.node_id.0, &mut resp.msg.host, &mut resp.msg.port)?;
                     changed = true;
                 }
-                for c in &mut resp.coordinators {
+                for c in &mut resp.msg.coordinators {
                     if c.node_id.0 >= 0 {
                         self.map(c.node_id.0, &mut c.host, &mut c.port)?;
                         changed = true;
                     }
                 }
                 if changed {
-                    encode_response(api, version, frame, &resp).map(Some)
+                    resp.encode().map(Some)
                 } else {
                     Ok(None)
                 }
             }
             ApiKey::DescribeCluster => {
-                let mut resp: DescribeClusterResponse = decode_response(api, version, frame)?;
-                for b in &mut resp.brokers {
+                let mut resp: Response<DescribeClusterResponse> =
+                    Response::decode(api, version, frame)?;
+                for b in &mut resp.msg.brokers {
                     self.map(b.broker_id.0, &mut b.host, &mut b.port)?;
                 }
-                encode_response(api, version, frame, &resp).map(Some)
+                resp.encode().map(Some)
             }
             // KIP-951: endpoints only come with NOT_LEADER_OR_FOLLOWER and
             // friends, so most Produce/Fetch responses decode, find none, and
             // leave as the bytes they came in.
             ApiKey::Produce if version >= 10 => {
-                let mut resp: ProduceResponse = decode_response(api, version, frame)?;
-                if resp.node_endpoints.is_empty() {
+                let mut resp: Response<ProduceResponse> = Response::decode(api, version, frame)?;
+                if resp.msg.node_endpoints.is_empty() {
                     return Ok(None);
                 }
-                for e in &mut resp.node_endpoints {
+                for e in &mut resp.msg.node_endpoints {
                     self.map(e.node_id.0, &mut e.host, &mut e.port)?;
                 }
-                encode_response(api, version, frame, &resp).map(Some)
+                resp.encode().map(Some)
             }
             ApiKey::Fetch if version >= 16 => {
-                let mut resp: FetchResponse = decode_response(api, version, frame)?;
-                if resp.node_endpoints.is_empty() {
+                let mut resp: Response<FetchResponse> = Response::decode(api, version, frame)?;
+                if resp.msg.node_endpoints.is_empty() {
                     return Ok(None);
                 }
-                for e in &mut resp.node_endpoints {
+                for e in &mut resp.msg.node_endpoints {
                     self.map(e.node_id.0, &mut e.host, &mut e.port)?;
                 }
-                encode_response(api, version, frame, &resp).map(Some)
+                resp.encode().map(Some)
             }
             _ => Ok(None),
         }
@@ -129,7 +131,7 @@ pub fn carries_upstream_address(frame: &[u8], upstream: &[(String, i32)]) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::encode_local_response;
+    use crate::message::{decode_response, encode_local_response};
     use crate::store::Store;
     use kafka_protocol::messages::find_coordinator_response::Coordinator;
     use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
