@@ -1,10 +1,11 @@
 //! node_id ⇄ proxy port, stable across restarts and metadata changes.
 //!
 //! Clients cache broker addresses, so the port we hand out for a node must
-//! mean that node forever: the first time a node id is seen it gets the lowest
-//! free port of `listen.broker_ports`, the pair is written to the store before
-//! any client sees it, and it is never reassigned. Its upstream address may
-//! change (a broker moved); the port stays.
+//! mean that node forever: the first time a node id is seen it gets port
+//! `start + node_id` of `listen.broker_ports` if that fits (the same answer on
+//! every replica of a central tier), else the lowest free port; the pair is
+//! written to the store before any client sees it, and it is never
+//! reassigned. Its upstream address may change (a broker moved); the port stays.
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
@@ -74,7 +75,14 @@ impl Topology {
             Some(n) => (n.port, false),
             None => {
                 let used: Vec<u16> = nodes.values().map(|n| n.port).collect();
-                let port = self.ports.clone().find(|p| !used.contains(p)).ok_or_else(|| {
+                // start + node_id when it fits, so that every replica of a
+                // central tier hands out the same port for the same broker;
+                // else the lowest free port.
+                let preferred = u16::try_from(node_id)
+                    .ok()
+                    .and_then(|id| self.ports.start().checked_add(id))
+                    .filter(|p| self.ports.contains(p) && !used.contains(p));
+                let port = preferred.or_else(|| self.ports.clone().find(|p| !used.contains(p))).ok_or_else(|| {
                     Error::Internal(format!(
                         "listen.broker_ports {}-{} has no free port left for node {node_id}; widen the range",
                         self.ports.start(),
@@ -125,18 +133,24 @@ mod tests {
     fn ports_are_stable_across_restarts_and_moves() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
-        let t = Topology::load(19093..=19095, store.clone()).unwrap();
+        let t = Topology::load(19093..=19096, store.clone()).unwrap();
+        // Node ids that fit take start + id; others the lowest free port.
+        assert_eq!(t.learn(2, "broker-c", 9092).unwrap(), 19095);
         assert_eq!(t.learn(111, "broker-a", 9092).unwrap(), 19093);
-        assert_eq!(t.learn(7, "broker-b", 9092).unwrap(), 19094);
+        assert_eq!(
+            t.learn(0, "broker-b", 9092).unwrap(),
+            19094,
+            "19093 was taken: lowest free"
+        );
         assert_eq!(t.learn(111, "broker-a", 9092).unwrap(), 19093);
         // A broker that moves keeps its port.
-        assert_eq!(t.learn(7, "broker-b2", 9093).unwrap(), 19094);
+        assert_eq!(t.learn(0, "broker-b2", 9093).unwrap(), 19094);
         drop(t);
-        let t = Topology::load(19093..=19095, store).unwrap();
-        assert_eq!(t.upstream_of(7).as_deref(), Some("broker-b2:9093"));
+        let t = Topology::load(19093..=19096, store).unwrap();
+        assert_eq!(t.upstream_of(0).as_deref(), Some("broker-b2:9093"));
         assert_eq!(t.learn(111, "broker-a", 9092).unwrap(), 19093);
-        assert_eq!(t.learn(5, "broker-c", 9092).unwrap(), 19095);
-        let err = t.learn(6, "broker-d", 9092).unwrap_err();
+        assert_eq!(t.learn(5, "broker-d", 9092).unwrap(), 19096);
+        let err = t.learn(6, "broker-e", 9092).unwrap_err();
         assert!(err.to_string().contains("no free port"), "{err}");
     }
 }

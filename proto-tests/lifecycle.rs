@@ -1,0 +1,209 @@
+//! The `idemgate` binary as an operator runs it: `check` lists every problem
+//! with its key path (exit 2), every file in config/ is valid, and `run`
+//! drains in-flight requests on SIGTERM and exits 0.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{request_frame, RawConn, Tansu};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, CreateTopicsRequest, CreateTopicsResponse, FetchRequest,
+    FetchResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+
+const BIN: &str = env!("CARGO_BIN_EXE_idemgate");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn every_example_config_passes_check() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(repo().join("config")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        // Through the library (the exact parse) and through the binary.
+        idemgate::config::Config::load(&path)
+            .unwrap_or_else(|e| panic!("{}:\n{e}", path.display()));
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        seen += 1;
+    }
+    assert!(
+        seen >= 3,
+        "config/ holds the annotated default, a sidecar and a central example"
+    );
+}
+
+#[test]
+fn the_annotated_config_shows_every_default() {
+    // The annotated file sets every key to its default: loading it must give
+    // exactly what an empty file gives.
+    let annotated = idemgate::config::Config::load(&repo().join("config/idemgate.toml")).unwrap();
+    let empty = idemgate::config::Config::parse("").unwrap();
+    assert_eq!(format!("{annotated:?}"), format!("{empty:?}"));
+}
+
+#[test]
+fn check_lists_every_problem_with_its_key_path_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[listen]\nbootstrap = \"nowhere\"\nmax_frame_bytes = -1\ntypo = true\n[upstream]\nbootstrap = []\n[admin]\nlisten = 5\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "listen.bootstrap",
+        "listen.max_frame_bytes",
+        "listen.typo",
+        "upstream.bootstrap",
+        "admin.listen",
+    ] {
+        assert!(stderr.contains(key), "{key} missing from:\n{stderr}");
+    }
+    assert!(stderr.contains("5 problem(s)"), "{stderr}");
+    // run refuses the same file the same way.
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (text, bootstrap, admin) = common::Proxy::config_text(&broker.addr, dir.path(), "", "", "");
+    let path = dir.path().join("idemgate.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bootstrap = format!("127.0.0.1:{bootstrap}");
+    common::wait_for_port(&bootstrap, Duration::from_secs(20));
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let start = Instant::now();
+    while common::http_get(admin, "/readyz").await.0 != 200 {
+        assert!(start.elapsed() < Duration::from_secs(20), "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut conn = RawConn::connect(&bootstrap).await;
+    let topic = kafka_protocol::messages::create_topics_request::CreatableTopic::default()
+        .with_name(StrBytes::from_static_str("drain").into())
+        .with_num_partitions(1)
+        .with_replication_factor(1);
+    let created: CreateTopicsResponse = conn
+        .call(
+            ApiKey::CreateTopics,
+            4,
+            1,
+            &CreateTopicsRequest::default()
+                .with_topics(vec![topic])
+                .with_timeout_ms(5000),
+        )
+        .await;
+    assert_eq!(created.topics[0].error_code, 0);
+    // A long poll in flight when SIGTERM arrives: the broker holds it 2 s.
+    let fetch = FetchRequest::default()
+        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
+        .with_max_wait_ms(2000)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![
+            kafka_protocol::messages::fetch_request::FetchTopic::default()
+                .with_topic(StrBytes::from_static_str("drain").into())
+                .with_partitions(vec![
+                    kafka_protocol::messages::fetch_request::FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1 << 20),
+                ]),
+        ]);
+    conn.send_frame(&request_frame(ApiKey::Fetch, 11, 2, &fetch))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+
+    // The in-flight Fetch is still answered...
+    let frame = conn
+        .recv_frame()
+        .await
+        .expect("the in-flight fetch is answered during the drain");
+    let resp: FetchResponse = common::decode_response_frame(ApiKey::Fetch, 11, 2, frame);
+    assert_eq!(resp.error_code, 0);
+    // ...and then the connection closes: no new requests are read.
+    conn.send_frame(&request_frame(
+        ApiKey::ApiVersions,
+        0,
+        3,
+        &ApiVersionsRequest::default(),
+    ))
+    .await;
+    assert!(
+        conn.recv_frame().await.is_none(),
+        "no request read after SIGTERM"
+    );
+
+    let status = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+                return (status, stderr);
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.0.success(),
+        "exit status {:?}\n{}",
+        status.0,
+        status.1
+    );
+    assert!(status.1.contains("store flushed"), "{}", status.1);
+    assert!(
+        std::net::TcpStream::connect(&bootstrap).is_err(),
+        "no longer accepting"
+    );
+}
