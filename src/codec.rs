@@ -218,13 +218,8 @@ pub fn skip_tagged_fields(buf: &[u8], offset: usize) -> Option<usize> {
 pub fn fuzz_entry(data: &[u8]) {
     let mut codec = FrameCodec::new(1 << 20);
     let mut buf = BytesMut::from(data);
-    loop {
-        match codec.decode_eof(&mut buf) {
-            Ok(Some(frame)) => {
-                let _ = RequestHead::peek(&frame);
-            }
-            Ok(None) | Err(_) => break,
-        }
+    while let Ok(Some(frame)) = codec.decode_eof(&mut buf) {
+        let _ = RequestHead::peek(&frame);
     }
 }
 
