@@ -98,6 +98,9 @@ pub async fn serve(
         match run(&shared, client, target).await {
             Ok(()) => tracing::debug!("connection closed"),
             Err(e) if is_disconnect(&e) => tracing::debug!(error = %e, "client went away"),
+            Err(e @ Error::UpstreamClosed { .. }) => {
+                tracing::info!(error = %e, "closing connection")
+            }
             Err(e) => {
                 metrics.connection_error(e.side());
                 match e.side() {
@@ -321,21 +324,25 @@ async fn read_responses(
     };
     let mut unanswered: VecDeque<i32> = VecDeque::new();
     loop {
-        // While acks=0 answers may still come, read them even when nothing
-        // else is in flight, so they never pile up in the socket.
-        let entry = if unanswered.is_empty() {
-            in_flight.recv().await
-        } else {
-            tokio::select! {
-                entry = in_flight.recv() => entry,
-                frame = frames.next() => {
-                    let frame = upstream_frame(frame).map_err(&fail)?;
-                    let id = correlation_id_of(&frame).map_err(&fail)?;
-                    if !forget_unanswered(&mut unanswered, id) {
-                        return Err(fail(format!("sent a response (correlation id {id}) nobody asked for")));
-                    }
-                    continue;
+        // Between responses, keep reading upstream too: a broker that closes
+        // the connection (restart, idle timeout) closes the client's with it,
+        // as it would have without the proxy, and answers to acks=0 produces
+        // (tansu sends them) never pile up in the socket. `biased`: an entry
+        // is queued before its request is written, so a response that is
+        // already here always finds its entry first.
+        let entry = tokio::select! {
+            biased;
+            entry = in_flight.recv() => entry,
+            frame = frames.next() => {
+                let frame = match frame {
+                    None => return Err(Error::UpstreamClosed { addr }),
+                    other => upstream_frame(other).map_err(&fail)?,
+                };
+                let id = correlation_id_of(&frame).map_err(&fail)?;
+                if !forget_unanswered(&mut unanswered, id) {
+                    return Err(fail(format!("sent a response (correlation id {id}) nobody asked for")));
                 }
+                continue;
             }
         };
         let Some(entry) = entry else { return Ok(()) };

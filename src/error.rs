@@ -64,6 +64,10 @@ pub enum Error {
     },
     #[error("upstream {addr}: {message}")]
     Upstream { addr: String, message: String },
+    /// The broker closed the connection with nothing in flight (a restart, its
+    /// idle timeout): the client's connection is closed the same way.
+    #[error("upstream {addr} closed the connection")]
+    UpstreamClosed { addr: String },
     #[error("{api} v{version}: {source}")]
     Codec {
         api: &'static str,
@@ -82,7 +86,9 @@ impl Error {
     pub fn side(&self) -> Side {
         match self {
             Error::Frame(_) | Error::ClientIo(_) => Side::Client,
-            Error::UpstreamIo { .. } | Error::Upstream { .. } => Side::Upstream,
+            Error::UpstreamIo { .. } | Error::Upstream { .. } | Error::UpstreamClosed { .. } => {
+                Side::Upstream
+            }
             // A message we could not decode came from upstream (responses) or a
             // client (requests); callers that know which say so in the log.
             Error::Codec { .. } | Error::Store(_) | Error::Internal(_) => Side::Internal,
