@@ -9,11 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{request_frame, RawConn, Tansu};
-use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, CreateTopicsRequest, CreateTopicsResponse, FetchRequest,
-    FetchResponse,
-};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, FetchResponse};
 
 const BIN: &str = env!("CARGO_BIN_EXE_idemgate");
 
@@ -118,37 +114,8 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     }
 
     let mut conn = RawConn::connect(&bootstrap).await;
-    let topic = kafka_protocol::messages::create_topics_request::CreatableTopic::default()
-        .with_name(StrBytes::from_static_str("drain").into())
-        .with_num_partitions(1)
-        .with_replication_factor(1);
-    let created: CreateTopicsResponse = conn
-        .call(
-            ApiKey::CreateTopics,
-            4,
-            1,
-            &CreateTopicsRequest::default()
-                .with_topics(vec![topic])
-                .with_timeout_ms(5000),
-        )
-        .await;
-    assert_eq!(created.topics[0].error_code, 0);
-    // A long poll in flight when SIGTERM arrives: the broker holds it 2 s.
-    let fetch = FetchRequest::default()
-        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
-        .with_max_wait_ms(2000)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![
-            kafka_protocol::messages::fetch_request::FetchTopic::default()
-                .with_topic(StrBytes::from_static_str("drain").into())
-                .with_partitions(vec![
-                    kafka_protocol::messages::fetch_request::FetchPartition::default()
-                        .with_partition(0)
-                        .with_fetch_offset(0)
-                        .with_partition_max_bytes(1 << 20),
-                ]),
-        ]);
+    common::create_topic_raw(&mut conn, "drain", 1).await;
+    let fetch = common::long_poll("drain", 2000);
     conn.send_frame(&request_frame(ApiKey::Fetch, 11, 2, &fetch))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;

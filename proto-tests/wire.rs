@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, BytesMut};
 use common::{request_frame, Proxy, RawConn, Tansu};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DescribeClusterRequest, DescribeClusterResponse, FetchRequest, FetchResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeClusterRequest,
+    DescribeClusterResponse, FetchResponse, MetadataRequest, MetadataResponse, ProduceRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -171,36 +170,8 @@ async fn a_long_fetch_wait_is_not_cut_by_the_base_timeout() {
     // A 1 s base timeout: a blanket timeout would kill a 3 s long poll.
     let proxy = Proxy::start_full(&broker.addr, "", "request_timeout = \"1s\"", "").await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
-    let topic = kafka_protocol::messages::create_topics_request::CreatableTopic::default()
-        .with_name(StrBytes::from_static_str("quiet").into())
-        .with_num_partitions(1)
-        .with_replication_factor(1);
-    let created: CreateTopicsResponse = conn
-        .call(
-            ApiKey::CreateTopics,
-            4,
-            1,
-            &CreateTopicsRequest::default()
-                .with_topics(vec![topic])
-                .with_timeout_ms(5000),
-        )
-        .await;
-    assert_eq!(created.topics[0].error_code, 0);
-    let fetch = FetchRequest::default()
-        .with_replica_id(kafka_protocol::messages::BrokerId(-1))
-        .with_max_wait_ms(3000)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![
-            kafka_protocol::messages::fetch_request::FetchTopic::default()
-                .with_topic(StrBytes::from_static_str("quiet").into())
-                .with_partitions(vec![
-                    kafka_protocol::messages::fetch_request::FetchPartition::default()
-                        .with_partition(0)
-                        .with_fetch_offset(0)
-                        .with_partition_max_bytes(1 << 20),
-                ]),
-        ]);
+    common::create_topic_raw(&mut conn, "quiet", 1).await;
+    let fetch = common::long_poll("quiet", 3000);
     let resp: FetchResponse = conn.call(ApiKey::Fetch, 11, 2, &fetch).await;
     assert_eq!(resp.error_code, 0);
     // tansu holds an empty fetch for max_wait_ms (3 s), past the 1 s base:

@@ -220,17 +220,7 @@ async fn read_requests(
 
         match shared.pipeline.on_request(&mut state, &head, frame).await? {
             RequestAction::Answer(bytes) => {
-                let (tx, rx) = oneshot::channel();
-                let _ = tx.send(bytes);
-                push(
-                    &slots,
-                    Slot {
-                        response: rx,
-                        api_key: head.api_key,
-                        started,
-                    },
-                )
-                .await?;
+                let _ = open_slot(&slots, head.api_key, started).await?.send(bytes);
             }
             RequestAction::Forward(mut frame, plan) => {
                 let upstream_id = next_correlation_id;
@@ -238,24 +228,12 @@ async fn read_requests(
                 frame[REQUEST_CORRELATION_OFFSET..REQUEST_CORRELATION_OFFSET + 4]
                     .copy_from_slice(&upstream_id.to_be_bytes());
                 let awaited = match plan {
-                    Some(plan) => {
-                        let (tx, rx) = oneshot::channel();
-                        push(
-                            &slots,
-                            Slot {
-                                response: rx,
-                                api_key: head.api_key,
-                                started,
-                            },
-                        )
-                        .await?;
-                        Some(Awaited {
-                            client_correlation_id: head.correlation_id,
-                            plan,
-                            sent_at: Instant::now(),
-                            reply: tx,
-                        })
-                    }
+                    Some(plan) => Some(Awaited {
+                        client_correlation_id: head.correlation_id,
+                        plan,
+                        sent_at: Instant::now(),
+                        reply: open_slot(&slots, head.api_key, started).await?,
+                    }),
                     None => None,
                 };
                 let entry = InFlight {
@@ -285,11 +263,24 @@ async fn read_requests(
     Ok(upstream.into_inner())
 }
 
-async fn push(slots: &mpsc::Sender<Slot>, slot: Slot) -> Result<(), Error> {
+/// Takes the next place in the response order; the response goes into the
+/// returned sender whenever it is ready.
+async fn open_slot(
+    slots: &mpsc::Sender<Slot>,
+    api_key: kafka_protocol::messages::ApiKey,
+    started: Instant,
+) -> Result<oneshot::Sender<Bytes>, Error> {
+    let (tx, rx) = oneshot::channel();
+    let slot = Slot {
+        response: rx,
+        api_key,
+        started,
+    };
     slots
         .send(slot)
         .await
-        .map_err(|_| Error::Internal("response writer stopped".into()))
+        .map_err(|_| Error::Internal("response writer stopped".into()))?;
+    Ok(tx)
 }
 
 fn upstream_io(addr: &str, source: std::io::Error) -> Error {

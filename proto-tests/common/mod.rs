@@ -15,7 +15,11 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use idemgate::config::Config;
 use idemgate::server::{self, Running};
-use kafka_protocol::messages::{ApiKey, RequestHeader};
+use kafka_protocol::messages::create_topics_request::CreatableTopic;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, FetchRequest, RequestHeader,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -34,30 +38,28 @@ pub fn tansu_bin() -> PathBuf {
     p
 }
 
-/// Ports for brokers and proxies started by this test process. Each test
-/// binary starts from a different base so parallel binaries don't collide.
+/// Ports for brokers and proxies started by this test process, handed out
+/// from a per-process base upwards.
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
 
 /// A free loopback port (bound once to check, then released).
 pub fn free_port() -> u16 {
+    free_port_range(1).0
+}
+
+/// `n` consecutive free ports, for `listen.broker_ports`. The block is taken
+/// from the shared counter in one step, so parallel tests never get
+/// overlapping blocks.
+pub fn free_port_range(n: u16) -> (u16, u16) {
     if NEXT_PORT.load(Ordering::Relaxed) == 0 {
-        let base = 20_000 + (std::process::id() % 400) as u16 * 100;
+        // Below Linux's ephemeral range (32768+), where outgoing connections
+        // take their local ports.
+        let base = 20_000 + (std::process::id() % 120) as u16 * 100;
         let _ = NEXT_PORT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
     }
     loop {
-        let port = NEXT_PORT.fetch_add(1, Ordering::SeqCst);
-        if StdListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// `n` consecutive free ports, for `listen.broker_ports`.
-pub fn free_port_range(n: u16) -> (u16, u16) {
-    loop {
-        let start = free_port();
-        if (1..n).all(|i| StdListener::bind(("127.0.0.1", start + i)).is_ok()) {
-            NEXT_PORT.fetch_max(start + n, Ordering::SeqCst);
+        let start = NEXT_PORT.fetch_add(n, Ordering::SeqCst);
+        if (0..n).all(|i| StdListener::bind(("127.0.0.1", start + i)).is_ok()) {
             return (start, start + n - 1);
         }
     }
@@ -366,4 +368,36 @@ pub fn decode_response_frame<Resp: Decodable>(
         assert_eq!(tags, 0, "no response header tagged fields expected");
     }
     Resp::decode(&mut frame, version).unwrap()
+}
+
+/// Creates a one-partition topic over a raw connection.
+pub async fn create_topic_raw(conn: &mut RawConn, name: &'static str, correlation_id: i32) {
+    let topic = CreatableTopic::default()
+        .with_name(StrBytes::from_static_str(name).into())
+        .with_num_partitions(1)
+        .with_replication_factor(1);
+    let req = CreateTopicsRequest::default()
+        .with_topics(vec![topic])
+        .with_timeout_ms(5000);
+    let created: CreateTopicsResponse = conn
+        .call(ApiKey::CreateTopics, 4, correlation_id, &req)
+        .await;
+    assert_eq!(created.topics[0].error_code, 0, "create {name}");
+}
+
+/// A consumer's long poll of partition 0 from offset 0: on an empty topic the
+/// broker holds it for `max_wait_ms`.
+pub fn long_poll(topic: &'static str, max_wait_ms: i32) -> FetchRequest {
+    let partition = FetchPartition::default()
+        .with_partition(0)
+        .with_fetch_offset(0)
+        .with_partition_max_bytes(1 << 20);
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(StrBytes::from_static_str(topic).into())
+            .with_partitions(vec![partition])])
 }
