@@ -32,6 +32,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::codec::{CodecError, FrameCodec, RequestHead, REQUEST_CORRELATION_OFFSET};
@@ -141,15 +142,25 @@ async fn run(shared: &Arc<Shared>, client: TcpStream, target: Target) -> Result<
     let (slot_tx, slot_rx) = mpsc::channel(in_flight);
     let (in_flight_tx, in_flight_rx) = mpsc::channel(in_flight);
 
+    // Set by the response reader when the broker hangs up with nothing in
+    // flight: the request reader stops, the writer sends what it has.
+    let upstream_gone = CancellationToken::new();
     let requests = read_requests(
         shared,
+        &upstream_gone,
         client_r,
         upstream_w,
         &upstream_addr,
         slot_tx,
         in_flight_tx,
     );
-    let responses = read_responses(shared, upstream_r, upstream_addr.clone(), in_flight_rx);
+    let responses = read_responses(
+        shared,
+        &upstream_gone,
+        upstream_r,
+        upstream_addr.clone(),
+        in_flight_rx,
+    );
     let writer = write_responses(shared, client_w, slot_rx);
     tokio::try_join!(requests, responses, writer)?;
     Ok(())
@@ -182,6 +193,7 @@ async fn upstream_addresses(shared: &Shared, target: Target) -> Result<Vec<Strin
 /// client closes or the proxy shuts down.
 async fn read_requests(
     shared: &Shared,
+    upstream_gone: &CancellationToken,
     client_r: OwnedReadHalf,
     upstream_w: OwnedWriteHalf,
     upstream_addr: &str,
@@ -202,6 +214,7 @@ async fn read_requests(
         let frame: BytesMut = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = upstream_gone.cancelled() => break,
             next = frames.next() => match next {
                 None => break,
                 Some(Ok(frame)) => frame,
@@ -241,7 +254,10 @@ async fn read_requests(
                     awaited,
                 };
                 if in_flight.send(entry).await.is_err() {
-                    return Err(Error::Internal("response reader stopped".into()));
+                    // The response reader is gone: the broker closed.
+                    return Err(Error::UpstreamClosed {
+                        addr: upstream_addr.to_string(),
+                    });
                 }
                 write_frame(&mut upstream, &frame)
                     .await
@@ -304,6 +320,7 @@ fn whole_frame_buffered(buf: &BytesMut) -> bool {
 /// answers, runs the response filters, and hands it to its slot.
 async fn read_responses(
     shared: &Shared,
+    upstream_gone: &CancellationToken,
     upstream_r: OwnedReadHalf,
     addr: String,
     mut in_flight: mpsc::Receiver<InFlight>,
@@ -326,7 +343,11 @@ async fn read_responses(
             entry = in_flight.recv() => entry,
             frame = frames.next() => {
                 let frame = match frame {
-                    None => return Err(Error::UpstreamClosed { addr }),
+                    None => {
+                        tracing::info!(upstream = %addr, "upstream closed the connection; closing the client's");
+                        upstream_gone.cancel();
+                        return Ok(());
+                    }
                     other => upstream_frame(other).map_err(&fail)?,
                 };
                 let id = correlation_id_of(&frame).map_err(&fail)?;

@@ -64,8 +64,9 @@ pub enum Error {
     },
     #[error("upstream {addr}: {message}")]
     Upstream { addr: String, message: String },
-    /// The broker closed the connection with nothing in flight (a restart, its
-    /// idle timeout): the client's connection is closed the same way.
+    /// The broker closed the connection (a restart, its idle timeout) just as
+    /// the client sent a request: the client's connection closes too and the
+    /// client retries, as it would have without the proxy.
     #[error("upstream {addr} closed the connection")]
     UpstreamClosed { addr: String },
     #[error("{api} v{version}: {source}")]

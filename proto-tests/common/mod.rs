@@ -24,12 +24,25 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Where tansu is: `TANSU_BIN`, else `.cache/bin/tansu` in the repository.
+/// Where tansu is: `TANSU_BIN`, else `.cache/bin/tansu` in the repository,
+/// installed by `scripts/setup` on first use (so a bare `cargo test` works on
+/// a fresh machine too).
 pub fn tansu_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TANSU_BIN") {
         return PathBuf::from(p);
     }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/bin/tansu");
+    static SETUP: std::sync::Once = std::sync::Once::new();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let p = root.join(".cache/bin/tansu");
+    SETUP.call_once(|| {
+        if !p.exists() {
+            let status = Command::new(root.join("scripts/setup")).status();
+            assert!(
+                matches!(status, Ok(s) if s.success()),
+                "scripts/setup failed ({status:?}): it installs the tansu broker the tests need"
+            );
+        }
+    });
     assert!(
         p.exists(),
         "the tansu broker is not installed at {}: run scripts/setup (or set TANSU_BIN)",
