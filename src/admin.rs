@@ -1,4 +1,4 @@
-//! The admin HTTP listener: `/healthz`, `/readyz`, `/metrics`.
+//! The admin HTTP listener: `/healthz`, `/readyz`, `/metrics`, `/connections`.
 //!
 //! A deliberately small HTTP/1.1 server (one request per connection, no
 //! keep-alive): it has three read-only routes today, and pulling in a web
@@ -68,6 +68,7 @@ fn route(method: &str, path: &str, shared: &Shared) -> (u16, &'static str, Strin
             Ok(()) => (200, TEXT, "ready\n".into()),
             Err(why) => (503, TEXT, format!("not ready: {}\n", why.join(", "))),
         },
+        "/connections" => (200, "application/json", connections_json(shared)),
         "/metrics" => (
             200,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -79,6 +80,42 @@ fn route(method: &str, path: &str, shared: &Shared) -> (u16, &'static str, Strin
             format!("no such path {path}; try /healthz, /readyz, /metrics\n"),
         ),
     }
+}
+
+/// Open client connections as a JSON array, oldest first.
+fn connections_json(shared: &Shared) -> String {
+    let registry = shared.registry.lock().expect("registry lock");
+    let rows: Vec<String> = registry
+        .iter()
+        .map(|(id, v)| {
+            let since = v.since.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+            format!(
+                "{{\"conn_id\":{id},\"client_addr\":{},\"node_id\":{},\"client_id\":{},\"principal\":{},\"since_unix\":{since}}}",
+                json_string(Some(&v.client_addr.to_string())),
+                v.node_id,
+                json_string(v.client_id.as_deref()),
+                json_string(v.principal.as_deref()),
+            )
+        })
+        .collect();
+    format!("[{}]\n", rows.join(",\n"))
+}
+
+/// A JSON string literal (or null).
+fn json_string(s: Option<&str>) -> String {
+    let Some(s) = s else { return "null".into() };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 async fn respond(
@@ -102,4 +139,18 @@ async fn respond(
     stream.write_all(head.as_bytes()).await?;
     stream.write_all(body.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_string;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string(None), "null");
+        assert_eq!(
+            json_string(Some("CN=a\\,O=\"x\"\n")),
+            r#""CN=a\\,O=\"x\"\u000a""#
+        );
+    }
 }

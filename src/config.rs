@@ -39,6 +39,8 @@ pub mod defaults {
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const LOG_FORMAT: &str = "text";
     pub const LOG_LEVEL: &str = "info";
+    pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
+    pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 }
 
 /// The validated configuration. Nothing in here can be wrong any more.
@@ -67,6 +69,25 @@ pub struct Listen {
     pub max_connections: NonZeroUsize,
     /// Requests a single connection may have in flight before we stop reading from it.
     pub max_in_flight: NonZeroUsize,
+    /// `[listen.tls]`: clients connect with TLS. `None`: plaintext.
+    pub tls: Option<ListenTls>,
+}
+
+/// TLS for clients, terminated by the proxy.
+#[derive(Debug, Clone)]
+pub struct ListenTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
+    pub key: PathBuf,
+    /// PEM CA bundle: when set, clients must present a certificate it signed
+    /// (mTLS), and the certificate's subject becomes the client's principal.
+    pub client_ca: Option<PathBuf>,
+    /// How often the files are checked for changes; changed files are loaded
+    /// for new connections, open connections keep theirs.
+    pub reload_interval: Duration,
+    /// A client that has not finished its handshake by then is closed.
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +222,7 @@ fn listen(s: &mut Section<'_, '_>) -> Listen {
     }
     let max_connections = s.non_zero("max_connections", defaults::MAX_CONNECTIONS);
     let max_in_flight = s.non_zero("max_in_flight", defaults::MAX_IN_FLIGHT);
+    let tls = s.optional_section("tls", listen_tls);
     Listen {
         bootstrap,
         advertised_host,
@@ -208,6 +230,20 @@ fn listen(s: &mut Section<'_, '_>) -> Listen {
         max_frame_bytes,
         max_connections,
         max_in_flight,
+        tls,
+    }
+}
+
+fn listen_tls(s: &mut Section<'_, '_>) -> ListenTls {
+    let cert = s.required_path("cert");
+    let key = s.required_path("key");
+    let client_ca = s.string("client_ca", "");
+    ListenTls {
+        cert,
+        key,
+        client_ca: (!client_ca.is_empty()).then(|| client_ca.into()),
+        reload_interval: s.duration("reload_interval", defaults::TLS_RELOAD_INTERVAL),
+        handshake_timeout: s.duration("handshake_timeout", defaults::TLS_HANDSHAKE_TIMEOUT),
     }
 }
 
@@ -402,6 +438,29 @@ impl<'a, 'p> Section<'a, 'p> {
         let value = read(&mut sub);
         sub.finish();
         value
+    }
+
+    /// Reads a sub-table that may be absent: `None` when it is.
+    fn optional_section<T>(
+        &mut self,
+        key: &'static str,
+        read: impl FnOnce(&mut Section<'a, '_>) -> T,
+    ) -> Option<T> {
+        let present = self.table.is_some_and(|t| t.contains_key(key));
+        let value = self.section(key, read);
+        present.then_some(value)
+    }
+
+    /// A path that must be given (no default).
+    fn required_path(&mut self, key: &'static str) -> PathBuf {
+        if self.table.is_some_and(|t| !t.contains_key(key)) {
+            self.problem(key, "is required".into());
+        }
+        let path = self.string(key, "");
+        if path.is_empty() && self.table.is_some_and(|t| t.contains_key(key)) {
+            self.problem(key, "must not be empty".into());
+        }
+        path.into()
     }
 
     /// Reports every key nobody asked for.
@@ -697,6 +756,23 @@ mod tests {
         assert_eq!(parse_byte_size("1MiB").unwrap(), 1 << 20);
         assert_eq!(parse_byte_size("512").unwrap(), 512);
         assert!(parse_byte_size("1TB").is_err());
+    }
+
+    #[test]
+    fn tls_is_optional_and_its_paths_required() {
+        assert!(Config::parse("").unwrap().listen.tls.is_none());
+        let c = Config::parse("[listen.tls]\ncert = \"a.pem\"\nkey = \"a.key\"\n").unwrap();
+        let tls = c.listen.tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("a.pem"));
+        assert!(tls.client_ca.is_none());
+        assert_eq!(tls.handshake_timeout, defaults::TLS_HANDSHAKE_TIMEOUT);
+        let err = Config::parse("[listen.tls]\nkey = \"\"\nclient_ca = 3\n").unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["listen.tls.cert", "listen.tls.key", "listen.tls.client_ca"],
+            "{err}"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
@@ -38,7 +38,8 @@ use tracing::Instrument;
 use crate::codec::{CodecError, FrameCodec, RequestHead, REQUEST_CORRELATION_OFFSET};
 use crate::error::{Error, Side};
 use crate::pipeline::{ConnState, RequestAction, ResponsePlan};
-use crate::server::Shared;
+use crate::server::{ConnView, Shared};
+use crate::tls::{self, ClientTlsStream};
 use crate::upstream::{self, MAX_RESPONSE_FRAME};
 
 /// Which listener a client came in on.
@@ -92,11 +93,34 @@ pub async fn serve(
         Target::Bootstrap => -1,
         Target::Node(id) => id,
     };
-    let span = tracing::info_span!("conn", conn_id, client.addr = %peer, client_id = tracing::field::Empty, node_id);
+    let span = tracing::info_span!(
+        "conn",
+        conn_id,
+        client.addr = %peer,
+        client_id = tracing::field::Empty,
+        principal = tracing::field::Empty,
+        node_id
+    );
     let metrics = shared.metrics.clone();
     metrics.connections_active.fetch_add(1, Relaxed);
+    let view = ConnView {
+        client_addr: peer,
+        node_id,
+        client_id: None,
+        principal: None,
+        since: std::time::SystemTime::now(),
+    };
+    shared
+        .registry
+        .lock()
+        .expect("registry lock")
+        .insert(conn_id, view);
     async {
-        match run(&shared, client, target).await {
+        let result = match accept(&shared, conn_id, client).await {
+            Ok(client) => run(&shared, conn_id, client, target).await,
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(()) => tracing::debug!("connection closed"),
             Err(e) if is_disconnect(&e) => tracing::debug!(error = %e, "client went away"),
             Err(e @ Error::UpstreamClosed { .. }) => {
@@ -120,6 +144,11 @@ pub async fn serve(
     }
     .instrument(span)
     .await;
+    shared
+        .registry
+        .lock()
+        .expect("registry lock")
+        .remove(&conn_id);
     metrics.connections_active.fetch_sub(1, Relaxed);
 }
 
@@ -129,38 +158,86 @@ fn is_disconnect(e: &Error) -> bool {
     matches!(e, Error::ClientIo(io) if matches!(io.kind(), ConnectionReset | BrokenPipe | UnexpectedEof))
 }
 
-async fn run(shared: &Arc<Shared>, client: TcpStream, target: Target) -> Result<(), Error> {
+/// A client connection, plaintext or TLS.
+enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<ClientTlsStream>),
+}
+
+/// The TLS handshake, when the listener has TLS, bounded by its timeout.
+async fn accept(shared: &Shared, conn_id: u64, client: TcpStream) -> Result<ClientStream, Error> {
+    let Some(tls) = &shared.tls else {
+        return Ok(ClientStream::Plain(client));
+    };
+    let limit = tls.settings().handshake_timeout;
+    let stream = match tokio::time::timeout(limit, tls.acceptor().accept(client)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            shared.metrics.tls_handshake_failures.fetch_add(1, Relaxed);
+            return Err(Error::Tls(format!("handshake failed: {e}")));
+        }
+        Err(_) => {
+            shared.metrics.tls_handshake_failures.fetch_add(1, Relaxed);
+            return Err(Error::Tls(format!("no handshake within {limit:?}")));
+        }
+    };
+    if let Some(principal) = tls::peer_principal(&stream) {
+        tracing::Span::current().record("principal", principal.as_str());
+        tracing::debug!(%principal, "client certificate accepted");
+        shared.update_conn(conn_id, |v| v.principal = Some(principal));
+    }
+    Ok(ClientStream::Tls(Box::new(stream)))
+}
+
+async fn run(
+    shared: &Arc<Shared>,
+    conn_id: u64,
+    client: ClientStream,
+    target: Target,
+) -> Result<(), Error> {
+    match client {
+        ClientStream::Plain(s) => {
+            let (r, w) = s.into_split();
+            proxy(shared, conn_id, r, w, target).await
+        }
+        // tokio's split: a lock per poll, nothing next to a TLS record's cost.
+        ClientStream::Tls(s) => {
+            let (r, w) = tokio::io::split(*s);
+            proxy(shared, conn_id, r, w, target).await
+        }
+    }
+}
+
+async fn proxy<R, W>(
+    shared: &Arc<Shared>,
+    conn_id: u64,
+    client_r: R,
+    client_w: W,
+    target: Target,
+) -> Result<(), Error>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let config = &shared.config;
     let addrs = upstream_addresses(shared, target).await?;
     let (upstream, upstream_addr) =
         upstream::connect(&addrs, config.upstream.connect_timeout).await?;
     tracing::debug!(upstream = %upstream_addr, "upstream connected");
 
-    let (client_r, client_w) = client.into_split();
     let (upstream_r, upstream_w) = upstream.into_split();
     let in_flight = config.listen.max_in_flight.get();
     let (slot_tx, slot_rx) = mpsc::channel(in_flight);
     let (in_flight_tx, in_flight_rx) = mpsc::channel(in_flight);
 
-    // Set by the response reader when the broker hangs up with nothing in
-    // flight: the request reader stops, the writer sends what it has.
-    let upstream_gone = CancellationToken::new();
-    let requests = read_requests(
+    let conn = Conn {
         shared,
-        &upstream_gone,
-        client_r,
-        upstream_w,
-        &upstream_addr,
-        slot_tx,
-        in_flight_tx,
-    );
-    let responses = read_responses(
-        shared,
-        &upstream_gone,
-        upstream_r,
-        upstream_addr.clone(),
-        in_flight_rx,
-    );
+        conn_id,
+        upstream_addr,
+        upstream_gone: CancellationToken::new(),
+    };
+    let requests = read_requests(&conn, client_r, upstream_w, slot_tx, in_flight_tx);
+    let responses = read_responses(&conn, upstream_r, in_flight_rx);
     let writer = write_responses(shared, client_w, slot_rx);
     tokio::try_join!(requests, responses, writer)?;
     Ok(())
@@ -188,18 +265,34 @@ async fn upstream_addresses(shared: &Shared, target: Target) -> Result<Vec<Strin
     }
 }
 
+/// What the loops of one connection share.
+struct Conn<'a> {
+    shared: &'a Shared,
+    conn_id: u64,
+    /// The broker this connection talks to, for errors.
+    upstream_addr: String,
+    /// Set by the response reader when the broker hangs up with nothing in
+    /// flight: the request reader stops, the writer sends what it has.
+    upstream_gone: CancellationToken,
+}
+
 /// Reads client frames, runs the request filters, writes upstream. Returns
 /// (keeping the upstream writer open until everything is answered) when the
 /// client closes or the proxy shuts down.
-async fn read_requests(
-    shared: &Shared,
-    upstream_gone: &CancellationToken,
-    client_r: OwnedReadHalf,
+async fn read_requests<R: AsyncRead + Unpin>(
+    conn: &Conn<'_>,
+    client_r: R,
     upstream_w: OwnedWriteHalf,
-    upstream_addr: &str,
     slots: mpsc::Sender<Slot>,
     in_flight: mpsc::Sender<InFlight>,
 ) -> Result<OwnedWriteHalf, Error> {
+    let Conn {
+        shared,
+        conn_id,
+        upstream_addr,
+        upstream_gone,
+    } = conn;
+    let (conn_id, upstream_addr) = (*conn_id, upstream_addr.as_str());
     let mut frames = FramedRead::new(
         client_r,
         FrameCodec::new(shared.config.listen.max_frame_bytes),
@@ -225,7 +318,9 @@ async fn read_requests(
         let started = Instant::now();
         let head = RequestHead::peek(&frame)?;
         if !client_id_recorded {
-            tracing::Span::current().record("client_id", head.client_id_str());
+            let client_id = head.client_id_str();
+            tracing::Span::current().record("client_id", client_id.as_str());
+            shared.update_conn(conn_id, |v| v.client_id = Some(client_id));
             client_id_recorded = true;
         }
         shared.metrics.request(head.api_key, frame.len() + 4);
@@ -319,12 +414,16 @@ fn whole_frame_buffered(buf: &BytesMut) -> bool {
 /// Reads upstream responses in order, checks each against the request it
 /// answers, runs the response filters, and hands it to its slot.
 async fn read_responses(
-    shared: &Shared,
-    upstream_gone: &CancellationToken,
+    conn: &Conn<'_>,
     upstream_r: OwnedReadHalf,
-    addr: String,
     mut in_flight: mpsc::Receiver<InFlight>,
 ) -> Result<(), Error> {
+    let Conn {
+        shared,
+        upstream_addr: addr,
+        upstream_gone,
+        ..
+    } = conn;
     let mut frames = FramedRead::new(upstream_r, FrameCodec::new(MAX_RESPONSE_FRAME));
     let fail = |message: String| Error::Upstream {
         addr: addr.clone(),
@@ -439,9 +538,9 @@ fn forget_unanswered(unanswered: &mut VecDeque<i32>, id: i32) -> bool {
 
 /// Writes responses to the client in request order, flushing whenever the
 /// next one is not ready yet.
-async fn write_responses(
+async fn write_responses<W: AsyncWrite + Unpin>(
     shared: &Shared,
-    client_w: OwnedWriteHalf,
+    client_w: W,
     mut slots: mpsc::Receiver<Slot>,
 ) -> Result<(), Error> {
     let mut out = BufWriter::with_capacity(64 * 1024, client_w);

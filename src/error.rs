@@ -76,6 +76,9 @@ pub enum Error {
         #[source]
         source: anyhow::Error,
     },
+    /// A client's TLS handshake failed or timed out.
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("store: {0}")]
     Store(String),
     #[error("{0}")]
@@ -86,7 +89,7 @@ impl Error {
     /// Whose fault this is.
     pub fn side(&self) -> Side {
         match self {
-            Error::Frame(_) | Error::ClientIo(_) => Side::Client,
+            Error::Frame(_) | Error::ClientIo(_) | Error::Tls(_) => Side::Client,
             Error::UpstreamIo { .. } | Error::Upstream { .. } | Error::UpstreamClosed { .. } => {
                 Side::Upstream
             }

@@ -47,5 +47,6 @@ pub mod records;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 pub mod upstream;

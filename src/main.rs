@@ -34,7 +34,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match Config::load(&config).and_then(check_files) {
             Ok(_) => {
                 println!("{}: ok", config.display());
                 ExitCode::SUCCESS
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config: path } => {
-            let config = match Config::load(&path) {
+            let config = match Config::load(&path).and_then(check_files) {
                 Ok(c) => c,
                 Err(errors) => {
                     report(&path, &errors);
@@ -65,6 +65,22 @@ fn main() -> ExitCode {
             };
             runtime.block_on(run(config))
         }
+    }
+}
+
+/// What `check` and `run` verify beyond the text: the TLS files load, the
+/// key matches the certificate, the certificate is in its validity period.
+fn check_files(config: Config) -> Result<Config, idemgate::config::ConfigErrors> {
+    let problems = config
+        .listen
+        .tls
+        .as_ref()
+        .map(idemgate::tls::check)
+        .unwrap_or_default();
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(idemgate::config::ConfigErrors(problems))
     }
 }
 

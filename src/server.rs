@@ -7,10 +7,10 @@
 //! connection finish what is in flight (bounded by `shutdown.drain_timeout`),
 //! flush the store, exit 0.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::telemetry::Metrics;
+use crate::tls::ServerTls;
 use crate::topology::Topology;
 use crate::{admin, upstream};
 
@@ -33,19 +34,47 @@ pub struct Shared {
     pub topology: Arc<Topology>,
     pub pipeline: Pipeline,
     pub store: Arc<Store>,
+    /// `[listen.tls]`: the client-side TLS configuration, reloadable.
+    pub tls: Option<Arc<ServerTls>>,
     /// Becomes `true` once: stop reading requests, finish what is in flight.
     pub shutdown: watch::Receiver<bool>,
     /// Permits for `listen.max_connections`.
     connections: Arc<Semaphore>,
     tracker: TaskTracker,
     next_conn_id: AtomicU64,
+    /// Open client connections, for `/connections`.
+    pub registry: Mutex<BTreeMap<u64, ConnView>>,
     /// Last time a refused connection was logged (seconds since start), so
     /// a connection flood gives one line a second, not one per connection.
     last_refusal_log: AtomicU64,
     started: std::time::Instant,
 }
 
+/// What `/connections` shows of one open client connection.
+#[derive(Debug, Clone)]
+pub struct ConnView {
+    pub client_addr: SocketAddr,
+    /// -1 for the bootstrap listener.
+    pub node_id: i32,
+    pub client_id: Option<String>,
+    /// The TLS client certificate's subject, when the client sent one.
+    pub principal: Option<String>,
+    pub since: std::time::SystemTime,
+}
+
 impl Shared {
+    /// Applies `update` to connection `conn_id`'s entry in the registry.
+    pub fn update_conn(&self, conn_id: u64, update: impl FnOnce(&mut ConnView)) {
+        if let Some(view) = self
+            .registry
+            .lock()
+            .expect("registry lock")
+            .get_mut(&conn_id)
+        {
+            update(view);
+        }
+    }
+
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Relaxed)
     }
@@ -100,6 +129,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     metrics.upstream_up.store(-1, Relaxed);
     let (stop, shutdown) = watch::channel(false);
     let pipeline = Pipeline::new(config.clone(), topology.clone(), metrics.clone());
+    let tls = match &config.listen.tls {
+        Some(settings) => Some(Arc::new(ServerTls::load(settings).map_err(|problems| {
+            Error::Internal(
+                crate::config::ConfigErrors(problems)
+                    .to_string()
+                    .replace('\n', "; "),
+            )
+        })?)),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         connections: Arc::new(Semaphore::new(config.listen.max_connections.get())),
         config: config.clone(),
@@ -107,9 +146,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         topology,
         pipeline,
         store,
+        tls,
         shutdown,
         tracker: TaskTracker::new(),
         next_conn_id: AtomicU64::new(1),
+        registry: Mutex::new(BTreeMap::new()),
         last_refusal_log: AtomicU64::new(u64::MAX),
         started: std::time::Instant::now(),
     });
@@ -131,6 +172,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     }
     tasks.spawn(broker_listeners(shared.clone()));
     tasks.spawn(refresh_metadata(shared.clone()));
+    if shared.tls.is_some() {
+        tasks.spawn(reload_tls(shared.clone()));
+    }
     tracing::info!(bootstrap = %bootstrap_addr, admin = ?admin_addr, upstream = ?config.upstream.bootstrap, "idemgate listening");
 
     let done_shared = shared.clone();
@@ -242,6 +286,29 @@ async fn broker_listeners(shared: Arc<Shared>) {
         tokio::select! {
             r = changed.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(shared.config.upstream.metadata_refresh) => {}
+        }
+    }
+}
+
+/// Loads changed TLS files every `listen.tls.reload_interval`.
+async fn reload_tls(shared: Arc<Shared>) {
+    let Some(tls) = shared.tls.clone() else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(tls.settings().reload_interval).await;
+        match tls.reload_if_changed() {
+            Ok(true) => {
+                shared.metrics.tls_reloads.fetch_add(1, Relaxed);
+                tracing::info!(cert = %tls.settings().cert.display(), "TLS files reloaded for new connections");
+            }
+            Ok(false) => {}
+            Err(problems) => {
+                shared.metrics.tls_reload_failures.fetch_add(1, Relaxed);
+                for p in problems {
+                    tracing::error!(key = %p.path, error = %p.message, "TLS files changed but cannot be loaded; keeping the previous ones");
+                }
+            }
         }
     }
 }

@@ -122,6 +122,11 @@ pub struct Metrics {
     /// 1 while the last Metadata probe of upstream succeeded.
     pub upstream_up: AtomicI64,
     pub broker_listeners: AtomicI64,
+    /// Client TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: AtomicU64,
+    /// TLS file reloads, and reloads that failed (the old files stay in use).
+    pub tls_reloads: AtomicU64,
+    pub tls_reload_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -135,6 +140,9 @@ impl Metrics {
             address_leaks: AtomicU64::new(0),
             upstream_up: AtomicI64::new(0),
             broker_listeners: AtomicI64::new(0),
+            tls_handshake_failures: AtomicU64::new(0),
+            tls_reloads: AtomicU64::new(0),
+            tls_reload_failures: AtomicU64::new(0),
         }
     }
 
@@ -287,6 +295,24 @@ impl Metrics {
             "idemgate_broker_listeners",
             "Per-broker listeners open.",
             self.broker_listeners.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "idemgate_tls_handshake_failures_total",
+            "Client TLS handshakes that failed or timed out.",
+            self.tls_handshake_failures.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "idemgate_tls_reloads_total",
+            "TLS certificate files loaded again after a change.",
+            self.tls_reloads.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "idemgate_tls_reload_failures_total",
+            "TLS file changes that could not be loaded (the previous files stay in use).",
+            self.tls_reload_failures.load(Relaxed),
         );
         out
     }

@@ -285,9 +285,9 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 // === Raw Kafka bytes ===
 
-/// A raw Kafka connection for byte-level tests.
-pub struct RawConn {
-    pub stream: TcpStream,
+/// A raw Kafka connection for byte-level tests, over TCP or TLS.
+pub struct RawConn<S = TcpStream> {
+    pub stream: S,
 }
 
 impl RawConn {
@@ -296,7 +296,9 @@ impl RawConn {
             stream: TcpStream::connect(addr).await.expect("connect"),
         }
     }
+}
 
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawConn<S> {
     pub async fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
     }
@@ -322,13 +324,21 @@ impl RawConn {
         Some(Bytes::from(body))
     }
 
-    /// True if the peer closed the connection (EOF or reset) within 10 s.
+    /// True if the peer closed the connection (EOF or reset) within 10 s;
+    /// whatever it sent before closing (a TLS alert, say) is read and dropped.
     pub async fn is_closed(&mut self) -> bool {
-        let mut buf = [0u8; 1];
-        matches!(
-            tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut buf)).await,
-            Ok(Ok(0)) | Ok(Err(_))
-        )
+        let drained = async {
+            let mut buf = [0u8; 512];
+            loop {
+                match self.stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), drained)
+            .await
+            .is_ok()
     }
 
     /// Sends a typed request and decodes its response.

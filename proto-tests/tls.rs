@@ -1,0 +1,390 @@
+//! TLS from clients to the proxy (`[listen.tls]`): a CA, server and client
+//! certificates made in the test with rcgen; raw Kafka over rustls, and the
+//! real clients (librdkafka through confluent-kafka, kafka-python) with SSL;
+//! mTLS and the principal; reload without dropping connections; the
+//! handshake timeout; and `idemgate check` on broken TLS files.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{http_get, request_frame, Proxy, RawConn, Tansu};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// A CA and what it signed, written as PEM files in a temp dir.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_params: CertificateParams,
+    ca_key: KeyPair,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "idemgate test CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        Pki {
+            dir,
+            ca_params,
+            ca_key,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Signs a leaf for `names` with subject `cn` (+ O=Acme), writes
+    /// `<stem>.pem` and `<stem>.key`.
+    fn leaf(&self, stem: &str, cn: &str, names: &[&str]) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Acme");
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().unwrap();
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(self.path(&format!("{stem}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.path(&format!("{stem}.key")), key.serialize_pem()).unwrap();
+    }
+
+    fn ca_der(&self) -> CertificateDer<'static> {
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_file(self.path("ca.pem")).unwrap()
+    }
+
+    /// A rustls client trusting the CA, with a client certificate if given.
+    fn connector(&self, client: Option<&str>) -> TlsConnector {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some(stem) => {
+                let certs = CertificateDer::pem_file_iter(self.path(&format!("{stem}.pem")))
+                    .unwrap()
+                    .map(|c| c.unwrap())
+                    .collect();
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_file(
+                    self.path(&format!("{stem}.key")),
+                )
+                .unwrap();
+                builder.with_client_auth_cert(certs, key).unwrap()
+            }
+        };
+        TlsConnector::from(Arc::new(config))
+    }
+
+    fn listen_tls(&self, client_ca: bool) -> String {
+        let mut t = format!(
+            "[listen.tls]\ncert = \"{}\"\nkey = \"{}\"\nreload_interval = \"100ms\"\nhandshake_timeout = \"500ms\"\n",
+            self.path("server.pem").display(),
+            self.path("server.key").display()
+        );
+        if client_ca {
+            t.push_str(&format!(
+                "client_ca = \"{}\"\n",
+                self.path("ca.pem").display()
+            ));
+        }
+        t
+    }
+}
+
+type TlsConn = RawConn<tokio_rustls::client::TlsStream<TcpStream>>;
+
+async fn tls_connect(addr: &str, connector: &TlsConnector) -> std::io::Result<TlsConn> {
+    let tcp = TcpStream::connect(addr).await?;
+    let stream = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
+    Ok(RawConn { stream })
+}
+
+fn software() -> ApiVersionsRequest {
+    ApiVersionsRequest::default()
+        .with_client_software_name(kafka_protocol::protocol::StrBytes::from_static_str(
+            "proto-tests",
+        ))
+        .with_client_software_version(kafka_protocol::protocol::StrBytes::from_static_str("1"))
+}
+
+/// Starts a proxy with `[listen.tls]` (start_full writes it right after the
+/// `[listen]` keys).
+async fn tls_proxy(upstream: &str, pki: &Pki, client_ca: bool) -> Proxy {
+    Proxy::start_full(upstream, &pki.listen_tls(client_ca), "", "").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_kafka_over_tls_on_bootstrap_and_broker_listeners() {
+    let broker = Tansu::start();
+    let pki = Pki::new();
+    pki.leaf("server", "localhost", &["localhost", "127.0.0.1"]);
+    let proxy = tls_proxy(&broker.addr, &pki, false).await;
+    let connector = pki.connector(None);
+    let mut conn = tls_connect(&proxy.bootstrap, &connector).await.unwrap();
+    let av: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, 1, &software()).await;
+    assert_eq!(av.error_code, 0);
+    let md: MetadataResponse = conn
+        .call(ApiKey::Metadata, 9, 2, &MetadataRequest::default())
+        .await;
+    let port = md.brokers[0].port;
+    // The per-broker listener speaks TLS too.
+    let mut node = tls_connect(&format!("127.0.0.1:{port}"), &connector)
+        .await
+        .unwrap();
+    let _: ApiVersionsResponse = node.call(ApiKey::ApiVersions, 3, 3, &software()).await;
+    // Plaintext on a TLS listener: the handshake fails, that connection only.
+    let mut plain = RawConn::connect(&proxy.bootstrap).await;
+    plain
+        .send_frame(&request_frame(ApiKey::ApiVersions, 3, 1, &software()))
+        .await;
+    assert!(plain.is_closed().await);
+    let _: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, 4, &software()).await;
+    assert_eq!(
+        proxy.metric("idemgate_tls_handshake_failures_total").await,
+        1.0
+    );
+    proxy.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_at_the_handshake_timeout() {
+    let broker = Tansu::start();
+    let pki = Pki::new();
+    pki.leaf("server", "localhost", &["localhost"]);
+    let proxy = tls_proxy(&broker.addr, &pki, false).await;
+    let mut silent = RawConn::connect(&proxy.bootstrap).await;
+    assert!(
+        silent.is_closed().await,
+        "closed after handshake_timeout (500ms)"
+    );
+    assert_eq!(
+        proxy.metric("idemgate_tls_handshake_failures_total").await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_requires_a_client_certificate_and_names_the_principal() {
+    let broker = Tansu::start();
+    let pki = Pki::new();
+    pki.leaf("server", "localhost", &["localhost"]);
+    pki.leaf("client", "orders-source", &["orders-source"]);
+    let proxy = tls_proxy(&broker.addr, &pki, true).await;
+
+    // Without a certificate: refused (the failure may surface at the first
+    // read, TLS 1.3 finishes the client's side of the handshake early).
+    let anonymous = tls_connect(&proxy.bootstrap, &pki.connector(None)).await;
+    if let Ok(mut c) = anonymous {
+        c.send_frame(&request_frame(ApiKey::ApiVersions, 3, 1, &software()))
+            .await;
+        assert!(
+            c.recv_frame().await.is_none(),
+            "no answer without a client certificate"
+        );
+    }
+
+    let mut conn = tls_connect(&proxy.bootstrap, &pki.connector(Some("client")))
+        .await
+        .unwrap();
+    let _: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, 1, &software()).await;
+    let (status, body) = http_get(proxy.admin, "/connections").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("\"principal\":\"CN=orders-source,O=Acme\""),
+        "{body}"
+    );
+    assert!(body.contains("\"client_id\":\"proto-tests\""), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_without_dropping_connections() {
+    let broker = Tansu::start();
+    let pki = Pki::new();
+    pki.leaf("server", "first.localhost", &["localhost"]);
+    let proxy = tls_proxy(&broker.addr, &pki, false).await;
+    let connector = pki.connector(None);
+    let mut old = tls_connect(&proxy.bootstrap, &connector).await.unwrap();
+    assert_eq!(server_cn(&old), "CN=first.localhost,O=Acme");
+
+    // Rotate: a new certificate and key at the same paths.
+    pki.leaf("server", "second.localhost", &["localhost"]);
+    let start = Instant::now();
+    loop {
+        let new = tls_connect(&proxy.bootstrap, &connector).await.unwrap();
+        if server_cn(&new) == "CN=second.localhost,O=Acme" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "new certificate never served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The connection made before the rotation still works.
+    let _: ApiVersionsResponse = old.call(ApiKey::ApiVersions, 3, 9, &software()).await;
+    assert_eq!(proxy.metric("idemgate_tls_reloads_total").await, 1.0);
+
+    // A broken file is refused and the working certificate stays.
+    std::fs::write(pki.path("server.key"), "not a key").unwrap();
+    let start = Instant::now();
+    while proxy.metric("idemgate_tls_reload_failures_total").await < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "broken key never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut after = tls_connect(&proxy.bootstrap, &connector).await.unwrap();
+    assert_eq!(server_cn(&after), "CN=second.localhost,O=Acme");
+    let _: ApiVersionsResponse = after.call(ApiKey::ApiVersions, 3, 1, &software()).await;
+}
+
+fn server_cn(conn: &TlsConn) -> String {
+    let (_, session) = conn.stream.get_ref();
+    let leaf = &session.peer_certificates().unwrap()[0];
+    idemgate::tls::der::subject(leaf).unwrap()
+}
+
+/// The real clients through the TLS listener: confluent-kafka (librdkafka)
+/// and kafka-python, with and without a client certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_clients_produce_and_consume_over_tls() {
+    let broker = Tansu::start();
+    let pki = Pki::new();
+    pki.leaf("server", "localhost", &["localhost", "127.0.0.1"]);
+    pki.leaf("client", "pg-sink", &["pg-sink"]);
+    let proxy = tls_proxy(&broker.addr, &pki, true).await;
+    let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
+    common::tansu_bin(); // installs the venv too, on a fresh machine
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("proto-tests/python/clients/tls_roundtrip.py");
+    let (bootstrap, dir) = (proxy.bootstrap.clone(), pki.dir.path().to_path_buf());
+    let out = tokio::task::spawn_blocking(move || run_script(&python, &script, &bootstrap, &dir))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("confluent-kafka: produced 200, consumed 200"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kafka-python: produced 200, consumed 200"),
+        "{text}"
+    );
+    proxy.assert_no_leaks().await;
+}
+
+fn run_script(python: &Path, script: &Path, bootstrap: &str, dir: &Path) -> std::process::Output {
+    Command::new(python)
+        .arg(script)
+        .args(["--bootstrap", bootstrap])
+        .arg("--ca")
+        .arg(dir.join("ca.pem"))
+        .arg("--cert")
+        .arg(dir.join("client.pem"))
+        .arg("--key")
+        .arg(dir.join("client.key"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_names_each_broken_tls_file() {
+    let pki = Pki::new();
+    pki.leaf("server", "localhost", &["localhost"]);
+    pki.leaf("other", "other", &["other"]);
+    let bin = env!("CARGO_BIN_EXE_idemgate");
+    let check = |tls: &str| {
+        let path = pki.path("idemgate.toml");
+        std::fs::write(&path, format!("[listen.tls]\n{tls}")).unwrap();
+        let out = Command::new(bin)
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cert = pki.path("server.pem").display().to_string();
+    let key = pki.path("server.key").display().to_string();
+
+    let (code, _) = check(&format!("cert = \"{cert}\"\nkey = \"{key}\"\n"));
+    assert_eq!(code, Some(0));
+
+    let (code, err) = check(&format!(
+        "cert = \"/nonexistent/cert.pem\"\nkey = \"{key}\"\n"
+    ));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("listen.tls.cert: /nonexistent/cert.pem"),
+        "{err}"
+    );
+
+    let other_key = pki.path("other.key").display().to_string();
+    let (code, err) = check(&format!("cert = \"{cert}\"\nkey = \"{other_key}\"\n"));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("listen.tls.key:") && err.contains("does not match the certificate"),
+        "{err}"
+    );
+
+    // An expired certificate.
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2001, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2002, 1, 1);
+    let k = KeyPair::generate().unwrap();
+    let expired = params.self_signed(&k).unwrap();
+    std::fs::write(pki.path("expired.pem"), expired.pem()).unwrap();
+    std::fs::write(pki.path("expired.key"), k.serialize_pem()).unwrap();
+    let (code, err) = check(&format!(
+        "cert = \"{}\"\nkey = \"{}\"\n",
+        pki.path("expired.pem").display(),
+        pki.path("expired.key").display()
+    ));
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("listen.tls.cert: the certificate expired on 2002-01-01"),
+        "{err}"
+    );
+
+    let (code, err) = check(&format!(
+        "cert = \"{cert}\"\nkey = \"{key}\"\nclient_ca = \"{key}\"\n"
+    ));
+    assert_eq!(code, Some(2));
+    assert!(err.contains("listen.tls.client_ca:"), "{err}");
+}
