@@ -161,7 +161,7 @@ async fn a_broker_going_down_and_up_is_survived() {
     mock.broker_up(1).unwrap();
     assert_eq!(later.await.unwrap().len(), 20);
     let errors = proxy
-        .metric("idemgate_connection_errors_total{side=\"upstream\"}")
+        .wait_metric("idemgate_connection_errors_total{side=\"upstream\"}", 1.0)
         .await;
     assert!(
         errors >= 1.0,

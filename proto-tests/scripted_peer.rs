@@ -219,7 +219,7 @@ async fn a_broker_slower_than_the_deadline_closes_the_connection() {
     assert!(conn.recv_frame().await.is_none(), "closed, not answered");
     assert_eq!(
         proxy
-            .metric("idemgate_connection_errors_total{side=\"upstream\"}")
+            .wait_metric("idemgate_connection_errors_total{side=\"upstream\"}", 1.0)
             .await,
         1.0
     );
@@ -240,7 +240,7 @@ async fn a_broker_answering_out_of_order_is_refused() {
     assert!(conn.recv_frame().await.is_none());
     assert_eq!(
         proxy
-            .metric("idemgate_connection_errors_total{side=\"upstream\"}")
+            .wait_metric("idemgate_connection_errors_total{side=\"upstream\"}", 1.0)
             .await,
         1.0
     );

@@ -388,3 +388,166 @@ fn check_names_each_broken_tls_file() {
     assert_eq!(code, Some(2));
     assert!(err.contains("listen.tls.client_ca:"), "{err}");
 }
+
+// === TLS to the brokers ===
+
+/// A TLS terminator in front of a tansu broker that advertises the relay
+/// (tansu 0.6.0's own TLS listener does not complete handshakes here). The
+/// broker behind it is the real one; the relay only unwraps TLS.
+struct TlsRelay {
+    broker: Tansu,
+    addr: String,
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn tls_relay(pki: &Pki, client_ca: bool) -> TlsRelay {
+    use rustls::pki_types::pem::PemObject;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let broker = Tansu::start_advertising(Some(port));
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(pki.path("broker.pem"))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(pki.path("broker.key")).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if client_ca {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca_der()).unwrap();
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let acceptor =
+        tokio_rustls::TlsAcceptor::from(Arc::new(builder.with_single_cert(certs, key).unwrap()));
+    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (counter, target) = (handshakes.clone(), broker.addr.clone());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, counter, target) = (acceptor.clone(), counter.clone(), target.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Ok(mut plain) = TcpStream::connect(&target).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    TlsRelay {
+        broker,
+        addr: format!("127.0.0.1:{port}"),
+        handshakes,
+    }
+}
+
+fn upstream_tls(pki: &Pki, ca: &str, client_cert: bool) -> String {
+    let mut t = format!("[upstream.tls]\nca = \"{}\"\n", pki.path(ca).display());
+    if client_cert {
+        t.push_str(&format!(
+            "cert = \"{}\"\nkey = \"{}\"\n",
+            pki.path("proxy-client.pem").display(),
+            pki.path("proxy-client.key").display()
+        ));
+    }
+    t
+}
+
+/// `extra` goes after the generated config: an `[upstream.tls]` table there
+/// is still a sub-table of `[upstream]`.
+async fn proxy_to_tls_broker(
+    relay: &TlsRelay,
+    pki: &Pki,
+    ca: &str,
+    client_cert: bool,
+    wait: bool,
+) -> Proxy {
+    let extra = upstream_tls(pki, ca, client_cert);
+    if wait {
+        Proxy::start_full(&relay.addr, "", "", &extra).await
+    } else {
+        Proxy::launch(&relay.addr, "", "", &extra).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_speaks_tls_to_the_broker() {
+    let pki = Pki::new();
+    pki.leaf("broker", "broker", &["localhost", "127.0.0.1"]);
+    let relay = tls_relay(&pki, false).await;
+    let proxy = proxy_to_tls_broker(&relay, &pki, "ca.pem", false, true).await;
+    // A plaintext client, a TLS broker: Metadata, then a broker listener.
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    let md: MetadataResponse = conn
+        .call(ApiKey::Metadata, 9, 1, &MetadataRequest::default())
+        .await;
+    let port = md.brokers[0].port;
+    assert!((proxy.broker_ports.0 as i32..=proxy.broker_ports.1 as i32).contains(&port));
+    let mut node = RawConn::connect(&format!("127.0.0.1:{port}")).await;
+    common::create_topic_raw(&mut node, "over-tls", 2).await;
+    let _: ApiVersionsResponse = node.call(ApiKey::ApiVersions, 3, 3, &software()).await;
+    assert!(
+        relay.handshakes.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "through the TLS relay"
+    );
+    proxy.assert_no_leaks().await;
+    drop(relay.broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_certificate_from_another_ca_is_refused() {
+    let pki = Pki::new();
+    pki.leaf("broker", "broker", &["localhost", "127.0.0.1"]);
+    let relay = tls_relay(&pki, false).await;
+    // Another CA entirely.
+    let other = Pki::new();
+    std::fs::copy(other.path("ca.pem"), pki.path("other-ca.pem")).unwrap();
+    let proxy = proxy_to_tls_broker(&relay, &pki, "other-ca.pem", false, false).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (status, body) = http_get(proxy.admin, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("upstream not reachable"), "{body}");
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    conn.send_frame(&request_frame(ApiKey::ApiVersions, 3, 1, &software()))
+        .await;
+    assert!(
+        conn.recv_frame().await.is_none(),
+        "no answer without a trusted broker"
+    );
+    assert!(
+        proxy
+            .wait_metric("idemgate_connection_errors_total{side=\"upstream\"}", 1.0)
+            .await
+            >= 1.0
+    );
+    drop(relay.broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_for_brokers_that_require_mtls() {
+    let pki = Pki::new();
+    pki.leaf("broker", "broker", &["localhost", "127.0.0.1"]);
+    pki.leaf("proxy-client", "idemgate", &["idemgate"]);
+    let relay = tls_relay(&pki, true).await;
+    // Without the client certificate: never ready.
+    let refused = proxy_to_tls_broker(&relay, &pki, "ca.pem", false, false).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(http_get(refused.admin, "/readyz").await.0, 503);
+    // With it: ready, and requests go through.
+    let proxy = proxy_to_tls_broker(&relay, &pki, "ca.pem", true, true).await;
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    let av: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, 1, &software()).await;
+    assert_eq!(av.error_code, 0);
+    drop(relay.broker);
+}

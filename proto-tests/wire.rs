@@ -239,7 +239,10 @@ async fn hostile_frames_close_only_their_own_connection() {
     }
     assert_alive(&mut bystander, 200).await;
     let refused = proxy
-        .metric("idemgate_connection_errors_total{side=\"client\"}")
+        .wait_metric(
+            "idemgate_connection_errors_total{side=\"client\"}",
+            cases.len() as f64,
+        )
         .await;
     assert!(
         refused >= cases.len() as f64,
@@ -260,7 +263,9 @@ async fn the_connection_limit_refuses_only_the_extra_connection() {
     assert_alive(&mut a, 2).await;
     assert_alive(&mut b, 2).await;
     assert_eq!(
-        proxy.metric("idemgate_connections_rejected_total").await,
+        proxy
+            .wait_metric("idemgate_connections_rejected_total", 1.0)
+            .await,
         1.0
     );
     drop(a);

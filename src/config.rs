@@ -98,6 +98,22 @@ pub struct Upstream {
     pub request_timeout: Duration,
     /// How often the proxy asks upstream for Metadata on its own, to learn new brokers.
     pub metadata_refresh: Duration,
+    /// `[upstream.tls]`: TLS to the brokers. `None`: plaintext.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS from the proxy to the brokers.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// PEM CA bundle the brokers' certificates must chain to; `None`: the
+    /// system's trust store.
+    pub ca: Option<PathBuf>,
+    /// The name the brokers' certificates are checked against (and sent as
+    /// SNI); `None`: each broker's own host name from its address.
+    pub server_name: Option<String>,
+    /// A client certificate and key, for brokers that require mTLS.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -254,6 +270,31 @@ fn upstream(s: &mut Section<'_, '_>) -> Upstream {
         connect_timeout: s.duration("connect_timeout", defaults::CONNECT_TIMEOUT),
         request_timeout: s.duration("request_timeout", defaults::REQUEST_TIMEOUT),
         metadata_refresh: s.duration("metadata_refresh", defaults::METADATA_REFRESH),
+        tls: s.optional_section("tls", upstream_tls),
+    }
+}
+
+fn upstream_tls(s: &mut Section<'_, '_>) -> UpstreamTls {
+    let optional = |s: &mut Section<'_, '_>, key: &'static str| {
+        let v = s.string(key, "");
+        (!v.is_empty()).then_some(v)
+    };
+    let ca = optional(s, "ca").map(PathBuf::from);
+    let server_name = optional(s, "server_name");
+    let cert = optional(s, "cert").map(PathBuf::from);
+    let key = optional(s, "key").map(PathBuf::from);
+    if cert.is_some() != key.is_some() {
+        let missing = if cert.is_none() { "cert" } else { "key" };
+        s.problem(
+            missing,
+            "cert and key go together: set both for a client certificate, or neither".into(),
+        );
+    }
+    UpstreamTls {
+        ca,
+        server_name,
+        cert,
+        key,
     }
 }
 
@@ -773,6 +814,15 @@ mod tests {
             ["listen.tls.cert", "listen.tls.key", "listen.tls.client_ca"],
             "{err}"
         );
+    }
+
+    #[test]
+    fn upstream_tls_cert_and_key_go_together() {
+        let c = Config::parse("[upstream.tls]\n").unwrap();
+        let tls = c.upstream.tls.unwrap();
+        assert!(tls.ca.is_none() && tls.cert.is_none());
+        let err = Config::parse("[upstream.tls]\ncert = \"c.pem\"\n").unwrap_err();
+        assert_eq!(err.0[0].path, "upstream.tls.key", "{err}");
     }
 
     #[test]

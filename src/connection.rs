@@ -28,7 +28,6 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio_util::codec::FramedRead;
@@ -40,7 +39,7 @@ use crate::error::{Error, Side};
 use crate::pipeline::{ConnState, RequestAction, ResponsePlan};
 use crate::server::{ConnView, Shared};
 use crate::tls::{self, ClientTlsStream};
-use crate::upstream::{self, MAX_RESPONSE_FRAME};
+use crate::upstream::{self, UpstreamStream, MAX_RESPONSE_FRAME};
 
 /// Which listener a client came in on.
 #[derive(Debug, Clone, Copy)]
@@ -221,24 +220,51 @@ where
 {
     let config = &shared.config;
     let addrs = upstream_addresses(shared, target).await?;
-    let (upstream, upstream_addr) =
-        upstream::connect(&addrs, config.upstream.connect_timeout).await?;
+    let (upstream, upstream_addr) = upstream::connect(
+        &addrs,
+        config.upstream.connect_timeout,
+        shared.upstream_tls.as_ref(),
+    )
+    .await?;
     tracing::debug!(upstream = %upstream_addr, "upstream connected");
-
-    let (upstream_r, upstream_w) = upstream.into_split();
-    let in_flight = config.listen.max_in_flight.get();
-    let (slot_tx, slot_rx) = mpsc::channel(in_flight);
-    let (in_flight_tx, in_flight_rx) = mpsc::channel(in_flight);
-
     let conn = Conn {
         shared,
         conn_id,
         upstream_addr,
         upstream_gone: CancellationToken::new(),
     };
-    let requests = read_requests(&conn, client_r, upstream_w, slot_tx, in_flight_tx);
-    let responses = read_responses(&conn, upstream_r, in_flight_rx);
-    let writer = write_responses(shared, client_w, slot_rx);
+    match upstream {
+        UpstreamStream::Plain(s) => {
+            let (r, w) = s.into_split();
+            pipe(&conn, client_r, client_w, r, w).await
+        }
+        UpstreamStream::Tls(s) => {
+            let (r, w) = tokio::io::split(*s);
+            pipe(&conn, client_r, client_w, r, w).await
+        }
+    }
+}
+
+/// The three loops of a connection, joined.
+async fn pipe<R, W, UR, UW>(
+    conn: &Conn<'_>,
+    client_r: R,
+    client_w: W,
+    upstream_r: UR,
+    upstream_w: UW,
+) -> Result<(), Error>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+{
+    let in_flight = conn.shared.config.listen.max_in_flight.get();
+    let (slot_tx, slot_rx) = mpsc::channel(in_flight);
+    let (in_flight_tx, in_flight_rx) = mpsc::channel(in_flight);
+    let requests = read_requests(conn, client_r, upstream_w, slot_tx, in_flight_tx);
+    let responses = read_responses(conn, upstream_r, in_flight_rx);
+    let writer = write_responses(conn.shared, client_w, slot_rx);
     tokio::try_join!(requests, responses, writer)?;
     Ok(())
 }
@@ -252,7 +278,12 @@ async fn upstream_addresses(shared: &Shared, target: Target) -> Result<Vec<Strin
             }
             // Ports are only handed out for known nodes, so this means the
             // store forgot; ask upstream once more.
-            upstream::probe(&shared.config.upstream, &shared.topology).await?;
+            upstream::probe(
+                &shared.config.upstream,
+                shared.upstream_tls.as_ref(),
+                &shared.topology,
+            )
+            .await?;
             shared
                 .topology
                 .upstream_of(id)
@@ -279,13 +310,13 @@ struct Conn<'a> {
 /// Reads client frames, runs the request filters, writes upstream. Returns
 /// (keeping the upstream writer open until everything is answered) when the
 /// client closes or the proxy shuts down.
-async fn read_requests<R: AsyncRead + Unpin>(
+async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
     conn: &Conn<'_>,
     client_r: R,
-    upstream_w: OwnedWriteHalf,
+    upstream_w: UW,
     slots: mpsc::Sender<Slot>,
     in_flight: mpsc::Sender<InFlight>,
-) -> Result<OwnedWriteHalf, Error> {
+) -> Result<UW, Error> {
     let Conn {
         shared,
         conn_id,
@@ -413,9 +444,9 @@ fn whole_frame_buffered(buf: &BytesMut) -> bool {
 
 /// Reads upstream responses in order, checks each against the request it
 /// answers, runs the response filters, and hands it to its slot.
-async fn read_responses(
+async fn read_responses<UR: AsyncRead + Unpin>(
     conn: &Conn<'_>,
-    upstream_r: OwnedReadHalf,
+    upstream_r: UR,
     mut in_flight: mpsc::Receiver<InFlight>,
 ) -> Result<(), Error> {
     let Conn {

@@ -23,7 +23,7 @@ use crate::error::Error;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::telemetry::Metrics;
-use crate::tls::ServerTls;
+use crate::tls::{ServerTls, UpstreamTlsConnector};
 use crate::topology::Topology;
 use crate::{admin, upstream};
 
@@ -36,6 +36,8 @@ pub struct Shared {
     pub store: Arc<Store>,
     /// `[listen.tls]`: the client-side TLS configuration, reloadable.
     pub tls: Option<Arc<ServerTls>>,
+    /// `[upstream.tls]`: TLS to the brokers.
+    pub upstream_tls: Option<UpstreamTlsConnector>,
     /// Becomes `true` once: stop reading requests, finish what is in flight.
     pub shutdown: watch::Receiver<bool>,
     /// Permits for `listen.max_connections`.
@@ -139,6 +141,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         })?)),
         None => None,
     };
+    let upstream_tls = match &config.upstream.tls {
+        Some(settings) => Some(UpstreamTlsConnector::load(settings).map_err(|problems| {
+            Error::Internal(
+                crate::config::ConfigErrors(problems)
+                    .to_string()
+                    .replace('\n', "; "),
+            )
+        })?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         connections: Arc::new(Semaphore::new(config.listen.max_connections.get())),
         config: config.clone(),
@@ -147,6 +159,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         pipeline,
         store,
         tls,
+        upstream_tls,
         shutdown,
         tracker: TaskTracker::new(),
         next_conn_id: AtomicU64::new(1),
@@ -316,7 +329,13 @@ async fn reload_tls(shared: Arc<Shared>) {
 /// Probes upstream Metadata now and every `upstream.metadata_refresh`.
 async fn refresh_metadata(shared: Arc<Shared>) {
     loop {
-        match upstream::probe(&shared.config.upstream, &shared.topology).await {
+        match upstream::probe(
+            &shared.config.upstream,
+            shared.upstream_tls.as_ref(),
+            &shared.topology,
+        )
+        .await
+        {
             Ok(brokers) => {
                 if shared.metrics.upstream_up.swap(1, Relaxed) != 1 {
                     tracing::info!(brokers, "upstream reachable");

@@ -1,5 +1,10 @@
 //! TLS: the only file that uses rustls.
 //!
+//! To the brokers (`[upstream.tls]`): each broker's certificate is checked
+//! against a CA bundle (or the system trust store) and its own host name (or
+//! `server_name`), with an optional client certificate for brokers that
+//! require mTLS.
+//!
 //! Clients may connect with TLS (`[listen.tls]`), optionally with a client
 //! certificate (mTLS) whose subject becomes their principal. The certificate,
 //! key and CA files are checked every `reload_interval` and loaded again when
@@ -19,7 +24,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{ListenTls, Problem};
+use crate::config::{ListenTls, Problem, UpstreamTls};
 
 /// The client-side TLS configuration, reloadable.
 pub struct ServerTls {
@@ -173,13 +178,25 @@ fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
 }
 
 fn read_certs(path: &Path, key: &str, problems: &mut Vec<Problem>) -> Vec<CertificateDer<'static>> {
+    read_certs_at(path, &format!("listen.tls.{key}"), problems)
+}
+
+/// Reads a PEM certificate file; problems are filed under `key_path`.
+fn read_certs_at(
+    path: &Path,
+    key_path: &str,
+    problems: &mut Vec<Problem>,
+) -> Vec<CertificateDer<'static>> {
+    let mut fail = |message: String| {
+        problems.push(Problem {
+            path: key_path.to_string(),
+            message: format!("{}: {message}", path.display()),
+        })
+    };
     let iter = match CertificateDer::pem_file_iter(path) {
         Ok(i) => i,
         Err(e) => {
-            problems.push(problem(
-                key,
-                format!("{}: {}", path.display(), pem_error(&e)),
-            ));
+            fail(pem_error(&e));
             return Vec::new();
         }
     };
@@ -188,29 +205,30 @@ fn read_certs(path: &Path, key: &str, problems: &mut Vec<Problem>) -> Vec<Certif
         match c {
             Ok(c) => certs.push(c),
             Err(e) => {
-                problems.push(problem(
-                    key,
-                    format!("{}: {}", path.display(), pem_error(&e)),
-                ));
+                fail(pem_error(&e));
                 return Vec::new();
             }
         }
     }
     if certs.is_empty() {
-        problems.push(problem(
-            key,
-            format!("{}: no certificate in the file", path.display()),
-        ));
+        fail("no certificate in the file".into());
     }
     certs
 }
 
 fn check_validity(cert: &CertificateDer<'_>, key: &str, problems: &mut Vec<Problem>) {
+    check_validity_at(cert, &format!("listen.tls.{key}"), problems)
+}
+
+fn check_validity_at(cert: &CertificateDer<'_>, key_path: &str, problems: &mut Vec<Problem>) {
+    let mut fail = |message: String| {
+        problems.push(Problem {
+            path: key_path.to_string(),
+            message,
+        })
+    };
     let Some((not_before, not_after)) = der::validity(cert) else {
-        problems.push(problem(
-            key,
-            "the certificate cannot be read (not X.509 DER inside the PEM)".into(),
-        ));
+        fail("the certificate cannot be read (not X.509 DER inside the PEM)".into());
         return;
     };
     let now = SystemTime::now()
@@ -218,19 +236,127 @@ fn check_validity(cert: &CertificateDer<'_>, key: &str, problems: &mut Vec<Probl
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     if now > not_after {
-        problems.push(problem(
-            key,
-            format!("the certificate expired on {}", der::format_time(not_after)),
+        fail(format!(
+            "the certificate expired on {}",
+            der::format_time(not_after)
         ));
     } else if now < not_before {
-        problems.push(problem(
-            key,
-            format!(
-                "the certificate is not valid before {}",
-                der::format_time(not_before)
-            ),
+        fail(format!(
+            "the certificate is not valid before {}",
+            der::format_time(not_before)
         ));
     }
+}
+
+// === TLS to the brokers ===
+
+/// The proxy's TLS client configuration for its broker connections.
+pub struct UpstreamTlsConnector {
+    connector: tokio_rustls::TlsConnector,
+    /// Overrides each broker's own host name for verification and SNI.
+    server_name: Option<String>,
+}
+
+/// A broker connection over TLS.
+pub type UpstreamTlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+impl UpstreamTlsConnector {
+    pub fn load(settings: &UpstreamTls) -> Result<UpstreamTlsConnector, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let up = |key: &str, message: String| Problem {
+            path: format!("upstream.tls.{key}"),
+            message,
+        };
+        let mut roots = RootCertStore::empty();
+        match &settings.ca {
+            Some(ca) => {
+                for c in read_certs_at(ca, "upstream.tls.ca", &mut problems) {
+                    if let Err(e) = roots.add(c) {
+                        problems.push(up("ca", format!("{}: {e}", ca.display())));
+                    }
+                }
+            }
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                for c in native.certs {
+                    let _ = roots.add(c);
+                }
+                if roots.is_empty() {
+                    problems.push(up(
+                        "ca",
+                        "no CA given and the system trust store is empty: set upstream.tls.ca"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        let client_auth = match (&settings.cert, &settings.key) {
+            (Some(cert), Some(key)) => {
+                let certs = read_certs_at(cert, "upstream.tls.cert", &mut problems);
+                if let Some(leaf) = certs.first() {
+                    check_validity_at(leaf, "upstream.tls.cert", &mut problems);
+                }
+                match PrivateKeyDer::from_pem_file(key) {
+                    Ok(k) => Some((certs, k)),
+                    Err(e) => {
+                        problems.push(up(
+                            "key",
+                            format!("{}: no private key read: {}", key.display(), pem_error(&e)),
+                        ));
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some(name) = &settings.server_name {
+            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                problems.push(up(
+                    "server_name",
+                    format!("{name:?} is not a DNS name or IP address"),
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| vec![up("ca", format!("no usable TLS versions: {e}"))])?
+            .with_root_certificates(roots);
+        let config = match client_auth {
+            Some((certs, key)) => builder.with_client_auth_cert(certs, key).map_err(|e| {
+                let message = match e {
+                    rustls::Error::InconsistentKeys(_) => {
+                        "does not match the certificate in upstream.tls.cert".to_string()
+                    }
+                    other => other.to_string(),
+                };
+                vec![up("key", message)]
+            })?,
+            None => builder.with_no_client_auth(),
+        };
+        Ok(UpstreamTlsConnector {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name: settings.server_name.clone(),
+        })
+    }
+
+    /// The TLS handshake with a broker at `host` (the host part of its address).
+    pub async fn connect(&self, host: &str, tcp: TcpStream) -> std::io::Result<UpstreamTlsStream> {
+        let name = self.server_name.as_deref().unwrap_or(host);
+        let name = rustls::pki_types::ServerName::try_from(name.to_string()).map_err(|_| {
+            std::io::Error::other(format!("{name:?} is not a valid TLS server name"))
+        })?;
+        self.connector.connect(name, tcp).await
+    }
+}
+
+/// Checks the upstream TLS files the way `run` would load them.
+pub fn check_upstream(settings: &UpstreamTls) -> Vec<Problem> {
+    UpstreamTlsConnector::load(settings)
+        .err()
+        .unwrap_or_default()
 }
 
 /// A client's TLS stream, after the handshake.

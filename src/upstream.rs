@@ -13,6 +13,10 @@ use futures::{SinkExt, StreamExt};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
 };
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
@@ -20,14 +24,66 @@ use crate::codec::FrameCodec;
 use crate::config::{resolve, Upstream};
 use crate::error::Error;
 use crate::message::{decode_response, encode_request};
+use crate::tls::{UpstreamTlsConnector, UpstreamTlsStream};
 use crate::topology::Topology;
 
 /// The largest response frame accepted from a broker. Brokers are trusted,
 /// but a corrupt length must not make us allocate gigabytes.
 pub const MAX_RESPONSE_FRAME: usize = 1 << 30;
 
-/// Connects to the first of `addrs` that answers, within `timeout` each.
-pub async fn connect(addrs: &[String], timeout: Duration) -> Result<(TcpStream, String), Error> {
+/// A broker connection, plaintext or TLS.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<UpstreamTlsStream>),
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connects to the first of `addrs` that answers, within `timeout` each
+/// (TCP connect and, with `tls`, the handshake).
+pub async fn connect(
+    addrs: &[String],
+    timeout: Duration,
+    tls: Option<&UpstreamTlsConnector>,
+) -> Result<(UpstreamStream, String), Error> {
     let mut last = None;
     for addr in addrs {
         let resolved = match resolve(addr) {
@@ -40,13 +96,24 @@ pub async fn connect(addrs: &[String], timeout: Duration) -> Result<(TcpStream, 
                 continue;
             }
         };
+        let host = addr
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_matches(['[', ']']))
+            .unwrap_or(addr);
         for sock in resolved {
-            match tokio::time::timeout(timeout, TcpStream::connect(sock)).await {
-                Ok(Ok(stream)) => {
-                    // Kafka frames are written whole; Nagle would only add latency.
-                    let _ = stream.set_nodelay(true);
-                    return Ok((stream, addr.clone()));
+            let attempt = async {
+                let stream = TcpStream::connect(sock).await?;
+                // Kafka frames are written whole; Nagle would only add latency.
+                let _ = stream.set_nodelay(true);
+                match tls {
+                    None => Ok(UpstreamStream::Plain(stream)),
+                    Some(tls) => Ok(UpstreamStream::Tls(Box::new(
+                        tls.connect(host, stream).await?,
+                    ))),
                 }
+            };
+            match tokio::time::timeout(timeout, attempt).await {
+                Ok(Ok(stream)) => return Ok((stream, addr.clone())),
                 Ok(Err(source)) => {
                     last = Some(Error::UpstreamIo {
                         addr: addr.clone(),
@@ -66,8 +133,12 @@ pub async fn connect(addrs: &[String], timeout: Duration) -> Result<(TcpStream, 
 }
 
 /// Asks upstream for its brokers and teaches them to the topology.
-pub async fn probe(upstream: &Upstream, topology: &Topology) -> Result<usize, Error> {
-    let (stream, addr) = connect(&upstream.bootstrap, upstream.connect_timeout).await?;
+pub async fn probe(
+    upstream: &Upstream,
+    tls: Option<&UpstreamTlsConnector>,
+    topology: &Topology,
+) -> Result<usize, Error> {
+    let (stream, addr) = connect(&upstream.bootstrap, upstream.connect_timeout, tls).await?;
     let mut framed = Framed::new(stream, FrameCodec::new(MAX_RESPONSE_FRAME));
     let deadline = upstream.request_timeout;
     let result = tokio::time::timeout(deadline, async {
@@ -112,7 +183,7 @@ pub async fn probe(upstream: &Upstream, topology: &Topology) -> Result<usize, Er
 }
 
 async fn round_trip<Req, Resp>(
-    framed: &mut Framed<TcpStream, FrameCodec>,
+    framed: &mut Framed<UpstreamStream, FrameCodec>,
     addr: &str,
     api: ApiKey,
     version: i16,

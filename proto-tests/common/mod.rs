@@ -87,15 +87,21 @@ pub struct Tansu {
 
 impl Tansu {
     pub fn start() -> Tansu {
+        Self::start_advertising(None)
+    }
+
+    /// A broker that tells clients it is at `advertised` (a relay in front of it).
+    pub fn start_advertising(advertised: Option<u16>) -> Tansu {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
         let child = Command::new(tansu_bin())
             .args([
                 "broker",
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
@@ -153,6 +159,18 @@ impl Proxy {
         upstream_extra: &str,
         extra: &str,
     ) -> Proxy {
+        let proxy = Self::launch(upstream, listen_extra, upstream_extra, extra).await;
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    /// Starts without waiting for `/readyz` (for an upstream it cannot reach).
+    pub async fn launch(
+        upstream: &str,
+        listen_extra: &str,
+        upstream_extra: &str,
+        extra: &str,
+    ) -> Proxy {
         // Logs show with `cargo test -- --nocapture`; RUST_LOG picks the level.
         idemgate::telemetry::init_tracing(&idemgate::config::Log {
             format: idemgate::config::LogFormat::Text,
@@ -166,15 +184,13 @@ impl Proxy {
             *config.listen.broker_ports.end(),
         );
         let running = server::start(config).await.expect("proxy starts");
-        let proxy = Proxy {
+        Proxy {
             bootstrap: running.bootstrap.to_string(),
             admin: running.admin.expect("admin listener"),
             broker_ports: (lo, hi),
             running: Some(running),
             _store: store,
-        };
-        proxy.wait_ready().await;
-        proxy
+        }
     }
 
     /// A complete config for a proxy in front of `upstream`, plus its ports.
@@ -227,6 +243,19 @@ impl Proxy {
     /// The value of one metric line (exact name and labels), 0 if absent.
     pub async fn metric(&self, series: &str) -> f64 {
         metric_value(&self.metrics().await, series)
+    }
+
+    /// Waits (up to 10 s) until a metric reaches `at_least`: counters for a
+    /// closed connection move just after the client sees the close.
+    pub async fn wait_metric(&self, series: &str, at_least: f64) -> f64 {
+        let start = Instant::now();
+        loop {
+            let v = self.metric(series).await;
+            if v >= at_least || start.elapsed() > Duration::from_secs(10) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The leak check: requests went through, and no response carried an
