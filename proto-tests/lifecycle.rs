@@ -125,6 +125,18 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         .unwrap();
     assert!(kill.success());
 
+    // While it drains, the admin listener still answers: not ready.
+    let start = Instant::now();
+    loop {
+        let (status, body) = common::http_get(admin, "/readyz").await;
+        if status == 503 {
+            assert!(body.contains("shutting down"), "{body}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "/readyz never said shutting down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // The in-flight Fetch is still answered...
     let frame = conn
         .recv_frame()

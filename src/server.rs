@@ -180,8 +180,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(accept_loop(shared.clone(), bootstrap, Target::Bootstrap));
+    // Outside the task set: the admin listener keeps answering during the
+    // drain (/readyz says 503 "shutting down") and ends with the process.
     if let Some(listener) = admin_listener {
-        tasks.spawn(admin::serve(listener, shared.clone()));
+        tokio::spawn(admin::serve(listener, shared.clone()));
     }
     tasks.spawn(broker_listeners(shared.clone()));
     tasks.spawn(refresh_metadata(shared.clone()));

@@ -89,6 +89,14 @@ impl Topology {
                         self.ports.end()
                     ))
                 })?;
+                if preferred.is_none() {
+                    tracing::warn!(
+                        node_id,
+                        port,
+                        "node id does not fit listen.broker_ports as start + node_id: it got the lowest free port, \
+                         which replicas of a central tier may not agree on; widen the range to cover every node id"
+                    );
+                }
                 (port, true)
             }
         };

@@ -1,0 +1,277 @@
+{{/* Names ------------------------------------------------------------------ */}}
+
+{{- define "idemgate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "idemgate.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "idemgate.mode" -}}
+{{- if not (has .Values.mode (list "sidecar" "central")) -}}
+{{- fail (printf "mode must be \"sidecar\" or \"central\", not %q" (toString .Values.mode)) -}}
+{{- end -}}
+{{- .Values.mode -}}
+{{- end -}}
+
+{{- define "idemgate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "idemgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: {{ include "idemgate.mode" . }}
+{{- end -}}
+
+{{- define "idemgate.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "idemgate.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "idemgate.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The config ------------------------------------------------------------- */}}
+
+{{- /*
+  "45s" -> 45: a duration as idemgate reads it (ms, s, m, h, d), in whole
+  seconds, rounded up.
+*/ -}}
+{{- define "idemgate.durationSeconds" -}}
+{{- $d := toString . | trim -}}
+{{- $n := regexFind "^[0-9]+" $d -}}
+{{- if not $n -}}
+{{- fail (printf "%q is not a duration such as \"30s\"" $d) -}}
+{{- end -}}
+{{- $u := trimPrefix $n $d -}}
+{{- $v := atoi $n -}}
+{{- if eq $u "ms" -}}{{ div (add $v 999) 1000 }}
+{{- else if eq $u "s" -}}{{ $v }}
+{{- else if eq $u "m" -}}{{ mul $v 60 }}
+{{- else if eq $u "h" -}}{{ mul $v 3600 }}
+{{- else if eq $u "d" -}}{{ mul $v 86400 }}
+{{- else -}}{{ fail (printf "%q has an unknown unit (ms, s, m, h, d)" $d) }}
+{{- end -}}
+{{- end -}}
+
+{{- /*
+  The config idemgate runs with, as JSON: .Values.config plus the keys the
+  chart owns. Rendering fails if .Values.config sets one of those.
+*/ -}}
+{{- define "idemgate.effectiveConfig" -}}
+{{- $mode := include "idemgate.mode" . -}}
+{{- $cfg := deepCopy (default (dict) .Values.config) -}}
+{{- range $section := list "listen" "admin" "store" "shutdown" -}}
+{{- if not (hasKey $cfg $section) -}}{{- $_ := set $cfg $section (dict) -}}{{- end -}}
+{{- if not (kindIs "map" (get $cfg $section)) -}}
+{{- fail (printf "config.%s must be a map of keys (a TOML table)" $section) -}}
+{{- end -}}
+{{- end -}}
+{{- range $key := list "listen.bootstrap" "admin.listen" "store.dir" -}}
+{{- $parts := splitList "." $key -}}
+{{- if hasKey (get $cfg (first $parts)) (last $parts) -}}
+{{- fail (printf "config.%s is set by the chart (from ports and mode); remove it from your values" $key) -}}
+{{- end -}}
+{{- end -}}
+{{- $listen := get $cfg "listen" -}}
+{{- $ip := ternary "127.0.0.1" "0.0.0.0" (eq $mode "sidecar") -}}
+{{- $_ := set $listen "bootstrap" (printf "%s:%d" $ip (int .Values.ports.bootstrap)) -}}
+{{- if not (get $listen "advertised_host") -}}
+{{- $_ := set $listen "advertised_host" (ternary "127.0.0.1" (printf "%s.%s.svc" (include "idemgate.fullname" .) .Release.Namespace) (eq $mode "sidecar")) -}}
+{{- end -}}
+{{- $_ := set (get $cfg "admin") "listen" (printf "0.0.0.0:%d" (int .Values.ports.admin)) -}}
+{{- $_ := set (get $cfg "store") "dir" "/var/lib/idemgate" -}}
+{{- toJson $cfg -}}
+{{- end -}}
+
+{{- /* One TOML value: string, bool, integer, array, or inline table. */ -}}
+{{- define "idemgate.tomlValue" -}}
+{{- $v := . -}}
+{{- if kindIs "string" $v -}}{{ toJson $v }}
+{{- else if kindIs "bool" $v -}}{{ $v }}
+{{- else if or (kindIs "int" $v) (kindIs "int64" $v) -}}{{ $v }}
+{{- else if kindIs "float64" $v -}}
+{{- if eq $v (float64 (int64 $v)) -}}{{ int64 $v }}{{- else -}}{{ $v }}{{- end -}}
+{{- else if kindIs "slice" $v -}}
+[{{ range $i, $e := $v }}{{ if $i }}, {{ end }}{{ include "idemgate.tomlValue" $e }}{{ end }}]
+{{- else if kindIs "map" $v -}}
+{{- $items := list -}}
+{{- range $k, $e := $v -}}
+{{- if not (kindIs "invalid" $e) -}}
+{{- $items = append $items (printf "%s = %s" (include "idemgate.tomlKey" $k) (include "idemgate.tomlValue" $e)) -}}
+{{- end -}}
+{{- end -}}
+{{- if $items -}}{{ printf "{ %s }" (join ", " $items) }}{{- else -}}{}{{- end -}}
+{{- else -}}
+{{- fail (printf "config: a %s value cannot be written as TOML" (kindOf $v)) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "idemgate.tomlKey" -}}
+{{- if regexMatch "^[A-Za-z0-9_-]+$" . -}}{{ . }}{{- else -}}{{ toJson . }}{{- end -}}
+{{- end -}}
+
+{{- /* The keys of one table, one "key = value" line each (null values left out). */ -}}
+{{- define "idemgate.tomlTableBody" -}}
+{{- range $k, $v := . }}
+{{- if not (kindIs "invalid" $v) }}
+{{ include "idemgate.tomlKey" $k }} = {{ include "idemgate.tomlValue" $v }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- /*
+  idemgate.toml: one [section] per top-level map of the effective config, and
+  one [[section]] per element of a top-level list of maps (e.g. [[quotas]]).
+*/ -}}
+{{- define "idemgate.toml" -}}
+{{- $cfg := include "idemgate.effectiveConfig" . | fromJson -}}
+# Rendered by the idemgate Helm chart (mode {{ include "idemgate.mode" . }}) from .Values.config.
+{{- range $section, $body := $cfg }}
+{{- if kindIs "map" $body }}
+[{{ include "idemgate.tomlKey" $section }}]
+{{- include "idemgate.tomlTableBody" $body }}
+{{- else if kindIs "slice" $body }}
+{{- range $entry := $body }}
+{{- if not (kindIs "map" $entry) }}
+{{- fail (printf "config.%s: each entry must be a map of keys (a [[%s]] table)" $section $section) }}
+{{- end }}
+[[{{ include "idemgate.tomlKey" $section }}]]
+{{- include "idemgate.tomlTableBody" $entry }}
+{{- end }}
+{{- else if not (kindIs "invalid" $body) }}
+{{- fail (printf "config.%s must be a map of keys (a TOML table) or a list of them" $section) }}
+{{- end }}
+{{- end }}
+{{ end -}}
+
+{{- define "idemgate.drainSeconds" -}}
+{{- $cfg := include "idemgate.effectiveConfig" . | fromJson -}}
+{{- include "idemgate.durationSeconds" (default "30s" (get (get $cfg "shutdown") "drain_timeout")) -}}
+{{- end -}}
+
+{{- /* [start, end] of config.listen.broker_ports (idemgate's default when unset). */ -}}
+{{- define "idemgate.brokerPortRange" -}}
+{{- $cfg := include "idemgate.effectiveConfig" . | fromJson -}}
+{{- $text := toString (default "19093-19199" (get (get $cfg "listen") "broker_ports")) -}}
+{{- $parts := splitList "-" ($text | trim) -}}
+{{- if ne (len $parts) 2 -}}
+{{- fail (printf "config.listen.broker_ports: %q is not a range such as \"19093-19199\"" $text) -}}
+{{- end -}}
+{{- list (atoi (trim (first $parts))) (atoi (trim (last $parts))) | toJson -}}
+{{- end -}}
+
+{{- /* Central: [{id, port}] for every central.brokerNodeIds, checked against the range. */ -}}
+{{- define "idemgate.brokerPorts" -}}
+{{- $range := include "idemgate.brokerPortRange" . | fromJsonArray -}}
+{{- $start := int (first $range) -}}
+{{- $end := int (last $range) -}}
+{{- $out := list -}}
+{{- $seen := dict -}}
+{{- if not .Values.central.brokerNodeIds -}}
+{{- fail "central.brokerNodeIds must list the node id of every upstream broker" -}}
+{{- end -}}
+{{- range $id := .Values.central.brokerNodeIds -}}
+{{- $id = int $id -}}
+{{- $port := add $start $id -}}
+{{- if or (lt $id 0) (gt $port $end) -}}
+{{- fail (printf "central.brokerNodeIds: node %d would need port %d, outside config.listen.broker_ports %d-%d; every replica must give node N port start+N, so widen the range" $id $port $start $end) -}}
+{{- end -}}
+{{- if hasKey $seen (toString $id) -}}
+{{- fail (printf "central.brokerNodeIds: node %d is listed twice" $id) -}}
+{{- end -}}
+{{- $_ := set $seen (toString $id) true -}}
+{{- $out = append $out (dict "id" $id "port" $port) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/* The idemgate container, the same in both modes -------------------------- */}}
+
+{{- define "idemgate.container" -}}
+image: {{ include "idemgate.image" . | quote }}
+imagePullPolicy: {{ .Values.image.pullPolicy }}
+args: ["run", "--config", "/etc/idemgate/idemgate.toml"]
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: admin
+  {{- toYaml .Values.probes.startup | nindent 2 }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: admin
+  {{- toYaml .Values.probes.readiness | nindent 2 }}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: admin
+  {{- toYaml .Values.probes.liveness | nindent 2 }}
+resources:
+  {{- toYaml .Values.resources | nindent 2 }}
+securityContext:
+  {{- toYaml .Values.securityContext | nindent 2 }}
+volumeMounts:
+  - name: idemgate-config
+    mountPath: /etc/idemgate
+    readOnly: true
+  - name: store
+    mountPath: /var/lib/idemgate
+{{- end -}}
+
+{{- define "idemgate.podCommon" -}}
+enableServiceLinks: false
+automountServiceAccountToken: false
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{- define "idemgate.podAnnotations" -}}
+checksum/config: {{ include "idemgate.toml" . | sha256sum }}
+prometheus.io/port: {{ .Values.ports.admin | quote }}
+{{- with .Values.podAnnotations }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "idemgate.storeVolume" -}}
+- name: store
+  emptyDir: {}
+{{- end -}}
+
+{{- define "idemgate.volumeClaimTemplates" -}}
+volumeClaimTemplates:
+  - metadata:
+      name: store
+    spec:
+      accessModes:
+        {{- toYaml .Values.persistence.accessModes | nindent 8 }}
+      {{- with .Values.persistence.storageClassName }}
+      storageClassName: {{ . | quote }}
+      {{- end }}
+      resources:
+        requests:
+          storage: {{ .Values.persistence.size | quote }}
+{{- end -}}
