@@ -133,7 +133,10 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
             assert!(body.contains("shutting down"), "{body}");
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "/readyz never said shutting down");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "/readyz never said shutting down"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
