@@ -13,7 +13,7 @@ use common::{request_frame, Proxy, RawConn};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, BrokerId, MetadataResponse, ProduceRequest,
+    ApiKey, ApiVersionsResponse, BrokerId, MetadataResponse, ProduceRequest,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -166,13 +166,7 @@ async fn serve(mut s: TcpStream, port: u16, script: Script) {
 }
 
 fn api_versions(corr: i32) -> Bytes {
-    request_frame(ApiKey::ApiVersions, 3, corr, &client_software())
-}
-
-fn client_software() -> ApiVersionsRequest {
-    ApiVersionsRequest::default()
-        .with_client_software_name(StrBytes::from_static_str("proto-tests"))
-        .with_client_software_version(StrBytes::from_static_str("1"))
+    request_frame(ApiKey::ApiVersions, 3, corr, &common::client_software())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

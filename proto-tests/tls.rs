@@ -12,9 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{http_get, request_frame, Proxy, RawConn, Tansu};
-use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
-};
+use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, MetadataRequest, MetadataResponse};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
@@ -126,14 +124,6 @@ async fn tls_connect(addr: &str, connector: &TlsConnector) -> std::io::Result<Tl
     Ok(RawConn { stream })
 }
 
-fn software() -> ApiVersionsRequest {
-    ApiVersionsRequest::default()
-        .with_client_software_name(kafka_protocol::protocol::StrBytes::from_static_str(
-            "proto-tests",
-        ))
-        .with_client_software_version(kafka_protocol::protocol::StrBytes::from_static_str("1"))
-}
-
 /// Starts a proxy with `[listen.tls]` (start_full writes it right after the
 /// `[listen]` keys).
 async fn tls_proxy(upstream: &str, pki: &Pki, client_ca: bool) -> Proxy {
@@ -148,7 +138,9 @@ async fn raw_kafka_over_tls_on_bootstrap_and_broker_listeners() {
     let proxy = tls_proxy(&broker.addr, &pki, false).await;
     let connector = pki.connector(None);
     let mut conn = tls_connect(&proxy.bootstrap, &connector).await.unwrap();
-    let av: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, 1, &software()).await;
+    let av: ApiVersionsResponse = conn
+        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .await;
     assert_eq!(av.error_code, 0);
     let md: MetadataResponse = conn
         .call(ApiKey::Metadata, 9, 2, &MetadataRequest::default())
@@ -158,14 +150,23 @@ async fn raw_kafka_over_tls_on_bootstrap_and_broker_listeners() {
     let mut node = tls_connect(&format!("127.0.0.1:{port}"), &connector)
         .await
         .unwrap();
-    let _: ApiVersionsResponse = node.call(ApiKey::ApiVersions, 3, 3, &software()).await;
+    let _: ApiVersionsResponse = node
+        .call(ApiKey::ApiVersions, 3, 3, &common::client_software())
+        .await;
     // Plaintext on a TLS listener: the handshake fails, that connection only.
     let mut plain = RawConn::connect(&proxy.bootstrap).await;
     plain
-        .send_frame(&request_frame(ApiKey::ApiVersions, 3, 1, &software()))
+        .send_frame(&request_frame(
+            ApiKey::ApiVersions,
+            3,
+            1,
+            &common::client_software(),
+        ))
         .await;
     assert!(plain.is_closed().await);
-    let _: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, 4, &software()).await;
+    let _: ApiVersionsResponse = conn
+        .call(ApiKey::ApiVersions, 3, 4, &common::client_software())
+        .await;
     assert_eq!(
         proxy.metric("idemgate_tls_handshake_failures_total").await,
         1.0
@@ -202,8 +203,13 @@ async fn mtls_requires_a_client_certificate_and_names_the_principal() {
     // read, TLS 1.3 finishes the client's side of the handshake early).
     let anonymous = tls_connect(&proxy.bootstrap, &pki.connector(None)).await;
     if let Ok(mut c) = anonymous {
-        c.send_frame(&request_frame(ApiKey::ApiVersions, 3, 1, &software()))
-            .await;
+        c.send_frame(&request_frame(
+            ApiKey::ApiVersions,
+            3,
+            1,
+            &common::client_software(),
+        ))
+        .await;
         assert!(
             c.recv_frame().await.is_none(),
             "no answer without a client certificate"
@@ -213,7 +219,9 @@ async fn mtls_requires_a_client_certificate_and_names_the_principal() {
     let mut conn = tls_connect(&proxy.bootstrap, &pki.connector(Some("client")))
         .await
         .unwrap();
-    let _: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, 1, &software()).await;
+    let _: ApiVersionsResponse = conn
+        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .await;
     let (status, body) = http_get(proxy.admin, "/connections").await;
     assert_eq!(status, 200);
     assert!(
@@ -248,7 +256,9 @@ async fn certificates_reload_without_dropping_connections() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The connection made before the rotation still works.
-    let _: ApiVersionsResponse = old.call(ApiKey::ApiVersions, 3, 9, &software()).await;
+    let _: ApiVersionsResponse = old
+        .call(ApiKey::ApiVersions, 3, 9, &common::client_software())
+        .await;
     assert_eq!(proxy.metric("idemgate_tls_reloads_total").await, 1.0);
 
     // A broken file is refused and the working certificate stays.
@@ -263,7 +273,9 @@ async fn certificates_reload_without_dropping_connections() {
     }
     let mut after = tls_connect(&proxy.bootstrap, &connector).await.unwrap();
     assert_eq!(server_cn(&after), "CN=second.localhost,O=Acme");
-    let _: ApiVersionsResponse = after.call(ApiKey::ApiVersions, 3, 1, &software()).await;
+    let _: ApiVersionsResponse = after
+        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .await;
 }
 
 fn server_cn(conn: &TlsConn) -> String {
@@ -496,7 +508,9 @@ async fn the_proxy_speaks_tls_to_the_broker() {
     assert!((proxy.broker_ports.0 as i32..=proxy.broker_ports.1 as i32).contains(&port));
     let mut node = RawConn::connect(&format!("127.0.0.1:{port}")).await;
     common::create_topic_raw(&mut node, "over-tls", 2).await;
-    let _: ApiVersionsResponse = node.call(ApiKey::ApiVersions, 3, 3, &software()).await;
+    let _: ApiVersionsResponse = node
+        .call(ApiKey::ApiVersions, 3, 3, &common::client_software())
+        .await;
     assert!(
         relay.handshakes.load(std::sync::atomic::Ordering::SeqCst) >= 2,
         "through the TLS relay"
@@ -519,8 +533,13 @@ async fn a_broker_certificate_from_another_ca_is_refused() {
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("upstream not reachable"), "{body}");
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
-    conn.send_frame(&request_frame(ApiKey::ApiVersions, 3, 1, &software()))
-        .await;
+    conn.send_frame(&request_frame(
+        ApiKey::ApiVersions,
+        3,
+        1,
+        &common::client_software(),
+    ))
+    .await;
     assert!(
         conn.recv_frame().await.is_none(),
         "no answer without a trusted broker"
@@ -547,7 +566,9 @@ async fn a_client_certificate_for_brokers_that_require_mtls() {
     // With it: ready, and requests go through.
     let proxy = proxy_to_tls_broker(&relay, &pki, "ca.pem", true, true).await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
-    let av: ApiVersionsResponse = conn.call(ApiKey::ApiVersions, 3, 1, &software()).await;
+    let av: ApiVersionsResponse = conn
+        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .await;
     assert_eq!(av.error_code, 0);
     drop(relay.broker);
 }

@@ -9,23 +9,21 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, BytesMut};
 use common::{request_frame, Proxy, RawConn, Tansu};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeClusterRequest,
-    DescribeClusterResponse, FetchResponse, MetadataRequest, MetadataResponse, ProduceRequest,
+    ApiKey, ApiVersionsResponse, DescribeClusterRequest, DescribeClusterResponse, FetchResponse,
+    MetadataRequest, MetadataResponse, ProduceRequest,
 };
-use kafka_protocol::protocol::StrBytes;
 
 /// A working connection: ApiVersions v3 answers with our correlation id.
 async fn assert_alive(conn: &mut RawConn, correlation_id: i32) {
     let resp: ApiVersionsResponse = conn
-        .call(ApiKey::ApiVersions, 3, correlation_id, &client_software())
+        .call(
+            ApiKey::ApiVersions,
+            3,
+            correlation_id,
+            &common::client_software(),
+        )
         .await;
     assert_eq!(resp.error_code, 0);
-}
-
-fn client_software() -> ApiVersionsRequest {
-    ApiVersionsRequest::default()
-        .with_client_software_name(StrBytes::from_static_str("proto-tests"))
-        .with_client_software_version(StrBytes::from_static_str("1"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,10 +33,10 @@ async fn api_versions_advertises_the_intersection() {
     let mut through = RawConn::connect(&proxy.bootstrap).await;
     let mut direct = RawConn::connect(&broker.addr).await;
     let ours: ApiVersionsResponse = through
-        .call(ApiKey::ApiVersions, 3, 1, &client_software())
+        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
         .await;
     let theirs: ApiVersionsResponse = direct
-        .call(ApiKey::ApiVersions, 3, 1, &client_software())
+        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
         .await;
     assert_eq!(ours.error_code, 0);
     for v in &ours.api_keys {
@@ -103,7 +101,7 @@ async fn pipelined_requests_answer_in_order_and_acks_0_gets_nothing() {
     let frames = [
         request_frame(ApiKey::Metadata, 9, 10, &metadata),
         request_frame(ApiKey::Produce, 9, 11, &produce0),
-        request_frame(ApiKey::ApiVersions, 3, 12, &client_software()),
+        request_frame(ApiKey::ApiVersions, 3, 12, &common::client_software()),
     ];
     let mut wire = BytesMut::new();
     for f in &frames {
@@ -277,7 +275,7 @@ async fn the_connection_limit_refuses_only_the_extra_connection() {
             ApiKey::ApiVersions,
             3,
             9,
-            &client_software(),
+            &common::client_software(),
         ))
         .await;
         if d.recv_frame().await.is_some() {

@@ -389,6 +389,13 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawConn<S> {
     }
 }
 
+/// An ApiVersions request (v3+ carries the client's software name).
+pub fn client_software() -> kafka_protocol::messages::ApiVersionsRequest {
+    kafka_protocol::messages::ApiVersionsRequest::default()
+        .with_client_software_name(StrBytes::from_static_str("proto-tests"))
+        .with_client_software_version(StrBytes::from_static_str("1"))
+}
+
 /// A request frame body: header + message.
 pub fn request_frame<Req: Encodable + HeaderVersion>(
     api: ApiKey,
