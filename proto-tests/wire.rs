@@ -262,7 +262,7 @@ async fn the_connection_limit_refuses_only_the_extra_connection() {
     assert_alive(&mut b, 2).await;
     assert_eq!(
         proxy
-            .wait_metric("idemgate_connections_rejected_total", 1.0)
+            .wait_metric("idemgate_connections_rejected_total{limit=\"total\"}", 1.0)
             .await,
         1.0
     );
@@ -287,4 +287,63 @@ async fn the_connection_limit_refuses_only_the_extra_connection() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_ip_limit_refuses_the_extra_connection_from_that_ip() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_full(&broker.addr, "max_connections_per_ip = 2", "", "").await;
+    let mut a = RawConn::connect(&proxy.bootstrap).await;
+    let mut b = RawConn::connect(&proxy.bootstrap).await;
+    assert_alive(&mut a, 1).await;
+    assert_alive(&mut b, 1).await;
+    let mut c = RawConn::connect(&proxy.bootstrap).await;
+    assert!(
+        c.is_closed().await,
+        "third connection from 127.0.0.1 refused"
+    );
+    assert_alive(&mut a, 2).await;
+    assert_eq!(
+        proxy
+            .wait_metric("idemgate_connections_rejected_total{limit=\"per_ip\"}", 1.0)
+            .await,
+        1.0
+    );
+    // Leaving gives the place back.
+    drop(a);
+    let start = Instant::now();
+    loop {
+        let mut d = RawConn::connect(&proxy.bootstrap).await;
+        d.send_frame(&request_frame(
+            ApiKey::ApiVersions,
+            3,
+            9,
+            &common::client_software(),
+        ))
+        .await;
+        if d.recv_frame().await.is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "place never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_but_a_long_poll_is_not_idle() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_full(&broker.addr, "idle_timeout = \"300ms\"", "", "").await;
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    common::create_topic_raw(&mut conn, "idle", 1).await;
+    // A 1.5 s long poll: longer than idle_timeout, but something is owed.
+    let resp: FetchResponse = conn
+        .call(ApiKey::Fetch, 11, 2, &common::long_poll("idle", 1500))
+        .await;
+    assert_eq!(resp.error_code, 0);
+    assert_alive(&mut conn, 3).await;
+    // Then nothing: closed after idle_timeout.
+    assert!(conn.is_closed().await, "idle connection closed");
 }

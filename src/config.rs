@@ -28,6 +28,10 @@ pub mod defaults {
     /// Kafka clients keep at most 5 requests in flight; 64 leaves room for
     /// pipelining admin clients without letting one connection hoard memory.
     pub const MAX_IN_FLIGHT: usize = 64;
+    /// One Connect worker opens tens of connections; a thousand from one IP
+    /// is a leak or an attack.
+    pub const MAX_CONNECTIONS_PER_IP: usize = 1_000;
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
     pub const UPSTREAM_BOOTSTRAP: &str = "127.0.0.1:9092";
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
     /// Added to the wait a request asks for itself (Fetch max_wait_ms,
@@ -69,6 +73,11 @@ pub struct Listen {
     pub max_connections: NonZeroUsize,
     /// Requests a single connection may have in flight before we stop reading from it.
     pub max_in_flight: NonZeroUsize,
+    /// Connections one client IP may hold at once; the next one is closed.
+    pub max_connections_per_ip: NonZeroUsize,
+    /// A connection with nothing in flight and no request for this long is
+    /// closed (Kafka brokers: connections.max.idle.ms, 10 minutes).
+    pub idle_timeout: Duration,
     /// `[listen.tls]`: clients connect with TLS. `None`: plaintext.
     pub tls: Option<ListenTls>,
 }
@@ -238,6 +247,9 @@ fn listen(s: &mut Section<'_, '_>) -> Listen {
     }
     let max_connections = s.non_zero("max_connections", defaults::MAX_CONNECTIONS);
     let max_in_flight = s.non_zero("max_in_flight", defaults::MAX_IN_FLIGHT);
+    let max_connections_per_ip =
+        s.non_zero("max_connections_per_ip", defaults::MAX_CONNECTIONS_PER_IP);
+    let idle_timeout = s.duration("idle_timeout", defaults::IDLE_TIMEOUT);
     let tls = s.optional_section("tls", listen_tls);
     Listen {
         bootstrap,
@@ -246,6 +258,8 @@ fn listen(s: &mut Section<'_, '_>) -> Listen {
         max_frame_bytes,
         max_connections,
         max_in_flight,
+        max_connections_per_ip,
+        idle_timeout,
         tls,
     }
 }

@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -37,7 +37,7 @@ use tracing::Instrument;
 use crate::codec::{CodecError, FrameCodec, RequestHead, REQUEST_CORRELATION_OFFSET};
 use crate::error::{Error, Side};
 use crate::pipeline::{ConnState, RequestAction, ResponsePlan};
-use crate::server::{ConnView, Shared};
+use crate::server::{Admission, ConnView, Shared};
 use crate::tls::{self, ClientTlsStream};
 use crate::upstream::{self, UpstreamStream, MAX_RESPONSE_FRAME};
 
@@ -85,7 +85,7 @@ pub async fn serve(
     client: TcpStream,
     peer: SocketAddr,
     target: Target,
-    _permit: OwnedSemaphorePermit,
+    _admission: Admission,
 ) {
     let conn_id = shared.next_conn_id();
     let node_id = match target {
@@ -232,6 +232,7 @@ where
         conn_id,
         upstream_addr,
         upstream_gone: CancellationToken::new(),
+        owed: AtomicUsize::new(0),
     };
     match upstream {
         UpstreamStream::Plain(s) => {
@@ -264,7 +265,7 @@ where
     let (in_flight_tx, in_flight_rx) = mpsc::channel(in_flight);
     let requests = read_requests(conn, client_r, upstream_w, slot_tx, in_flight_tx);
     let responses = read_responses(conn, upstream_r, in_flight_rx);
-    let writer = write_responses(conn.shared, client_w, slot_rx);
+    let writer = write_responses(conn, client_w, slot_rx);
     tokio::try_join!(requests, responses, writer)?;
     Ok(())
 }
@@ -305,6 +306,9 @@ struct Conn<'a> {
     /// Set by the response reader when the broker hangs up with nothing in
     /// flight: the request reader stops, the writer sends what it has.
     upstream_gone: CancellationToken,
+    /// Responses owed to the client and not yet written: a connection is
+    /// idle only when this is 0 (a long poll in flight is not idleness).
+    owed: AtomicUsize,
 }
 
 /// Reads client frames, runs the request filters, writes upstream. Returns
@@ -322,8 +326,10 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
         conn_id,
         upstream_addr,
         upstream_gone,
+        ..
     } = conn;
     let (conn_id, upstream_addr) = (*conn_id, upstream_addr.as_str());
+    let idle = shared.config.listen.idle_timeout;
     let mut frames = FramedRead::new(
         client_r,
         FrameCodec::new(shared.config.listen.max_frame_bytes),
@@ -345,6 +351,14 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
                 Some(Err(CodecError::Io(e))) => return Err(Error::ClientIo(e)),
                 Some(Err(CodecError::Frame(e))) => return Err(e.into()),
             },
+            // Idle: no request for idle_timeout and nothing owed to the client.
+            _ = tokio::time::sleep(idle) => {
+                if conn.owed.load(Relaxed) == 0 {
+                    tracing::info!(?idle, "closing an idle connection (listen.idle_timeout)");
+                    break;
+                }
+                continue;
+            }
         };
         let started = Instant::now();
         let head = RequestHead::peek(&frame)?;
@@ -359,7 +373,9 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
 
         match shared.pipeline.on_request(&mut state, &head, frame).await? {
             RequestAction::Answer(bytes) => {
-                let _ = open_slot(&slots, head.api_key, started).await?.send(bytes);
+                let _ = open_slot(conn, &slots, head.api_key, started)
+                    .await?
+                    .send(bytes);
             }
             RequestAction::Forward(mut frame, plan) => {
                 let upstream_id = next_correlation_id;
@@ -371,7 +387,7 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
                         client_correlation_id: head.correlation_id,
                         plan,
                         sent_at: Instant::now(),
-                        reply: open_slot(&slots, head.api_key, started).await?,
+                        reply: open_slot(conn, &slots, head.api_key, started).await?,
                     }),
                     None => None,
                 };
@@ -408,6 +424,7 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
 /// Takes the next place in the response order; the response goes into the
 /// returned sender whenever it is ready.
 async fn open_slot(
+    conn: &Conn<'_>,
     slots: &mpsc::Sender<Slot>,
     api_key: kafka_protocol::messages::ApiKey,
     started: Instant,
@@ -422,6 +439,7 @@ async fn open_slot(
         .send(slot)
         .await
         .map_err(|_| Error::Internal("response writer stopped".into()))?;
+    conn.owed.fetch_add(1, Relaxed);
     Ok(tx)
 }
 
@@ -570,7 +588,7 @@ fn forget_unanswered(unanswered: &mut VecDeque<i32>, id: i32) -> bool {
 /// Writes responses to the client in request order, flushing whenever the
 /// next one is not ready yet.
 async fn write_responses<W: AsyncWrite + Unpin>(
-    shared: &Shared,
+    conn: &Conn<'_>,
     client_w: W,
     mut slots: mpsc::Receiver<Slot>,
 ) -> Result<(), Error> {
@@ -602,7 +620,8 @@ async fn write_responses<W: AsyncWrite + Unpin>(
         write_frame(&mut out, &bytes)
             .await
             .map_err(Error::ClientIo)?;
-        shared
+        conn.owed.fetch_sub(1, Relaxed);
+        conn.shared
             .metrics
             .response(slot.api_key, bytes.len() + 4, slot.started.elapsed());
     }

@@ -7,14 +7,14 @@
 //! connection finish what is in flight (bounded by `shutdown.drain_timeout`),
 //! flush the store, exit 0.
 
-use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
@@ -42,6 +42,8 @@ pub struct Shared {
     pub shutdown: watch::Receiver<bool>,
     /// Permits for `listen.max_connections`.
     connections: Arc<Semaphore>,
+    /// Open connections per client IP, for `listen.max_connections_per_ip`.
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
     tracker: TaskTracker,
     next_conn_id: AtomicU64,
     /// Open client connections, for `/connections`.
@@ -153,6 +155,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     };
     let shared = Arc::new(Shared {
         connections: Arc::new(Semaphore::new(config.listen.max_connections.get())),
+        per_ip: Arc::new(Mutex::new(HashMap::new())),
         config: config.clone(),
         metrics,
         topology,
@@ -247,13 +250,13 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, target: Target)
                 continue;
             }
         };
-        let permit = match shared.connections.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                shared.metrics.connections_rejected.fetch_add(1, Relaxed);
+        let admission = match admit(&shared, peer.ip()) {
+            Ok(admission) => admission,
+            Err(limit) => {
+                shared.metrics.connection_rejected(limit);
                 let now = shared.started.elapsed().as_secs();
                 if shared.last_refusal_log.swap(now, Relaxed) != now {
-                    tracing::warn!(client.addr = %peer, limit = shared.config.listen.max_connections.get(), "connection refused: listen.max_connections reached");
+                    tracing::warn!(client.addr = %peer, limit = limit.key(), "connection refused: limit reached");
                 }
                 drop(stream);
                 continue;
@@ -266,9 +269,64 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, target: Target)
             stream,
             peer,
             target,
-            permit,
+            admission,
         ));
     }
+}
+
+/// Which connection limit refused a client.
+#[derive(Debug, Clone, Copy)]
+pub enum Limit {
+    Total,
+    PerIp,
+}
+
+impl Limit {
+    pub fn key(self) -> &'static str {
+        match self {
+            Limit::Total => "listen.max_connections",
+            Limit::PerIp => "listen.max_connections_per_ip",
+        }
+    }
+}
+
+/// A connection's place under the limits; given back when it is dropped.
+pub struct Admission {
+    _permit: OwnedSemaphorePermit,
+    ip: IpAddr,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Takes a place under `listen.max_connections` and `max_connections_per_ip`.
+fn admit(shared: &Shared, ip: IpAddr) -> Result<Admission, Limit> {
+    let permit = shared
+        .connections
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Limit::Total)?;
+    let mut per_ip = shared.per_ip.lock().expect("per-ip lock");
+    let n = per_ip.entry(ip).or_insert(0);
+    if *n >= shared.config.listen.max_connections_per_ip.get() {
+        return Err(Limit::PerIp);
+    }
+    *n += 1;
+    Ok(Admission {
+        _permit: permit,
+        ip,
+        per_ip: shared.per_ip.clone(),
+    })
 }
 
 /// Opens a listener for every node the topology knows, as nodes appear.

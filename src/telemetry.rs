@@ -113,8 +113,8 @@ pub struct Metrics {
     apis: [ApiMetrics; API_SLOTS],
     pub connections_active: AtomicI64,
     pub connections_total: AtomicU64,
-    /// Refused at accept because `listen.max_connections` was reached.
-    pub connections_rejected: AtomicU64,
+    /// Refused at accept: `listen.max_connections`, `max_connections_per_ip`.
+    connections_rejected: [AtomicU64; 2],
     /// Connections closed by an error, by whose fault.
     errors: [AtomicU64; 3],
     /// Responses that would have shown a client an upstream address.
@@ -135,7 +135,7 @@ impl Metrics {
             apis: [const { ApiMetrics::new() }; API_SLOTS],
             connections_active: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
-            connections_rejected: AtomicU64::new(0),
+            connections_rejected: [const { AtomicU64::new(0) }; 2],
             errors: [const { AtomicU64::new(0) }; 3],
             address_leaks: AtomicU64::new(0),
             upstream_up: AtomicI64::new(0),
@@ -164,6 +164,10 @@ impl Metrics {
 
     pub fn upstream_latency(&self, key: ApiKey, d: Duration) {
         self.api(key).upstream_latency.observe(d);
+    }
+
+    pub fn connection_rejected(&self, limit: crate::server::Limit) {
+        self.connections_rejected[limit as usize].fetch_add(1, Relaxed);
     }
 
     pub fn connection_error(&self, side: Side) {
@@ -260,12 +264,18 @@ impl Metrics {
             "Client connections accepted.",
             self.connections_total.load(Relaxed),
         );
-        counter(
+        counter_header(
             &mut out,
             "idemgate_connections_rejected_total",
-            "Client connections refused because listen.max_connections was reached.",
-            self.connections_rejected.load(Relaxed),
+            "Client connections refused at accept, by the limit reached.",
         );
+        for (i, limit) in ["total", "per_ip"].iter().enumerate() {
+            let v = self.connections_rejected[i].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "idemgate_connections_rejected_total{{limit=\"{limit}\"}} {v}"
+            );
+        }
         counter_header(
             &mut out,
             "idemgate_connection_errors_total",

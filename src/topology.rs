@@ -90,7 +90,9 @@ impl Topology {
                     ))
                 })?;
                 if preferred.is_none() {
-                    tracing::warn!(
+                    // Info, not a warning: harmless for one proxy (a sidecar),
+                    // worth knowing for a central tier.
+                    tracing::info!(
                         node_id,
                         port,
                         "node id does not fit listen.broker_ports as start + node_id: it got the lowest free port, \
