@@ -65,16 +65,22 @@ fn answer(request: &[u8], port: u16) -> Option<Bytes> {
     let flexible = key.response_header_version(version) >= 1;
     match key {
         ApiKey::ApiVersions => {
-            let keys = [ApiKey::Produce, ApiKey::Metadata, ApiKey::ApiVersions]
-                .iter()
-                .map(|k| {
-                    let r = k.valid_versions();
-                    ApiVersion::default()
-                        .with_api_key(*k as i16)
-                        .with_min_version(r.min)
-                        .with_max_version(r.max)
-                })
-                .collect();
+            let keys = [
+                ApiKey::Produce,
+                ApiKey::Metadata,
+                ApiKey::ApiVersions,
+                ApiKey::SaslHandshake,
+                ApiKey::SaslAuthenticate,
+            ]
+            .iter()
+            .map(|k| {
+                let r = k.valid_versions();
+                ApiVersion::default()
+                    .with_api_key(*k as i16)
+                    .with_min_version(r.min)
+                    .with_max_version(r.max)
+            })
+            .collect();
             // Always header v0 for ApiVersions.
             Some(frame(
                 corr,
@@ -94,6 +100,22 @@ fn answer(request: &[u8], port: u16) -> Option<Bytes> {
                 &MetadataResponse::default().with_brokers(vec![broker]),
                 version,
             ))
+        }
+        ApiKey::SaslHandshake => {
+            let mechanisms = ["PLAIN", "SCRAM-SHA-256"]
+                .map(StrBytes::from_static_str)
+                .to_vec();
+            let resp = kafka_protocol::messages::SaslHandshakeResponse::default()
+                .with_mechanisms(mechanisms);
+            Some(frame(corr, flexible, &resp, version))
+        }
+        ApiKey::SaslAuthenticate => {
+            // A password containing "wrong" fails, as a broker would refuse it.
+            let wrong = request.windows(5).any(|w| w == b"wrong");
+            let resp = kafka_protocol::messages::SaslAuthenticateResponse::default()
+                .with_error_code(if wrong { 58 } else { 0 })
+                .with_auth_bytes(Bytes::from_static(b"server-message"));
+            Some(frame(corr, flexible, &resp, version))
         }
         ApiKey::Produce => {
             let at = idemgate::codec::RequestHead::peek(request)
@@ -249,4 +271,69 @@ async fn a_broker_closing_an_idle_connection_closes_the_clients() {
     assert!(conn.recv_frame().await.is_some());
     // Nothing in flight; the broker hangs up; so does the proxy, promptly.
     assert!(conn.is_closed().await);
+}
+
+/// The principal `/connections` shows for this client connection.
+async fn principal_of(proxy: &Proxy, conn: &RawConn) -> Option<String> {
+    let me = conn.stream.local_addr().unwrap().to_string();
+    let (_, body) = common::http_get(proxy.admin, "/connections").await;
+    let row = body
+        .lines()
+        .find(|l| l.contains(&format!("\"client_addr\":\"{me}\"")))?;
+    let at = row.find("\"principal\":")? + "\"principal\":".len();
+    let rest = &row[at..];
+    rest.strip_prefix('"')
+        .map(|r| r[..r.find('"').unwrap()].to_string())
+}
+
+async fn sasl_round(conn: &mut RawConn, corr: i32, token: &'static [u8]) -> i16 {
+    let req = kafka_protocol::messages::SaslAuthenticateRequest::default()
+        .with_auth_bytes(Bytes::from_static(token));
+    let resp: kafka_protocol::messages::SaslAuthenticateResponse =
+        conn.call(ApiKey::SaslAuthenticate, 2, corr, &req).await;
+    resp.error_code
+}
+
+async fn sasl_handshake(conn: &mut RawConn, mechanism: &'static str) {
+    let req = kafka_protocol::messages::SaslHandshakeRequest::default()
+        .with_mechanism(StrBytes::from_static_str(mechanism));
+    let resp: kafka_protocol::messages::SaslHandshakeResponse =
+        conn.call(ApiKey::SaslHandshake, 1, 1, &req).await;
+    assert_eq!(resp.error_code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_passes_through_and_the_principal_is_bound_only_on_success() {
+    let peer = Peer::start(Script::Kafka).await;
+    let proxy = Proxy::start(&peer.addr).await;
+
+    // PLAIN, refused: the client sees the broker's error; no principal.
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    sasl_handshake(&mut conn, "PLAIN").await;
+    assert_eq!(
+        sasl_round(&mut conn, 2, b"\0alice\0wrong-password").await,
+        58
+    );
+    assert_eq!(principal_of(&proxy, &conn).await, None);
+
+    // PLAIN, accepted.
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    sasl_handshake(&mut conn, "PLAIN").await;
+    assert_eq!(sasl_round(&mut conn, 2, b"\0alice\0secret").await, 0);
+    assert_eq!(principal_of(&proxy, &conn).await.as_deref(), Some("alice"));
+
+    // SCRAM: bound after the second round only.
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    sasl_handshake(&mut conn, "SCRAM-SHA-256").await;
+    assert_eq!(sasl_round(&mut conn, 2, b"n,,n=bob,r=abc").await, 0);
+    assert_eq!(
+        principal_of(&proxy, &conn).await,
+        None,
+        "not after the first round"
+    );
+    assert_eq!(
+        sasl_round(&mut conn, 3, b"c=biws,r=abcdef,p=cHJvb2Y=").await,
+        0
+    );
+    assert_eq!(principal_of(&proxy, &conn).await.as_deref(), Some("bob"));
 }

@@ -546,6 +546,13 @@ async fn read_responses<UR: AsyncRead + Unpin>(
             .pipeline
             .on_response(&awaited.plan, frame.freeze())
             .await?;
+        if let Some(principal) = &awaited.plan.authenticates {
+            if shared.pipeline.authenticated(&awaited.plan, &response) {
+                tracing::Span::current().record("principal", principal.as_str());
+                tracing::info!(%principal, "SASL authentication accepted by the broker");
+                shared.update_conn(conn.conn_id, |v| v.principal = Some(principal.clone()));
+            }
+        }
         // The writer may be gone if the client left; nothing more to do then.
         let _ = awaited.reply.send(response);
     }

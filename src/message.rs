@@ -80,6 +80,13 @@ pub fn decode_response<T: Decodable>(api: ApiKey, version: i16, frame: &Bytes) -
     Response::decode(api, version, frame).map(|r| r.msg)
 }
 
+/// Decodes a request's message when a filter needs it; `None` if it does not
+/// decode (the request is forwarded as it came either way).
+pub fn decode_request<T: Decodable>(frame: &[u8], head: &crate::codec::RequestHead) -> Option<T> {
+    let mut body = frame.get(head.body_offset..)?;
+    T::decode(&mut body, head.api_version).ok()
+}
+
 /// Encodes a response of our own making (answered locally, never sent upstream).
 pub fn encode_local_response<T: Encodable>(
     api: ApiKey,

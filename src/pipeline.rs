@@ -19,7 +19,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
-use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
+    SaslHandshakeRequest,
+};
 use kafka_protocol::protocol::StrBytes;
 
 use crate::codec::RequestHead;
@@ -27,6 +30,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::filter::api_versions;
 use crate::filter::broker_address::{carries_upstream_address, Rewriter};
+use crate::filter::sasl::SaslState;
 use crate::message::{self, Response};
 use crate::telemetry::Metrics;
 use crate::topology::Topology;
@@ -48,6 +52,9 @@ pub struct ResponsePlan {
     /// (Fetch max_wait_ms, Produce timeout_ms, JoinGroup rebalance_timeout_ms)
     /// plus `upstream.request_timeout`.
     pub wait: Duration,
+    /// SaslAuthenticate: the principal this connection has if the broker
+    /// answers without an error.
+    pub authenticates: Option<String>,
 }
 
 /// What a connection remembers between its requests.
@@ -56,6 +63,8 @@ pub struct ConnState {
     /// The last JoinGroup's rebalance timeout: a SyncGroup may be held by the
     /// coordinator that long too.
     rebalance_timeout: Option<Duration>,
+    /// The SASL exchange so far, to learn the principal.
+    sasl: SaslState,
 }
 
 /// The filters and what they share across connections.
@@ -119,10 +128,26 @@ impl Pipeline {
             ApiKey::SyncGroup => conn.rebalance_timeout.unwrap_or_default(),
             _ => Duration::ZERO,
         };
+        let mut authenticates = None;
+        match head.api_key {
+            ApiKey::SaslHandshake => {
+                if let Some(req) = message::decode_request::<SaslHandshakeRequest>(&frame, head) {
+                    conn.sasl.handshake(req.mechanism.as_str());
+                }
+            }
+            ApiKey::SaslAuthenticate => {
+                if let Some(req) = message::decode_request::<SaslAuthenticateRequest>(&frame, head)
+                {
+                    authenticates = conn.sasl.authenticate(&req.auth_bytes);
+                }
+            }
+            _ => {}
+        }
         let plan = ResponsePlan {
             api_key: head.api_key,
             api_version: head.api_version,
             wait: base + wait,
+            authenticates,
         };
         Ok(RequestAction::Forward(frame, Some(plan)))
     }
@@ -151,6 +176,12 @@ impl Pipeline {
             tracing::error!(api = ?api, version, "response carries an upstream broker address");
         }
         Ok(out)
+    }
+
+    /// For a SaslAuthenticate response: did the broker accept?
+    pub fn authenticated(&self, plan: &ResponsePlan, frame: &Bytes) -> bool {
+        message::decode_response::<SaslAuthenticateResponse>(plan.api_key, plan.api_version, frame)
+            .is_ok_and(|r| r.error_code == 0)
     }
 
     fn filter_api_versions(&self, version: i16, frame: &Bytes) -> Result<Option<Bytes>, Error> {

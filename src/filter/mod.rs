@@ -3,3 +3,4 @@
 
 pub mod api_versions;
 pub mod broker_address;
+pub mod sasl;

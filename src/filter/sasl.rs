@@ -1,0 +1,179 @@
+//! SASL passes through; the proxy only learns who authenticated.
+//!
+//! SaslHandshake names the mechanism; each SaslAuthenticate carries the
+//! client's token. The user name is read from the token (never the password
+//! or the token itself, which are neither kept nor logged) and becomes the
+//! connection's principal only when the broker answers the exchange's last
+//! SaslAuthenticate with no error. A new handshake on the same connection
+//! (KIP-368 re-authentication) starts over.
+//!
+//! - PLAIN (RFC 4616): `authzid NUL authcid NUL passwd`; the principal is
+//!   authcid, as Kafka's PlainSaslServer has it. One round.
+//! - SCRAM-SHA-256/512 (RFC 5802): client-first `gs2-header,n=user,r=nonce`,
+//!   with `=2C` and `=3D` unescaped. Bound after the second round (the
+//!   client-final message) succeeds.
+//! - OAUTHBEARER (RFC 7628): `n,a=...,\x01auth=Bearer <jwt>\x01\x01`; the
+//!   principal is the JWT's `sub` claim (the broker validated the token; the
+//!   proxy only reads it). One round.
+
+use bytes::Bytes;
+
+/// What a connection's SASL exchange has shown so far.
+#[derive(Debug, Default)]
+pub struct SaslState {
+    mechanism: Option<String>,
+    round: u32,
+    /// The user named in SCRAM's first message, until the second succeeds.
+    scram_user: Option<String>,
+}
+
+impl SaslState {
+    /// A SaslHandshake: a new exchange with `mechanism` begins.
+    pub fn handshake(&mut self, mechanism: &str) {
+        *self = SaslState {
+            mechanism: Some(mechanism.to_ascii_uppercase()),
+            ..SaslState::default()
+        };
+    }
+
+    /// A SaslAuthenticate carrying `token`: the principal to bind if the
+    /// broker accepts this round, when this round completes the exchange.
+    pub fn authenticate(&mut self, token: &Bytes) -> Option<String> {
+        self.round += 1;
+        match self.mechanism.as_deref()? {
+            "PLAIN" => plain_user(token),
+            "SCRAM-SHA-256" | "SCRAM-SHA-512" => {
+                if self.round == 1 {
+                    self.scram_user = scram_user(token);
+                    None
+                } else {
+                    self.scram_user.take()
+                }
+            }
+            "OAUTHBEARER" => oauth_subject(token),
+            _ => None,
+        }
+    }
+}
+
+fn plain_user(token: &[u8]) -> Option<String> {
+    let mut parts = token.splitn(3, |b| *b == 0);
+    let _authzid = parts.next()?;
+    let authcid = parts.next()?;
+    parts.next()?; // a password must follow
+    let user = std::str::from_utf8(authcid).ok()?;
+    (!user.is_empty()).then(|| user.to_string())
+}
+
+fn scram_user(token: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(token).ok()?;
+    // gs2-header is "n,," or "y,," or "p=...,", optionally with "a=authzid".
+    let bare = text.splitn(3, ',').nth(2)?;
+    let user = bare.split(',').find_map(|attr| attr.strip_prefix("n="))?;
+    let user = user.replace("=2C", ",").replace("=3D", "=");
+    (!user.is_empty()).then_some(user)
+}
+
+fn oauth_subject(token: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(token).ok()?;
+    let bearer = text
+        .split('\x01')
+        .find_map(|kv| kv.strip_prefix("auth="))?
+        .trim();
+    let jwt = bearer
+        .strip_prefix("Bearer ")
+        .or_else(|| bearer.strip_prefix("bearer "))?;
+    let payload = jwt.split('.').nth(1)?;
+    let json = base64url_decode(payload)?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    claims.get("sub")?.as_str().map(str::to_string)
+}
+
+/// Unpadded base64url (RFC 4648 §5), as JWTs use.
+fn base64url_decode(s: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(s)
+    }
+
+    #[test]
+    fn plain_binds_authcid_in_one_round() {
+        let mut s = SaslState::default();
+        s.handshake("PLAIN");
+        assert_eq!(
+            s.authenticate(&b(b"\0alice\0secret")).as_deref(),
+            Some("alice")
+        );
+        s.handshake("plain");
+        assert_eq!(
+            s.authenticate(&b(b"admin\0bob\0pw")).as_deref(),
+            Some("bob")
+        );
+        s.handshake("PLAIN");
+        assert_eq!(s.authenticate(&b(b"nonsense")), None);
+    }
+
+    #[test]
+    fn scram_binds_the_user_after_the_second_round() {
+        let mut s = SaslState::default();
+        s.handshake("SCRAM-SHA-512");
+        assert_eq!(
+            s.authenticate(&b(b"n,,n=al=2Cice=3D,r=fyko+d2lbbFgONRv9qkxdawL")),
+            None
+        );
+        let user = s.authenticate(&b(b"c=biws,r=fyko...,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="));
+        assert_eq!(user.as_deref(), Some("al,ice="));
+        // A third round (none in SCRAM) binds nothing.
+        assert_eq!(s.authenticate(&b(b"x")), None);
+    }
+
+    #[test]
+    fn oauthbearer_binds_the_jwt_subject() {
+        // {"alg":"none"} . {"sub":"svc-connect","scope":"kafka"} . (no signature)
+        let jwt = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJzdmMtY29ubmVjdCIsInNjb3BlIjoia2Fma2EifQ.";
+        let token = format!("n,a=svc-connect,\x01auth=Bearer {jwt}\x01\x01");
+        let mut s = SaslState::default();
+        s.handshake("OAUTHBEARER");
+        assert_eq!(
+            s.authenticate(&b(token.as_bytes())).as_deref(),
+            Some("svc-connect")
+        );
+        s.handshake("OAUTHBEARER");
+        assert_eq!(
+            s.authenticate(&b(b"n,,\x01auth=Bearer not.a-jwt!\x01\x01")),
+            None
+        );
+    }
+
+    #[test]
+    fn no_handshake_no_principal() {
+        let mut s = SaslState::default();
+        assert_eq!(s.authenticate(&b(b"\0alice\0secret")), None);
+        s.handshake("GSSAPI");
+        assert_eq!(s.authenticate(&b(b"\0alice\0secret")), None);
+    }
+}
