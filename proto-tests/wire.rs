@@ -248,26 +248,23 @@ async fn hostile_frames_close_only_their_own_connection() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_connection_limit_refuses_only_the_extra_connection() {
+/// With a limit of 2 (`listen_extra`), the third connection is closed and
+/// counted under `limit`; the first two keep working; a place frees up when
+/// a client leaves.
+async fn only_the_third_connection_is_refused(listen_extra: &str, limit: &str) {
     let broker = Tansu::start();
-    let proxy = Proxy::start_full(&broker.addr, "max_connections = 2", "", "").await;
+    let proxy = Proxy::start_full(&broker.addr, listen_extra, "", "").await;
     let mut a = RawConn::connect(&proxy.bootstrap).await;
     let mut b = RawConn::connect(&proxy.bootstrap).await;
     assert_alive(&mut a, 1).await;
     assert_alive(&mut b, 1).await;
     let mut c = RawConn::connect(&proxy.bootstrap).await;
-    assert!(c.is_closed().await, "third connection refused");
+    assert!(c.is_closed().await, "third connection refused ({limit})");
     assert_alive(&mut a, 2).await;
     assert_alive(&mut b, 2).await;
-    assert_eq!(
-        proxy
-            .wait_metric("idemgate_connections_rejected_total{limit=\"total\"}", 1.0)
-            .await,
-        1.0
-    );
+    let series = format!("idemgate_connections_rejected_total{{limit=\"{limit}\"}}");
+    assert_eq!(proxy.wait_metric(&series, 1.0).await, 1.0);
     drop(a);
-    // A slot frees up once a client leaves.
     let start = Instant::now();
     loop {
         let mut d = RawConn::connect(&proxy.bootstrap).await;
@@ -283,53 +280,20 @@ async fn the_connection_limit_refuses_only_the_extra_connection() {
         }
         assert!(
             start.elapsed() < Duration::from_secs(10),
-            "slot never freed"
+            "place never freed ({limit})"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_refuses_only_the_extra_connection() {
+    only_the_third_connection_is_refused("max_connections = 2", "total").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_ip_limit_refuses_the_extra_connection_from_that_ip() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start_full(&broker.addr, "max_connections_per_ip = 2", "", "").await;
-    let mut a = RawConn::connect(&proxy.bootstrap).await;
-    let mut b = RawConn::connect(&proxy.bootstrap).await;
-    assert_alive(&mut a, 1).await;
-    assert_alive(&mut b, 1).await;
-    let mut c = RawConn::connect(&proxy.bootstrap).await;
-    assert!(
-        c.is_closed().await,
-        "third connection from 127.0.0.1 refused"
-    );
-    assert_alive(&mut a, 2).await;
-    assert_eq!(
-        proxy
-            .wait_metric("idemgate_connections_rejected_total{limit=\"per_ip\"}", 1.0)
-            .await,
-        1.0
-    );
-    // Leaving gives the place back.
-    drop(a);
-    let start = Instant::now();
-    loop {
-        let mut d = RawConn::connect(&proxy.bootstrap).await;
-        d.send_frame(&request_frame(
-            ApiKey::ApiVersions,
-            3,
-            9,
-            &common::client_software(),
-        ))
-        .await;
-        if d.recv_frame().await.is_some() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "place never given back"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    only_the_third_connection_is_refused("max_connections_per_ip = 2", "per_ip").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
