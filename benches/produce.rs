@@ -100,20 +100,19 @@ fn tansu_bin() -> PathBuf {
     bin
 }
 
-/// `tansu proxy`: another Rust Kafka proxy (pass-through only), as a peer.
-fn start_tansu_proxy(upstream: &str) -> (Killed, String) {
+/// Starts `tansu <args…>` listening and advertising on a fresh loopback port.
+fn spawn_tansu(subcommand: &str, extra: &[String]) -> (Killed, String) {
     let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(tansu_bin())
         .args([
-            "proxy",
+            subcommand,
             "--listener-url",
             &url,
             "--advertised-listener-url",
             &url,
         ])
-        .arg("--origin-url")
-        .arg(format!("tcp://{upstream}"))
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -122,26 +121,19 @@ fn start_tansu_proxy(upstream: &str) -> (Killed, String) {
     (Killed(child), format!("127.0.0.1:{port}"))
 }
 
+/// `tansu proxy`: another Rust Kafka proxy (pass-through only), as a peer.
+fn start_tansu_proxy(upstream: &str) -> (Killed, String) {
+    spawn_tansu(
+        "proxy",
+        &["--origin-url".into(), format!("tcp://{upstream}")],
+    )
+}
+
 fn start_tansu() -> (Killed, String) {
-    let bin = tansu_bin();
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(bin)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(port);
-    (Killed(child), format!("127.0.0.1:{port}"))
+    spawn_tansu(
+        "broker",
+        &["--storage-engine".into(), "memory://tansu/".into()],
+    )
 }
 
 fn start_proxy(upstream: &str, dir: &std::path::Path) -> (Killed, String) {
