@@ -45,6 +45,22 @@ pub mod defaults {
     pub const LOG_LEVEL: &str = "info";
     pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
     pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Longer than a Connect replay: offset.flush.interval.ms is 60 s, a
+    /// rebalance can add minutes.
+    pub const DEDUP_WINDOW: Duration = Duration::from_secs(3600);
+    pub const DEDUP_MAX_KEYS: usize = 10_000_000;
+    pub const DEDUP_HEADER: &str = "idempotency-key";
+    /// Well under a client's request.timeout.ms (30 s): a request held longer
+    /// would time out and come back as a retry.
+    pub const DEDUP_PENDING_WAIT: Duration = Duration::from_secs(5);
+    pub const DEDUP_LOAD_WAIT: Duration = Duration::from_secs(10);
+    /// sled's own default: a key acknowledged less than this long before a
+    /// crash may be forgotten (its replay then passes: a duplicate, never a loss).
+    pub const DEDUP_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+    /// Kafka Connect's default internal topics (distributed worker examples);
+    /// `__*` topics are always excluded on top of these.
+    pub const DEDUP_EXCLUDE_TOPICS: &[&str] =
+        &["connect-configs", "connect-offsets", "connect-status"];
 }
 
 /// The validated configuration. Nothing in here can be wrong any more.
@@ -57,6 +73,7 @@ pub struct Config {
     pub shutdown: Shutdown,
     pub log: Log,
     pub diagnostics: Diagnostics,
+    pub dedup: Dedup,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +180,151 @@ pub struct Diagnostics {
     pub leak_check: bool,
 }
 
+/// `[dedup]`: the idempotency window and the rules that use it.
+#[derive(Debug, Clone)]
+pub struct Dedup {
+    /// How long an acknowledged key is remembered.
+    pub window: Duration,
+    /// The most keys remembered; the oldest go first.
+    pub max_keys: usize,
+    /// The record header that carries the key.
+    pub header: String,
+    /// How long a request carrying a key another request has in flight waits
+    /// for that request's outcome before it passes through.
+    pub pending_wait: Duration,
+    /// How long Produce for a dedup topic waits for the window to load after
+    /// a restart before it passes through unchecked.
+    pub load_wait: Duration,
+    /// How often the window is written to disk.
+    pub flush_interval: Duration,
+    /// Topics never touched, whatever the rules say (globs); `__*` always.
+    pub exclude_topics: Vec<Glob>,
+    /// Checked in order; the first rule matching a record's topic (and
+    /// connector, if the rule names one) decides.
+    pub rules: Vec<Rule>,
+}
+
+/// One `[[dedup.rules]]` entry.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub topics: Glob,
+    /// Only records from this connector (parsed from Connect's client ids).
+    pub connector: Option<Glob>,
+    pub key: KeyStrategy,
+    /// What a record without the field `key` names gets.
+    pub fallback: Fallback,
+    pub mode: Mode,
+    /// Write the key into the `dedup.header` header of each record.
+    pub tag: bool,
+}
+
+/// How a record's idempotency key is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyStrategy {
+    /// Topic, record key, value and headers (not the tag header), hashed.
+    Content,
+    /// The record key.
+    RecordKey,
+    /// The value of this header.
+    Header(String),
+    /// These JSON pointers into the value (RFC 6901), together.
+    Json(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Use the content hash instead.
+    Content,
+    /// Leave the record alone: no key, no tag, never dropped.
+    Pass,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Remove replays.
+    Drop,
+    /// Count replays, forward everything: how a rollout starts.
+    Observe,
+    /// Leave the topic alone.
+    Off,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Drop => "drop",
+            Mode::Observe => "observe",
+            Mode::Off => "off",
+        }
+    }
+}
+
+/// A topic or connector name pattern: `*` any run of characters, `?` one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(String);
+
+impl Glob {
+    pub fn new(pattern: &str) -> Glob {
+        Glob(pattern.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn matches(&self, text: &str) -> bool {
+        glob_match(self.0.as_bytes(), text.as_bytes())
+    }
+}
+
+/// Iterative wildcard match with one backtrack point (linear in practice).
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+impl Dedup {
+    /// The rule for a topic and connector: `None` when the topic is excluded
+    /// or no rule matches.
+    pub fn rule_for(&self, topic: &str, connector: Option<&str>) -> Option<&Rule> {
+        if topic.starts_with("__") || self.exclude_topics.iter().any(|g| g.matches(topic)) {
+            return None;
+        }
+        self.rules.iter().find(|r| {
+            r.topics.matches(topic)
+                && r.connector
+                    .as_ref()
+                    .is_none_or(|c| connector.is_some_and(|name| c.matches(name)))
+        })
+    }
+
+    /// True when some rule could act on records (any mode but `off`).
+    pub fn enabled(&self) -> bool {
+        self.rules.iter().any(|r| r.mode != Mode::Off)
+    }
+}
+
 // === impl Config ===
 
 impl Config {
@@ -200,6 +362,7 @@ impl Config {
             let shutdown = root.section("shutdown", shutdown);
             let log = root.section("log", log);
             let diagnostics = root.section("diagnostics", diagnostics);
+            let dedup = root.section("dedup", dedup);
             root.finish();
             Config {
                 listen,
@@ -209,6 +372,7 @@ impl Config {
                 shutdown,
                 log,
                 diagnostics,
+                dedup,
             }
         };
         let ports = &config.listen.broker_ports;
@@ -371,6 +535,117 @@ fn diagnostics(s: &mut Section<'_, '_>) -> Diagnostics {
     Diagnostics {
         leak_check: s.bool("leak_check", false),
     }
+}
+
+fn dedup(s: &mut Section<'_, '_>) -> Dedup {
+    let window = s.duration("window", defaults::DEDUP_WINDOW);
+    if window.is_zero() {
+        s.problem("window", "must be longer than 0s".into());
+    }
+    let max_keys = s.non_zero("max_keys", defaults::DEDUP_MAX_KEYS).get();
+    let header = s.string("header", defaults::DEDUP_HEADER);
+    if header.is_empty() {
+        s.problem("header", "must not be empty".into());
+    }
+    let pending_wait = s.duration("pending_wait", defaults::DEDUP_PENDING_WAIT);
+    let load_wait = s.duration("load_wait", defaults::DEDUP_LOAD_WAIT);
+    let flush_interval = s.duration("flush_interval", defaults::DEDUP_FLUSH_INTERVAL);
+    if flush_interval.is_zero() {
+        s.problem("flush_interval", "must be longer than 0s".into());
+    }
+    let exclude_topics = s
+        .strings("exclude_topics", defaults::DEDUP_EXCLUDE_TOPICS)
+        .iter()
+        .map(|g| Glob::new(g))
+        .collect();
+    let rules = s.tables("rules", rule);
+    Dedup {
+        window,
+        max_keys,
+        header,
+        pending_wait,
+        load_wait,
+        flush_interval,
+        exclude_topics,
+        rules,
+    }
+}
+
+fn rule(s: &mut Section<'_, '_>) -> Rule {
+    if s.table.is_some_and(|t| !t.contains_key("topics")) {
+        s.problem(
+            "topics",
+            "is required (a glob such as \"orders.*\" or \"*\")".into(),
+        );
+    }
+    let topics = Glob::new(&s.string("topics", "*"));
+    let connector = s.string("connector", "");
+    let key_text = s.string("key", "content");
+    let key = match parse_key_strategy(&key_text) {
+        Ok(k) => k,
+        Err(message) => {
+            s.problem("key", message);
+            KeyStrategy::Content
+        }
+    };
+    let fallback = match s.string("fallback", "content").as_str() {
+        "content" => Fallback::Content,
+        "pass" => Fallback::Pass,
+        other => {
+            s.problem(
+                "fallback",
+                format!("{other:?} is not one of \"content\", \"pass\""),
+            );
+            Fallback::Content
+        }
+    };
+    let mode = match s.string("mode", "drop").as_str() {
+        "drop" => Mode::Drop,
+        "observe" => Mode::Observe,
+        "off" => Mode::Off,
+        other => {
+            s.problem(
+                "mode",
+                format!("{other:?} is not one of \"drop\", \"observe\", \"off\""),
+            );
+            Mode::Drop
+        }
+    };
+    Rule {
+        topics,
+        connector: (!connector.is_empty()).then(|| Glob::new(&connector)),
+        key,
+        fallback,
+        mode,
+        tag: s.bool("tag", true),
+    }
+}
+
+/// `content`, `record-key`, `header:NAME` or `json:/a/b[,/c]`.
+pub fn parse_key_strategy(text: &str) -> Result<KeyStrategy, String> {
+    match text {
+        "content" => return Ok(KeyStrategy::Content),
+        "record-key" => return Ok(KeyStrategy::RecordKey),
+        _ => {}
+    }
+    if let Some(name) = text.strip_prefix("header:") {
+        if name.is_empty() {
+            return Err("header: needs a header name, e.g. \"header:event-id\"".into());
+        }
+        return Ok(KeyStrategy::Header(name.to_string()));
+    }
+    if let Some(list) = text.strip_prefix("json:") {
+        let pointers: Vec<String> = list.split(',').map(|p| p.trim().to_string()).collect();
+        if let Some(bad) = pointers.iter().find(|p| !p.starts_with('/')) {
+            return Err(format!(
+                "json pointer {bad:?} must start with '/', e.g. \"json:/source/lsn\""
+            ));
+        }
+        return Ok(KeyStrategy::Json(pointers));
+    }
+    Err(format!(
+        "{text:?} is not one of \"content\", \"record-key\", \"header:NAME\", \"json:/pointer[,/pointer]\""
+    ))
 }
 
 /// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"2d"`.
@@ -677,6 +952,67 @@ impl<'a, 'p> Section<'a, 'p> {
         }
         out
     }
+
+    /// A list of strings.
+    fn strings(&mut self, key: &'static str, default: &[&str]) -> Vec<String> {
+        let fallback: Vec<String> = default.iter().map(|s| s.to_string()).collect();
+        let Some(value) = self.get(key) else {
+            return fallback;
+        };
+        let Some(items) = value.as_array() else {
+            let found = value.type_str();
+            self.problem(key, format!("expected a list of strings, found {found}"));
+            return fallback;
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.as_str() {
+                Some(s) => out.push(s.to_string()),
+                None => self.problem(
+                    &format!("{key}[{i}]"),
+                    format!("expected a string, found {}", item.type_str()),
+                ),
+            }
+        }
+        out
+    }
+
+    /// An array of tables (`[[key]]`), each read with `read`; problems carry
+    /// the entry's index (`dedup.rules[2].mode`).
+    fn tables<T>(
+        &mut self,
+        key: &'static str,
+        mut read: impl FnMut(&mut Section<'a, '_>) -> T,
+    ) -> Vec<T> {
+        let Some(value) = self.get(key) else {
+            return Vec::new();
+        };
+        let Some(items) = value.as_array() else {
+            let found = value.type_str();
+            self.problem(key, format!("expected [[{key}]] tables, found {found}"));
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let path = self.path(&format!("{key}[{i}]"));
+            let Some(table) = item.as_table() else {
+                self.problems.push(Problem {
+                    path,
+                    message: format!("expected a table, found {}", item.type_str()),
+                });
+                continue;
+            };
+            let mut sub = Section {
+                prefix: path,
+                table: Some(table),
+                seen: Vec::new(),
+                problems: self.problems,
+            };
+            out.push(read(&mut sub));
+            sub.finish();
+        }
+        out
+    }
 }
 
 fn valid_host_port(s: &str) -> bool {
@@ -787,6 +1123,79 @@ mod tests {
             assert!(paths.contains(&want), "missing {want} in {err}");
         }
         assert_eq!(err.0.len(), 9, "{err}");
+    }
+
+    #[test]
+    fn dedup_rules_are_checked_with_their_index() {
+        let text = r#"
+            [dedup]
+            window = "0s"
+            [[dedup.rules]]
+            topics = "orders.*"
+            key = "json:/source/lsn,/id"
+            mode = "observe"
+            [[dedup.rules]]
+            key = "hash"
+            mode = "sometimes"
+            fallback = "maybe"
+            colour = 1
+        "#;
+        let err = Config::parse(text).unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "dedup.window",
+                "dedup.rules[1].topics",
+                "dedup.rules[1].key",
+                "dedup.rules[1].fallback",
+                "dedup.rules[1].mode",
+                "dedup.rules[1].colour",
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dedup_rule_matching() {
+        let text = r#"
+            [[dedup.rules]]
+            topics = "orders.*"
+            connector = "pg-*"
+            key = "header:event-id"
+            fallback = "pass"
+            [[dedup.rules]]
+            topics = "*"
+            mode = "observe"
+            tag = false
+        "#;
+        let c = Config::parse(text).unwrap();
+        let d = &c.dedup;
+        let r = d.rule_for("orders.eu", Some("pg-source")).unwrap();
+        assert_eq!(r.key, KeyStrategy::Header("event-id".into()));
+        assert_eq!(r.fallback, Fallback::Pass);
+        assert_eq!(r.mode, Mode::Drop);
+        // No connector: the second rule.
+        assert_eq!(d.rule_for("orders.eu", None).unwrap().mode, Mode::Observe);
+        assert!(!d.rule_for("orders.eu", None).unwrap().tag);
+        // Internal topics: never.
+        assert!(d.rule_for("__consumer_offsets", None).is_none());
+        assert!(d.rule_for("connect-offsets", None).is_none());
+        assert!(d.enabled());
+        assert!(!Config::parse("").unwrap().dedup.enabled());
+    }
+
+    #[test]
+    fn globs() {
+        let g = |p: &str, t: &str| Glob::new(p).matches(t);
+        assert!(g("*", ""));
+        assert!(g("orders.*", "orders.eu"));
+        assert!(!g("orders.*", "orders"));
+        assert!(g("a*b*c", "axxbyyc"));
+        assert!(!g("a*b*c", "axxbyy"));
+        assert!(g("t?p", "top"));
+        assert!(g("**x", "yx"));
+        assert!(!g("x", "xx"));
     }
 
     #[test]

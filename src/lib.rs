@@ -41,6 +41,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod filter;
+pub mod idempotency;
 pub mod message;
 pub mod pipeline;
 pub mod records;

@@ -6,6 +6,7 @@
 //! broker behind the same port afterwards. The idempotency window joins it.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::error::Error;
 
@@ -22,20 +23,93 @@ pub struct NodeRecord {
 pub struct Store {
     db: sled::Db,
     topology: sled::Tree,
+    /// Window segments by id (big-endian u64, so oldest first).
+    segments: sled::Tree,
+}
+
+fn store_err(e: sled::Error) -> Error {
+    Error::Store(e.to_string())
 }
 
 impl Store {
+    /// Opens with sled's default background flush (every 500 ms).
     pub fn open(dir: &Path) -> Result<Store, Error> {
+        Self::open_with(dir, crate::config::defaults::DEDUP_FLUSH_INTERVAL)
+    }
+
+    /// Opens with writes reaching the disk at least every `flush_every`.
+    pub fn open_with(dir: &Path, flush_every: Duration) -> Result<Store, Error> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Store(format!("cannot create {}: {e}", dir.display())))?;
         let db = sled::Config::new()
             .path(dir.join("sled"))
+            .flush_every_ms(Some(flush_every.as_millis().max(1) as u64))
             .open()
             .map_err(|e| Error::Store(format!("cannot open {}: {e}", dir.display())))?;
         let topology = db
             .open_tree("topology")
             .map_err(|e| Error::Store(format!("cannot open the topology tree: {e}")))?;
-        Ok(Store { db, topology })
+        let segments = db
+            .open_tree("window")
+            .map_err(|e| Error::Store(format!("cannot open the window tree: {e}")))?;
+        Ok(Store {
+            db,
+            topology,
+            segments,
+        })
+    }
+
+    pub fn put_segment(&self, id: u64, value: &[u8]) -> Result<(), Error> {
+        self.segments
+            .insert(id.to_be_bytes(), value)
+            .map(drop)
+            .map_err(store_err)
+    }
+
+    pub fn segment(&self, id: u64) -> Result<Option<sled::IVec>, Error> {
+        self.segments.get(id.to_be_bytes()).map_err(store_err)
+    }
+
+    pub fn remove_segment(&self, id: u64) -> Result<(), Error> {
+        self.segments
+            .remove(id.to_be_bytes())
+            .map(drop)
+            .map_err(store_err)
+    }
+
+    /// Segments from the oldest, starting at `from`.
+    pub fn segments_from(
+        &self,
+        from: u64,
+    ) -> impl Iterator<Item = Result<(u64, sled::IVec), Error>> {
+        self.segments.range(from.to_be_bytes()..).map(|item| {
+            let (k, v) = item.map_err(store_err)?;
+            let id = u64::from_be_bytes(
+                k.as_ref()
+                    .try_into()
+                    .map_err(|_| Error::Store("bad window segment id".into()))?,
+            );
+            Ok((id, v))
+        })
+    }
+
+    /// The newest segment id, if any.
+    pub fn last_segment_id(&self) -> Result<Option<u64>, Error> {
+        Ok(self
+            .segments
+            .last()
+            .map_err(store_err)?
+            .and_then(|(k, _)| k.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    /// Bytes on disk (sled's own estimate).
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// Writes everything to disk now, blocking.
+    pub fn flush_now(&self) -> Result<(), Error> {
+        self.db.flush().map(drop).map_err(store_err)
     }
 
     /// Every broker the proxy has ever given a port, by node id.

@@ -1,0 +1,8 @@
+//! Idempotency: what a record's key is ([`key`]) and which keys the broker
+//! has already acknowledged ([`window`]).
+
+pub mod key;
+pub mod window;
+
+pub use key::Key;
+pub use window::Window;

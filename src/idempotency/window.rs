@@ -1,0 +1,646 @@
+//! The window: which keys the broker has acknowledged, and where.
+//!
+//! ```text
+//! memory  key (u128) → segment id (u64)        16 shards of HashMap, ~25-50 B a key
+//! sled    segment id → time, topic, partition, base offset, [(key, offset delta)]
+//! ```
+//!
+//! A segment is one acknowledged partition batch: one sled write per Kafka
+//! batch instead of one per record (sled does ~120k single inserts/s here,
+//! ~500k records/s written this way). Positions are read back from the
+//! segment only when someone asks (`/window/lookup`, the base offset of a
+//! synthesized answer), so memory holds nothing but the key and its segment.
+//! moka is not used: measured here it costs ~340 B an entry, and its TinyLFU
+//! policy kept none of the newest keys under capacity pressure.
+//!
+//! Segment ids grow with time, so expiry and the `max_keys` bound both evict
+//! the oldest segment first. A key is removed from memory only if it still
+//! points at the segment being evicted.
+//!
+//! Life of a key: *new* → [`Window::check`] makes it *pending* (in flight,
+//! never a reason to drop) → [`Claim::commit`] after the broker acknowledged
+//! it makes it *seen*; a failure, a timeout or a dropped connection releases
+//! it (the [`Claim`] is dropped) and a retry goes through. After a crash,
+//! segments written since the last flush are gone: their replays pass (a
+//! duplicate, never a loss).
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+
+use super::Key;
+use crate::error::Error;
+use crate::store::Store;
+
+const SHARDS: usize = 16;
+
+/// Keys are already uniform hashes: the map uses their bits as they are.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(29) ^ n;
+    }
+    fn write_usize(&mut self, _len: usize) {}
+}
+
+type KeyMap<V> = HashMap<[u64; 2], V, BuildHasherDefault<KeyHasher>>;
+type KeySet = HashSet<[u64; 2], BuildHasherDefault<KeyHasher>>;
+
+fn split(key: Key) -> [u64; 2] {
+    [(key.0 >> 64) as u64, key.0 as u64]
+}
+
+#[derive(Default)]
+struct Shard {
+    seen: KeyMap<u64>,
+    pending: KeySet,
+}
+
+/// What the window knows of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Acknowledged before, in this segment.
+    Seen(u64),
+    /// In flight in another request.
+    Pending,
+    /// Unknown: now pending, and the caller's to commit or release.
+    Claimed,
+}
+
+/// Where a key was first acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// When the broker acknowledged it (ms since the Unix epoch).
+    pub acked_ms: u64,
+}
+
+pub struct Window {
+    shards: Vec<Mutex<Shard>>,
+    store: Arc<Store>,
+    ttl: Duration,
+    max_keys: usize,
+    next_segment: AtomicU64,
+    keys: AtomicUsize,
+    loaded: AtomicBool,
+    /// Woken whenever a pending key is resolved, and when loading ends.
+    changed: Notify,
+    /// Segment writes that failed (the keys stayed unseen).
+    pub store_errors: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Window {
+    /// An empty window over `store`; call [`load`](Self::load) to read back
+    /// what it remembers.
+    pub fn new(store: Arc<Store>, ttl: Duration, max_keys: usize) -> Window {
+        Window {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            store,
+            ttl,
+            max_keys,
+            next_segment: AtomicU64::new(0),
+            keys: AtomicUsize::new(0),
+            loaded: AtomicBool::new(false),
+            changed: Notify::new(),
+            store_errors: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: Key) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[(key.0 as usize) % SHARDS]
+            .lock()
+            .expect("window shard lock")
+    }
+
+    /// Reads every live segment back into memory (blocking; run it off the
+    /// async threads). Expired segments are deleted on the way.
+    pub fn load(&self) -> Result<LoadReport, Error> {
+        let started = Instant::now();
+        let oldest_alive = now_ms().saturating_sub(self.ttl.as_millis() as u64);
+        let mut report = LoadReport::default();
+        let mut last = None;
+        for item in self.store.segments_from(0) {
+            let (id, value) = item?;
+            last = Some(id);
+            let Some(seg) = Segment::parse(&value) else {
+                tracing::warn!(segment = id, "unreadable window segment dropped");
+                self.store.remove_segment(id)?;
+                continue;
+            };
+            if seg.acked_ms < oldest_alive {
+                self.store.remove_segment(id)?;
+                report.expired += 1;
+                continue;
+            }
+            report.segments += 1;
+            for (key, _) in seg.entries() {
+                if self.insert_seen(key, id) {
+                    report.keys += 1;
+                }
+            }
+        }
+        self.next_segment.store(last.map_or(0, |l| l + 1), Relaxed);
+        self.evict_over_capacity()?;
+        self.loaded.store(true, Relaxed);
+        self.changed.notify_waiters();
+        report.took = started.elapsed();
+        Ok(report)
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Relaxed)
+    }
+
+    /// Waits until loaded, up to `limit`; true if it is.
+    pub async fn wait_loaded(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_loaded() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.is_loaded();
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.load(Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Seen, pending, or (now) claimed by the caller.
+    pub fn check(&self, key: Key) -> Check {
+        let k = split(key);
+        let mut shard = self.shard(key);
+        if let Some(&segment) = shard.seen.get(&k) {
+            return Check::Seen(segment);
+        }
+        if shard.pending.insert(k) {
+            Check::Claimed
+        } else {
+            Check::Pending
+        }
+    }
+
+    /// Seen or not, without claiming.
+    pub fn peek(&self, key: Key) -> Option<u64> {
+        self.shard(key).seen.get(&split(key)).copied()
+    }
+
+    /// [`check`](Self::check), waiting up to `limit` while another request
+    /// has the key in flight. `Pending` after the wait: nobody knows.
+    pub async fn check_waiting(&self, key: Key, limit: Duration) -> Check {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.check(key) {
+                Check::Pending => {}
+                decided => return decided,
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.check(key);
+            }
+        }
+    }
+
+    /// Drops the pending mark of keys whose request failed.
+    fn release(&self, keys: &[Key]) {
+        if keys.is_empty() {
+            return;
+        }
+        for &key in keys {
+            self.shard(key).pending.remove(&split(key));
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn insert_seen(&self, key: Key, segment: u64) -> bool {
+        let mut shard = self.shard(key);
+        let k = split(key);
+        shard.pending.remove(&k);
+        match shard.seen.entry(k) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(segment);
+                self.keys.fetch_add(1, Relaxed);
+                true
+            }
+        }
+    }
+
+    /// Records acknowledged keys: `entries` are (key, offset delta from
+    /// `base_offset`). Written to sled first; if that fails the keys are
+    /// released, not seen (a replay then passes: never a loss).
+    pub fn commit(
+        &self,
+        topic: &str,
+        partition: i32,
+        base_offset: i64,
+        entries: &[(Key, u32)],
+    ) -> Result<(), Error> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let id = self.next_segment.fetch_add(1, Relaxed);
+        let value = Segment::encode(now_ms(), topic, partition, base_offset, entries);
+        if let Err(e) = self.store.put_segment(id, &value) {
+            self.store_errors.fetch_add(1, Relaxed);
+            let keys: Vec<Key> = entries.iter().map(|(k, _)| *k).collect();
+            self.release(&keys);
+            return Err(e);
+        }
+        for &(key, _) in entries {
+            self.insert_seen(key, id);
+        }
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Where a seen key was first acknowledged.
+    pub fn position(&self, key: Key) -> Result<Option<Position>, Error> {
+        let Some(segment) = self.peek(key) else {
+            return Ok(None);
+        };
+        self.position_in(key, segment)
+    }
+
+    /// The key's position in a given segment.
+    pub fn position_in(&self, key: Key, segment: u64) -> Result<Option<Position>, Error> {
+        let Some(value) = self.store.segment(segment)? else {
+            return Ok(None);
+        };
+        let Some(seg) = Segment::parse(&value) else {
+            return Ok(None);
+        };
+        let found = seg.entries().find(|(k, _)| *k == key);
+        Ok(found.map(|(_, delta)| Position {
+            topic: seg.topic.to_string(),
+            partition: seg.partition,
+            offset: seg.base_offset + i64::from(delta),
+            acked_ms: seg.acked_ms,
+        }))
+    }
+
+    /// Evicts expired segments and, past `max_keys`, the oldest ones. Cheap
+    /// when there is nothing to do; the server calls it every second.
+    pub fn sweep(&self) -> Result<usize, Error> {
+        let oldest_alive = now_ms().saturating_sub(self.ttl.as_millis() as u64);
+        let mut evicted = 0;
+        for item in self.store.segments_from(0) {
+            let (id, value) = item?;
+            let expired = Segment::parse(&value).is_none_or(|s| s.acked_ms < oldest_alive);
+            if !expired && self.len() <= self.max_keys {
+                break;
+            }
+            evicted += self.evict(id, &value)?;
+        }
+        Ok(evicted)
+    }
+
+    fn evict_over_capacity(&self) -> Result<(), Error> {
+        if self.len() <= self.max_keys {
+            return Ok(());
+        }
+        for item in self.store.segments_from(0) {
+            let (id, value) = item?;
+            self.evict(id, &value)?;
+            if self.len() <= self.max_keys {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn evict(&self, id: u64, value: &[u8]) -> Result<usize, Error> {
+        let mut removed = 0;
+        if let Some(seg) = Segment::parse(value) {
+            for (key, _) in seg.entries() {
+                let mut shard = self.shard(key);
+                let k = split(key);
+                if shard.seen.get(&k) == Some(&id) {
+                    shard.seen.remove(&k);
+                    self.keys.fetch_sub(1, Relaxed);
+                    removed += 1;
+                }
+            }
+        }
+        self.store.remove_segment(id)?;
+        Ok(removed)
+    }
+
+    /// Approximate memory held by the key maps.
+    pub fn memory_bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().expect("window shard lock");
+                // hashbrown: one control byte per bucket, buckets ≥ capacity × 8/7.
+                let buckets = (s.seen.capacity() * 8 / 7).next_power_of_two();
+                let pending = (s.pending.capacity() * 8 / 7).next_power_of_two();
+                buckets * (24 + 1) + pending * (16 + 1)
+            })
+            .sum()
+    }
+}
+
+/// What [`Window::load`] found.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub segments: usize,
+    pub keys: usize,
+    pub expired: usize,
+    pub took: Duration,
+}
+
+// === Claims ===
+
+/// Keys one request made pending: committed per partition when the broker
+/// acknowledges, released for everything else when dropped.
+pub struct Claim {
+    window: Arc<Window>,
+    keys: Vec<Key>,
+}
+
+impl Claim {
+    pub fn new(window: Arc<Window>) -> Claim {
+        Claim {
+            window,
+            keys: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, key: Key) {
+        self.keys.push(key);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn window(&self) -> &Arc<Window> {
+        &self.window
+    }
+
+    /// Commits `entries` (all claimed by this request) and stops owning them.
+    pub fn commit(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        base_offset: i64,
+        entries: &[(Key, u32)],
+    ) -> Result<(), Error> {
+        let result = self.window.commit(topic, partition, base_offset, entries);
+        // Committed or released by commit itself on error: not ours any more.
+        let done: HashSet<Key> = entries.iter().map(|(k, _)| *k).collect();
+        self.keys.retain(|k| !done.contains(k));
+        result
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.window.release(&self.keys);
+    }
+}
+
+impl std::fmt::Debug for Claim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Claim({} keys)", self.keys.len())
+    }
+}
+
+// === Segment encoding ===
+
+/// `acked_ms u64 | topic_len u16 | topic | partition i32 | base_offset i64 |
+/// count u32 | count × (key u128 | delta u32)`, big-endian.
+struct Segment<'a> {
+    acked_ms: u64,
+    topic: &'a str,
+    partition: i32,
+    base_offset: i64,
+    entries: &'a [u8],
+}
+
+const ENTRY: usize = 20;
+
+impl<'a> Segment<'a> {
+    fn encode(
+        acked_ms: u64,
+        topic: &str,
+        partition: i32,
+        base_offset: i64,
+        entries: &[(Key, u32)],
+    ) -> Vec<u8> {
+        let topic = &topic.as_bytes()[..topic.len().min(u16::MAX as usize)];
+        let mut out = Vec::with_capacity(26 + topic.len() + entries.len() * ENTRY);
+        out.extend_from_slice(&acked_ms.to_be_bytes());
+        out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+        out.extend_from_slice(topic);
+        out.extend_from_slice(&partition.to_be_bytes());
+        out.extend_from_slice(&base_offset.to_be_bytes());
+        out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+        for (key, delta) in entries {
+            out.extend_from_slice(&key.0.to_be_bytes());
+            out.extend_from_slice(&delta.to_be_bytes());
+        }
+        out
+    }
+
+    fn parse(buf: &'a [u8]) -> Option<Segment<'a>> {
+        let acked_ms = u64::from_be_bytes(buf.get(0..8)?.try_into().ok()?);
+        let topic_len = usize::from(u16::from_be_bytes(buf.get(8..10)?.try_into().ok()?));
+        let topic = std::str::from_utf8(buf.get(10..10 + topic_len)?).ok()?;
+        let at = 10 + topic_len;
+        let partition = i32::from_be_bytes(buf.get(at..at + 4)?.try_into().ok()?);
+        let base_offset = i64::from_be_bytes(buf.get(at + 4..at + 12)?.try_into().ok()?);
+        let count = u32::from_be_bytes(buf.get(at + 12..at + 16)?.try_into().ok()?) as usize;
+        let entries = buf.get(at + 16..at + 16 + count.checked_mul(ENTRY)?)?;
+        Some(Segment {
+            acked_ms,
+            topic,
+            partition,
+            base_offset,
+            entries,
+        })
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (Key, u32)> + 'a {
+        self.entries.chunks_exact(ENTRY).map(|c| {
+            let key = u128::from_be_bytes(c[..16].try_into().expect("16 bytes"));
+            let delta = u32::from_be_bytes(c[16..].try_into().expect("4 bytes"));
+            (Key(key), delta)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(dir: &std::path::Path, ttl: Duration, max_keys: usize) -> Arc<Window> {
+        let store = Arc::new(Store::open(dir).unwrap());
+        let w = Arc::new(Window::new(store, ttl, max_keys));
+        w.load().unwrap();
+        w
+    }
+
+    fn commit(w: &Arc<Window>, keys: &[u128], base: i64) {
+        let mut claim = Claim::new(w.clone());
+        let mut entries = Vec::new();
+        for (i, &k) in keys.iter().enumerate() {
+            assert_eq!(w.check(Key(k)), Check::Claimed);
+            claim.add(Key(k));
+            entries.push((Key(k), i as u32));
+        }
+        claim.commit("orders", 3, base, &entries).unwrap();
+    }
+
+    #[test]
+    fn pending_then_seen_with_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = window(dir.path(), Duration::from_secs(3600), 100);
+        let mut claim = Claim::new(w.clone());
+        assert_eq!(w.check(Key(1)), Check::Claimed);
+        claim.add(Key(1));
+        assert_eq!(w.check(Key(1)), Check::Pending, "in flight elsewhere");
+        claim.commit("orders", 3, 40, &[(Key(1), 2)]).unwrap();
+        let Check::Seen(seg) = w.check(Key(1)) else {
+            panic!("not seen")
+        };
+        let pos = w.position_in(Key(1), seg).unwrap().unwrap();
+        assert_eq!(
+            (pos.topic.as_str(), pos.partition, pos.offset),
+            ("orders", 3, 42)
+        );
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn a_dropped_claim_releases_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = window(dir.path(), Duration::from_secs(3600), 100);
+        {
+            let mut claim = Claim::new(w.clone());
+            assert_eq!(w.check(Key(7)), Check::Claimed);
+            claim.add(Key(7));
+        }
+        assert_eq!(w.check(Key(7)), Check::Claimed, "the retry goes through");
+        assert!(w.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_learns_the_first_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = window(dir.path(), Duration::from_secs(3600), 100);
+        let mut claim = Claim::new(w.clone());
+        assert_eq!(w.check(Key(9)), Check::Claimed);
+        claim.add(Key(9));
+        let waiter = {
+            let w = w.clone();
+            tokio::spawn(async move { w.check_waiting(Key(9), Duration::from_secs(10)).await })
+        };
+        tokio::task::yield_now().await;
+        claim.commit("orders", 0, 5, &[(Key(9), 0)]).unwrap();
+        assert!(matches!(waiter.await.unwrap(), Check::Seen(_)));
+        // Nobody resolves key 10: the wait ends undecided.
+        let mut other = Claim::new(w.clone());
+        assert_eq!(w.check(Key(10)), Check::Claimed);
+        other.add(Key(10));
+        assert_eq!(
+            w.check_waiting(Key(10), Duration::from_millis(50)).await,
+            Check::Pending
+        );
+    }
+
+    #[test]
+    fn keys_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let w = window(dir.path(), Duration::from_secs(3600), 100);
+            commit(&w, &[1, 2, 3], 0);
+            commit(&w, &[4], 3);
+            w.store.flush_now().unwrap();
+        }
+        let w = window(dir.path(), Duration::from_secs(3600), 100);
+        assert_eq!(w.len(), 4);
+        assert_eq!(w.position(Key(4)).unwrap().unwrap().offset, 3);
+        // New segments continue after the old ones.
+        commit(&w, &[5], 4);
+        assert_eq!(w.position(Key(5)).unwrap().unwrap().offset, 4);
+        assert_eq!(w.position(Key(1)).unwrap().unwrap().offset, 0);
+    }
+
+    #[test]
+    fn capacity_evicts_the_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = window(dir.path(), Duration::from_secs(3600), 4);
+        commit(&w, &[1, 2], 0);
+        commit(&w, &[3, 4], 2);
+        commit(&w, &[5, 6], 4);
+        w.sweep().unwrap();
+        assert_eq!(w.len(), 4);
+        assert_eq!(w.peek(Key(1)), None);
+        assert_eq!(w.peek(Key(2)), None);
+        assert!(w.peek(Key(3)).is_some() && w.peek(Key(6)).is_some());
+    }
+
+    #[test]
+    fn keys_expire_after_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = window(dir.path(), Duration::from_millis(200), 100);
+        commit(&w, &[1, 2], 0);
+        std::thread::sleep(Duration::from_millis(300));
+        commit(&w, &[3], 2);
+        w.sweep().unwrap();
+        assert_eq!(w.peek(Key(1)), None);
+        assert!(w.peek(Key(3)).is_some());
+        // Expired segments are gone from disk too: a reload does not bring them back.
+        drop(w);
+        let w = window(dir.path(), Duration::from_secs(3600), 100);
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn an_evicted_key_seen_again_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = window(dir.path(), Duration::from_secs(3600), 2);
+        commit(&w, &[1, 2], 0);
+        commit(&w, &[3], 2);
+        w.sweep().unwrap(); // segment 0 goes: keys 1 and 2
+        commit(&w, &[1], 3);
+        w.sweep().unwrap();
+        assert_eq!(w.position(Key(1)).unwrap().unwrap().offset, 3);
+    }
+}
