@@ -1,8 +1,10 @@
-//! The admin HTTP listener: `/healthz`, `/readyz`, `/metrics`, `/connections`.
+//! The admin HTTP listener: `/healthz`, `/readyz`, `/metrics`, `/connections`,
+//! `/connectors` (replays absorbed per connector) and
+//! `/window/lookup?topic=T&key=K` (was this record seen, when, at which offset).
 //!
 //! A deliberately small HTTP/1.1 server (one request per connection, no
-//! keep-alive): it has three read-only routes today, and pulling in a web
-//! framework for them would cost more build time than the code below.
+//! keep-alive): its routes are all read-only, and pulling in a web framework
+//! for them would cost more build time than the code below.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::idempotency::Key;
 use crate::server::Shared;
 
 /// Requests larger than this are not admin requests.
@@ -52,12 +55,12 @@ async fn handle(mut stream: TcpStream, shared: &Shared) {
     let head = String::from_utf8_lossy(&buf);
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, content_type, body) = route(method, path, shared);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (status, content_type, body) = route(method, path, query, shared);
     let _ = respond(&mut stream, status, content_type, &body).await;
 }
 
-fn route(method: &str, path: &str, shared: &Shared) -> (u16, &'static str, String) {
+fn route(method: &str, path: &str, query: &str, shared: &Shared) -> (u16, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     if method != "GET" {
         return (405, TEXT, format!("{method} not allowed on {path}\n"));
@@ -69,6 +72,11 @@ fn route(method: &str, path: &str, shared: &Shared) -> (u16, &'static str, Strin
             Err(why) => (503, TEXT, format!("not ready: {}\n", why.join(", "))),
         },
         "/connections" => (200, "application/json", connections_json(shared)),
+        "/connectors" => (200, "application/json", connectors_json(shared)),
+        "/window/lookup" => match window_lookup(query, shared) {
+            Ok(body) => (200, "application/json", body),
+            Err(message) => (400, TEXT, format!("{message}\n")),
+        },
         "/metrics" => (
             200,
             "text/plain; version=0.0.4; charset=utf-8",
@@ -77,7 +85,7 @@ fn route(method: &str, path: &str, shared: &Shared) -> (u16, &'static str, Strin
         _ => (
             404,
             TEXT,
-            format!("no such path {path}; try /healthz, /readyz, /metrics\n"),
+            format!("no such path {path}; try /healthz, /readyz, /metrics, /connections, /connectors, /window/lookup?topic=T&key=K\n"),
         ),
     }
 }
@@ -99,6 +107,117 @@ fn connections_json(shared: &Shared) -> String {
         })
         .collect();
     format!("[{}]\n", rows.join(",\n"))
+}
+
+/// Per connector: the replays it absorbed, and its records per topic.
+fn connectors_json(shared: &Shared) -> String {
+    let dedup = &shared.metrics.dedup;
+    let replays = dedup.replays();
+    let topics = dedup.topics();
+    let mut names: Vec<&String> = replays.keys().collect();
+    names.extend(topics.keys().map(|(c, _)| c));
+    names.sort();
+    names.dedup();
+    let rows: Vec<String> = names
+        .into_iter()
+        .map(|name| {
+            let r = replays.get(name).copied().unwrap_or_default();
+            let per_topic: Vec<String> = topics
+                .iter()
+                .filter(|((c, _), _)| c == name)
+                .map(|((_, t), c)| {
+                    format!(
+                        "{{\"topic\":{},\"records\":{},\"dropped\":{},\"observed\":{}}}",
+                        json_string(Some(t)),
+                        c.records,
+                        c.dropped,
+                        c.observed
+                    )
+                })
+                .collect();
+            format!(
+                "{{\"connector\":{},\"producer_sessions\":{},\"sessions_with_replays\":{},\"records_dropped\":{},\"largest_replay\":{},\"topics\":[{}]}}",
+                json_string(Some(name)),
+                r.sessions,
+                r.sessions_with_replays,
+                r.records_dropped,
+                r.largest_replay,
+                per_topic.join(",")
+            )
+        })
+        .collect();
+    format!("[{}]\n", rows.join(",\n"))
+}
+
+/// `topic=T&key=K`: K is an idempotency key as the tag header carries it
+/// (32 hex digits), or, with `record_key=K` instead, a record key (for rules
+/// with `key = "record-key"`).
+fn window_lookup(query: &str, shared: &Shared) -> Result<String, String> {
+    let mut topic = None;
+    let mut key = None;
+    let mut record_key = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).ok_or_else(|| format!("{name}: bad percent-encoding"))?;
+        match name {
+            "topic" => topic = Some(String::from_utf8_lossy(&value).into_owned()),
+            "key" => key = Some(value),
+            "record_key" => record_key = Some(value),
+            other => {
+                return Err(format!(
+                    "unknown parameter {other:?} (topic, key, record_key)"
+                ))
+            }
+        }
+    }
+    let topic = topic.ok_or("topic= is required")?;
+    let key = match (key, record_key) {
+        (Some(hex), None) => Key::parse_hex(&hex)
+            .ok_or("key= must be 32 hex digits, as in the idempotency-key header")?,
+        (None, Some(rk)) => crate::idempotency::key::record_key(&topic, &rk),
+        _ => return Err("give exactly one of key= or record_key=".into()),
+    };
+    let window = &shared.window;
+    let position = window.position(key).map_err(|e| e.to_string())?;
+    let body = match position.filter(|p| p.topic == topic) {
+        Some(p) => format!(
+            "{{\"topic\":{},\"key\":\"{key}\",\"seen\":true,\"partition\":{},\"offset\":{},\"acked_at_ms\":{}}}\n",
+            json_string(Some(&topic)),
+            p.partition,
+            if p.offset >= 0 { p.offset.to_string() } else { "null".into() },
+            p.acked_ms
+        ),
+        None => format!(
+            "{{\"topic\":{},\"key\":\"{key}\",\"seen\":false,\"window_loaded\":{}}}\n",
+            json_string(Some(&topic)),
+            window.is_loaded()
+        ),
+    };
+    Ok(body)
+}
+
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
 }
 
 /// A JSON string literal (or null).
@@ -126,6 +245,7 @@ async fn respond(
 ) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
+        400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
         431 => "Request Header Fields Too Large",
@@ -143,7 +263,14 @@ async fn respond(
 
 #[cfg(test)]
 mod tests {
-    use super::json_string;
+    use super::{json_string, percent_decode};
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb+c").unwrap(), b"a/b c");
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%4"), None);
+    }
 
     #[test]
     fn json_strings_are_escaped() {

@@ -506,7 +506,7 @@ async fn read_responses<UR: AsyncRead + Unpin>(
             }
         };
         let Some(entry) = entry else { return Ok(()) };
-        let Some(awaited) = entry.awaited else {
+        let Some(mut awaited) = entry.awaited else {
             if unanswered.len() == MAX_UNANSWERED {
                 unanswered.pop_front();
             }
@@ -544,7 +544,7 @@ async fn read_responses<UR: AsyncRead + Unpin>(
             .upstream_latency(api, awaited.sent_at.elapsed());
         let response = shared
             .pipeline
-            .on_response(&awaited.plan, frame.freeze())
+            .on_response(&mut awaited.plan, frame.freeze())
             .await?;
         if let Some(principal) = &awaited.plan.authenticates {
             if shared.pipeline.authenticated(&awaited.plan, &response) {

@@ -3,8 +3,11 @@
 //! ```text
 //! request  → api versions (answer too-new versions locally)
 //!          → produce acks / request waits (how long the broker may take)
+//!          → identity (connector and task from the client id)
+//!          → dedup (produce): tag, drop replays, answer wholly replayed requests
 //!          → upstream
-//! response ← api versions (intersect ranges)
+//! response ← dedup (produce): commit acknowledged keys, merge answered partitions
+//!          ← api versions (intersect ranges)
 //!          ← broker addresses (Metadata, FindCoordinator, DescribeCluster, KIP-951)
 //!          ← leak check (diagnostics.leak_check)
 //! ```
@@ -30,6 +33,8 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::filter::api_versions;
 use crate::filter::broker_address::{carries_upstream_address, Rewriter};
+use crate::filter::dedup_produce::{self, ProduceDedup, ProducePlan};
+use crate::filter::identity::Identity;
 use crate::filter::sasl::SaslState;
 use crate::message::{self, Response};
 use crate::telemetry::Metrics;
@@ -44,7 +49,7 @@ pub enum RequestAction {
 }
 
 /// What the response of a forwarded request needs.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ResponsePlan {
     pub api_key: ApiKey,
     pub api_version: i16,
@@ -55,6 +60,9 @@ pub struct ResponsePlan {
     /// SaslAuthenticate: the principal this connection has if the broker
     /// answers without an error.
     pub authenticates: Option<String>,
+    /// Produce with keys awaiting the broker's answer, or partitions the
+    /// proxy answered itself.
+    pub produce: Option<Box<ProducePlan>>,
 }
 
 /// What a connection remembers between its requests.
@@ -65,6 +73,10 @@ pub struct ConnState {
     rebalance_timeout: Option<Duration>,
     /// The SASL exchange so far, to learn the principal.
     sasl: SaslState,
+    /// Who the client says it is (its first request's client id).
+    identity: Option<Identity>,
+    /// Produce-path dedup of this connection.
+    session: dedup_produce::Session,
 }
 
 /// The filters and what they share across connections.
@@ -75,6 +87,8 @@ pub struct Pipeline {
     advertised_host: StrBytes,
     /// The last ranges advertised to a client, for local UNSUPPORTED_VERSION answers.
     advertised_versions: RwLock<Option<Vec<ApiVersion>>>,
+    /// `None` when no dedup rule is on.
+    dedup: Option<ProduceDedup>,
 }
 
 impl Pipeline {
@@ -86,17 +100,38 @@ impl Pipeline {
             metrics,
             advertised_host,
             advertised_versions: RwLock::new(None),
+            dedup: None,
         }
+    }
+
+    /// Turns the produce-path dedup filter on, over this window.
+    pub fn with_window(mut self, window: Arc<crate::idempotency::Window>) -> Self {
+        if self.config.dedup.enabled() {
+            self.dedup = Some(ProduceDedup::new(
+                self.config.clone(),
+                window,
+                self.metrics.clone(),
+            ));
+        }
+        self
+    }
+
+    pub fn dedup(&self) -> Option<&ProduceDedup> {
+        self.dedup.as_ref()
     }
 
     pub async fn on_request(
         &self,
         conn: &mut ConnState,
         head: &RequestHead,
-        frame: BytesMut,
+        mut frame: BytesMut,
     ) -> Result<RequestAction, Error> {
         let base = self.config.upstream.request_timeout;
         let wait_ms = |ms: Option<i32>| Duration::from_millis(ms.unwrap_or(0).max(0) as u64);
+        if conn.identity.is_none() {
+            conn.identity = Some(Identity::from_client_id(&head.client_id_str()));
+        }
+        let mut produce = None;
         let wait = match head.api_key {
             ApiKey::ApiVersions if head.api_version > api_versions::MAX_VERSION => {
                 return self
@@ -107,7 +142,27 @@ impl Pipeline {
                 match message::produce_acks_and_timeout(&frame, head.body_offset, head.api_version)
                 {
                     Some((0, _)) => return Ok(RequestAction::Forward(frame, None)),
-                    Some((_, timeout)) => wait_ms(Some(timeout)),
+                    Some((acks, timeout)) => {
+                        if let Some(dedup) = &self.dedup {
+                            let identity = conn.identity.as_ref().expect("set above");
+                            match dedup
+                                .on_request(&mut conn.session, identity, head, &frame, acks)
+                                .await?
+                            {
+                                dedup_produce::Outcome::Unchanged(plan) => {
+                                    produce = plan.map(Box::new)
+                                }
+                                dedup_produce::Outcome::Rewritten(new, plan) => {
+                                    produce = Some(Box::new(plan));
+                                    frame = new;
+                                }
+                                dedup_produce::Outcome::Answer(bytes) => {
+                                    return Ok(RequestAction::Answer(bytes))
+                                }
+                            }
+                        }
+                        wait_ms(Some(timeout))
+                    }
                     None => Duration::ZERO,
                 }
             }
@@ -148,14 +203,20 @@ impl Pipeline {
             api_version: head.api_version,
             wait: base + wait,
             authenticates,
+            produce,
         };
         Ok(RequestAction::Forward(frame, Some(plan)))
     }
 
     /// Filters a response frame body (correlation id already the client's).
-    pub async fn on_response(&self, plan: &ResponsePlan, frame: Bytes) -> Result<Bytes, Error> {
+    pub async fn on_response(&self, plan: &mut ResponsePlan, frame: Bytes) -> Result<Bytes, Error> {
         let (api, version) = (plan.api_key, plan.api_version);
         let mut out = frame;
+        if let (Some(dedup), Some(produce)) = (&self.dedup, plan.produce.as_mut()) {
+            if let Some(changed) = dedup.on_response(produce, version, &out)? {
+                out = changed;
+            }
+        }
         if api == ApiKey::ApiVersions {
             if let Some(changed) = self.filter_api_versions(version, &out)? {
                 out = changed;

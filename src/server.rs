@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::connection::{self, Target};
 use crate::error::Error;
+use crate::idempotency::Window;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -34,6 +35,8 @@ pub struct Shared {
     pub topology: Arc<Topology>,
     pub pipeline: Pipeline,
     pub store: Arc<Store>,
+    /// The idempotency window (loaded in the background after a start).
+    pub window: Arc<Window>,
     /// `[listen.tls]`: the client-side TLS configuration, reloadable.
     pub tls: Option<Arc<ServerTls>>,
     /// `[upstream.tls]`: TLS to the brokers.
@@ -83,7 +86,8 @@ impl Shared {
         self.next_conn_id.fetch_add(1, Relaxed)
     }
 
-    /// Ready when the store answers and the last upstream probe succeeded.
+    /// Ready when the store answers, the last upstream probe succeeded and (with
+    /// dedup rules) the window is loaded.
     pub fn readiness(&self) -> Result<(), Vec<&'static str>> {
         let mut not = Vec::new();
         if !self.store.is_healthy() {
@@ -91,6 +95,9 @@ impl Shared {
         }
         if self.metrics.upstream_up.load(Relaxed) != 1 {
             not.push("upstream not reachable");
+        }
+        if self.config.dedup.enabled() && !self.window.is_loaded() {
+            not.push("idempotency window not loaded");
         }
         if *self.shutdown.borrow() {
             not.push("shutting down");
@@ -123,7 +130,15 @@ impl Running {
 /// Binds every listener and starts serving. Returns once listening.
 pub async fn start(config: Config) -> Result<Running, Error> {
     let config = Arc::new(config);
-    let store = Arc::new(Store::open(&config.store.dir)?);
+    let store = Arc::new(Store::open_with(
+        &config.store.dir,
+        config.dedup.flush_interval,
+    )?);
+    let window = Arc::new(Window::new(
+        store.clone(),
+        config.dedup.window,
+        config.dedup.max_keys,
+    ));
     let topology = Arc::new(Topology::load(
         config.listen.broker_ports.clone(),
         store.clone(),
@@ -132,7 +147,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // Unknown until the first probe, so that its outcome is logged either way.
     metrics.upstream_up.store(-1, Relaxed);
     let (stop, shutdown) = watch::channel(false);
-    let pipeline = Pipeline::new(config.clone(), topology.clone(), metrics.clone());
+    let pipeline = Pipeline::new(config.clone(), topology.clone(), metrics.clone())
+        .with_window(window.clone());
     let tls = match &config.listen.tls {
         Some(settings) => Some(Arc::new(ServerTls::load(settings).map_err(|problems| {
             Error::Internal(
@@ -161,6 +177,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         topology,
         pipeline,
         store,
+        window,
         tls,
         upstream_tls,
         shutdown,
@@ -190,6 +207,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     }
     tasks.spawn(broker_listeners(shared.clone()));
     tasks.spawn(refresh_metadata(shared.clone()));
+    tasks.spawn(keep_window(shared.clone()));
     if shared.tls.is_some() {
         tasks.spawn(reload_tls(shared.clone()));
     }
@@ -226,6 +244,54 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         stop,
         done,
     })
+}
+
+/// Loads the window from the store, then evicts expired and surplus keys
+/// every second and keeps its gauges current.
+async fn keep_window(shared: Arc<Shared>) {
+    let window = shared.window.clone();
+    let loaded = tokio::task::spawn_blocking(move || window.load()).await;
+    let dedup = &shared.metrics.dedup;
+    match loaded {
+        Ok(Ok(report)) => {
+            dedup.window_loaded.store(1, Relaxed);
+            tracing::info!(
+                keys = report.keys,
+                segments = report.segments,
+                expired = report.expired,
+                took = ?report.took,
+                "idempotency window loaded"
+            );
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "idempotency window could not be loaded: dedup topics pass through unchecked");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "idempotency window load panicked: dedup topics pass through unchecked");
+            return;
+        }
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let window = shared.window.clone();
+        let swept = tokio::task::spawn_blocking(move || window.sweep()).await;
+        match swept {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(evicted = n, "window keys evicted"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "window sweep failed"),
+            Err(e) => tracing::warn!(error = %e, "window sweep panicked"),
+        }
+        dedup.window_keys.store(shared.window.len() as i64, Relaxed);
+        dedup
+            .window_bytes
+            .store(shared.window.memory_bytes() as i64, Relaxed);
+        dedup
+            .store_bytes
+            .store(shared.store.size_on_disk() as i64, Relaxed);
+    }
 }
 
 async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, Error> {

@@ -6,8 +6,10 @@
 //! request spends with us (frame read to response written), `hop="upstream"`
 //! the broker's share of it (request written to response read).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use kafka_protocol::messages::ApiKey;
@@ -127,6 +129,277 @@ pub struct Metrics {
     /// TLS file reloads, and reloads that failed (the old files stay in use).
     pub tls_reloads: AtomicU64,
     pub tls_reload_failures: AtomicU64,
+    pub dedup: DedupMetrics,
+}
+
+/// Why a record that a rule covers was forwarded unchecked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailOpen {
+    /// The batch did not decode (corrupt, unknown codec, too large).
+    Undecodable,
+    /// Not exactly one record batch v2 (legacy magic, several batches).
+    NotOneV2Batch,
+    /// An idempotent producer's batch with replays: dropping needs sequence translation.
+    Idempotent,
+    /// The window was still loading after `dedup.load_wait`.
+    Loading,
+    /// Another request had the key in flight past `dedup.pending_wait`.
+    PendingTimeout,
+    /// The store could not record an acknowledged batch.
+    StoreError,
+    /// The request named a topic by id only (Produce v13).
+    TopicId,
+}
+
+impl FailOpen {
+    const ALL: [FailOpen; 7] = [
+        FailOpen::Undecodable,
+        FailOpen::NotOneV2Batch,
+        FailOpen::Idempotent,
+        FailOpen::Loading,
+        FailOpen::PendingTimeout,
+        FailOpen::StoreError,
+        FailOpen::TopicId,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailOpen::Undecodable => "undecodable",
+            FailOpen::NotOneV2Batch => "not_one_v2_batch",
+            FailOpen::Idempotent => "idempotent",
+            FailOpen::Loading => "loading",
+            FailOpen::PendingTimeout => "pending_timeout",
+            FailOpen::StoreError => "store_error",
+            FailOpen::TopicId => "topic_id",
+        }
+    }
+}
+
+/// Per (connector, topic) counts on the produce path.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TopicCounts {
+    pub records: u64,
+    pub dropped: u64,
+    pub observed: u64,
+}
+
+/// Replays absorbed per connector. A session is one producer connection;
+/// after a restart the task's new producer opens a new one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Replays {
+    pub sessions: u64,
+    /// Sessions that replayed something (a restart, a rebalance, a zombie).
+    pub sessions_with_replays: u64,
+    pub records_dropped: u64,
+    /// The most records dropped from one session.
+    pub largest_replay: u64,
+}
+
+/// The dedup filter's metrics.
+pub struct DedupMetrics {
+    topics: Mutex<BTreeMap<(String, String), TopicCounts>>,
+    replays: Mutex<BTreeMap<String, Replays>>,
+    fail_open: [AtomicU64; 7],
+    /// Records in transactional batches passed through untouched.
+    pub transactional_records: AtomicU64,
+    /// Requests that waited for another request's pending keys.
+    pub pending_waits: AtomicU64,
+    /// Requests answered by the proxy because every partition was a replay.
+    pub answered_locally: AtomicU64,
+    pub window_keys: AtomicI64,
+    pub window_bytes: AtomicI64,
+    pub store_bytes: AtomicI64,
+    /// 1 once the window is loaded after a start.
+    pub window_loaded: AtomicI64,
+}
+
+impl DedupMetrics {
+    const fn new() -> Self {
+        DedupMetrics {
+            topics: Mutex::new(BTreeMap::new()),
+            replays: Mutex::new(BTreeMap::new()),
+            fail_open: [const { AtomicU64::new(0) }; 7],
+            transactional_records: AtomicU64::new(0),
+            pending_waits: AtomicU64::new(0),
+            answered_locally: AtomicU64::new(0),
+            window_keys: AtomicI64::new(0),
+            window_bytes: AtomicI64::new(0),
+            store_bytes: AtomicI64::new(0),
+            window_loaded: AtomicI64::new(0),
+        }
+    }
+
+    pub fn add(&self, connector: &str, topic: &str, counts: TopicCounts) {
+        let mut map = self.topics.lock().expect("dedup metrics lock");
+        let key = (connector.to_string(), topic.to_string());
+        let entry = map.entry(key).or_default();
+        entry.records += counts.records;
+        entry.dropped += counts.dropped;
+        entry.observed += counts.observed;
+    }
+
+    pub fn fail_open(&self, reason: FailOpen, records: u64) {
+        let i = FailOpen::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("listed");
+        self.fail_open[i].fetch_add(records, Relaxed);
+    }
+
+    pub fn fail_open_count(&self, reason: FailOpen) -> u64 {
+        let i = FailOpen::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("listed");
+        self.fail_open[i].load(Relaxed)
+    }
+
+    /// A connection of `connector` produced for the first time.
+    pub fn session_started(&self, connector: &str) {
+        let mut map = self.replays.lock().expect("dedup metrics lock");
+        map.entry(connector.to_string()).or_default().sessions += 1;
+    }
+
+    /// `dropped` more replays in a session that had dropped `before`.
+    pub fn replayed(&self, connector: &str, before: u64, dropped: u64) {
+        let mut map = self.replays.lock().expect("dedup metrics lock");
+        let r = map.entry(connector.to_string()).or_default();
+        if before == 0 {
+            r.sessions_with_replays += 1;
+        }
+        r.records_dropped += dropped;
+        r.largest_replay = r.largest_replay.max(before + dropped);
+    }
+
+    pub fn topics(&self) -> BTreeMap<(String, String), TopicCounts> {
+        self.topics.lock().expect("dedup metrics lock").clone()
+    }
+
+    pub fn replays(&self) -> BTreeMap<String, Replays> {
+        self.replays.lock().expect("dedup metrics lock").clone()
+    }
+
+    fn render(&self, out: &mut String) {
+        let topics = self.topics();
+        let series: [(&str, &str, fn(&TopicCounts) -> u64); 3] = [
+            (
+                "idemgate_records_total",
+                "Records in Produce requests for topics a dedup rule covers.",
+                |c| c.records,
+            ),
+            (
+                "idemgate_duplicates_dropped_total",
+                "Replayed records removed before reaching the broker.",
+                |c| c.dropped,
+            ),
+            (
+                "idemgate_duplicates_observed_total",
+                "Replayed records forwarded because their rule is in observe mode.",
+                |c| c.observed,
+            ),
+        ];
+        for (name, help, get) in series {
+            counter_header(out, name, help);
+            for ((connector, topic), c) in &topics {
+                let _ = writeln!(
+                    out,
+                    "{name}{{connector=\"{}\",topic=\"{}\",direction=\"produce\"}} {}",
+                    escape(connector),
+                    escape(topic),
+                    get(c)
+                );
+            }
+        }
+        counter_header(
+            out,
+            "idemgate_dedup_fail_open_total",
+            "Records a rule covers that were forwarded unchecked, by reason (never dropped on a guess).",
+        );
+        for (i, reason) in FailOpen::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "idemgate_dedup_fail_open_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                self.fail_open[i].load(Relaxed)
+            );
+        }
+        let replays = self.replays();
+        counter_header(
+            out,
+            "idemgate_producer_sessions_total",
+            "Producer connections per connector; a task restart opens a new one.",
+        );
+        for (connector, r) in &replays {
+            let _ = writeln!(
+                out,
+                "idemgate_producer_sessions_total{{connector=\"{}\"}} {}",
+                escape(connector),
+                r.sessions
+            );
+        }
+        counter_header(
+            out,
+            "idemgate_replay_sessions_total",
+            "Producer sessions that replayed records already acknowledged.",
+        );
+        for (connector, r) in &replays {
+            let _ = writeln!(
+                out,
+                "idemgate_replay_sessions_total{{connector=\"{}\"}} {}",
+                escape(connector),
+                r.sessions_with_replays
+            );
+        }
+        counter(
+            out,
+            "idemgate_transactional_records_total",
+            "Records of transactional batches, passed through untouched.",
+            self.transactional_records.load(Relaxed),
+        );
+        counter(
+            out,
+            "idemgate_pending_waits_total",
+            "Requests that waited for another request's in-flight keys (a zombie and its successor).",
+            self.pending_waits.load(Relaxed),
+        );
+        counter(
+            out,
+            "idemgate_produce_answered_locally_total",
+            "Produce requests answered by the proxy because every record was a replay.",
+            self.answered_locally.load(Relaxed),
+        );
+        gauge(
+            out,
+            "idemgate_window_keys",
+            "Keys in the idempotency window.",
+            self.window_keys.load(Relaxed),
+        );
+        gauge(
+            out,
+            "idemgate_window_memory_bytes",
+            "Memory held by the window's key maps (estimate).",
+            self.window_bytes.load(Relaxed),
+        );
+        gauge(
+            out,
+            "idemgate_store_bytes",
+            "Size of the store on disk (sled's estimate).",
+            self.store_bytes.load(Relaxed),
+        );
+        gauge(
+            out,
+            "idemgate_window_loaded",
+            "1 once the window has been read back from the store after a start.",
+            self.window_loaded.load(Relaxed),
+        );
+    }
+}
+
+/// Label values: backslash, quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Metrics {
@@ -143,6 +416,7 @@ impl Metrics {
             tls_handshake_failures: AtomicU64::new(0),
             tls_reloads: AtomicU64::new(0),
             tls_reload_failures: AtomicU64::new(0),
+            dedup: DedupMetrics::new(),
         }
     }
 
@@ -324,6 +598,7 @@ impl Metrics {
             "TLS file changes that could not be loaded (the previous files stay in use).",
             self.tls_reload_failures.load(Relaxed),
         );
+        self.dedup.render(&mut out);
         out
     }
 }

@@ -6,7 +6,9 @@
 //! filter cannot decode. Keys the proxy does not know are removed (a request
 //! with one would be refused). Produce keeps the broker's minimum (KAFKA-18659:
 //! clients read Produce min 0 as "this broker still speaks v0-2"; such requests
-//! pass through raw). Features and their epoch pass through unchanged.
+//! pass through raw). Produce stops at v12: v13 names topics by id only
+//! (KIP-516), and the dedup rules match topic names. Features and their
+//! epoch pass through unchanged.
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -18,6 +20,9 @@ pub const MAX_VERSION: i16 = 4;
 /// Kafka's UNSUPPORTED_VERSION error code.
 pub const UNSUPPORTED_VERSION: i16 = 35;
 
+/// The newest Produce the proxy advertises (v13 carries topic ids, not names).
+pub const MAX_PRODUCE_VERSION: i16 = 12;
+
 /// Cuts a broker's ranges to what the proxy handles.
 pub fn intersect(resp: &mut ApiVersionsResponse) {
     resp.api_keys.retain_mut(|v| {
@@ -27,6 +32,8 @@ pub fn intersect(resp: &mut ApiVersionsResponse) {
         let proxy = key.valid_versions();
         if key != ApiKey::Produce {
             v.min_version = v.min_version.max(proxy.min);
+        } else {
+            v.max_version = v.max_version.min(MAX_PRODUCE_VERSION);
         }
         v.max_version = v.max_version.min(proxy.max);
         v.min_version <= v.max_version
@@ -39,10 +46,15 @@ pub fn proxy_ranges() -> Vec<ApiVersion> {
     ApiKey::iter()
         .map(|key| {
             let r = key.valid_versions();
+            let max = if key == ApiKey::Produce {
+                r.max.min(MAX_PRODUCE_VERSION)
+            } else {
+                r.max
+            };
             ApiVersion::default()
                 .with_api_key(key as i16)
                 .with_min_version(r.min)
-                .with_max_version(r.max)
+                .with_max_version(max)
         })
         .collect()
 }
@@ -70,7 +82,7 @@ mod tests {
     #[test]
     fn intersects_with_the_crate_ranges() {
         let mut resp = ApiVersionsResponse::default().with_api_keys(vec![
-            v(0, 0, 99),   // Produce: broker min kept, max cut
+            v(0, 0, 99),   // Produce: broker min kept, max cut to v12 (no topic ids)
             v(1, 0, 17),   // Fetch: min raised to what the crate decodes
             v(3, 0, 12),   // Metadata: broker's max is lower: kept
             v(18, 0, 4),   // ApiVersions
@@ -83,7 +95,7 @@ mod tests {
             .iter()
             .map(|a| (a.api_key, a.min_version, a.max_version))
             .collect();
-        assert_eq!(got, vec![(0, 0, 13), (1, 4, 17), (3, 0, 12), (18, 0, 4)]);
+        assert_eq!(got, vec![(0, 0, 12), (1, 4, 17), (3, 0, 12), (18, 0, 4)]);
     }
 
     #[test]

@@ -3,4 +3,6 @@
 
 pub mod api_versions;
 pub mod broker_address;
+pub mod dedup_produce;
+pub mod identity;
 pub mod sasl;

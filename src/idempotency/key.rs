@@ -140,6 +140,11 @@ fn put_bytes(h: &mut Xxh3, bytes: Option<&[u8]>) {
     }
 }
 
+/// The key a `record-key` rule gives a record with this key (for lookups).
+pub fn record_key(topic: &str, key: &[u8]) -> Key {
+    hash_parts(b'k', topic, [key])
+}
+
 fn hash_parts<'b>(tag: u8, topic: &str, parts: impl IntoIterator<Item = &'b [u8]>) -> Key {
     let mut h = Xxh3::new();
     h.update(&[tag]);

@@ -1,0 +1,664 @@
+//! Dedup on the produce path: tag each record with its idempotency key, drop
+//! the replays the broker already acknowledged, learn keys from the broker's
+//! acknowledgements.
+//!
+//! ```text
+//! request   decode ProduceRequest → per partition: one v2 batch → per record:
+//!             key (rule) → window: seen → replay | pending → wait (bounded) | new → claim
+//!           splice (drop replays, append the tag header) → forward what is left;
+//!           a partition with nothing left is answered by the proxy
+//! response  per forwarded partition: error 0 and acks=all → commit its claimed keys
+//!           (positions = base offset + index); answered partitions merged back in
+//!           request order; base_offset -1 where records were removed
+//! ```
+//!
+//! Never a loss: a key counts only once the broker acknowledged it; anything
+//! the filter can't be sure of (an undecodable batch, a store error, a key in
+//! flight past `dedup.pending_wait`, an idempotent producer's replay) is
+//! forwarded as it came and counted in `idemgate_dedup_fail_open_total`.
+//! Transactional batches, control batches, Produce with acks=0 and topics no
+//! rule covers pass byte for byte.
+//!
+//! acks=1 requests are tagged and checked against the window, but their keys
+//! are never learned: a leader failover can truncate an acks=1 write, and a
+//! key learned from it would make the replay that restores it a "duplicate".
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+use kafka_protocol::protocol::{Encodable, StrBytes};
+
+use crate::codec::{api_name, RequestHead};
+use crate::config::{Config, Mode, Rule};
+use crate::error::Error;
+use crate::filter::identity::Identity;
+use crate::idempotency::key::{Derived, Deriver};
+use crate::idempotency::window::{Check, Claim, Window};
+use crate::idempotency::Key;
+use crate::message::{self, Response};
+use crate::records::{Action, BatchItem, Batches, HeaderRef, SpliceMode, Spliced};
+use crate::telemetry::{FailOpen, Metrics, TopicCounts};
+
+/// The produce-path dedup filter, shared by every connection.
+pub struct ProduceDedup {
+    config: Arc<Config>,
+    window: Arc<Window>,
+    metrics: Arc<Metrics>,
+}
+
+/// What one connection remembers.
+#[derive(Debug, Default)]
+pub struct Session {
+    started: bool,
+    /// Replays dropped on this connection so far.
+    dropped: u64,
+}
+
+/// What to do with a Produce request.
+pub enum Outcome {
+    /// Forward the frame as it came (with a plan when keys await the answer).
+    Unchanged(Option<ProducePlan>),
+    /// Forward this body (header kept) instead.
+    Rewritten(BytesMut, ProducePlan),
+    /// Every partition was a replay: the proxy's answer.
+    Answer(Bytes),
+}
+
+/// What the response of a filtered Produce needs.
+#[derive(Debug)]
+pub struct ProducePlan {
+    claim: Claim,
+    acks: i16,
+    topics: Vec<TopicPlan>,
+}
+
+#[derive(Debug)]
+struct TopicPlan {
+    name: StrBytes,
+    partitions: Vec<PartitionPlan>,
+}
+
+#[derive(Debug)]
+struct PartitionPlan {
+    index: i32,
+    kind: PartitionKind,
+}
+
+#[derive(Debug)]
+enum PartitionKind {
+    /// Sent to the broker; on success, these claimed keys at these offset
+    /// deltas become seen. `trimmed`: records were removed, so the broker's
+    /// base_offset would mislead the client about the others' offsets.
+    Upstream {
+        commits: Vec<(Key, u32)>,
+        trimmed: bool,
+    },
+    /// Every record was a replay: answered by the proxy.
+    Answered { base_offset: i64 },
+}
+
+impl ProducePlan {
+    fn needs_response_rewrite(&self) -> bool {
+        self.topics.iter().flat_map(|t| &t.partitions).any(|p| {
+            matches!(
+                p.kind,
+                PartitionKind::Answered { .. } | PartitionKind::Upstream { trimmed: true, .. }
+            )
+        })
+    }
+
+    fn has_commits(&self) -> bool {
+        self.topics.iter().flat_map(|t| &t.partitions).any(
+            |p| matches!(&p.kind, PartitionKind::Upstream { commits, .. } if !commits.is_empty()),
+        )
+    }
+}
+
+/// What was decided for one record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    Keep,
+    /// Keep and append the tag header with this key.
+    Tag(Key),
+    /// A replay of a key seen in this window segment (`None`: earlier in
+    /// this same request).
+    Drop(Option<u64>),
+}
+
+impl ProduceDedup {
+    pub fn new(config: Arc<Config>, window: Arc<Window>, metrics: Arc<Metrics>) -> Self {
+        ProduceDedup {
+            config,
+            window,
+            metrics,
+        }
+    }
+
+    pub fn window(&self) -> &Arc<Window> {
+        &self.window
+    }
+
+    fn rule(&self, topic: &str, identity: &Identity) -> Option<&Rule> {
+        self.config
+            .dedup
+            .rule_for(topic, identity.connector.as_deref())
+            .filter(|r| r.mode != Mode::Off)
+    }
+
+    /// Filters one Produce request with acks 1 or all.
+    pub async fn on_request(
+        &self,
+        session: &mut Session,
+        identity: &Identity,
+        head: &RequestHead,
+        frame: &BytesMut,
+        acks: i16,
+    ) -> Result<Outcome, Error> {
+        let Some(mut req) = message::decode_request::<ProduceRequest>(frame, head) else {
+            return Ok(Outcome::Unchanged(None));
+        };
+        if req.transactional_id.is_some() {
+            // Transactions are Connect's own exactly-once: byte for byte.
+            let records: u64 = req
+                .topic_data
+                .iter()
+                .flat_map(|t| &t.partition_data)
+                .map(|p| record_count(p.records.as_ref()))
+                .sum();
+            self.metrics
+                .dedup
+                .transactional_records
+                .fetch_add(records, std::sync::atomic::Ordering::Relaxed);
+            return Ok(Outcome::Unchanged(None));
+        }
+        let covered = req
+            .topic_data
+            .iter()
+            .any(|t| self.rule(t.name.as_str(), identity).is_some());
+        if !covered {
+            if head.api_version >= 13 {
+                let n = req
+                    .topic_data
+                    .iter()
+                    .flat_map(|t| &t.partition_data)
+                    .map(|p| record_count(p.records.as_ref()))
+                    .sum();
+                self.metrics.dedup.fail_open(FailOpen::TopicId, n);
+            }
+            return Ok(Outcome::Unchanged(None));
+        }
+        if !self.window.is_loaded() && !self.window.wait_loaded(self.config.dedup.load_wait).await {
+            let n = req
+                .topic_data
+                .iter()
+                .flat_map(|t| &t.partition_data)
+                .map(|p| record_count(p.records.as_ref()))
+                .sum();
+            self.metrics.dedup.fail_open(FailOpen::Loading, n);
+            return Ok(Outcome::Unchanged(None));
+        }
+        let label = identity.label().to_string();
+        if !session.started {
+            session.started = true;
+            self.metrics.dedup.session_started(&label);
+        }
+
+        let mut plan = ProducePlan {
+            claim: Claim::new(self.window.clone()),
+            acks,
+            topics: Vec::with_capacity(req.topic_data.len()),
+        };
+        let mut changed = false;
+        let mut in_request: HashSet<Key> = HashSet::new();
+        let mut dropped_total = 0;
+        for topic in &mut req.topic_data {
+            let name = topic.name.0.clone();
+            let mut topic_plan = TopicPlan {
+                name: name.clone(),
+                partitions: Vec::with_capacity(topic.partition_data.len()),
+            };
+            let rule = self.rule(name.as_str(), identity);
+            let mut counts = TopicCounts::default();
+            for partition in &mut topic.partition_data {
+                let kind = match (rule, &partition.records) {
+                    (Some(rule), Some(records)) => {
+                        let (kind, new_records) = self
+                            .filter_partition(
+                                rule,
+                                name.as_str(),
+                                records,
+                                &mut plan.claim,
+                                &mut in_request,
+                                &mut counts,
+                            )
+                            .await;
+                        if let Some(bytes) = new_records {
+                            partition.records = Some(bytes);
+                            changed = true;
+                        }
+                        kind
+                    }
+                    _ => PartitionKind::Upstream {
+                        commits: Vec::new(),
+                        trimmed: false,
+                    },
+                };
+                if let PartitionKind::Answered { base_offset } = kind {
+                    changed = true;
+                    tracing::debug!(
+                        topic = %name,
+                        partition = partition.index,
+                        base_offset,
+                        "every record a replay: answered by the proxy"
+                    );
+                }
+                topic_plan.partitions.push(PartitionPlan {
+                    index: partition.index,
+                    kind,
+                });
+            }
+            if rule.is_some() {
+                dropped_total += counts.dropped;
+                self.metrics.dedup.add(&label, name.as_str(), counts);
+            }
+            plan.topics.push(topic_plan);
+        }
+        if dropped_total > 0 {
+            self.metrics
+                .dedup
+                .replayed(&label, session.dropped, dropped_total);
+            session.dropped += dropped_total;
+            tracing::debug!(dropped = dropped_total, "replayed records dropped");
+        }
+        if !changed {
+            return Ok(Outcome::Unchanged(plan.has_commits().then_some(plan)));
+        }
+
+        // Partitions answered here leave the request; topics left empty too.
+        for (topic, topic_plan) in req.topic_data.iter_mut().zip(&plan.topics) {
+            let mut answered = topic_plan
+                .partitions
+                .iter()
+                .map(|p| matches!(p.kind, PartitionKind::Answered { .. }));
+            topic
+                .partition_data
+                .retain(|_| !answered.next().unwrap_or(false));
+        }
+        req.topic_data.retain(|t| !t.partition_data.is_empty());
+        if req.topic_data.is_empty() {
+            self.metrics
+                .dedup
+                .answered_locally
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let resp = merge(&plan, ProduceResponse::default());
+            return message::encode_local_response(
+                ApiKey::Produce,
+                head.api_version,
+                ApiKey::Produce.response_header_version(head.api_version),
+                head.correlation_id,
+                &resp,
+            )
+            .map(Outcome::Answer);
+        }
+        let mut out = BytesMut::with_capacity(frame.len() + 1024);
+        out.extend_from_slice(&frame[..head.body_offset]);
+        req.encode(&mut out, head.api_version)
+            .map_err(|source| Error::Codec {
+                api: api_name(ApiKey::Produce),
+                version: head.api_version,
+                source,
+            })?;
+        Ok(Outcome::Rewritten(out, plan))
+    }
+
+    /// One partition's records: what happens to it, and its new records if
+    /// they changed. Anything doubtful leaves the records as they are.
+    async fn filter_partition(
+        &self,
+        rule: &Rule,
+        topic: &str,
+        records: &Bytes,
+        claim: &mut Claim,
+        in_request: &mut HashSet<Key>,
+        counts: &mut TopicCounts,
+    ) -> (PartitionKind, Option<Bytes>) {
+        let untouched = PartitionKind::Upstream {
+            commits: Vec::new(),
+            trimmed: false,
+        };
+        let mut items = Batches::new(records.clone());
+        let raw = match (items.next(), items.next()) {
+            (Some(Ok(BatchItem::Batch(raw))), None) => raw,
+            _ => {
+                let n = record_count(Some(records));
+                counts.records += n;
+                self.metrics.dedup.fail_open(FailOpen::NotOneV2Batch, n);
+                return (untouched, None);
+            }
+        };
+        let attributes = raw.header().attributes;
+        if attributes.is_transactional() || attributes.is_control() {
+            self.metrics.dedup.transactional_records.fetch_add(
+                raw.header().records_count.max(0) as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            return (untouched, None);
+        }
+        let batch = match raw.decode_with_limit(self.config.listen.max_frame_bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                let n = raw.header().records_count.max(0) as u64;
+                counts.records += n;
+                self.metrics.dedup.fail_open(FailOpen::Undecodable, n);
+                tracing::debug!(topic, error = %e, "batch not decodable: forwarded as it came");
+                return (untouched, None);
+            }
+        };
+        counts.records += batch.len() as u64;
+        let idempotent = batch.header().producer_id >= 0;
+        let may_drop = rule.mode == Mode::Drop && !idempotent;
+        let deriver = Deriver {
+            strategy: &rule.key,
+            fallback: rule.fallback,
+            tag_header: self.config.dedup.header.as_bytes(),
+        };
+
+        // 1. Decide each record.
+        let mut decisions = Vec::with_capacity(batch.len());
+        let mut claimed = Vec::new();
+        let mut idempotent_replays = 0;
+        for record in batch.records() {
+            let derived = deriver.derive(topic, &record);
+            let Some(key) = derived.key() else {
+                decisions.push(Decision::Keep);
+                continue;
+            };
+            let keep = if rule.tag && matches!(derived, Derived::Made(_)) {
+                Decision::Tag(key)
+            } else {
+                Decision::Keep
+            };
+            let replay_of = if !in_request.insert(key) {
+                Some(None)
+            } else {
+                let mut check = self.window.check(key);
+                if check == Check::Pending && may_drop {
+                    self.metrics
+                        .dedup
+                        .pending_waits
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    check = self
+                        .window
+                        .check_waiting(key, self.config.dedup.pending_wait)
+                        .await;
+                    if check == Check::Pending {
+                        self.metrics.dedup.fail_open(FailOpen::PendingTimeout, 1);
+                    }
+                }
+                match check {
+                    Check::Seen(segment) => Some(Some(segment)),
+                    Check::Claimed => {
+                        claim.add(key);
+                        claimed.push((record.index(), key));
+                        None
+                    }
+                    Check::Pending => None,
+                }
+            };
+            match replay_of {
+                None => decisions.push(keep),
+                Some(seen) if may_drop => {
+                    counts.dropped += 1;
+                    decisions.push(Decision::Drop(seen));
+                }
+                Some(_) => {
+                    if rule.mode == Mode::Observe {
+                        counts.observed += 1;
+                    } else {
+                        idempotent_replays += 1;
+                    }
+                    decisions.push(keep);
+                }
+            }
+        }
+        if idempotent_replays > 0 {
+            self.metrics
+                .dedup
+                .fail_open(FailOpen::Idempotent, idempotent_replays);
+        }
+
+        // 2. Offsets of the claimed keys among the records that stay.
+        let mut kept_index = Vec::with_capacity(decisions.len());
+        let mut next = 0u32;
+        for d in &decisions {
+            kept_index.push(next);
+            if !matches!(d, Decision::Drop(_)) {
+                next += 1;
+            }
+        }
+        let commits: Vec<(Key, u32)> = claimed
+            .iter()
+            .map(|&(i, key)| (key, kept_index[i]))
+            .collect();
+        let any_dropped = decisions.iter().any(|d| matches!(d, Decision::Drop(_)));
+
+        // 3. Splice.
+        let hexes: Vec<[u8; 32]> = decisions
+            .iter()
+            .map(|d| match d {
+                Decision::Tag(k) => k.to_hex(),
+                _ => [0; 32],
+            })
+            .collect();
+        let header = self.config.dedup.header.as_bytes();
+        let actions: Vec<Action<'_>> = decisions
+            .iter()
+            .zip(&hexes)
+            .map(|(d, hex)| match d {
+                Decision::Keep => Action::Keep,
+                Decision::Drop(_) => Action::Drop,
+                Decision::Tag(_) => Action::KeepAppend(HeaderRef {
+                    key: header,
+                    value: Some(hex),
+                }),
+            })
+            .collect();
+        match batch.rewrite(&actions, SpliceMode::Renumber) {
+            Ok(Spliced::Unchanged) => (
+                PartitionKind::Upstream {
+                    commits,
+                    trimmed: false,
+                },
+                None,
+            ),
+            Ok(Spliced::Rewritten(bytes)) => (
+                PartitionKind::Upstream {
+                    commits,
+                    trimmed: any_dropped,
+                },
+                Some(bytes),
+            ),
+            Ok(Spliced::NoneKept) => {
+                let seen: Vec<Option<u64>> = decisions
+                    .iter()
+                    .map(|d| match d {
+                        Decision::Drop(s) => *s,
+                        _ => None,
+                    })
+                    .collect();
+                let base_offset = self.original_base_offset(topic, &batch, &seen, &deriver);
+                (PartitionKind::Answered { base_offset }, None)
+            }
+            Err(e) => {
+                // Forward the original: every record, at its original index.
+                tracing::warn!(topic, error = %e, "rewrite failed: batch forwarded as it came");
+                self.metrics
+                    .dedup
+                    .fail_open(FailOpen::Undecodable, batch.len() as u64);
+                counts.dropped = counts.dropped.saturating_sub(
+                    decisions
+                        .iter()
+                        .filter(|d| matches!(d, Decision::Drop(_)))
+                        .count() as u64,
+                );
+                let commits = claimed.iter().map(|&(i, key)| (key, i as u32)).collect();
+                (
+                    PartitionKind::Upstream {
+                        commits,
+                        trimmed: false,
+                    },
+                    None,
+                )
+            }
+        }
+    }
+
+    /// The offset the first copy of a wholly replayed batch got, when that is
+    /// provable: every record was acknowledged before in one partition at
+    /// consecutive offsets, in this order. Else -1 ("no valid offset", as a
+    /// broker answers a duplicate sequence).
+    fn original_base_offset(
+        &self,
+        topic: &str,
+        batch: &crate::records::DecodedBatch,
+        seen: &[Option<u64>],
+        deriver: &Deriver<'_>,
+    ) -> i64 {
+        let mut expected: Option<(i32, i64)> = None;
+        let mut first = -1;
+        for (record, segment) in batch.records().zip(seen) {
+            let (Some(segment), Some(key)) = (segment, deriver.derive(topic, &record).key()) else {
+                return -1;
+            };
+            let Ok(Some(pos)) = self.window.position_in(key, *segment) else {
+                return -1;
+            };
+            if pos.topic != topic || pos.offset < 0 {
+                return -1;
+            }
+            match expected {
+                None => first = pos.offset,
+                Some((partition, offset)) if partition == pos.partition && offset == pos.offset => {
+                }
+                Some(_) => return -1,
+            }
+            expected = Some((pos.partition, pos.offset + 1));
+        }
+        first
+    }
+
+    /// Commits what the broker acknowledged and puts the answered partitions
+    /// back. `None`: forward the response as it came.
+    pub fn on_response(
+        &self,
+        plan: &mut ProducePlan,
+        version: i16,
+        frame: &Bytes,
+    ) -> Result<Option<Bytes>, Error> {
+        let mut resp: Response<ProduceResponse> =
+            match Response::decode(ApiKey::Produce, version, frame) {
+                Ok(r) => r,
+                // Keys are released when the plan goes; a response we can't
+                // read while owing answered partitions can't be completed.
+                Err(e) if plan.needs_response_rewrite() => return Err(e),
+                Err(_) => return Ok(None),
+            };
+        if plan.acks == -1 {
+            for topic in &plan.topics {
+                let Some(t) = resp.msg.responses.iter().find(|t| t.name.0 == topic.name) else {
+                    continue;
+                };
+                for p in &topic.partitions {
+                    let PartitionKind::Upstream { commits, .. } = &p.kind else {
+                        continue;
+                    };
+                    if commits.is_empty() {
+                        continue;
+                    }
+                    let Some(r) = t.partition_responses.iter().find(|r| r.index == p.index) else {
+                        continue;
+                    };
+                    if r.error_code != 0 {
+                        continue;
+                    }
+                    if let Err(e) =
+                        plan.claim
+                            .commit(topic.name.as_str(), p.index, r.base_offset, commits)
+                    {
+                        self.metrics
+                            .dedup
+                            .fail_open(FailOpen::StoreError, commits.len() as u64);
+                        tracing::warn!(error = %e, "could not record acknowledged keys; their replays will pass");
+                    }
+                }
+            }
+        }
+        if !plan.needs_response_rewrite() {
+            return Ok(None);
+        }
+        let msg = std::mem::take(&mut resp.msg);
+        resp.msg = merge(plan, msg);
+        resp.encode().map(Some)
+    }
+}
+
+/// The client's view: its topics and partitions in request order, answered
+/// partitions filled in, base_offset -1 where records were removed.
+fn merge(plan: &ProducePlan, mut from_broker: ProduceResponse) -> ProduceResponse {
+    let mut topics = Vec::with_capacity(plan.topics.len());
+    for topic in &plan.topics {
+        let mut broker_partitions = match from_broker
+            .responses
+            .iter()
+            .position(|t| t.name.0 == topic.name)
+        {
+            Some(i) => from_broker.responses.remove(i).partition_responses,
+            None => Vec::new(),
+        };
+        let mut partitions = Vec::with_capacity(topic.partitions.len());
+        for p in &topic.partitions {
+            match p.kind {
+                PartitionKind::Answered { base_offset } => partitions.push(
+                    PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_error_code(0)
+                        .with_base_offset(base_offset)
+                        .with_log_append_time_ms(-1)
+                        .with_log_start_offset(-1),
+                ),
+                PartitionKind::Upstream { trimmed, .. } => {
+                    if let Some(i) = broker_partitions.iter().position(|r| r.index == p.index) {
+                        let mut r = broker_partitions.remove(i);
+                        if trimmed {
+                            r.base_offset = -1;
+                        }
+                        partitions.push(r);
+                    }
+                }
+            }
+        }
+        partitions.append(&mut broker_partitions);
+        topics.push(
+            TopicProduceResponse::default()
+                .with_name(topic.name.clone().into())
+                .with_partition_responses(partitions),
+        );
+    }
+    topics.append(&mut from_broker.responses);
+    from_broker.responses = topics;
+    from_broker
+}
+
+/// Records in a partition's `records`, from batch headers (no decoding).
+fn record_count(records: Option<&Bytes>) -> u64 {
+    let Some(records) = records else { return 0 };
+    Batches::new(records.clone())
+        .filter_map(|item| match item {
+            Ok(BatchItem::Batch(raw)) => Some(raw.header().records_count.max(0) as u64),
+            _ => None,
+        })
+        .sum()
+}
