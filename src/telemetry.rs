@@ -281,7 +281,8 @@ impl DedupMetrics {
 
     fn render(&self, out: &mut String) {
         let topics = self.topics();
-        let series: [(&str, &str, fn(&TopicCounts) -> u64); 3] = [
+        type Series = (&'static str, &'static str, fn(&TopicCounts) -> u64);
+        let series: [Series; 3] = [
             (
                 "idemgate_records_total",
                 "Records in Produce requests for topics a dedup rule covers.",

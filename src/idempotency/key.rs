@@ -311,7 +311,7 @@ mod tests {
         assert_ne!(a, c);
         let missing = record(None, Some(br#"{"id":7}"#), &[]);
         assert_eq!(
-            derive_all(&json, Fallback::Pass, "t", &[missing.clone()])[0],
+            derive_all(&json, Fallback::Pass, "t", std::slice::from_ref(&missing))[0],
             Derived::Pass
         );
         let not_json = record(None, Some(b"\x00\x01binary"), &[]);
