@@ -528,6 +528,23 @@ impl RawBatch {
     }
 }
 
+/// A copy of one whole v2 batch with `baseSequence` set to `seq` and the CRC
+/// recomputed: the sequence translation for idempotent producers. Nothing
+/// else changes (the records stay compressed as they are).
+pub fn with_base_sequence(batch: &[u8], seq: i32) -> Result<Bytes, RecordsError> {
+    let header = BatchHeader::parse(batch)?;
+    if batch.len() != header.total_size() {
+        return Err(RecordsError::ShortHeader {
+            available: batch.len(),
+        });
+    }
+    let mut out = BytesMut::from(batch);
+    out[53..57].copy_from_slice(&seq.to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_START..]);
+    out[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
+    Ok(out.freeze())
+}
+
 /// Decodes one whole batch held in `bytes` (see [`RawBatch::new`]).
 pub fn decode_batch(bytes: Bytes) -> Result<DecodedBatch, RecordsError> {
     RawBatch::new(bytes)?.decode()
@@ -2074,6 +2091,36 @@ mod tests {
         assert!(range.contains(&value.as_ptr()));
         let (hk, _) = &batch.record(0).unwrap().header_list()[0];
         assert!(range.contains(&hk.as_ptr()));
+    }
+
+    #[test]
+    fn base_sequence_is_rewritten_with_a_valid_crc() {
+        let records: Vec<Record> = (0..3)
+            .map(|i| Record {
+                attributes: 0,
+                timestamp_delta: i,
+                offset_delta: i as i32,
+                key: None,
+                value: Some(Bytes::from(vec![i as u8; 10])),
+                headers: vec![],
+            })
+            .collect();
+        let original = BatchBuilder::new(Codec::Lz4).build(&records).unwrap();
+        let moved = with_base_sequence(&original, 42).unwrap();
+        let raw = RawBatch::new(moved.clone()).unwrap();
+        raw.verify_crc().unwrap();
+        assert_eq!(raw.header().base_sequence, 42);
+        assert_eq!(moved.len(), original.len());
+        assert_eq!(
+            moved[..53],
+            original[..53]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| if (17..21).contains(&i) { moved[i] } else { *b })
+                .collect::<Vec<u8>>()[..]
+        );
+        assert_eq!(moved[57..], original[57..]);
+        assert!(with_base_sequence(&original[..original.len() - 1], 1).is_err());
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub struct Store {
     topology: sled::Tree,
     /// Window segments by id (big-endian u64, so oldest first).
     segments: sled::Tree,
+    /// Sequence translation points of idempotent producers.
+    sequences: sled::Tree,
 }
 
 fn store_err(e: sled::Error) -> Error {
@@ -52,10 +54,14 @@ impl Store {
         let segments = db
             .open_tree("window")
             .map_err(|e| Error::Store(format!("cannot open the window tree: {e}")))?;
+        let sequences = db
+            .open_tree("sequences")
+            .map_err(|e| Error::Store(format!("cannot open the sequences tree: {e}")))?;
         Ok(Store {
             db,
             topology,
             segments,
+            sequences,
         })
     }
 
@@ -100,6 +106,21 @@ impl Store {
             .last()
             .map_err(store_err)?
             .and_then(|(k, _)| k.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    pub fn sequence_state(&self, key: &[u8]) -> Result<Option<sled::IVec>, Error> {
+        self.sequences.get(key).map_err(store_err)
+    }
+
+    /// Writes a producer's translation state and waits until it is on disk:
+    /// a retry after a crash must find the decision its first attempt got.
+    pub async fn put_sequence_state_durably(&self, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        self.sequences.insert(key, value).map_err(store_err)?;
+        self.sequences
+            .flush_async()
+            .await
+            .map(drop)
+            .map_err(store_err)
     }
 
     /// Bytes on disk (sled's own estimate).

@@ -14,8 +14,15 @@
 //!
 //! Never a loss: a key counts only once the broker acknowledged it; anything
 //! the filter can't be sure of (an undecodable batch, a store error, a key in
-//! flight past `dedup.pending_wait`, an idempotent producer's replay) is
-//! forwarded as it came and counted in `idemgate_dedup_fail_open_total`.
+//! flight past `dedup.pending_wait`) is forwarded as it came and counted in
+//! `idemgate_dedup_fail_open_total`.
+//!
+//! Idempotent producers (`producer_id >= 0`): replays are removed too, and the
+//! batch's base sequence is translated so the broker sees no gap (see
+//! `idempotency::sequences`); the decision is flushed to disk before the batch
+//! goes upstream, and a retry of the same batch gets the same decision. A key
+//! first acknowledged from the same producer id and epoch is that producer's
+//! own retry, never a replay.
 //! Transactional batches, control batches, Produce with acks=0 and topics no
 //! rule covers pass byte for byte.
 //!
@@ -36,16 +43,18 @@ use crate::config::{Config, Mode, Rule};
 use crate::error::Error;
 use crate::filter::identity::Identity;
 use crate::idempotency::key::{Derived, Deriver};
-use crate::idempotency::window::{Check, Claim, Window};
+use crate::idempotency::sequences::{Point, SeqKey, Sequences};
+use crate::idempotency::window::{Check, Claim, Producer, Window, NO_PRODUCER};
 use crate::idempotency::Key;
 use crate::message::{self, Response};
-use crate::records::{Action, BatchItem, Batches, HeaderRef, SpliceMode, Spliced};
+use crate::records::{self, Action, BatchItem, Batches, HeaderRef, SpliceMode, Spliced};
 use crate::telemetry::{FailOpen, Metrics, TopicCounts};
 
 /// The produce-path dedup filter, shared by every connection.
 pub struct ProduceDedup {
     config: Arc<Config>,
     window: Arc<Window>,
+    sequences: Sequences,
     metrics: Arc<Metrics>,
 }
 
@@ -95,6 +104,7 @@ enum PartitionKind {
     Upstream {
         commits: Vec<(Key, u32)>,
         trimmed: bool,
+        producer: Producer,
     },
     /// Every record was a replay: answered by the proxy.
     Answered { base_offset: i64 },
@@ -132,6 +142,7 @@ impl ProduceDedup {
     pub fn new(config: Arc<Config>, window: Arc<Window>, metrics: Arc<Metrics>) -> Self {
         ProduceDedup {
             config,
+            sequences: Sequences::new(window.store().clone()),
             window,
             metrics,
         }
@@ -229,6 +240,7 @@ impl ProduceDedup {
                             .filter_partition(
                                 rule,
                                 name.as_str(),
+                                partition.index,
                                 records,
                                 &mut plan.claim,
                                 &mut in_request,
@@ -244,6 +256,7 @@ impl ProduceDedup {
                     _ => PartitionKind::Upstream {
                         commits: Vec::new(),
                         trimmed: false,
+                        producer: NO_PRODUCER,
                     },
                 };
                 if let PartitionKind::Answered { base_offset } = kind {
@@ -320,6 +333,7 @@ impl ProduceDedup {
         &self,
         rule: &Rule,
         topic: &str,
+        partition: i32,
         records: &Bytes,
         claim: &mut Claim,
         in_request: &mut HashSet<Key>,
@@ -328,6 +342,7 @@ impl ProduceDedup {
         let untouched = PartitionKind::Upstream {
             commits: Vec::new(),
             trimmed: false,
+            producer: NO_PRODUCER,
         };
         let mut items = Batches::new(records.clone());
         let raw = match (items.next(), items.next()) {
@@ -358,8 +373,36 @@ impl ProduceDedup {
             }
         };
         counts.records += batch.len() as u64;
-        let idempotent = batch.header().producer_id >= 0;
-        let may_drop = rule.mode == Mode::Drop && !idempotent;
+        let h = batch.header();
+        let producer: Producer = (h.producer_id, h.producer_epoch);
+        let idempotent = h.producer_id >= 0;
+        let (base_seq, count) = (h.base_sequence, batch.len() as i32);
+        let seq_key = SeqKey {
+            producer_id: producer.0,
+            epoch: producer.1,
+            topic: topic.to_string(),
+            partition,
+        };
+        // An idempotent producer's translation so far, and the decision an
+        // earlier attempt of this batch got.
+        let (delta, decided) = if idempotent {
+            match self.sequences.state(&seq_key) {
+                Ok(state) => (
+                    state.delta_before(base_seq),
+                    state.decided(base_seq, count).map(|p| p.dropped.clone()),
+                ),
+                Err(e) => {
+                    tracing::warn!(topic, error = %e, "sequence state unreadable: batch forwarded as it came");
+                    self.metrics
+                        .dedup
+                        .fail_open(FailOpen::StoreError, batch.len() as u64);
+                    return (untouched, None);
+                }
+            }
+        } else {
+            (0, None)
+        };
+        let may_drop = rule.mode == Mode::Drop;
         let deriver = Deriver {
             strategy: &rule.key,
             fallback: rule.fallback,
@@ -369,7 +412,6 @@ impl ProduceDedup {
         // 1. Decide each record.
         let mut decisions = Vec::with_capacity(batch.len());
         let mut claimed = Vec::new();
-        let mut idempotent_replays = 0;
         for record in batch.records() {
             let derived = deriver.derive(topic, &record);
             let Some(key) = derived.key() else {
@@ -381,6 +423,21 @@ impl ProduceDedup {
             } else {
                 Decision::Keep
             };
+            if let Some(dropped) = &decided {
+                // A retry: exactly what the first attempt got.
+                in_request.insert(key);
+                if dropped.binary_search(&(record.index() as u32)).is_ok() {
+                    counts.dropped += 1;
+                    decisions.push(Decision::Drop(None));
+                } else {
+                    if self.window.check(key) == Check::Claimed {
+                        claim.add(key);
+                        claimed.push((record.index(), key));
+                    }
+                    decisions.push(keep);
+                }
+                continue;
+            }
             let replay_of = if !in_request.insert(key) {
                 Some(None)
             } else {
@@ -399,6 +456,13 @@ impl ProduceDedup {
                     }
                 }
                 match check {
+                    // The same idempotent producer sending its own records
+                    // again is a retry: the broker deduplicates those.
+                    Check::Seen(segment)
+                        if idempotent && self.window.producer_of(segment) == Some(producer) =>
+                    {
+                        None
+                    }
                     Check::Seen(segment) => Some(Some(segment)),
                     Check::Claimed => {
                         claim.add(key);
@@ -415,20 +479,19 @@ impl ProduceDedup {
                     decisions.push(Decision::Drop(seen));
                 }
                 Some(_) => {
-                    if rule.mode == Mode::Observe {
-                        counts.observed += 1;
-                    } else {
-                        idempotent_replays += 1;
-                    }
+                    counts.observed += 1;
                     decisions.push(keep);
                 }
             }
         }
-        if idempotent_replays > 0 {
-            self.metrics
-                .dedup
-                .fail_open(FailOpen::Idempotent, idempotent_replays);
-        }
+
+        let dropped_idx: Vec<u32> = decisions
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| matches!(d, Decision::Drop(_)))
+            .map(|(i, _)| i as u32)
+            .collect();
+        let producer = if idempotent { producer } else { NO_PRODUCER };
 
         // 2. Offsets of the claimed keys among the records that stay.
         let mut kept_index = Vec::with_capacity(decisions.len());
@@ -445,7 +508,7 @@ impl ProduceDedup {
             .collect();
         let any_dropped = decisions.iter().any(|d| matches!(d, Decision::Drop(_)));
 
-        // 3. Splice.
+        // 3. Splice, then move the base sequence by what went before.
         let hexes: Vec<[u8; 32]> = decisions
             .iter()
             .map(|d| match d {
@@ -466,11 +529,57 @@ impl ProduceDedup {
                 }),
             })
             .collect();
-        match batch.rewrite(&actions, SpliceMode::Renumber) {
+        let translated = |bytes: &Bytes| {
+            if delta == 0 {
+                Ok(bytes.clone())
+            } else {
+                records::with_base_sequence(bytes, base_seq.wrapping_sub(delta))
+            }
+        };
+        let spliced = batch
+            .rewrite(&actions, SpliceMode::Renumber)
+            .and_then(|s| match s {
+                Spliced::Unchanged if delta != 0 => {
+                    translated(batch.original()).map(Spliced::Rewritten)
+                }
+                Spliced::Rewritten(b) => translated(&b).map(Spliced::Rewritten),
+                other => Ok(other),
+            });
+
+        // 4. An idempotent batch that loses records: its decision goes to
+        // disk before the batch goes anywhere. If it can't, the batch goes
+        // with its replays (translated by what went before).
+        if spliced.is_ok() && idempotent && decided.is_none() && !dropped_idx.is_empty() {
+            let point = Point {
+                base: base_seq,
+                count,
+                delta_after: delta + dropped_idx.len() as i32,
+                dropped: dropped_idx.clone(),
+            };
+            if let Err(e) = self.sequences.record(&seq_key, point).await {
+                tracing::warn!(topic, error = %e, "sequence decision not stored: batch forwarded with its replays");
+                self.metrics
+                    .dedup
+                    .fail_open(FailOpen::StoreError, dropped_idx.len() as u64);
+                counts.dropped -= dropped_idx.len() as u64;
+                let commits = claimed.iter().map(|&(i, key)| (key, i as u32)).collect();
+                let kind = PartitionKind::Upstream {
+                    commits,
+                    trimmed: false,
+                    producer,
+                };
+                return match translated(batch.original()) {
+                    Ok(b) if delta != 0 => (kind, Some(b)),
+                    _ => (kind, None),
+                };
+            }
+        }
+        match spliced {
             Ok(Spliced::Unchanged) => (
                 PartitionKind::Upstream {
                     commits,
                     trimmed: false,
+                    producer,
                 },
                 None,
             ),
@@ -478,6 +587,7 @@ impl ProduceDedup {
                 PartitionKind::Upstream {
                     commits,
                     trimmed: any_dropped,
+                    producer,
                 },
                 Some(bytes),
             ),
@@ -494,21 +604,19 @@ impl ProduceDedup {
             }
             Err(e) => {
                 // Forward the original: every record, at its original index.
+                // (An idempotent batch whose decision was already stored can't
+                // get here: its rewrite succeeded when it was decided.)
                 tracing::warn!(topic, error = %e, "rewrite failed: batch forwarded as it came");
                 self.metrics
                     .dedup
                     .fail_open(FailOpen::Undecodable, batch.len() as u64);
-                counts.dropped = counts.dropped.saturating_sub(
-                    decisions
-                        .iter()
-                        .filter(|d| matches!(d, Decision::Drop(_)))
-                        .count() as u64,
-                );
+                counts.dropped = counts.dropped.saturating_sub(dropped_idx.len() as u64);
                 let commits = claimed.iter().map(|&(i, key)| (key, i as u32)).collect();
                 (
                     PartitionKind::Upstream {
                         commits,
                         trimmed: false,
+                        producer,
                     },
                     None,
                 )
@@ -572,7 +680,10 @@ impl ProduceDedup {
                     continue;
                 };
                 for p in &topic.partitions {
-                    let PartitionKind::Upstream { commits, .. } = &p.kind else {
+                    let PartitionKind::Upstream {
+                        commits, producer, ..
+                    } = &p.kind
+                    else {
                         continue;
                     };
                     if commits.is_empty() {
@@ -584,10 +695,13 @@ impl ProduceDedup {
                     if r.error_code != 0 {
                         continue;
                     }
-                    if let Err(e) =
-                        plan.claim
-                            .commit(topic.name.as_str(), p.index, r.base_offset, commits)
-                    {
+                    if let Err(e) = plan.claim.commit_as(
+                        topic.name.as_str(),
+                        p.index,
+                        r.base_offset,
+                        *producer,
+                        commits,
+                    ) {
                         self.metrics
                             .dedup
                             .fail_open(FailOpen::StoreError, commits.len() as u64);
@@ -661,4 +775,221 @@ fn record_count(records: Option<&Bytes>) -> u64 {
             _ => None,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{decode_batch, BatchBuilder, Codec, Record};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::produce_response::PartitionProduceResponse;
+    use kafka_protocol::protocol::StrBytes;
+
+    const VERSION: i16 = 9;
+
+    struct Bench {
+        dedup: ProduceDedup,
+        _dir: tempfile::TempDir,
+    }
+
+    fn bench(mode: &str) -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[store]\ndir = \"{}\"\n[[dedup.rules]]\ntopics = \"*\"\nmode = \"{mode}\"\n",
+            dir.path().display()
+        );
+        let config = Arc::new(Config::parse(&text).unwrap());
+        let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
+        let window = Arc::new(Window::new(store, config.dedup.window, 1000));
+        window.load().unwrap();
+        Bench {
+            dedup: ProduceDedup::new(config, window, Arc::new(Metrics::new())),
+            _dir: dir,
+        }
+    }
+
+    fn batch(values: &[&str], producer: (i64, i16), base_sequence: i32) -> Bytes {
+        let records: Vec<Record> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Record {
+                attributes: 0,
+                timestamp_delta: i as i64,
+                offset_delta: i as i32,
+                key: None,
+                value: Some(Bytes::copy_from_slice(v.as_bytes())),
+                headers: vec![],
+            })
+            .collect();
+        let mut b = BatchBuilder::new(Codec::None);
+        b.producer_id = producer.0;
+        b.producer_epoch = producer.1;
+        b.base_sequence = base_sequence;
+        b.build(&records).unwrap()
+    }
+
+    fn frame(records: Bytes) -> (RequestHead, BytesMut) {
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(StrBytes::from_static_str("orders").into())
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records))])]);
+        let bytes = message::encode_request(ApiKey::Produce, VERSION, 7, &req).unwrap();
+        let head = RequestHead::peek(&bytes).unwrap();
+        (head, BytesMut::from(&bytes[..]))
+    }
+
+    fn ack(base_offset: i64) -> Bytes {
+        let resp = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
+            .with_name(StrBytes::from_static_str("orders").into())
+            .with_partition_responses(vec![PartitionProduceResponse::default()
+                .with_index(0)
+                .with_base_offset(base_offset)])]);
+        message::encode_local_response(
+            ApiKey::Produce,
+            VERSION,
+            ApiKey::Produce.response_header_version(VERSION),
+            7,
+            &resp,
+        )
+        .unwrap()
+    }
+
+    /// (values forwarded, base sequence) of a forwarded request.
+    fn forwarded(head: &RequestHead, frame: &[u8]) -> (Vec<String>, i32) {
+        let req: ProduceRequest = message::decode_request(frame, head).unwrap();
+        let records = req.topic_data[0].partition_data[0].records.clone().unwrap();
+        let b = decode_batch(records).unwrap();
+        let values = b
+            .records()
+            .map(|r| String::from_utf8(r.value().unwrap().to_vec()).unwrap())
+            .collect();
+        (values, b.header().base_sequence)
+    }
+
+    /// Sends one batch through and acknowledges it at `offset`; returns what
+    /// went upstream (`None`: answered by the proxy).
+    async fn send(
+        b: &Bench,
+        session: &mut Session,
+        records: Bytes,
+        offset: i64,
+    ) -> Option<(Vec<String>, i32)> {
+        let identity = Identity::from_client_id("connector-producer-orders-0");
+        let sent = decode_batch(records.clone()).unwrap().len();
+        let (head, f) = frame(records);
+        match b
+            .dedup
+            .on_request(session, &identity, &head, &f, -1)
+            .await
+            .unwrap()
+        {
+            Outcome::Unchanged(plan) => {
+                let out = forwarded(&head, &f);
+                if let Some(mut plan) = plan {
+                    b.dedup
+                        .on_response(&mut plan, VERSION, &ack(offset))
+                        .unwrap();
+                }
+                Some(out)
+            }
+            Outcome::Rewritten(new, mut plan) => {
+                let head = RequestHead::peek(&new).unwrap();
+                let out = forwarded(&head, &new);
+                let resp = b
+                    .dedup
+                    .on_response(&mut plan, VERSION, &ack(offset))
+                    .unwrap();
+                let resp: ProduceResponse = message::decode_response(
+                    ApiKey::Produce,
+                    VERSION,
+                    &resp.unwrap_or_else(|| ack(offset)),
+                )
+                .unwrap();
+                let base = resp.responses[0].partition_responses[0].base_offset;
+                if out.0.len() < sent {
+                    assert_eq!(base, -1, "records removed: no base offset to trust");
+                } else {
+                    assert_eq!(base, offset);
+                }
+                Some(out)
+            }
+            Outcome::Answer(bytes) => {
+                let resp: ProduceResponse =
+                    message::decode_response(ApiKey::Produce, VERSION, &bytes).unwrap();
+                assert_eq!(resp.responses[0].partition_responses[0].error_code, 0);
+                None
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn replays_are_removed_and_tagged_once() {
+        let b = bench("drop");
+        let mut s = Session::default();
+        let first = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 0).await;
+        assert_eq!(first.unwrap().0, ["a", "b", "c"]);
+        // The successor replays b, c and goes on with d.
+        let mut s2 = Session::default();
+        let replay = send(&b, &mut s2, batch(&["b", "c", "d"], NO_PRODUCER, -1), 3).await;
+        assert_eq!(replay.unwrap().0, ["d"]);
+        // A whole replay is answered by the proxy.
+        assert_eq!(
+            send(&b, &mut s2, batch(&["a", "d"], NO_PRODUCER, -1), 4).await,
+            None
+        );
+        let topics = b.dedup.metrics.dedup.topics();
+        let c = topics[&("orders".to_string(), "orders".to_string())];
+        assert_eq!((c.records, c.dropped), (8, 4));
+    }
+
+    #[tokio::test]
+    async fn observe_forwards_everything() {
+        let b = bench("observe");
+        let mut s = Session::default();
+        send(&b, &mut s, batch(&["a", "b"], NO_PRODUCER, -1), 0).await;
+        let again = send(&b, &mut s, batch(&["a", "b"], NO_PRODUCER, -1), 2).await;
+        assert_eq!(again.unwrap().0, ["a", "b"]);
+        let c = b.dedup.metrics.dedup.topics()[&("orders".to_string(), "orders".to_string())];
+        assert_eq!((c.dropped, c.observed), (0, 2));
+    }
+
+    #[tokio::test]
+    async fn idempotent_replays_keep_the_sequence_gap_free() {
+        let b = bench("drop");
+        let mut s = Session::default();
+        // Producer 5 (epoch 0) wrote a, b, c before it crashed.
+        let out = send(&b, &mut s, batch(&["a", "b", "c"], (5, 0), 0), 0).await;
+        assert_eq!(out.unwrap(), (vec!["a".into(), "b".into(), "c".into()], 0));
+        // Its own retry of that batch is not a replay.
+        let retry = send(&b, &mut s, batch(&["a", "b", "c"], (5, 0), 0), 0).await;
+        assert_eq!(retry.unwrap().0, ["a", "b", "c"]);
+        // Producer 6 replays b, c and goes on: the broker sees 6's sequence from 0.
+        let mut s6 = Session::default();
+        let out = send(&b, &mut s6, batch(&["b", "c", "d"], (6, 0), 0), 3).await;
+        assert_eq!(out.unwrap(), (vec!["d".into()], 0));
+        let out = send(&b, &mut s6, batch(&["e", "f"], (6, 0), 3), 4).await;
+        assert_eq!(
+            out.unwrap(),
+            (vec!["e".into(), "f".into()], 1),
+            "3 - 2 removed"
+        );
+        // A retry of the trimmed batch gets the same decision, even though d
+        // is now acknowledged too.
+        let retry = send(&b, &mut s6, batch(&["b", "c", "d"], (6, 0), 0), 3).await;
+        assert_eq!(retry.unwrap(), (vec!["d".into()], 0));
+        // A wholly replayed batch is answered, and the next one moves down by it.
+        assert_eq!(
+            send(&b, &mut s6, batch(&["a", "b"], (6, 0), 5), 0).await,
+            None
+        );
+        let out = send(&b, &mut s6, batch(&["g"], (6, 0), 7), 6).await;
+        assert_eq!(out.unwrap(), (vec!["g".into()], 3), "7 - 4 removed");
+        // A new epoch starts over.
+        let out = send(&b, &mut s6, batch(&["h"], (6, 1), 0), 7).await;
+        assert_eq!(out.unwrap(), (vec!["h".into()], 0));
+    }
 }

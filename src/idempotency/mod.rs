@@ -2,6 +2,7 @@
 //! has already acknowledged ([`window`]).
 
 pub mod key;
+pub mod sequences;
 pub mod window;
 
 pub use key::Key;

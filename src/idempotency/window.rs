@@ -170,6 +170,10 @@ impl Window {
         Ok(report)
     }
 
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     pub fn is_loaded(&self) -> bool {
         self.loaded.load(Relaxed)
     }
@@ -270,11 +274,23 @@ impl Window {
         base_offset: i64,
         entries: &[(Key, u32)],
     ) -> Result<(), Error> {
+        self.commit_as(topic, partition, base_offset, NO_PRODUCER, entries)
+    }
+
+    /// [`commit`](Self::commit) for a batch of an idempotent producer.
+    pub fn commit_as(
+        &self,
+        topic: &str,
+        partition: i32,
+        base_offset: i64,
+        producer: Producer,
+        entries: &[(Key, u32)],
+    ) -> Result<(), Error> {
         if entries.is_empty() {
             return Ok(());
         }
         let id = self.next_segment.fetch_add(1, Relaxed);
-        let value = Segment::encode(now_ms(), topic, partition, base_offset, entries);
+        let value = Segment::encode(now_ms(), topic, partition, base_offset, producer, entries);
         if let Err(e) = self.store.put_segment(id, &value) {
             self.store_errors.fetch_add(1, Relaxed);
             let keys: Vec<Key> = entries.iter().map(|(k, _)| *k).collect();
@@ -286,6 +302,16 @@ impl Window {
         }
         self.changed.notify_waiters();
         Ok(())
+    }
+
+    /// The idempotent producer whose batch put a segment's keys in the
+    /// window: a batch of that same producer and epoch carrying them again
+    /// is a retry, not a replay.
+    pub fn producer_of(&self, segment: u64) -> Option<Producer> {
+        let value = self.store.segment(segment).ok()??;
+        Segment::parse(&value)
+            .map(|s| s.producer)
+            .filter(|p| *p != NO_PRODUCER)
     }
 
     /// Where a seen key was first acknowledged.
@@ -421,7 +447,21 @@ impl Claim {
         base_offset: i64,
         entries: &[(Key, u32)],
     ) -> Result<(), Error> {
-        let result = self.window.commit(topic, partition, base_offset, entries);
+        self.commit_as(topic, partition, base_offset, NO_PRODUCER, entries)
+    }
+
+    /// [`commit`](Self::commit) for an idempotent producer's batch.
+    pub fn commit_as(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        base_offset: i64,
+        producer: Producer,
+        entries: &[(Key, u32)],
+    ) -> Result<(), Error> {
+        let result = self
+            .window
+            .commit_as(topic, partition, base_offset, producer, entries);
         // Committed or released by commit itself on error: not ours any more.
         let done: HashSet<Key> = entries.iter().map(|(k, _)| *k).collect();
         self.keys.retain(|k| !done.contains(k));
@@ -444,14 +484,22 @@ impl std::fmt::Debug for Claim {
 // === Segment encoding ===
 
 /// `acked_ms u64 | topic_len u16 | topic | partition i32 | base_offset i64 |
-/// count u32 | count × (key u128 | delta u32)`, big-endian.
+/// producer_id i64 | producer_epoch i16 | count u32 | count × (key u128 | delta u32)`,
+/// big-endian.
 struct Segment<'a> {
     acked_ms: u64,
     topic: &'a str,
     partition: i32,
     base_offset: i64,
+    producer: Producer,
     entries: &'a [u8],
 }
+
+/// The producer id and epoch of an idempotent producer; (-1, -1) for others.
+pub type Producer = (i64, i16);
+
+/// What non-idempotent batches carry.
+pub const NO_PRODUCER: Producer = (-1, -1);
 
 const ENTRY: usize = 20;
 
@@ -461,15 +509,18 @@ impl<'a> Segment<'a> {
         topic: &str,
         partition: i32,
         base_offset: i64,
+        producer: Producer,
         entries: &[(Key, u32)],
     ) -> Vec<u8> {
         let topic = &topic.as_bytes()[..topic.len().min(u16::MAX as usize)];
-        let mut out = Vec::with_capacity(26 + topic.len() + entries.len() * ENTRY);
+        let mut out = Vec::with_capacity(36 + topic.len() + entries.len() * ENTRY);
         out.extend_from_slice(&acked_ms.to_be_bytes());
         out.extend_from_slice(&(topic.len() as u16).to_be_bytes());
         out.extend_from_slice(topic);
         out.extend_from_slice(&partition.to_be_bytes());
         out.extend_from_slice(&base_offset.to_be_bytes());
+        out.extend_from_slice(&producer.0.to_be_bytes());
+        out.extend_from_slice(&producer.1.to_be_bytes());
         out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
         for (key, delta) in entries {
             out.extend_from_slice(&key.0.to_be_bytes());
@@ -485,13 +536,16 @@ impl<'a> Segment<'a> {
         let at = 10 + topic_len;
         let partition = i32::from_be_bytes(buf.get(at..at + 4)?.try_into().ok()?);
         let base_offset = i64::from_be_bytes(buf.get(at + 4..at + 12)?.try_into().ok()?);
-        let count = u32::from_be_bytes(buf.get(at + 12..at + 16)?.try_into().ok()?) as usize;
-        let entries = buf.get(at + 16..at + 16 + count.checked_mul(ENTRY)?)?;
+        let producer_id = i64::from_be_bytes(buf.get(at + 12..at + 20)?.try_into().ok()?);
+        let epoch = i16::from_be_bytes(buf.get(at + 20..at + 22)?.try_into().ok()?);
+        let count = u32::from_be_bytes(buf.get(at + 22..at + 26)?.try_into().ok()?) as usize;
+        let entries = buf.get(at + 26..at + 26 + count.checked_mul(ENTRY)?)?;
         Some(Segment {
             acked_ms,
             topic,
             partition,
             base_offset,
+            producer: (producer_id, epoch),
             entries,
         })
     }
