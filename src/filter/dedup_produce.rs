@@ -239,8 +239,7 @@ impl ProduceDedup {
                         let (kind, new_records) = self
                             .filter_partition(
                                 rule,
-                                name.as_str(),
-                                partition.index,
+                                (name.as_str(), partition.index),
                                 records,
                                 &mut plan.claim,
                                 &mut in_request,
@@ -332,8 +331,7 @@ impl ProduceDedup {
     async fn filter_partition(
         &self,
         rule: &Rule,
-        topic: &str,
-        partition: i32,
+        (topic, partition): (&str, i32),
         records: &Bytes,
         claim: &mut Claim,
         in_request: &mut HashSet<Key>,
