@@ -139,8 +139,6 @@ pub enum FailOpen {
     Undecodable,
     /// Not exactly one record batch v2 (legacy magic, several batches).
     NotOneV2Batch,
-    /// An idempotent producer's batch with replays: dropping needs sequence translation.
-    Idempotent,
     /// The window was still loading after `dedup.load_wait`.
     Loading,
     /// Another request had the key in flight past `dedup.pending_wait`.
@@ -152,10 +150,9 @@ pub enum FailOpen {
 }
 
 impl FailOpen {
-    const ALL: [FailOpen; 7] = [
+    const ALL: [FailOpen; 6] = [
         FailOpen::Undecodable,
         FailOpen::NotOneV2Batch,
-        FailOpen::Idempotent,
         FailOpen::Loading,
         FailOpen::PendingTimeout,
         FailOpen::StoreError,
@@ -166,7 +163,6 @@ impl FailOpen {
         match self {
             FailOpen::Undecodable => "undecodable",
             FailOpen::NotOneV2Batch => "not_one_v2_batch",
-            FailOpen::Idempotent => "idempotent",
             FailOpen::Loading => "loading",
             FailOpen::PendingTimeout => "pending_timeout",
             FailOpen::StoreError => "store_error",
@@ -199,7 +195,7 @@ pub struct Replays {
 pub struct DedupMetrics {
     topics: Mutex<BTreeMap<(String, String), TopicCounts>>,
     replays: Mutex<BTreeMap<String, Replays>>,
-    fail_open: [AtomicU64; 7],
+    fail_open: [AtomicU64; 6],
     /// Records in transactional batches passed through untouched.
     pub transactional_records: AtomicU64,
     /// Requests that waited for another request's pending keys.
@@ -218,7 +214,7 @@ impl DedupMetrics {
         DedupMetrics {
             topics: Mutex::new(BTreeMap::new()),
             replays: Mutex::new(BTreeMap::new()),
-            fail_open: [const { AtomicU64::new(0) }; 7],
+            fail_open: [const { AtomicU64::new(0) }; 6],
             transactional_records: AtomicU64::new(0),
             pending_waits: AtomicU64::new(0),
             answered_locally: AtomicU64::new(0),
