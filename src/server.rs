@@ -202,9 +202,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     tasks.spawn(accept_loop(shared.clone(), bootstrap, Target::Bootstrap));
     // Outside the task set: the admin listener keeps answering during the
     // drain (/readyz says 503 "shutting down") and ends with the process.
-    if let Some(listener) = admin_listener {
-        tokio::spawn(admin::serve(listener, shared.clone()));
-    }
+    let admin_task = admin_listener.map(|l| tokio::spawn(admin::serve(l, shared.clone())));
     tasks.spawn(broker_listeners(shared.clone()));
     tasks.spawn(refresh_metadata(shared.clone()));
     tasks.spawn(keep_window(shared.clone()));
@@ -234,6 +232,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         match done_shared.store.flush().await {
             Ok(()) => tracing::info!("store flushed; bye"),
             Err(e) => tracing::error!(error = %e, "store flush failed on shutdown"),
+        }
+        // Last: the admin listener, and with it its hold on the store (an
+        // embedding process can then open the same store again).
+        if let Some(task) = admin_task {
+            task.abort();
+            let _ = task.await;
         }
     });
 

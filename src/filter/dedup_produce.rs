@@ -105,6 +105,11 @@ enum PartitionKind {
         commits: Vec<(Key, u32)>,
         trimmed: bool,
         producer: Producer,
+        /// Records were removed only from the front, and their first copies
+        /// sit at `first..first + count` of this partition: if the broker
+        /// writes the rest at `first + count`, answering `first` gives every
+        /// record its true offset (clients number records base + index).
+        replayed_prefix: Option<(i64, u32)>,
     },
     /// Every record was a replay: answered by the proxy.
     Answered { base_offset: i64 },
@@ -256,6 +261,7 @@ impl ProduceDedup {
                         commits: Vec::new(),
                         trimmed: false,
                         producer: NO_PRODUCER,
+                        replayed_prefix: None,
                     },
                 };
                 if let PartitionKind::Answered { base_offset } = kind {
@@ -341,6 +347,7 @@ impl ProduceDedup {
             commits: Vec::new(),
             trimmed: false,
             producer: NO_PRODUCER,
+            replayed_prefix: None,
         };
         let mut items = Batches::new(records.clone());
         let raw = match (items.next(), items.next()) {
@@ -565,6 +572,7 @@ impl ProduceDedup {
                     commits,
                     trimmed: false,
                     producer,
+                    replayed_prefix: None,
                 };
                 return match translated(batch.original()) {
                     Ok(b) if delta != 0 => (kind, Some(b)),
@@ -578,17 +586,39 @@ impl ProduceDedup {
                     commits,
                     trimmed: false,
                     producer,
+                    replayed_prefix: None,
                 },
                 None,
             ),
-            Ok(Spliced::Rewritten(bytes)) => (
-                PartitionKind::Upstream {
-                    commits,
-                    trimmed: any_dropped,
-                    producer,
-                },
-                Some(bytes),
-            ),
+            Ok(Spliced::Rewritten(bytes)) => {
+                let k = dropped_idx.len();
+                let prefix = dropped_idx
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &d)| d as usize == i);
+                let replayed_prefix = (k > 0 && prefix)
+                    .then(|| {
+                        let seen: Vec<Option<u64>> = decisions[..k]
+                            .iter()
+                            .map(|d| match d {
+                                Decision::Drop(s) => *s,
+                                _ => None,
+                            })
+                            .collect();
+                        self.original_base_offset((topic, partition), &batch, &seen, &deriver)
+                    })
+                    .filter(|first| *first >= 0)
+                    .map(|first| (first, k as u32));
+                (
+                    PartitionKind::Upstream {
+                        commits,
+                        trimmed: any_dropped,
+                        producer,
+                        replayed_prefix,
+                    },
+                    Some(bytes),
+                )
+            }
             Ok(Spliced::NoneKept) => {
                 let seen: Vec<Option<u64>> = decisions
                     .iter()
@@ -597,7 +627,8 @@ impl ProduceDedup {
                         _ => None,
                     })
                     .collect();
-                let base_offset = self.original_base_offset(topic, &batch, &seen, &deriver);
+                let base_offset =
+                    self.original_base_offset((topic, partition), &batch, &seen, &deriver);
                 (PartitionKind::Answered { base_offset }, None)
             }
             Err(e) => {
@@ -615,6 +646,7 @@ impl ProduceDedup {
                         commits,
                         trimmed: false,
                         producer,
+                        replayed_prefix: None,
                     },
                     None,
                 )
@@ -623,12 +655,13 @@ impl ProduceDedup {
     }
 
     /// The offset the first copy of a wholly replayed batch got, when that is
-    /// provable: every record was acknowledged before in one partition at
-    /// consecutive offsets, in this order. Else -1 ("no valid offset", as a
+    /// provable: every record was acknowledged before in this same partition
+    /// at consecutive offsets, in this order. (With `seen` shorter than the
+    /// batch: the same for its first records.) Else -1 ("no valid offset", as a
     /// broker answers a duplicate sequence).
     fn original_base_offset(
         &self,
-        topic: &str,
+        (topic, partition): (&str, i32),
         batch: &crate::records::DecodedBatch,
         seen: &[Option<u64>],
         deriver: &Deriver<'_>,
@@ -642,7 +675,7 @@ impl ProduceDedup {
             let Ok(Some(pos)) = self.window.position_in(key, *segment) else {
                 return -1;
             };
-            if pos.topic != topic || pos.offset < 0 {
+            if pos.topic != topic || pos.partition != partition || pos.offset < 0 {
                 return -1;
             }
             match expected {
@@ -741,11 +774,23 @@ fn merge(plan: &ProducePlan, mut from_broker: ProduceResponse) -> ProduceRespons
                         .with_log_append_time_ms(-1)
                         .with_log_start_offset(-1),
                 ),
-                PartitionKind::Upstream { trimmed, .. } => {
+                PartitionKind::Upstream {
+                    trimmed,
+                    replayed_prefix,
+                    ..
+                } => {
                     if let Some(i) = broker_partitions.iter().position(|r| r.index == p.index) {
                         let mut r = broker_partitions.remove(i);
                         if trimmed {
-                            r.base_offset = -1;
+                            r.base_offset = match replayed_prefix {
+                                Some((first, k))
+                                    if r.error_code == 0
+                                        && r.base_offset == first + i64::from(k) =>
+                                {
+                                    first
+                                }
+                                _ => -1,
+                            };
                         }
                         partitions.push(r);
                     }
@@ -784,6 +829,11 @@ mod tests {
     use kafka_protocol::protocol::StrBytes;
 
     const VERSION: i16 = 9;
+
+    thread_local! {
+        /// The base offset the client got for the last trimmed partition.
+        static LAST_BASE: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+    }
 
     struct Bench {
         dedup: ProduceDedup,
@@ -909,7 +959,11 @@ mod tests {
                 .unwrap();
                 let base = resp.responses[0].partition_responses[0].base_offset;
                 if out.0.len() < sent {
-                    assert_eq!(base, -1, "records removed: no base offset to trust");
+                    // Removed from the front, first copies right before: the
+                    // first copy's offset; otherwise no base offset to trust.
+                    let rebased = offset - (sent - out.0.len()) as i64;
+                    assert!(base == -1 || base == rebased, "base {base}");
+                    LAST_BASE.with(|b| b.set(base));
                 } else {
                     assert_eq!(base, offset);
                 }
@@ -934,6 +988,13 @@ mod tests {
         let mut s2 = Session::default();
         let replay = send(&b, &mut s2, batch(&["b", "c", "d"], NO_PRODUCER, -1), 3).await;
         assert_eq!(replay.unwrap().0, ["d"]);
+        // b and c were at 1 and 2, d landed at 3: the client is told 1, so
+        // base + index is every record's true offset.
+        assert_eq!(LAST_BASE.with(|b| b.get()), 1);
+        // Replays not at the front: no single base offset is true.
+        let mixed = send(&b, &mut s2, batch(&["x", "a", "y"], NO_PRODUCER, -1), 4).await;
+        assert_eq!(mixed.unwrap().0, ["x", "y"]);
+        assert_eq!(LAST_BASE.with(|b| b.get()), -1);
         // A whole replay is answered by the proxy.
         assert_eq!(
             send(&b, &mut s2, batch(&["a", "d"], NO_PRODUCER, -1), 4).await,
@@ -941,7 +1002,7 @@ mod tests {
         );
         let topics = b.dedup.metrics.dedup.topics();
         let c = topics[&("orders".to_string(), "orders".to_string())];
-        assert_eq!((c.records, c.dropped), (8, 4));
+        assert_eq!((c.records, c.dropped), (11, 5));
     }
 
     #[tokio::test]

@@ -1,0 +1,1411 @@
+//! Produce-path dedup end to end: a real tansu broker (or librdkafka's mock
+//! cluster), the proxy in-process, real librdkafka producers playing Kafka
+//! Connect source tasks that crash and replay. What lands in the log is read
+//! straight from the broker, never through the proxy, and counted exactly.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{http_get, Proxy, Tansu};
+use idemgate::config::Config;
+use idemgate::server::{self, Running};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+const HEADER: &str = "idempotency-key";
+
+/// One `[[dedup.rules]]` for every topic.
+fn dedup_toml(rule: &str) -> String {
+    format!("[dedup]\n[[dedup.rules]]\ntopics = \"*\"\n{rule}\n")
+}
+
+// === Clients ===
+
+fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        // Fail fast in a test instead of retrying for minutes.
+        .set("message.timeout.ms", "30000")
+        .set("socket.timeout.ms", "20000");
+    c
+}
+
+async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create().unwrap();
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics(
+            &[topic],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    for r in results {
+        r.unwrap();
+    }
+}
+
+/// A Connect source task's producer: acks=all, one request in flight, not
+/// idempotent (Connect's defaults before exactly-once support), plus `extra`.
+fn task_producer(bootstrap: &str, client_id: &str, extra: &[(&str, &str)]) -> FutureProducer {
+    let mut config = client_config(bootstrap);
+    config
+        .set("client.id", client_id)
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "1")
+        .set("enable.idempotence", "false")
+        .set("linger.ms", "5")
+        .set("retry.backoff.ms", "50");
+    for (k, v) in extra {
+        config.set(*k, *v);
+    }
+    config.create().unwrap()
+}
+
+/// A logical record: its key (`None`: a null key) and value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rec {
+    key: Option<String>,
+    value: String,
+}
+
+/// Record `i` of a source: key `k-0042`, value `v-0042-<tag>`.
+fn rec(i: usize, tag: &str) -> Rec {
+    Rec {
+        key: Some(format!("k-{i:04}")),
+        value: format!("v-{i:04}-{tag}"),
+    }
+}
+
+fn recs(range: std::ops::Range<usize>, tag: &str) -> Vec<Rec> {
+    range.map(|i| rec(i, tag)).collect()
+}
+
+/// Enqueues every record at once (`send_result`), then waits for every
+/// delivery report: `Ok((partition, offset))` or the error text.
+async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    records: &[Rec],
+) -> Vec<Result<(i32, i64), String>> {
+    let mut pending = Vec::with_capacity(records.len());
+    for r in records {
+        let record = match &r.key {
+            Some(k) => FutureRecord::to(topic)
+                .key(k.as_str())
+                .payload(r.value.as_str()),
+            None => FutureRecord::<str, str>::to(topic).payload(r.value.as_str()),
+        };
+        let delivery = producer.send_result(record).map_err(|(e, _)| e).unwrap();
+        pending.push(delivery);
+    }
+    let mut out = Vec::with_capacity(records.len());
+    for delivery in pending {
+        out.push(match delivery.await.expect("delivery future") {
+            Ok(d) => Ok((d.partition, d.offset)),
+            Err((e, _)) => Err(e.to_string()),
+        });
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+    out
+}
+
+/// [`send`], asserting every delivery succeeded.
+async fn send_ok(producer: &FutureProducer, topic: &str, records: &[Rec]) -> Vec<(i32, i64)> {
+    send(producer, topic, records)
+        .await
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.unwrap_or_else(|e| panic!("record {i} ({:?}): delivery failed: {e}", records[i]))
+        })
+        .collect()
+}
+
+/// One record as the broker holds it.
+#[derive(Debug, Clone)]
+struct Consumed {
+    partition: i32,
+    offset: i64,
+    key: Option<String>,
+    value: String,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Consumed {
+    /// Every value of the tag header.
+    fn tags(&self) -> Vec<Option<&[u8]>> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == HEADER)
+            .map(|(_, v)| v.as_deref())
+            .collect()
+    }
+
+    /// The one tag header's value, checked to be 32 lowercase hex digits.
+    fn tag(&self) -> String {
+        let tags = self.tags();
+        assert_eq!(
+            tags.len(),
+            1,
+            "{}@{}/{} must carry exactly one {HEADER} header: {:?}",
+            self.value,
+            self.partition,
+            self.offset,
+            self.headers
+        );
+        let value = tags[0].expect("tag header has a value");
+        let text = std::str::from_utf8(value).expect("tag is text").to_string();
+        assert!(
+            text.len() == 32
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "tag {text:?} is not 32 lowercase hex digits"
+        );
+        text
+    }
+}
+
+/// Reads every partition from the beginning, without a group (assign),
+/// until at least `expected` records arrived and then nothing more for a
+/// second (so extra copies are seen too), or 30 s passed.
+async fn consume_all(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    expected: usize,
+) -> Vec<Consumed> {
+    let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "unused-assign-only")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "6000")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let start = Instant::now();
+        let mut last = Instant::now();
+        let mut rows = Vec::with_capacity(expected);
+        while start.elapsed() < Duration::from_secs(30)
+            && !(rows.len() >= expected && last.elapsed() > Duration::from_secs(1))
+        {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    last = Instant::now();
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    rows.push(Consumed {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(|k| String::from_utf8(k.to_vec()).unwrap()),
+                        value: String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap(),
+                        headers,
+                    });
+                }
+                Some(Err(e)) => panic!("consume error: {e}"),
+                None => {}
+            }
+        }
+        rows
+    })
+    .await
+    .unwrap()
+}
+
+/// How many copies of each logical record the log holds.
+fn copies(rows: &[Consumed]) -> BTreeMap<(Option<String>, String), usize> {
+    let mut m = BTreeMap::new();
+    for r in rows {
+        *m.entry((r.key.clone(), r.value.clone())).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Every record of `expected` is in the log exactly once, and nothing else is.
+fn assert_exactly_once(rows: &[Consumed], expected: &[Rec]) {
+    let counts = copies(rows);
+    let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        dups.is_empty(),
+        "{} records in the log more than once (first: {:?})",
+        dups.len(),
+        dups.iter().take(5).collect::<Vec<_>>()
+    );
+    let want: BTreeSet<(Option<String>, String)> = expected
+        .iter()
+        .map(|r| (r.key.clone(), r.value.clone()))
+        .collect();
+    let have: BTreeSet<(Option<String>, String)> = counts.keys().cloned().collect();
+    let missing: Vec<_> = want.difference(&have).take(5).collect();
+    let extra: Vec<_> = have.difference(&want).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, unexpected {extra:?}"
+    );
+    assert_eq!(rows.len(), expected.len());
+}
+
+/// Within each partition, the records appear in the order they were first
+/// sent (`order` gives a record's position in the sending order).
+fn assert_send_order_per_partition(rows: &[Consumed], order: impl Fn(&Consumed) -> usize) {
+    let mut last: BTreeMap<i32, (i64, usize)> = BTreeMap::new();
+    for r in rows {
+        let pos = order(r);
+        if let Some((prev_offset, prev)) = last.insert(r.partition, (r.offset, pos)) {
+            assert!(
+                r.offset > prev_offset,
+                "partition {}: offset {} after {prev_offset}",
+                r.partition,
+                r.offset
+            );
+            assert!(
+                pos > prev,
+                "partition {}: {} (sent #{pos}) at offset {} after sent #{prev}",
+                r.partition,
+                r.value,
+                r.offset
+            );
+        }
+    }
+}
+
+/// `v-0042-…` → 42.
+fn index_of(value: &str) -> usize {
+    value[2..6].parse().unwrap()
+}
+
+// === The proxy's view ===
+
+fn series(name: &str, connector: &str, topic: &str) -> String {
+    format!("{name}{{connector=\"{connector}\",topic=\"{topic}\",direction=\"produce\"}}")
+}
+
+/// (records, dropped, observed) for one connector and topic.
+async fn dedup_counts(admin: SocketAddr, connector: &str, topic: &str) -> (f64, f64, f64) {
+    let text = metrics(admin).await;
+    (
+        common::metric_value(&text, &series("idemgate_records_total", connector, topic)),
+        common::metric_value(
+            &text,
+            &series("idemgate_duplicates_dropped_total", connector, topic),
+        ),
+        common::metric_value(
+            &text,
+            &series("idemgate_duplicates_observed_total", connector, topic),
+        ),
+    )
+}
+
+async fn metrics(admin: SocketAddr) -> String {
+    let (status, body) = http_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    body
+}
+
+/// `idemgate_dedup_fail_open_total` by reason.
+async fn fail_open(admin: SocketAddr) -> BTreeMap<String, f64> {
+    metrics(admin)
+        .await
+        .lines()
+        .filter_map(|l| l.strip_prefix("idemgate_dedup_fail_open_total{reason=\""))
+        .map(|rest| {
+            let (reason, value) = rest.split_once("\"} ").unwrap();
+            (reason.to_string(), value.trim().parse().unwrap())
+        })
+        .collect()
+}
+
+async fn fail_open_total(admin: SocketAddr) -> f64 {
+    fail_open(admin).await.values().sum()
+}
+
+async fn json(admin: SocketAddr, path: &str) -> serde_json::Value {
+    let (status, body) = http_get(admin, path).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// `/connectors`' entry for one connector.
+async fn connector_json(admin: SocketAddr, connector: &str) -> serde_json::Value {
+    let all = json(admin, "/connectors").await;
+    all.as_array()
+        .expect("an array")
+        .iter()
+        .find(|c| c["connector"] == connector)
+        .unwrap_or_else(|| panic!("{connector} not in /connectors: {all}"))
+        .clone()
+}
+
+/// Waits (up to 10 s) for a gauge to reach exactly `want`; returns its value.
+async fn wait_gauge(admin: SocketAddr, name: &str, want: f64) -> f64 {
+    let start = Instant::now();
+    loop {
+        let v = common::metric_value(&metrics(admin).await, name);
+        if v == want || start.elapsed() > Duration::from_secs(10) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A Connect source task that crashes and replays: `first` records from a
+/// first producer instance, then a second instance (same client id) replays
+/// the last `replayed` and continues with `new` more. Returns the records
+/// sent (in order, without the replays) and the delivery reports of both
+/// instances.
+struct Replay {
+    originals: Vec<Rec>,
+    first_delivered: Vec<(i32, i64)>,
+    second_sent: Vec<Rec>,
+    second_delivered: Vec<(i32, i64)>,
+}
+
+async fn crash_and_replay(
+    bootstrap: &str,
+    topic: &str,
+    client_id: &str,
+    (first, replayed, new): (usize, usize, usize),
+    extra: &[(&str, &str)],
+) -> Replay {
+    let originals = recs(0..first + new, "orig");
+    let producer = task_producer(bootstrap, client_id, extra);
+    let first_delivered = send_ok(&producer, topic, &originals[..first]).await;
+    drop(producer); // the crash: offsets of the last `replayed` were never committed
+    let second_sent: Vec<Rec> = originals[first - replayed..].to_vec();
+    let producer = task_producer(bootstrap, client_id, extra);
+    let second_delivered = send_ok(&producer, topic, &second_sent).await;
+    drop(producer);
+    Replay {
+        originals,
+        first_delivered,
+        second_sent,
+        second_delivered,
+    }
+}
+
+/// The log after a drop-mode crash-and-replay: every record once, tagged,
+/// in order, where the delivery reports said.
+fn check_replay_log(rows: &[Consumed], replay: &Replay) -> BTreeMap<usize, Consumed> {
+    assert_exactly_once(rows, &replay.originals);
+    assert_send_order_per_partition(rows, |r| index_of(&r.value));
+    let by_index: BTreeMap<usize, Consumed> = rows
+        .iter()
+        .map(|r| (index_of(&r.value), r.clone()))
+        .collect();
+    let tags: BTreeSet<String> = rows.iter().map(Consumed::tag).collect();
+    assert_eq!(tags.len(), rows.len(), "every record has its own key");
+    // The first instance's reports name where each record is.
+    for (i, &(p, o)) in replay.first_delivered.iter().enumerate() {
+        let c = &by_index[&i];
+        assert_eq!(
+            (p, o),
+            (c.partition, c.offset),
+            "first instance's report for record {i}"
+        );
+    }
+    // The second instance's reports name the right partition (their offsets:
+    // `delivery_reports_after_a_replay_name_the_right_offsets`).
+    let first = replay.originals.len() - replay.second_sent.len();
+    for (j, &(p, _)) in replay.second_delivered.iter().enumerate() {
+        let c = &by_index[&(first + j)];
+        assert_eq!(
+            p,
+            c.partition,
+            "second instance's partition for record {}",
+            first + j
+        );
+    }
+    by_index
+}
+
+// === Tests ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_after_crash_is_dropped() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    let topic = "orders-replay";
+    create_topic(&proxy.bootstrap, topic, 3).await;
+
+    let replay = crash_and_replay(
+        &proxy.bootstrap,
+        topic,
+        "connector-producer-orders-0",
+        (500, 200, 100),
+        &[],
+    )
+    .await;
+    let rows = consume_all(&broker.addr, topic, 3, 600).await;
+    let by_index = check_replay_log(&rows, &replay);
+    let partitions: BTreeSet<i32> = rows.iter().map(|r| r.partition).collect();
+    assert_eq!(partitions.len(), 3, "keys spread over all 3 partitions");
+
+    assert_eq!(
+        dedup_counts(proxy.admin, "orders", topic).await,
+        (800.0, 200.0, 0.0),
+        "(records, dropped, observed)"
+    );
+    assert_eq!(
+        fail_open(proxy.admin).await.values().sum::<f64>(),
+        0.0,
+        "{:?}",
+        fail_open(proxy.admin).await
+    );
+    assert_eq!(
+        wait_gauge(proxy.admin, "idemgate_window_keys", 600.0).await,
+        600.0
+    );
+
+    let c = connector_json(proxy.admin, "orders").await;
+    assert_eq!(c["records_dropped"], 200, "{c}");
+    assert_eq!(c["largest_replay"], 200, "{c}");
+    assert_eq!(c["sessions_with_replays"], 1, "{c}");
+    assert!(c["producer_sessions"].as_u64().unwrap() >= 2, "{c}");
+    let t = c["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == topic)
+        .unwrap_or_else(|| panic!("{topic} not in {c}"));
+    assert_eq!(
+        (&t["records"], &t["dropped"], &t["observed"]),
+        (&800.into(), &200.into(), &0.into()),
+        "{t}"
+    );
+
+    // The window knows where each key landed: one never replayed, one replayed.
+    for i in [42, 450] {
+        let r = &by_index[&i];
+        let found = json(
+            proxy.admin,
+            &format!("/window/lookup?topic={topic}&key={}", r.tag()),
+        )
+        .await;
+        assert_eq!(found["seen"], true, "{found}");
+        assert_eq!(
+            (&found["partition"], &found["offset"]),
+            (&r.partition.into(), &r.offset.into()),
+            "{found}"
+        );
+    }
+    let unknown = json(
+        proxy.admin,
+        &format!("/window/lookup?topic={topic}&key={}", "0".repeat(32)),
+    )
+    .await;
+    assert_eq!(unknown["seen"], false, "{unknown}");
+    let other_topic = json(
+        proxy.admin,
+        &format!("/window/lookup?topic=elsewhere&key={}", by_index[&42].tag()),
+    )
+    .await;
+    assert_eq!(
+        other_topic["seen"], false,
+        "keys are per topic: {other_topic}"
+    );
+    proxy.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_reports_after_a_replay_name_the_right_offsets() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    let topic = "reports";
+    create_topic(&proxy.bootstrap, topic, 3).await;
+    let replay = crash_and_replay(
+        &proxy.bootstrap,
+        topic,
+        "connector-producer-reports-0",
+        (300, 100, 50),
+        &[],
+    )
+    .await;
+    let rows = consume_all(&broker.addr, topic, 3, 350).await;
+    let by_index = check_replay_log(&rows, &replay);
+    // What the restarted task's producer is told: where each record (its
+    // first copy, for a replay) is, or -1 (no valid offset) -- never the
+    // offset of some other record.
+    let first = replay.originals.len() - replay.second_sent.len();
+    let (mut exact, mut unknown, mut wrong) = (0, 0, Vec::new());
+    for (j, &(p, o)) in replay.second_delivered.iter().enumerate() {
+        let c = &by_index[&(first + j)];
+        if o == c.offset {
+            exact += 1;
+        } else if o == -1 {
+            unknown += 1;
+        } else {
+            wrong.push(format!(
+                "record {} reported at {p}/{o}, is at {}/{}",
+                first + j,
+                c.partition,
+                c.offset
+            ));
+        }
+    }
+    println!(
+        "second instance's reports: {exact} exact, {unknown} -1, {} wrong",
+        wrong.len()
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} of {} delivery reports name another record's offset: {:?}",
+        wrong.len(),
+        replay.second_delivered.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+    proxy.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_after_crash_is_dropped_with_every_codec() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    // zstd: `replay_is_dropped_in_zstd_batches` (the vendored librdkafka
+    // here is built without libzstd).
+    for codec in ["gzip", "snappy", "lz4"] {
+        let topic = format!("codec-{codec}");
+        create_topic(&proxy.bootstrap, &topic, 3).await;
+        let replay = crash_and_replay(
+            &proxy.bootstrap,
+            &topic,
+            &format!("connector-producer-codec-{codec}-0"),
+            (200, 80, 40),
+            &[("compression.type", codec)],
+        )
+        .await;
+        let rows = consume_all(&broker.addr, &topic, 3, 240).await;
+        check_replay_log(&rows, &replay);
+        assert_eq!(
+            dedup_counts(proxy.admin, &format!("codec-{codec}"), &topic).await,
+            (320.0, 80.0, 0.0),
+            "{codec}: (records, dropped, observed)"
+        );
+        assert_eq!(
+            fail_open_total(proxy.admin).await,
+            0.0,
+            "{codec}: {:?}",
+            fail_open(proxy.admin).await
+        );
+    }
+    proxy.assert_no_leaks().await;
+}
+
+/// A Produce v9 request (acks=all) of one zstd batch for partition 0,
+/// from a Connect task's client id.
+fn zstd_produce(topic: &str, correlation_id: i32, records: &[Rec]) -> bytes::Bytes {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            // kafka-protocol starts a new batch where offset - sequence
+            // changes; the batch's base sequence is the first record's: -1.
+            sequence: i as i32 - 1,
+            timestamp: 1_700_000_000_000 + correlation_id as i64,
+            key: r.key.clone().map(bytes::Bytes::from),
+            value: Some(bytes::Bytes::from(r.value.clone())),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut batch = bytes::BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::Zstd,
+    };
+    RecordBatchEncoder::encode(&mut batch, &records, &options).unwrap();
+    let partition = PartitionProduceData::default()
+        .with_index(0)
+        .with_records(Some(batch.freeze()));
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(StrBytes::from_string(topic.to_string()).into())
+            .with_partition_data(vec![partition])]);
+    let header = RequestHeader::default()
+        .with_request_api_key(ApiKey::Produce as i16)
+        .with_request_api_version(9)
+        .with_correlation_id(correlation_id)
+        .with_client_id(Some(StrBytes::from_static_str(
+            "connector-producer-codec-zstd-0",
+        )));
+    let mut b = bytes::BytesMut::new();
+    header
+        .encode(&mut b, ApiKey::Produce.request_header_version(9))
+        .unwrap();
+    req.encode(&mut b, 9).unwrap();
+    b.freeze()
+}
+
+/// Every record batch of partition 0, read straight from the broker with
+/// Fetch v11: (codec, offset, key, value, headers) per record.
+type RawRow = (
+    kafka_protocol::records::Compression,
+    i64,
+    Option<String>,
+    String,
+    Vec<(String, Option<Vec<u8>>)>,
+);
+
+async fn fetch_all_raw(broker: &str, topic: &str) -> Vec<RawRow> {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse};
+    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::records::RecordBatchDecoder;
+    let mut conn = common::RawConn::connect(broker).await;
+    let mut rows: Vec<RawRow> = Vec::new();
+    let mut next = 0i64;
+    let mut correlation_id = 1;
+    let mut empty = 0;
+    while empty < 3 {
+        let partition = FetchPartition::default()
+            .with_partition(0)
+            .with_fetch_offset(next)
+            .with_partition_max_bytes(1 << 20);
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(200)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(StrBytes::from_string(topic.to_string()).into())
+                .with_partitions(vec![partition])]);
+        let resp: FetchResponse = conn.call(ApiKey::Fetch, 11, correlation_id, &req).await;
+        correlation_id += 1;
+        let p = &resp.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0, "fetch error");
+        let mut bytes = p.records.clone().unwrap_or_default();
+        let before = rows.len();
+        while bytes.len() >= 61 {
+            let Ok(set) = RecordBatchDecoder::decode(&mut bytes) else {
+                break; // a partial batch at the end of the response
+            };
+            for r in set.records {
+                if r.offset >= next {
+                    let headers = r
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.as_ref().map(|v| v.to_vec())))
+                        .collect();
+                    rows.push((
+                        set.compression,
+                        r.offset,
+                        r.key.map(|k| String::from_utf8(k.to_vec()).unwrap()),
+                        String::from_utf8(r.value.unwrap_or_default().to_vec()).unwrap(),
+                        headers,
+                    ));
+                    next = r.offset + 1;
+                }
+            }
+        }
+        if rows.len() == before {
+            empty += 1;
+        }
+    }
+    rows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_is_dropped_in_zstd_batches() {
+    use kafka_protocol::messages::{ApiKey, ProduceResponse};
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    let topic = "codec-zstd";
+    create_topic(&proxy.bootstrap, topic, 1).await;
+    let originals = recs(0..240, "orig");
+    // The first instance writes 200 records; after its crash, the second
+    // replays the last 80 and continues with 40 new, each in one zstd batch.
+    for (correlation_id, records) in [(1, &originals[..200]), (2, &originals[120..])] {
+        let mut conn = common::RawConn::connect(&proxy.bootstrap).await;
+        conn.send_frame(&zstd_produce(topic, correlation_id, records))
+            .await;
+        let frame = conn.recv_frame().await.expect("a Produce response");
+        let resp: ProduceResponse =
+            common::decode_response_frame(ApiKey::Produce, 9, correlation_id, frame);
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, 0, "request {correlation_id}: {p:?}");
+    }
+    let rows = fetch_all_raw(&broker.addr, topic).await;
+    let consumed: Vec<Consumed> = rows
+        .iter()
+        .map(|(_, offset, key, value, headers)| Consumed {
+            partition: 0,
+            offset: *offset,
+            key: key.clone(),
+            value: value.clone(),
+            headers: headers.clone(),
+        })
+        .collect();
+    assert_exactly_once(&consumed, &originals);
+    assert_send_order_per_partition(&consumed, |r| index_of(&r.value));
+    let tags: BTreeSet<String> = consumed.iter().map(Consumed::tag).collect();
+    assert_eq!(tags.len(), 240);
+    for (codec, offset, ..) in &rows {
+        assert_eq!(
+            *codec,
+            kafka_protocol::records::Compression::Zstd,
+            "offset {offset}: the rewritten batch keeps its codec"
+        );
+    }
+    assert_eq!(
+        dedup_counts(proxy.admin, "codec-zstd", topic).await,
+        (320.0, 80.0, 0.0),
+        "(records, dropped, observed)"
+    );
+    assert_eq!(
+        fail_open_total(proxy.admin).await,
+        0.0,
+        "{:?}",
+        fail_open(proxy.admin).await
+    );
+    proxy.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observe_mode_forwards_everything_and_counts() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(
+        &broker.addr,
+        &dedup_toml("key = \"content\"\nmode = \"observe\""),
+    )
+    .await;
+    let topic = "observed";
+    create_topic(&proxy.bootstrap, topic, 3).await;
+    let replay = crash_and_replay(
+        &proxy.bootstrap,
+        topic,
+        "connector-producer-watch-0",
+        (300, 100, 0),
+        &[],
+    )
+    .await;
+    let rows = consume_all(&broker.addr, topic, 3, 400).await;
+    assert_eq!(rows.len(), 400, "every replay forwarded");
+    let counts = copies(&rows);
+    assert_eq!(counts.len(), 300);
+    for (i, r) in replay.originals.iter().enumerate() {
+        let n = counts[&(r.key.clone(), r.value.clone())];
+        assert_eq!(n, if i >= 200 { 2 } else { 1 }, "copies of record {i}");
+    }
+    // Both copies carry the same key: a sink can upsert on it.
+    let mut tags: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+    for r in &rows {
+        tags.entry(index_of(&r.value)).or_default().insert(r.tag());
+    }
+    assert!(
+        tags.values().all(|t| t.len() == 1),
+        "one key per logical record"
+    );
+    let distinct: BTreeSet<&String> = tags.values().flatten().collect();
+    assert_eq!(distinct.len(), 300);
+    // The second instance's reports are the broker's own: offsets of the copies.
+    let by_pos: BTreeSet<(i32, i64)> = rows.iter().map(|r| (r.partition, r.offset)).collect();
+    for d in &replay.second_delivered {
+        assert!(by_pos.contains(d), "report {d:?} names a record in the log");
+    }
+
+    assert_eq!(
+        dedup_counts(proxy.admin, "watch", topic).await,
+        (400.0, 0.0, 100.0),
+        "(records, dropped, observed)"
+    );
+    assert_eq!(
+        fail_open_total(proxy.admin).await,
+        0.0,
+        "{:?}",
+        fail_open(proxy.admin).await
+    );
+    proxy.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zombie_and_successor_lose_nothing() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(
+        &broker.addr,
+        "[dedup]\npending_wait = \"3s\"\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\n",
+    )
+    .await;
+    let topic = "zombie";
+    create_topic(&proxy.bootstrap, topic, 3).await;
+    let records = recs(0..300, "z");
+    // The zombie (the old instance, still running) and its successor send the
+    // same records at the same time, batched differently.
+    let zombie = task_producer(
+        &proxy.bootstrap,
+        "connector-producer-zomb-0",
+        &[("linger.ms", "0"), ("batch.num.messages", "7")],
+    );
+    let successor = task_producer(
+        &proxy.bootstrap,
+        "connector-producer-zomb-0",
+        &[("linger.ms", "2"), ("batch.num.messages", "10")],
+    );
+    let (a, b) = tokio::join!(
+        send(&zombie, topic, &records),
+        send(&successor, topic, &records)
+    );
+    for (who, reports) in [("zombie", &a), ("successor", &b)] {
+        let failed: Vec<_> = reports.iter().filter(|r| r.is_err()).collect();
+        assert!(
+            failed.is_empty(),
+            "{who}: {} deliveries failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(3)]
+        );
+    }
+    drop((zombie, successor));
+
+    let rows = consume_all(&broker.addr, topic, 3, 300).await;
+    let counts = copies(&rows);
+    let want: BTreeSet<(Option<String>, String)> = records
+        .iter()
+        .map(|r| (r.key.clone(), r.value.clone()))
+        .collect();
+    let have: BTreeSet<(Option<String>, String)> = counts.keys().cloned().collect();
+    assert_eq!(have, want, "every record at least once, nothing else");
+    assert!(rows.len() <= 600, "{} records", rows.len());
+    let (records_in, dropped, observed) = dedup_counts(proxy.admin, "zomb", topic).await;
+    let fail = fail_open(proxy.admin).await;
+    let duplicates = rows.len() - 300;
+    println!(
+        "zombie: {} in the log ({duplicates} duplicates), dropped {dropped}, pending waits {}, fail-open {fail:?}",
+        rows.len(),
+        common::metric_value(&metrics(proxy.admin).await, "idemgate_pending_waits_total"),
+    );
+    assert_eq!((records_in, observed), (600.0, 0.0));
+    assert_eq!(
+        rows.len() as f64,
+        600.0 - dropped,
+        "every record either dropped or written once"
+    );
+    // A duplicate only where a wait for the other's in-flight key gave up.
+    let timed_out = fail.get("pending_timeout").copied().unwrap_or(0.0);
+    assert!(
+        duplicates as f64 <= timed_out,
+        "{duplicates} duplicates but only {timed_out} pending waits timed out"
+    );
+    assert_eq!(fail_open_total(proxy.admin).await, timed_out, "{fail:?}");
+    proxy.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_key_rule_and_fallback_pass() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(
+        &broker.addr,
+        &dedup_toml("key = \"record-key\"\nfallback = \"pass\""),
+    )
+    .await;
+    let topic = "keyed";
+    create_topic(&proxy.bootstrap, topic, 3).await;
+    let null = Rec {
+        key: None,
+        value: "no key".into(),
+    };
+
+    let first = task_producer(&proxy.bootstrap, "connector-producer-keyed-0", &[]);
+    let keyed = recs(0..100, "first");
+    send_ok(&first, topic, &keyed).await;
+    send_ok(&first, topic, std::slice::from_ref(&null)).await;
+    send_ok(&first, topic, std::slice::from_ref(&null)).await;
+    drop(first);
+    // The replay carries other values (re-read from a changed source): the
+    // record key alone decides.
+    let second = task_producer(&proxy.bootstrap, "connector-producer-keyed-0", &[]);
+    send_ok(&second, topic, &recs(0..100, "second")).await;
+    send_ok(&second, topic, std::slice::from_ref(&null)).await;
+    drop(second);
+
+    let rows = consume_all(&broker.addr, topic, 3, 103).await;
+    let mut expected = keyed.clone();
+    expected.push(null.clone());
+    let counts = copies(&rows);
+    assert_eq!(
+        counts.get(&(None, "no key".into())),
+        Some(&3),
+        "null-key records are never dropped"
+    );
+    let mut once: Vec<Consumed> = rows.iter().filter(|r| r.key.is_some()).cloned().collect();
+    once.sort_by_key(|r| index_of(&r.value));
+    assert_exactly_once(&once, &keyed);
+    assert_eq!(rows.len(), 103);
+    for r in &rows {
+        match &r.key {
+            None => assert!(
+                r.tags().is_empty(),
+                "a passed record is not tagged: {:?}",
+                r.headers
+            ),
+            Some(k) => assert_eq!(
+                r.tag(),
+                idemgate::idempotency::key::record_key(topic, k.as_bytes()).to_string(),
+                "the tag is the record key's hash"
+            ),
+        }
+    }
+
+    assert_eq!(
+        dedup_counts(proxy.admin, "keyed", topic).await,
+        (203.0, 100.0, 0.0),
+        "(records, dropped, observed)"
+    );
+    assert_eq!(fail_open_total(proxy.admin).await, 0.0);
+    let k5 = rows
+        .iter()
+        .find(|r| r.key.as_deref() == Some("k-0005"))
+        .unwrap();
+    let found = json(
+        proxy.admin,
+        &format!("/window/lookup?topic={topic}&record_key=k-0005"),
+    )
+    .await;
+    assert_eq!(found["seen"], true, "{found}");
+    assert_eq!(
+        (&found["partition"], &found["offset"]),
+        (&k5.partition.into(), &k5.offset.into()),
+        "{found}"
+    );
+    proxy.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_producer_is_not_broken() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    let topic = "idem";
+    create_topic(&proxy.bootstrap, topic, 3).await;
+    let idempotent = [
+        ("enable.idempotence", "true"),
+        ("max.in.flight.requests.per.connection", "5"),
+    ];
+    let originals = recs(0..350, "i");
+    let first = task_producer(&proxy.bootstrap, "connector-producer-idem-0", &idempotent);
+    let first_reports = send(&first, topic, &originals[..300]).await;
+    drop(first);
+    let second = task_producer(&proxy.bootstrap, "connector-producer-idem-0", &idempotent);
+    let second_reports = send(&second, topic, &originals[200..]).await;
+    drop(second);
+    for (who, reports) in [("first", &first_reports), ("second", &second_reports)] {
+        let failed: Vec<_> = reports.iter().filter(|r| r.is_err()).collect();
+        assert!(
+            failed.is_empty(),
+            "{who}: {} deliveries failed: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(3)]
+        );
+    }
+
+    let rows = consume_all(&broker.addr, topic, 3, 350).await;
+    let counts = copies(&rows);
+    let want: BTreeSet<(Option<String>, String)> = originals
+        .iter()
+        .map(|r| (r.key.clone(), r.value.clone()))
+        .collect();
+    let have: BTreeSet<(Option<String>, String)> = counts.keys().cloned().collect();
+    assert_eq!(have, want, "no record lost, nothing else");
+    for r in &rows {
+        r.tag();
+    }
+    let (records_in, dropped, observed) = dedup_counts(proxy.admin, "idem", topic).await;
+    let fail = fail_open(proxy.admin).await;
+    println!(
+        "idempotent: {} in the log ({} duplicates), dropped {dropped}, fail-open {fail:?}",
+        rows.len(),
+        rows.len() - 350
+    );
+    assert_eq!((records_in, observed), (450.0, 0.0));
+    assert_eq!(
+        rows.len() as f64,
+        450.0 - dropped,
+        "every replay either dropped or written"
+    );
+    proxy.assert_no_leaks().await;
+}
+
+/// A proxy started on a given store directory (so a second one can reopen it).
+struct StoreProxy {
+    running: Running,
+    bootstrap: String,
+    admin: SocketAddr,
+}
+
+impl StoreProxy {
+    async fn start(config_text: &str) -> StoreProxy {
+        let config = Config::parse(config_text).unwrap_or_else(|e| panic!("test config: {e}"));
+        let running = server::start(config).await.expect("proxy starts");
+        let proxy = StoreProxy {
+            bootstrap: running.bootstrap.to_string(),
+            admin: running.admin.expect("admin listener"),
+            running,
+        };
+        let start = Instant::now();
+        while http_get(proxy.admin, "/readyz").await.0 != 200 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "proxy not ready within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        proxy
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_restart_keeps_the_window() {
+    let broker = Tansu::start();
+    let store = tempfile::tempdir().unwrap();
+    let (text, _, admin_port) = Proxy::config_text(
+        &broker.addr,
+        store.path(),
+        "",
+        "",
+        &dedup_toml("key = \"content\""),
+    );
+    let topic = "restart";
+    let records = recs(0..200, "r");
+
+    let a = StoreProxy::start(&text).await;
+    create_topic(&a.bootstrap, topic, 3).await;
+    let producer = task_producer(&a.bootstrap, "connector-producer-restart-0", &[]);
+    send_ok(&producer, topic, &records).await;
+    drop(producer);
+    assert_eq!(
+        dedup_counts(a.admin, "restart", topic).await,
+        (200.0, 0.0, 0.0)
+    );
+    a.running.shutdown().await; // drains and flushes the store
+
+    // The same config, on the same store; a fresh admin port (the first
+    // proxy's admin listener lives as long as the process).
+    let new_admin = common::free_port();
+    let text_b = text.replace(
+        &format!("listen = \"127.0.0.1:{admin_port}\""),
+        &format!("listen = \"127.0.0.1:{new_admin}\""),
+    );
+    assert_ne!(text, text_b);
+    let b = StoreProxy::start(&text_b).await;
+    assert_eq!(
+        wait_gauge(b.admin, "idemgate_window_keys", 200.0).await,
+        200.0,
+        "window read back"
+    );
+    let producer = task_producer(&b.bootstrap, "connector-producer-restart-0", &[]);
+    send_ok(&producer, topic, &records).await;
+    drop(producer);
+
+    let rows = consume_all(&broker.addr, topic, 3, 200).await;
+    assert_exactly_once(&rows, &records);
+    assert_eq!(
+        dedup_counts(b.admin, "restart", topic).await,
+        (200.0, 200.0, 0.0),
+        "every replay through the restarted proxy dropped"
+    );
+    assert_eq!(
+        fail_open_total(b.admin).await,
+        0.0,
+        "{:?}",
+        fail_open(b.admin).await
+    );
+    b.running.shutdown().await;
+}
+
+/// The `idemgate` binary, as an operator runs it.
+struct ProxyProcess {
+    child: std::process::Child,
+    bootstrap: String,
+    admin: SocketAddr,
+}
+
+impl ProxyProcess {
+    async fn start(config: &std::path::Path, bootstrap: u16, admin: u16) -> ProxyProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_idemgate"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start idemgate");
+        let proxy = ProxyProcess {
+            child,
+            bootstrap: format!("127.0.0.1:{bootstrap}"),
+            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+        };
+        common::wait_for_port(&proxy.bootstrap, Duration::from_secs(20));
+        let start = Instant::now();
+        while http_get(proxy.admin, "/readyz").await.0 != 200 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "proxy not ready within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        proxy
+    }
+
+    /// SIGTERM (drain, flush the store), then waits for a clean exit.
+    async fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            loop {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    return status;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "did not exit after SIGTERM"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .unwrap();
+        assert!(status.success(), "exit status {status:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_process_restart_keeps_the_window() {
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (text, bootstrap, admin) = Proxy::config_text(
+        &broker.addr,
+        &store,
+        "",
+        "",
+        &dedup_toml("key = \"content\""),
+    );
+    let config = dir.path().join("idemgate.toml");
+    std::fs::write(&config, text).unwrap();
+    let topic = "restart-process";
+    let records = recs(0..200, "r");
+
+    let a = ProxyProcess::start(&config, bootstrap, admin).await;
+    create_topic(&a.bootstrap, topic, 3).await;
+    let producer = task_producer(&a.bootstrap, "connector-producer-restart-0", &[]);
+    send_ok(&producer, topic, &records).await;
+    drop(producer);
+    assert_eq!(
+        dedup_counts(a.admin, "restart", topic).await,
+        (200.0, 0.0, 0.0)
+    );
+    a.stop().await;
+
+    let b = ProxyProcess::start(&config, bootstrap, admin).await;
+    assert_eq!(
+        wait_gauge(b.admin, "idemgate_window_keys", 200.0).await,
+        200.0,
+        "window read back"
+    );
+    let producer = task_producer(&b.bootstrap, "connector-producer-restart-0", &[]);
+    send_ok(&producer, topic, &records).await;
+    drop(producer);
+
+    let rows = consume_all(&broker.addr, topic, 3, 200).await;
+    assert_exactly_once(&rows, &records);
+    assert_eq!(
+        dedup_counts(b.admin, "restart", topic).await,
+        (200.0, 200.0, 0.0),
+        "every replay through the restarted proxy dropped"
+    );
+    assert_eq!(
+        fail_open_total(b.admin).await,
+        0.0,
+        "{:?}",
+        fail_open(b.admin).await
+    );
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_retry_is_not_a_replay() {
+    let mock = MockCluster::new(1).unwrap();
+    let topic = "retried";
+    mock.create_topic(topic, 3, 1).unwrap();
+    let proxy =
+        Proxy::start_with(&mock.bootstrap_servers(), &dedup_toml("key = \"content\"")).await;
+    let records = recs(0..150, "t");
+    let producer = task_producer(&proxy.bootstrap, "connector-producer-retry-0", &[]);
+    // Warm up (metadata, connections) so the faults hit the records' batches.
+    let warm = Rec {
+        key: Some("warm".into()),
+        value: "warm".into(),
+    };
+    send_ok(&producer, topic, std::slice::from_ref(&warm)).await;
+    let produce_requests = || proxy.metric("idemgate_requests_total{api=\"Produce\"}");
+
+    // The next Produce requests fail with retriable errors: the broker wrote
+    // nothing, and librdkafka sends the same batches again.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        ],
+    );
+    let before = produce_requests().await;
+    send_ok(&producer, topic, &records[..100]).await;
+    let sent = produce_requests().await - before;
+    assert!(sent >= 5.0, "the failed requests were retried ({sent})");
+
+    // The broker drops the connection on the next Produce, before writing
+    // it: librdkafka reconnects (through the proxy) and sends it again.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR__TRANSPORT],
+    );
+    let before = produce_requests().await;
+    send_ok(&producer, topic, &records[100..]).await;
+    let sent = produce_requests().await - before;
+    assert!(sent >= 2.0, "the dropped request was retried ({sent})");
+    drop(producer);
+
+    let mut expected = records.clone();
+    expected.push(warm.clone());
+    let rows = consume_all(&mock.bootstrap_servers(), topic, 3, 151).await;
+    assert_exactly_once(&rows, &expected);
+    for r in &rows {
+        r.tag();
+    }
+    let (records_in, dropped, observed) = dedup_counts(proxy.admin, "retry", topic).await;
+    assert_eq!((dropped, observed), (0.0, 0.0), "a retry is not a replay");
+    assert!(
+        records_in > 151.0,
+        "retries went through the filter ({records_in})"
+    );
+    assert_eq!(
+        fail_open_total(proxy.admin).await,
+        0.0,
+        "{:?}",
+        fail_open(proxy.admin).await
+    );
+    assert_eq!(
+        wait_gauge(proxy.admin, "idemgate_window_keys", 151.0).await,
+        151.0
+    );
+
+    // And each retried record was learned once: a real replay of them all is dropped.
+    let replayer = task_producer(&proxy.bootstrap, "connector-producer-retry-0", &[]);
+    send_ok(&replayer, topic, &records).await;
+    drop(replayer);
+    let rows = consume_all(&mock.bootstrap_servers(), topic, 3, 151).await;
+    assert_exactly_once(&rows, &expected);
+    let (_, dropped, _) = dedup_counts(proxy.admin, "retry", topic).await;
+    assert_eq!(dropped, 150.0);
+    proxy.assert_no_leaks().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_ack_retry_is_dropped_not_written_twice() {
+    let mock = MockCluster::new(1).unwrap();
+    let topic = "lost-ack";
+    mock.create_topic(topic, 1, 1).unwrap();
+    let proxy =
+        Proxy::start_with(&mock.bootstrap_servers(), &dedup_toml("key = \"content\"")).await;
+    let records = recs(0..20, "l");
+    // A request unanswered for 1 s times out, and the connection is dropped.
+    let producer = task_producer(
+        &proxy.bootstrap,
+        "connector-producer-lost-0",
+        &[("socket.timeout.ms", "1000")],
+    );
+    let warm = Rec {
+        key: Some("warm".into()),
+        value: "warm".into(),
+    };
+    send_ok(&producer, topic, std::slice::from_ref(&warm)).await;
+    const PRODUCE: &str = "idemgate_requests_total{api=\"Produce\"}";
+    const CONNECTIONS: &str = "idemgate_connections_total";
+    let produce_before = proxy.metric(PRODUCE).await;
+    let connections_before = proxy.metric(CONNECTIONS).await;
+
+    // The broker writes the batch but its answer takes 4 s: the client gives
+    // up, reconnects and sends the batch again.
+    mock.broker_round_trip_time(1, Duration::from_millis(4000))
+        .unwrap();
+    let sending = {
+        let (producer, records) = (producer.clone(), records.clone());
+        tokio::spawn(async move { send(&producer, topic, &records).await })
+    };
+    assert!(proxy.wait_metric(PRODUCE, produce_before + 1.0).await > produce_before);
+    let reconnected = proxy
+        .wait_metric(CONNECTIONS, connections_before + 1.0)
+        .await;
+    assert!(
+        reconnected > connections_before,
+        "the client timed out and reconnected"
+    );
+    mock.broker_round_trip_time(1, Duration::ZERO).unwrap();
+    let reports = sending.await.unwrap();
+    drop(producer);
+
+    let mut expected = records.clone();
+    expected.push(warm.clone());
+    let rows = consume_all(&mock.bootstrap_servers(), topic, 1, 21).await;
+    assert_exactly_once(&rows, &expected);
+    let sent = proxy.metric(PRODUCE).await - produce_before;
+    assert!(sent >= 2.0, "the batch was sent again ({sent})");
+    // The retry was answered with where the first copy is.
+    let at: BTreeMap<String, i64> = rows.iter().map(|r| (r.value.clone(), r.offset)).collect();
+    for (r, report) in records.iter().zip(&reports) {
+        assert_eq!(report, &Ok((0, at[&r.value])), "{}", r.value);
+    }
+    assert_eq!(
+        dedup_counts(proxy.admin, "lost", topic).await,
+        (41.0, 20.0, 0.0),
+        "(records, dropped, observed)"
+    );
+    assert_eq!(
+        fail_open_total(proxy.admin).await,
+        0.0,
+        "{:?}",
+        fail_open(proxy.admin).await
+    );
+    proxy.assert_no_leaks().await;
+}
