@@ -1205,6 +1205,58 @@ impl ProxyProcess {
         .unwrap();
         assert!(status.success(), "exit status {status:?}");
     }
+
+    /// SIGKILL: no drain, no final flush.
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// SIGKILL after the flush interval has passed: every acknowledged key is on
+/// disk (the documented policy: at most `dedup.flush_interval` of keys can be
+/// forgotten), so a full replay through the restarted proxy is dropped whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_keeps_what_the_flush_policy_promises() {
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let rule = format!(
+        "flush_interval = \"200ms\"\n{}",
+        dedup_toml("key = \"content\"").trim_start_matches("[dedup]\n")
+    );
+    let (text, bootstrap, admin) =
+        Proxy::config_text(&broker.addr, &store, "", "", &format!("[dedup]\n{rule}"));
+    let config = dir.path().join("idemgate.toml");
+    std::fs::write(&config, text).unwrap();
+    let topic = "killed";
+    let records = recs(0..300, "k");
+
+    let a = ProxyProcess::start(&config, bootstrap, admin).await;
+    create_topic(&a.bootstrap, topic, 3).await;
+    let producer = task_producer(&a.bootstrap, "connector-producer-killed-0", &[]);
+    send_ok(&producer, topic, &records).await;
+    drop(producer);
+    // Past the flush interval (200 ms) with room to spare, then no goodbye.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.kill9();
+
+    let b = ProxyProcess::start(&config, bootstrap, admin).await;
+    assert_eq!(
+        wait_gauge(b.admin, "idemgate_window_keys", 300.0).await,
+        300.0,
+        "every acknowledged key read back after SIGKILL"
+    );
+    let producer = task_producer(&b.bootstrap, "connector-producer-killed-0", &[]);
+    send_ok(&producer, topic, &records).await;
+    drop(producer);
+    let rows = consume_all(&broker.addr, topic, 3, 300).await;
+    assert_exactly_once(&rows, &records);
+    assert_eq!(
+        dedup_counts(b.admin, "killed", topic).await,
+        (300.0, 300.0, 0.0)
+    );
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
