@@ -178,7 +178,12 @@ fn window_lookup(query: &str, shared: &Shared) -> Result<String, String> {
         _ => return Err("give exactly one of key= or record_key=".into()),
     };
     let window = &shared.window;
-    let position = window.position(key).map_err(|e| e.to_string())?;
+    let mut position = window.position(key).map_err(|e| e.to_string())?;
+    if position.is_none() {
+        // A record that arrived already tagged is kept under its key scoped to the topic.
+        let scoped = crate::idempotency::key::scoped(&topic, key);
+        position = window.position(scoped).map_err(|e| e.to_string())?;
+    }
     let body = match position.filter(|p| p.topic == topic) {
         Some(p) => format!(
             "{{\"topic\":{},\"key\":\"{key}\",\"seen\":true,\"partition\":{},\"offset\":{},\"acked_at_ms\":{}}}\n",

@@ -228,7 +228,6 @@ impl ProduceDedup {
             topics: Vec::with_capacity(req.topic_data.len()),
         };
         let mut changed = false;
-        let mut in_request: HashSet<Key> = HashSet::new();
         let mut dropped_total = 0;
         for topic in &mut req.topic_data {
             let name = topic.name.0.clone();
@@ -247,7 +246,6 @@ impl ProduceDedup {
                                 (name.as_str(), partition.index),
                                 records,
                                 &mut plan.claim,
-                                &mut in_request,
                                 &mut counts,
                             )
                             .await;
@@ -340,7 +338,6 @@ impl ProduceDedup {
         (topic, partition): (&str, i32),
         records: &Bytes,
         claim: &mut Claim,
-        in_request: &mut HashSet<Key>,
         counts: &mut TopicCounts,
     ) -> (PartitionKind, Option<Bytes>) {
         let untouched = PartitionKind::Upstream {
@@ -374,6 +371,32 @@ impl ProduceDedup {
                 counts.records += n;
                 self.metrics.dedup.fail_open(FailOpen::Undecodable, n);
                 tracing::debug!(topic, error = %e, "batch not decodable: forwarded as it came");
+                // An idempotent producer that lost records before: the
+                // broker must still see its sequence without a gap.
+                let h = raw.header();
+                if h.producer_id >= 0 {
+                    let key = SeqKey {
+                        producer_id: h.producer_id,
+                        epoch: h.producer_epoch,
+                        topic: topic.to_string(),
+                        partition,
+                    };
+                    let delta = self
+                        .sequences
+                        .state(&key)
+                        .map(|s| s.delta_before(h.base_sequence))
+                        .unwrap_or(0);
+                    self.sequences
+                        .mark_sent(&key, h.base_sequence.wrapping_add(h.records_count.max(0)));
+                    if delta != 0 {
+                        if let Ok(b) = records::with_base_sequence(
+                            raw.bytes(),
+                            h.base_sequence.wrapping_sub(delta),
+                        ) {
+                            return (untouched, Some(b));
+                        }
+                    }
+                }
                 return (untouched, None);
             }
         };
@@ -392,10 +415,18 @@ impl ProduceDedup {
         // earlier attempt of this batch got.
         let (delta, decided) = if idempotent {
             match self.sequences.state(&seq_key) {
-                Ok(state) => (
-                    state.delta_before(base_seq),
-                    state.decided(base_seq, count).map(|p| p.dropped.clone()),
-                ),
+                Ok(state) => {
+                    let decided = state.decided(base_seq, count).map(|p| p.dropped.clone());
+                    // Below what this producer already sent, with no decision
+                    // stored: a retry of a batch that lost nothing. Drop
+                    // nothing now either, whatever the window says meanwhile.
+                    let decided = decided.or_else(|| {
+                        self.sequences
+                            .already_sent(&seq_key, base_seq)
+                            .then(Vec::new)
+                    });
+                    (state.delta_before(base_seq), decided)
+                }
                 Err(e) => {
                     tracing::warn!(topic, error = %e, "sequence state unreadable: batch forwarded as it came");
                     self.metrics
@@ -414,7 +445,10 @@ impl ProduceDedup {
             tag_header: self.config.dedup.header.as_bytes(),
         };
 
-        // 1. Decide each record.
+        // 1. Decide each record. A key twice in this batch: the second copy
+        // goes (a batch is written or fails as a whole). Across partitions
+        // both stay: one partition can fail while the other succeeds.
+        let mut in_request: HashSet<Key> = HashSet::new();
         let mut decisions = Vec::with_capacity(batch.len());
         let mut claimed = Vec::new();
         for record in batch.records() {
@@ -464,7 +498,11 @@ impl ProduceDedup {
                     // The same idempotent producer sending its own records
                     // again is a retry: the broker deduplicates those.
                     Check::Seen(segment)
-                        if idempotent && self.window.producer_of(segment) == Some(producer) =>
+                        if idempotent
+                            && self
+                                .window
+                                .producer_of(segment)
+                                .is_none_or(|p| p == producer) =>
                     {
                         None
                     }
@@ -496,6 +534,10 @@ impl ProduceDedup {
             .filter(|(_, d)| matches!(d, Decision::Drop(_)))
             .map(|(i, _)| i as u32)
             .collect();
+        if idempotent {
+            self.sequences
+                .mark_sent(&seq_key, base_seq.wrapping_add(count));
+        }
         let producer = if idempotent { producer } else { NO_PRODUCER };
 
         // 2. Offsets of the claimed keys among the records that stay.

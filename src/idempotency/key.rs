@@ -10,8 +10,9 @@
 //!
 //! A record that already carries the tag header with a well-formed key (it
 //! went through a proxy before: a MirrorMaker copy, a retry through another
-//! replica) keeps that key, so the header is never written twice and the
-//! sink's upsert key never changes.
+//! replica) keeps that header, so it is never written twice and the sink's
+//! upsert key never changes; its window key is that key scoped to the topic
+//! it is written to now ([`scoped`]).
 
 use xxhash_rust::xxh3::Xxh3;
 
@@ -93,7 +94,7 @@ impl Deriver<'_> {
             }
         }
         if let Some(key) = carried {
-            return Derived::Carried(key);
+            return Derived::Carried(scoped(topic, key));
         }
         let made = match self.strategy {
             KeyStrategy::Content => Some(self.content(topic, record)),
@@ -138,6 +139,13 @@ fn put_bytes(h: &mut Xxh3, bytes: Option<&[u8]>) {
             h.update(b);
         }
     }
+}
+
+/// The window key of a record that carries `key` in its tag header: scoped
+/// to the topic it is written to now (a copy into another topic, by a
+/// stream processor or a mirror, is a new record there, not a replay).
+pub fn scoped(topic: &str, key: Key) -> Key {
+    hash_parts(b't', topic, [&key.0.to_be_bytes()[..]])
 }
 
 /// The key a `record-key` rule gives a record with this key (for lookups).
@@ -260,7 +268,19 @@ mod tests {
         let key = Key(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
         let hex = key.to_hex();
         let r = record(Some(b"k"), Some(b"v"), &[(TAG, &hex)]);
-        assert_eq!(one(&KeyStrategy::Content, "t", r), Derived::Carried(key));
+        assert_eq!(
+            one(&KeyStrategy::Content, "t", r.clone()),
+            Derived::Carried(scoped("t", key))
+        );
+        // The same carried key in another topic is another record there.
+        assert_ne!(
+            one(&KeyStrategy::Content, "u", r),
+            one(
+                &KeyStrategy::Content,
+                "t",
+                record(Some(b"k"), Some(b"v"), &[(TAG, &hex)])
+            )
+        );
         assert_eq!(Key::parse_hex(&hex), Some(key));
         assert_eq!(Key::parse_hex(b"0123"), None);
     }

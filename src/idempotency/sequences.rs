@@ -147,6 +147,9 @@ impl SeqState {
 pub struct Sequences {
     store: Arc<Store>,
     cache: Mutex<HashMap<SeqKey, SeqState>>,
+    /// Per producer-partition: the client sequence after the last batch
+    /// decided (memory only: after a restart, retries are decided again).
+    sent: Mutex<HashMap<SeqKey, i32>>,
 }
 
 impl Sequences {
@@ -154,7 +157,27 @@ impl Sequences {
         Sequences {
             store,
             cache: Mutex::new(HashMap::new()),
+            sent: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// True when a batch starting at `base` was decided before (a retry).
+    pub fn already_sent(&self, key: &SeqKey, base: i32) -> bool {
+        self.sent
+            .lock()
+            .expect("sequences lock")
+            .get(key)
+            .is_some_and(|&end| base < end)
+    }
+
+    /// Remembers that the batches up to `end` (exclusive) were decided.
+    pub fn mark_sent(&self, key: &SeqKey, end: i32) {
+        let mut sent = self.sent.lock().expect("sequences lock");
+        if sent.len() >= CACHED && !sent.contains_key(key) {
+            sent.clear();
+        }
+        let e = sent.entry(key.clone()).or_insert(end);
+        *e = (*e).max(end);
     }
 
     /// The state of one producer-partition (empty when it never lost a record).

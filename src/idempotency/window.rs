@@ -307,11 +307,11 @@ impl Window {
     /// The idempotent producer whose batch put a segment's keys in the
     /// window: a batch of that same producer and epoch carrying them again
     /// is a retry, not a replay.
+    /// `None` when the segment can't be read (evicted meanwhile, store
+    /// error); [`NO_PRODUCER`] for a non-idempotent writer.
     pub fn producer_of(&self, segment: u64) -> Option<Producer> {
         let value = self.store.segment(segment).ok()??;
-        Segment::parse(&value)
-            .map(|s| s.producer)
-            .filter(|p| *p != NO_PRODUCER)
+        Segment::parse(&value).map(|s| s.producer)
     }
 
     /// Where a seen key was first acknowledged.
