@@ -178,12 +178,7 @@ impl ProduceDedup {
         };
         if req.transactional_id.is_some() {
             // Transactions are Connect's own exactly-once: byte for byte.
-            let records: u64 = req
-                .topic_data
-                .iter()
-                .flat_map(|t| &t.partition_data)
-                .map(|p| record_count(p.records.as_ref()))
-                .sum();
+            let records: u64 = request_records(&req);
             self.metrics
                 .dedup
                 .transactional_records
@@ -196,23 +191,13 @@ impl ProduceDedup {
             .any(|t| self.rule(t.name.as_str(), identity).is_some());
         if !covered {
             if head.api_version >= 13 {
-                let n = req
-                    .topic_data
-                    .iter()
-                    .flat_map(|t| &t.partition_data)
-                    .map(|p| record_count(p.records.as_ref()))
-                    .sum();
+                let n = request_records(&req);
                 self.metrics.dedup.fail_open(FailOpen::TopicId, n);
             }
             return Ok(Outcome::Unchanged(None));
         }
         if !self.window.is_loaded() && !self.window.wait_loaded(self.config.dedup.load_wait).await {
-            let n = req
-                .topic_data
-                .iter()
-                .flat_map(|t| &t.partition_data)
-                .map(|p| record_count(p.records.as_ref()))
-                .sum();
+            let n = request_records(&req);
             self.metrics.dedup.fail_open(FailOpen::Loading, n);
             return Ok(Outcome::Unchanged(None));
         }
@@ -849,6 +834,15 @@ fn merge(plan: &ProducePlan, mut from_broker: ProduceResponse) -> ProduceRespons
     topics.append(&mut from_broker.responses);
     from_broker.responses = topics;
     from_broker
+}
+
+/// Records in a whole request, from batch headers.
+fn request_records(req: &ProduceRequest) -> u64 {
+    req.topic_data
+        .iter()
+        .flat_map(|t| &t.partition_data)
+        .map(|p| record_count(p.records.as_ref()))
+        .sum()
 }
 
 /// Records in a partition's `records`, from batch headers (no decoding).
