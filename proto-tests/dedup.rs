@@ -9,11 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{http_get, Proxy, Tansu};
+use common::{client_config, create_topic, http_get, Proxy, Tansu};
 use idemgate::config::Config;
 use idemgate::server::{self, Running};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -30,30 +28,6 @@ fn dedup_toml(rule: &str) -> String {
 }
 
 // === Clients ===
-
-fn client_config(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        // Fail fast in a test instead of retrying for minutes.
-        .set("message.timeout.ms", "30000")
-        .set("socket.timeout.ms", "20000");
-    c
-}
-
-async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create().unwrap();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let results = admin
-        .create_topics(
-            &[topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .unwrap();
-    for r in results {
-        r.unwrap();
-    }
-}
 
 /// A Connect source task's producer: acks=all, one request in flight, not
 /// idempotent (Connect's defaults before exactly-once support), plus `extra`.
@@ -1088,6 +1062,39 @@ impl StoreProxy {
     }
 }
 
+/// After a restart on the same store: the window holds the `records` the
+/// first proxy saw acknowledged, and replaying them all through the new
+/// proxy (`admin`, `bootstrap`) drops every one; the topic keeps one copy each.
+async fn replay_through_restarted(
+    (admin, bootstrap): (SocketAddr, &str),
+    broker: &str,
+    (topic, connector): (&str, &str),
+    records: &[Rec],
+) {
+    let n = records.len() as f64;
+    assert_eq!(
+        wait_gauge(admin, "idemgate_window_keys", n).await,
+        n,
+        "every acknowledged key read back"
+    );
+    let producer = task_producer(bootstrap, &format!("connector-producer-{connector}-0"), &[]);
+    send_ok(&producer, topic, records).await;
+    drop(producer);
+    let rows = consume_all(broker, topic, 3, records.len()).await;
+    assert_exactly_once(&rows, records);
+    assert_eq!(
+        dedup_counts(admin, connector, topic).await,
+        (n, n, 0.0),
+        "every replay through the restarted proxy dropped"
+    );
+    assert_eq!(
+        fail_open_total(admin).await,
+        0.0,
+        "{:?}",
+        fail_open(admin).await
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_restart_keeps_the_window() {
     let broker = Tansu::start();
@@ -1113,8 +1120,7 @@ async fn proxy_restart_keeps_the_window() {
     );
     a.running.shutdown().await; // drains and flushes the store
 
-    // The same config, on the same store; a fresh admin port (the first
-    // proxy's admin listener lives as long as the process).
+    // The same config, on the same store, on a fresh admin port.
     let new_admin = common::free_port();
     let text_b = text.replace(
         &format!("listen = \"127.0.0.1:{admin_port}\""),
@@ -1122,28 +1128,13 @@ async fn proxy_restart_keeps_the_window() {
     );
     assert_ne!(text, text_b);
     let b = StoreProxy::start(&text_b).await;
-    assert_eq!(
-        wait_gauge(b.admin, "idemgate_window_keys", 200.0).await,
-        200.0,
-        "window read back"
-    );
-    let producer = task_producer(&b.bootstrap, "connector-producer-restart-0", &[]);
-    send_ok(&producer, topic, &records).await;
-    drop(producer);
-
-    let rows = consume_all(&broker.addr, topic, 3, 200).await;
-    assert_exactly_once(&rows, &records);
-    assert_eq!(
-        dedup_counts(b.admin, "restart", topic).await,
-        (200.0, 200.0, 0.0),
-        "every replay through the restarted proxy dropped"
-    );
-    assert_eq!(
-        fail_open_total(b.admin).await,
-        0.0,
-        "{:?}",
-        fail_open(b.admin).await
-    );
+    replay_through_restarted(
+        (b.admin, &b.bootstrap),
+        &broker.addr,
+        (topic, "restart"),
+        &records,
+    )
+    .await;
     b.running.shutdown().await;
 }
 
@@ -1242,20 +1233,13 @@ async fn sigkill_keeps_what_the_flush_policy_promises() {
     a.kill9();
 
     let b = ProxyProcess::start(&config, bootstrap, admin).await;
-    assert_eq!(
-        wait_gauge(b.admin, "idemgate_window_keys", 300.0).await,
-        300.0,
-        "every acknowledged key read back after SIGKILL"
-    );
-    let producer = task_producer(&b.bootstrap, "connector-producer-killed-0", &[]);
-    send_ok(&producer, topic, &records).await;
-    drop(producer);
-    let rows = consume_all(&broker.addr, topic, 3, 300).await;
-    assert_exactly_once(&rows, &records);
-    assert_eq!(
-        dedup_counts(b.admin, "killed", topic).await,
-        (300.0, 300.0, 0.0)
-    );
+    replay_through_restarted(
+        (b.admin, &b.bootstrap),
+        &broker.addr,
+        (topic, "killed"),
+        &records,
+    )
+    .await;
     b.stop().await;
 }
 
@@ -1288,28 +1272,13 @@ async fn proxy_process_restart_keeps_the_window() {
     a.stop().await;
 
     let b = ProxyProcess::start(&config, bootstrap, admin).await;
-    assert_eq!(
-        wait_gauge(b.admin, "idemgate_window_keys", 200.0).await,
-        200.0,
-        "window read back"
-    );
-    let producer = task_producer(&b.bootstrap, "connector-producer-restart-0", &[]);
-    send_ok(&producer, topic, &records).await;
-    drop(producer);
-
-    let rows = consume_all(&broker.addr, topic, 3, 200).await;
-    assert_exactly_once(&rows, &records);
-    assert_eq!(
-        dedup_counts(b.admin, "restart", topic).await,
-        (200.0, 200.0, 0.0),
-        "every replay through the restarted proxy dropped"
-    );
-    assert_eq!(
-        fail_open_total(b.admin).await,
-        0.0,
-        "{:?}",
-        fail_open(b.admin).await
-    );
+    replay_through_restarted(
+        (b.admin, &b.bootstrap),
+        &broker.addr,
+        (topic, "restart"),
+        &records,
+    )
+    .await;
     b.stop().await;
 }
 

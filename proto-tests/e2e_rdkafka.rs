@@ -7,10 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Proxy, Tansu};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use common::{client_config, create_topic, Proxy, Tansu};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -18,30 +15,6 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 /// (partition, offset, key, value) of one record.
 type Row = (i32, i64, Vec<u8>, Vec<u8>);
-
-fn client_config(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        // Fail fast in a test instead of retrying for minutes.
-        .set("message.timeout.ms", "30000")
-        .set("socket.timeout.ms", "20000");
-    c
-}
-
-async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = client_config(bootstrap).create().unwrap();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let results = admin
-        .create_topics(
-            &[topic],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .unwrap();
-    for r in results {
-        r.unwrap();
-    }
-}
 
 /// Produces `n` records `key-i`/`value-i` with acks=all and waits for every
 /// delivery; returns where each landed.
