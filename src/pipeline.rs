@@ -116,10 +116,6 @@ impl Pipeline {
         self
     }
 
-    pub fn dedup(&self) -> Option<&ProduceDedup> {
-        self.dedup.as_ref()
-    }
-
     pub async fn on_request(
         &self,
         conn: &mut ConnState,

@@ -242,14 +242,6 @@ impl DedupMetrics {
         self.fail_open[i].fetch_add(records, Relaxed);
     }
 
-    pub fn fail_open_count(&self, reason: FailOpen) -> u64 {
-        let i = FailOpen::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .expect("listed");
-        self.fail_open[i].load(Relaxed)
-    }
-
     /// A connection of `connector` produced for the first time.
     pub fn session_started(&self, connector: &str) {
         let mut map = self.replays.lock().expect("dedup metrics lock");

@@ -138,9 +138,12 @@ enum Decision {
     Keep,
     /// Keep and append the tag header with this key.
     Tag(Key),
-    /// A replay of a key seen in this window segment (`None`: earlier in
-    /// this same request).
-    Drop(Option<u64>),
+    /// A replay of `key`, seen in this window segment (`None`: earlier in
+    /// this same batch, or decided by an earlier attempt of it).
+    Drop {
+        key: Key,
+        seen: Option<u64>,
+    },
 }
 
 impl ProduceDedup {
@@ -151,10 +154,6 @@ impl ProduceDedup {
             window,
             metrics,
         }
-    }
-
-    pub fn window(&self) -> &Arc<Window> {
-        &self.window
     }
 
     fn rule(&self, topic: &str, identity: &Identity) -> Option<&Rule> {
@@ -452,7 +451,7 @@ impl ProduceDedup {
                 in_request.insert(key);
                 if dropped.binary_search(&(record.index() as u32)).is_ok() {
                     counts.dropped += 1;
-                    decisions.push(Decision::Drop(None));
+                    decisions.push(Decision::Drop { key, seen: None });
                 } else {
                     if self.window.check(key) == Check::Claimed {
                         claim.add(key);
@@ -504,7 +503,7 @@ impl ProduceDedup {
                 None => decisions.push(keep),
                 Some(seen) if may_drop => {
                     counts.dropped += 1;
-                    decisions.push(Decision::Drop(seen));
+                    decisions.push(Decision::Drop { key, seen });
                 }
                 Some(_) => {
                     counts.observed += 1;
@@ -516,7 +515,7 @@ impl ProduceDedup {
         let dropped_idx: Vec<u32> = decisions
             .iter()
             .enumerate()
-            .filter(|(_, d)| matches!(d, Decision::Drop(_)))
+            .filter(|(_, d)| matches!(d, Decision::Drop { .. }))
             .map(|(i, _)| i as u32)
             .collect();
         if idempotent {
@@ -530,7 +529,7 @@ impl ProduceDedup {
         let mut next = 0u32;
         for d in &decisions {
             kept_index.push(next);
-            if !matches!(d, Decision::Drop(_)) {
+            if !matches!(d, Decision::Drop { .. }) {
                 next += 1;
             }
         }
@@ -538,7 +537,7 @@ impl ProduceDedup {
             .iter()
             .map(|&(i, key)| (key, kept_index[i]))
             .collect();
-        let any_dropped = decisions.iter().any(|d| matches!(d, Decision::Drop(_)));
+        let any_dropped = decisions.iter().any(|d| matches!(d, Decision::Drop { .. }));
 
         // 3. Splice, then move the base sequence by what went before.
         let hexes: Vec<[u8; 32]> = decisions
@@ -554,7 +553,7 @@ impl ProduceDedup {
             .zip(&hexes)
             .map(|(d, hex)| match d {
                 Decision::Keep => Action::Keep,
-                Decision::Drop(_) => Action::Drop,
+                Decision::Drop { .. } => Action::Drop,
                 Decision::Tag(_) => Action::KeepAppend(HeaderRef {
                     key: header,
                     value: Some(hex),
@@ -624,16 +623,7 @@ impl ProduceDedup {
                     .enumerate()
                     .all(|(i, &d)| d as usize == i);
                 let replayed_prefix = (k > 0 && prefix)
-                    .then(|| {
-                        let seen: Vec<Option<u64>> = decisions[..k]
-                            .iter()
-                            .map(|d| match d {
-                                Decision::Drop(s) => *s,
-                                _ => None,
-                            })
-                            .collect();
-                        self.original_base_offset((topic, partition), &batch, &seen, &deriver)
-                    })
+                    .then(|| self.original_base_offset((topic, partition), &decisions[..k]))
                     .filter(|first| *first >= 0)
                     .map(|first| (first, k as u32));
                 (
@@ -647,15 +637,7 @@ impl ProduceDedup {
                 )
             }
             Ok(Spliced::NoneKept) => {
-                let seen: Vec<Option<u64>> = decisions
-                    .iter()
-                    .map(|d| match d {
-                        Decision::Drop(s) => *s,
-                        _ => None,
-                    })
-                    .collect();
-                let base_offset =
-                    self.original_base_offset((topic, partition), &batch, &seen, &deriver);
+                let base_offset = self.original_base_offset((topic, partition), &decisions);
                 (PartitionKind::Answered { base_offset }, None)
             }
             Err(e) => {
@@ -681,37 +663,33 @@ impl ProduceDedup {
         }
     }
 
-    /// The offset the first copy of a wholly replayed batch got, when that is
-    /// provable: every record was acknowledged before in this same partition
-    /// at consecutive offsets, in this order. (With `seen` shorter than the
-    /// batch: the same for its first records.) Else -1 ("no valid offset", as a
+    /// The offset the first copy of these dropped records got, when that is
+    /// provable: each was acknowledged before in this same partition, at
+    /// consecutive offsets, in this order. Else -1 ("no valid offset", as a
     /// broker answers a duplicate sequence).
-    fn original_base_offset(
-        &self,
-        (topic, partition): (&str, i32),
-        batch: &crate::records::DecodedBatch,
-        seen: &[Option<u64>],
-        deriver: &Deriver<'_>,
-    ) -> i64 {
-        let mut expected: Option<(i32, i64)> = None;
+    fn original_base_offset(&self, (topic, partition): (&str, i32), dropped: &[Decision]) -> i64 {
         let mut first = -1;
-        for (record, segment) in batch.records().zip(seen) {
-            let (Some(segment), Some(key)) = (segment, deriver.derive(topic, &record).key()) else {
+        let mut next = None;
+        for d in dropped {
+            let Decision::Drop {
+                key,
+                seen: Some(segment),
+            } = *d
+            else {
                 return -1;
             };
-            let Ok(Some(pos)) = self.window.position_in(key, *segment) else {
+            let Ok(Some(pos)) = self.window.position_in(key, segment) else {
                 return -1;
             };
             if pos.topic != topic || pos.partition != partition || pos.offset < 0 {
                 return -1;
             }
-            match expected {
+            match next {
                 None => first = pos.offset,
-                Some((partition, offset)) if partition == pos.partition && offset == pos.offset => {
-                }
+                Some(offset) if offset == pos.offset => {}
                 Some(_) => return -1,
             }
-            expected = Some((pos.partition, pos.offset + 1));
+            next = Some(pos.offset + 1);
         }
         first
     }

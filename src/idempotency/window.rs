@@ -265,20 +265,10 @@ impl Window {
     }
 
     /// Records acknowledged keys: `entries` are (key, offset delta from
-    /// `base_offset`). Written to sled first; if that fails the keys are
+    /// `base_offset`), written by `producer` ([`NO_PRODUCER`] unless
+    /// idempotent). Written to sled first; if that fails the keys are
     /// released, not seen (a replay then passes: never a loss).
     pub fn commit(
-        &self,
-        topic: &str,
-        partition: i32,
-        base_offset: i64,
-        entries: &[(Key, u32)],
-    ) -> Result<(), Error> {
-        self.commit_as(topic, partition, base_offset, NO_PRODUCER, entries)
-    }
-
-    /// [`commit`](Self::commit) for a batch of an idempotent producer.
-    pub fn commit_as(
         &self,
         topic: &str,
         partition: i32,
@@ -461,7 +451,7 @@ impl Claim {
     ) -> Result<(), Error> {
         let result = self
             .window
-            .commit_as(topic, partition, base_offset, producer, entries);
+            .commit(topic, partition, base_offset, producer, entries);
         // Committed or released by commit itself on error: not ours any more.
         let done: HashSet<Key> = entries.iter().map(|(k, _)| *k).collect();
         self.keys.retain(|k| !done.contains(k));
