@@ -829,6 +829,94 @@ async fn observe_mode_forwards_everything_and_counts() {
     proxy.assert_no_leaks().await;
 }
 
+/// Connect's exactly-once source tasks write in transactions: those records
+/// pass byte for byte, and their keys count only once the transaction
+/// commits. A later non-transactional replay of committed records is
+/// dropped; a replay of aborted ones is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_transactions_teach_the_window_aborted_ones_do_not() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    let topic = "txn-orders";
+    create_topic(&proxy.bootstrap, topic, 3).await;
+
+    let txn = task_producer(
+        &proxy.bootstrap,
+        "connector-producer-eos-0",
+        &[
+            ("enable.idempotence", "true"),
+            ("max.in.flight.requests.per.connection", "5"),
+            ("transactional.id", "connect-cluster-eos-0"),
+        ],
+    );
+    let blocking = Duration::from_secs(30);
+    txn.init_transactions(blocking).unwrap();
+    let committed = recs(0..50, "txn");
+    txn.begin_transaction().unwrap();
+    send_ok(&txn, topic, &committed).await;
+    txn.commit_transaction(blocking).unwrap();
+    let aborted = recs(50..80, "txn");
+    txn.begin_transaction().unwrap();
+    send_ok(&txn, topic, &aborted).await;
+    txn.abort_transaction(blocking).unwrap();
+    drop(txn);
+
+    let metrics_text = metrics(proxy.admin).await;
+    let value = |series: &str| common::metric_value(&metrics_text, series);
+    assert_eq!(
+        value("idemgate_transactions_total{outcome=\"committed\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("idemgate_transactions_total{outcome=\"aborted\"}"),
+        1.0
+    );
+    assert_eq!(value("idemgate_transaction_keys_learned_total"), 50.0);
+    assert_eq!(value("idemgate_transactional_records_total"), 80.0);
+
+    // The task falls back to plain at-least-once and replays everything.
+    let plain = task_producer(&proxy.bootstrap, "connector-producer-eos-0", &[]);
+    let mut replay = committed.clone();
+    replay.extend(aborted.iter().cloned());
+    replay.extend(recs(80..100, "txn"));
+    send_ok(&plain, topic, &replay).await;
+
+    // tansu shows aborted records to every consumer (no aborted-transactions
+    // list, ../shared/TESTBED.md): the aborted copies are in the log too.
+    let rows = consume_all(&broker.addr, topic, 3, 50 + 2 * 30 + 20).await;
+    let counts = copies(&rows);
+    for (i, r) in replay.iter().enumerate() {
+        let want = if (50..80).contains(&i) { 2 } else { 1 };
+        assert_eq!(
+            counts.get(&(r.key.clone(), r.value.clone())),
+            Some(&want),
+            "copies of record {i}"
+        );
+    }
+    assert_eq!(rows.len(), 130);
+    // Transactional copies carry no tag (byte for byte); each plain copy
+    // written carries one: none for 0..50 (dropped), one for 50..100.
+    let mut tags = BTreeMap::new();
+    for r in &rows {
+        *tags.entry(index_of(&r.value)).or_insert(0) += r.tags().len();
+    }
+    for (i, n) in tags {
+        assert_eq!(n, usize::from(i >= 50), "tags on the copies of record {i}");
+    }
+    assert_eq!(
+        dedup_counts(proxy.admin, "eos", topic).await,
+        (100.0, 50.0, 0.0),
+        "(records, dropped, observed) of the plain replay"
+    );
+    assert_eq!(
+        fail_open_total(proxy.admin).await,
+        0.0,
+        "{:?}",
+        fail_open(proxy.admin).await
+    );
+    proxy.assert_no_leaks().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zombie_and_successor_lose_nothing() {
     let broker = Tansu::start();

@@ -23,8 +23,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
-    SaslHandshakeRequest,
+    ApiKey, ApiVersionsResponse, EndTxnRequest, EndTxnResponse, SaslAuthenticateRequest,
+    SaslAuthenticateResponse, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -36,6 +36,7 @@ use crate::filter::broker_address::{carries_upstream_address, Rewriter};
 use crate::filter::dedup_produce::{self, ProduceDedup, ProducePlan};
 use crate::filter::identity::Identity;
 use crate::filter::sasl::SaslState;
+use crate::idempotency::window::Producer;
 use crate::message::{self, Response};
 use crate::telemetry::Metrics;
 use crate::topology::Topology;
@@ -63,6 +64,9 @@ pub struct ResponsePlan {
     /// Produce with keys awaiting the broker's answer, or partitions the
     /// proxy answered itself.
     pub produce: Option<Box<ProducePlan>>,
+    /// EndTxn: the producer and whether it commits, for the dedup filter to
+    /// learn (or forget) the transaction's keys once the coordinator agrees.
+    pub end_txn: Option<(Producer, bool)>,
 }
 
 /// What a connection remembers between its requests.
@@ -180,7 +184,13 @@ impl Pipeline {
             _ => Duration::ZERO,
         };
         let mut authenticates = None;
+        let mut end_txn = None;
         match head.api_key {
+            ApiKey::EndTxn if self.dedup.is_some() => {
+                if let Some(req) = message::decode_request::<EndTxnRequest>(&frame, head) {
+                    end_txn = Some(((req.producer_id.0, req.producer_epoch), req.committed));
+                }
+            }
             ApiKey::SaslHandshake => {
                 if let Some(req) = message::decode_request::<SaslHandshakeRequest>(&frame, head) {
                     conn.sasl.handshake(req.mechanism.as_str());
@@ -200,6 +210,7 @@ impl Pipeline {
             wait: base + wait,
             authenticates,
             produce,
+            end_txn,
         };
         Ok(RequestAction::Forward(frame, Some(plan)))
     }
@@ -211,6 +222,17 @@ impl Pipeline {
         if let (Some(dedup), Some(produce)) = (&self.dedup, plan.produce.as_mut()) {
             if let Some(changed) = dedup.on_response(produce, version, &out)? {
                 out = changed;
+            }
+        }
+        if let (Some(dedup), Some((producer, committed))) = (&self.dedup, plan.end_txn) {
+            match message::decode_response::<EndTxnResponse>(api, version, &out) {
+                Ok(r) if r.error_code == 0 => dedup.transaction_ended(producer, committed),
+                Ok(r) => tracing::debug!(
+                    producer_id = producer.0,
+                    error_code = r.error_code,
+                    "EndTxn failed: the transaction's keys stay held until it ends"
+                ),
+                Err(_) => {}
             }
         }
         if api == ApiKey::ApiVersions {

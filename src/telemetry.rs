@@ -198,6 +198,15 @@ pub struct DedupMetrics {
     fail_open: [AtomicU64; 6],
     /// Records in transactional batches passed through untouched.
     pub transactional_records: AtomicU64,
+    /// Transactions that committed / aborted through the proxy.
+    pub txn_committed: AtomicU64,
+    pub txn_aborted: AtomicU64,
+    /// Open transactions forgotten after the longest transaction timeout.
+    pub txn_expired: AtomicU64,
+    /// Committed transactions whose keys were not learned (held-keys bound).
+    pub txn_unlearned: AtomicU64,
+    /// Keys learned from committed transactions.
+    pub txn_keys_learned: AtomicU64,
     /// Requests that waited for another request's pending keys.
     pub pending_waits: AtomicU64,
     /// Requests answered by the proxy because every partition was a replay.
@@ -216,6 +225,11 @@ impl DedupMetrics {
             replays: Mutex::new(BTreeMap::new()),
             fail_open: [const { AtomicU64::new(0) }; 6],
             transactional_records: AtomicU64::new(0),
+            txn_committed: AtomicU64::new(0),
+            txn_aborted: AtomicU64::new(0),
+            txn_expired: AtomicU64::new(0),
+            txn_unlearned: AtomicU64::new(0),
+            txn_keys_learned: AtomicU64::new(0),
             pending_waits: AtomicU64::new(0),
             answered_locally: AtomicU64::new(0),
             window_keys: AtomicI64::new(0),
@@ -344,6 +358,31 @@ impl DedupMetrics {
             "idemgate_transactional_records_total",
             "Records of transactional batches, passed through untouched.",
             self.transactional_records.load(Relaxed),
+        );
+        counter_header(
+            out,
+            "idemgate_transactions_total",
+            "Transactions ended through the proxy, by outcome (expired: forgotten after the \
+             longest transaction timeout; unlearned: committed past the bound on keys held for \
+             open transactions).",
+        );
+        for (outcome, n) in [
+            ("committed", &self.txn_committed),
+            ("aborted", &self.txn_aborted),
+            ("expired", &self.txn_expired),
+            ("unlearned", &self.txn_unlearned),
+        ] {
+            let _ = writeln!(
+                out,
+                "idemgate_transactions_total{{outcome=\"{outcome}\"}} {}",
+                n.load(Relaxed)
+            );
+        }
+        counter(
+            out,
+            "idemgate_transaction_keys_learned_total",
+            "Keys that entered the window when their transaction committed.",
+            self.txn_keys_learned.load(Relaxed),
         );
         counter(
             out,

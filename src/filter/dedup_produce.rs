@@ -24,7 +24,8 @@
 //! first acknowledged from the same producer id and epoch is that producer's
 //! own retry, never a replay.
 //! Transactional batches, control batches, Produce with acks=0 and topics no
-//! rule covers pass byte for byte.
+//! rule covers pass byte for byte. Keys of transactional records are learned
+//! when their transaction commits (`filter::dedup_txn`).
 //!
 //! acks=1 requests are tagged and checked against the window, but their keys
 //! are never learned: a leader failover can truncate an acks=1 write, and a
@@ -41,6 +42,7 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 use crate::codec::{api_name, RequestHead};
 use crate::config::{Config, Mode, Rule};
 use crate::error::Error;
+use crate::filter::dedup_txn::{Transactions, TxnPart};
 use crate::filter::identity::Identity;
 use crate::idempotency::key::{Derived, Deriver};
 use crate::idempotency::sequences::{Point, SeqKey, Sequences};
@@ -55,6 +57,7 @@ pub struct ProduceDedup {
     config: Arc<Config>,
     window: Arc<Window>,
     sequences: Sequences,
+    transactions: Transactions,
     metrics: Arc<Metrics>,
 }
 
@@ -82,6 +85,8 @@ pub struct ProducePlan {
     claim: Claim,
     acks: i16,
     topics: Vec<TopicPlan>,
+    /// Transactional records: held until their transaction commits.
+    transactional: Vec<TxnPart>,
 }
 
 #[derive(Debug)]
@@ -151,6 +156,7 @@ impl ProduceDedup {
         ProduceDedup {
             config,
             sequences: Sequences::new(window.store().clone()),
+            transactions: Transactions::new(window.clone(), metrics.clone()),
             window,
             metrics,
         }
@@ -182,7 +188,14 @@ impl ProduceDedup {
                 .dedup
                 .transactional_records
                 .fetch_add(records, std::sync::atomic::Ordering::Relaxed);
-            return Ok(Outcome::Unchanged(None));
+            let parts = self.transactional_keys(identity, &req);
+            let plan = (!parts.is_empty()).then(|| ProducePlan {
+                claim: Claim::new(self.window.clone()),
+                acks,
+                topics: Vec::new(),
+                transactional: parts,
+            });
+            return Ok(Outcome::Unchanged(plan));
         }
         let covered = req
             .topic_data
@@ -210,6 +223,7 @@ impl ProduceDedup {
             claim: Claim::new(self.window.clone()),
             acks,
             topics: Vec::with_capacity(req.topic_data.len()),
+            transactional: Vec::new(),
         };
         let mut changed = false;
         let mut dropped_total = 0;
@@ -312,6 +326,72 @@ impl ProduceDedup {
                 source,
             })?;
         Ok(Outcome::Rewritten(out, plan))
+    }
+
+    /// The keys of a transactional request's records, for the rules that
+    /// cover them: nothing is changed, nothing is checked (the transaction
+    /// may still abort). Only once the window is loaded: a segment written
+    /// before would clash with the ones being read back.
+    fn transactional_keys(&self, identity: &Identity, req: &ProduceRequest) -> Vec<TxnPart> {
+        let mut parts = Vec::new();
+        if !self.window.is_loaded() {
+            return parts;
+        }
+        for topic in &req.topic_data {
+            let Some(rule) = self.rule(topic.name.as_str(), identity) else {
+                continue;
+            };
+            let deriver = Deriver {
+                strategy: &rule.key,
+                fallback: rule.fallback,
+                tag_header: self.config.dedup.header.as_bytes(),
+            };
+            for partition in &topic.partition_data {
+                let Some(records) = &partition.records else {
+                    continue;
+                };
+                let mut items = Batches::new(records.clone());
+                let (Some(Ok(BatchItem::Batch(raw))), None) = (items.next(), items.next()) else {
+                    continue;
+                };
+                let h = raw.header();
+                if !h.attributes.is_transactional() || h.attributes.is_control() {
+                    continue;
+                }
+                let producer = (h.producer_id, h.producer_epoch);
+                let Ok(batch) = raw.decode_with_limit(self.config.listen.max_frame_bytes) else {
+                    continue;
+                };
+                let entries: Vec<(Key, u32)> = batch
+                    .records()
+                    .filter_map(|r| {
+                        let key = deriver.derive(topic.name.as_str(), &r).key()?;
+                        Some((key, r.index() as u32))
+                    })
+                    .collect();
+                if !entries.is_empty() {
+                    parts.push(TxnPart {
+                        topic: topic.name.to_string(),
+                        partition: partition.index,
+                        producer,
+                        entries,
+                    });
+                }
+            }
+        }
+        parts
+    }
+
+    /// The coordinator answered an EndTxn without an error.
+    pub fn transaction_ended(&self, producer: Producer, committed: bool) {
+        let learned = self.transactions.ended(producer, committed);
+        if learned > 0 {
+            tracing::debug!(
+                producer_id = producer.0,
+                keys = learned,
+                "committed transaction's keys learned"
+            );
+        }
     }
 
     /// One partition's records: what happens to it, and its new records if
@@ -711,6 +791,18 @@ impl ProduceDedup {
                 Err(_) => return Ok(None),
             };
         if plan.acks == -1 {
+            for part in &plan.transactional {
+                let acked = resp
+                    .msg
+                    .responses
+                    .iter()
+                    .filter(|t| t.name.0.as_str() == part.topic)
+                    .flat_map(|t| &t.partition_responses)
+                    .find(|r| r.index == part.partition);
+                if let Some(r) = acked.filter(|r| r.error_code == 0 && r.base_offset >= 0) {
+                    self.transactions.produced(part, r.base_offset);
+                }
+            }
             for topic in &plan.topics {
                 let Some(t) = resp.msg.responses.iter().find(|t| t.name.0 == topic.name) else {
                     continue;

@@ -4,5 +4,6 @@
 pub mod api_versions;
 pub mod broker_address;
 pub mod dedup_produce;
+pub mod dedup_txn;
 pub mod identity;
 pub mod sasl;

@@ -276,6 +276,25 @@ impl Window {
         producer: Producer,
         entries: &[(Key, u32)],
     ) -> Result<(), Error> {
+        let result = self.learn(topic, partition, base_offset, producer, entries);
+        if result.is_err() {
+            let keys: Vec<Key> = entries.iter().map(|(k, _)| *k).collect();
+            self.release(&keys);
+        }
+        result
+    }
+
+    /// Records keys the caller never claimed (a committed transaction's):
+    /// as [`commit`](Self::commit), but a store error leaves every pending
+    /// mark alone (they belong to other requests).
+    pub fn learn(
+        &self,
+        topic: &str,
+        partition: i32,
+        base_offset: i64,
+        producer: Producer,
+        entries: &[(Key, u32)],
+    ) -> Result<(), Error> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -283,8 +302,6 @@ impl Window {
         let value = Segment::encode(now_ms(), topic, partition, base_offset, producer, entries);
         if let Err(e) = self.store.put_segment(id, &value) {
             self.store_errors.fetch_add(1, Relaxed);
-            let keys: Vec<Key> = entries.iter().map(|(k, _)| *k).collect();
-            self.release(&keys);
             return Err(e);
         }
         for &(key, _) in entries {

@@ -1,0 +1,307 @@
+//! Transactions on the produce path: their records pass byte for byte, and
+//! their keys enter the window only when the transaction commits.
+//!
+//! ```text
+//! Produce (transactional) → keys derived, nothing changed   → forwarded as it came
+//! its response, error 0    → keys held under (producer id, epoch), with their offsets
+//! EndTxn committed, error 0 → held keys become seen (a later replay outside the
+//!                             transaction is dropped, as for any acknowledged copy)
+//! EndTxn aborted           → held keys forgotten: an aborted record was never written
+//! ```
+//!
+//! A transaction the coordinator aborts on its own (timeout, a fenced
+//! producer) never sends an EndTxn through here; its keys are forgotten after
+//! [`OPEN_FOR`], the longest a transaction may stay open by Kafka's default
+//! `transaction.max.timeout.ms`. The keys held for open transactions are
+//! bounded by [`MAX_OPEN_KEYS`]: a transaction that would go past it learns
+//! nothing (counted), which costs dedup, never a record.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::idempotency::window::{Producer, Window};
+use crate::idempotency::Key;
+use crate::telemetry::{FailOpen, Metrics};
+
+/// Kafka's default `transaction.max.timeout.ms` (15 minutes): no transaction
+/// stays open longer.
+pub const OPEN_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// Keys held for all open transactions together (24 B each: ≤ 24 MiB).
+pub const MAX_OPEN_KEYS: usize = 1 << 20;
+
+/// One partition's records of a transactional Produce: (key, offset delta).
+#[derive(Debug)]
+pub struct TxnPart {
+    pub topic: String,
+    pub partition: i32,
+    pub producer: Producer,
+    pub entries: Vec<(Key, u32)>,
+}
+
+/// Acknowledged records of one open transaction.
+#[derive(Debug)]
+struct Open {
+    since: Instant,
+    /// Past [`MAX_OPEN_KEYS`]: learns nothing when it commits.
+    overflowed: bool,
+    keys: usize,
+    parts: Vec<Acked>,
+}
+
+/// One partition's acknowledged records of an open transaction.
+#[derive(Debug)]
+struct Acked {
+    topic: String,
+    partition: i32,
+    base_offset: i64,
+    entries: Vec<(Key, u32)>,
+}
+
+/// The open transactions of every connection (EndTxn goes to the
+/// coordinator, usually over another connection than the Produce).
+pub struct Transactions {
+    window: Arc<Window>,
+    metrics: Arc<Metrics>,
+    open: Mutex<HashMap<Producer, Open>>,
+    max_keys: usize,
+    open_for: Duration,
+}
+
+impl Transactions {
+    pub fn new(window: Arc<Window>, metrics: Arc<Metrics>) -> Self {
+        Self::with_limits(window, metrics, MAX_OPEN_KEYS, OPEN_FOR)
+    }
+
+    pub fn with_limits(
+        window: Arc<Window>,
+        metrics: Arc<Metrics>,
+        max_keys: usize,
+        open_for: Duration,
+    ) -> Self {
+        Transactions {
+            window,
+            metrics,
+            open: Mutex::new(HashMap::new()),
+            max_keys,
+            open_for,
+        }
+    }
+
+    /// The broker acknowledged `part` at `base_offset` inside its producer's
+    /// open transaction.
+    pub fn produced(&self, part: &TxnPart, base_offset: i64) {
+        if part.entries.is_empty() {
+            return;
+        }
+        let mut open = self.open.lock().expect("transactions lock");
+        let now = Instant::now();
+        let before = open.len();
+        let mut expired_keys = 0;
+        open.retain(|_, o| {
+            let alive = now.duration_since(o.since) < self.open_for;
+            if !alive {
+                expired_keys += o.keys;
+            }
+            alive
+        });
+        if open.len() < before {
+            self.metrics
+                .dedup
+                .txn_expired
+                .fetch_add((before - open.len()) as u64, Relaxed);
+            tracing::debug!(
+                transactions = before - open.len(),
+                keys = expired_keys,
+                "open transactions past the longest transaction timeout forgotten"
+            );
+        }
+        let held: usize = open.values().map(|o| o.keys).sum();
+        let txn = open.entry(part.producer).or_insert_with(|| Open {
+            since: now,
+            overflowed: false,
+            keys: 0,
+            parts: Vec::new(),
+        });
+        if txn.overflowed {
+            return;
+        }
+        if held + part.entries.len() > self.max_keys {
+            tracing::warn!(
+                producer_id = part.producer.0,
+                held,
+                "keys held for open transactions at their bound: this transaction's keys will not be learned"
+            );
+            txn.overflowed = true;
+            txn.keys = 0;
+            txn.parts = Vec::new();
+            return;
+        }
+        txn.keys += part.entries.len();
+        txn.parts.push(Acked {
+            topic: part.topic.clone(),
+            partition: part.partition,
+            base_offset,
+            entries: part.entries.clone(),
+        });
+    }
+
+    /// The coordinator ended `producer`'s transaction without an error.
+    /// Returns how many keys became seen.
+    pub fn ended(&self, producer: Producer, committed: bool) -> usize {
+        let Some(txn) = self
+            .open
+            .lock()
+            .expect("transactions lock")
+            .remove(&producer)
+        else {
+            return 0;
+        };
+        let dedup = &self.metrics.dedup;
+        if txn.since.elapsed() >= self.open_for {
+            // The coordinator has aborted it by now, whatever the answer said.
+            dedup.txn_expired.fetch_add(1, Relaxed);
+            return 0;
+        }
+        if !committed {
+            dedup.txn_aborted.fetch_add(1, Relaxed);
+            return 0;
+        }
+        dedup.txn_committed.fetch_add(1, Relaxed);
+        if txn.overflowed {
+            dedup.txn_unlearned.fetch_add(1, Relaxed);
+            return 0;
+        }
+        let mut learned = 0;
+        for a in &txn.parts {
+            match self
+                .window
+                .learn(&a.topic, a.partition, a.base_offset, producer, &a.entries)
+            {
+                Ok(()) => learned += a.entries.len(),
+                Err(e) => {
+                    dedup.fail_open(FailOpen::StoreError, a.entries.len() as u64);
+                    tracing::warn!(error = %e, topic = %a.topic, "could not record a committed transaction's keys; their replays will pass");
+                }
+            }
+        }
+        dedup.txn_keys_learned.fetch_add(learned as u64, Relaxed);
+        learned
+    }
+
+    /// Keys held for open transactions now.
+    pub fn held(&self) -> usize {
+        let open = self.open.lock().expect("transactions lock");
+        open.values().map(|o| o.keys).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idempotency::window::Check;
+
+    fn setup(
+        max_keys: usize,
+        open_for: Duration,
+    ) -> (Transactions, Arc<Window>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
+        let window = Arc::new(Window::new(store, Duration::from_secs(3600), 1000));
+        window.load().unwrap();
+        let txns =
+            Transactions::with_limits(window.clone(), Arc::new(Metrics::new()), max_keys, open_for);
+        (txns, window, dir)
+    }
+
+    fn part(producer: Producer, keys: &[u128]) -> TxnPart {
+        TxnPart {
+            topic: "orders".into(),
+            partition: 0,
+            producer,
+            entries: keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (Key(*k), i as u32))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn committed_keys_become_seen_at_their_offsets() {
+        let (txns, window, _dir) = setup(100, OPEN_FOR);
+        txns.produced(&part((7, 0), &[1, 2]), 40);
+        txns.produced(&part((7, 0), &[3]), 42);
+        assert_eq!(window.peek(Key(1)), None, "nothing seen before the commit");
+        assert_eq!(txns.ended((7, 0), true), 3);
+        assert!(matches!(window.check(Key(2)), Check::Seen(_)));
+        let pos = window.position(Key(3)).unwrap().unwrap();
+        assert_eq!((pos.partition, pos.offset), (0, 42));
+        assert_eq!(txns.held(), 0);
+    }
+
+    #[test]
+    fn aborted_keys_are_never_seen() {
+        let (txns, window, _dir) = setup(100, OPEN_FOR);
+        txns.produced(&part((7, 0), &[1, 2]), 40);
+        assert_eq!(txns.ended((7, 0), false), 0);
+        assert_eq!(window.peek(Key(1)), None);
+        // A later commit of the same producer and epoch learns only its own.
+        txns.produced(&part((7, 0), &[3]), 50);
+        assert_eq!(txns.ended((7, 0), true), 1);
+        assert_eq!(window.peek(Key(1)), None);
+        assert!(window.peek(Key(3)).is_some());
+    }
+
+    #[test]
+    fn producers_and_epochs_are_apart() {
+        let (txns, window, _dir) = setup(100, OPEN_FOR);
+        txns.produced(&part((7, 0), &[1]), 0);
+        txns.produced(&part((7, 1), &[2]), 1);
+        txns.produced(&part((8, 0), &[3]), 2);
+        assert_eq!(txns.ended((7, 1), true), 1);
+        assert!(window.peek(Key(2)).is_some());
+        assert_eq!(window.peek(Key(1)), None);
+        assert_eq!(window.peek(Key(3)), None);
+        assert_eq!(
+            txns.ended((9, 0), true),
+            0,
+            "an unknown transaction learns nothing"
+        );
+    }
+
+    #[test]
+    fn over_the_bound_a_transaction_learns_nothing() {
+        let (txns, window, _dir) = setup(3, OPEN_FOR);
+        txns.produced(&part((7, 0), &[1, 2]), 0);
+        txns.produced(&part((8, 0), &[3, 4]), 0);
+        txns.produced(&part((8, 0), &[5]), 2);
+        assert_eq!(txns.held(), 2);
+        assert_eq!(txns.ended((8, 0), true), 0);
+        assert_eq!(window.peek(Key(3)), None);
+        assert_eq!(txns.ended((7, 0), true), 2);
+    }
+
+    #[test]
+    fn transactions_open_too_long_are_forgotten() {
+        let (txns, window, _dir) = setup(100, Duration::from_millis(20));
+        txns.produced(&part((7, 0), &[1]), 0);
+        std::thread::sleep(Duration::from_millis(40));
+        txns.produced(&part((8, 0), &[2]), 0);
+        assert_eq!(txns.held(), 1);
+        assert_eq!(txns.ended((7, 0), true), 0);
+        assert_eq!(window.peek(Key(1)), None);
+    }
+
+    #[test]
+    fn a_learned_key_does_not_clear_another_requests_claim() {
+        let (txns, window, _dir) = setup(100, OPEN_FOR);
+        assert_eq!(window.check(Key(9)), Check::Claimed);
+        txns.produced(&part((7, 0), &[9]), 0);
+        txns.ended((7, 0), true);
+        // Seen now; the claimant's commit or release changes nothing.
+        assert!(matches!(window.check(Key(9)), Check::Seen(_)));
+    }
+}
