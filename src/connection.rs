@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
+use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -371,6 +372,15 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
         shared.metrics.request(head.api_key, frame.len() + 4);
         tracing::trace!(api_key = ?head.api_key, version = head.api_version, correlation_id = head.correlation_id, bytes = frame.len(), "request");
 
+        // The dedup filter may wait on keys an earlier request of this very
+        // connection has in flight: that request must have left, not sit in
+        // the buffer behind the wait.
+        if head.api_key == ApiKey::Produce && !upstream.buffer().is_empty() {
+            upstream
+                .flush()
+                .await
+                .map_err(|e| upstream_io(upstream_addr, e))?;
+        }
         match shared.pipeline.on_request(&mut state, &head, frame).await? {
             RequestAction::Answer(bytes) => {
                 let _ = open_slot(conn, &slots, head.api_key, started)

@@ -114,13 +114,19 @@ impl Store {
 
     /// Writes a producer's translation state and waits until it is on disk:
     /// a retry after a crash must find the decision its first attempt got.
+    /// If the flush fails, the previous value is put back: the caller then
+    /// forwards the batch as it came, and a retry must not find a decision
+    /// that was never acted on.
     pub async fn put_sequence_state_durably(&self, key: &[u8], value: &[u8]) -> Result<(), Error> {
-        self.sequences.insert(key, value).map_err(store_err)?;
-        self.sequences
-            .flush_async()
-            .await
-            .map(drop)
-            .map_err(store_err)
+        let previous = self.sequences.insert(key, value).map_err(store_err)?;
+        if let Err(e) = self.sequences.flush_async().await {
+            let _ = match previous {
+                Some(v) => self.sequences.insert(key, v).map(drop),
+                None => self.sequences.remove(key).map(drop),
+            };
+            return Err(store_err(e));
+        }
+        Ok(())
     }
 
     /// Bytes on disk (sled's own estimate).

@@ -207,7 +207,10 @@ pub struct DedupMetrics {
     pub txn_unlearned: AtomicU64,
     /// Keys learned from committed transactions.
     pub txn_keys_learned: AtomicU64,
-    /// Requests that waited for another request's pending keys.
+    /// Batches sent without their tags: tagged, they would have passed the
+    /// broker's default max.message.bytes.
+    pub untagged_too_large: AtomicU64,
+    /// Records that waited for another request's pending key.
     pub pending_waits: AtomicU64,
     /// Requests answered by the proxy because every partition was a replay.
     pub answered_locally: AtomicU64,
@@ -230,6 +233,7 @@ impl DedupMetrics {
             txn_expired: AtomicU64::new(0),
             txn_unlearned: AtomicU64::new(0),
             txn_keys_learned: AtomicU64::new(0),
+            untagged_too_large: AtomicU64::new(0),
             pending_waits: AtomicU64::new(0),
             answered_locally: AtomicU64::new(0),
             window_keys: AtomicI64::new(0),
@@ -386,8 +390,16 @@ impl DedupMetrics {
         );
         counter(
             out,
+            "idemgate_batches_untagged_too_large_total",
+            "Batches forwarded without the tag header because the tags would have taken them \
+             past the broker's default max.message.bytes (still deduplicated).",
+            self.untagged_too_large.load(Relaxed),
+        );
+        counter(
+            out,
             "idemgate_pending_waits_total",
-            "Requests that waited for another request's in-flight keys (a zombie and its successor).",
+            "Records that waited for the same key in flight in another request (a zombie and its \
+             successor); one request waits at most dedup.pending_wait in all.",
             self.pending_waits.load(Relaxed),
         );
         counter(

@@ -52,6 +52,10 @@ use crate::message::{self, Response};
 use crate::records::{self, Action, BatchItem, Batches, HeaderRef, SpliceMode, Spliced};
 use crate::telemetry::{FailOpen, Metrics, TopicCounts};
 
+/// Kafka's default `max.message.bytes` (1 MiB + the 12-byte log overhead):
+/// a batch under it must not grow past it by its tags.
+pub const BROKER_MAX_BATCH_BYTES: usize = 1_048_588;
+
 /// The produce-path dedup filter, shared by every connection.
 pub struct ProduceDedup {
     config: Arc<Config>,
@@ -227,6 +231,10 @@ impl ProduceDedup {
         };
         let mut changed = false;
         let mut dropped_total = 0;
+        // One bound on waiting for keys in flight elsewhere, for the whole
+        // request: k pending keys must not cost k times the wait (the
+        // client's request.timeout.ms would turn it into a retry).
+        let wait_until = tokio::time::Instant::now() + self.config.dedup.pending_wait;
         for topic in &mut req.topic_data {
             let name = topic.name.0.clone();
             let mut topic_plan = TopicPlan {
@@ -243,7 +251,7 @@ impl ProduceDedup {
                                 rule,
                                 (name.as_str(), partition.index),
                                 records,
-                                &mut plan.claim,
+                                (&mut plan.claim, wait_until),
                                 &mut counts,
                             )
                             .await;
@@ -401,7 +409,7 @@ impl ProduceDedup {
         rule: &Rule,
         (topic, partition): (&str, i32),
         records: &Bytes,
-        claim: &mut Claim,
+        (claim, wait_until): (&mut Claim, tokio::time::Instant),
         counts: &mut TopicCounts,
     ) -> (PartitionKind, Option<Bytes>) {
         let untouched = PartitionKind::Upstream {
@@ -552,7 +560,10 @@ impl ProduceDedup {
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     check = self
                         .window
-                        .check_waiting(key, self.config.dedup.pending_wait)
+                        .check_waiting(
+                            key,
+                            wait_until.saturating_duration_since(tokio::time::Instant::now()),
+                        )
                         .await;
                     if check == Check::Pending {
                         self.metrics.dedup.fail_open(FailOpen::PendingTimeout, 1);
@@ -647,15 +658,42 @@ impl ProduceDedup {
                 records::with_base_sequence(bytes, base_seq.wrapping_sub(delta))
             }
         };
-        let spliced = batch
-            .rewrite(&actions, SpliceMode::Renumber)
-            .and_then(|s| match s {
-                Spliced::Unchanged if delta != 0 => {
-                    translated(batch.original()).map(Spliced::Rewritten)
-                }
-                Spliced::Rewritten(b) => translated(&b).map(Spliced::Rewritten),
-                other => Ok(other),
-            });
+        let mut spliced = batch.rewrite(&actions, SpliceMode::Renumber);
+        // The tag must not push a batch the broker would take over its
+        // default max.message.bytes: such a batch goes untagged (still
+        // deduplicated) rather than being refused as too large.
+        let tagged = match &spliced {
+            Ok(Spliced::Rewritten(b)) => b.len(),
+            _ => 0,
+        };
+        let original = batch.original().len();
+        if tagged > BROKER_MAX_BATCH_BYTES && original <= BROKER_MAX_BATCH_BYTES {
+            let untagged: Vec<Action<'_>> = actions
+                .iter()
+                .map(|a| match a {
+                    Action::KeepAppend(_) => Action::Keep,
+                    other => *other,
+                })
+                .collect();
+            spliced = batch.rewrite(&untagged, SpliceMode::Renumber);
+            self.metrics
+                .dedup
+                .untagged_too_large
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(
+                topic,
+                original,
+                tagged,
+                "tagged batch over the broker's default max.message.bytes: sent untagged"
+            );
+        }
+        let spliced = spliced.and_then(|s| match s {
+            Spliced::Unchanged if delta != 0 => {
+                translated(batch.original()).map(Spliced::Rewritten)
+            }
+            Spliced::Rewritten(b) => translated(&b).map(Spliced::Rewritten),
+            other => Ok(other),
+        });
 
         // 4. An idempotent batch that loses records: its decision goes to
         // disk before the batch goes anywhere. If it can't, the batch goes
@@ -933,6 +971,7 @@ mod tests {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::produce_response::PartitionProduceResponse;
     use kafka_protocol::protocol::StrBytes;
+    use std::sync::atomic::Ordering::Relaxed;
 
     const VERSION: i16 = 9;
 
@@ -1109,6 +1148,55 @@ mod tests {
         let topics = b.dedup.metrics.dedup.topics();
         let c = topics[&("orders".to_string(), "orders".to_string())];
         assert_eq!((c.records, c.dropped), (11, 5));
+    }
+
+    /// Records of one forwarded batch: how many carry the tag header.
+    fn tagged_records(head: &RequestHead, frame: &[u8]) -> (usize, usize) {
+        let req: ProduceRequest = message::decode_request(frame, head).unwrap();
+        let records = req.topic_data[0].partition_data[0].records.clone().unwrap();
+        let b = decode_batch(records).unwrap();
+        let tagged = b
+            .records()
+            .filter(|r| r.headers().any(|h| h.key == b"idempotency-key"))
+            .count();
+        (b.len(), tagged)
+    }
+
+    #[tokio::test]
+    async fn tags_never_push_a_batch_past_the_brokers_default_limit() {
+        let b = bench("drop");
+        let identity = Identity::from_client_id("connector-producer-orders-0");
+        let filler = "x".repeat(1034);
+        let big: Vec<String> = (0..990).map(|i| format!("{i:05}-{filler}")).collect();
+        let big: Vec<&str> = big.iter().map(String::as_str).collect();
+        let records = batch(&big, NO_PRODUCER, -1);
+        assert!(records.len() <= BROKER_MAX_BATCH_BYTES);
+        let (head, f) = frame(records);
+        let mut s = Session::default();
+        let out = b
+            .dedup
+            .on_request(&mut s, &identity, &head, &f, -1)
+            .await
+            .unwrap();
+        let Outcome::Unchanged(Some(_plan)) = out else {
+            panic!("nothing to drop, no tag: the original bytes go");
+        };
+        assert_eq!(tagged_records(&head, &f), (990, 0));
+        assert_eq!(b.dedup.metrics.dedup.untagged_too_large.load(Relaxed), 1);
+
+        // A small batch is tagged as always.
+        let (head, f) = frame(batch(&["small"], NO_PRODUCER, -1));
+        let Outcome::Rewritten(new, _plan) = b
+            .dedup
+            .on_request(&mut s, &identity, &head, &f, -1)
+            .await
+            .unwrap()
+        else {
+            panic!("tagged");
+        };
+        let head = RequestHead::peek(&new).unwrap();
+        assert_eq!(tagged_records(&head, &new), (1, 1));
+        assert_eq!(b.dedup.metrics.dedup.untagged_too_large.load(Relaxed), 1);
     }
 
     #[tokio::test]
