@@ -12,7 +12,7 @@ import time
 
 from kafka import KafkaConsumer, TopicPartition
 
-from e2e import deadline, kp_produce, seq_of
+from e2e import deadline, kp_produce, record_value, seq_of
 
 HEADER = "idempotency-key"
 
@@ -73,3 +73,47 @@ def test_idempotent_producer_replay_keeps_working(bootstrap, endpoints, make_top
                client_id="connector-producer-kp-idem-0")
     rows = read_all(endpoints.direct, topic, 3, 300)
     check_exactly_once(rows, range(300))
+
+
+def test_committed_transaction_teaches_the_window(bootstrap, endpoints, make_topic):
+    """A transactional producer (Connect's exactly-once source) commits 0..100
+    and aborts 100..150, through the proxy; its plain successor replays
+    0..150 and writes 150..200. The committed records' replays are dropped,
+    the aborted ones' are written (tansu shows aborted records to every
+    consumer, ../shared/TESTBED.md: those appear twice)."""
+    from kafka import KafkaProducer
+
+    assert endpoints.through_proxy, "this test needs the proxy in front of the broker"
+    topic = make_topic(3, prefix="dedup")
+    producer = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"eos-{topic}",
+                             client_id="connector-producer-kp-eos-0", acks="all",
+                             enable_idempotence=True, request_timeout_ms=30000)
+    try:
+        producer.init_transactions()
+        for seqs, commit in ((range(0, 100), True), (range(100, 150), False)):
+            producer.begin_transaction()
+            for seq in seqs:
+                producer.send(topic, key=f"k{seq}".encode(), value=record_value(seq),
+                              headers=[("seq", str(seq).encode())])
+            producer.flush(timeout=60)
+            if commit:
+                producer.commit_transaction()
+            else:
+                producer.abort_transaction()
+    finally:
+        producer.close(timeout=30)
+    kp_produce(bootstrap, topic, range(0, 200), client_id="connector-producer-kp-eos-0",
+               enable_idempotence=False, max_in_flight_requests_per_connection=1)
+    rows = read_all(endpoints.direct, topic, 3, 250)
+    copies = {}
+    for _, _, seq, headers in rows:
+        copies.setdefault(seq, []).append([v for k, v in headers if k == HEADER])
+    for seq in range(200):
+        tags = copies.get(seq, [])
+        if seq < 100:
+            assert tags == [[]], f"seq {seq}: the committed copy only, untagged: {tags}"
+        elif seq < 150:
+            assert sorted(map(len, tags)) == [0, 1], f"seq {seq}: aborted copy and the replay: {tags}"
+        else:
+            assert list(map(len, tags)) == [1], f"seq {seq}: written once, tagged: {tags}"
+    assert len(rows) == 250
