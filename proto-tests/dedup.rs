@@ -917,6 +917,54 @@ async fn committed_transactions_teach_the_window_aborted_ones_do_not() {
     proxy.assert_no_leaks().await;
 }
 
+/// A topic deleted and created again must not see its new records dropped
+/// as replays of the old ones: `POST /window/purge?topic=T` forgets T's keys
+/// (allowed without a token on the default loopback admin listener), and
+/// only T's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_a_topic_forgets_its_keys_only() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    let (purged, kept) = ("recreated", "untouched");
+    for topic in [purged, kept] {
+        create_topic(&proxy.bootstrap, topic, 3).await;
+        let producer = task_producer(&proxy.bootstrap, "connector-producer-purge-0", &[]);
+        send_ok(&producer, topic, &recs(0..40, "p")).await;
+    }
+    assert_eq!(
+        wait_gauge(proxy.admin, "idemgate_window_keys", 80.0).await,
+        80.0
+    );
+
+    let (status, body) = common::http_call(
+        proxy.admin,
+        "POST",
+        &format!("/window/purge?topic={purged}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["keys_forgotten"], 40, "{body}");
+    assert_eq!(
+        wait_gauge(proxy.admin, "idemgate_window_keys", 40.0).await,
+        40.0
+    );
+    let (status, body) = common::http_call(proxy.admin, "POST", "/window/purge", None).await;
+    assert_eq!(status, 400, "{body}");
+
+    // The same records again: written to the purged topic, dropped on the other.
+    for topic in [purged, kept] {
+        let producer = task_producer(&proxy.bootstrap, "connector-producer-purge-1", &[]);
+        send_ok(&producer, topic, &recs(0..40, "p")).await;
+    }
+    assert_eq!(consume_all(&broker.addr, purged, 3, 80).await.len(), 80);
+    assert_eq!(consume_all(&broker.addr, kept, 3, 40).await.len(), 40);
+    assert_eq!(dedup_counts(proxy.admin, "purge", purged).await.1, 0.0);
+    assert_eq!(dedup_counts(proxy.admin, "purge", kept).await.1, 40.0);
+    proxy.assert_no_leaks().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zombie_and_successor_lose_nothing() {
     let broker = Tansu::start();

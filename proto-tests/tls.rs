@@ -572,3 +572,67 @@ async fn a_client_certificate_for_brokers_that_require_mtls() {
     assert_eq!(av.error_code, 0);
     drop(relay.broker);
 }
+
+/// `[admin.tls]` serves the admin API over HTTPS only; with a token and
+/// `token_for_reads`, every route but the probes needs it, and a change
+/// (a window purge) needs it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_over_tls_with_a_bearer_token() {
+    let broker = Tansu::start();
+    let pki = Pki::new();
+    pki.leaf("admin", "localhost", &["localhost"]);
+    let token = "test-admin-token-0123456789";
+    let admin_tls = format!(
+        "[admin.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        pki.path("admin.pem").display(),
+        pki.path("admin.key").display()
+    );
+    let proxy = Proxy::launch_admin(
+        &broker.addr,
+        "",
+        "",
+        &format!("token = \"{token}\"\ntoken_for_reads = true"),
+        &admin_tls,
+    )
+    .await;
+    let connector = pki.connector(None);
+    let https = |method: &'static str, path: &'static str, token: Option<&'static str>| {
+        let connector = connector.clone();
+        let addr = proxy.admin;
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let tls = connector
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .expect("admin TLS handshake");
+            common::http_over(tls, method, path, token).await
+        }
+    };
+    let start = Instant::now();
+    while https("GET", "/readyz", None).await.0 != 200 {
+        assert!(start.elapsed() < Duration::from_secs(20), "never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(https("GET", "/healthz", None).await.0, 200);
+    assert_eq!(https("GET", "/metrics", None).await.0, 401);
+    assert_eq!(
+        https("GET", "/metrics", Some("wrong-token-0123456789"))
+            .await
+            .0,
+        401
+    );
+    let (status, body) = https("GET", "/metrics", Some(token)).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("idemgate_requests_total"));
+    assert_eq!(https("POST", "/window/purge?topic=t", None).await.0, 401);
+    let (status, body) = https("POST", "/window/purge?topic=t", Some(token)).await;
+    assert_eq!(
+        (status, body.trim()),
+        (
+            200,
+            r#"{"topic":"t","keys_forgotten":0,"segments_removed":0}"#
+        )
+    );
+    // Plain HTTP gets no answer from an HTTPS listener.
+    assert_eq!(http_get(proxy.admin, "/healthz").await.0, 0);
+}

@@ -1,17 +1,25 @@
 //! The admin HTTP listener: `/healthz`, `/readyz`, `/metrics`, `/connections`,
-//! `/connectors` (replays absorbed per connector) and
-//! `/window/lookup?topic=T&key=K` (was this record seen, when, at which offset).
+//! `/connectors` (replays absorbed per connector),
+//! `/window/lookup?topic=T&key=K` (was this record seen, when, at which
+//! offset) and `POST /window/purge?topic=T` (forget a topic's keys).
 //!
 //! A deliberately small HTTP/1.1 server (one request per connection, no
-//! keep-alive): its routes are all read-only, and pulling in a web framework
-//! for them would cost more build time than the code below.
+//! keep-alive): pulling in a web framework for a handful of routes would cost
+//! more build time than the code below.
+//!
+//! Not a backdoor: it binds loopback by default. A call that changes state
+//! needs `Authorization: Bearer <admin token>` whenever a token is set, and
+//! is refused outright on a non-loopback listener without one;
+//! `admin.token_for_reads` extends the token to every route but the probes.
+//! `[admin.tls]` serves it over HTTPS.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 
+use crate::config::Admin;
 use crate::idempotency::Key;
 use crate::server::Shared;
 
@@ -30,16 +38,24 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) =
-                tokio::time::timeout(Duration::from_secs(10), handle(stream, &shared)).await
-            {
-                tracing::debug!(%peer, error = %e, "admin request timed out");
+            let served = tokio::time::timeout(Duration::from_secs(10), async {
+                match &shared.admin_tls {
+                    Some(tls) => match tls.acceptor().accept(stream).await {
+                        Ok(stream) => handle(stream, &shared).await,
+                        Err(e) => tracing::debug!(%peer, error = %e, "admin TLS handshake failed"),
+                    },
+                    None => handle(stream, &shared).await,
+                }
+            })
+            .await;
+            if served.is_err() {
+                tracing::debug!(%peer, "admin request timed out");
             }
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, shared: &Shared) {
+async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: &Shared) {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -53,15 +69,142 @@ async fn handle(mut stream: TcpStream, shared: &Shared) {
         }
     }
     let head = String::from_utf8_lossy(&buf);
-    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+    let mut lines = head.lines();
+    let mut parts = lines.next().unwrap_or("").split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let (status, content_type, body) = route(method, path, query, shared);
+    let authorization = lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
+        .map(|(_, value)| value.trim().to_string());
+    let (status, content_type, body) = match authorize(
+        &shared.config.admin,
+        need(method, path),
+        authorization.as_deref(),
+    ) {
+        Ok(()) if method == "POST" => post(path, query, shared).await,
+        Ok(()) => route(method, path, query, shared),
+        Err((status, message)) => (status, TEXT, message),
+    };
     let _ = respond(&mut stream, status, content_type, &body).await;
 }
 
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// What a call may do, for [`authorize`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// /healthz, /readyz: what orchestrators probe, always open.
+    Probe,
+    Read,
+    Change,
+}
+
+fn need(method: &str, path: &str) -> Need {
+    match (method, path) {
+        ("GET", "/healthz" | "/readyz") => Need::Probe,
+        ("GET", _) => Need::Read,
+        _ => Need::Change,
+    }
+}
+
+/// Who may call: the token when one is set (always for changes, for reads
+/// with `token_for_reads`); without a token, changes only on loopback.
+fn authorize(admin: &Admin, need: Need, authorization: Option<&str>) -> Result<(), (u16, String)> {
+    let token_required = match need {
+        Need::Probe => false,
+        Need::Read => admin.token_for_reads,
+        Need::Change => admin.token.is_some() || !admin.is_loopback(),
+    };
+    if !token_required {
+        return Ok(());
+    }
+    let Some(token) = &admin.token else {
+        return Err((
+            403,
+            "refused: this admin listener is not loopback and no admin token is set \
+             (admin.token or $IDEMGATE_ADMIN_TOKEN)\n"
+                .into(),
+        ));
+    };
+    let given = authorization
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match given {
+        Some(given) if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) => Ok(()),
+        Some(_) => Err((401, "wrong bearer token\n".into())),
+        None => Err((
+            401,
+            "this call needs `Authorization: Bearer <admin token>`\n".into(),
+        )),
+    }
+}
+
+/// Compares without stopping at the first difference (no timing hint of
+/// how much of a guess was right).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The calls that change state.
+async fn post(path: &str, query: &str, shared: &Shared) -> (u16, &'static str, String) {
+    match path {
+        "/window/purge" => match purge_topic(query, shared).await {
+            Ok(body) => (200, "application/json", body),
+            Err(message) => (400, TEXT, format!("{message}\n")),
+        },
+        _ => (
+            404,
+            TEXT,
+            format!("no such path {path} for POST; try /window/purge?topic=T\n"),
+        ),
+    }
+}
+
+/// `topic=T`: forgets every key the window holds for topic T (a topic
+/// deleted and created again must not see its new records dropped as
+/// replays of the old ones).
+async fn purge_topic(query: &str, shared: &Shared) -> Result<String, String> {
+    let mut topic = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value).ok_or_else(|| format!("{name}: bad percent-encoding"))?;
+        match name {
+            "topic" => topic = Some(String::from_utf8_lossy(&value).into_owned()),
+            other => return Err(format!("unknown parameter {other:?} (topic)")),
+        }
+    }
+    let topic = topic
+        .filter(|t| !t.is_empty())
+        .ok_or("topic= is required")?;
+    let window = shared.window.clone();
+    let name = topic.clone();
+    let purged = tokio::task::spawn_blocking(move || window.purge_topic(&name))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        topic,
+        keys = purged.keys,
+        segments = purged.segments,
+        "window purged for a topic (admin)"
+    );
+    Ok(format!(
+        "{{\"topic\":{},\"keys_forgotten\":{},\"segments_removed\":{}}}\n",
+        json_string(Some(&topic)),
+        purged.keys,
+        purged.segments
+    ))
+}
+
 fn route(method: &str, path: &str, query: &str, shared: &Shared) -> (u16, &'static str, String) {
-    const TEXT: &str = "text/plain; charset=utf-8";
     if method != "GET" {
         return (405, TEXT, format!("{method} not allowed on {path}\n"));
     }
@@ -242,8 +385,8 @@ fn json_string(s: Option<&str>) -> String {
     out
 }
 
-async fn respond(
-    stream: &mut TcpStream,
+async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     status: u16,
     content_type: &str,
     body: &str,
@@ -251,14 +394,21 @@ async fn respond(
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "",
     };
+    let challenge = if status == 401 {
+        "www-authenticate: Bearer realm=\"idemgate admin\"\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{challenge}connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
@@ -268,7 +418,86 @@ async fn respond(
 
 #[cfg(test)]
 mod tests {
-    use super::{json_string, percent_decode};
+    use super::{authorize, json_string, need, percent_decode, Need};
+    use crate::config::Config;
+
+    fn admin(text: &str) -> crate::config::Admin {
+        Config::parse(text).unwrap().admin
+    }
+
+    const TOKEN: &str = "0123456789abcdef-token";
+
+    #[test]
+    fn changes_need_the_token_reads_and_probes_do_not() {
+        let a = admin(&format!("[admin]\ntoken = \"{TOKEN}\"\n"));
+        let bearer = format!("Bearer {TOKEN}");
+        assert_eq!(authorize(&a, Need::Probe, None), Ok(()));
+        assert_eq!(authorize(&a, Need::Read, None), Ok(()));
+        assert_eq!(authorize(&a, Need::Change, Some(&bearer)), Ok(()));
+        assert_eq!(authorize(&a, Need::Change, None).unwrap_err().0, 401);
+        let wrong = format!("Bearer {TOKEN}x");
+        assert_eq!(
+            authorize(&a, Need::Change, Some(&wrong)).unwrap_err().0,
+            401
+        );
+        assert_eq!(
+            authorize(&a, Need::Change, Some(TOKEN)).unwrap_err().0,
+            401,
+            "no scheme"
+        );
+    }
+
+    #[test]
+    fn without_a_token_changes_are_for_loopback_only() {
+        let local = admin("[admin]\nlisten = \"127.0.0.1:9644\"\n");
+        assert_eq!(authorize(&local, Need::Change, None), Ok(()));
+        let open = admin("[admin]\nlisten = \"0.0.0.0:9644\"\n");
+        assert_eq!(authorize(&open, Need::Change, None).unwrap_err().0, 403);
+        assert_eq!(
+            authorize(&open, Need::Change, Some("Bearer anything-at-all-here"))
+                .unwrap_err()
+                .0,
+            403
+        );
+        assert_eq!(authorize(&open, Need::Read, None), Ok(()));
+        assert_eq!(authorize(&open, Need::Probe, None), Ok(()));
+    }
+
+    #[test]
+    fn token_for_reads_covers_everything_but_the_probes() {
+        let a = admin(&format!(
+            "[admin]\nlisten = \"0.0.0.0:9644\"\ntoken = \"{TOKEN}\"\ntoken_for_reads = true\n"
+        ));
+        assert_eq!(authorize(&a, Need::Read, None).unwrap_err().0, 401);
+        assert_eq!(
+            authorize(&a, Need::Read, Some(&format!("Bearer {TOKEN}"))),
+            Ok(())
+        );
+        assert_eq!(authorize(&a, Need::Probe, None), Ok(()));
+        assert_eq!(need("GET", "/readyz"), Need::Probe);
+        assert_eq!(need("GET", "/metrics"), Need::Read);
+        assert_eq!(need("POST", "/readyz"), Need::Change);
+        assert_eq!(need("DELETE", "/window/lookup"), Need::Change);
+    }
+
+    #[test]
+    fn bad_admin_settings_are_listed_with_their_keys() {
+        let err = Config::parse("[admin]\ntoken = \"short\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.token"), "{err}");
+        let err = Config::parse("[admin]\ntoken_for_reads = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.token_for_reads"), "{err}");
+        let err = Config::parse("[admin.tls]\ncert = \"/x.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.tls.key"), "{err}");
+        // Never printed, whatever prints the config.
+        let a = admin(&format!("[admin]\ntoken = \"{TOKEN}\"\n"));
+        assert!(!format!("{a:?}").contains(TOKEN));
+    }
 
     #[test]
     fn percent_decoding() {

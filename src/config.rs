@@ -39,6 +39,7 @@ pub mod defaults {
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     pub const METADATA_REFRESH: Duration = Duration::from_secs(30);
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9644";
+    pub const ADMIN_TOKEN_ENV: &str = "IDEMGATE_ADMIN_TOKEN";
     pub const STORE_DIR: &str = "./data";
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const LOG_FORMAT: &str = "text";
@@ -102,6 +103,9 @@ pub struct Listen {
 /// TLS for clients, terminated by the proxy.
 #[derive(Debug, Clone)]
 pub struct ListenTls {
+    /// Where these keys sit in the config (`listen.tls`, `admin.tls`), for
+    /// problems' key paths.
+    pub section: &'static str,
     /// PEM certificate chain, leaf first.
     pub cert: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf certificate.
@@ -146,6 +150,36 @@ pub struct UpstreamTls {
 pub struct Admin {
     /// `None` when `admin.listen = ""`: no admin listener at all.
     pub listen: Option<SocketAddr>,
+    /// The bearer token state-changing calls must carry (`admin.token`, or
+    /// the environment variable named by `admin.token_env`).
+    pub token: Option<Secret>,
+    /// Every route but /healthz and /readyz needs the token too.
+    pub token_for_reads: bool,
+    /// `[admin.tls]`: HTTPS for the admin listener.
+    pub tls: Option<ListenTls>,
+}
+
+impl Admin {
+    /// Bound to a loopback address only (the default).
+    pub fn is_loopback(&self) -> bool {
+        self.listen.is_some_and(|a| a.ip().is_loopback())
+    }
+}
+
+/// A value that must never reach a log: `Debug` shows its length only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -429,10 +463,15 @@ fn listen(s: &mut Section<'_, '_>) -> Listen {
 }
 
 fn listen_tls(s: &mut Section<'_, '_>) -> ListenTls {
+    tls_section(s, "listen.tls")
+}
+
+fn tls_section(s: &mut Section<'_, '_>, section: &'static str) -> ListenTls {
     let cert = s.required_path("cert");
     let key = s.required_path("key");
     let client_ca = s.string("client_ca", "");
     ListenTls {
+        section,
         cert,
         key,
         client_ca: (!client_ca.is_empty()).then(|| client_ca.into()),
@@ -492,7 +531,44 @@ fn admin(s: &mut Section<'_, '_>) -> Admin {
             }
         }
     };
-    Admin { listen }
+    let literal = s.string("token", "");
+    let env = s.string("token_env", defaults::ADMIN_TOKEN_ENV);
+    let from_env = if env.is_empty() {
+        None
+    } else {
+        std::env::var(&env).ok().filter(|v| !v.is_empty())
+    };
+    if !literal.is_empty() && from_env.is_some() {
+        s.problem(
+            "token",
+            format!("set both here and in ${env}: keep one (the environment is the safer place)"),
+        );
+    }
+    let token = from_env.or((!literal.is_empty()).then_some(literal));
+    if let Some(t) = &token {
+        if t.len() < 16 {
+            s.problem(
+                "token",
+                format!(
+                    "{} characters: use at least 16 (e.g. `openssl rand -hex 32`)",
+                    t.len()
+                ),
+            );
+        }
+    }
+    let token_for_reads = s.bool("token_for_reads", false);
+    if token_for_reads && token.is_none() {
+        s.problem(
+            "token_for_reads",
+            format!("true, but no token is set (admin.token or ${env})"),
+        );
+    }
+    Admin {
+        listen,
+        token: token.map(Secret),
+        token_for_reads,
+        tls: s.optional_section("tls", |s| tls_section(s, "admin.tls")),
+    }
 }
 
 fn store(s: &mut Section<'_, '_>) -> Store {

@@ -39,6 +39,8 @@ pub struct Shared {
     pub window: Arc<Window>,
     /// `[listen.tls]`: the client-side TLS configuration, reloadable.
     pub tls: Option<Arc<ServerTls>>,
+    /// `[admin.tls]`: HTTPS for the admin listener, reloadable.
+    pub admin_tls: Option<Arc<ServerTls>>,
     /// `[upstream.tls]`: TLS to the brokers.
     pub upstream_tls: Option<UpstreamTlsConnector>,
     /// Becomes `true` once: stop reading requests, finish what is in flight.
@@ -149,16 +151,20 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let (stop, shutdown) = watch::channel(false);
     let pipeline = Pipeline::new(config.clone(), topology.clone(), metrics.clone())
         .with_window(window.clone());
-    let tls = match &config.listen.tls {
-        Some(settings) => Some(Arc::new(ServerTls::load(settings).map_err(|problems| {
-            Error::Internal(
-                crate::config::ConfigErrors(problems)
-                    .to_string()
-                    .replace('\n', "; "),
-            )
-        })?)),
-        None => None,
+    let load_tls = |settings: &Option<crate::config::ListenTls>| match settings {
+        Some(settings) => ServerTls::load(settings)
+            .map(|t| Some(Arc::new(t)))
+            .map_err(|problems| {
+                Error::Internal(
+                    crate::config::ConfigErrors(problems)
+                        .to_string()
+                        .replace('\n', "; "),
+                )
+            }),
+        None => Ok(None),
     };
+    let tls = load_tls(&config.listen.tls)?;
+    let admin_tls = load_tls(&config.admin.tls)?;
     let upstream_tls = match &config.upstream.tls {
         Some(settings) => Some(UpstreamTlsConnector::load(settings).map_err(|problems| {
             Error::Internal(
@@ -179,6 +185,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         store,
         window,
         tls,
+        admin_tls,
         upstream_tls,
         shutdown,
         tracker: TaskTracker::new(),
@@ -206,8 +213,20 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     tasks.spawn(broker_listeners(shared.clone()));
     tasks.spawn(refresh_metadata(shared.clone()));
     tasks.spawn(keep_window(shared.clone()));
-    if shared.tls.is_some() {
-        tasks.spawn(reload_tls(shared.clone()));
+    for tls in [shared.tls.clone(), shared.admin_tls.clone()]
+        .into_iter()
+        .flatten()
+    {
+        tasks.spawn(reload_tls(shared.clone(), tls));
+    }
+    if let Some(addr) = admin_addr {
+        let admin = &config.admin;
+        if !admin.is_loopback() && admin.token.is_none() {
+            tracing::warn!(%addr, "admin.listen is not loopback and no admin token is set: calls that change state are refused (set $IDEMGATE_ADMIN_TOKEN)");
+        }
+        if !admin.is_loopback() && admin.tls.is_none() && admin.token.is_some() {
+            tracing::warn!(%addr, "the admin token crosses the network in clear text: set [admin.tls]");
+        }
     }
     tracing::info!(bootstrap = %bootstrap_addr, admin = ?admin_addr, upstream = ?config.upstream.bootstrap, "idemgate listening");
 
@@ -433,11 +452,8 @@ async fn broker_listeners(shared: Arc<Shared>) {
     }
 }
 
-/// Loads changed TLS files every `listen.tls.reload_interval`.
-async fn reload_tls(shared: Arc<Shared>) {
-    let Some(tls) = shared.tls.clone() else {
-        return;
-    };
+/// Loads changed TLS files every `reload_interval` (`listen.tls`, `admin.tls`).
+async fn reload_tls(shared: Arc<Shared>, tls: Arc<ServerTls>) {
     loop {
         tokio::time::sleep(tls.settings().reload_interval).await;
         match tls.reload_if_changed() {

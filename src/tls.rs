@@ -94,23 +94,28 @@ pub fn check(settings: &ListenTls) -> Vec<Problem> {
     build(settings).err().unwrap_or_default()
 }
 
-fn problem(key: &str, message: String) -> Problem {
+fn problem(settings: &ListenTls, key: &str, message: String) -> Problem {
     Problem {
-        path: format!("listen.tls.{key}"),
+        path: format!("{}.{key}", settings.section),
         message,
     }
 }
 
 fn build(settings: &ListenTls) -> Result<ServerConfig, Vec<Problem>> {
     let mut problems = Vec::new();
-    let certs = read_certs(&settings.cert, "cert", &mut problems);
+    let certs = read_certs_at(
+        &settings.cert,
+        &format!("{}.cert", settings.section),
+        &mut problems,
+    );
     if let Some(leaf) = certs.first() {
-        check_validity(leaf, "cert", &mut problems);
+        check_validity_at(leaf, &format!("{}.cert", settings.section), &mut problems);
     }
     let key = match PrivateKeyDer::from_pem_file(&settings.key) {
         Ok(k) => Some(k),
         Err(e) => {
             problems.push(problem(
+                settings,
                 "key",
                 format!(
                     "{}: no private key read: {}",
@@ -122,11 +127,19 @@ fn build(settings: &ListenTls) -> Result<ServerConfig, Vec<Problem>> {
         }
     };
     let verifier = settings.client_ca.as_ref().and_then(|ca| {
-        let cas = read_certs(ca, "client_ca", &mut problems);
+        let cas = read_certs_at(
+            ca,
+            &format!("{}.client_ca", settings.section),
+            &mut problems,
+        );
         let mut roots = RootCertStore::empty();
         for c in cas {
             if let Err(e) = roots.add(c) {
-                problems.push(problem("client_ca", format!("{}: {e}", ca.display())));
+                problems.push(problem(
+                    settings,
+                    "client_ca",
+                    format!("{}: {e}", ca.display()),
+                ));
             }
         }
         if roots.is_empty() {
@@ -135,7 +148,11 @@ fn build(settings: &ListenTls) -> Result<ServerConfig, Vec<Problem>> {
         match WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build() {
             Ok(v) => Some(v),
             Err(e) => {
-                problems.push(problem("client_ca", format!("{}: {e}", ca.display())));
+                problems.push(problem(
+                    settings,
+                    "client_ca",
+                    format!("{}: {e}", ca.display()),
+                ));
                 None
             }
         }
@@ -145,7 +162,13 @@ fn build(settings: &ListenTls) -> Result<ServerConfig, Vec<Problem>> {
     };
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| vec![problem("cert", format!("no usable TLS versions: {e}"))])?;
+        .map_err(|e| {
+            vec![problem(
+                settings,
+                "cert",
+                format!("no usable TLS versions: {e}"),
+            )]
+        })?;
     let builder = match verifier {
         Some(v) => builder.with_client_cert_verifier(v),
         None => builder.with_no_client_auth(),
@@ -159,7 +182,7 @@ fn build(settings: &ListenTls) -> Result<ServerConfig, Vec<Problem>> {
             ),
             other => format!("{}: {other}", settings.key.display()),
         };
-        vec![problem("key", message)]
+        vec![problem(settings, "key", message)]
     })
 }
 
@@ -175,10 +198,6 @@ fn pem_error(e: &rustls::pki_types::pem::Error) -> String {
         }
         other => format!("{other:?}"),
     }
-}
-
-fn read_certs(path: &Path, key: &str, problems: &mut Vec<Problem>) -> Vec<CertificateDer<'static>> {
-    read_certs_at(path, &format!("listen.tls.{key}"), problems)
 }
 
 /// Reads a PEM certificate file; problems are filed under `key_path`.
@@ -214,10 +233,6 @@ fn read_certs_at(
         fail("no certificate in the file".into());
     }
     certs
-}
-
-fn check_validity(cert: &CertificateDer<'_>, key: &str, problems: &mut Vec<Problem>) {
-    check_validity_at(cert, &format!("listen.tls.{key}"), problems)
 }
 
 fn check_validity_at(cert: &CertificateDer<'_>, key_path: &str, problems: &mut Vec<Problem>) {

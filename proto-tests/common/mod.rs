@@ -171,14 +171,28 @@ impl Proxy {
         upstream_extra: &str,
         extra: &str,
     ) -> Proxy {
+        Self::launch_admin(upstream, listen_extra, upstream_extra, "", extra).await
+    }
+
+    /// [`launch`](Self::launch) with `admin_extra` lines in `[admin]`.
+    pub async fn launch_admin(
+        upstream: &str,
+        listen_extra: &str,
+        upstream_extra: &str,
+        admin_extra: &str,
+        extra: &str,
+    ) -> Proxy {
         // Logs show with `cargo test -- --nocapture`; RUST_LOG picks the level.
         idemgate::telemetry::init_tracing(&idemgate::config::Log {
             format: idemgate::config::LogFormat::Text,
             level: "warn".into(),
         });
         let store = tempfile::tempdir().unwrap();
-        let config = Self::config_text(upstream, store.path(), listen_extra, upstream_extra, extra);
-        let config = Config::parse(&config.0).unwrap_or_else(|e| panic!("test config: {e}"));
+        let (mut text, _, admin) =
+            Self::config_text(upstream, store.path(), listen_extra, upstream_extra, extra);
+        let admin_line = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
+        text = text.replace(&admin_line, &format!("{admin_line}{admin_extra}\n"));
+        let config = Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}"));
         let (lo, hi) = (
             *config.listen.broker_ports.start(),
             *config.listen.broker_ports.end(),
@@ -292,10 +306,35 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 
 /// A bare HTTP/1.1 GET: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(addr).await else {
+    http_call(addr, "GET", path, None).await
+}
+
+/// A bare HTTP/1.1 request, with a bearer token if given: (status, body).
+pub async fn http_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let Ok(s) = TcpStream::connect(addr).await else {
         return (0, String::new());
     };
-    let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    http_over(s, method, path, token).await
+}
+
+/// [`http_call`] over any stream (TLS too).
+pub async fn http_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: 0\r\nconnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf).await;

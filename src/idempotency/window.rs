@@ -362,6 +362,26 @@ impl Window {
         Ok(evicted)
     }
 
+    /// Forgets every key of `topic` (blocking): for a topic deleted and
+    /// created again, whose new records must not pass for replays of the
+    /// old ones. Refused while the window is loading.
+    pub fn purge_topic(&self, topic: &str) -> Result<Purged, Error> {
+        if !self.is_loaded() {
+            return Err(Error::Store(
+                "the window is still loading; purge once /readyz says ready".into(),
+            ));
+        }
+        let mut purged = Purged::default();
+        for item in self.store.segments_from(0) {
+            let (id, value) = item?;
+            if Segment::parse(&value).is_some_and(|s| s.topic == topic) {
+                purged.keys += self.evict(id, &value)?;
+                purged.segments += 1;
+            }
+        }
+        Ok(purged)
+    }
+
     fn evict_over_capacity(&self) -> Result<(), Error> {
         if self.len() <= self.max_keys {
             return Ok(());
@@ -415,6 +435,13 @@ pub struct LoadReport {
     pub keys: usize,
     pub expired: usize,
     pub took: Duration,
+}
+
+/// What [`Window::purge_topic`] forgot.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    pub keys: usize,
+    pub segments: usize,
 }
 
 // === Claims ===
