@@ -260,6 +260,14 @@ impl DedupMetrics {
         self.fail_open[i].fetch_add(records, Relaxed);
     }
 
+    /// Records forwarded unchecked for `reason` so far.
+    pub fn fail_open_count(&self, reason: FailOpen) -> u64 {
+        FailOpen::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.fail_open[i].load(Relaxed))
+    }
+
     /// A connection of `connector` produced for the first time.
     pub fn session_started(&self, connector: &str) {
         let mut map = self.replays.lock().expect("dedup metrics lock");

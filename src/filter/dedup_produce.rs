@@ -235,6 +235,9 @@ impl ProduceDedup {
         // request: k pending keys must not cost k times the wait (the
         // client's request.timeout.ms would turn it into a retry).
         let wait_until = tokio::time::Instant::now() + self.config.dedup.pending_wait;
+        // Keys this request claimed: in another of its partitions, a key of
+        // its own is in flight with it, not elsewhere (no wait, both go).
+        let mut mine: HashSet<Key> = HashSet::new();
         for topic in &mut req.topic_data {
             let name = topic.name.0.clone();
             let mut topic_plan = TopicPlan {
@@ -251,7 +254,7 @@ impl ProduceDedup {
                                 rule,
                                 (name.as_str(), partition.index),
                                 records,
-                                (&mut plan.claim, wait_until),
+                                (&mut plan.claim, &mut mine, wait_until),
                                 &mut counts,
                             )
                             .await;
@@ -409,7 +412,7 @@ impl ProduceDedup {
         rule: &Rule,
         (topic, partition): (&str, i32),
         records: &Bytes,
-        (claim, wait_until): (&mut Claim, tokio::time::Instant),
+        (claim, mine, wait_until): (&mut Claim, &mut HashSet<Key>, tokio::time::Instant),
         counts: &mut TopicCounts,
     ) -> (PartitionKind, Option<Bytes>) {
         let untouched = PartitionKind::Upstream {
@@ -543,6 +546,7 @@ impl ProduceDedup {
                 } else {
                     if self.window.check(key) == Check::Claimed {
                         claim.add(key);
+                        mine.insert(key);
                         claimed.push((record.index(), key));
                     }
                     decisions.push(keep);
@@ -553,7 +557,7 @@ impl ProduceDedup {
                 Some(None)
             } else {
                 let mut check = self.window.check(key);
-                if check == Check::Pending && may_drop {
+                if check == Check::Pending && may_drop && !mine.contains(&key) {
                     self.metrics
                         .dedup
                         .pending_waits
@@ -584,6 +588,7 @@ impl ProduceDedup {
                     Check::Seen(segment) => Some(Some(segment)),
                     Check::Claimed => {
                         claim.add(key);
+                        mine.insert(key);
                         claimed.push((record.index(), key));
                         None
                     }
@@ -1197,6 +1202,49 @@ mod tests {
         let head = RequestHead::peek(&new).unwrap();
         assert_eq!(tagged_records(&head, &new), (1, 1));
         assert_eq!(b.dedup.metrics.dedup.untagged_too_large.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn one_key_in_two_partitions_of_a_request_never_waits_on_itself() {
+        let b = bench("drop");
+        let identity = Identity::from_client_id("connector-producer-orders-0");
+        let partition = |index: i32| {
+            PartitionProduceData::default()
+                .with_index(index)
+                .with_records(Some(batch(&["same"], NO_PRODUCER, -1)))
+        };
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(StrBytes::from_static_str("orders").into())
+                .with_partition_data(vec![partition(0), partition(1)])]);
+        let bytes = message::encode_request(ApiKey::Produce, VERSION, 7, &req).unwrap();
+        let head = RequestHead::peek(&bytes).unwrap();
+        let f = BytesMut::from(&bytes[..]);
+        let mut s = Session::default();
+        let Outcome::Rewritten(new, _plan) = b
+            .dedup
+            .on_request(&mut s, &identity, &head, &f, -1)
+            .await
+            .unwrap()
+        else {
+            panic!("both copies tagged and forwarded");
+        };
+        let head = RequestHead::peek(&new).unwrap();
+        let sent: ProduceRequest = message::decode_request(&new, &head).unwrap();
+        assert_eq!(
+            sent.topic_data[0].partition_data.len(),
+            2,
+            "both partitions go"
+        );
+        let dedup = &b.dedup.metrics.dedup;
+        assert_eq!(
+            dedup.pending_waits.load(Relaxed),
+            0,
+            "no wait on its own key"
+        );
+        assert_eq!(dedup.fail_open_count(FailOpen::PendingTimeout), 0);
     }
 
     #[tokio::test]
