@@ -1,9 +1,10 @@
 //! The persistent store: the only file that touches sled.
 //!
-//! One sled database under `store.dir`, one tree per concern. Today it holds
-//! the broker topology (node id → proxy port and upstream address), so that a
-//! client that cached a broker address before a proxy restart finds the same
-//! broker behind the same port afterwards. The idempotency window joins it.
+//! One sled database under `store.dir`, one tree per concern: the broker
+//! topology (node id → proxy port and upstream address, so that a client that
+//! cached a broker address before a proxy restart finds the same broker
+//! behind the same port afterwards), the idempotency window's segments, and
+//! idempotent producers' sequence translation.
 
 use std::path::Path;
 use std::time::Duration;
