@@ -71,11 +71,14 @@ fn main() -> ExitCode {
 /// What `check` and `run` verify beyond the text: the TLS files load, the
 /// key matches the certificate, the certificate is in its validity period.
 fn check_files(config: Config) -> Result<Config, idemgate::config::ConfigErrors> {
-    let problems: Vec<_> = [config.listen.tls.as_ref(), config.admin.tls.as_ref()]
+    let mut problems: Vec<_> = [config.listen.tls.as_ref(), config.admin.tls.as_ref()]
         .into_iter()
         .flatten()
         .flat_map(idemgate::tls::check)
         .collect();
+    if let Some(upstream) = &config.upstream.tls {
+        problems.extend(idemgate::tls::check_upstream(upstream));
+    }
     if problems.is_empty() {
         Ok(config)
     } else {
