@@ -1,9 +1,10 @@
 //! Produce throughput and latency, direct to tansu vs through idemgate,
-//! alternating in one run so both see the same machine.
+//! alternating in one run so every path sees the same machine.
 //!
 //! ```text
 //! scripts/bench                        # what docs/performance.md records
 //! cargo bench --bench produce -- --records 200000 --size 512 --rounds 5
+//! scripts/bench --dedup --compression none,lz4,zstd   # + dedup `drop` mode
 //! ```
 //!
 //! Two measures per path (see docs/performance.md for why both):
@@ -12,25 +13,67 @@
 //! - fixed load: half the direct saturation rate, paced; p50/p99 produce
 //!   latency (enqueue to delivery report) and the proxy's CPU seconds per GB.
 //!
+//! Paths (`--paths` picks any of them; the default is the first three,
+//! `--dedup` adds the rest):
+//! - `direct`, `idemgate` (pass-through: no dedup rule), `tansu-proxy`;
+//! - `idemgate-dedup`: one rule, `topics = "*"`, `mode = "drop"`, content
+//!   keys, tag header on; every record new;
+//! - `direct-30`, `idemgate-dedup-30`: the same rule, and 30 % (`--replays`)
+//!   of the records sent are replays: chunks of 1000 records sent again,
+//!   byte for byte, later in the run. direct-30 sends the very same stream
+//!   straight to the broker, so the two offer the same load; the `-30`
+//!   paths are compared with direct-30, the others with direct.
+//!
+//! A replay re-sends a chunk sent at least `--replay-distance` records
+//! earlier (default: a tenth of `--records`, at most 20,000), and only once every record of that chunk has its delivery report
+//! (the client waits if it must): the proxy then knows the originals as
+//! acknowledged and drops the copies, as it would a Connect task's replay
+//! after a restart, instead of holding them while the originals are in
+//! flight. The wait bounds the client's queue on the `-30` paths at
+//! saturation; direct-30 waits the same way.
+//!
+//! Every record's value is a JSON-like text made from its index alone (a
+//! replay is byte-identical, and the codecs get something realistic to
+//! compress); keys cycle over 1024 values. A replay the proxy drops still gets
+//! a successful delivery report (the proxy answers it), so every path counts
+//! the same deliveries; the dedup paths also report what the proxy's
+//! `/metrics` counted and how many records reached the broker's log.
+//!
 //! The proxy runs as its own process (the release binary), so its CPU time
 //! can be read from /proc apart from the client's.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
+};
+
+/// Records per chunk: the unit a replay re-sends.
+const CHUNK: usize = 1000;
+/// Records of the warm-up run before each measured run.
+const WARM: usize = 10_000;
+const PARTITIONS: i32 = 3;
 
 struct Args {
     records: usize,
     size: usize,
     rounds: usize,
+    /// Share of the records sent that are replays, on the `-NN` paths.
+    replays: f64,
+    /// A replay re-sends a chunk at least this many records back (default:
+    /// a tenth of the run, at most 20,000).
+    replay_distance: usize,
+    compression: Vec<String>,
+    paths: Vec<PathKind>,
 }
 
 fn args() -> Args {
@@ -38,24 +81,151 @@ fn args() -> Args {
         records: 200_000,
         size: 512,
         rounds: 5,
+        replays: 0.3,
+        replay_distance: 0,
+        compression: vec!["none".into()],
+        paths: Vec::new(),
     };
+    let mut dedup = false;
+    let mut distance = None;
+    let mut names: Option<Vec<String>> = None;
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < argv.len() {
-        let next = || {
+        let value = |i: usize| -> &str {
             argv.get(i + 1)
-                .and_then(|v| v.parse().ok())
-                .expect("a number after the flag")
+                .map(String::as_str)
+                .unwrap_or_else(|| panic!("{} needs a value", argv[i]))
+        };
+        let number = |i: usize| -> usize {
+            value(i)
+                .parse()
+                .unwrap_or_else(|_| panic!("{} needs a number", argv[i]))
         };
         match argv[i].as_str() {
-            "--records" => a.records = next(),
-            "--size" => a.size = next(),
-            "--rounds" => a.rounds = next(),
-            _ => {} // cargo bench passes --bench
+            "--records" => a.records = number(i),
+            "--size" => a.size = number(i),
+            "--rounds" => a.rounds = number(i),
+            "--replay-distance" => distance = Some(number(i)),
+            "--replays" => {
+                a.replays = value(i)
+                    .parse()
+                    .ok()
+                    .filter(|r| (0.0..0.5).contains(r))
+                    .expect("--replays needs a share in [0, 0.5), e.g. 0.3");
+            }
+            "--compression" => {
+                a.compression = value(i).split(',').map(str::to_string).collect();
+                for c in &a.compression {
+                    assert!(
+                        ["none", "gzip", "snappy", "lz4", "zstd"].contains(&c.as_str()),
+                        "--compression: none, gzip, snappy, lz4 or zstd (comma-separated), not {c:?}"
+                    );
+                }
+            }
+            "--paths" => names = Some(value(i).split(',').map(str::to_string).collect()),
+            "--dedup" => {
+                dedup = true;
+                i -= 1; // a flag without a value
+            }
+            _ => {
+                i -= 1; // cargo bench passes --bench
+            }
         }
-        i += 1;
+        i += 2;
     }
+    assert!(
+        a.records > 0 && a.rounds > 0,
+        "--records and --rounds must be > 0"
+    );
+    a.replay_distance = distance.unwrap_or((a.records / 10).min(20_000));
+    let pct = (a.replays * 100.0).round() as u32;
+    let all = PathKind::all(pct);
+    let names = names.unwrap_or_else(|| {
+        let n = if dedup { all.len() } else { 3 };
+        all[..n].iter().map(|p| p.name()).collect()
+    });
+    let mut picked: Vec<PathKind> = Vec::new();
+    for name in &names {
+        let p = all.iter().find(|p| p.name() == *name).unwrap_or_else(|| {
+            panic!(
+                "--paths: no path {name:?}; the paths are {}",
+                all.iter().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+            )
+        });
+        picked.push(*p);
+    }
+    // Every path is compared with the direct path of the same stream, and
+    // the fixed load is half of plain direct's saturation rate.
+    picked.push(all[0]);
+    for p in picked.clone() {
+        let base = p.baseline();
+        if !picked.contains(&base) {
+            picked.push(base);
+        }
+    }
+    a.paths = all.into_iter().filter(|p| picked.contains(p)).collect();
+    // --replays 0: the replay paths are the plain ones.
+    a.paths.dedup();
+    // A value holds its record's id in its first bytes: shorter, two records
+    // could be the same bytes, and the proxy would rightly drop one.
+    let dedup_paths = a.paths.iter().any(|p| p.front == Front::IdemgateDedup);
+    assert!(
+        !dedup_paths || a.size >= 32,
+        "--size must be at least 32 B with the dedup paths (records must differ)"
+    );
     a
+}
+
+// === Paths ===
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Front {
+    Direct,
+    Idemgate,
+    IdemgateDedup,
+    TansuProxy,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct PathKind {
+    front: Front,
+    /// Percent of the records sent that are replays (0: every record new).
+    replay_pct: u32,
+}
+
+impl PathKind {
+    fn all(pct: u32) -> Vec<PathKind> {
+        let p = |front, replay_pct| PathKind { front, replay_pct };
+        vec![
+            p(Front::Direct, 0),
+            p(Front::Idemgate, 0),
+            p(Front::TansuProxy, 0),
+            p(Front::IdemgateDedup, 0),
+            p(Front::Direct, pct),
+            p(Front::IdemgateDedup, pct),
+        ]
+    }
+
+    fn name(&self) -> String {
+        let front = match self.front {
+            Front::Direct => "direct",
+            Front::Idemgate => "idemgate",
+            Front::IdemgateDedup => "idemgate-dedup",
+            Front::TansuProxy => "tansu-proxy",
+        };
+        match self.replay_pct {
+            0 => front.to_string(),
+            n => format!("{front}-{n}"),
+        }
+    }
+
+    fn baseline(&self) -> PathKind {
+        PathKind {
+            front: Front::Direct,
+            replay_pct: self.replay_pct,
+        }
+    }
 }
 
 // === Processes ===
@@ -136,7 +306,17 @@ fn start_tansu() -> (Killed, String) {
     )
 }
 
-fn start_proxy(upstream: &str, dir: &std::path::Path) -> (Killed, String) {
+struct Proxy {
+    child: Killed,
+    bootstrap: String,
+    /// The admin port (dedup runs only: it is off otherwise).
+    admin: Option<u16>,
+}
+
+/// idemgate in front of `upstream`, its store in `dir` (fresh per run). With
+/// `dedup`, one rule covers every topic in `drop` mode (content keys, tag
+/// header on: the defaults) and the admin listener is on, for /metrics.
+fn start_proxy(upstream: &str, dir: &std::path::Path, dedup: bool) -> Proxy {
     let port = free_port();
     let ports = loop {
         let p = free_port();
@@ -144,13 +324,18 @@ fn start_proxy(upstream: &str, dir: &std::path::Path) -> (Killed, String) {
             break p;
         }
     };
-    let config = format!(
+    let admin = dedup.then(free_port);
+    let mut config = format!(
         "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{}\"\n\
-         [upstream]\nbootstrap = [\"{upstream}\"]\n[admin]\nlisten = \"\"\n\
+         [upstream]\nbootstrap = [\"{upstream}\"]\n[admin]\nlisten = \"{}\"\n\
          [store]\ndir = \"{}\"\n[log]\nlevel = \"warn\"\n",
         ports + 7,
+        admin.map(|p| format!("127.0.0.1:{p}")).unwrap_or_default(),
         dir.join("store").display()
     );
+    if dedup {
+        config.push_str("[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nmode = \"drop\"\n");
+    }
     let path = dir.join("bench.toml");
     std::fs::write(&path, config).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_idemgate"))
@@ -160,9 +345,105 @@ fn start_proxy(upstream: &str, dir: &std::path::Path) -> (Killed, String) {
         .spawn()
         .unwrap();
     wait_port(port);
+    if let Some(admin) = admin {
+        // Ready: upstream seen and the (empty) window loaded.
+        let start = Instant::now();
+        while http_get(admin, "/readyz").is_none_or(|r| !r.starts_with("HTTP/1.1 200")) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "idemgate never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     // The broker listener opens after the first metadata probe.
     std::thread::sleep(Duration::from_millis(500));
-    (Killed(child), format!("127.0.0.1:{port}"))
+    Proxy {
+        child: Killed(child),
+        bootstrap: format!("127.0.0.1:{port}"),
+        admin,
+    }
+}
+
+/// The whole HTTP response (head and body), or None if it failed.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// What idemgate's /metrics counted for the measured topic.
+#[derive(Default, Clone, Copy)]
+struct DedupCounts {
+    /// `idemgate_records_total`: records in Produce requests the rule covers.
+    records: f64,
+    /// `idemgate_duplicates_dropped_total`.
+    dropped: f64,
+    /// `idemgate_dedup_fail_open_total`, every reason (all topics).
+    fail_open: f64,
+    /// `idemgate_pending_waits_total` (all topics).
+    pending_waits: f64,
+}
+
+fn dedup_counts(admin: u16, topic: &str) -> DedupCounts {
+    let body = http_get(admin, "/metrics").expect("idemgate /metrics");
+    let of_topic = format!("topic=\"{topic}\"");
+    let mut c = DedupCounts::default();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        let name = series.split('{').next().unwrap_or(series);
+        let mine = series.contains(&of_topic);
+        match name {
+            "idemgate_records_total" if mine => c.records += v,
+            "idemgate_duplicates_dropped_total" if mine => c.dropped += v,
+            "idemgate_dedup_fail_open_total" => c.fail_open += v,
+            "idemgate_pending_waits_total" => c.pending_waits += v,
+            _ => {}
+        }
+    }
+    c
+}
+
+/// Records in the broker's log of `topic`. tansu (0.6) answers a high
+/// watermark of the last batch's base offset + 1, short of the log's end by
+/// all but one of that batch's records, so one record is written straight to
+/// each partition first: its batch of one ends the log, and is not counted.
+fn log_records(broker: &str, topic: &str) -> Option<i64> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .ok()?;
+    for p in 0..PARTITIONS {
+        producer
+            .send(BaseRecord::<(), _>::to(topic).partition(p).payload("end"))
+            .ok()?;
+    }
+    producer.flush(Duration::from_secs(30)).ok()?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .create()
+        .ok()?;
+    let mut total = 0;
+    for p in 0..PARTITIONS {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .ok()?;
+        total += high - low - 1;
+    }
+    Some(total)
 }
 
 /// user + system CPU seconds of a process so far.
@@ -182,31 +463,191 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / hz
 }
 
+// === The records ===
+
+/// Deterministic, cheap, good enough for test data.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+const WORDS: [&str; 16] = [
+    "order",
+    "created",
+    "shipped",
+    "pending",
+    "customer",
+    "invoice",
+    "amount",
+    "status",
+    "warehouse",
+    "priority",
+    "express",
+    "standard",
+    "returned",
+    "paid",
+    "refund",
+    "note",
+];
+
+/// Every record's key and value, made from its id alone: record `id` is the
+/// same bytes however often it is sent.
+struct Records {
+    size: usize,
+    values: Vec<u8>,
+    keys: Vec<String>,
+}
+
+impl Records {
+    fn new(count: usize, size: usize) -> Records {
+        let mut values = Vec::with_capacity(count * size);
+        for id in 0..count {
+            let mut rng = SplitMix(id as u64);
+            let mut v = format!(
+                "{{\"id\":{id},\"customer\":\"c-{:05}\",\"amount\":{}.{:02},\"note\":\"",
+                rng.next() % 100_000,
+                rng.next() % 10_000,
+                rng.next() % 100
+            )
+            .into_bytes();
+            while v.len() + 2 < size {
+                let w = WORDS[(rng.next() % WORDS.len() as u64) as usize];
+                v.extend_from_slice(w.as_bytes());
+                v.push(b' ');
+            }
+            v.truncate(size.saturating_sub(2));
+            v.extend_from_slice(b"\"}");
+            v.resize(size, b' ');
+            values.extend_from_slice(&v[..size]);
+        }
+        Records {
+            size,
+            values,
+            keys: (0..1024).map(|i| format!("key-{i}")).collect(),
+        }
+    }
+
+    fn value(&self, id: u32) -> &[u8] {
+        let at = id as usize * self.size;
+        &self.values[at..at + self.size]
+    }
+
+    fn key(&self, id: u32) -> &str {
+        &self.keys[id as usize % self.keys.len()]
+    }
+}
+
+/// What a run sends, in order: record ids, in chunks; a replayed chunk
+/// re-sends an earlier chunk's ids once that chunk is delivered.
+struct Schedule {
+    ids: Vec<u32>,
+    chunks: Vec<Chunk>,
+    /// Records sent as replays.
+    replayed: usize,
+    /// Distinct records (the highest id + 1).
+    distinct: usize,
+}
+
+struct Chunk {
+    start: usize,
+    len: usize,
+    /// A replay: the chunk whose records it re-sends, which must all be
+    /// delivered before this one is sent.
+    replay_of: Option<usize>,
+}
+
+impl Schedule {
+    /// `records` records, a `share` of them replays of chunks sent at least
+    /// `distance` records before. Replays are placed as soon as the share so
+    /// far allows and a chunk far enough back is left to replay (oldest
+    /// first, each chunk at most once), so the share is met over the run
+    /// unless the run is too short for the distance.
+    fn new(records: usize, share: f64, distance: usize) -> Schedule {
+        let mut s = Schedule {
+            ids: Vec::with_capacity(records),
+            chunks: Vec::new(),
+            replayed: 0,
+            distinct: 0,
+        };
+        let mut originals: Vec<usize> = Vec::new(); // new chunks, in send order
+        let mut next_original = 0;
+        while s.ids.len() < records {
+            let start = s.ids.len();
+            let len = CHUNK.min(records - start);
+            let due = (s.replayed + len) as f64 <= share * (start + len) as f64;
+            let source = originals
+                .get(next_original)
+                .copied()
+                .filter(|&c| s.chunks[c].start + distance <= start && s.chunks[c].len >= len);
+            match source {
+                Some(c) if due => {
+                    let from = s.chunks[c].start;
+                    s.ids.extend_from_within(from..from + len);
+                    s.replayed += len;
+                    next_original += 1;
+                    s.chunks.push(Chunk {
+                        start,
+                        len,
+                        replay_of: Some(c),
+                    });
+                }
+                _ => {
+                    s.ids
+                        .extend((s.distinct..s.distinct + len).map(|id| id as u32));
+                    s.distinct += len;
+                    originals.push(s.chunks.len());
+                    s.chunks.push(Chunk {
+                        start,
+                        len,
+                        replay_of: None,
+                    });
+                }
+            }
+        }
+        s
+    }
+}
+
 // === The load ===
+
+struct Sent {
+    at: Instant,
+    chunk: u32,
+}
 
 struct Latencies {
     micros: Mutex<Vec<u32>>,
     errors: AtomicU64,
     last: Mutex<Option<Instant>>,
+    /// Delivery reports (success or not) per chunk of the schedule.
+    delivered: Vec<AtomicU32>,
 }
 
 impl ClientContext for Latencies {}
 
 impl ProducerContext for Latencies {
-    type DeliveryOpaque = Box<Instant>;
+    type DeliveryOpaque = Box<Sent>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Instant>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Sent>) {
         let now = Instant::now();
         match result {
             Ok(_) => self
                 .micros
                 .lock()
                 .unwrap()
-                .push(now.duration_since(*sent).as_micros() as u32),
+                .push(now.duration_since(sent.at).as_micros() as u32),
             Err(_) => {
                 self.errors.fetch_add(1, Relaxed);
             }
         }
+        self.delivered[sent.chunk as usize].fetch_add(1, Relaxed);
         *self.last.lock().unwrap() = Some(now);
     }
 }
@@ -217,6 +658,8 @@ struct RunResult {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// Time the client spent waiting for originals' delivery before a replay.
+    replay_wait: Duration,
 }
 
 fn create_topic(bootstrap: &str, name: &str) {
@@ -224,7 +667,7 @@ fn create_topic(bootstrap: &str, name: &str) {
         .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap();
-    let topic = NewTopic::new(name, 3, TopicReplication::Fixed(1));
+    let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
     let res =
         futures::executor::block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap();
     for r in res {
@@ -232,44 +675,80 @@ fn create_topic(bootstrap: &str, name: &str) {
     }
 }
 
-/// Sends `records` records; `rate` = None for as fast as possible.
-fn run(bootstrap: &str, topic: &str, records: usize, size: usize, rate: Option<f64>) -> RunResult {
+/// Sends the schedule's records; `rate` = None for as fast as possible.
+fn run(
+    bootstrap: &str,
+    topic: &str,
+    schedule: &Schedule,
+    records: &Records,
+    compression: &str,
+    rate: Option<f64>,
+) -> RunResult {
+    let total = schedule.ids.len();
     let ctx = Latencies {
-        micros: Mutex::new(Vec::with_capacity(records)),
+        micros: Mutex::new(Vec::with_capacity(total)),
         errors: AtomicU64::new(0),
         last: Mutex::new(None),
+        delivered: schedule.chunks.iter().map(|_| AtomicU32::new(0)).collect(),
     };
     let producer: ThreadedProducer<Latencies> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("batch.size", "1000000")
+        .set("compression.type", compression)
         .set("queue.buffering.max.messages", "1000000")
         .set("queue.buffering.max.kbytes", "1048576")
         .create_with_context(ctx)
-        .unwrap();
-    let payload = vec![b'x'; size];
-    let keys: Vec<String> = (0..1024).map(|i| format!("key-{i}")).collect();
+        .unwrap_or_else(|e| {
+            panic!(
+                "producer with compression.type={compression}: {e} \
+                 (zstd needs `--features rdkafka/zstd`, which scripts/bench passes)"
+            )
+        });
+    let mut replay_wait = Duration::ZERO;
     let start = Instant::now();
-    for i in 0..records {
-        if let Some(rate) = rate {
-            let due = start + Duration::from_secs_f64(i as f64 / rate);
-            let now = Instant::now();
-            if due > now + Duration::from_micros(200) {
-                std::thread::sleep(due - now);
+    for (c, chunk) in schedule.chunks.iter().enumerate() {
+        if let Some(original) = chunk.replay_of {
+            let want = schedule.chunks[original].len as u32;
+            let delivered = &producer.context().delivered[original];
+            if delivered.load(Relaxed) < want {
+                let waited = Instant::now();
+                while delivered.load(Relaxed) < want {
+                    assert!(
+                        waited.elapsed() < Duration::from_secs(120),
+                        "chunk {original} never delivered"
+                    );
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+                replay_wait += waited.elapsed();
             }
         }
-        let mut record = BaseRecord::with_opaque_to(topic, Box::new(Instant::now()))
-            .key(&keys[i % keys.len()])
-            .payload(&payload);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(1));
+        for i in chunk.start..chunk.start + chunk.len {
+            if let Some(rate) = rate {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                let now = Instant::now();
+                if due > now + Duration::from_micros(200) {
+                    std::thread::sleep(due - now);
                 }
-                Err((e, _)) => panic!("send: {e}"),
+            }
+            let id = schedule.ids[i];
+            let sent = Box::new(Sent {
+                at: Instant::now(),
+                chunk: c as u32,
+            });
+            let mut record = BaseRecord::with_opaque_to(topic, sent)
+                .key(records.key(id))
+                .payload(records.value(id));
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                        record = r;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err((e, _)) => panic!("send: {e}"),
+                }
             }
         }
     }
@@ -286,42 +765,71 @@ fn run(bootstrap: &str, topic: &str, records: usize, size: usize, rate: Option<f
             / 1000.0
     };
     RunResult {
-        records_per_sec: records as f64 / secs,
-        mb_per_sec: (records * size) as f64 / secs / 1e6,
+        records_per_sec: total as f64 / secs,
+        mb_per_sec: (total * records.size) as f64 / secs / 1e6,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         errors: ctx.errors.load(Relaxed),
+        replay_wait,
     }
 }
 
-/// The paths measured, in the order each round runs them.
-const PATHS: [&str; 3] = ["direct", "idemgate", "tansu-proxy"];
+/// What one measured run gives besides the load's own figures.
+struct Extra {
+    /// The proxy's CPU seconds during the measured run.
+    cpu: f64,
+    /// What idemgate counted (dedup paths).
+    counts: Option<DedupCounts>,
+    /// Records in the broker's log of the measured topic.
+    logged: Option<i64>,
+}
 
-/// One measured run on a fresh broker (and a fresh proxy in front of it for
-/// a proxy path): tansu's memory only grows and its later runs slow down,
-/// so no run inherits another's log. Returns the result and the proxy's CPU
-/// seconds for the run.
-fn measure(path: &str, a: &Args, rate: Option<f64>) -> (RunResult, f64) {
+/// One measured run on a fresh broker (and a fresh proxy with a fresh store
+/// in front of it for a proxy path): tansu's memory only grows and its later
+/// runs slow down, so no run inherits another's log or window.
+fn measure(
+    path: PathKind,
+    schedule: &Schedule,
+    records: &Records,
+    compression: &str,
+    rate: Option<f64>,
+) -> (RunResult, Extra) {
     let dir = tempfile::tempdir().unwrap();
     let (_tansu, direct) = start_tansu();
-    let proxy = match path {
-        "idemgate" => Some(start_proxy(&direct, dir.path())),
-        "tansu-proxy" => Some(start_tansu_proxy(&direct)),
-        _ => None,
+    let (proxy, tansu_proxy) = match path.front {
+        Front::Direct => (None, None),
+        Front::Idemgate => (Some(start_proxy(&direct, dir.path(), false)), None),
+        Front::IdemgateDedup => (Some(start_proxy(&direct, dir.path(), true)), None),
+        Front::TansuProxy => (None, Some(start_tansu_proxy(&direct))),
     };
-    let addr = proxy
-        .as_ref()
-        .map(|p| p.1.clone())
-        .unwrap_or_else(|| direct.clone());
+    let (pid, addr) = match (&proxy, &tansu_proxy) {
+        (Some(p), _) => (Some(p.child.0.id()), p.bootstrap.clone()),
+        (_, Some((child, addr))) => (Some(child.0.id()), addr.clone()),
+        _ => (None, direct.clone()),
+    };
+    let warm = Schedule::new(WARM, 0.0, 0);
     create_topic(&direct, "warm");
-    run(&addr, "warm", 10_000, a.size, None);
+    run(&addr, "warm", &warm, records, compression, None);
     create_topic(&direct, "bench");
-    let pid = proxy.as_ref().map(|p| p.0 .0.id());
     let before = pid.map(cpu_seconds).unwrap_or(0.0);
-    let r = run(&addr, "bench", a.records, a.size, rate);
+    let r = run(&addr, "bench", schedule, records, compression, rate);
     let cpu = pid.map(cpu_seconds).unwrap_or(0.0) - before;
-    assert_eq!(r.errors, 0, "{path}: delivery errors");
-    (r, cpu)
+    assert_eq!(r.errors, 0, "{}: delivery errors", path.name());
+    let counts = proxy
+        .as_ref()
+        .and_then(|p| p.admin)
+        .map(|port| dedup_counts(port, "bench"));
+    let logged = (path.replay_pct > 0 || path.front == Front::IdemgateDedup)
+        .then(|| log_records(&direct, "bench"))
+        .flatten();
+    (
+        r,
+        Extra {
+            cpu,
+            counts,
+            logged,
+        },
+    )
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -329,58 +837,113 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() {
-    let a = args();
-    println!(
-        "# produce: {} records x {} B, acks=all, 3 partitions, {} round(s), medians",
-        a.records, a.size, a.rounds
-    );
-    println!(
-        "# machine: {} cores; client, broker and proxy share them",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0)
-    );
-    let gb = (a.records * a.size) as f64 / 1e9;
+/// "dropped 14985 (30.0 %), log 35015" and the like, for a dedup or replay run.
+fn describe(extra: &Extra, sent: usize) -> String {
+    let mut s = String::new();
+    if let Some(c) = extra.counts {
+        s.push_str(&format!(
+            "  dropped {:>7.0} ({:>4.1} %)",
+            c.dropped,
+            c.dropped / sent as f64 * 100.0
+        ));
+        if c.records != sent as f64 {
+            s.push_str(&format!(", counted {:.0} records", c.records));
+        }
+        if c.fail_open > 0.0 || c.pending_waits > 0.0 {
+            s.push_str(&format!(
+                ", FAIL-OPEN {:.0}, pending waits {:.0}",
+                c.fail_open, c.pending_waits
+            ));
+        }
+    }
+    if let Some(n) = extra.logged {
+        s.push_str(&format!("  log {n}"));
+    }
+    s
+}
 
-    let mut sat: Vec<Vec<RunResult>> = PATHS.iter().map(|_| Vec::new()).collect();
+/// One codec: saturation rounds, then fixed-load rounds, then the table.
+fn bench_codec(a: &Args, compression: &str, schedules: &[(u32, Schedule)], records: &Records) {
+    let schedule = |p: &PathKind| &schedules.iter().find(|s| s.0 == p.replay_pct).unwrap().1;
+    let gb = (a.records * a.size) as f64 / 1e9;
+    let w = a.paths.iter().map(|p| p.name().len()).max().unwrap_or(0);
+    println!();
+    println!("## compression.type = {compression}");
+
+    let n = a.paths.len();
+    let mut sat: Vec<Vec<RunResult>> = (0..n).map(|_| Vec::new()).collect();
+    let mut dropped: Vec<Vec<f64>> = (0..n).map(|_| Vec::new()).collect();
     for round in 0..a.rounds {
-        for (i, path) in PATHS.into_iter().enumerate() {
-            let (r, _) = measure(path, &a, None);
+        for (i, path) in a.paths.iter().enumerate() {
+            let s = schedule(path);
+            let (r, extra) = measure(*path, s, records, compression, None);
+            let waited = if s.replayed > 0 {
+                format!(
+                    "  replay wait {:>5.0} ms",
+                    r.replay_wait.as_secs_f64() * 1e3
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "saturation {path:11} round {round}: {:>9.0} rec/s {:>7.1} MB/s",
-                r.records_per_sec, r.mb_per_sec
+                "saturation {:w$} round {round}: {:>9.0} rec/s {:>7.1} MB/s{waited}{}",
+                path.name(),
+                r.records_per_sec,
+                r.mb_per_sec,
+                describe(&extra, a.records),
             );
+            if let Some(c) = extra.counts {
+                dropped[i].push(c.dropped);
+            }
             sat[i].push(r);
         }
     }
     let med = |v: &[RunResult], f: fn(&RunResult) -> f64| median(v.iter().map(f).collect());
-    let direct_rate = med(&sat[0], |r| r.records_per_sec);
+    let index = |p: PathKind| a.paths.iter().position(|q| *q == p).unwrap();
+    let direct_rate = med(&sat[index(PathKind::all(0)[0])], |r| r.records_per_sec);
 
     // Half of direct saturation: below every path's limit, so latency and
     // CPU compare like for like.
     let offered = direct_rate / 2.0;
-    let mut fixed: Vec<Vec<RunResult>> = PATHS.iter().map(|_| Vec::new()).collect();
-    let mut cpu: Vec<Vec<f64>> = PATHS.iter().map(|_| Vec::new()).collect();
+    let mut fixed: Vec<Vec<RunResult>> = (0..n).map(|_| Vec::new()).collect();
+    let mut cpu: Vec<Vec<f64>> = (0..n).map(|_| Vec::new()).collect();
     for round in 0..a.rounds {
-        for (i, path) in PATHS.into_iter().enumerate() {
-            let (r, c) = measure(path, &a, Some(offered));
+        for (i, path) in a.paths.iter().enumerate() {
+            let (r, extra) = measure(*path, schedule(path), records, compression, Some(offered));
+            // Below saturation the originals are delivered long before their
+            // replays are due; a wait here means the path fell behind.
+            let waited = if r.replay_wait > Duration::ZERO {
+                format!("  replay wait {:.0} ms", r.replay_wait.as_secs_f64() * 1e3)
+            } else {
+                String::new()
+            };
             println!(
-                "fixed {offered:.0} rec/s {path:11} round {round}: p50 {:>7.2} ms  p99 {:>7.2} ms  proxy CPU {c:.2} s",
-                r.p50_ms, r.p99_ms
+                "fixed {offered:.0} rec/s {:w$} round {round}: p50 {:>7.2} ms  p99 {:>7.2} ms  proxy CPU {:.2} s{waited}{}",
+                path.name(),
+                r.p50_ms,
+                r.p99_ms,
+                extra.cpu,
+                describe(&extra, a.records),
             );
-            cpu[i].push(c / gb);
+            if let Some(c) = extra.counts {
+                dropped[i].push(c.dropped);
+            }
+            cpu[i].push(extra.cpu / gb);
             fixed[i].push(r);
         }
     }
-    let (d50, d99) = (med(&fixed[0], |r| r.p50_ms), med(&fixed[0], |r| r.p99_ms));
     println!();
-    println!("| path | saturation rec/s | MB/s | vs direct | p50 at {offered:.0} rec/s | p99 | proxy CPU s/GB |");
-    println!("|---|---|---|---|---|---|---|");
-    for (i, path) in PATHS.into_iter().enumerate() {
+    println!(
+        "| path | saturation rec/s | MB/s | vs direct | p50 at {offered:.0} rec/s | p99 | proxy CPU s/GB | replays dropped |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (i, path) in a.paths.iter().enumerate() {
+        let b = index(path.baseline());
+        let base_rate = med(&sat[b], |r| r.records_per_sec);
+        let (d50, d99) = (med(&fixed[b], |r| r.p50_ms), med(&fixed[b], |r| r.p99_ms));
         let rate = med(&sat[i], |r| r.records_per_sec);
         let (p50, p99) = (med(&fixed[i], |r| r.p50_ms), med(&fixed[i], |r| r.p99_ms));
-        let (dp50, dp99, cpu) = if i == 0 {
+        let (dp50, dp99, cpu) = if path.front == Front::Direct {
             (String::new(), String::new(), "-".to_string())
         } else {
             (
@@ -389,10 +952,80 @@ fn main() {
                 format!("{:.2}", median(cpu[i].clone())),
             )
         };
+        let drops = if dropped[i].is_empty() {
+            "-".to_string()
+        } else {
+            let d = median(dropped[i].clone());
+            format!("{d:.0} ({:.1} %)", d / a.records as f64 * 100.0)
+        };
         println!(
-            "| {path} | {rate:.0} | {:.1} | {:.3} x | {p50:.2} ms{dp50} | {p99:.2} ms{dp99} | {cpu} |",
+            "| {} | {rate:.0} | {:.1} | {:.3} x | {p50:.2} ms{dp50} | {p99:.2} ms{dp99} | {cpu} | {drops} |",
+            path.name(),
             med(&sat[i], |r| r.mb_per_sec),
-            rate / direct_rate
+            rate / base_rate
         );
+    }
+    if a.paths.iter().any(|p| p.replay_pct > 0) {
+        println!(
+            "\n`-{0}` paths are compared with direct-{0} (the same records, replays included); \
+             the others with direct.",
+            a.paths.iter().map(|p| p.replay_pct).max().unwrap_or(0)
+        );
+    }
+}
+
+fn main() {
+    let a = args();
+    println!(
+        "# produce: {} records x {} B, acks=all, {PARTITIONS} partitions, {} round(s), medians; compression: {}",
+        a.records,
+        a.size,
+        a.rounds,
+        a.compression.join(", ")
+    );
+    println!(
+        "# machine: {} cores; client, broker and proxy share them",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    println!(
+        "# paths: {}",
+        a.paths
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut pcts: Vec<u32> = a.paths.iter().map(|p| p.replay_pct).collect();
+    pcts.sort_unstable();
+    pcts.dedup();
+    let schedules: Vec<(u32, Schedule)> = pcts
+        .iter()
+        .map(|&pct| {
+            let s = Schedule::new(a.records, pct as f64 / 100.0, a.replay_distance);
+            if pct > 0 {
+                println!(
+                    "# replays ({pct} % paths): {} of {} records sent ({:.1} %) re-send chunks of {CHUNK} \
+                     sent >= {} records earlier, once delivered; {} distinct records",
+                    s.replayed,
+                    a.records,
+                    s.replayed as f64 / a.records as f64 * 100.0,
+                    a.replay_distance,
+                    s.distinct
+                );
+            }
+            (pct, s)
+        })
+        .collect();
+    let distinct = schedules
+        .iter()
+        .map(|(_, s)| s.distinct)
+        .max()
+        .unwrap_or(0)
+        .max(WARM);
+    let records = Records::new(distinct, a.size);
+    for compression in &a.compression {
+        bench_codec(&a, compression, &schedules, &records);
     }
 }
