@@ -340,6 +340,7 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
     let mut state = ConnState::default();
     let mut next_correlation_id: i32 = 0;
     let mut client_id_recorded = false;
+    let mut last_request = Instant::now();
 
     loop {
         let frame: BytesMut = tokio::select! {
@@ -352,15 +353,17 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
                 Some(Err(CodecError::Io(e))) => return Err(Error::ClientIo(e)),
                 Some(Err(CodecError::Frame(e))) => return Err(e.into()),
             },
-            // Idle: no request for idle_timeout and nothing owed to the client.
-            _ = tokio::time::sleep(idle) => {
-                if conn.owed.load(Relaxed) == 0 {
+            _ = tokio::time::sleep(QUIET.min(idle)) => {
+                shrink_read_buffer(frames.read_buffer_mut());
+                // Idle: no request for idle_timeout and nothing owed to the client.
+                if last_request.elapsed() >= idle && conn.owed.load(Relaxed) == 0 {
                     tracing::info!(?idle, "closing an idle connection (listen.idle_timeout)");
                     break;
                 }
                 continue;
             }
         };
+        last_request = Instant::now();
         let started = Instant::now();
         let head = RequestHead::peek(&frame)?;
         if !client_id_recorded {
@@ -470,6 +473,26 @@ fn whole_frame_buffered(buf: &BytesMut) -> bool {
     }
 }
 
+/// After this long without a frame, a connection's read buffer gives back
+/// what its largest frame made it grow to.
+const QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a quiet connection's read buffer may keep (its frames' allocation
+/// stays with the buffer after they are consumed: one 50 MiB Fetch would
+/// otherwise stay resident for as long as the connection lives).
+const READ_BUFFER_KEPT: usize = 64 * 1024;
+
+/// Its capacity does not show the allocation it holds (a consumed frame's
+/// memory comes back to it on the next reserve), so a quiet buffer always
+/// moves to a fresh small one: at most once a second, at most 64 KiB copied.
+fn shrink_read_buffer(buf: &mut BytesMut) {
+    if buf.len() <= READ_BUFFER_KEPT {
+        let mut small = BytesMut::with_capacity(8 * 1024);
+        small.extend_from_slice(buf);
+        *buf = small;
+    }
+}
+
 /// Reads upstream responses in order, checks each against the request it
 /// answers, runs the response filters, and hands it to its slot.
 async fn read_responses<UR: AsyncRead + Unpin>(
@@ -499,6 +522,10 @@ async fn read_responses<UR: AsyncRead + Unpin>(
         let entry = tokio::select! {
             biased;
             entry = in_flight.recv() => entry,
+            _ = tokio::time::sleep(QUIET) => {
+                shrink_read_buffer(frames.read_buffer_mut());
+                continue;
+            }
             frame = frames.next() => {
                 let frame = match frame {
                     None => {
@@ -655,6 +682,25 @@ async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quiet_read_buffer_gives_back_its_largest_frame() {
+        let mut buf = BytesMut::with_capacity(4 << 20);
+        buf.extend_from_slice(&[7; 4 << 20]);
+        let frame = buf.split_to((4 << 20) - 10);
+        drop(frame);
+        // The consumed frame's 4 MiB come back to the buffer.
+        buf.reserve(1);
+        assert!(buf.capacity() >= (4 << 20) - 10, "{}", buf.capacity());
+        shrink_read_buffer(&mut buf);
+        assert_eq!(&buf[..], &[7; 10], "the start of the next frame is kept");
+        assert!(buf.capacity() <= READ_BUFFER_KEPT, "{}", buf.capacity());
+        // A big frame still arriving is left alone.
+        let mut arriving = BytesMut::with_capacity(4 << 20);
+        arriving.extend_from_slice(&[1; 1 << 20]);
+        shrink_read_buffer(&mut arriving);
+        assert_eq!(arriving.len(), 1 << 20);
+    }
 
     #[test]
     fn whole_frame_detection() {
