@@ -6,6 +6,7 @@
 //! cargo bench --bench window -- --keys 1000000,10000000 --records 300000 --rounds 3
 //! cargo bench --bench window -- --keys 10000000 --skip-dedup
 //! cargo bench --bench window -- --skip-window --prefill 10000000 --rounds 1
+//! cargo bench --bench window -- --keys 1000000 --skip-dedup --store-cache 1073741824
 //! ```
 //!
 //! Window (`src/idempotency/window.rs`), for each `--keys` count, in fresh
@@ -17,9 +18,13 @@
 //!   of how much of the RSS is sled's own (it moves with sled's flusher);
 //! - disk: the store directory after `flush_now`, and sled's `size_on_disk`;
 //! - commit and check throughput, one thread;
-//! - restart: drop, `Store::open`, `Window::new`, `load()`, timed in process,
-//!   and once more in a fresh process (its RSS is what a restarted proxy
-//!   holds); a last child only reads the segments, for sled's share of `load`.
+//! - restart: drop, `Store::open_with`, `Window::new`, `load()`, timed in
+//!   process, and once more in a fresh process (its RSS is what a restarted
+//!   proxy holds); a last child only reads the segments, for sled's share of
+//!   `load`.
+//!
+//! Every store is opened with sled's page cache capped at `--store-cache`
+//! bytes (default: `[dedup] store_cache`'s).
 //!
 //! Dedup path (`src/filter/dedup_produce.rs`): Produce v9 frames of
 //! `--partitions` partitions × one batch of `--batch` records × `--size` B,
@@ -73,6 +78,9 @@ struct Args {
     /// Keys committed before each dedup case, so that its checks and
     /// inserts meet a full window.
     prefill: usize,
+    /// sled's page cache, bytes (`[dedup] store_cache`; sled's own default
+    /// is 1073741824).
+    store_cache: usize,
     skip_window: bool,
     skip_dedup: bool,
     /// Internal: this process is a child measuring one thing.
@@ -91,6 +99,7 @@ fn args() -> Args {
         rounds: 3,
         replays: 0.3,
         prefill: 0,
+        store_cache: idemgate::config::defaults::DEDUP_STORE_CACHE,
         skip_window: false,
         skip_dedup: false,
         child: None,
@@ -116,6 +125,7 @@ fn args() -> Args {
             "--records" => (a.records, i) = (number(), i + 1),
             "--rounds" => (a.rounds, i) = (number(), i + 1),
             "--prefill" => (a.prefill, i) = (number(), i + 1),
+            "--store-cache" => (a.store_cache, i) = (number(), i + 1),
             "--replays" => {
                 a.replays = value().parse().expect("--replays: a fraction such as 0.3");
                 i += 1;
@@ -270,8 +280,13 @@ fn report(name: &str, value: f64) {
     println!("@{name}={value}");
 }
 
-fn open(dir: &Path, max_keys: usize) -> (Arc<Store>, Arc<Window>) {
-    let store = Arc::new(Store::open(dir).expect("open the store"));
+fn open_store(a: &Args, dir: &Path) -> Store {
+    let flush = idemgate::config::defaults::DEDUP_FLUSH_INTERVAL;
+    Store::open_with(dir, flush, a.store_cache).expect("open the store")
+}
+
+fn open(a: &Args, dir: &Path, max_keys: usize) -> (Arc<Store>, Arc<Window>) {
+    let store = Arc::new(open_store(a, dir));
     let window = Arc::new(Window::new(store.clone(), TTL, max_keys));
     (store, window)
 }
@@ -305,7 +320,7 @@ fn child_window(a: &Args, n: usize) {
     let dir = a.dir.clone().expect("--dir");
     let max_keys = n.max(1) * 2;
     let rss_start = rss();
-    let (store, window) = open(&dir, max_keys);
+    let (store, window) = open(a, &dir, max_keys);
     window.load().expect("load the empty window");
     let rss_before = rss();
     report("rss_open", (rss_before - rss_start) as f64);
@@ -367,7 +382,7 @@ fn child_window(a: &Args, n: usize) {
     drop(store);
     report("close_s", started.elapsed().as_secs_f64());
     let started = Instant::now();
-    let (store, window) = open(&dir, max_keys);
+    let (store, window) = open(a, &dir, max_keys);
     report("reopen_s", started.elapsed().as_secs_f64());
     let started = Instant::now();
     let loaded = window.load().expect("load");
@@ -379,7 +394,7 @@ fn child_window(a: &Args, n: usize) {
 /// What `load` spends reading sled: every segment read, nothing inserted.
 fn child_scan(a: &Args) {
     let dir = a.dir.clone().expect("--dir");
-    let store = Store::open(&dir).expect("open the store");
+    let store = open_store(a, &dir);
     let started = Instant::now();
     let (mut segments, mut bytes) = (0usize, 0usize);
     for item in store.segments_from(0) {
@@ -397,7 +412,7 @@ fn child_load(a: &Args, n: usize) {
     let dir = a.dir.clone().expect("--dir");
     let rss_start = rss();
     let started = Instant::now();
-    let (_store, window) = open(&dir, n.max(1) * 2);
+    let (_store, window) = open(a, &dir, n.max(1) * 2);
     report("open_s", started.elapsed().as_secs_f64());
     let rss_open = rss();
     let started = Instant::now();
@@ -419,7 +434,7 @@ const SEGMENT_HEAD: usize = 36;
 /// of the RSS is sled's (its page cache holds what was written).
 fn child_sled(a: &Args, n: usize) {
     let dir = a.dir.clone().expect("--dir");
-    let store = Store::open(&dir).expect("open the store");
+    let store = open_store(a, &dir);
     let before = rss();
     // A segment: 36 B + topic + 20 B a key (window.rs, "Segment encoding").
     let mut value = vec![0u8; SEGMENT_HEAD + TOPIC.len() + 20 * a.segment];
@@ -443,6 +458,7 @@ fn run_child(a: &Args, what: &str, n: usize, dir: &Path) -> HashMap<String, f64>
     let out = Command::new(std::env::current_exe().expect("this binary"))
         .args(["--child", what, "--keys", &n.to_string()])
         .args(["--segment", &a.segment.to_string()])
+        .args(["--store-cache", &a.store_cache.to_string()])
         .arg("--dir")
         .arg(dir)
         .stderr(std::process::Stdio::inherit())
@@ -799,15 +815,21 @@ struct Run {
 fn run_case(a: &Args, load: &Load, case: Case) -> Run {
     let tmp = tempfile::tempdir().expect("a temp dir");
     let text = format!(
-        "[store]\ndir = {:?}\n[dedup]\nmax_keys = {}\n\
+        "[store]\ndir = {:?}\n[dedup]\nmax_keys = {}\nstore_cache = {}\n\
          [[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\ntag = {}\n",
         tmp.path().join("store").display().to_string(),
         a.records * 4 + a.prefill,
+        a.store_cache,
         case.tag()
     );
     let config = Arc::new(Config::parse(&text).expect("a valid config"));
     let store = Arc::new(
-        Store::open_with(&config.store.dir, config.dedup.flush_interval).expect("open the store"),
+        Store::open_with(
+            &config.store.dir,
+            config.dedup.flush_interval,
+            config.dedup.store_cache,
+        )
+        .expect("open the store"),
     );
     let window = Arc::new(Window::new(
         store.clone(),
@@ -968,9 +990,10 @@ fn main() {
         loadavg()
     );
     println!(
-        "# window: keys {:?} in segments of {}; dedup: {} records a case, {} partitions x {} records x {} B a request, {:.0}% replays, window prefilled with {} keys, {} round(s), medians",
+        "# window: keys {:?} in segments of {}, sled cache {:.0} MiB; dedup: {} records a case, {} partitions x {} records x {} B a request, {:.0}% replays, window prefilled with {} keys, {} round(s), medians",
         a.keys,
         a.segment,
+        mib(a.store_cache as f64),
         a.records,
         a.partitions,
         a.batch,

@@ -58,6 +58,12 @@ pub mod defaults {
     /// sled's own default: a key acknowledged less than this long before a
     /// crash may be forgotten (its replay then passes: a duplicate, never a loss).
     pub const DEDUP_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+    /// sled's page cache (sled's own default is 1 GiB, which let 10M keys'
+    /// segments pile up to ~200 MiB beside the window's maps). The window
+    /// writes each segment once and reads it back at a start or for a
+    /// replay's answer: little cache is needed, and below ~32 MiB sled holds
+    /// about as much anyway (docs/performance.md).
+    pub const DEDUP_STORE_CACHE: usize = 32 << 20;
     /// Kafka Connect's default internal topics (distributed worker examples);
     /// `__*` topics are always excluded on top of these.
     pub const DEDUP_EXCLUDE_TOPICS: &[&str] =
@@ -231,6 +237,8 @@ pub struct Dedup {
     pub load_wait: Duration,
     /// How often the window is written to disk.
     pub flush_interval: Duration,
+    /// The most memory sled's page cache may hold, bytes.
+    pub store_cache: usize,
     /// Topics never touched, whatever the rules say (globs); `__*` always.
     pub exclude_topics: Vec<Glob>,
     /// Checked in order; the first rule matching a record's topic (and
@@ -629,6 +637,13 @@ fn dedup(s: &mut Section<'_, '_>) -> Dedup {
     if flush_interval.is_zero() {
         s.problem("flush_interval", "must be longer than 0s".into());
     }
+    let store_cache = s.byte_size("store_cache", defaults::DEDUP_STORE_CACHE);
+    if store_cache < crate::store::MIN_CACHE {
+        s.problem(
+            "store_cache",
+            format!("{store_cache} is below the 1 MiB sled needs to work with"),
+        );
+    }
     let exclude_topics = s
         .strings("exclude_topics", defaults::DEDUP_EXCLUDE_TOPICS)
         .iter()
@@ -642,6 +657,7 @@ fn dedup(s: &mut Section<'_, '_>) -> Dedup {
         pending_wait,
         load_wait,
         flush_interval,
+        store_cache,
         exclude_topics,
         rules,
     }
@@ -1259,6 +1275,21 @@ mod tests {
         assert!(d.rule_for("connect-offsets", None).is_none());
         assert!(d.enabled());
         assert!(!Config::parse("").unwrap().dedup.enabled());
+    }
+
+    #[test]
+    fn dedup_store_cache_is_a_byte_size() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.dedup.store_cache, defaults::DEDUP_STORE_CACHE);
+        let c = Config::parse("[dedup]\nstore_cache = \"64MiB\"\n").unwrap();
+        assert_eq!(c.dedup.store_cache, 64 << 20);
+        let c = Config::parse("[dedup]\nstore_cache = 8388608\n").unwrap();
+        assert_eq!(c.dedup.store_cache, 8 << 20);
+        for bad in ["\"512KiB\"", "\"1TB\"", "-1", "true"] {
+            let err = Config::parse(&format!("[dedup]\nstore_cache = {bad}\n")).unwrap_err();
+            let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+            assert_eq!(paths, ["dedup.store_cache"], "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -135,6 +135,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let store = Arc::new(Store::open_with(
         &config.store.dir,
         config.dedup.flush_interval,
+        config.dedup.store_cache,
     )?);
     let window = Arc::new(Window::new(
         store.clone(),

@@ -30,22 +30,36 @@ pub struct Store {
     sequences: sled::Tree,
 }
 
+/// sled wants some cache to work with; `[dedup] store_cache` refuses less.
+pub const MIN_CACHE: usize = 1 << 20;
+
 fn store_err(e: sled::Error) -> Error {
     Error::Store(e.to_string())
 }
 
 impl Store {
-    /// Opens with sled's default background flush (every 500 ms).
+    /// Opens with the defaults of `[dedup] flush_interval` (sled's own 500 ms)
+    /// and `[dedup] store_cache`.
     pub fn open(dir: &Path) -> Result<Store, Error> {
-        Self::open_with(dir, crate::config::defaults::DEDUP_FLUSH_INTERVAL)
+        Self::open_with(
+            dir,
+            crate::config::defaults::DEDUP_FLUSH_INTERVAL,
+            crate::config::defaults::DEDUP_STORE_CACHE,
+        )
     }
 
-    /// Opens with writes reaching the disk at least every `flush_every`.
-    pub fn open_with(dir: &Path, flush_every: Duration) -> Result<Store, Error> {
+    /// Opens with writes reaching the disk at least every `flush_every`, and
+    /// sled's page cache capped at `cache_bytes` (by sled's own count).
+    pub fn open_with(
+        dir: &Path,
+        flush_every: Duration,
+        cache_bytes: usize,
+    ) -> Result<Store, Error> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Store(format!("cannot create {}: {e}", dir.display())))?;
         let db = sled::Config::new()
             .path(dir.join("sled"))
+            .cache_capacity(cache_bytes.max(MIN_CACHE) as u64)
             .flush_every_ms(Some(flush_every.as_millis().max(1) as u64))
             .open()
             .map_err(|e| Error::Store(format!("cannot open {}: {e}", dir.display())))?;

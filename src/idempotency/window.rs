@@ -64,6 +64,26 @@ fn split(key: Key) -> [u64; 2] {
     [(key.0 >> 64) as u64, key.0 as u64]
 }
 
+fn shard_of(key: Key) -> usize {
+    (key.0 as usize) % SHARDS
+}
+
+/// Keys [`Window::load`] read for one shard, with their segments, in order.
+type Bucket = Vec<([u64; 2], u64)>;
+
+/// Keys [`Window::load`] reads before handing them to its inserters
+/// (~480 KiB of buckets).
+const LOAD_BATCH: usize = 16 * 1024;
+
+/// At most this many threads insert while loading, each owning its shards.
+const LOAD_THREADS: usize = 4;
+
+fn empty_buckets() -> Vec<Bucket> {
+    // Room for an uneven share without growing.
+    let each = LOAD_BATCH / SHARDS + LOAD_BATCH / 64;
+    (0..SHARDS).map(|_| Vec::with_capacity(each)).collect()
+}
+
 #[derive(Default)]
 struct Shard {
     seen: KeyMap<u64>,
@@ -130,7 +150,7 @@ impl Window {
     }
 
     fn shard(&self, key: Key) -> std::sync::MutexGuard<'_, Shard> {
-        self.shards[(key.0 as usize) % SHARDS]
+        self.shards[shard_of(key)]
             .lock()
             .expect("window shard lock")
     }
@@ -138,36 +158,175 @@ impl Window {
     /// Reads every live segment back into memory (blocking; run it off the
     /// async threads). Expired segments are deleted on the way.
     pub fn load(&self) -> Result<LoadReport, Error> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.load_with(threads.clamp(1, LOAD_THREADS))
+    }
+
+    /// [`load`](Self::load) with `threads` inserting.
+    ///
+    /// A first pass over the segments drops the dead ones and counts each
+    /// shard's keys, so that every map is allocated once at its final size
+    /// (growing it rehashes every key it holds, and leaves the smaller
+    /// tables behind as heap the process keeps). The second pass sorts the
+    /// keys by shard; every [`LOAD_BATCH`] keys, each inserter gets its
+    /// shards' keys (inserter `i` owns the shards `s` with
+    /// `s % threads == i`; with one thread this one inserts) and locks each
+    /// of those shards once for the batch, where [`commit`](Self::commit)
+    /// locks once a key. A shard gets its keys in segment order, so a key
+    /// found in two segments keeps the older one, as when it was committed.
+    /// sled keeps the pages the first pass read (it evicts them only as
+    /// later writes come in), so the second reads memory.
+    fn load_with(&self, threads: usize) -> Result<LoadReport, Error> {
         let started = Instant::now();
         let oldest_alive = now_ms().saturating_sub(self.ttl.as_millis() as u64);
         let mut report = LoadReport::default();
         let mut last = None;
+        let mut per_shard = [0usize; SHARDS];
         for item in self.store.segments_from(0) {
             let (id, value) = item?;
             last = Some(id);
-            let Some(seg) = Segment::parse(&value) else {
-                tracing::warn!(segment = id, "unreadable window segment dropped");
-                self.store.remove_segment(id)?;
-                continue;
-            };
-            if seg.acked_ms < oldest_alive {
-                self.store.remove_segment(id)?;
-                report.expired += 1;
-                continue;
-            }
-            report.segments += 1;
-            for (key, _) in seg.entries() {
-                if self.insert_seen(key, id) {
-                    report.keys += 1;
+            if let Some(seg) = self.live_segment(id, &value, oldest_alive, &mut report)? {
+                for (key, _) in seg.entries() {
+                    per_shard[shard_of(key)] += 1;
                 }
             }
         }
+        for (shard, count) in self.shards.iter().zip(per_shard) {
+            shard.lock().expect("window shard lock").seen.reserve(count);
+        }
+        let keys = std::thread::scope(|scope| -> Result<usize, Error> {
+            let mut senders = Vec::new();
+            let mut inserters = Vec::new();
+            // One thread: this one inserts.
+            let wanted = if threads > 1 { threads.min(SHARDS) } else { 0 };
+            for _ in 0..wanted {
+                // One batch queued per inserter bounds the memory in flight.
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(usize, Bucket)>>(1);
+                let spawned = std::thread::Builder::new()
+                    .name("window-load".into())
+                    .spawn_scoped(scope, move || {
+                        rx.iter()
+                            .flatten()
+                            .map(|(shard, bucket)| self.insert_loaded(shard, bucket))
+                            .sum::<usize>()
+                    });
+                match spawned {
+                    Ok(inserter) => {
+                        senders.push(tx);
+                        inserters.push(inserter);
+                    }
+                    Err(e) => {
+                        // Fewer inserters work too (none: this thread inserts).
+                        tracing::warn!(error = %e, "window load: no thread for another inserter");
+                        break;
+                    }
+                }
+            }
+            let mut inserted_here = 0;
+            let mut dispatch = |buckets: &mut Vec<Bucket>| {
+                let full = std::mem::replace(buckets, empty_buckets());
+                if senders.is_empty() {
+                    for (shard, bucket) in full.into_iter().enumerate() {
+                        inserted_here += self.insert_loaded(shard, bucket);
+                    }
+                    return;
+                }
+                let mut parts: Vec<Vec<(usize, Bucket)>> =
+                    senders.iter().map(|_| Vec::new()).collect();
+                for (shard, bucket) in full.into_iter().enumerate() {
+                    parts[shard % senders.len()].push((shard, bucket));
+                }
+                for (tx, part) in senders.iter().zip(parts) {
+                    // Fails only if that inserter panicked; joining it says so.
+                    let _ = tx.send(part);
+                }
+            };
+            let mut buckets = empty_buckets();
+            let mut batched = 0;
+            let read = (|| -> Result<(), Error> {
+                for item in self.store.segments_from(0) {
+                    let (id, value) = item?;
+                    last = last.max(Some(id));
+                    // Dropped by the first pass unless written since.
+                    let Some(seg) = self.live_segment(id, &value, oldest_alive, &mut report)?
+                    else {
+                        continue;
+                    };
+                    report.segments += 1;
+                    for (key, _) in seg.entries() {
+                        buckets[shard_of(key)].push((split(key), id));
+                    }
+                    batched += seg.entries.len() / ENTRY;
+                    if batched >= LOAD_BATCH {
+                        dispatch(&mut buckets);
+                        batched = 0;
+                    }
+                }
+                Ok(())
+            })();
+            // Keys read before an error go in all the same, as they did when
+            // each went in as soon as it was read.
+            dispatch(&mut buckets);
+            drop(senders);
+            let mut keys = inserted_here;
+            for inserter in inserters {
+                keys += inserter.join().expect("window load inserter panicked");
+            }
+            read.map(|()| keys)
+        })?;
+        report.keys = keys;
         self.next_segment.store(last.map_or(0, |l| l + 1), Relaxed);
         self.evict_over_capacity()?;
         self.loaded.store(true, Relaxed);
         self.changed.notify_waiters();
         report.took = started.elapsed();
         Ok(report)
+    }
+
+    /// A segment [`load`](Self::load) keeps; an unreadable or expired one
+    /// is deleted from the store instead.
+    fn live_segment<'a>(
+        &self,
+        id: u64,
+        value: &'a [u8],
+        oldest_alive: u64,
+        report: &mut LoadReport,
+    ) -> Result<Option<Segment<'a>>, Error> {
+        let Some(seg) = Segment::parse(value) else {
+            tracing::warn!(segment = id, "unreadable window segment dropped");
+            self.store.remove_segment(id)?;
+            return Ok(None);
+        };
+        if seg.acked_ms < oldest_alive {
+            self.store.remove_segment(id)?;
+            report.expired += 1;
+            return Ok(None);
+        }
+        Ok(Some(seg))
+    }
+
+    /// One shard's keys of a load batch, in order, under one lock: what
+    /// [`insert_seen`](Self::insert_seen) does for each. Returns how many
+    /// were new.
+    fn insert_loaded(&self, shard: usize, bucket: Bucket) -> usize {
+        if bucket.is_empty() {
+            return 0;
+        }
+        let mut guard = self.shards[shard].lock().expect("window shard lock");
+        let shard = &mut *guard;
+        let mut added = 0;
+        for (k, segment) in bucket {
+            if !shard.pending.is_empty() {
+                shard.pending.remove(&k);
+            }
+            if let std::collections::hash_map::Entry::Vacant(v) = shard.seen.entry(k) {
+                v.insert(segment);
+                added += 1;
+            }
+        }
+        drop(guard);
+        self.keys.fetch_add(added, Relaxed);
+        added
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -688,6 +847,58 @@ mod tests {
         commit(&w, &[5], 4);
         assert_eq!(w.position(Key(5)).unwrap().unwrap().offset, 4);
         assert_eq!(w.position(Key(1)).unwrap().unwrap().offset, 0);
+    }
+
+    #[test]
+    fn a_load_keeps_each_key_in_its_oldest_segment_whoever_inserts() {
+        let dir = tempfile::tempdir().unwrap();
+        let ttl = Duration::from_secs(3600);
+        // Enough keys for several load batches, in segments of 500.
+        let n = LOAD_BATCH as u128 * 2 + 123;
+        let first_of_7 = {
+            let w = window(dir.path(), ttl, 1_000_000);
+            for (i, chunk) in (0..n).collect::<Vec<_>>().chunks(500).enumerate() {
+                commit(&w, chunk, i as i64 * 500);
+            }
+            let first = w.peek(Key(7)).unwrap();
+            // Key 7 again, in a newer segment: committed, still the first one.
+            w.commit("orders", 3, 90_000, NO_PRODUCER, &[(Key(7), 0)])
+                .unwrap();
+            assert_eq!(w.peek(Key(7)), Some(first));
+            w.store.flush_now().unwrap();
+            first
+        };
+        for threads in [1, 2, 3, 4] {
+            // Before each load: an unreadable segment and an expired one.
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let junk = store.last_segment_id().unwrap().unwrap() + 1;
+            store.put_segment(junk, b"junk").unwrap();
+            let old = Segment::encode(1, "orders", 0, 0, NO_PRODUCER, &[(Key(n + 1), 0)]);
+            store.put_segment(junk + 1, &old).unwrap();
+            let w = Window::new(store.clone(), ttl, 1_000_000);
+            let report = w.load_with(threads).unwrap();
+            assert!(w.is_loaded());
+            assert_eq!(
+                (report.keys, w.len()),
+                (n as usize, n as usize),
+                "{threads}"
+            );
+            assert_eq!(report.expired, 1);
+            assert!(
+                store.segment(junk).unwrap().is_none(),
+                "unreadable: dropped"
+            );
+            assert!(
+                store.segment(junk + 1).unwrap().is_none(),
+                "expired: dropped"
+            );
+            assert_eq!(w.peek(Key(n + 1)), None);
+            assert_eq!(w.peek(Key(7)), Some(first_of_7), "{threads} threads");
+            assert_eq!(w.position(Key(7)).unwrap().unwrap().offset, 7);
+            assert!((0..n).all(|k| w.peek(Key(k)).is_some()));
+            // New segments go after every one read, dropped ones included.
+            assert_eq!(w.next_segment.load(Relaxed), junk + 2);
+        }
     }
 
     #[test]
