@@ -42,6 +42,8 @@
 //! The proxy runs as its own process (the release binary), so its CPU time
 //! can be read from /proc apart from the client's.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -465,38 +467,6 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 // === The records ===
 
-/// Deterministic, cheap, good enough for test data.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-const WORDS: [&str; 16] = [
-    "order",
-    "created",
-    "shipped",
-    "pending",
-    "customer",
-    "invoice",
-    "amount",
-    "status",
-    "warehouse",
-    "priority",
-    "express",
-    "standard",
-    "returned",
-    "paid",
-    "refund",
-    "note",
-];
-
 /// Every record's key and value, made from its id alone: record `id` is the
 /// same bytes however often it is sent.
 struct Records {
@@ -509,21 +479,7 @@ impl Records {
     fn new(count: usize, size: usize) -> Records {
         let mut values = Vec::with_capacity(count * size);
         for id in 0..count {
-            let mut rng = SplitMix(id as u64);
-            let mut v = format!(
-                "{{\"id\":{id},\"customer\":\"c-{:05}\",\"amount\":{}.{:02},\"note\":\"",
-                rng.next() % 100_000,
-                rng.next() % 10_000,
-                rng.next() % 100
-            )
-            .into_bytes();
-            while v.len() + 2 < size {
-                let w = WORDS[(rng.next() % WORDS.len() as u64) as usize];
-                v.extend_from_slice(w.as_bytes());
-                v.push(b' ');
-            }
-            v.truncate(size.saturating_sub(2));
-            v.extend_from_slice(b"\"}");
+            let mut v = common::json_value(id as u64, size);
             v.resize(size, b' ');
             values.extend_from_slice(&v[..size]);
         }

@@ -39,6 +39,8 @@
 //! Figures are printed, never asserted; only counts are checked (every key
 //! committed, every committed key seen).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -546,56 +548,10 @@ fn measure_window(a: &Args, n: usize) -> WindowRow {
 
 // === Dedup path ===
 
-/// Deterministic, cheap, good enough for test data.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-const WORDS: [&str; 16] = [
-    "order",
-    "created",
-    "shipped",
-    "pending",
-    "customer",
-    "invoice",
-    "amount",
-    "status",
-    "warehouse",
-    "priority",
-    "express",
-    "standard",
-    "returned",
-    "paid",
-    "refund",
-    "note",
-];
-
 /// Record `g`: a 12-byte key and a JSON-ish value of exactly `size` bytes,
 /// the same bytes every time it is made (a replay is the same record).
 fn record(g: u64, size: usize, index: usize) -> Record {
-    let mut rng = SplitMix(g);
-    let mut value = format!(
-        "{{\"id\":{g},\"customer\":\"c-{:05}\",\"amount\":{}.{:02},\"note\":\"",
-        rng.next() % 100_000,
-        rng.next() % 10_000,
-        rng.next() % 100
-    )
-    .into_bytes();
-    while value.len() + 2 < size {
-        let w = WORDS[(rng.next() % WORDS.len() as u64) as usize];
-        value.extend_from_slice(w.as_bytes());
-        value.push(b' ');
-    }
-    value.truncate(size.saturating_sub(2));
-    value.extend_from_slice(b"\"}");
+    let value = common::json_value(g, size);
     Record {
         attributes: 0,
         timestamp_delta: index as i64,
@@ -690,7 +646,7 @@ struct Load {
 fn load(a: &Args, codec: Codec) -> Load {
     let n = a.records as u64;
     let unique: Vec<u64> = (0..n).collect();
-    let mut rng = SplitMix(7);
+    let mut rng = common::SplitMix(7);
     let mut mixed = Vec::with_capacity(a.records);
     let mut replayed = 0u64;
     for i in 0..n {
