@@ -317,6 +317,12 @@ async fn fail_open_total(admin: SocketAddr) -> f64 {
     fail_open(admin).await.values().sum()
 }
 
+/// Nothing was forwarded unchecked.
+async fn assert_no_fail_open(admin: SocketAddr) {
+    let by_reason = fail_open(admin).await;
+    assert_eq!(by_reason.values().sum::<f64>(), 0.0, "{by_reason:?}");
+}
+
 async fn json(admin: SocketAddr, path: &str) -> serde_json::Value {
     let (status, body) = http_get(admin, path).await;
     assert_eq!(status, 200, "{path}: {body}");
@@ -443,12 +449,7 @@ async fn replay_after_crash_is_dropped() {
         (800.0, 200.0, 0.0),
         "(records, dropped, observed)"
     );
-    assert_eq!(
-        fail_open(proxy.admin).await.values().sum::<f64>(),
-        0.0,
-        "{:?}",
-        fail_open(proxy.admin).await
-    );
+    assert_no_fail_open(proxy.admin).await;
     assert_eq!(
         wait_gauge(proxy.admin, "idemgate_window_keys", 600.0).await,
         600.0
@@ -763,12 +764,7 @@ async fn replay_is_dropped_in_zstd_batches() {
         (320.0, 80.0, 0.0),
         "(records, dropped, observed)"
     );
-    assert_eq!(
-        fail_open_total(proxy.admin).await,
-        0.0,
-        "{:?}",
-        fail_open(proxy.admin).await
-    );
+    assert_no_fail_open(proxy.admin).await;
     proxy.assert_no_leaks().await;
 }
 
@@ -820,12 +816,7 @@ async fn observe_mode_forwards_everything_and_counts() {
         (400.0, 0.0, 100.0),
         "(records, dropped, observed)"
     );
-    assert_eq!(
-        fail_open_total(proxy.admin).await,
-        0.0,
-        "{:?}",
-        fail_open(proxy.admin).await
-    );
+    assert_no_fail_open(proxy.admin).await;
     proxy.assert_no_leaks().await;
 }
 
@@ -908,12 +899,7 @@ async fn committed_transactions_teach_the_window_aborted_ones_do_not() {
         (100.0, 50.0, 0.0),
         "(records, dropped, observed) of the plain replay"
     );
-    assert_eq!(
-        fail_open_total(proxy.admin).await,
-        0.0,
-        "{:?}",
-        fail_open(proxy.admin).await
-    );
+    assert_no_fail_open(proxy.admin).await;
     proxy.assert_no_leaks().await;
 }
 
@@ -1097,7 +1083,7 @@ async fn record_key_rule_and_fallback_pass() {
         (203.0, 100.0, 0.0),
         "(records, dropped, observed)"
     );
-    assert_eq!(fail_open_total(proxy.admin).await, 0.0);
+    assert_no_fail_open(proxy.admin).await;
     let k5 = rows
         .iter()
         .find(|r| r.key.as_deref() == Some("k-0005"))
@@ -1476,12 +1462,7 @@ async fn producer_retry_is_not_a_replay() {
         records_in > 151.0,
         "retries went through the filter ({records_in})"
     );
-    assert_eq!(
-        fail_open_total(proxy.admin).await,
-        0.0,
-        "{:?}",
-        fail_open(proxy.admin).await
-    );
+    assert_no_fail_open(proxy.admin).await;
     assert_eq!(
         wait_gauge(proxy.admin, "idemgate_window_keys", 151.0).await,
         151.0
@@ -1558,11 +1539,6 @@ async fn lost_ack_retry_is_dropped_not_written_twice() {
         (41.0, 20.0, 0.0),
         "(records, dropped, observed)"
     );
-    assert_eq!(
-        fail_open_total(proxy.admin).await,
-        0.0,
-        "{:?}",
-        fail_open(proxy.admin).await
-    );
+    assert_no_fail_open(proxy.admin).await;
     proxy.assert_no_leaks().await;
 }
