@@ -311,3 +311,167 @@ async fn idle_connections_close_but_a_long_poll_is_not_idle() {
     // Then nothing: closed after idle_timeout.
     assert!(conn.is_closed().await, "idle connection closed");
 }
+
+/// Writes `n` records of `size` bytes straight to the broker.
+async fn fill(broker: &str, topic: &str, n: usize, size: usize) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    common::create_topic(broker, topic, 1).await;
+    let producer: FutureProducer = common::client_config(broker)
+        .set("message.max.bytes", "10000000")
+        .create()
+        .unwrap();
+    let value = vec![7u8; size];
+    for i in 0..n {
+        let key = i.to_string();
+        let record = FutureRecord::to(topic).key(&key).payload(&value);
+        producer
+            .send(record, Duration::from_secs(20))
+            .await
+            .expect("written");
+    }
+}
+
+/// A Fetch of partition 0 from offset 0 returning up to 1 MiB (tansu
+/// answers a max_wait_ms of 0 with no data at all).
+fn fetch_from_start(topic: &'static str) -> bytes::Bytes {
+    request_frame(ApiKey::Fetch, 11, 0, &common::long_poll(topic, 500))
+}
+
+/// Sends `n` pipelined Fetches on a connection whose socket buffers are
+/// small, and never reads their answers.
+async fn stop_reading_after(proxy: &Proxy, topic: &'static str, n: usize) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket
+        .connect(proxy.bootstrap.parse().unwrap())
+        .await
+        .unwrap();
+    let frame = fetch_from_start(topic);
+    let mut wire = BytesMut::new();
+    for _ in 0..n {
+        wire.put_i32(frame.len() as i32);
+        wire.extend_from_slice(&frame);
+    }
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &wire)
+        .await
+        .unwrap();
+    stream
+}
+
+/// Waits until a metric stops rising for half a second, then returns it.
+async fn settled(proxy: &Proxy, series: &str) -> f64 {
+    let mut last = proxy.metric(series).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = proxy.metric(series).await;
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// A client that pipelines Fetches and stops reading: the proxy holds at most
+/// its connection's budget of their responses (the rest waits in the broker
+/// socket), other clients are served meanwhile, and after write_timeout the
+/// stalled client is closed and every byte it held is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_only_its_budget_and_is_closed() {
+    let broker = Tansu::start();
+    fill(&broker.addr, "big", 12, 100_000).await;
+    let proxy = Proxy::start_full(
+        &broker.addr,
+        "max_in_flight_bytes = \"2MiB\"\nwrite_timeout = \"3s\"",
+        "",
+        "",
+    )
+    .await;
+    // 24 responses of ~1.2 MB each: far more than kernel buffers and the
+    // budget hold together.
+    let stalled = stop_reading_after(&proxy, "big", 24).await;
+    assert!(
+        proxy
+            .wait_metric("idemgate_memory_waits_total{side=\"upstream\"}", 1.0)
+            .await
+            >= 1.0,
+        "the responses' reader waited for the client"
+    );
+    let held = settled(&proxy, "idemgate_in_flight_bytes").await;
+    // The budget, plus the one response that may go over it.
+    let one_response = 1.3e6;
+    assert!(
+        held > 0.0 && held <= 2.0 * 1048576.0 + one_response,
+        "held {held}"
+    );
+
+    // Another client on the same proxy is served meanwhile.
+    let mut other = RawConn::connect(&proxy.bootstrap).await;
+    let resp: FetchResponse = other
+        .call(ApiKey::Fetch, 11, 1, &common::long_poll("big", 500))
+        .await;
+    assert_eq!(resp.responses[0].partitions[0].error_code, 0);
+    assert!(
+        resp.responses[0].partitions[0]
+            .records
+            .as_ref()
+            .unwrap()
+            .len()
+            > 1_000_000
+    );
+
+    // The stalled client is closed after write_timeout, and its bytes come back.
+    assert_eq!(
+        proxy
+            .wait_metric("idemgate_write_timeouts_total", 1.0)
+            .await,
+        1.0
+    );
+    assert_eq!(settled(&proxy, "idemgate_in_flight_bytes").await, 0.0);
+    drop(stalled);
+    assert_alive(&mut other, 2).await;
+}
+
+/// With the overall budget spent (a stalled client's responses), a new
+/// request's body is not read until memory comes back; then it goes through.
+/// Nothing is refused or lost on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_wait_for_the_overall_budget_and_then_go_through() {
+    let broker = Tansu::start();
+    fill(&broker.addr, "big", 12, 100_000).await;
+    let proxy = Proxy::start_full(
+        &broker.addr,
+        "max_frame_bytes = \"2MiB\"\nmax_in_flight_bytes = \"3MiB\"\n\
+         max_in_flight_bytes_total = \"2MiB\"\nwrite_timeout = \"4s\"",
+        "",
+        "",
+    )
+    .await;
+    let mut producer = RawConn::connect(&proxy.bootstrap).await;
+    common::create_topic_raw(&mut producer, "small", 1).await;
+    let stalled = stop_reading_after(&proxy, "big", 24).await;
+    proxy
+        .wait_metric("idemgate_memory_waits_total{side=\"upstream\"}", 1.0)
+        .await;
+    let held = settled(&proxy, "idemgate_in_flight_bytes").await;
+    // Two ~1.1 MB responses fit the connection's 3 MiB: more than the 2 MiB
+    // overall budget, which only gates reading new requests.
+    assert!(
+        held >= 2.0 * 1048576.0,
+        "the overall budget is spent: {held}"
+    );
+
+    // A Metadata request now waits for the stalled client's bytes.
+    let metadata = MetadataRequest::default().with_topics(Some(vec![]));
+    let answered: MetadataResponse = producer.call(ApiKey::Metadata, 9, 7, &metadata).await;
+    assert!(!answered.brokers.is_empty());
+    // It was answered only once the stalled client had been closed.
+    assert_eq!(proxy.metric("idemgate_write_timeouts_total").await, 1.0);
+    assert!(
+        proxy
+            .metric("idemgate_memory_waits_total{side=\"client\"}")
+            .await
+            >= 1.0
+    );
+    drop(stalled);
+    proxy.assert_no_leaks().await;
+}

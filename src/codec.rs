@@ -6,8 +6,11 @@
 //! (`api_key`, `api_version`, `correlation_id`, `client_id`) straight from the
 //! bytes. The body is never touched here.
 
+use std::future::Future;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::FrameError;
@@ -34,15 +37,7 @@ impl Decoder for FrameCodec {
         let Some(head) = src.get(..4) else {
             return Ok(None);
         };
-        let raw = i32::from_be_bytes(head.try_into().expect("4 bytes"));
-        let len = usize::try_from(raw).map_err(|_| FrameError::NegativeLength(raw))?;
-        if len > self.max_frame_bytes {
-            return Err(FrameError::TooLarge {
-                len,
-                max: self.max_frame_bytes,
-            }
-            .into());
-        }
+        let len = frame_len(head, self.max_frame_bytes)?;
         if src.len() < 4 + len {
             // Reserve once for the whole frame instead of growing in steps;
             // safe because len was checked against the limit above.
@@ -74,6 +69,96 @@ impl Encoder<Bytes> for FrameCodec {
         dst.put_i32(len);
         dst.extend_from_slice(&body);
         Ok(())
+    }
+}
+
+/// The body length a 4-byte frame prefix announces, checked against the limit
+/// before anything is allocated for it.
+fn frame_len(head: &[u8], max_frame_bytes: usize) -> Result<usize, FrameError> {
+    let raw = i32::from_be_bytes(head[..4].try_into().expect("4 bytes"));
+    let len = usize::try_from(raw).map_err(|_| FrameError::NegativeLength(raw))?;
+    if len > max_frame_bytes {
+        return Err(FrameError::TooLarge {
+            len,
+            max: max_frame_bytes,
+        });
+    }
+    Ok(len)
+}
+
+/// Reads frames like [`FrameCodec`], with one step between learning a
+/// frame's length and reading its body: `admit` is awaited there, so a
+/// caller can wait for memory before the body is buffered (a broker's memory
+/// pool does the same: a connection it cannot afford is simply not read).
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max_frame_bytes: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R, max_frame_bytes: usize) -> FrameReader<R> {
+        FrameReader {
+            inner,
+            buf: BytesMut::with_capacity(8 * 1024),
+            max_frame_bytes,
+        }
+    }
+
+    /// The next frame's body, with what `admit` gave for its length (frame
+    /// body plus the 4-byte prefix); `None` at a clean end of stream.
+    ///
+    /// Cancel-safe: bytes read stay in the buffer, and whatever `admit` gave
+    /// is dropped with the future (a budget charge is given back), so calling
+    /// it again picks up where it was.
+    pub async fn next<F, Fut, A>(&mut self, admit: F) -> Result<Option<(BytesMut, A)>, CodecError>
+    where
+        F: FnOnce(usize) -> Fut,
+        Fut: Future<Output = A>,
+    {
+        let Some(len) = self.next_len().await? else {
+            return Ok(None);
+        };
+        let admitted = admit(4 + len).await;
+        Ok(Some((self.body(len).await?, admitted)))
+    }
+
+    /// The next frame's body length, once its prefix is here (checked against
+    /// the limit); `None` at a clean end of stream. Cancel-safe.
+    pub async fn next_len(&mut self) -> Result<Option<usize>, CodecError> {
+        while self.buf.len() < 4 {
+            self.buf.reserve(8 * 1024);
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return match self.buf.len() {
+                    0 => Ok(None),
+                    n => Err(FrameError::Truncated(n).into()),
+                };
+            }
+        }
+        Ok(Some(frame_len(&self.buf, self.max_frame_bytes)?))
+    }
+
+    /// The body of the frame whose length [`next_len`](Self::next_len) gave.
+    /// Cancel-safe.
+    pub async fn body(&mut self, len: usize) -> Result<BytesMut, CodecError> {
+        while self.buf.len() < 4 + len {
+            // Once for the whole frame; safe since len passed the limit.
+            self.buf.reserve(4 + len - self.buf.len());
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return Err(FrameError::Truncated(self.buf.len()).into());
+            }
+        }
+        self.buf.advance(4);
+        Ok(self.buf.split_to(len))
+    }
+
+    /// Bytes read and not yet returned as a frame.
+    pub fn buffer(&self) -> &BytesMut {
+        &self.buf
+    }
+
+    pub fn buffer_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
     }
 }
 
@@ -232,6 +317,59 @@ mod tests {
         b.put_i32(len);
         b.extend_from_slice(body);
         b
+    }
+
+    #[tokio::test]
+    async fn the_reader_asks_before_it_buffers_a_body() {
+        use tokio::io::AsyncWriteExt;
+        let (mut w, r) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(r, 1 << 20);
+        let mut wire = frame(3, b"abc");
+        wire.extend_from_slice(&frame(100_000, b""));
+        w.write_all(&wire).await.unwrap();
+        let (body, asked) = reader.next(|n| async move { n }).await.unwrap().unwrap();
+        assert_eq!((&body[..], asked), (&b"abc"[..], 7));
+        // The next frame's body is not buffered while admission waits.
+        let waiting = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            reader.next(|_| std::future::pending::<()>()),
+        )
+        .await;
+        assert!(waiting.is_err());
+        assert!(
+            reader.buffer().capacity() < 100_000,
+            "{}",
+            reader.buffer().capacity()
+        );
+        // Cancelled, it picks up where it was.
+        let body = vec![9u8; 100_000];
+        let writer = tokio::spawn(async move {
+            w.write_all(&body).await.unwrap();
+            w
+        });
+        let (body, asked) = reader.next(|n| async move { n }).await.unwrap().unwrap();
+        assert_eq!((body.len(), asked), (100_000, 100_004));
+        assert!(body.iter().all(|b| *b == 9));
+        // A clean end, then a truncated one, then limits.
+        drop(writer.await.unwrap());
+        assert!(reader.next(|n| async move { n }).await.unwrap().is_none());
+        let (mut w, r) = tokio::io::duplex(64);
+        w.write_all(&frame(10, b"abc")).await.unwrap();
+        drop(w);
+        let mut reader = FrameReader::new(r, 1 << 20);
+        let err = reader.next(|n| async move { n }).await.unwrap_err();
+        assert!(
+            matches!(err, CodecError::Frame(FrameError::Truncated(7))),
+            "{err:?}"
+        );
+        let (mut w, r) = tokio::io::duplex(64);
+        w.write_all(&frame(17, b"")).await.unwrap();
+        let mut reader = FrameReader::new(r, 16);
+        let err = reader.next(|n| async move { n }).await.unwrap_err();
+        assert!(matches!(
+            err,
+            CodecError::Frame(FrameError::TooLarge { len: 17, max: 16 })
+        ));
     }
 
     #[test]

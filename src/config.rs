@@ -32,6 +32,14 @@ pub mod defaults {
     /// is a leak or an attack.
     pub const MAX_CONNECTIONS_PER_IP: usize = 1_000;
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+    /// A consumer's Fetch response is up to 50 MiB (fetch.max.bytes); a
+    /// connection may have one and a bit more waiting for its client.
+    pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+    /// Five largest requests at once.
+    pub const MAX_IN_FLIGHT_BYTES_TOTAL: usize = 512 << 20;
+    /// Twice a client's default request.timeout.ms: a client that has read
+    /// nothing for this long has given up on what it asked for.
+    pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const UPSTREAM_BOOTSTRAP: &str = "127.0.0.1:9092";
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
     /// Added to the wait a request asks for itself (Fetch max_wait_ms,
@@ -102,6 +110,14 @@ pub struct Listen {
     /// A connection with nothing in flight and no request for this long is
     /// closed (Kafka brokers: connections.max.idle.ms, 10 minutes).
     pub idle_timeout: Duration,
+    /// Bytes of responses one connection may hold, read from its broker and
+    /// not yet written to its client; past it, its broker is not read.
+    pub max_in_flight_bytes: usize,
+    /// Bytes all connections together may hold (requests read and not yet
+    /// sent, responses not yet written); past it, no request body is read.
+    pub max_in_flight_bytes_total: usize,
+    /// A client that accepts no byte of its responses for this long is closed.
+    pub write_timeout: Duration,
     /// `[listen.tls]`: clients connect with TLS. `None`: plaintext.
     pub tls: Option<ListenTls>,
 }
@@ -456,6 +472,27 @@ fn listen(s: &mut Section<'_, '_>) -> Listen {
     let max_connections_per_ip =
         s.non_zero("max_connections_per_ip", defaults::MAX_CONNECTIONS_PER_IP);
     let idle_timeout = s.duration("idle_timeout", defaults::IDLE_TIMEOUT);
+    let max_in_flight_bytes = s.byte_size("max_in_flight_bytes", defaults::MAX_IN_FLIGHT_BYTES);
+    let max_in_flight_bytes_total = s.byte_size(
+        "max_in_flight_bytes_total",
+        defaults::MAX_IN_FLIGHT_BYTES_TOTAL,
+    );
+    if max_in_flight_bytes == 0 {
+        s.problem("max_in_flight_bytes", "must be above 0".into());
+    }
+    if max_in_flight_bytes_total < max_frame_bytes {
+        s.problem(
+            "max_in_flight_bytes_total",
+            format!(
+                "{max_in_flight_bytes_total} is below max_frame_bytes ({max_frame_bytes}): \
+                 a request that large would wait until no other connection holds anything"
+            ),
+        );
+    }
+    let write_timeout = s.duration("write_timeout", defaults::WRITE_TIMEOUT);
+    if write_timeout.is_zero() {
+        s.problem("write_timeout", "must be above 0".into());
+    }
     let tls = s.optional_section("tls", listen_tls);
     Listen {
         bootstrap,
@@ -466,6 +503,9 @@ fn listen(s: &mut Section<'_, '_>) -> Listen {
         max_in_flight,
         max_connections_per_ip,
         idle_timeout,
+        max_in_flight_bytes,
+        max_in_flight_bytes_total,
+        write_timeout,
         tls,
     }
 }
@@ -1327,6 +1367,34 @@ mod tests {
         assert_eq!(parse_byte_size("1MiB").unwrap(), 1 << 20);
         assert_eq!(parse_byte_size("512").unwrap(), 512);
         assert!(parse_byte_size("1TB").is_err());
+    }
+
+    #[test]
+    fn in_flight_memory_limits() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.listen.max_in_flight_bytes, 64 << 20);
+        assert_eq!(c.listen.max_in_flight_bytes_total, 512 << 20);
+        assert_eq!(c.listen.write_timeout, Duration::from_secs(60));
+        let err = Config::parse(
+            "[listen]\nmax_in_flight_bytes = 0\nmax_in_flight_bytes_total = \"50MiB\"\nwrite_timeout = \"0s\"\n",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "listen.max_in_flight_bytes",
+                "listen.max_in_flight_bytes_total",
+                "listen.write_timeout"
+            ],
+            "{err}"
+        );
+        assert!(err.to_string().contains("below max_frame_bytes"), "{err}");
+        let c = Config::parse(
+            "[listen]\nmax_frame_bytes = \"1MiB\"\nmax_in_flight_bytes_total = \"1MiB\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.max_in_flight_bytes_total, 1 << 20);
     }
 
     #[test]

@@ -18,6 +18,13 @@
 //! acks=0 takes none (and should a broker answer it anyway, as tansu does, that
 //! answer is dropped). Each request's deadline is its own wait plus
 //! `upstream.request_timeout`, checked at the head of the queue only.
+//!
+//! Memory (`limits.rs`): a request's body is read only once the overall
+//! budget (`listen.max_in_flight_bytes_total`) has room for it, and given back
+//! once it is sent upstream; a response's body is read only once its
+//! connection's budget (`listen.max_in_flight_bytes`) has room, and counted
+//! in the overall one until it is written to the client. A client that takes
+//! none of its responses for `listen.write_timeout` is closed.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -26,17 +33,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::codec::{CodecError, FrameCodec, RequestHead, REQUEST_CORRELATION_OFFSET};
+use crate::codec::{CodecError, FrameReader, RequestHead, REQUEST_CORRELATION_OFFSET};
 use crate::error::{Error, Side};
+use crate::limits::{Charge, MemoryBudget, StallGuard};
 use crate::pipeline::{ConnState, RequestAction, ResponsePlan};
 use crate::server::{Admission, ConnView, Shared};
 use crate::tls::{self, ClientTlsStream};
@@ -53,7 +59,7 @@ pub enum Target {
 
 /// A response to come, in its place in the order.
 struct Slot {
-    response: oneshot::Receiver<Bytes>,
+    response: oneshot::Receiver<Reply>,
     api_key: kafka_protocol::messages::ApiKey,
     started: Instant,
 }
@@ -71,7 +77,24 @@ struct Awaited {
     client_correlation_id: i32,
     plan: ResponsePlan,
     sent_at: Instant,
-    reply: oneshot::Sender<Bytes>,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// A response and the memory charged for it (its connection's budget, the
+/// overall one), given back once it is written.
+struct Reply {
+    bytes: Bytes,
+    _held: (Charge, Charge),
+}
+
+impl Reply {
+    /// Made by the proxy itself: small, charged nowhere.
+    fn local(bytes: Bytes) -> Reply {
+        Reply {
+            bytes,
+            _held: (Charge::none(), Charge::none()),
+        }
+    }
 }
 
 /// Ids of acks=0 requests a broker might still answer, kept until a later
@@ -265,7 +288,8 @@ where
     let (slot_tx, slot_rx) = mpsc::channel(in_flight);
     let (in_flight_tx, in_flight_rx) = mpsc::channel(in_flight);
     let requests = read_requests(conn, client_r, upstream_w, slot_tx, in_flight_tx);
-    let responses = read_responses(conn, upstream_r, in_flight_rx);
+    let budget = MemoryBudget::new(conn.shared.config.listen.max_in_flight_bytes);
+    let responses = read_responses(conn, upstream_r, in_flight_rx, budget);
     let writer = write_responses(conn, client_w, slot_rx);
     tokio::try_join!(requests, responses, writer)?;
     Ok(())
@@ -331,10 +355,7 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
     } = conn;
     let (conn_id, upstream_addr) = (*conn_id, upstream_addr.as_str());
     let idle = shared.config.listen.idle_timeout;
-    let mut frames = FramedRead::new(
-        client_r,
-        FrameCodec::new(shared.config.listen.max_frame_bytes),
-    );
+    let mut frames = FrameReader::new(client_r, shared.config.listen.max_frame_bytes);
     let mut upstream = BufWriter::with_capacity(64 * 1024, upstream_w);
     let mut shutdown: watch::Receiver<bool> = shared.shutdown.clone();
     let mut state = ConnState::default();
@@ -343,18 +364,18 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
     let mut last_request = Instant::now();
 
     loop {
-        let frame: BytesMut = tokio::select! {
+        let (frame, charge): (BytesMut, Charge) = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
             _ = upstream_gone.cancelled() => break,
-            next = frames.next() => match next {
-                None => break,
-                Some(Ok(frame)) => frame,
-                Some(Err(CodecError::Io(e))) => return Err(Error::ClientIo(e)),
-                Some(Err(CodecError::Frame(e))) => return Err(e.into()),
+            next = frames.next(|len| shared.in_flight.charge(len)) => match next {
+                Ok(None) => break,
+                Ok(Some(read)) => read,
+                Err(CodecError::Io(e)) => return Err(Error::ClientIo(e)),
+                Err(CodecError::Frame(e)) => return Err(e.into()),
             },
             _ = tokio::time::sleep(QUIET.min(idle)) => {
-                shrink_read_buffer(frames.read_buffer_mut());
+                shrink_read_buffer(frames.buffer_mut());
                 // Idle: no request for idle_timeout and nothing owed to the client.
                 if last_request.elapsed() >= idle && conn.owed.load(Relaxed) == 0 {
                     tracing::info!(?idle, "closing an idle connection (listen.idle_timeout)");
@@ -363,6 +384,9 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
                 continue;
             }
         };
+        if charge.waited() {
+            shared.metrics.memory_wait(false);
+        }
         last_request = Instant::now();
         let started = Instant::now();
         let head = RequestHead::peek(&frame)?;
@@ -386,9 +410,10 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
         }
         match shared.pipeline.on_request(&mut state, &head, frame).await? {
             RequestAction::Answer(bytes) => {
+                drop(charge);
                 let _ = open_slot(conn, &slots, head.api_key, started)
                     .await?
-                    .send(bytes);
+                    .send(Reply::local(bytes));
             }
             RequestAction::Forward(mut frame, plan) => {
                 let upstream_id = next_correlation_id;
@@ -417,8 +442,10 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
                 write_frame(&mut upstream, &frame)
                     .await
                     .map_err(|e| upstream_io(upstream_addr, e))?;
+                // Sent, or in the 64 KiB the upstream writer keeps.
+                drop((frame, charge));
                 // Pipelined requests already buffered go out in one write.
-                if !whole_frame_buffered(frames.read_buffer()) {
+                if !whole_frame_buffered(frames.buffer()) {
                     upstream
                         .flush()
                         .await
@@ -441,7 +468,7 @@ async fn open_slot(
     slots: &mpsc::Sender<Slot>,
     api_key: kafka_protocol::messages::ApiKey,
     started: Instant,
-) -> Result<oneshot::Sender<Bytes>, Error> {
+) -> Result<oneshot::Sender<Reply>, Error> {
     let (tx, rx) = oneshot::channel();
     let slot = Slot {
         response: rx,
@@ -499,6 +526,7 @@ async fn read_responses<UR: AsyncRead + Unpin>(
     conn: &Conn<'_>,
     upstream_r: UR,
     mut in_flight: mpsc::Receiver<InFlight>,
+    budget: Arc<MemoryBudget>,
 ) -> Result<(), Error> {
     let Conn {
         shared,
@@ -506,11 +534,12 @@ async fn read_responses<UR: AsyncRead + Unpin>(
         upstream_gone,
         ..
     } = conn;
-    let mut frames = FramedRead::new(upstream_r, FrameCodec::new(MAX_RESPONSE_FRAME));
+    let mut frames = FrameReader::new(upstream_r, MAX_RESPONSE_FRAME);
     let fail = |message: String| Error::Upstream {
         addr: addr.clone(),
         message,
     };
+    let in_flight_gone = || fail("closed the connection with requests in flight".into());
     let mut unanswered: VecDeque<i32> = VecDeque::new();
     loop {
         // Between responses, keep reading upstream too: a broker that closes
@@ -523,18 +552,18 @@ async fn read_responses<UR: AsyncRead + Unpin>(
             biased;
             entry = in_flight.recv() => entry,
             _ = tokio::time::sleep(QUIET) => {
-                shrink_read_buffer(frames.read_buffer_mut());
+                shrink_read_buffer(frames.buffer_mut());
                 continue;
             }
-            frame = frames.next() => {
-                let frame = match frame {
-                    None => {
-                        tracing::info!(upstream = %addr, "upstream closed the connection; closing the client's");
-                        upstream_gone.cancel();
-                        return Ok(());
-                    }
-                    other => upstream_frame(other).map_err(&fail)?,
+            len = frames.next_len() => {
+                let Some(len) = len.map_err(|e| fail(e.to_string()))? else {
+                    tracing::info!(upstream = %addr, "upstream closed the connection; closing the client's");
+                    upstream_gone.cancel();
+                    return Ok(());
                 };
+                // Nothing is awaited: an answer to an acks=0 produce, read
+                // and dropped.
+                let frame = frames.body(len).await.map_err(|e| fail(e.to_string()))?;
                 let id = correlation_id_of(&frame).map_err(&fail)?;
                 if !forget_unanswered(&mut unanswered, id) {
                     return Err(fail(format!("sent a response (correlation id {id}) nobody asked for")));
@@ -551,22 +580,38 @@ async fn read_responses<UR: AsyncRead + Unpin>(
             continue;
         };
         let api = awaited.plan.api_key;
-        let deadline = tokio::time::Instant::from_std(awaited.sent_at + awaited.plan.wait);
-        let mut frame = loop {
-            let frame = match tokio::time::timeout_at(deadline, frames.next()).await {
-                Err(_) => {
-                    return Err(fail(format!(
-                        "no response to {api:?} v{} within {:?}",
-                        awaited.plan.api_version, awaited.plan.wait
-                    )))
-                }
-                Ok(next) => upstream_frame(next).map_err(&fail)?,
+        let mut deadline = tokio::time::Instant::from_std(awaited.sent_at + awaited.plan.wait);
+        let too_late = || {
+            fail(format!(
+                "no response to {api:?} v{} within {:?}",
+                awaited.plan.api_version, awaited.plan.wait
+            ))
+        };
+        let (mut frame, held) = loop {
+            let len = match tokio::time::timeout_at(deadline, frames.next_len()).await {
+                Err(_) => return Err(too_late()),
+                Ok(len) => len
+                    .map_err(|e| fail(e.to_string()))?
+                    .ok_or_else(in_flight_gone)?,
+            };
+            // Waiting for the client to take earlier responses is not the
+            // broker's time: the deadline moves by as much.
+            let asked = tokio::time::Instant::now();
+            let mine = budget.charge(len + 4).await;
+            if mine.waited() {
+                shared.metrics.memory_wait(true);
+                deadline += asked.elapsed();
+            }
+            let held = (mine, shared.in_flight.force(len + 4));
+            let frame = match tokio::time::timeout_at(deadline, frames.body(len)).await {
+                Err(_) => return Err(too_late()),
+                Ok(frame) => frame.map_err(|e| fail(e.to_string()))?,
             };
             let id = correlation_id_of(&frame).map_err(&fail)?;
             if id == entry.upstream_correlation_id {
                 // Answers are in order: earlier acks=0 requests got none.
                 unanswered.clear();
-                break frame;
+                break (frame, held);
             }
             if !forget_unanswered(&mut unanswered, id) {
                 return Err(fail(format!(
@@ -591,15 +636,10 @@ async fn read_responses<UR: AsyncRead + Unpin>(
             }
         }
         // The writer may be gone if the client left; nothing more to do then.
-        let _ = awaited.reply.send(response);
-    }
-}
-
-fn upstream_frame(next: Option<Result<BytesMut, CodecError>>) -> Result<BytesMut, String> {
-    match next {
-        None => Err("closed the connection with requests in flight".into()),
-        Some(Err(e)) => Err(e.to_string()),
-        Some(Ok(frame)) => Ok(frame),
+        let _ = awaited.reply.send(Reply {
+            bytes: response,
+            _held: held,
+        });
     }
 }
 
@@ -636,7 +676,22 @@ async fn write_responses<W: AsyncWrite + Unpin>(
     client_w: W,
     mut slots: mpsc::Receiver<Slot>,
 ) -> Result<(), Error> {
-    let mut out = BufWriter::with_capacity(64 * 1024, client_w);
+    let stalled = StallGuard::new(client_w, conn.shared.config.listen.write_timeout);
+    let mut out = BufWriter::with_capacity(64 * 1024, stalled);
+    let result = write_in_order(conn, &mut out, &mut slots).await;
+    if let Err(Error::ClientIo(e)) = &result {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            conn.shared.metrics.write_timeouts.fetch_add(1, Relaxed);
+        }
+    }
+    result
+}
+
+async fn write_in_order<W: AsyncWrite + Unpin>(
+    conn: &Conn<'_>,
+    out: &mut BufWriter<W>,
+    slots: &mut mpsc::Receiver<Slot>,
+) -> Result<(), Error> {
     loop {
         let slot = match slots.try_recv() {
             Ok(slot) => slot,
@@ -649,25 +704,27 @@ async fn write_responses<W: AsyncWrite + Unpin>(
             }
         };
         let mut response = slot.response;
-        let bytes = match response.try_recv() {
-            Ok(bytes) => bytes,
+        let reply = match response.try_recv() {
+            Ok(reply) => reply,
             Err(oneshot::error::TryRecvError::Empty) => {
                 out.flush().await.map_err(Error::ClientIo)?;
                 match response.await {
-                    Ok(bytes) => bytes,
+                    Ok(reply) => reply,
                     // The response reader failed and reports why.
                     Err(_) => return Ok(()),
                 }
             }
             Err(oneshot::error::TryRecvError::Closed) => return Ok(()),
         };
-        write_frame(&mut out, &bytes)
+        write_frame(out, &reply.bytes)
             .await
             .map_err(Error::ClientIo)?;
         conn.owed.fetch_sub(1, Relaxed);
         conn.shared
             .metrics
-            .response(slot.api_key, bytes.len() + 4, slot.started.elapsed());
+            .response(slot.api_key, reply.bytes.len() + 4, slot.started.elapsed());
+        // In the writer's buffer or on the wire: the memory is given back.
+        drop(reply);
     }
     out.flush().await.map_err(Error::ClientIo)?;
     Ok(())

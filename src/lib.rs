@@ -15,7 +15,8 @@
 //!   → upstream.rs     broker connections and the proxy's own Metadata probe
 //! ```
 //!
-//! Beside the path: `topology.rs` (node id ⇄ proxy port, stable across
+//! Beside the path: `limits.rs` (memory for in-flight bytes, clients that
+//! stop reading), `topology.rs` (node id ⇄ proxy port, stable across
 //! restarts), `store.rs` (sled, the only persistent state), `records.rs` (the
 //! byte-level RecordBatch v2 splicer the dedup filters use), `admin.rs`
 //! (`/healthz`, `/readyz`, `/metrics`), `telemetry.rs` (logs and metric
@@ -42,6 +43,7 @@ pub mod connection;
 pub mod error;
 pub mod filter;
 pub mod idempotency;
+pub mod limits;
 pub mod message;
 pub mod pipeline;
 pub mod records;

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::connection::{self, Target};
 use crate::error::Error;
 use crate::idempotency::Window;
+use crate::limits::MemoryBudget;
 use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -45,6 +46,9 @@ pub struct Shared {
     pub upstream_tls: Option<UpstreamTlsConnector>,
     /// Becomes `true` once: stop reading requests, finish what is in flight.
     pub shutdown: watch::Receiver<bool>,
+    /// `listen.max_in_flight_bytes_total`: every connection's request bodies
+    /// and unwritten responses.
+    pub in_flight: Arc<MemoryBudget>,
     /// Permits for `listen.max_connections`.
     connections: Arc<Semaphore>,
     /// Open connections per client IP, for `listen.max_connections_per_ip`.
@@ -176,7 +180,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         })?),
         None => None,
     };
+    let in_flight = MemoryBudget::new(config.listen.max_in_flight_bytes_total);
+    let _ = metrics.in_flight.set(in_flight.clone());
     let shared = Arc::new(Shared {
+        in_flight,
         connections: Arc::new(Semaphore::new(config.listen.max_connections.get())),
         per_ip: Arc::new(Mutex::new(HashMap::new())),
         config: config.clone(),

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kafka_protocol::messages::ApiKey;
@@ -17,6 +17,7 @@ use kafka_protocol::messages::ApiKey;
 use crate::codec::api_name;
 use crate::config::{Log, LogFormat};
 use crate::error::Side;
+use crate::limits::MemoryBudget;
 
 /// Starts the global tracing subscriber. `RUST_LOG` overrides `log.level`.
 pub fn init_tracing(log: &Log) {
@@ -129,6 +130,13 @@ pub struct Metrics {
     /// TLS file reloads, and reloads that failed (the old files stay in use).
     pub tls_reloads: AtomicU64,
     pub tls_reload_failures: AtomicU64,
+    /// `listen.max_in_flight_bytes_total`, set once the server starts.
+    pub in_flight: std::sync::OnceLock<Arc<MemoryBudget>>,
+    /// Reads held back for memory: [0] a request body waited for the overall
+    /// budget, [1] a response waited for its connection's budget.
+    memory_waits: [AtomicU64; 2],
+    /// Clients closed for taking none of their responses (`write_timeout`).
+    pub write_timeouts: AtomicU64,
     pub dedup: DedupMetrics,
 }
 
@@ -464,6 +472,9 @@ impl Metrics {
             tls_handshake_failures: AtomicU64::new(0),
             tls_reloads: AtomicU64::new(0),
             tls_reload_failures: AtomicU64::new(0),
+            in_flight: std::sync::OnceLock::new(),
+            memory_waits: [const { AtomicU64::new(0) }; 2],
+            write_timeouts: AtomicU64::new(0),
             dedup: DedupMetrics::new(),
         }
     }
@@ -646,8 +657,47 @@ impl Metrics {
             "TLS file changes that could not be loaded (the previous files stay in use).",
             self.tls_reload_failures.load(Relaxed),
         );
+        if let Some(budget) = self.in_flight.get() {
+            gauge(
+                &mut out,
+                "idemgate_in_flight_bytes",
+                "Bytes held for requests not yet sent and responses not yet written, all connections.",
+                i64::try_from(budget.used()).unwrap_or(i64::MAX),
+            );
+            gauge(
+                &mut out,
+                "idemgate_in_flight_bytes_limit",
+                "listen.max_in_flight_bytes_total.",
+                i64::try_from(budget.capacity()).unwrap_or(i64::MAX),
+            );
+        }
+        counter_header(
+            &mut out,
+            "idemgate_memory_waits_total",
+            "Reads held back for memory: side=client a request body (max_in_flight_bytes_total), side=upstream a response (max_in_flight_bytes).",
+        );
+        for (i, side) in ["client", "upstream"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "idemgate_memory_waits_total{{side=\"{side}\"}} {}",
+                self.memory_waits[i].load(Relaxed)
+            );
+        }
+        counter(
+            &mut out,
+            "idemgate_write_timeouts_total",
+            "Clients closed for taking no byte of their responses for listen.write_timeout.",
+            self.write_timeouts.load(Relaxed),
+        );
         self.dedup.render(&mut out);
         out
+    }
+}
+
+impl Metrics {
+    /// A read held back for memory; `upstream`: a response, else a request.
+    pub fn memory_wait(&self, upstream: bool) {
+        self.memory_waits[usize::from(upstream)].fetch_add(1, Relaxed);
     }
 }
 
