@@ -91,7 +91,100 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- $_ := set (get $cfg "admin") "listen" (printf "0.0.0.0:%d" (int .Values.ports.admin)) -}}
 {{- $_ := set (get $cfg "store") "dir" "/var/lib/idemgate" -}}
+{{- /* The TLS tables: the files of the mounted Secrets (idemgate.tlsMounts), the user's other keys. */ -}}
+{{- $owned := dict "listen" (list "cert" "key" "client_ca") "upstream" (list "ca" "server_name" "cert" "key") "admin" (list "cert" "key" "client_ca") -}}
+{{- range $part := list "listen" "upstream" "admin" -}}
+{{- $v := get $.Values.tls $part -}}
+{{- $sect := dict -}}
+{{- if and (hasKey $cfg $part) (not (kindIs "invalid" (index $cfg $part))) -}}{{- $sect = index $cfg $part -}}{{- end -}}
+{{- if not (kindIs "map" $sect) -}}
+{{- fail (printf "config.%s must be a map of keys (a TOML table)" $part) -}}
+{{- end -}}
+{{- $user := dict -}}
+{{- $userSet := and (hasKey $sect "tls") (not (kindIs "invalid" (index $sect "tls"))) -}}
+{{- if $userSet -}}
+{{- $user = index $sect "tls" -}}
+{{- if not (kindIs "map" $user) -}}
+{{- fail (printf "config.%s.tls must be a map of keys (a TOML table)" $part) -}}
+{{- end -}}
+{{- end -}}
+{{- if $v.enabled -}}
+{{- $tbl := deepCopy $user -}}
+{{- range $k := get $owned $part -}}
+{{- if hasKey $tbl $k -}}
+{{- fail (printf "config.%s.tls.%s is set by the chart (from tls.%s); remove it from your values" $part $k $part) -}}
+{{- end -}}
+{{- end -}}
+{{- range $m := include "idemgate.tlsMounts" $ | fromJsonArray -}}
+{{- if eq $m.part $part -}}
+{{- range $f := $m.files -}}
+{{- $_ := set $tbl $f.config (printf "%s/%s" $m.dir $f.key) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq $part "upstream") $v.serverName -}}
+{{- $_ := set $tbl "server_name" $v.serverName -}}
+{{- end -}}
+{{- $_ := set $sect "tls" $tbl -}}
+{{- $_ := set $cfg $part $sect -}}
+{{- else if $userSet -}}
+{{- fail (printf "config.%s.tls is set, but tls.%s.enabled is false: enable tls.%s, which mounts the certificate Secret and writes the file paths" $part $part $part) -}}
+{{- end -}}
+{{- end -}}
+{{- /* The admin token: from a Secret, through the environment, never in the ConfigMap. */ -}}
+{{- $admin := get $cfg "admin" -}}
+{{- if get $admin "token" -}}
+{{- fail "config.admin.token would put the admin token in the ConfigMap in clear: create a Secret and set adminToken.existingSecret" -}}
+{{- end -}}
+{{- if hasKey $admin "token_env" -}}
+{{- fail "config.admin.token_env is set by the chart (from adminToken); remove it from your values" -}}
+{{- end -}}
+{{- if .Values.adminToken.existingSecret -}}
+{{- $_ := set $admin "token_env" "IDEMGATE_ADMIN_TOKEN" -}}
+{{- else if eq (toString (get $admin "token_for_reads")) "true" -}}
+{{- fail "config.admin.token_for_reads is true, but there is no token: set adminToken.existingSecret" -}}
+{{- end -}}
 {{- toJson $cfg -}}
+{{- end -}}
+
+{{- /*
+  The Secrets and ConfigMaps the TLS tables read, as JSON: one entry per
+  volume, {part, name, dir, secret | configMap, files: [{config, key}]}, where
+  config is the key of the TLS table the file goes to and key the Secret's or
+  ConfigMap's key (also the file name under dir).
+*/ -}}
+{{- define "idemgate.tlsMounts" -}}
+{{- $t := .Values.tls -}}
+{{- $out := list -}}
+{{- range $part := list "listen" "admin" -}}
+{{- $v := get $t $part -}}
+{{- if $v.enabled -}}
+{{- if not $v.existingSecret -}}
+{{- fail (printf "tls.%s.enabled needs tls.%s.existingSecret: the Secret with the certificate and its key" $part $part) -}}
+{{- end -}}
+{{- $files := list (dict "config" "cert" "key" $v.certKey) (dict "config" "key" "key" $v.keyKey) -}}
+{{- if $v.clientCaKey -}}
+{{- $files = append $files (dict "config" "client_ca" "key" $v.clientCaKey) -}}
+{{- end -}}
+{{- $out = append $out (dict "part" $part "name" (printf "tls-%s" $part) "dir" (printf "/etc/idemgate-tls/%s" $part) "secret" $v.existingSecret "files" $files) -}}
+{{- end -}}
+{{- end -}}
+{{- $u := $t.upstream -}}
+{{- if $u.enabled -}}
+{{- if and $u.ca.existingSecret $u.ca.existingConfigMap -}}
+{{- fail "tls.upstream.ca: set existingSecret or existingConfigMap, not both" -}}
+{{- end -}}
+{{- $ca := list (dict "config" "ca" "key" $u.ca.key) -}}
+{{- if $u.ca.existingSecret -}}
+{{- $out = append $out (dict "part" "upstream" "name" "tls-upstream-ca" "dir" "/etc/idemgate-tls/upstream-ca" "secret" $u.ca.existingSecret "files" $ca) -}}
+{{- else if $u.ca.existingConfigMap -}}
+{{- $out = append $out (dict "part" "upstream" "name" "tls-upstream-ca" "dir" "/etc/idemgate-tls/upstream-ca" "configMap" $u.ca.existingConfigMap "files" $ca) -}}
+{{- end -}}
+{{- with $u.clientCert.existingSecret -}}
+{{- $out = append $out (dict "part" "upstream" "name" "tls-upstream-client" "dir" "/etc/idemgate-tls/upstream-client" "secret" . "files" (list (dict "config" "cert" "key" $u.clientCert.certKey) (dict "config" "key" "key" $u.clientCert.keyKey))) -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
 {{- end -}}
 
 {{- /* One TOML value: string, bool, integer, array, or inline table. */ -}}
@@ -121,11 +214,28 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if regexMatch "^[A-Za-z0-9_-]+$" . -}}{{ . }}{{- else -}}{{ toJson . }}{{- end -}}
 {{- end -}}
 
-{{- /* The keys of one table, one "key = value" line each (null values left out). */ -}}
+{{- /* The keys of one table, one "key = value" line each (null values and
+  tables left out: idemgate.tomlTable writes those after them). */ -}}
 {{- define "idemgate.tomlTableBody" -}}
 {{- range $k, $v := . }}
-{{- if not (kindIs "invalid" $v) }}
+{{- if not (or (kindIs "invalid" $v) (kindIs "map" $v)) }}
 {{ include "idemgate.tomlKey" $k }} = {{ include "idemgate.tomlValue" $v }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- /*
+  One table: its header (.header, e.g. "[listen]" or "[[quotas]]"), its keys,
+  then each map-valued key as a [path.key] table of its own ([listen.tls]).
+*/ -}}
+{{- define "idemgate.tomlTable" -}}
+{{ .header }}
+{{- include "idemgate.tomlTableBody" .body }}
+{{- $path := .path }}
+{{- range $k, $v := .body }}
+{{- if kindIs "map" $v }}
+{{- $sub := printf "%s.%s" $path (include "idemgate.tomlKey" $k) }}
+{{ include "idemgate.tomlTable" (dict "header" (printf "[%s]" $sub) "path" $sub "body" $v) }}
 {{- end }}
 {{- end }}
 {{- end -}}
@@ -138,16 +248,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $cfg := include "idemgate.effectiveConfig" . | fromJson -}}
 # Rendered by the idemgate Helm chart (mode {{ include "idemgate.mode" . }}) from .Values.config.
 {{- range $section, $body := $cfg }}
+{{- $key := include "idemgate.tomlKey" $section }}
 {{- if kindIs "map" $body }}
-[{{ include "idemgate.tomlKey" $section }}]
-{{- include "idemgate.tomlTableBody" $body }}
+{{ include "idemgate.tomlTable" (dict "header" (printf "[%s]" $key) "path" $key "body" $body) }}
 {{- else if kindIs "slice" $body }}
 {{- range $entry := $body }}
 {{- if not (kindIs "map" $entry) }}
 {{- fail (printf "config.%s: each entry must be a map of keys (a [[%s]] table)" $section $section) }}
 {{- end }}
-[[{{ include "idemgate.tomlKey" $section }}]]
-{{- include "idemgate.tomlTableBody" $entry }}
+{{ include "idemgate.tomlTable" (dict "header" (printf "[[%s]]" $key) "path" $key "body" $entry) }}
 {{- end }}
 {{- else if not (kindIs "invalid" $body) }}
 {{- fail (printf "config.%s must be a map of keys (a TOML table) or a list of them" $section) }}
@@ -202,20 +311,38 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 image: {{ include "idemgate.image" . | quote }}
 imagePullPolicy: {{ .Values.image.pullPolicy }}
 args: ["run", "--config", "/etc/idemgate/idemgate.toml"]
+{{- with .Values.adminToken.existingSecret }}
+env:
+  # The admin API's bearer token; the config reads it (admin.token_env).
+  - name: IDEMGATE_ADMIN_TOKEN
+    valueFrom:
+      secretKeyRef:
+        name: {{ . | quote }}
+        key: {{ $.Values.adminToken.key | quote }}
+{{- end }}
 startupProbe:
   httpGet:
     path: /healthz
     port: admin
+    {{- if .Values.tls.admin.enabled }}
+    scheme: HTTPS
+    {{- end }}
   {{- toYaml .Values.probes.startup | nindent 2 }}
 readinessProbe:
   httpGet:
     path: /readyz
     port: admin
+    {{- if .Values.tls.admin.enabled }}
+    scheme: HTTPS
+    {{- end }}
   {{- toYaml .Values.probes.readiness | nindent 2 }}
 livenessProbe:
   httpGet:
     path: /healthz
     port: admin
+    {{- if .Values.tls.admin.enabled }}
+    scheme: HTTPS
+    {{- end }}
   {{- toYaml .Values.probes.liveness | nindent 2 }}
 resources:
   {{- toYaml .Values.resources | nindent 2 }}
@@ -227,6 +354,32 @@ volumeMounts:
     readOnly: true
   - name: store
     mountPath: /var/lib/idemgate
+  {{- range $m := include "idemgate.tlsMounts" . | fromJsonArray }}
+  - name: {{ $m.name }}
+    mountPath: {{ $m.dir }}
+    readOnly: true
+  {{- end }}
+{{- end -}}
+
+{{- /* The pod's volumes for the TLS files: only the keys the config names. */ -}}
+{{- define "idemgate.tlsVolumes" -}}
+{{- range $m := include "idemgate.tlsMounts" . | fromJsonArray }}
+- name: {{ $m.name }}
+  {{- if $m.secret }}
+  secret:
+    secretName: {{ $m.secret | quote }}
+  {{- else }}
+  configMap:
+    name: {{ $m.configMap | quote }}
+  {{- end }}
+    # Read-only for the owner and the pod's fsGroup.
+    defaultMode: 0440
+    items:
+      {{- range $f := $m.files }}
+      - key: {{ $f.key | quote }}
+        path: {{ $f.key | quote }}
+      {{- end }}
+{{- end }}
 {{- end -}}
 
 {{- define "idemgate.podCommon" -}}
@@ -249,11 +402,13 @@ tolerations:
 {{- end -}}
 
 {{- define "idemgate.podAnnotations" -}}
-checksum/config: {{ include "idemgate.toml" . | sha256sum }}
-prometheus.io/port: {{ .Values.ports.admin | quote }}
-{{- with .Values.podAnnotations }}
-{{ toYaml . }}
-{{- end }}
+{{- $a := dict "prometheus.io/port" (toString .Values.ports.admin) -}}
+{{- if .Values.tls.admin.enabled -}}
+{{- $_ := set $a "prometheus.io/scheme" "https" -}}
+{{- end -}}
+{{- $a = merge $a (deepCopy (default (dict) .Values.podAnnotations)) -}}
+{{- $_ := set $a "checksum/config" (include "idemgate.toml" . | sha256sum) -}}
+{{- toYaml $a }}
 {{- end -}}
 
 {{- define "idemgate.storeVolume" -}}
