@@ -274,6 +274,26 @@ pub struct Rule {
     pub mode: Mode,
     /// Write the key into the `dedup.header` header of each record.
     pub tag: bool,
+    /// Which path the rule filters.
+    pub direction: Direction,
+}
+
+/// Where a rule acts: on what producers write, on what consumers read, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Produce,
+    Fetch,
+    Both,
+}
+
+impl Direction {
+    pub fn produce(self) -> bool {
+        matches!(self, Direction::Produce | Direction::Both)
+    }
+
+    pub fn fetch(self) -> bool {
+        matches!(self, Direction::Fetch | Direction::Both)
+    }
 }
 
 /// How a record's idempotency key is made.
@@ -363,13 +383,27 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
 }
 
 impl Dedup {
-    /// The rule for a topic and connector: `None` when the topic is excluded
-    /// or no rule matches.
+    /// The rule for a topic and connector on the produce path: `None` when
+    /// the topic is excluded or no produce rule matches.
     pub fn rule_for(&self, topic: &str, connector: Option<&str>) -> Option<&Rule> {
+        self.rule_where(topic, connector, |r| r.direction.produce())
+    }
+
+    /// The rule for a topic read by a consumer (its connector, for sinks).
+    pub fn fetch_rule_for(&self, topic: &str, connector: Option<&str>) -> Option<&Rule> {
+        self.rule_where(topic, connector, |r| r.direction.fetch())
+    }
+
+    fn rule_where(
+        &self,
+        topic: &str,
+        connector: Option<&str>,
+        applies: impl Fn(&Rule) -> bool,
+    ) -> Option<&Rule> {
         if topic.starts_with("__") || self.exclude_topics.iter().any(|g| g.matches(topic)) {
             return None;
         }
-        self.rules.iter().find(|r| {
+        self.rules.iter().filter(|r| applies(r)).find(|r| {
             r.topics.matches(topic)
                 && r.connector
                     .as_ref()
@@ -380,6 +414,13 @@ impl Dedup {
     /// True when some rule could act on records (any mode but `off`).
     pub fn enabled(&self) -> bool {
         self.rules.iter().any(|r| r.mode != Mode::Off)
+    }
+
+    /// True when some rule could act on what consumers read.
+    pub fn fetch_enabled(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.mode != Mode::Off && r.direction.fetch())
     }
 }
 
@@ -743,6 +784,18 @@ fn rule(s: &mut Section<'_, '_>) -> Rule {
             Mode::Drop
         }
     };
+    let direction = match s.string("direction", "produce").as_str() {
+        "produce" => Direction::Produce,
+        "fetch" => Direction::Fetch,
+        "both" => Direction::Both,
+        other => {
+            s.problem(
+                "direction",
+                format!("{other:?} is not one of \"produce\", \"fetch\", \"both\""),
+            );
+            Direction::Produce
+        }
+    };
     Rule {
         topics,
         connector: (!connector.is_empty()).then(|| Glob::new(&connector)),
@@ -750,6 +803,7 @@ fn rule(s: &mut Section<'_, '_>) -> Rule {
         fallback,
         mode,
         tag: s.bool("tag", true),
+        direction,
     }
 }
 

@@ -196,6 +196,13 @@ pub fn fetch_max_wait(frame: &[u8], body_offset: usize, version: i16) -> Option<
     read_i32(frame, body_offset + if version >= 15 { 0 } else { 4 })
 }
 
+/// Fetch: `isolation_level` (v4+; 1 = read_committed), after max_wait_ms,
+/// min_bytes and max_bytes (and replica_id before v15).
+pub fn fetch_isolation_level(frame: &[u8], body_offset: usize, version: i16) -> Option<i8> {
+    let at = body_offset + if version >= 15 { 12 } else { 16 };
+    frame.get(at).map(|b| *b as i8)
+}
+
 /// JoinGroup: `rebalance_timeout_ms` (v1+), after `group_id` and `session_timeout_ms`.
 pub fn join_group_rebalance_timeout(frame: &[u8], body_offset: usize, version: i16) -> Option<i32> {
     let offset = skip_string(frame, body_offset, version >= 6)?;
@@ -242,6 +249,25 @@ mod tests {
                 Some((0, 5)),
                 "v{version}"
             );
+        }
+    }
+
+    #[test]
+    fn fetch_isolation_level_every_version() {
+        for version in 4..=18 {
+            for level in [0i8, 1] {
+                let req = FetchRequest::default()
+                    .with_max_wait_ms(500)
+                    .with_min_bytes(1)
+                    .with_max_bytes(7)
+                    .with_isolation_level(level);
+                let (frame, at) = request_bytes(ApiKey::Fetch, version, &req);
+                assert_eq!(
+                    fetch_isolation_level(&frame, at, version),
+                    Some(level),
+                    "v{version}"
+                );
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 //!          → dedup (produce): tag, drop replays, answer wholly replayed requests
 //!          → upstream
 //! response ← dedup (produce): commit acknowledged keys, merge answered partitions
+//!          ← dedup (fetch): learn first positions, remove later copies
 //!          ← api versions (intersect ranges)
 //!          ← broker addresses (Metadata, FindCoordinator, DescribeCluster, KIP-951)
 //!          ← leak check (diagnostics.leak_check)
@@ -33,6 +34,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::filter::api_versions;
 use crate::filter::broker_address::{carries_upstream_address, Rewriter};
+use crate::filter::dedup_fetch::{FetchDedup, FetchPlan};
 use crate::filter::dedup_produce::{self, ProduceDedup, ProducePlan};
 use crate::filter::identity::Identity;
 use crate::filter::sasl::SaslState;
@@ -67,6 +69,8 @@ pub struct ResponsePlan {
     /// EndTxn: the producer and whether it commits, for the dedup filter to
     /// learn (or forget) the transaction's keys once the coordinator agrees.
     pub end_txn: Option<(Producer, bool)>,
+    /// Fetch, when a fetch rule is on: who reads, and how.
+    pub fetch: Option<FetchPlan>,
 }
 
 /// What a connection remembers between its requests.
@@ -93,6 +97,8 @@ pub struct Pipeline {
     advertised_versions: RwLock<Option<Vec<ApiVersion>>>,
     /// `None` when no dedup rule is on.
     dedup: Option<ProduceDedup>,
+    /// `None` when no rule filters the fetch path.
+    fetch_dedup: Option<FetchDedup>,
 }
 
 impl Pipeline {
@@ -105,11 +111,19 @@ impl Pipeline {
             advertised_host,
             advertised_versions: RwLock::new(None),
             dedup: None,
+            fetch_dedup: None,
         }
     }
 
     /// Turns the produce-path dedup filter on, over this window.
     pub fn with_window(mut self, window: Arc<crate::idempotency::Window>) -> Self {
+        if self.config.dedup.fetch_enabled() {
+            self.fetch_dedup = Some(FetchDedup::new(
+                self.config.clone(),
+                window.clone(),
+                self.metrics.clone(),
+            ));
+        }
         if self.config.dedup.enabled() {
             self.dedup = Some(ProduceDedup::new(
                 self.config.clone(),
@@ -185,11 +199,18 @@ impl Pipeline {
         };
         let mut authenticates = None;
         let mut end_txn = None;
+        let mut fetch = None;
         match head.api_key {
             ApiKey::EndTxn if self.dedup.is_some() => {
                 if let Some(req) = message::decode_request::<EndTxnRequest>(&frame, head) {
                     end_txn = Some(((req.producer_id.0, req.producer_epoch), req.committed));
                 }
+            }
+            ApiKey::Fetch if self.fetch_dedup.is_some() => {
+                let identity = conn.identity.as_ref().expect("set above");
+                let isolation =
+                    message::fetch_isolation_level(&frame, head.body_offset, head.api_version);
+                fetch = Some(FetchPlan::new(identity, isolation));
             }
             ApiKey::SaslHandshake => {
                 if let Some(req) = message::decode_request::<SaslHandshakeRequest>(&frame, head) {
@@ -211,6 +232,7 @@ impl Pipeline {
             authenticates,
             produce,
             end_txn,
+            fetch,
         };
         Ok(RequestAction::Forward(frame, Some(plan)))
     }
@@ -234,6 +256,14 @@ impl Pipeline {
                 ),
                 Err(_) => {}
             }
+        }
+        if let (Some(dedup), Some(fetch)) = (&self.fetch_dedup, plan.fetch.as_ref()) {
+            if let Some(changed) = dedup.on_response(fetch, version, &out).await? {
+                out = changed;
+            }
+        }
+        if let (Some(dedup), ApiKey::Metadata) = (&self.fetch_dedup, api) {
+            dedup.learn_names(version, &out);
         }
         if api == ApiKey::ApiVersions {
             if let Some(changed) = self.filter_api_versions(version, &out)? {

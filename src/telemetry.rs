@@ -202,6 +202,8 @@ pub struct Replays {
 /// The dedup filter's metrics.
 pub struct DedupMetrics {
     topics: Mutex<BTreeMap<(String, String), TopicCounts>>,
+    /// The fetch path's, per (connector or client id, topic).
+    fetch_topics: Mutex<BTreeMap<(String, String), TopicCounts>>,
     replays: Mutex<BTreeMap<String, Replays>>,
     fail_open: [AtomicU64; 6],
     /// Records in transactional batches passed through untouched.
@@ -233,6 +235,7 @@ impl DedupMetrics {
     const fn new() -> Self {
         DedupMetrics {
             topics: Mutex::new(BTreeMap::new()),
+            fetch_topics: Mutex::new(BTreeMap::new()),
             replays: Mutex::new(BTreeMap::new()),
             fail_open: [const { AtomicU64::new(0) }; 6],
             transactional_records: AtomicU64::new(0),
@@ -258,6 +261,27 @@ impl DedupMetrics {
         entry.records += counts.records;
         entry.dropped += counts.dropped;
         entry.observed += counts.observed;
+    }
+
+    /// Records a fetch rule covered in one response, per consumer and topic.
+    pub fn add_fetch(&self, consumer: &str, topic: &str, counts: TopicCounts) {
+        if counts == TopicCounts::default() {
+            return;
+        }
+        let mut map = self.fetch_topics.lock().expect("dedup metrics lock");
+        let entry = map
+            .entry((consumer.to_string(), topic.to_string()))
+            .or_default();
+        entry.records += counts.records;
+        entry.dropped += counts.dropped;
+        entry.observed += counts.observed;
+    }
+
+    pub fn fetch_topics(&self) -> BTreeMap<(String, String), TopicCounts> {
+        self.fetch_topics
+            .lock()
+            .expect("dedup metrics lock")
+            .clone()
     }
 
     pub fn fail_open(&self, reason: FailOpen, records: u64) {
@@ -302,35 +326,37 @@ impl DedupMetrics {
     }
 
     fn render(&self, out: &mut String) {
-        let topics = self.topics();
+        let by_direction = [("produce", self.topics()), ("fetch", self.fetch_topics())];
         type Series = (&'static str, &'static str, fn(&TopicCounts) -> u64);
         let series: [Series; 3] = [
             (
                 "idemgate_records_total",
-                "Records in Produce requests for topics a dedup rule covers.",
+                "Records a dedup rule covers: direction=produce in Produce requests, direction=fetch in Fetch responses (connector: the sink's).",
                 |c| c.records,
             ),
             (
                 "idemgate_duplicates_dropped_total",
-                "Replayed records removed before reaching the broker.",
+                "Duplicates removed: replays before they reach the broker (produce), later copies before they reach a consumer (fetch).",
                 |c| c.dropped,
             ),
             (
                 "idemgate_duplicates_observed_total",
-                "Replayed records forwarded because their rule is in observe mode.",
+                "Duplicates forwarded because their rule is in observe mode.",
                 |c| c.observed,
             ),
         ];
         for (name, help, get) in series {
             counter_header(out, name, help);
-            for ((connector, topic), c) in &topics {
-                let _ = writeln!(
-                    out,
-                    "{name}{{connector=\"{}\",topic=\"{}\",direction=\"produce\"}} {}",
-                    escape(connector),
-                    escape(topic),
-                    get(c)
-                );
+            for (direction, topics) in &by_direction {
+                for ((connector, topic), c) in topics {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{connector=\"{}\",topic=\"{}\",direction=\"{direction}\"}} {}",
+                        escape(connector),
+                        escape(topic),
+                        get(c)
+                    );
+                }
             }
         }
         counter_header(

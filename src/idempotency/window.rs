@@ -123,6 +123,8 @@ pub struct Window {
     changed: Notify,
     /// Segment writes that failed (the keys stayed unseen).
     pub store_errors: AtomicU64,
+    /// Segments below this id are known to be on disk ([`flush_through`](Self::flush_through)).
+    durable_below: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -146,6 +148,7 @@ impl Window {
             loaded: AtomicBool::new(false),
             changed: Notify::new(),
             store_errors: AtomicU64::new(0),
+            durable_below: AtomicU64::new(0),
         }
     }
 
@@ -276,6 +279,7 @@ impl Window {
         })?;
         report.keys = keys;
         self.next_segment.store(last.map_or(0, |l| l + 1), Relaxed);
+        self.durable_below.store(last.map_or(0, |l| l + 1), Relaxed);
         self.evict_over_capacity()?;
         self.loaded.store(true, Relaxed);
         self.changed.notify_waiters();
@@ -454,8 +458,21 @@ impl Window {
         producer: Producer,
         entries: &[(Key, u32)],
     ) -> Result<(), Error> {
+        self.learn_segment(topic, partition, base_offset, producer, entries)
+            .map(|_| ())
+    }
+
+    /// [`learn`](Self::learn), returning the segment written (`None`: nothing to learn).
+    pub fn learn_segment(
+        &self,
+        topic: &str,
+        partition: i32,
+        base_offset: i64,
+        producer: Producer,
+        entries: &[(Key, u32)],
+    ) -> Result<Option<u64>, Error> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let id = self.next_segment.fetch_add(1, Relaxed);
         let value = Segment::encode(now_ms(), topic, partition, base_offset, producer, entries);
@@ -467,7 +484,7 @@ impl Window {
             self.insert_seen(key, id);
         }
         self.changed.notify_waiters();
-        Ok(())
+        Ok(Some(id))
     }
 
     /// The idempotent producer whose batch put a segment's keys in the
@@ -503,6 +520,35 @@ impl Window {
             offset: seg.base_offset + i64::from(delta),
             acked_ms: seg.acked_ms,
         }))
+    }
+
+    /// Where a segment's keys sit, for the fetch path (`None`: gone, evicted
+    /// meanwhile or unreadable).
+    pub fn segment_positions(&self, segment: u64) -> Result<Option<SegmentPositions>, Error> {
+        let Some(value) = self.store.segment(segment)? else {
+            return Ok(None);
+        };
+        Ok(Segment::parse(&value).map(|seg| SegmentPositions {
+            topic: seg.topic.to_string(),
+            partition: seg.partition,
+            offsets: seg
+                .entries()
+                .map(|(key, delta)| (key, seg.base_offset + i64::from(delta)))
+                .collect(),
+        }))
+    }
+
+    /// Makes sure `segment` is on disk: a decision that rests on it (a fetch
+    /// response leaving out a later copy) must survive a crash. Flushes the
+    /// store only when that segment was written since the last flush.
+    pub async fn flush_through(&self, segment: u64) -> Result<(), Error> {
+        if segment < self.durable_below.load(Relaxed) {
+            return Ok(());
+        }
+        let written = self.next_segment.load(Relaxed);
+        self.store.flush().await?;
+        self.durable_below.fetch_max(written, Relaxed);
+        Ok(())
     }
 
     /// Evicts expired segments and, past `max_keys`, the oldest ones. Cheap
@@ -585,6 +631,14 @@ impl Window {
             })
             .sum()
     }
+}
+
+/// The keys of one segment and the offsets they sit at.
+#[derive(Debug, Clone)]
+pub struct SegmentPositions {
+    pub topic: String,
+    pub partition: i32,
+    pub offsets: HashMap<Key, i64>,
 }
 
 /// What [`Window::load`] found.

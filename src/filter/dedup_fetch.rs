@@ -1,0 +1,526 @@
+//! Dedup on the fetch path: sinks read each logical record once, whoever
+//! wrote the copies (producers around the proxy, history from before it, a
+//! mirrored cluster).
+//!
+//! ```text
+//! response  decode FetchResponse → per partition of a topic a fetch rule covers:
+//!             per v2 batch (not control, not aborted) → per record: key
+//!               → window: unknown → learn (topic, partition, offset) as its first position
+//!                         first position == this offset → deliver (a re-read, never hidden)
+//!                         first position elsewhere, earlier → a duplicate: drop (or count)
+//!             rewrite only the records bytes (Kafka's compaction recipe)
+//!           decisions resting on positions not yet on disk: flush, then send
+//! ```
+//!
+//! A record's key is its tag header, else the rule's strategy, scoped to the
+//! topic: the same logical record gets the same key whether the copy went
+//! through the proxy (tagged) or around it (not). Fetch keys live in the
+//! produce window's map, so a copy written around the proxy and then
+//! replayed through it is a replay on the produce path too.
+//!
+//! Never a loss: a record is dropped only when its key's first position is a
+//! *different, earlier* one (another partition, or a lower offset of this
+//! one); the first position is always delivered, however often it is read.
+//! A key's first position is never moved. Anything uncertain (window still
+//! loading, an unknown topic id, an undecodable batch, a store error) is
+//! delivered as it came and counted in `idemgate_dedup_fail_open_total`.
+//!
+//! Shape: never a partition added, removed or reordered; error codes,
+//! session ids, watermarks, log start offsets and aborted-transaction lists
+//! untouched; a rewritten batch keeps baseOffset, lastOffsetDelta, epochs,
+//! producer fields, attributes and every kept record's offsetDelta, and a
+//! batch whose every record goes stays as an empty batch (a consumer that
+//! gets nothing for those offsets would fetch them forever). Control
+//! batches, legacy batches and a partial trailing batch pass untouched.
+//!
+//! Transactions: with read_uncommitted, transactional batches pass untouched
+//! and teach nothing (the proxy cannot tell whether they commit). With
+//! read_committed, batches of aborted transactions (the response's aborted
+//! list, as Java's consumer reads it) pass untouched for the consumer to skip
+//! and teach nothing; committed ones are filtered like any other.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::fetch_response::AbortedTransaction;
+use kafka_protocol::messages::{ApiKey, FetchResponse, MetadataResponse};
+use kafka_protocol::protocol::StrBytes;
+
+use crate::config::{Config, Mode, Rule};
+use crate::error::Error;
+use crate::filter::identity::Identity;
+use crate::idempotency::key::{scoped, Derived, Deriver};
+use crate::idempotency::window::{SegmentPositions, Window, NO_PRODUCER};
+use crate::idempotency::Key;
+use crate::message::Response;
+use crate::records::{Action, BatchItem, Batches, DecodedBatch, SpliceMode, Spliced};
+use crate::telemetry::{FailOpen, Metrics, TopicCounts};
+
+/// The fetch-path dedup filter, shared by every connection.
+pub struct FetchDedup {
+    config: Arc<Config>,
+    window: Arc<Window>,
+    metrics: Arc<Metrics>,
+    /// Topic ids (Fetch v13+ names topics by id) → names, from the Metadata
+    /// responses clients fetch through the proxy.
+    names: RwLock<HashMap<[u8; 16], StrBytes>>,
+}
+
+/// What the response of a Fetch needs.
+#[derive(Debug)]
+pub struct FetchPlan {
+    /// The sink connector, for rules that name one.
+    connector: Option<String>,
+    /// The metrics label.
+    label: String,
+    read_committed: bool,
+}
+
+impl FetchPlan {
+    pub fn new(identity: &Identity, isolation_level: Option<i8>) -> FetchPlan {
+        FetchPlan {
+            connector: identity.connector.clone(),
+            label: identity.label().to_string(),
+            read_committed: isolation_level == Some(1),
+        }
+    }
+}
+
+/// What one response's decisions rest on, and what they counted.
+#[derive(Default)]
+struct Pass {
+    /// Segments read back for positions, per response.
+    segments: HashMap<u64, Option<SegmentPositions>>,
+    /// The newest segment a drop rests on: on disk before the response leaves.
+    rests_on: Option<u64>,
+    counts: TopicCounts,
+}
+
+impl Pass {
+    fn rest_on(&mut self, segment: u64) {
+        self.rests_on = Some(self.rests_on.map_or(segment, |s| s.max(segment)));
+    }
+}
+
+/// A record's place in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Place {
+    partition: i32,
+    offset: i64,
+}
+
+impl FetchDedup {
+    pub fn new(config: Arc<Config>, window: Arc<Window>, metrics: Arc<Metrics>) -> FetchDedup {
+        FetchDedup {
+            config,
+            window,
+            metrics,
+            names: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Remembers the topic ids a Metadata response names (v10+).
+    pub fn learn_names(&self, version: i16, frame: &Bytes) {
+        if version < 10 {
+            return;
+        }
+        let Ok(resp) = Response::<MetadataResponse>::decode(ApiKey::Metadata, version, frame)
+        else {
+            return;
+        };
+        let mut names = self.names.write().expect("topic names lock");
+        for topic in resp.msg.topics {
+            if let Some(name) = topic.name {
+                if !topic.topic_id.is_nil() {
+                    names.insert(*topic.topic_id.as_bytes(), name.0);
+                }
+            }
+        }
+    }
+
+    fn name_of(&self, id: &[u8; 16]) -> Option<StrBytes> {
+        self.names
+            .read()
+            .expect("topic names lock")
+            .get(id)
+            .cloned()
+    }
+
+    fn rule(&self, topic: &str, plan: &FetchPlan) -> Option<&Rule> {
+        self.config
+            .dedup
+            .fetch_rule_for(topic, plan.connector.as_deref())
+            .filter(|r| r.mode != Mode::Off)
+    }
+
+    /// Filters a Fetch response; `None` when nothing changed (forward it as
+    /// it came).
+    pub async fn on_response(
+        &self,
+        plan: &FetchPlan,
+        version: i16,
+        frame: &Bytes,
+    ) -> Result<Option<Bytes>, Error> {
+        let mut resp = match Response::<FetchResponse>::decode(ApiKey::Fetch, version, frame) {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::debug!(error = %e, "Fetch response did not decode: forwarded as it came");
+                return Ok(None);
+            }
+        };
+        if resp.msg.error_code != 0 {
+            return Ok(None);
+        }
+        let mut pass = Pass::default();
+        let mut changed = false;
+        for topic in &mut resp.msg.responses {
+            let name = if version >= 13 {
+                match self.name_of(topic.topic_id.as_bytes()) {
+                    Some(name) => name,
+                    None => {
+                        let records = topic
+                            .partitions
+                            .iter()
+                            .filter_map(|p| p.records.clone())
+                            .map(record_count)
+                            .sum();
+                        if records > 0 && self.covers_anything(plan) {
+                            tracing::debug!(topic_id = %topic.topic_id, "Fetch for a topic id no Metadata response named: forwarded as it came");
+                            self.metrics.dedup.fail_open(FailOpen::TopicId, records);
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                topic.topic.0.clone()
+            };
+            let Some(rule) = self.rule(&name, plan) else {
+                continue;
+            };
+            if !self.window.is_loaded() {
+                let records = topic
+                    .partitions
+                    .iter()
+                    .filter_map(|p| p.records.clone())
+                    .map(record_count)
+                    .sum();
+                self.metrics.dedup.fail_open(FailOpen::Loading, records);
+                continue;
+            }
+            pass.counts = TopicCounts::default();
+            for part in &mut topic.partitions {
+                if part.error_code != 0 {
+                    continue;
+                }
+                let Some(records) = part.records.clone().filter(|r| !r.is_empty()) else {
+                    continue;
+                };
+                let aborted = part.aborted_transactions.as_deref().unwrap_or_default();
+                let filtered = self.filter_partition(
+                    rule,
+                    &name,
+                    part.partition_index,
+                    records,
+                    plan.read_committed,
+                    aborted,
+                    &mut pass,
+                );
+                if let Some(new) = filtered {
+                    part.records = Some(new);
+                    changed = true;
+                }
+            }
+            self.metrics
+                .dedup
+                .add_fetch(&plan.label, &name, pass.counts);
+        }
+        if !changed {
+            return Ok(None);
+        }
+        // A drop rests on a first position: it must outlive a crash.
+        if let Some(segment) = pass.rests_on {
+            if let Err(e) = self.window.flush_through(segment).await {
+                tracing::warn!(error = %e, "store flush failed: Fetch response forwarded with its duplicates");
+                self.metrics
+                    .dedup
+                    .fail_open(FailOpen::StoreError, pass.counts.dropped);
+                return Ok(None);
+            }
+        }
+        resp.encode().map(Some)
+    }
+
+    /// True when some fetch rule could apply to this client.
+    fn covers_anything(&self, plan: &FetchPlan) -> bool {
+        self.config.dedup.rules.iter().any(|r| {
+            r.mode != Mode::Off
+                && r.direction.fetch()
+                && r.connector.as_ref().is_none_or(|c| {
+                    plan.connector
+                        .as_deref()
+                        .is_some_and(|name| c.matches(name))
+                })
+        })
+    }
+
+    /// One partition's records bytes; `None` when nothing changed.
+    #[allow(clippy::too_many_arguments)]
+    fn filter_partition(
+        &self,
+        rule: &Rule,
+        topic: &str,
+        partition: i32,
+        records: Bytes,
+        read_committed: bool,
+        aborted: &[AbortedTransaction],
+        pass: &mut Pass,
+    ) -> Option<Bytes> {
+        // Java's consumer: an aborted transaction's producer is "aborted" from
+        // its first offset until its ABORT marker.
+        let mut pending_aborts: Vec<(i64, i64)> = aborted
+            .iter()
+            .map(|a| (a.first_offset, a.producer_id.0))
+            .collect();
+        pending_aborts.sort_unstable();
+        let mut next_abort = 0;
+        let mut aborted_producers: HashSet<i64> = HashSet::new();
+
+        let mut out = BytesMut::with_capacity(records.len());
+        let mut changed = false;
+        let mut batches = Batches::new(records.clone());
+        loop {
+            let start = batches.position();
+            let raw = match batches.next() {
+                None => break,
+                Some(Ok(BatchItem::Batch(raw))) => raw,
+                Some(Ok(BatchItem::Legacy { bytes, .. } | BatchItem::PartialTail(bytes))) => {
+                    out.extend_from_slice(&bytes);
+                    continue;
+                }
+                Some(Err(e)) => {
+                    // The rest as it came: the consumer judges it.
+                    tracing::debug!(topic, partition, error = %e, "Fetch records did not parse: the rest forwarded as it came");
+                    self.metrics.dedup.fail_open(FailOpen::Undecodable, 0);
+                    out.extend_from_slice(&records[start..]);
+                    break;
+                }
+            };
+            let h = *raw.header();
+            if read_committed {
+                while let Some(&(first, pid)) = pending_aborts.get(next_abort) {
+                    if first > h.last_offset() {
+                        break;
+                    }
+                    aborted_producers.insert(pid);
+                    next_abort += 1;
+                }
+            }
+            if h.attributes.is_control() {
+                // The marker ends that producer's transaction.
+                aborted_producers.remove(&h.producer_id);
+                out.extend_from_slice(raw.bytes());
+                continue;
+            }
+            if h.attributes.is_transactional()
+                && (!read_committed || aborted_producers.contains(&h.producer_id))
+            {
+                out.extend_from_slice(raw.bytes());
+                continue;
+            }
+            let batch = match raw.decode_with_limit(self.config.listen.max_frame_bytes) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::debug!(topic, partition, error = %e, "fetched batch did not decode: forwarded as it came");
+                    self.metrics
+                        .dedup
+                        .fail_open(FailOpen::Undecodable, h.records_count.max(0) as u64);
+                    out.extend_from_slice(raw.bytes());
+                    continue;
+                }
+            };
+            match self.filter_batch(rule, topic, partition, &batch, pass) {
+                Some(new) => {
+                    out.extend_from_slice(&new);
+                    changed = true;
+                }
+                None => out.extend_from_slice(raw.bytes()),
+            }
+        }
+        changed.then(|| out.freeze())
+    }
+
+    /// One decoded batch; `None` when it goes as it came.
+    fn filter_batch(
+        &self,
+        rule: &Rule,
+        topic: &str,
+        partition: i32,
+        batch: &DecodedBatch,
+        pass: &mut Pass,
+    ) -> Option<Bytes> {
+        let deriver = Deriver {
+            strategy: &rule.key,
+            fallback: rule.fallback,
+            tag_header: self.config.dedup.header.as_bytes(),
+        };
+        let drop = rule.mode == Mode::Drop;
+        let mut actions = vec![Action::Keep; batch.len()];
+        let mut learn: Vec<(Key, u32)> = Vec::new();
+        let mut learning: HashSet<Key> = HashSet::new();
+        let mut rests_on_learning = false;
+        for record in batch.records() {
+            let key = match deriver.derive(topic, &record) {
+                Derived::Carried(key) => key,
+                Derived::Made(key) => scoped(topic, key),
+                Derived::Pass => continue,
+            };
+            pass.counts.records += 1;
+            let here = Place {
+                partition,
+                offset: record.offset(),
+            };
+            let duplicate_of = if learning.contains(&key) {
+                // An earlier copy in this very batch is its first position.
+                Some(None)
+            } else {
+                match self.window.peek(key) {
+                    None => {
+                        learning.insert(key);
+                        learn.push((key, record.offset_delta() as u32));
+                        None
+                    }
+                    Some(segment) => match self.first_place(pass, segment, topic, key) {
+                        Some(first) if is_earlier_elsewhere(first, here) => Some(Some(segment)),
+                        // The first position itself, a copy the window
+                        // placed later in this partition, or unknown.
+                        _ => None,
+                    },
+                }
+            };
+            match duplicate_of {
+                None => {}
+                Some(rests_on) if drop => {
+                    actions[record.index()] = Action::Drop;
+                    pass.counts.dropped += 1;
+                    match rests_on {
+                        Some(segment) => pass.rest_on(segment),
+                        None => rests_on_learning = true,
+                    }
+                }
+                Some(_) => pass.counts.observed += 1,
+            }
+        }
+        let base = batch.header().base_offset;
+        match self
+            .window
+            .learn_segment(topic, partition, base, NO_PRODUCER, &learn)
+        {
+            Ok(Some(segment)) => {
+                let offsets = learn
+                    .iter()
+                    .map(|(k, delta)| (*k, base + i64::from(*delta)))
+                    .collect();
+                pass.segments.insert(
+                    segment,
+                    Some(SegmentPositions {
+                        topic: topic.to_string(),
+                        partition,
+                        offsets,
+                    }),
+                );
+                if rests_on_learning {
+                    pass.rest_on(segment);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(topic, partition, error = %e, "window write failed: first positions not learned, batch forwarded as it came");
+                self.metrics
+                    .dedup
+                    .fail_open(FailOpen::StoreError, learn.len() as u64);
+                if rests_on_learning {
+                    // Drops resting on what was not learned are taken back.
+                    return None;
+                }
+            }
+        }
+        if !actions.contains(&Action::Drop) {
+            return None;
+        }
+        match batch.rewrite(&actions, SpliceMode::KeepOffsets) {
+            Ok(Spliced::Rewritten(bytes)) => Some(bytes),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(topic, partition, error = %e, "fetched batch rewrite failed: forwarded with its duplicates");
+                self.metrics
+                    .dedup
+                    .fail_open(FailOpen::Undecodable, batch.len() as u64);
+                None
+            }
+        }
+    }
+
+    /// Where the window says `key` first sat, from `segment` (read once per
+    /// response).
+    fn first_place(&self, pass: &mut Pass, segment: u64, topic: &str, key: Key) -> Option<Place> {
+        let positions = pass.segments.entry(segment).or_insert_with(|| {
+            self.window
+                .segment_positions(segment)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(segment, error = %e, "window segment unreadable: its keys' copies are delivered");
+                    None
+                })
+        });
+        let positions = positions.as_ref()?;
+        // Keys are scoped by topic: another topic here is a hash collision.
+        if positions.topic != topic {
+            return None;
+        }
+        positions.offsets.get(&key).map(|&offset| Place {
+            partition: positions.partition,
+            offset,
+        })
+    }
+}
+
+/// A copy at `here` is a duplicate of `first` only when `first` is another
+/// position that comes before it: another partition (learned first), or a
+/// lower offset of the same one. The first position itself, re-read after a
+/// restart, a rebalance or a seek, is always delivered, and so is a copy
+/// below it in the same partition (the window never moves a first position,
+/// so it never hides what a sink may not have written).
+fn is_earlier_elsewhere(first: Place, here: Place) -> bool {
+    first.partition != here.partition || first.offset < here.offset
+}
+
+/// Records in a partition's bytes, from the batch headers (for counting only).
+fn record_count(records: Bytes) -> u64 {
+    Batches::new(records)
+        .filter_map(Result::ok)
+        .map(|item| match item {
+            BatchItem::Batch(raw) => raw.header().records_count.max(0) as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_earlier_other_position_makes_a_duplicate() {
+        let at = |partition, offset| Place { partition, offset };
+        assert!(!is_earlier_elsewhere(at(0, 5), at(0, 5)), "a re-read");
+        assert!(is_earlier_elsewhere(at(0, 5), at(0, 9)), "a later copy");
+        assert!(
+            !is_earlier_elsewhere(at(0, 9), at(0, 5)),
+            "below the first: never hidden"
+        );
+        assert!(
+            is_earlier_elsewhere(at(1, 9), at(0, 5)),
+            "another partition"
+        );
+    }
+}
