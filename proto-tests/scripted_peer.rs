@@ -67,6 +67,7 @@ fn answer(request: &[u8], port: u16) -> Option<Bytes> {
         ApiKey::ApiVersions => {
             let keys = [
                 ApiKey::Produce,
+                ApiKey::Fetch,
                 ApiKey::Metadata,
                 ApiKey::ApiVersions,
                 ApiKey::SaslHandshake,
@@ -132,8 +133,108 @@ fn answer(request: &[u8], port: u16) -> Option<Bytes> {
                 )
             })
         }
+        ApiKey::Fetch => Some(frame(corr, flexible, &transactional_fetch(), version)),
         _ => None,
     }
+}
+
+/// One batch of records for partition 0 of "txn": (key, value) pairs from
+/// `base`, by `producer` (-1: not idempotent), transactional or a control
+/// marker (`control`: Some(commit)).
+fn batch(base: i64, producer: i64, records: &[&str], control: Option<bool>) -> Bytes {
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+    let records: Vec<Record> = match control {
+        Some(commit) => vec![Record {
+            transactional: true,
+            control: true,
+            delete_horizon: false,
+            partition_leader_epoch: 3,
+            producer_id: producer,
+            producer_epoch: 0,
+            timestamp_type: TimestampType::Creation,
+            offset: base,
+            sequence: -1,
+            timestamp: 1_700_000_000_000,
+            // Control record key: version 0, type 0 = ABORT, 1 = COMMIT.
+            key: Some(Bytes::from(vec![0, 0, 0, u8::from(commit)])),
+            value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0])),
+            headers: Default::default(),
+        }],
+        None => records
+            .iter()
+            .enumerate()
+            .map(|(i, key)| Record {
+                transactional: producer >= 0,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: 3,
+                producer_id: producer,
+                producer_epoch: 0,
+                timestamp_type: TimestampType::Creation,
+                offset: base + i as i64,
+                // kafka-protocol starts a new batch where offset - sequence
+                // changes: a plain batch's base sequence is -1.
+                sequence: if producer >= 0 {
+                    i as i32
+                } else {
+                    i as i32 - 1
+                },
+                timestamp: 1_700_000_000_000,
+                key: Some(Bytes::from(key.to_string())),
+                value: Some(Bytes::from(format!("value of {key}"))),
+                headers: Default::default(),
+            })
+            .collect(),
+    };
+    let mut out = BytesMut::new();
+    let options = RecordEncodeOptions {
+        version: 2,
+        compression: Compression::None,
+    };
+    RecordBatchEncoder::encode(&mut out, &records, &options).unwrap();
+    out.freeze()
+}
+
+/// The batches of "txn" partition 0, as a read_committed Fetch gets them:
+/// offsets 0-2 plain (a, b, c); 3-4 producer 7's transaction (d, e), then
+/// its ABORT marker at 5; 6-7 producer 8's transaction (f, and a copy of
+/// a), its COMMIT marker at 8; 9-11 plain (d, a copy of b, e).
+fn txn_batches() -> Vec<Bytes> {
+    vec![
+        batch(0, -1, &["a", "b", "c"], None),
+        batch(3, 7, &["d", "e"], None),
+        batch(5, 7, &[], Some(false)),
+        batch(6, 8, &["f", "a"], None),
+        batch(8, 8, &[], Some(true)),
+        batch(9, -1, &["d", "b", "e"], None),
+    ]
+}
+
+fn transactional_fetch() -> kafka_protocol::messages::FetchResponse {
+    use kafka_protocol::messages::fetch_response::{
+        AbortedTransaction, FetchableTopicResponse, PartitionData,
+    };
+    use kafka_protocol::messages::ProducerId;
+    let records: BytesMut = txn_batches().iter().fold(BytesMut::new(), |mut all, b| {
+        all.extend_from_slice(b);
+        all
+    });
+    let partition = PartitionData::default()
+        .with_partition_index(0)
+        .with_high_watermark(12)
+        .with_last_stable_offset(12)
+        .with_log_start_offset(0)
+        .with_aborted_transactions(Some(vec![AbortedTransaction::default()
+            .with_producer_id(ProducerId(7))
+            .with_first_offset(3)]))
+        .with_records(Some(records.freeze()));
+    kafka_protocol::messages::FetchResponse::default()
+        .with_session_id(0)
+        .with_responses(vec![FetchableTopicResponse::default()
+            .with_topic(StrBytes::from_static_str("txn").into())
+            .with_partitions(vec![partition])])
 }
 
 impl Peer {
@@ -336,4 +437,107 @@ async fn sasl_passes_through_and_the_principal_is_bound_only_on_success() {
         0
     );
     assert_eq!(principal_of(&proxy, &conn).await.as_deref(), Some("bob"));
+}
+
+/// read_committed over a topic with an aborted transaction (neither tansu nor
+/// the mock cluster returns an aborted-transactions list): the aborted
+/// transaction's records pass untouched and teach nothing, so their replayed
+/// copies are first occurrences; a committed transaction's copy of an earlier
+/// record goes; markers, the aborted list and the watermarks are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_committed_neither_delivers_nor_learns_aborted_records() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, FetchResponse};
+    use kafka_protocol::records::RecordBatchDecoder;
+    let peer = Peer::start(Script::Kafka).await;
+    let proxy = Proxy::start_with(
+        &peer.addr,
+        "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"record-key\"\ndirection = \"fetch\"\n",
+    )
+    .await;
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    let fetch = |isolation: i8| {
+        FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(100)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_isolation_level(isolation)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(StrBytes::from_static_str("txn").into())
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(0)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)])])
+    };
+    // (offset, key, transactional, control) of every record, per batch.
+    let read = |resp: &FetchResponse| {
+        let p = &resp.responses[0].partitions[0];
+        assert_eq!(
+            (p.high_watermark, p.last_stable_offset, p.log_start_offset),
+            (12, 12, 0)
+        );
+        assert_eq!(p.aborted_transactions.as_ref().map(Vec::len), Some(1));
+        let mut bytes = p.records.clone().unwrap();
+        let mut batches = Vec::new();
+        while !bytes.is_empty() {
+            let set = RecordBatchDecoder::decode(&mut bytes).unwrap();
+            batches.push(
+                set.records
+                    .iter()
+                    .map(|r| {
+                        let key = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default());
+                        (r.offset, key.into_owned(), r.transactional, r.control)
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+        (p.records.clone().unwrap(), batches)
+    };
+    let original = txn_batches();
+    for attempt in 0..2 {
+        let resp: FetchResponse = conn.call(ApiKey::Fetch, 11, 10 + attempt, &fetch(1)).await;
+        let (bytes, batches) = read(&resp);
+        let keys: Vec<Vec<(i64, &str)>> = batches
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .filter(|r| !r.3)
+                    .map(|r| (r.0, r.1.as_str()))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                vec![(0, "a"), (1, "b"), (2, "c")],
+                vec![(3, "d"), (4, "e")],
+                vec![],
+                vec![(6, "f")],
+                vec![],
+                vec![(9, "d"), (11, "e")],
+            ],
+            "read {attempt}: the committed copy of a and the copy of b go, the aborted d and e teach nothing"
+        );
+        // The aborted transaction and both markers are the broker's bytes.
+        let mut at = original[0].len();
+        for b in &original[1..3] {
+            assert_eq!(
+                &bytes[at..at + b.len()],
+                &b[..],
+                "read {attempt}: untouched"
+            );
+            at += b.len();
+        }
+        // The committed transaction keeps its producer and flag.
+        assert!(batches[3].iter().all(|r| r.2), "still transactional");
+    }
+    // read_uncommitted: transactional batches pass whole (nobody knows yet
+    // whether they commit); plain copies still go.
+    let resp: FetchResponse = conn.call(ApiKey::Fetch, 11, 20, &fetch(0)).await;
+    let (_, batches) = read(&resp);
+    let plain: Vec<(i64, String)> = batches[5].iter().map(|r| (r.0, r.1.clone())).collect();
+    assert_eq!(plain, vec![(9, "d".to_string()), (11, "e".to_string())]);
+    let txn: Vec<(i64, String)> = batches[3].iter().map(|r| (r.0, r.1.clone())).collect();
+    assert_eq!(txn, vec![(6, "f".to_string()), (7, "a".to_string())]);
 }
