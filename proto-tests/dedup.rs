@@ -1687,6 +1687,19 @@ async fn sinks_read_each_record_once_whoever_wrote_the_copies() {
         let read = |name| common::metric_value(&text, &fetch_series(name, "pg-sink", &topic));
         assert_eq!(read("idemgate_records_total"), 110.0, "{codec}");
         assert_eq!(read("idemgate_duplicates_dropped_total"), 40.0, "{codec}");
+        // The per-connector admin view shows the same.
+        let view = connector_json(proxy.admin, "pg-sink").await;
+        let row = view["fetch_topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["topic"] == topic.as_str())
+            .unwrap_or_else(|| panic!("{topic} not in {view}"))
+            .clone();
+        assert_eq!(
+            (row["records"].as_u64(), row["dropped"].as_u64()),
+            (Some(110), Some(40))
+        );
     }
 
     // Past an all-duplicate last batch: a new record still arrives.

@@ -1,5 +1,6 @@
 //! The admin HTTP listener: `/healthz`, `/readyz`, `/metrics`, `/connections`,
-//! `/connectors` (replays absorbed per connector),
+//! `/connectors` (replays absorbed per connector; duplicates its sinks were
+//! spared, `fetch_topics`),
 //! `/window/lookup?topic=T&key=K` (was this record seen, when, at which
 //! offset) and `POST /window/purge?topic=T` (forget a topic's keys).
 //!
@@ -257,35 +258,41 @@ fn connectors_json(shared: &Shared) -> String {
     let dedup = &shared.metrics.dedup;
     let replays = dedup.replays();
     let topics = dedup.topics();
+    let fetch_topics = dedup.fetch_topics();
     let mut names: Vec<&String> = replays.keys().collect();
     names.extend(topics.keys().map(|(c, _)| c));
+    names.extend(fetch_topics.keys().map(|(c, _)| c));
     names.sort();
     names.dedup();
+    let per_topic = |map: &std::collections::BTreeMap<(String, String), _>, name: &String| {
+        let rows: Vec<String> = map
+            .iter()
+            .filter(|((c, _), _): &(&(String, String), &crate::telemetry::TopicCounts)| c == name)
+            .map(|((_, t), c)| {
+                format!(
+                    "{{\"topic\":{},\"records\":{},\"dropped\":{},\"observed\":{}}}",
+                    json_string(Some(t)),
+                    c.records,
+                    c.dropped,
+                    c.observed
+                )
+            })
+            .collect();
+        rows.join(",")
+    };
     let rows: Vec<String> = names
         .into_iter()
         .map(|name| {
             let r = replays.get(name).copied().unwrap_or_default();
-            let per_topic: Vec<String> = topics
-                .iter()
-                .filter(|((c, _), _)| c == name)
-                .map(|((_, t), c)| {
-                    format!(
-                        "{{\"topic\":{},\"records\":{},\"dropped\":{},\"observed\":{}}}",
-                        json_string(Some(t)),
-                        c.records,
-                        c.dropped,
-                        c.observed
-                    )
-                })
-                .collect();
             format!(
-                "{{\"connector\":{},\"producer_sessions\":{},\"sessions_with_replays\":{},\"records_dropped\":{},\"largest_replay\":{},\"topics\":[{}]}}",
+                "{{\"connector\":{},\"producer_sessions\":{},\"sessions_with_replays\":{},\"records_dropped\":{},\"largest_replay\":{},\"topics\":[{}],\"fetch_topics\":[{}]}}",
                 json_string(Some(name)),
                 r.sessions,
                 r.sessions_with_replays,
                 r.records_dropped,
                 r.largest_replay,
-                per_topic.join(",")
+                per_topic(&topics, name),
+                per_topic(&fetch_topics, name)
             )
         })
         .collect();
