@@ -290,7 +290,9 @@ impl Pipeline {
     /// For a SaslAuthenticate response: did the broker accept?
     pub fn authenticated(&self, plan: &ResponsePlan, frame: &Bytes) -> bool {
         message::decode_response::<SaslAuthenticateResponse>(plan.api_key, plan.api_version, frame)
-            .is_ok_and(|r| r.error_code == 0)
+            // SCRAM: a server-final message "e=..." is a refusal (RFC 5802), and
+            // tansu sends it with error code 0.
+            .is_ok_and(|r| r.error_code == 0 && !r.auth_bytes.starts_with(b"e="))
     }
 
     fn filter_api_versions(&self, version: i16, frame: &Bytes) -> Result<Option<Bytes>, Error> {

@@ -19,8 +19,11 @@
 //! replayed through it is a replay on the produce path too.
 //!
 //! Never a loss: a record is dropped only when its key's first position is a
-//! *different, earlier* one (another partition, or a lower offset of this
-//! one); the first position is always delivered, however often it is read.
+//! lower offset of the same partition, still in the log (at or above the
+//! partition's log start offset); the first position is always delivered,
+//! however often it is read. A copy in another partition is delivered: the
+//! proxy cannot see whether the first copy is still in that partition's log
+//! (retention, DeleteRecords), and a sink must never lose its only copy.
 //! A key's first position is never moved. Anything uncertain (window still
 //! loading, an unknown topic id, an undecodable batch, a store error) is
 //! delivered as it came and counted in `idemgate_dedup_fail_open_total`.
@@ -220,7 +223,7 @@ impl FetchDedup {
                 let filtered = self.filter_partition(
                     rule,
                     &name,
-                    part.partition_index,
+                    (part.partition_index, part.log_start_offset),
                     records,
                     plan.read_committed,
                     aborted,
@@ -270,7 +273,7 @@ impl FetchDedup {
         &self,
         rule: &Rule,
         topic: &str,
-        partition: i32,
+        (partition, log_start): (i32, i64),
         records: Bytes,
         read_committed: bool,
         aborted: &[AbortedTransaction],
@@ -339,7 +342,7 @@ impl FetchDedup {
                     continue;
                 }
             };
-            match self.filter_batch(rule, topic, partition, &batch, pass) {
+            match self.filter_batch(rule, topic, (partition, log_start), &batch, pass) {
                 Some(new) => {
                     out.extend_from_slice(&new);
                     changed = true;
@@ -355,7 +358,7 @@ impl FetchDedup {
         &self,
         rule: &Rule,
         topic: &str,
-        partition: i32,
+        (partition, log_start): (i32, i64),
         batch: &DecodedBatch,
         pass: &mut Pass,
     ) -> Option<Bytes> {
@@ -391,7 +394,7 @@ impl FetchDedup {
                         None
                     }
                     Some(segment) => match self.first_place(pass, segment, topic, key) {
-                        Some(first) if is_earlier_elsewhere(first, here) => Some(Some(segment)),
+                        Some(first) if is_later_copy(first, here, log_start) => Some(Some(segment)),
                         // The first position itself, a copy the window
                         // placed later in this partition, or unknown.
                         _ => None,
@@ -484,14 +487,15 @@ impl FetchDedup {
     }
 }
 
-/// A copy at `here` is a duplicate of `first` only when `first` is another
-/// position that comes before it: another partition (learned first), or a
-/// lower offset of the same one. The first position itself, re-read after a
-/// restart, a rebalance or a seek, is always delivered, and so is a copy
-/// below it in the same partition (the window never moves a first position,
-/// so it never hides what a sink may not have written).
-fn is_earlier_elsewhere(first: Place, here: Place) -> bool {
-    first.partition != here.partition || first.offset < here.offset
+/// A copy at `here` is a duplicate of `first` only when `first` is a lower
+/// offset of the same partition that is still in the log (`log_start`: the
+/// partition's log start offset, -1 when the broker does not say). The first
+/// position itself, re-read after a restart, a rebalance or a seek, is always
+/// delivered; so is a copy below it (the window never moves a first
+/// position), a copy whose first position retention already deleted, and a
+/// copy in another partition (whose log the proxy cannot see).
+fn is_later_copy(first: Place, here: Place, log_start: i64) -> bool {
+    first.partition == here.partition && first.offset < here.offset && first.offset >= log_start
 }
 
 /// Records in a partition's bytes, from the batch headers (for counting only).
@@ -510,17 +514,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_an_earlier_other_position_makes_a_duplicate() {
+    fn only_a_later_copy_of_a_first_position_still_in_the_log_goes() {
         let at = |partition, offset| Place { partition, offset };
-        assert!(!is_earlier_elsewhere(at(0, 5), at(0, 5)), "a re-read");
-        assert!(is_earlier_elsewhere(at(0, 5), at(0, 9)), "a later copy");
+        assert!(!is_later_copy(at(0, 5), at(0, 5), 0), "a re-read");
+        assert!(is_later_copy(at(0, 5), at(0, 9), 0), "a later copy");
+        assert!(is_later_copy(at(0, 5), at(0, 9), -1), "no log start given");
         assert!(
-            !is_earlier_elsewhere(at(0, 9), at(0, 5)),
+            !is_later_copy(at(0, 9), at(0, 5), 0),
             "below the first: never hidden"
         );
         assert!(
-            is_earlier_elsewhere(at(1, 9), at(0, 5)),
-            "another partition"
+            !is_later_copy(at(0, 5), at(0, 9), 6),
+            "the first copy is gone"
         );
+        assert!(!is_later_copy(at(1, 5), at(0, 9), 0), "another partition");
     }
 }
