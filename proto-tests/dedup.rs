@@ -175,36 +175,7 @@ async fn consume_all(
                 .unwrap();
         }
         consumer.assign(&tpl).unwrap();
-        let start = Instant::now();
-        let mut last = Instant::now();
-        let mut rows = Vec::with_capacity(expected);
-        while start.elapsed() < Duration::from_secs(30)
-            && !(rows.len() >= expected && last.elapsed() > Duration::from_secs(1))
-        {
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => {
-                    last = Instant::now();
-                    let headers = m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    rows.push(Consumed {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: m.key().map(|k| String::from_utf8(k.to_vec()).unwrap()),
-                        value: String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap(),
-                        headers,
-                    });
-                }
-                Some(Err(e)) => panic!("consume error: {e}"),
-                None => {}
-            }
-        }
-        rows
+        poll_rows(&consumer, expected)
     })
     .await
     .unwrap()
@@ -1589,12 +1560,20 @@ fn poll_rows(consumer: &BaseConsumer, expected: usize) -> Vec<Consumed> {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 last = Instant::now();
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 rows.push(Consumed {
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(|k| String::from_utf8(k.to_vec()).unwrap()),
                     value: String::from_utf8(m.payload().unwrap_or_default().to_vec()).unwrap(),
-                    headers: Vec::new(),
+                    headers,
                 });
             }
             Some(Err(e)) => panic!("consume error: {e}"),
