@@ -145,46 +145,43 @@ fn batch(base: i64, producer: i64, records: &[&str], control: Option<bool>) -> B
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
+    let record = |i: usize, key: Bytes, value: Bytes| Record {
+        transactional: producer >= 0,
+        control: control.is_some(),
+        delete_horizon: false,
+        partition_leader_epoch: 3,
+        producer_id: producer,
+        producer_epoch: 0,
+        timestamp_type: TimestampType::Creation,
+        offset: base + i as i64,
+        // kafka-protocol starts a new batch where offset - sequence changes:
+        // a plain batch's base sequence is -1, a marker's too.
+        sequence: if producer >= 0 && control.is_none() {
+            i as i32
+        } else {
+            i as i32 - 1
+        },
+        timestamp: 1_700_000_000_000,
+        key: Some(key),
+        value: Some(value),
+        headers: Default::default(),
+    };
     let records: Vec<Record> = match control {
-        Some(commit) => vec![Record {
-            transactional: true,
-            control: true,
-            delete_horizon: false,
-            partition_leader_epoch: 3,
-            producer_id: producer,
-            producer_epoch: 0,
-            timestamp_type: TimestampType::Creation,
-            offset: base,
-            sequence: -1,
-            timestamp: 1_700_000_000_000,
-            // Control record key: version 0, type 0 = ABORT, 1 = COMMIT.
-            key: Some(Bytes::from(vec![0, 0, 0, u8::from(commit)])),
-            value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0])),
-            headers: Default::default(),
-        }],
+        // Control record key: version 0, type 0 = ABORT, 1 = COMMIT.
+        Some(commit) => vec![record(
+            0,
+            Bytes::from(vec![0, 0, 0, u8::from(commit)]),
+            Bytes::from_static(&[0, 0, 0, 0, 0, 0]),
+        )],
         None => records
             .iter()
             .enumerate()
-            .map(|(i, key)| Record {
-                transactional: producer >= 0,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: 3,
-                producer_id: producer,
-                producer_epoch: 0,
-                timestamp_type: TimestampType::Creation,
-                offset: base + i as i64,
-                // kafka-protocol starts a new batch where offset - sequence
-                // changes: a plain batch's base sequence is -1.
-                sequence: if producer >= 0 {
-                    i as i32
-                } else {
-                    i as i32 - 1
-                },
-                timestamp: 1_700_000_000_000,
-                key: Some(Bytes::from(key.to_string())),
-                value: Some(Bytes::from(format!("value of {key}"))),
-                headers: Default::default(),
+            .map(|(i, key)| {
+                record(
+                    i,
+                    Bytes::from(key.to_string()),
+                    Bytes::from(format!("value of {key}")),
+                )
             })
             .collect(),
     };

@@ -206,11 +206,13 @@ impl Pipeline {
                     end_txn = Some(((req.producer_id.0, req.producer_epoch), req.committed));
                 }
             }
-            ApiKey::Fetch if self.fetch_dedup.is_some() => {
-                let identity = conn.identity.as_ref().expect("set above");
-                let isolation =
-                    message::fetch_isolation_level(&frame, head.body_offset, head.api_version);
-                fetch = Some(FetchPlan::new(identity, isolation));
+            ApiKey::Fetch => {
+                if let Some(dedup) = &self.fetch_dedup {
+                    let identity = conn.identity.as_ref().expect("set above");
+                    let isolation =
+                        message::fetch_isolation_level(&frame, head.body_offset, head.api_version);
+                    fetch = dedup.plan(identity, isolation);
+                }
             }
             ApiKey::SaslHandshake => {
                 if let Some(req) = message::decode_request::<SaslHandshakeRequest>(&frame, head) {

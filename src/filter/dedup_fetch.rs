@@ -46,7 +46,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::fetch_response::AbortedTransaction;
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse};
 use kafka_protocol::messages::{ApiKey, FetchResponse, MetadataResponse};
 use kafka_protocol::protocol::StrBytes;
 
@@ -78,16 +78,6 @@ pub struct FetchPlan {
     /// The metrics label.
     label: String,
     read_committed: bool,
-}
-
-impl FetchPlan {
-    pub fn new(identity: &Identity, isolation_level: Option<i8>) -> FetchPlan {
-        FetchPlan {
-            connector: identity.connector.clone(),
-            label: identity.label().to_string(),
-            read_committed: isolation_level == Some(1),
-        }
-    }
 }
 
 /// What one response's decisions rest on, and what they counted.
@@ -182,13 +172,8 @@ impl FetchDedup {
                 match self.name_of(topic.topic_id.as_bytes()) {
                     Some(name) => name,
                     None => {
-                        let records = topic
-                            .partitions
-                            .iter()
-                            .filter_map(|p| p.records.clone())
-                            .map(record_count)
-                            .sum();
-                        if records > 0 && self.covers_anything(plan) {
+                        let records = topic_records(topic);
+                        if records > 0 {
                             tracing::debug!(topic_id = %topic.topic_id, "Fetch for a topic id no Metadata response named: forwarded as it came");
                             self.metrics.dedup.fail_open(FailOpen::TopicId, records);
                         }
@@ -202,13 +187,9 @@ impl FetchDedup {
                 continue;
             };
             if !self.window.is_loaded() {
-                let records = topic
-                    .partitions
-                    .iter()
-                    .filter_map(|p| p.records.clone())
-                    .map(record_count)
-                    .sum();
-                self.metrics.dedup.fail_open(FailOpen::Loading, records);
+                self.metrics
+                    .dedup
+                    .fail_open(FailOpen::Loading, topic_records(topic));
                 continue;
             }
             pass.counts = TopicCounts::default();
@@ -254,16 +235,21 @@ impl FetchDedup {
         resp.encode().map(Some)
     }
 
-    /// True when some fetch rule could apply to this client.
-    fn covers_anything(&self, plan: &FetchPlan) -> bool {
-        self.config.dedup.rules.iter().any(|r| {
+    /// What a Fetch's response needs; `None` when no fetch rule could apply
+    /// to this client (its responses are then never decoded).
+    pub fn plan(&self, identity: &Identity, isolation_level: Option<i8>) -> Option<FetchPlan> {
+        let connector = identity.connector.as_deref();
+        let covered = self.config.dedup.rules.iter().any(|r| {
             r.mode != Mode::Off
                 && r.direction.fetch()
-                && r.connector.as_ref().is_none_or(|c| {
-                    plan.connector
-                        .as_deref()
-                        .is_some_and(|name| c.matches(name))
-                })
+                && r.connector
+                    .as_ref()
+                    .is_none_or(|c| connector.is_some_and(|name| c.matches(name)))
+        });
+        covered.then(|| FetchPlan {
+            connector: identity.connector.clone(),
+            label: identity.label().to_string(),
+            read_committed: isolation_level == Some(1),
         })
     }
 
@@ -498,9 +484,14 @@ fn is_later_copy(first: Place, here: Place, log_start: i64) -> bool {
     first.partition == here.partition && first.offset < here.offset && first.offset >= log_start
 }
 
-/// Records in a partition's bytes, from the batch headers (for counting only).
-fn record_count(records: Bytes) -> u64 {
-    Batches::new(records)
+/// Records in a topic's partitions, from the batch headers (for counting
+/// what went unchecked).
+fn topic_records(topic: &FetchableTopicResponse) -> u64 {
+    topic
+        .partitions
+        .iter()
+        .filter_map(|p| p.records.clone())
+        .flat_map(Batches::new)
         .filter_map(Result::ok)
         .map(|item| match item {
             BatchItem::Batch(raw) => raw.header().records_count.max(0) as u64,
