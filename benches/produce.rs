@@ -44,8 +44,9 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use common::{cpu_seconds, free_port, http_get, median, tansu_bin, wait_port, Killed};
+
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -232,46 +233,6 @@ impl PathKind {
 
 // === Processes ===
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "port {port} never opened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn tansu_bin() -> PathBuf {
-    let bin = std::env::var("TANSU_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/bin/tansu"));
-    assert!(
-        bin.exists(),
-        "no tansu at {}: run scripts/setup",
-        bin.display()
-    );
-    bin
-}
-
 /// Starts `tansu <args…>` listening and advertising on a fresh loopback port.
 fn spawn_tansu(subcommand: &str, extra: &[String]) -> (Killed, String) {
     let port = free_port();
@@ -368,20 +329,6 @@ fn start_proxy(upstream: &str, dir: &std::path::Path, dedup: bool) -> Proxy {
 }
 
 /// The whole HTTP response (head and body), or None if it failed.
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
-
 /// What idemgate's /metrics counted for the measured topic.
 #[derive(Default, Clone, Copy)]
 struct DedupCounts {
@@ -446,23 +393,6 @@ fn log_records(broker: &str, topic: &str) -> Option<i64> {
         total += high - low - 1;
     }
     Some(total)
-}
-
-/// user + system CPU seconds of a process so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the ")" that closes the command name: utime is 14th, stime 15th overall.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    let hz = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0);
-    ticks / hz
 }
 
 // === The records ===
@@ -786,11 +716,6 @@ fn measure(
             logged,
         },
     )
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 /// "dropped 14985 (30.0 %), log 35015" and the like, for a dedup or replay run.
