@@ -35,6 +35,7 @@ use crate::filter::api_versions;
 use crate::filter::broker_address::{carries_upstream_address, Rewriter};
 use crate::filter::dedup_produce::{self, ProduceDedup, ProducePlan};
 use crate::filter::identity::Identity;
+use crate::filter::quota::Entity;
 use crate::filter::sasl::SaslState;
 use crate::idempotency::window::Producer;
 use crate::message::{self, Response};
@@ -67,6 +68,25 @@ pub struct ResponsePlan {
     /// EndTxn: the producer and whether it commits, for the dedup filter to
     /// learn (or forget) the transaction's keys once the coordinator agrees.
     pub end_txn: Option<(Producer, bool)>,
+    /// Produce and Fetch of a client with quotas: whom to charge the
+    /// response to (Fetch), and the throttle already owed (Produce).
+    pub quota: Option<QuotaCharge>,
+}
+
+/// What the response of a Produce or Fetch owes to its client's quota.
+pub struct QuotaCharge {
+    pub entity: Arc<Entity>,
+    /// Throttle the request itself left (Produce bytes, request rate).
+    pub throttle: Duration,
+}
+
+impl std::fmt::Debug for QuotaCharge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaCharge")
+            .field("entity", &self.entity.key)
+            .field("throttle", &self.throttle)
+            .finish()
+    }
 }
 
 /// What a connection remembers between its requests.
@@ -81,6 +101,14 @@ pub struct ConnState {
     identity: Option<Identity>,
     /// Produce-path dedup of this connection.
     session: dedup_produce::Session,
+}
+
+impl ConnState {
+    /// Who the client is, as the quota filter named it (Connect client ids,
+    /// then `quota.connector_patterns`), for the filters after it.
+    pub fn set_identity(&mut self, identity: Identity) {
+        self.identity = Some(identity);
+    }
 }
 
 /// The filters and what they share across connections.
@@ -211,6 +239,7 @@ impl Pipeline {
             authenticates,
             produce,
             end_txn,
+            quota: None,
         };
         Ok(RequestAction::Forward(frame, Some(plan)))
     }

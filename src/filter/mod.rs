@@ -6,4 +6,5 @@ pub mod broker_address;
 pub mod dedup_produce;
 pub mod dedup_txn;
 pub mod identity;
+pub mod quota;
 pub mod sasl;
