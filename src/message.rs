@@ -379,11 +379,13 @@ mod tests {
             out.freeze()
         }
         for version in 3..=13 {
-            let topic = TopicProduceResponse::default()
-                .with_name(StrBytes::from_static_str("t").into())
-                .with_partition_responses(vec![
-                    PartitionProduceResponse::default().with_base_offset(42)
-                ]);
+            let mut topic = TopicProduceResponse::default();
+            if version < 13 {
+                topic.name = StrBytes::from_static_str("t").into();
+            }
+            let topic = topic.with_partition_responses(vec![
+                PartitionProduceResponse::default().with_base_offset(42)
+            ]);
             let resp = ProduceResponse::default()
                 .with_responses(vec![topic])
                 .with_throttle_time_ms(10);
@@ -404,7 +406,7 @@ mod tests {
         for version in 4..=17 {
             let resp = FetchResponse::default()
                 .with_throttle_time_ms(10)
-                .with_session_id(3);
+                .with_session_id(if version >= 7 { 3 } else { 0 });
             let f = frame(ApiKey::Fetch, version, &resp);
             let out = raise_throttle_time(ApiKey::Fetch, version, &f, 900)
                 .unwrap()
