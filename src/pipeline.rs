@@ -1,12 +1,17 @@
 //! The ordered filter stack, applied to each request and its response.
 //!
 //! ```text
-//! request  → api versions (answer too-new versions locally)
+//! request  → quota (in connection.rs, before these: a muted connection's or
+//!            paused connector's Produce/Fetch held, bytes charged, Fetch
+//!            max_bytes capped; filter/quota.rs)
+//!          → api versions (answer too-new versions locally)
 //!          → produce acks / request waits (how long the broker may take)
 //!          → identity (connector and task from the client id)
 //!          → dedup (produce): tag, drop replays, answer wholly replayed requests
 //!          → upstream
-//! response ← dedup (produce): commit acknowledged keys, merge answered partitions
+//! response ← quota (in connection.rs, after these: Fetch bytes charged,
+//!            throttle_time_ms raised to the proxy's throttle)
+//!          ← dedup (produce): commit acknowledged keys, merge answered partitions
 //!          ← api versions (intersect ranges)
 //!          ← broker addresses (Metadata, FindCoordinator, DescribeCluster, KIP-951)
 //!          ← leak check (diagnostics.leak_check)
