@@ -116,8 +116,12 @@ fn start_proxy(upstream: &str, dir: &std::path::Path) -> (Killed, String) {
     (Killed(child), format!("127.0.0.1:{port}"))
 }
 
+/// (when, value bytes) per acknowledged record.
+type Acked = Vec<(Instant, usize)>;
+
+/// What was acknowledged, and how many deliveries failed.
 #[derive(Default, Clone)]
-struct Acks(Arc<Mutex<(Vec<(Instant, usize)>, usize)>>);
+struct Acks(Arc<Mutex<(Acked, usize)>>);
 
 impl ClientContext for Acks {}
 
