@@ -538,3 +538,81 @@ async fn read_committed_neither_delivers_nor_learns_aborted_records() {
     let txn: Vec<(i64, String)> = batches[3].iter().map(|r| (r.0, r.1.clone())).collect();
     assert_eq!(txn, vec![(6, "f".to_string()), (7, "a".to_string())]);
 }
+
+/// A Produce carrying `bytes` of (opaque) records, acks=1.
+fn big_produce(bytes: usize) -> ProduceRequest {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let partition = PartitionProduceData::default()
+        .with_index(0)
+        .with_records(Some(Bytes::from(vec![0u8; bytes])));
+    ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(StrBytes::from_static_str("t").into())
+            .with_partition_data(vec![partition])])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_quota_keys_on_the_principal_the_broker_accepted() {
+    // The mock cluster and tansu's PLAIN are unavailable (tansu --authentication
+    // has SCRAM only): this peer accepts PLAIN and SCRAM like a broker would.
+    let peer = Peer::start(Script::Kafka).await;
+    let proxy = Proxy::start_with(
+        &peer.addr,
+        "[[quotas]]\ntenant = \"alice\"\nproduce_bytes_per_sec = 10000\n",
+    )
+    .await;
+    let throttle_of = |resp: kafka_protocol::messages::ProduceResponse| resp.throttle_time_ms;
+
+    // alice (PLAIN, accepted): 50 kB against 10 kB/s with a 1 s burst leaves
+    // 4 s of debt; one throttle is cut at quota.max_throttle (2 s).
+    let mut alice = RawConn::connect(&proxy.bootstrap).await;
+    sasl_handshake(&mut alice, "PLAIN").await;
+    assert_eq!(sasl_round(&mut alice, 2, b"\0alice\0secret").await, 0);
+    for (corr, version) in [(3, 7), (4, 9)] {
+        // v7: throttle_time_ms is the last field; v9 (flexible): decoded.
+        let resp = alice
+            .call(ApiKey::Produce, version, corr, &big_produce(50_000))
+            .await;
+        assert_eq!(throttle_of(resp), 2000, "v{version}");
+    }
+    // A refused login binds nothing: the same bytes are not alice's.
+    let mut mallory = RawConn::connect(&proxy.bootstrap).await;
+    sasl_handshake(&mut mallory, "PLAIN").await;
+    assert_eq!(sasl_round(&mut mallory, 2, b"\0alice\0wrong").await, 58);
+    let resp = mallory
+        .call(ApiKey::Produce, 7, 3, &big_produce(50_000))
+        .await;
+    assert_eq!(throttle_of(resp), 0, "not alice: no quota");
+    // SCRAM: the user from client-first, once the exchange succeeds.
+    let mut bob = RawConn::connect(&proxy.bootstrap).await;
+    sasl_handshake(&mut bob, "SCRAM-SHA-256").await;
+    assert_eq!(sasl_round(&mut bob, 2, b"n,,n=bob,r=abc").await, 0);
+    assert_eq!(
+        sasl_round(&mut bob, 3, b"c=biws,r=abcdef,p=cHJvb2Y=").await,
+        0
+    );
+    let resp = bob.call(ApiKey::Produce, 7, 4, &big_produce(50_000)).await;
+    assert_eq!(throttle_of(resp), 0, "bob has no quota");
+
+    let (_, quotas) = common::http_get(proxy.admin, "/quotas").await;
+    assert!(
+        quotas.contains("\"connector\":\"proto-tests\",\"tenant\":\"alice\""),
+        "{quotas}"
+    );
+    assert!(quotas.contains("\"tenant\":\"bob\""), "{quotas}");
+    let metrics = proxy.metrics().await;
+    let alice_throttle = common::metric_value(
+        &metrics,
+        "idemgate_throttle_seconds_total{connector=\"proto-tests\",tenant=\"alice\"}",
+    );
+    assert!(alice_throttle >= 4.0, "{metrics}");
+    assert_eq!(
+        common::metric_value(
+            &metrics,
+            "idemgate_throttle_seconds_total{connector=\"proto-tests\",tenant=\"bob\"}"
+        ),
+        0.0
+    );
+}

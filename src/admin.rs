@@ -2,7 +2,10 @@
 //! `/connectors` (replays absorbed per connector; duplicates its sinks were
 //! spared, `fetch_topics`),
 //! `/window/lookup?topic=T&key=K` (was this record seen, when, at which
-//! offset) and `POST /window/purge?topic=T` (forget a topic's keys).
+//! offset) and `POST /window/purge?topic=T` (forget a topic's keys);
+//! `/quotas` (rules, pauses, each connector's rate, limit and throttle),
+//! `PUT /quotas` (a TOML body of `[[quotas]]`, in force at once) and
+//! `POST /connectors/{name}/pause` / `resume`.
 //!
 //! A deliberately small HTTP/1.1 server (one request per connection, no
 //! keep-alive): pulling in a web framework for a handful of routes would cost
@@ -26,6 +29,8 @@ use crate::server::Shared;
 
 /// Requests larger than this are not admin requests.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// The largest body taken (PUT /quotas: a list of rules).
+const MAX_REQUEST_BODY: usize = 256 * 1024;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
@@ -69,7 +74,30 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: &Share
             return;
         }
     }
-    let head = String::from_utf8_lossy(&buf);
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |at| at + 4);
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let content_length = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    if content_length > MAX_REQUEST_BODY {
+        let _ = respond(&mut stream, 413, TEXT, "request body too large\n").await;
+        return;
+    }
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < content_length {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    body.truncate(content_length);
+    let body = String::from_utf8_lossy(&body);
     let mut lines = head.lines();
     let mut parts = lines.next().unwrap_or("").split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
@@ -84,7 +112,9 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: &Share
         need(method, path),
         authorization.as_deref(),
     ) {
-        Ok(()) if method == "POST" => post(path, query, shared).await,
+        Ok(()) if method == "POST" || method == "PUT" => {
+            change(method, path, query, &body, shared).await
+        }
         Ok(()) => route(method, path, query, shared),
         Err((status, message)) => (status, TEXT, message),
     };
@@ -155,17 +185,78 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The calls that change state.
-async fn post(path: &str, query: &str, shared: &Shared) -> (u16, &'static str, String) {
-    match path {
-        "/window/purge" => match purge_topic(query, shared).await {
+async fn change(
+    method: &str,
+    path: &str,
+    query: &str,
+    body: &str,
+    shared: &Shared,
+) -> (u16, &'static str, String) {
+    if let Some(rest) = path.strip_prefix("/connectors/") {
+        let pause = match rest.rsplit_once('/') {
+            Some((name, "pause")) => Some((name, true)),
+            Some((name, "resume")) => Some((name, false)),
+            _ => None,
+        };
+        if let (Some((name, paused)), "POST") = (pause, method) {
+            let Some(name) = percent_decode(name)
+                .map(|n| String::from_utf8_lossy(&n).into_owned())
+                .filter(|n| !n.is_empty())
+            else {
+                return (400, TEXT, "bad connector name\n".into());
+            };
+            let entities = shared.quotas.set_paused(&name, paused);
+            tracing::warn!(connector = %name, entities, "connector {} (admin)", if paused { "paused" } else { "resumed" });
+            return (
+                200,
+                "application/json",
+                format!(
+                    "{{\"connector\":{},\"paused\":{paused},\"entities\":{entities}}}\n",
+                    json_string(Some(&name))
+                ),
+            );
+        }
+    }
+    match (method, path) {
+        ("POST", "/window/purge") => match purge_topic(query, shared).await {
             Ok(body) => (200, "application/json", body),
             Err(message) => (400, TEXT, format!("{message}\n")),
         },
+        ("PUT" | "POST", "/quotas") => set_quotas(body, shared),
         _ => (
             404,
             TEXT,
-            format!("no such path {path} for POST; try /window/purge?topic=T\n"),
+            format!("no such path {path} for {method}; try POST /window/purge?topic=T, PUT /quotas, POST /connectors/NAME/pause or /resume\n"),
         ),
+    }
+}
+
+/// `PUT /quotas`: a TOML body of `[[quotas]]` entries (and `[quota]`
+/// settings, optional) as in the config file, put in force for every
+/// connection at once. It replaces every rule: send the whole list. A
+/// SIGHUP later reloads the file's rules over it.
+fn set_quotas(body: &str, shared: &Shared) -> (u16, &'static str, String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    match crate::config::parse_quotas(body) {
+        Ok((settings, rules)) => {
+            let n = rules.len();
+            let changes = shared.quotas.apply(settings, rules);
+            shared.quotas.reloads.fetch_add(1, Relaxed);
+            for c in &changes {
+                tracing::info!(change = %c, "quota changed (admin)");
+            }
+            tracing::info!(rules = n, changed = changes.len(), "quotas set (admin)");
+            let listed: Vec<String> = changes.iter().map(|c| json_string(Some(c))).collect();
+            (
+                200,
+                "application/json",
+                format!("{{\"rules\":{n},\"changed\":[{}]}}\n", listed.join(",")),
+            )
+        }
+        Err(problems) => {
+            shared.quotas.reload_failures.fetch_add(1, Relaxed);
+            (400, TEXT, format!("{problems}\n"))
+        }
     }
 }
 
@@ -217,6 +308,7 @@ fn route(method: &str, path: &str, query: &str, shared: &Shared) -> (u16, &'stat
         },
         "/connections" => (200, "application/json", connections_json(shared)),
         "/connectors" => (200, "application/json", connectors_json(shared)),
+        "/quotas" => (200, "application/json", shared.quotas.view_json()),
         "/window/lookup" => match window_lookup(query, shared) {
             Ok(body) => (200, "application/json", body),
             Err(message) => (400, TEXT, format!("{message}\n")),
@@ -224,12 +316,16 @@ fn route(method: &str, path: &str, query: &str, shared: &Shared) -> (u16, &'stat
         "/metrics" => (
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            shared.metrics.render(),
+            {
+                let mut text = shared.metrics.render();
+                shared.quotas.render(&mut text);
+                text
+            },
         ),
         _ => (
             404,
             TEXT,
-            format!("no such path {path}; try /healthz, /readyz, /metrics, /connections, /connectors, /window/lookup?topic=T&key=K\n"),
+            format!("no such path {path}; try /healthz, /readyz, /metrics, /connections, /connectors, /quotas, /window/lookup?topic=T&key=K\n"),
         ),
     }
 }
@@ -405,6 +501,7 @@ async fn respond<S: AsyncWrite + Unpin>(
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        413 => "Payload Too Large",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "",

@@ -76,6 +76,18 @@ pub mod defaults {
     /// `__*` topics are always excluded on top of these.
     pub const DEDUP_EXCLUDE_TOPICS: &[&str] =
         &["connect-configs", "connect-offsets", "connect-status"];
+    /// A quota's bucket holds this many seconds of its rate: a connector idle
+    /// for a while may send one second's worth at once (Kafka measures over
+    /// 1 s windows too).
+    pub const QUOTA_BURST: Duration = Duration::from_secs(1);
+    /// The longest one throttle mutes a connection. Kafka bounds a throttle
+    /// to its quota window; a few seconds keeps every wait far below a
+    /// client's request.timeout.ms (30 s) while a 1 MB produce batch at
+    /// 1 MiB/s (≈1 s of debt) is still shaped exactly.
+    pub const QUOTA_MAX_THROTTLE: Duration = Duration::from_secs(2);
+    /// The longest a paused connector's Produce or Fetch is held before it is
+    /// let through (then the next one is held): a third of request.timeout.ms.
+    pub const QUOTA_MAX_HOLD: Duration = Duration::from_secs(10);
 }
 
 /// The validated configuration. Nothing in here can be wrong any more.
@@ -89,6 +101,10 @@ pub struct Config {
     pub log: Log,
     pub diagnostics: Diagnostics,
     pub dedup: Dedup,
+    /// `[quota]`: how quotas are enforced (reloadable).
+    pub quota: QuotaSettings,
+    /// `[[quotas]]`: who gets which limits (reloadable).
+    pub quotas: Vec<QuotaRule>,
 }
 
 #[derive(Debug, Clone)]
@@ -424,6 +440,84 @@ impl Dedup {
     }
 }
 
+/// `[quota]`: how quotas are enforced, whoever they limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaSettings {
+    /// Seconds of its rate a bucket holds when full (a rule may override).
+    pub burst: Duration,
+    /// The longest a single throttle mutes a connection.
+    pub max_throttle: Duration,
+    /// The longest a paused connector's Produce or Fetch is held.
+    pub max_hold: Duration,
+    /// Client-id patterns naming the connector of clients that are not Kafka
+    /// Connect's (`"etl-{connector}-*"`): first match wins.
+    pub connector_patterns: Vec<ConnectorPattern>,
+}
+
+/// A client-id pattern with one `{connector}` placeholder and globs around it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectorPattern {
+    pub text: String,
+    before: Glob,
+    after: Glob,
+}
+
+impl ConnectorPattern {
+    pub fn parse(text: &str) -> Result<ConnectorPattern, String> {
+        let (before, after) = text.split_once("{connector}").ok_or_else(|| {
+            format!("{text:?} has no {{connector}} placeholder, e.g. \"etl-{{connector}}-*\"")
+        })?;
+        if after.contains("{connector}") {
+            return Err(format!("{text:?} has more than one {{connector}}"));
+        }
+        Ok(ConnectorPattern {
+            text: text.to_string(),
+            before: Glob::new(before),
+            after: Glob::new(after),
+        })
+    }
+
+    /// The connector named in `client_id`: the longest non-empty run that
+    /// the placeholder can stand for, starting as early as possible.
+    pub fn connector<'c>(&self, client_id: &'c str) -> Option<&'c str> {
+        let bounds: Vec<usize> = client_id
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain([client_id.len()])
+            .collect();
+        for (n, &start) in bounds.iter().enumerate() {
+            if !self.before.matches(&client_id[..start]) {
+                continue;
+            }
+            for &end in bounds[n + 1..].iter().rev() {
+                if self.after.matches(&client_id[end..]) {
+                    return Some(&client_id[start..end]);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// One `[[quotas]]` entry: whom it matches, and the limits it sets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaRule {
+    /// Glob over the connector (Connect client ids, or `connector_patterns`).
+    pub connector: Option<Glob>,
+    /// Glob over the authenticated principal (SASL, mTLS subject).
+    pub tenant: Option<Glob>,
+    /// Glob over the client id, for clients with no connector.
+    pub client_id: Option<Glob>,
+    pub produce_bytes_per_sec: Option<u64>,
+    pub fetch_bytes_per_sec: Option<u64>,
+    pub requests_per_sec: Option<u64>,
+    /// Percent of one proxy thread's time spent on this client's requests
+    /// (KIP-124's request_percentage, measured in the proxy).
+    pub request_percentage: Option<u64>,
+    /// Overrides `quota.burst` for this rule's limits.
+    pub burst: Option<Duration>,
+}
+
 // === impl Config ===
 
 impl Config {
@@ -462,6 +556,8 @@ impl Config {
             let log = root.section("log", log);
             let diagnostics = root.section("diagnostics", diagnostics);
             let dedup = root.section("dedup", dedup);
+            let quota = root.section("quota", quota_settings);
+            let quotas = root.tables("quotas", quota_rule);
             root.finish();
             Config {
                 listen,
@@ -472,6 +568,8 @@ impl Config {
                 log,
                 diagnostics,
                 dedup,
+                quota,
+                quotas,
             }
         };
         let ports = &config.listen.broker_ports;
@@ -744,6 +842,121 @@ fn dedup(s: &mut Section<'_, '_>) -> Dedup {
     }
 }
 
+fn quota_settings(s: &mut Section<'_, '_>) -> QuotaSettings {
+    let burst = s.duration("burst", defaults::QUOTA_BURST);
+    if burst < Duration::from_millis(10) {
+        s.problem("burst", "must be at least 10ms".into());
+    }
+    let max_throttle = s.duration("max_throttle", defaults::QUOTA_MAX_THROTTLE);
+    let max_hold = s.duration("max_hold", defaults::QUOTA_MAX_HOLD);
+    for (key, d) in [("max_throttle", max_throttle), ("max_hold", max_hold)] {
+        if d.is_zero() || d > Duration::from_secs(20) {
+            s.problem(
+                key,
+                format!("{d:?}: must be above 0 and at most 20s, well under a client's request.timeout.ms (30s)"),
+            );
+        }
+    }
+    let mut connector_patterns = Vec::new();
+    for (i, text) in s.strings("connector_patterns", &[]).iter().enumerate() {
+        match ConnectorPattern::parse(text) {
+            Ok(p) => connector_patterns.push(p),
+            Err(message) => s.problem(&format!("connector_patterns[{i}]"), message),
+        }
+    }
+    QuotaSettings {
+        burst,
+        max_throttle,
+        max_hold,
+        connector_patterns,
+    }
+}
+
+fn quota_rule(s: &mut Section<'_, '_>) -> QuotaRule {
+    let glob = |s: &mut Section<'_, '_>, key: &'static str| {
+        let v = s.string(key, "");
+        (!v.is_empty()).then(|| Glob::new(&v))
+    };
+    let connector = glob(s, "connector");
+    let tenant = glob(s, "tenant");
+    let client_id = glob(s, "client_id");
+    if connector.is_some() && client_id.is_some() {
+        s.problem(
+            "client_id",
+            "a rule matches a connector or a client id, not both (client_id is for clients with no connector)".into(),
+        );
+    }
+    let rate = |s: &mut Section<'_, '_>, key: &'static str| {
+        let present = s.table.is_some_and(|t| t.contains_key(key));
+        let v = s.byte_size(key, 0);
+        if present && v == 0 {
+            s.problem(key, "must be above 0 (leave it out for no limit)".into());
+        }
+        present.then_some(v as u64)
+    };
+    let produce_bytes_per_sec = rate(s, "produce_bytes_per_sec");
+    let fetch_bytes_per_sec = rate(s, "fetch_bytes_per_sec");
+    let requests_per_sec = rate(s, "requests_per_sec");
+    let request_percentage = rate(s, "request_percentage");
+    if requests_per_sec.is_some() && request_percentage.is_some() {
+        s.problem(
+            "request_percentage",
+            "set request_percentage or requests_per_sec, not both".into(),
+        );
+    }
+    if produce_bytes_per_sec.is_none()
+        && fetch_bytes_per_sec.is_none()
+        && requests_per_sec.is_none()
+        && request_percentage.is_none()
+    {
+        s.problem(
+            "",
+            "sets no limit (produce_bytes_per_sec, fetch_bytes_per_sec, requests_per_sec or request_percentage)".into(),
+        );
+    }
+    let has_burst = s.table.is_some_and(|t| t.contains_key("burst"));
+    let burst = s.duration("burst", defaults::QUOTA_BURST);
+    let burst = has_burst.then_some(burst);
+    if burst.is_some_and(|b| b < Duration::from_millis(10)) {
+        s.problem("burst", "must be at least 10ms".into());
+    }
+    QuotaRule {
+        connector,
+        tenant,
+        client_id,
+        produce_bytes_per_sec,
+        fetch_bytes_per_sec,
+        requests_per_sec,
+        request_percentage,
+        burst,
+    }
+}
+
+/// Reads `[quota]` and `[[quotas]]` alone from a TOML text (the admin API's
+/// PUT /quotas body), with the same checks and key paths as the file.
+pub fn parse_quotas(text: &str) -> Result<(Option<QuotaSettings>, Vec<QuotaRule>), ConfigErrors> {
+    let table: Table = text.parse().map_err(|e: toml::de::Error| {
+        ConfigErrors(vec![Problem {
+            path: String::new(),
+            message: format!("not valid TOML: {}", e.message()),
+        }])
+    })?;
+    let mut problems = Vec::new();
+    let present = table.contains_key("quota");
+    let (settings, rules) = {
+        let mut root = Section::root(&table, &mut problems);
+        let settings = root.section("quota", quota_settings);
+        let rules = root.tables("quotas", quota_rule);
+        root.finish();
+        (present.then_some(settings), rules)
+    };
+    if problems.is_empty() {
+        Ok((settings, rules))
+    } else {
+        Err(ConfigErrors(problems))
+    }
+}
+
 fn rule(s: &mut Section<'_, '_>) -> Rule {
     if s.table.is_some_and(|t| !t.contains_key("topics")) {
         s.problem(
@@ -914,7 +1127,9 @@ impl<'a, 'p> Section<'a, 'p> {
     }
 
     fn path(&self, key: &str) -> String {
-        if self.prefix.is_empty() {
+        if key.is_empty() {
+            self.prefix.clone()
+        } else if self.prefix.is_empty() {
             key.to_string()
         } else {
             format!("{}.{key}", self.prefix)

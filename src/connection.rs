@@ -28,9 +28,9 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::ApiKey;
@@ -42,8 +42,10 @@ use tracing::Instrument;
 
 use crate::codec::{CodecError, FrameReader, RequestHead, REQUEST_CORRELATION_OFFSET};
 use crate::error::{Error, Side};
+use crate::filter::quota::{Entity, Kind};
 use crate::limits::{Charge, MemoryBudget, StallGuard};
-use crate::pipeline::{ConnState, RequestAction, ResponsePlan};
+use crate::message;
+use crate::pipeline::{ConnState, QuotaCharge, RequestAction, ResponsePlan};
 use crate::server::{Admission, ConnView, Shared};
 use crate::tls::{self, ClientTlsStream};
 use crate::upstream::{self, UpstreamStream, MAX_RESPONSE_FRAME};
@@ -251,12 +253,22 @@ where
     )
     .await?;
     tracing::debug!(upstream = %upstream_addr, "upstream connected");
+    // The TLS client certificate's subject, if the handshake gave one.
+    let principal = shared
+        .registry
+        .lock()
+        .expect("registry lock")
+        .get(&conn_id)
+        .and_then(|v| v.principal.clone());
     let conn = Conn {
         shared,
         conn_id,
         upstream_addr,
         upstream_gone: CancellationToken::new(),
         owed: AtomicUsize::new(0),
+        muted_until: Mutex::new(None),
+        principal: Mutex::new(principal),
+        principal_changes: AtomicU64::new(0),
     };
     match upstream {
         UpstreamStream::Plain(s) => {
@@ -334,6 +346,48 @@ struct Conn<'a> {
     /// Responses owed to the client and not yet written: a connection is
     /// idle only when this is 0 (a long poll in flight is not idleness).
     owed: AtomicUsize,
+    /// Quotas: the next Produce or Fetch read waits until then (KIP-219's
+    /// mute). Set by the request reader (Produce bytes, request rate) and
+    /// the response reader (Fetch bytes).
+    muted_until: Mutex<Option<Instant>>,
+    /// Who authenticated: the mTLS subject from the start, or the SASL
+    /// principal once the broker accepts it.
+    principal: Mutex<Option<String>>,
+    /// Bumped when `principal` changes: the request reader re-keys its quota.
+    principal_changes: AtomicU64,
+}
+
+// === impl Conn ===
+
+impl Conn<'_> {
+    /// Mutes the connection for `d` from now (never shortens a mute).
+    fn mute(&self, d: Duration) {
+        if d.is_zero() {
+            return;
+        }
+        let until = Instant::now() + d;
+        let mut muted = self.muted_until.lock().expect("mute lock");
+        if muted.is_none_or(|u| u < until) {
+            *muted = Some(until);
+        }
+    }
+
+    fn muted_until(&self) -> Option<Instant> {
+        let muted = *self.muted_until.lock().expect("mute lock");
+        muted.filter(|u| *u > Instant::now())
+    }
+
+    /// Throttle `d` (capped at `quota.max_throttle`) imposed on `entity`:
+    /// counted, and the connection muted for it. Returns what was imposed.
+    fn throttle(&self, entity: &Entity, d: Duration) -> Duration {
+        if d.is_zero() {
+            return d;
+        }
+        let d = d.min(self.shared.quotas.max_throttle());
+        self.mute(d);
+        entity.throttled(d);
+        d
+    }
 }
 
 /// Reads client frames, runs the request filters, writes upstream. Returns
@@ -362,9 +416,13 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
     let mut next_correlation_id: i32 = 0;
     let mut client_id_recorded = false;
     let mut last_request = Instant::now();
+    // The quota entity, and the principal it was keyed on (by change count).
+    let mut entity: Option<Arc<Entity>> = None;
+    let mut keyed_on = 0u64;
+    let mut quota_changes = shared.quotas.subscribe();
 
     loop {
-        let (frame, charge): (BytesMut, Charge) = tokio::select! {
+        let (mut frame, charge): (BytesMut, Charge) = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
             _ = upstream_gone.cancelled() => break,
@@ -399,6 +457,56 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
         shared.metrics.request(head.api_key, frame.len() + 4);
         tracing::trace!(api_key = ?head.api_key, version = head.api_version, correlation_id = head.correlation_id, bytes = frame.len(), "request");
 
+        // Quotas: who this is (again once SASL names a principal).
+        let changes = conn.principal_changes.load(Relaxed);
+        if entity.is_none() || changes != keyed_on {
+            let identity = shared.quotas.identify(&head.client_id_str());
+            let principal = conn.principal.lock().expect("principal lock").clone();
+            entity = Some(shared.quotas.entity(&identity, principal.as_deref()));
+            if keyed_on == 0 && changes == 0 {
+                state.set_identity(identity);
+            }
+            keyed_on = changes;
+        }
+        let entity = entity.clone().expect("set above");
+        // A muted connection, or a paused connector, holds its next Produce
+        // or Fetch, and reads nothing more meanwhile; other requests
+        // (heartbeats, commits, metadata) are never held.
+        let data = matches!(head.api_key, ApiKey::Produce | ApiKey::Fetch);
+        let mut still_paused = false;
+        if data && (entity.is_paused() || conn.muted_until().is_some()) {
+            upstream
+                .flush()
+                .await
+                .map_err(|e| upstream_io(upstream_addr, e))?;
+            still_paused = hold(conn, &entity, &mut quota_changes, &mut shutdown).await;
+        }
+        let mut owed = entity.charge_request();
+        match head.api_key {
+            ApiKey::Produce => {
+                owed = owed.max(entity.charge(Kind::Produce, (frame.len() + 4) as u64));
+            }
+            ApiKey::Fetch => {
+                // What the budget allows now; a paused connector held past
+                // quota.max_hold gets the least (one batch, KIP-74).
+                let cap = if still_paused {
+                    Some(1)
+                } else {
+                    entity.fetch_allowance()
+                };
+                if let Some(cap) = cap {
+                    message::cap_fetch_max_bytes(
+                        &mut frame,
+                        head.body_offset,
+                        head.api_version,
+                        cap,
+                    );
+                }
+            }
+            _ => {}
+        }
+        let throttle = conn.throttle(&entity, owed);
+
         // The dedup filter may wait on keys an earlier request of this very
         // connection has in flight: that request must have left, not sit in
         // the buffer behind the wait.
@@ -408,14 +516,26 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
                 .await
                 .map_err(|e| upstream_io(upstream_addr, e))?;
         }
-        match shared.pipeline.on_request(&mut state, &head, frame).await? {
+        let action = shared.pipeline.on_request(&mut state, &head, frame).await?;
+        let spent = entity.charge_time(started.elapsed());
+        let throttle = throttle.max(conn.throttle(&entity, spent));
+        match action {
             RequestAction::Answer(bytes) => {
                 drop(charge);
                 let _ = open_slot(conn, &slots, head.api_key, started)
                     .await?
                     .send(Reply::local(bytes));
             }
-            RequestAction::Forward(mut frame, plan) => {
+            RequestAction::Forward(mut frame, mut plan) => {
+                if let Some(plan) = plan.as_mut() {
+                    // Fetch bytes are counted (and charged) as they come back.
+                    if head.api_key == ApiKey::Fetch || (data && !throttle.is_zero()) {
+                        plan.quota = Some(QuotaCharge {
+                            entity: entity.clone(),
+                            throttle,
+                        });
+                    }
+                }
                 let upstream_id = next_correlation_id;
                 next_correlation_id = next_correlation_id.wrapping_add(1);
                 frame[REQUEST_CORRELATION_OFFSET..REQUEST_CORRELATION_OFFSET + 4]
@@ -459,6 +579,38 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
         .await
         .map_err(|e| upstream_io(upstream_addr, e))?;
     Ok(upstream.into_inner())
+}
+
+/// Holds a Produce or Fetch while its connection is muted or its connector
+/// paused (a pause at most `quota.max_hold`, so that no request waits
+/// anywhere near the client's request.timeout.ms). Nothing else is read from
+/// the client meanwhile. True if the pause outlasted `max_hold`.
+async fn hold(
+    conn: &Conn<'_>,
+    entity: &Entity,
+    changes: &mut watch::Receiver<u64>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let held_at = Instant::now();
+    loop {
+        let max_hold = conn.shared.quotas.settings().max_hold;
+        let paused = entity.is_paused();
+        let mut until = conn.muted_until();
+        if paused {
+            let end = held_at + max_hold;
+            until = Some(until.map_or(end, |u| u.max(end)));
+        }
+        let Some(until) = until.filter(|u| *u > Instant::now()) else {
+            return paused;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(until.into()) => {}
+            // A resume, a new quota: look again.
+            _ = changes.changed() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+            _ = conn.upstream_gone.cancelled() => return false,
+        }
+    }
 }
 
 /// Takes the next place in the response order; the response goes into the
@@ -624,12 +776,32 @@ async fn read_responses<UR: AsyncRead + Unpin>(
         shared
             .metrics
             .upstream_latency(api, awaited.sent_at.elapsed());
-        let response = shared
+        let mut response = shared
             .pipeline
             .on_response(&mut awaited.plan, frame.freeze())
             .await?;
+        if let Some(quota) = &awaited.plan.quota {
+            let mut throttle = quota.throttle;
+            if api == ApiKey::Fetch {
+                let owed = quota
+                    .entity
+                    .charge(Kind::Fetch, (response.len() + 4) as u64);
+                throttle = throttle.max(conn.throttle(&quota.entity, owed));
+            }
+            if !throttle.is_zero() {
+                let ms = i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX);
+                match message::raise_throttle_time(api, awaited.plan.api_version, &response, ms) {
+                    Ok(Some(changed)) => response = changed,
+                    Ok(None) => {}
+                    // The client is muted all the same; only the hint is lost.
+                    Err(e) => tracing::debug!(error = %e, "throttle_time_ms not rewritten"),
+                }
+            }
+        }
         if let Some(principal) = &awaited.plan.authenticates {
             if shared.pipeline.authenticated(&awaited.plan, &response) {
+                *conn.principal.lock().expect("principal lock") = Some(principal.clone());
+                conn.principal_changes.fetch_add(1, Relaxed);
                 tracing::Span::current().record("principal", principal.as_str());
                 tracing::info!(%principal, "SASL authentication accepted by the broker");
                 shared.update_conn(conn.conn_id, |v| v.principal = Some(principal.clone()));

@@ -8,7 +8,8 @@
 //! ```text
 //! client socket
 //!   → server.rs       listeners (bootstrap + one per broker), connection limit, drain
-//!   → connection.rs   one client: frames in → pipeline → upstream → responses out, in order
+//!   → connection.rs   one client: frames in → pipeline → upstream → responses out, in order;
+//!                     quotas: holds Produce/Fetch while muted or paused (filter/quota.rs)
 //!   → codec.rs        length-checked frames; api_key/version/correlation_id/client_id peeked
 //!   → pipeline.rs     the ordered filters (filter/): api versions, broker addresses
 //!   → message.rs      the only place messages are decoded, and only when a filter asks

@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the proxy until SIGTERM or SIGINT.
+    /// Run the proxy until SIGTERM or SIGINT (SIGHUP reloads the quotas).
     Run {
         #[arg(long, short)]
         config: PathBuf,
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(config))
+            runtime.block_on(run(config, path))
         }
     }
 }
@@ -97,7 +97,7 @@ fn report(path: &std::path::Path, errors: &idemgate::config::ConfigErrors) {
     }
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, path: PathBuf) -> ExitCode {
     let running = match idemgate::server::start(config).await {
         Ok(r) => r,
         Err(e) => {
@@ -105,17 +105,32 @@ async fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    wait_for_signal().await;
+    serve_signals(&running.shared, &path).await;
     running.shutdown().await;
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+/// Until SIGTERM or SIGINT. SIGHUP reads the config file again and puts its
+/// quotas in force; a file with problems is refused whole (each problem
+/// logged with its key path) and the quotas in force stay.
+async fn serve_signals(shared: &idemgate::server::Shared, path: &std::path::Path) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return tracing::info!("SIGTERM"),
+            _ = int.recv() => return tracing::info!("SIGINT"),
+            _ = hup.recv() => match Config::load(path) {
+                Ok(config) => shared.reload(&config),
+                Err(errors) => {
+                    shared.quotas.reload_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    for p in &errors.0 {
+                        tracing::error!(key = %p.path, error = %p.message, "SIGHUP: the config file has problems; nothing reloaded");
+                    }
+                }
+            },
+        }
     }
 }

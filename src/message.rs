@@ -213,6 +213,70 @@ pub fn join_group_rebalance_timeout(frame: &[u8], body_offset: usize, version: i
     }
 }
 
+/// Fetch v3+: where `max_bytes` sits (after replica_id before v15,
+/// max_wait_ms and min_bytes).
+fn fetch_max_bytes_offset(body_offset: usize, version: i16) -> Option<usize> {
+    (version >= 3).then_some(body_offset + if version >= 15 { 8 } else { 12 })
+}
+
+/// Fetch: lowers `max_bytes` to `cap` in place (a per-request value, safe
+/// with fetch sessions). Returns the value the client asked for, if lowered.
+/// The broker still returns at least one batch whatever the cap (KIP-74).
+pub fn cap_fetch_max_bytes(
+    frame: &mut [u8],
+    body_offset: usize,
+    version: i16,
+    cap: i32,
+) -> Option<i32> {
+    let at = fetch_max_bytes_offset(body_offset, version)?;
+    let asked = read_i32(frame, at)?;
+    if asked <= cap {
+        return None;
+    }
+    frame[at..at + 4].copy_from_slice(&cap.to_be_bytes());
+    Some(asked)
+}
+
+/// Produce and Fetch responses: `throttle_time_ms` raised to `ms` if the
+/// broker's is lower (KIP-219: the client sees the larger of the two). Fetch
+/// v1+ has it first; Produce v1-8 last; flexible Produce (v9+) has tagged
+/// fields after it, so it is decoded and encoded again. `None`: left as is.
+pub fn raise_throttle_time(
+    api: ApiKey,
+    version: i16,
+    frame: &Bytes,
+    ms: i32,
+) -> Result<Option<Bytes>, Error> {
+    use kafka_protocol::messages::ProduceResponse;
+    let at = match (api, version) {
+        (ApiKey::Fetch, v) if v >= 1 => response_body_offset(api, version, frame),
+        (ApiKey::Produce, 1..=8) => frame.len().checked_sub(4),
+        (ApiKey::Produce, v) if v >= 9 => {
+            let mut resp: Response<ProduceResponse> = Response::decode(api, version, frame)?;
+            if resp.msg.throttle_time_ms >= ms {
+                return Ok(None);
+            }
+            resp.msg.throttle_time_ms = ms;
+            return resp.encode().map(Some);
+        }
+        _ => None,
+    };
+    let Some(at) = at else { return Ok(None) };
+    match read_i32(frame, at) {
+        Some(broker) if broker < ms => {
+            let mut out = BytesMut::from(&frame[..]);
+            out[at..at + 4].copy_from_slice(&ms.to_be_bytes());
+            Ok(Some(out.freeze()))
+        }
+        Some(_) => Ok(None),
+        None => Err(codec_error(
+            api,
+            version,
+            "response too short for throttle_time_ms",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +358,94 @@ mod tests {
                 Some(want),
                 "v{version}"
             );
+        }
+    }
+
+    #[test]
+    fn fetch_max_bytes_is_capped_in_place_every_version() {
+        for version in 4..=17 {
+            let req = FetchRequest::default()
+                .with_max_wait_ms(500)
+                .with_min_bytes(1)
+                .with_max_bytes(52_428_800);
+            let (frame, at) = request_bytes(ApiKey::Fetch, version, &req);
+            let mut frame = BytesMut::from(&frame[..]);
+            assert_eq!(
+                cap_fetch_max_bytes(&mut frame, at, version, 1000),
+                Some(52_428_800)
+            );
+            let head = crate::codec::RequestHead::peek(&frame).unwrap();
+            let back: FetchRequest = decode_request(&frame, &head).unwrap();
+            assert_eq!(
+                (back.max_bytes, back.max_wait_ms, back.min_bytes),
+                (1000, 500, 1),
+                "v{version}"
+            );
+            assert_eq!(
+                cap_fetch_max_bytes(&mut frame, at, version, 5000),
+                None,
+                "never raised"
+            );
+        }
+    }
+
+    #[test]
+    fn throttle_time_is_raised_never_lowered_every_version() {
+        use kafka_protocol::messages::produce_response::{
+            PartitionProduceResponse, TopicProduceResponse,
+        };
+        use kafka_protocol::messages::{FetchResponse, ProduceResponse};
+        fn frame<T: Encodable>(api: ApiKey, version: i16, msg: &T) -> Bytes {
+            let mut out = BytesMut::new();
+            out.put_i32(7);
+            if api.response_header_version(version) >= 1 {
+                out.put_u8(0);
+            }
+            msg.encode(&mut out, version).unwrap();
+            out.freeze()
+        }
+        for version in 3..=13 {
+            let mut topic = TopicProduceResponse::default();
+            if version < 13 {
+                topic.name = StrBytes::from_static_str("t").into();
+            }
+            let topic = topic.with_partition_responses(vec![
+                PartitionProduceResponse::default().with_base_offset(42)
+            ]);
+            let resp = ProduceResponse::default()
+                .with_responses(vec![topic])
+                .with_throttle_time_ms(10);
+            let f = frame(ApiKey::Produce, version, &resp);
+            let out = raise_throttle_time(ApiKey::Produce, version, &f, 900)
+                .unwrap()
+                .unwrap();
+            let back: ProduceResponse = decode_response(ApiKey::Produce, version, &out).unwrap();
+            assert_eq!(back.throttle_time_ms, 900, "v{version}");
+            if version < 13 {
+                // v13 names topics by id: the name is not on the wire.
+                assert_eq!(back.responses, resp.responses, "v{version}");
+            }
+            assert!(raise_throttle_time(ApiKey::Produce, version, &f, 5)
+                .unwrap()
+                .is_none());
+        }
+        for version in 4..=17 {
+            let resp = FetchResponse::default()
+                .with_throttle_time_ms(10)
+                .with_session_id(if version >= 7 { 3 } else { 0 });
+            let f = frame(ApiKey::Fetch, version, &resp);
+            let out = raise_throttle_time(ApiKey::Fetch, version, &f, 900)
+                .unwrap()
+                .unwrap();
+            let back: FetchResponse = decode_response(ApiKey::Fetch, version, &out).unwrap();
+            assert_eq!(
+                (back.throttle_time_ms, back.session_id),
+                (900, if version >= 7 { 3 } else { 0 }),
+                "v{version}"
+            );
+            assert!(raise_throttle_time(ApiKey::Fetch, version, &f, 5)
+                .unwrap()
+                .is_none());
         }
     }
 

@@ -1,13 +1,18 @@
 //! The ordered filter stack, applied to each request and its response.
 //!
 //! ```text
-//! request  → api versions (answer too-new versions locally)
+//! request  → quota (in connection.rs, before these: a muted connection's or
+//!            paused connector's Produce/Fetch held, bytes charged, Fetch
+//!            max_bytes capped; filter/quota.rs)
+//!          → api versions (answer too-new versions locally)
 //!          → produce acks / request waits (how long the broker may take)
 //!          → identity (connector and task from the client id)
 //!          → dedup (produce): tag, drop replays, answer wholly replayed requests
 //!          → upstream
 //! response ← dedup (produce): commit acknowledged keys, merge answered partitions
 //!          ← dedup (fetch): learn first positions, remove later copies
+//!          ← quota (in connection.rs, after these: Fetch bytes charged,
+//!            throttle_time_ms raised to the proxy's throttle)
 //!          ← api versions (intersect ranges)
 //!          ← broker addresses (Metadata, FindCoordinator, DescribeCluster, KIP-951)
 //!          ← leak check (diagnostics.leak_check)
@@ -37,6 +42,7 @@ use crate::filter::broker_address::{carries_upstream_address, Rewriter};
 use crate::filter::dedup_fetch::{FetchDedup, FetchPlan};
 use crate::filter::dedup_produce::{self, ProduceDedup, ProducePlan};
 use crate::filter::identity::Identity;
+use crate::filter::quota::Entity;
 use crate::filter::sasl::SaslState;
 use crate::idempotency::window::Producer;
 use crate::message::{self, Response};
@@ -71,6 +77,25 @@ pub struct ResponsePlan {
     pub end_txn: Option<(Producer, bool)>,
     /// Fetch, when a fetch rule is on: who reads, and how.
     pub fetch: Option<FetchPlan>,
+    /// Produce and Fetch of a client with quotas: whom to charge the
+    /// response to (Fetch), and the throttle already owed (Produce).
+    pub quota: Option<QuotaCharge>,
+}
+
+/// What the response of a Produce or Fetch owes to its client's quota.
+pub struct QuotaCharge {
+    pub entity: Arc<Entity>,
+    /// Throttle the request itself left (Produce bytes, request rate).
+    pub throttle: Duration,
+}
+
+impl std::fmt::Debug for QuotaCharge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuotaCharge")
+            .field("entity", &self.entity.key)
+            .field("throttle", &self.throttle)
+            .finish()
+    }
 }
 
 /// What a connection remembers between its requests.
@@ -85,6 +110,14 @@ pub struct ConnState {
     identity: Option<Identity>,
     /// Produce-path dedup of this connection.
     session: dedup_produce::Session,
+}
+
+impl ConnState {
+    /// Who the client is, as the quota filter named it (Connect client ids,
+    /// then `quota.connector_patterns`), for the filters after it.
+    pub fn set_identity(&mut self, identity: Identity) {
+        self.identity = Some(identity);
+    }
 }
 
 /// The filters and what they share across connections.
@@ -235,6 +268,7 @@ impl Pipeline {
             produce,
             end_txn,
             fetch,
+            quota: None,
         };
         Ok(RequestAction::Forward(frame, Some(plan)))
     }

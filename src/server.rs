@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::connection::{self, Target};
 use crate::error::Error;
+use crate::filter::quota::Quotas;
 use crate::idempotency::Window;
 use crate::limits::MemoryBudget;
 use crate::pipeline::Pipeline;
@@ -49,6 +50,9 @@ pub struct Shared {
     /// `listen.max_in_flight_bytes_total`: every connection's request bodies
     /// and unwritten responses.
     pub in_flight: Arc<MemoryBudget>,
+    /// `[quota]` and `[[quotas]]` as in force now (SIGHUP and the admin API
+    /// change them), and every client's buckets and counters.
+    pub quotas: Arc<Quotas>,
     /// Permits for `listen.max_connections`.
     connections: Arc<Semaphore>,
     /// Open connections per client IP, for `listen.max_connections_per_ip`.
@@ -133,6 +137,76 @@ impl Running {
     }
 }
 
+impl Shared {
+    /// A config file read again (SIGHUP): its `[quota]` and `[[quotas]]` are
+    /// put in force for every open connection; any other section that
+    /// changed is logged as needing a restart and left as it is.
+    pub fn reload(&self, new: &Config) {
+        let old = &self.config;
+        let sections: [(&str, String, String); 8] = [
+            (
+                "listen",
+                format!("{:?}", old.listen),
+                format!("{:?}", new.listen),
+            ),
+            (
+                "upstream",
+                format!("{:?}", old.upstream),
+                format!("{:?}", new.upstream),
+            ),
+            (
+                "admin",
+                format!("{:?}", old.admin),
+                format!("{:?}", new.admin),
+            ),
+            (
+                "store",
+                format!("{:?}", old.store),
+                format!("{:?}", new.store),
+            ),
+            (
+                "shutdown",
+                format!("{:?}", old.shutdown),
+                format!("{:?}", new.shutdown),
+            ),
+            ("log", format!("{:?}", old.log), format!("{:?}", new.log)),
+            (
+                "diagnostics",
+                format!("{:?}", old.diagnostics),
+                format!("{:?}", new.diagnostics),
+            ),
+            (
+                "dedup",
+                format!("{:?}", old.dedup),
+                format!("{:?}", new.dedup),
+            ),
+        ];
+        for (section, was, now) in sections {
+            if was != now {
+                tracing::warn!(section, "[{section}] changed in the file: not reloaded, takes effect at the next restart");
+            }
+        }
+        let settings_changed = self.quotas.settings() != new.quota;
+        let changes = self
+            .quotas
+            .apply(Some(new.quota.clone()), new.quotas.clone());
+        self.metrics_reload();
+        for c in &changes {
+            tracing::info!(change = %c, "quota changed (SIGHUP)");
+        }
+        tracing::info!(
+            rules = new.quotas.len(),
+            entities_changed = changes.len(),
+            settings_changed,
+            "quotas reloaded from the config file (SIGHUP)"
+        );
+    }
+
+    fn metrics_reload(&self) {
+        self.quotas.reloads.fetch_add(1, Relaxed);
+    }
+}
+
 /// Binds every listener and starts serving. Returns once listening.
 pub async fn start(config: Config) -> Result<Running, Error> {
     let config = Arc::new(config);
@@ -182,8 +256,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     };
     let in_flight = MemoryBudget::new(config.listen.max_in_flight_bytes_total);
     let _ = metrics.in_flight.set(in_flight.clone());
+    let quotas = Arc::new(Quotas::new(config.quota.clone(), config.quotas.clone()));
     let shared = Arc::new(Shared {
         in_flight,
+        quotas,
         connections: Arc::new(Semaphore::new(config.listen.max_connections.get())),
         per_ip: Arc::new(Mutex::new(HashMap::new())),
         config: config.clone(),
@@ -221,6 +297,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     tasks.spawn(broker_listeners(shared.clone()));
     tasks.spawn(refresh_metadata(shared.clone()));
     tasks.spawn(keep_window(shared.clone()));
+    tasks.spawn(sample_quotas(shared.clone()));
     for tls in [shared.tls.clone(), shared.admin_tls.clone()]
         .into_iter()
         .flatten()
@@ -322,6 +399,17 @@ async fn keep_window(shared: Arc<Shared>) {
         dedup
             .store_bytes
             .store(shared.store.size_on_disk() as i64, Relaxed);
+    }
+}
+
+/// Samples every quota entity's byte counters once a second, for the rates
+/// `/quotas` shows.
+async fn sample_quotas(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        shared.quotas.sample();
     }
 }
 

@@ -7,4 +7,5 @@ pub mod dedup_fetch;
 pub mod dedup_produce;
 pub mod dedup_txn;
 pub mod identity;
+pub mod quota;
 pub mod sasl;

@@ -1,0 +1,293 @@
+//! Quotas: how close a throttled producer comes to its quota, and what quota
+//! accounting costs a producer it never throttles, against direct to the
+//! broker in the same run.
+//!
+//!   scripts/bench-quota                 # defaults below
+//!   scripts/bench-quota -- --rounds 5 --records 60000
+//!
+//! 1. Accuracy: librdkafka pushes 6 s' worth of its quota plus the 1 s burst
+//!    as fast as it can, 8 KiB records in 64 KiB batches, through idemgate
+//!    with produce_bytes_per_sec = 1, 10 and 50 MiB/s; achieved/target is
+//!    the value rate from the ack that passed the burst to the last ack, and
+//!    (bytes − burst) / (first send to last ack) over the whole run. The
+//!    first overstates when the broker is slow to absorb the burst (its
+//!    acks, and so the start of the measured span, come late).
+//! 2. Pass-through: `--records` 1 KiB records, acks=all, direct to tansu, through
+//!    idemgate for a client with no rule (counted only), and for a client
+//!    whose rule never binds (100 GiB/s: every request charged to a bucket),
+//!    interleaved, `--rounds` times; medians.
+//!
+//! Figures are measurements, never assertions; docs/performance.md records them.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+
+const MIB: usize = 1 << 20;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "port {port} never opened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn tansu_bin() -> PathBuf {
+    std::env::var("TANSU_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/bin/tansu"))
+}
+
+fn start_tansu() -> (Killed, String) {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(tansu_bin())
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu (scripts/setup installs it)");
+    wait_port(port);
+    (Killed(child), format!("127.0.0.1:{port}"))
+}
+
+fn start_proxy(upstream: &str, dir: &std::path::Path) -> (Killed, String) {
+    let port = free_port();
+    let ports = loop {
+        let p = free_port();
+        if p < 65000 && (1..8).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            break p;
+        }
+    };
+    let config = format!(
+        "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{}\"\n\
+         [upstream]\nbootstrap = [\"{upstream}\"]\n[admin]\nlisten = \"\"\n\
+         [store]\ndir = \"{}\"\n[log]\nlevel = \"warn\"\n\
+         [[quotas]]\nconnector = \"q1\"\nproduce_bytes_per_sec = \"1MiB\"\n\
+         [[quotas]]\nconnector = \"q10\"\nproduce_bytes_per_sec = \"10MiB\"\n\
+         [[quotas]]\nconnector = \"q50\"\nproduce_bytes_per_sec = \"50MiB\"\n\
+         [[quotas]]\nconnector = \"unbound\"\nproduce_bytes_per_sec = \"100GiB\"\n",
+        ports + 7,
+        dir.join("store").display()
+    );
+    let path = dir.join("bench.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_idemgate"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    std::thread::sleep(Duration::from_millis(500));
+    (Killed(child), format!("127.0.0.1:{port}"))
+}
+
+/// (when, value bytes) per acknowledged record.
+type Acked = Vec<(Instant, usize)>;
+
+/// What was acknowledged, and how many deliveries failed.
+#[derive(Default, Clone)]
+struct Acks(Arc<Mutex<(Acked, usize)>>);
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        let mut g = self.0.lock().unwrap();
+        match r {
+            Ok(m) => g.0.push((Instant::now(), m.payload_len())),
+            Err(_) => g.1 += 1,
+        }
+    }
+}
+
+fn create_topic(bootstrap: &str, name: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(admin.create_topics(
+        &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
+        &AdminOptions::new(),
+    ))
+    .unwrap();
+}
+
+/// Pushes `count` records of `size` bytes; returns (acks, errors, seconds).
+fn push(
+    bootstrap: &str,
+    client_id: &str,
+    topic: &str,
+    count: usize,
+    size: usize,
+    batch: &str,
+) -> (Vec<(Instant, usize)>, usize, f64) {
+    let acks = Acks::default();
+    let producer: ThreadedProducer<Acks> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("client.id", client_id)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.size", batch)
+        .set("message.timeout.ms", "300000")
+        .create_with_context(acks.clone())
+        .unwrap();
+    let value = vec![b'b'; size];
+    let start = Instant::now();
+    for i in 0..count {
+        let key = i.to_string();
+        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(300)).unwrap();
+    let took = start.elapsed().as_secs_f64();
+    let g = acks.0.lock().unwrap();
+    (g.0.clone(), g.1, took)
+}
+
+fn rate_after(events: &[(Instant, usize)], burst: usize) -> f64 {
+    let mut events = events.to_vec();
+    events.sort_by_key(|e| e.0);
+    let (mut total, mut from) = (0, None);
+    for (t, n) in &events {
+        total += n;
+        if from.is_none() && total >= burst {
+            from = Some((*t, total));
+        }
+    }
+    let (t0, at) = from.unwrap();
+    (total - at) as f64 / (events.last().unwrap().0 - t0).as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let mut rounds = 3;
+    let mut records = 60_000;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--rounds" => rounds = args.next().unwrap().parse().unwrap(),
+            "--records" => records = args.next().unwrap().parse().unwrap(),
+            _ => {}
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, direct) = start_tansu();
+    let (_proxy, proxied) = start_proxy(&direct, dir.path());
+
+    println!("== throttle accuracy (8 KiB records, 64 KiB batches, burst 1 s)");
+    println!("| quota | pushed | after burst (acks) | /target | whole run (total-burst)/time | /target | delivery errors |");
+    println!("|---|---|---|---|---|---|---|");
+    for mib in [1usize, 10, 50] {
+        let topic = format!("acc-{mib}");
+        create_topic(&proxied, &topic);
+        let bytes = 7 * mib * MIB;
+        let (acks, errors, took) = push(
+            &proxied,
+            &format!("connector-producer-q{mib}-0"),
+            &topic,
+            bytes / 8192,
+            8192,
+            "65536",
+        );
+        let rate = rate_after(&acks, mib * MIB);
+        // A bucket that starts full lets `burst` through, then the rate:
+        // total = burst + rate x time, whatever the broker's own pace.
+        let total: usize = acks.iter().map(|a| a.1).sum();
+        let whole = (total - mib * MIB) as f64 / took;
+        let target = (mib * MIB) as f64;
+        println!(
+            "| {mib} MiB/s | {} MiB | {:.3} MiB/s | {:.3} | {:.3} MiB/s | {:.3} | {errors} |",
+            bytes / MIB,
+            rate / MIB as f64,
+            rate / target,
+            whole / MIB as f64,
+            whole / target
+        );
+    }
+
+    println!("\n== pass-through: {records} x 1 KiB, acks=all, {rounds} rounds (medians)");
+    let paths = [
+        ("direct", direct.as_str(), "bench-direct"),
+        (
+            "idemgate, no rule (counted)",
+            proxied.as_str(),
+            "bench-plain",
+        ),
+        (
+            "idemgate, rule never hit (charged)",
+            proxied.as_str(),
+            "connector-producer-unbound-0",
+        ),
+    ];
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    for round in 0..rounds {
+        for (i, (name, bootstrap, client)) in paths.iter().enumerate() {
+            let topic = format!("pt-{i}-{round}");
+            create_topic(bootstrap, &topic);
+            let (acks, errors, took) = push(bootstrap, client, &topic, records, 1024, "1000000");
+            assert_eq!(errors, 0);
+            let mbs = (acks.len() * 1024) as f64 / took / MIB as f64;
+            eprintln!("round {round} {name}: {mbs:.1} MiB/s");
+            results[i].push(mbs);
+        }
+    }
+    let direct_median = median(results[0].clone());
+    println!("| path | MiB/s (median) | vs direct |");
+    println!("|---|---|---|");
+    for (i, (name, _, _)) in paths.iter().enumerate() {
+        let m = median(results[i].clone());
+        println!("| {name} | {m:.1} | {:.2} |", m / direct_median);
+    }
+}

@@ -1,0 +1,604 @@
+//! Quotas against a real tansu broker with librdkafka clients, through the
+//! proxy: the rate a throttled connector achieves, that nothing is lost,
+//! that a neighbour is not slowed, that a consumer group stays stable, and
+//! that quotas and pauses change on live connections (admin API, SIGHUP).
+//!
+//! The only wall-clock assertions are the rates the issue asks for, each
+//! measured over its whole run after the burst, and that a paused connector
+//! delivers nothing while paused.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{client_config, create_topic, http_call, http_get, Proxy, Tansu};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
+
+const MIB: usize = 1 << 20;
+/// 8 KiB values: per-record overhead stays near 1% of what is charged.
+const VALUE: usize = 8 * 1024;
+const TOKEN: &str = "0123456789abcdef-quota-token";
+
+/// Deliveries as they are acknowledged: (when, value bytes) or an error.
+#[derive(Default, Clone)]
+struct Deliveries {
+    acked: Arc<Mutex<Vec<(Instant, usize)>>>,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(m) => self
+                .acked
+                .lock()
+                .unwrap()
+                .push((Instant::now(), m.payload_len())),
+            Err((e, _)) => self.errors.lock().unwrap().push(e.to_string()),
+        }
+    }
+}
+
+impl Deliveries {
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+}
+
+/// A producer with `client_id`, batches of 64 KiB so that acks come often
+/// enough to time the rate.
+fn producer(bootstrap: &str, client_id: &str) -> (ThreadedProducer<Deliveries>, Deliveries) {
+    let deliveries = Deliveries::default();
+    let producer = client_config(bootstrap)
+        .set("client.id", client_id)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.size", "65536")
+        .set("message.timeout.ms", "120000")
+        .create_with_context(deliveries.clone())
+        .unwrap();
+    (producer, deliveries)
+}
+
+/// Pushes `bytes` of 8 KiB records (keys 0..n) as fast as the client
+/// queues them, and waits for every delivery.
+fn push(bootstrap: &str, client_id: &str, topic: &str, bytes: usize) -> Deliveries {
+    let (producer, deliveries) = producer(bootstrap, client_id);
+    let value = vec![b'q'; VALUE];
+    for i in 0..bytes / VALUE {
+        let key = i.to_string();
+        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                // Queue full: librdkafka's own backpressure.
+                Err((_, r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).unwrap();
+    deliveries
+}
+
+/// Bytes per second after the first `burst` bytes: from the moment the
+/// cumulative count passed the burst to the last event.
+fn rate_after_burst(events: &[(Instant, usize)], burst: usize) -> f64 {
+    let mut events = events.to_vec();
+    events.sort_by_key(|(t, _)| *t);
+    let mut total = 0;
+    let mut from = None;
+    for (t, n) in &events {
+        total += n;
+        if from.is_none() && total >= burst {
+            from = Some((*t, total));
+        }
+    }
+    let (t0, at) = from.expect("more than the burst");
+    let (t1, _) = *events.last().unwrap();
+    (total - at) as f64 / (t1 - t0).as_secs_f64()
+}
+
+/// Every key 0..n once in `topic` (one partition), read back from the start.
+fn keys_in(bootstrap: &str, topic: &str, n: usize) -> BTreeSet<usize> {
+    let consumer: BaseConsumer = client_config(bootstrap)
+        .set("group.id", "quota-check")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut keys = BTreeSet::new();
+    let mut records = 0;
+    let start = Instant::now();
+    while records < n && start.elapsed() < Duration::from_secs(60) {
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            records += 1;
+            keys.insert(
+                std::str::from_utf8(m.key().unwrap())
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            );
+        }
+    }
+    assert_eq!(records, n, "{topic}: records read back");
+    keys
+}
+
+fn within(rate: f64, target: f64, tolerance: f64) -> bool {
+    (rate / target - 1.0).abs() <= tolerance
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_quota_shapes_librdkafka_and_spares_its_neighbour() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(
+        &broker.addr,
+        "[[quotas]]\nconnector = \"throttled\"\nproduce_bytes_per_sec = 1048576\n",
+    )
+    .await;
+    create_topic(&proxy.bootstrap, "q-throttled", 1).await;
+    create_topic(&proxy.bootstrap, "q-free", 1).await;
+
+    let bootstrap = proxy.bootstrap.clone();
+    let throttled = tokio::task::spawn_blocking(move || {
+        push(
+            &bootstrap,
+            "connector-producer-throttled-0",
+            "q-throttled",
+            6 * MIB,
+        )
+    });
+    let bootstrap = proxy.bootstrap.clone();
+    let free = tokio::task::spawn_blocking(move || {
+        push(&bootstrap, "connector-producer-free-0", "q-free", 6 * MIB)
+    });
+    let (throttled, free) = (throttled.await.unwrap(), free.await.unwrap());
+
+    assert_eq!(*throttled.errors.lock().unwrap(), Vec::<String>::new());
+    assert_eq!(*free.errors.lock().unwrap(), Vec::<String>::new());
+    let n = 6 * MIB / VALUE;
+    let rate = rate_after_burst(&throttled.acked.lock().unwrap(), MIB);
+    eprintln!(
+        "throttled: {:.3} MiB/s after the burst (quota 1 MiB/s)",
+        rate / MIB as f64
+    );
+    assert!(
+        within(rate, MIB as f64, 0.15),
+        "throttled rate {rate:.0} B/s"
+    );
+    // The neighbour ran at the same time and was never throttled.
+    let free_rate = rate_after_burst(&free.acked.lock().unwrap(), 0);
+    eprintln!("neighbour: {:.1} MiB/s", free_rate / MIB as f64);
+    assert!(free_rate > 4.0 * MIB as f64, "neighbour {free_rate:.0} B/s");
+    let metrics = proxy.metrics().await;
+    let series =
+        |c: &str| format!("idemgate_throttle_seconds_total{{connector=\"{c}\",tenant=\"\"}}");
+    assert_eq!(
+        common::metric_value(&metrics, &series("free")),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        common::metric_value(&metrics, &series("throttled")) > 3.0,
+        "{metrics}"
+    );
+    assert!(
+        common::metric_value(
+            &metrics,
+            "idemgate_client_bytes_total{connector=\"throttled\",tenant=\"\",direction=\"produce\"}"
+        ) >= (6 * MIB) as f64
+    );
+
+    // Nothing lost, nothing doubled.
+    let bootstrap = proxy.bootstrap.clone();
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        (
+            keys_in(&bootstrap, "q-throttled", n),
+            keys_in(&bootstrap, "q-free", n),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(a, (0..n).collect());
+    assert_eq!(b, (0..n).collect());
+    proxy.assert_no_leaks().await;
+}
+
+/// Counts a consumer's rebalances.
+#[derive(Default, Clone)]
+struct Rebalances {
+    assigned: Arc<AtomicUsize>,
+    revoked: Arc<AtomicUsize>,
+    events: Arc<Mutex<Vec<String>>>,
+}
+
+impl ClientContext for Rebalances {}
+
+impl ConsumerContext for Rebalances {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.events
+            .lock()
+            .unwrap()
+            .push(format!("{:?} {rebalance:?}", Instant::now()));
+        match rebalance {
+            Rebalance::Assign(_) => self.assigned.fetch_add(1, Ordering::SeqCst),
+            Rebalance::Revoke(_) => self.revoked.fetch_add(1, Ordering::SeqCst),
+            Rebalance::Error(_) => self.revoked.fetch_add(1, Ordering::SeqCst),
+        };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_quota_shapes_a_sink_consumer_and_its_group_stays_stable() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(
+        &broker.addr,
+        "[[quotas]]\nconnector = \"sink\"\nfetch_bytes_per_sec = 1048576\n",
+    )
+    .await;
+    create_topic(&proxy.bootstrap, "q-sink", 1).await;
+    let bootstrap = proxy.bootstrap.clone();
+    let loaded = tokio::task::spawn_blocking(move || push(&bootstrap, "loader", "q-sink", 6 * MIB))
+        .await
+        .unwrap();
+    assert_eq!(loaded.count(), 6 * MIB / VALUE);
+
+    let bootstrap = proxy.bootstrap.clone();
+    let (events, (assigned, revoked, rebalances)) = tokio::task::spawn_blocking(move || {
+        let rebalances = Rebalances::default();
+        let consumer: BaseConsumer<Rebalances> = client_config(&bootstrap)
+            .set("client.id", "connector-consumer-sink-0")
+            .set("group.id", "connect-sink")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .create_with_context(rebalances.clone())
+            .unwrap();
+        consumer.subscribe(&["q-sink"]).unwrap();
+        let mut events = Vec::new();
+        let start = Instant::now();
+        while events.len() < 6 * MIB / VALUE && start.elapsed() < Duration::from_secs(60) {
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                let m = m.unwrap();
+                events.push((Instant::now(), m.payload_len()));
+            }
+        }
+        // Before the consumer closes (a close revokes its partitions).
+        let seen = (
+            rebalances.assigned.load(Ordering::SeqCst),
+            rebalances.revoked.load(Ordering::SeqCst),
+            rebalances.events.lock().unwrap().clone(),
+        );
+        (events, seen)
+    })
+    .await
+    .unwrap();
+    assert_eq!(events.len(), 6 * MIB / VALUE, "every record consumed");
+    let rate = rate_after_burst(&events, MIB);
+    eprintln!(
+        "sink: {:.3} MiB/s after the burst (quota 1 MiB/s)",
+        rate / MIB as f64
+    );
+    assert!(
+        within(rate, MIB as f64, 0.15),
+        "consumption rate {rate:.0} B/s"
+    );
+    assert_eq!(assigned, 1, "one assignment: {rebalances:?}");
+    assert_eq!(revoked, 0, "no rebalance while consuming: {rebalances:?}");
+    let throttle = proxy
+        .metric("idemgate_throttle_seconds_total{connector=\"sink\",tenant=\"\"}")
+        .await;
+    assert!(throttle > 3.0, "fetch throttled {throttle} s");
+}
+
+/// The connection ids `/connections` lists for a client id.
+async fn connections_of(admin: std::net::SocketAddr, client_id: &str) -> BTreeSet<u64> {
+    let (_, body) = http_get(admin, "/connections").await;
+    body.lines()
+        .filter(|l| l.contains(&format!("\"client_id\":\"{client_id}\"")))
+        .map(|l| {
+            let at = l.find("\"conn_id\":").unwrap() + "\"conn_id\":".len();
+            l[at..].split(',').next().unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+/// Produces 8 KiB records until told to stop, as a source task would.
+struct Steady {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    deliveries: Deliveries,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Steady {
+    fn start(bootstrap: &str, client_id: &str, topic: &str) -> Steady {
+        let (producer, deliveries) = producer(bootstrap, client_id);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, topic) = (stop.clone(), topic.to_string());
+        let thread = std::thread::spawn(move || {
+            let value = vec![b's'; VALUE];
+            let mut i = 0u64;
+            while !flag.load(Ordering::SeqCst) {
+                let key = i.to_string();
+                match producer.send(BaseRecord::to(&topic).key(&key).payload(&value)) {
+                    Ok(()) => i += 1,
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+                // At most ~4 MiB/s offered: enough to be throttled, little
+                // enough to leave the two cores to the proxy and the broker.
+                if i % 16 == 0 {
+                    std::thread::sleep(Duration::from_millis(30));
+                }
+            }
+            producer.flush(Duration::from_secs(60)).unwrap();
+        });
+        Steady {
+            stop,
+            deliveries,
+            thread: Some(thread),
+        }
+    }
+
+    async fn wait_for_more(&self, than: usize) {
+        let start = Instant::now();
+        while self.deliveries.count() <= than {
+            assert!(start.elapsed() < Duration::from_secs(20), "no deliveries");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn finish(mut self) -> Deliveries {
+        self.stop.store(true, Ordering::SeqCst);
+        let thread = self.thread.take().unwrap();
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+        self.deliveries.clone()
+    }
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < Duration::from_secs(20), "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A PUT/POST with a body and the admin token: (status, body).
+async fn admin_call(
+    proxy: &Proxy,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
+    let auth = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, text.split_once("\r\n\r\n").unwrap().1.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_and_pauses_change_through_the_admin_api_on_live_connections() {
+    let broker = Tansu::start();
+    let proxy =
+        Proxy::launch_admin(&broker.addr, "", "", &format!("token = \"{TOKEN}\""), "").await;
+    proxy.wait_ready().await;
+    create_topic(&proxy.bootstrap, "q-live", 1).await;
+    let steady = Steady::start(&proxy.bootstrap, "connector-producer-live-0", "q-live");
+    steady.wait_for_more(32).await;
+    let before = connections_of(proxy.admin, "connector-producer-live-0").await;
+    assert!(!before.is_empty());
+    let throttle = "idemgate_throttle_seconds_total{connector=\"live\",tenant=\"\"}";
+    assert_eq!(proxy.metric(throttle).await, 0.0, "no quota yet");
+
+    // A quota set through the API needs the token, and reaches the open connection.
+    let rule = "[[quotas]]\nconnector = \"live\"\nproduce_bytes_per_sec = \"256KiB\"\n";
+    assert_eq!(
+        admin_call(&proxy, "PUT", "/quotas", rule, None).await.0,
+        401
+    );
+    let (status, body) = admin_call(
+        &proxy,
+        "PUT",
+        "/quotas",
+        "[[quotas]]\nconnector = \"live\"\n",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, 400, "a rule without a limit is refused: {body}");
+    assert!(body.contains("quotas[0]"), "{body}");
+    let (status, body) = admin_call(&proxy, "PUT", "/quotas", rule, Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("live"),
+        "the live entity's limit changed: {body}"
+    );
+    wait_until("the new quota throttles the live producer", || async {
+        proxy.metric(throttle).await > 1.0
+    })
+    .await;
+    let (_, view) = http_get(proxy.admin, "/quotas").await;
+    assert!(
+        view.contains("\"produce_bytes_per_sec\":{\"per_sec\":262144"),
+        "{view}"
+    );
+
+    // Pause: nothing more is delivered; heartbeat-like traffic is not at stake
+    // for a producer, but its connection stays open.
+    assert_eq!(
+        http_call(proxy.admin, "POST", "/connectors/live/pause", None)
+            .await
+            .0,
+        401
+    );
+    let (status, body) =
+        http_call(proxy.admin, "POST", "/connectors/live/pause", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        proxy
+            .metric("idemgate_connector_paused{connector=\"live\",tenant=\"\"}")
+            .await,
+        1.0
+    );
+    // What was in flight when the pause came settles first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let paused_at = steady.deliveries.count();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        steady.deliveries.count(),
+        paused_at,
+        "delivered while paused"
+    );
+    let (status, _) = http_call(proxy.admin, "POST", "/connectors/live/resume", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    steady.wait_for_more(paused_at).await;
+
+    // Lifting the quota: the same connections, never reconnected.
+    let (status, _) = admin_call(&proxy, "PUT", "/quotas", "", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    let count = steady.deliveries.count();
+    steady.wait_for_more(count).await;
+    assert_eq!(
+        connections_of(proxy.admin, "connector-producer-live-0").await,
+        before,
+        "no reconnect"
+    );
+    let deliveries = steady.finish().await;
+    assert_eq!(*deliveries.errors.lock().unwrap(), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_quotas_and_pauses_nothing_else() {
+    use std::process::{Command, Stdio};
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (text, bootstrap, admin) = Proxy::config_text(&broker.addr, dir.path(), "", "", "");
+    let path = dir.path().join("idemgate.toml");
+    std::fs::write(&path, &text).unwrap();
+    let log = std::fs::File::create(dir.path().join("idemgate.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_idemgate"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let bootstrap = format!("127.0.0.1:{bootstrap}");
+    common::wait_for_port(&bootstrap, Duration::from_secs(20));
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    wait_until("ready", || async {
+        http_get(admin, "/readyz").await.0 == 200
+    })
+    .await;
+    create_topic(&bootstrap, "q-hup", 1).await;
+    let steady = Steady::start(&bootstrap, "connector-producer-hup-0", "q-hup");
+    steady.wait_for_more(32).await;
+    let metric = |name: &'static str| async move {
+        common::metric_value(&http_get(admin, "/metrics").await.1, name)
+    };
+    let throttle = "idemgate_throttle_seconds_total{connector=\"hup\",tenant=\"\"}";
+    assert_eq!(metric(throttle).await, 0.0);
+    let before = connections_of(admin, "connector-producer-hup-0").await;
+    assert!(!before.is_empty());
+
+    let hup = |pid: u32| {
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    // A quota added to the file, and a [listen] change that needs a restart.
+    let with_quota = text.replace("[listen]\n", "[listen]\nmax_in_flight = 32\n")
+        + "[[quotas]]\nconnector = \"hup\"\nproduce_bytes_per_sec = \"256KiB\"\n";
+    std::fs::write(&path, &with_quota).unwrap();
+    hup(child.id());
+    wait_until("the reloaded quota throttles", || async {
+        metric(throttle).await > 1.0
+    })
+    .await;
+    assert_eq!(metric("idemgate_quota_reloads_total").await, 1.0);
+
+    // A broken file is refused whole; the quota in force stays.
+    std::fs::write(&path, with_quota.replace("\"256KiB\"", "0")).unwrap();
+    hup(child.id());
+    wait_until("the broken file is refused", || async {
+        metric("idemgate_quota_reload_failures_total").await == 1.0
+    })
+    .await;
+    let (_, view) = http_get(admin, "/quotas").await;
+    assert!(view.contains("\"per_sec\":262144"), "{view}");
+
+    // Removing it lifts the throttle: the same connections go on.
+    std::fs::write(&path, &text).unwrap();
+    hup(child.id());
+    wait_until("the quota is lifted", || async {
+        !http_get(admin, "/quotas")
+            .await
+            .1
+            .contains("\"per_sec\":262144")
+    })
+    .await;
+    let count = steady.deliveries.count();
+    steady.wait_for_more(count).await;
+    assert_eq!(
+        connections_of(admin, "connector-producer-hup-0").await,
+        before,
+        "no reconnect"
+    );
+    let deliveries = steady.finish().await;
+    assert_eq!(*deliveries.errors.lock().unwrap(), Vec::<String>::new());
+
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let log = std::fs::read_to_string(dir.path().join("idemgate.log")).unwrap();
+    assert!(log.contains("takes effect at the next restart"), "{log}");
+    assert!(
+        log.contains("section=\"listen\"") || log.contains("section=listen"),
+        "{log}"
+    );
+    assert!(
+        log.contains("quota.produce_bytes_per_sec")
+            || log.contains("quotas[0].produce_bytes_per_sec"),
+        "{log}"
+    );
+}

@@ -1,0 +1,998 @@
+//! Quotas: per-connector and per-tenant rates, enforced the way brokers do.
+//!
+//! Who: an [`EntityKey`] is (tenant, connector) — the tenant is the principal
+//! the broker accepted (SASL) or the TLS client certificate's subject; the
+//! connector comes from Connect's client ids or `quota.connector_patterns`.
+//! A client with neither is known by its client id. Every connection of one
+//! entity shares its buckets, as a broker's (user, client-id) quota is shared
+//! by all of that entity's connections to it.
+//!
+//! Which limits: each kind (produce bytes, fetch bytes, requests) is resolved
+//! on its own, from the most specific `[[quotas]]` rule that matches and sets
+//! it — KIP-55's order, with the tenant standing for the user and the
+//! connector (or client id) for the client id:
+//!
+//! ```text
+//! tenant exact  + connector exact     most specific
+//! tenant exact  + connector glob
+//! tenant exact
+//! tenant glob   + connector exact
+//! tenant glob   + connector glob
+//! tenant glob
+//!                 connector exact
+//!                 connector glob
+//! (no matcher: everyone)               least specific
+//! ```
+//!
+//! (a glob is any pattern with `*` or `?`; ties go to the rule written first.)
+//!
+//! How: a token bucket per kind, holding `burst` seconds of its rate, that
+//! may go into debt. A request is always forwarded; the debt it leaves is the
+//! throttle: the response carries `throttle_time_ms = max(broker's, ours)`
+//! (KIP-219) and the connection is muted until the debt is repaid, capped at
+//! `quota.max_throttle`. Muting holds back the next Produce or Fetch (and so
+//! everything behind it); requests that are neither — heartbeats, joins,
+//! commits, metadata — are read and forwarded while muted, so a group member
+//! whose coordinator shares the connection stays in its group.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::config::{Glob, QuotaRule, QuotaSettings};
+use crate::filter::identity::Identity;
+
+/// What a bucket counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Produce request bytes, as the client sent them.
+    Produce = 0,
+    /// Fetch response bytes, as the broker sent them.
+    Fetch = 1,
+    /// Requests (`requests_per_sec`), or microseconds of proxy time spent on
+    /// them (`request_percentage`).
+    Requests = 2,
+}
+
+const KINDS: [Kind; 3] = [Kind::Produce, Kind::Fetch, Kind::Requests];
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Produce => "produce",
+            Kind::Fetch => "fetch",
+            Kind::Requests => "requests",
+        }
+    }
+}
+
+/// One resolved limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit {
+    /// Units per second.
+    pub rate: f64,
+    pub burst: Duration,
+    /// Requests only: the rate is microseconds of proxy time (a percentage).
+    pub time_based: bool,
+    /// Which `[[quotas]]` entry set it.
+    pub rule: usize,
+}
+
+/// A limit per [`Kind`]; `None`: unlimited.
+pub type Limits = [Option<Limit>; 3];
+
+/// Who a quota applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityKey {
+    /// The authenticated principal, if any.
+    pub tenant: Option<String>,
+    /// The connector, if the client is one's.
+    pub connector: Option<String>,
+    /// The client id, for a client with no connector ("" otherwise: a
+    /// connector's clients share one entity whatever their ids).
+    pub client_id: String,
+}
+
+impl EntityKey {
+    pub fn new(identity: &Identity, principal: Option<&str>) -> EntityKey {
+        EntityKey {
+            tenant: principal.map(str::to_string),
+            connector: identity.connector.clone(),
+            client_id: if identity.connector.is_some() {
+                String::new()
+            } else {
+                identity.client_id.clone()
+            },
+        }
+    }
+
+    /// The `connector` label: the connector, or the client id.
+    pub fn label(&self) -> &str {
+        self.connector.as_deref().unwrap_or(&self.client_id)
+    }
+}
+
+/// A token bucket that may go into debt.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(limit: &Limit, now: Instant) -> Bucket {
+        let capacity = limit.rate * limit.burst.as_secs_f64();
+        Bucket {
+            rate: limit.rate,
+            capacity,
+            tokens: capacity,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.rate).min(self.capacity);
+        self.last = now;
+    }
+
+    /// Takes `n`; the time until the bucket is out of debt again.
+    fn charge(&mut self, n: f64, now: Instant) -> Duration {
+        self.refill(now);
+        self.tokens -= n;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+
+    /// A new limit keeps what was owed or saved, within the new capacity.
+    fn retune(&mut self, limit: &Limit, now: Instant) {
+        self.refill(now);
+        self.rate = limit.rate;
+        self.capacity = limit.rate * limit.burst.as_secs_f64();
+        self.tokens = self.tokens.min(self.capacity);
+    }
+}
+
+/// Counters of one entity, for `/metrics` and `/quotas`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub produce_bytes: AtomicU64,
+    pub fetch_bytes: AtomicU64,
+    pub requests: AtomicU64,
+    /// Total throttle imposed, microseconds.
+    pub throttle_micros: AtomicU64,
+    pub throttled: AtomicU64,
+}
+
+/// One entity's quota state, shared by its connections.
+#[derive(Debug)]
+pub struct Entity {
+    pub key: EntityKey,
+    limits: Mutex<(Limits, [Option<Bucket>; 3])>,
+    /// Bit per [`Kind`] with a limit: unlimited traffic never takes the lock.
+    limited: AtomicU8,
+    paused: AtomicBool,
+    pub counters: Counters,
+    /// The last few (when, produce bytes, fetch bytes) samples, for rates.
+    samples: Mutex<VecDeque<(Instant, u64, u64)>>,
+}
+
+impl Entity {
+    fn new(key: EntityKey, limits: Limits, paused: bool) -> Entity {
+        let e = Entity {
+            key,
+            limits: Mutex::new((limits, [None, None, None])),
+            limited: AtomicU8::new(0),
+            paused: AtomicBool::new(paused),
+            counters: Counters::default(),
+            samples: Mutex::new(VecDeque::new()),
+        };
+        e.set_limits(limits);
+        e
+    }
+
+    fn set_limits(&self, limits: Limits) {
+        let now = Instant::now();
+        let mut guard = self.limits.lock().expect("quota lock");
+        let (current, buckets) = &mut *guard;
+        let mut mask = 0u8;
+        for kind in KINDS {
+            let i = kind as usize;
+            match (&limits[i], &mut buckets[i]) {
+                (None, b) => *b = None,
+                (Some(l), Some(b)) if current[i].is_some_and(|c| c.time_based == l.time_based) => {
+                    b.retune(l, now);
+                    mask |= 1 << i;
+                }
+                (Some(l), b) => {
+                    *b = Some(Bucket::new(l, now));
+                    mask |= 1 << i;
+                }
+            }
+        }
+        *current = limits;
+        self.limited.store(mask, Relaxed);
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits.lock().expect("quota lock").0
+    }
+
+    pub fn is_limited(&self, kind: Kind) -> bool {
+        self.limited.load(Relaxed) & (1 << kind as usize) != 0
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Relaxed)
+    }
+
+    /// Counts `n` units of `kind` and charges them to its bucket, if any:
+    /// the throttle they leave (zero when within the quota).
+    pub fn charge(&self, kind: Kind, n: u64) -> Duration {
+        let counter = match kind {
+            Kind::Produce => &self.counters.produce_bytes,
+            Kind::Fetch => &self.counters.fetch_bytes,
+            Kind::Requests => &self.counters.requests,
+        };
+        counter.fetch_add(n, Relaxed);
+        if !self.is_limited(kind) {
+            return Duration::ZERO;
+        }
+        let mut guard = self.limits.lock().expect("quota lock");
+        match &mut guard.1[kind as usize] {
+            Some(b) => b.charge(n as f64, Instant::now()),
+            None => Duration::ZERO,
+        }
+    }
+
+    /// Charges proxy time to a `request_percentage` bucket (a
+    /// `requests_per_sec` one counts requests instead, in [`charge`]).
+    pub fn charge_time(&self, spent: Duration) -> Duration {
+        if !self.is_limited(Kind::Requests) {
+            return Duration::ZERO;
+        }
+        let mut guard = self.limits.lock().expect("quota lock");
+        let (limits, buckets) = &mut *guard;
+        match (
+            &limits[Kind::Requests as usize],
+            &mut buckets[Kind::Requests as usize],
+        ) {
+            (Some(l), Some(b)) if l.time_based => {
+                b.charge(spent.as_micros() as f64, Instant::now())
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// One request: counted, and charged to a `requests_per_sec` bucket.
+    pub fn charge_request(&self) -> Duration {
+        self.counters.requests.fetch_add(1, Relaxed);
+        if !self.is_limited(Kind::Requests) {
+            return Duration::ZERO;
+        }
+        let mut guard = self.limits.lock().expect("quota lock");
+        let (limits, buckets) = &mut *guard;
+        match (
+            &limits[Kind::Requests as usize],
+            &mut buckets[Kind::Requests as usize],
+        ) {
+            (Some(l), Some(b)) if !l.time_based => b.charge(1.0, Instant::now()),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Fetch bytes the bucket holds now (at least 1): what a Fetch's
+    /// `max_bytes` is capped to. `None` without a fetch limit.
+    pub fn fetch_allowance(&self) -> Option<i32> {
+        if !self.is_limited(Kind::Fetch) {
+            return None;
+        }
+        let mut guard = self.limits.lock().expect("quota lock");
+        let b = guard.1[Kind::Fetch as usize].as_mut()?;
+        b.refill(Instant::now());
+        Some(b.tokens.clamp(1.0, i32::MAX as f64) as i32)
+    }
+
+    pub fn throttled(&self, d: Duration) {
+        if !d.is_zero() {
+            self.counters
+                .throttle_micros
+                .fetch_add(d.as_micros() as u64, Relaxed);
+            self.counters.throttled.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Bytes per second over the last few seconds: (produce, fetch).
+    pub fn rates(&self) -> (f64, f64) {
+        let samples = self.samples.lock().expect("samples lock");
+        match (samples.front(), samples.back()) {
+            (Some(a), Some(b)) if b.0 > a.0 => {
+                let dt = (b.0 - a.0).as_secs_f64();
+                ((b.1 - a.1) as f64 / dt, (b.2 - a.2) as f64 / dt)
+            }
+            _ => (0.0, 0.0),
+        }
+    }
+
+    fn sample(&self, now: Instant) {
+        let mut samples = self.samples.lock().expect("samples lock");
+        samples.push_back((
+            now,
+            self.counters.produce_bytes.load(Relaxed),
+            self.counters.fetch_bytes.load(Relaxed),
+        ));
+        while samples.len() > 6 {
+            samples.pop_front();
+        }
+    }
+}
+
+/// Rules and settings in force (replaced whole by a reload).
+#[derive(Debug, Clone)]
+struct Live {
+    settings: QuotaSettings,
+    rules: Vec<QuotaRule>,
+}
+
+/// Entities kept after their last connection closes, up to this many; past
+/// it, entities no connection uses are forgotten (with their counters).
+const MAX_ENTITIES: usize = 10_000;
+
+/// Every entity's quota state, and the rules and pauses that apply.
+#[derive(Debug)]
+pub struct Quotas {
+    live: RwLock<Live>,
+    entities: Mutex<HashMap<EntityKey, Arc<Entity>>>,
+    /// Paused connector labels (a connector name, or a client id).
+    paused: Mutex<BTreeSet<String>>,
+    /// Bumped on every change (reload, pause, resume): held requests look again.
+    changed: watch::Sender<u64>,
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+}
+
+impl Quotas {
+    pub fn new(settings: QuotaSettings, rules: Vec<QuotaRule>) -> Quotas {
+        Quotas {
+            live: RwLock::new(Live { settings, rules }),
+            entities: Mutex::new(HashMap::new()),
+            paused: Mutex::new(BTreeSet::new()),
+            changed: watch::channel(0).0,
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+        }
+    }
+
+    pub fn settings(&self) -> QuotaSettings {
+        self.live.read().expect("quota lock").settings.clone()
+    }
+
+    pub fn rules(&self) -> Vec<QuotaRule> {
+        self.live.read().expect("quota lock").rules.clone()
+    }
+
+    pub fn max_throttle(&self) -> Duration {
+        self.live.read().expect("quota lock").settings.max_throttle
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Connect's client ids first, then `quota.connector_patterns`.
+    pub fn identify(&self, client_id: &str) -> Identity {
+        let mut identity = Identity::from_client_id(client_id);
+        if identity.connector.is_none() {
+            let live = self.live.read().expect("quota lock");
+            identity.connector = live
+                .settings
+                .connector_patterns
+                .iter()
+                .find_map(|p| p.connector(client_id))
+                .map(str::to_string);
+        }
+        identity
+    }
+
+    /// The entity of a client, made on first sight.
+    pub fn entity(&self, identity: &Identity, principal: Option<&str>) -> Arc<Entity> {
+        let key = EntityKey::new(identity, principal);
+        let mut entities = self.entities.lock().expect("entities lock");
+        if let Some(e) = entities.get(&key) {
+            return e.clone();
+        }
+        if entities.len() >= MAX_ENTITIES {
+            entities.retain(|_, e| Arc::strong_count(e) > 1);
+        }
+        let limits = {
+            let live = self.live.read().expect("quota lock");
+            resolve(&live.rules, &live.settings, &key)
+        };
+        let paused = self
+            .paused
+            .lock()
+            .expect("paused lock")
+            .contains(key.label());
+        let e = Arc::new(Entity::new(key.clone(), limits, paused));
+        entities.insert(key, e.clone());
+        e
+    }
+
+    /// Puts new rules (and settings, if given) in force for every entity,
+    /// open connections included. Returns one line per entity whose limits
+    /// changed, for the log.
+    pub fn apply(&self, settings: Option<QuotaSettings>, rules: Vec<QuotaRule>) -> Vec<String> {
+        let live = {
+            let mut live = self.live.write().expect("quota lock");
+            if let Some(s) = settings {
+                live.settings = s;
+            }
+            live.rules = rules;
+            live.clone()
+        };
+        let mut changes = Vec::new();
+        for e in self.entities.lock().expect("entities lock").values() {
+            let new = resolve(&live.rules, &live.settings, &e.key);
+            let old = e.limits();
+            if old != new {
+                changes.push(format!(
+                    "{}: {} -> {}",
+                    describe_key(&e.key),
+                    describe_limits(&old),
+                    describe_limits(&new)
+                ));
+                e.set_limits(new);
+            }
+        }
+        self.changed.send_modify(|v| *v += 1);
+        changes
+    }
+
+    /// Pauses (or resumes) every entity of a connector label, now and for
+    /// connections still to come. Returns how many entities exist for it.
+    pub fn set_paused(&self, label: &str, paused: bool) -> usize {
+        {
+            let mut set = self.paused.lock().expect("paused lock");
+            if paused {
+                set.insert(label.to_string());
+            } else {
+                set.remove(label);
+            }
+        }
+        let mut n = 0;
+        for e in self.entities.lock().expect("entities lock").values() {
+            if e.key.label() == label {
+                e.paused.store(paused, Relaxed);
+                n += 1;
+            }
+        }
+        self.changed.send_modify(|v| *v += 1);
+        n
+    }
+
+    pub fn paused(&self) -> Vec<String> {
+        self.paused
+            .lock()
+            .expect("paused lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn sorted(&self) -> Vec<Arc<Entity>> {
+        let mut all: Vec<Arc<Entity>> = self
+            .entities
+            .lock()
+            .expect("entities lock")
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
+    }
+
+    /// Takes a rate sample of every entity (once a second).
+    pub fn sample(&self) {
+        let now = Instant::now();
+        for e in self.sorted() {
+            e.sample(now);
+        }
+    }
+
+    /// The quota series of `/metrics`.
+    pub fn render(&self, out: &mut String) {
+        let all = self.sorted();
+        let labels = |e: &Entity| {
+            format!(
+                "connector=\"{}\",tenant=\"{}\"",
+                escape(e.key.label()),
+                escape(e.key.tenant.as_deref().unwrap_or(""))
+            )
+        };
+        let _ = writeln!(out, "# HELP idemgate_client_bytes_total Bytes per connector and tenant: produce requests and fetch responses.\n# TYPE idemgate_client_bytes_total counter");
+        for e in &all {
+            let l = labels(e);
+            let c = &e.counters;
+            let _ = writeln!(
+                out,
+                "idemgate_client_bytes_total{{{l},direction=\"produce\"}} {}",
+                c.produce_bytes.load(Relaxed)
+            );
+            let _ = writeln!(
+                out,
+                "idemgate_client_bytes_total{{{l},direction=\"fetch\"}} {}",
+                c.fetch_bytes.load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP idemgate_client_requests_total Requests per connector and tenant.\n# TYPE idemgate_client_requests_total counter");
+        for e in &all {
+            let _ = writeln!(
+                out,
+                "idemgate_client_requests_total{{{}}} {}",
+                labels(e),
+                e.counters.requests.load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP idemgate_throttle_seconds_total Throttle imposed by quotas (each connection muted this long).\n# TYPE idemgate_throttle_seconds_total counter");
+        for e in &all {
+            let _ = writeln!(
+                out,
+                "idemgate_throttle_seconds_total{{{}}} {}",
+                labels(e),
+                e.counters.throttle_micros.load(Relaxed) as f64 / 1e6
+            );
+        }
+        let _ = writeln!(out, "# HELP idemgate_throttled_responses_total Responses that carried a throttle of the proxy's.\n# TYPE idemgate_throttled_responses_total counter");
+        for e in &all {
+            let _ = writeln!(
+                out,
+                "idemgate_throttled_responses_total{{{}}} {}",
+                labels(e),
+                e.counters.throttled.load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP idemgate_quota_limit The limit in force, per second (bytes, requests, or microseconds of proxy time for request_percentage).\n# TYPE idemgate_quota_limit gauge");
+        for e in &all {
+            for kind in KINDS {
+                if let Some(l) = e.limits()[kind as usize] {
+                    let _ = writeln!(
+                        out,
+                        "idemgate_quota_limit{{{},kind=\"{}\"}} {}",
+                        labels(e),
+                        if l.time_based {
+                            "request_time_micros"
+                        } else {
+                            kind.as_str()
+                        },
+                        l.rate
+                    );
+                }
+            }
+        }
+        let _ = writeln!(out, "# HELP idemgate_connector_paused 1 while the connector is paused (admin API).\n# TYPE idemgate_connector_paused gauge");
+        for e in &all {
+            let _ = writeln!(
+                out,
+                "idemgate_connector_paused{{{}}} {}",
+                labels(e),
+                u8::from(e.is_paused())
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP idemgate_quota_reloads_total Quota changes put in force (SIGHUP, admin API).\n# TYPE idemgate_quota_reloads_total counter\nidemgate_quota_reloads_total {}",
+            self.reloads.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP idemgate_quota_reload_failures_total Quota changes refused (the previous ones stay).\n# TYPE idemgate_quota_reload_failures_total counter\nidemgate_quota_reload_failures_total {}",
+            self.reload_failures.load(Relaxed)
+        );
+    }
+
+    /// `GET /quotas`: the rules, the pauses, and every entity's rate, limit
+    /// and throttle.
+    pub fn view_json(&self) -> String {
+        let live = self.live.read().expect("quota lock").clone();
+        let rules: Vec<String> = live.rules.iter().map(rule_json).collect();
+        let paused: Vec<String> = self.paused().iter().map(|p| json_str(p)).collect();
+        let entities: Vec<String> = self
+            .sorted()
+            .iter()
+            .map(|e| {
+                let (produce, fetch) = e.rates();
+                let limits = e.limits();
+                let limit = |k: Kind| match limits[k as usize] {
+                    Some(l) => format!("{{\"per_sec\":{},\"rule\":{}}}", l.rate, l.rule),
+                    None => "null".into(),
+                };
+                let c = &e.counters;
+                format!(
+                    "{{\"connector\":{},\"tenant\":{},\"paused\":{},\"produce_bytes_per_sec\":{:.0},\"fetch_bytes_per_sec\":{:.0},\"produce_bytes_total\":{},\"fetch_bytes_total\":{},\"requests_total\":{},\"throttle_seconds_total\":{},\"throttled_responses_total\":{},\"limits\":{{\"produce_bytes_per_sec\":{},\"fetch_bytes_per_sec\":{},\"requests\":{}}}}}",
+                    json_str(e.key.label()),
+                    e.key.tenant.as_deref().map(json_str).unwrap_or("null".into()),
+                    e.is_paused(),
+                    produce,
+                    fetch,
+                    c.produce_bytes.load(Relaxed),
+                    c.fetch_bytes.load(Relaxed),
+                    c.requests.load(Relaxed),
+                    c.throttle_micros.load(Relaxed) as f64 / 1e6,
+                    c.throttled.load(Relaxed),
+                    limit(Kind::Produce),
+                    limit(Kind::Fetch),
+                    limit(Kind::Requests),
+                )
+            })
+            .collect();
+        let s = &live.settings;
+        format!(
+            "{{\"settings\":{{\"burst_ms\":{},\"max_throttle_ms\":{},\"max_hold_ms\":{}}},\"rules\":[{}],\"paused\":[{}],\"entities\":[{}]}}\n",
+            s.burst.as_millis(),
+            s.max_throttle.as_millis(),
+            s.max_hold.as_millis(),
+            rules.join(","),
+            paused.join(","),
+            entities.join(",\n")
+        )
+    }
+}
+
+/// How specific a matcher is: 2 exact, 1 glob, 0 absent.
+fn level(g: &Option<Glob>) -> u8 {
+    match g {
+        None => 0,
+        Some(g) if g.as_str().contains(['*', '?']) => 1,
+        Some(_) => 2,
+    }
+}
+
+fn matches(rule: &QuotaRule, key: &EntityKey) -> bool {
+    let tenant = match &rule.tenant {
+        None => true,
+        Some(g) => key.tenant.as_deref().is_some_and(|t| g.matches(t)),
+    };
+    let connector = match &rule.connector {
+        None => true,
+        Some(g) => key.connector.as_deref().is_some_and(|c| g.matches(c)),
+    };
+    let client_id = match &rule.client_id {
+        None => true,
+        Some(g) => key.connector.is_none() && g.matches(&key.client_id),
+    };
+    tenant && connector && client_id
+}
+
+/// Each kind from the most specific matching rule that sets it.
+pub fn resolve(rules: &[QuotaRule], settings: &QuotaSettings, key: &EntityKey) -> Limits {
+    let mut best: [Option<((u8, u8), usize)>; 3] = [None; 3];
+    for (i, rule) in rules.iter().enumerate() {
+        if !matches(rule, key) {
+            continue;
+        }
+        let rank = (
+            level(&rule.tenant),
+            level(&rule.connector).max(level(&rule.client_id)),
+        );
+        let sets = [
+            rule.produce_bytes_per_sec.is_some(),
+            rule.fetch_bytes_per_sec.is_some(),
+            rule.requests_per_sec.is_some() || rule.request_percentage.is_some(),
+        ];
+        for k in 0..3 {
+            // Strictly more specific only: ties go to the earlier rule.
+            if sets[k] && best[k].is_none_or(|(r, _)| rank > r) {
+                best[k] = Some((rank, i));
+            }
+        }
+    }
+    let mut limits: Limits = [None; 3];
+    for k in 0..3 {
+        if let Some((_, i)) = best[k] {
+            let r = &rules[i];
+            let burst = r.burst.unwrap_or(settings.burst);
+            let (rate, time_based) = match k {
+                0 => (r.produce_bytes_per_sec.unwrap_or(0) as f64, false),
+                1 => (r.fetch_bytes_per_sec.unwrap_or(0) as f64, false),
+                _ => match (r.requests_per_sec, r.request_percentage) {
+                    (Some(n), _) => (n as f64, false),
+                    // 100% = one thread's whole second, in microseconds.
+                    (None, Some(pct)) => (pct as f64 * 10_000.0, true),
+                    (None, None) => (0.0, false),
+                },
+            };
+            limits[k] = Some(Limit {
+                rate,
+                burst,
+                time_based,
+                rule: i,
+            });
+        }
+    }
+    limits
+}
+
+fn describe_key(key: &EntityKey) -> String {
+    match &key.tenant {
+        Some(t) => format!("{}@{t}", key.label()),
+        None => key.label().to_string(),
+    }
+}
+
+fn describe_limits(limits: &Limits) -> String {
+    let parts: Vec<String> = KINDS
+        .iter()
+        .filter_map(|k| {
+            limits[*k as usize].map(|l| {
+                if l.time_based {
+                    format!("request_percentage={}", l.rate / 10_000.0)
+                } else {
+                    format!("{}={}", k.as_str(), l.rate)
+                }
+            })
+        })
+        .collect();
+    if parts.is_empty() {
+        "unlimited".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+fn rule_json(r: &QuotaRule) -> String {
+    let g = |g: &Option<Glob>| {
+        g.as_ref()
+            .map(|g| json_str(g.as_str()))
+            .unwrap_or("null".into())
+    };
+    let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("null".into());
+    format!(
+        "{{\"connector\":{},\"tenant\":{},\"client_id\":{},\"produce_bytes_per_sec\":{},\"fetch_bytes_per_sec\":{},\"requests_per_sec\":{},\"request_percentage\":{},\"burst_ms\":{}}}",
+        g(&r.connector),
+        g(&r.tenant),
+        g(&r.client_id),
+        n(r.produce_bytes_per_sec),
+        n(r.fetch_bytes_per_sec),
+        n(r.requests_per_sec),
+        n(r.request_percentage),
+        r.burst.map(|b| b.as_millis().to_string()).unwrap_or("null".into())
+    )
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A Prometheus label value.
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn quotas(toml: &str) -> (QuotaSettings, Vec<QuotaRule>) {
+        let c = Config::parse(toml).unwrap_or_else(|e| panic!("{e}"));
+        (c.quota, c.quotas)
+    }
+
+    fn key(tenant: Option<&str>, client_id: &str) -> EntityKey {
+        EntityKey::new(&Identity::from_client_id(client_id), tenant)
+    }
+
+    fn produce(rules: &[QuotaRule], s: &QuotaSettings, k: &EntityKey) -> Option<f64> {
+        resolve(rules, s, k)[0].map(|l| l.rate)
+    }
+
+    #[test]
+    fn most_specific_wins_as_kip_55_orders_it() {
+        let (s, rules) = quotas(
+            r#"
+            [[quotas]]
+            produce_bytes_per_sec = 1
+            [[quotas]]
+            connector = "orders-*"
+            produce_bytes_per_sec = 2
+            [[quotas]]
+            connector = "orders-source"
+            produce_bytes_per_sec = 3
+            [[quotas]]
+            tenant = "*"
+            produce_bytes_per_sec = 4
+            [[quotas]]
+            tenant = "alice"
+            produce_bytes_per_sec = 5
+            [[quotas]]
+            tenant = "alice"
+            connector = "orders-source"
+            produce_bytes_per_sec = 6
+            fetch_bytes_per_sec = 60
+            [[quotas]]
+            client_id = "etl-*"
+            produce_bytes_per_sec = 7
+            "#,
+        );
+        let p = |t, c| produce(&rules, &s, &key(t, c));
+        assert_eq!(p(None, "rdkafka"), Some(1.0), "the default");
+        assert_eq!(p(None, "connector-producer-orders-sink-0"), Some(2.0));
+        assert_eq!(p(None, "connector-producer-orders-source-3"), Some(3.0));
+        assert_eq!(
+            p(Some("bob"), "connector-producer-orders-source-3"),
+            Some(4.0),
+            "any tenant beats no tenant"
+        );
+        assert_eq!(
+            p(Some("alice"), "connector-producer-orders-sink-0"),
+            Some(5.0)
+        );
+        assert_eq!(
+            p(Some("alice"), "connector-producer-orders-source-0"),
+            Some(6.0)
+        );
+        assert_eq!(p(None, "etl-nightly"), Some(7.0));
+        // client_id rules are for clients with no connector.
+        assert_eq!(p(None, "connector-producer-etl-x-0"), Some(1.0));
+        // Each kind is resolved on its own: alice's orders-source fetch limit
+        // comes from its own rule; bob's from none.
+        let k = key(Some("alice"), "connector-consumer-orders-source-0");
+        assert_eq!(resolve(&rules, &s, &k)[1].map(|l| l.rate), Some(60.0));
+        let k = key(Some("bob"), "connector-consumer-orders-source-0");
+        assert_eq!(resolve(&rules, &s, &k)[1], None);
+    }
+
+    #[test]
+    fn ties_go_to_the_first_rule() {
+        let (s, rules) = quotas(
+            "[[quotas]]\nconnector = \"a*\"\nproduce_bytes_per_sec = 1\n[[quotas]]\nconnector = \"ab*\"\nproduce_bytes_per_sec = 2\n",
+        );
+        assert_eq!(
+            produce(&rules, &s, &key(None, "connector-producer-abc-0")),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn a_bucket_lets_the_burst_through_then_throttles_to_the_rate() {
+        let limit = Limit {
+            rate: 1000.0,
+            burst: Duration::from_secs(1),
+            time_based: false,
+            rule: 0,
+        };
+        let t0 = Instant::now();
+        let mut b = Bucket::new(&limit, t0);
+        assert_eq!(b.charge(1000.0, t0), Duration::ZERO, "the burst");
+        assert_eq!(b.charge(500.0, t0), Duration::from_millis(500));
+        // Half a second later the debt is repaid; one more second of rate fits.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(b.charge(0.0, t1), Duration::ZERO);
+        let t2 = t1 + Duration::from_secs(10);
+        b.refill(t2);
+        assert_eq!(b.tokens, 1000.0, "never more than the burst");
+        // A lower limit keeps the debt.
+        b.charge(3000.0, t2);
+        b.retune(
+            &Limit {
+                rate: 500.0,
+                ..limit
+            },
+            t2,
+        );
+        assert_eq!(b.charge(0.0, t2), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn unlimited_entities_only_count() {
+        let q = Quotas::new(quotas("").0, vec![]);
+        let e = q.entity(&Identity::from_client_id("connector-producer-x-0"), None);
+        assert_eq!(e.charge(Kind::Produce, 10 << 20), Duration::ZERO);
+        assert_eq!(e.counters.produce_bytes.load(Relaxed), 10 << 20);
+        assert_eq!(e.fetch_allowance(), None);
+    }
+
+    #[test]
+    fn apply_and_pause_reach_existing_entities() {
+        let (s, rules) = quotas("[[quotas]]\nconnector = \"x\"\nfetch_bytes_per_sec = 100\n");
+        let q = Quotas::new(s, rules);
+        let id = Identity::from_client_id("connector-consumer-x-1");
+        let e = q.entity(&id, Some("alice"));
+        assert_eq!(e.fetch_allowance(), Some(100));
+        assert!(Arc::ptr_eq(&e, &q.entity(&id, Some("alice"))), "shared");
+        assert!(!Arc::ptr_eq(&e, &q.entity(&id, Some("bob"))), "per tenant");
+        let (_, rules) = quotas("[[quotas]]\nconnector = \"x\"\nfetch_bytes_per_sec = 50\n");
+        let changes = q.apply(None, rules);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(e.fetch_allowance(), Some(50));
+        q.apply(None, vec![]);
+        assert_eq!(e.fetch_allowance(), None);
+        assert_eq!(q.set_paused("x", true), 2);
+        assert!(e.is_paused());
+        let later = q.entity(&Identity::from_client_id("connector-producer-x-0"), None);
+        assert!(
+            later.is_paused(),
+            "a paused connector's new connections are paused"
+        );
+        q.set_paused("x", false);
+        assert!(!e.is_paused() && !later.is_paused());
+        let text = {
+            let mut out = String::new();
+            q.render(&mut out);
+            out
+        };
+        assert!(
+            text.contains("idemgate_connector_paused{connector=\"x\",tenant=\"alice\"} 0"),
+            "{text}"
+        );
+        assert!(q.view_json().contains("\"connector\":\"x\""));
+    }
+
+    #[test]
+    fn connector_patterns_name_other_clients() {
+        let (s, _) = quotas("[quota]\nconnector_patterns = [\"etl-{connector}-worker-*\", \"{connector}.loader\"]\n");
+        let q = Quotas::new(s, vec![]);
+        assert_eq!(
+            q.identify("etl-nightly-orders-worker-3")
+                .connector
+                .as_deref(),
+            Some("nightly-orders")
+        );
+        assert_eq!(
+            q.identify("billing.loader").connector.as_deref(),
+            Some("billing")
+        );
+        assert_eq!(q.identify("rdkafka").connector, None);
+        assert_eq!(
+            q.identify("connector-producer-pg-0").connector.as_deref(),
+            Some("pg")
+        );
+    }
+
+    #[test]
+    fn bad_quota_rules_are_listed_with_their_index() {
+        let err = Config::parse(
+            "[[quotas]]\nconnector = \"a\"\n[[quotas]]\nconnector = \"b\"\nclient_id = \"c\"\nproduce_bytes_per_sec = 0\nrequests_per_sec = 5\nrequest_percentage = 50\ncolour = 1\n[quota]\nmax_throttle = \"60s\"\nconnector_patterns = [\"nope\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "quotas[0]: sets no limit",
+            "quotas[1].client_id",
+            "quotas[1].produce_bytes_per_sec",
+            "quotas[1].request_percentage",
+            "quotas[1].colour",
+            "quota.max_throttle",
+            "quota.connector_patterns[0]",
+        ] {
+            assert!(err.contains(key), "{key} missing from:\n{err}");
+        }
+        let (_, rules) = quotas(
+            "[[quotas]]\ntenant = \"t\"\nproduce_bytes_per_sec = \"1MiB\"\nburst = \"250ms\"\n",
+        );
+        assert_eq!(rules[0].produce_bytes_per_sec, Some(1 << 20));
+        assert_eq!(rules[0].burst, Some(Duration::from_millis(250)));
+    }
+}
