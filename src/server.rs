@@ -578,9 +578,17 @@ async fn refresh_metadata(shared: Arc<Shared>) {
         )
         .await
         {
-            Ok(brokers) => {
+            Ok(probed) => {
                 if shared.metrics.upstream_up.swap(1, Relaxed) != 1 {
-                    tracing::info!(brokers, "upstream reachable");
+                    match probed {
+                        upstream::Probed::Brokers(brokers) => {
+                            tracing::info!(brokers, "upstream reachable")
+                        }
+                        upstream::Probed::NeedsAuthentication => tracing::info!(
+                            "upstream reachable; it answers Metadata only after authentication \
+                             (SASL listener), so its brokers are learned from clients' Metadata"
+                        ),
+                    }
                 }
             }
             Err(e) => {

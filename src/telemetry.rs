@@ -122,7 +122,8 @@ pub struct Metrics {
     errors: [AtomicU64; 3],
     /// Responses that would have shown a client an upstream address.
     pub address_leaks: AtomicU64,
-    /// 1 while the last Metadata probe of upstream succeeded.
+    /// 1 while the last probe of upstream succeeded (Metadata answered, or
+    /// refused before authentication by a SASL listener).
     pub upstream_up: AtomicI64,
     pub broker_listeners: AtomicI64,
     /// Client TLS handshakes that failed or timed out.
@@ -656,7 +657,7 @@ impl Metrics {
         gauge(
             &mut out,
             "idemgate_upstream_up",
-            "1 if the last Metadata probe of upstream succeeded.",
+            "1 if the last probe of upstream succeeded (ApiVersions and Metadata, or ApiVersions on a SASL-only listener).",
             self.upstream_up.load(Relaxed),
         );
         gauge(

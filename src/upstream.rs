@@ -5,6 +5,13 @@
 //! is the only request the proxy makes on its own: it learns the brokers at
 //! start-up and every `upstream.metadata_refresh`, so broker listeners exist
 //! before a client asks for them, and `/readyz` knows whether upstream answers.
+//!
+//! The probe carries no credentials (the proxy holds none: SASL passes
+//! through). A SASL-only listener answers its ApiVersions and then closes the
+//! connection on the Metadata request, as Apache Kafka and tansu do before
+//! authentication. That broker is up and speaks Kafka, so the probe counts it
+//! reachable; its brokers are learned from the Metadata responses clients
+//! fetch through the proxy once they have authenticated.
 
 use std::time::Duration;
 
@@ -132,12 +139,22 @@ pub async fn connect(
     Err(last.unwrap_or_else(|| Error::Internal("no upstream address to connect to".into())))
 }
 
+/// What a successful probe learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probed {
+    /// Metadata answered with this many brokers, all taught to the topology.
+    Brokers(usize),
+    /// ApiVersions answered, then the connection closed on Metadata: a
+    /// listener that wants authentication first.
+    NeedsAuthentication,
+}
+
 /// Asks upstream for its brokers and teaches them to the topology.
 pub async fn probe(
     upstream: &Upstream,
     tls: Option<&UpstreamTlsConnector>,
     topology: &Topology,
-) -> Result<usize, Error> {
+) -> Result<Probed, Error> {
     let (stream, addr) = connect(&upstream.bootstrap, upstream.connect_timeout, tls).await?;
     let mut framed = Framed::new(stream, FrameCodec::new(MAX_RESPONSE_FRAME));
     let deadline = upstream.request_timeout;
@@ -152,7 +169,8 @@ pub async fn probe(
             1,
             &ApiVersionsRequest::default(),
         )
-        .await?;
+        .await
+        .map_err(|e| e.into_error(&addr))?;
         let metadata_max = versions
             .api_keys
             .iter()
@@ -166,11 +184,15 @@ pub async fn probe(
         let version = metadata_max.max(1);
         let request = MetadataRequest::default().with_topics(Some(vec![]));
         let metadata: MetadataResponse =
-            round_trip(&mut framed, &addr, ApiKey::Metadata, version, 2, &request).await?;
+            match round_trip(&mut framed, &addr, ApiKey::Metadata, version, 2, &request).await {
+                Ok(m) => m,
+                Err(RoundTrip::Closed) => return Ok(Probed::NeedsAuthentication),
+                Err(RoundTrip::Failed(e)) => return Err(e),
+            };
         for b in &metadata.brokers {
             topology.learn(b.node_id.0, b.host.as_str(), b.port)?;
         }
-        Ok::<usize, Error>(metadata.brokers.len())
+        Ok::<Probed, Error>(Probed::Brokers(metadata.brokers.len()))
     })
     .await;
     match result {
@@ -182,6 +204,25 @@ pub async fn probe(
     }
 }
 
+/// Why a probe round trip has no answer.
+enum RoundTrip {
+    /// The broker closed the connection instead of answering.
+    Closed,
+    Failed(Error),
+}
+
+impl RoundTrip {
+    fn into_error(self, addr: &str) -> Error {
+        match self {
+            RoundTrip::Closed => Error::Upstream {
+                addr: addr.to_string(),
+                message: "closed the connection".into(),
+            },
+            RoundTrip::Failed(e) => e,
+        }
+    }
+}
+
 async fn round_trip<Req, Resp>(
     framed: &mut Framed<UpstreamStream, FrameCodec>,
     addr: &str,
@@ -189,29 +230,23 @@ async fn round_trip<Req, Resp>(
     version: i16,
     correlation_id: i32,
     request: &Req,
-) -> Result<Resp, Error>
+) -> Result<Resp, RoundTrip>
 where
     Req: kafka_protocol::protocol::Encodable
         + kafka_protocol::protocol::HeaderVersion
         + kafka_protocol::protocol::Message,
     Resp: kafka_protocol::protocol::Decodable,
 {
-    let io = |e: crate::codec::CodecError| Error::Upstream {
-        addr: addr.to_string(),
-        message: e.to_string(),
-    };
-    framed
-        .send(encode_request(api, version, correlation_id, request)?)
-        .await
-        .map_err(io)?;
-    let frame = framed
-        .next()
-        .await
-        .ok_or_else(|| Error::Upstream {
+    let io = |e: crate::codec::CodecError| {
+        RoundTrip::Failed(Error::Upstream {
             addr: addr.to_string(),
-            message: "closed the connection".into(),
-        })?
-        .map_err(io)?;
+            message: e.to_string(),
+        })
+    };
+    let request =
+        encode_request(api, version, correlation_id, request).map_err(RoundTrip::Failed)?;
+    framed.send(request).await.map_err(io)?;
+    let frame = framed.next().await.ok_or(RoundTrip::Closed)?.map_err(io)?;
     let frame: Bytes = frame.freeze();
-    decode_response(api, version, &frame)
+    decode_response(api, version, &frame).map_err(RoundTrip::Failed)
 }
