@@ -231,6 +231,57 @@ async fn mtls_requires_a_client_certificate_and_names_the_principal() {
     assert!(body.contains("\"client_id\":\"proto-tests\""), "{body}");
 }
 
+/// The mTLS subject is the tenant quotas key on: a request quota on one
+/// subject throttles its connections, and not those of another certificate
+/// with the same client id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mtls_subject_is_the_tenant_its_quota_keys_on() {
+    let broker = Tansu::start();
+    let pki = Pki::new();
+    pki.leaf("server", "localhost", &["localhost"]);
+    pki.leaf("source", "orders-source", &["orders-source"]);
+    pki.leaf("sink", "pg-sink", &["pg-sink"]);
+    let proxy = Proxy::start_full(
+        &broker.addr,
+        &pki.listen_tls(true),
+        "",
+        "[[quotas]]\ntenant = \"CN=orders-source,O=Acme\"\nrequests_per_sec = 2\n",
+    )
+    .await;
+    for (cert, corr) in [("source", 100), ("sink", 200)] {
+        let mut conn = tls_connect(&proxy.bootstrap, &pki.connector(Some(cert)))
+            .await
+            .unwrap();
+        // Ten requests against 2 a second (a 1 s burst): ~4 s of debt for
+        // the source; ApiVersions is never held, only counted.
+        for i in 0..10 {
+            let av: ApiVersionsResponse = conn
+                .call(ApiKey::ApiVersions, 3, corr + i, &common::client_software())
+                .await;
+            assert_eq!(av.error_code, 0);
+        }
+    }
+    let throttled = |tenant: &str| {
+        format!("idemgate_throttle_seconds_total{{connector=\"proto-tests\",tenant=\"{tenant}\"}}")
+    };
+    let metrics = proxy.metrics().await;
+    assert!(
+        common::metric_value(&metrics, &throttled("CN=orders-source,O=Acme")) > 0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        common::metric_value(&metrics, &throttled("CN=pg-sink,O=Acme")),
+        0.0,
+        "{metrics}"
+    );
+    let (status, quotas) = http_get(proxy.admin, "/quotas").await;
+    assert_eq!(status, 200);
+    assert!(
+        quotas.contains("\"tenant\":\"CN=orders-source,O=Acme\""),
+        "{quotas}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_reload_without_dropping_connections() {
     let broker = Tansu::start();
