@@ -4,7 +4,8 @@
 //!
 //! - Each client authenticates with SCRAM-SHA-256 and SCRAM-SHA-512, creates
 //!   a topic, produces and consumes through the proxy; while its connections
-//!   are open, `/connections` shows the SCRAM user as their principal.
+//!   are open, `/connections` shows the SCRAM user as their principal, and
+//!   the Produce bytes are charged to that user's tenant quota.
 //! - A wrong password gets the broker's own answer to the client (tansu's
 //!   SCRAM server-final `e=invalid-proof`, not a hang, not a proxy error),
 //!   no principal is bound, and neither password, nor the SCRAM client-final
@@ -193,10 +194,11 @@ struct ProxyProcess {
 }
 
 impl ProxyProcess {
-    async fn start(upstream: &str) -> ProxyProcess {
+    /// `extra`: config sections after the generated ones.
+    async fn start(upstream: &str, extra: &str) -> ProxyProcess {
         let dir = tempfile::tempdir().unwrap();
         let (text, bootstrap, admin) =
-            common::Proxy::config_text(upstream, &dir.path().join("store"), "", "", "");
+            common::Proxy::config_text(upstream, &dir.path().join("store"), "", "", extra);
         let config = dir.path().join("idemgate.toml");
         std::fs::write(&config, text).unwrap();
         let bin = std::env::var_os("IDEMGATE_BIN")
@@ -397,12 +399,15 @@ fn rows_of<'a>(rows: &'a [serde_json::Value], client_id: &str) -> Vec<&'a serde_
         .collect()
 }
 
+/// A quota on tenant alice, high enough never to throttle these clients.
+const ALICE_QUOTA: &str = "[[quotas]]\ntenant = \"alice\"\nproduce_bytes_per_sec = \"64MiB\"\n";
+
 /// Runs `client` through the proxy with each SCRAM mechanism as alice: all
-/// records back, and every open connection of it names alice on
-/// `/connections`.
+/// records back, every open connection of it names alice on
+/// `/connections`, and its Produce bytes are charged to tenant alice's quota.
 async fn round_trips(client: &str, expected_line: &str) {
     let broker = ScramTansu::start(&[ALICE, MALLORY]);
-    let proxy = ProxyProcess::start(&broker.addr).await;
+    let proxy = ProxyProcess::start(&broker.addr, ALICE_QUOTA).await;
     for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
         let id = client_id(&format!("sasl-{client}"));
         let mut run = ClientRun::start(
@@ -456,6 +461,33 @@ async fn round_trips(client: &str, expected_line: &str) {
             mine.iter().any(|r| r["node_id"].as_i64() >= Some(0)),
             "{client} {mechanism}: authenticated on a broker listener: {mine:?}"
         );
+        // Quotas key on the principal the broker accepted: the client's
+        // Produce bytes went to (alice, its client id), under alice's rule.
+        let (status, body) = http_get(proxy.admin, "/quotas").await;
+        assert_eq!(status, 200, "/quotas: {body}");
+        let quotas: serde_json::Value = serde_json::from_str(&body).unwrap();
+        // Before authentication a connection is (no tenant, client id); it
+        // sends no Produce.
+        let entities = quotas["entities"].as_array().unwrap();
+        let of = |tenant: Option<&str>| {
+            entities.iter().find(|e| {
+                e["connector"].as_str() == Some(id.as_str()) && e["tenant"].as_str() == tenant
+            })
+        };
+        let entity = of(Some(ALICE.0))
+            .unwrap_or_else(|| panic!("{client} {mechanism}: no entity (alice, {id}): {body}"));
+        if let Some(anonymous) = of(None) {
+            assert_eq!(anonymous["produce_bytes_total"].as_u64(), Some(0), "{body}");
+        }
+        assert!(
+            entity["produce_bytes_total"].as_u64() > Some(0),
+            "{client} {mechanism}: {entity}"
+        );
+        assert_eq!(
+            entity["limits"]["produce_bytes_per_sec"]["per_sec"].as_f64(),
+            Some(64.0 * 1024.0 * 1024.0),
+            "{entity}"
+        );
     }
     assert!(
         proxy
@@ -488,7 +520,7 @@ const PROOF_B64: &str = "aWRlbWdhdGUtd3JvbmctcHJvb2YtMDEyMzQ1Njc4OSE=";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_gets_the_brokers_error_and_binds_no_principal() {
     let broker = ScramTansu::start(&[ALICE, MALLORY]);
-    let proxy = ProxyProcess::start(&broker.addr).await;
+    let proxy = ProxyProcess::start(&broker.addr, "").await;
 
     // tansu answers a wrong proof the RFC 5802 way, in the SCRAM server-final
     // message `e=invalid-proof`, with error code 0 (a Kafka broker answers
