@@ -103,7 +103,7 @@ fn answer(request: &[u8], port: u16) -> Option<Bytes> {
             ))
         }
         ApiKey::SaslHandshake => {
-            let mechanisms = ["PLAIN", "SCRAM-SHA-256"]
+            let mechanisms = ["PLAIN", "SCRAM-SHA-256", "OAUTHBEARER"]
                 .map(StrBytes::from_static_str)
                 .to_vec();
             let resp = kafka_protocol::messages::SaslHandshakeResponse::default()
@@ -115,7 +115,9 @@ fn answer(request: &[u8], port: u16) -> Option<Bytes> {
             let wrong = request.windows(5).any(|w| w == b"wrong");
             let resp = kafka_protocol::messages::SaslAuthenticateResponse::default()
                 .with_error_code(if wrong { 58 } else { 0 })
-                .with_auth_bytes(Bytes::from_static(b"server-message"));
+                .with_auth_bytes(Bytes::from_static(b"server-message"))
+                // KIP-368: the client must re-authenticate within this.
+                .with_session_lifetime_ms(if wrong || version < 1 { 0 } else { 60_000 });
             Some(frame(corr, flexible, &resp, version))
         }
         ApiKey::Produce => {
@@ -434,6 +436,39 @@ async fn sasl_passes_through_and_the_principal_is_bound_only_on_success() {
         0
     );
     assert_eq!(principal_of(&proxy, &conn).await.as_deref(), Some("bob"));
+}
+
+/// OAUTHBEARER client-first messages (RFC 7628) with unsigned JWTs whose
+/// `sub` is svc-a, svc-b and svc-c (the broker checks tokens; the proxy only
+/// reads the subject of one the broker accepted). The last carries a
+/// `wrong` extension, which the peer refuses.
+const OAUTH_SVC_A: &[u8] = b"n,,\x01auth=Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJzdmMtYSJ9.\x01\x01";
+const OAUTH_SVC_B: &[u8] = b"n,,\x01auth=Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJzdmMtYiJ9.\x01\x01";
+const OAUTH_SVC_C_REFUSED: &[u8] =
+    b"n,,\x01auth=Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJzdmMtYyJ9.\x01x=wrong\x01\x01";
+
+/// OAUTHBEARER binds the JWT's subject once the broker accepts it; a KIP-368
+/// re-authentication on the same connection (a new SaslHandshake, then
+/// SaslAuthenticate) binds the new subject; a refused one binds nothing (the
+/// broker closes such a connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauthbearer_and_reauthentication_rebind_the_principal() {
+    let peer = Peer::start(Script::Kafka).await;
+    let proxy = Proxy::start(&peer.addr).await;
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    sasl_handshake(&mut conn, "OAUTHBEARER").await;
+    assert_eq!(sasl_round(&mut conn, 2, OAUTH_SVC_A).await, 0);
+    assert_eq!(principal_of(&proxy, &conn).await.as_deref(), Some("svc-a"));
+
+    // Re-authentication before the session lifetime ends.
+    sasl_handshake(&mut conn, "OAUTHBEARER").await;
+    assert_eq!(sasl_round(&mut conn, 4, OAUTH_SVC_B).await, 0);
+    assert_eq!(principal_of(&proxy, &conn).await.as_deref(), Some("svc-b"));
+
+    // Refused: the new subject is not bound.
+    sasl_handshake(&mut conn, "OAUTHBEARER").await;
+    assert_eq!(sasl_round(&mut conn, 6, OAUTH_SVC_C_REFUSED).await, 58);
+    assert_eq!(principal_of(&proxy, &conn).await.as_deref(), Some("svc-b"));
 }
 
 /// read_committed over a topic with an aborted transaction (neither tansu nor
