@@ -6,6 +6,8 @@
 //! needs it and cannot find it fails, saying how to install it: never skips.
 #![allow(dead_code)]
 
+pub mod fetch_sessions;
+
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

@@ -354,7 +354,8 @@ def test_live_reading_over_thousands_of_fetches(fetch_proxy, direct_bootstrap, m
     0.6.0 answers every Fetch with session_id 0, so against it each fetch is
     a full one; the test records which kind the broker gave (see the
     assertion message) and, against a broker that does create sessions,
-    checks they are continued without error."""
+    checks they are continued without error. proto-tests/fetch_sessions.rs
+    gives kafka-python real sessions, from a session layer in front of tansu."""
     topic = make_topic(3, prefix=PREFIX)
     fail_open = fetch_proxy.fail_open()
     snap = fetch_proxy.metrics()
