@@ -739,3 +739,45 @@ async fn incremental_answers_pass_the_proxy_with_session_fields_untouched() {
     }
     proxy.assert_no_leaks().await;
 }
+
+/// A consumer that knows a topic's id from before (its Metadata went
+/// elsewhere, or to the proxy before a restart) and fetches by id (v13+)
+/// from a fresh proxy, without a Metadata request through it: the proxy's
+/// own probe has learned the id, so the copies are removed rather than
+/// delivered unfiltered (`fail_open{reason="topic_id"}`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_by_topic_id_is_filtered_before_any_metadata_through_the_proxy() {
+    let broker = Tansu::start();
+    let name = "sessions-by-id";
+    create_topic(&broker.addr, name, 1).await;
+    let producer = writer(&broker.addr);
+    // Offsets 0..10, then 10..15: copies of 0..5.
+    let seqs: Vec<(i32, u32)> = (0..10).chain(0..5).map(|seq| (0, seq)).collect();
+    write(&producer, name, &seqs).await;
+    // The id, as the consumer learned it: straight from the broker.
+    let mut direct = RawConn::connect(&broker.addr).await;
+    let req =
+        MetadataRequest::default()
+            .with_topics(Some(vec![MetadataRequestTopic::default()
+                .with_name(Some(StrBytes::from_static_str(name).into()))]));
+    let md: MetadataResponse = direct.call(ApiKey::Metadata, 12, 1, &req).await;
+    let topic = FetchTopic::default().with_topic_id(md.topics[0].topic_id);
+
+    // Started after the topic exists: its first probe names it.
+    let proxy = Proxy::start_with(&broker.addr, FETCH_RULE).await;
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    let sessionless = session_fetch(&topic, 0, -1, &[(0, 0)], &[]);
+    let resp: FetchResponse = conn.call(ApiKey::Fetch, 16, 1, &sessionless).await;
+    assert_eq!(resp.responses[0].partitions[0].error_code, 0);
+    assert_eq!(
+        offsets(&resp, 0),
+        (0..10).collect::<Vec<_>>(),
+        "the copies at 10..15 are removed"
+    );
+    let text = proxy.metrics().await;
+    assert_eq!(
+        common::metric_value(&text, "idemgate_dedup_fail_open_total{reason=\"topic_id\"}"),
+        0.0,
+        "{text}"
+    );
+}

@@ -320,6 +320,7 @@ async fn upstream_addresses(shared: &Shared, target: Target) -> Result<Vec<Strin
                 &shared.config.upstream,
                 shared.upstream_tls.as_ref(),
                 &shared.topology,
+                false,
             )
             .await?;
             shared

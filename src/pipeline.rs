@@ -29,8 +29,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, EndTxnRequest, EndTxnResponse, SaslAuthenticateRequest,
-    SaslAuthenticateResponse, SaslHandshakeRequest,
+    ApiKey, ApiVersionsResponse, EndTxnRequest, EndTxnResponse, MetadataResponse,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -321,6 +321,18 @@ impl Pipeline {
             tracing::error!(api = ?api, version, "response carries an upstream broker address");
         }
         Ok(out)
+    }
+
+    /// Whether a fetch rule needs topic ids resolved to names.
+    pub fn wants_topic_names(&self) -> bool {
+        self.fetch_dedup.is_some()
+    }
+
+    /// Topic ids from a Metadata response of the proxy's own (its probe).
+    pub fn learn_topic_names(&self, metadata: &MetadataResponse) {
+        if let Some(dedup) = &self.fetch_dedup {
+            dedup.learn_names_from(metadata);
+        }
     }
 
     /// For a SaslAuthenticate response: did the broker accept?

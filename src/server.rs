@@ -571,18 +571,26 @@ async fn reload_tls(shared: Arc<Shared>, tls: Arc<ServerTls>) {
 /// Probes upstream Metadata now and every `upstream.metadata_refresh`.
 async fn refresh_metadata(shared: Arc<Shared>) {
     loop {
+        // Fetch rules need topic ids (Fetch v13+ names topics by id): the
+        // probe learns them all, so that a client continuing its fetch
+        // session after a proxy restart is filtered before its next Metadata.
+        let all_topics = shared.pipeline.wants_topic_names();
         match upstream::probe(
             &shared.config.upstream,
             shared.upstream_tls.as_ref(),
             &shared.topology,
+            all_topics,
         )
         .await
         {
             Ok(probed) => {
+                if let upstream::Probed::Brokers(metadata) = &probed {
+                    shared.pipeline.learn_topic_names(metadata);
+                }
                 if shared.metrics.upstream_up.swap(1, Relaxed) != 1 {
                     match probed {
-                        upstream::Probed::Brokers(brokers) => {
-                            tracing::info!(brokers, "upstream reachable")
+                        upstream::Probed::Brokers(metadata) => {
+                            tracing::info!(brokers = metadata.brokers.len(), "upstream reachable")
                         }
                         upstream::Probed::NeedsAuthentication => tracing::info!(
                             "upstream reachable; it answers Metadata only after authentication \

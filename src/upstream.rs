@@ -140,20 +140,22 @@ pub async fn connect(
 }
 
 /// What a successful probe learned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Probed {
-    /// Metadata answered with this many brokers, all taught to the topology.
-    Brokers(usize),
+    /// Metadata answered; its brokers are taught to the topology.
+    Brokers(Box<MetadataResponse>),
     /// ApiVersions answered, then the connection closed on Metadata: a
     /// listener that wants authentication first.
     NeedsAuthentication,
 }
 
-/// Asks upstream for its brokers and teaches them to the topology.
+/// Asks upstream for its brokers and teaches them to the topology; with
+/// `all_topics`, for every topic too (their ids, for fetch rules).
 pub async fn probe(
     upstream: &Upstream,
     tls: Option<&UpstreamTlsConnector>,
     topology: &Topology,
+    all_topics: bool,
 ) -> Result<Probed, Error> {
     let (stream, addr) = connect(&upstream.bootstrap, upstream.connect_timeout, tls).await?;
     let mut framed = Framed::new(stream, FrameCodec::new(MAX_RESPONSE_FRAME));
@@ -180,9 +182,9 @@ pub async fn probe(
                 addr: addr.clone(),
                 message: "broker does not list Metadata in ApiVersions".into(),
             })?;
-        // An empty topic list (v1+) asks for brokers only.
+        // An empty topic list (v1+) asks for brokers only; none, for all.
         let version = metadata_max.max(1);
-        let request = MetadataRequest::default().with_topics(Some(vec![]));
+        let request = MetadataRequest::default().with_topics((!all_topics).then(Vec::new));
         let metadata: MetadataResponse =
             match round_trip(&mut framed, &addr, ApiKey::Metadata, version, 2, &request).await {
                 Ok(m) => m,
@@ -192,7 +194,7 @@ pub async fn probe(
         for b in &metadata.brokers {
             topology.learn(b.node_id.0, b.host.as_str(), b.port)?;
         }
-        Ok::<Probed, Error>(Probed::Brokers(metadata.brokers.len()))
+        Ok::<Probed, Error>(Probed::Brokers(Box::new(metadata)))
     })
     .await;
     match result {

@@ -118,15 +118,18 @@ impl FetchDedup {
         if version < 10 {
             return;
         }
-        let Ok(resp) = Response::<MetadataResponse>::decode(ApiKey::Metadata, version, frame)
-        else {
-            return;
-        };
+        if let Ok(resp) = Response::<MetadataResponse>::decode(ApiKey::Metadata, version, frame) {
+            self.learn_names_from(&resp.msg);
+        }
+    }
+
+    /// Remembers the topic ids of a decoded Metadata response.
+    pub fn learn_names_from(&self, metadata: &MetadataResponse) {
         let mut names = self.names.write().expect("topic names lock");
-        for topic in resp.msg.topics {
-            if let Some(name) = topic.name {
+        for topic in &metadata.topics {
+            if let Some(name) = &topic.name {
                 if !topic.topic_id.is_nil() {
-                    names.insert(*topic.topic_id.as_bytes(), name.0);
+                    names.insert(*topic.topic_id.as_bytes(), name.0.clone());
                 }
             }
         }
