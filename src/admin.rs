@@ -473,7 +473,11 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
 
 /// A JSON string literal (or null).
 fn json_string(s: Option<&str>) -> String {
-    let Some(s) = s else { return "null".into() };
+    s.map_or_else(|| "null".into(), json_str)
+}
+
+/// A JSON string literal.
+pub(crate) fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

@@ -479,7 +479,7 @@ impl DedupMetrics {
 }
 
 /// Label values: backslash, quote and newline escaped.
-fn escape(v: &str) -> String {
+pub(crate) fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

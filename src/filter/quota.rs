@@ -43,8 +43,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::admin::json_str;
 use crate::config::{Glob, QuotaRule, QuotaSettings};
 use crate::filter::identity::Identity;
+use crate::telemetry::escape;
 
 /// What a bucket counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -533,32 +535,30 @@ impl Quotas {
                 c.fetch_bytes.load(Relaxed)
             );
         }
-        let _ = writeln!(out, "# HELP idemgate_client_requests_total Requests per connector and tenant.\n# TYPE idemgate_client_requests_total counter");
-        for e in &all {
-            let _ = writeln!(
-                out,
-                "idemgate_client_requests_total{{{}}} {}",
-                labels(e),
-                e.counters.requests.load(Relaxed)
-            );
-        }
-        let _ = writeln!(out, "# HELP idemgate_throttle_seconds_total Throttle imposed by quotas (each connection muted this long).\n# TYPE idemgate_throttle_seconds_total counter");
-        for e in &all {
-            let _ = writeln!(
-                out,
-                "idemgate_throttle_seconds_total{{{}}} {}",
-                labels(e),
-                e.counters.throttle_micros.load(Relaxed) as f64 / 1e6
-            );
-        }
-        let _ = writeln!(out, "# HELP idemgate_throttled_responses_total Responses that carried a throttle of the proxy's.\n# TYPE idemgate_throttled_responses_total counter");
-        for e in &all {
-            let _ = writeln!(
-                out,
-                "idemgate_throttled_responses_total{{{}}} {}",
-                labels(e),
-                e.counters.throttled.load(Relaxed)
-            );
+        // One counter per entity: (name, help, value).
+        type Counter = (&'static str, &'static str, fn(&Counters) -> f64);
+        let counters: [Counter; 3] = [
+            (
+                "idemgate_client_requests_total",
+                "Requests per connector and tenant.",
+                |c| c.requests.load(Relaxed) as f64,
+            ),
+            (
+                "idemgate_throttle_seconds_total",
+                "Throttle imposed by quotas (each connection muted this long).",
+                |c| c.throttle_micros.load(Relaxed) as f64 / 1e6,
+            ),
+            (
+                "idemgate_throttled_responses_total",
+                "Responses that carried a throttle of the proxy's.",
+                |c| c.throttled.load(Relaxed) as f64,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for e in &all {
+                let _ = writeln!(out, "{name}{{{}}} {}", labels(e), value(&e.counters));
+            }
         }
         let _ = writeln!(out, "# HELP idemgate_quota_limit The limit in force, per second (bytes, requests, or microseconds of proxy time for request_percentage).\n# TYPE idemgate_quota_limit gauge");
         for e in &all {
@@ -766,28 +766,6 @@ fn rule_json(r: &QuotaRule) -> String {
         n(r.request_percentage),
         r.burst.map(|b| b.as_millis().to_string()).unwrap_or("null".into())
     )
-}
-
-fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A Prometheus label value.
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
