@@ -52,13 +52,13 @@
 
 mod common;
 
-use common::{cpu_seconds, free_port, http_get, median, tansu_bin, wait_port, Killed};
+use common::{
+    cpu_seconds, create_topic, free_port, http_get, median, start_tansu, wait_port, Killed,
+};
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -205,28 +205,6 @@ impl Path {
 }
 
 // === Processes ===
-
-/// `tansu broker` on in-memory storage, on a fresh loopback port.
-fn start_tansu() -> (Killed, String) {
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu_bin())
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(port);
-    (Killed(child), format!("127.0.0.1:{port}"))
-}
 
 struct Proxy {
     child: Killed,
@@ -416,19 +394,6 @@ impl Log {
             }
         }
         Log { ids, distinct }
-    }
-}
-
-fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let res =
-        futures::executor::block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap();
-    for r in res {
-        r.unwrap();
     }
 }
 

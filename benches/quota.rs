@@ -19,71 +19,18 @@
 //!
 //! Figures are measurements, never assertions; docs/performance.md records them.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use common::{create_topic, free_port, median, start_tansu, wait_port, Killed};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 const MIB: usize = 1 << 20;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "port {port} never opened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn tansu_bin() -> PathBuf {
-    std::env::var("TANSU_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/bin/tansu"))
-}
-
-fn start_tansu() -> (Killed, String) {
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu_bin())
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu (scripts/setup installs it)");
-    wait_port(port);
-    (Killed(child), format!("127.0.0.1:{port}"))
-}
 
 fn start_proxy(upstream: &str, dir: &std::path::Path) -> (Killed, String) {
     let port = free_port();
@@ -134,22 +81,6 @@ impl ProducerContext for Acks {
             Err(_) => g.1 += 1,
         }
     }
-}
-
-fn create_topic(bootstrap: &str, name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(admin.create_topics(
-        &[NewTopic::new(name, 1, TopicReplication::Fixed(1))],
-        &AdminOptions::new(),
-    ))
-    .unwrap();
 }
 
 /// Pushes `count` records of `size` bytes; returns (acks, errors, seconds).
@@ -206,11 +137,6 @@ fn rate_after(events: &[(Instant, usize)], burst: usize) -> f64 {
     (total - at) as f64 / (events.last().unwrap().0 - t0).as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
 fn main() {
     let mut rounds = 3;
     let mut records = 60_000;
@@ -231,7 +157,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|");
     for mib in [1usize, 10, 50] {
         let topic = format!("acc-{mib}");
-        create_topic(&proxied, &topic);
+        create_topic(&proxied, &topic, 1);
         let bytes = 7 * mib * MIB;
         let (acks, errors, took) = push(
             &proxied,
@@ -275,7 +201,7 @@ fn main() {
     for round in 0..rounds {
         for (i, (name, bootstrap, client)) in paths.iter().enumerate() {
             let topic = format!("pt-{i}-{round}");
-            create_topic(bootstrap, &topic);
+            create_topic(bootstrap, &topic, 1);
             let (acks, errors, took) = push(bootstrap, client, &topic, records, 1024, "1000000");
             assert_eq!(errors, 0);
             let mbs = (acks.len() * 1024) as f64 / took / MIB as f64;

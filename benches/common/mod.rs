@@ -4,7 +4,11 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
 use std::time::{Duration, Instant};
 
 /// Deterministic, cheap, good enough for test data.
@@ -137,4 +141,40 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+/// `tansu broker` on in-memory storage, on a fresh loopback port.
+pub fn start_tansu() -> (Killed, String) {
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(tansu_bin())
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    (Killed(child), format!("127.0.0.1:{port}"))
+}
+
+/// Creates `name` with `partitions` partitions, replication 1.
+pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let res =
+        futures::executor::block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap();
+    for r in res {
+        r.unwrap();
+    }
 }
