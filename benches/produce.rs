@@ -44,15 +44,17 @@
 
 mod common;
 
-use common::{cpu_seconds, free_port, http_get, median, tansu_bin, wait_port, Killed};
+use common::{
+    cpu_seconds, create_topic, free_port, http_get, median, spawn_tansu, start_tansu, wait_port,
+    Killed,
+};
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -233,39 +235,11 @@ impl PathKind {
 
 // === Processes ===
 
-/// Starts `tansu <args…>` listening and advertising on a fresh loopback port.
-fn spawn_tansu(subcommand: &str, extra: &[String]) -> (Killed, String) {
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu_bin())
-        .args([
-            subcommand,
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(port);
-    (Killed(child), format!("127.0.0.1:{port}"))
-}
-
 /// `tansu proxy`: another Rust Kafka proxy (pass-through only), as a peer.
 fn start_tansu_proxy(upstream: &str) -> (Killed, String) {
     spawn_tansu(
         "proxy",
         &["--origin-url".into(), format!("tcp://{upstream}")],
-    )
-}
-
-fn start_tansu() -> (Killed, String) {
-    spawn_tansu(
-        "broker",
-        &["--storage-engine".into(), "memory://tansu/".into()],
     )
 }
 
@@ -548,19 +522,6 @@ struct RunResult {
     replay_wait: Duration,
 }
 
-fn create_topic(bootstrap: &str, name: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let topic = NewTopic::new(name, PARTITIONS, TopicReplication::Fixed(1));
-    let res =
-        futures::executor::block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap();
-    for r in res {
-        r.unwrap();
-    }
-}
-
 /// Sends the schedule's records; `rate` = None for as fast as possible.
 fn run(
     bootstrap: &str,
@@ -694,9 +655,9 @@ fn measure(
         _ => (None, direct.clone()),
     };
     let warm = Schedule::new(WARM, 0.0, 0);
-    create_topic(&direct, "warm");
+    create_topic(&direct, "warm", PARTITIONS);
     run(&addr, "warm", &warm, records, compression, None);
-    create_topic(&direct, "bench");
+    create_topic(&direct, "bench", PARTITIONS);
     let before = pid.map(cpu_seconds).unwrap_or(0.0);
     let r = run(&addr, "bench", schedule, records, compression, rate);
     let cpu = pid.map(cpu_seconds).unwrap_or(0.0) - before;

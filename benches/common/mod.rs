@@ -143,26 +143,34 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// `tansu broker` on in-memory storage, on a fresh loopback port.
-pub fn start_tansu() -> (Killed, String) {
+/// Starts `tansu <subcommand> <extra…>` listening and advertising on a fresh
+/// loopback port.
+pub fn spawn_tansu(subcommand: &str, extra: &[String]) -> (Killed, String) {
     let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
     let child = Command::new(tansu_bin())
         .args([
-            "broker",
+            subcommand,
             "--listener-url",
             &url,
             "--advertised-listener-url",
             &url,
-            "--storage-engine",
-            "memory://tansu/",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .expect("tansu (scripts/setup installs it)");
     wait_port(port);
     (Killed(child), format!("127.0.0.1:{port}"))
+}
+
+/// `tansu broker` on in-memory storage, on a fresh loopback port.
+pub fn start_tansu() -> (Killed, String) {
+    spawn_tansu(
+        "broker",
+        &["--storage-engine".into(), "memory://tansu/".into()],
+    )
 }
 
 /// Creates `name` with `partitions` partitions, replication 1.
