@@ -53,7 +53,7 @@ use kafka_protocol::protocol::StrBytes;
 use crate::config::{Config, Mode, Rule};
 use crate::error::Error;
 use crate::filter::identity::Identity;
-use crate::idempotency::key::{scoped, Derived, Deriver};
+use crate::idempotency::key::{scoped, Derived, Deriver, KeyBuildHasher};
 use crate::idempotency::window::{SegmentPositions, Window, NO_PRODUCER};
 use crate::idempotency::Key;
 use crate::message::Response;
@@ -359,7 +359,7 @@ impl FetchDedup {
         let drop = rule.mode == Mode::Drop;
         let mut actions = vec![Action::Keep; batch.len()];
         let mut learn: Vec<(Key, u32)> = Vec::new();
-        let mut learning: HashSet<Key> = HashSet::new();
+        let mut learning: HashSet<Key, KeyBuildHasher> = HashSet::default();
         let mut rests_on_learning = false;
         for record in batch.records() {
             let key = match deriver.derive(topic, &record) {

@@ -44,7 +44,7 @@ use crate::config::{Config, Mode, Rule};
 use crate::error::Error;
 use crate::filter::dedup_txn::{Transactions, TxnPart};
 use crate::filter::identity::Identity;
-use crate::idempotency::key::{Derived, Deriver};
+use crate::idempotency::key::{Derived, Deriver, KeyBuildHasher};
 use crate::idempotency::sequences::{Point, SeqKey, Sequences};
 use crate::idempotency::window::{Check, Claim, Producer, Window, NO_PRODUCER};
 use crate::idempotency::Key;
@@ -237,7 +237,7 @@ impl ProduceDedup {
         let wait_until = tokio::time::Instant::now() + self.config.dedup.pending_wait;
         // Keys this request claimed: in another of its partitions, a key of
         // its own is in flight with it, not elsewhere (no wait, both go).
-        let mut mine: HashSet<Key> = HashSet::new();
+        let mut mine: HashSet<Key, KeyBuildHasher> = HashSet::default();
         for topic in &mut req.topic_data {
             let name = topic.name.0.clone();
             let mut topic_plan = TopicPlan {
@@ -412,7 +412,11 @@ impl ProduceDedup {
         rule: &Rule,
         (topic, partition): (&str, i32),
         records: &Bytes,
-        (claim, mine, wait_until): (&mut Claim, &mut HashSet<Key>, tokio::time::Instant),
+        (claim, mine, wait_until): (
+            &mut Claim,
+            &mut HashSet<Key, KeyBuildHasher>,
+            tokio::time::Instant,
+        ),
         counts: &mut TopicCounts,
     ) -> (PartitionKind, Option<Bytes>) {
         let untouched = PartitionKind::Upstream {
@@ -523,7 +527,7 @@ impl ProduceDedup {
         // 1. Decide each record. A key twice in this batch: the second copy
         // goes (a batch is written or fails as a whole). Across partitions
         // both stay: one partition can fail while the other succeeds.
-        let mut in_request: HashSet<Key> = HashSet::new();
+        let mut in_request: HashSet<Key, KeyBuildHasher> = HashSet::default();
         let mut decisions = Vec::with_capacity(batch.len());
         let mut claimed = Vec::new();
         for record in batch.records() {

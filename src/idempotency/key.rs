@@ -14,10 +14,37 @@
 //! upsert key never changes; its window key is that key scoped to the topic
 //! it is written to now ([`scoped`]).
 
+use std::hash::{BuildHasherDefault, Hasher};
+
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::{Fallback, KeyStrategy};
 use crate::records::RecordView;
+
+/// Keys are already uniform hashes: maps and sets of keys use their bits as
+/// they are, not SipHash (which cost 8 % of the fetch filter's time).
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = self.0.rotate_left(29) ^ n;
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.0 ^= (n as u64) ^ ((n >> 64) as u64);
+    }
+    fn write_usize(&mut self, _len: usize) {}
+}
+
+pub type KeyBuildHasher = BuildHasherDefault<KeyHasher>;
 
 /// An idempotency key; written into records as 32 lowercase hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

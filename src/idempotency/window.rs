@@ -25,40 +25,22 @@
 //! duplicate, never a loss).
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
+use super::key::KeyBuildHasher;
 use super::Key;
 use crate::error::Error;
 use crate::store::Store;
 
 const SHARDS: usize = 16;
 
-/// Keys are already uniform hashes: the map uses their bits as they are.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = self.0.rotate_left(29) ^ n;
-    }
-    fn write_usize(&mut self, _len: usize) {}
-}
-
-type KeyMap<V> = HashMap<[u64; 2], V, BuildHasherDefault<KeyHasher>>;
-type KeySet = HashSet<[u64; 2], BuildHasherDefault<KeyHasher>>;
+type KeyMap<V> = HashMap<[u64; 2], V, KeyBuildHasher>;
+type KeySet = HashSet<[u64; 2], KeyBuildHasher>;
 
 fn split(key: Key) -> [u64; 2] {
     [(key.0 >> 64) as u64, key.0 as u64]
@@ -638,7 +620,7 @@ impl Window {
 pub struct SegmentPositions {
     pub topic: String,
     pub partition: i32,
-    pub offsets: HashMap<Key, i64>,
+    pub offsets: HashMap<Key, i64, KeyBuildHasher>,
 }
 
 /// What [`Window::load`] found.
@@ -710,7 +692,7 @@ impl Claim {
             .window
             .commit(topic, partition, base_offset, producer, entries);
         // Committed or released by commit itself on error: not ours any more.
-        let done: HashSet<Key> = entries.iter().map(|(k, _)| *k).collect();
+        let done: HashSet<Key, KeyBuildHasher> = entries.iter().map(|(k, _)| *k).collect();
         self.keys.retain(|k| !done.contains(k));
         result
     }
