@@ -248,7 +248,10 @@ mod tests {
         drop(Charge::none());
     }
 
-    #[tokio::test]
+    // Paused time: the reader's 50 ms steps and the 200 ms limit are the
+    // runtime's clock, not the machine's, so a loaded machine cannot stretch
+    // a step past the limit.
+    #[tokio::test(start_paused = true)]
     async fn a_writer_nobody_reads_times_out_and_one_that_reads_does_not() {
         let (client, mut server) = tokio::io::duplex(1024);
         let mut guarded = StallGuard::new(client, Duration::from_millis(200));

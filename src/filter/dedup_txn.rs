@@ -286,9 +286,11 @@ mod tests {
 
     #[test]
     fn transactions_open_too_long_are_forgotten() {
-        let (txns, window, _dir) = setup(100, Duration::from_millis(20));
+        // Margins a loaded CI machine keeps: the second transaction would
+        // have to wait half a second to expire too.
+        let (txns, window, _dir) = setup(100, Duration::from_millis(500));
         txns.produced(&part((7, 0), &[1]), 0);
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(600));
         txns.produced(&part((8, 0), &[2]), 0);
         assert_eq!(txns.held(), 1);
         assert_eq!(txns.ended((7, 0), true), 0);
