@@ -13,6 +13,9 @@
 //! - fixed load: half the direct saturation rate, paced; p50/p99 produce
 //!   latency (enqueue to delivery report) and the proxy's CPU seconds per GB.
 //!
+//! `--json PATH` writes every table row to PATH as JSON lines, for
+//! scripts/perf-report; what is printed stays the same.
+//!
 //! Paths (`--paths` picks any of them; the default is the first three,
 //! `--dedup` adds the rest):
 //! - `direct`, `idemgate` (pass-through: no dedup rule), `tansu-proxy`;
@@ -46,7 +49,7 @@ mod common;
 
 use common::{
     cpu_seconds, create_topic, free_port, http_get, median, spawn_tansu, start_tansu, wait_port,
-    Killed,
+    JsonOut, Killed,
 };
 
 use std::process::{Command, Stdio};
@@ -129,6 +132,7 @@ fn args() -> Args {
                 }
             }
             "--paths" => names = Some(value(i).split(',').map(str::to_string).collect()),
+            "--json" => {} // JsonOut reads it
             "--dedup" => {
                 dedup = true;
                 i -= 1; // a flag without a value
@@ -705,7 +709,13 @@ fn describe(extra: &Extra, sent: usize) -> String {
 }
 
 /// One codec: saturation rounds, then fixed-load rounds, then the table.
-fn bench_codec(a: &Args, compression: &str, schedules: &[(u32, Schedule)], records: &Records) {
+fn bench_codec(
+    a: &Args,
+    compression: &str,
+    schedules: &[(u32, Schedule)],
+    records: &Records,
+    json: &mut JsonOut,
+) {
     let schedule = |p: &PathKind| &schedules.iter().find(|s| s.0 == p.replay_pct).unwrap().1;
     let gb = (a.records * a.size) as f64 / 1e9;
     let w = a.paths.iter().map(|p| p.name().len()).max().unwrap_or(0);
@@ -785,7 +795,7 @@ fn bench_codec(a: &Args, compression: &str, schedules: &[(u32, Schedule)], recor
         let (d50, d99) = (med(&fixed[b], |r| r.p50_ms), med(&fixed[b], |r| r.p99_ms));
         let rate = med(&sat[i], |r| r.records_per_sec);
         let (p50, p99) = (med(&fixed[i], |r| r.p50_ms), med(&fixed[i], |r| r.p99_ms));
-        let (dp50, dp99, cpu) = if path.front == Front::Direct {
+        let (dp50, dp99, cpu_text) = if path.front == Front::Direct {
             (String::new(), String::new(), "-".to_string())
         } else {
             (
@@ -801,11 +811,39 @@ fn bench_codec(a: &Args, compression: &str, schedules: &[(u32, Schedule)], recor
             format!("{d:.0} ({:.1} %)", d / a.records as f64 * 100.0)
         };
         println!(
-            "| {} | {rate:.0} | {:.1} | {:.3} x | {p50:.2} ms{dp50} | {p99:.2} ms{dp99} | {cpu} | {drops} |",
+            "| {} | {rate:.0} | {:.1} | {:.3} x | {p50:.2} ms{dp50} | {p99:.2} ms{dp99} | {cpu_text} | {drops} |",
             path.name(),
             med(&sat[i], |r| r.mb_per_sec),
             rate / base_rate
         );
+        let proxied = path.front != Front::Direct;
+        let cpu_per_gb = median(cpu[i].clone());
+        json.write(serde_json::json!({
+            "kind": "produce",
+            "codec": compression,
+            "path": path.name(),
+            "baseline": path.baseline().name(),
+            "records": a.records,
+            "size": a.size,
+            "partitions": PARTITIONS,
+            "rounds": a.rounds,
+            "replay_pct": path.replay_pct,
+            "saturation_records_per_sec": rate,
+            "saturation_mb_per_sec": med(&sat[i], |r| r.mb_per_sec),
+            "saturation_vs_baseline": rate / base_rate,
+            "saturation_rounds": sat[i].iter().map(|r| r.records_per_sec).collect::<Vec<_>>(),
+            "half_load_records_per_sec": offered,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "p50_vs_baseline_ms": p50 - d50,
+            "p99_vs_baseline_ms": p99 - d99,
+            "p99_rounds": fixed[i].iter().map(|r| r.p99_ms).collect::<Vec<_>>(),
+            // The proxy's CPU at half load: seconds per GB of records offered
+            // (= ms per MB), and records per CPU-second (per core).
+            "proxy_cpu_s_per_gb": proxied.then_some(cpu_per_gb),
+            "proxy_records_per_cpu_s": proxied.then(|| a.records as f64 / (cpu_per_gb * gb)),
+            "dropped": (!dropped[i].is_empty()).then(|| median(dropped[i].clone())),
+        }));
     }
     if a.paths.iter().any(|p| p.replay_pct > 0) {
         println!(
@@ -818,6 +856,7 @@ fn bench_codec(a: &Args, compression: &str, schedules: &[(u32, Schedule)], recor
 
 fn main() {
     let a = args();
+    let mut json = JsonOut::from_args("produce");
     println!(
         "# produce: {} records x {} B, acks=all, {PARTITIONS} partitions, {} round(s), medians; compression: {}",
         a.records,
@@ -868,6 +907,6 @@ fn main() {
         .max(WARM);
     let records = Records::new(distinct, a.size);
     for compression in &a.compression {
-        bench_codec(&a, compression, &schedules, &records);
+        bench_codec(&a, compression, &schedules, &records, &mut json);
     }
 }
