@@ -17,8 +17,11 @@
 //! scripts/perf-report; what is printed stays the same.
 //!
 //! Paths (`--paths` picks any of them; the default is the first three,
-//! `--dedup` adds the rest):
+//! `--dedup` adds the rest but `idemgate-observe`):
 //! - `direct`, `idemgate` (pass-through: no dedup rule), `tansu-proxy`;
+//! - `idemgate-observe`: tag-only, one rule `topics = "*"`, `mode =
+//!   "observe"`: every record keyed, tagged (its batch rewritten) and learned,
+//!   nothing ever dropped;
 //! - `idemgate-dedup`: one rule, `topics = "*"`, `mode = "drop"`, content
 //!   keys, tag header on; every record new;
 //! - `direct-30`, `idemgate-dedup-30`: the same rule, and 30 % (`--replays`)
@@ -152,7 +155,11 @@ fn args() -> Args {
     let all = PathKind::all(pct);
     let names = names.unwrap_or_else(|| {
         let n = if dedup { all.len() } else { 3 };
-        all[..n].iter().map(|p| p.name()).collect()
+        all[..n]
+            .iter()
+            .filter(|p| p.front != Front::IdemgateObserve)
+            .map(|p| p.name())
+            .collect()
     });
     let mut picked: Vec<PathKind> = Vec::new();
     for name in &names {
@@ -178,7 +185,7 @@ fn args() -> Args {
     a.paths.dedup();
     // A value holds its record's id in its first bytes: shorter, two records
     // could be the same bytes, and the proxy would rightly drop one.
-    let dedup_paths = a.paths.iter().any(|p| p.front == Front::IdemgateDedup);
+    let dedup_paths = a.paths.iter().any(|p| p.front.rule().is_some());
     assert!(
         !dedup_paths || a.size >= 32,
         "--size must be at least 32 B with the dedup paths (records must differ)"
@@ -192,8 +199,20 @@ fn args() -> Args {
 enum Front {
     Direct,
     Idemgate,
+    IdemgateObserve,
     IdemgateDedup,
     TansuProxy,
+}
+
+impl Front {
+    /// The mode of idemgate's one dedup rule on this path, if it has one.
+    fn rule(self) -> Option<&'static str> {
+        match self {
+            Front::IdemgateObserve => Some("observe"),
+            Front::IdemgateDedup => Some("drop"),
+            Front::Direct | Front::Idemgate | Front::TansuProxy => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -210,6 +229,7 @@ impl PathKind {
             p(Front::Direct, 0),
             p(Front::Idemgate, 0),
             p(Front::TansuProxy, 0),
+            p(Front::IdemgateObserve, 0),
             p(Front::IdemgateDedup, 0),
             p(Front::Direct, pct),
             p(Front::IdemgateDedup, pct),
@@ -220,6 +240,7 @@ impl PathKind {
         let front = match self.front {
             Front::Direct => "direct",
             Front::Idemgate => "idemgate",
+            Front::IdemgateObserve => "idemgate-observe",
             Front::IdemgateDedup => "idemgate-dedup",
             Front::TansuProxy => "tansu-proxy",
         };
@@ -250,14 +271,14 @@ fn start_tansu_proxy(upstream: &str) -> (Killed, String) {
 struct Proxy {
     child: Killed,
     bootstrap: String,
-    /// The admin port (dedup runs only: it is off otherwise).
+    /// The admin port (runs with a rule only: it is off otherwise).
     admin: Option<u16>,
 }
 
 /// idemgate in front of `upstream`, its store in `dir` (fresh per run). With
-/// `dedup`, one rule covers every topic in `drop` mode (content keys, tag
+/// a `rule` mode, one rule in that mode covers every topic (content keys, tag
 /// header on: the defaults) and the admin listener is on, for /metrics.
-fn start_proxy(upstream: &str, dir: &std::path::Path, dedup: bool) -> Proxy {
+fn start_proxy(upstream: &str, dir: &std::path::Path, rule: Option<&str>) -> Proxy {
     let port = free_port();
     let ports = loop {
         let p = free_port();
@@ -265,7 +286,7 @@ fn start_proxy(upstream: &str, dir: &std::path::Path, dedup: bool) -> Proxy {
             break p;
         }
     };
-    let admin = dedup.then(free_port);
+    let admin = rule.map(|_| free_port());
     let mut config = format!(
         "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{}\"\n\
          [upstream]\nbootstrap = [\"{upstream}\"]\n[admin]\nlisten = \"{}\"\n\
@@ -274,8 +295,10 @@ fn start_proxy(upstream: &str, dir: &std::path::Path, dedup: bool) -> Proxy {
         admin.map(|p| format!("127.0.0.1:{p}")).unwrap_or_default(),
         dir.join("store").display()
     );
-    if dedup {
-        config.push_str("[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nmode = \"drop\"\n");
+    if let Some(mode) = rule {
+        config.push_str(&format!(
+            "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nmode = \"{mode}\"\n"
+        ));
     }
     let path = dir.join("bench.toml");
     std::fs::write(&path, config).unwrap();
@@ -629,7 +652,7 @@ fn run(
 struct Extra {
     /// The proxy's CPU seconds during the measured run.
     cpu: f64,
-    /// What idemgate counted (dedup paths).
+    /// What idemgate counted (paths with a rule).
     counts: Option<DedupCounts>,
     /// Records in the broker's log of the measured topic.
     logged: Option<i64>,
@@ -649,8 +672,10 @@ fn measure(
     let (_tansu, direct) = start_tansu();
     let (proxy, tansu_proxy) = match path.front {
         Front::Direct => (None, None),
-        Front::Idemgate => (Some(start_proxy(&direct, dir.path(), false)), None),
-        Front::IdemgateDedup => (Some(start_proxy(&direct, dir.path(), true)), None),
+        Front::Idemgate | Front::IdemgateObserve | Front::IdemgateDedup => (
+            Some(start_proxy(&direct, dir.path(), path.front.rule())),
+            None,
+        ),
         Front::TansuProxy => (None, Some(start_tansu_proxy(&direct))),
     };
     let (pid, addr) = match (&proxy, &tansu_proxy) {
@@ -670,7 +695,7 @@ fn measure(
         .as_ref()
         .and_then(|p| p.admin)
         .map(|port| dedup_counts(port, "bench"));
-    let logged = (path.replay_pct > 0 || path.front == Front::IdemgateDedup)
+    let logged = (path.replay_pct > 0 || path.front.rule().is_some())
         .then(|| log_records(&direct, "bench"))
         .flatten();
     (
