@@ -5,6 +5,7 @@
 //! scripts/bench                        # what docs/performance.md records
 //! cargo bench --bench produce -- --records 200000 --size 512 --rounds 5
 //! scripts/bench --dedup --compression none,lz4,zstd   # + dedup `drop` mode
+//! scripts/bench --sweep 0.1,0.25,0.5,0.75,0.9,1.0     # + latency against load
 //! ```
 //!
 //! Two measures per path (see docs/performance.md for why both):
@@ -13,8 +14,14 @@
 //! - fixed load: half the direct saturation rate, paced; p50/p99 produce
 //!   latency (enqueue to delivery report) and the proxy's CPU seconds per GB.
 //!
-//! `--json PATH` writes every table row to PATH as JSON lines, for
-//! scripts/perf-report; what is printed stays the same.
+//! With `--sweep F,F,…`, a third measure: the load paced at each fraction F
+//! of direct's saturation rate, on every path without replays, recording the
+//! rate achieved, p50/p99 and the proxy's CPU: where each path's latency
+//! turns up as the load nears what the machine can do. Loads alternate
+//! paths within a round, as the other measures do.
+//!
+//! `--json PATH` writes every table row (and every sweep point) to PATH as
+//! JSON lines, for scripts/perf-report; what is printed stays the same.
 //!
 //! Paths (`--paths` picks any of them; the default is the first three,
 //! `--dedup` adds the rest but `idemgate-observe`):
@@ -85,6 +92,9 @@ struct Args {
     replay_distance: usize,
     compression: Vec<String>,
     paths: Vec<PathKind>,
+    /// Fractions of direct's saturation rate to pace the sweep at (none: no
+    /// sweep).
+    sweep: Vec<f64>,
 }
 
 fn args() -> Args {
@@ -96,6 +106,7 @@ fn args() -> Args {
         replay_distance: 0,
         compression: vec!["none".into()],
         paths: Vec::new(),
+        sweep: Vec::new(),
     };
     let mut dedup = false;
     let mut distance = None;
@@ -135,6 +146,19 @@ fn args() -> Args {
                 }
             }
             "--paths" => names = Some(value(i).split(',').map(str::to_string).collect()),
+            "--sweep" => {
+                a.sweep = value(i)
+                    .split(',')
+                    .map(|f| {
+                        f.parse()
+                            .ok()
+                            .filter(|f: &f64| *f > 0.0 && *f <= 2.0)
+                            .unwrap_or_else(|| {
+                                panic!("--sweep: fractions of direct's rate in (0, 2], not {f:?}")
+                            })
+                    })
+                    .collect();
+            }
             "--json" => {} // JsonOut reads it
             "--dedup" => {
                 dedup = true;
@@ -733,7 +757,8 @@ fn describe(extra: &Extra, sent: usize) -> String {
     s
 }
 
-/// One codec: saturation rounds, then fixed-load rounds, then the table.
+/// One codec: saturation rounds, then fixed-load rounds, then the table;
+/// then the sweep, if asked for.
 fn bench_codec(
     a: &Args,
     compression: &str,
@@ -876,6 +901,102 @@ fn bench_codec(
              the others with direct.",
             a.paths.iter().map(|p| p.replay_pct).max().unwrap_or(0)
         );
+    }
+    if !a.sweep.is_empty() {
+        sweep(
+            a,
+            compression,
+            schedule(&PathKind::all(0)[0]),
+            records,
+            direct_rate,
+            json,
+        );
+    }
+}
+
+/// The load paced at each `--sweep` fraction of `direct_rate`, every path
+/// without replays, `--rounds` times; the medians in a table.
+fn sweep(
+    a: &Args,
+    compression: &str,
+    schedule: &Schedule,
+    records: &Records,
+    direct_rate: f64,
+    json: &mut JsonOut,
+) {
+    let paths: Vec<PathKind> = a
+        .paths
+        .iter()
+        .copied()
+        .filter(|p| p.replay_pct == 0)
+        .collect();
+    let w = paths.iter().map(|p| p.name().len()).max().unwrap_or(0);
+    let gb = (a.records * a.size) as f64 / 1e9;
+    println!();
+    println!(
+        "## load sweep, compression.type = {compression}: paced at fractions of direct's {direct_rate:.0} rec/s"
+    );
+    // runs[fraction][path][round]: (result, proxy CPU seconds)
+    let mut runs: Vec<Vec<Vec<(RunResult, f64)>>> = a
+        .sweep
+        .iter()
+        .map(|_| paths.iter().map(|_| Vec::new()).collect())
+        .collect();
+    for round in 0..a.rounds {
+        for (f, &fraction) in a.sweep.iter().enumerate() {
+            let offered = direct_rate * fraction;
+            for (p, path) in paths.iter().enumerate() {
+                let (r, extra) = measure(*path, schedule, records, compression, Some(offered));
+                println!(
+                    "sweep {fraction:.2} x {offered:>7.0} rec/s {:w$} round {round}: {:>9.0} rec/s  \
+                     p50 {:>7.2} ms  p99 {:>7.2} ms  proxy CPU {:.2} s",
+                    path.name(),
+                    r.records_per_sec,
+                    r.p50_ms,
+                    r.p99_ms,
+                    extra.cpu,
+                );
+                runs[f][p].push((r, extra.cpu));
+            }
+        }
+    }
+    println!();
+    println!(
+        "| load | offered rec/s | path | achieved rec/s | /offered | p50 | p99 | proxy CPU s/GB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (f, &fraction) in a.sweep.iter().enumerate() {
+        let offered = direct_rate * fraction;
+        for (p, path) in paths.iter().enumerate() {
+            let rs = &runs[f][p];
+            let med = |g: &dyn Fn(&(RunResult, f64)) -> f64| median(rs.iter().map(g).collect());
+            let rate = med(&|r| r.0.records_per_sec);
+            let (p50, p99) = (med(&|r| r.0.p50_ms), med(&|r| r.0.p99_ms));
+            let proxied = path.front != Front::Direct;
+            let cpu = med(&|r| r.1) / gb;
+            println!(
+                "| {fraction:.2} x | {offered:.0} | {} | {rate:.0} | {:.3} | {p50:.2} ms | {p99:.2} ms | {} |",
+                path.name(),
+                rate / offered,
+                if proxied { format!("{cpu:.2}") } else { "-".into() },
+            );
+            json.write(serde_json::json!({
+                "kind": "sweep",
+                "codec": compression,
+                "path": path.name(),
+                "records": a.records,
+                "size": a.size,
+                "rounds": a.rounds,
+                "fraction": fraction,
+                "direct_saturation_records_per_sec": direct_rate,
+                "offered_records_per_sec": offered,
+                "records_per_sec": rate,
+                "mb_per_sec": med(&|r| r.0.mb_per_sec),
+                "p50_ms": p50,
+                "p99_ms": p99,
+                "proxy_cpu_s_per_gb": proxied.then_some(cpu),
+            }));
+        }
     }
 }
 
