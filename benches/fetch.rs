@@ -49,11 +49,14 @@
 //!
 //! The proxy runs as its own process (the release binary), so its CPU time is
 //! read from /proc apart from the client's and the broker's.
+//!
+//! `--json PATH` writes every row of the table to PATH as JSON lines, for
+//! scripts/perf-report; what is printed stays the same.
 
 mod common;
 
 use common::{
-    cpu_seconds, create_topic, free_port, http_get, median, start_tansu, wait_port, Killed,
+    cpu_seconds, create_topic, free_port, http_get, median, start_tansu, wait_port, JsonOut, Killed,
 };
 
 use std::process::{Command, Stdio};
@@ -135,6 +138,7 @@ fn args() -> Args {
             "--rounds" => a.rounds = number(i),
             "--distance" => distance = Some(number(i)),
             "--cases" => cases = value(i).to_string(),
+            "--json" => {} // JsonOut reads it
             _ => {
                 i -= 1; // cargo bench passes --bench
             }
@@ -625,6 +629,7 @@ fn measure(
 
 fn main() {
     let a = args();
+    let mut json = JsonOut::from_args("fetch");
     println!(
         "# fetch: {} records x {} B per log, {} partitions, {} round(s), medians; cases: {}",
         a.records,
@@ -755,6 +760,29 @@ fn main() {
                 ratio(&|r| r.whole),
                 rs[0].delivered,
             );
+            let proxied = path != Path::Direct;
+            json.write(serde_json::json!({
+                "kind": "fetch",
+                "case": case.name(),
+                "codec": case.codec,
+                "dup_pct": case.dup_pct,
+                "path": path.name(),
+                "baseline": Path::Direct.name(),
+                "records": a.records,
+                "size": a.size,
+                "partitions": a.partitions,
+                "rounds": a.rounds,
+                "records_per_sec": med(&|r| r.rate),
+                "mb_per_sec": med(&|r| r.mb),
+                "vs_baseline": ratio(&|r| r.rate),
+                "vs_baseline_rounds": rs.iter().zip(direct).map(|(r, d)| r.rate / d.rate).collect::<Vec<_>>(),
+                "first_record_ms": med(&|r| r.startup) * 1e3,
+                "whole_read_records_per_sec": med(&|r| r.whole),
+                "whole_read_vs_baseline": ratio(&|r| r.whole),
+                "delivered": rs[0].delivered,
+                "proxy_cpu_s": proxied.then(|| med(&|r| r.cpu)),
+                "proxy_cpu_s_per_gb": proxied.then(|| med(&|r| r.cpu) / gb),
+            }));
         }
     }
     println!(

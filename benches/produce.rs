@@ -5,6 +5,7 @@
 //! scripts/bench                        # what docs/performance.md records
 //! cargo bench --bench produce -- --records 200000 --size 512 --rounds 5
 //! scripts/bench --dedup --compression none,lz4,zstd   # + dedup `drop` mode
+//! scripts/bench --sweep 0.1,0.25,0.5,0.75,0.9,1.0     # + latency against load
 //! ```
 //!
 //! Two measures per path (see docs/performance.md for why both):
@@ -13,9 +14,21 @@
 //! - fixed load: half the direct saturation rate, paced; p50/p99 produce
 //!   latency (enqueue to delivery report) and the proxy's CPU seconds per GB.
 //!
+//! With `--sweep F,F,…`, a third measure: the load paced at each fraction F
+//! of direct's saturation rate, on every path without replays, recording the
+//! rate achieved, p50/p99 and the proxy's CPU: where each path's latency
+//! turns up as the load nears what the machine can do. Loads alternate
+//! paths within a round, as the other measures do.
+//!
+//! `--json PATH` writes every table row (and every sweep point) to PATH as
+//! JSON lines, for scripts/perf-report; what is printed stays the same.
+//!
 //! Paths (`--paths` picks any of them; the default is the first three,
-//! `--dedup` adds the rest):
+//! `--dedup` adds the rest but `idemgate-observe`):
 //! - `direct`, `idemgate` (pass-through: no dedup rule), `tansu-proxy`;
+//! - `idemgate-observe`: tag-only, one rule `topics = "*"`, `mode =
+//!   "observe"`: every record keyed, tagged (its batch rewritten) and learned,
+//!   nothing ever dropped;
 //! - `idemgate-dedup`: one rule, `topics = "*"`, `mode = "drop"`, content
 //!   keys, tag header on; every record new;
 //! - `direct-30`, `idemgate-dedup-30`: the same rule, and 30 % (`--replays`)
@@ -46,7 +59,7 @@ mod common;
 
 use common::{
     cpu_seconds, create_topic, free_port, http_get, median, spawn_tansu, start_tansu, wait_port,
-    Killed,
+    JsonOut, Killed,
 };
 
 use std::process::{Command, Stdio};
@@ -79,6 +92,9 @@ struct Args {
     replay_distance: usize,
     compression: Vec<String>,
     paths: Vec<PathKind>,
+    /// Fractions of direct's saturation rate to pace the sweep at (none: no
+    /// sweep).
+    sweep: Vec<f64>,
 }
 
 fn args() -> Args {
@@ -90,6 +106,7 @@ fn args() -> Args {
         replay_distance: 0,
         compression: vec!["none".into()],
         paths: Vec::new(),
+        sweep: Vec::new(),
     };
     let mut dedup = false;
     let mut distance = None;
@@ -129,6 +146,20 @@ fn args() -> Args {
                 }
             }
             "--paths" => names = Some(value(i).split(',').map(str::to_string).collect()),
+            "--sweep" => {
+                a.sweep = value(i)
+                    .split(',')
+                    .map(|f| {
+                        f.parse()
+                            .ok()
+                            .filter(|f: &f64| *f > 0.0 && *f <= 2.0)
+                            .unwrap_or_else(|| {
+                                panic!("--sweep: fractions of direct's rate in (0, 2], not {f:?}")
+                            })
+                    })
+                    .collect();
+            }
+            "--json" => {} // JsonOut reads it
             "--dedup" => {
                 dedup = true;
                 i -= 1; // a flag without a value
@@ -148,7 +179,11 @@ fn args() -> Args {
     let all = PathKind::all(pct);
     let names = names.unwrap_or_else(|| {
         let n = if dedup { all.len() } else { 3 };
-        all[..n].iter().map(|p| p.name()).collect()
+        all[..n]
+            .iter()
+            .filter(|p| p.front != Front::IdemgateObserve)
+            .map(|p| p.name())
+            .collect()
     });
     let mut picked: Vec<PathKind> = Vec::new();
     for name in &names {
@@ -174,7 +209,7 @@ fn args() -> Args {
     a.paths.dedup();
     // A value holds its record's id in its first bytes: shorter, two records
     // could be the same bytes, and the proxy would rightly drop one.
-    let dedup_paths = a.paths.iter().any(|p| p.front == Front::IdemgateDedup);
+    let dedup_paths = a.paths.iter().any(|p| p.front.rule().is_some());
     assert!(
         !dedup_paths || a.size >= 32,
         "--size must be at least 32 B with the dedup paths (records must differ)"
@@ -188,8 +223,20 @@ fn args() -> Args {
 enum Front {
     Direct,
     Idemgate,
+    IdemgateObserve,
     IdemgateDedup,
     TansuProxy,
+}
+
+impl Front {
+    /// The mode of idemgate's one dedup rule on this path, if it has one.
+    fn rule(self) -> Option<&'static str> {
+        match self {
+            Front::IdemgateObserve => Some("observe"),
+            Front::IdemgateDedup => Some("drop"),
+            Front::Direct | Front::Idemgate | Front::TansuProxy => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -206,6 +253,7 @@ impl PathKind {
             p(Front::Direct, 0),
             p(Front::Idemgate, 0),
             p(Front::TansuProxy, 0),
+            p(Front::IdemgateObserve, 0),
             p(Front::IdemgateDedup, 0),
             p(Front::Direct, pct),
             p(Front::IdemgateDedup, pct),
@@ -216,6 +264,7 @@ impl PathKind {
         let front = match self.front {
             Front::Direct => "direct",
             Front::Idemgate => "idemgate",
+            Front::IdemgateObserve => "idemgate-observe",
             Front::IdemgateDedup => "idemgate-dedup",
             Front::TansuProxy => "tansu-proxy",
         };
@@ -246,14 +295,14 @@ fn start_tansu_proxy(upstream: &str) -> (Killed, String) {
 struct Proxy {
     child: Killed,
     bootstrap: String,
-    /// The admin port (dedup runs only: it is off otherwise).
+    /// The admin port (runs with a rule only: it is off otherwise).
     admin: Option<u16>,
 }
 
 /// idemgate in front of `upstream`, its store in `dir` (fresh per run). With
-/// `dedup`, one rule covers every topic in `drop` mode (content keys, tag
+/// a `rule` mode, one rule in that mode covers every topic (content keys, tag
 /// header on: the defaults) and the admin listener is on, for /metrics.
-fn start_proxy(upstream: &str, dir: &std::path::Path, dedup: bool) -> Proxy {
+fn start_proxy(upstream: &str, dir: &std::path::Path, rule: Option<&str>) -> Proxy {
     let port = free_port();
     let ports = loop {
         let p = free_port();
@@ -261,7 +310,7 @@ fn start_proxy(upstream: &str, dir: &std::path::Path, dedup: bool) -> Proxy {
             break p;
         }
     };
-    let admin = dedup.then(free_port);
+    let admin = rule.map(|_| free_port());
     let mut config = format!(
         "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{}\"\n\
          [upstream]\nbootstrap = [\"{upstream}\"]\n[admin]\nlisten = \"{}\"\n\
@@ -270,8 +319,10 @@ fn start_proxy(upstream: &str, dir: &std::path::Path, dedup: bool) -> Proxy {
         admin.map(|p| format!("127.0.0.1:{p}")).unwrap_or_default(),
         dir.join("store").display()
     );
-    if dedup {
-        config.push_str("[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nmode = \"drop\"\n");
+    if let Some(mode) = rule {
+        config.push_str(&format!(
+            "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nmode = \"{mode}\"\n"
+        ));
     }
     let path = dir.join("bench.toml");
     std::fs::write(&path, config).unwrap();
@@ -625,7 +676,7 @@ fn run(
 struct Extra {
     /// The proxy's CPU seconds during the measured run.
     cpu: f64,
-    /// What idemgate counted (dedup paths).
+    /// What idemgate counted (paths with a rule).
     counts: Option<DedupCounts>,
     /// Records in the broker's log of the measured topic.
     logged: Option<i64>,
@@ -645,8 +696,10 @@ fn measure(
     let (_tansu, direct) = start_tansu();
     let (proxy, tansu_proxy) = match path.front {
         Front::Direct => (None, None),
-        Front::Idemgate => (Some(start_proxy(&direct, dir.path(), false)), None),
-        Front::IdemgateDedup => (Some(start_proxy(&direct, dir.path(), true)), None),
+        Front::Idemgate | Front::IdemgateObserve | Front::IdemgateDedup => (
+            Some(start_proxy(&direct, dir.path(), path.front.rule())),
+            None,
+        ),
         Front::TansuProxy => (None, Some(start_tansu_proxy(&direct))),
     };
     let (pid, addr) = match (&proxy, &tansu_proxy) {
@@ -666,7 +719,7 @@ fn measure(
         .as_ref()
         .and_then(|p| p.admin)
         .map(|port| dedup_counts(port, "bench"));
-    let logged = (path.replay_pct > 0 || path.front == Front::IdemgateDedup)
+    let logged = (path.replay_pct > 0 || path.front.rule().is_some())
         .then(|| log_records(&direct, "bench"))
         .flatten();
     (
@@ -704,8 +757,15 @@ fn describe(extra: &Extra, sent: usize) -> String {
     s
 }
 
-/// One codec: saturation rounds, then fixed-load rounds, then the table.
-fn bench_codec(a: &Args, compression: &str, schedules: &[(u32, Schedule)], records: &Records) {
+/// One codec: saturation rounds, then fixed-load rounds, then the table;
+/// then the sweep, if asked for.
+fn bench_codec(
+    a: &Args,
+    compression: &str,
+    schedules: &[(u32, Schedule)],
+    records: &Records,
+    json: &mut JsonOut,
+) {
     let schedule = |p: &PathKind| &schedules.iter().find(|s| s.0 == p.replay_pct).unwrap().1;
     let gb = (a.records * a.size) as f64 / 1e9;
     let w = a.paths.iter().map(|p| p.name().len()).max().unwrap_or(0);
@@ -785,7 +845,7 @@ fn bench_codec(a: &Args, compression: &str, schedules: &[(u32, Schedule)], recor
         let (d50, d99) = (med(&fixed[b], |r| r.p50_ms), med(&fixed[b], |r| r.p99_ms));
         let rate = med(&sat[i], |r| r.records_per_sec);
         let (p50, p99) = (med(&fixed[i], |r| r.p50_ms), med(&fixed[i], |r| r.p99_ms));
-        let (dp50, dp99, cpu) = if path.front == Front::Direct {
+        let (dp50, dp99, cpu_text) = if path.front == Front::Direct {
             (String::new(), String::new(), "-".to_string())
         } else {
             (
@@ -801,11 +861,39 @@ fn bench_codec(a: &Args, compression: &str, schedules: &[(u32, Schedule)], recor
             format!("{d:.0} ({:.1} %)", d / a.records as f64 * 100.0)
         };
         println!(
-            "| {} | {rate:.0} | {:.1} | {:.3} x | {p50:.2} ms{dp50} | {p99:.2} ms{dp99} | {cpu} | {drops} |",
+            "| {} | {rate:.0} | {:.1} | {:.3} x | {p50:.2} ms{dp50} | {p99:.2} ms{dp99} | {cpu_text} | {drops} |",
             path.name(),
             med(&sat[i], |r| r.mb_per_sec),
             rate / base_rate
         );
+        let proxied = path.front != Front::Direct;
+        let cpu_per_gb = median(cpu[i].clone());
+        json.write(serde_json::json!({
+            "kind": "produce",
+            "codec": compression,
+            "path": path.name(),
+            "baseline": path.baseline().name(),
+            "records": a.records,
+            "size": a.size,
+            "partitions": PARTITIONS,
+            "rounds": a.rounds,
+            "replay_pct": path.replay_pct,
+            "saturation_records_per_sec": rate,
+            "saturation_mb_per_sec": med(&sat[i], |r| r.mb_per_sec),
+            "saturation_vs_baseline": rate / base_rate,
+            "saturation_rounds": sat[i].iter().map(|r| r.records_per_sec).collect::<Vec<_>>(),
+            "half_load_records_per_sec": offered,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "p50_vs_baseline_ms": p50 - d50,
+            "p99_vs_baseline_ms": p99 - d99,
+            "p99_rounds": fixed[i].iter().map(|r| r.p99_ms).collect::<Vec<_>>(),
+            // The proxy's CPU at half load: seconds per GB of records offered
+            // (= ms per MB), and records per CPU-second (per core).
+            "proxy_cpu_s_per_gb": proxied.then_some(cpu_per_gb),
+            "proxy_records_per_cpu_s": proxied.then(|| a.records as f64 / (cpu_per_gb * gb)),
+            "dropped": (!dropped[i].is_empty()).then(|| median(dropped[i].clone())),
+        }));
     }
     if a.paths.iter().any(|p| p.replay_pct > 0) {
         println!(
@@ -814,10 +902,107 @@ fn bench_codec(a: &Args, compression: &str, schedules: &[(u32, Schedule)], recor
             a.paths.iter().map(|p| p.replay_pct).max().unwrap_or(0)
         );
     }
+    if !a.sweep.is_empty() {
+        sweep(
+            a,
+            compression,
+            schedule(&PathKind::all(0)[0]),
+            records,
+            direct_rate,
+            json,
+        );
+    }
+}
+
+/// The load paced at each `--sweep` fraction of `direct_rate`, every path
+/// without replays, `--rounds` times; the medians in a table.
+fn sweep(
+    a: &Args,
+    compression: &str,
+    schedule: &Schedule,
+    records: &Records,
+    direct_rate: f64,
+    json: &mut JsonOut,
+) {
+    let paths: Vec<PathKind> = a
+        .paths
+        .iter()
+        .copied()
+        .filter(|p| p.replay_pct == 0)
+        .collect();
+    let w = paths.iter().map(|p| p.name().len()).max().unwrap_or(0);
+    let gb = (a.records * a.size) as f64 / 1e9;
+    println!();
+    println!(
+        "## load sweep, compression.type = {compression}: paced at fractions of direct's {direct_rate:.0} rec/s"
+    );
+    // runs[fraction][path][round]: (result, proxy CPU seconds)
+    let mut runs: Vec<Vec<Vec<(RunResult, f64)>>> = a
+        .sweep
+        .iter()
+        .map(|_| paths.iter().map(|_| Vec::new()).collect())
+        .collect();
+    for round in 0..a.rounds {
+        for (f, &fraction) in a.sweep.iter().enumerate() {
+            let offered = direct_rate * fraction;
+            for (p, path) in paths.iter().enumerate() {
+                let (r, extra) = measure(*path, schedule, records, compression, Some(offered));
+                println!(
+                    "sweep {fraction:.2} x {offered:>7.0} rec/s {:w$} round {round}: {:>9.0} rec/s  \
+                     p50 {:>7.2} ms  p99 {:>7.2} ms  proxy CPU {:.2} s",
+                    path.name(),
+                    r.records_per_sec,
+                    r.p50_ms,
+                    r.p99_ms,
+                    extra.cpu,
+                );
+                runs[f][p].push((r, extra.cpu));
+            }
+        }
+    }
+    println!();
+    println!(
+        "| load | offered rec/s | path | achieved rec/s | /offered | p50 | p99 | proxy CPU s/GB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (f, &fraction) in a.sweep.iter().enumerate() {
+        let offered = direct_rate * fraction;
+        for (p, path) in paths.iter().enumerate() {
+            let rs = &runs[f][p];
+            let med = |g: &dyn Fn(&(RunResult, f64)) -> f64| median(rs.iter().map(g).collect());
+            let rate = med(&|r| r.0.records_per_sec);
+            let (p50, p99) = (med(&|r| r.0.p50_ms), med(&|r| r.0.p99_ms));
+            let proxied = path.front != Front::Direct;
+            let cpu = med(&|r| r.1) / gb;
+            println!(
+                "| {fraction:.2} x | {offered:.0} | {} | {rate:.0} | {:.3} | {p50:.2} ms | {p99:.2} ms | {} |",
+                path.name(),
+                rate / offered,
+                if proxied { format!("{cpu:.2}") } else { "-".into() },
+            );
+            json.write(serde_json::json!({
+                "kind": "sweep",
+                "codec": compression,
+                "path": path.name(),
+                "records": a.records,
+                "size": a.size,
+                "rounds": a.rounds,
+                "fraction": fraction,
+                "direct_saturation_records_per_sec": direct_rate,
+                "offered_records_per_sec": offered,
+                "records_per_sec": rate,
+                "mb_per_sec": med(&|r| r.0.mb_per_sec),
+                "p50_ms": p50,
+                "p99_ms": p99,
+                "proxy_cpu_s_per_gb": proxied.then_some(cpu),
+            }));
+        }
+    }
 }
 
 fn main() {
     let a = args();
+    let mut json = JsonOut::from_args("produce");
     println!(
         "# produce: {} records x {} B, acks=all, {PARTITIONS} partitions, {} round(s), medians; compression: {}",
         a.records,
@@ -868,6 +1053,6 @@ fn main() {
         .max(WARM);
     let records = Records::new(distinct, a.size);
     for compression in &a.compression {
-        bench_codec(&a, compression, &schedules, &records);
+        bench_codec(&a, compression, &schedules, &records, &mut json);
     }
 }

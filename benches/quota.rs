@@ -18,10 +18,12 @@
 //!    interleaved, `--rounds` times; medians.
 //!
 //! Figures are measurements, never assertions; docs/performance.md records them.
+//! `--json PATH` writes every table row to PATH as JSON lines, for
+//! scripts/perf-report; what is printed stays the same.
 
 mod common;
 
-use common::{create_topic, free_port, median, start_tansu, wait_port, Killed};
+use common::{create_topic, free_port, median, start_tansu, wait_port, JsonOut, Killed};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -145,9 +147,13 @@ fn main() {
         match a.as_str() {
             "--rounds" => rounds = args.next().unwrap().parse().unwrap(),
             "--records" => records = args.next().unwrap().parse().unwrap(),
+            "--json" => {
+                args.next(); // JsonOut reads it
+            }
             _ => {}
         }
     }
+    let mut json = JsonOut::from_args("quota");
     let dir = tempfile::tempdir().unwrap();
     let (_broker, direct) = start_tansu();
     let (_proxy, proxied) = start_proxy(&direct, dir.path());
@@ -181,6 +187,16 @@ fn main() {
             whole / MIB as f64,
             whole / target
         );
+        json.write(serde_json::json!({
+            "kind": "quota_accuracy",
+            "quota_mib_per_sec": mib,
+            "pushed_mib": bytes / MIB,
+            "after_burst_mib_per_sec": rate / MIB as f64,
+            "after_burst_vs_target": rate / target,
+            "whole_run_mib_per_sec": whole / MIB as f64,
+            "whole_run_vs_target": whole / target,
+            "delivery_errors": errors,
+        }));
     }
 
     println!("\n== pass-through: {records} x 1 KiB, acks=all, {rounds} rounds (medians)");
@@ -212,8 +228,20 @@ fn main() {
     let direct_median = median(results[0].clone());
     println!("| path | MiB/s (median) | vs direct |");
     println!("|---|---|---|");
-    for (i, (name, _, _)) in paths.iter().enumerate() {
+    for (i, (name, _, client)) in paths.iter().enumerate() {
         let m = median(results[i].clone());
         println!("| {name} | {m:.1} | {:.2} |", m / direct_median);
+        json.write(serde_json::json!({
+            "kind": "quota_pass_through",
+            "path": name,
+            "client_id": client,
+            "baseline": paths[0].0,
+            "records": records,
+            "size": 1024,
+            "rounds": rounds,
+            "mib_per_sec": m,
+            "vs_baseline": m / direct_median,
+            "mib_per_sec_rounds": results[i],
+        }));
     }
 }

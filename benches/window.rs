@@ -37,7 +37,9 @@
 //! other keys first, so the checks meet a window as full as a busy proxy's.
 //!
 //! Figures are printed, never asserted; only counts are checked (every key
-//! committed, every committed key seen).
+//! committed, every committed key seen). `--json PATH` writes every table row
+//! to PATH as JSON lines, for scripts/perf-report; what is printed stays the
+//! same.
 
 mod common;
 
@@ -136,7 +138,8 @@ fn args() -> Args {
             "--skip-dedup" => a.skip_dedup = true,
             "--child" => (a.child, i) = (Some(value()), i + 1),
             "--dir" => (a.dir, i) = (Some(PathBuf::from(value())), i + 1),
-            _ => {} // cargo bench passes --bench
+            "--json" => i += 1, // JsonOut reads it
+            _ => {}             // cargo bench passes --bench
         }
         i += 1;
     }
@@ -931,6 +934,7 @@ fn main() {
         }
         return;
     }
+    let mut json = common::JsonOut::from_args("window");
     let command: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
@@ -1002,6 +1006,27 @@ fn main() {
                 disk / n,
                 mib(g(&r.w, "size_on_disk")),
             );
+            json.write(serde_json::json!({
+                "kind": "window",
+                "keys": r.keys,
+                "segment": a.segment,
+                "store_cache": a.store_cache,
+                "rss_added_bytes": added,
+                "memory_bytes": maps,
+                "sled_only_rss_bytes": r.sled_rss,
+                "rss_restarted_bytes": loaded,
+                "disk_bytes": disk,
+                "size_on_disk_bytes": g(&r.w, "size_on_disk"),
+                "commit_keys_per_sec": n / g(&r.w, "commit_s"),
+                "check_seen_ns": g(&r.w, "check_seen_s") * 1e9,
+                "check_new_ns": g(&r.w, "check_new_s") * 1e9,
+                // A fresh process: what a restarted proxy waits for.
+                "restart_open_s": g(&r.l, "open_s"),
+                "restart_load_s": g(&r.l, "load_s"),
+                "restart_scan_s": g(&r.l, "scan_s"),
+                "in_process_open_s": g(&r.w, "reopen_s"),
+                "in_process_load_s": g(&r.w, "reload_s"),
+            }));
         }
         println!();
         println!(
@@ -1041,6 +1066,24 @@ fn main() {
                 r.mb_in,
                 r.mb_out,
             );
+            json.write(serde_json::json!({
+                "kind": "dedup_path",
+                "codec": r.codec.to_string(),
+                "case": r.case.name(),
+                "tag": r.case.tag(),
+                "replays": r.case.replays().then_some(a.replays),
+                "records": a.records,
+                "size": a.size,
+                "batch": a.batch,
+                "partitions": a.partitions,
+                "prefill": a.prefill,
+                "rounds": a.rounds,
+                "records_per_sec": r.wall_rate,
+                "records_per_thread_cpu_s": r.cpu_rate,
+                "on_request_share": r.request_share,
+                "mb_in": r.mb_in,
+                "mb_forwarded": r.mb_out,
+            }));
         }
     }
     println!();

@@ -1,8 +1,10 @@
-//! What the benchmarks share: test data made the same way, and the plumbing
-//! around the processes they measure (ports, tansu, /metrics, CPU time).
-//! Each benchmark uses a part of it.
+//! What the benchmarks share: test data made the same way, the plumbing
+//! around the processes they measure (ports, tansu, /metrics, CPU time), and
+//! the `--json` output scripts/perf-report reads. Each benchmark uses a part
+//! of it.
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
@@ -184,5 +186,67 @@ pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
         futures::executor::block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap();
     for r in res {
         r.unwrap();
+    }
+}
+
+// === Machine-readable output ===
+
+/// `--json PATH`: every figure a bench prints in its tables, also written to
+/// PATH as JSON lines, one object per measured path or case, so that
+/// scripts/perf-report can build its report without parsing the text (which
+/// stays as it was). Each object carries `bench` and the `command` that
+/// measured it; without `--json` nothing is written.
+pub struct JsonOut {
+    file: Option<std::fs::File>,
+    bench: &'static str,
+    command: String,
+}
+
+impl JsonOut {
+    /// Reads `--json PATH` from this process's arguments and truncates PATH.
+    /// The command is the wrapper script's name (`IDEMGATE_BENCH_SCRIPT`,
+    /// which scripts/bench and the others set) or `cargo bench --bench
+    /// <bench> --`, then the arguments as given, less `--json PATH` (where
+    /// the figures went changes none of them) and the `--bench` cargo adds.
+    pub fn from_args(bench: &'static str) -> JsonOut {
+        let argv: Vec<String> = std::env::args().skip(1).collect();
+        let mut path = None;
+        let mut kept = Vec::new();
+        let mut i = 0;
+        while i < argv.len() {
+            match argv[i].as_str() {
+                "--json" => {
+                    path = Some(argv.get(i + 1).expect("--json needs a path").clone());
+                    i += 1;
+                }
+                "--bench" => {}
+                arg => kept.push(arg.to_string()),
+            }
+            i += 1;
+        }
+        let script = std::env::var("IDEMGATE_BENCH_SCRIPT")
+            .unwrap_or_else(|_| format!("cargo bench --bench {bench} --"));
+        let command = std::iter::once(script)
+            .chain(kept)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let file =
+            path.map(|p| std::fs::File::create(&p).unwrap_or_else(|e| panic!("--json {p}: {e}")));
+        JsonOut {
+            file,
+            bench,
+            command,
+        }
+    }
+
+    /// Writes `record` (an object) as one line, with `bench` and `command`.
+    pub fn write(&mut self, mut record: serde_json::Value) {
+        let Some(file) = self.file.as_mut() else {
+            return;
+        };
+        let object = record.as_object_mut().expect("a JSON object");
+        object.insert("bench".into(), self.bench.into());
+        object.insert("command".into(), self.command.clone().into());
+        writeln!(file, "{record}").expect("write the --json file");
     }
 }
