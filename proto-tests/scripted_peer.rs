@@ -438,6 +438,41 @@ async fn sasl_passes_through_and_the_principal_is_bound_only_on_success() {
     assert_eq!(principal_of(&proxy, &conn).await.as_deref(), Some("bob"));
 }
 
+/// A Produce whose topic array claims 2^32 - 2 entries in a 30-byte frame,
+/// sent to a proxy with a dedup rule: kafka-protocol sized its Vec from that
+/// count before reading, and the failed allocation aborted the process (this
+/// test's, with the proxy in it). Now the request goes on as it came, and
+/// the proxy serves the next connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_claiming_billions_of_topics_does_not_take_the_proxy_down() {
+    let peer = Peer::start(Script::Kafka).await;
+    let proxy = Proxy::start_with(
+        &peer.addr,
+        "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\n",
+    )
+    .await;
+    let mut evil = RawConn::connect(&proxy.bootstrap).await;
+    let mut body = common::request_frame(
+        ApiKey::Produce,
+        9,
+        1,
+        &ProduceRequest::default().with_acks(1),
+    )
+    .to_vec();
+    // Cut after timeout_ms; then a compact array count of 2^32 - 2.
+    let head = idemgate::codec::RequestHead::peek(&body).unwrap();
+    body.truncate(head.body_offset + 1 + 2 + 4);
+    body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+    evil.send_frame(&body).await;
+    let _ = evil.recv_frame().await;
+
+    let mut next = RawConn::connect(&proxy.bootstrap).await;
+    let resp: kafka_protocol::messages::ApiVersionsResponse = next
+        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .await;
+    assert_eq!(resp.error_code, 0, "the proxy still serves");
+}
+
 /// OAUTHBEARER client-first messages (RFC 7628) with unsigned JWTs whose
 /// `sub` is svc-a, svc-b and svc-c (the broker checks tokens; the proxy only
 /// reads the subject of one the broker accepted). The last carries a

@@ -191,6 +191,80 @@ pub fn produce_acks_and_timeout(
     Some((read_i16(frame, offset)?, read_i32(frame, offset + 2)?))
 }
 
+/// Produce (v3-13): whether every array count and every string and bytes
+/// length fits in the bytes left, so kafka-protocol may decode it.
+/// kafka-protocol 0.18 sizes an array's Vec from its count before reading
+/// one element: a 23-byte request claiming 2^32 - 2 topics made it ask for
+/// hundreds of GB, and the failed allocation aborted the whole process. A
+/// count larger than the bytes left cannot be a real message (every element
+/// takes at least one byte).
+pub fn produce_lengths_fit(frame: &[u8], body_offset: usize, version: i16) -> bool {
+    produce_walk(frame, body_offset, version).is_some()
+}
+
+fn produce_walk(frame: &[u8], body_offset: usize, version: i16) -> Option<usize> {
+    if !(3..=13).contains(&version) {
+        return None;
+    }
+    let flexible = version >= 9;
+    // transactional_id, acks, timeout_ms
+    let mut at = skip_string(frame, body_offset, flexible)? + 6;
+    let topics;
+    (topics, at) = array_count(frame, at, flexible)?;
+    for _ in 0..topics {
+        at = if version >= 13 {
+            at + 16 // topic_id
+        } else {
+            skip_string(frame, at, flexible)?
+        };
+        let partitions;
+        (partitions, at) = array_count(frame, at, flexible)?;
+        for _ in 0..partitions {
+            at = skip_bytes(frame, at + 4, flexible)?; // index, records
+            if flexible {
+                at = crate::codec::skip_tagged_fields(frame, at)?;
+            }
+        }
+        if flexible {
+            at = crate::codec::skip_tagged_fields(frame, at)?;
+        }
+    }
+    if flexible {
+        at = crate::codec::skip_tagged_fields(frame, at)?;
+    }
+    (at <= frame.len()).then_some(at)
+}
+
+/// An array's element count (null: 0) and where its first element starts;
+/// `None` if the count is negative (but for null) or more than the bytes
+/// left could hold.
+fn array_count(buf: &[u8], offset: usize, compact: bool) -> Option<(usize, usize)> {
+    let (count, next) = if compact {
+        let (n, next) = crate::codec::read_uvarint(buf, offset)?;
+        ((n as usize).saturating_sub(1), next)
+    } else {
+        let count = match read_i32(buf, offset)? {
+            -1 => 0,
+            n => usize::try_from(n).ok()?,
+        };
+        (count, offset + 4)
+    };
+    (count <= buf.len().saturating_sub(next)).then_some((count, next))
+}
+
+/// Skips nullable bytes (int32 length, or compact: uvarint length + 1).
+fn skip_bytes(buf: &[u8], offset: usize, compact: bool) -> Option<usize> {
+    let (len, next) = if compact {
+        let (n, next) = crate::codec::read_uvarint(buf, offset)?;
+        ((n as usize).saturating_sub(1), next)
+    } else {
+        let n = read_i32(buf, offset)?;
+        (usize::try_from(n.max(0)).ok()?, offset + 4)
+    };
+    let end = next.checked_add(len)?;
+    (end <= buf.len()).then_some(end)
+}
+
 /// Fetch: `max_wait_ms`. Before v15 a `replica_id` comes first.
 pub fn fetch_max_wait(frame: &[u8], body_offset: usize, version: i16) -> Option<i32> {
     read_i32(frame, body_offset + if version >= 15 { 0 } else { 4 })
@@ -291,6 +365,79 @@ mod tests {
         let frame = encode_request(api, version, 1, msg).unwrap();
         let head = crate::codec::RequestHead::peek(&frame).unwrap();
         (frame, head.body_offset)
+    }
+
+    /// A Produce request whose topic array claims `count` entries and
+    /// holds none: what made the decoder allocate hundreds of GB.
+    fn produce_claiming(version: i16, count: u32) -> Vec<u8> {
+        let (frame, at) = request_bytes(ApiKey::Produce, version, &ProduceRequest::default());
+        let mut out = frame[..at].to_vec();
+        let flexible = version >= 9;
+        if flexible {
+            out.push(0); // transactional_id: null
+        } else {
+            out.extend_from_slice(&(-1i16).to_be_bytes());
+        }
+        out.extend_from_slice(&1i16.to_be_bytes());
+        out.extend_from_slice(&1000i32.to_be_bytes());
+        if flexible {
+            let mut n = count.wrapping_add(1);
+            while n >= 0x80 {
+                out.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            out.push(n as u8);
+        } else {
+            out.extend_from_slice(&count.to_be_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn produce_lengths_past_the_frame_are_refused_before_decoding() {
+        for version in 3..=13 {
+            for count in [u32::MAX - 1, i32::MAX as u32, 1 << 20, 1] {
+                let frame = produce_claiming(version, count);
+                let at = crate::codec::RequestHead::peek(&frame).unwrap().body_offset;
+                assert!(
+                    !produce_lengths_fit(&frame, at, version),
+                    "v{version}: {count} topics in {} bytes",
+                    frame.len()
+                );
+            }
+            let empty = produce_claiming(version, 0);
+            let at = crate::codec::RequestHead::peek(&empty).unwrap().body_offset;
+            let mut whole = empty.clone();
+            if version >= 9 {
+                whole.push(0); // request tagged fields
+            }
+            assert!(produce_lengths_fit(&whole, at, version), "v{version}");
+        }
+    }
+
+    #[test]
+    fn real_produce_requests_fit_and_their_truncations_do_not() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto-tests/golden");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.starts_with("produce_request_") {
+                continue;
+            }
+            let frame = std::fs::read(&path).unwrap();
+            let head = crate::codec::RequestHead::peek(&frame).unwrap();
+            let (at, version) = (head.body_offset, head.api_version);
+            assert!(produce_lengths_fit(&frame, at, version), "{name}");
+            for cut in at..frame.len() {
+                assert!(
+                    !produce_lengths_fit(&frame[..cut], at, version),
+                    "{name} cut at {cut}"
+                );
+            }
+            seen += 1;
+        }
+        assert!(seen >= 10, "golden Produce requests: {seen}");
     }
 
     #[test]
