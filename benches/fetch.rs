@@ -56,7 +56,8 @@
 mod common;
 
 use common::{
-    cpu_seconds, create_topic, free_port, http_get, median, start_tansu, wait_port, JsonOut, Killed,
+    cpu_seconds, create_topic, free_port, http_get, median, start_tansu, wait_port, JsonOut,
+    Killed, Records,
 };
 
 use std::process::{Command, Stdio};
@@ -326,39 +327,6 @@ fn load_average() -> String {
 }
 
 // === The logs ===
-
-/// Every record's value, made from its id alone: record `id` is the same
-/// bytes however often it is written.
-struct Records {
-    size: usize,
-    values: Vec<u8>,
-    keys: Vec<String>,
-}
-
-impl Records {
-    fn new(count: usize, size: usize) -> Records {
-        let mut values = Vec::with_capacity(count * size);
-        for id in 0..count {
-            let mut v = common::json_value(id as u64, size);
-            v.resize(size, b' ');
-            values.extend_from_slice(&v[..size]);
-        }
-        Records {
-            size,
-            values,
-            keys: (0..1024).map(|i| format!("key-{i}")).collect(),
-        }
-    }
-
-    fn value(&self, id: u32) -> &[u8] {
-        let at = id as usize * self.size;
-        &self.values[at..at + self.size]
-    }
-
-    fn key(&self, id: u32) -> &str {
-        &self.keys[id as usize % self.keys.len()]
-    }
-}
 
 /// The record ids a log holds, in the order written: new chunks, and a
 /// `share` of the records copies of chunks written at least `distance`

@@ -59,7 +59,7 @@ mod common;
 
 use common::{
     cpu_seconds, create_topic, free_port, http_get, median, spawn_tansu, start_tansu, wait_port,
-    JsonOut, Killed,
+    JsonOut, Killed, Records,
 };
 
 use std::process::{Command, Stdio};
@@ -421,39 +421,6 @@ fn log_records(broker: &str, topic: &str) -> Option<i64> {
 }
 
 // === The records ===
-
-/// Every record's key and value, made from its id alone: record `id` is the
-/// same bytes however often it is sent.
-struct Records {
-    size: usize,
-    values: Vec<u8>,
-    keys: Vec<String>,
-}
-
-impl Records {
-    fn new(count: usize, size: usize) -> Records {
-        let mut values = Vec::with_capacity(count * size);
-        for id in 0..count {
-            let mut v = common::json_value(id as u64, size);
-            v.resize(size, b' ');
-            values.extend_from_slice(&v[..size]);
-        }
-        Records {
-            size,
-            values,
-            keys: (0..1024).map(|i| format!("key-{i}")).collect(),
-        }
-    }
-
-    fn value(&self, id: u32) -> &[u8] {
-        let at = id as usize * self.size;
-        &self.values[at..at + self.size]
-    }
-
-    fn key(&self, id: u32) -> &str {
-        &self.keys[id as usize % self.keys.len()]
-    }
-}
 
 /// What a run sends, in order: record ids, in chunks; a replayed chunk
 /// re-sends an earlier chunk's ids once that chunk is delivered.

@@ -250,3 +250,39 @@ impl JsonOut {
         writeln!(file, "{record}").expect("write the --json file");
     }
 }
+
+// === Records ===
+
+/// Every record's key and value, made from its id alone: record `id` is the
+/// same bytes however often it is sent or written.
+pub struct Records {
+    /// Bytes a value.
+    pub size: usize,
+    values: Vec<u8>,
+    keys: Vec<String>,
+}
+
+impl Records {
+    pub fn new(count: usize, size: usize) -> Records {
+        let mut values = Vec::with_capacity(count * size);
+        for id in 0..count {
+            let mut v = json_value(id as u64, size);
+            v.resize(size, b' ');
+            values.extend_from_slice(&v[..size]);
+        }
+        Records {
+            size,
+            values,
+            keys: (0..1024).map(|i| format!("key-{i}")).collect(),
+        }
+    }
+
+    pub fn value(&self, id: u32) -> &[u8] {
+        let at = id as usize * self.size;
+        &self.values[at..at + self.size]
+    }
+
+    pub fn key(&self, id: u32) -> &str {
+        &self.keys[id as usize % self.keys.len()]
+    }
+}
