@@ -162,6 +162,74 @@ async fn describe_cluster_and_metadata_carry_only_proxy_addresses() {
     );
 }
 
+/// Polls `/readyz` until `done` holds for its (status, body), for up to 20 s.
+async fn readyz_until(
+    admin: std::net::SocketAddr,
+    what: &str,
+    done: impl Fn(u16, &str) -> bool,
+) -> String {
+    let start = Instant::now();
+    loop {
+        let (status, body) = common::http_get(admin, "/readyz").await;
+        if done(status, &body) {
+            return body;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what} within 20 s; /readyz said {status} {body:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A broker port another process holds: the proxy reports it (not ready,
+/// a gauge, an error log) instead of handing out an address that refuses
+/// connections, and opens the listener once the port is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_broker_port_is_not_ready_until_it_frees() {
+    let broker = Tansu::start();
+    let store = tempfile::tempdir().unwrap();
+    let (text, _, admin) = Proxy::config_text(&broker.addr, store.path(), "", "", "");
+    let (port, _) = common::free_port_range(1);
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let at = text.find("broker_ports = ").unwrap();
+    let end = at + text[at..].find('\n').unwrap();
+    let text = format!(
+        "{}broker_ports = \"{port}-{port}\"{}",
+        &text[..at],
+        &text[end..]
+    );
+    let config = idemgate::config::Config::parse(&text).unwrap();
+    let running = idemgate::server::start(config).await.expect("proxy starts");
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+
+    let body = readyz_until(admin, "not ready for the taken port", |status, body| {
+        status == 503 && body.contains("port is taken")
+    })
+    .await;
+    assert!(!body.contains("upstream"), "only the port is wrong: {body}");
+    let (_, metrics) = common::http_get(admin, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "idemgate_broker_listeners_missing 1"),
+        "{metrics}"
+    );
+
+    drop(squatter);
+    readyz_until(admin, "ready once the port is free", |status, _| {
+        status == 200
+    })
+    .await;
+    let (_, metrics) = common::http_get(admin, "/metrics").await;
+    assert!(metrics
+        .lines()
+        .any(|l| l == "idemgate_broker_listeners_missing 0"));
+    let mut node = RawConn::connect(&format!("127.0.0.1:{port}")).await;
+    assert_alive(&mut node, 1).await;
+    running.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_fetch_wait_is_not_cut_by_the_base_timeout() {
     let broker = Tansu::start();

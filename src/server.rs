@@ -106,6 +106,9 @@ impl Shared {
         if self.metrics.upstream_up.load(Relaxed) != 1 {
             not.push("upstream not reachable");
         }
+        if self.metrics.broker_listeners_missing.load(Relaxed) > 0 {
+            not.push("a broker listener's port is taken");
+        }
         if self.config.dedup.enabled() && !self.window.is_loaded() {
             not.push("idempotency window not loaded");
         }
@@ -514,11 +517,15 @@ fn admit(shared: &Shared, ip: IpAddr) -> Result<Admission, Limit> {
     })
 }
 
-/// Opens a listener for every node the topology knows, as nodes appear.
+/// Opens a listener for every node the topology knows, as nodes appear. A
+/// port that cannot be bound (another process holds it) is tried again every
+/// second, and until then `/readyz` says not ready: a client the proxy
+/// sends to that broker would be refused.
 async fn broker_listeners(shared: Arc<Shared>) {
     let mut changed = shared.topology.subscribe();
     let mut bound: HashSet<i32> = HashSet::new();
     loop {
+        let mut missing = 0;
         for node in shared.topology.nodes() {
             if bound.contains(&node.node_id) {
                 continue;
@@ -535,15 +542,27 @@ async fn broker_listeners(shared: Arc<Shared>) {
                         Target::Node(node.node_id),
                     ));
                 }
-                // Tried again on the next topology change or probe.
                 Err(e) => {
-                    tracing::error!(node_id = node.node_id, %addr, error = %e, "cannot open broker listener")
+                    missing += 1;
+                    tracing::error!(
+                        node_id = node.node_id, %addr, error = %e,
+                        "cannot open broker listener; clients sent to this broker are refused until it opens (retried every second)"
+                    )
                 }
             }
         }
+        shared
+            .metrics
+            .broker_listeners_missing
+            .store(missing, Relaxed);
+        let wait = if missing > 0 {
+            Duration::from_secs(1).min(shared.config.upstream.metadata_refresh)
+        } else {
+            shared.config.upstream.metadata_refresh
+        };
         tokio::select! {
             r = changed.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(shared.config.upstream.metadata_refresh) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
     }
 }

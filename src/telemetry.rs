@@ -126,6 +126,8 @@ pub struct Metrics {
     /// refused before authentication by a SASL listener).
     pub upstream_up: AtomicI64,
     pub broker_listeners: AtomicI64,
+    /// Known brokers whose listener could not be opened (port taken).
+    pub broker_listeners_missing: AtomicI64,
     /// Client TLS handshakes that failed or timed out.
     pub tls_handshake_failures: AtomicU64,
     /// TLS file reloads, and reloads that failed (the old files stay in use).
@@ -496,6 +498,7 @@ impl Metrics {
             address_leaks: AtomicU64::new(0),
             upstream_up: AtomicI64::new(0),
             broker_listeners: AtomicI64::new(0),
+            broker_listeners_missing: AtomicI64::new(0),
             tls_handshake_failures: AtomicU64::new(0),
             tls_reloads: AtomicU64::new(0),
             tls_reload_failures: AtomicU64::new(0),
@@ -665,6 +668,12 @@ impl Metrics {
             "idemgate_broker_listeners",
             "Per-broker listeners open.",
             self.broker_listeners.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "idemgate_broker_listeners_missing",
+            "Known brokers whose listener could not be opened (its port is taken): clients sent there are refused, and /readyz says not ready.",
+            self.broker_listeners_missing.load(Relaxed),
         );
         counter(
             &mut out,
