@@ -1,8 +1,9 @@
 //! The fault suite: the proxy killed with SIGKILL while source tasks stream
-//! and replay. A real tansu, the idemgate binary, real librdkafka producers
-//! playing Kafka Connect source tasks. Every case ends with an exact
-//! comparison of what the broker holds (read straight from tansu, never
-//! through the proxy) against what the clients sent and were told
+//! and replay, and an upstream that hangs up mid-request or answers past the
+//! client's timeout. A real tansu, the idemgate binary, real librdkafka
+//! producers playing Kafka Connect source tasks. Every case ends with an
+//! exact comparison of what the broker holds (read straight from tansu,
+//! never through the proxy) against what the clients sent and were told
 //! ([`compare`]).
 //!
 //! `scripts/faults` runs it. `IDEMGATE_FAULT_KILLS` sets the number of
@@ -18,7 +19,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{create_topic, http_get, Proxy, ProxyProcess, Tansu};
+use bytes::Bytes;
+use common::{create_topic, http_get, metric_value, Proxy, ProxyProcess, Tansu};
+use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader};
+use kafka_protocol::protocol::Decodable;
+use kafka_protocol::records::RecordBatchDecoder;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -28,6 +33,8 @@ use rdkafka::producer::{
     BaseRecord, FutureProducer, FutureRecord, Producer, ProducerContext, ThreadedProducer,
 };
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 /// Partitions of each case's topic.
 const PARTITIONS: i32 = 4;
@@ -989,6 +996,420 @@ async fn sigkill_at_random_points_loses_nothing() {
         verdict.held_to_once > 0,
         "no replay reached back past the flush policy: the run checked no drop"
     );
+}
+
+// === Case 2: an upstream that hangs up mid-request or answers late ===
+
+/// The client's `socket.timeout.ms` in case 2 (librdkafka times a Produce
+/// out after it, closes the connection and sends the batch again).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What the relay does to one Produce request for the topic under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Pass,
+    /// Hang up both connections as soon as the request is forwarded: the
+    /// broker may or may not have written it.
+    HangUpAfterRequest,
+    /// The broker wrote the batch and answered; the answer is dropped and
+    /// both connections closed.
+    HangUpBeforeAnswer,
+    /// The answer is passed on this late: past the client's timeout, and
+    /// sometimes past the proxy's own deadline for it.
+    Hold(Duration),
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Pass => "pass",
+            Fault::HangUpAfterRequest => "hang up after the request",
+            Fault::HangUpBeforeAnswer => "hang up before the answer",
+            Fault::Hold(d) if d < PROXY_DEADLINE => "answer after the client's timeout",
+            Fault::Hold(_) => "answer after the proxy's deadline",
+        }
+    }
+}
+
+/// An answer the broker took this long for (half the client's timeout) is
+/// treated as a fault the relay did not inject.
+const SLOW_ANSWER: Duration = Duration::from_millis(1500);
+
+/// The proxy's deadline for a Produce answer in case 2: the request's own
+/// `timeout_ms` (the client's `request.timeout.ms`) + `upstream.request_timeout`.
+const PROXY_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Picks faults for Produce requests, `budget` in all, one in `1 / p`.
+struct FaultPlan {
+    rng: Rng,
+    p: f64,
+    budget: usize,
+}
+
+impl FaultPlan {
+    fn next(&mut self) -> Fault {
+        if self.budget == 0 || !self.rng.chance(self.p) {
+            return Fault::Pass;
+        }
+        self.budget -= 1;
+        match self.rng.next() % 4 {
+            0 => Fault::HangUpAfterRequest,
+            1 => Fault::HangUpBeforeAnswer,
+            // Past the client's timeout (3 s), short of the proxy's (5 s).
+            2 => Fault::Hold(self.rng.between(
+                CLIENT_TIMEOUT + Duration::from_millis(300),
+                PROXY_DEADLINE - Duration::from_millis(300),
+            )),
+            _ => Fault::Hold(self.rng.between(
+                PROXY_DEADLINE + Duration::from_millis(500),
+                PROXY_DEADLINE + Duration::from_secs(2),
+            )),
+        }
+    }
+}
+
+/// What the relay saw and did.
+#[derive(Debug, Default)]
+struct RelayLog {
+    /// Copies of each record forwarded to the broker.
+    forwarded: HashMap<RecordId, usize>,
+    /// Forwarded copies whose request then met a fault.
+    faulted: HashMap<RecordId, usize>,
+    /// Faults injected, by kind, and the records their requests carried.
+    faults: BTreeMap<&'static str, (usize, usize)>,
+}
+
+/// A byte-level relay between the proxy and tansu (tansu advertises the
+/// relay's address, so every broker connection of the proxy goes through
+/// it) that injects [`Fault`]s into Produce requests for one topic.
+struct FaultRelay {
+    log: Arc<Mutex<RelayLog>>,
+    plan: Arc<Mutex<FaultPlan>>,
+}
+
+impl FaultRelay {
+    async fn start(
+        listener: TcpListener,
+        upstream: String,
+        topic: &str,
+        plan: FaultPlan,
+    ) -> FaultRelay {
+        let relay = FaultRelay {
+            log: Arc::default(),
+            plan: Arc::new(Mutex::new(plan)),
+        };
+        let (log, plan, topic) = (relay.log.clone(), relay.plan.clone(), topic.to_string());
+        tokio::spawn(async move {
+            while let Ok((proxy_side, _)) = listener.accept().await {
+                let (log, plan) = (log.clone(), plan.clone());
+                let (upstream, topic) = (upstream.clone(), topic.clone());
+                tokio::spawn(relay_connection(proxy_side, upstream, topic, plan, log));
+            }
+        });
+        relay
+    }
+
+    fn faults_left(&self) -> usize {
+        self.plan.lock().unwrap().budget
+    }
+}
+
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await.ok()?;
+    let mut body = vec![0u8; usize::try_from(i32::from_be_bytes(len)).ok()?];
+    r.read_exact(&mut body).await.ok()?;
+    Some(body)
+}
+
+async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> Option<()> {
+    w.write_all(&(body.len() as i32).to_be_bytes()).await.ok()?;
+    w.write_all(body).await.ok()
+}
+
+/// A Produce request's correlation id and the records it carries for `topic`.
+fn produce_records(frame: &[u8], topic: &str) -> Option<(i32, Vec<RecordId>)> {
+    let api_key = i16::from_be_bytes(frame.get(..2)?.try_into().ok()?);
+    if api_key != ApiKey::Produce as i16 {
+        return None;
+    }
+    let version = i16::from_be_bytes(frame.get(2..4)?.try_into().ok()?);
+    let mut buf = Bytes::copy_from_slice(frame);
+    let header =
+        RequestHeader::decode(&mut buf, ApiKey::Produce.request_header_version(version)).ok()?;
+    let request = ProduceRequest::decode(&mut buf, version).ok()?;
+    let mut ids = Vec::new();
+    for t in request
+        .topic_data
+        .iter()
+        .filter(|t| t.name.as_str() == topic)
+    {
+        for p in &t.partition_data {
+            let Some(mut records) = p.records.clone() else {
+                continue;
+            };
+            for set in
+                RecordBatchDecoder::decode_all(&mut records).expect("a batch the relay can read")
+            {
+                // Tasks' records only (the end markers come this way too).
+                ids.extend(
+                    set.records.iter().filter_map(|r| {
+                        RecordId::parse(std::str::from_utf8(r.key.as_deref()?).ok()?)
+                    }),
+                );
+            }
+        }
+    }
+    (!ids.is_empty()).then_some((header.correlation_id, ids))
+}
+
+/// A Produce request the relay forwarded, awaiting its answer.
+struct Forwarded {
+    fault: Fault,
+    at: Instant,
+    ids: Vec<RecordId>,
+}
+
+/// One broker connection of the proxy, through the relay: requests go on as
+/// they come; answers go back in order, unless their request's fault says
+/// otherwise. Ending either direction drops both sockets.
+async fn relay_connection(
+    proxy_side: TcpStream,
+    upstream: String,
+    topic: String,
+    plan: Arc<Mutex<FaultPlan>>,
+    log: Arc<Mutex<RelayLog>>,
+) {
+    let Ok(broker_side) = TcpStream::connect(&upstream).await else {
+        return;
+    };
+    let (mut from_proxy, mut to_proxy) = proxy_side.into_split();
+    let (mut from_broker, mut to_broker) = broker_side.into_split();
+    let faults: Mutex<HashMap<i32, Forwarded>> = Mutex::default();
+    let requests = async {
+        loop {
+            let frame = read_frame(&mut from_proxy).await?;
+            let mut fault = Fault::Pass;
+            if let Some((correlation_id, ids)) = produce_records(&frame, &topic) {
+                fault = plan.lock().unwrap().next();
+                let mut log = log.lock().unwrap();
+                for id in &ids {
+                    *log.forwarded.entry(*id).or_insert(0) += 1;
+                    if fault != Fault::Pass {
+                        *log.faulted.entry(*id).or_insert(0) += 1;
+                    }
+                }
+                if fault != Fault::Pass {
+                    let kind = log.faults.entry(fault.name()).or_default();
+                    kind.0 += 1;
+                    kind.1 += ids.len();
+                }
+                let forwarded = Forwarded {
+                    fault,
+                    at: Instant::now(),
+                    ids,
+                };
+                faults.lock().unwrap().insert(correlation_id, forwarded);
+            }
+            write_frame(&mut to_broker, &frame).await?;
+            if fault == Fault::HangUpAfterRequest {
+                return None::<()>;
+            }
+        }
+    };
+    let answers = async {
+        loop {
+            let frame = read_frame(&mut from_broker).await?;
+            let correlation_id = i32::from_be_bytes(frame.get(..4)?.try_into().ok()?);
+            let request = faults.lock().unwrap().remove(&correlation_id);
+            match request {
+                Some(Forwarded {
+                    fault: Fault::HangUpBeforeAnswer,
+                    ..
+                }) => return None::<()>,
+                Some(Forwarded {
+                    fault: Fault::Hold(d),
+                    ..
+                }) => tokio::time::sleep(d).await,
+                // A busy machine can make an answer late with no help from
+                // the relay: the client's retry is then as legitimate as
+                // after an injected fault, and is counted as one.
+                Some(Forwarded {
+                    fault: Fault::Pass,
+                    at,
+                    ids,
+                }) if at.elapsed() > SLOW_ANSWER => {
+                    let mut log = log.lock().unwrap();
+                    for id in &ids {
+                        *log.faulted.entry(*id).or_insert(0) += 1;
+                    }
+                    let kind = log.faults.entry("slow answer, not injected").or_default();
+                    kind.0 += 1;
+                    kind.1 += ids.len();
+                }
+                _ => {}
+            }
+            write_frame(&mut to_proxy, &frame).await?;
+        }
+    };
+    tokio::select! {
+        _ = requests => {}
+        _ = answers => {}
+    }
+}
+
+/// Tasks stream through the proxy while the relay between the proxy and
+/// tansu hangs up mid-request and holds answers past the client's timeout
+/// (and past the proxy's own deadline). librdkafka sends those batches
+/// again: retries, not replays. Nothing acknowledged may be lost; a record
+/// may be in the log once more for each faulted request that carried it,
+/// and never otherwise; the proxy drops only retries of faulted requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_faults_lose_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let seed = seed();
+    println!("upstream faults: IDEMGATE_FAULT_SEED={seed}");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_port = listener.local_addr().unwrap().port();
+    let broker = Tansu::start_advertising(Some(relay_port));
+    let topic = "faults-upstream";
+    let faults = 12;
+    let relay = FaultRelay::start(
+        listener,
+        broker.addr.clone(),
+        topic,
+        FaultPlan {
+            rng: Rng(seed),
+            p: 0.06,
+            budget: faults,
+        },
+    )
+    .await;
+    // Through the relay: the broker sends its clients there.
+    create_topic(&broker.addr, topic, PARTITIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay_addr = format!("127.0.0.1:{relay_port}");
+    let (config, bootstrap, admin) = proxy_config(
+        dir.path(),
+        &relay_addr,
+        &format!(
+            "request_timeout = \"{}ms\"",
+            (PROXY_DEADLINE - CLIENT_TIMEOUT).as_millis()
+        ),
+        // A retry that finds its first attempt still in flight waits 1 s
+        // for it (well under the client's timeout), then goes as it came.
+        &format!(
+            "pending_wait = \"1s\"\n[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n"
+        ),
+    );
+    let proxy = ProxyProcess::start(&config, bootstrap, admin).await;
+
+    let t0 = Instant::now();
+    let tasks = tasks(seed);
+    let producers: Vec<TaskProducer> = tasks
+        .iter()
+        .map(|t| t.start(&proxy.bootstrap, 0, CLIENT_TIMEOUT))
+        .collect();
+    // Stream until every fault was injected (and a little more).
+    let started = Instant::now();
+    let mut fresh = 0;
+    let mut done_at = None;
+    while done_at.is_none_or(|d: Instant| d.elapsed() < Duration::from_secs(2)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "{} faults never injected",
+            relay.faults_left()
+        );
+        if done_at.is_none() && relay.faults_left() == 0 {
+            done_at = Some(Instant::now());
+        }
+        let due = (started.elapsed().as_secs_f64() * RATE) as usize;
+        if fresh < due {
+            for (task, producer) in tasks.iter().zip(&producers) {
+                if task.outstanding() < MAX_OUTSTANDING {
+                    task.send(producer, topic, task.next_new());
+                }
+            }
+            fresh += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let settled = tasks.clone();
+    tokio::task::spawn_blocking(move || {
+        for (task, producer) in settled.iter().zip(&producers) {
+            task.settle(producer, Duration::from_secs(120));
+        }
+    })
+    .await
+    .unwrap();
+    let took = t0.elapsed();
+    let text = metrics(proxy.admin).await;
+    let log_tail = proxy.log_tail(30);
+    proxy.stop().await;
+
+    let rows = read_log(&broker.addr, topic).await;
+    let sent = ledger(&tasks);
+    let relay_log = std::mem::take(&mut *relay.log.lock().unwrap());
+    let faulted = |id: RecordId| relay_log.faulted.get(&id).copied().unwrap_or(0);
+    let verdict = compare(
+        &sent,
+        &rows,
+        |id, _| faulted(id),
+        |id, _| {
+            format!(
+                "forwarded {} times, {} of them in faulted requests",
+                relay_log.forwarded.get(&id).copied().unwrap_or(0),
+                faulted(id)
+            )
+        },
+    );
+    let mut problems = verdict.problems.clone();
+    // The proxy forwards a record again only as a retry of a faulted request.
+    for (id, n) in &relay_log.forwarded {
+        if *n > 1 + faulted(*id) {
+            problems.push(format!(
+                "{id} forwarded {n} times, only {} of them faulted",
+                faulted(*id)
+            ));
+        }
+    }
+    // What the proxy dropped: records it saw and did not forward. Each is a
+    // client's retry, and a client retries only a faulted request.
+    let mut seen = 0.0;
+    let mut dropped = 0.0;
+    for task in ["orders", "events"] {
+        let series = |name: &str| {
+            format!("{name}{{connector=\"{task}\",topic=\"{topic}\",direction=\"produce\"}}")
+        };
+        seen += metric_value(&text, &series("idemgate_records_total"));
+        dropped += metric_value(&text, &series("idemgate_duplicates_dropped_total"));
+    }
+    let forwarded: usize = relay_log.forwarded.values().sum();
+    let faulted_total: usize = relay_log.faulted.values().sum();
+    let unchecked = fail_open(&text);
+    println!(
+        "upstream faults: {took:.1?} (seed {seed}); faults {:?} (requests, records); {}; the \
+         proxy saw {seen} records, forwarded {forwarded} ({faulted_total} of them in faulted \
+         requests), dropped {dropped}; forwarded unchecked {unchecked:?}",
+        relay_log.faults,
+        verdict.summary(),
+    );
+    if dropped > faulted_total as f64 {
+        problems.push(format!(
+            "the proxy dropped {dropped} records, more than the {faulted_total} forwarded in faulted requests"
+        ));
+    }
+    if seen != forwarded as f64 + dropped {
+        problems.push(format!(
+            "the proxy saw {seen} records: not the {forwarded} forwarded + {dropped} dropped"
+        ));
+    }
+    Verdict {
+        problems,
+        ..verdict
+    }
+    .assert_clean(&format!("seed {seed}; proxy log:\n{log_tail}"));
 }
 
 // === The comparison, checked ===
