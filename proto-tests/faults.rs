@@ -1,10 +1,10 @@
 //! The fault suite: the proxy killed with SIGKILL while source tasks stream
-//! and replay, and an upstream that hangs up mid-request or answers past the
-//! client's timeout. A real tansu, the idemgate binary, real librdkafka
-//! producers playing Kafka Connect source tasks. Every case ends with an
-//! exact comparison of what the broker holds (read straight from tansu,
-//! never through the proxy) against what the clients sent and were told
-//! ([`compare`]).
+//! and replay, an upstream that hangs up mid-request or answers past the
+//! client's timeout, and a store that stops taking writes. A real tansu, the
+//! idemgate binary, real librdkafka producers playing Kafka Connect source
+//! tasks. Every case ends with an exact comparison of what the broker holds
+//! (read straight from tansu, never through the proxy) against what the
+//! clients sent and were told ([`compare`]).
 //!
 //! `scripts/faults` runs it. `IDEMGATE_FAULT_KILLS` sets the number of
 //! SIGKILLs (50 by default: the form CI runs; `scripts/faults --kills 1000`
@@ -1410,6 +1410,130 @@ async fn upstream_faults_lose_nothing() {
         ..verdict
     }
     .assert_clean(&format!("seed {seed}; proxy log:\n{log_tail}"));
+}
+
+// === Case 3: a store that stops taking writes ===
+
+/// The store's files become unwritable under a running proxy: its
+/// RLIMIT_FSIZE is lowered to one byte with `prlimit` (no privilege needed
+/// for one's own processes; `chmod` would not stop root), with SIGXFSZ
+/// ignored (by the shell that execs the proxy; an ignored signal stays
+/// ignored across exec) so that writes fail with EFBIG, as they would with
+/// ENOSPC on a full disk. The proxy must keep serving and fail open: forward
+/// what it cannot record, count it in
+/// `idemgate_dedup_fail_open_total{reason="store_error"}` (the documented
+/// alert), and never drop a record whose key it has not seen acknowledged.
+/// `/readyz` is printed, not checked: it is documented to test that the
+/// store reads, which it still does, and a 503 would take a single central
+/// replica out of its Service, the opposite of failing open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_store_fails_open() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let broker = Tansu::start();
+    let topic = "faults-store";
+    create_topic(&broker.addr, topic, PARTITIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let flush = Duration::from_millis(100);
+    let (config, bootstrap, admin) = proxy_config(
+        dir.path(),
+        &broker.addr,
+        "",
+        &format!(
+            "flush_interval = \"{}ms\"\n[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n",
+            flush.as_millis()
+        ),
+    );
+    let mut wrapped = std::process::Command::new("sh");
+    wrapped
+        .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_idemgate"))
+        .args(["run", "--config"])
+        .arg(&config);
+    let proxy = ProxyProcess::spawn(wrapped, &config, bootstrap, admin).await;
+    let task = Task::new(0, "connector-producer-store-0", 0);
+    let (before, during, after) = (0..500, 500..1000, 1000..1500);
+    let run = |instance: u64, bootstrap: String, range: std::ops::Range<usize>| {
+        let task = task.clone();
+        tokio::task::spawn_blocking(move || {
+            let producer = task.start(&bootstrap, instance, Duration::from_secs(30));
+            for index in range {
+                task.send(&producer, topic, index);
+            }
+            task.settle(&producer, Duration::from_secs(120));
+        })
+    };
+
+    // 1. Acknowledged, recorded, and on disk.
+    run(0, proxy.bootstrap.clone(), before.clone())
+        .await
+        .unwrap();
+    tokio::time::sleep(flush * 5).await;
+    // 2. The disk refuses every write from now on: these keys may still get
+    // into sled's memory before its next write fails.
+    let limited = std::process::Command::new("prlimit")
+        .args(["--pid", &proxy.pid().to_string(), "--fsize=1:1"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(limited.success(), "prlimit: {limited}");
+    run(1, proxy.bootstrap.clone(), during.clone())
+        .await
+        .unwrap();
+    tokio::time::sleep(flush * 5).await;
+    // 3. Past the failed write: new records must still go through.
+    run(2, proxy.bootstrap.clone(), after.clone())
+        .await
+        .unwrap();
+    // 4. The task restarts and replays everything.
+    run(3, proxy.bootstrap.clone(), before.start..after.end)
+        .await
+        .unwrap();
+    let text = metrics(proxy.admin).await;
+    let ready = http_get(proxy.admin, "/readyz").await;
+    let log_tail = proxy.log_tail(30);
+    // 5. A new process on the same store, writable again; the task replays again.
+    proxy.kill9();
+    let proxy = ProxyProcess::start(&config, bootstrap, admin).await;
+    run(4, proxy.bootstrap.clone(), before.start..after.end)
+        .await
+        .unwrap();
+    proxy.stop().await;
+
+    let rows = read_log(&broker.addr, topic).await;
+    let sent = ledger(std::slice::from_ref(&task));
+    // Acknowledged once the disk refused writes: the key may be unknown to
+    // each later replay (steps 4 and 5).
+    let unwritable = before.end..after.end;
+    let verdict = compare(
+        &sent,
+        &rows,
+        |id, _| if unwritable.contains(&id.index) { 2 } else { 0 },
+        |id, _| {
+            format!(
+                "first sent {} the disk refused writes",
+                if unwritable.contains(&id.index) {
+                    "after"
+                } else {
+                    "before"
+                }
+            )
+        },
+    );
+    let unchecked = fail_open(&text);
+    println!(
+        "unwritable store: {}; forwarded unchecked {unchecked:?}; /readyz {} {:?}",
+        verdict.summary(),
+        ready.0,
+        ready.1.trim()
+    );
+    verdict.assert_clean(&format!("proxy log:\n{log_tail}"));
+    // Every record first acknowledged after the failed write (step 3), and
+    // its replay (step 4), went through unrecorded and was counted.
+    let store_errors = unchecked.get("store_error").copied().unwrap_or(0.0);
+    assert!(
+        store_errors >= 2.0 * after.len() as f64,
+        "store_error counted {store_errors} records, not every one acknowledged after the \
+         failure: {unchecked:?}; proxy log:\n{log_tail}"
+    );
 }
 
 // === The comparison, checked ===
