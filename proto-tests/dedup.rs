@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{client_config, create_topic, http_get, Proxy, Tansu};
+use common::{client_config, create_topic, http_get, Proxy, ProxyProcess, Tansu};
 use idemgate::config::Config;
 use idemgate::server::{self, Running};
 use rdkafka::config::ClientConfig;
@@ -1229,72 +1229,6 @@ async fn proxy_restart_keeps_the_window() {
     )
     .await;
     b.running.shutdown().await;
-}
-
-/// The `idemgate` binary, as an operator runs it.
-struct ProxyProcess {
-    child: std::process::Child,
-    bootstrap: String,
-    admin: SocketAddr,
-}
-
-impl ProxyProcess {
-    async fn start(config: &std::path::Path, bootstrap: u16, admin: u16) -> ProxyProcess {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_idemgate"))
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start idemgate");
-        let proxy = ProxyProcess {
-            child,
-            bootstrap: format!("127.0.0.1:{bootstrap}"),
-            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
-        };
-        common::wait_for_port(&proxy.bootstrap, Duration::from_secs(20));
-        let start = Instant::now();
-        while http_get(proxy.admin, "/readyz").await.0 != 200 {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "proxy not ready within 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        proxy
-    }
-
-    /// SIGTERM (drain, flush the store), then waits for a clean exit.
-    async fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        let killed = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let status = tokio::task::spawn_blocking(move || {
-            let start = Instant::now();
-            loop {
-                if let Some(status) = self.child.try_wait().unwrap() {
-                    return status;
-                }
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "did not exit after SIGTERM"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-        .await
-        .unwrap();
-        assert!(status.success(), "exit status {status:?}");
-    }
-
-    /// SIGKILL: no drain, no final flush.
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
 }
 
 /// SIGKILL after the flush interval has passed: every acknowledged key is on

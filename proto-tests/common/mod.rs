@@ -9,7 +9,7 @@
 pub mod fetch_sessions;
 
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -292,6 +292,124 @@ impl Proxy {
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
+        }
+    }
+}
+
+/// The `idemgate` binary, as an operator runs it. Its log (stderr) is
+/// appended to `<config>.log`, through a pipe, so that a store made
+/// unwritable under it cannot silence its log, and a failing test can show it.
+pub struct ProxyProcess {
+    child: Child,
+    pub bootstrap: String,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl ProxyProcess {
+    /// Starts `idemgate run --config CONFIG` and waits until `/readyz` says
+    /// ready (the window loaded); `bootstrap` and `admin` are the ports in CONFIG.
+    pub async fn start(config: &Path, bootstrap: u16, admin: u16) -> ProxyProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_idemgate"));
+        command.args(["run", "--config"]).arg(config);
+        Self::spawn(command, config, bootstrap, admin).await
+    }
+
+    /// [`start`](Self::start) with a command of the caller's (a wrapper
+    /// that changes the process's limits or signals, then execs idemgate).
+    pub async fn spawn(
+        mut command: Command,
+        config: &Path,
+        bootstrap: u16,
+        admin: u16,
+    ) -> ProxyProcess {
+        let log = config.with_extension("log");
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start idemgate");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("proxy log file");
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut file));
+        let mut proxy = ProxyProcess {
+            child,
+            bootstrap: format!("127.0.0.1:{bootstrap}"),
+            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+            log,
+        };
+        // Generous: the machine may be busy with other builds and tests.
+        let limit = Duration::from_secs(60);
+        let start = Instant::now();
+        while http_get(proxy.admin, "/readyz").await.0 != 200
+            || StdStream::connect(&proxy.bootstrap).is_err()
+        {
+            if let Some(status) = proxy.child.try_wait().unwrap() {
+                panic!(
+                    "idemgate exited ({status}); its log:\n{}",
+                    proxy.log_tail(40)
+                );
+            }
+            assert!(
+                start.elapsed() < limit,
+                "proxy not ready within {limit:?}; its log:\n{}",
+                proxy.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        proxy
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last `lines` lines of the log (of every run on this config).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// SIGTERM (drain, flush the store), then waits for a clean exit.
+    pub async fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(killed.success());
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "did not exit after SIGTERM; its log:\n{}",
+                self.log_tail(40)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(status.success(), "exit status {status:?}");
+    }
+
+    /// SIGKILL: no drain, no final flush. Returns when the signal was sent.
+    pub fn kill9(mut self) -> Instant {
+        let at = Instant::now();
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        at
+    }
+}
+
+/// A test that fails midway leaves no proxy running behind it.
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
