@@ -1423,9 +1423,9 @@ async fn upstream_faults_lose_nothing() {
 /// what it cannot record, count it in
 /// `idemgate_dedup_fail_open_total{reason="store_error"}` (the documented
 /// alert), and never drop a record whose key it has not seen acknowledged.
-/// `/readyz` is printed, not checked: it is documented to test that the
-/// store reads, which it still does, and a 503 would take a single central
-/// replica out of its Service, the opposite of failing open.
+/// `/readyz` stays 200 (a 503 would take every central replica with the
+/// same full disk out of its Service, the opposite of failing open) and says
+/// the proxy is degraded; `idemgate_store_writable` drops to 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwritable_store_fails_open() {
     let _alone = ONE_AT_A_TIME.lock().await;
@@ -1490,9 +1490,19 @@ async fn unwritable_store_fails_open() {
     let text = metrics(proxy.admin).await;
     let ready = http_get(proxy.admin, "/readyz").await;
     let log_tail = proxy.log_tail(30);
+    assert_eq!(metric_value(&text, "idemgate_store_writable"), 0.0);
+    assert!(
+        ready.0 == 200 && ready.1.contains("degraded: the store refuses writes"),
+        "/readyz {ready:?}"
+    );
     // 5. A new process on the same store, writable again; the task replays again.
     proxy.kill9();
     let proxy = ProxyProcess::start(&config, bootstrap, admin).await;
+    assert_eq!(
+        metric_value(&metrics(proxy.admin).await, "idemgate_store_writable"),
+        1.0
+    );
+    assert_eq!(http_get(proxy.admin, "/readyz").await.1, "ready\n");
     run(4, proxy.bootstrap.clone(), before.start..after.end)
         .await
         .unwrap();

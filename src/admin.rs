@@ -303,7 +303,17 @@ fn route(method: &str, path: &str, query: &str, shared: &Shared) -> (u16, &'stat
     match path {
         "/healthz" => (200, TEXT, "ok\n".into()),
         "/readyz" => match shared.readiness() {
-            Ok(()) => (200, TEXT, "ready\n".into()),
+            // Still ready: failing open (forwarding unrecorded) keeps the
+            // Kafka path up, where a 503 would take every replica of a
+            // central tier with the same full disk out of its Service.
+            Ok(()) => match shared.store.write_failure() {
+                Some(e) => (
+                    200,
+                    TEXT,
+                    format!("ready, degraded: the store refuses writes ({e}); records pass unrecorded until idemgate restarts\n"),
+                ),
+                None => (200, TEXT, "ready\n".into()),
+            },
             Err(why) => (503, TEXT, format!("not ready: {}\n", why.join(", "))),
         },
         "/connections" => (200, "application/json", connections_json(shared)),
@@ -317,6 +327,10 @@ fn route(method: &str, path: &str, query: &str, shared: &Shared) -> (u16, &'stat
             200,
             "text/plain; version=0.0.4; charset=utf-8",
             {
+                shared.metrics.store_writable.store(
+                    i64::from(shared.store.write_failure().is_none()),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 let mut text = shared.metrics.render();
                 shared.quotas.render(&mut text);
                 text

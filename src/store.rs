@@ -28,6 +28,9 @@ pub struct Store {
     segments: sled::Tree,
     /// Sequence translation points of idempotent producers.
     sequences: sled::Tree,
+    /// The first write that failed (disk full, read-only, I/O error). sled
+    /// refuses every write after one fails, until the process restarts.
+    write_failure: std::sync::OnceLock<String>,
 }
 
 /// sled wants some cache to work with; `[dedup] store_cache` refuses less.
@@ -77,14 +80,33 @@ impl Store {
             topology,
             segments,
             sequences,
+            write_failure: std::sync::OnceLock::new(),
         })
+    }
+
+    /// A failed write, remembered for `/readyz` and `idemgate_store_writable`.
+    fn write_err(&self, e: sled::Error) -> Error {
+        let message = e.to_string();
+        if self.write_failure.set(message.clone()).is_ok() {
+            tracing::error!(
+                error = %message,
+                "the store refused a write: keys are no longer recorded and their replays will pass \
+                 (idemgate_dedup_fail_open_total{{reason=\"store_error\"}}); free the space, then restart idemgate"
+            );
+        }
+        Error::Store(message)
+    }
+
+    /// The first write the store refused, if any.
+    pub fn write_failure(&self) -> Option<&str> {
+        self.write_failure.get().map(String::as_str)
     }
 
     pub fn put_segment(&self, id: u64, value: &[u8]) -> Result<(), Error> {
         self.segments
             .insert(id.to_be_bytes(), value)
             .map(drop)
-            .map_err(store_err)
+            .map_err(|e| self.write_err(e))
     }
 
     pub fn segment(&self, id: u64) -> Result<Option<sled::IVec>, Error> {
@@ -95,7 +117,7 @@ impl Store {
         self.segments
             .remove(id.to_be_bytes())
             .map(drop)
-            .map_err(store_err)
+            .map_err(|e| self.write_err(e))
     }
 
     /// Segments from the oldest, starting at `from`.
@@ -133,13 +155,16 @@ impl Store {
     /// forwards the batch as it came, and a retry must not find a decision
     /// that was never acted on.
     pub async fn put_sequence_state_durably(&self, key: &[u8], value: &[u8]) -> Result<(), Error> {
-        let previous = self.sequences.insert(key, value).map_err(store_err)?;
+        let previous = self
+            .sequences
+            .insert(key, value)
+            .map_err(|e| self.write_err(e))?;
         if let Err(e) = self.sequences.flush_async().await {
             let _ = match previous {
                 Some(v) => self.sequences.insert(key, v).map(drop),
                 None => self.sequences.remove(key).map(drop),
             };
-            return Err(store_err(e));
+            return Err(self.write_err(e));
         }
         Ok(())
     }
@@ -151,7 +176,7 @@ impl Store {
 
     /// Writes everything to disk now, blocking.
     pub fn flush_now(&self) -> Result<(), Error> {
-        self.db.flush().map(drop).map_err(store_err)
+        self.db.flush().map(drop).map_err(|e| self.write_err(e))
     }
 
     /// Every broker the proxy has ever given a port, by node id.
@@ -187,19 +212,14 @@ impl Store {
         value.extend_from_slice(node.upstream.as_bytes());
         self.topology
             .insert(node.node_id.to_be_bytes(), value)
-            .map_err(|e| Error::Store(e.to_string()))?;
-        self.topology
-            .flush()
-            .map_err(|e| Error::Store(e.to_string()))?;
+            .map_err(|e| self.write_err(e))?;
+        self.topology.flush().map_err(|e| self.write_err(e))?;
         Ok(())
     }
 
     /// Writes everything to disk; called on shutdown.
     pub async fn flush(&self) -> Result<(), Error> {
-        self.db
-            .flush_async()
-            .await
-            .map_err(|e| Error::Store(e.to_string()))?;
+        self.db.flush_async().await.map_err(|e| self.write_err(e))?;
         Ok(())
     }
 

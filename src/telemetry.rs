@@ -128,6 +128,8 @@ pub struct Metrics {
     pub broker_listeners: AtomicI64,
     /// Known brokers whose listener could not be opened (port taken).
     pub broker_listeners_missing: AtomicI64,
+    /// 0 once the store refused a write (set when `/metrics` is read).
+    pub store_writable: AtomicI64,
     /// Client TLS handshakes that failed or timed out.
     pub tls_handshake_failures: AtomicU64,
     /// TLS file reloads, and reloads that failed (the old files stay in use).
@@ -499,6 +501,7 @@ impl Metrics {
             upstream_up: AtomicI64::new(0),
             broker_listeners: AtomicI64::new(0),
             broker_listeners_missing: AtomicI64::new(0),
+            store_writable: AtomicI64::new(1),
             tls_handshake_failures: AtomicU64::new(0),
             tls_reloads: AtomicU64::new(0),
             tls_reload_failures: AtomicU64::new(0),
@@ -668,6 +671,12 @@ impl Metrics {
             "idemgate_broker_listeners",
             "Per-broker listeners open.",
             self.broker_listeners.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "idemgate_store_writable",
+            "0 once the store refused a write (disk full, read-only): keys are no longer recorded and replays pass, until idemgate restarts.",
+            self.store_writable.load(Relaxed),
         );
         gauge(
             &mut out,
