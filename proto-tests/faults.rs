@@ -1,6 +1,7 @@
 //! The fault suite: the proxy killed with SIGKILL while source tasks stream
 //! and replay, an upstream that hangs up mid-request or answers past the
-//! client's timeout, and a store that stops taking writes. A real tansu, the
+//! client's timeout, a store that stops taking writes, and the broker
+//! (tansu on sqlite, `scripts/setup --scram-broker`) killed and restarted. A real tansu, the
 //! idemgate binary, real librdkafka producers playing Kafka Connect source
 //! tasks. Every case ends with an exact comparison of what the broker holds
 //! (read straight from tansu, never through the proxy) against what the
@@ -1543,6 +1544,212 @@ async fn unwritable_store_fails_open() {
         store_errors >= 2.0 * after.len() as f64,
         "store_error counted {store_errors} records, not every one acknowledged after the \
          failure: {unchecked:?}; proxy log:\n{log_tail}"
+    );
+}
+
+// === Case 4: the broker restarted under load ===
+
+/// Times case 4 kills the broker.
+const BOUNCES: u64 = 3;
+
+/// tansu with sqlite storage (its persistent engine): killed with SIGKILL
+/// and started again on the same port and database, as a broker host
+/// restarts. Killed on drop.
+struct PersistentTansu {
+    child: Option<std::process::Child>,
+    port: u16,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl PersistentTansu {
+    fn start() -> PersistentTansu {
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        let mut broker = PersistentTansu {
+            child: None,
+            port,
+            addr: format!("127.0.0.1:{port}"),
+            dir,
+        };
+        broker.restart();
+        broker
+    }
+
+    fn restart(&mut self) {
+        common::wait_port_free(self.port, Duration::from_secs(20));
+        self.child = Some(common::spawn_sqlite_tansu(
+            self.dir.path(),
+            self.port,
+            false,
+        ));
+        common::wait_for_port(&self.addr, Duration::from_secs(60));
+    }
+
+    /// SIGKILL; returns when the process is gone.
+    fn kill9(&mut self) -> Instant {
+        let mut child = self.child.take().expect("the broker runs");
+        let at = Instant::now();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        at
+    }
+
+    fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for PersistentTansu {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What a broker bounce may explain: one more copy of a record for each
+/// kill of the broker while one of its attempts was unanswered (sent, and
+/// neither acknowledged nor ended with its instance before the kill). The
+/// broker may have written that copy and never answered; the proxy, never
+/// having seen it acknowledged, lets the client's retry through. Nothing
+/// else: the proxy was not restarted, so every replay of a record it saw
+/// acknowledged must be dropped.
+struct BouncePolicy {
+    t0: Instant,
+    kills: Vec<Instant>,
+    /// When each task instance ended (its producer dropped).
+    ended: Vec<Instant>,
+}
+
+impl BouncePolicy {
+    fn allowed(&self, s: &Sent) -> usize {
+        s.attempts
+            .iter()
+            .map(|a| {
+                let end = a
+                    .acked
+                    .or_else(|| self.ended.get(a.instance as usize).copied());
+                self.kills
+                    .iter()
+                    .filter(|k| a.sent <= **k && end.is_none_or(|e| **k < e))
+                    .count()
+            })
+            .sum()
+    }
+
+    fn why(&self, s: &Sent) -> String {
+        let t0 = self.t0;
+        let attempts: Vec<String> = s
+            .attempts
+            .iter()
+            .map(|a| {
+                format!(
+                    "instance {} sent {} acknowledged {}",
+                    a.instance,
+                    at(t0, a.sent),
+                    a.acked.map_or("never".into(), |t| at(t0, t)),
+                )
+            })
+            .collect();
+        let kills: Vec<String> = self.kills.iter().map(|k| at(t0, *k)).collect();
+        format!(
+            "{}; broker killed at {}",
+            attempts.join("; "),
+            kills.join(", ")
+        )
+    }
+}
+
+/// Source tasks stream through the proxy while the broker (tansu on sqlite)
+/// is killed with SIGKILL and started again, [`BOUNCES`] times; after each
+/// bounce the tasks restart and replay from their last offset commit.
+/// Nothing acknowledged may be lost, a record may have one more copy only
+/// for a kill while it was unanswered ([`BouncePolicy`]), and every replay
+/// of a record acknowledged before must be dropped: the proxy's window
+/// outlives the broker's restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restarts_under_load_lose_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let seed = seed();
+    println!("broker restarts: {BOUNCES} bounces, IDEMGATE_FAULT_SEED={seed}");
+    let mut rng = Rng(seed);
+    let mut broker = PersistentTansu::start();
+    let topic = "faults-broker";
+    create_topic(&broker.addr, topic, PARTITIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, bootstrap, admin) = proxy_config(
+        dir.path(),
+        &broker.addr,
+        "",
+        &format!("[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n"),
+    );
+    let proxy = ProxyProcess::start(&config, bootstrap, admin).await;
+
+    let t0 = Instant::now();
+    let tasks = tasks(seed);
+    let control = Control::new();
+    let threads: Vec<_> = tasks
+        .iter()
+        .map(|task| {
+            let (task, control) = (task.clone(), control.clone());
+            let (bootstrap, topic) = (proxy.bootstrap.clone(), topic.to_string());
+            std::thread::spawn(move || run_task(task, control, bootstrap, topic))
+        })
+        .collect();
+    let mut policy = BouncePolicy {
+        t0,
+        kills: Vec::new(),
+        ended: Vec::new(),
+    };
+    for n in 0..BOUNCES {
+        control.enter(Phase::Run(n), tasks.len()).await;
+        tokio::time::sleep(rng.between(Duration::from_millis(500), Duration::from_millis(2000)))
+            .await;
+        policy.kills.push(broker.kill9());
+        tokio::time::sleep(rng.between(Duration::from_millis(300), Duration::from_millis(2000)))
+            .await;
+        broker.restart();
+        // Long enough for the clients to find the broker again and catch up.
+        tokio::time::sleep(rng.between(Duration::from_millis(2000), Duration::from_millis(4000)))
+            .await;
+        control.enter(Phase::Crash(n), tasks.len()).await;
+        policy.ended.push(Instant::now());
+    }
+    control.enter(Phase::Run(BOUNCES), tasks.len()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    control.enter(Phase::Drain, tasks.len()).await;
+    tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| t.join().unwrap()))
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    let unchecked = fail_open(&metrics(proxy.admin).await);
+    let log_tail = proxy.log_tail(30);
+    proxy.stop().await;
+
+    let rows = read_log(&broker.addr, topic).await;
+    let sent = ledger(&tasks);
+    let verdict = compare(&sent, &rows, |_, s| policy.allowed(s), |_, s| policy.why(s));
+    println!(
+        "broker restarts: {BOUNCES} bounces in {took:.1?} (seed {seed}); {}; forwarded \
+         unchecked {unchecked:?}",
+        verdict.summary()
+    );
+    verdict.assert_clean(&format!(
+        "seed {seed}; proxy log:\n{log_tail}\nbroker log:\n{}",
+        broker.log_tail(20)
+    ));
+    assert_eq!(
+        unchecked.values().sum::<f64>(),
+        0.0,
+        "records forwarded unchecked: {unchecked:?}"
+    );
+    assert!(
+        verdict.held_to_once > 0,
+        "no replay of an acknowledged record: the run checked no drop"
     );
 }
 

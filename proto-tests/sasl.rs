@@ -40,7 +40,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -59,37 +59,6 @@ const MALLORY: (&str, &str) = ("mallory", "mallory-pw-93b4f2e8");
 /// A password no user has.
 const WRONG: &str = "wrong-pw-c41a77d0";
 
-/// The SCRAM-capable tansu: `TANSU_SQLITE_BIN`, else `.cache/tansu-sqlite`,
-/// built by `scripts/setup --scram-broker` on first use.
-fn tansu_sqlite_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU_SQLITE_BIN") {
-        return PathBuf::from(p);
-    }
-    static SETUP: std::sync::Once = std::sync::Once::new();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let bin = root.join(".cache/tansu-sqlite/bin/tansu");
-    SETUP.call_once(|| {
-        if bin.exists() {
-            return;
-        }
-        let status = Command::new(root.join("scripts/setup"))
-            .arg("--scram-broker")
-            .status();
-        assert!(
-            matches!(status, Ok(s) if s.success()),
-            "scripts/setup --scram-broker failed ({status:?}): the SASL tests need a broker \
-             that keeps SCRAM credentials (tansu built with sqlite storage)"
-        );
-    });
-    assert!(
-        bin.exists(),
-        "no tansu with sqlite storage at {}: run scripts/setup --scram-broker (or set \
-         TANSU_SQLITE_BIN)",
-        bin.display()
-    );
-    bin
-}
-
 /// tansu on loopback with sqlite storage in a temp dir, authentication on,
 /// and SCRAM-SHA-256 and -512 credentials for `users`. Killed on drop.
 struct ScramTansu {
@@ -100,13 +69,13 @@ struct ScramTansu {
 
 impl ScramTansu {
     fn start(users: &[(&str, &str)]) -> ScramTansu {
-        let bin = tansu_sqlite_bin();
+        let bin = common::tansu_sqlite_bin();
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
 
         // Users can only be created while authentication is off.
-        let mut open = Self::spawn(&bin, dir.path(), port, false);
+        let mut open = common::spawn_sqlite_tansu(dir.path(), port, false);
         wait_for_port(&addr, Duration::from_secs(20));
         for (user, password) in users {
             for mechanism in ["scram256", "scram512"] {
@@ -125,52 +94,10 @@ impl ScramTansu {
         let _ = open.kill();
         let _ = open.wait();
         // The same port again, once the old listener is gone.
-        let start = Instant::now();
-        while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "{addr} stays taken"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let child = Self::spawn(&bin, dir.path(), port, true);
+        common::wait_port_free(port, Duration::from_secs(10));
+        let child = common::spawn_sqlite_tansu(dir.path(), port, true);
         wait_for_port(&addr, Duration::from_secs(20));
         ScramTansu { child, addr, dir }
-    }
-
-    fn spawn(bin: &Path, dir: &Path, port: u16, authentication: bool) -> Child {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("tansu.log"))
-            .unwrap();
-        let mut cmd = Command::new(bin);
-        cmd.current_dir(dir)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            // Relative to the working directory: the temp dir.
-            .args(["--storage-engine", "sqlite://tansu.db"]);
-        if authentication {
-            cmd.arg("--authentication");
-        }
-        for var in [
-            "LISTENER_URL",
-            "ADVERTISED_LISTENER_URL",
-            "STORAGE_ENGINE",
-            "CLUSTER_ID",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start tansu (sqlite)")
     }
 
     fn log(&self) -> String {

@@ -53,6 +53,85 @@ pub fn tansu_bin() -> PathBuf {
     p
 }
 
+/// tansu built with sqlite storage (persistent, and it keeps SCRAM
+/// credentials): `TANSU_SQLITE_BIN`, else `.cache/tansu-sqlite`, built by
+/// `scripts/setup --scram-broker` on first use.
+pub fn tansu_sqlite_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU_SQLITE_BIN") {
+        return PathBuf::from(p);
+    }
+    static SETUP: std::sync::Once = std::sync::Once::new();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let bin = root.join(".cache/tansu-sqlite/bin/tansu");
+    SETUP.call_once(|| {
+        if bin.exists() {
+            return;
+        }
+        let status = Command::new(root.join("scripts/setup"))
+            .arg("--scram-broker")
+            .status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "scripts/setup --scram-broker failed ({status:?}): this test needs tansu built \
+             with sqlite storage"
+        );
+    });
+    assert!(
+        bin.exists(),
+        "no tansu with sqlite storage at {}: run scripts/setup --scram-broker (or set \
+         TANSU_SQLITE_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// Starts the sqlite tansu on `port` with its database and log
+/// (`tansu.db`, `tansu.log`) in `dir`: the same `dir` again is the same broker
+/// after a restart.
+pub fn spawn_sqlite_tansu(dir: &Path, port: u16, authentication: bool) -> Child {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("tansu.log"))
+        .unwrap();
+    let mut cmd = Command::new(tansu_sqlite_bin());
+    cmd.current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        // Relative to the working directory.
+        .args(["--storage-engine", "sqlite://tansu.db"]);
+    if authentication {
+        cmd.arg("--authentication");
+    }
+    for var in [
+        "LISTENER_URL",
+        "ADVERTISED_LISTENER_URL",
+        "STORAGE_ENGINE",
+        "CLUSTER_ID",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start tansu (sqlite)")
+}
+
+/// Waits until nothing listens on `port` any more (a killed broker's).
+pub fn wait_port_free(port: u16, limit: Duration) {
+    let start = Instant::now();
+    while StdListener::bind(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < limit, "127.0.0.1:{port} stays taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Ports for brokers and proxies started by this test process, handed out
 /// from a per-process base upwards.
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
