@@ -1,7 +1,8 @@
 //! The fault suite: the proxy killed with SIGKILL while source tasks stream
 //! and replay, an upstream that hangs up mid-request or answers past the
-//! client's timeout, a store that stops taking writes, and the broker
-//! (tansu on sqlite, `scripts/setup --scram-broker`) killed and restarted. A real tansu, the
+//! client's timeout, a store that stops taking writes, the broker (tansu on
+//! sqlite, `scripts/setup --scram-broker`) killed and restarted, and clients
+//! that stop reading beside a flood of connections. A real tansu, the
 //! idemgate binary, real librdkafka producers playing Kafka Connect source
 //! tasks. Every case ends with an exact comparison of what the broker holds
 //! (read straight from tansu, never through the proxy) against what the
@@ -1747,6 +1748,187 @@ async fn broker_restarts_under_load_lose_nothing() {
         0.0,
         "records forwarded unchecked: {unchecked:?}"
     );
+    assert!(
+        verdict.held_to_once > 0,
+        "no replay of an acknowledged record: the run checked no drop"
+    );
+}
+
+// === Case 5: clients that stop reading, and a flood of connections ===
+
+/// `listen.max_connections` in case 5: the flood fills it.
+const MAX_CONNECTIONS: usize = 200;
+
+/// Clients that pipeline Fetches and never read an answer, in case 5.
+const NON_READERS: usize = 4;
+
+/// A connection that asks for `n` 1 MiB Fetches of partition 0 of `topic`
+/// and never reads: its receive buffer small, so the proxy's writes stall.
+async fn never_reads(bootstrap: &str, topic: &'static str, n: usize) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(bootstrap.parse().unwrap()).await.unwrap();
+    let frame = common::request_frame(ApiKey::Fetch, 11, 0, &common::long_poll(topic, 100));
+    let mut wire = Vec::new();
+    for _ in 0..n {
+        wire.extend_from_slice(&(frame.len() as i32).to_be_bytes());
+        wire.extend_from_slice(&frame);
+    }
+    stream.write_all(&wire).await.unwrap();
+    stream
+}
+
+/// One more connection: `Some` if the proxy answers its ApiVersions,
+/// `None` if it was refused (closed unanswered).
+async fn knock(bootstrap: &str) -> Option<TcpStream> {
+    let mut stream = TcpStream::connect(bootstrap).await.ok()?;
+    let frame = common::request_frame(ApiKey::ApiVersions, 3, 1, &common::client_software());
+    stream
+        .write_all(&(frame.len() as i32).to_be_bytes())
+        .await
+        .ok()?;
+    stream.write_all(&frame).await.ok()?;
+    let mut len = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(20), stream.read_exact(&mut len))
+        .await
+        .ok()?
+        .ok()?;
+    let mut body = vec![0u8; usize::try_from(i32::from_be_bytes(len)).ok()?];
+    stream.read_exact(&mut body).await.ok()?;
+    Some(stream)
+}
+
+fn acked_so_far(tasks: &[Arc<Task>]) -> usize {
+    tasks
+        .iter()
+        .map(|t| {
+            let s = t.state.lock().unwrap();
+            s.sent.iter().filter(|r| r.first_ack().is_some()).count()
+        })
+        .sum()
+}
+
+/// Source tasks stream through the proxy while clients pipeline Fetches and
+/// never read the answers, and a flood of connections fills
+/// `listen.max_connections` and keeps knocking. The tasks' connections keep
+/// working through the flood, the non-readers are closed after
+/// `listen.write_timeout`, the flood's extra connections are refused and
+/// counted; once it ends the tasks restart (new connections) and replay.
+/// Nothing was killed, so nothing may be lost and no record may be in the
+/// log twice: every replay must be dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_readers_and_a_connection_flood_harm_nobody_else() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let broker = Tansu::start();
+    let topic = "faults-neighbours";
+    create_topic(&broker.addr, topic, PARTITIONS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let (text, bootstrap, admin) = Proxy::config_text(
+        &broker.addr,
+        &store,
+        &format!(
+            "max_connections = {MAX_CONNECTIONS}\nmax_connections_per_ip = {MAX_CONNECTIONS}\n\
+             max_in_flight_bytes = \"1MiB\"\nwrite_timeout = \"3s\""
+        ),
+        "",
+        &format!("[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n"),
+    );
+    let config = dir.path().join("idemgate.toml");
+    std::fs::write(&config, text).unwrap();
+    let proxy = ProxyProcess::start(&config, bootstrap, admin).await;
+
+    let tasks = tasks(0);
+    let control = Control::new();
+    let threads: Vec<_> = tasks
+        .iter()
+        .map(|task| {
+            let (task, control) = (task.clone(), control.clone());
+            let (bootstrap, topic) = (proxy.bootstrap.clone(), topic.to_string());
+            std::thread::spawn(move || run_task(task, control, bootstrap, topic))
+        })
+        .collect();
+    control.enter(Phase::Run(0), tasks.len()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Clients that ask and never read.
+    let mut stalled = Vec::new();
+    for _ in 0..NON_READERS {
+        stalled.push(never_reads(&proxy.bootstrap, topic, 24).await);
+    }
+    // The flood: connections until the proxy refuses them, held open, and
+    // more knocking while it lasts.
+    let mut flood = Vec::new();
+    let mut refused = 0;
+    while flood.len() < 2 * MAX_CONNECTIONS && refused < 50 {
+        match knock(&proxy.bootstrap).await {
+            Some(conn) => flood.push(conn),
+            None => refused += 1,
+        }
+    }
+    assert!(
+        refused >= 50 && flood.len() < MAX_CONNECTIONS,
+        "the limit held: {} flood connections admitted, {refused} refused",
+        flood.len()
+    );
+    // The tasks keep getting acknowledgements on the connections they had.
+    let before = acked_so_far(&tasks);
+    let start = Instant::now();
+    while acked_so_far(&tasks) < before + 1000 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the tasks stalled during the flood: {} acknowledged in 60 s",
+            acked_so_far(&tasks) - before
+        );
+        if knock(&proxy.bootstrap).await.is_none() {
+            refused += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = metrics(proxy.admin).await;
+    let rejected = metric_value(
+        &text,
+        "idemgate_connections_rejected_total{limit=\"total\"}",
+    );
+    drop(flood);
+    // The non-readers are closed after write_timeout.
+    let start = Instant::now();
+    loop {
+        let closed = metric_value(&metrics(proxy.admin).await, "idemgate_write_timeouts_total");
+        if closed >= NON_READERS as f64 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{closed} of {NON_READERS} non-reading clients closed after write_timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(stalled);
+
+    // The tasks restart (new connections) and replay from their commits.
+    control.enter(Phase::Crash(0), tasks.len()).await;
+    control.enter(Phase::Run(1), tasks.len()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    control.enter(Phase::Drain, tasks.len()).await;
+    tokio::task::spawn_blocking(move || threads.into_iter().for_each(|t| t.join().unwrap()))
+        .await
+        .unwrap();
+    let text = metrics(proxy.admin).await;
+    let log_tail = proxy.log_tail(30);
+    proxy.stop().await;
+
+    let rows = read_log(&broker.addr, topic).await;
+    let sent = ledger(&tasks);
+    let verdict = compare(&sent, &rows, |_, _| 0, |_, _| "nothing was killed".into());
+    println!(
+        "neighbours: {}; flood: {refused} connections refused ({rejected} counted by the proxy \
+         while it lasted); {NON_READERS} non-readers closed; in flight at the end {}",
+        verdict.summary(),
+        metric_value(&text, "idemgate_in_flight_bytes")
+    );
+    verdict.assert_clean(&format!("proxy log:\n{log_tail}"));
+    assert!(rejected >= 50.0, "refusals counted: {rejected}");
     assert!(
         verdict.held_to_once > 0,
         "no replay of an acknowledged record: the run checked no drop"
