@@ -509,7 +509,7 @@ async fn requests_wait_for_the_overall_budget_and_then_go_through() {
     let proxy = Proxy::start_full(
         &broker.addr,
         "max_frame_bytes = \"2MiB\"\nmax_in_flight_bytes = \"3MiB\"\n\
-         max_in_flight_bytes_total = \"2MiB\"\nwrite_timeout = \"4s\"",
+         max_in_flight_bytes_total = \"2MiB\"\nwrite_timeout = \"10s\"",
         "",
         "",
     )
@@ -522,7 +522,10 @@ async fn requests_wait_for_the_overall_budget_and_then_go_through() {
         .await;
     let held = settled(&proxy, "idemgate_in_flight_bytes").await;
     // Two ~1.1 MB responses fit the connection's 3 MiB: more than the 2 MiB
-    // overall budget, which only gates reading new requests.
+    // overall budget, which only gates reading new requests. (write_timeout
+    // is 10 s so that a busy machine cannot close the stalled client before
+    // this is read; the Metadata call below waits for that close, well
+    // inside its 20 s.)
     assert!(
         held >= 2.0 * 1048576.0,
         "the overall budget is spent: {held}"
