@@ -11,6 +11,10 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message};
 use crate::codec::{api_name, skip_tagged_fields};
 use crate::error::Error;
 
+mod bounds;
+
+pub use bounds::Bounded;
+
 /// Where the message starts in a response frame body: after `correlation_id`
 /// and, for flexible versions (response header v1), the header's tagged fields.
 pub fn response_body_offset(api: ApiKey, version: i16, frame: &[u8]) -> Option<usize> {
@@ -38,11 +42,19 @@ pub struct Response<T> {
     trailing: Bytes,
 }
 
-impl<T: Decodable> Response<T> {
+impl<T: Decodable + Bounded> Response<T> {
+    /// Decodes a response frame body once the bounds check
+    /// (`message/bounds.rs`) has passed it; a message it refuses fails like
+    /// one that does not decode.
     pub fn decode(api: ApiKey, version: i16, frame: &Bytes) -> Result<Self, Error> {
         let offset = response_body_offset(api, version, frame)
             .ok_or_else(|| codec_error(api, version, "short response header"))?;
         let mut body = frame.slice(offset..);
+        bounds::check(T::SCHEMA, version, &body).map_err(|refused| Error::Codec {
+            api: api_name(api),
+            version,
+            source: refused.into(),
+        })?;
         let msg = T::decode(&mut body, version).map_err(|source| Error::Codec {
             api: api_name(api),
             version,
@@ -76,14 +88,31 @@ impl<T: Encodable> Response<T> {
 }
 
 /// Decodes the message of a response frame body (anything after it ignored).
-pub fn decode_response<T: Decodable>(api: ApiKey, version: i16, frame: &Bytes) -> Result<T, Error> {
+pub fn decode_response<T: Decodable + Bounded>(
+    api: ApiKey,
+    version: i16,
+    frame: &Bytes,
+) -> Result<T, Error> {
     Response::decode(api, version, frame).map(|r| r.msg)
 }
 
 /// Decodes a request's message when a filter needs it; `None` if it does not
-/// decode (the request is forwarded as it came either way).
-pub fn decode_request<T: Decodable>(frame: &[u8], head: &crate::codec::RequestHead) -> Option<T> {
+/// decode or the bounds check refuses it (the request is forwarded as it
+/// came either way, for the broker to judge).
+pub fn decode_request<T: Decodable + Bounded>(
+    frame: &[u8],
+    head: &crate::codec::RequestHead,
+) -> Option<T> {
     let mut body = frame.get(head.body_offset..)?;
+    if let Err(refused) = bounds::check(T::SCHEMA, head.api_version, body) {
+        tracing::debug!(
+            api_key = ?head.api_key,
+            version = head.api_version,
+            %refused,
+            "request not decoded"
+        );
+        return None;
+    }
     T::decode(&mut body, head.api_version).ok()
 }
 
