@@ -879,7 +879,7 @@ mod tests {
     use super::*;
     use crate::codec::RequestHead;
     use crate::error::Error;
-    use crate::message::{response_body_offset, Response};
+    use crate::message::{decode_request, encode_request, response_body_offset, Response};
     use bytes::{BufMut, Bytes, BytesMut};
     use kafka_protocol::messages::{
         api_versions_response, describe_cluster_response, fetch_request, fetch_response,
@@ -1862,6 +1862,50 @@ mod tests {
                 Err(e) => panic!("{e}"),
                 Ok(_) => panic!("v{version} decoded"),
             }
+        }
+    }
+
+    /// A Produce request whose topic array claims `count` entries and holds
+    /// none: what made the decoder allocate hundreds of GB.
+    fn produce_claiming(version: i16, count: u32) -> Vec<u8> {
+        let frame =
+            encode_request(ApiKey::Produce, version, 1, &ProduceRequest::default()).unwrap();
+        let at = RequestHead::peek(&frame).unwrap().body_offset;
+        let mut out = frame[..at].to_vec();
+        let flexible = version >= 9;
+        if flexible {
+            out.push(0); // transactional_id: null
+        } else {
+            out.extend_from_slice(&(-1i16).to_be_bytes());
+        }
+        out.extend_from_slice(&1i16.to_be_bytes());
+        out.extend_from_slice(&1000i32.to_be_bytes());
+        if flexible {
+            out.extend_from_slice(&uvarint(count.wrapping_add(1)));
+        } else {
+            out.extend_from_slice(&count.to_be_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn produce_requests_claiming_more_topics_than_bytes_are_not_decoded() {
+        for version in 3..=13 {
+            for count in [u32::MAX - 1, i32::MAX as u32, 1 << 20, 1] {
+                let frame = produce_claiming(version, count);
+                let head = RequestHead::peek(&frame).unwrap();
+                let refused =
+                    check(&PRODUCE_REQUEST, version, &frame[head.body_offset..]).unwrap_err();
+                assert_eq!(refused.field, "topic_data", "v{version} {count}: {refused}");
+                assert!(decode_request::<ProduceRequest>(&frame, &head).is_none());
+            }
+            let mut whole = produce_claiming(version, 0);
+            if version >= 9 {
+                whole.push(0); // request tagged fields
+            }
+            let head = RequestHead::peek(&whole).unwrap();
+            let req: ProduceRequest = decode_request(&whole, &head).unwrap();
+            assert_eq!((req.acks, req.timeout_ms), (1, 1000), "v{version}");
         }
     }
 
