@@ -75,7 +75,7 @@ fn request_roundtrip<T: Decodable + Encodable>(g: &Golden, body_offset: usize) -
 /// byte for byte; otherwise the same message (tansu writes some tagged
 /// fields at their default values, e.g. ApiVersions' finalized_features_epoch
 /// = -1, which an encoder leaves out: clients read both the same).
-fn response_roundtrip<T: Decodable + Encodable + PartialEq + std::fmt::Debug>(
+fn response_roundtrip<T: Decodable + Encodable + message::Bounded + PartialEq + std::fmt::Debug>(
     g: &Golden,
     exact: bool,
 ) -> T {

@@ -30,6 +30,8 @@ enum Script {
     Swap,
     /// Close the connection right after answering the first request.
     CloseAfterFirst,
+    /// Answer Metadata (v9+) with a frame claiming 2^32 - 2 brokers.
+    HugeMetadata,
 }
 
 struct Peer {
@@ -283,6 +285,16 @@ async fn serve(mut s: TcpStream, port: u16, script: Script) {
                 s.write_all(&response).await.unwrap();
                 return;
             }
+            Script::HugeMetadata if request[..2] == (ApiKey::Metadata as i16).to_be_bytes() => {
+                let mut evil = BytesMut::new();
+                evil.put_i32(14);
+                evil.put_slice(&request[4..8]); // correlation_id
+                evil.put_u8(0); // header tagged fields
+                evil.put_i32(0); // throttle_time_ms
+                evil.put_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]); // brokers: 2^32 - 2
+                s.write_all(&evil).await.unwrap();
+            }
+            Script::HugeMetadata => s.write_all(&response).await.unwrap(),
         }
     }
 }
@@ -468,6 +480,28 @@ async fn a_produce_claiming_billions_of_topics_does_not_take_the_proxy_down() {
 
     let mut next = RawConn::connect(&proxy.bootstrap).await;
     let resp: kafka_protocol::messages::ApiVersionsResponse = next
+        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .await;
+    assert_eq!(resp.error_code, 0, "the proxy still serves");
+}
+
+/// A broker (or whatever answers in its place) sending a 14-byte Metadata
+/// response that claims 2^32 - 2 brokers: decoding it for the address
+/// rewrite aborted the process. The bounds check refuses it before the
+/// decode: that connection ends as for any response that does not decode,
+/// and the proxy serves the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_response_claiming_billions_of_brokers_does_not_take_the_proxy_down() {
+    let peer = Peer::start(Script::HugeMetadata).await;
+    let proxy = Proxy::start(&peer.addr).await;
+    let mut evil = RawConn::connect(&proxy.bootstrap).await;
+    let request = kafka_protocol::messages::MetadataRequest::default();
+    evil.send_frame(&request_frame(ApiKey::Metadata, 12, 1, &request))
+        .await;
+    assert!(evil.recv_frame().await.is_none(), "closed, not answered");
+
+    let mut next = RawConn::connect(&proxy.bootstrap).await;
+    let resp: ApiVersionsResponse = next
         .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
         .await;
     assert_eq!(resp.error_code, 0, "the proxy still serves");

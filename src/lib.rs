@@ -12,7 +12,8 @@
 //!                     quotas: holds Produce/Fetch while muted or paused (filter/quota.rs)
 //!   → codec.rs        length-checked frames; api_key/version/correlation_id/client_id peeked
 //!   → pipeline.rs     the ordered filters (filter/): api versions, broker addresses
-//!   → message.rs      the only place messages are decoded, and only when a filter asks
+//!   → message.rs      the only place messages are decoded, and only when a filter asks;
+//!                     message/bounds.rs checks every length against the frame first
 //!   → upstream.rs     broker connections and the proxy's own Metadata probe
 //! ```
 //!

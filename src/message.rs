@@ -11,6 +11,10 @@ use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message};
 use crate::codec::{api_name, skip_tagged_fields};
 use crate::error::Error;
 
+mod bounds;
+
+pub use bounds::Bounded;
+
 /// Where the message starts in a response frame body: after `correlation_id`
 /// and, for flexible versions (response header v1), the header's tagged fields.
 pub fn response_body_offset(api: ApiKey, version: i16, frame: &[u8]) -> Option<usize> {
@@ -38,11 +42,19 @@ pub struct Response<T> {
     trailing: Bytes,
 }
 
-impl<T: Decodable> Response<T> {
+impl<T: Decodable + Bounded> Response<T> {
+    /// Decodes a response frame body once the bounds check
+    /// (`message/bounds.rs`) has passed it; a message it refuses fails like
+    /// one that does not decode.
     pub fn decode(api: ApiKey, version: i16, frame: &Bytes) -> Result<Self, Error> {
         let offset = response_body_offset(api, version, frame)
             .ok_or_else(|| codec_error(api, version, "short response header"))?;
         let mut body = frame.slice(offset..);
+        bounds::check(T::SCHEMA, version, &body).map_err(|refused| Error::Codec {
+            api: api_name(api),
+            version,
+            source: refused.into(),
+        })?;
         let msg = T::decode(&mut body, version).map_err(|source| Error::Codec {
             api: api_name(api),
             version,
@@ -76,14 +88,31 @@ impl<T: Encodable> Response<T> {
 }
 
 /// Decodes the message of a response frame body (anything after it ignored).
-pub fn decode_response<T: Decodable>(api: ApiKey, version: i16, frame: &Bytes) -> Result<T, Error> {
+pub fn decode_response<T: Decodable + Bounded>(
+    api: ApiKey,
+    version: i16,
+    frame: &Bytes,
+) -> Result<T, Error> {
     Response::decode(api, version, frame).map(|r| r.msg)
 }
 
 /// Decodes a request's message when a filter needs it; `None` if it does not
-/// decode (the request is forwarded as it came either way).
-pub fn decode_request<T: Decodable>(frame: &[u8], head: &crate::codec::RequestHead) -> Option<T> {
+/// decode or the bounds check refuses it (the request is forwarded as it
+/// came either way, for the broker to judge).
+pub fn decode_request<T: Decodable + Bounded>(
+    frame: &[u8],
+    head: &crate::codec::RequestHead,
+) -> Option<T> {
     let mut body = frame.get(head.body_offset..)?;
+    if let Err(refused) = bounds::check(T::SCHEMA, head.api_version, body) {
+        tracing::debug!(
+            api_key = ?head.api_key,
+            version = head.api_version,
+            %refused,
+            "request not decoded"
+        );
+        return None;
+    }
     T::decode(&mut body, head.api_version).ok()
 }
 
@@ -191,80 +220,6 @@ pub fn produce_acks_and_timeout(
     Some((read_i16(frame, offset)?, read_i32(frame, offset + 2)?))
 }
 
-/// Produce (v3-13): whether every array count and every string and bytes
-/// length fits in the bytes left, so kafka-protocol may decode it.
-/// kafka-protocol 0.18 sizes an array's Vec from its count before reading
-/// one element: a 23-byte request claiming 2^32 - 2 topics made it ask for
-/// hundreds of GB, and the failed allocation aborted the whole process. A
-/// count larger than the bytes left cannot be a real message (every element
-/// takes at least one byte).
-pub fn produce_lengths_fit(frame: &[u8], body_offset: usize, version: i16) -> bool {
-    produce_walk(frame, body_offset, version).is_some()
-}
-
-fn produce_walk(frame: &[u8], body_offset: usize, version: i16) -> Option<usize> {
-    if !(3..=13).contains(&version) {
-        return None;
-    }
-    let flexible = version >= 9;
-    // transactional_id, acks, timeout_ms
-    let mut at = skip_string(frame, body_offset, flexible)? + 6;
-    let topics;
-    (topics, at) = array_count(frame, at, flexible)?;
-    for _ in 0..topics {
-        at = if version >= 13 {
-            at + 16 // topic_id
-        } else {
-            skip_string(frame, at, flexible)?
-        };
-        let partitions;
-        (partitions, at) = array_count(frame, at, flexible)?;
-        for _ in 0..partitions {
-            at = skip_bytes(frame, at + 4, flexible)?; // index, records
-            if flexible {
-                at = crate::codec::skip_tagged_fields(frame, at)?;
-            }
-        }
-        if flexible {
-            at = crate::codec::skip_tagged_fields(frame, at)?;
-        }
-    }
-    if flexible {
-        at = crate::codec::skip_tagged_fields(frame, at)?;
-    }
-    (at <= frame.len()).then_some(at)
-}
-
-/// An array's element count (null: 0) and where its first element starts;
-/// `None` if the count is negative (but for null) or more than the bytes
-/// left could hold.
-fn array_count(buf: &[u8], offset: usize, compact: bool) -> Option<(usize, usize)> {
-    let (count, next) = if compact {
-        let (n, next) = crate::codec::read_uvarint(buf, offset)?;
-        ((n as usize).saturating_sub(1), next)
-    } else {
-        let count = match read_i32(buf, offset)? {
-            -1 => 0,
-            n => usize::try_from(n).ok()?,
-        };
-        (count, offset + 4)
-    };
-    (count <= buf.len().saturating_sub(next)).then_some((count, next))
-}
-
-/// Skips nullable bytes (int32 length, or compact: uvarint length + 1).
-fn skip_bytes(buf: &[u8], offset: usize, compact: bool) -> Option<usize> {
-    let (len, next) = if compact {
-        let (n, next) = crate::codec::read_uvarint(buf, offset)?;
-        ((n as usize).saturating_sub(1), next)
-    } else {
-        let n = read_i32(buf, offset)?;
-        (usize::try_from(n.max(0)).ok()?, offset + 4)
-    };
-    let end = next.checked_add(len)?;
-    (end <= buf.len()).then_some(end)
-}
-
 /// Fetch: `max_wait_ms`. Before v15 a `replica_id` comes first.
 pub fn fetch_max_wait(frame: &[u8], body_offset: usize, version: i16) -> Option<i32> {
     read_i32(frame, body_offset + if version >= 15 { 0 } else { 4 })
@@ -365,79 +320,6 @@ mod tests {
         let frame = encode_request(api, version, 1, msg).unwrap();
         let head = crate::codec::RequestHead::peek(&frame).unwrap();
         (frame, head.body_offset)
-    }
-
-    /// A Produce request whose topic array claims `count` entries and
-    /// holds none: what made the decoder allocate hundreds of GB.
-    fn produce_claiming(version: i16, count: u32) -> Vec<u8> {
-        let (frame, at) = request_bytes(ApiKey::Produce, version, &ProduceRequest::default());
-        let mut out = frame[..at].to_vec();
-        let flexible = version >= 9;
-        if flexible {
-            out.push(0); // transactional_id: null
-        } else {
-            out.extend_from_slice(&(-1i16).to_be_bytes());
-        }
-        out.extend_from_slice(&1i16.to_be_bytes());
-        out.extend_from_slice(&1000i32.to_be_bytes());
-        if flexible {
-            let mut n = count.wrapping_add(1);
-            while n >= 0x80 {
-                out.push((n as u8) | 0x80);
-                n >>= 7;
-            }
-            out.push(n as u8);
-        } else {
-            out.extend_from_slice(&count.to_be_bytes());
-        }
-        out
-    }
-
-    #[test]
-    fn produce_lengths_past_the_frame_are_refused_before_decoding() {
-        for version in 3..=13 {
-            for count in [u32::MAX - 1, i32::MAX as u32, 1 << 20, 1] {
-                let frame = produce_claiming(version, count);
-                let at = crate::codec::RequestHead::peek(&frame).unwrap().body_offset;
-                assert!(
-                    !produce_lengths_fit(&frame, at, version),
-                    "v{version}: {count} topics in {} bytes",
-                    frame.len()
-                );
-            }
-            let empty = produce_claiming(version, 0);
-            let at = crate::codec::RequestHead::peek(&empty).unwrap().body_offset;
-            let mut whole = empty.clone();
-            if version >= 9 {
-                whole.push(0); // request tagged fields
-            }
-            assert!(produce_lengths_fit(&whole, at, version), "v{version}");
-        }
-    }
-
-    #[test]
-    fn real_produce_requests_fit_and_their_truncations_do_not() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("proto-tests/golden");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if !name.starts_with("produce_request_") {
-                continue;
-            }
-            let frame = std::fs::read(&path).unwrap();
-            let head = crate::codec::RequestHead::peek(&frame).unwrap();
-            let (at, version) = (head.body_offset, head.api_version);
-            assert!(produce_lengths_fit(&frame, at, version), "{name}");
-            for cut in at..frame.len() {
-                assert!(
-                    !produce_lengths_fit(&frame[..cut], at, version),
-                    "{name} cut at {cut}"
-                );
-            }
-            seen += 1;
-        }
-        assert!(seen >= 10, "golden Produce requests: {seen}");
     }
 
     #[test]

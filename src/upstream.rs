@@ -237,7 +237,7 @@ where
     Req: kafka_protocol::protocol::Encodable
         + kafka_protocol::protocol::HeaderVersion
         + kafka_protocol::protocol::Message,
-    Resp: kafka_protocol::protocol::Decodable,
+    Resp: kafka_protocol::protocol::Decodable + crate::message::Bounded,
 {
     let io = |e: crate::codec::CodecError| {
         RoundTrip::Failed(Error::Upstream {

@@ -182,12 +182,9 @@ impl ProduceDedup {
         frame: &BytesMut,
         acks: i16,
     ) -> Result<Outcome, Error> {
-        // A length the frame cannot hold would make the decoder allocate
-        // for it (and abort the process): such a request goes on as it came,
-        // for the broker to refuse.
-        if !message::produce_lengths_fit(frame, head.body_offset, head.api_version) {
-            return Ok(Outcome::Unchanged(None));
-        }
+        // A request that does not decode, or that the bounds check refuses
+        // (a length the frame cannot hold), goes on as it came, for the
+        // broker to judge.
         let Some(mut req) = message::decode_request::<ProduceRequest>(frame, head) else {
             return Ok(Outcome::Unchanged(None));
         };
