@@ -124,6 +124,8 @@ pub enum Why {
     Tag(u32),
     #[error("tagged field declares {declared} bytes and holds {held}")]
     TagSize { declared: usize, held: usize },
+    #[error("tag {0} is 2^31 or above, which kafka-protocol cannot write back")]
+    TagTooHigh(u32),
 }
 
 /// Checks a message body (after its header) against `schema`; returns where
@@ -245,6 +247,14 @@ impl<'a> Walk<'a> {
         for _ in 0..count {
             let at = self.at;
             let tag = self.uvarint("(tag)")?;
+            // kafka-protocol keeps such a tag as a negative i32 and, on
+            // encode, counts it but never writes it: a response the proxy
+            // re-encoded would announce a field it does not carry, and the
+            // client would read what follows as one. No Kafka schema uses
+            // tags anywhere near this, so refusing costs nothing real.
+            if tag > i32::MAX as u32 {
+                return Err(("(tag)", at, Why::TagTooHigh(tag)));
+            }
             let size = self.uvarint("(tag size)")? as usize;
             let end = match self.at.checked_add(size) {
                 Some(end) if end <= self.end => end,
@@ -1863,6 +1873,38 @@ mod tests {
                 Ok(_) => panic!("v{version} decoded"),
             }
         }
+    }
+
+    #[test]
+    fn a_tag_of_2_31_or_above_is_refused() {
+        // Found by the broker_address and throttle_time fuzz targets:
+        // kafka-protocol 0.18 keeps such a tag as a negative i32, counts it
+        // on encode but never writes it, so a re-encoded response announced
+        // a tagged field it did not carry.
+        let produce_v10 = |tag: u32| {
+            let mut frame = vec![0, 0, 0, 1, 0]; // correlation id, no header tags
+            frame.push(1); // responses: none
+            frame.extend_from_slice(&0i32.to_be_bytes()); // throttle_time_ms
+            frame.push(1); // one tagged field
+            frame.extend_from_slice(&uvarint(tag));
+            frame.extend_from_slice(&[1, 7]); // one byte
+            Bytes::from(frame)
+        };
+        for tag in [1u32 << 31, u32::MAX] {
+            let frame = produce_v10(tag);
+            let refused = check(&PRODUCE_RESPONSE, 10, &frame[5..]).unwrap_err();
+            assert!(
+                matches!(refused.why, Why::TagTooHigh(t) if t == tag),
+                "{refused}"
+            );
+            assert!(Response::<ProduceResponse>::decode(ApiKey::Produce, 10, &frame).is_err());
+        }
+        // The highest tag kafka-protocol keeps as it came still passes.
+        let frame = produce_v10(i32::MAX as u32);
+        assert_eq!(
+            check(&PRODUCE_RESPONSE, 10, &frame[5..]).unwrap(),
+            frame.len() - 5
+        );
     }
 
     /// A Produce request whose topic array claims `count` entries and holds
