@@ -445,9 +445,18 @@ pub fn fuzz_request_head(frame: &[u8]) -> Option<RequestHead> {
             assert!(peeked.is_err(), "{api_key:?} v{version} peeked");
             return None;
         }
-        let head = peeked.as_ref().unwrap_or_else(|e| {
-            panic!("kafka_protocol reads this header, the peek refused it: {e}")
-        });
+        let head = match &peeked {
+            Ok(head) => head,
+            // Kafka (ByteUtils.readUnsignedVarint) refuses a varint whose
+            // fifth byte still has its continuation bit; kafka_protocol
+            // stops there and reads on. The peek sides with Kafka.
+            Err(FrameError::BadHeader("header tagged fields run past the frame"))
+                if frame.windows(5).any(|w| w.iter().all(|b| b & 0x80 != 0)) =>
+            {
+                return None
+            }
+            Err(e) => panic!("kafka_protocol reads this header, the peek refused it: {e}"),
+        };
         assert_eq!(
             (head.api_key as i16, head.api_version, head.correlation_id),
             (
@@ -642,6 +651,27 @@ mod tests {
             Err(FrameError::BadHeader(_))
         ));
         assert_eq!(RequestHead::peek(b"short"), Err(FrameError::TooShort(5)));
+    }
+
+    #[test]
+    fn peek_refuses_a_varint_longer_than_five_bytes() {
+        // From the request_head fuzz target: kafka_protocol reads this
+        // header (its varint reader stops after five bytes whatever the
+        // fifth says); Kafka's ByteUtils.readUnsignedVarint refuses it, and
+        // so does the peek.
+        let mut b = header(11, 7, 3, Some("go"));
+        b.extend_from_slice(&[1, 0x80, 0x80, 0x80, 0x80, 0x80, 0]); // one tag: tag 0, overlong
+        assert_eq!(
+            RequestHead::peek(&b),
+            Err(FrameError::BadHeader(
+                "header tagged fields run past the frame"
+            ))
+        );
+        assert!(fuzz_request_head(&b).is_none());
+        // Five bytes, the last one ending the number, is the longest legal form.
+        let mut b = header(11, 7, 3, Some("go"));
+        b.extend_from_slice(&[1, 0x80, 0x80, 0x80, 0x80, 0x00, 0]);
+        assert_eq!(RequestHead::peek(&b).unwrap().body_offset, b.len());
     }
 
     #[test]
