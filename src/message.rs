@@ -363,6 +363,21 @@ pub fn fuzz_request_fields(frame: &[u8], head: &crate::codec::RequestHead) {
     use kafka_protocol::messages::{FetchRequest, JoinGroupRequest, ProduceRequest};
 
     let (at, version) = (head.body_offset, head.api_version);
+    // The nullable string that comes first in these bodies: with a length
+    // Kafka refuses, the readers refuse the request too (it is forwarded as
+    // it came, for the broker to refuse), while kafka_protocol reads on.
+    let compact_first = matches!(
+        (head.api_key, version),
+        (ApiKey::Produce, 9..) | (ApiKey::JoinGroup, 6..)
+    );
+    if compact_first && crate::codec::overlong_varint_at(frame, at) {
+        let read = match head.api_key {
+            ApiKey::Produce => produce_acks_and_timeout(frame, at, version).map(drop),
+            _ => join_group_rebalance_timeout(frame, at, version).map(drop),
+        };
+        assert_eq!(read, None, "a length Kafka refuses, read");
+        return;
+    }
     match head.api_key {
         ApiKey::Produce => {
             let read = produce_acks_and_timeout(frame, at, version);
@@ -790,6 +805,27 @@ mod tests {
                 fuzz_throttle(&input);
             }
         }
+    }
+
+    #[test]
+    fn in_place_readers_refuse_an_overlong_varint_as_kafka_does() {
+        // From the request_head fuzz target: kafka_protocol decodes this
+        // Produce (acks -32640) by reading the first five bytes of a
+        // six-byte varint as transactional_id's length; Kafka refuses the
+        // request, and the reader gives up, so the proxy forwards it as it
+        // came for the broker to refuse.
+        let frame: &[u8] = &[
+            0, 0, 0, 9, 0, 0, 0, 1, 0xff, 0xff, 0, // header v2: Produce v9
+            0x80, 0x80, 0x80, 0x80, 0x80, // transactional_id length, still going on...
+            0x80, 0, // ...where kafka_protocol reads acks
+            0x80, 0x80, 0x80, 0x80, // timeout_ms
+            1, 0, // no topics, no tagged fields
+        ];
+        let head = crate::codec::RequestHead::peek(frame).unwrap();
+        let read: ProduceRequest = decode_request(frame, &head).unwrap();
+        assert_eq!((read.transactional_id, read.acks), (None, -32768));
+        assert_eq!(produce_acks_and_timeout(frame, head.body_offset, 9), None);
+        fuzz_request_fields(frame, &head);
     }
 
     #[test]
