@@ -317,3 +317,73 @@ fn captured_batches_pass_through_the_splicer() {
         );
     }
 }
+
+// === Fuzz seeds ===
+//
+// scripts/fuzz seeds each fuzz target from these files. What is a golden file
+// plus a prefix it makes itself at run time (the same shapes as below); the
+// record sets, which take a parser to cut out, are committed in
+// fuzz/seeds/record_batch/ by `write_fuzz_seeds`.
+
+/// A response as the response fuzz targets take it: api_key, api_version, frame body.
+fn response_input(g: &Golden) -> Vec<u8> {
+    let mut input = Vec::with_capacity(4 + g.bytes.len());
+    input.extend_from_slice(&(g.api as i16).to_be_bytes());
+    input.extend_from_slice(&g.version.to_be_bytes());
+    input.extend_from_slice(&g.bytes);
+    input
+}
+
+#[test]
+fn every_golden_frame_passes_the_fuzz_checks() {
+    use idemgate::filter::{broker_address, sasl};
+    let goldens = goldens();
+    let mut streams: std::collections::BTreeMap<&str, Vec<u8>> = Default::default();
+    for g in &goldens {
+        if g.request {
+            let head = idemgate::codec::fuzz_request_head(&g.bytes)
+                .unwrap_or_else(|| panic!("{}: peeks", g.file));
+            message::fuzz_request_fields(&g.bytes, &head);
+            // One client's requests, as frame_codec takes them: the largest
+            // limit, 7-byte reads, then the length-prefixed frames.
+            let client = g
+                .file
+                .split_once("_request_v")
+                .and_then(|(_, rest)| rest.split_once('_'));
+            let stream = streams
+                .entry(client.map_or("", |(_, client)| client))
+                .or_insert_with(|| vec![255, 7]);
+            stream.extend_from_slice(&(g.bytes.len() as i32).to_be_bytes());
+            stream.extend_from_slice(&g.bytes);
+        } else {
+            broker_address::fuzz_entry(&response_input(g));
+            message::fuzz_throttle(&response_input(g));
+        }
+        for set in record_sets(g) {
+            records::fuzz_entry(&set);
+        }
+    }
+    for stream in streams.values() {
+        idemgate::codec::fuzz_frames(stream);
+    }
+    let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/sasl");
+    for entry in std::fs::read_dir(&seeds).expect("fuzz/seeds/sasl") {
+        sasl::fuzz_entry(&std::fs::read(entry.unwrap().path()).unwrap());
+    }
+}
+
+/// Writes the record sets of every golden Produce request and Fetch response
+/// to fuzz/seeds/record_batch/:
+/// `cargo test --test golden write_fuzz_seeds -- --ignored`.
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/record_batch");
+    std::fs::create_dir_all(&dir).unwrap();
+    for g in goldens() {
+        for (i, set) in record_sets(&g).iter().enumerate() {
+            let stem = g.file.trim_end_matches(".bin");
+            std::fs::write(dir.join(format!("golden_{stem}_{i}.bin")), set).unwrap();
+        }
+    }
+}

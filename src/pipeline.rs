@@ -307,7 +307,7 @@ impl Pipeline {
             }
         } else if Rewriter::applies(api, version) {
             let rewriter = Rewriter {
-                topology: &self.topology,
+                topology: &*self.topology,
                 advertised_host: &self.advertised_host,
             };
             if let Some(changed) = rewriter.rewrite(api, version, &out)? {

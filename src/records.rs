@@ -1534,6 +1534,7 @@ impl<'a> Iterator for HeaderIter<'a> {
 /// stable): walk `data` as a partition's `records`, decode each batch, splice it (keep every
 /// other record, append a header) in both modes, and panic if a rewrite does not decode back
 /// to exactly what was asked for. Never panics on its own for any other input.
+#[doc(hidden)]
 pub fn fuzz_entry(data: &[u8]) {
     // why: small, so the fuzzer spends its time on framing rather than inflating zeros.
     const LIMIT: usize = 1 << 20;
