@@ -418,7 +418,7 @@ pub fn fuzz_throttle(data: &[u8]) {
     }
 }
 
-fn check_throttle<T: Decodable + PartialEq + std::fmt::Debug>(
+fn check_throttle<T: Decodable + Bounded + PartialEq + std::fmt::Debug>(
     api: ApiKey,
     version: i16,
     frame: &Bytes,
@@ -449,15 +449,13 @@ fn check_throttle<T: Decodable + PartialEq + std::fmt::Debug>(
 
 /// A response frame body as (message, header bytes, trailing bytes), for the
 /// fuzz checks; `None` when it does not decode.
-pub(crate) fn decode_parts<T: Decodable>(
+pub(crate) fn decode_parts<T: Decodable + Bounded>(
     api: ApiKey,
     version: i16,
     frame: &Bytes,
 ) -> Option<(T, Bytes, Bytes)> {
-    let offset = response_body_offset(api, version, frame)?;
-    let mut body = frame.slice(offset..);
-    let msg = T::decode(&mut body, version).ok()?;
-    Some((msg, frame.slice(..offset), body))
+    let r = Response::<T>::decode(api, version, frame).ok()?;
+    Some((r.msg, r.header, r.trailing))
 }
 
 #[cfg(test)]
@@ -691,11 +689,12 @@ mod tests {
 
     #[test]
     fn in_place_readers_refuse_an_overlong_varint_as_kafka_does() {
-        // From the request_head fuzz target: kafka_protocol decodes this
-        // Produce (acks -32640) by reading the first five bytes of a
+        // From the request_head fuzz target: kafka_protocol alone decodes
+        // this Produce (acks -32768) by reading the first five bytes of a
         // six-byte varint as transactional_id's length; Kafka refuses the
-        // request, and the reader gives up, so the proxy forwards it as it
-        // came for the broker to refuse.
+        // request. The bounds check in front of the decode and the in-place
+        // reader both give up, so the proxy forwards it as it came for the
+        // broker to refuse.
         let frame: &[u8] = &[
             0, 0, 0, 9, 0, 0, 0, 1, 0xff, 0xff, 0, // header v2: Produce v9
             0x80, 0x80, 0x80, 0x80, 0x80, // transactional_id length, still going on...
@@ -704,8 +703,10 @@ mod tests {
             1, 0, // no topics, no tagged fields
         ];
         let head = crate::codec::RequestHead::peek(frame).unwrap();
-        let read: ProduceRequest = decode_request(frame, &head).unwrap();
+        let mut body = &frame[head.body_offset..];
+        let read = ProduceRequest::decode(&mut body, 9).unwrap();
         assert_eq!((read.transactional_id, read.acks), (None, -32768));
+        assert_eq!(decode_request::<ProduceRequest>(frame, &head), None);
         assert_eq!(produce_acks_and_timeout(frame, head.body_offset, 9), None);
         fuzz_request_fields(frame, &head);
     }

@@ -249,7 +249,7 @@ fn check_rewrite<T>(
     out: Result<Option<Bytes>, Error>,
     addresses: Addresses<T>,
 ) where
-    T: kafka_protocol::protocol::Decodable + PartialEq + std::fmt::Debug,
+    T: kafka_protocol::protocol::Decodable + crate::message::Bounded + PartialEq + std::fmt::Debug,
 {
     let Some((mut before, header, trailing)) =
         crate::message::decode_parts::<T>(api, version, frame)

@@ -35,8 +35,8 @@
 
 use kafka_protocol::messages::{
     ApiVersionsResponse, DescribeClusterResponse, EndTxnRequest, EndTxnResponse, FetchRequest,
-    FetchResponse, FindCoordinatorResponse, MetadataResponse, ProduceRequest, ProduceResponse,
-    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    FetchResponse, FindCoordinatorResponse, JoinGroupRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
 };
 
 use crate::codec::read_uvarint;
@@ -810,6 +810,34 @@ const END_TXN_RESPONSE: Schema = Schema {
     ],
 };
 
+// --- JoinGroup (api 11) ---
+// Decoded only by the header-peek fuzz check, as the model its in-place
+// rebalance-timeout reader is held to; fuzz input must not abort it either.
+
+const JOIN_GROUP_REQUEST: Schema = Schema {
+    name: "JoinGroupRequest",
+    versions: (0, 9),
+    flexible: 6,
+    fields: &[
+        f("group_id", 0, N, STRING),
+        f("session_timeout_ms", 0, N, INT32),
+        f("rebalance_timeout_ms", 1, N, INT32),
+        f("member_id", 0, N, STRING),
+        f("group_instance_id", 5, N, STRING),
+        f("protocol_type", 0, N, STRING),
+        f(
+            "protocols",
+            0,
+            N,
+            Ty::Array(&Ty::Struct(&[
+                f("name", 0, N, STRING),
+                f("metadata", 0, N, BYTES),
+            ])),
+        ),
+        f("reason", 8, N, STRING),
+    ],
+};
+
 // --- SaslAuthenticate (api 36) ---
 
 const SASL_AUTHENTICATE_REQUEST: Schema = Schema {
@@ -882,6 +910,7 @@ bounded! {
     SaslAuthenticateRequest => SASL_AUTHENTICATE_REQUEST,
     SaslAuthenticateResponse => SASL_AUTHENTICATE_RESPONSE,
     DescribeClusterResponse => DESCRIBE_CLUSTER_RESPONSE,
+    JoinGroupRequest => JOIN_GROUP_REQUEST,
 }
 
 #[cfg(test)]
@@ -974,6 +1003,7 @@ mod tests {
             case::<SaslAuthenticateRequest>(ApiKey::SaslAuthenticate, true),
             case::<SaslAuthenticateResponse>(ApiKey::SaslAuthenticate, false),
             case::<DescribeClusterResponse>(ApiKey::DescribeCluster, false),
+            case::<JoinGroupRequest>(ApiKey::JoinGroup, true),
         ]
     }
 
@@ -1422,6 +1452,40 @@ mod tests {
                 full.unknown_tagged_fields = future_tag();
             }
             vec![ApiVersionsResponse::default(), full]
+        }
+    }
+
+    impl Sample for JoinGroupRequest {
+        fn samples(v: i16) -> Vec<Self> {
+            use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+            let protocol = |name: &'static str, metadata: &'static [u8]| {
+                JoinGroupRequestProtocol::default()
+                    .with_name(s(name))
+                    .with_metadata(Bytes::from_static(metadata))
+            };
+            let mut full = JoinGroupRequest::default()
+                .with_group_id(kafka_protocol::messages::GroupId(s("connect-pg-sink")))
+                .with_session_timeout_ms(45_000)
+                .with_member_id(s("connector-consumer-pg-sink-0-5b3c"))
+                .with_protocol_type(s("consumer"))
+                .with_protocols(vec![
+                    protocol("range", b"\0\x01"),
+                    protocol("cooperative-sticky", b""),
+                ]);
+            if v >= 1 {
+                full.rebalance_timeout_ms = 300_000;
+            }
+            if v >= 5 {
+                full.group_instance_id = Some(s("worker-1"));
+            }
+            if v >= 8 {
+                full.reason = Some(s("rebalance"));
+            }
+            if v >= 6 {
+                full.unknown_tagged_fields = future_tag();
+                full.protocols[0].unknown_tagged_fields = future_tag();
+            }
+            vec![JoinGroupRequest::default(), full]
         }
     }
 
