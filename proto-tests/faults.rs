@@ -1,11 +1,11 @@
 //! The fault suite: the proxy killed with SIGKILL while source tasks stream
 //! and replay, an upstream that hangs up mid-request or answers past the
-//! client's timeout, a store that stops taking writes, the broker (tansu on
-//! sqlite, `scripts/setup --scram-broker`) killed and restarted, and clients
-//! that stop reading beside a flood of connections. A real tansu, the
+//! client's timeout, a store that stops taking writes, brokers restarted
+//! under load, and clients that stop reading beside a flood of connections.
+//! A real tansu (librdkafka's mock cluster for the broker restarts), the
 //! idemgate binary, real librdkafka producers playing Kafka Connect source
 //! tasks. Every case ends with an exact comparison of what the broker holds
-//! (read straight from tansu, never through the proxy) against what the
+//! (read straight from it, never through the proxy) against what the
 //! clients sent and were told ([`compare`]).
 //!
 //! `scripts/faults` runs it. `IDEMGATE_FAULT_KILLS` sets the number of
@@ -1550,67 +1550,11 @@ async fn unwritable_store_fails_open() {
 
 // === Case 4: the broker restarted under load ===
 
-/// Times case 4 kills the broker.
+/// Times case 4 takes a broker down and up again.
 const BOUNCES: u64 = 3;
 
-/// tansu with sqlite storage (its persistent engine): killed with SIGKILL
-/// and started again on the same port and database, as a broker host
-/// restarts. Killed on drop.
-struct PersistentTansu {
-    child: Option<std::process::Child>,
-    port: u16,
-    addr: String,
-    dir: tempfile::TempDir,
-}
-
-impl PersistentTansu {
-    fn start() -> PersistentTansu {
-        let dir = tempfile::tempdir().unwrap();
-        let port = common::free_port();
-        let mut broker = PersistentTansu {
-            child: None,
-            port,
-            addr: format!("127.0.0.1:{port}"),
-            dir,
-        };
-        broker.restart();
-        broker
-    }
-
-    fn restart(&mut self) {
-        common::wait_port_free(self.port, Duration::from_secs(20));
-        self.child = Some(common::spawn_sqlite_tansu(
-            self.dir.path(),
-            self.port,
-            false,
-        ));
-        common::wait_for_port(&self.addr, Duration::from_secs(60));
-    }
-
-    /// SIGKILL; returns when the process is gone.
-    fn kill9(&mut self) -> Instant {
-        let mut child = self.child.take().expect("the broker runs");
-        let at = Instant::now();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        at
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-}
-
-impl Drop for PersistentTansu {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
+/// Brokers of case 4's cluster; the partitions' leaders are spread over them.
+const MOCK_BROKERS: i32 = 3;
 
 /// What a broker bounce may explain: one more copy of a record for each
 /// kill of the broker while one of its attempts was unanswered (sent, and
@@ -1665,26 +1609,37 @@ impl BouncePolicy {
     }
 }
 
-/// Source tasks stream through the proxy while the broker (tansu on sqlite)
-/// is killed with SIGKILL and started again, [`BOUNCES`] times; after each
-/// bounce the tasks restart and replay from their last offset commit.
-/// Nothing acknowledged may be lost, a record may have one more copy only
-/// for a kill while it was unanswered ([`BouncePolicy`]), and every replay
-/// of a record acknowledged before must be dropped: the proxy's window
-/// outlives the broker's restarts.
+/// Source tasks stream through the proxy while the brokers restart, one at
+/// a time, [`BOUNCES`] times; after each bounce the tasks restart and replay
+/// from their last offset commit. Nothing acknowledged may be lost, a record
+/// may have one more copy only for a bounce while it was unanswered
+/// ([`BouncePolicy`]), and every replay of a record acknowledged before must
+/// be dropped: the proxy's window outlives the brokers' restarts.
+///
+/// The brokers are librdkafka's mock cluster, whose log outlives a broker
+/// going down and coming back (the issue's fallback). tansu's persistent
+/// engine (sqlite) restarts well, but the debug build CI makes of it reads a
+/// partition back at about 16 records a second: the check could not read
+/// the log in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarts_under_load_lose_nothing() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let seed = seed();
     println!("broker restarts: {BOUNCES} bounces, IDEMGATE_FAULT_SEED={seed}");
     let mut rng = Rng(seed);
-    let mut broker = PersistentTansu::start();
+    let mock = rdkafka::mocking::MockCluster::new(MOCK_BROKERS).unwrap();
     let topic = "faults-broker";
-    create_topic(&broker.addr, topic, PARTITIONS).await;
+    mock.create_topic(topic, PARTITIONS, 1).unwrap();
+    for p in 0..PARTITIONS {
+        mock.partition_leader(topic, p, Some(p % MOCK_BROKERS + 1))
+            .unwrap();
+    }
+    let brokers = mock.bootstrap_servers();
+    let first = brokers.split(',').next().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
     let (config, bootstrap, admin) = proxy_config(
         dir.path(),
-        &broker.addr,
+        &first,
         "",
         &format!("[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n"),
     );
@@ -1710,10 +1665,12 @@ async fn broker_restarts_under_load_lose_nothing() {
         control.enter(Phase::Run(n), tasks.len()).await;
         tokio::time::sleep(rng.between(Duration::from_millis(500), Duration::from_millis(2000)))
             .await;
-        policy.kills.push(broker.kill9());
+        let broker = (n as i32) % MOCK_BROKERS + 1;
+        mock.broker_down(broker).unwrap();
+        policy.kills.push(Instant::now());
         tokio::time::sleep(rng.between(Duration::from_millis(300), Duration::from_millis(2000)))
             .await;
-        broker.restart();
+        mock.broker_up(broker).unwrap();
         // Long enough for the clients to find the broker again and catch up.
         tokio::time::sleep(rng.between(Duration::from_millis(2000), Duration::from_millis(4000)))
             .await;
@@ -1731,7 +1688,7 @@ async fn broker_restarts_under_load_lose_nothing() {
     let log_tail = proxy.log_tail(30);
     proxy.stop().await;
 
-    let rows = read_log(&broker.addr, topic).await;
+    let rows = read_log(&brokers, topic).await;
     let sent = ledger(&tasks);
     let verdict = compare(&sent, &rows, |_, s| policy.allowed(s), |_, s| policy.why(s));
     println!(
@@ -1739,10 +1696,7 @@ async fn broker_restarts_under_load_lose_nothing() {
          unchecked {unchecked:?}",
         verdict.summary()
     );
-    verdict.assert_clean(&format!(
-        "seed {seed}; proxy log:\n{log_tail}\nbroker log:\n{}",
-        broker.log_tail(20)
-    ));
+    verdict.assert_clean(&format!("seed {seed}; proxy log:\n{log_tail}"));
     assert_eq!(
         unchecked.values().sum::<f64>(),
         0.0,
