@@ -486,6 +486,23 @@ fn run_task(task: Arc<Task>, control: Arc<Control>, bootstrap: String, topic: St
     }
 }
 
+/// Starts each task's life ([`run_task`]) on its own thread, through `bootstrap`.
+fn start_tasks(
+    tasks: &[Arc<Task>],
+    control: &Arc<Control>,
+    bootstrap: &str,
+    topic: &str,
+) -> Vec<std::thread::JoinHandle<()>> {
+    tasks
+        .iter()
+        .map(|task| {
+            let (task, control) = (task.clone(), control.clone());
+            let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
+            std::thread::spawn(move || run_task(task, control, bootstrap, topic))
+        })
+        .collect()
+}
+
 // === What the broker holds ===
 
 /// One record as tansu holds it.
@@ -907,14 +924,7 @@ async fn sigkill_at_random_points_loses_nothing() {
     let t0 = Instant::now();
     let tasks = tasks(seed);
     let control = Control::new();
-    let threads: Vec<_> = tasks
-        .iter()
-        .map(|task| {
-            let (task, control) = (task.clone(), control.clone());
-            let (bootstrap, topic) = (proxy.bootstrap.clone(), topic.to_string());
-            std::thread::spawn(move || run_task(task, control, bootstrap, topic))
-        })
-        .collect();
+    let threads = start_tasks(&tasks, &control, &proxy.bootstrap, topic);
     let mut policy = KillPolicy {
         t0,
         kills: Vec::new(),
@@ -1648,14 +1658,7 @@ async fn broker_restarts_under_load_lose_nothing() {
     let t0 = Instant::now();
     let tasks = tasks(seed);
     let control = Control::new();
-    let threads: Vec<_> = tasks
-        .iter()
-        .map(|task| {
-            let (task, control) = (task.clone(), control.clone());
-            let (bootstrap, topic) = (proxy.bootstrap.clone(), topic.to_string());
-            std::thread::spawn(move || run_task(task, control, bootstrap, topic))
-        })
-        .collect();
+    let threads = start_tasks(&tasks, &control, &proxy.bootstrap, topic);
     let mut policy = BouncePolicy {
         t0,
         kills: Vec::new(),
@@ -1794,14 +1797,7 @@ async fn stalled_readers_and_a_connection_flood_harm_nobody_else() {
 
     let tasks = tasks(0);
     let control = Control::new();
-    let threads: Vec<_> = tasks
-        .iter()
-        .map(|task| {
-            let (task, control) = (task.clone(), control.clone());
-            let (bootstrap, topic) = (proxy.bootstrap.clone(), topic.to_string());
-            std::thread::spawn(move || run_task(task, control, bootstrap, topic))
-        })
-        .collect();
+    let threads = start_tasks(&tasks, &control, &proxy.bootstrap, topic);
     control.enter(Phase::Run(0), tasks.len()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
