@@ -266,6 +266,8 @@ where
         upstream_addr,
         upstream_gone: CancellationToken::new(),
         owed: AtomicUsize::new(0),
+        opened: Instant::now(),
+        answered_ms: AtomicU64::new(0),
         muted_until: Mutex::new(None),
         principal: Mutex::new(principal),
         principal_changes: AtomicU64::new(0),
@@ -300,7 +302,10 @@ where
     let (slot_tx, slot_rx) = mpsc::channel(in_flight);
     let (in_flight_tx, in_flight_rx) = mpsc::channel(in_flight);
     let requests = read_requests(conn, client_r, upstream_w, slot_tx, in_flight_tx);
-    let budget = MemoryBudget::new(conn.shared.config.listen.max_in_flight_bytes);
+    let budget = MemoryBudget::counting_waits_in(
+        conn.shared.config.listen.max_in_flight_bytes,
+        conn.shared.metrics.responses_waiting.clone(),
+    );
     let responses = read_responses(conn, upstream_r, in_flight_rx, budget);
     let writer = write_responses(conn, client_w, slot_rx);
     tokio::try_join!(requests, responses, writer)?;
@@ -347,6 +352,14 @@ struct Conn<'a> {
     /// Responses owed to the client and not yet written: a connection is
     /// idle only when this is 0 (a long poll in flight is not idleness).
     owed: AtomicUsize,
+    /// When the connection opened, and milliseconds after that when the
+    /// last response was written: idleness counts from the later of the last
+    /// request and the last response, as a broker's
+    /// `connections.max.idle.ms` counts from any activity. (Counting from
+    /// the request alone closed a connection just as a long poll was
+    /// answered, under the client's next request.)
+    opened: Instant,
+    answered_ms: AtomicU64,
     /// Quotas: the next Produce or Fetch read waits until then (KIP-219's
     /// mute). Set by the request reader (Produce bytes, request rate) and
     /// the response reader (Fetch bytes).
@@ -361,6 +374,19 @@ struct Conn<'a> {
 // === impl Conn ===
 
 impl Conn<'_> {
+    /// A response was handed to the client's writer.
+    fn answered(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.answered_ms.store(ms, Relaxed);
+    }
+
+    /// Time since the last response (since the connection opened, if none).
+    fn since_answered(&self) -> Duration {
+        self.opened
+            .elapsed()
+            .saturating_sub(Duration::from_millis(self.answered_ms.load(Relaxed)))
+    }
+
     /// Mutes the connection for `d` from now (never shortens a mute).
     fn mute(&self, d: Duration) {
         if d.is_zero() {
@@ -435,8 +461,12 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
             },
             _ = tokio::time::sleep(QUIET.min(idle)) => {
                 shrink_read_buffer(frames.buffer_mut());
-                // Idle: no request for idle_timeout and nothing owed to the client.
-                if last_request.elapsed() >= idle && conn.owed.load(Relaxed) == 0 {
+                // Idle: no request and no response for idle_timeout, and
+                // nothing owed to the client.
+                if last_request.elapsed() >= idle
+                    && conn.since_answered() >= idle
+                    && conn.owed.load(Relaxed) == 0
+                {
                     tracing::info!(?idle, "closing an idle connection (listen.idle_timeout)");
                     break;
                 }
@@ -892,6 +922,7 @@ async fn write_in_order<W: AsyncWrite + Unpin>(
         write_frame(out, &reply.bytes)
             .await
             .map_err(Error::ClientIo)?;
+        conn.answered();
         conn.owed.fetch_sub(1, Relaxed);
         conn.shared
             .metrics

@@ -24,14 +24,23 @@ use tokio::time::Sleep;
 pub struct MemoryBudget {
     capacity: usize,
     used: AtomicUsize,
+    /// Charges waiting now for bytes to come back (shared by budgets that
+    /// are reported together, such as every connection's own).
+    waiting: Arc<AtomicUsize>,
     freed: Notify,
 }
 
 impl MemoryBudget {
     pub fn new(capacity: usize) -> Arc<MemoryBudget> {
+        MemoryBudget::counting_waits_in(capacity, Arc::default())
+    }
+
+    /// A budget whose waiting charges are counted in `waiting`.
+    pub fn counting_waits_in(capacity: usize, waiting: Arc<AtomicUsize>) -> Arc<MemoryBudget> {
         Arc::new(MemoryBudget {
             capacity,
             used: AtomicUsize::new(0),
+            waiting,
             freed: Notify::new(),
         })
     }
@@ -45,10 +54,18 @@ impl MemoryBudget {
         self.used.load(Relaxed)
     }
 
+    /// Charges waiting now (in every budget sharing the count): reads held
+    /// back until memory comes back.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Relaxed)
+    }
+
     /// Waits until `bytes` fit (or nothing at all is charged), then charges
-    /// them. Cancel-safe: nothing is charged until it returns.
+    /// them. Cancel-safe: nothing is charged until it returns, and a wait
+    /// given up stops counting in [`MemoryBudget::waiting`].
     pub async fn charge(self: &Arc<Self>, bytes: usize) -> Charge {
         let mut waited = false;
+        let mut _counted: Option<Waiting<'_>> = None;
         loop {
             // Registered before the check, so a release in between wakes it.
             let freed = self.freed.notified();
@@ -61,7 +78,11 @@ impl MemoryBudget {
                     waited,
                 };
             }
-            waited = true;
+            if !waited {
+                waited = true;
+                self.waiting.fetch_add(1, Relaxed);
+                _counted = Some(Waiting(self));
+            }
             freed.await;
         }
     }
@@ -91,6 +112,15 @@ impl MemoryBudget {
     fn release(&self, bytes: usize) {
         self.used.fetch_sub(bytes, Relaxed);
         self.freed.notify_waiters();
+    }
+}
+
+/// One charge counted in [`MemoryBudget::waiting`] until it is dropped.
+struct Waiting<'a>(&'a MemoryBudget);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Relaxed);
     }
 }
 
@@ -209,13 +239,45 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "30 more bytes do not fit in 100");
+        assert_eq!(budget.waiting(), 1);
         assert!(!first.waited());
         drop(first);
         let third = waiting.await.unwrap();
         assert!(third.waited());
+        assert_eq!(budget.waiting(), 0);
         assert_eq!(budget.used(), 70);
         drop((second, third));
         assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_wait_given_up_stops_counting_and_charges_nothing() {
+        let budget = MemoryBudget::new(100);
+        let full = budget.charge(100).await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(50), budget.charge(10)).await;
+        assert!(gave_up.is_err(), "10 more bytes do not fit in 100");
+        assert_eq!(budget.waiting(), 0);
+        assert_eq!(budget.used(), 100);
+        drop(full);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn budgets_can_share_one_count_of_waits() {
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let a = MemoryBudget::counting_waits_in(10, waiting.clone());
+        let b = MemoryBudget::counting_waits_in(10, waiting.clone());
+        let _full = (a.charge(10).await, b.charge(10).await);
+        let pending = [a.clone(), b.clone()]
+            .map(|budget| tokio::spawn(async move { drop(budget.charge(1).await) }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(waiting.load(Relaxed), 2);
+        assert_eq!(a.waiting(), 2);
+        for p in pending {
+            p.abort();
+            let _ = p.await;
+        }
+        assert_eq!(waiting.load(Relaxed), 0);
     }
 
     #[tokio::test]

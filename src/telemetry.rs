@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -140,6 +140,8 @@ pub struct Metrics {
     /// Reads held back for memory: [0] a request body waited for the overall
     /// budget, [1] a response waited for its connection's budget.
     memory_waits: [AtomicU64; 2],
+    /// Responses waiting now for their connection's budget, all connections.
+    pub responses_waiting: Arc<AtomicUsize>,
     /// Clients closed for taking none of their responses (`write_timeout`).
     pub write_timeouts: AtomicU64,
     pub dedup: DedupMetrics,
@@ -490,7 +492,7 @@ pub(crate) fn escape(v: &str) -> String {
 }
 
 impl Metrics {
-    pub const fn new() -> Self {
+    pub fn new() -> Self {
         Metrics {
             apis: [const { ApiMetrics::new() }; API_SLOTS],
             connections_active: AtomicI64::new(0),
@@ -507,6 +509,7 @@ impl Metrics {
             tls_reload_failures: AtomicU64::new(0),
             in_flight: std::sync::OnceLock::new(),
             memory_waits: [const { AtomicU64::new(0) }; 2],
+            responses_waiting: Arc::default(),
             write_timeouts: AtomicU64::new(0),
             dedup: DedupMetrics::new(),
         }
@@ -728,6 +731,21 @@ impl Metrics {
                 self.memory_waits[i].load(Relaxed)
             );
         }
+        gauge_header(
+            &mut out,
+            "idemgate_reads_waiting_for_memory",
+            "Reads held back right now: side=client request bodies (max_in_flight_bytes_total), side=upstream responses (max_in_flight_bytes). idemgate_memory_waits_total counts a wait when it ends.",
+        );
+        let waiting = [
+            self.in_flight.get().map_or(0, |budget| budget.waiting()),
+            self.responses_waiting.load(Relaxed),
+        ];
+        for (side, n) in ["client", "upstream"].iter().zip(waiting) {
+            let _ = writeln!(
+                out,
+                "idemgate_reads_waiting_for_memory{{side=\"{side}\"}} {n}"
+            );
+        }
         counter(
             &mut out,
             "idemgate_write_timeouts_total",
@@ -761,8 +779,13 @@ fn counter(out: &mut String, name: &str, help: &str, v: u64) {
     let _ = writeln!(out, "{name} {v}");
 }
 
+fn gauge_header(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
 fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+    gauge_header(out, name, help);
+    let _ = writeln!(out, "{name} {v}");
 }
 
 #[cfg(test)]

@@ -340,13 +340,13 @@ impl Proxy {
         metric_value(&self.metrics().await, series)
     }
 
-    /// Waits (up to 10 s) until a metric reaches `at_least`: counters for a
+    /// Waits (up to 30 s) until a metric reaches `at_least`: counters for a
     /// closed connection move just after the client sees the close.
     pub async fn wait_metric(&self, series: &str, at_least: f64) -> f64 {
         let start = Instant::now();
         loop {
             let v = self.metric(series).await;
-            if v >= at_least || start.elapsed() > Duration::from_secs(10) {
+            if v >= at_least || start.elapsed() > Duration::from_secs(30) {
                 return v;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
