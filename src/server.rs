@@ -324,6 +324,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         let _ = shutdown.wait_for(|s| *s).await;
         tracing::info!("shutting down: no new connections, draining in-flight requests");
         tasks.abort_all();
+        // Until each has ended: an aborted task still holds the store until
+        // it is dropped, and an embedding process may open the store again
+        // right after shutdown returns.
+        while tasks.join_next().await.is_some() {}
         done_shared.tracker.close();
         let drain = done_shared.config.shutdown.drain_timeout;
         if tokio::time::timeout(drain, done_shared.tracker.wait())
