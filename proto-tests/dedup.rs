@@ -960,7 +960,10 @@ async fn zombie_and_successor_lose_nothing() {
     }
     drop((zombie, successor));
 
-    let rows = consume_all(&broker.addr, topic, 3, 300).await;
+    // Read all the log holds (every record not dropped), not just the 300
+    // originals: a read that stopped at 300 could miss a duplicate.
+    let (records_in, dropped, observed) = dedup_counts(proxy.admin, "zomb", topic).await;
+    let rows = consume_all(&broker.addr, topic, 3, (600.0 - dropped) as usize).await;
     let counts = copies(&rows);
     let want: BTreeSet<(Option<String>, String)> = records
         .iter()
@@ -969,7 +972,6 @@ async fn zombie_and_successor_lose_nothing() {
     let have: BTreeSet<(Option<String>, String)> = counts.keys().cloned().collect();
     assert_eq!(have, want, "every record at least once, nothing else");
     assert!(rows.len() <= 600, "{} records", rows.len());
-    let (records_in, dropped, observed) = dedup_counts(proxy.admin, "zomb", topic).await;
     let fail = fail_open(proxy.admin).await;
     let duplicates = rows.len() - 300;
     println!(
@@ -1100,7 +1102,9 @@ async fn idempotent_producer_is_not_broken() {
         );
     }
 
-    let rows = consume_all(&broker.addr, topic, 3, 350).await;
+    // All the log holds: every record not dropped.
+    let (records_in, dropped, observed) = dedup_counts(proxy.admin, "idem", topic).await;
+    let rows = consume_all(&broker.addr, topic, 3, (450.0 - dropped) as usize).await;
     let counts = copies(&rows);
     let want: BTreeSet<(Option<String>, String)> = originals
         .iter()
@@ -1111,7 +1115,6 @@ async fn idempotent_producer_is_not_broken() {
     for r in &rows {
         r.tag();
     }
-    let (records_in, dropped, observed) = dedup_counts(proxy.admin, "idem", topic).await;
     let fail = fail_open(proxy.admin).await;
     println!(
         "idempotent: {} in the log ({} duplicates), dropped {dropped}, fail-open {fail:?}",
@@ -1255,8 +1258,9 @@ async fn sigkill_keeps_what_the_flush_policy_promises() {
     let producer = task_producer(&a.bootstrap, "connector-producer-killed-0", &[]);
     send_ok(&producer, topic, &records).await;
     drop(producer);
-    // Past the flush interval (200 ms) with room to spare, then no goodbye.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past the flush interval (200 ms) with room to spare for a busy
+    // machine's flush thread, then no goodbye.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     a.kill9();
 
     let b = ProxyProcess::start(&config, bootstrap, admin).await;
@@ -1392,11 +1396,11 @@ async fn lost_ack_retry_is_dropped_not_written_twice() {
     let proxy =
         Proxy::start_with(&mock.bootstrap_servers(), &dedup_toml("key = \"content\"")).await;
     let records = recs(0..20, "l");
-    // A request unanswered for 1 s times out, and the connection is dropped.
+    // A request unanswered for 3 s times out, and the connection is dropped.
     let producer = task_producer(
         &proxy.bootstrap,
         "connector-producer-lost-0",
-        &[("socket.timeout.ms", "1000")],
+        &[("socket.timeout.ms", "3000")],
     );
     let warm = Rec {
         key: Some("warm".into()),
@@ -1408,9 +1412,9 @@ async fn lost_ack_retry_is_dropped_not_written_twice() {
     let produce_before = proxy.metric(PRODUCE).await;
     let connections_before = proxy.metric(CONNECTIONS).await;
 
-    // The broker writes the batch but its answer takes 4 s: the client gives
-    // up, reconnects and sends the batch again.
-    mock.broker_round_trip_time(1, Duration::from_millis(4000))
+    // The broker writes the batch but its answer takes 10 s: the client
+    // gives up, reconnects and sends the batch again.
+    mock.broker_round_trip_time(1, Duration::from_millis(10_000))
         .unwrap();
     let sending = {
         let (producer, records) = (producer.clone(), records.clone());
@@ -1439,11 +1443,14 @@ async fn lost_ack_retry_is_dropped_not_written_twice() {
     for (r, report) in records.iter().zip(&reports) {
         assert_eq!(report, &Ok((0, at[&r.value])), "{}", r.value);
     }
-    assert_eq!(
-        dedup_counts(proxy.admin, "lost", topic).await,
-        (41.0, 20.0, 0.0),
-        "(records, dropped, observed)"
-    );
+    // Every copy past the first was dropped. A busy machine may time out a
+    // retry too (it can be sent before the delay is lifted), so the number
+    // of copies is not fixed: 20 records, the warm-up, and at least one
+    // retry of the 20.
+    let (records_in, dropped, observed) = dedup_counts(proxy.admin, "lost", topic).await;
+    assert!(records_in >= 41.0, "the batch was seen again: {records_in}");
+    assert_eq!(records_in - dropped, 21.0, "written once each");
+    assert_eq!(observed, 0.0);
     assert_no_fail_open(proxy.admin).await;
     proxy.assert_no_leaks().await;
 }
@@ -1488,7 +1495,7 @@ fn poll_rows(consumer: &BaseConsumer, expected: usize) -> Vec<Consumed> {
     let start = Instant::now();
     let mut last = Instant::now();
     let mut rows = Vec::new();
-    while start.elapsed() < Duration::from_secs(30)
+    while start.elapsed() < Duration::from_secs(120)
         && !(rows.len() >= expected && last.elapsed() > Duration::from_secs(1))
     {
         match consumer.poll(Duration::from_millis(100)) {

@@ -144,10 +144,25 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
 
     let mut conn = RawConn::connect(&bootstrap).await;
     common::create_topic_raw(&mut conn, "drain", 1).await;
-    let fetch = common::long_poll("drain", 2000);
+    // A long poll the drain must wait for: long enough to see /readyz say
+    // so on a busy machine, well inside recv_frame's 20 s.
+    let fetch = common::long_poll("drain", 12_000);
     conn.send_frame(&request_frame(ApiKey::Fetch, 11, 2, &fetch))
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SIGTERM only once the proxy has read the Fetch: a request still in the
+    // socket when the drain begins is not read, by design.
+    let start = Instant::now();
+    loop {
+        let metrics = common::http_get(admin, "/metrics").await.1;
+        if common::metric_value(&metrics, "idemgate_requests_total{api=\"Fetch\"}") >= 1.0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the proxy never read the Fetch"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -163,7 +178,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(5),
+            start.elapsed() < Duration::from_secs(15),
             "/readyz never said shutting down"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

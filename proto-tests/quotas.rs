@@ -186,7 +186,10 @@ async fn a_produce_quota_shapes_librdkafka_and_spares_its_neighbour() {
     // The neighbour ran at the same time and was never throttled.
     let free_rate = rate_after_burst(&free.acked.lock().unwrap(), 0);
     eprintln!("neighbour: {:.1} MiB/s", free_rate / MIB as f64);
-    assert!(free_rate > 4.0 * MIB as f64, "neighbour {free_rate:.0} B/s");
+    // Not slowed: well past the quota its neighbour is held to (a relative
+    // bound, since a debug build on a busy machine sets the absolute pace),
+    // and never throttled (below).
+    assert!(free_rate > 1.5 * rate, "neighbour {free_rate:.0} B/s");
     let metrics = proxy.metrics().await;
     let series =
         |c: &str| format!("idemgate_throttle_seconds_total{{connector=\"{c}\",tenant=\"\"}}");
@@ -473,9 +476,19 @@ async fn quotas_and_pauses_change_through_the_admin_api_on_live_connections() {
             .await,
         1.0
     );
-    // What was in flight when the pause came settles first.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let paused_at = steady.deliveries.count();
+    // What was in flight when the pause came settles first: until no
+    // delivery for a second (at most 5 s, well before the pause's first
+    // release at quota.max_hold, 10 s).
+    let settling = Instant::now();
+    let mut paused_at = steady.deliveries.count();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = steady.deliveries.count();
+        if now == paused_at || settling.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        paused_at = now;
+    }
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         steady.deliveries.count(),

@@ -11,6 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::{BufMut, BytesMut};
 use common::{http_get, request_frame, Proxy, RawConn, Tansu};
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, MetadataRequest, MetadataResponse};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
@@ -100,7 +101,7 @@ impl Pki {
 
     fn listen_tls(&self, client_ca: bool) -> String {
         let mut t = format!(
-            "[listen.tls]\ncert = \"{}\"\nkey = \"{}\"\nreload_interval = \"100ms\"\nhandshake_timeout = \"3s\"\n",
+            "[listen.tls]\ncert = \"{}\"\nkey = \"{}\"\nreload_interval = \"100ms\"\nhandshake_timeout = \"10s\"\n",
             self.path("server.pem").display(),
             self.path("server.key").display()
         );
@@ -168,7 +169,9 @@ async fn raw_kafka_over_tls_on_bootstrap_and_broker_listeners() {
         .call(ApiKey::ApiVersions, 3, 4, &common::client_software())
         .await;
     assert_eq!(
-        proxy.metric("idemgate_tls_handshake_failures_total").await,
+        proxy
+            .wait_metric("idemgate_tls_handshake_failures_total", 1.0)
+            .await,
         1.0
     );
     proxy.assert_no_leaks().await;
@@ -179,14 +182,21 @@ async fn a_silent_client_is_closed_at_the_handshake_timeout() {
     let broker = Tansu::start();
     let pki = Pki::new();
     pki.leaf("server", "localhost", &["localhost"]);
-    let proxy = tls_proxy(&broker.addr, &pki, false).await;
+    // Every other test gives a busy machine's handshakes 10 s; this one
+    // waits for the timeout, so it is short.
+    let listen = pki
+        .listen_tls(false)
+        .replace("handshake_timeout = \"10s\"", "handshake_timeout = \"2s\"");
+    let proxy = Proxy::start_full(&broker.addr, &listen, "", "").await;
     let mut silent = RawConn::connect(&proxy.bootstrap).await;
     assert!(
         silent.is_closed().await,
-        "closed after handshake_timeout (3s)"
+        "closed after handshake_timeout (2s)"
     );
     assert_eq!(
-        proxy.metric("idemgate_tls_handshake_failures_total").await,
+        proxy
+            .wait_metric("idemgate_tls_handshake_failures_total", 1.0)
+            .await,
         1.0
     );
 }
@@ -253,11 +263,19 @@ async fn an_mtls_subject_is_the_tenant_its_quota_keys_on() {
             .await
             .unwrap();
         // Ten requests against 2 a second (a 1 s burst): ~4 s of debt for
-        // the source; ApiVersions is never held, only counted.
+        // the source; ApiVersions is never held, only counted. They go in
+        // one write, so a slow machine cannot spread them past the debt.
+        let mut wire = BytesMut::new();
         for i in 0..10 {
-            let av: ApiVersionsResponse = conn
-                .call(ApiKey::ApiVersions, 3, corr + i, &common::client_software())
-                .await;
+            let frame = request_frame(ApiKey::ApiVersions, 3, corr + i, &common::client_software());
+            wire.put_i32(frame.len() as i32);
+            wire.extend_from_slice(&frame);
+        }
+        conn.send_raw(&wire).await;
+        for i in 0..10 {
+            let frame = conn.recv_frame().await.expect("an answer");
+            let av: ApiVersionsResponse =
+                common::decode_response_frame(ApiKey::ApiVersions, 3, corr + i, frame);
             assert_eq!(av.error_code, 0);
         }
     }

@@ -233,14 +233,16 @@ async fn a_taken_broker_port_is_not_ready_until_it_frees() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_fetch_wait_is_not_cut_by_the_base_timeout() {
     let broker = Tansu::start();
-    // A 1 s base timeout: a blanket timeout would kill a 3 s long poll.
-    let proxy = Proxy::start_full(&broker.addr, "", "request_timeout = \"1s\"", "").await;
+    // A 3 s base timeout: a blanket timeout would kill a 10 s long poll.
+    // (The topic is made straight on the broker: CreateTopics through the
+    // proxy would have only the base timeout, which a busy machine can pass.)
+    common::create_topic(&broker.addr, "quiet", 1).await;
+    let proxy = Proxy::start_full(&broker.addr, "", "request_timeout = \"3s\"", "").await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
-    common::create_topic_raw(&mut conn, "quiet", 1).await;
-    let fetch = common::long_poll("quiet", 3000);
+    let fetch = common::long_poll("quiet", 10_000);
     let resp: FetchResponse = conn.call(ApiKey::Fetch, 11, 2, &fetch).await;
     assert_eq!(resp.error_code, 0);
-    // tansu holds an empty fetch for max_wait_ms (3 s), past the 1 s base:
+    // tansu holds an empty fetch for max_wait_ms (10 s), past the 3 s base:
     // the connection survives because the deadline came from the request.
     assert_eq!(
         proxy
@@ -367,12 +369,12 @@ async fn the_per_ip_limit_refuses_the_extra_connection_from_that_ip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_close_but_a_long_poll_is_not_idle() {
     let broker = Tansu::start();
-    let proxy = Proxy::start_full(&broker.addr, "idle_timeout = \"1s\"", "", "").await;
+    let proxy = Proxy::start_full(&broker.addr, "idle_timeout = \"4s\"", "", "").await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
     common::create_topic_raw(&mut conn, "idle", 1).await;
-    // A 3 s long poll: longer than idle_timeout, but something is owed.
+    // An 8 s long poll: longer than idle_timeout, but something is owed.
     let resp: FetchResponse = conn
-        .call(ApiKey::Fetch, 11, 2, &common::long_poll("idle", 3000))
+        .call(ApiKey::Fetch, 11, 2, &common::long_poll("idle", 8000))
         .await;
     assert_eq!(resp.error_code, 0);
     assert_alive(&mut conn, 3).await;
@@ -439,6 +441,19 @@ async fn settled(proxy: &Proxy, series: &str) -> f64 {
     }
 }
 
+/// Waits (up to 30 s) until a metric falls to 0, then returns it: memory
+/// given back by a closing connection is counted just after the close.
+async fn drained(proxy: &Proxy, series: &str) -> f64 {
+    let start = std::time::Instant::now();
+    loop {
+        let v = proxy.metric(series).await;
+        if v == 0.0 || start.elapsed() > Duration::from_secs(30) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A client that pipelines Fetches and stops reading: the proxy holds at most
 /// its connection's budget of their responses (the rest waits in the broker
 /// socket), other clients are served meanwhile, and after write_timeout the
@@ -449,7 +464,7 @@ async fn a_client_that_stops_reading_holds_only_its_budget_and_is_closed() {
     fill(&broker.addr, "big", 12, 100_000).await;
     let proxy = Proxy::start_full(
         &broker.addr,
-        "max_in_flight_bytes = \"2MiB\"\nwrite_timeout = \"10s\"",
+        "max_in_flight_bytes = \"2MiB\"\nwrite_timeout = \"20s\"",
         "",
         "",
     )
@@ -457,12 +472,14 @@ async fn a_client_that_stops_reading_holds_only_its_budget_and_is_closed() {
     // 24 responses of ~1.2 MB each: far more than kernel buffers and the
     // budget hold together.
     let stalled = stop_reading_after(&proxy, "big", 24).await;
-    assert!(
+    // The next response waits for the client (the gauge, not the counter of
+    // waits, which moves only when a wait ends).
+    assert_eq!(
         proxy
-            .wait_metric("idemgate_memory_waits_total{side=\"upstream\"}", 1.0)
-            .await
-            >= 1.0,
-        "the responses' reader waited for the client"
+            .wait_metric("idemgate_reads_waiting_for_memory{side=\"upstream\"}", 1.0)
+            .await,
+        1.0,
+        "the responses' reader waits for the client"
     );
     let held = settled(&proxy, "idemgate_in_flight_bytes").await;
     // The budget, plus the one response that may go over it.
@@ -494,7 +511,7 @@ async fn a_client_that_stops_reading_holds_only_its_budget_and_is_closed() {
             .await,
         1.0
     );
-    assert_eq!(settled(&proxy, "idemgate_in_flight_bytes").await, 0.0);
+    assert_eq!(drained(&proxy, "idemgate_in_flight_bytes").await, 0.0);
     drop(stalled);
     assert_alive(&mut other, 2).await;
 }
@@ -573,6 +590,6 @@ async fn requests_wait_for_the_overall_budget_and_then_go_through() {
         0.0
     );
     assert_eq!(proxy.metric("idemgate_write_timeouts_total").await, 0.0);
-    assert_eq!(settled(&proxy, "idemgate_in_flight_bytes").await, 0.0);
+    assert_eq!(drained(&proxy, "idemgate_in_flight_bytes").await, 0.0);
     proxy.assert_no_leaks().await;
 }
