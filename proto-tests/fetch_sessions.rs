@@ -52,6 +52,15 @@ const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 /// Incremental fetches the live read must reach before the writer stops.
 const INCREMENTAL_FETCHES: u64 = 2000;
 
+/// The most the writer may take to get there: a bound against a hang, not a
+/// speed the test asks for (a debug proxy on a loaded 2-core CI machine
+/// takes minutes where a quiet one takes seconds).
+const WRITE_LIMIT: Duration = Duration::from_secs(600);
+
+/// The most each reader may take, from its start: the writer's limit and
+/// then the read to the end of the log.
+const READ_LIMIT: Duration = Duration::from_secs(720);
+
 /// tansu behind the session layer, and the proxy in front of the layer.
 async fn bench() -> (Tansu, FetchSessions, Proxy) {
     let layer_port = common::free_port();
@@ -202,6 +211,8 @@ fn spawn_kafka_python(bootstrap: &str, topic: &str) -> KafkaPython {
             "--client-id",
             "connector-consumer-pg-sink-0",
         ])
+        // Outlasts the writer's WRITE_LIMIT and the read to the end after it.
+        .args(["--seconds", &READ_LIMIT.as_secs().to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -228,7 +239,7 @@ fn librdkafka_reads(bootstrap: String, topic: String, want: Wanted) -> Vec<(i32,
     consumer.subscribe(&[&topic]).unwrap();
     let (start, mut last) = (Instant::now(), Instant::now());
     let mut rows = Vec::new();
-    while start.elapsed() < Duration::from_secs(150) {
+    while start.elapsed() < READ_LIMIT {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 last = Instant::now();
@@ -343,8 +354,8 @@ async fn kafka_python_keeps_its_fetch_session_over_thousands_of_fetches() {
             );
         }
         assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the layer answered only {:?} in 120 s",
+            start.elapsed() < WRITE_LIMIT,
+            "the layer answered only {:?} in {WRITE_LIMIT:?}",
             layer.counts()
         );
         let mut round: Vec<(i32, u32)> = (0..3).map(|p| (p, seq + p as u32)).collect();

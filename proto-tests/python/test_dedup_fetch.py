@@ -338,7 +338,15 @@ class _FetcherLog(logging.Handler):
             self.bad.append(f"{record.levelname} {record.name}: {msg}")
 
 
+# The fetch count is what the test needs; the time it takes is not its
+# business. A debug proxy on a loaded 2-core CI machine may take minutes to
+# get there, so the limits below only bound a hang.
+LIVE_FETCHES = 2000
+LIVE_WRITE_LIMIT_S = 600
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_live_reading_over_thousands_of_fetches(fetch_proxy, direct_bootstrap, make_topic):
     """A sink reads a 3-partition topic while small batches keep arriving
     around the proxy, some of them copies of earlier records (in their
@@ -412,13 +420,18 @@ def test_live_reading_over_thousands_of_fetches(fetch_proxy, direct_bootstrap, m
     fetch_logger.addHandler(fetcher_log)
 
     rows: list[tuple[int, int, int]] = []
+    # session_timeout_ms 15 s, not e2e's 6: the heartbeat thread shares the
+    # GIL with this busy loop and the writer; on a loaded machine it can miss
+    # a 6 s session, and the rebalance that follows logs a WARN and starts a
+    # new fetch session, which the checks below would blame on the proxy.
+    # tansu 0.6.0 sets no upper bound on a group's session timeout.
     consumer = sink_consumer(fetch_proxy.bootstrap, topic, group_id=unique("connect-live-sink"),
                              client_id="connector-consumer-live-sink-0", fetch_max_wait_ms=5,
-                             max_partition_fetch_bytes=4096)
+                             max_partition_fetch_bytes=4096, session_timeout_ms=15000)
     thread = threading.Thread(target=writer, daemon=True)
     try:
         thread.start()
-        dl = deadline(90)
+        dl = deadline(LIVE_WRITE_LIMIT_S)
         fetches, checked = 0, 0.0
         while dl.left() and not writer_error:
             for recs in consumer.poll(timeout_ms=100, max_records=200).values():
@@ -426,15 +439,15 @@ def test_live_reading_over_thousands_of_fetches(fetch_proxy, direct_bootstrap, m
             if time.monotonic() - checked > 0.5:
                 checked = time.monotonic()
                 fetches = fetch_proxy.value("idemgate_requests_total", api="Fetch") - fetches0
-                if fetches >= 2200:
+                if fetches >= LIVE_FETCHES + 200:
                     break
         stop.set()
         thread.join(timeout=30)
         assert not thread.is_alive(), "the writer did not stop"
         assert not writer_error, f"writer failed: {writer_error[0]!r}"
-        assert fetches >= 2000, f"only {fetches} Fetch requests in 90 s"
+        assert fetches >= LIVE_FETCHES, f"only {fetches} Fetch requests in {LIVE_WRITE_LIMIT_S} s"
         ends = {TopicPartition(topic, p): v[-1][0] + 1 for p, v in written.items()}
-        read_to(consumer, ends, seconds=60, rows=rows)
+        read_to(consumer, ends, seconds=120, rows=rows)
     finally:
         stop.set()
         # Detached first: closing cancels the fetch in flight ("Fetch to node

@@ -70,7 +70,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     for k in ("--bootstrap", "--topic", "--group", "--client-id"):
         ap.add_argument(k, required=True)
-    ap.add_argument("--seconds", type=float, default=150)
+    # A bound against a hang, not a speed: the caller passes its own.
+    ap.add_argument("--seconds", type=float, default=720)
     a = ap.parse_args()
 
     fetcher_log = FetcherLog()
@@ -85,10 +86,15 @@ def main() -> int:
     ends, ready = {}, threading.Event()
     threading.Thread(target=read_ends, args=(ends, ready), daemon=True).start()
 
+    # session_timeout_ms 15 s, not 6: kafka-python heartbeats from a Python
+    # thread, which a busy fetch loop on a loaded machine can starve of the GIL
+    # for seconds; a missed session means a rebalance, a WARN and a new fetch
+    # session, which the test would take for the proxy breaking the session.
+    # tansu 0.6.0 sets no upper bound on a group's session timeout.
     consumer = KafkaConsumer(
         a.topic, bootstrap_servers=a.bootstrap, group_id=a.group, client_id=a.client_id,
         auto_offset_reset="earliest", enable_auto_commit=False,
-        session_timeout_ms=6000, heartbeat_interval_ms=1000, request_timeout_ms=30000,
+        session_timeout_ms=15000, heartbeat_interval_ms=1000, request_timeout_ms=30000,
         fetch_max_wait_ms=5, max_partition_fetch_bytes=4096)
     rows = []
     timed_out = True

@@ -51,9 +51,16 @@ def kafka_python(a) -> bool:
     futures = [p.send(topic, f"kp-{i}".encode()) for i in range(N)]
     produced = sum(1 for f in futures if f.get(timeout=30))
     p.close()
+    # An explicit poll loop, as confluent() has: consumer_timeout_ms would end
+    # the read after a quiet spell, and the first one holds the TLS handshakes
+    # and the group join, which a loaded machine can stretch past any such
+    # spell. The deadline only bounds a hang.
     c = KafkaConsumer(topic, group_id="g-" + topic, auto_offset_reset="earliest",
-                      session_timeout_ms=6000, consumer_timeout_ms=15000, **ssl)
-    got = {m.value for m in c}
+                      session_timeout_ms=6000, **ssl)
+    got, start = set(), time.time()
+    while len(got) < N and time.time() - start < 60:
+        for records in c.poll(timeout_ms=1000).values():
+            got.update(r.value for r in records)
     c.close()
     print(f"kafka-python: produced {produced}, consumed {len(got)}")
     return produced == N and len(got) == N
