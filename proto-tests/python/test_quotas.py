@@ -1,7 +1,6 @@
 """Quotas with kafka-python: a connector with a 1 MiB/s produce quota pushing
-6 MiB as fast as it can gets no more than 1 MiB/s (+15%) after its burst, and
-not grossly less (half of it at least), with no delivery error and no record
-lost.
+6 MiB as fast as it can achieves 1 MiB/s (±15%) after its burst, with no
+delivery error and no record lost.
 
 scripts/test starts the proxy with this quota (connector "pyquota"):
 
@@ -64,13 +63,9 @@ def test_a_produce_quota_shapes_kafka_python(bootstrap, make_topic):
     first = QUOTA // VALUE
     rate = (n - first) * VALUE / (acked[-1] - acked[first - 1])
     print(f"kafka-python: {rate / MIB:.3f} MiB/s after the burst (quota 1 MiB/s)")
-    # The quota's promise is the upper bound, and a loaded machine only slows
-    # the client down, so it stays strict. Below, the client's own speed on a
-    # busy CI machine is part of the rate: only gross over-throttling fails.
-    assert rate <= QUOTA * 1.15, f"rate {rate:.0f} B/s is over the quota {QUOTA} B/s (+15%)"
-    assert rate >= QUOTA * 0.5, f"rate {rate:.0f} B/s is under half the quota {QUOTA} B/s"
+    assert abs(rate / QUOTA - 1) <= 0.15, f"rate {rate:.0f} B/s"
     throttle = metric(admin, 'idemgate_throttle_seconds_total{connector="pyquota",tenant=""}')
-    assert throttle > 0, f"never throttled ({throttle} s), yet the rate was held"
+    assert throttle > 3, f"throttled only {throttle} s"
 
     consumer = kp_consumer(bootstrap, topic, group_id=None)
     keys: list[int] = []
