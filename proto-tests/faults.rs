@@ -618,6 +618,18 @@ impl Verdict {
         )
     }
 
+    /// Nothing passed the proxy unchecked (fail-open counters, summed by
+    /// reason), and the run held at least one replay to once: `no_drop` says
+    /// why a run could have checked none.
+    fn assert_all_checked(&self, unchecked: &BTreeMap<String, f64>, no_drop: &str) {
+        assert_eq!(
+            unchecked.values().sum::<f64>(),
+            0.0,
+            "records forwarded unchecked: {unchecked:?}"
+        );
+        assert!(self.held_to_once > 0, "{no_drop}: the run checked no drop");
+    }
+
     fn assert_clean(&self, context: &str) {
         if self.problems.is_empty() {
             return;
@@ -1007,16 +1019,8 @@ async fn sigkill_at_random_points_loses_nothing() {
     verdict.assert_clean(&format!(
         "seed {seed}, {kills} kills; last proxy log:\n{log_tail}"
     ));
-    // Nothing passed unchecked: every duplicate is the flush policy's.
-    assert_eq!(
-        unchecked.values().sum::<f64>(),
-        0.0,
-        "records forwarded unchecked: {unchecked:?}"
-    );
-    assert!(
-        verdict.held_to_once > 0,
-        "no replay reached back past the flush policy: the run checked no drop"
-    );
+    // Every duplicate is the flush policy's.
+    verdict.assert_all_checked(&unchecked, "no replay reached back past the flush policy");
 }
 
 // === Case 2: an upstream that hangs up mid-request or answers late ===
@@ -1710,15 +1714,7 @@ async fn broker_restarts_under_load_lose_nothing() {
         verdict.summary()
     );
     verdict.assert_clean(&format!("seed {seed}; proxy log:\n{log_tail}"));
-    assert_eq!(
-        unchecked.values().sum::<f64>(),
-        0.0,
-        "records forwarded unchecked: {unchecked:?}"
-    );
-    assert!(
-        verdict.held_to_once > 0,
-        "no replay of an acknowledged record: the run checked no drop"
-    );
+    verdict.assert_all_checked(&unchecked, "no replay of an acknowledged record");
 }
 
 // === Case 5: clients that stop reading, and a flood of connections ===

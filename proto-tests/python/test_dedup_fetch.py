@@ -28,6 +28,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -40,6 +41,9 @@ from kafka.structs import OffsetAndMetadata
 from e2e import (REQUEST_TIMEOUT_S, deadline, kp_produce,
                  record_value, seq_of, unique)
 from e2e import kp_consumer as sink_consumer  # every call names the Connect client id
+
+sys.path.insert(0, str(Path(__file__).parent / "clients"))
+from session_consumer import FetcherLog  # noqa: E402  (the script's own counter)
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "fetchdedup"
@@ -312,32 +316,6 @@ def test_consumer_moves_past_an_all_duplicate_batch(fetch_proxy, direct_bootstra
 
 # ------------------------------------------------------- 3. fetch sessions, live
 
-class _FetcherLog(logging.Handler):
-    """Counts kafka-python's fetch-session outcomes and keeps its complaints."""
-
-    KINDS = {
-        "created": "created a new incremental fetch session",
-        "continued": "sent an incremental fetch response for session",
-        "closed": "sent an incremental fetch response closing session",
-        "full_no_session": "sent a full fetch response with",
-    }
-    BAD = ("unable to process the fetch request", "invalid full fetch response",
-           "invalid incremental fetch response", "Fetch to node", "Unable to find fetch session")
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.counts = collections.Counter()
-        self.bad: list[str] = []
-
-    def emit(self, record):
-        msg = record.getMessage()
-        for kind, text in self.KINDS.items():
-            if text in msg:
-                self.counts[kind] += 1
-        if record.levelno >= logging.WARNING or any(b in msg for b in self.BAD):
-            self.bad.append(f"{record.levelname} {record.name}: {msg}")
-
-
 # The fetch count is what the test needs; the time it takes is not its
 # business. A debug proxy on a loaded 2-core CI machine may take minutes to
 # get there, so the limits below only bound a hang.
@@ -410,7 +388,7 @@ def test_live_reading_over_thousands_of_fetches(fetch_proxy, direct_bootstrap, m
         finally:
             producer.close(timeout=REQUEST_TIMEOUT_S)
 
-    fetcher_log = _FetcherLog()
+    fetcher_log = FetcherLog()
     kafka_log = logging.getLogger("kafka")
     fetch_logger = logging.getLogger("kafka.consumer.fetcher")
     old_level, old_propagate = fetch_logger.level, fetch_logger.propagate
