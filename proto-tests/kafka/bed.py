@@ -1,0 +1,433 @@
+"""The Apache Kafka test bed: Kafka 4.4 brokers, Kafka Connect 4.4 workers, the
+idemgate binary and the Java test client, each a real process on 127.0.0.1.
+
+Every piece is started by the project's own scripts (scripts/kafka,
+scripts/connect) or binaries (target/debug/idemgate), installed by
+scripts/setup. Nothing here skips: a missing piece fails the test and says
+how to get it.
+
+Every wait is bounded and ends on an event (a REST status, a metric, a marker
+record in a topic), never on a quiet interval.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / ".cache"
+KAFKA_LIBS = Path(os.environ.get("KAFKA_LIBS", CACHE / "kafka" / "libs"))
+JVM_CLIENT = CACHE / "jvm-client" / "classes"
+LOG4J = ROOT / "proto-tests" / "jvm" / "log4j2.properties"
+
+
+class BedError(AssertionError):
+    """A piece of the test bed failed to start or answer: the test fails."""
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_for(what: str, cond, timeout: float, interval: float = 0.2):
+    """Poll `cond()` until it returns a truthy value; fail after `timeout` s."""
+    end = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            value = cond()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - the last one is reported
+            last_exc = exc
+        if time.monotonic() >= end:
+            raise BedError(f"timed out after {timeout:.0f} s waiting for {what}"
+                           + (f" (last error: {last_exc!r})" if last_exc else ""))
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port_block(n: int) -> tuple[int, int]:
+    """n consecutive free ports below Linux's ephemeral range (32768+), where
+    outgoing connections take their local ports."""
+    def free(p):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+                return True
+            except OSError:
+                return False
+    for _ in range(500):
+        lo = random.randrange(20000, 32000 - n)
+        if all(free(p) for p in range(lo, lo + n)):
+            return lo, lo + n - 1
+    raise BedError(f"no {n} consecutive free ports in 20000-32000")
+
+
+def _kv_lines(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition("=")
+        if sep:
+            out[k.strip()] = v.strip()
+    return out
+
+
+def http(method: str, url: str, body=None, timeout: float = 15.0, token: str | None = None):
+    """(status, parsed JSON or text) of one HTTP call."""
+    data = None
+    headers = {}
+    if body is not None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        status = exc.code
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+# === Apache Kafka =============================================================
+
+@dataclass
+class KafkaCluster:
+    """A KRaft cluster started by scripts/kafka: node ids 1..n."""
+
+    dir: Path
+    bootstrap: str
+    brokers: dict[int, str]
+
+    @classmethod
+    def start(cls, brokers: int = 1, heap: str = "512m") -> "KafkaCluster":
+        if not (KAFKA_LIBS / "kafka_2.13-4.4.0.jar").exists():
+            raise BedError(f"no Apache Kafka 4.4.0 in {KAFKA_LIBS}: run scripts/setup")
+        out = subprocess.run([str(ROOT / "scripts" / "kafka"), "start", "--brokers", str(brokers),
+                              "--heap", heap], capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise BedError(f"scripts/kafka start failed:\n{out.stderr}")
+        kv = _kv_lines(out.stdout)
+        return cls(dir=Path(kv["dir"]), bootstrap=kv["bootstrap"],
+                   brokers={i: kv[f"broker.{i}"] for i in range(1, brokers + 1)})
+
+    def stop(self):
+        subprocess.run([str(ROOT / "scripts" / "kafka"), "stop", str(self.dir)], timeout=120)
+
+    def kill(self, node_id: int):
+        subprocess.run([str(ROOT / "scripts" / "kafka"), "kill", str(self.dir), str(node_id)],
+                       check=True, timeout=30)
+
+    def restart(self, node_id: int):
+        subprocess.run([str(ROOT / "scripts" / "kafka"), "restart", str(self.dir), str(node_id)],
+                       check=True, timeout=120, stdout=subprocess.DEVNULL)
+
+    def log_tail(self, n: int = 40) -> str:
+        parts = []
+        for f in sorted(self.dir.glob("broker-*.log")):
+            lines = f.read_text(errors="replace").splitlines()[-n:]
+            parts.append(f"--- {f}\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+    # -- admin, straight to the brokers --
+    def admin(self):
+        from confluent_kafka.admin import AdminClient
+        return AdminClient({"bootstrap.servers": self.bootstrap})
+
+    def create_topic(self, name: str, partitions: int = 1, replication: int | None = None,
+                     config: dict | None = None):
+        from confluent_kafka.admin import NewTopic
+        rf = replication if replication is not None else min(3, len(self.brokers))
+        fut = self.admin().create_topics([NewTopic(name, partitions, rf, config=config or {})])
+        fut[name].result(30)
+
+
+# === idemgate =================================================================
+
+def idemgate_bin() -> Path:
+    path = Path(os.environ.get("IDEMGATE_BIN", ROOT / "target" / "debug" / "idemgate"))
+    if not path.exists():
+        raise BedError(f"no idemgate binary at {path}: run `cargo build` (scripts/test does)")
+    return path
+
+
+@dataclass
+class Proxy:
+    """The idemgate binary in front of `upstream`, with its own ports and store.
+
+    `extra` is TOML appended to the generated config (rules, quotas, ...).
+    Every proxy runs with the address-leak check on; `assert_no_leaks()` reads it.
+    """
+
+    upstream: str
+    extra: str = ""
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="idemgate-proxy.")))
+    bootstrap: str = ""
+    admin: str = ""
+    proc: subprocess.Popen | None = None
+
+    def __post_init__(self):
+        self.port = free_port()
+        self.admin_port = free_port()
+        lo, hi = free_port_block(21)
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        upstream = ", ".join(f'"{a}"' for a in self.upstream.split(","))
+        self.config_path = self.workdir / "idemgate.toml"
+        self.config_path.write_text(f"""\
+[listen]
+bootstrap = "{self.bootstrap}"
+broker_ports = "{lo}-{hi}"
+[upstream]
+bootstrap = [{upstream}]
+[admin]
+listen = "127.0.0.1:{self.admin_port}"
+[store]
+dir = "{self.workdir / 'store'}"
+[diagnostics]
+leak_check = true
+{self.extra}
+""")
+        self.log_path = self.workdir / "idemgate.log"
+
+    def start(self) -> "Proxy":
+        check = subprocess.run([str(idemgate_bin()), "check", "--config", str(self.config_path)],
+                               capture_output=True, text=True, timeout=30)
+        if check.returncode != 0:
+            raise BedError(f"idemgate check refused the test's config:\n{check.stdout}{check.stderr}")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(idemgate_bin()), "run", "--config", str(self.config_path)],
+                                     stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        def ready():
+            if self.proc.poll() is not None:
+                raise BedError(f"idemgate exited with {self.proc.returncode}:\n{self.log_tail()}")
+            status, _ = http("GET", f"{self.admin}/readyz", timeout=2)
+            return status == 200
+        wait_for("idemgate /readyz", ready, 60)
+        return self
+
+    def sigkill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample on /metrics: 'name{labels}' -> value (labels as printed)."""
+        status, text = http("GET", f"{self.admin}/metrics")
+        if status != 200:
+            raise BedError(f"/metrics answered {status}")
+        out = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+        return out
+
+    def metric_sum(self, name: str, **labels) -> float:
+        """Sum of the samples of `name` whose labels include `labels`."""
+        total = 0.0
+        for key, value in self.metrics().items():
+            base, _, rest = key.partition("{")
+            if base != name:
+                continue
+            if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+                total += value
+        return total
+
+    def assert_no_leaks(self):
+        leaks = self.metric_sum("idemgate_address_leaks_total")
+        assert leaks == 0, f"the proxy handed out upstream broker addresses {leaks:.0f} times"
+
+
+# === Kafka Connect ============================================================
+
+@dataclass
+class ConnectCluster:
+    """Distributed Connect workers started by scripts/connect; workers 1..n."""
+
+    dir: Path
+    group: str
+    workers: dict[int, str]
+
+    @classmethod
+    def start(cls, bootstrap: str, workers: int = 2, flush_ms: int = 60000,
+              rebalance_delay_ms: int = 5000, props: dict | None = None) -> "ConnectCluster":
+        argv = [str(ROOT / "scripts" / "connect"), "start", "--bootstrap", bootstrap,
+                "--workers", str(workers), "--flush-ms", str(flush_ms),
+                "--rebalance-delay-ms", str(rebalance_delay_ms)]
+        for k, v in (props or {}).items():
+            argv += ["--prop", f"{k}={v}"]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+        if out.returncode != 0:
+            raise BedError(f"scripts/connect start failed:\n{out.stderr}")
+        kv = _kv_lines(out.stdout)
+        return cls(dir=Path(kv["dir"]), group=kv["group"],
+                   workers={i: kv[f"worker.{i}"] for i in range(1, workers + 1)})
+
+    def stop(self):
+        subprocess.run([str(ROOT / "scripts" / "connect"), "stop", str(self.dir)], timeout=120)
+
+    def kill(self, n: int):
+        subprocess.run([str(ROOT / "scripts" / "connect"), "kill", str(self.dir), str(n)],
+                       check=True, timeout=30)
+
+    def restart(self, n: int):
+        subprocess.run([str(ROOT / "scripts" / "connect"), "restart", str(self.dir), str(n)],
+                       check=True, timeout=180, stdout=subprocess.DEVNULL)
+
+    def alive(self, n: int) -> bool:
+        try:
+            os.kill(int((self.dir / f"worker-{n}.pid").read_text()), 0)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def any_url(self) -> str:
+        for n, url in self.workers.items():
+            if self.alive(n):
+                return url
+        raise BedError("no Connect worker is alive")
+
+    def rest(self, method: str, path: str, body=None):
+        return http(method, self.any_url() + path, body)
+
+    def create_connector(self, name: str, config: dict):
+        status, body = self.rest("PUT", f"/connectors/{name}/config", config)
+        if status not in (200, 201):
+            raise BedError(f"creating connector {name}: {status} {body}")
+
+    def status(self, name: str) -> dict | None:
+        status, body = self.rest("GET", f"/connectors/{name}/status")
+        return body if status == 200 else None
+
+    def task_running(self, name: str, task: int = 0) -> str | None:
+        """worker_id (host:port) running task `task` of connector `name`, once RUNNING."""
+        st = self.status(name)
+        if not st:
+            return None
+        for t in st.get("tasks", []):
+            if t["id"] == task and t["state"] == "RUNNING":
+                return t["worker_id"]
+            if t["id"] == task and t["state"] == "FAILED":
+                raise BedError(f"task {name}-{task} FAILED: {t.get('trace', '')[:2000]}")
+        return None
+
+    def worker_number(self, worker_id: str) -> int:
+        for n, url in self.workers.items():
+            if url.endswith("//" + worker_id) or url.rsplit("/", 1)[-1] == worker_id:
+                return n
+        raise BedError(f"no worker of this cluster is {worker_id} ({self.workers})")
+
+    def log_tail(self, n: int = 40) -> str:
+        parts = []
+        for f in sorted(self.dir.glob("worker-*.log")):
+            lines = f.read_text(errors="replace").splitlines()[-n:]
+            parts.append(f"--- {f}\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+
+# === reading a topic straight from the broker =================================
+
+def read_topic(bootstrap: str, topic: str, until, timeout: float = 90.0,
+               isolation: str = "read_uncommitted") -> list:
+    """Every record of `topic` (all partitions, from the start), read straight
+    from `bootstrap` with confluent-kafka and no group, until `until(records)`
+    holds (a marker arrived) and every partition is read up to the high
+    watermark (or last stable offset) it had then. Returns confluent-kafka
+    Messages in (partition, offset) order."""
+    from confluent_kafka import Consumer, TopicPartition, KafkaException
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("reader"),
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                  "isolation.level": isolation, "enable.partition.eof": True})
+    try:
+        md = c.list_topics(topic, timeout=15)
+        if topic not in md.topics or md.topics[topic].error is not None:
+            raise BedError(f"topic {topic} not found on {bootstrap}")
+        parts = sorted(md.topics[topic].partitions)
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
+        records = []
+        end = time.monotonic() + timeout
+        target = None  # partition -> offset to reach, fixed once `until` holds
+        pos = {p: 0 for p in parts}
+        while True:
+            if target is None and until(records):
+                target = {}
+                for p in parts:
+                    lo, hi = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+                    target[p] = hi
+            if target is not None and all(pos[p] >= target[p] for p in parts):
+                break
+            if time.monotonic() > end:
+                raise BedError(f"reading {topic}: {len(records)} records after {timeout:.0f} s, "
+                               f"the end marker {'arrived' if target else 'never arrived'}")
+            msg = c.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == msg.error()._PARTITION_EOF:
+                    continue
+                raise KafkaException(msg.error())
+            records.append(msg)
+            pos[msg.partition()] = msg.offset() + 1
+        records.sort(key=lambda m: (m.partition(), m.offset()))
+        return records
+    finally:
+        c.close()
+
+
+# === the Java test client =====================================================
+
+def java_client(*args: str, timeout: float = 180.0, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run proto-tests/jvm/client (compiled by scripts/setup) with `args`."""
+    if not JVM_CLIENT.exists():
+        raise BedError(f"the Java test client is not compiled in {JVM_CLIENT}: run scripts/setup")
+    java = shutil.which("java")
+    argv = [java, "-Xmx256m", "-XX:TieredStopAtLevel=1", f"-Dlog4j2.configurationFile={LOG4J}",
+            "-cp", f"{JVM_CLIENT}:{KAFKA_LIBS}/*", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})

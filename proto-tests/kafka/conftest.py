@@ -1,0 +1,61 @@
+"""Fixtures for the Apache Kafka test bed (bed.py): one single-node Kafka 4.4
+cluster for the whole session, a three-broker one on first use, and factories
+for proxies and Connect clusters that are stopped after each test.
+
+JVMs are heavy on 2 cores, so brokers start once per session (TESTBED.md);
+each test uses its own topics, groups and Connect cluster names.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bed import ConnectCluster, KafkaCluster, Proxy
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    cluster = KafkaCluster.start(brokers=1)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka3():
+    cluster = KafkaCluster.start(brokers=3)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def proxies():
+    """`proxies(upstream, extra_toml)` starts an idemgate; all are stopped after
+    the test, and each one's leak check must read 0."""
+    started: list[Proxy] = []
+
+    def make(upstream: str, extra: str = "") -> Proxy:
+        p = Proxy(upstream=upstream, extra=extra).start()
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        if p.proc and p.proc.poll() is None:
+            p.assert_no_leaks()
+        p.stop()
+
+
+@pytest.fixture
+def connect_clusters():
+    """`connect_clusters(bootstrap, **kw)` starts Connect workers (ConnectCluster.start);
+    all are stopped after the test."""
+    started: list[ConnectCluster] = []
+
+    def make(bootstrap: str, **kw) -> ConnectCluster:
+        c = ConnectCluster.start(bootstrap, **kw)
+        started.append(c)
+        return c
+
+    yield make
+    for c in started:
+        c.stop()
