@@ -157,7 +157,7 @@ class KafkaCluster:
     # -- admin, straight to the brokers --
     def admin(self):
         from confluent_kafka.admin import AdminClient
-        return AdminClient({"bootstrap.servers": self.bootstrap})
+        return AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 4})
 
     def create_topic(self, name: str, partitions: int = 1, replication: int | None = None,
                      config: dict | None = None):
@@ -191,13 +191,18 @@ class Proxy:
     bootstrap: str = ""
     admin: str = ""
     proc: subprocess.Popen | None = None
+    # Fixed ports (scripts/demo); 0 and None pick free ones.
+    port: int = 0
+    admin_port: int = 0
+    broker_ports: tuple[int, int] | None = None
 
     def __post_init__(self):
-        self.port = free_port()
-        self.admin_port = free_port()
-        lo, hi = free_port_block(21)
+        self.port = self.port or free_port()
+        self.admin_port = self.admin_port or free_port()
+        lo, hi = self.broker_ports or free_port_block(21)
         self.bootstrap = f"127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
+        self.workdir.mkdir(parents=True, exist_ok=True)
         upstream = ", ".join(f'"{a}"' for a in self.upstream.split(","))
         self.config_path = self.workdir / "idemgate.toml"
         self.config_path.write_text(f"""\
