@@ -432,8 +432,9 @@ fn window_lookup(query: &str, shared: &Shared) -> Result<String, String> {
     }
     let topic = topic.ok_or("topic= is required")?;
     let key = match (key, record_key) {
-        (Some(hex), None) => Key::parse_hex(&hex)
-            .ok_or("key= must be 32 hex digits, as in the idempotency-key header")?,
+        (Some(hex), None) => Key::parse_hex(&hex).ok_or(
+            "key= must be 32 lowercase hex digits, as the proxy writes the idempotency-key header",
+        )?,
         (None, Some(rk)) => crate::idempotency::key::record_key(&topic, &rk),
         _ => return Err("give exactly one of key= or record_key=".into()),
     };

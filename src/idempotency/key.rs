@@ -61,14 +61,21 @@ impl Key {
         out
     }
 
-    /// Parses 32 hex digits (either case); anything else is `None`.
+    /// Parses 32 lowercase hex digits, the one form [`Key::to_hex`] writes;
+    /// anything else is `None`. Upper case is refused: sinks upsert on the
+    /// header's bytes, so `…ABCDEF` and `…abcdef` are two keys to them and
+    /// must be two keys here.
     pub fn parse_hex(text: &[u8]) -> Option<Key> {
         if text.len() != 32 {
             return None;
         }
         let mut n: u128 = 0;
         for &c in text {
-            let digit = (c as char).to_digit(16)?;
+            let digit = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => return None,
+            };
             n = (n << 4) | u128::from(digit);
         }
         Some(Key(n))
@@ -146,10 +153,11 @@ impl Deriver<'_> {
         put_bytes(&mut h, Some(topic.as_bytes()));
         put_bytes(&mut h, record.key_slice());
         put_bytes(&mut h, record.value_slice());
+        // Every header goes in, the tag header too: this is reached only when
+        // the record carries no well-formed key, so whatever the client put
+        // under that name is its own data, and two different values are two
+        // records.
         for header in record.headers() {
-            if header.key == self.tag_header {
-                continue;
-            }
             put_bytes(&mut h, Some(header.key));
             put_bytes(&mut h, header.value);
         }
@@ -282,12 +290,36 @@ mod tests {
         assert_eq!(keys[0], keys[1], "timestamps differ, keys must not");
         let other_topic = one(&KeyStrategy::Content, "u", a.clone());
         assert_ne!(keys[0], other_topic);
-        // A tag header with garbage in it is not a key and not hashed either.
-        let mut tagged = a.clone();
-        tagged
-            .headers
-            .push((Bytes::from_static(TAG), Some(Bytes::from_static(b"nope"))));
-        assert_eq!(one(&KeyStrategy::Content, "t", tagged), keys[0]);
+        // A tag header that holds no key is the client's own data: hashed,
+        // so two different values are two records.
+        let with_tag = |value: &'static [u8]| {
+            let mut r = a.clone();
+            r.headers
+                .push((Bytes::from_static(TAG), Some(Bytes::from_static(value))));
+            one(&KeyStrategy::Content, "t", r)
+        };
+        assert_ne!(with_tag(b"nope"), keys[0]);
+        assert_ne!(with_tag(b"nope"), with_tag(b"nope2"));
+        assert_eq!(with_tag(b"nope"), with_tag(b"nope"));
+    }
+
+    #[test]
+    fn a_client_key_differing_only_in_case_is_another_key() {
+        let lower = b"0123456789abcdef0123456789abcdef";
+        let upper = b"0123456789ABCDEF0123456789ABCDEF";
+        let derive = |tag: &'static [u8]| {
+            one(
+                &KeyStrategy::Content,
+                "t",
+                record(Some(b"k"), Some(b"v"), &[(TAG, tag)]),
+            )
+        };
+        assert!(matches!(derive(lower), Derived::Carried(_)));
+        assert!(matches!(derive(upper), Derived::Made(_)));
+        assert_ne!(derive(lower), derive(upper));
+        assert_ne!(derive(upper), derive(b"0123456789ABCDEF0123456789ABCDEE"));
+        assert_eq!(Key::parse_hex(upper), None);
+        assert_eq!(Key::parse_hex(lower).map(Key::to_hex).as_ref(), Some(lower));
     }
 
     #[test]
