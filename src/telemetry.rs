@@ -162,16 +162,19 @@ pub enum FailOpen {
     StoreError,
     /// The request named a topic by id only (Produce v13).
     TopicId,
+    /// The broker answered success without a base offset: keys not learned.
+    NoOffset,
 }
 
 impl FailOpen {
-    const ALL: [FailOpen; 6] = [
+    const ALL: [FailOpen; 7] = [
         FailOpen::Undecodable,
         FailOpen::NotOneV2Batch,
         FailOpen::Loading,
         FailOpen::PendingTimeout,
         FailOpen::StoreError,
         FailOpen::TopicId,
+        FailOpen::NoOffset,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -182,6 +185,7 @@ impl FailOpen {
             FailOpen::PendingTimeout => "pending_timeout",
             FailOpen::StoreError => "store_error",
             FailOpen::TopicId => "topic_id",
+            FailOpen::NoOffset => "no_offset",
         }
     }
 }
@@ -212,7 +216,7 @@ pub struct DedupMetrics {
     /// The fetch path's, per (connector or client id, topic).
     fetch_topics: Mutex<BTreeMap<(String, String), TopicCounts>>,
     replays: Mutex<BTreeMap<String, Replays>>,
-    fail_open: [AtomicU64; 6],
+    fail_open: [AtomicU64; FailOpen::ALL.len()],
     /// Records in transactional batches passed through untouched.
     pub transactional_records: AtomicU64,
     /// Transactions that committed / aborted through the proxy.
@@ -244,7 +248,7 @@ impl DedupMetrics {
             topics: Mutex::new(BTreeMap::new()),
             fetch_topics: Mutex::new(BTreeMap::new()),
             replays: Mutex::new(BTreeMap::new()),
-            fail_open: [const { AtomicU64::new(0) }; 6],
+            fail_open: [const { AtomicU64::new(0) }; FailOpen::ALL.len()],
             transactional_records: AtomicU64::new(0),
             txn_committed: AtomicU64::new(0),
             txn_aborted: AtomicU64::new(0),

@@ -873,6 +873,15 @@ impl ProduceDedup {
                     if r.error_code != 0 {
                         continue;
                     }
+                    if r.base_offset < 0 {
+                        // Success without a position: nothing to say where
+                        // the first copy is, so nothing is learned (the
+                        // keys are released with the plan; replays pass).
+                        self.metrics
+                            .dedup
+                            .fail_open(FailOpen::NoOffset, commits.len() as u64);
+                        continue;
+                    }
                     if let Err(e) = plan.claim.commit_as(
                         topic.name.as_str(),
                         p.index,
@@ -1133,6 +1142,19 @@ mod tests {
                 None
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_success_without_a_base_offset_teaches_nothing() {
+        let b = bench("drop");
+        let mut s = Session::default();
+        assert!(send(&b, &mut s, batch(&["a", "b"], (-1, -1), -1), -1)
+            .await
+            .is_some());
+        assert_eq!(b.dedup.metrics.dedup.fail_open_count(FailOpen::NoOffset), 2);
+        // Not learned: the same records are written again, not answered here.
+        let again = send(&b, &mut s, batch(&["a", "b"], (-1, -1), -1), 10).await;
+        assert_eq!(again.map(|(v, _)| v.len()), Some(2));
     }
 
     #[tokio::test]
