@@ -31,6 +31,9 @@ pub struct Store {
     /// The first write that failed (disk full, read-only, I/O error). sled
     /// refuses every write after one fails, until the process restarts.
     write_failure: std::sync::OnceLock<String>,
+    /// Tests: every write fails from now on, as sled's do after a full disk.
+    #[cfg(test)]
+    refuse_writes: std::sync::atomic::AtomicBool,
 }
 
 /// sled wants some cache to work with; `[dedup] store_cache` refuses less.
@@ -81,6 +84,8 @@ impl Store {
             segments,
             sequences,
             write_failure: std::sync::OnceLock::new(),
+            #[cfg(test)]
+            refuse_writes: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -103,6 +108,7 @@ impl Store {
     }
 
     pub fn put_segment(&self, id: u64, value: &[u8]) -> Result<(), Error> {
+        self.refused()?;
         self.segments
             .insert(id.to_be_bytes(), value)
             .map(drop)
@@ -113,7 +119,33 @@ impl Store {
         self.segments.get(id.to_be_bytes()).map_err(store_err)
     }
 
+    /// Tests: from now on every segment write and removal fails, as sled's
+    /// do once the disk is full.
+    #[cfg(test)]
+    pub fn refuse_writes(&self) {
+        self.refuse_writes
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    fn refused(&self) -> Result<(), Error> {
+        if self
+            .refuse_writes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let _ = self.write_failure.set("refused (test)".into());
+            return Err(Error::Store("refused (test)".into()));
+        }
+        Ok(())
+    }
+
+    #[cfg(not(test))]
+    fn refused(&self) -> Result<(), Error> {
+        Ok(())
+    }
+
     pub fn remove_segment(&self, id: u64) -> Result<(), Error> {
+        self.refused()?;
         self.segments
             .remove(id.to_be_bytes())
             .map(drop)
@@ -176,6 +208,7 @@ impl Store {
 
     /// Writes everything to disk now, blocking.
     pub fn flush_now(&self) -> Result<(), Error> {
+        self.refused()?;
         self.db.flush().map(drop).map_err(|e| self.write_err(e))
     }
 

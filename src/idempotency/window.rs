@@ -107,6 +107,10 @@ pub struct Window {
     pub store_errors: AtomicU64,
     /// Segments below this id are known to be on disk ([`flush_through`](Self::flush_through)).
     durable_below: AtomicU64,
+    /// Segments below this id were evicted in order (expiry, capacity):
+    /// [`sweep`](Self::sweep) starts here, so one the store failed to remove
+    /// (disk full) is not met again every second, and later ones still expire.
+    evicted_below: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -118,19 +122,31 @@ fn now_ms() -> u64 {
 
 impl Window {
     /// An empty window over `store`; call [`load`](Self::load) to read back
-    /// what it remembers.
+    /// what it remembers. New segments are numbered after the newest one on
+    /// disk from the start, so a key learned before the load ends can never
+    /// overwrite a persisted segment.
     pub fn new(store: Arc<Store>, ttl: Duration, max_keys: usize) -> Window {
+        let next = match store.last_segment_id() {
+            Ok(last) => last.map_or(0, |l| l + 1),
+            Err(e) => {
+                // load() reads the same tree and reports the error; until
+                // then, numbering past anything u64 ids can reach is safe.
+                tracing::warn!(error = %e, "window: newest segment id unreadable");
+                u64::MAX / 2
+            }
+        };
         Window {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             store,
             ttl,
             max_keys,
-            next_segment: AtomicU64::new(0),
+            next_segment: AtomicU64::new(next),
             keys: AtomicUsize::new(0),
             loaded: AtomicBool::new(false),
             changed: Notify::new(),
             store_errors: AtomicU64::new(0),
             durable_below: AtomicU64::new(0),
+            evicted_below: AtomicU64::new(0),
         }
     }
 
@@ -260,7 +276,8 @@ impl Window {
             read.map(|()| keys)
         })?;
         report.keys = keys;
-        self.next_segment.store(last.map_or(0, |l| l + 1), Relaxed);
+        self.next_segment
+            .fetch_max(last.map_or(0, |l| l + 1), Relaxed);
         self.durable_below.store(last.map_or(0, |l| l + 1), Relaxed);
         self.evict_over_capacity()?;
         self.loaded.store(true, Relaxed);
@@ -280,11 +297,11 @@ impl Window {
     ) -> Result<Option<Segment<'a>>, Error> {
         let Some(seg) = Segment::parse(value) else {
             tracing::warn!(segment = id, "unreadable window segment dropped");
-            self.store.remove_segment(id)?;
+            self.remove_or_count(id);
             return Ok(None);
         };
         if seg.acked_ms < oldest_alive {
-            self.store.remove_segment(id)?;
+            self.remove_or_count(id);
             report.expired += 1;
             return Ok(None);
         }
@@ -534,17 +551,19 @@ impl Window {
     }
 
     /// Evicts expired segments and, past `max_keys`, the oldest ones. Cheap
-    /// when there is nothing to do; the server calls it every second.
+    /// when there is nothing to do; the server calls it every second. Keys
+    /// leave memory even when the store can no longer remove their segment
+    /// (a full disk): they must not outlive the window.
     pub fn sweep(&self) -> Result<usize, Error> {
         let oldest_alive = now_ms().saturating_sub(self.ttl.as_millis() as u64);
         let mut evicted = 0;
-        for item in self.store.segments_from(0) {
+        for item in self.store.segments_from(self.evicted_below.load(Relaxed)) {
             let (id, value) = item?;
             let expired = Segment::parse(&value).is_none_or(|s| s.acked_ms < oldest_alive);
             if !expired && self.len() <= self.max_keys {
                 break;
             }
-            evicted += self.evict(id, &value)?;
+            evicted += self.evict_in_order(id, &value);
         }
         Ok(evicted)
     }
@@ -562,10 +581,14 @@ impl Window {
         for item in self.store.segments_from(0) {
             let (id, value) = item?;
             if Segment::parse(&value).is_some_and(|s| s.topic == topic) {
-                purged.keys += self.evict(id, &value)?;
+                purged.keys += self.forget(id, &value);
+                self.store.remove_segment(id)?;
                 purged.segments += 1;
             }
         }
+        // Answered only once on disk: a crash must not bring the keys back
+        // and have the recreated topic's records dropped as replays.
+        self.store.flush_now()?;
         Ok(purged)
     }
 
@@ -573,9 +596,9 @@ impl Window {
         if self.len() <= self.max_keys {
             return Ok(());
         }
-        for item in self.store.segments_from(0) {
+        for item in self.store.segments_from(self.evicted_below.load(Relaxed)) {
             let (id, value) = item?;
-            self.evict(id, &value)?;
+            self.evict_in_order(id, &value);
             if self.len() <= self.max_keys {
                 break;
             }
@@ -583,7 +606,27 @@ impl Window {
         Ok(())
     }
 
-    fn evict(&self, id: u64, value: &[u8]) -> Result<usize, Error> {
+    /// Evicts the oldest segment left: its keys leave memory, and its record
+    /// the store (counted, not fatal, if the store refuses).
+    fn evict_in_order(&self, id: u64, value: &[u8]) -> usize {
+        let removed = self.forget(id, value);
+        self.remove_or_count(id);
+        self.evicted_below.fetch_max(id + 1, Relaxed);
+        removed
+    }
+
+    /// Removes a segment from the store; a refusal is counted and logged by
+    /// the store (it is the first of many once the disk is full).
+    fn remove_or_count(&self, id: u64) {
+        if let Err(e) = self.store.remove_segment(id) {
+            self.store_errors.fetch_add(1, Relaxed);
+            tracing::debug!(segment = id, error = %e, "window segment not removed from the store");
+        }
+    }
+
+    /// Takes the segment's keys out of memory (those it still holds: a key
+    /// seen again later lives in its newer segment); returns how many.
+    fn forget(&self, id: u64, value: &[u8]) -> usize {
         let mut removed = 0;
         if let Some(seg) = Segment::parse(value) {
             for (key, _) in seg.entries() {
@@ -596,8 +639,7 @@ impl Window {
                 }
             }
         }
-        self.store.remove_segment(id)?;
-        Ok(removed)
+        removed
     }
 
     /// Approximate memory held by the key maps.
@@ -967,6 +1009,61 @@ mod tests {
         drop(w);
         let w = window(dir.path(), Duration::from_secs(3600), 100);
         assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn keys_still_expire_after_the_store_refused_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = window(dir.path(), Duration::from_secs(3600), 2);
+        commit(&w, &[1, 2], 0);
+        commit(&w, &[3], 2);
+        w.store().refuse_writes();
+        w.sweep().unwrap(); // segment 0 leaves memory, not the disk
+        assert_eq!((w.peek(Key(1)), w.peek(Key(2))), (None, None));
+        assert!(w.store_errors.load(Relaxed) >= 1);
+        // The next segment over capacity goes too: the failed one does not
+        // stop the sweep at the oldest segment for good.
+        // Two keys learned in memory only (the store refuses their segment).
+        w.insert_seen(Key(4), 98);
+        w.insert_seen(Key(5), 99);
+        w.sweep().unwrap();
+        assert_eq!(
+            w.peek(Key(3)),
+            None,
+            "segment 1 was evicted past the failed one"
+        );
+    }
+
+    #[test]
+    fn a_key_learned_before_the_load_never_overwrites_a_persisted_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let w = window(dir.path(), Duration::from_secs(3600), 100);
+            commit(&w, &[1, 2], 0);
+            w.store().flush_now().unwrap();
+        }
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let w = Arc::new(Window::new(store, Duration::from_secs(3600), 100));
+        // Learned before load(): must land after segment 0.
+        w.learn("orders", 3, 10, NO_PRODUCER, &[(Key(9), 0)])
+            .unwrap();
+        w.load().unwrap();
+        assert_eq!(w.position(Key(1)).unwrap().unwrap().offset, 0);
+        assert_eq!(w.position(Key(9)).unwrap().unwrap().offset, 10);
+    }
+
+    #[test]
+    fn a_purge_the_store_refuses_is_an_error_not_an_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = window(dir.path(), Duration::from_secs(3600), 100);
+        commit(&w, &[1, 2], 0);
+        w.store().flush_now().unwrap();
+        let purged = w.purge_topic("orders").unwrap();
+        assert_eq!(purged.keys, 2);
+        // A refusing store makes the purge fail instead of answering as if durable.
+        commit(&w, &[5], 3);
+        w.store().refuse_writes();
+        assert!(w.purge_topic("orders").is_err());
     }
 
     #[test]
