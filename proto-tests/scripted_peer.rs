@@ -74,6 +74,7 @@ fn answer(request: &[u8], port: u16) -> Option<Bytes> {
                 ApiKey::ApiVersions,
                 ApiKey::SaslHandshake,
                 ApiKey::SaslAuthenticate,
+                ApiKey::DescribeConfigs,
             ]
             .iter()
             .map(|k| {
@@ -138,6 +139,34 @@ fn answer(request: &[u8], port: u16) -> Option<Bytes> {
             })
         }
         ApiKey::Fetch => Some(frame(corr, flexible, &transactional_fetch(), version)),
+        ApiKey::DescribeConfigs => {
+            // Every topic asked about is a plain (delete-policy) topic.
+            use kafka_protocol::messages::describe_configs_response::{
+                DescribeConfigsResourceResult, DescribeConfigsResult,
+            };
+            use kafka_protocol::protocol::Decodable;
+            let at = idemgate::codec::RequestHead::peek(request)
+                .ok()?
+                .body_offset;
+            let mut body = Bytes::copy_from_slice(&request[at..]);
+            let req = kafka_protocol::messages::DescribeConfigsRequest::decode(&mut body, version)
+                .ok()?;
+            let results = req
+                .resources
+                .iter()
+                .map(|r| {
+                    DescribeConfigsResult::default()
+                        .with_resource_type(r.resource_type)
+                        .with_resource_name(r.resource_name.clone())
+                        .with_configs(vec![DescribeConfigsResourceResult::default()
+                            .with_name(StrBytes::from_static_str("cleanup.policy"))
+                            .with_value(Some(StrBytes::from_static_str("delete")))])
+                })
+                .collect();
+            let resp =
+                kafka_protocol::messages::DescribeConfigsResponse::default().with_results(results);
+            Some(frame(corr, flexible, &resp, version))
+        }
         _ => None,
     }
 }

@@ -14,12 +14,14 @@
 //!   → pipeline.rs     the ordered filters (filter/): api versions, broker addresses
 //!   → message.rs      the only place messages are decoded, and only when a filter asks;
 //!                     message/bounds.rs checks every length against the frame first
-//!   → upstream.rs     broker connections and the proxy's own Metadata probe
+//!   → upstream.rs     broker connections, the proxy's own Metadata probe and
+//!                     DescribeConfigs lookups
 //! ```
 //!
 //! Beside the path: `limits.rs` (memory for in-flight bytes, clients that
 //! stop reading), `topology.rs` (node id ⇄ proxy port, stable across
-//! restarts), `store.rs` (sled, the only persistent state), `records.rs` (the
+//! restarts), `topic_config.rs` (each covered topic's `cleanup.policy` and
+//! `max.message.bytes`, asked of the brokers), `store.rs` (sled, the only persistent state), `records.rs` (the
 //! byte-level RecordBatch v2 splicer the dedup filters use), `admin.rs`
 //! (`/healthz`, `/readyz`, `/metrics`), `telemetry.rs` (logs and metric
 //! names), `config.rs` (every default, every problem with its key path).
@@ -53,5 +55,6 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod topic_config;
 pub mod topology;
 pub mod upstream;

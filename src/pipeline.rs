@@ -148,21 +148,26 @@ impl Pipeline {
         }
     }
 
-    /// Turns the produce-path dedup filter on, over this window.
-    pub fn with_window(mut self, window: Arc<crate::idempotency::Window>) -> Self {
+    /// Turns the dedup filters on, over this window, with what the brokers
+    /// say of each covered topic's settings.
+    pub fn with_window(
+        mut self,
+        window: Arc<crate::idempotency::Window>,
+        topic_configs: Arc<crate::topic_config::TopicConfigs>,
+    ) -> Self {
         if self.config.dedup.fetch_enabled() {
             self.fetch_dedup = Some(FetchDedup::new(
                 self.config.clone(),
                 window.clone(),
                 self.metrics.clone(),
+                topic_configs.clone(),
             ));
         }
         if self.config.dedup.enabled() {
-            self.dedup = Some(ProduceDedup::new(
-                self.config.clone(),
-                window,
-                self.metrics.clone(),
-            ));
+            self.dedup = Some(
+                ProduceDedup::new(self.config.clone(), window, self.metrics.clone())
+                    .with_topic_configs(topic_configs),
+            );
         }
         self
     }

@@ -231,8 +231,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // Unknown until the first probe, so that its outcome is logged either way.
     metrics.upstream_up.store(-1, Relaxed);
     let (stop, shutdown) = watch::channel(false);
-    let pipeline = Pipeline::new(config.clone(), topology.clone(), metrics.clone())
-        .with_window(window.clone());
     let load_tls = |settings: &Option<crate::config::ListenTls>| match settings {
         Some(settings) => ServerTls::load(settings)
             .map(|t| Some(Arc::new(t)))
@@ -257,6 +255,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         })?),
         None => None,
     };
+    let topic_configs = Arc::new(crate::topic_config::TopicConfigs::new(
+        config.upstream.clone(),
+        upstream_tls.clone(),
+    ));
+    let pipeline = Pipeline::new(config.clone(), topology.clone(), metrics.clone())
+        .with_window(window.clone(), topic_configs);
     let in_flight = MemoryBudget::new(config.listen.max_in_flight_bytes_total);
     let _ = metrics.in_flight.set(in_flight.clone());
     let quotas = Arc::new(Quotas::new(config.quota.clone(), config.quotas.clone()));

@@ -164,10 +164,14 @@ pub enum FailOpen {
     TopicId,
     /// The broker answered success without a base offset: keys not learned.
     NoOffset,
+    /// Fetch: the topic is compacted, so a copy may be the only one left.
+    Compacted,
+    /// Fetch: the brokers would not describe the topic's cleanup.policy.
+    TopicConfig,
 }
 
 impl FailOpen {
-    const ALL: [FailOpen; 7] = [
+    const ALL: [FailOpen; 9] = [
         FailOpen::Undecodable,
         FailOpen::NotOneV2Batch,
         FailOpen::Loading,
@@ -175,6 +179,8 @@ impl FailOpen {
         FailOpen::StoreError,
         FailOpen::TopicId,
         FailOpen::NoOffset,
+        FailOpen::Compacted,
+        FailOpen::TopicConfig,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -186,6 +192,8 @@ impl FailOpen {
             FailOpen::StoreError => "store_error",
             FailOpen::TopicId => "topic_id",
             FailOpen::NoOffset => "no_offset",
+            FailOpen::Compacted => "compacted",
+            FailOpen::TopicConfig => "topic_config",
         }
     }
 }

@@ -266,6 +266,7 @@ fn check_validity_at(cert: &CertificateDer<'_>, key_path: &str, problems: &mut V
 // === TLS to the brokers ===
 
 /// The proxy's TLS client configuration for its broker connections.
+#[derive(Clone)]
 pub struct UpstreamTlsConnector {
     connector: tokio_rustls::TlsConnector,
     /// Overrides each broker's own host name for verification and SNI.

@@ -1,10 +1,13 @@
-//! Broker connections, and the proxy's own Metadata probe.
+//! Broker connections, and the proxy's own Metadata probe and topic-config
+//! lookups.
 //!
 //! Each client connection gets its own upstream connection (so per-connection
-//! ordering, SASL state and fetch sessions stay the client's own). The probe
-//! is the only request the proxy makes on its own: it learns the brokers at
+//! ordering, SASL state and fetch sessions stay the client's own). The proxy
+//! makes two kinds of request on its own: the probe learns the brokers at
 //! start-up and every `upstream.metadata_refresh`, so broker listeners exist
-//! before a client asks for them, and `/readyz` knows whether upstream answers.
+//! before a client asks for them, and `/readyz` knows whether upstream
+//! answers; [`describe_topics`] asks a covered topic's `cleanup.policy` and
+//! `max.message.bytes` (`topic_config.rs`).
 //!
 //! The probe carries no credentials (the proxy holds none: SASL passes
 //! through). A SASL-only listener answers its ApiVersions and then closes the
@@ -18,8 +21,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+    describe_configs_request::DescribeConfigsResource, ApiKey, ApiVersionsRequest,
+    ApiVersionsResponse, DescribeConfigsRequest, DescribeConfigsResponse, MetadataRequest,
+    MetadataResponse,
 };
+use kafka_protocol::protocol::StrBytes;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -202,6 +208,107 @@ pub async fn probe(
         Err(_) => Err(Error::Upstream {
             addr,
             message: format!("metadata probe timed out after {deadline:?}"),
+        }),
+    }
+}
+
+/// What DescribeConfigs said of one topic (resource type 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DescribedTopic {
+    /// `cleanup.policy` names `compact` (alone or with `delete`).
+    pub compacted: bool,
+    /// `max.message.bytes`, when the broker said it (tansu lists only
+    /// settings a topic overrides; absent means the broker's default).
+    pub max_message_bytes: Option<i32>,
+}
+
+/// Asks a broker for `topics`' `cleanup.policy` and `max.message.bytes`, on
+/// a connection of the proxy's own. A topic the broker answered with an
+/// error (unknown, not authorised) is left out of the answer; a broker that
+/// closes the connection (a listener that wants authentication first) is an
+/// error.
+pub async fn describe_topics(
+    upstream: &Upstream,
+    tls: Option<&UpstreamTlsConnector>,
+    topics: &[&str],
+) -> Result<Vec<(String, DescribedTopic)>, Error> {
+    let (stream, addr) = connect(&upstream.bootstrap, upstream.connect_timeout, tls).await?;
+    let mut framed = Framed::new(stream, FrameCodec::new(MAX_RESPONSE_FRAME));
+    let deadline = upstream.request_timeout;
+    let result = tokio::time::timeout(deadline, async {
+        let versions: ApiVersionsResponse = round_trip(
+            &mut framed,
+            &addr,
+            ApiKey::ApiVersions,
+            0,
+            1,
+            &ApiVersionsRequest::default(),
+        )
+        .await
+        .map_err(|e| e.into_error(&addr))?;
+        let ours = ApiKey::DescribeConfigs.valid_versions();
+        let version = versions
+            .api_keys
+            .iter()
+            .find(|k| k.api_key == ApiKey::DescribeConfigs as i16)
+            .map(|k| k.max_version.min(ours.max))
+            .filter(|v| *v >= ours.min)
+            .ok_or_else(|| Error::Upstream {
+                addr: addr.clone(),
+                message: "broker does not offer DescribeConfigs v1+".into(),
+            })?;
+        // Every setting (configuration_keys null): tansu 0.6 cannot read a
+        // list of names and closes the connection.
+        let request = DescribeConfigsRequest::default().with_resources(
+            topics
+                .iter()
+                .map(|t| {
+                    DescribeConfigsResource::default()
+                        .with_resource_type(2)
+                        .with_resource_name(StrBytes::from_string(t.to_string()))
+                        .with_configuration_keys(None)
+                })
+                .collect(),
+        );
+        let response: DescribeConfigsResponse = round_trip(
+            &mut framed,
+            &addr,
+            ApiKey::DescribeConfigs,
+            version,
+            2,
+            &request,
+        )
+        .await
+        .map_err(|e| e.into_error(&addr))?;
+        Ok::<_, Error>(
+            response
+                .results
+                .into_iter()
+                .filter(|r| r.error_code == 0 && r.resource_type == 2)
+                .map(|r| {
+                    let value = |name: &str| {
+                        r.configs
+                            .iter()
+                            .find(|c| c.name.as_str() == name)
+                            .and_then(|c| c.value.as_ref())
+                            .map(|v| v.as_str().to_string())
+                    };
+                    let described = DescribedTopic {
+                        compacted: value("cleanup.policy")
+                            .is_some_and(|p| p.split(',').any(|x| x.trim() == "compact")),
+                        max_message_bytes: value("max.message.bytes").and_then(|v| v.parse().ok()),
+                    };
+                    (r.resource_name.as_str().to_string(), described)
+                })
+                .collect(),
+        )
+    })
+    .await;
+    match result {
+        Ok(r) => r,
+        Err(_) => Err(Error::Upstream {
+            addr,
+            message: format!("DescribeConfigs timed out after {deadline:?}"),
         }),
     }
 }

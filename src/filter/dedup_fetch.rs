@@ -20,7 +20,9 @@
 //!
 //! Never a loss: a record is dropped only when its key's first position is a
 //! lower offset of the same partition, still in the log (at or above the
-//! partition's log start offset); the first position is always delivered,
+//! partition's log start offset, on a topic that is not compacted: the
+//! brokers are asked its `cleanup.policy`, `topic_config.rs`, and where it
+//! compacts or they would not say, nothing is removed); the first position is always delivered,
 //! however often it is read. A copy in another partition is delivered: the
 //! proxy cannot see whether the first copy is still in that partition's log
 //! (retention, DeleteRecords), and a sink must never lose its only copy.
@@ -65,6 +67,9 @@ pub struct FetchDedup {
     config: Arc<Config>,
     window: Arc<Window>,
     metrics: Arc<Metrics>,
+    /// Each topic's `cleanup.policy`: nothing is removed from a compacted
+    /// topic, nor from one whose policy the brokers would not say.
+    topic_configs: Arc<crate::topic_config::TopicConfigs>,
     /// Topic ids (Fetch v13+ names topics by id) → names, from the Metadata
     /// responses clients fetch through the proxy.
     names: RwLock<HashMap<[u8; 16], StrBytes>>,
@@ -104,11 +109,17 @@ struct Place {
 }
 
 impl FetchDedup {
-    pub fn new(config: Arc<Config>, window: Arc<Window>, metrics: Arc<Metrics>) -> FetchDedup {
+    pub fn new(
+        config: Arc<Config>,
+        window: Arc<Window>,
+        metrics: Arc<Metrics>,
+        topic_configs: Arc<crate::topic_config::TopicConfigs>,
+    ) -> FetchDedup {
         FetchDedup {
             config,
             window,
             metrics,
+            topic_configs,
             names: RwLock::new(HashMap::new()),
         }
     }
@@ -194,6 +205,20 @@ impl FetchDedup {
                     .dedup
                     .fail_open(FailOpen::Loading, topic_records(topic));
                 continue;
+            }
+            // Compaction removes records from the middle of a log without
+            // moving its start: a copy there may be the only one left.
+            match self.topic_configs.get(&name).await {
+                Some(c) if !c.compacted => {}
+                known => {
+                    let reason = if known.is_some() {
+                        FailOpen::Compacted
+                    } else {
+                        FailOpen::TopicConfig
+                    };
+                    self.metrics.dedup.fail_open(reason, topic_records(topic));
+                    continue;
+                }
             }
             pass.counts = TopicCounts::default();
             for part in &mut topic.partitions {

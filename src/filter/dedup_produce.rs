@@ -63,6 +63,9 @@ pub struct ProduceDedup {
     sequences: Sequences,
     transactions: Transactions,
     metrics: Arc<Metrics>,
+    /// Each topic's `max.message.bytes`; without it (benches), the broker's
+    /// default.
+    topic_configs: Option<Arc<crate::topic_config::TopicConfigs>>,
 }
 
 /// What one connection remembers.
@@ -163,7 +166,14 @@ impl ProduceDedup {
             transactions: Transactions::new(window.clone(), metrics.clone()),
             window,
             metrics,
+            topic_configs: None,
         }
+    }
+
+    /// Tags respect each topic's own `max.message.bytes`, as `configs` learns it.
+    pub fn with_topic_configs(mut self, configs: Arc<crate::topic_config::TopicConfigs>) -> Self {
+        self.topic_configs = Some(configs);
+        self
     }
 
     fn rule(&self, topic: &str, identity: &Identity) -> Option<&Rule> {
@@ -671,15 +681,24 @@ impl ProduceDedup {
             }
         };
         let mut spliced = batch.rewrite(&actions, SpliceMode::Renumber);
-        // The tag must not push a batch the broker would take over its
-        // default max.message.bytes: such a batch goes untagged (still
+        // The tag must not push a batch the broker would take over the
+        // topic's max.message.bytes: such a batch goes untagged (still
         // deduplicated) rather than being refused as too large.
         let tagged = match &spliced {
             Ok(Spliced::Rewritten(b)) => b.len(),
             _ => 0,
         };
         let original = batch.original().len();
-        if tagged > BROKER_MAX_BATCH_BYTES && original <= BROKER_MAX_BATCH_BYTES {
+        let limit = match (&self.topic_configs, tagged > original) {
+            (Some(configs), true) => configs
+                .get(topic)
+                .await
+                .and_then(|c| c.max_message_bytes)
+                .and_then(|m| usize::try_from(m).ok())
+                .unwrap_or(BROKER_MAX_BATCH_BYTES),
+            _ => BROKER_MAX_BATCH_BYTES,
+        };
+        if tagged > limit && original <= limit {
             let untagged: Vec<Action<'_>> = actions
                 .iter()
                 .map(|a| match a {
@@ -696,7 +715,8 @@ impl ProduceDedup {
                 topic,
                 original,
                 tagged,
-                "tagged batch over the broker's default max.message.bytes: sent untagged"
+                limit,
+                "tagged batch over the topic's max.message.bytes: sent untagged"
             );
         }
         let spliced = spliced.and_then(|s| match s {

@@ -34,9 +34,10 @@
 //! [`Bounded`], so a new decode without the check does not compile.
 
 use kafka_protocol::messages::{
-    ApiVersionsResponse, DescribeClusterResponse, EndTxnRequest, EndTxnResponse, FetchRequest,
-    FetchResponse, FindCoordinatorResponse, JoinGroupRequest, MetadataResponse, ProduceRequest,
-    ProduceResponse, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    ApiVersionsResponse, DescribeClusterResponse, DescribeConfigsResponse, EndTxnRequest,
+    EndTxnResponse, FetchRequest, FetchResponse, FindCoordinatorResponse, JoinGroupRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, SaslAuthenticateRequest,
+    SaslAuthenticateResponse, SaslHandshakeRequest,
 };
 
 use crate::codec::read_uvarint;
@@ -888,6 +889,52 @@ const DESCRIBE_CLUSTER_RESPONSE: Schema = Schema {
     ],
 };
 
+// --- DescribeConfigs (api 32): the proxy's own topic-config lookups ---
+
+const DESCRIBE_CONFIGS_RESPONSE: Schema = Schema {
+    name: "DescribeConfigsResponse",
+    versions: (1, 4),
+    flexible: 4,
+    fields: &[
+        f("throttle_time_ms", 1, N, INT32),
+        f(
+            "results",
+            1,
+            N,
+            Ty::Array(&Ty::Struct(&[
+                f("error_code", 1, N, INT16),
+                f("error_message", 1, N, STRING),
+                f("resource_type", 1, N, INT8),
+                f("resource_name", 1, N, STRING),
+                f(
+                    "configs",
+                    1,
+                    N,
+                    Ty::Array(&Ty::Struct(&[
+                        f("name", 1, N, STRING),
+                        f("value", 1, N, STRING),
+                        f("read_only", 1, N, BOOL),
+                        f("config_source", 1, N, INT8),
+                        f("is_sensitive", 1, N, BOOL),
+                        f(
+                            "synonyms",
+                            1,
+                            N,
+                            Ty::Array(&Ty::Struct(&[
+                                f("name", 1, N, STRING),
+                                f("value", 1, N, STRING),
+                                f("source", 1, N, INT8),
+                            ])),
+                        ),
+                        f("config_type", 3, N, INT8),
+                        f("documentation", 3, N, STRING),
+                    ])),
+                ),
+            ])),
+        ),
+    ],
+};
+
 macro_rules! bounded {
     ($($ty:ty => $schema:ident),* $(,)?) => {
         $(impl Bounded for $ty {
@@ -910,6 +957,7 @@ bounded! {
     SaslAuthenticateRequest => SASL_AUTHENTICATE_REQUEST,
     SaslAuthenticateResponse => SASL_AUTHENTICATE_RESPONSE,
     DescribeClusterResponse => DESCRIBE_CLUSTER_RESPONSE,
+    DescribeConfigsResponse => DESCRIBE_CONFIGS_RESPONSE,
     JoinGroupRequest => JOIN_GROUP_REQUEST,
 }
 
@@ -921,9 +969,9 @@ mod tests {
     use crate::message::{decode_request, encode_request, response_body_offset, Response};
     use bytes::{BufMut, Bytes, BytesMut};
     use kafka_protocol::messages::{
-        api_versions_response, describe_cluster_response, fetch_request, fetch_response,
-        find_coordinator_response, metadata_response, produce_request, produce_response, ApiKey,
-        BrokerId, ProducerId, TopicName, TransactionalId,
+        api_versions_response, describe_cluster_response, describe_configs_response, fetch_request,
+        fetch_response, find_coordinator_response, metadata_response, produce_request,
+        produce_response, ApiKey, BrokerId, ProducerId, TopicName, TransactionalId,
     };
     use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes};
     use proptest::prelude::*;
@@ -1003,6 +1051,7 @@ mod tests {
             case::<SaslAuthenticateRequest>(ApiKey::SaslAuthenticate, true),
             case::<SaslAuthenticateResponse>(ApiKey::SaslAuthenticate, false),
             case::<DescribeClusterResponse>(ApiKey::DescribeCluster, false),
+            case::<DescribeConfigsResponse>(ApiKey::DescribeConfigs, false),
             case::<JoinGroupRequest>(ApiKey::JoinGroup, true),
         ]
     }
@@ -1499,6 +1548,44 @@ mod tests {
                     .with_producer_epoch(3)
                     .with_committed(true),
             ]
+        }
+    }
+
+    impl Sample for DescribeConfigsResponse {
+        fn samples(v: i16) -> Vec<Self> {
+            let mut config = describe_configs_response::DescribeConfigsResourceResult::default()
+                .with_name(s("cleanup.policy"))
+                .with_value(Some(s("compact")))
+                .with_config_source(1)
+                .with_synonyms(vec![
+                    describe_configs_response::DescribeConfigsSynonym::default()
+                        .with_name(s("log.cleanup.policy"))
+                        .with_value(Some(s("delete")))
+                        .with_source(5),
+                ]);
+            if v >= 3 {
+                config.config_type = 2;
+                config.documentation = Some(s("what cleanup does"));
+            }
+            let full = DescribeConfigsResponse::default()
+                .with_throttle_time_ms(1)
+                .with_results(vec![
+                    describe_configs_response::DescribeConfigsResult::default()
+                        .with_resource_type(2)
+                        .with_resource_name(s("orders"))
+                        .with_configs(vec![
+                            config,
+                            describe_configs_response::DescribeConfigsResourceResult::default()
+                                .with_name(s("max.message.bytes"))
+                                .with_value(None),
+                        ]),
+                    describe_configs_response::DescribeConfigsResult::default()
+                        .with_error_code(3)
+                        .with_error_message(Some(s("unknown topic")))
+                        .with_resource_type(2)
+                        .with_resource_name(s("gone")),
+                ]);
+            vec![DescribeConfigsResponse::default(), full]
         }
     }
 

@@ -1,0 +1,117 @@
+//! Each covered topic's own settings that dedup must respect, asked of the
+//! brokers (DescribeConfigs on a connection of the proxy's own) the first
+//! time a rule meets the topic, and again once the answer is
+//! `upstream.metadata_refresh` old:
+//!
+//! - `cleanup.policy`: fetch dedup removes a later copy only while the first
+//!   copy is provably still in the log, and compaction removes records from
+//!   the middle of a log without moving its start offset. A copy on a
+//!   compacted topic may be the only one left, so on such a topic fetch dedup
+//!   removes nothing (`fail_open{reason="compacted"}`); nor where the brokers
+//!   would not say (`reason="topic_config"`: an authenticating listener, an
+//!   ACL).
+//! - `max.message.bytes`: tags never push a batch past the topic's own
+//!   limit (else the broker's default).
+//!
+//! One lookup per topic is in flight at a time (moka's single-flight
+//! `get_with`); the others wait for it. A topic the brokers would not
+//! describe is asked again after [`RETRY_UNKNOWN`].
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::Expiry;
+
+use crate::config::Upstream;
+use crate::tls::UpstreamTlsConnector;
+use crate::upstream::{describe_topics, DescribedTopic};
+
+/// How soon a topic the brokers would not describe is asked again.
+pub const RETRY_UNKNOWN: Duration = Duration::from_secs(10);
+/// Topics remembered at once (least recently used go first).
+const CAPACITY: u64 = 100_000;
+
+pub struct TopicConfigs {
+    upstream: Upstream,
+    tls: Option<UpstreamTlsConnector>,
+    /// `None`: the brokers would not say.
+    cache: Cache<String, Option<DescribedTopic>>,
+    /// The first failed lookup is logged at WARN, later ones at DEBUG.
+    warned: AtomicBool,
+}
+
+/// Answers live for `upstream.metadata_refresh`; "would not say", for
+/// [`RETRY_UNKNOWN`].
+struct Freshness {
+    known: Duration,
+}
+
+impl Expiry<String, Option<DescribedTopic>> for Freshness {
+    fn expire_after_create(
+        &self,
+        _topic: &String,
+        value: &Option<DescribedTopic>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(if value.is_some() {
+            self.known
+        } else {
+            RETRY_UNKNOWN.min(self.known)
+        })
+    }
+}
+
+// === impl TopicConfigs ===
+
+impl TopicConfigs {
+    pub fn new(upstream: Upstream, tls: Option<UpstreamTlsConnector>) -> TopicConfigs {
+        let known = upstream.metadata_refresh;
+        TopicConfigs {
+            upstream,
+            tls,
+            cache: Cache::builder()
+                .max_capacity(CAPACITY)
+                .expire_after(Freshness { known })
+                .build(),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// `topic`'s settings; `None` when the brokers would not say.
+    pub async fn get(&self, topic: &str) -> Option<DescribedTopic> {
+        self.cache
+            .get_with_by_ref(topic, self.describe(topic))
+            .await
+    }
+
+    async fn describe(&self, topic: &str) -> Option<DescribedTopic> {
+        match describe_topics(&self.upstream, self.tls.as_ref(), &[topic]).await {
+            Ok(found) => {
+                let described = found.into_iter().find(|(t, _)| t == topic).map(|(_, d)| d);
+                if described.is_none() {
+                    self.failed(topic, "the broker answered with an error for it");
+                }
+                described
+            }
+            Err(e) => {
+                self.failed(topic, &e.to_string());
+                None
+            }
+        }
+    }
+
+    fn failed(&self, topic: &str, why: &str) {
+        if !self.warned.swap(true, Relaxed) {
+            tracing::warn!(
+                topic,
+                error = why,
+                "cannot learn a covered topic's cleanup.policy and max.message.bytes: fetch rules \
+                 remove nothing from it (fail_open reason topic_config) and tags assume the broker \
+                 default 1 MiB limit until it can; asked again every 10 s"
+            );
+        } else {
+            tracing::debug!(topic, error = why, "topic config lookup failed");
+        }
+    }
+}
