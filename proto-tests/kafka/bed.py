@@ -163,7 +163,10 @@ class KafkaCluster:
                      config: dict | None = None):
         from confluent_kafka.admin import NewTopic
         rf = replication if replication is not None else min(3, len(self.brokers))
-        fut = self.admin().create_topics([NewTopic(name, partitions, rf, config=config or {})])
+        # Keep the client referenced until the answer: a collected AdminClient
+        # fails its futures with _DESTROY.
+        admin = self.admin()
+        fut = admin.create_topics([NewTopic(name, partitions, rf, config=config or {})])
         fut[name].result(30)
 
 
@@ -410,6 +413,9 @@ def read_topic(bootstrap: str, topic: str, until, timeout: float = 90.0,
                 continue
             if msg.error():
                 if msg.error().code() == msg.error()._PARTITION_EOF:
+                    # The end of the partition, past any transaction markers
+                    # (control records take offsets but are never delivered).
+                    pos[msg.partition()] = max(pos[msg.partition()], msg.offset())
                     continue
                 raise KafkaException(msg.error())
             records.append(msg)
