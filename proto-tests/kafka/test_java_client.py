@@ -43,6 +43,13 @@ PROXY_GONE_WARN = [
     r"Bootstrap broker .* disconnected",
 ]
 
+# When a partition's leader moves (and only in that test).
+SHARE_MOVE_WARN = [
+    r"Received invalid metadata error in produce request on partition .* due to "
+    r"org\.apache\.kafka\.common\.errors\.NotLeaderOrFollowerException",
+    r"Got error produce response .* Error: NOT_LEADER_OR_FOLLOWER",
+]
+
 
 def dedup_rule(topic: str) -> str:
     return f"""
@@ -243,6 +250,8 @@ def test_proxy_sigkill_mid_produce_loses_nothing(kafka, proxies):
         prod.kill()
     acked = [e["value"] for e in prod.of("acked")]
     assert before < count, "the kill came mid-stream"
+    assert re.search(r"Node -?\d+ disconnected", prod.log_text()), "the producer saw the proxy go"
+    cancelled = len(re.findall(r"Cancelled in-flight PRODUCE request", prod.log_text()))
     assert len(acked) == count + 1 and len(set(acked)) == count + 1, (
         f"the producer was told {len(acked)} of {count + 1} written")
     got = Counter(values_of(read_topic(kafka.bootstrap, topic, until=lambda r: any(
@@ -250,7 +259,8 @@ def test_proxy_sigkill_mid_produce_loses_nothing(kafka, proxies):
     lost = [v for v in acked if v not in got]
     assert not lost, f"{len(lost)} acknowledged records are not in the log: {lost[:10]}"
     extra = sum(got.values()) - len(got)
-    print(f"acked before the kill: {before}; extra copies in the log: {extra}")
+    print(f"acked before the kill: {before}; Produce requests in flight at the kill: {cancelled}; "
+          f"extra copies in the log: {extra}")
     assert_sees_only_proxy(prod, proxy, kafka, benign=PROXY_GONE_WARN)
 
 
@@ -373,3 +383,48 @@ def test_share_consumer(kafka, proxies):
     assert {"SHARE_GROUP_HEARTBEAT", "SHARE_FETCH"} <= apis, apis
     for r in (prod, share):
         assert_sees_only_proxy(r, proxy, kafka)
+
+
+def test_share_consumer_follows_a_moved_leader(kafka3, proxies):
+    """KIP-932 through the proxy when a partition's leader moves while its old
+    leader stays up: the old leader answers ShareFetch/ShareAcknowledge with
+    NOT_LEADER_OR_FOLLOWER and the new leader's endpoint (`node_endpoints`).
+    Unrewritten, that endpoint takes the share consumer straight to the
+    broker (the leak check counts it); rewritten, the consumer stays on the
+    proxy and reads every record once."""
+    from confluent_kafka.admin import AdminClient
+    topic = unique("jshare-move")
+    kafka3.create_topic(topic, partitions=1, replication=2)
+    md = AdminClient({"bootstrap.servers": kafka3.bootstrap}).list_topics(topic, timeout=15)
+    part = md.topics[topic].partitions[0]
+    old_leader = part.leader
+    new_leader = next(r for r in part.replicas if r != old_leader)
+    proxy = proxies(kafka3.bootstrap)
+    share = Run("share-move", ["share", "--bootstrap", proxy.bootstrap, "--topic", topic,
+                               "--group", unique("jshare-move-g"), "--until", "END",
+                               "--timeout-ms", "150000"])
+    try:
+        java("share-move-producer-1", "produce", "--bootstrap", proxy.bootstrap, "--topic", topic,
+             "--count", "100", "--prefix", "before")
+        wait_for("the share consumer reads the first 100",
+                 lambda: share.proc.poll() is not None or len(share.of("record")) >= 100, 120)
+        assert share.proc.poll() is None, share.describe()
+        moved = java("move-leader", "move-leader", "--bootstrap", kafka3.bootstrap, "--topic", topic,
+                     "--partition", "0", "--replicas", f"{new_leader},{old_leader}")
+        assert moved.of("leader")[0]["leader"] == new_leader, moved.events
+        prod = java("share-move-producer-2", "produce", "--bootstrap", proxy.bootstrap,
+                    "--topic", topic, "--count", "100", "--prefix", "after", "--marker", "END")
+        share.wait(180)
+    finally:
+        share.kill()
+    seen = [e["value"] for e in share.of("record")]
+    want = [f"before-{i}" for i in range(100)] + [f"after-{i}" for i in range(100)] + ["END"]
+    assert sorted(set(seen)) == sorted(want), f"missing {sorted(set(want) - set(seen))[:10]}"
+    # The scenario happened: a Share* answer said NOT_LEADER_OR_FOLLOWER
+    # (6) and carried the new leader's endpoint.
+    told = [ln for ln in share.log_text().splitlines()
+            if re.search(r"Received SHARE_(FETCH|ACKNOWLEDGE) response", ln)
+            and "errorCode=6" in ln and re.search(r"nodeEndpoints=\[NodeEndpoint", ln)]
+    assert told, "no ShareFetch/ShareAcknowledge answer named a new leader: the move came too late"
+    assert_sees_only_proxy(share, proxy, kafka3, benign=SHARE_MOVE_WARN)
+    assert_sees_only_proxy(prod, proxy, kafka3, benign=SHARE_MOVE_WARN)

@@ -55,6 +55,9 @@ import org.apache.logging.log4j.core.config.Configurator;
  *            [--isolation read_committed] --until VALUE [--timeout-ms MS]
  *   share    --bootstrap B --topic T --group G --until VALUE [--timeout-ms MS]
  *   metadata --bootstrap B [--topic T] [--group G]
+ *   move-leader --bootstrap B --topic T --partition P --replicas 2,1
+ *            (reassigns P to these replicas, then elects the first: an admin
+ *            step of the test, run straight against the brokers)
  * </pre>
  *
  * Output on stdout is JSON lines, one event each, flushed as it happens:
@@ -92,6 +95,7 @@ public final class Main {
             case "consume": return consume(f);
             case "share": return share(f);
             case "metadata": return metadata(f);
+            case "move-leader": return moveLeader(f);
             default: throw new IllegalArgumentException("unknown subcommand " + args[0]);
         }
     }
@@ -327,6 +331,49 @@ public final class Main {
             emit(obj("event", "features", "finalized", features));
         }
         emit(obj("event", "nodes", "nodes", new ArrayList<>(nodes)));
+        emit(obj("event", "done"));
+        return 0;
+    }
+
+    // ---- move-leader: a partition's leadership moves, its old leader stays up --
+
+    private static int moveLeader(Map<String, String> f) throws Exception {
+        TopicPartition tp = new TopicPartition(need(f, "topic"), Integer.parseInt(need(f, "partition")));
+        List<Integer> replicas = new ArrayList<>();
+        for (String r : need(f, "replicas").split(",")) {
+            replicas.add(Integer.parseInt(r.trim()));
+        }
+        try (Admin admin = Admin.create(Map.of(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, need(f, "bootstrap")))) {
+            admin.alterPartitionReassignments(Map.of(tp, java.util.Optional.of(
+                    new org.apache.kafka.clients.admin.NewPartitionReassignment(replicas))))
+                    .all().get(30, TimeUnit.SECONDS);
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+            while (!admin.listPartitionReassignments(Set.of(tp)).reassignments()
+                    .get(30, TimeUnit.SECONDS).isEmpty()) {
+                if (System.nanoTime() > deadline) {
+                    throw new IllegalStateException("reassignment of " + tp + " not done in 60 s");
+                }
+                Thread.sleep(200);
+            }
+            while (true) {
+                try {
+                    admin.electLeaders(org.apache.kafka.common.ElectionType.PREFERRED, Set.of(tp))
+                            .all().get(30, TimeUnit.SECONDS);
+                    break;
+                } catch (ExecutionException e) {
+                    if (e.getCause() instanceof org.apache.kafka.common.errors.ElectionNotNeededException) {
+                        break;
+                    }
+                    if (System.nanoTime() > deadline) {
+                        throw e;
+                    }
+                    Thread.sleep(200);
+                }
+            }
+            Node leader = admin.describeTopics(List.of(tp.topic())).allTopicNames()
+                    .get(30, TimeUnit.SECONDS).get(tp.topic()).partitions().get(tp.partition()).leader();
+            emit(obj("event", "leader", "partition", tp.partition(), "leader", leader.id()));
+        }
         emit(obj("event", "done"));
         return 0;
     }
