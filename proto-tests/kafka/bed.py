@@ -416,6 +416,9 @@ def read_topic(bootstrap: str, topic: str, until, timeout: float = 90.0,
                 continue
             if msg.error():
                 if msg.error().code() == msg.error()._PARTITION_EOF:
+                    # The end of the partition, past any transaction markers
+                    # (control records take offsets but are never delivered).
+                    pos[msg.partition()] = max(pos[msg.partition()], msg.offset())
                     continue
                 raise KafkaException(msg.error())
             records.append(msg)

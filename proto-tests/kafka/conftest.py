@@ -39,10 +39,17 @@ def proxies():
         return p
 
     yield make
+    # Every proxy is stopped even when one's leak check fails.
+    failures = []
     for p in started:
-        if p.proc and p.proc.poll() is None:
-            p.assert_no_leaks()
-        p.stop()
+        try:
+            if p.proc and p.proc.poll() is None:
+                p.assert_no_leaks()
+        except AssertionError as exc:
+            failures.append(str(exc))
+        finally:
+            p.stop()
+    assert not failures, "; ".join(failures)
 
 
 @pytest.fixture

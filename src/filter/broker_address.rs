@@ -4,12 +4,13 @@
 //! Address-bearing responses (apache/kafka, as Kroxylicious' BrokerAddressFilter
 //! lists them): Metadata `brokers`, FindCoordinator (the v0-3 single node and the
 //! v4+ `coordinators` list), DescribeCluster `brokers`, and the KIP-951
-//! `node_endpoints` of Produce v10+ and Fetch v16+. Node ids and racks stay.
+//! `node_endpoints` of Produce v10+ and Fetch v16+, and the same field of the
+//! KIP-932 ShareFetch and ShareAcknowledge. Node ids and racks stay.
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
     ApiKey, DescribeClusterResponse, FetchResponse, FindCoordinatorResponse, MetadataResponse,
-    ProduceResponse,
+    ProduceResponse, ShareAcknowledgeResponse, ShareFetchResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -50,6 +51,7 @@ impl Rewriter<'_> {
     pub fn applies(api: ApiKey, version: i16) -> bool {
         match api {
             ApiKey::Metadata | ApiKey::FindCoordinator | ApiKey::DescribeCluster => true,
+            ApiKey::ShareFetch | ApiKey::ShareAcknowledge => true,
             ApiKey::Produce => version >= 10,
             ApiKey::Fetch => version >= 16,
             _ => false,
@@ -116,6 +118,28 @@ impl Rewriter<'_> {
             }
             ApiKey::Fetch if version >= 16 => {
                 let mut resp: Response<FetchResponse> = Response::decode(api, version, frame)?;
+                if resp.msg.node_endpoints.is_empty() {
+                    return Ok(None);
+                }
+                for e in &mut resp.msg.node_endpoints {
+                    self.map(e.node_id.0, &mut e.host, &mut e.port)?;
+                }
+                resp.encode().map(Some)
+            }
+            // KIP-932: share consumers follow these like KIP-951 endpoints.
+            ApiKey::ShareFetch => {
+                let mut resp: Response<ShareFetchResponse> = Response::decode(api, version, frame)?;
+                if resp.msg.node_endpoints.is_empty() {
+                    return Ok(None);
+                }
+                for e in &mut resp.msg.node_endpoints {
+                    self.map(e.node_id.0, &mut e.host, &mut e.port)?;
+                }
+                resp.encode().map(Some)
+            }
+            ApiKey::ShareAcknowledge => {
+                let mut resp: Response<ShareAcknowledgeResponse> =
+                    Response::decode(api, version, frame)?;
                 if resp.msg.node_endpoints.is_empty() {
                     return Ok(None);
                 }
@@ -231,6 +255,22 @@ pub fn fuzz_entry(data: &[u8]) {
                     .collect()
             })
         }
+        ApiKey::ShareFetch => {
+            check_rewrite::<ShareFetchResponse>(api, version, &frame, out, |m, _| {
+                m.node_endpoints
+                    .iter_mut()
+                    .map(|e| (e.node_id.0, &mut e.host, &mut e.port))
+                    .collect()
+            })
+        }
+        ApiKey::ShareAcknowledge => {
+            check_rewrite::<ShareAcknowledgeResponse>(api, version, &frame, out, |m, _| {
+                m.node_endpoints
+                    .iter_mut()
+                    .map(|e| (e.node_id.0, &mut e.host, &mut e.port))
+                    .collect()
+            })
+        }
         _ => assert!(
             matches!(out, Ok(None)),
             "{api:?} v{version} carries no address"
@@ -270,7 +310,11 @@ fn check_rewrite<T>(
             old.is_empty()
                 && matches!(
                     api,
-                    ApiKey::FindCoordinator | ApiKey::Produce | ApiKey::Fetch
+                    ApiKey::FindCoordinator
+                        | ApiKey::Produce
+                        | ApiKey::Fetch
+                        | ApiKey::ShareFetch
+                        | ApiKey::ShareAcknowledge
                 ),
             "{api:?} v{version}: forwarded as it came with addresses {old:?}"
         );
@@ -487,5 +531,49 @@ mod tests {
         assert!(!carries_upstream_address(&out, &upstream()));
         assert!(!Rewriter::applies(ApiKey::Produce, 9));
         assert!(Rewriter::applies(ApiKey::Fetch, 16));
+    }
+
+    /// KIP-932: a share consumer told NOT_LEADER_OR_FOLLOWER by ShareFetch or
+    /// ShareAcknowledge follows the response's `node_endpoints`, like a
+    /// KIP-951 Fetch; an upstream address there takes it around the proxy.
+    #[test]
+    fn share_fetch_and_acknowledge_endpoints() {
+        use kafka_protocol::messages::{share_acknowledge_response, share_fetch_response};
+        use kafka_protocol::messages::{ShareAcknowledgeResponse, ShareFetchResponse};
+        let (_d, t) = topology();
+        let host = StrBytes::from_static_str("127.0.0.1");
+        let r = Rewriter {
+            topology: &t,
+            advertised_host: &host,
+        };
+        let fetch = ShareFetchResponse::default().with_node_endpoints(vec![
+            share_fetch_response::NodeEndpoint::default()
+                .with_node_id(BrokerId(2))
+                .with_host(StrBytes::from_static_str("10.1.2.3"))
+                .with_port(9092),
+        ]);
+        let ack = ShareAcknowledgeResponse::default().with_node_endpoints(vec![
+            share_acknowledge_response::NodeEndpoint::default()
+                .with_node_id(BrokerId(2))
+                .with_host(StrBytes::from_static_str("10.1.2.3"))
+                .with_port(9092),
+        ]);
+        let frames = [
+            (ApiKey::ShareFetch, encode(ApiKey::ShareFetch, 1, 7, &fetch)),
+            (
+                ApiKey::ShareAcknowledge,
+                encode(ApiKey::ShareAcknowledge, 1, 7, &ack),
+            ),
+        ];
+        for (api, frame) in frames {
+            let frame = frame.unwrap();
+            assert!(carries_upstream_address(&frame, &upstream()));
+            assert!(Rewriter::applies(api, 1), "{api:?}");
+            let out = r.rewrite(api, 1, &frame).unwrap().expect("rewritten");
+            assert!(!carries_upstream_address(&out, &upstream()), "{api:?}");
+            fuzz_entry(&fuzz_input(api, 1, &frame));
+        }
+        let empty = encode(ApiKey::ShareFetch, 1, 7, &ShareFetchResponse::default()).unwrap();
+        assert!(r.rewrite(ApiKey::ShareFetch, 1, &empty).unwrap().is_none());
     }
 }

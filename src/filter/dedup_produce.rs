@@ -198,6 +198,14 @@ impl ProduceDedup {
         let Some(mut req) = message::decode_request::<ProduceRequest>(frame, head) else {
             return Ok(Outcome::Unchanged(None));
         };
+        // v13 names topics by id only (KIP-516): no name to match a rule,
+        // key or exclude by, nor to match the answer to. Not advertised
+        // (api_versions::MAX_PRODUCE_VERSION); one sent anyway goes as it came.
+        if head.api_version >= 13 {
+            let n = request_records(&req);
+            self.metrics.dedup.fail_open(FailOpen::TopicId, n);
+            return Ok(Outcome::Unchanged(None));
+        }
         if req.transactional_id.is_some() {
             // Transactions are Connect's own exactly-once: byte for byte.
             let records: u64 = request_records(&req);
@@ -219,10 +227,6 @@ impl ProduceDedup {
             .iter()
             .any(|t| self.rule(t.name.as_str(), identity).is_some());
         if !covered {
-            if head.api_version >= 13 {
-                let n = request_records(&req);
-                self.metrics.dedup.fail_open(FailOpen::TopicId, n);
-            }
             return Ok(Outcome::Unchanged(None));
         }
         if !self.window.is_loaded() && !self.window.wait_loaded(self.config.dedup.load_wait).await {
@@ -1294,6 +1298,41 @@ mod tests {
             "no wait on its own key"
         );
         assert_eq!(dedup.fail_open_count(FailOpen::PendingTimeout), 0);
+    }
+
+    /// Produce v13 names topics by id only (KIP-516); the proxy does not
+    /// advertise it, but a client that sends it anyway must get its request
+    /// through untouched: no key under the empty name "" that a "*" rule
+    /// matches, where the same content in two topics would collide.
+    #[tokio::test]
+    async fn produce_v13_with_topic_ids_passes_through() {
+        let b = bench("drop");
+        let identity = Identity::from_client_id("connector-producer-orders-0");
+        let topic = |id: u128| {
+            TopicProduceData::default()
+                .with_topic_id(format!("00000000-0000-0000-0000-{id:012}").parse().unwrap())
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(batch(&["same"], NO_PRODUCER, -1)))])
+        };
+        let req = ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![topic(1), topic(2)]);
+        let bytes = message::encode_request(ApiKey::Produce, 13, 7, &req).unwrap();
+        let head = RequestHead::peek(&bytes).unwrap();
+        let f = BytesMut::from(&bytes[..]);
+        let mut s = Session::default();
+        let out = b
+            .dedup
+            .on_request(&mut s, &identity, &head, &f, -1)
+            .await
+            .unwrap();
+        assert!(
+            matches!(out, Outcome::Unchanged(None)),
+            "a v13 request goes as it came"
+        );
+        assert_eq!(b.dedup.metrics.dedup.fail_open_count(FailOpen::TopicId), 2);
     }
 
     #[tokio::test]

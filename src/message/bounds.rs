@@ -37,7 +37,7 @@ use kafka_protocol::messages::{
     ApiVersionsResponse, DescribeClusterResponse, DescribeConfigsResponse, EndTxnRequest,
     EndTxnResponse, FetchRequest, FetchResponse, FindCoordinatorResponse, JoinGroupRequest,
     MetadataResponse, ProduceRequest, ProduceResponse, SaslAuthenticateRequest,
-    SaslAuthenticateResponse, SaslHandshakeRequest,
+    SaslAuthenticateResponse, SaslHandshakeRequest, ShareAcknowledgeResponse, ShareFetchResponse,
 };
 
 use crate::codec::read_uvarint;
@@ -935,6 +935,100 @@ const DESCRIBE_CONFIGS_RESPONSE: Schema = Schema {
     ],
 };
 
+// --- ShareFetch (api 78), ShareAcknowledge (api 79): KIP-932, v1 only ---
+
+/// The KIP-932 responses' `node_endpoints` (a plain field, not tagged).
+const SHARE_NODE_ENDPOINTS: Field = f(
+    "node_endpoints",
+    1,
+    N,
+    Ty::Array(&Ty::Struct(&[
+        f("node_id", 1, N, INT32),
+        f("host", 1, N, STRING),
+        f("port", 1, N, INT32),
+        f("rack", 1, N, STRING),
+    ])),
+);
+
+const SHARE_CURRENT_LEADER: Ty =
+    Ty::Struct(&[f("leader_id", 1, N, INT32), f("leader_epoch", 1, N, INT32)]);
+
+const SHARE_FETCH_RESPONSE: Schema = Schema {
+    name: "ShareFetchResponse",
+    versions: (1, 1),
+    flexible: 0,
+    fields: &[
+        f("throttle_time_ms", 1, N, INT32),
+        f("error_code", 1, N, INT16),
+        f("error_message", 1, N, STRING),
+        f("acquisition_lock_timeout_ms", 1, N, INT32),
+        f(
+            "responses",
+            1,
+            N,
+            Ty::Array(&Ty::Struct(&[
+                f("topic_id", 1, N, UUID),
+                f(
+                    "partitions",
+                    1,
+                    N,
+                    Ty::Array(&Ty::Struct(&[
+                        f("partition_index", 1, N, INT32),
+                        f("error_code", 1, N, INT16),
+                        f("error_message", 1, N, STRING),
+                        f("acknowledge_error_code", 1, N, INT16),
+                        f("acknowledge_error_message", 1, N, STRING),
+                        f("current_leader", 1, N, SHARE_CURRENT_LEADER),
+                        f("records", 1, N, RECORDS),
+                        f(
+                            "acquired_records",
+                            1,
+                            N,
+                            Ty::Array(&Ty::Struct(&[
+                                f("first_offset", 1, N, INT64),
+                                f("last_offset", 1, N, INT64),
+                                f("delivery_count", 1, N, INT16),
+                            ])),
+                        ),
+                    ])),
+                ),
+            ])),
+        ),
+        SHARE_NODE_ENDPOINTS,
+    ],
+};
+
+const SHARE_ACKNOWLEDGE_RESPONSE: Schema = Schema {
+    name: "ShareAcknowledgeResponse",
+    versions: (1, 1),
+    flexible: 0,
+    fields: &[
+        f("throttle_time_ms", 1, N, INT32),
+        f("error_code", 1, N, INT16),
+        f("error_message", 1, N, STRING),
+        f(
+            "responses",
+            1,
+            N,
+            Ty::Array(&Ty::Struct(&[
+                f("topic_id", 1, N, UUID),
+                f(
+                    "partitions",
+                    1,
+                    N,
+                    Ty::Array(&Ty::Struct(&[
+                        f("partition_index", 1, N, INT32),
+                        f("error_code", 1, N, INT16),
+                        f("error_message", 1, N, STRING),
+                        f("current_leader", 1, N, SHARE_CURRENT_LEADER),
+                    ])),
+                ),
+            ])),
+        ),
+        SHARE_NODE_ENDPOINTS,
+    ],
+};
+
 macro_rules! bounded {
     ($($ty:ty => $schema:ident),* $(,)?) => {
         $(impl Bounded for $ty {
@@ -959,6 +1053,8 @@ bounded! {
     DescribeClusterResponse => DESCRIBE_CLUSTER_RESPONSE,
     DescribeConfigsResponse => DESCRIBE_CONFIGS_RESPONSE,
     JoinGroupRequest => JOIN_GROUP_REQUEST,
+    ShareFetchResponse => SHARE_FETCH_RESPONSE,
+    ShareAcknowledgeResponse => SHARE_ACKNOWLEDGE_RESPONSE,
 }
 
 #[cfg(test)]
@@ -1053,6 +1149,8 @@ mod tests {
             case::<DescribeClusterResponse>(ApiKey::DescribeCluster, false),
             case::<DescribeConfigsResponse>(ApiKey::DescribeConfigs, false),
             case::<JoinGroupRequest>(ApiKey::JoinGroup, true),
+            case::<ShareFetchResponse>(ApiKey::ShareFetch, false),
+            case::<ShareAcknowledgeResponse>(ApiKey::ShareAcknowledge, false),
         ]
     }
 
@@ -1331,6 +1429,99 @@ mod tests {
                 ];
             }
             vec![FetchResponse::default(), full]
+        }
+    }
+
+    fn share_endpoints<E: Default>(
+        make: fn(E, i32, StrBytes, i32, Option<StrBytes>) -> E,
+    ) -> Vec<E> {
+        vec![
+            make(
+                E::default(),
+                1,
+                s("broker-1.internal"),
+                9092,
+                Some(s("rack-a")),
+            ),
+            make(E::default(), 2, s("broker-2.internal"), 9092, None),
+        ]
+    }
+
+    impl Sample for ShareFetchResponse {
+        fn samples(_v: i16) -> Vec<Self> {
+            use kafka_protocol::messages::share_fetch_response as sf;
+            let partition = |index: i32, records: Option<&'static [u8]>| {
+                sf::PartitionData::default()
+                    .with_partition_index(index)
+                    .with_error_code(if records.is_none() { 6 } else { 0 })
+                    .with_error_message(records.is_none().then(|| s("not the leader")))
+                    .with_current_leader(
+                        sf::LeaderIdAndEpoch::default()
+                            .with_leader_id(2)
+                            .with_leader_epoch(4),
+                    )
+                    .with_records(records.map(Bytes::from_static))
+                    .with_acquired_records(vec![
+                        sf::AcquiredRecords::default()
+                            .with_first_offset(10)
+                            .with_last_offset(19)
+                            .with_delivery_count(1),
+                        Default::default(),
+                    ])
+                    .with_unknown_tagged_fields(future_tag())
+            };
+            let full = ShareFetchResponse::default()
+                .with_throttle_time_ms(10)
+                .with_error_message(Some(s("fine")))
+                .with_acquisition_lock_timeout_ms(30_000)
+                .with_responses(vec![
+                    sf::ShareFetchableTopicResponse::default()
+                        .with_topic_id(topic_id())
+                        .with_partitions(vec![
+                            partition(0, Some(b"record-batch-bytes")),
+                            partition(1, None),
+                        ]),
+                    Default::default(),
+                ])
+                .with_node_endpoints(share_endpoints(|e: sf::NodeEndpoint, id, h, p, r| {
+                    e.with_node_id(BrokerId(id))
+                        .with_host(h)
+                        .with_port(p)
+                        .with_rack(r)
+                }))
+                .with_unknown_tagged_fields(future_tag());
+            vec![ShareFetchResponse::default(), full]
+        }
+    }
+
+    impl Sample for ShareAcknowledgeResponse {
+        fn samples(_v: i16) -> Vec<Self> {
+            use kafka_protocol::messages::share_acknowledge_response as sa;
+            let full = ShareAcknowledgeResponse::default()
+                .with_throttle_time_ms(10)
+                .with_error_message(Some(s("fine")))
+                .with_responses(vec![sa::ShareAcknowledgeTopicResponse::default()
+                    .with_topic_id(topic_id())
+                    .with_partitions(vec![
+                        sa::PartitionData::default()
+                            .with_partition_index(0)
+                            .with_error_code(6)
+                            .with_error_message(Some(s("not the leader")))
+                            .with_current_leader(
+                                sa::LeaderIdAndEpoch::default()
+                                    .with_leader_id(2)
+                                    .with_leader_epoch(4),
+                            ),
+                        Default::default(),
+                    ])])
+                .with_node_endpoints(share_endpoints(|e: sa::NodeEndpoint, id, h, p, r| {
+                    e.with_node_id(BrokerId(id))
+                        .with_host(h)
+                        .with_port(p)
+                        .with_rack(r)
+                }))
+                .with_unknown_tagged_fields(future_tag());
+            vec![ShareAcknowledgeResponse::default(), full]
         }
     }
 
