@@ -163,7 +163,8 @@ class KafkaCluster:
                      config: dict | None = None):
         from confluent_kafka.admin import NewTopic
         rf = replication if replication is not None else min(3, len(self.brokers))
-        fut = self.admin().create_topics([NewTopic(name, partitions, rf, config=config or {})])
+        admin = self.admin()  # held until the result: a dropped client aborts the call
+        fut = admin.create_topics([NewTopic(name, partitions, rf, config=config or {})])
         fut[name].result(30)
 
 
