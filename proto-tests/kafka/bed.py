@@ -411,6 +411,9 @@ def read_topic(bootstrap: str, topic: str, until, timeout: float = 90.0,
                 continue
             if msg.error():
                 if msg.error().code() == msg.error()._PARTITION_EOF:
+                    # The end: past trailing control records (transaction
+                    # markers), which no message ever reaches.
+                    pos[msg.partition()] = max(pos[msg.partition()], msg.offset())
                     continue
                 raise KafkaException(msg.error())
             records.append(msg)
