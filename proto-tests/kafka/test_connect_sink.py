@@ -37,7 +37,8 @@ def produce_with_copies(bootstrap: str, topic: str) -> list[str]:
     return log
 
 
-def sink_output(connect_clusters, bootstrap: str, topic: str) -> list[str]:
+def sink_output(connect_clusters, bootstrap: str, topic: str,
+                isolation: str = "read_uncommitted") -> list[str]:
     """A FileStreamSink on one worker whose bootstrap is `bootstrap`; the
     lines of its file once it ends on the marker."""
     out = Path(tempfile.mkdtemp(prefix="idemgate-sink.")) / "out.txt"
@@ -49,6 +50,7 @@ def sink_output(connect_clusters, bootstrap: str, topic: str) -> list[str]:
         "topics": topic,
         "file": str(out),
         "consumer.override.auto.offset.reset": "earliest",
+        "consumer.override.isolation.level": isolation,
     })
 
     def ended():
@@ -88,3 +90,60 @@ mode = "drop"
     copies = len(direct) - len(set(direct))
     assert copies > 0 and copies == len(REPLAYED)
     print(f"direct: {copies} copies in the file; through idemgate: {removed:.0f} removed")
+
+
+def produce_with_transactions(bootstrap: str, topic: str) -> tuple[list[str], list[str]]:
+    """Straight to the broker: plain records, a committed transaction of
+    copies, an aborted transaction of records written for real only later,
+    those records, copies of half of them, the marker. Returns (what a
+    read_committed reader gets, the distinct committed values in order)."""
+    from confluent_kafka import Producer
+    plain = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5})
+    txn = Producer({"bootstrap.servers": bootstrap, "transactional.id": unique("copier")})
+    txn.init_transactions(30)
+
+    def send(p, values):
+        for v in values:
+            p.produce(topic, v.encode())
+            p.poll(0)
+        assert p.flush(60) == 0
+
+    first = [f"record-{i:05d}" for i in range(1000)]
+    late = [f"late-{i:05d}" for i in range(200)]
+    send(plain, first)
+    txn.begin_transaction()
+    send(txn, first[500:800])
+    txn.commit_transaction(30)
+    txn.begin_transaction()
+    send(txn, late)  # aborted: these are never committed here
+    txn.abort_transaction(30)
+    send(plain, late + late[100:] + [MARKER])
+    committed = first + first[500:800] + late + late[100:] + [MARKER]
+    return committed, first + late + [MARKER]
+
+
+def test_read_committed_sink_through_fetch_dedup(kafka, proxies, connect_clusters):
+    """Apache Kafka's real read_committed answers (last stable offset, aborted
+    transactions list): an aborted transaction's records are skipped by the
+    sink and teach the proxy nothing, so the same values committed later are
+    delivered; committed copies, transactional or not, are removed."""
+    topic = unique("sink-txn")
+    kafka.create_topic(topic, partitions=1)
+    committed, distinct = produce_with_transactions(kafka.bootstrap, topic)
+    proxy = proxies(kafka.bootstrap, f"""
+[[dedup.rules]]
+topics = "{topic}"
+key = "content"
+direction = "fetch"
+mode = "drop"
+""")
+    lines = sink_output(connect_clusters, proxy.bootstrap, topic, isolation="read_committed")
+    lost = set(distinct) - set(lines)
+    assert not lost, f"{len(lost)} committed records never reached the sink, e.g. {sorted(lost)[:3]}"
+    assert lines == distinct, "through the proxy the file is not every committed record once"
+
+    direct = sink_output(connect_clusters, kafka.bootstrap, topic, isolation="read_committed")
+    assert direct == committed
+    copies = len(direct) - len(set(direct))
+    assert copies == 400
+    print(f"read_committed direct: {copies} copies in the file; through idemgate: none")
