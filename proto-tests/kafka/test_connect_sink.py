@@ -141,6 +141,8 @@ mode = "drop"
     lost = set(distinct) - set(lines)
     assert not lost, f"{len(lost)} committed records never reached the sink, e.g. {sorted(lost)[:3]}"
     assert lines == distinct, "through the proxy the file is not every committed record once"
+    removed = proxy.metric_sum("idemgate_duplicates_dropped_total", direction="fetch")
+    assert removed >= 400, f"the proxy removed {removed:.0f} copies from Fetch responses"
 
     direct = sink_output(connect_clusters, kafka.bootstrap, topic, isolation="read_committed")
     assert direct == committed
