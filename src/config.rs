@@ -323,6 +323,10 @@ pub enum KeyStrategy {
     Header(String),
     /// These JSON pointers into the value (RFC 6901), together.
     Json(Vec<String>),
+    /// Several of the above (never nested), each made its own way, hashed
+    /// together: `key = ["record-key", "json:/source/lsn"]`. A record lacking
+    /// any part falls back as a whole.
+    All(Vec<KeyStrategy>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -966,8 +970,16 @@ fn rule(s: &mut Section<'_, '_>) -> Rule {
     }
     let topics = Glob::new(&s.string("topics", "*"));
     let connector = s.string("connector", "");
-    let key_text = s.string("key", "content");
-    let key = match parse_key_strategy(&key_text) {
+    let composite = s
+        .table
+        .and_then(|t| t.get("key"))
+        .is_some_and(|v| v.is_array());
+    let parsed = if composite {
+        parse_key_parts(&s.strings("key", &[]))
+    } else {
+        parse_key_strategy(&s.string("key", "content"))
+    };
+    let key = match parsed {
         Ok(k) => k,
         Err(message) => {
             s.problem("key", message);
@@ -1018,6 +1030,25 @@ fn rule(s: &mut Section<'_, '_>) -> Rule {
         tag: s.bool("tag", true),
         direction,
     }
+}
+
+/// A list of two or more strategies, none repeated, made into one key.
+pub fn parse_key_parts(parts: &[String]) -> Result<KeyStrategy, String> {
+    if parts.len() < 2 {
+        return Err(
+            "a list of keys needs at least two parts, e.g. [\"record-key\", \"json:/source/lsn\"]"
+                .into(),
+        );
+    }
+    let mut out = Vec::with_capacity(parts.len());
+    for part in parts {
+        let strategy = parse_key_strategy(part)?;
+        if out.contains(&strategy) {
+            return Err(format!("{part:?} is listed twice"));
+        }
+        out.push(strategy);
+    }
+    Ok(KeyStrategy::All(out))
 }
 
 /// `content`, `record-key`, `header:NAME` or `json:/a/b[,/c]`.
@@ -1584,6 +1615,39 @@ mod tests {
         assert!(d.rule_for("connect-offsets", None).is_none());
         assert!(d.enabled());
         assert!(!Config::parse("").unwrap().dedup.enabled());
+    }
+
+    #[test]
+    fn a_key_may_be_a_list_of_strategies() {
+        let c = Config::parse(
+            r#"
+            [[dedup.rules]]
+            topics = "pg.*"
+            key = ["record-key", "json:/source/lsn"]
+            fallback = "pass"
+        "#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.dedup.rule_for("pg.public.t", None).unwrap().key,
+            KeyStrategy::All(vec![
+                KeyStrategy::RecordKey,
+                KeyStrategy::Json(vec!["/source/lsn".into()])
+            ])
+        );
+        for (bad, says) in [
+            (r#"["record-key"]"#, "at least two"),
+            (r#"["record-key", "record-key"]"#, "twice"),
+            (r#"["record-key", "lsn"]"#, "is not one of"),
+            (r#"["record-key", 3]"#, "expected a string"),
+        ] {
+            let text = format!("[[dedup.rules]]\ntopics = \"*\"\nkey = {bad}\n");
+            let err = Config::parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("dedup.rules[0].key") && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

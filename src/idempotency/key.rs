@@ -130,7 +130,16 @@ impl Deriver<'_> {
         if let Some(key) = carried {
             return Derived::Carried(scoped(topic, key));
         }
-        let made = match self.strategy {
+        match (self.make(self.strategy, topic, record), self.fallback) {
+            (Some(k), _) => Derived::Made(k),
+            (None, Fallback::Content) => Derived::Made(self.content(topic, record)),
+            (None, Fallback::Pass) => Derived::Pass,
+        }
+    }
+
+    /// The key `strategy` makes, or `None` when the record lacks its field.
+    fn make(&self, strategy: &KeyStrategy, topic: &str, record: &RecordView<'_>) -> Option<Key> {
+        match strategy {
             KeyStrategy::Content => Some(self.content(topic, record)),
             KeyStrategy::RecordKey => record.key_slice().map(|k| hash_parts(b'k', topic, [k])),
             KeyStrategy::Header(name) => record
@@ -139,11 +148,14 @@ impl Deriver<'_> {
                 .and_then(|h| h.value)
                 .map(|v| hash_parts(b'h', topic, [name.as_bytes(), v])),
             KeyStrategy::Json(pointers) => json_key(topic, pointers, record.value_slice()),
-        };
-        match (made, self.fallback) {
-            (Some(k), _) => Derived::Made(k),
-            (None, Fallback::Content) => Derived::Made(self.content(topic, record)),
-            (None, Fallback::Pass) => Derived::Pass,
+            // Every part must be there; their keys, in order, hashed together.
+            KeyStrategy::All(parts) => {
+                let mut keys = Vec::with_capacity(parts.len());
+                for part in parts {
+                    keys.push(self.make(part, topic, record)?.0.to_be_bytes());
+                }
+                Some(hash_parts(b'a', topic, keys.iter().map(|k| &k[..])))
+            }
         }
     }
 
@@ -397,6 +409,60 @@ mod tests {
         assert_eq!(
             derive_all(&json, Fallback::Pass, "t", &[not_json])[0],
             Derived::Pass
+        );
+    }
+
+    /// A Debezium change event as the JSON converter writes it (schemas off).
+    fn debezium(id: u32, op: &str, lsn: u64, qty: u32, ts: u64) -> Record {
+        let key = format!(r#"{{"id":{id}}}"#);
+        let value = format!(
+            r#"{{"before":null,"after":{{"id":{id},"qty":{qty}}},"source":{{"lsn":{lsn},"txId":726}},"op":"{op}","ts_ms":{ts}}}"#
+        );
+        record(Some(key.as_bytes()), Some(value.as_bytes()), &[])
+    }
+
+    #[test]
+    fn a_list_of_parts_keeps_each_row_of_a_snapshot() {
+        let both = KeyStrategy::All(vec![
+            KeyStrategy::RecordKey,
+            KeyStrategy::Json(vec!["/source/lsn".into()]),
+        ]);
+        let lsn_only = KeyStrategy::Json(vec!["/source/lsn".into(), "/source/txId".into()]);
+        // A snapshot: every row read at the snapshot's one position.
+        let snapshot: Vec<Record> = (1..=3).map(|id| debezium(id, "r", 100, 0, 5)).collect();
+        let keys = derive_all(&both, Fallback::Pass, "pg.t", &snapshot);
+        assert!(keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2]);
+        // What the position alone did: one key for the whole snapshot.
+        let collapsed = derive_all(&lsn_only, Fallback::Pass, "pg.t", &snapshot);
+        assert!(collapsed[0] == collapsed[1] && collapsed[1] == collapsed[2]);
+        // A replay (processed anew: another ts_ms) is the same event; the same
+        // row at a later position is not.
+        let first = one(&both, "pg.t", debezium(1, "u", 200, 1, 7));
+        assert_eq!(first, one(&both, "pg.t", debezium(1, "u", 200, 1, 9)));
+        assert_ne!(first, one(&both, "pg.t", debezium(1, "u", 300, 1, 7)));
+        // Not any part alone, nor those parts in another order.
+        let reversed = KeyStrategy::All(vec![
+            KeyStrategy::Json(vec!["/source/lsn".into()]),
+            KeyStrategy::RecordKey,
+        ]);
+        let r = debezium(1, "u", 200, 1, 7);
+        assert_ne!(first, one(&KeyStrategy::RecordKey, "pg.t", r.clone()));
+        assert_ne!(first, one(&reversed, "pg.t", r.clone()));
+        assert_ne!(first, one(&both, "pg.u", r));
+        // A tombstone lacks the position: the whole list falls back.
+        let tombstone = record(Some(br#"{"id":1}"#), None, &[]);
+        assert_eq!(
+            derive_all(
+                &both,
+                Fallback::Pass,
+                "pg.t",
+                std::slice::from_ref(&tombstone)
+            )[0],
+            Derived::Pass
+        );
+        assert_eq!(
+            one(&both, "pg.t", tombstone.clone()),
+            one(&KeyStrategy::Content, "pg.t", tombstone)
         );
     }
 
