@@ -17,14 +17,21 @@ const LZ4Codec = require('kafkajs-lz4')
 
 CompressionCodecs[CompressionTypes.Snappy] = SnappyCodec
 CompressionCodecs[CompressionTypes.LZ4] = new LZ4Codec().codec
-// zstd: @kafkajs/zstd (the only kafkajs zstd codec) needs the native cppzst
-// 2.0.6, which no longer compiles against Node 20's headers: not installed.
+// zstd: kafkajs' own codec package (@kafkajs/zstd) needs the native cppzst
+// 2.0.6, which no longer compiles against Node 20's headers; this codec is
+// the same few lines over zstd-napi (zstd's sources, built by node-gyp).
+const zstd = require('zstd-napi')
+CompressionCodecs[CompressionTypes.ZSTD] = () => ({
+  async compress (encoder) { return zstd.compress(encoder.buffer) },
+  async decompress (buffer) { return zstd.decompress(buffer) },
+})
 
 const CODECS = {
   none: CompressionTypes.None,
   gzip: CompressionTypes.GZIP,
   snappy: CompressionTypes.Snappy,
   lz4: CompressionTypes.LZ4,
+  zstd: CompressionTypes.ZSTD,
 }
 
 function args (argv) {
