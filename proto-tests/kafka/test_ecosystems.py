@@ -1,0 +1,365 @@
+"""Clients from the other ecosystems through idemgate to Apache Kafka 4.4.
+
+Three independent implementations of the Kafka protocol, none of them
+librdkafka or the Java client: kafkajs (JavaScript), aiokafka (Python
+asyncio) and franz-go (Go). Each runs as a small CLI under
+proto-tests/clients/ (installed by scripts/setup) that prints JSON lines, and
+each scenario runs twice in the same test, through a proxy and straight to
+the broker, so the assertion that passes through the proxy is shown to fail
+without it:
+
+- replay: the same values produced again by a new producer, with every codec
+  the client supports, through a `[[dedup.rules]]` drop rule; the topic read
+  straight from the broker holds each value once (direct: twice), and every
+  offset a delivery report names holds that value;
+- group: every record once through the proxy, and neither the proxy's leak
+  counter nor the client's own Metadata view shows a broker address (direct:
+  it does);
+- fetch dedup: copies written straight to the broker, read through a
+  fetch-direction rule: each record once per partition (direct: the copies).
+
+Every read ends on an end marker (one per partition); every client run is
+bounded.
+
+What the clients do differently (measured here, codec none, 200 records):
+- null keys: kafkajs and aiokafka place them elsewhere on a second run
+  (kafkajs: none of 100 in the same partition; aiokafka: at random), franz-go's
+  sticky partitioner did so too without idempotence but not with it; so most
+  replayed batches are answered with base offset -1;
+- delivery reports for base offset -1: kafkajs gives the partition's -1
+  (this CLI maps it to -1 per record), franz-go -1 per record, aiokafka
+  -1, 0, 1, ... (wrong; strict xfail below);
+- empty batches from fetch dedup: aiokafka and franz-go move past them;
+  kafkajs 2.2.4 ignores an empty batch's last offset and, when a capped Fetch
+  holds only that batch, fetches it forever (strict xfail below);
+- codecs: kafkajs ships none and gzip; snappy and lz4 come from
+  kafkajs-snappy and kafkajs-lz4, zstd from a few lines over zstd-napi
+  (kafkajs' own @kafkajs/zstd needs cppzst, which does not compile against
+  Node 20); aiokafka's codecs are cramjam's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bed import CACHE, ROOT, read_topic, unique
+
+CLIENTS_DIR = ROOT / "proto-tests" / "clients"
+N = 200          # records per run
+PARTITIONS = 3
+
+
+class WrongDeliveryReports(AssertionError):
+    """A producer's delivery reports name offsets that hold other records."""
+
+
+class CopiesRemovedAgain(AssertionError):
+    """The proxy removed more copies than the log holds: the consumer fetched
+    the same (emptied) batches again."""
+
+
+class EndMarkersMissing(AssertionError):
+    """A consumer gave up before it saw every partition's end marker."""
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    argv: tuple[str, ...]
+    codecs: tuple[str, ...]
+    needs: Path  # what scripts/setup installs for it
+
+    def run(self, *args: str, timeout: float = 120.0) -> list[dict]:
+        if not self.needs.exists():
+            pytest.fail(f"{self.name} is not installed ({self.needs} is missing): run scripts/setup")
+        out = subprocess.run([*self.argv, *args], capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            kind = EndMarkersMissing if "end markers" in out.stderr and "missing after" in out.stderr \
+                else AssertionError
+            raise kind(f"{self.name} {args[0]} exited {out.returncode}:\n"
+                                 f"{out.stderr[-4000:]}\nstdout tail:\n{out.stdout[-2000:]}")
+        return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+
+    def produce(self, bootstrap: str, topic: str, prefix: str, codec: str, marker: str,
+                idempotent: bool = False, partitions: int = PARTITIONS) -> list[dict]:
+        lines = self.run("produce", "--bootstrap", bootstrap, "--topic", topic, "--prefix", prefix,
+                         "--count", str(N), "--codec", codec, "--marker", marker,
+                         "--partitions", str(partitions),
+                         *(["--idempotent"] if idempotent else []))
+        assert lines[-1] == {"done": N + partitions}, lines[-3:]
+        return [r for r in lines if "value" in r]
+
+    def consume(self, bootstrap: str, topic: str, end: str, timeout: float = 90.0,
+                max_partition_bytes: int = 0, partitions: int = PARTITIONS) -> tuple[list[dict], list[str]]:
+        lines = self.run("consume", "--bootstrap", bootstrap, "--topic", topic,
+                         "--group", unique("eco-group"), "--end", end,
+                         "--partitions", str(partitions), "--timeout", str(timeout),
+                         *(["--max-partition-bytes", str(max_partition_bytes)] if max_partition_bytes else []),
+                         timeout=timeout + 60)
+        records = [r for r in lines if "value" in r]
+        brokers = next(r["brokers"] for r in lines if "brokers" in r)
+        assert "done" in lines[-1]
+        return records, brokers
+
+
+CLIENTS = {
+    "kafkajs": Client(
+        "kafkajs", ("node", str(CLIENTS_DIR / "js" / "cli.js")),
+        # zstd: kafkajs' own @kafkajs/zstd does not build on Node 20 (native
+        # cppzst 2.0.6); the CLI's codec uses zstd-napi instead.
+        ("none", "gzip", "snappy", "lz4", "zstd"),
+        CLIENTS_DIR / "js" / "node_modules" / "kafkajs" / "package.json"),
+    "aiokafka": Client(
+        "aiokafka", (sys.executable, str(CLIENTS_DIR / "python" / "aiokafka_cli.py")),
+        ("none", "gzip", "snappy", "lz4", "zstd"),
+        Path(sys.executable)),
+    "franz-go": Client(
+        "franz-go", (str(CACHE / "bin" / "franzcli"),),
+        ("none", "gzip", "snappy", "lz4", "zstd"),
+        CACHE / "bin" / "franzcli"),
+}
+
+
+def create_topic(kafka, name: str, partitions: int = PARTITIONS) -> None:
+    """bed.KafkaCluster.create_topic lets its AdminClient go before the
+    future resolves (librdkafka then fails it with _DESTROY); keep it alive."""
+    from confluent_kafka.admin import NewTopic
+    admin = kafka.admin()
+    admin.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
+
+
+def values(prefix: str) -> list[str]:
+    return [f"{prefix}-{i:06d}" for i in range(N)]
+
+
+def markers(marker: str, partitions: int = PARTITIONS) -> list[str]:
+    """The end markers a run writes: one per partition."""
+    return [f"{marker}-p{p}" for p in range(partitions)]
+
+
+def topic_counts(bootstrap: str, topic: str, marker: str, partitions: int = PARTITIONS):
+    """Value -> copies, and (partition, offset) -> value, of `topic` read
+    straight from the broker up to every partition's `marker`."""
+    want = {m.encode() for m in markers(marker, partitions)}
+    msgs = read_topic(bootstrap, topic, until=lambda rs: want <= {m.value() for m in rs})
+    by_pos = {(m.partition(), m.offset()): m.value().decode() for m in msgs}
+    return Counter(by_pos.values()), by_pos
+
+
+def check_reports(client: str, reports: list[dict], by_pos: dict) -> list[str]:
+    """Every delivery report that names an offset must name one that holds
+    the value it reports. Returns the wrong ones, described."""
+    wrong = []
+    for r in reports:
+        if r["offset"] < 0:
+            continue  # "no offset" (a dropped replay whose first copy is not provable)
+        got = by_pos.get((r["partition"], r["offset"]))
+        if got != r["value"]:
+            wrong.append(f"{client} reported {r['value']} at {r['partition']}/{r['offset']}, "
+                         f"which holds {got}")
+    return wrong
+
+
+def produce_rule(topic: str) -> str:
+    return f"""
+[[dedup.rules]]
+topics = "{topic}"
+key = "content"
+mode = "drop"
+"""
+
+
+def fetch_rule(topic: str) -> str:
+    return f"""
+[[dedup.rules]]
+topics = "{topic}"
+key = "content"
+mode = "drop"
+direction = "fetch"
+"""
+
+
+# aiokafka numbers a batch's records from the partition's base offset even
+# when that is -1 ("no offset"), so a replay the proxy answers with -1 is
+# reported at offsets -1, 0, 1, ... that hold other records. The proxy answers
+# -1 when it cannot prove the first copies sit consecutively in that
+# partition: here for every batch of the second run, because aiokafka puts
+# null-key records in a random partition and they share batches with the
+# keyed ones. librdkafka does the same (README); kafkajs hands the -1 on per
+# partition, franz-go reports -1 per record. No single base offset can be
+# right for such a batch, so the fix is not in the proxy: the report check
+# fails for aiokafka; every other check of the test must pass first.
+AIOKAFKA_REPORTS = pytest.mark.xfail(strict=True, raises=WrongDeliveryReports, reason=(
+    "aiokafka reports base_offset + i for a replay the proxy answered with base_offset -1 "
+    "(its null-key records went to other partitions the second time): wrong offsets in its "
+    "delivery reports, no record lost or duplicated"))
+
+REPLAY_CASES = [pytest.param(c, codec, idem, id=f"{c}-{codec}{'-idempotent' if idem else ''}",
+                             marks=[AIOKAFKA_REPORTS] if c == "aiokafka" else [])
+                for c, client in CLIENTS.items() for codec in client.codecs for idem in (False, True)]
+
+
+@pytest.mark.parametrize("client,codec,idempotent", REPLAY_CASES)
+def test_replay_dropped(kafka, proxies, client, codec, idempotent):
+    """A new producer sends the same values again: through a drop rule the
+    topic holds each value once; straight to the broker it holds copies."""
+    cl = CLIENTS[client]
+    prefix = unique(f"eco-{client}")
+    via, direct = f"{prefix}-via", f"{prefix}-direct"
+    for t in (via, direct):
+        create_topic(kafka, t)
+    proxy = proxies(kafka.bootstrap, produce_rule(via))
+
+    reports = {}
+    for topic, bootstrap in ((via, proxy.bootstrap), (direct, kafka.bootstrap)):
+        first = cl.produce(bootstrap, topic, prefix, codec, f"END1-{prefix}", idempotent)
+        again = cl.produce(bootstrap, topic, prefix, codec, f"END2-{prefix}", idempotent)
+        reports[topic] = first + again
+
+    counts, by_pos = topic_counts(kafka.bootstrap, via, f"END2-{prefix}")
+    dcounts, dby_pos = topic_counts(kafka.bootstrap, direct, f"END2-{prefix}")
+
+    # Without the proxy the replay is in the topic: the scenario bites.
+    direct_extra = sum(dcounts[v] - 1 for v in values(prefix))
+    assert direct_extra == N, f"direct: expected {N} extra copies, got {direct_extra}"
+    # Through it, each value once, nothing lost, both end markers there.
+    extra = {v: counts[v] for v in values(prefix) if counts[v] != 1}
+    assert not extra, f"{len(extra)} values not exactly once through the proxy: {list(extra.items())[:5]}"
+    assert all(counts[m] == 1 for m in markers(f"END1-{prefix}") + markers(f"END2-{prefix}"))
+    assert sum(counts.values()) == N + 2 * PARTITIONS
+    assert proxy.metric_sum("idemgate_duplicates_dropped_total", direction="produce") == N
+
+    # Delivery reports: an offset the client was told must hold its value.
+    # Straight to the broker they always must; through the proxy a dropped
+    # replay may be reported as -1 ("no offset"), never at a wrong offset.
+    assert not check_reports(client, reports[direct], dby_pos), "wrong reports without the proxy"
+    wrong = check_reports(client, reports[via], by_pos)
+    if wrong:
+        raise WrongDeliveryReports(f"{len(wrong)} wrong delivery reports through the proxy, e.g. {wrong[:5]}")
+
+
+def proxy_ports(proxy) -> set[int]:
+    cfg = proxy.config_path.read_text()
+    lo, hi = (int(x) for x in cfg.split('broker_ports = "')[1].split('"')[0].split("-"))
+    return {proxy.port, *range(lo, hi + 1)}
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+def test_group_through_proxy(kafka, proxies, client):
+    """A consumer group reads every record once through the proxy and never
+    learns a broker's address; straight to the broker it names the broker."""
+    cl = CLIENTS[client]
+    prefix = unique(f"eco-{client}")
+    topic = f"{prefix}-group"
+    create_topic(kafka, topic)
+    proxy = proxies(kafka.bootstrap)
+    cl.produce(proxy.bootstrap, topic, prefix, "none", f"END-{prefix}")
+
+    records, brokers = cl.consume(proxy.bootstrap, topic, f"END-{prefix}")
+    got = Counter(r["value"] for r in records)
+    assert sorted(got) == sorted(values(prefix) + markers(f"END-{prefix}"))
+    assert set(got.values()) == {1}, f"copies: {[(v, n) for v, n in got.items() if n > 1][:5]}"
+    assert brokers, "the client named no broker"
+    ports = proxy_ports(proxy)
+    assert all(b.startswith("127.0.0.1:") and int(b.rsplit(":", 1)[1]) in ports for b in brokers), \
+        f"{client} sees brokers {brokers}, not the proxy's ports"
+    upstream = set(kafka.brokers.values())
+    assert not upstream & set(brokers)
+    proxy.assert_no_leaks()
+
+    # Straight to the broker the same check sees the broker's own address.
+    _, direct_brokers = cl.consume(kafka.bootstrap, topic, f"END-{prefix}")
+    assert set(direct_brokers) == upstream, direct_brokers
+
+
+def fetch_case_params():
+    out = []
+    for c, client in CLIENTS.items():
+        for codec in ("none", client.codecs[-1]):
+            out.append(pytest.param(c, codec, id=f"{c}-{codec}"))
+    return out
+
+
+@pytest.mark.parametrize("client,codec", fetch_case_params())
+def test_fetch_dedup(kafka, proxies, client, codec):
+    """Copies written straight to the broker, read through a fetch rule: each
+    record once in each partition that holds it; read directly: the copies."""
+    fetch_dedup(kafka, proxies, client, codec)
+
+
+SMALL_FETCH = 1024  # bytes per partition: less than one batch of a run
+
+
+def small_fetch_params():
+    out = []
+    for c in CLIENTS:
+        marks = []
+        if c == "kafkajs":
+            marks.append(pytest.mark.xfail(strict=True, raises=EndMarkersMissing, reason=(
+                "kafkajs 2.2.4 ignores an empty batch's lastOffsetDelta and resolves no offset "
+                "for a Fetch whose only batch is empty (runner.js: batch.isEmpty() without raw "
+                "messages), so it fetches the batch the proxy emptied forever (thousands of "
+                "Fetches, never the end marker): the known open bug tracked by the issue "
+                "'never drop a record that is not a replay'; the fix belongs to the proxy's "
+                "fetch filter, out of scope here")))
+        out.append(pytest.param(c, id=c, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("client", small_fetch_params())
+def test_fetch_dedup_small_fetches(kafka, proxies, client):
+    """The same on one partition (every copy then sits behind its first, so
+    the second run's batch is emptied whole) with Fetches capped below one
+    batch, so a Fetch carries nothing but the batch the proxy emptied: the
+    consumer must move past it and reach the end marker. Straight to the
+    broker the same caps read everything, so a hang is the proxy's doing."""
+    fetch_dedup(kafka, proxies, client, "none", max_partition_bytes=SMALL_FETCH, timeout=30,
+                partitions=1)
+
+
+def fetch_dedup(kafka, proxies, client, codec, max_partition_bytes=0, timeout=90.0,
+                partitions=PARTITIONS):
+    cl = CLIENTS[client]
+    prefix = unique(f"eco-{client}")
+    topic = f"{prefix}-fetch"
+    create_topic(kafka, topic, partitions)
+    end = f"END2-{prefix}"
+    cl.produce(kafka.bootstrap, topic, prefix, codec, f"END1-{prefix}", partitions=partitions)
+    cl.produce(kafka.bootstrap, topic, prefix, codec, end, partitions=partitions)
+    counts, by_pos = topic_counts(kafka.bootstrap, topic, end, partitions)
+    assert sum(counts[v] - 1 for v in values(prefix)) == N  # the copies are in the log
+    # A copy in another partition than its first is delivered (README): the
+    # expected count of each value is the number of partitions holding it.
+    parts = defaultdict(set)
+    for (p, _), v in by_pos.items():
+        parts[v].add(p)
+    expected = {v: len(ps) for v, ps in parts.items()}
+    assert sum(expected.values()) < sum(counts.values()), "no copy shares a partition with its first"
+
+    # Straight to the broker first: the consumer reads every copy.
+    direct, _ = cl.consume(kafka.bootstrap, topic, end, timeout, max_partition_bytes, partitions)
+    assert Counter(r["value"] for r in direct) == counts, "direct read differs from the log"
+
+    proxy = proxies(kafka.bootstrap, fetch_rule(topic))
+    records, _ = cl.consume(proxy.bootstrap, topic, end, timeout, max_partition_bytes, partitions)
+    got = Counter(r["value"] for r in records)
+    assert got == expected, (f"through the proxy: {sum(got.values())} records, expected "
+                             f"{sum(expected.values())}; differing: "
+                             f"{[(v, got[v], expected.get(v)) for v in set(got) | set(expected) if got[v] != expected.get(v)][:5]}")
+    # Every delivered record sits where the broker has it.
+    assert all(by_pos[(r["partition"], r["offset"])] == r["value"] for r in records)
+    # Each copy removed once: more means the consumer fetched emptied batches again.
+    removed = proxy.metric_sum("idemgate_duplicates_dropped_total", direction="fetch")
+    copies = sum(counts.values()) - sum(expected.values())
+    if removed > copies:
+        raise CopiesRemovedAgain(f"{client}: the proxy removed {removed:.0f} copies, the log holds "
+                                 f"{copies} in the partitions of their first copies")
+    assert removed == copies
