@@ -183,10 +183,11 @@ impl Store {
 
     /// Writes a producer's translation state and waits until it is on disk:
     /// a retry after a crash must find the decision its first attempt got.
-    /// If the flush fails, the previous value is put back: the caller then
-    /// forwards the batch as it came, and a retry must not find a decision
-    /// that was never acted on.
+    /// If the flush fails, the previous value is put back where sled still
+    /// takes writes (once a flush failed it usually refuses them: the
+    /// caller keeps its own view, see `Sequences`).
     pub async fn put_sequence_state_durably(&self, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        self.refused()?;
         let previous = self
             .sequences
             .insert(key, value)
@@ -199,6 +200,29 @@ impl Store {
             return Err(self.write_err(e));
         }
         Ok(())
+    }
+
+    /// Every producer-partition's translation state.
+    pub fn sequence_states(
+        &self,
+    ) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec), Error>> + '_ {
+        self.sequences.iter().map(|item| item.map_err(store_err))
+    }
+
+    /// Replaces (or with `None` removes) a translation state if it still
+    /// holds `old`; false when a writer changed it meanwhile. Flushed by the
+    /// store's timer: losing it to a crash only brings it back.
+    pub fn replace_sequence_state(
+        &self,
+        key: &[u8],
+        old: &[u8],
+        new: Option<&[u8]>,
+    ) -> Result<bool, Error> {
+        self.refused()?;
+        self.sequences
+            .compare_and_swap(key, Some(old), new)
+            .map(|r| r.is_ok())
+            .map_err(|e| self.write_err(e))
     }
 
     /// Bytes on disk (sled's own estimate).

@@ -168,10 +168,14 @@ pub enum FailOpen {
     Compacted,
     /// Fetch: the brokers would not describe the topic's cleanup.policy.
     TopicConfig,
+    /// An idempotent batch that may resend what an earlier process
+    /// forwarded (a producer this process has no memory of): its replays
+    /// stay, so the broker never takes a trimmed resend for the next batch.
+    SequenceUnknown,
 }
 
 impl FailOpen {
-    const ALL: [FailOpen; 9] = [
+    const ALL: [FailOpen; 10] = [
         FailOpen::Undecodable,
         FailOpen::NotOneV2Batch,
         FailOpen::Loading,
@@ -181,6 +185,7 @@ impl FailOpen {
         FailOpen::NoOffset,
         FailOpen::Compacted,
         FailOpen::TopicConfig,
+        FailOpen::SequenceUnknown,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -194,6 +199,7 @@ impl FailOpen {
             FailOpen::NoOffset => "no_offset",
             FailOpen::Compacted => "compacted",
             FailOpen::TopicConfig => "topic_config",
+            FailOpen::SequenceUnknown => "sequence_unknown",
         }
     }
 }
