@@ -29,8 +29,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, EndTxnRequest, EndTxnResponse, MetadataResponse,
-    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    AddPartitionsToTxnRequest, ApiKey, ApiVersionsResponse, EndTxnRequest, EndTxnResponse,
+    MetadataResponse, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -74,12 +74,23 @@ pub struct ResponsePlan {
     pub produce: Option<Box<ProducePlan>>,
     /// EndTxn: the producer and whether it commits, for the dedup filter to
     /// learn (or forget) the transaction's keys once the coordinator agrees.
-    pub end_txn: Option<(Producer, bool)>,
+    pub end_txn: Option<EndTxn>,
     /// Fetch, when a fetch rule is on: who reads, and how.
     pub fetch: Option<FetchPlan>,
     /// Produce and Fetch of a client with quotas: whom to charge the
     /// response to (Fetch), and the throttle already owed (Produce).
     pub quota: Option<QuotaCharge>,
+}
+
+/// An EndTxn on its way to the coordinator.
+#[derive(Debug, Clone, Copy)]
+pub struct EndTxn {
+    pub producer: Producer,
+    pub committed: bool,
+    /// The connection it came on (`ConnState::id`).
+    pub conn: u64,
+    /// v5+: transactions v2 (KIP-890).
+    pub v2: bool,
 }
 
 /// What the response of a Produce or Fetch owes to its client's quota.
@@ -110,9 +121,20 @@ pub struct ConnState {
     identity: Option<Identity>,
     /// Produce-path dedup of this connection.
     session: dedup_produce::Session,
+    /// This connection among the process's (0 until asked).
+    id: u64,
 }
 
 impl ConnState {
+    /// A number no other connection of this process has.
+    fn id(&mut self) -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        if self.id == 0 {
+            self.id = NEXT.fetch_add(1, Relaxed);
+        }
+        self.id
+    }
+
     /// Who the client is, as the quota filter named it (Connect client ids,
     /// then `quota.connector_patterns`), for the filters after it.
     pub fn set_identity(&mut self, identity: Identity) {
@@ -241,7 +263,33 @@ impl Pipeline {
         match head.api_key {
             ApiKey::EndTxn if self.dedup.is_some() => {
                 if let Some(req) = message::decode_request::<EndTxnRequest>(&frame, head) {
-                    end_txn = Some(((req.producer_id.0, req.producer_epoch), req.committed));
+                    end_txn = Some(EndTxn {
+                        producer: (req.producer_id.0, req.producer_epoch),
+                        committed: req.committed,
+                        conn: conn.id(),
+                        v2: head.api_version >= 5,
+                    });
+                }
+            }
+            // v0-v3 come from clients (v4+ only from brokers).
+            ApiKey::AddPartitionsToTxn if head.api_version <= 3 => {
+                if let (Some(dedup), Some(req)) = (
+                    &self.dedup,
+                    message::decode_request::<AddPartitionsToTxnRequest>(&frame, head),
+                ) {
+                    let parts: Vec<(String, i32)> = req
+                        .v3_and_below_topics
+                        .iter()
+                        .flat_map(|t| t.partitions.iter().map(|&p| (t.name.to_string(), p)))
+                        .collect();
+                    dedup.partitions_added(
+                        (
+                            req.v3_and_below_producer_id.0,
+                            req.v3_and_below_producer_epoch,
+                        ),
+                        conn.id(),
+                        &parts,
+                    );
                 }
             }
             ApiKey::Fetch => {
@@ -287,11 +335,13 @@ impl Pipeline {
                 out = changed;
             }
         }
-        if let (Some(dedup), Some((producer, committed))) = (&self.dedup, plan.end_txn) {
+        if let (Some(dedup), Some(end)) = (&self.dedup, plan.end_txn) {
             match message::decode_response::<EndTxnResponse>(api, version, &out) {
-                Ok(r) if r.error_code == 0 => dedup.transaction_ended(producer, committed),
+                Ok(r) if r.error_code == 0 => {
+                    dedup.transaction_ended(end.producer, end.committed, end.conn, end.v2)
+                }
                 Ok(r) => tracing::debug!(
-                    producer_id = producer.0,
+                    producer_id = end.producer.0,
                     error_code = r.error_code,
                     "EndTxn failed: the transaction's keys stay held until it ends"
                 ),

@@ -172,10 +172,14 @@ pub enum FailOpen {
     /// forwarded (a producer this process has no memory of): its replays
     /// stay, so the broker never takes a trimmed resend for the next batch.
     SequenceUnknown,
+    /// A committed transaction's keys this process could not place in it
+    /// (transactions v1 whose partition it did not see added on the
+    /// connection the EndTxn came on): not learned.
+    TxnUnseen,
 }
 
 impl FailOpen {
-    const ALL: [FailOpen; 10] = [
+    const ALL: [FailOpen; 11] = [
         FailOpen::Undecodable,
         FailOpen::NotOneV2Batch,
         FailOpen::Loading,
@@ -186,6 +190,7 @@ impl FailOpen {
         FailOpen::Compacted,
         FailOpen::TopicConfig,
         FailOpen::SequenceUnknown,
+        FailOpen::TxnUnseen,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -200,6 +205,7 @@ impl FailOpen {
             FailOpen::Compacted => "compacted",
             FailOpen::TopicConfig => "topic_config",
             FailOpen::SequenceUnknown => "sequence_unknown",
+            FailOpen::TxnUnseen => "txn_unseen",
         }
     }
 }

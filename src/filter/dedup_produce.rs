@@ -215,7 +215,7 @@ impl ProduceDedup {
                 .dedup
                 .transactional_records
                 .fetch_add(records, std::sync::atomic::Ordering::Relaxed);
-            let parts = self.transactional_keys(identity, &req);
+            let parts = self.transactional_keys(identity, &req, head.api_version >= 12);
             let plan = (!parts.is_empty()).then(|| ProducePlan {
                 claim: Claim::new(self.window.clone()),
                 acks,
@@ -375,7 +375,12 @@ impl ProduceDedup {
     /// cover them: nothing is changed, nothing is checked (the transaction
     /// may still abort). Only once the window is loaded: a segment written
     /// before would clash with the ones being read back.
-    fn transactional_keys(&self, identity: &Identity, req: &ProduceRequest) -> Vec<TxnPart> {
+    fn transactional_keys(
+        &self,
+        identity: &Identity,
+        req: &ProduceRequest,
+        implicit: bool,
+    ) -> Vec<TxnPart> {
         let mut parts = Vec::new();
         if !self.window.is_loaded() {
             return parts;
@@ -418,6 +423,7 @@ impl ProduceDedup {
                         partition: partition.index,
                         producer,
                         entries,
+                        implicit,
                     });
                 }
             }
@@ -425,9 +431,16 @@ impl ProduceDedup {
         parts
     }
 
-    /// The coordinator answered an EndTxn without an error.
-    pub fn transaction_ended(&self, producer: Producer, committed: bool) {
-        let learned = self.transactions.ended(producer, committed);
+    /// A transactions-v1 client adds partitions to its transaction on
+    /// connection `conn` (AddPartitionsToTxn v0-v3).
+    pub fn partitions_added(&self, producer: Producer, conn: u64, parts: &[(String, i32)]) {
+        self.transactions.partitions_added(producer, conn, parts);
+    }
+
+    /// The coordinator answered an EndTxn (v5+: `v2`) on connection `conn`
+    /// without an error.
+    pub fn transaction_ended(&self, producer: Producer, committed: bool, conn: u64, v2: bool) {
+        let learned = self.transactions.ended(producer, committed, conn, v2);
         if learned > 0 {
             tracing::debug!(
                 producer_id = producer.0,

@@ -9,6 +9,20 @@
 //! EndTxn aborted           → held keys forgotten: an aborted record was never written
 //! ```
 //!
+//! Transactions v1 (Produce ≤ v11, EndTxn ≤ v4) reuse one (producer id,
+//! epoch) for every transaction, and in a tier of proxy processes an EndTxn
+//! can go through another process than the Produce: an abort this process
+//! never sees must not leave its keys to be learned at the next commit it
+//! does see. So a v1 transaction's keys count only when this process saw the
+//! client add their partition (AddPartitionsToTxn, which a v1 client sends
+//! once per partition per transaction, before producing to it) on the very
+//! connection the EndTxn comes on: an EndTxn anywhere else would have meant
+//! another transaction, and a partition added again starts over. Keys it
+//! can't place so are never learned (`fail_open{reason="txn_unseen"}`): a
+//! duplicate later, never a loss. Transactions v2 (KIP-890: Produce v12,
+//! EndTxn v5) bump the epoch at every end, so (producer id, epoch) is one
+//! transaction and its keys count at its EndTxn wherever they were produced.
+//!
 //! A transaction the coordinator aborts on its own (timeout, a fenced
 //! producer) never sends an EndTxn through here; its keys are forgotten after
 //! [`OPEN_FOR`], the longest a transaction may stay open by Kafka's default
@@ -39,6 +53,20 @@ pub struct TxnPart {
     pub partition: i32,
     pub producer: Producer,
     pub entries: Vec<(Key, u32)>,
+    /// Produce v12+: transactions v2, the broker adds the partition itself.
+    pub implicit: bool,
+}
+
+/// Which transaction an acknowledged part belongs to, as far as this
+/// process can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placed {
+    /// Transactions v2: (producer id, epoch) is one transaction.
+    Epoch,
+    /// Transactions v1: its partition was added on this connection.
+    AddedOn(u64),
+    /// Transactions v1 whose AddPartitionsToTxn this process did not see.
+    Unseen,
 }
 
 /// Acknowledged records of one open transaction.
@@ -58,6 +86,7 @@ struct Acked {
     partition: i32,
     base_offset: i64,
     entries: Vec<(Key, u32)>,
+    placed: Placed,
 }
 
 /// The open transactions of every connection (EndTxn goes to the
@@ -66,6 +95,9 @@ pub struct Transactions {
     window: Arc<Window>,
     metrics: Arc<Metrics>,
     open: Mutex<HashMap<Producer, Open>>,
+    /// Transactions v1: the connection each (producer, topic, partition) was
+    /// last added to a transaction on.
+    added: Mutex<HashMap<(Producer, String, i32), u64>>,
     max_keys: usize,
     open_for: Duration,
 }
@@ -85,8 +117,41 @@ impl Transactions {
             window,
             metrics,
             open: Mutex::new(HashMap::new()),
+            added: Mutex::new(HashMap::new()),
             max_keys,
             open_for,
+        }
+    }
+
+    /// A transactions-v1 client adds partitions to its transaction on
+    /// connection `conn`: what this producer holds for them belongs to an
+    /// earlier transaction (a partition is added once per transaction), and
+    /// what it produces to them next belongs to the one ending on `conn`.
+    pub fn partitions_added(&self, producer: Producer, conn: u64, parts: &[(String, i32)]) {
+        let mut added = self.added.lock().expect("transactions lock");
+        if added.len() >= self.max_keys {
+            // Bounded: forgetting costs only the learning of their keys.
+            added.clear();
+        }
+        for (topic, partition) in parts {
+            added.insert((producer, topic.clone(), *partition), conn);
+        }
+        drop(added);
+        let mut open = self.open.lock().expect("transactions lock");
+        if let Some(txn) = open.get_mut(&producer) {
+            let before = txn.parts.len();
+            txn.parts.retain(|a| {
+                !parts
+                    .iter()
+                    .any(|(t, p)| *t == a.topic && *p == a.partition)
+            });
+            if txn.parts.len() < before {
+                txn.keys = txn.parts.iter().map(|a| a.entries.len()).sum();
+                tracing::debug!(
+                    producer_id = producer.0,
+                    "partitions added again: keys of an earlier transaction forgotten"
+                );
+            }
         }
     }
 
@@ -96,6 +161,15 @@ impl Transactions {
         if part.entries.is_empty() {
             return;
         }
+        let placed = if part.implicit {
+            Placed::Epoch
+        } else {
+            self.added
+                .lock()
+                .expect("transactions lock")
+                .get(&(part.producer, part.topic.clone(), part.partition))
+                .map_or(Placed::Unseen, |&c| Placed::AddedOn(c))
+        };
         let mut open = self.open.lock().expect("transactions lock");
         let now = Instant::now();
         let before = open.len();
@@ -145,12 +219,18 @@ impl Transactions {
             partition: part.partition,
             base_offset,
             entries: part.entries.clone(),
+            placed,
         });
     }
 
-    /// The coordinator ended `producer`'s transaction without an error.
+    /// The coordinator ended `producer`'s transaction without an error, on
+    /// connection `conn`, with EndTxn v5+ (`v2`) or an earlier version.
     /// Returns how many keys became seen.
-    pub fn ended(&self, producer: Producer, committed: bool) -> usize {
+    pub fn ended(&self, producer: Producer, committed: bool, conn: u64, v2: bool) -> usize {
+        self.added
+            .lock()
+            .expect("transactions lock")
+            .retain(|(p, _, _), _| *p != producer);
         let Some(txn) = self
             .open
             .lock()
@@ -176,6 +256,15 @@ impl Transactions {
         }
         let mut learned = 0;
         for a in &txn.parts {
+            let ours = match a.placed {
+                Placed::Epoch => v2,
+                Placed::AddedOn(c) => !v2 && c == conn,
+                Placed::Unseen => false,
+            };
+            if !ours {
+                dedup.fail_open(FailOpen::TxnUnseen, a.entries.len() as u64);
+                continue;
+            }
             match self
                 .window
                 .learn(&a.topic, a.partition, a.base_offset, producer, &a.entries)
@@ -226,7 +315,20 @@ mod tests {
                 .enumerate()
                 .map(|(i, k)| (Key(*k), i as u32))
                 .collect(),
+            implicit: true,
         }
+    }
+
+    /// A transactions-v1 part (its partition added by AddPartitionsToTxn).
+    fn v1(producer: Producer, keys: &[u128]) -> TxnPart {
+        TxnPart {
+            implicit: false,
+            ..part(producer, keys)
+        }
+    }
+
+    fn orders0() -> Vec<(String, i32)> {
+        vec![("orders".to_string(), 0)]
     }
 
     #[test]
@@ -235,7 +337,7 @@ mod tests {
         txns.produced(&part((7, 0), &[1, 2]), 40);
         txns.produced(&part((7, 0), &[3]), 42);
         assert_eq!(window.peek(Key(1)), None, "nothing seen before the commit");
-        assert_eq!(txns.ended((7, 0), true), 3);
+        assert_eq!(txns.ended((7, 0), true, 1, true), 3);
         assert!(matches!(window.check(Key(2)), Check::Seen(_)));
         let pos = window.position(Key(3)).unwrap().unwrap();
         assert_eq!((pos.partition, pos.offset), (0, 42));
@@ -246,11 +348,11 @@ mod tests {
     fn aborted_keys_are_never_seen() {
         let (txns, window, _dir) = setup(100, OPEN_FOR);
         txns.produced(&part((7, 0), &[1, 2]), 40);
-        assert_eq!(txns.ended((7, 0), false), 0);
+        assert_eq!(txns.ended((7, 0), false, 1, true), 0);
         assert_eq!(window.peek(Key(1)), None);
         // A later commit of the same producer and epoch learns only its own.
         txns.produced(&part((7, 0), &[3]), 50);
-        assert_eq!(txns.ended((7, 0), true), 1);
+        assert_eq!(txns.ended((7, 0), true, 1, true), 1);
         assert_eq!(window.peek(Key(1)), None);
         assert!(window.peek(Key(3)).is_some());
     }
@@ -261,12 +363,12 @@ mod tests {
         txns.produced(&part((7, 0), &[1]), 0);
         txns.produced(&part((7, 1), &[2]), 1);
         txns.produced(&part((8, 0), &[3]), 2);
-        assert_eq!(txns.ended((7, 1), true), 1);
+        assert_eq!(txns.ended((7, 1), true, 1, true), 1);
         assert!(window.peek(Key(2)).is_some());
         assert_eq!(window.peek(Key(1)), None);
         assert_eq!(window.peek(Key(3)), None);
         assert_eq!(
-            txns.ended((9, 0), true),
+            txns.ended((9, 0), true, 1, true),
             0,
             "an unknown transaction learns nothing"
         );
@@ -279,9 +381,9 @@ mod tests {
         txns.produced(&part((8, 0), &[3, 4]), 0);
         txns.produced(&part((8, 0), &[5]), 2);
         assert_eq!(txns.held(), 2);
-        assert_eq!(txns.ended((8, 0), true), 0);
+        assert_eq!(txns.ended((8, 0), true, 1, true), 0);
         assert_eq!(window.peek(Key(3)), None);
-        assert_eq!(txns.ended((7, 0), true), 2);
+        assert_eq!(txns.ended((7, 0), true, 1, true), 2);
     }
 
     #[test]
@@ -293,7 +395,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(600));
         txns.produced(&part((8, 0), &[2]), 0);
         assert_eq!(txns.held(), 1);
-        assert_eq!(txns.ended((7, 0), true), 0);
+        assert_eq!(txns.ended((7, 0), true, 1, true), 0);
         assert_eq!(window.peek(Key(1)), None);
     }
 
@@ -302,8 +404,67 @@ mod tests {
         let (txns, window, _dir) = setup(100, OPEN_FOR);
         assert_eq!(window.check(Key(9)), Check::Claimed);
         txns.produced(&part((7, 0), &[9]), 0);
-        txns.ended((7, 0), true);
+        txns.ended((7, 0), true, 1, true);
         // Seen now; the claimant's commit or release changes nothing.
         assert!(matches!(window.check(Key(9)), Check::Seen(_)));
+    }
+
+    #[test]
+    fn v1_keys_count_when_their_partition_was_added_on_the_ending_connection() {
+        let (txns, window, _dir) = setup(100, OPEN_FOR);
+        txns.partitions_added((7, 0), 1, &orders0());
+        txns.produced(&v1((7, 0), &[1, 2]), 40);
+        assert_eq!(txns.ended((7, 0), true, 1, false), 2);
+        assert!(window.peek(Key(1)).is_some());
+    }
+
+    #[test]
+    fn v1_an_abort_through_another_process_never_teaches_its_keys() {
+        // Audit A9: T1 adds orders-0 and produces here; its EndTxn (abort)
+        // goes through another process. T2 then commits here.
+        let (txns, window, _dir) = setup(100, OPEN_FOR);
+        txns.partitions_added((7, 0), 1, &orders0());
+        txns.produced(&v1((7, 0), &[1]), 40);
+        // T2 adds the partition again here: T1's keys are an earlier
+        // transaction's.
+        txns.partitions_added((7, 0), 1, &orders0());
+        txns.produced(&v1((7, 0), &[2]), 42);
+        assert_eq!(txns.ended((7, 0), true, 1, false), 1);
+        assert_eq!(
+            window.peek(Key(1)),
+            None,
+            "the aborted record was never written"
+        );
+        assert!(window.peek(Key(2)).is_some());
+
+        // T3 adds orders-0 on connection 1 and produces; T3 aborts and T4
+        // adds its partition through another process; T4 produces here and
+        // commits here on a new connection: nothing can be placed.
+        txns.partitions_added((7, 0), 1, &orders0());
+        txns.produced(&v1((7, 0), &[3]), 50);
+        txns.produced(&v1((7, 0), &[4]), 51);
+        assert_eq!(txns.ended((7, 0), true, 3, false), 0);
+        assert_eq!(window.peek(Key(3)), None);
+        assert_eq!(window.peek(Key(4)), None, "a duplicate later, never a loss");
+        assert_eq!(txns.metrics.dedup.fail_open_count(FailOpen::TxnUnseen), 2);
+    }
+
+    #[test]
+    fn v1_keys_of_a_partition_added_elsewhere_are_not_learned() {
+        let (txns, window, _dir) = setup(100, OPEN_FOR);
+        txns.produced(&v1((7, 0), &[1]), 40);
+        assert_eq!(txns.ended((7, 0), true, 1, false), 0);
+        assert_eq!(window.peek(Key(1)), None);
+    }
+
+    #[test]
+    fn v2_keys_count_at_their_epochs_end_wherever_it_goes() {
+        let (txns, window, _dir) = setup(100, OPEN_FOR);
+        txns.produced(&part((7, 3), &[1]), 40);
+        assert_eq!(txns.ended((7, 3), true, 9, true), 1);
+        assert!(window.peek(Key(1)).is_some());
+        // A v1 EndTxn can't end a v2 transaction's keys.
+        txns.produced(&part((7, 4), &[2]), 41);
+        assert_eq!(txns.ended((7, 4), true, 9, false), 0);
     }
 }

@@ -34,10 +34,11 @@
 //! [`Bounded`], so a new decode without the check does not compile.
 
 use kafka_protocol::messages::{
-    ApiVersionsResponse, DescribeClusterResponse, DescribeConfigsResponse, EndTxnRequest,
-    EndTxnResponse, FetchRequest, FetchResponse, FindCoordinatorResponse, JoinGroupRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, SaslAuthenticateRequest,
-    SaslAuthenticateResponse, SaslHandshakeRequest, ShareAcknowledgeResponse, ShareFetchResponse,
+    AddPartitionsToTxnRequest, ApiVersionsResponse, DescribeClusterResponse,
+    DescribeConfigsResponse, EndTxnRequest, EndTxnResponse, FetchRequest, FetchResponse,
+    FindCoordinatorResponse, JoinGroupRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    ShareAcknowledgeResponse, ShareFetchResponse,
 };
 
 use crate::codec::read_uvarint;
@@ -785,6 +786,41 @@ const API_VERSIONS_RESPONSE: Schema = Schema {
     ],
 };
 
+// --- AddPartitionsToTxn (api 24) ---
+// Decoded in v0-v3 (a client's); v4+ (a broker's batch) is checked too.
+
+const ADD_PARTITIONS_TO_TXN_TOPIC: Ty =
+    Ty::Struct(&[f("name", 0, N, STRING), f("partitions", 0, N, INT32S)]);
+
+const ADD_PARTITIONS_TO_TXN_REQUEST: Schema = Schema {
+    name: "AddPartitionsToTxnRequest",
+    versions: (0, 5),
+    flexible: 3,
+    fields: &[
+        f(
+            "transactions",
+            4,
+            N,
+            Ty::Array(&Ty::Struct(&[
+                f("transactional_id", 4, N, STRING),
+                f("producer_id", 4, N, INT64),
+                f("producer_epoch", 4, N, INT16),
+                f("verify_only", 4, N, BOOL),
+                f("topics", 4, N, Ty::Array(&ADD_PARTITIONS_TO_TXN_TOPIC)),
+            ])),
+        ),
+        f("v3_and_below_transactional_id", 0, 3, STRING),
+        f("v3_and_below_producer_id", 0, 3, INT64),
+        f("v3_and_below_producer_epoch", 0, 3, INT16),
+        f(
+            "v3_and_below_topics",
+            0,
+            3,
+            Ty::Array(&ADD_PARTITIONS_TO_TXN_TOPIC),
+        ),
+    ],
+};
+
 // --- EndTxn (api 26) ---
 
 const END_TXN_REQUEST: Schema = Schema {
@@ -1047,6 +1083,7 @@ bounded! {
     SaslHandshakeRequest => SASL_HANDSHAKE_REQUEST,
     ApiVersionsResponse => API_VERSIONS_RESPONSE,
     EndTxnRequest => END_TXN_REQUEST,
+    AddPartitionsToTxnRequest => ADD_PARTITIONS_TO_TXN_REQUEST,
     EndTxnResponse => END_TXN_RESPONSE,
     SaslAuthenticateRequest => SASL_AUTHENTICATE_REQUEST,
     SaslAuthenticateResponse => SASL_AUTHENTICATE_RESPONSE,
@@ -1143,6 +1180,7 @@ mod tests {
             case::<SaslHandshakeRequest>(ApiKey::SaslHandshake, true),
             case::<ApiVersionsResponse>(ApiKey::ApiVersions, false),
             case::<EndTxnRequest>(ApiKey::EndTxn, true),
+            case::<AddPartitionsToTxnRequest>(ApiKey::AddPartitionsToTxn, true),
             case::<EndTxnResponse>(ApiKey::EndTxn, false),
             case::<SaslAuthenticateRequest>(ApiKey::SaslAuthenticate, true),
             case::<SaslAuthenticateResponse>(ApiKey::SaslAuthenticate, false),
@@ -1739,6 +1777,34 @@ mod tests {
                     .with_producer_epoch(3)
                     .with_committed(true),
             ]
+        }
+    }
+
+    impl Sample for AddPartitionsToTxnRequest {
+        fn samples(v: i16) -> Vec<Self> {
+            use kafka_protocol::messages::add_partitions_to_txn_request::{
+                AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction,
+            };
+            let topics = vec![AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(s("orders")))
+                .with_partitions(vec![0, 2])];
+            let full = if v >= 4 {
+                AddPartitionsToTxnRequest::default().with_transactions(vec![
+                    AddPartitionsToTxnTransaction::default()
+                        .with_transactional_id(TransactionalId(s("connect-txn-1")))
+                        .with_producer_id(ProducerId(4000))
+                        .with_producer_epoch(3)
+                        .with_verify_only(true)
+                        .with_topics(topics),
+                ])
+            } else {
+                AddPartitionsToTxnRequest::default()
+                    .with_v3_and_below_transactional_id(TransactionalId(s("connect-txn-1")))
+                    .with_v3_and_below_producer_id(ProducerId(4000))
+                    .with_v3_and_below_producer_epoch(3)
+                    .with_v3_and_below_topics(topics)
+            };
+            vec![AddPartitionsToTxnRequest::default(), full]
         }
     }
 
