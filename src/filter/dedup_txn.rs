@@ -21,7 +21,7 @@
 //! can't place so are never learned (`fail_open{reason="txn_unseen"}`): a
 //! duplicate later, never a loss. Transactions v2 (KIP-890: Produce v12,
 //! EndTxn v5) bump the epoch at every end, so (producer id, epoch) is one
-//! transaction and its keys count at its EndTxn wherever they were produced.
+//! transaction and its keys count at its EndTxn on whatever connection.
 //!
 //! A transaction the coordinator aborts on its own (timeout, a fenced
 //! producer) never sends an EndTxn through here; its keys are forgotten after

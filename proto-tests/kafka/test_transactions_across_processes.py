@@ -1,4 +1,4 @@
-"""Transactions v1 whose EndTxn goes through another idemgate process
+"""Transactions (v1 and v2) whose EndTxn goes through another idemgate process
 (audit A9), against Apache Kafka 4.4.
 
 Transactions v1 (AddPartitionsToTxn, Produce <= v11, EndTxn <= v4: what
@@ -93,7 +93,7 @@ class TxnV1:
                            for t in r.results_by_topic_v3_and_below
                            for p in t.results_by_partition), default=0))
 
-    def produce(self, via: str, topic: str, values: list[bytes]):
+    def produce(self, via: str, topic: str, values: list[bytes], version: int = 9):
         from kafka.protocol.producer.produce import ProduceRequest
         from kafka.record.default_records import DefaultRecordBatchBuilder
         b = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=1,
@@ -108,15 +108,20 @@ class TxnV1:
             transactional_id=self.txn_id, acks=-1, timeout_ms=30000,
             topic_data=[topic_data(name=topic, partition_data=[
                 topic_data.PartitionProduceData(index=0, records=records)])],
-            min_version=3, max_version=9),
+            min_version=version, max_version=version),
             lambda r: max(p.error_code for t in r.responses for p in t.partition_responses))
         self.sequence += len(values)
 
-    def end(self, via: str, commit: bool):
+    def end(self, via: str, commit: bool, version: int = 3):
         from kafka.protocol.producer.transaction import EndTxnRequest
-        self._call(via, EndTxnRequest(transactional_id=self.txn_id, producer_id=self.producer_id,
-                                      producer_epoch=self.epoch, committed=commit,
-                                      max_version=3), lambda r: r.error_code)
+        r = self._call(via, EndTxnRequest(transactional_id=self.txn_id,
+                                          producer_id=self.producer_id,
+                                          producer_epoch=self.epoch, committed=commit,
+                                          min_version=version, max_version=version),
+                       lambda r: r.error_code)
+        if version >= 5:
+            # Transactions v2: every end bumps the epoch, sequences start over.
+            self.producer_id, self.epoch, self.sequence = r.producer_id, r.producer_epoch, 0
 
     def close(self):
         for c in self.clients.values():
@@ -171,3 +176,37 @@ def test_an_abort_through_another_process_never_lets_its_records_be_dropped(kafk
         "T3, seen whole by one process, taught its keys: its replays were dropped"
     assert a.metric_sum("idemgate_dedup_fail_open_total", reason="txn_unseen") == \
         len(aborted) + len(moved), "T1's and T2's keys were counted as not placed"
+
+
+def test_transactions_v2_keys_count_at_their_own_epochs_end(kafka, proxies):
+    """The same through transactions v2 (KIP-890: no AddPartitionsToTxn,
+    Produce v12, EndTxn v5 bumping the epoch): T1 produced through A and
+    aborted through B teaches nothing; T2, with the epoch the abort gave,
+    produced and committed through A, is learned by A on whatever connection
+    (its epoch is its own), so its replays through A are dropped."""
+    topic = unique("txn1-v2")
+    kafka.create_topic(topic, partitions=1)
+    a = proxies(kafka.bootstrap, RULE)
+    b = proxies(kafka.bootstrap, RULE)
+    txn = TxnV1({"a": a.bootstrap, "b": b.bootstrap}, unique("txn2"))
+    aborted, committed = values("v2-aborted"), values("v2-committed")
+    try:
+        txn.init("a")
+        txn.produce("a", topic, aborted, version=12)
+        txn.end("b", commit=False, version=5)
+        txn.produce("a", topic, committed, version=12)
+        txn.reconnect("a")
+        txn.end("a", commit=True, version=5)
+    finally:
+        txn.close()
+    p = Producer({"bootstrap.servers": a.bootstrap, "acks": "all", "linger.ms": 5})
+    for v in aborted + committed + [b"END"]:
+        p.produce(topic, value=v, partition=0)
+    assert p.flush(60) == 0, "the replay was not delivered"
+    got = [m.value() for m in read_topic(kafka.bootstrap, topic, isolation="read_committed",
+                                         until=lambda rs: any(m.value() == b"END" for m in rs))]
+    assert all(got.count(v) == 1 for v in aborted), \
+        "each aborted value once: the replay, never dropped"
+    assert all(got.count(v) == 1 for v in committed), \
+        "the committed transaction taught A its keys: replays dropped"
+    assert a.metric_sum("idemgate_duplicates_dropped_total", topic=topic) == len(committed)
