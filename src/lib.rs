@@ -41,6 +41,7 @@
 //!   UNSUPPORTED_VERSION response listing its ranges (KIP-511).
 
 pub mod admin;
+pub mod admin_client;
 pub mod codec;
 pub mod config;
 pub mod connection;

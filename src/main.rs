@@ -29,11 +29,15 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Call a running proxy's admin API: connections, connectors, quotas,
+    /// pause/resume, window lookup and purge.
+    Admin(idemgate::admin_client::AdminArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Admin(args) => idemgate::admin_client::run(&args),
         Command::Check { config } => match Config::load(&config).and_then(check_files) {
             Ok(_) => {
                 println!("{}: ok", config.display());
