@@ -168,10 +168,15 @@ pub enum FailOpen {
     Compacted,
     /// Fetch: the brokers would not describe the topic's cleanup.policy.
     TopicConfig,
+    /// A Produce v0-2 (below what kafka-protocol decodes); counts requests.
+    OldVersion,
+    /// A Produce that did not decode, or that the bounds check refused;
+    /// counts requests (their records cannot be read).
+    UnreadableRequest,
 }
 
 impl FailOpen {
-    const ALL: [FailOpen; 9] = [
+    const ALL: [FailOpen; 11] = [
         FailOpen::Undecodable,
         FailOpen::NotOneV2Batch,
         FailOpen::Loading,
@@ -181,6 +186,8 @@ impl FailOpen {
         FailOpen::NoOffset,
         FailOpen::Compacted,
         FailOpen::TopicConfig,
+        FailOpen::OldVersion,
+        FailOpen::UnreadableRequest,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -194,6 +201,8 @@ impl FailOpen {
             FailOpen::NoOffset => "no_offset",
             FailOpen::Compacted => "compacted",
             FailOpen::TopicConfig => "topic_config",
+            FailOpen::OldVersion => "old_version",
+            FailOpen::UnreadableRequest => "unreadable_request",
         }
     }
 }

@@ -125,14 +125,23 @@ enum PartitionKind {
     },
     /// Every record was a replay: answered by the proxy.
     Answered { base_offset: i64 },
+    /// Not forwarded: answered with this retriable error, so the client
+    /// sends it again (nothing is written, nothing is lost).
+    Refused { error_code: i16 },
 }
+
+/// Kafka's KAFKA_STORAGE_ERROR: retriable for every client (Java's
+/// KafkaStorageException is an InvalidMetadataException).
+const KAFKA_STORAGE_ERROR: i16 = 56;
 
 impl ProducePlan {
     fn needs_response_rewrite(&self) -> bool {
         self.topics.iter().flat_map(|t| &t.partitions).any(|p| {
             matches!(
                 p.kind,
-                PartitionKind::Answered { .. } | PartitionKind::Upstream { trimmed: true, .. }
+                PartitionKind::Answered { .. }
+                    | PartitionKind::Refused { .. }
+                    | PartitionKind::Upstream { trimmed: true, .. }
             )
         })
     }
@@ -196,6 +205,17 @@ impl ProduceDedup {
         // (a length the frame cannot hold), goes on as it came, for the
         // broker to judge.
         let Some(mut req) = message::decode_request::<ProduceRequest>(frame, head) else {
+            let reason = if head.api_version < ApiKey::Produce.valid_versions().min {
+                FailOpen::OldVersion
+            } else {
+                FailOpen::UnreadableRequest
+            };
+            self.metrics.dedup.fail_open(reason, 1);
+            tracing::debug!(
+                version = head.api_version,
+                reason = reason.as_str(),
+                "Produce not decodable: forwarded as it came"
+            );
             return Ok(Outcome::Unchanged(None));
         };
         // v13 names topics by id only (KIP-516): no name to match a rule,
@@ -289,6 +309,9 @@ impl ProduceDedup {
                         replayed_prefix: None,
                     },
                 };
+                if let PartitionKind::Refused { .. } = kind {
+                    changed = true;
+                }
                 if let PartitionKind::Answered { base_offset } = kind {
                     changed = true;
                     tracing::debug!(
@@ -322,10 +345,12 @@ impl ProduceDedup {
 
         // Partitions answered here leave the request; topics left empty too.
         for (topic, topic_plan) in req.topic_data.iter_mut().zip(&plan.topics) {
-            let mut answered = topic_plan
-                .partitions
-                .iter()
-                .map(|p| matches!(p.kind, PartitionKind::Answered { .. }));
+            let mut answered = topic_plan.partitions.iter().map(|p| {
+                matches!(
+                    p.kind,
+                    PartitionKind::Answered { .. } | PartitionKind::Refused { .. }
+                )
+            });
             topic
                 .partition_data
                 .retain(|_| !answered.next().unwrap_or(false));
@@ -478,11 +503,18 @@ impl ProduceDedup {
                         topic: topic.to_string(),
                         partition,
                     };
-                    let delta = self
-                        .sequences
-                        .state(&key)
-                        .map(|s| s.delta_before(h.base_sequence))
-                        .unwrap_or(0);
+                    // State unreadable: the shift is unknown, and untranslated
+                    // after earlier drops the batch would be refused as out
+                    // of sequence. The client retries this answer instead.
+                    let delta = match self.sequences.state(&key) {
+                        Ok(s) => s.delta_before(h.base_sequence),
+                        Err(e) => {
+                            self.metrics.dedup.fail_open(FailOpen::StoreError, n);
+                            tracing::warn!(topic, error = %e, "sequence state unreadable: undecodable idempotent batch answered KAFKA_STORAGE_ERROR");
+                            let error_code = KAFKA_STORAGE_ERROR;
+                            return (PartitionKind::Refused { error_code }, None);
+                        }
+                    };
                     self.sequences
                         .mark_sent(&key, h.base_sequence.wrapping_add(h.records_count.max(0)));
                     if delta != 0 {
@@ -955,6 +987,14 @@ fn merge(plan: &ProducePlan, mut from_broker: ProduceResponse) -> ProduceRespons
                         .with_log_append_time_ms(-1)
                         .with_log_start_offset(-1),
                 ),
+                PartitionKind::Refused { error_code } => partitions.push(
+                    PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_error_code(error_code)
+                        .with_base_offset(-1)
+                        .with_log_append_time_ms(-1)
+                        .with_log_start_offset(-1),
+                ),
                 PartitionKind::Upstream {
                     trimmed,
                     replayed_prefix,
@@ -1388,5 +1428,87 @@ mod tests {
         // A new epoch starts over.
         let out = send(&b, &mut s6, batch(&["h"], (6, 1), 0), 7).await;
         assert_eq!(out.unwrap(), (vec!["h".into()], 0));
+    }
+
+    /// A Produce the filter cannot read goes on as it came, and is counted:
+    /// v0-2 (below what kafka-protocol decodes) as `old_version`, anything
+    /// else that does not decode (here: cut short) as `unreadable_request`.
+    #[tokio::test]
+    async fn a_produce_that_does_not_decode_is_forwarded_and_counted() {
+        let b = bench("drop");
+        let identity = Identity::from_client_id("connector-producer-orders-0");
+        let mut s = Session::default();
+        let mut v2 = Vec::new();
+        v2.extend_from_slice(&0i16.to_be_bytes());
+        v2.extend_from_slice(&2i16.to_be_bytes());
+        v2.extend_from_slice(&7i32.to_be_bytes());
+        v2.extend_from_slice(&(-1i16).to_be_bytes());
+        v2.extend_from_slice(&[0xff, 0xff, 0, 1, 0, 0, 3, 0xe8, 0, 0, 0, 0]); // acks -1, timeout, no topics
+        let (head, whole) = frame(batch(&["a"], NO_PRODUCER, -1));
+        let cut = BytesMut::from(&whole[..whole.len() - 10]);
+        for (bytes, reason) in [
+            (BytesMut::from(&v2[..]), FailOpen::OldVersion),
+            (cut, FailOpen::UnreadableRequest),
+        ] {
+            let head = RequestHead::peek(&bytes).unwrap_or(head.clone());
+            let out = b
+                .dedup
+                .on_request(&mut s, &identity, &head, &bytes, -1)
+                .await
+                .unwrap();
+            assert!(matches!(out, Outcome::Unchanged(None)));
+            assert_eq!(
+                b.dedup.metrics.dedup.fail_open_count(reason),
+                1,
+                "{}",
+                reason.as_str()
+            );
+        }
+    }
+
+    /// An idempotent batch that does not decode, from a producer whose
+    /// sequence state cannot be read: the proxy cannot know by how much to
+    /// shift its sequence, and forwarded untranslated after earlier drops it
+    /// would get OUT_OF_ORDER_SEQUENCE (fatal to librdkafka; a failed send
+    /// Connect may skip). So it is not forwarded: the partition is answered
+    /// with KAFKA_STORAGE_ERROR, which every client retries.
+    #[tokio::test]
+    async fn an_undecodable_idempotent_batch_with_unreadable_sequences_is_refused_retriably() {
+        let b = bench("drop");
+        let identity = Identity::from_client_id("connector-producer-orders-0");
+        // SeqKey (5, 0, "orders", 0) as the store spells it, holding garbage.
+        let mut key = Vec::new();
+        key.extend_from_slice(&5i64.to_be_bytes());
+        key.extend_from_slice(&0i16.to_be_bytes());
+        key.extend_from_slice(&6u16.to_be_bytes());
+        key.extend_from_slice(b"orders");
+        key.extend_from_slice(&0i32.to_be_bytes());
+        b.dedup
+            .window
+            .store()
+            .put_sequence_state_durably(&key, b"not a sequence state")
+            .await
+            .unwrap();
+        // Marked gzip, holding plain records: its header reads, it does not.
+        let mut bad = batch(&["x"], (5, 0), 10).to_vec();
+        bad[22] |= 1;
+        let (head, f) = frame(Bytes::from(bad));
+        let mut s = Session::default();
+        let out = b
+            .dedup
+            .on_request(&mut s, &identity, &head, &f, -1)
+            .await
+            .unwrap();
+        let Outcome::Answer(answer) = out else {
+            panic!("forwarded although its sequence shift is unknown");
+        };
+        let resp: ProduceResponse =
+            message::decode_response(ApiKey::Produce, VERSION, &answer).unwrap();
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (56, -1));
+        assert_eq!(
+            b.dedup.metrics.dedup.fail_open_count(FailOpen::StoreError),
+            1
+        );
     }
 }
