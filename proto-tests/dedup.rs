@@ -1546,6 +1546,59 @@ fn fetch_series(name: &str, connector: &str, topic: &str) -> String {
     format!("{name}{{connector=\"{connector}\",topic=\"{topic}\",direction=\"fetch\"}}")
 }
 
+/// The produce and fetch paths key a record alike (its tag, scoped to the
+/// topic): a copy written around the proxy and read through a fetch rule is
+/// known to the produce path, so replaying it untagged through the proxy is
+/// a replay; and with `direction = "both"` a record costs one window key,
+/// however it is written and read. Both failed before: produce keyed the
+/// content key K, fetch the scoped one, so the replay was written again and
+/// each record read back cost a second key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_and_fetch_share_one_key_per_record() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(
+        &broker.addr,
+        &dedup_toml("key = \"content\"\nmode = \"drop\"\ndirection = \"both\""),
+    )
+    .await;
+    let topic = "one-key";
+    create_topic(&broker.addr, topic, 1).await;
+    let around = recs(0..10, "around");
+    write_around(&broker.addr, topic, "none", &around).await;
+    // Read through the proxy: the fetch rule learns each first position.
+    let read = fetch_all_raw(&proxy.bootstrap, topic).await;
+    assert_eq!(read.len(), 10);
+    assert_eq!(
+        wait_gauge(proxy.admin, "idemgate_window_keys", 10.0).await,
+        10.0
+    );
+
+    // The same records replayed untagged through the proxy: all replays.
+    let producer = task_producer(&proxy.bootstrap, "connector-producer-src-0", &[]);
+    send_ok(&producer, topic, &around).await;
+    // New records through the proxy, then read back through it: one key each.
+    let through = recs(10..15, "through");
+    send_ok(&producer, topic, &through).await;
+    assert_eq!(fetch_all_raw(&proxy.bootstrap, topic).await.len(), 15);
+    let keys = wait_gauge(proxy.admin, "idemgate_window_keys", 15.0).await;
+
+    // Straight from the broker, up to an end marker written after it all.
+    write_around(&broker.addr, topic, "none", &recs(99..100, "end")).await;
+    let log = fetch_all_raw(&broker.addr, topic).await;
+    assert_eq!(log.last().map(|r| r.3.as_str()), Some("v-0099-end"));
+    let values: Vec<&str> = log.iter().map(|r| r.3.as_str()).collect();
+    let want: Vec<String> = around
+        .iter()
+        .chain(&through)
+        .map(|r| r.value.clone())
+        .chain(["v-0099-end".to_string()])
+        .collect();
+    assert_eq!(values, want, "the replays were not written again");
+    assert_eq!(keys, 15.0, "one window key per record");
+    let (_, dropped, _) = dedup_counts(proxy.admin, "src", topic).await;
+    assert_eq!(dropped, 10.0);
+}
+
 /// Duplicates written around the proxy, with each codec: a sink group reads
 /// every logical record exactly once; a second group gets exactly the same
 /// records at the same offsets; a consumer that seeks back to the start gets

@@ -14,9 +14,11 @@
 //!
 //! A record's key is its tag header, else the rule's strategy, scoped to the
 //! topic: the same logical record gets the same key whether the copy went
-//! through the proxy (tagged) or around it (not). Fetch keys live in the
-//! produce window's map, so a copy written around the proxy and then
-//! replayed through it is a replay on the produce path too.
+//! through the proxy (tagged) or around it (not), and the produce path keys
+//! it the same way (`idempotency::key`). So a copy written around the proxy,
+//! read here, and then replayed untagged through the proxy is a replay on
+//! the produce path too, and a record written and read through the proxy
+//! costs one window key.
 //!
 //! Never a loss: a record is dropped only when its key's first position is a
 //! lower offset of the same partition, still in the log (at or above the
@@ -55,7 +57,7 @@ use kafka_protocol::protocol::StrBytes;
 use crate::config::{Config, Mode, Rule};
 use crate::error::Error;
 use crate::filter::identity::Identity;
-use crate::idempotency::key::{scoped, Derived, Deriver, KeyBuildHasher};
+use crate::idempotency::key::{Derived, Deriver, KeyBuildHasher};
 use crate::idempotency::window::{SegmentPositions, Window, NO_PRODUCER};
 use crate::idempotency::Key;
 use crate::message::Response;
@@ -388,8 +390,7 @@ impl FetchDedup {
         let mut rests_on_learning = false;
         for record in batch.records() {
             let key = match deriver.derive(topic, &record) {
-                Derived::Carried(key) => key,
-                Derived::Made(key) => scoped(topic, key),
+                Derived::Carried(key) | Derived::Made { key, .. } => key,
                 Derived::Pass => continue,
             };
             pass.counts.records += 1;

@@ -586,10 +586,9 @@ impl ProduceDedup {
                 decisions.push(Decision::Keep);
                 continue;
             };
-            let keep = if rule.tag && matches!(derived, Derived::Made(_)) {
-                Decision::Tag(key)
-            } else {
-                Decision::Keep
+            let keep = match derived {
+                Derived::Made { tag, .. } if rule.tag => Decision::Tag(tag),
+                _ => Decision::Keep,
             };
             if let Some(dropped) = &decided {
                 // A retry: exactly what the first attempt got.

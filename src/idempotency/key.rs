@@ -11,8 +11,16 @@
 //! A record that already carries the tag header with a well-formed key (it
 //! went through a proxy before: a MirrorMaker copy, a retry through another
 //! replica) keeps that header, so it is never written twice and the sink's
-//! upsert key never changes; its window key is that key scoped to the topic
-//! it is written to now ([`scoped`]).
+//! upsert key never changes.
+//!
+//! One window key per record, whichever path meets it: the tag (carried, or
+//! made now) scoped to the topic the record is in ([`scoped`]). Produce and
+//! Fetch both key this way, so a copy the fetch path learned (written around
+//! the proxy) is a replay to the produce path, and a record written and read
+//! through the proxy costs one key, not two. Changing this derivation changes
+//! every persisted window key: after such an upgrade the window's old keys no
+//! longer match, so replays of records acknowledged before it pass once
+//! (duplicates, never a loss), and the old keys age out with `dedup.window`.
 
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -101,9 +109,11 @@ pub struct Deriver<'a> {
 /// Where a record's key came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Derived {
-    /// Made now, by the rule's strategy or its content fallback.
-    Made(Key),
-    /// Read from the tag header the record already carries.
+    /// Made now, by the rule's strategy or its content fallback: `tag` is
+    /// what the tag header gets, `key` the window key (`tag` scoped).
+    Made { tag: Key, key: Key },
+    /// Read from the tag header the record already carries: the window key
+    /// (the carried tag scoped).
     Carried(Key),
     /// No key: the rule's field is missing and its fallback is `pass`.
     Pass,
@@ -112,7 +122,7 @@ pub enum Derived {
 impl Derived {
     pub fn key(self) -> Option<Key> {
         match self {
-            Derived::Made(k) | Derived::Carried(k) => Some(k),
+            Derived::Made { key, .. } | Derived::Carried(key) => Some(key),
             Derived::Pass => None,
         }
     }
@@ -130,9 +140,13 @@ impl Deriver<'_> {
         if let Some(key) = carried {
             return Derived::Carried(scoped(topic, key));
         }
+        let made = |tag: Key| Derived::Made {
+            tag,
+            key: scoped(topic, tag),
+        };
         match (self.make(self.strategy, topic, record), self.fallback) {
-            (Some(k), _) => Derived::Made(k),
-            (None, Fallback::Content) => Derived::Made(self.content(topic, record)),
+            (Some(k), _) => made(k),
+            (None, Fallback::Content) => made(self.content(topic, record)),
             (None, Fallback::Pass) => Derived::Pass,
         }
     }
@@ -283,11 +297,18 @@ mod tests {
             "orders",
             record(Some(b"k1"), Some(b"v1"), &[(b"h", b"x")]),
         );
+        let Derived::Made { tag, key } = k else {
+            panic!("made")
+        };
         assert_eq!(
-            k.key().unwrap().to_string(),
+            tag.to_string(),
             "42f681f4a1586f991751f60479a7aced",
-            "content key for a fixed record changed"
+            "content key (the tag sinks upsert on) for a fixed record changed"
         );
+        // The window key: that tag scoped to the topic. Pinned from this
+        // code (b't' + L(b'orders') + L(tag, big-endian)), to catch a change.
+        assert_eq!(key, scoped("orders", tag));
+        assert_eq!(key.to_string(), "9c4d38bbf2673ceebed8b00204dec42f");
     }
 
     #[test]
@@ -327,11 +348,28 @@ mod tests {
             )
         };
         assert!(matches!(derive(lower), Derived::Carried(_)));
-        assert!(matches!(derive(upper), Derived::Made(_)));
+        assert!(matches!(derive(upper), Derived::Made { .. }));
         assert_ne!(derive(lower), derive(upper));
         assert_ne!(derive(upper), derive(b"0123456789ABCDEF0123456789ABCDEE"));
         assert_eq!(Key::parse_hex(upper), None);
         assert_eq!(Key::parse_hex(lower).map(Key::to_hex).as_ref(), Some(lower));
+    }
+
+    /// The window key of a record is the same whether its tag is made now
+    /// (untagged, a produce or a copy written around the proxy) or carried
+    /// (it went through a proxy before).
+    #[test]
+    fn made_and_carried_tags_share_one_window_key() {
+        let plain = record(Some(b"k"), Some(b"v"), &[]);
+        let Derived::Made { tag, key } = one(&KeyStrategy::Content, "t", plain) else {
+            panic!("an untagged record gets a made key");
+        };
+        assert_eq!(key, scoped("t", tag));
+        let tagged = record(Some(b"k"), Some(b"v"), &[(TAG, &tag.to_hex())]);
+        assert_eq!(
+            one(&KeyStrategy::Content, "t", tagged),
+            Derived::Carried(key)
+        );
     }
 
     #[test]
