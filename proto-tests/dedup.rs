@@ -1045,7 +1045,7 @@ async fn record_key_rule_and_fallback_pass() {
             ),
             Some(k) => assert_eq!(
                 r.tag(),
-                idemgate::idempotency::key::record_key(topic, k.as_bytes()).to_string(),
+                idemgate::idempotency::key::record_key(None, topic, k.as_bytes()).to_string(),
                 "the tag is the record key's hash"
             ),
         }
@@ -1597,6 +1597,84 @@ async fn produce_and_fetch_share_one_key_per_record() {
     assert_eq!(keys, 15.0, "one window key per record");
     let (_, dropped, _) = dedup_counts(proxy.admin, "src", topic).await;
     assert_eq!(dropped, 10.0);
+}
+
+/// `dedup.key_secret_file`: two proxies with different secrets tag the same
+/// record differently, a proxy with the same secret as another tags it the
+/// same, and one without a secret keeps the public keys. A secret file that
+/// is missing or too short is a config error naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_secret_keys_per_deployment() {
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (a, b, a_again) = (
+        secret("a", "first deployment's secret\n"),
+        secret("b", "second deployment's secret\n"),
+        secret("a2", "  first deployment's secret  \n"),
+    );
+    let rule = |path: Option<&str>| {
+        let line = path.map_or(String::new(), |p| format!("key_secret_file = \"{p}\"\n"));
+        format!(
+            "[dedup]\n{line}[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\n"
+        )
+    };
+    // Each proxy in turn writes the same record to one topic.
+    let shared = "secret-shared";
+    create_topic(&broker.addr, shared, 1).await;
+    let mut shared_tags = Vec::new();
+    for path in [
+        Some(a.as_str()),
+        Some(b.as_str()),
+        Some(a_again.as_str()),
+        None,
+    ] {
+        let proxy = Proxy::start_with(&broker.addr, &rule(path)).await;
+        let producer = task_producer(&proxy.bootstrap, "connector-producer-src-0", &[]);
+        send_ok(&producer, shared, &recs(0..1, "shared")).await;
+    }
+    write_around(&broker.addr, shared, "none", &recs(99..100, "end")).await;
+    let log = fetch_all_raw(&broker.addr, shared).await;
+    assert_eq!(log.last().map(|r| r.3.as_str()), Some("v-0099-end"));
+    for row in &log[..4] {
+        let tag = row.4.iter().find(|(k, _)| k == HEADER).unwrap().1.clone();
+        shared_tags.push(tag.unwrap());
+    }
+    assert_ne!(
+        shared_tags[0], shared_tags[1],
+        "different secrets, different keys"
+    );
+    assert_eq!(
+        shared_tags[0], shared_tags[2],
+        "the same secret, the same key"
+    );
+    assert_ne!(
+        shared_tags[0], shared_tags[3],
+        "a secret changes the public key"
+    );
+    assert_ne!(shared_tags[1], shared_tags[3]);
+
+    for (text, why) in [("short", "fewer than 16 bytes"), ("", "cannot read")] {
+        let path = if text.is_empty() {
+            dir.path().join("missing").display().to_string()
+        } else {
+            secret("short", text)
+        };
+        let config = format!(
+            "[upstream]\nbootstrap = [\"{}\"]\n{}",
+            broker.addr,
+            rule(Some(&path))
+        );
+        let err = Config::parse(&config).unwrap_err().to_string();
+        assert!(
+            err.contains("dedup.key_secret_file") && err.contains(why),
+            "{err}"
+        );
+    }
 }
 
 /// Duplicates written around the proxy, with each codec: a sink group reads

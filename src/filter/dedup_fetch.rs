@@ -382,6 +382,7 @@ impl FetchDedup {
             strategy: &rule.key,
             fallback: rule.fallback,
             tag_header: self.config.dedup.header.as_bytes(),
+            secret: self.config.dedup.key_secret.as_ref(),
         };
         let drop = rule.mode == Mode::Drop;
         let mut actions = vec![Action::Keep; batch.len()];

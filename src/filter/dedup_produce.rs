@@ -399,6 +399,7 @@ impl ProduceDedup {
                 strategy: &rule.key,
                 fallback: rule.fallback,
                 tag_header: self.config.dedup.header.as_bytes(),
+                secret: self.config.dedup.key_secret.as_ref(),
             };
             for partition in &topic.partition_data {
                 let Some(records) = &partition.records else {
@@ -572,6 +573,7 @@ impl ProduceDedup {
             strategy: &rule.key,
             fallback: rule.fallback,
             tag_header: self.config.dedup.header.as_bytes(),
+            secret: self.config.dedup.key_secret.as_ref(),
         };
 
         // 1. Decide each record. A key twice in this batch: the second copy
