@@ -138,6 +138,9 @@ fn answer(request: &[u8], port: u16) -> Option<Bytes> {
                 )
             })
         }
+        ApiKey::Fetch if request.windows(4).any(|w| w == b"idem") => {
+            Some(frame(corr, flexible, &idempotent_fetch(), version))
+        }
         ApiKey::Fetch => Some(frame(corr, flexible, &transactional_fetch(), version)),
         ApiKey::DescribeConfigs => {
             // Every topic asked about is a plain (delete-policy) topic.
@@ -175,11 +178,23 @@ fn answer(request: &[u8], port: u16) -> Option<Bytes> {
 /// `base`, by `producer` (-1: not idempotent), transactional or a control
 /// marker (`control`: Some(commit)).
 fn batch(base: i64, producer: i64, records: &[&str], control: Option<bool>) -> Bytes {
+    batch_of(base, producer, records, control, producer >= 0)
+}
+
+/// [`batch`], transactional or not as `transactional` says (an idempotent
+/// producer's plain batch: a producer id, sequences, no transaction).
+fn batch_of(
+    base: i64,
+    producer: i64,
+    records: &[&str],
+    control: Option<bool>,
+    transactional: bool,
+) -> Bytes {
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
     let record = |i: usize, key: Bytes, value: Bytes| Record {
-        transactional: producer >= 0,
+        transactional,
         control: control.is_some(),
         delete_horizon: false,
         partition_leader_epoch: 3,
@@ -264,6 +279,23 @@ fn transactional_fetch() -> kafka_protocol::messages::FetchResponse {
         .with_session_id(0)
         .with_responses(vec![FetchableTopicResponse::default()
             .with_topic(StrBytes::from_static_str("txn").into())
+            .with_partitions(vec![partition])])
+}
+
+/// Topic "idem", partition 0: one plain batch of idempotent producer 42
+/// (epoch 0, sequence 0) holding the record "p" at offset 0.
+fn idempotent_fetch() -> kafka_protocol::messages::FetchResponse {
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    let partition = PartitionData::default()
+        .with_partition_index(0)
+        .with_high_watermark(1)
+        .with_last_stable_offset(1)
+        .with_log_start_offset(0)
+        .with_records(Some(batch_of(0, 42, &["p"], None, false)));
+    kafka_protocol::messages::FetchResponse::default()
+        .with_session_id(0)
+        .with_responses(vec![FetchableTopicResponse::default()
+            .with_topic(StrBytes::from_static_str("idem").into())
             .with_partitions(vec![partition])])
 }
 
@@ -877,4 +909,56 @@ async fn sasl_handshake_v0_is_not_advertised_and_closes() {
     // v1 still works.
     let mut next = RawConn::connect(&proxy.bootstrap).await;
     sasl_handshake(&mut next, "PLAIN").await;
+}
+
+/// An idempotent producer's batch the broker wrote (its answer lost), read
+/// by a sink through a fetch rule, then retried by that producer: the
+/// window learned the keys from the batch, so they are the same producer's
+/// own records and the retry goes to the broker, which knows the sequence
+/// and deduplicates it. Judged a replay instead (the fetch path used to
+/// learn every key as no producer's), the retry was answered by the proxy
+/// and the producer's sequence shifted: its next batch would then land on
+/// the broker's duplicate cache and be lost (audit A1's mechanism).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_retrying_its_own_batch_a_sink_already_read_goes_to_the_broker() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{FetchRequest, FetchResponse, ProduceResponse};
+    let peer = Peer::start(Script::Kafka).await;
+    let proxy = Proxy::start_with(
+        &peer.addr,
+        "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\ndirection = \"both\"\n",
+    )
+    .await;
+    let mut sink = RawConn::connect(&proxy.bootstrap).await;
+    let fetch = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(100)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(StrBytes::from_static_str("idem").into())
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let read: FetchResponse = sink.call(ApiKey::Fetch, 11, 1, &fetch).await;
+    assert!(read.responses[0].partitions[0].records.is_some());
+
+    let mut producer = RawConn::connect(&proxy.bootstrap).await;
+    let retry = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(StrBytes::from_static_str("idem").into())
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch_of(0, 42, &["p"], None, false)))])]);
+    let resp: ProduceResponse = producer.call(ApiKey::Produce, 9, 2, &retry).await;
+    // The peer answers every Produce with no topics; the proxy, answering
+    // a replay itself, would name the partition.
+    assert!(
+        resp.responses.is_empty(),
+        "answered by the proxy, not the broker: {resp:?}"
+    );
 }

@@ -58,7 +58,7 @@ use crate::config::{Config, Mode, Rule};
 use crate::error::Error;
 use crate::filter::identity::Identity;
 use crate::idempotency::key::{Derived, Deriver, KeyBuildHasher};
-use crate::idempotency::window::{SegmentPositions, Window, NO_PRODUCER};
+use crate::idempotency::window::{SegmentPositions, Window};
 use crate::idempotency::Key;
 use crate::message::Response;
 use crate::records::{Action, BatchItem, Batches, DecodedBatch, SpliceMode, Spliced};
@@ -431,9 +431,13 @@ impl FetchDedup {
             }
         }
         let base = batch.header().base_offset;
+        // The writer, as the produce path records it: an idempotent
+        // producer's retry of a batch a sink already read is its own (the
+        // broker deduplicates it), not a replay to drop (audit A1).
+        let writer = (batch.header().producer_id, batch.header().producer_epoch);
         match self
             .window
-            .learn_segment(topic, partition, base, NO_PRODUCER, &learn)
+            .learn_segment(topic, partition, base, writer, &learn)
         {
             Ok(Some(segment)) => {
                 let offsets = learn
