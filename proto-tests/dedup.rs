@@ -1045,7 +1045,7 @@ async fn record_key_rule_and_fallback_pass() {
             ),
             Some(k) => assert_eq!(
                 r.tag(),
-                idemgate::idempotency::key::record_key(topic, k.as_bytes()).to_string(),
+                idemgate::idempotency::key::record_key(None, topic, k.as_bytes()).to_string(),
                 "the tag is the record key's hash"
             ),
         }
@@ -1544,6 +1544,137 @@ fn places(rows: &[Consumed]) -> BTreeSet<(i32, i64)> {
 
 fn fetch_series(name: &str, connector: &str, topic: &str) -> String {
     format!("{name}{{connector=\"{connector}\",topic=\"{topic}\",direction=\"fetch\"}}")
+}
+
+/// The produce and fetch paths key a record alike (its tag, scoped to the
+/// topic): a copy written around the proxy and read through a fetch rule is
+/// known to the produce path, so replaying it untagged through the proxy is
+/// a replay; and with `direction = "both"` a record costs one window key,
+/// however it is written and read. Both failed before: produce keyed the
+/// content key K, fetch the scoped one, so the replay was written again and
+/// each record read back cost a second key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_and_fetch_share_one_key_per_record() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(
+        &broker.addr,
+        &dedup_toml("key = \"content\"\nmode = \"drop\"\ndirection = \"both\""),
+    )
+    .await;
+    let topic = "one-key";
+    create_topic(&broker.addr, topic, 1).await;
+    let around = recs(0..10, "around");
+    write_around(&broker.addr, topic, "none", &around).await;
+    // Read through the proxy: the fetch rule learns each first position.
+    let read = fetch_all_raw(&proxy.bootstrap, topic).await;
+    assert_eq!(read.len(), 10);
+    assert_eq!(
+        wait_gauge(proxy.admin, "idemgate_window_keys", 10.0).await,
+        10.0
+    );
+
+    // The same records replayed untagged through the proxy: all replays.
+    let producer = task_producer(&proxy.bootstrap, "connector-producer-src-0", &[]);
+    send_ok(&producer, topic, &around).await;
+    // New records through the proxy, then read back through it: one key each.
+    let through = recs(10..15, "through");
+    send_ok(&producer, topic, &through).await;
+    assert_eq!(fetch_all_raw(&proxy.bootstrap, topic).await.len(), 15);
+    let keys = wait_gauge(proxy.admin, "idemgate_window_keys", 15.0).await;
+
+    // Straight from the broker, up to an end marker written after it all.
+    write_around(&broker.addr, topic, "none", &recs(99..100, "end")).await;
+    let log = fetch_all_raw(&broker.addr, topic).await;
+    assert_eq!(log.last().map(|r| r.3.as_str()), Some("v-0099-end"));
+    let values: Vec<&str> = log.iter().map(|r| r.3.as_str()).collect();
+    let want: Vec<String> = around
+        .iter()
+        .chain(&through)
+        .map(|r| r.value.clone())
+        .chain(["v-0099-end".to_string()])
+        .collect();
+    assert_eq!(values, want, "the replays were not written again");
+    assert_eq!(keys, 15.0, "one window key per record");
+    let (_, dropped, _) = dedup_counts(proxy.admin, "src", topic).await;
+    assert_eq!(dropped, 10.0);
+}
+
+/// `dedup.key_secret_file`: two proxies with different secrets tag the same
+/// record differently, a proxy with the same secret as another tags it the
+/// same, and one without a secret keeps the public keys. A secret file that
+/// is missing or too short is a config error naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_secret_keys_per_deployment() {
+    let broker = Tansu::start();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let (a, b, a_again) = (
+        secret("a", "first deployment's secret\n"),
+        secret("b", "second deployment's secret\n"),
+        secret("a2", "  first deployment's secret  \n"),
+    );
+    let rule = |path: Option<&str>| {
+        let line = path.map_or(String::new(), |p| format!("key_secret_file = \"{p}\"\n"));
+        format!(
+            "[dedup]\n{line}[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\n"
+        )
+    };
+    // Each proxy in turn writes the same record to one topic.
+    let shared = "secret-shared";
+    create_topic(&broker.addr, shared, 1).await;
+    let mut shared_tags = Vec::new();
+    for path in [
+        Some(a.as_str()),
+        Some(b.as_str()),
+        Some(a_again.as_str()),
+        None,
+    ] {
+        let proxy = Proxy::start_with(&broker.addr, &rule(path)).await;
+        let producer = task_producer(&proxy.bootstrap, "connector-producer-src-0", &[]);
+        send_ok(&producer, shared, &recs(0..1, "shared")).await;
+    }
+    write_around(&broker.addr, shared, "none", &recs(99..100, "end")).await;
+    let log = fetch_all_raw(&broker.addr, shared).await;
+    assert_eq!(log.last().map(|r| r.3.as_str()), Some("v-0099-end"));
+    for row in &log[..4] {
+        let tag = row.4.iter().find(|(k, _)| k == HEADER).unwrap().1.clone();
+        shared_tags.push(tag.unwrap());
+    }
+    assert_ne!(
+        shared_tags[0], shared_tags[1],
+        "different secrets, different keys"
+    );
+    assert_eq!(
+        shared_tags[0], shared_tags[2],
+        "the same secret, the same key"
+    );
+    assert_ne!(
+        shared_tags[0], shared_tags[3],
+        "a secret changes the public key"
+    );
+    assert_ne!(shared_tags[1], shared_tags[3]);
+
+    for (text, why) in [("short", "fewer than 16 bytes"), ("", "cannot read")] {
+        let path = if text.is_empty() {
+            dir.path().join("missing").display().to_string()
+        } else {
+            secret("short", text)
+        };
+        let config = format!(
+            "[upstream]\nbootstrap = [\"{}\"]\n{}",
+            broker.addr,
+            rule(Some(&path))
+        );
+        let err = Config::parse(&config).unwrap_err().to_string();
+        assert!(
+            err.contains("dedup.key_secret_file") && err.contains(why),
+            "{err}"
+        );
+    }
 }
 
 /// Duplicates written around the proxy, with each codec: a sink group reads

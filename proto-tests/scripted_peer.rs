@@ -138,6 +138,9 @@ fn answer(request: &[u8], port: u16) -> Option<Bytes> {
                 )
             })
         }
+        ApiKey::Fetch if request.windows(4).any(|w| w == b"idem") => {
+            Some(frame(corr, flexible, &idempotent_fetch(), version))
+        }
         ApiKey::Fetch => Some(frame(corr, flexible, &transactional_fetch(), version)),
         ApiKey::DescribeConfigs => {
             // Every topic asked about is a plain (delete-policy) topic.
@@ -175,11 +178,23 @@ fn answer(request: &[u8], port: u16) -> Option<Bytes> {
 /// `base`, by `producer` (-1: not idempotent), transactional or a control
 /// marker (`control`: Some(commit)).
 fn batch(base: i64, producer: i64, records: &[&str], control: Option<bool>) -> Bytes {
+    batch_of(base, producer, records, control, producer >= 0)
+}
+
+/// [`batch`], transactional or not as `transactional` says (an idempotent
+/// producer's plain batch: a producer id, sequences, no transaction).
+fn batch_of(
+    base: i64,
+    producer: i64,
+    records: &[&str],
+    control: Option<bool>,
+    transactional: bool,
+) -> Bytes {
     use kafka_protocol::records::{
         Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
     };
     let record = |i: usize, key: Bytes, value: Bytes| Record {
-        transactional: producer >= 0,
+        transactional,
         control: control.is_some(),
         delete_horizon: false,
         partition_leader_epoch: 3,
@@ -264,6 +279,23 @@ fn transactional_fetch() -> kafka_protocol::messages::FetchResponse {
         .with_session_id(0)
         .with_responses(vec![FetchableTopicResponse::default()
             .with_topic(StrBytes::from_static_str("txn").into())
+            .with_partitions(vec![partition])])
+}
+
+/// Topic "idem", partition 0: one plain batch of idempotent producer 42
+/// (epoch 0, sequence 0) holding the record "p" at offset 0.
+fn idempotent_fetch() -> kafka_protocol::messages::FetchResponse {
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    let partition = PartitionData::default()
+        .with_partition_index(0)
+        .with_high_watermark(1)
+        .with_last_stable_offset(1)
+        .with_log_start_offset(0)
+        .with_records(Some(batch_of(0, 42, &["p"], None, false)));
+    kafka_protocol::messages::FetchResponse::default()
+        .with_session_id(0)
+        .with_responses(vec![FetchableTopicResponse::default()
+            .with_topic(StrBytes::from_static_str("idem").into())
             .with_partitions(vec![partition])])
 }
 
@@ -747,5 +779,186 @@ async fn a_tenant_quota_keys_on_the_principal_the_broker_accepted() {
             "idemgate_throttle_seconds_total{connector=\"proto-tests\",tenant=\"bob\"}"
         ),
         0.0
+    );
+}
+
+/// A Produce v13 request body (header v2), encoded by hand from the schema
+/// (ProduceRequest.json, Kafka 4.4): acks=-1, one partition (0) per topic
+/// id, each with `records`.
+fn produce_v13(correlation_id: i32, topics: &[(u128, Bytes)]) -> Vec<u8> {
+    fn uvarint(b: &mut Vec<u8>, mut v: u32) {
+        while v >= 0x80 {
+            b.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        b.push(v as u8);
+    }
+    let mut b = Vec::new();
+    b.put_i16(ApiKey::Produce as i16);
+    b.put_i16(13);
+    b.put_i32(correlation_id);
+    b.put_i16(-1); // client_id: null
+    b.put_u8(0); // header tagged fields
+    b.put_u8(0); // transactional_id: null (compact)
+    b.put_i16(-1); // acks
+    b.put_i32(1000); // timeout_ms
+    uvarint(&mut b, topics.len() as u32 + 1);
+    for (id, records) in topics {
+        b.put_u128(*id); // topic_id
+        uvarint(&mut b, 2); // one partition
+        b.put_i32(0); // index
+        uvarint(&mut b, records.len() as u32 + 1);
+        b.extend_from_slice(records);
+        b.put_u8(0); // partition tagged fields
+        b.put_u8(0); // topic tagged fields
+    }
+    b.put_u8(0); // request tagged fields
+    b
+}
+
+/// Produce v13 names topics by id only (KIP-516), and the proxy advertises
+/// Produce up to v12: a client that sends v13 anyway gets what Kafka 4.4
+/// gives a version it does not enable (`Processor.parseRequestHeader` throws,
+/// the socket closes), and the dedup filter never sees it. It used to key
+/// both topics below as topic "" under the `"*"` drop rule, so the second
+/// topic's identical record was dropped as a replay of the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_above_the_advertised_version_closes_like_kafka_and_is_never_filtered() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let peer = Peer::start(Script::Kafka).await;
+    let proxy = Proxy::start_with(
+        &peer.addr,
+        "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\n",
+    )
+    .await;
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    let advertised: ApiVersionsResponse = conn
+        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .await;
+    let produce = advertised.api_keys.iter().find(|v| v.api_key == 0).unwrap();
+    assert_eq!(
+        produce.max_version, 12,
+        "the peer has v13, the proxy stops at v12"
+    );
+
+    let frame = produce_v13(
+        2,
+        &[
+            (1, batch(0, -1, &["same"], None)),
+            (2, batch(0, -1, &["same"], None)),
+        ],
+    );
+    assert_eq!(&frame[2..4], &13i16.to_be_bytes());
+    conn.send_frame(&frame).await;
+    assert_eq!(
+        conn.recv_frame().await,
+        None,
+        "no answer: the connection closes"
+    );
+
+    let metrics = proxy.metrics().await;
+    assert!(
+        !metrics.contains("idemgate_records_total{"),
+        "the dedup filter saw the v13 request: {metrics}"
+    );
+    assert!(
+        common::metric_value(
+            &metrics,
+            "idemgate_connection_errors_total{side=\"client\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+    // v12, by name, still goes through.
+    let mut next = RawConn::connect(&proxy.bootstrap).await;
+    let v12 = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(StrBytes::from_static_str("t").into())
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch(0, -1, &["same"], None)))])]);
+    let _: kafka_protocol::messages::ProduceResponse =
+        next.call(ApiKey::Produce, 12, 3, &v12).await;
+}
+
+/// SaslHandshake v0 is followed by raw SASL tokens without Kafka framing:
+/// the proxy cannot read them as requests, so it advertises SaslHandshake
+/// from v1 (every client since Kafka 1.0 takes v1), and a v0 handshake
+/// closes the connection before it reaches the broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_handshake_v0_is_not_advertised_and_closes() {
+    let peer = Peer::start(Script::Kafka).await;
+    let proxy = Proxy::start(&peer.addr).await;
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    let advertised: ApiVersionsResponse = conn
+        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .await;
+    let handshake = advertised
+        .api_keys
+        .iter()
+        .find(|v| v.api_key == ApiKey::SaslHandshake as i16)
+        .unwrap();
+    assert_eq!((handshake.min_version, handshake.max_version), (1, 1));
+
+    let req = kafka_protocol::messages::SaslHandshakeRequest::default()
+        .with_mechanism(StrBytes::from_static_str("PLAIN"));
+    conn.send_frame(&request_frame(ApiKey::SaslHandshake, 0, 2, &req))
+        .await;
+    assert_eq!(conn.recv_frame().await, None, "closed, not answered");
+    // v1 still works.
+    let mut next = RawConn::connect(&proxy.bootstrap).await;
+    sasl_handshake(&mut next, "PLAIN").await;
+}
+
+/// An idempotent producer's batch the broker wrote (its answer lost), read
+/// by a sink through a fetch rule, then retried by that producer: the
+/// window learned the keys from the batch, so they are the same producer's
+/// own records and the retry goes to the broker, which knows the sequence
+/// and deduplicates it. Judged a replay instead (the fetch path used to
+/// learn every key as no producer's), the retry was answered by the proxy
+/// and the producer's sequence shifted: its next batch would then land on
+/// the broker's duplicate cache and be lost (audit A1's mechanism).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_retrying_its_own_batch_a_sink_already_read_goes_to_the_broker() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{FetchRequest, FetchResponse, ProduceResponse};
+    let peer = Peer::start(Script::Kafka).await;
+    let proxy = Proxy::start_with(
+        &peer.addr,
+        "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\ndirection = \"both\"\n",
+    )
+    .await;
+    let mut sink = RawConn::connect(&proxy.bootstrap).await;
+    let fetch = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(100)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(StrBytes::from_static_str("idem").into())
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let read: FetchResponse = sink.call(ApiKey::Fetch, 11, 1, &fetch).await;
+    assert!(read.responses[0].partitions[0].records.is_some());
+
+    let mut producer = RawConn::connect(&proxy.bootstrap).await;
+    let retry = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(StrBytes::from_static_str("idem").into())
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch_of(0, 42, &["p"], None, false)))])]);
+    let resp: ProduceResponse = producer.call(ApiKey::Produce, 9, 2, &retry).await;
+    // The peer answers every Produce with no topics; the proxy, answering
+    // a replay itself, would name the partition.
+    assert!(
+        resp.responses.is_empty(),
+        "answered by the proxy, not the broker: {resp:?}"
     );
 }

@@ -46,9 +46,12 @@ async fn api_versions_advertises_the_intersection() {
             .iter()
             .find(|b| b.api_key == v.api_key)
             .expect("only keys the broker has");
-        let known = key.valid_versions();
+        let (min, max) = (
+            idemgate::filter::api_versions::min_version(key),
+            idemgate::filter::api_versions::max_version(key),
+        );
         assert!(
-            v.max_version <= known.max && v.max_version <= broker.max_version,
+            v.max_version <= max && v.max_version <= broker.max_version,
             "{key:?}"
         );
         if key == ApiKey::Produce {
@@ -57,7 +60,7 @@ async fn api_versions_advertises_the_intersection() {
                 "Produce keeps the broker's min (KAFKA-18659)"
             );
         } else {
-            assert_eq!(v.min_version, broker.min_version.max(known.min), "{key:?}");
+            assert_eq!(v.min_version, broker.min_version.max(min), "{key:?}");
         }
     }
     let produce = ours.api_keys.iter().find(|v| v.api_key == 0).unwrap();

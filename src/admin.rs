@@ -431,19 +431,22 @@ fn window_lookup(query: &str, shared: &Shared) -> Result<String, String> {
         }
     }
     let topic = topic.ok_or("topic= is required")?;
+    let secret = shared.config.dedup.key_secret.as_ref();
     let key = match (key, record_key) {
         (Some(hex), None) => Key::parse_hex(&hex).ok_or(
             "key= must be 32 lowercase hex digits, as the proxy writes the idempotency-key header",
         )?,
-        (None, Some(rk)) => crate::idempotency::key::record_key(&topic, &rk),
+        (None, Some(rk)) => crate::idempotency::key::record_key(secret, &topic, &rk),
         _ => return Err("give exactly one of key= or record_key=".into()),
     };
     let window = &shared.window;
-    let mut position = window.position(key).map_err(|e| e.to_string())?;
+    // A record's window key is its tag scoped to the topic; before that was
+    // so on the produce path, its untagged records were kept under the tag
+    // itself, and those keys stay until they expire.
+    let scoped = crate::idempotency::key::scoped(secret, &topic, key);
+    let mut position = window.position(scoped).map_err(|e| e.to_string())?;
     if position.is_none() {
-        // A record that arrived already tagged is kept under its key scoped to the topic.
-        let scoped = crate::idempotency::key::scoped(&topic, key);
-        position = window.position(scoped).map_err(|e| e.to_string())?;
+        position = window.position(key).map_err(|e| e.to_string())?;
     }
     let body = match position.filter(|p| p.topic == topic) {
         Some(p) => format!(

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::FrameError;
+use crate::filter::api_versions;
 
 /// Length-prefixed Kafka frames: `i32` big-endian length, then that many bytes.
 #[derive(Debug, Clone)]
@@ -200,18 +201,30 @@ impl RequestHead {
         let api_version = i16::from_be_bytes([frame[2], frame[3]]);
         let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
         let api_key = ApiKey::try_from(raw_key).map_err(|_| FrameError::UnknownApiKey(raw_key))?;
-        let known = api_key.valid_versions();
         // Versions below the crate's minimum are old versions the broker may
         // still accept (Produce v0-2 per KAFKA-18659): they pass through raw.
-        // Above the maximum, or negative, the proxy cannot read the header.
-        // ApiVersions is the exception: a newer one gets a v0 UNSUPPORTED_VERSION
-        // answer so the client can retry lower (KIP-511).
-        let too_new = api_version > known.max && api_key != ApiKey::ApiVersions;
-        if api_version < 0 || too_new {
+        // Negative, the proxy cannot read the header. Above what the proxy
+        // advertises (Produce v13: topic ids), or SaslHandshake v0 (raw SASL
+        // tokens follow it), the connection closes the way Kafka closes it
+        // for a version it does not enable; no filter ever sees the request.
+        // ApiVersions is the exception: a newer one gets a v0
+        // UNSUPPORTED_VERSION answer so the client can retry lower (KIP-511).
+        if api_version < 0
+            || api_version > api_key.valid_versions().max && api_key != ApiKey::ApiVersions
+        {
             return Err(FrameError::ImpossibleVersion {
                 api_key: raw_key,
                 name: api_name(api_key),
                 version: api_version,
+            });
+        }
+        if !advertised(api_key, api_version) {
+            return Err(FrameError::UnadvertisedVersion {
+                api_key: raw_key,
+                name: api_name(api_key),
+                version: api_version,
+                min: api_versions::min_version(api_key),
+                max: api_versions::max_version(api_key),
             });
         }
         // client_id is a classic nullable string in every header version >= 1,
@@ -252,6 +265,17 @@ impl RequestHead {
             .as_deref()
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .unwrap_or_default()
+    }
+}
+
+/// Whether the proxy accepts `api_version` of `api_key`: at most what it
+/// advertises, and no SaslHandshake v0. Below the advertised minimum
+/// otherwise passes (the broker answers old versions).
+fn advertised(api_key: ApiKey, api_version: i16) -> bool {
+    match api_key {
+        ApiKey::ApiVersions => true,
+        ApiKey::SaslHandshake => api_version >= api_versions::min_version(api_key),
+        _ => api_version <= api_versions::max_version(api_key),
     }
 }
 
@@ -445,8 +469,9 @@ pub fn fuzz_request_head(frame: &[u8]) -> Option<RequestHead> {
         assert!(peeked.is_err(), "unknown api_key {raw_key} peeked");
         return None;
     };
-    let readable =
-        version >= 0 && (version <= api_key.valid_versions().max || api_key == ApiKey::ApiVersions);
+    let readable = version >= 0
+        && (version <= api_key.valid_versions().max || api_key == ApiKey::ApiVersions)
+        && advertised(api_key, version);
     let mut rest = frame;
     if let Ok(header) = RequestHeader::decode(&mut rest, api_key.request_header_version(version)) {
         if !readable {
@@ -680,6 +705,26 @@ mod tests {
         let mut b = header(11, 7, 3, Some("go"));
         b.extend_from_slice(&[1, 0x80, 0x80, 0x80, 0x80, 0x00, 0]);
         assert_eq!(RequestHead::peek(&b).unwrap().body_offset, b.len());
+    }
+
+    #[test]
+    fn peek_refuses_what_the_proxy_does_not_advertise() {
+        // Produce v13 (topic ids) and SaslHandshake v0 (raw tokens follow).
+        for (key, version) in [(0, 13), (17, 0)] {
+            let mut b = header(key, version, 1, None);
+            b.push(0);
+            assert!(
+                matches!(
+                    RequestHead::peek(&b),
+                    Err(FrameError::UnadvertisedVersion { .. })
+                ),
+                "{key} v{version}"
+            );
+        }
+        let mut b = header(0, 12, 1, None);
+        b.push(0);
+        assert!(RequestHead::peek(&b).is_ok());
+        assert!(RequestHead::peek(&header(17, 1, 1, None)).is_ok());
     }
 
     #[test]

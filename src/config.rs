@@ -276,6 +276,10 @@ pub struct Dedup {
     /// Checked in order; the first rule matching a record's topic (and
     /// connector, if the rule names one) decides.
     pub rules: Vec<Rule>,
+    /// From `key_secret_file`: keys every hash, so a tenant who can write a
+    /// topic cannot predict (and pre-empt) another's keys. `None`: public
+    /// XXH3 keys.
+    pub key_secret: Option<crate::idempotency::key::KeySecret>,
 }
 
 /// One `[[dedup.rules]]` entry.
@@ -833,6 +837,27 @@ fn dedup(s: &mut Section<'_, '_>) -> Dedup {
         .map(|g| Glob::new(g))
         .collect();
     let rules = s.tables("rules", rule);
+    let key_secret = match s.string("key_secret_file", "") {
+        path if path.is_empty() => None,
+        path => {
+            match std::fs::read(&path) {
+                Ok(bytes) if bytes.trim_ascii().len() >= 16 => Some(
+                    crate::idempotency::key::KeySecret::derive(bytes.trim_ascii()),
+                ),
+                Ok(_) => {
+                    s.problem(
+                    "key_secret_file",
+                    format!("{path}: holds fewer than 16 bytes (leading and trailing whitespace aside)"),
+                );
+                    None
+                }
+                Err(e) => {
+                    s.problem("key_secret_file", format!("{path}: cannot read it: {e}"));
+                    None
+                }
+            }
+        }
+    };
     Dedup {
         window,
         max_keys,
@@ -843,6 +868,7 @@ fn dedup(s: &mut Section<'_, '_>) -> Dedup {
         store_cache,
         exclude_topics,
         rules,
+        key_secret,
     }
 }
 

@@ -45,6 +45,19 @@ pub enum FrameError {
         name: &'static str,
         version: i16,
     },
+    /// A version the proxy does not advertise (Produce v13, SaslHandshake
+    /// v0): the connection closes, as Kafka closes it for a version it does
+    /// not enable.
+    #[error(
+        "api_key {api_key} ({name}) v{version} is outside what the proxy advertises ({min}-{max})"
+    )]
+    UnadvertisedVersion {
+        api_key: i16,
+        name: &'static str,
+        version: i16,
+        min: i16,
+        max: i16,
+    },
     #[error("malformed request header: {0}")]
     BadHeader(&'static str),
 }

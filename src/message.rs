@@ -476,7 +476,8 @@ mod tests {
 
     #[test]
     fn produce_acks_every_version() {
-        for version in 3..=13 {
+        // Every version the codec lets through (v13 closes the connection).
+        for version in 3..=crate::filter::api_versions::MAX_PRODUCE_VERSION {
             let mut req = ProduceRequest::default()
                 .with_acks(-1)
                 .with_timeout_ms(1234);
@@ -654,7 +655,8 @@ mod tests {
                 .with_session_timeout_ms(timeout)
                 .with_rebalance_timeout_ms(if version % 10 >= 1 { timeout / 2 } else { -1 });
             let frames = [
-                encode_request(ApiKey::Produce, 3 + version % 11, correlation_id, &produce),
+                // v3-12: the codec closes on v13 (not advertised).
+                encode_request(ApiKey::Produce, 3 + version % 10, correlation_id, &produce),
                 encode_request(ApiKey::Fetch, 4 + version % 15, correlation_id, &fetch),
                 encode_request(ApiKey::JoinGroup, version % 10, correlation_id, &join),
             ];

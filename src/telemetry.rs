@@ -176,10 +176,15 @@ pub enum FailOpen {
     /// (transactions v1 whose partition it did not see added on the
     /// connection the EndTxn came on): not learned.
     TxnUnseen,
+    /// A Produce v0-2 (below what kafka-protocol decodes); counts requests.
+    OldVersion,
+    /// A Produce that did not decode, or that the bounds check refused;
+    /// counts requests (their records cannot be read).
+    UnreadableRequest,
 }
 
 impl FailOpen {
-    const ALL: [FailOpen; 11] = [
+    const ALL: [FailOpen; 13] = [
         FailOpen::Undecodable,
         FailOpen::NotOneV2Batch,
         FailOpen::Loading,
@@ -191,6 +196,8 @@ impl FailOpen {
         FailOpen::TopicConfig,
         FailOpen::SequenceUnknown,
         FailOpen::TxnUnseen,
+        FailOpen::OldVersion,
+        FailOpen::UnreadableRequest,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -206,6 +213,8 @@ impl FailOpen {
             FailOpen::TopicConfig => "topic_config",
             FailOpen::SequenceUnknown => "sequence_unknown",
             FailOpen::TxnUnseen => "txn_unseen",
+            FailOpen::OldVersion => "old_version",
+            FailOpen::UnreadableRequest => "unreadable_request",
         }
     }
 }

@@ -7,8 +7,15 @@
 //! with one would be refused). Produce keeps the broker's minimum (KAFKA-18659:
 //! clients read Produce min 0 as "this broker still speaks v0-2"; such requests
 //! pass through raw). Produce stops at v12: v13 names topics by id only
-//! (KIP-516), and the dedup rules match topic names. Features and their
-//! epoch pass through unchanged.
+//! (KIP-516), and the dedup rules match topic names. SaslHandshake starts at
+//! v1: after a v0 handshake the client sends raw SASL tokens without Kafka
+//! framing, which the proxy cannot read. Features and their epoch pass
+//! through unchanged.
+//!
+//! What is advertised is also what is accepted: a request above
+//! [`max_version`] (or a SaslHandshake v0) closes its connection in the
+//! codec, as Kafka 4.4 closes one whose version it does not enable
+//! (`Processor.parseRequestHeader` throws, `processChannelException` closes).
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
@@ -23,19 +30,37 @@ pub const UNSUPPORTED_VERSION: i16 = 35;
 /// The newest Produce the proxy advertises (v13 carries topic ids, not names).
 pub const MAX_PRODUCE_VERSION: i16 = 12;
 
+/// The newest version of `key` the proxy advertises, and so accepts.
+pub fn max_version(key: ApiKey) -> i16 {
+    let max = key.valid_versions().max;
+    if key == ApiKey::Produce {
+        max.min(MAX_PRODUCE_VERSION)
+    } else {
+        max
+    }
+}
+
+/// The oldest version of `key` the proxy advertises (Produce keeps the
+/// broker's instead, see the module doc).
+pub fn min_version(key: ApiKey) -> i16 {
+    let min = key.valid_versions().min;
+    if key == ApiKey::SaslHandshake {
+        min.max(1)
+    } else {
+        min
+    }
+}
+
 /// Cuts a broker's ranges to what the proxy handles.
 pub fn intersect(resp: &mut ApiVersionsResponse) {
     resp.api_keys.retain_mut(|v| {
         let Ok(key) = ApiKey::try_from(v.api_key) else {
             return false;
         };
-        let proxy = key.valid_versions();
         if key != ApiKey::Produce {
-            v.min_version = v.min_version.max(proxy.min);
-        } else {
-            v.max_version = v.max_version.min(MAX_PRODUCE_VERSION);
+            v.min_version = v.min_version.max(min_version(key));
         }
-        v.max_version = v.max_version.min(proxy.max);
+        v.max_version = v.max_version.min(max_version(key));
         v.min_version <= v.max_version
     });
 }
@@ -45,16 +70,10 @@ pub fn intersect(resp: &mut ApiVersionsResponse) {
 pub fn proxy_ranges() -> Vec<ApiVersion> {
     ApiKey::iter()
         .map(|key| {
-            let r = key.valid_versions();
-            let max = if key == ApiKey::Produce {
-                r.max.min(MAX_PRODUCE_VERSION)
-            } else {
-                r.max
-            };
             ApiVersion::default()
                 .with_api_key(key as i16)
-                .with_min_version(r.min)
-                .with_max_version(max)
+                .with_min_version(min_version(key))
+                .with_max_version(max_version(key))
         })
         .collect()
 }
@@ -86,6 +105,7 @@ mod tests {
             v(1, 0, 17),   // Fetch: min raised to what the crate decodes
             v(3, 0, 12),   // Metadata: broker's max is lower: kept
             v(18, 0, 4),   // ApiVersions
+            v(17, 0, 1),   // SaslHandshake: v0 (raw tokens follow) not offered
             v(1000, 0, 1), // unknown key: removed
             v(2, 20, 30),  // ListOffsets: no overlap with 1-10: removed
         ]);
@@ -95,7 +115,10 @@ mod tests {
             .iter()
             .map(|a| (a.api_key, a.min_version, a.max_version))
             .collect();
-        assert_eq!(got, vec![(0, 0, 12), (1, 4, 17), (3, 0, 12), (18, 0, 4)]);
+        assert_eq!(
+            got,
+            vec![(0, 0, 12), (1, 4, 17), (3, 0, 12), (18, 0, 4), (17, 1, 1)]
+        );
     }
 
     #[test]

@@ -14,9 +14,11 @@
 //!
 //! A record's key is its tag header, else the rule's strategy, scoped to the
 //! topic: the same logical record gets the same key whether the copy went
-//! through the proxy (tagged) or around it (not). Fetch keys live in the
-//! produce window's map, so a copy written around the proxy and then
-//! replayed through it is a replay on the produce path too.
+//! through the proxy (tagged) or around it (not), and the produce path keys
+//! it the same way (`idempotency::key`). So a copy written around the proxy,
+//! read here, and then replayed untagged through the proxy is a replay on
+//! the produce path too, and a record written and read through the proxy
+//! costs one window key.
 //!
 //! Never a loss: a record is dropped only when its key's first position is a
 //! lower offset of the same partition, still in the log (at or above the
@@ -55,8 +57,8 @@ use kafka_protocol::protocol::StrBytes;
 use crate::config::{Config, Mode, Rule};
 use crate::error::Error;
 use crate::filter::identity::Identity;
-use crate::idempotency::key::{scoped, Derived, Deriver, KeyBuildHasher};
-use crate::idempotency::window::{SegmentPositions, Window, NO_PRODUCER};
+use crate::idempotency::key::{Derived, Deriver, KeyBuildHasher};
+use crate::idempotency::window::{SegmentPositions, Window};
 use crate::idempotency::Key;
 use crate::message::Response;
 use crate::records::{Action, BatchItem, Batches, DecodedBatch, SpliceMode, Spliced};
@@ -380,6 +382,7 @@ impl FetchDedup {
             strategy: &rule.key,
             fallback: rule.fallback,
             tag_header: self.config.dedup.header.as_bytes(),
+            secret: self.config.dedup.key_secret.as_ref(),
         };
         let drop = rule.mode == Mode::Drop;
         let mut actions = vec![Action::Keep; batch.len()];
@@ -388,8 +391,7 @@ impl FetchDedup {
         let mut rests_on_learning = false;
         for record in batch.records() {
             let key = match deriver.derive(topic, &record) {
-                Derived::Carried(key) => key,
-                Derived::Made(key) => scoped(topic, key),
+                Derived::Carried(key) | Derived::Made { key, .. } => key,
                 Derived::Pass => continue,
             };
             pass.counts.records += 1;
@@ -429,9 +431,13 @@ impl FetchDedup {
             }
         }
         let base = batch.header().base_offset;
+        // The writer, as the produce path records it: an idempotent
+        // producer's retry of a batch a sink already read is its own (the
+        // broker deduplicates it), not a replay to drop (audit A1).
+        let writer = (batch.header().producer_id, batch.header().producer_epoch);
         match self
             .window
-            .learn_segment(topic, partition, base, NO_PRODUCER, &learn)
+            .learn_segment(topic, partition, base, writer, &learn)
         {
             Ok(Some(segment)) => {
                 let offsets = learn

@@ -127,14 +127,23 @@ enum PartitionKind {
     },
     /// Every record was a replay: answered by the proxy.
     Answered { base_offset: i64 },
+    /// Not forwarded: answered with this retriable error, so the client
+    /// sends it again (nothing is written, nothing is lost).
+    Refused { error_code: i16 },
 }
+
+/// Kafka's KAFKA_STORAGE_ERROR: retriable for every client (Java's
+/// KafkaStorageException is an InvalidMetadataException).
+const KAFKA_STORAGE_ERROR: i16 = 56;
 
 impl ProducePlan {
     fn needs_response_rewrite(&self) -> bool {
         self.topics.iter().flat_map(|t| &t.partitions).any(|p| {
             matches!(
                 p.kind,
-                PartitionKind::Answered { .. } | PartitionKind::Upstream { trimmed: true, .. }
+                PartitionKind::Answered { .. }
+                    | PartitionKind::Refused { .. }
+                    | PartitionKind::Upstream { trimmed: true, .. }
             )
         })
     }
@@ -198,11 +207,23 @@ impl ProduceDedup {
         // (a length the frame cannot hold), goes on as it came, for the
         // broker to judge.
         let Some(mut req) = message::decode_request::<ProduceRequest>(frame, head) else {
+            let reason = if head.api_version < ApiKey::Produce.valid_versions().min {
+                FailOpen::OldVersion
+            } else {
+                FailOpen::UnreadableRequest
+            };
+            self.metrics.dedup.fail_open(reason, 1);
+            tracing::debug!(
+                version = head.api_version,
+                reason = reason.as_str(),
+                "Produce not decodable: forwarded as it came"
+            );
             return Ok(Outcome::Unchanged(None));
         };
         // v13 names topics by id only (KIP-516): no name to match a rule,
         // key or exclude by, nor to match the answer to. Not advertised
-        // (api_versions::MAX_PRODUCE_VERSION); one sent anyway goes as it came.
+        // (api_versions::MAX_PRODUCE_VERSION), and the codec closes a
+        // connection that sends it: this guard only holds should that change.
         if head.api_version >= 13 {
             let n = request_records(&req);
             self.metrics.dedup.fail_open(FailOpen::TopicId, n);
@@ -303,6 +324,9 @@ impl ProduceDedup {
                         replayed_prefix: None,
                     },
                 };
+                if let PartitionKind::Refused { .. } = kind {
+                    changed = true;
+                }
                 if let PartitionKind::Answered { base_offset } = kind {
                     changed = true;
                     tracing::debug!(
@@ -336,10 +360,12 @@ impl ProduceDedup {
 
         // Partitions answered here leave the request; topics left empty too.
         for (topic, topic_plan) in req.topic_data.iter_mut().zip(&plan.topics) {
-            let mut answered = topic_plan
-                .partitions
-                .iter()
-                .map(|p| matches!(p.kind, PartitionKind::Answered { .. }));
+            let mut answered = topic_plan.partitions.iter().map(|p| {
+                matches!(
+                    p.kind,
+                    PartitionKind::Answered { .. } | PartitionKind::Refused { .. }
+                )
+            });
             topic
                 .partition_data
                 .retain(|_| !answered.next().unwrap_or(false));
@@ -393,6 +419,7 @@ impl ProduceDedup {
                 strategy: &rule.key,
                 fallback: rule.fallback,
                 tag_header: self.config.dedup.header.as_bytes(),
+                secret: self.config.dedup.key_secret.as_ref(),
             };
             for partition in &topic.partition_data {
                 let Some(records) = &partition.records else {
@@ -512,12 +539,14 @@ impl ProduceDedup {
                     {
                         Ok(turn) => turn,
                         Err(e) => {
-                            // Untranslated: after earlier removals the broker
-                            // refuses it (OUT_OF_ORDER_SEQUENCE); it can't
-                            // take it for another batch.
-                            tracing::warn!(topic, error = %e, "sequence state unreadable: batch forwarded untranslated");
+                            // State unreadable: the shift is unknown, and
+                            // untranslated after earlier drops the batch
+                            // would be refused as out of sequence. The
+                            // client retries this answer instead.
                             self.metrics.dedup.fail_open(FailOpen::StoreError, n);
-                            return (untouched, None);
+                            tracing::warn!(topic, error = %e, "sequence state unreadable: undecodable idempotent batch answered KAFKA_STORAGE_ERROR");
+                            let error_code = KAFKA_STORAGE_ERROR;
+                            return (PartitionKind::Refused { error_code }, None);
                         }
                     };
                     let delta = turn.delta();
@@ -580,6 +609,7 @@ impl ProduceDedup {
             strategy: &rule.key,
             fallback: rule.fallback,
             tag_header: self.config.dedup.header.as_bytes(),
+            secret: self.config.dedup.key_secret.as_ref(),
         };
 
         // 1. Decide each record. A key twice in this batch: the second copy
@@ -594,10 +624,9 @@ impl ProduceDedup {
                 decisions.push(Decision::Keep);
                 continue;
             };
-            let keep = if rule.tag && matches!(derived, Derived::Made(_)) {
-                Decision::Tag(key)
-            } else {
-                Decision::Keep
+            let keep = match derived {
+                Derived::Made { tag, .. } if rule.tag => Decision::Tag(tag),
+                _ => Decision::Keep,
             };
             if let Some(dropped) = &decided {
                 // A retry: exactly what the first attempt got.
@@ -1007,6 +1036,14 @@ fn merge(plan: &ProducePlan, mut from_broker: ProduceResponse) -> ProduceRespons
                         .with_log_append_time_ms(-1)
                         .with_log_start_offset(-1),
                 ),
+                PartitionKind::Refused { error_code } => partitions.push(
+                    PartitionProduceResponse::default()
+                        .with_index(p.index)
+                        .with_error_code(error_code)
+                        .with_base_offset(-1)
+                        .with_log_append_time_ms(-1)
+                        .with_log_start_offset(-1),
+                ),
                 PartitionKind::Upstream {
                     trimmed,
                     replayed_prefix,
@@ -1374,7 +1411,14 @@ mod tests {
             .with_timeout_ms(1000)
             .with_topic_data(vec![topic(1), topic(2)]);
         let bytes = message::encode_request(ApiKey::Produce, 13, 7, &req).unwrap();
-        let head = RequestHead::peek(&bytes).unwrap();
+        // The codec refuses v13 now; the guard is checked past it (v12 has
+        // the same header).
+        let mut v12 = bytes.to_vec();
+        v12[2..4].copy_from_slice(&12i16.to_be_bytes());
+        let head = RequestHead {
+            api_version: 13,
+            ..RequestHead::peek(&v12).unwrap()
+        };
         let f = BytesMut::from(&bytes[..]);
         let mut s = Session::default();
         let out = b
@@ -1638,5 +1682,87 @@ mod tests {
         // A new epoch starts over.
         assert_eq!(go!(["h"], (6, 1), 0), Ok(()));
         assert_eq!(leader.log, ["a", "b", "c", "d", "e", "f", "g", "h"]);
+    }
+
+    /// A Produce the filter cannot read goes on as it came, and is counted:
+    /// v0-2 (below what kafka-protocol decodes) as `old_version`, anything
+    /// else that does not decode (here: cut short) as `unreadable_request`.
+    #[tokio::test]
+    async fn a_produce_that_does_not_decode_is_forwarded_and_counted() {
+        let b = bench("drop");
+        let identity = Identity::from_client_id("connector-producer-orders-0");
+        let mut s = Session::default();
+        let mut v2 = Vec::new();
+        v2.extend_from_slice(&0i16.to_be_bytes());
+        v2.extend_from_slice(&2i16.to_be_bytes());
+        v2.extend_from_slice(&7i32.to_be_bytes());
+        v2.extend_from_slice(&(-1i16).to_be_bytes());
+        v2.extend_from_slice(&[0xff, 0xff, 0, 1, 0, 0, 3, 0xe8, 0, 0, 0, 0]); // acks -1, timeout, no topics
+        let (head, whole) = frame(batch(&["a"], NO_PRODUCER, -1));
+        let cut = BytesMut::from(&whole[..whole.len() - 10]);
+        for (bytes, reason) in [
+            (BytesMut::from(&v2[..]), FailOpen::OldVersion),
+            (cut, FailOpen::UnreadableRequest),
+        ] {
+            let head = RequestHead::peek(&bytes).unwrap_or(head.clone());
+            let out = b
+                .dedup
+                .on_request(&mut s, &identity, &head, &bytes, -1)
+                .await
+                .unwrap();
+            assert!(matches!(out, Outcome::Unchanged(None)));
+            assert_eq!(
+                b.dedup.metrics.dedup.fail_open_count(reason),
+                1,
+                "{}",
+                reason.as_str()
+            );
+        }
+    }
+
+    /// An idempotent batch that does not decode, from a producer whose
+    /// sequence state cannot be read: the proxy cannot know by how much to
+    /// shift its sequence, and forwarded untranslated after earlier drops it
+    /// would get OUT_OF_ORDER_SEQUENCE (fatal to librdkafka; a failed send
+    /// Connect may skip). So it is not forwarded: the partition is answered
+    /// with KAFKA_STORAGE_ERROR, which every client retries.
+    #[tokio::test]
+    async fn an_undecodable_idempotent_batch_with_unreadable_sequences_is_refused_retriably() {
+        let b = bench("drop");
+        let identity = Identity::from_client_id("connector-producer-orders-0");
+        // SeqKey (5, 0, "orders", 0) as the store spells it, holding garbage.
+        let mut key = Vec::new();
+        key.extend_from_slice(&5i64.to_be_bytes());
+        key.extend_from_slice(&0i16.to_be_bytes());
+        key.extend_from_slice(&6u16.to_be_bytes());
+        key.extend_from_slice(b"orders");
+        key.extend_from_slice(&0i32.to_be_bytes());
+        b.dedup
+            .window
+            .store()
+            .put_sequence_state_durably(&key, b"not a sequence state")
+            .await
+            .unwrap();
+        // Marked gzip, holding plain records: its header reads, it does not.
+        let mut bad = batch(&["x"], (5, 0), 10).to_vec();
+        bad[22] |= 1;
+        let (head, f) = frame(Bytes::from(bad));
+        let mut s = Session::default();
+        let out = b
+            .dedup
+            .on_request(&mut s, &identity, &head, &f, -1)
+            .await
+            .unwrap();
+        let Outcome::Answer(answer) = out else {
+            panic!("forwarded although its sequence shift is unknown");
+        };
+        let resp: ProduceResponse =
+            message::decode_response(ApiKey::Produce, VERSION, &answer).unwrap();
+        let p = &resp.responses[0].partition_responses[0];
+        assert_eq!((p.error_code, p.base_offset), (56, -1));
+        assert_eq!(
+            b.dedup.metrics.dedup.fail_open_count(FailOpen::StoreError),
+            1
+        );
     }
 }

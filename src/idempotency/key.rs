@@ -2,7 +2,12 @@
 //!
 //! A key is a 128-bit XXH3 hash (xxh3-128 is specified byte for byte and
 //! stable across platforms and crate versions) of the topic and of what the
-//! rule names. Every field goes in length-prefixed, with a strategy tag in
+//! rule names. With a per-deployment secret (`dedup.key_secret_file`) it is
+//! a keyed BLAKE3 of the same input instead, cut to 128 bits: XXH3 is public,
+//! so anyone able to write a topic can compute the key of a record another
+//! client will write and get there first with a record carrying that key in
+//! its tag header (different content, same key): the real record is then
+//! dropped as its replay. Without the secret nobody can predict a key. Every field goes in length-prefixed, with a strategy tag in
 //! front, so no two different inputs share an encoding. Never hashed: the
 //! timestamp (a replayed Connect record gets a new one) and the partition
 //! (a null-key record lands elsewhere when replayed). The topic is always in,
@@ -11,8 +16,16 @@
 //! A record that already carries the tag header with a well-formed key (it
 //! went through a proxy before: a MirrorMaker copy, a retry through another
 //! replica) keeps that header, so it is never written twice and the sink's
-//! upsert key never changes; its window key is that key scoped to the topic
-//! it is written to now ([`scoped`]).
+//! upsert key never changes.
+//!
+//! One window key per record, whichever path meets it: the tag (carried, or
+//! made now) scoped to the topic the record is in ([`scoped`]). Produce and
+//! Fetch both key this way, so a copy the fetch path learned (written around
+//! the proxy) is a replay to the produce path, and a record written and read
+//! through the proxy costs one key, not two. Changing this derivation changes
+//! every persisted window key: after such an upgrade the window's old keys no
+//! longer match, so replays of records acknowledged before it pass once
+//! (duplicates, never a loss), and the old keys age out with `dedup.window`.
 
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -88,6 +101,62 @@ impl std::fmt::Display for Key {
     }
 }
 
+/// A per-deployment secret that keys every hash (`dedup.key_secret_file`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeySecret([u8; 32]);
+
+impl KeySecret {
+    /// The secret made from the file's bytes (any length): BLAKE3's key
+    /// derivation, so the file can hold a passphrase or random bytes alike.
+    pub fn derive(material: &[u8]) -> KeySecret {
+        KeySecret(blake3::derive_key("idemgate 2026 window keys", material))
+    }
+}
+
+impl std::fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeySecret(..)")
+    }
+}
+
+/// The hash a key is made with: public XXH3, or BLAKE3 keyed by the secret.
+/// XXH3's state stays on the stack (the default path makes one per record);
+/// the opt-in keyed one is boxed.
+#[allow(clippy::large_enum_variant)]
+enum KeyHash {
+    Plain(Xxh3),
+    Keyed(Box<blake3::Hasher>),
+}
+
+impl KeyHash {
+    fn new(secret: Option<&KeySecret>) -> KeyHash {
+        match secret {
+            None => KeyHash::Plain(Xxh3::new()),
+            Some(s) => KeyHash::Keyed(Box::new(blake3::Hasher::new_keyed(&s.0))),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            KeyHash::Plain(h) => h.update(bytes),
+            KeyHash::Keyed(h) => {
+                h.update(bytes);
+            }
+        }
+    }
+
+    fn finish(&self) -> Key {
+        match self {
+            KeyHash::Plain(h) => Key(h.digest128()),
+            KeyHash::Keyed(h) => {
+                let out = h.finalize();
+                let first: [u8; 16] = out.as_bytes()[..16].try_into().expect("16 of 32 bytes");
+                Key(u128::from_be_bytes(first))
+            }
+        }
+    }
+}
+
 /// How keys are made for one rule.
 #[derive(Debug, Clone, Copy)]
 pub struct Deriver<'a> {
@@ -96,14 +165,18 @@ pub struct Deriver<'a> {
     /// The tag header's name: excluded from content hashes, and reused as the
     /// key when a record already carries it.
     pub tag_header: &'a [u8],
+    /// `dedup.key_secret_file`'s secret: `None` keeps the public XXH3 keys.
+    pub secret: Option<&'a KeySecret>,
 }
 
 /// Where a record's key came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Derived {
-    /// Made now, by the rule's strategy or its content fallback.
-    Made(Key),
-    /// Read from the tag header the record already carries.
+    /// Made now, by the rule's strategy or its content fallback: `tag` is
+    /// what the tag header gets, `key` the window key (`tag` scoped).
+    Made { tag: Key, key: Key },
+    /// Read from the tag header the record already carries: the window key
+    /// (the carried tag scoped).
     Carried(Key),
     /// No key: the rule's field is missing and its fallback is `pass`.
     Pass,
@@ -112,7 +185,7 @@ pub enum Derived {
 impl Derived {
     pub fn key(self) -> Option<Key> {
         match self {
-            Derived::Made(k) | Derived::Carried(k) => Some(k),
+            Derived::Made { key, .. } | Derived::Carried(key) => Some(key),
             Derived::Pass => None,
         }
     }
@@ -128,11 +201,15 @@ impl Deriver<'_> {
             }
         }
         if let Some(key) = carried {
-            return Derived::Carried(scoped(topic, key));
+            return Derived::Carried(scoped(self.secret, topic, key));
         }
+        let made = |tag: Key| Derived::Made {
+            tag,
+            key: scoped(self.secret, topic, tag),
+        };
         match (self.make(self.strategy, topic, record), self.fallback) {
-            (Some(k), _) => Derived::Made(k),
-            (None, Fallback::Content) => Derived::Made(self.content(topic, record)),
+            (Some(k), _) => made(k),
+            (None, Fallback::Content) => made(self.content(topic, record)),
             (None, Fallback::Pass) => Derived::Pass,
         }
     }
@@ -141,26 +218,35 @@ impl Deriver<'_> {
     fn make(&self, strategy: &KeyStrategy, topic: &str, record: &RecordView<'_>) -> Option<Key> {
         match strategy {
             KeyStrategy::Content => Some(self.content(topic, record)),
-            KeyStrategy::RecordKey => record.key_slice().map(|k| hash_parts(b'k', topic, [k])),
+            KeyStrategy::RecordKey => record
+                .key_slice()
+                .map(|k| hash_parts(self.secret, b'k', topic, [k])),
             KeyStrategy::Header(name) => record
                 .headers()
                 .find(|h| h.key == name.as_bytes())
                 .and_then(|h| h.value)
-                .map(|v| hash_parts(b'h', topic, [name.as_bytes(), v])),
-            KeyStrategy::Json(pointers) => json_key(topic, pointers, record.value_slice()),
+                .map(|v| hash_parts(self.secret, b'h', topic, [name.as_bytes(), v])),
+            KeyStrategy::Json(pointers) => {
+                json_key(self.secret, topic, pointers, record.value_slice())
+            }
             // Every part must be there; their keys, in order, hashed together.
             KeyStrategy::All(parts) => {
                 let mut keys = Vec::with_capacity(parts.len());
                 for part in parts {
                     keys.push(self.make(part, topic, record)?.0.to_be_bytes());
                 }
-                Some(hash_parts(b'a', topic, keys.iter().map(|k| &k[..])))
+                Some(hash_parts(
+                    self.secret,
+                    b'a',
+                    topic,
+                    keys.iter().map(|k| &k[..]),
+                ))
             }
         }
     }
 
     fn content(&self, topic: &str, record: &RecordView<'_>) -> Key {
-        let mut h = Xxh3::new();
+        let mut h = KeyHash::new(self.secret);
         h.update(b"c");
         put_bytes(&mut h, Some(topic.as_bytes()));
         put_bytes(&mut h, record.key_slice());
@@ -173,12 +259,12 @@ impl Deriver<'_> {
             put_bytes(&mut h, Some(header.key));
             put_bytes(&mut h, header.value);
         }
-        Key(h.digest128())
+        h.finish()
     }
 }
 
 /// A length-prefixed, null-aware field: `-1` for null, else the length then the bytes.
-fn put_bytes(h: &mut Xxh3, bytes: Option<&[u8]>) {
+fn put_bytes(h: &mut KeyHash, bytes: Option<&[u8]>) {
     match bytes {
         None => h.update(&(-1i64).to_le_bytes()),
         Some(b) => {
@@ -191,28 +277,38 @@ fn put_bytes(h: &mut Xxh3, bytes: Option<&[u8]>) {
 /// The window key of a record that carries `key` in its tag header: scoped
 /// to the topic it is written to now (a copy into another topic, by a
 /// stream processor or a mirror, is a new record there, not a replay).
-pub fn scoped(topic: &str, key: Key) -> Key {
-    hash_parts(b't', topic, [&key.0.to_be_bytes()[..]])
+pub fn scoped(secret: Option<&KeySecret>, topic: &str, key: Key) -> Key {
+    hash_parts(secret, b't', topic, [&key.0.to_be_bytes()[..]])
 }
 
 /// The key a `record-key` rule gives a record with this key (for lookups).
-pub fn record_key(topic: &str, key: &[u8]) -> Key {
-    hash_parts(b'k', topic, [key])
+pub fn record_key(secret: Option<&KeySecret>, topic: &str, key: &[u8]) -> Key {
+    hash_parts(secret, b'k', topic, [key])
 }
 
-fn hash_parts<'b>(tag: u8, topic: &str, parts: impl IntoIterator<Item = &'b [u8]>) -> Key {
-    let mut h = Xxh3::new();
+fn hash_parts<'b>(
+    secret: Option<&KeySecret>,
+    tag: u8,
+    topic: &str,
+    parts: impl IntoIterator<Item = &'b [u8]>,
+) -> Key {
+    let mut h = KeyHash::new(secret);
     h.update(&[tag]);
     put_bytes(&mut h, Some(topic.as_bytes()));
     for part in parts {
         put_bytes(&mut h, Some(part));
     }
-    Key(h.digest128())
+    h.finish()
 }
 
 /// Every pointer must resolve to a non-null value; their canonical JSON
 /// (serde_json sorts object keys) is hashed together.
-fn json_key(topic: &str, pointers: &[String], value: Option<&[u8]>) -> Option<Key> {
+fn json_key(
+    secret: Option<&KeySecret>,
+    topic: &str,
+    pointers: &[String],
+    value: Option<&[u8]>,
+) -> Option<Key> {
     let doc: serde_json::Value = serde_json::from_slice(value?).ok()?;
     let mut parts = Vec::with_capacity(pointers.len());
     for p in pointers {
@@ -221,7 +317,12 @@ fn json_key(topic: &str, pointers: &[String], value: Option<&[u8]>) -> Option<Ke
             Some(v) => parts.push(serde_json::to_vec(v).ok()?),
         }
     }
-    Some(hash_parts(b'j', topic, parts.iter().map(Vec::as_slice)))
+    Some(hash_parts(
+        secret,
+        b'j',
+        topic,
+        parts.iter().map(Vec::as_slice),
+    ))
 }
 
 #[cfg(test)]
@@ -253,6 +354,16 @@ mod tests {
         topic: &str,
         records: &[Record],
     ) -> Vec<Derived> {
+        derive_with(None, strategy, fallback, topic, records)
+    }
+
+    fn derive_with(
+        secret: Option<&KeySecret>,
+        strategy: &KeyStrategy,
+        fallback: Fallback,
+        topic: &str,
+        records: &[Record],
+    ) -> Vec<Derived> {
         let mut records = records.to_vec();
         for (i, r) in records.iter_mut().enumerate() {
             r.offset_delta = i as i32;
@@ -264,6 +375,7 @@ mod tests {
             strategy,
             fallback,
             tag_header: TAG,
+            secret,
         };
         batch.records().map(|r| d.derive(topic, &r)).collect()
     }
@@ -283,11 +395,18 @@ mod tests {
             "orders",
             record(Some(b"k1"), Some(b"v1"), &[(b"h", b"x")]),
         );
+        let Derived::Made { tag, key } = k else {
+            panic!("made")
+        };
         assert_eq!(
-            k.key().unwrap().to_string(),
+            tag.to_string(),
             "42f681f4a1586f991751f60479a7aced",
-            "content key for a fixed record changed"
+            "content key (the tag sinks upsert on) for a fixed record changed"
         );
+        // The window key: that tag scoped to the topic. Pinned from this
+        // code (b't' + L(b'orders') + L(tag, big-endian)), to catch a change.
+        assert_eq!(key, scoped(None, "orders", tag));
+        assert_eq!(key.to_string(), "9c4d38bbf2673ceebed8b00204dec42f");
     }
 
     #[test]
@@ -327,11 +446,84 @@ mod tests {
             )
         };
         assert!(matches!(derive(lower), Derived::Carried(_)));
-        assert!(matches!(derive(upper), Derived::Made(_)));
+        assert!(matches!(derive(upper), Derived::Made { .. }));
         assert_ne!(derive(lower), derive(upper));
         assert_ne!(derive(upper), derive(b"0123456789ABCDEF0123456789ABCDEE"));
         assert_eq!(Key::parse_hex(upper), None);
         assert_eq!(Key::parse_hex(lower).map(Key::to_hex).as_ref(), Some(lower));
+    }
+
+    /// Two deployments with different secrets key the same record
+    /// differently (neither can predict the other's keys, nor can anyone
+    /// without one); the same secret keys it the same; no secret keeps the
+    /// public XXH3 keys. Every strategy goes through the secret.
+    #[test]
+    fn a_key_secret_keys_every_hash() {
+        let a = KeySecret::derive(b"deployment a");
+        let b = KeySecret::derive(b"deployment b");
+        let a_again = KeySecret::derive(b"deployment a");
+        let r = record(Some(b"k"), Some(br#"{"id":7}"#), &[(b"h", b"x")]);
+        let strategies = [
+            KeyStrategy::Content,
+            KeyStrategy::RecordKey,
+            KeyStrategy::Header("h".into()),
+            KeyStrategy::Json(vec!["/id".into()]),
+        ];
+        for strategy in &strategies {
+            let with = |secret: Option<&KeySecret>| {
+                derive_with(
+                    secret,
+                    strategy,
+                    Fallback::Pass,
+                    "t",
+                    std::slice::from_ref(&r),
+                )[0]
+            };
+            let (plain, ka, kb, ka2) = (
+                with(None),
+                with(Some(&a)),
+                with(Some(&b)),
+                with(Some(&a_again)),
+            );
+            assert_eq!(
+                plain,
+                one(strategy, "t", r.clone()),
+                "{strategy:?}: no secret, today's keys"
+            );
+            assert_ne!(ka, plain, "{strategy:?}");
+            assert_ne!(ka, kb, "{strategy:?}");
+            assert_eq!(ka, ka2, "{strategy:?}");
+            // Made and carried still meet on one window key under a secret.
+            let Derived::Made { tag, key } = ka else {
+                panic!("{strategy:?}: made")
+            };
+            assert_eq!(key, scoped(Some(&a), "t", tag));
+            let mut tagged = r.clone();
+            tagged.headers.push((
+                Bytes::from_static(TAG),
+                Some(Bytes::copy_from_slice(&tag.to_hex())),
+            ));
+            let carried = derive_with(Some(&a), strategy, Fallback::Pass, "t", &[tagged])[0];
+            assert_eq!(carried, Derived::Carried(key), "{strategy:?}");
+        }
+        assert_eq!(format!("{a:?}"), "KeySecret(..)", "never logged");
+    }
+
+    /// The window key of a record is the same whether its tag is made now
+    /// (untagged, a produce or a copy written around the proxy) or carried
+    /// (it went through a proxy before).
+    #[test]
+    fn made_and_carried_tags_share_one_window_key() {
+        let plain = record(Some(b"k"), Some(b"v"), &[]);
+        let Derived::Made { tag, key } = one(&KeyStrategy::Content, "t", plain) else {
+            panic!("an untagged record gets a made key");
+        };
+        assert_eq!(key, scoped(None, "t", tag));
+        let tagged = record(Some(b"k"), Some(b"v"), &[(TAG, &tag.to_hex())]);
+        assert_eq!(
+            one(&KeyStrategy::Content, "t", tagged),
+            Derived::Carried(key)
+        );
     }
 
     #[test]
@@ -341,7 +533,7 @@ mod tests {
         let r = record(Some(b"k"), Some(b"v"), &[(TAG, &hex)]);
         assert_eq!(
             one(&KeyStrategy::Content, "t", r.clone()),
-            Derived::Carried(scoped("t", key))
+            Derived::Carried(scoped(None, "t", key))
         );
         // The same carried key in another topic is another record there.
         assert_ne!(

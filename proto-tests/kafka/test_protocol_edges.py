@@ -1,0 +1,147 @@
+"""Protocol edges against Apache Kafka 4.4, in raw bytes: what the proxy
+advertises is what it accepts, and the APIs it cannot read are neither
+advertised nor let through.
+
+- Kafka 4.4 advertises the KIP-1071 StreamsGroup APIs (StreamsGroupHeartbeat
+  88, StreamsGroupDescribe 89); kafka-protocol 0.18, which the proxy reads
+  headers with, does not know them, so the proxy leaves them out of its
+  ApiVersions answer and closes a connection that sends one anyway, as
+  Kafka closes one that sends a key it does not know.
+- Produce v13 (topic ids) is the broker's newest, the proxy advertises v12
+  and closes a connection that sends v13, as Kafka 4.4 closes one whose
+  version it does not enable.
+- SaslHandshake is advertised from v1 (v0 is followed by unframed tokens).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+RULE = """
+[dedup]
+[[dedup.rules]]
+topics = "*"
+key = "content"
+mode = "drop"
+"""
+
+
+def uvarint(n: int) -> bytes:
+    out = b""
+    while n >= 0x80:
+        out += bytes([(n & 0x7F) | 0x80])
+        n >>= 7
+    return out + bytes([n])
+
+
+def read_uvarint(buf: bytes, at: int) -> tuple[int, int]:
+    n, shift = 0, 0
+    while True:
+        b = buf[at]
+        at += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return n, at
+        shift += 7
+
+
+def connect(addr: str) -> socket.socket:
+    host, port = addr.rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=20)
+    return s
+
+
+def send(s: socket.socket, body: bytes):
+    s.sendall(struct.pack(">i", len(body)) + body)
+
+
+def recv(s: socket.socket) -> bytes | None:
+    """One response frame body, or None when the peer closed the connection."""
+    head = b""
+    while len(head) < 4:
+        chunk = s.recv(4 - len(head))
+        if not chunk:
+            return None
+        head += chunk
+    (n,) = struct.unpack(">i", head)
+    body = b""
+    while len(body) < n:
+        chunk = s.recv(n - len(body))
+        if not chunk:
+            return None
+        body += chunk
+    return body
+
+
+def header_v2(key: int, version: int, corr: int) -> bytes:
+    client_id = b"protocol-edges"
+    return struct.pack(">hhih", key, version, corr, len(client_id)) + client_id + b"\x00"
+
+
+def api_versions(addr: str) -> dict[int, tuple[int, int]]:
+    """The ranges an ApiVersions v3 answer advertises, by api key."""
+    s = connect(addr)
+    body = header_v2(18, 3, 1)
+    for text in (b"protocol-edges", b"1"):
+        body += uvarint(len(text) + 1) + text
+    body += b"\x00"
+    send(s, body)
+    resp = recv(s)
+    s.close()
+    assert resp is not None
+    (corr, error) = struct.unpack(">ih", resp[:6])
+    assert (corr, error) == (1, 0), (corr, error)
+    count, at = read_uvarint(resp, 6)
+    ranges = {}
+    for _ in range(count - 1):
+        key, lo, hi = struct.unpack(">hhh", resp[at:at + 6])
+        _, at = read_uvarint(resp, at + 6)  # tagged fields: none expected
+        ranges[key] = (lo, hi)
+    return ranges
+
+
+def closed_without_answer(addr: str, body: bytes) -> bool:
+    s = connect(addr)
+    send(s, body)
+    try:
+        return recv(s) is None
+    except (ConnectionResetError, socket.timeout):
+        return True
+    finally:
+        s.close()
+
+
+def produce_v13(corr: int, topic_ids: list[bytes]) -> bytes:
+    body = header_v2(0, 13, corr)
+    body += b"\x00" + struct.pack(">hi", -1, 1000)  # null transactional id, acks, timeout
+    body += uvarint(len(topic_ids) + 1)
+    for tid in topic_ids:
+        body += tid + uvarint(1) + b"\x00"  # no partitions, tagged fields
+    return body + b"\x00"
+
+
+def test_streams_group_apis_and_produce_v13_are_not_advertised_nor_accepted(kafka, proxies):
+    proxy = proxies(kafka.bootstrap, RULE)
+    broker = api_versions(kafka.bootstrap)
+    ours = api_versions(proxy.bootstrap)
+
+    # Kafka 4.4 has them (KIP-1071 is GA since 4.2), the proxy leaves them out.
+    assert 88 in broker and 89 in broker, sorted(broker)
+    assert 88 not in ours and 89 not in ours, sorted(ours)
+    # StreamsGroupDescribe v0 (header v2, an empty group list) closes the
+    # connection, never reaching the broker.
+    describe = header_v2(89, 0, 2) + uvarint(1) + b"\x00" + b"\x00"
+    assert closed_without_answer(proxy.bootstrap, describe)
+
+    # Produce: the broker speaks v13, the proxy offers v12 and refuses v13.
+    assert broker[0][1] >= 13, broker[0]
+    assert ours[0][1] == 12, ours[0]
+    assert closed_without_answer(proxy.bootstrap, produce_v13(3, [b"\x01" * 16, b"\x02" * 16]))
+
+    # SaslHandshake: from v1 through the proxy, whatever the broker offers.
+    if 17 in broker:
+        assert ours[17] == (max(1, broker[17][0]), broker[17][1]), (broker[17], ours[17])
+
+    # The proxy still serves after each refusal.
+    assert api_versions(proxy.bootstrap) == ours
