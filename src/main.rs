@@ -35,8 +35,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match Config::load(&config).and_then(check_files) {
-            Ok(_) => {
+            Ok(c) => {
                 println!("{}: ok", config.display());
+                // Not problems: what the rules will do, which an operator
+                // must read before trusting them (also logged at startup).
+                for n in &c.dedup.notes {
+                    println!("  {}: note: {}", n.path, n.message);
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

@@ -40,7 +40,7 @@ use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::codec::{api_name, RequestHead};
-use crate::config::{Config, Mode, Rule};
+use crate::config::{Config, KeyStrategy, Mode, Rule};
 use crate::error::Error;
 use crate::filter::dedup_txn::{Transactions, TxnPart};
 use crate::filter::identity::Identity;
@@ -177,10 +177,29 @@ impl ProduceDedup {
     }
 
     fn rule(&self, topic: &str, identity: &Identity) -> Option<&Rule> {
-        self.config
-            .dedup
+        let dedup = &self.config.dedup;
+        // What Connect's own clients write is its config, offset or status
+        // topic, whatever its name: never keyed, and remembered so that no
+        // client's records there are keyed either.
+        if identity.is_connect_internal() {
+            if dedup.connect_internal.learn(topic) {
+                tracing::info!(
+                    topic,
+                    client_id = %identity.client_id,
+                    "a Kafka Connect internal topic: never touched by dedup rules"
+                );
+            }
+            return None;
+        }
+        let rule = dedup
             .rule_for(topic, identity.connector.as_deref())
-            .filter(|r| r.mode != Mode::Off)
+            .filter(|r| r.mode != Mode::Off)?;
+        if rule.mode == Mode::Drop && rule.key == KeyStrategy::Content {
+            if let Some(configs) = &self.topic_configs {
+                configs.warn_if_compacted(topic);
+            }
+        }
+        Some(rule)
     }
 
     /// Filters one Produce request with acks 1 or all.
