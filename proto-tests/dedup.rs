@@ -168,23 +168,30 @@ async fn consume_all(
 ) -> Vec<Consumed> {
     let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "unused-assign-only")
-            .set("enable.auto.commit", "false")
-            .set("session.timeout.ms", "6000")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
+        let consumer = assign_from_start(&bootstrap, &topic, partitions);
         poll_rows(&consumer, expected)
     })
     .await
     .unwrap()
+}
+
+/// A consumer without a group (assign) on every partition of `topic`, from
+/// the beginning.
+fn assign_from_start(bootstrap: &str, topic: &str, partitions: i32) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "unused-assign-only")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    consumer
 }
 
 /// How many copies of each logical record the log holds.
@@ -1032,16 +1039,7 @@ async fn round_trip(
         .unwrap();
     let (read_from, topic) = (read_from.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &read_from)
-            .set("group.id", "unused-assign-only")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&topic, 0, Offset::Beginning)
-            .unwrap();
-        consumer.assign(&tpl).unwrap();
+        let consumer = assign_from_start(&read_from, &topic, 1);
         let start = Instant::now();
         let mut out = Vec::new();
         while start.elapsed() < Duration::from_secs(60) {

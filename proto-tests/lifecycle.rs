@@ -90,20 +90,11 @@ fn the_annotated_config_shows_every_default() {
 /// `content` takes a legitimate repeat for a replay, and what a preset is.
 #[test]
 fn check_explains_modes_keys_and_presets() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.toml");
-    std::fs::write(
-        &path,
+    let out = check_text(
         "[[dedup.rules]]\ntopics = \"pg.*\"\npreset = \"debezium-mysql\"\nmode = \"drop\"\n\
          [[dedup.rules]]\ntopics = \"orders\"\nkey = \"record-key\"\nmode = \"drop\"\n\
          [[dedup.rules]]\ntopics = \"*\"\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
+    );
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     for (rule, says) in [
@@ -122,6 +113,18 @@ fn check_explains_modes_keys_and_presets() {
             "{rule} should say {says:?}:\n{stdout}"
         );
     }
+}
+
+/// `idemgate check` on a file holding `text`.
+fn check_text(text: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idemgate.toml");
+    std::fs::write(&path, text).unwrap();
+    Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap()
 }
 
 #[test]
