@@ -618,9 +618,21 @@ impl Dedup {
 /// they are called, seen written by Connect's own clients
 /// (`Identity::is_connect_internal`).
 #[derive(Debug, Default)]
-pub struct LearnedTopics(std::sync::RwLock<std::collections::HashSet<String>>);
+pub struct LearnedTopics(
+    std::sync::RwLock<std::collections::HashSet<String>>,
+    /// Topics whose records were looked at once for Connect's offset keys
+    /// (`Identity::is_connect_offset_key`), internal or not.
+    std::sync::Mutex<std::collections::HashSet<String>>,
+);
 
 impl LearnedTopics {
+    /// True the first time `topic` is asked about: its first batch is then
+    /// looked at for Connect's offset keys, once.
+    pub fn first_look(&self, topic: &str) -> bool {
+        let mut seen = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        !seen.contains(topic) && seen.insert(topic.to_string())
+    }
+
     pub fn contains(&self, topic: &str) -> bool {
         let set = self.0.read().unwrap_or_else(|e| e.into_inner());
         !set.is_empty() && set.contains(topic)

@@ -9,8 +9,9 @@ paused, resumed and paused again: the configs topic gets two identical
 replay. The worker is then SIGKILLed and started again: it rebuilds the
 connector's target state from the configs topic, so the connector must come
 back PAUSED. The proxy must have learned the three topics from the worker's
-own clients (`<group.id>-configs`, `-offsets`, `-statuses`) and never keyed a
-record there: no `idemgate_records_total` sample names them, while the
+own clients (`<group.id>-configs`, `-offsets`, `-statuses`), and the
+connector's own offsets topic `cx.<tag>` (KIP-618) from its offset-shaped
+record keys, and never keyed a record there: no `idemgate_records_total` sample names them, while the
 connector's data topic is keyed.
 
 Before the proxy learned internal topics from their writers, the second
@@ -34,7 +35,8 @@ mode = "drop"
 def test_internal_topics_with_other_names_are_never_touched(kafka, proxies, connect_clusters,
                                                             tmp_path):
     tag = unique("i").replace("-", "")
-    internal = {"config": f"cfg.{tag}", "offset": f"off.{tag}", "status": f"st.{tag}"}
+    internal = {"config": f"cfg.{tag}", "offset": f"off.{tag}", "status": f"st.{tag}",
+                "connector offsets": f"cx.{tag}"}
     data = f"data.{tag}"
     kafka.create_topic(data, partitions=1)
     proxy = proxies(kafka.bootstrap, RULE)
@@ -52,6 +54,9 @@ def test_internal_topics_with_other_names_are_never_touched(kafka, proxies, conn
             "tasks.max": "1",
             "file": str(source),
             "topic": data,
+            # KIP-618: the connector's own offsets topic, written (without
+            # exactly-once support) by the task's data producer.
+            "offsets.storage.topic": internal["connector offsets"],
         })
         wait_for(f"{name}'s task to run", lambda: workers.task_running(name), 90)
         # The offsets topic is written once the task's offsets are committed.

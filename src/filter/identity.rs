@@ -99,6 +99,30 @@ impl Identity {
         }
     }
 
+    /// True when `key` is how Connect keys one of this connector's source
+    /// offsets: `[<connector>, <source partition>]`, written by the worker's
+    /// internal JsonConverter without schemas (apache/kafka
+    /// `OffsetStorageWriter`, `OffsetUtils`). A source task without
+    /// exactly-once support writes its connector's own offsets topic with
+    /// its data producer (`Worker.offsetStoreForRegularSourceTask`), so
+    /// such a key is the only mark of that topic.
+    pub fn is_connect_offset_key(&self, key: &[u8]) -> bool {
+        let Some(connector) = &self.connector else {
+            return false;
+        };
+        if !key.starts_with(b"[") {
+            return false;
+        }
+        match serde_json::from_slice::<serde_json::Value>(key) {
+            Ok(serde_json::Value::Array(parts)) => {
+                parts.len() == 2
+                    && parts[0].as_str() == Some(connector.as_str())
+                    && (parts[1].is_object() || parts[1].is_null())
+            }
+            _ => false,
+        }
+    }
+
     /// The `connector` label: the connector, or the client id for other clients.
     pub fn label(&self) -> &str {
         self.connector.as_deref().unwrap_or(&self.client_id)
@@ -137,6 +161,23 @@ mod tests {
             Identity::from_client_id("connector-producer-").connector,
             None
         );
+    }
+
+    #[test]
+    fn connect_offset_keys_name_their_own_connector() {
+        let task = Identity::from_client_id("connector-producer-files-src-0");
+        assert!(task.is_connect_offset_key(br#"["files-src",{"filename":"/tmp/a.txt"}]"#));
+        assert!(task.is_connect_offset_key(br#"["files-src",null]"#));
+        for not in [
+            &br#"["other-src",{"filename":"/tmp/a.txt"}]"#[..],
+            br#"["files-src"]"#,
+            br#"{"id":1}"#,
+            b"order-1",
+            b"",
+        ] {
+            assert!(!task.is_connect_offset_key(not), "{not:?}");
+        }
+        assert!(!Identity::from_client_id("rdkafka").is_connect_offset_key(br#"["x",{}]"#));
     }
 
     #[test]
