@@ -31,7 +31,7 @@
 //! - `direct`: straight to tansu;
 //! - `idemgate`: a fresh idemgate with no dedup rule (pass-through);
 //! - `idemgate-fetch`: a fresh idemgate (fresh store, empty window) with one
-//!   rule `topics = "*"`, `key = "content"`, `direction = "fetch"`: this read
+//!   rule `topics = "*"`, `key = "content"`, `mode = "drop"`, `direction = "fetch"`: this read
 //!   learns every key's first position (a window write per batch) while it
 //!   drops the copies;
 //! - `idemgate-fetch-reread`: a second consumer through that same proxy right
@@ -221,7 +221,7 @@ struct Proxy {
 
 /// A fresh idemgate (fresh store, so an empty window) in front of
 /// `upstream`. With `dedup`, one fetch rule covers every topic: content keys,
-/// `mode = "drop"` (the default).
+/// `mode = "drop"`.
 fn start_proxy(upstream: &str, dedup: bool) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -241,7 +241,7 @@ fn start_proxy(upstream: &str, dedup: bool) -> Proxy {
     );
     if dedup {
         config.push_str(
-            "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\ndirection = \"fetch\"\n",
+            "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\ndirection = \"fetch\"\n",
         );
     }
     let path = dir.path().join("bench.toml");

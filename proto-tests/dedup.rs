@@ -22,9 +22,15 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 const HEADER: &str = "idempotency-key";
 
-/// One `[[dedup.rules]]` for every topic.
+/// One `[[dedup.rules]]` for every topic; `mode = "drop"` unless `rule`
+/// names a mode (a rule without one only observes).
 fn dedup_toml(rule: &str) -> String {
-    format!("[dedup]\n[[dedup.rules]]\ntopics = \"*\"\n{rule}\n")
+    let mode = if rule.contains("mode =") {
+        ""
+    } else {
+        "mode = \"drop\"\n"
+    };
+    format!("[dedup]\n[[dedup.rules]]\ntopics = \"*\"\n{mode}{rule}\n")
 }
 
 // === Clients ===
@@ -162,23 +168,30 @@ async fn consume_all(
 ) -> Vec<Consumed> {
     let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "unused-assign-only")
-            .set("enable.auto.commit", "false")
-            .set("session.timeout.ms", "6000")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
+        let consumer = assign_from_start(&bootstrap, &topic, partitions);
         poll_rows(&consumer, expected)
     })
     .await
     .unwrap()
+}
+
+/// A consumer without a group (assign) on every partition of `topic`, from
+/// the beginning.
+fn assign_from_start(bootstrap: &str, topic: &str, partitions: i32) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "unused-assign-only")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    consumer
 }
 
 /// How many copies of each logical record the log holds.
@@ -927,7 +940,7 @@ async fn zombie_and_successor_lose_nothing() {
     let broker = Tansu::start();
     let proxy = Proxy::start_with(
         &broker.addr,
-        "[dedup]\npending_wait = \"3s\"\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\n",
+        "[dedup]\npending_wait = \"3s\"\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\n",
     )
     .await;
     let topic = "zombie";
@@ -995,6 +1008,182 @@ async fn zombie_and_successor_lose_nothing() {
     proxy.assert_no_leaks().await;
 }
 
+/// Sends `(key, value)` records in order (`None` value: a tombstone), one
+/// request each, then an end marker; reads the one partition back up to the
+/// marker. Returns what the log holds before the marker.
+async fn round_trip(
+    bootstrap: &str,
+    read_from: &str,
+    topic: &str,
+    client_id: &str,
+    records: &[(&str, Option<String>)],
+) -> Vec<(String, Option<String>)> {
+    let producer = task_producer(bootstrap, client_id, &[]);
+    for (key, value) in records {
+        let mut record = FutureRecord::<str, str>::to(topic).key(*key);
+        if let Some(v) = value {
+            record = record.payload(v.as_str());
+        }
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let marker = format!("end-{}", records.len());
+    let end = FutureRecord::to(topic).key("end").payload(marker.as_str());
+    producer
+        .send(end, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    let (read_from, topic) = (read_from.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer = assign_from_start(&read_from, &topic, 1);
+        let start = Instant::now();
+        let mut out = Vec::new();
+        while start.elapsed() < Duration::from_secs(60) {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let key = String::from_utf8(m.key().unwrap_or_default().to_vec()).unwrap();
+                    let value = m.payload().map(|v| String::from_utf8(v.to_vec()).unwrap());
+                    if key == "end" && value.as_deref() == Some(marker.as_str()) {
+                        return out;
+                    }
+                    out.push((key, value));
+                }
+                Some(Err(e)) => panic!("consume error: {e}"),
+                None => {}
+            }
+        }
+        panic!("no end marker within 60 s; read {out:?}")
+    })
+    .await
+    .unwrap()
+}
+
+/// A Debezium Postgres change event as the JSON converter writes it
+/// (schemas off); `lsn` is `source.lsn`, shared by a whole snapshot.
+fn debezium_event(id: u32, op: &str, lsn: u64, qty: u32) -> (String, Option<String>) {
+    (
+        format!(r#"{{"id":{id}}}"#),
+        Some(format!(
+            r#"{{"before":null,"after":{{"id":{id},"qty":{qty}}},"source":{{"connector":"postgresql","snapshot":"{}","txId":771,"lsn":{lsn}}},"op":"{op}","ts_ms":1}}"#,
+            if op == "r" { "true" } else { "false" }
+        )),
+    )
+}
+
+/// Audit A2: with a record key that names an entity (an order, a row), the
+/// strategies the docs recommend keep every event: the Debezium preset keeps
+/// three snapshot reads sharing one position and two updates of one row; a
+/// composite key (the record key and the event's own id) keeps `k=v1` then
+/// `k=v2`. A replay of them all is dropped, so the rules are at work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_keys_keep_every_event_under_the_safe_strategies() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(
+        &broker.addr,
+        "[dedup]\n\
+         [[dedup.rules]]\ntopics = \"pg.*\"\npreset = \"debezium-postgres\"\nmode = \"drop\"\n\
+         [[dedup.rules]]\ntopics = \"orders\"\nkey = [\"record-key\", \"json:/event_id\"]\nmode = \"drop\"\n",
+    )
+    .await;
+    let owned = |events: Vec<(String, Option<String>)>| events;
+    for (topic, events) in [
+        (
+            "pg.public.items",
+            owned(vec![
+                debezium_event(1, "r", 500, 10),
+                debezium_event(2, "r", 500, 20),
+                debezium_event(3, "r", 500, 30),
+                debezium_event(1, "u", 600, 11),
+                debezium_event(1, "u", 700, 12),
+            ]),
+        ),
+        (
+            "orders",
+            owned(vec![
+                (
+                    "order-1".into(),
+                    Some(r#"{"event_id":"e1","status":"PLACED"}"#.into()),
+                ),
+                (
+                    "order-1".into(),
+                    Some(r#"{"event_id":"e2","status":"PAID"}"#.into()),
+                ),
+            ]),
+        ),
+    ] {
+        create_topic(&proxy.bootstrap, topic, 1).await;
+        let sent: Vec<(&str, Option<String>)> = events
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        // Sent, then replayed whole by the task's next instance.
+        let mut twice = sent.clone();
+        twice.extend(sent.iter().cloned());
+        let log = round_trip(
+            &proxy.bootstrap,
+            &broker.addr,
+            topic,
+            "connector-producer-src-0",
+            &twice,
+        )
+        .await;
+        let want: Vec<(String, Option<String>)> = events.clone();
+        assert_eq!(log, want, "{topic}: every event once, in order");
+    }
+    assert_no_fail_open(proxy.admin).await;
+}
+
+/// Audit A5: a state topic whose value goes A → B → A, and a row deleted,
+/// re-created and deleted again (two identical tombstones): under a
+/// `content` rule without a mode (it observes) every record lands and the
+/// last value per key is right. With `mode = "drop"` the repeats would be
+/// taken for replays: `idemgate check` says so for every content rule, and
+/// the proxy warns once per compacted topic such a rule covers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changes_back_to_an_earlier_value_survive_the_default_mode() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(
+        &broker.addr,
+        "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\n",
+    )
+    .await;
+    let topic = "connector-state";
+    create_topic(&proxy.bootstrap, topic, 1).await;
+    let v = |s: &str| Some(s.to_string());
+    let sent = [
+        ("job", v("RUNNING")),
+        ("job", v("FAILED")),
+        ("job", v("RUNNING")),
+        ("row-7", v("qty=1")),
+        ("row-7", None),
+        ("row-7", v("qty=1")),
+        ("row-7", None),
+    ];
+    let log = round_trip(
+        &proxy.bootstrap,
+        &broker.addr,
+        topic,
+        "connector-producer-state-0",
+        &sent,
+    )
+    .await;
+    let want: Vec<(String, Option<String>)> = sent
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    assert_eq!(log, want, "every state change, tombstones too");
+    let last: BTreeMap<&str, &Option<String>> = log.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    assert_eq!(last["job"], &v("RUNNING"));
+    assert_eq!(last["row-7"], &None, "the row stays deleted");
+    // The rule saw the repeats: counted, not dropped.
+    let (records, dropped, observed) = dedup_counts(proxy.admin, "state", topic).await;
+    assert_eq!((dropped, observed), (0.0, 3.0), "records {records}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_key_rule_and_fallback_pass() {
     let broker = Tansu::start();
@@ -1016,10 +1205,13 @@ async fn record_key_rule_and_fallback_pass() {
     send_ok(&first, topic, std::slice::from_ref(&null)).await;
     send_ok(&first, topic, std::slice::from_ref(&null)).await;
     drop(first);
-    // The replay carries other values (re-read from a changed source): the
-    // record key alone decides.
+    // Here the record key is an event id (unique per event: the one case
+    // `record-key` is for), and the replay repeats those events. A record
+    // key that names an entity would take its later events for replays:
+    // `entity_keys_keep_every_event_under_the_safe_strategies` shows the
+    // keys to use then.
     let second = task_producer(&proxy.bootstrap, "connector-producer-keyed-0", &[]);
-    send_ok(&second, topic, &recs(0..100, "second")).await;
+    send_ok(&second, topic, &keyed).await;
     send_ok(&second, topic, std::slice::from_ref(&null)).await;
     drop(second);
 

@@ -85,6 +85,48 @@ fn the_annotated_config_shows_every_default() {
     assert_eq!(format!("{annotated:?}"), format!("{empty:?}"));
 }
 
+/// `check` says plainly what each rule does that an operator may not
+/// expect: no mode observes, `record-key` is for per-event keys only,
+/// `content` takes a legitimate repeat for a replay, and what a preset is.
+#[test]
+fn check_explains_modes_keys_and_presets() {
+    let out = check_text(
+        "[[dedup.rules]]\ntopics = \"pg.*\"\npreset = \"debezium-mysql\"\nmode = \"drop\"\n\
+         [[dedup.rules]]\ntopics = \"orders\"\nkey = \"record-key\"\nmode = \"drop\"\n\
+         [[dedup.rules]]\ntopics = \"*\"\n",
+    );
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for (rule, says) in [
+        ("dedup.rules[0]", "preset debezium-mysql"),
+        (
+            "dedup.rules[1]",
+            "only for topics whose record key is unique per event",
+        ),
+        ("dedup.rules[2]", "no mode: the rule observes"),
+        ("dedup.rules[2]", "A→B→A"),
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains(&format!("{rule}: note:")) && l.contains(says)),
+            "{rule} should say {says:?}:\n{stdout}"
+        );
+    }
+}
+
+/// `idemgate check` on a file holding `text`.
+fn check_text(text: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("idemgate.toml");
+    std::fs::write(&path, text).unwrap();
+    Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_lists_every_problem_with_its_key_path_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();

@@ -521,7 +521,7 @@ async fn a_produce_claiming_billions_of_topics_does_not_take_the_proxy_down() {
     let peer = Peer::start(Script::Kafka).await;
     let proxy = Proxy::start_with(
         &peer.addr,
-        "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\n",
+        "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\n",
     )
     .await;
     let mut evil = RawConn::connect(&proxy.bootstrap).await;
@@ -614,7 +614,7 @@ async fn read_committed_neither_delivers_nor_learns_aborted_records() {
     let peer = Peer::start(Script::Kafka).await;
     let proxy = Proxy::start_with(
         &peer.addr,
-        "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"record-key\"\ndirection = \"fetch\"\n",
+        "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"record-key\"\nmode = \"drop\"\ndirection = \"fetch\"\n",
     )
     .await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;

@@ -11,6 +11,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::num::NonZeroUsize;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use toml::{Table, Value};
@@ -72,10 +73,28 @@ pub mod defaults {
     /// replay's answer: little cache is needed, and below ~32 MiB sled holds
     /// about as much anyway (docs/performance.md).
     pub const DEDUP_STORE_CACHE: usize = 32 << 20;
-    /// Kafka Connect's default internal topics (distributed worker examples);
-    /// `__*` topics are always excluded on top of these.
-    pub const DEDUP_EXCLUDE_TOPICS: &[&str] =
-        &["connect-configs", "connect-offsets", "connect-status"];
+    /// Topics excluded on top of the ones the proxy always leaves alone
+    /// ([`CONNECT_INTERNAL_TOPICS`], `__*`, and those learned from Connect's
+    /// internal clients): none.
+    pub const DEDUP_EXCLUDE_TOPICS: &[&str] = &[];
+    /// The shapes of Kafka Connect's internal topics, always left alone:
+    /// `config.storage.topic`, `offset.storage.topic` (and a KIP-618
+    /// connector's own `offsets.storage.topic`) and `status.storage.topic`
+    /// are named `<something>-configs`, `-offsets`, `-status` or `-statuses`
+    /// in Connect's docs and examples (`connect-configs`,
+    /// `connect-offsets`, `connect-status`), and MirrorMaker 2's are
+    /// `mm2-configs.<alias>.internal` and the like. A user topic of that
+    /// shape gets no dedup: a duplicate, never a loss.
+    pub const CONNECT_INTERNAL_TOPICS: &[&str] = &[
+        "*-configs",
+        "*-offsets",
+        "*-status",
+        "*-statuses",
+        "*.internal",
+    ];
+    /// A rule without a `mode` counts replays and drops nothing: dropping is
+    /// a decision an operator makes once the counts look right.
+    pub const DEDUP_MODE: &str = "observe";
     /// A quota's bucket holds this many seconds of its rate: a connector idle
     /// for a while may send one second's worth at once (Kafka measures over
     /// 1 s windows too).
@@ -271,8 +290,15 @@ pub struct Dedup {
     pub flush_interval: Duration,
     /// The most memory sled's page cache may hold, bytes.
     pub store_cache: usize,
-    /// Topics never touched, whatever the rules say (globs); `__*` always.
+    /// Topics never touched, whatever the rules say (globs); `__*` and
+    /// [`defaults::CONNECT_INTERNAL_TOPICS`] always.
     pub exclude_topics: Vec<Glob>,
+    /// Topics Connect's own clients were seen writing (learned at run time,
+    /// shared by every clone of this config): never touched either.
+    pub connect_internal: Arc<LearnedTopics>,
+    /// What `idemgate check` and the startup log say about the rules: not
+    /// problems, but what each rule will do that an operator must know.
+    pub notes: Vec<Problem>,
     /// Checked in order; the first rule matching a record's topic (and
     /// connector, if the rule names one) decides.
     pub rules: Vec<Rule>,
@@ -291,11 +317,144 @@ pub struct Rule {
     pub key: KeyStrategy,
     /// What a record without the field `key` names gets.
     pub fallback: Fallback,
+    /// The connector preset `key` and `fallback` came from, if any.
+    pub preset: Option<Preset>,
     pub mode: Mode,
+    /// False when the file left `mode` out (the rule observes).
+    pub mode_given: bool,
     /// Write the key into the `dedup.header` header of each record.
     pub tag: bool,
     /// Which path the rule filters.
     pub direction: Direction,
+}
+
+/// A connector whose events carry their own identity: `preset = "…"` on a
+/// rule stands for the key and fallback that name one of its events (README,
+/// "Connector presets", gives each one's reasons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// Debezium's Postgres connector: the row (record key), the operation
+    /// and the WAL position of the change (`source.lsn`). Snapshot and
+    /// incremental-snapshot reads share one position and differ by row.
+    DebeziumPostgres,
+    /// Debezium's MySQL connector: the row, the operation, and the binlog
+    /// position (`source.file`, `source.pos`, `source.row`: the row within
+    /// a multi-row binlog event).
+    DebeziumMysql,
+    /// Confluent's JDBC source in `incrementing`, `timestamp` or
+    /// `timestamp+incrementing` mode: a row is emitted again only with a new
+    /// id or a new timestamp, so the record's bytes name the event.
+    Jdbc,
+    /// FileStream and S3-style line sources: a record is a line and carries
+    /// no position, so only its bytes can name it.
+    Lines,
+}
+
+impl Preset {
+    pub const ALL: [Preset; 4] = [
+        Preset::DebeziumPostgres,
+        Preset::DebeziumMysql,
+        Preset::Jdbc,
+        Preset::Lines,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::DebeziumPostgres => "debezium-postgres",
+            Preset::DebeziumMysql => "debezium-mysql",
+            Preset::Jdbc => "jdbc",
+            Preset::Lines => "lines",
+        }
+    }
+
+    /// The `key` and `fallback` this preset stands for.
+    pub fn expand(self) -> (KeyStrategy, Fallback) {
+        let debezium = |position: &[&str]| {
+            let mut pointers = vec!["/op".to_string()];
+            pointers.extend(position.iter().map(|p| p.to_string()));
+            KeyStrategy::All(vec![KeyStrategy::RecordKey, KeyStrategy::Json(pointers)])
+        };
+        match self {
+            // A tombstone (null value) and a keyless table's event lack a
+            // part: they pass, never keyed.
+            Preset::DebeziumPostgres => (debezium(&["/source/lsn"]), Fallback::Pass),
+            Preset::DebeziumMysql => (
+                debezium(&["/source/file", "/source/pos", "/source/row"]),
+                Fallback::Pass,
+            ),
+            Preset::Jdbc | Preset::Lines => (KeyStrategy::Content, Fallback::Content),
+        }
+    }
+
+    /// What `idemgate check` says about a rule using it.
+    fn note(self) -> &'static str {
+        match self {
+            Preset::DebeziumPostgres => {
+                "preset debezium-postgres: key = [\"record-key\", \"json:/op,/source/lsn\"], \
+                 fallback = \"pass\": an event is its row at its WAL position; snapshot reads \
+                 share one position and are told apart by their row; tombstones and events of \
+                 tables without a primary key pass untouched"
+            }
+            Preset::DebeziumMysql => {
+                "preset debezium-mysql: key = [\"record-key\", \
+                 \"json:/op,/source/file,/source/pos,/source/row\"], fallback = \"pass\": an \
+                 event is its row at its binlog position; snapshot reads share one position and \
+                 are told apart by their row; tombstones and events of tables without a primary \
+                 key pass untouched"
+            }
+            Preset::Jdbc => {
+                "preset jdbc: key = \"content\": for the JDBC source in incrementing, timestamp \
+                 or timestamp+incrementing mode, where a row is emitted again only with a new id \
+                 or timestamp; never with mode=bulk (every poll re-emits unchanged rows as new \
+                 events)"
+            }
+            Preset::Lines => {
+                "preset lines: key = \"content\": a line source's records carry no position, so \
+                 two identical lines are one key; drop only where every line is unique (it \
+                 carries a timestamp or a sequence number)"
+            }
+        }
+    }
+}
+
+impl Rule {
+    /// What an operator must know about this rule before trusting it.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.mode == Mode::Off {
+            return notes;
+        }
+        if !self.mode_given {
+            notes.push(
+                "no mode: the rule observes (counts replays, drops nothing); set mode = \"drop\" \
+                 once the counts look right"
+                    .into(),
+            );
+        }
+        if let Some(preset) = self.preset {
+            notes.push(preset.note().into());
+        }
+        if self.key == KeyStrategy::RecordKey {
+            notes.push(
+                "key = \"record-key\" is only for topics whose record key is unique per event \
+                 (an event id): a record key is usually an entity's (an order id, a primary key), \
+                 and then every later event of that entity inside the window is taken for a \
+                 replay; combine it with what tells events apart, e.g. [\"record-key\", \
+                 \"json:/source/lsn\"], or use a preset"
+                    .into(),
+            );
+        }
+        if self.key == KeyStrategy::Content && self.preset.is_none() {
+            notes.push(
+                "key = \"content\" takes a record whose key, value and headers repeat one in the \
+                 window for a replay: on compacted, state or CDC topics a legitimate return to an \
+                 earlier value (A→B→A, a second tombstone for one key) is such a repeat; use it \
+                 where every event's bytes are unique"
+                    .into(),
+            );
+        }
+        notes
+    }
 }
 
 /// Where a rule acts: on what producers write, on what consumers read, or both.
@@ -418,13 +577,24 @@ impl Dedup {
         self.rule_where(topic, connector, |r| r.direction.fetch())
     }
 
+    /// True for topics no rule ever touches: `__*`, Connect's internal
+    /// topics (by shape, or learned from its clients), `exclude_topics`.
+    pub fn is_excluded(&self, topic: &str) -> bool {
+        topic.starts_with("__")
+            || defaults::CONNECT_INTERNAL_TOPICS
+                .iter()
+                .any(|g| glob_match(g.as_bytes(), topic.as_bytes()))
+            || self.exclude_topics.iter().any(|g| g.matches(topic))
+            || self.connect_internal.contains(topic)
+    }
+
     fn rule_where(
         &self,
         topic: &str,
         connector: Option<&str>,
         applies: impl Fn(&Rule) -> bool,
     ) -> Option<&Rule> {
-        if topic.starts_with("__") || self.exclude_topics.iter().any(|g| g.matches(topic)) {
+        if self.is_excluded(topic) {
             return None;
         }
         self.rules.iter().filter(|r| applies(r)).find(|r| {
@@ -445,6 +615,40 @@ impl Dedup {
         self.rules
             .iter()
             .any(|r| r.mode != Mode::Off && r.direction.fetch())
+    }
+}
+
+/// Topic names learned at run time: Connect's internal topics, whatever
+/// they are called, seen written by Connect's own clients
+/// (`Identity::is_connect_internal`).
+#[derive(Debug, Default)]
+pub struct LearnedTopics(
+    std::sync::RwLock<std::collections::HashSet<String>>,
+    /// Topics whose records were looked at once for Connect's offset keys
+    /// (`Identity::is_connect_offset_key`), internal or not.
+    std::sync::Mutex<std::collections::HashSet<String>>,
+);
+
+impl LearnedTopics {
+    /// True the first time `topic` is asked about: its first batch is then
+    /// looked at for Connect's offset keys, once.
+    pub fn first_look(&self, topic: &str) -> bool {
+        let mut seen = self.1.lock().unwrap_or_else(|e| e.into_inner());
+        !seen.contains(topic) && seen.insert(topic.to_string())
+    }
+
+    pub fn contains(&self, topic: &str) -> bool {
+        let set = self.0.read().unwrap_or_else(|e| e.into_inner());
+        !set.is_empty() && set.contains(topic)
+    }
+
+    /// Remembers `topic`; true the first time (for a log line).
+    pub fn learn(&self, topic: &str) -> bool {
+        if self.contains(topic) {
+            return false;
+        }
+        let mut set = self.0.write().unwrap_or_else(|e| e.into_inner());
+        set.insert(topic.to_string())
     }
 }
 
@@ -858,6 +1062,16 @@ fn dedup(s: &mut Section<'_, '_>) -> Dedup {
             }
         }
     };
+    let notes = rules
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            r.notes().into_iter().map(move |message| Problem {
+                path: format!("dedup.rules[{i}]"),
+                message,
+            })
+        })
+        .collect();
     Dedup {
         window,
         max_keys,
@@ -867,6 +1081,8 @@ fn dedup(s: &mut Section<'_, '_>) -> Dedup {
         flush_interval,
         store_cache,
         exclude_topics,
+        connect_internal: Arc::default(),
+        notes,
         rules,
         key_secret,
     }
@@ -996,6 +1212,7 @@ fn rule(s: &mut Section<'_, '_>) -> Rule {
     }
     let topics = Glob::new(&s.string("topics", "*"));
     let connector = s.string("connector", "");
+    let has = |s: &Section<'_, '_>, key: &str| s.table.is_some_and(|t| t.contains_key(key));
     let composite = s
         .table
         .and_then(|t| t.get("key"))
@@ -1005,14 +1222,14 @@ fn rule(s: &mut Section<'_, '_>) -> Rule {
     } else {
         parse_key_strategy(&s.string("key", "content"))
     };
-    let key = match parsed {
+    let mut key = match parsed {
         Ok(k) => k,
         Err(message) => {
             s.problem("key", message);
             KeyStrategy::Content
         }
     };
-    let fallback = match s.string("fallback", "content").as_str() {
+    let mut fallback = match s.string("fallback", "content").as_str() {
         "content" => Fallback::Content,
         "pass" => Fallback::Pass,
         other => {
@@ -1023,7 +1240,35 @@ fn rule(s: &mut Section<'_, '_>) -> Rule {
             Fallback::Content
         }
     };
-    let mode = match s.string("mode", "drop").as_str() {
+    let preset = if has(s, "preset") {
+        let name = s.string("preset", "");
+        match Preset::ALL.iter().find(|p| p.name() == name) {
+            Some(&p) => {
+                for given in ["key", "fallback"] {
+                    if has(s, given) {
+                        s.problem(
+                            given,
+                            format!("preset {name:?} sets key and fallback: leave {given} out"),
+                        );
+                    }
+                }
+                (key, fallback) = p.expand();
+                Some(p)
+            }
+            None => {
+                let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
+                s.problem(
+                    "preset",
+                    format!("{name:?} is not one of {}", names.join(", ")),
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mode_given = has(s, "mode");
+    let mode = match s.string("mode", defaults::DEDUP_MODE).as_str() {
         "drop" => Mode::Drop,
         "observe" => Mode::Observe,
         "off" => Mode::Off,
@@ -1032,7 +1277,7 @@ fn rule(s: &mut Section<'_, '_>) -> Rule {
                 "mode",
                 format!("{other:?} is not one of \"drop\", \"observe\", \"off\""),
             );
-            Mode::Drop
+            Mode::Observe
         }
     };
     let direction = match s.string("direction", "produce").as_str() {
@@ -1052,7 +1297,9 @@ fn rule(s: &mut Section<'_, '_>) -> Rule {
         connector: (!connector.is_empty()).then(|| Glob::new(&connector)),
         key,
         fallback,
+        preset,
         mode,
+        mode_given,
         tag: s.bool("tag", true),
         direction,
     }
@@ -1632,7 +1879,9 @@ mod tests {
         let r = d.rule_for("orders.eu", Some("pg-source")).unwrap();
         assert_eq!(r.key, KeyStrategy::Header("event-id".into()));
         assert_eq!(r.fallback, Fallback::Pass);
-        assert_eq!(r.mode, Mode::Drop);
+        // No mode: the rule observes.
+        assert_eq!(r.mode, Mode::Observe);
+        assert!(!r.mode_given);
         // No connector: the second rule.
         assert_eq!(d.rule_for("orders.eu", None).unwrap().mode, Mode::Observe);
         assert!(!d.rule_for("orders.eu", None).unwrap().tag);
@@ -1641,6 +1890,114 @@ mod tests {
         assert!(d.rule_for("connect-offsets", None).is_none());
         assert!(d.enabled());
         assert!(!Config::parse("").unwrap().dedup.enabled());
+    }
+
+    #[test]
+    fn connect_internal_topics_whatever_their_names() {
+        // exclude_topics set to something else entirely: the shapes, `__*`
+        // and the learned names still hold.
+        let c = Config::parse(
+            "[dedup]\nexclude_topics = [\"audit\"]\n[[dedup.rules]]\ntopics = \"*\"\nmode = \"drop\"\n",
+        )
+        .unwrap();
+        let d = &c.dedup;
+        for internal in [
+            "connect-configs",
+            "connect-offsets",
+            "connect-status",
+            "etl-cluster-configs",
+            "etl-cluster-offsets",
+            "etl-cluster-statuses",
+            "orders-source-offsets", // a KIP-618 connector's own offsets topic
+            "mm2-configs.eu.internal",
+            "__consumer_offsets",
+            "audit",
+        ] {
+            assert!(d.rule_for(internal, None).is_none(), "{internal}");
+            assert!(d.fetch_rule_for(internal, None).is_none(), "{internal}");
+        }
+        // A name no shape knows, learned from a worker writing it.
+        assert!(d.rule_for("cfg.etl", None).is_some());
+        assert!(d.connect_internal.learn("cfg.etl"));
+        assert!(!d.connect_internal.learn("cfg.etl"), "learned once");
+        let clone = c.clone();
+        assert!(clone.dedup.rule_for("cfg.etl", None).is_none());
+        assert!(clone.dedup.fetch_rule_for("cfg.etl", None).is_none());
+        assert!(d.rule_for("orders", None).is_some());
+    }
+
+    #[test]
+    fn check_notes_say_what_each_rule_does() {
+        let c = Config::parse(
+            r#"
+            [[dedup.rules]]
+            topics = "a"
+            [[dedup.rules]]
+            topics = "b"
+            key = "record-key"
+            mode = "drop"
+            [[dedup.rules]]
+            topics = "c"
+            key = ["record-key", "json:/source/lsn"]
+            mode = "drop"
+            [[dedup.rules]]
+            topics = "d"
+            mode = "off"
+        "#,
+        )
+        .unwrap();
+        let notes = |i: usize| -> Vec<String> {
+            c.dedup
+                .notes
+                .iter()
+                .filter(|p| p.path == format!("dedup.rules[{i}]"))
+                .map(|p| p.message.clone())
+                .collect()
+        };
+        let a = notes(0).join("\n");
+        assert!(a.contains("no mode: the rule observes"), "{a}");
+        assert!(a.contains("A→B→A") && a.contains("compacted"), "{a}");
+        let b = notes(1).join("\n");
+        assert!(
+            b.contains("only for topics whose record key is unique per event"),
+            "{b}"
+        );
+        assert!(!b.contains("no mode"), "{b}");
+        assert!(notes(2).is_empty(), "{:?}", notes(2));
+        assert!(notes(3).is_empty(), "{:?}", notes(3));
+    }
+
+    #[test]
+    fn presets_stand_for_a_key_and_a_fallback() {
+        let c = Config::parse(
+            "[[dedup.rules]]\ntopics = \"pg.*\"\npreset = \"debezium-postgres\"\nmode = \"drop\"\n",
+        )
+        .unwrap();
+        let r = c.dedup.rule_for("pg.public.t", None).unwrap();
+        assert_eq!(
+            (r.key.clone(), r.fallback),
+            Preset::DebeziumPostgres.expand()
+        );
+        assert_eq!(r.preset, Some(Preset::DebeziumPostgres));
+        assert!(c.dedup.notes[0]
+            .message
+            .contains("preset debezium-postgres"));
+        for (extra, path) in [
+            ("preset = \"oracle\"", "dedup.rules[0].preset"),
+            (
+                "preset = \"jdbc\"\nkey = \"record-key\"",
+                "dedup.rules[0].key",
+            ),
+            (
+                "preset = \"lines\"\nfallback = \"pass\"",
+                "dedup.rules[0].fallback",
+            ),
+        ] {
+            let err =
+                Config::parse(&format!("[[dedup.rules]]\ntopics = \"*\"\n{extra}\n")).unwrap_err();
+            let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+            assert_eq!(paths, [path], "{err}");
+        }
     }
 
     #[test]

@@ -39,8 +39,13 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Admin(args) => idemgate::admin_client::run(&args),
         Command::Check { config } => match Config::load(&config).and_then(check_files) {
-            Ok(_) => {
+            Ok(c) => {
                 println!("{}: ok", config.display());
+                // Not problems: what the rules will do, which an operator
+                // must read before trusting them (also logged at startup).
+                for n in &c.dedup.notes {
+                    println!("  {}: note: {}", n.path, n.message);
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

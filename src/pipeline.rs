@@ -297,7 +297,11 @@ impl Pipeline {
                     let identity = conn.identity.as_ref().expect("set above");
                     let isolation =
                         message::fetch_isolation_level(&frame, head.body_offset, head.api_version);
-                    fetch = dedup.plan(identity, isolation);
+                    // Connect's own config/offset/status readers: their
+                    // topics are never touched, whatever they are called.
+                    if !identity.is_connect_internal() {
+                        fetch = dedup.plan(identity, isolation);
+                    }
                 }
             }
             ApiKey::SaslHandshake => {

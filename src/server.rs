@@ -321,6 +321,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         }
     }
     tracing::info!(bootstrap = %bootstrap_addr, admin = ?admin_addr, upstream = ?config.upstream.bootstrap, "idemgate listening");
+    // What each dedup rule will do (the same notes `idemgate check` prints).
+    for n in &config.dedup.notes {
+        tracing::warn!(rule = %n.path, note = %n.message, "dedup rule");
+    }
 
     let done_shared = shared.clone();
     let done = tokio::spawn(async move {

@@ -39,6 +39,9 @@ pub struct TopicConfigs {
     cache: Cache<String, Option<DescribedTopic>>,
     /// The first failed lookup is logged at WARN, later ones at DEBUG.
     warned: AtomicBool,
+    /// Topics a `content` drop rule covers whose `cleanup.policy` was asked
+    /// (once each: a compacted one is logged once).
+    content_drop_checked: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Answers live for `upstream.metadata_refresh`; "would not say", for
@@ -75,7 +78,37 @@ impl TopicConfigs {
                 .expire_after(Freshness { known })
                 .build(),
             warned: AtomicBool::new(false),
+            content_drop_checked: Default::default(),
         }
+    }
+
+    /// Logs once at WARN if `topic`, covered by a `content` drop rule, is
+    /// compacted: there the same bytes recur legitimately (a value set back
+    /// to an earlier one, a second tombstone for a key), and such a record
+    /// is dropped as a replay. Asked in the background; never waits.
+    pub fn warn_if_compacted(self: &std::sync::Arc<Self>, topic: &str) {
+        {
+            let mut checked = self
+                .content_drop_checked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if checked.contains(topic) || !checked.insert(topic.to_string()) {
+                return;
+            }
+        }
+        let configs = self.clone();
+        let topic = topic.to_string();
+        tokio::spawn(async move {
+            if configs.get(&topic).await.is_some_and(|c| c.compacted) {
+                tracing::warn!(
+                    topic,
+                    "a key = \"content\" drop rule covers a compacted topic: a record whose key, \
+                     value and headers repeat one in the window (A→B→A, a second tombstone) is \
+                     dropped as a replay, and the topic's last value per key can be wrong; use a key \
+                     that names the event, or mode = \"observe\""
+                );
+            }
+        });
     }
 
     /// `topic`'s settings; `None` when the brokers would not say.

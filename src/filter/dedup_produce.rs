@@ -42,7 +42,7 @@ use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::codec::{api_name, RequestHead};
-use crate::config::{Config, Mode, Rule};
+use crate::config::{Config, KeyStrategy, Mode, Rule};
 use crate::error::Error;
 use crate::filter::dedup_txn::{Transactions, TxnPart};
 use crate::filter::identity::Identity;
@@ -188,10 +188,76 @@ impl ProduceDedup {
     }
 
     fn rule(&self, topic: &str, identity: &Identity) -> Option<&Rule> {
-        self.config
-            .dedup
+        let dedup = &self.config.dedup;
+        // What Connect's own clients write is its config, offset or status
+        // topic, whatever its name: never keyed, and remembered so that no
+        // client's records there are keyed either.
+        if identity.is_connect_internal() {
+            if dedup.connect_internal.learn(topic) {
+                tracing::info!(
+                    topic,
+                    client_id = %identity.client_id,
+                    "a Kafka Connect internal topic: never touched by dedup rules"
+                );
+            }
+            return None;
+        }
+        let rule = dedup
             .rule_for(topic, identity.connector.as_deref())
-            .filter(|r| r.mode != Mode::Off)
+            .filter(|r| r.mode != Mode::Off)?;
+        if rule.mode == Mode::Drop && rule.key == KeyStrategy::Content {
+            if let Some(configs) = &self.topic_configs {
+                configs.warn_if_compacted(topic);
+            }
+        }
+        Some(rule)
+    }
+
+    /// A source task without exactly-once support writes its connector's
+    /// own offsets topic with its data producer: the first batch of each
+    /// topic a task writes is looked at once, and a topic whose first record
+    /// is keyed like one of the task's source offsets is learned as internal.
+    fn learn_connector_offsets_topics(&self, identity: &Identity, req: &ProduceRequest) {
+        if identity.task.is_none() {
+            return;
+        }
+        let learned = &self.config.dedup.connect_internal;
+        for topic in &req.topic_data {
+            let name = topic.name.as_str();
+            if self
+                .config
+                .dedup
+                .rule_for(name, identity.connector.as_deref())
+                .is_none()
+                || !learned.first_look(name)
+            {
+                continue;
+            }
+            let first_key_is_offset = topic
+                .partition_data
+                .iter()
+                .find_map(|p| p.records.clone())
+                .and_then(|records| match Batches::new(records).next() {
+                    Some(Ok(BatchItem::Batch(raw))) => raw
+                        .decode_with_limit(self.config.listen.max_frame_bytes)
+                        .ok(),
+                    _ => None,
+                })
+                .is_some_and(|batch| {
+                    batch
+                        .records()
+                        .next()
+                        .and_then(|r| r.key_slice().map(|k| identity.is_connect_offset_key(k)))
+                        .unwrap_or(false)
+                });
+            if first_key_is_offset && learned.learn(name) {
+                tracing::info!(
+                    topic = name,
+                    client_id = %identity.client_id,
+                    "a Kafka Connect internal topic (a connector's own offsets): never touched by dedup rules"
+                );
+            }
+        }
     }
 
     /// Filters one Produce request with acks 1 or all.
@@ -245,6 +311,7 @@ impl ProduceDedup {
             });
             return Ok(Outcome::Unchanged(plan));
         }
+        self.learn_connector_offsets_topics(identity, &req);
         let covered = req
             .topic_data
             .iter()

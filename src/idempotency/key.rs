@@ -218,13 +218,18 @@ impl Deriver<'_> {
     fn make(&self, strategy: &KeyStrategy, topic: &str, record: &RecordView<'_>) -> Option<Key> {
         match strategy {
             KeyStrategy::Content => Some(self.content(topic, record)),
+            // An empty key or header value names nothing (a producer that
+            // sets `""` for every record): it counts as missing, else every
+            // such record would share one key.
             KeyStrategy::RecordKey => record
                 .key_slice()
+                .filter(|k| !k.is_empty())
                 .map(|k| hash_parts(self.secret, b'k', topic, [k])),
             KeyStrategy::Header(name) => record
                 .headers()
                 .find(|h| h.key == name.as_bytes())
                 .and_then(|h| h.value)
+                .filter(|v| !v.is_empty())
                 .map(|v| hash_parts(self.secret, b'h', topic, [name.as_bytes(), v])),
             KeyStrategy::Json(pointers) => {
                 json_key(self.secret, topic, pointers, record.value_slice())
@@ -301,8 +306,11 @@ fn hash_parts<'b>(
     h.finish()
 }
 
-/// Every pointer must resolve to a non-null value; their canonical JSON
-/// (serde_json sorts object keys) is hashed together.
+/// Every pointer must resolve to a value that is neither null nor `""`;
+/// their canonical JSON (serde_json sorts object keys) is hashed together.
+/// A value in Connect's JsonConverter envelope (`schemas.enable=true`:
+/// `{"schema": …, "payload": …}`) is read inside `payload` when the pointer
+/// does not resolve as written, so one rule serves both converter settings.
 fn json_key(
     secret: Option<&KeySecret>,
     topic: &str,
@@ -310,10 +318,20 @@ fn json_key(
     value: Option<&[u8]>,
 ) -> Option<Key> {
     let doc: serde_json::Value = serde_json::from_slice(value?).ok()?;
+    let payload = match &doc {
+        serde_json::Value::Object(o) if o.len() == 2 && o.contains_key("schema") => {
+            o.get("payload")
+        }
+        _ => None,
+    };
     let mut parts = Vec::with_capacity(pointers.len());
     for p in pointers {
-        match doc.pointer(p) {
+        let found = doc
+            .pointer(p)
+            .or_else(|| payload.and_then(|inner| inner.pointer(p)));
+        match found {
             None | Some(serde_json::Value::Null) => return None,
+            Some(serde_json::Value::String(s)) if s.is_empty() => return None,
             Some(v) => parts.push(serde_json::to_vec(v).ok()?),
         }
     }
@@ -326,7 +344,7 @@ fn json_key(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::records::{decode_batch, BatchBuilder, Codec, Record};
     use bytes::Bytes;
@@ -334,7 +352,11 @@ mod tests {
 
     const TAG: &[u8] = b"idempotency-key";
 
-    fn record(key: Option<&[u8]>, value: Option<&[u8]>, headers: &[(&[u8], &[u8])]) -> Record {
+    pub(crate) fn record(
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&[u8], &[u8])],
+    ) -> Record {
         Record {
             attributes: 0,
             timestamp_delta: 0,
@@ -348,7 +370,7 @@ mod tests {
         }
     }
 
-    fn derive_all(
+    pub(crate) fn derive_all(
         strategy: &KeyStrategy,
         fallback: Fallback,
         topic: &str,
@@ -380,7 +402,7 @@ mod tests {
         batch.records().map(|r| d.derive(topic, &r)).collect()
     }
 
-    fn one(strategy: &KeyStrategy, topic: &str, r: Record) -> Derived {
+    pub(crate) fn one(strategy: &KeyStrategy, topic: &str, r: Record) -> Derived {
         derive_all(strategy, Fallback::Content, topic, &[r])[0]
     }
 
@@ -601,6 +623,35 @@ mod tests {
         assert_eq!(
             derive_all(&json, Fallback::Pass, "t", &[not_json])[0],
             Derived::Pass
+        );
+    }
+
+    #[test]
+    fn empty_keys_and_header_values_name_nothing() {
+        // A producer that sets "" on every record: each record is its own
+        // event, so the rule's field counts as missing.
+        let rk = KeyStrategy::RecordKey;
+        let a = record(Some(b""), Some(b"first"), &[]);
+        let b = record(Some(b""), Some(b"second"), &[]);
+        let keys = derive_all(&rk, Fallback::Content, "t", &[a.clone(), b.clone()]);
+        assert_ne!(keys[0], keys[1], "two empty-key records are two events");
+        assert_eq!(
+            derive_all(&rk, Fallback::Pass, "t", &[a, b]),
+            [Derived::Pass, Derived::Pass]
+        );
+        let hdr = KeyStrategy::Header("event-id".into());
+        let a = record(None, Some(b"first"), &[(b"event-id", b"")]);
+        let b = record(None, Some(b"second"), &[(b"event-id", b"")]);
+        assert_eq!(
+            derive_all(&hdr, Fallback::Pass, "t", &[a, b]),
+            [Derived::Pass, Derived::Pass]
+        );
+        let json = KeyStrategy::Json(vec!["/event_id".into()]);
+        let a = record(None, Some(br#"{"event_id":"","n":1}"#), &[]);
+        let b = record(None, Some(br#"{"event_id":"","n":2}"#), &[]);
+        assert_eq!(
+            derive_all(&json, Fallback::Pass, "t", &[a, b]),
+            [Derived::Pass, Derived::Pass]
         );
     }
 
