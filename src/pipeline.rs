@@ -29,8 +29,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, EndTxnRequest, EndTxnResponse, MetadataResponse,
-    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, EndTxnRequest, EndTxnResponse,
+    MetadataResponse, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -250,6 +250,12 @@ impl Pipeline {
                     let isolation =
                         message::fetch_isolation_level(&frame, head.body_offset, head.api_version);
                     fetch = dedup.plan(identity, isolation);
+                }
+            }
+            ApiKey::ApiVersions if head.api_version >= 3 && self.dedup.is_some() => {
+                if let Some(req) = message::decode_request::<ApiVersionsRequest>(&frame, head) {
+                    conn.session
+                        .set_client_software(req.client_software_name.as_str());
                 }
             }
             ApiKey::SaslHandshake => {

@@ -168,10 +168,14 @@ pub enum FailOpen {
     Compacted,
     /// Fetch: the brokers would not describe the topic's cleanup.policy.
     TopicConfig,
+    /// Produce: replays that could not be given their true offsets as the
+    /// partition's base_offset + i (first copies elsewhere, not in order):
+    /// forwarded, since clients number every record from the base offset.
+    Unnumbered,
 }
 
 impl FailOpen {
-    const ALL: [FailOpen; 9] = [
+    const ALL: [FailOpen; 10] = [
         FailOpen::Undecodable,
         FailOpen::NotOneV2Batch,
         FailOpen::Loading,
@@ -181,6 +185,7 @@ impl FailOpen {
         FailOpen::NoOffset,
         FailOpen::Compacted,
         FailOpen::TopicConfig,
+        FailOpen::Unnumbered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -194,6 +199,7 @@ impl FailOpen {
             FailOpen::NoOffset => "no_offset",
             FailOpen::Compacted => "compacted",
             FailOpen::TopicConfig => "topic_config",
+            FailOpen::Unnumbered => "unnumbered",
         }
     }
 }
