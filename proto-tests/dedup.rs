@@ -664,7 +664,11 @@ async fn fetch_all_raw(broker: &str, topic: &str) -> Vec<RawRow> {
                 break; // a partial batch at the end of the response
             };
             for r in set.records {
-                if r.offset >= next {
+                if r.offset >= next && r.control {
+                    // Skipped, as every consumer skips control records
+                    // (a batch the proxy emptied is one COMMIT marker).
+                    next = r.offset + 1;
+                } else if r.offset >= next {
                     let headers = r
                         .headers
                         .iter()

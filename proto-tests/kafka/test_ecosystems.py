@@ -31,9 +31,11 @@ What the clients do differently (measured here, codec none, 200 records):
   proxy removes only replays that one base offset numbers truly and forwards
   the rest (fail_open reason "unnumbered"); kafkajs gives the partition's -1
   (this CLI maps it to -1 per record), franz-go -1 per record;
-- empty batches from fetch dedup: aiokafka and franz-go move past them;
-  kafkajs 2.2.4 ignores an empty batch's last offset and, when a capped Fetch
-  holds only that batch, fetches it forever (strict xfail below);
+- batches fetch dedup empties: an empty batch (Kafka's compaction recipe)
+  moves aiokafka and franz-go on, but kafkajs 2.2.4 resolves no offset for a
+  batch with no records and fetched it again ~2,000 times a second; the proxy
+  sends a one-record COMMIT control batch at the batch's last offset instead,
+  which every consumer skips and moves past (test_consumers_move_past_emptied_batches);
 - codecs: kafkajs ships none and gzip; snappy and lz4 come from
   kafkajs-snappy and kafkajs-lz4, zstd from a few lines over zstd-napi
   (kafkajs' own @kafkajs/zstd needs cppzst, which does not compile against
@@ -368,19 +370,7 @@ SMALL_FETCH = 1024  # bytes per partition: less than one batch of a run
 
 
 def small_fetch_params():
-    out = []
-    for c in CLIENTS:
-        marks = []
-        if c == "kafkajs":
-            marks.append(pytest.mark.xfail(strict=True, raises=EndMarkersMissing, reason=(
-                "kafkajs 2.2.4 ignores an empty batch's lastOffsetDelta and resolves no offset "
-                "for a Fetch whose only batch is empty (runner.js: batch.isEmpty() without raw "
-                "messages), so it fetches the batch the proxy emptied forever (thousands of "
-                "Fetches, never the end marker): the known open bug tracked by the issue "
-                "'never drop a record that is not a replay'; the fix belongs to the proxy's "
-                "fetch filter, out of scope here")))
-        out.append(pytest.param(c, id=c, marks=marks))
-    return out
+    return [pytest.param(c, id=c) for c in CLIENTS]
 
 
 @pytest.mark.parametrize("client", small_fetch_params())
@@ -433,3 +423,164 @@ def fetch_dedup(kafka, proxies, client, codec, max_partition_bytes=0, timeout=90
                                  f"{copies} in the partitions of their first copies")
     assert removed == copies
 
+
+# === batches the fetch filter empties ========================================
+
+FETCH_CLIENTS = [*CLIENTS, "librdkafka", "kafka-python", "java"]
+IDLE_WINDOW = 3.0   # seconds the consumer sits behind an emptied batch
+IDLE_FETCHES = 40   # Fetch requests it may send meanwhile (500 ms long polls: ~6)
+
+
+class Consumer:
+    """One consumer of a single-partition topic through `bootstrap`, in the
+    background, until it has seen `end`; `cap` bytes per Fetch (0: default)."""
+
+    def __init__(self, client: str, bootstrap: str, topic: str, end: str, cap: int = 0,
+                 timeout: float = 60.0):
+        self.client, self.values, self.error = client, [], None
+        group = unique("eco-empty")
+        if client in CLIENTS:
+            cl = CLIENTS[client]
+            # the CLIs read up to "<end>-p<partition>"
+            argv = [*cl.argv, "consume", "--bootstrap", bootstrap, "--topic", topic, "--group", group,
+                    "--end", end.rsplit("-p0", 1)[0], "--partitions", "1", "--timeout", str(timeout),
+                    *(["--max-partition-bytes", str(cap)] if cap else [])]
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.thread = None
+        elif client == "java":
+            from test_java_client import Run
+            self.proc = None
+            self.run = Run("java-empty", ["consume", "--bootstrap", bootstrap, "--topic", topic,
+                                          "--group", group, "--until", end,
+                                          "--timeout-ms", str(int(timeout * 1000))])
+            self.thread = None
+        else:
+            import threading
+            self.proc = None
+            target = self._librdkafka if client == "librdkafka" else self._kafka_python
+
+            def run():
+                try:
+                    target(bootstrap, topic, group, end, cap, timeout)
+                except Exception as e:  # reported by wait()
+                    self.error = f"{client}: {e!r}"
+            self.thread = threading.Thread(target=run, daemon=True)
+            self.thread.start()
+
+    def _librdkafka(self, bootstrap, topic, group, end, cap, timeout):
+        import time
+        from confluent_kafka import Consumer as RdConsumer
+        c = RdConsumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                        "enable.auto.commit": False, "fetch.wait.max.ms": 500,
+                        **({"max.partition.fetch.bytes": cap} if cap else {})})
+        try:
+            c.subscribe([topic])
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                m = c.poll(0.2)
+                if m is None or m.error():
+                    continue
+                self.values.append(m.value().decode())
+                if self.values[-1] == end:
+                    return
+            self.error = f"librdkafka: {end} missing after {timeout:.0f} s"
+        finally:
+            c.close()
+
+    def _kafka_python(self, bootstrap, topic, group, end, cap, timeout):
+        import time
+        from kafka import KafkaConsumer
+        c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+                          enable_auto_commit=False, fetch_max_wait_ms=500,
+                          **({"max_partition_fetch_bytes": cap, "fetch_max_bytes": cap} if cap else {}))
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                for recs in c.poll(timeout_ms=200).values():
+                    for m in recs:
+                        self.values.append(m.value.decode())
+                        if self.values[-1] == end:
+                            return
+            self.error = f"kafka-python: {end} missing after {timeout:.0f} s"
+        finally:
+            c.close()
+
+    def wait(self, timeout: float = 120.0) -> list[str]:
+        if self.proc is not None:
+            try:
+                out, err = self.proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                out, err = self.proc.communicate()
+            if self.proc.returncode != 0:
+                raise EndMarkersMissing(f"{self.client} exited {self.proc.returncode}: {err[-3000:]}")
+            lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+            return [r["value"] for r in lines if "value" in r]
+        if self.thread is None:
+            self.run.wait(timeout)
+            return [e["value"] for e in self.run.of("record")]
+        self.thread.join(timeout)
+        if self.thread.is_alive() or self.error:
+            raise EndMarkersMissing(self.error or f"{self.client}: still reading after {timeout:.0f} s")
+        return list(self.values)
+
+
+def produce_direct(bootstrap: str, topic: str, vals: list[str]) -> None:
+    """One batch of `vals` into partition 0, straight to the broker."""
+    from confluent_kafka import Producer
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1000, "batch.num.messages": 100000})
+    for v in vals:
+        p.produce(topic, value=v.encode(), partition=0)
+    assert p.flush(30) == 0
+
+
+@pytest.mark.parametrize("client", FETCH_CLIENTS)
+def test_consumers_move_past_emptied_batches(kafka, proxies, client):
+    """A batch the fetch filter empties whole must not hold a consumer: behind
+    one it idles in long polls (kafkajs, given an empty batch, fetched it again
+    ~2,000 times a second), and a fresh consumer reading with Fetches capped
+    below a batch moves across an emptied batch and then a partly emptied one
+    to the end marker, each record once."""
+    prefix = unique(f"eco-empty-{client}")
+    topic = f"{prefix}-t"
+    create_topic(kafka, topic, 1)
+    first = [f"{prefix}-{i:04d}" for i in range(100)]
+    produce_direct(kafka.bootstrap, topic, [*first, f"END1-{prefix}-p0"])
+    produce_direct(kafka.bootstrap, topic, first)  # all copies: emptied whole
+    proxy = proxies(kafka.bootstrap, fetch_rule(topic))
+
+    end = f"END2-{prefix}-p0"
+    behind = Consumer(client, proxy.bootstrap, topic, end)
+    try:
+        # It has fetched the emptied batch once its copies were removed.
+        wait_metric(proxy, "idemgate_duplicates_dropped_total", len(first), direction="fetch")
+        before = proxy.metric_sum("idemgate_requests_total", api="Fetch")
+        import time
+        time.sleep(IDLE_WINDOW)
+        idle = proxy.metric_sum("idemgate_requests_total", api="Fetch") - before
+        assert idle <= IDLE_FETCHES, f"{client} sent {idle:.0f} Fetches in {IDLE_WINDOW} s behind an emptied batch"
+        # A partly emptied batch (copies at its front and its end), then the end.
+        new = [f"{prefix}-new-{i:04d}" for i in range(50)]
+        produce_direct(kafka.bootstrap, topic, [*first[:25], *new, *first[25:50]])
+        produce_direct(kafka.bootstrap, topic, [end])
+        got = behind.wait()
+    finally:
+        if behind.proc is not None and behind.proc.poll() is None:
+            behind.proc.kill()
+    expected = Counter([*first, f"END1-{prefix}-p0", *new, end])
+    assert Counter(got) == expected, f"{client}: {sorted((Counter(got) - expected).items())[:5]} extra, " \
+                                     f"{sorted((expected - Counter(got)).items())[:5]} missing"
+
+    # From the start with Fetches smaller than a batch: across the emptied
+    # batch, then the partly emptied one.
+    fresh = Consumer(client, proxy.bootstrap, topic, end, cap=SMALL_FETCH).wait()
+    assert Counter(fresh) == expected, f"{client} capped: {len(fresh)} records"
+
+
+def wait_metric(proxy, name: str, want: float, timeout: float = 60.0, **labels) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while proxy.metric_sum(name, **labels) < want:
+        if time.monotonic() > deadline:
+            raise EndMarkersMissing(f"{name}{labels} stayed at {proxy.metric_sum(name, **labels)} < {want}")
+        time.sleep(0.1)
