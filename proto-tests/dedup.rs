@@ -523,6 +523,15 @@ async fn delivery_reports_after_a_replay_name_the_right_offsets() {
         replay.second_delivered.len(),
         &wrong[..wrong.len().min(5)]
     );
+    // Keyed records replay into the partitions of their first copies, in
+    // order, right after them: one base offset numbers every record of each
+    // batch truly, so every report is exact, the replays' too (-1 is only
+    // for a record no offset can be given to).
+    assert_eq!(
+        (exact, unknown),
+        (replay.second_delivered.len(), 0),
+        "every report exact"
+    );
     proxy.assert_no_leaks().await;
 }
 
