@@ -2459,19 +2459,10 @@ mod tests {
     #[test]
     fn keep_offsets_with_nothing_kept_writes_an_empty_header() {
         let builder = BatchBuilder {
-            base_offset: 1000,
-            partition_leader_epoch: 4,
-            codec: Codec::Zstd,
             log_append_time: true,
             transactional: true,
             delete_horizon: true,
-            base_timestamp: 50,
-            max_timestamp: Some(777),
-            last_offset_delta: Some(9),
-            producer_id: 3,
-            producer_epoch: 2,
-            base_sequence: 30,
-            ..BatchBuilder::default()
+            ..producer_batch_at_1000(Codec::Zstd)
         };
         let batch = decode_batch(builder.build(&three_records()).unwrap()).unwrap();
         let Spliced::Rewritten(out) = batch
@@ -2508,12 +2499,13 @@ mod tests {
             .is_empty());
     }
 
-    #[test]
-    fn an_emptied_batch_becomes_one_commit_marker_at_its_last_offset() {
-        let builder = BatchBuilder {
+    /// A fetched batch at offset 1000 whose header fields all differ from
+    /// their defaults (offsets 1000..=1009, an idempotent producer's).
+    fn producer_batch_at_1000(codec: Codec) -> BatchBuilder {
+        BatchBuilder {
             base_offset: 1000,
             partition_leader_epoch: 4,
-            codec: Codec::Lz4,
+            codec,
             base_timestamp: 50,
             max_timestamp: Some(777),
             last_offset_delta: Some(9),
@@ -2521,7 +2513,12 @@ mod tests {
             producer_epoch: 2,
             base_sequence: 30,
             ..BatchBuilder::default()
-        };
+        }
+    }
+
+    #[test]
+    fn an_emptied_batch_becomes_one_commit_marker_at_its_last_offset() {
+        let builder = producer_batch_at_1000(Codec::Lz4);
         let batch = decode_batch(builder.build(&three_records()).unwrap()).unwrap();
         let out = emptied_marker(batch.header()).unwrap();
         let raw = RawBatch::new(out.clone()).unwrap();
