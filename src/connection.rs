@@ -511,9 +511,13 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
         let data = kind.is_some();
         let mut still_paused = false;
         if let Some(kind) = kind {
+            // A Produce also waits out a debt larger than one throttle. A
+            // Fetch does not: its size is capped to what the bucket holds,
+            // and a long hold would hold a kafka-python consumer's
+            // heartbeats, which share its fetch connection.
             if entity.is_paused()
                 || conn.muted_until().is_some()
-                || !entity.owed(kind, Instant::now()).is_zero()
+                || (kind == Kind::Produce && !entity.owed(kind, Instant::now()).is_zero())
             {
                 upstream
                     .flush()
@@ -622,12 +626,12 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
     Ok(upstream.into_inner())
 }
 
-/// Holds a Produce or Fetch while its connection is muted, its entity owes a
-/// debt (muted again, a throttle at a time: a debt larger than one throttle
-/// is carried across holds until repaid), or its connector is paused; all of
-/// it at most `quota.max_hold`, so that no request waits anywhere near the
-/// client's request.timeout.ms. Nothing else is read from the client
-/// meanwhile. True if the pause outlasted `max_hold`.
+/// Holds a Produce or Fetch while its connection is muted, a Produce also
+/// while its entity owes a debt (muted again, a throttle at a time: a debt
+/// larger than one throttle is carried across holds until repaid), or while
+/// its connector is paused; all of it at most `quota.max_hold`, so that no
+/// request waits anywhere near the client's request.timeout.ms. Nothing else
+/// is read from the client meanwhile. True if the pause outlasted `max_hold`.
 async fn hold(
     conn: &Conn<'_>,
     entity: &Entity,
@@ -660,7 +664,7 @@ async fn hold_until_free(
         let settings = conn.shared.quotas.settings();
         let max_hold = settings.max_hold;
         let paused = entity.is_paused();
-        if conn.muted_until().is_none() {
+        if kind == Kind::Produce && conn.muted_until().is_none() {
             let now = Instant::now();
             let limits = (settings.max_throttle, max_hold);
             if let Some(piece) = entity.hold_step(kind, now - held_at, limits, now) {

@@ -31,9 +31,10 @@
 //! throttle: the response carries `throttle_time_ms = max(broker's, ours)`
 //! (KIP-219) and the connection is muted for it, at most `quota.max_throttle`
 //! at a time. Muting holds back the next Produce or Fetch (and so everything
-//! behind it) until the debt is repaid — muted again, a throttle at a time,
-//! for a debt larger than one throttle — but at most `quota.max_hold`, after
-//! which it goes and the debt carries over. Requests that are neither —
+//! behind it); a Produce is held until the debt is repaid — muted again, a
+//! throttle at a time, for a debt larger than one throttle — but at most
+//! `quota.max_hold`, after which it goes and the debt carries over (a Fetch's
+//! size is capped to what the bucket holds instead). Requests that are neither —
 //! heartbeats, joins, commits, metadata — are read and forwarded while muted,
 //! so a group member whose coordinator shares the connection stays in its
 //! group.
@@ -294,7 +295,7 @@ impl Entity {
         owed
     }
 
-    /// A Produce or Fetch of this entity waiting to be read, `held` so far:
+    /// A Produce of this entity waiting to be read, `held` so far:
     /// the next piece of its hold, or `None` when it may go. While a debt is
     /// owed the request is held again and again, each piece at most
     /// `max_throttle` (so each `throttle_time_ms` stays short) and all of them
