@@ -17,6 +17,11 @@
 //!    whose rule never binds (100 GiB/s: every request charged to a bucket),
 //!    interleaved, `--rounds` times; medians.
 //!
+//! 3. Large requests (`--large-only` runs just this): 8 KiB records in 1 MB
+//!    batches (librdkafka's default batch.size) against 200 KiB/s, so each
+//!    request owes ~5 s, more than one throttle (`quota.max_throttle`, 2 s);
+//!    (bytes − burst) / (first send to last ack).
+//!
 //! Figures are measurements, never assertions; docs/performance.md records them.
 //! `--json PATH` writes every table row to PATH as JSON lines, for
 //! scripts/perf-report; what is printed stays the same.
@@ -49,7 +54,8 @@ fn start_proxy(upstream: &str, dir: &std::path::Path) -> (Killed, String) {
          [[quotas]]\nconnector = \"q1\"\nproduce_bytes_per_sec = \"1MiB\"\n\
          [[quotas]]\nconnector = \"q10\"\nproduce_bytes_per_sec = \"10MiB\"\n\
          [[quotas]]\nconnector = \"q50\"\nproduce_bytes_per_sec = \"50MiB\"\n\
-         [[quotas]]\nconnector = \"unbound\"\nproduce_bytes_per_sec = \"100GiB\"\n",
+         [[quotas]]\nconnector = \"unbound\"\nproduce_bytes_per_sec = \"100GiB\"\n\
+         [[quotas]]\nconnector = \"big\"\nproduce_bytes_per_sec = \"200KiB\"\n",
         ports + 7,
         dir.join("store").display()
     );
@@ -142,9 +148,11 @@ fn rate_after(events: &[(Instant, usize)], burst: usize) -> f64 {
 fn main() {
     let mut rounds = 3;
     let mut records = 60_000;
+    let mut large_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
+            "--large-only" => large_only = true,
             "--rounds" => rounds = args.next().unwrap().parse().unwrap(),
             "--records" => records = args.next().unwrap().parse().unwrap(),
             "--json" => {
@@ -158,7 +166,46 @@ fn main() {
     let (_broker, direct) = start_tansu();
     let (_proxy, proxied) = start_proxy(&direct, dir.path());
 
-    println!("== throttle accuracy (8 KiB records, 64 KiB batches, burst 1 s)");
+    println!(
+        "== large requests (8 KiB records, 1 MB batches, 200 KiB/s, burst 1 s, max_throttle 2 s)"
+    );
+    println!("| quota | pushed | whole run (total-burst)/time | /target | delivery errors |");
+    println!("|---|---|---|---|---|");
+    {
+        let quota = 200 * 1024;
+        let topic = "acc-big";
+        create_topic(&proxied, topic, 1);
+        let bytes = 6 * MIB;
+        let (acks, errors, took) = push(
+            &proxied,
+            "connector-producer-big-0",
+            topic,
+            bytes / 8192,
+            8192,
+            "1000000",
+        );
+        let total: usize = acks.iter().map(|a| a.1).sum();
+        let whole = (total - quota) as f64 / took;
+        println!(
+            "| 200 KiB/s | {} MiB | {:.1} KiB/s | {:.3} | {errors} |",
+            bytes / MIB,
+            whole / 1024.0,
+            whole / quota as f64
+        );
+        json.write(serde_json::json!({
+            "kind": "quota_large_requests",
+            "quota_kib_per_sec": 200,
+            "pushed_mib": bytes / MIB,
+            "whole_run_kib_per_sec": whole / 1024.0,
+            "whole_run_vs_target": whole / quota as f64,
+            "delivery_errors": errors,
+        }));
+    }
+    if large_only {
+        return;
+    }
+
+    println!("\n== throttle accuracy (8 KiB records, 64 KiB batches, burst 1 s)");
     println!("| quota | pushed | after burst (acks) | /target | whole run (total-burst)/time | /target | delivery errors |");
     println!("|---|---|---|---|---|---|---|");
     for mib in [1usize, 10, 50] {

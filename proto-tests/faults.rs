@@ -601,6 +601,8 @@ struct Verdict {
     /// the check had teeth for.
     held_to_once: usize,
     problems: Vec<String>,
+    /// Copies beyond what the fault model allows, all records together.
+    unexplained_copies: usize,
 }
 
 impl Verdict {
@@ -622,12 +624,28 @@ impl Verdict {
     /// reason), and the run held at least one replay to once: `no_drop` says
     /// why a run could have checked none.
     fn assert_all_checked(&self, unchecked: &BTreeMap<String, f64>, no_drop: &str) {
+        let unchecked: BTreeMap<&String, &f64> = unchecked
+            .iter()
+            .filter(|(reason, _)| reason.as_str() != UNNUMBERED)
+            .collect();
         assert_eq!(
-            unchecked.values().sum::<f64>(),
+            unchecked.values().copied().sum::<f64>(),
             0.0,
             "records forwarded unchecked: {unchecked:?}"
         );
         assert!(self.held_to_once > 0, "{no_drop}: the run checked no drop");
+    }
+
+    /// Copies beyond the fault model are explained when the proxy counted at
+    /// least that many replays it forwarded because no base offset could
+    /// number their batch (librdkafka numbers records from any base, -1
+    /// included: fail_open{reason="unnumbered"}, one copy each at most).
+    fn explain_by_unnumbered(&mut self, unchecked: &BTreeMap<String, f64>) {
+        let forwarded = unchecked.get(UNNUMBERED).copied().unwrap_or(0.0);
+        if self.unexplained_copies > 0 && self.unexplained_copies as f64 <= forwarded {
+            self.problems
+                .retain(|p| !p.starts_with("unexplained duplicate"));
+        }
     }
 
     fn assert_clean(&self, context: &str) {
@@ -710,6 +728,7 @@ fn compare(
             if n > 1 {
                 v.extra_copies += n - 1;
                 if n - 1 > allowance {
+                    v.unexplained_copies += n - 1 - allowance;
                     v.problems.push(format!(
                         "unexplained duplicate: {id} has {n} copies, {allowance} extra allowed: {}",
                         why(id, s)
@@ -856,6 +875,10 @@ impl KillPolicy {
     }
 }
 
+/// The fail-open reason of replays forwarded because no base offset could
+/// number their batch: each may leave one copy more than the fault model.
+const UNNUMBERED: &str = "unnumbered";
+
 /// The fail-open counters (records forwarded unchecked), summed by reason.
 fn fail_open(metrics: &str) -> BTreeMap<String, f64> {
     metrics
@@ -978,7 +1001,7 @@ async fn sigkill_at_random_points_loses_nothing() {
 
     let rows = read_log(&broker.addr, topic).await;
     let sent = ledger(&tasks);
-    let verdict = compare(&sent, &rows, |_, s| policy.allowed(s), |_, s| policy.why(s));
+    let mut verdict = compare(&sent, &rows, |_, s| policy.allowed(s), |_, s| policy.why(s));
     // What explained the records found more than once, and the most slack
     // one of them needed (how late sled's flush came, as seen from here).
     let mut explained = Allowance::default();
@@ -1016,6 +1039,7 @@ async fn sigkill_at_random_points_loses_nothing() {
         explained.longest_unflushed,
         slack(),
     );
+    verdict.explain_by_unnumbered(&unchecked);
     verdict.assert_clean(&format!(
         "seed {seed}, {kills} kills; last proxy log:\n{log_tail}"
     ));
@@ -1707,7 +1731,8 @@ async fn broker_restarts_under_load_lose_nothing() {
 
     let rows = read_log(&brokers, topic).await;
     let sent = ledger(&tasks);
-    let verdict = compare(&sent, &rows, |_, s| policy.allowed(s), |_, s| policy.why(s));
+    let mut verdict = compare(&sent, &rows, |_, s| policy.allowed(s), |_, s| policy.why(s));
+    verdict.explain_by_unnumbered(&unchecked);
     println!(
         "broker restarts: {BOUNCES} bounces in {took:.1?} (seed {seed}); {}; forwarded \
          unchecked {unchecked:?}",
@@ -1876,7 +1901,8 @@ async fn stalled_readers_and_a_connection_flood_harm_nobody_else() {
 
     let rows = read_log(&broker.addr, topic).await;
     let sent = ledger(&tasks);
-    let verdict = compare(&sent, &rows, |_, _| 0, |_, _| "nothing was killed".into());
+    let mut verdict = compare(&sent, &rows, |_, _| 0, |_, _| "nothing was killed".into());
+    verdict.explain_by_unnumbered(&fail_open(&text));
     println!(
         "neighbours: {}; flood: {refused} connections refused ({rejected} counted by the proxy \
          while it lasted); {NON_READERS} non-readers closed; in flight at the end {}",

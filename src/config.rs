@@ -659,7 +659,8 @@ pub struct QuotaSettings {
     pub burst: Duration,
     /// The longest a single throttle mutes a connection.
     pub max_throttle: Duration,
-    /// The longest a paused connector's Produce or Fetch is held.
+    /// The longest a Produce or Fetch is held: a Produce while its entity
+    /// owes a debt, either while its connector is paused.
     pub max_hold: Duration,
     /// Client-id patterns naming the connector of clients that are not Kafka
     /// Connect's (`"etl-{connector}-*"`): first match wins.

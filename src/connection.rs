@@ -503,14 +503,28 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
         // A muted connection, or a paused connector, holds its next Produce
         // or Fetch, and reads nothing more meanwhile; other requests
         // (heartbeats, commits, metadata) are never held.
-        let data = matches!(head.api_key, ApiKey::Produce | ApiKey::Fetch);
+        let kind = match head.api_key {
+            ApiKey::Produce => Some(Kind::Produce),
+            ApiKey::Fetch => Some(Kind::Fetch),
+            _ => None,
+        };
+        let data = kind.is_some();
         let mut still_paused = false;
-        if data && (entity.is_paused() || conn.muted_until().is_some()) {
-            upstream
-                .flush()
-                .await
-                .map_err(|e| upstream_io(upstream_addr, e))?;
-            still_paused = hold(conn, &entity, &mut quota_changes, &mut shutdown).await;
+        if let Some(kind) = kind {
+            // A Produce also waits out a debt larger than one throttle. A
+            // Fetch does not: its size is capped to what the bucket holds,
+            // and a long hold would hold a kafka-python consumer's
+            // heartbeats, which share its fetch connection.
+            if entity.is_paused()
+                || conn.muted_until().is_some()
+                || (kind == Kind::Produce && !entity.owed(kind, Instant::now()).is_zero())
+            {
+                upstream
+                    .flush()
+                    .await
+                    .map_err(|e| upstream_io(upstream_addr, e))?;
+                still_paused = hold(conn, &entity, kind, &mut quota_changes, &mut shutdown).await;
+            }
         }
         let mut owed = entity.charge_request();
         match head.api_key {
@@ -612,20 +626,51 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
     Ok(upstream.into_inner())
 }
 
-/// Holds a Produce or Fetch while its connection is muted or its connector
-/// paused (a pause at most `quota.max_hold`, so that no request waits
-/// anywhere near the client's request.timeout.ms). Nothing else is read from
-/// the client meanwhile. True if the pause outlasted `max_hold`.
+/// Holds a Produce or Fetch while its connection is muted, a Produce also
+/// while its entity owes a debt (muted again, a throttle at a time: a debt
+/// larger than one throttle is carried across holds until repaid), or while
+/// its connector is paused; all of it at most `quota.max_hold`, so that no
+/// request waits anywhere near the client's request.timeout.ms. Nothing else
+/// is read from the client meanwhile. True if the pause outlasted `max_hold`.
 async fn hold(
     conn: &Conn<'_>,
     entity: &Entity,
+    kind: Kind,
     changes: &mut watch::Receiver<u64>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     let held_at = Instant::now();
+    // Counted while held, however the wait ends (a closed connection drops it).
+    struct Held<'a>(&'a std::sync::atomic::AtomicU64);
+    impl Drop for Held<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Relaxed);
+        }
+    }
+    entity.counters.held.fetch_add(1, Relaxed);
+    let _held = Held(&entity.counters.held);
+    hold_until_free(conn, entity, kind, held_at, changes, shutdown).await
+}
+
+async fn hold_until_free(
+    conn: &Conn<'_>,
+    entity: &Entity,
+    kind: Kind,
+    held_at: Instant,
+    changes: &mut watch::Receiver<u64>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
     loop {
-        let max_hold = conn.shared.quotas.settings().max_hold;
+        let settings = conn.shared.quotas.settings();
+        let max_hold = settings.max_hold;
         let paused = entity.is_paused();
+        if kind == Kind::Produce && conn.muted_until().is_none() {
+            let now = Instant::now();
+            let limits = (settings.max_throttle, max_hold);
+            if let Some(piece) = entity.hold_step(kind, now - held_at, limits, now) {
+                conn.throttle(entity, piece);
+            }
+        }
         let mut until = conn.muted_until();
         if paused {
             let end = held_at + max_hold;

@@ -29,8 +29,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
-    AddPartitionsToTxnRequest, ApiKey, ApiVersionsResponse, EndTxnRequest, EndTxnResponse,
-    MetadataResponse, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest, ApiVersionsResponse, EndTxnRequest,
+    EndTxnResponse, MetadataResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
+    SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -302,6 +303,12 @@ impl Pipeline {
                     if !identity.is_connect_internal() {
                         fetch = dedup.plan(identity, isolation);
                     }
+                }
+            }
+            ApiKey::ApiVersions if head.api_version >= 3 && self.dedup.is_some() => {
+                if let Some(req) = message::decode_request::<ApiVersionsRequest>(&frame, head) {
+                    conn.session
+                        .set_client_software(req.client_software_name.as_str());
                 }
             }
             ApiKey::SaslHandshake => {

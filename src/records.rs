@@ -1296,6 +1296,42 @@ fn empty_batch(original: &BatchHeader) -> Result<Bytes, RecordsError> {
     finish_batch(out, header)
 }
 
+/// What the fetch path sends in place of a batch it emptied: a control batch
+/// over the same offsets whose one record, a COMMIT marker (key: version 0,
+/// type 1; value: version 0, coordinator epoch 0), sits at the batch's last
+/// offset. Consumers skip control records and move past them: Java's
+/// CompletedFetch, librdkafka, aiokafka, kafka-python and franz-go as past an
+/// empty batch (by its last offset), and kafkajs too, which never moves past
+/// a batch with no records at all (runner.js resolves an offset only for a
+/// batch whose records were all filtered out, control records among them).
+/// A COMMIT marker is ignored by every read_committed consumer (they track
+/// aborted producers only).
+pub fn emptied_marker(original: &BatchHeader) -> Result<Bytes, RecordsError> {
+    let builder = BatchBuilder {
+        base_offset: original.base_offset,
+        partition_leader_epoch: original.partition_leader_epoch,
+        codec: Codec::None,
+        log_append_time: original.attributes.is_log_append_time(),
+        transactional: original.attributes.is_transactional(),
+        control: true,
+        delete_horizon: false,
+        base_timestamp: original.max_timestamp,
+        max_timestamp: Some(original.max_timestamp),
+        last_offset_delta: Some(original.last_offset_delta),
+        producer_id: original.producer_id,
+        producer_epoch: original.producer_epoch,
+        base_sequence: -1,
+    };
+    builder.build(&[Record {
+        attributes: 0,
+        timestamp_delta: 0,
+        offset_delta: original.last_offset_delta,
+        key: Some(Bytes::from_static(&[0, 0, 0, 1])),
+        value: Some(Bytes::from_static(&[0, 0, 0, 0, 0, 0])),
+        headers: Vec::new(),
+    }])
+}
+
 /// Fills `batchLength`, the header and, last, the CRC over [21..end].
 fn finish_batch(mut out: BytesMut, mut header: BatchHeader) -> Result<Bytes, RecordsError> {
     header.batch_length =
@@ -2423,19 +2459,10 @@ mod tests {
     #[test]
     fn keep_offsets_with_nothing_kept_writes_an_empty_header() {
         let builder = BatchBuilder {
-            base_offset: 1000,
-            partition_leader_epoch: 4,
-            codec: Codec::Zstd,
             log_append_time: true,
             transactional: true,
             delete_horizon: true,
-            base_timestamp: 50,
-            max_timestamp: Some(777),
-            last_offset_delta: Some(9),
-            producer_id: 3,
-            producer_epoch: 2,
-            base_sequence: 30,
-            ..BatchBuilder::default()
+            ..producer_batch_at_1000(Codec::Zstd)
         };
         let batch = decode_batch(builder.build(&three_records()).unwrap()).unwrap();
         let Spliced::Rewritten(out) = batch
@@ -2470,6 +2497,49 @@ mod tests {
             .unwrap()
             .records
             .is_empty());
+    }
+
+    /// A fetched batch at offset 1000 whose header fields all differ from
+    /// their defaults (offsets 1000..=1009, an idempotent producer's).
+    fn producer_batch_at_1000(codec: Codec) -> BatchBuilder {
+        BatchBuilder {
+            base_offset: 1000,
+            partition_leader_epoch: 4,
+            codec,
+            base_timestamp: 50,
+            max_timestamp: Some(777),
+            last_offset_delta: Some(9),
+            producer_id: 3,
+            producer_epoch: 2,
+            base_sequence: 30,
+            ..BatchBuilder::default()
+        }
+    }
+
+    #[test]
+    fn an_emptied_batch_becomes_one_commit_marker_at_its_last_offset() {
+        let builder = producer_batch_at_1000(Codec::Lz4);
+        let batch = decode_batch(builder.build(&three_records()).unwrap()).unwrap();
+        let out = emptied_marker(batch.header()).unwrap();
+        let raw = RawBatch::new(out.clone()).unwrap();
+        raw.verify_crc().unwrap();
+        let h = raw.header();
+        assert_eq!(
+            (h.base_offset, h.last_offset(), h.records_count),
+            (1000, 1009, 1)
+        );
+        assert_eq!(h.partition_leader_epoch, 4);
+        assert_eq!((h.producer_id, h.producer_epoch), (3, 2));
+        assert_eq!(h.attributes, Attributes(Attributes::CONTROL));
+        assert_eq!(h.max_timestamp, 777);
+        // Another decoder reads one control record, the COMMIT marker, at 1009.
+        let mut buf = out;
+        let decoded = kp::RecordBatchDecoder::decode(&mut buf).unwrap();
+        assert_eq!(decoded.records.len(), 1);
+        let r = &decoded.records[0];
+        assert!(r.control);
+        assert_eq!(r.offset, 1009);
+        assert_eq!(r.key.as_deref(), Some(&[0u8, 0, 0, 1][..]));
     }
 
     #[test]

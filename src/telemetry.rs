@@ -181,10 +181,14 @@ pub enum FailOpen {
     /// A Produce that did not decode, or that the bounds check refused;
     /// counts requests (their records cannot be read).
     UnreadableRequest,
+    /// Produce: replays that could not be given their true offsets as the
+    /// partition's base_offset + i (first copies elsewhere, not in order):
+    /// forwarded, since clients number every record from the base offset.
+    Unnumbered,
 }
 
 impl FailOpen {
-    const ALL: [FailOpen; 13] = [
+    const ALL: [FailOpen; 14] = [
         FailOpen::Undecodable,
         FailOpen::NotOneV2Batch,
         FailOpen::Loading,
@@ -198,6 +202,7 @@ impl FailOpen {
         FailOpen::TxnUnseen,
         FailOpen::OldVersion,
         FailOpen::UnreadableRequest,
+        FailOpen::Unnumbered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -215,6 +220,7 @@ impl FailOpen {
             FailOpen::TxnUnseen => "txn_unseen",
             FailOpen::OldVersion => "old_version",
             FailOpen::UnreadableRequest => "unreadable_request",
+            FailOpen::Unnumbered => "unnumbered",
         }
     }
 }

@@ -25,13 +25,17 @@ What the clients do differently (measured here, codec none, 200 records):
 - null keys: kafkajs and aiokafka place them elsewhere on a second run
   (kafkajs: none of 100 in the same partition; aiokafka: at random), franz-go's
   sticky partitioner did so too without idempotence but not with it; so most
-  replayed batches are answered with base offset -1;
-- delivery reports for base offset -1: kafkajs gives the partition's -1
-  (this CLI maps it to -1 per record), franz-go -1 per record, aiokafka
-  -1, 0, 1, ... (wrong; strict xfail below);
-- empty batches from fetch dedup: aiokafka and franz-go move past them;
-  kafkajs 2.2.4 ignores an empty batch's last offset and, when a capped Fetch
-  holds only that batch, fetches it forever (strict xfail below);
+  replayed batches hold replays no base offset can number, and go whole;
+- delivery reports: every client numbers a batch's records from the
+  partition's base offset, aiokafka (and librdkafka) even from -1, so the
+  proxy removes only replays that one base offset numbers truly and forwards
+  the rest (fail_open reason "unnumbered"); kafkajs gives the partition's -1
+  (this CLI maps it to -1 per record), franz-go -1 per record;
+- batches fetch dedup empties: an empty batch (Kafka's compaction recipe)
+  moves aiokafka and franz-go on, but kafkajs 2.2.4 resolves no offset for a
+  batch with no records and fetched it again ~2,000 times a second; the proxy
+  sends a one-record COMMIT control batch at the batch's last offset instead,
+  which every consumer skips and moves past (test_consumers_move_past_emptied_batches);
 - codecs: kafkajs ships none and gzip; snappy and lz4 come from
   kafkajs-snappy and kafkajs-lz4, zstd from a few lines over zstd-napi
   (kafkajs' own @kafkajs/zstd needs cppzst, which does not compile against
@@ -55,10 +59,6 @@ from bed import CACHE, ROOT, read_topic, unique
 CLIENTS_DIR = ROOT / "proto-tests" / "clients"
 N = 200          # records per run
 PARTITIONS = 3
-
-
-class WrongDeliveryReports(AssertionError):
-    """A producer's delivery reports name offsets that hold other records."""
 
 
 class CopiesRemovedAgain(AssertionError):
@@ -187,31 +187,90 @@ direction = "fetch"
 """
 
 
-# aiokafka numbers a batch's records from the partition's base offset even
-# when that is -1 ("no offset"), so a replay the proxy answers with -1 is
-# reported at offsets -1, 0, 1, ... that hold other records. The proxy answers
-# -1 when it cannot prove the first copies sit consecutively in that
-# partition: here for every batch of the second run, because aiokafka puts
-# null-key records in a random partition and they share batches with the
-# keyed ones. librdkafka does the same (README); kafkajs hands the -1 on per
-# partition, franz-go reports -1 per record. No single base offset can be
-# right for such a batch, so the fix is not in the proxy: the report check
-# fails for aiokafka; every other check of the test must pass first.
-AIOKAFKA_REPORTS = pytest.mark.xfail(strict=True, raises=WrongDeliveryReports, reason=(
-    "aiokafka reports base_offset + i for a replay the proxy answered with base_offset -1 "
-    "(its null-key records went to other partitions the second time): wrong offsets in its "
-    "delivery reports, no record lost or duplicated"))
-
-REPLAY_CASES = [pytest.param(c, codec, idem, id=f"{c}-{codec}{'-idempotent' if idem else ''}",
-                             marks=[AIOKAFKA_REPORTS] if c == "aiokafka" else [])
+# Every client numbers a batch's records from the partition's base offset,
+# librdkafka and aiokafka even from -1 ("no offset"). A replayed record whose
+# first copy is elsewhere (null-key records go to another partition the
+# second time) can't be numbered within its batch, so the proxy forwards that
+# batch whole (a duplicate, counted as fail_open{reason="unnumbered"}) and
+# removes only replays one base offset numbers truly.
+REPLAY_CASES = [pytest.param(c, codec, idem, id=f"{c}-{codec}{'-idempotent' if idem else ''}")
                 for c, client in CLIENTS.items() for codec in client.codecs for idem in (False, True)]
+
+
+# Clients that report -1 for every record of a partition answered with base
+# offset -1 (the proxy knows them by their KIP-511 name); every other client
+# is never answered -1 for more than one record.
+REPORTS_NO_OFFSET = {"franz-go", "kafka-python"}
 
 
 @pytest.mark.parametrize("client,codec,idempotent", REPLAY_CASES)
 def test_replay_dropped(kafka, proxies, client, codec, idempotent):
     """A new producer sends the same values again: through a drop rule the
-    topic holds each value once; straight to the broker it holds copies."""
+    topic holds each value once (or twice where the proxy let a replay pass
+    rather than give a wrong offset); straight to the broker it holds copies."""
     cl = CLIENTS[client]
+
+    def produce(bootstrap, topic, prefix, marker):
+        return cl.produce(bootstrap, topic, prefix, codec, marker, idempotent)
+
+    replay_case(kafka, proxies, client, produce)
+
+
+def python_record(prefix: str, i: int):
+    """Record i of a run, as the CLIs write it: odd ones keyed, even ones with
+    a null key (which a client places in any partition)."""
+    return (f"k{i}".encode() if i % 2 == 1 else None), f"{prefix}-{i:06d}"
+
+
+def produce_librdkafka(bootstrap, topic, prefix, marker):
+    from confluent_kafka import Producer
+    reports = []
+
+    def report(err, msg):
+        assert err is None, err
+        reports.append({"value": msg.value().decode(), "partition": msg.partition(),
+                        "offset": msg.offset()})
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "acks": "all",
+                  "enable.idempotence": False})
+    for i in range(N):
+        k, v = python_record(prefix, i)
+        p.produce(topic, key=k, value=v.encode(), on_delivery=report)
+    assert p.flush(60) == 0
+    for part in range(PARTITIONS):
+        p.produce(topic, value=f"{marker}-p{part}".encode(), partition=part, on_delivery=report)
+    assert p.flush(60) == 0
+    return reports
+
+
+def produce_kafka_python(bootstrap, topic, prefix, marker):
+    from kafka import KafkaProducer
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
+    try:
+        futs = []
+        for i in range(N):
+            k, v = python_record(prefix, i)
+            futs.append((v, p.send(topic, key=k, value=v.encode())))
+        for part in range(PARTITIONS):
+            v = f"{marker}-p{part}"
+            futs.append((v, p.send(topic, value=v.encode(), partition=part)))
+        out = []
+        for v, f in futs:
+            md = f.get(timeout=60)
+            out.append({"value": v, "partition": md.partition, "offset": md.offset})
+        return out
+    finally:
+        p.close()
+
+
+@pytest.mark.parametrize("client", ["librdkafka", "kafka-python"])
+def test_replay_dropped_python_clients(kafka, proxies, client):
+    """The same with librdkafka (confluent-kafka) and kafka-python, in process."""
+    produce = produce_librdkafka if client == "librdkafka" else produce_kafka_python
+    replay_case(kafka, proxies, client, produce)
+
+
+def replay_case(kafka, proxies, client, produce):
     prefix = unique(f"eco-{client}")
     via, direct = f"{prefix}-via", f"{prefix}-direct"
     for t in (via, direct):
@@ -220,8 +279,9 @@ def test_replay_dropped(kafka, proxies, client, codec, idempotent):
 
     reports = {}
     for topic, bootstrap in ((via, proxy.bootstrap), (direct, kafka.bootstrap)):
-        first = cl.produce(bootstrap, topic, prefix, codec, f"END1-{prefix}", idempotent)
-        again = cl.produce(bootstrap, topic, prefix, codec, f"END2-{prefix}", idempotent)
+        first = produce(bootstrap, topic, prefix, f"END1-{prefix}")
+        again = produce(bootstrap, topic, prefix, f"END2-{prefix}")
+        assert len(first) == len(again) == N + PARTITIONS
         reports[topic] = first + again
 
     counts, by_pos = topic_counts(kafka.bootstrap, via, f"END2-{prefix}")
@@ -230,20 +290,31 @@ def test_replay_dropped(kafka, proxies, client, codec, idempotent):
     # Without the proxy the replay is in the topic: the scenario bites.
     direct_extra = sum(dcounts[v] - 1 for v in values(prefix))
     assert direct_extra == N, f"direct: expected {N} extra copies, got {direct_extra}"
-    # Through it, each value once, nothing lost, both end markers there.
-    extra = {v: counts[v] for v in values(prefix) if counts[v] != 1}
-    assert not extra, f"{len(extra)} values not exactly once through the proxy: {list(extra.items())[:5]}"
+    # Through it, nothing lost, each value once unless the proxy said it let
+    # the replay pass (unnumbered), both end markers there.
+    removed = proxy.metric_sum("idemgate_duplicates_dropped_total", direction="produce")
+    passed = proxy.metric_sum("idemgate_dedup_fail_open_total", reason="unnumbered")
+    print(f"{client}: {removed:.0f} replays removed, {passed:.0f} passed (unnumbered)")
+    assert removed + passed == N, (removed, passed)
+    if client in REPORTS_NO_OFFSET:
+        assert passed == 0, "a client that reports -1 per record gets every replay removed"
+    assert all(counts[v] >= 1 for v in values(prefix)), "a value is missing through the proxy"
+    extra = sum(counts[v] - 1 for v in values(prefix))
+    assert extra == passed, f"{extra} copies through the proxy, {passed:.0f} said to pass"
     assert all(counts[m] == 1 for m in markers(f"END1-{prefix}") + markers(f"END2-{prefix}"))
-    assert sum(counts.values()) == N + 2 * PARTITIONS
-    assert proxy.metric_sum("idemgate_duplicates_dropped_total", direction="produce") == N
 
     # Delivery reports: an offset the client was told must hold its value.
     # Straight to the broker they always must; through the proxy a dropped
     # replay may be reported as -1 ("no offset"), never at a wrong offset.
     assert not check_reports(client, reports[direct], dby_pos), "wrong reports without the proxy"
     wrong = check_reports(client, reports[via], by_pos)
-    if wrong:
-        raise WrongDeliveryReports(f"{len(wrong)} wrong delivery reports through the proxy, e.g. {wrong[:5]}")
+    assert not wrong, f"{len(wrong)} wrong delivery reports through the proxy, e.g. {wrong[:5]}"
+    # A client that numbers from -1 is told -1 for no written record: every
+    # record but the removed replays has its true offset.
+    exact = sum(1 for r in reports[via] if r["offset"] >= 0)
+    assert exact > 0
+    if client not in REPORTS_NO_OFFSET:
+        assert exact >= len(reports[via]) - removed, (exact, len(reports[via]), removed)
 
 
 def proxy_ports(proxy) -> set[int]:
@@ -299,19 +370,7 @@ SMALL_FETCH = 1024  # bytes per partition: less than one batch of a run
 
 
 def small_fetch_params():
-    out = []
-    for c in CLIENTS:
-        marks = []
-        if c == "kafkajs":
-            marks.append(pytest.mark.xfail(strict=True, raises=EndMarkersMissing, reason=(
-                "kafkajs 2.2.4 ignores an empty batch's lastOffsetDelta and resolves no offset "
-                "for a Fetch whose only batch is empty (runner.js: batch.isEmpty() without raw "
-                "messages), so it fetches the batch the proxy emptied forever (thousands of "
-                "Fetches, never the end marker): the known open bug tracked by the issue "
-                "'never drop a record that is not a replay'; the fix belongs to the proxy's "
-                "fetch filter, out of scope here")))
-        out.append(pytest.param(c, id=c, marks=marks))
-    return out
+    return [pytest.param(c, id=c) for c in CLIENTS]
 
 
 @pytest.mark.parametrize("client", small_fetch_params())
@@ -363,3 +422,165 @@ def fetch_dedup(kafka, proxies, client, codec, max_partition_bytes=0, timeout=90
         raise CopiesRemovedAgain(f"{client}: the proxy removed {removed:.0f} copies, the log holds "
                                  f"{copies} in the partitions of their first copies")
     assert removed == copies
+
+
+# === batches the fetch filter empties ========================================
+
+FETCH_CLIENTS = [*CLIENTS, "librdkafka", "kafka-python", "java"]
+IDLE_WINDOW = 3.0   # seconds the consumer sits behind an emptied batch
+IDLE_FETCHES = 40   # Fetch requests it may send meanwhile (500 ms long polls: ~6)
+
+
+class Consumer:
+    """One consumer of a single-partition topic through `bootstrap`, in the
+    background, until it has seen `end`; `cap` bytes per Fetch (0: default)."""
+
+    def __init__(self, client: str, bootstrap: str, topic: str, end: str, cap: int = 0,
+                 timeout: float = 60.0):
+        self.client, self.values, self.error = client, [], None
+        group = unique("eco-empty")
+        if client in CLIENTS:
+            cl = CLIENTS[client]
+            # the CLIs read up to "<end>-p<partition>"
+            argv = [*cl.argv, "consume", "--bootstrap", bootstrap, "--topic", topic, "--group", group,
+                    "--end", end.rsplit("-p0", 1)[0], "--partitions", "1", "--timeout", str(timeout),
+                    *(["--max-partition-bytes", str(cap)] if cap else [])]
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.thread = None
+        elif client == "java":
+            from test_java_client import Run
+            self.proc = None
+            self.run = Run("java-empty", ["consume", "--bootstrap", bootstrap, "--topic", topic,
+                                          "--group", group, "--until", end,
+                                          "--timeout-ms", str(int(timeout * 1000))])
+            self.thread = None
+        else:
+            import threading
+            self.proc = None
+            target = self._librdkafka if client == "librdkafka" else self._kafka_python
+
+            def run():
+                try:
+                    target(bootstrap, topic, group, end, cap, timeout)
+                except Exception as e:  # reported by wait()
+                    self.error = f"{client}: {e!r}"
+            self.thread = threading.Thread(target=run, daemon=True)
+            self.thread.start()
+
+    def _librdkafka(self, bootstrap, topic, group, end, cap, timeout):
+        import time
+        from confluent_kafka import Consumer as RdConsumer
+        c = RdConsumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                        "enable.auto.commit": False, "fetch.wait.max.ms": 500,
+                        **({"max.partition.fetch.bytes": cap} if cap else {})})
+        try:
+            c.subscribe([topic])
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                m = c.poll(0.2)
+                if m is None or m.error():
+                    continue
+                self.values.append(m.value().decode())
+                if self.values[-1] == end:
+                    return
+            self.error = f"librdkafka: {end} missing after {timeout:.0f} s"
+        finally:
+            c.close()
+
+    def _kafka_python(self, bootstrap, topic, group, end, cap, timeout):
+        import time
+        from kafka import KafkaConsumer
+        c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+                          enable_auto_commit=False, fetch_max_wait_ms=500,
+                          **({"max_partition_fetch_bytes": cap, "fetch_max_bytes": cap} if cap else {}))
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                for recs in c.poll(timeout_ms=200).values():
+                    for m in recs:
+                        self.values.append(m.value.decode())
+                        if self.values[-1] == end:
+                            return
+            self.error = f"kafka-python: {end} missing after {timeout:.0f} s"
+        finally:
+            c.close()
+
+    def wait(self, timeout: float = 120.0) -> list[str]:
+        if self.proc is not None:
+            try:
+                out, err = self.proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                out, err = self.proc.communicate()
+            if self.proc.returncode != 0:
+                raise EndMarkersMissing(f"{self.client} exited {self.proc.returncode}: {err[-3000:]}")
+            lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+            return [r["value"] for r in lines if "value" in r]
+        if self.thread is None:
+            self.run.wait(timeout)
+            return [e["value"] for e in self.run.of("record")]
+        self.thread.join(timeout)
+        if self.thread.is_alive() or self.error:
+            raise EndMarkersMissing(self.error or f"{self.client}: still reading after {timeout:.0f} s")
+        return list(self.values)
+
+
+def produce_direct(bootstrap: str, topic: str, vals: list[str]) -> None:
+    """One batch of `vals` into partition 0, straight to the broker."""
+    from confluent_kafka import Producer
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1000, "batch.num.messages": 100000})
+    for v in vals:
+        p.produce(topic, value=v.encode(), partition=0)
+    assert p.flush(30) == 0
+
+
+@pytest.mark.parametrize("client", FETCH_CLIENTS)
+def test_consumers_move_past_emptied_batches(kafka, proxies, client):
+    """A batch the fetch filter empties whole must not hold a consumer: behind
+    one it idles in long polls (kafkajs, given an empty batch, fetched it again
+    ~2,000 times a second), and a fresh consumer reading with Fetches capped
+    below a batch moves across an emptied batch and then a partly emptied one
+    to the end marker, each record once."""
+    prefix = unique(f"eco-empty-{client}")
+    topic = f"{prefix}-t"
+    create_topic(kafka, topic, 1)
+    first = [f"{prefix}-{i:04d}" for i in range(100)]
+    produce_direct(kafka.bootstrap, topic, [*first, f"END1-{prefix}-p0"])
+    produce_direct(kafka.bootstrap, topic, first)  # all copies: emptied whole
+    proxy = proxies(kafka.bootstrap, fetch_rule(topic))
+
+    end = f"END2-{prefix}-p0"
+    behind = Consumer(client, proxy.bootstrap, topic, end)
+    try:
+        # It has fetched the emptied batch once its copies were removed.
+        wait_metric(proxy, "idemgate_duplicates_dropped_total", len(first), direction="fetch")
+        before = proxy.metric_sum("idemgate_requests_total", api="Fetch")
+        import time
+        time.sleep(IDLE_WINDOW)
+        idle = proxy.metric_sum("idemgate_requests_total", api="Fetch") - before
+        assert idle <= IDLE_FETCHES, f"{client} sent {idle:.0f} Fetches in {IDLE_WINDOW} s behind an emptied batch"
+        # A partly emptied batch (copies at its front and its end), then the end.
+        new = [f"{prefix}-new-{i:04d}" for i in range(50)]
+        produce_direct(kafka.bootstrap, topic, [*first[:25], *new, *first[25:50]])
+        produce_direct(kafka.bootstrap, topic, [end])
+        got = behind.wait()
+    finally:
+        if behind.proc is not None and behind.proc.poll() is None:
+            behind.proc.kill()
+    expected = Counter([*first, f"END1-{prefix}-p0", *new, end])
+    assert Counter(got) == expected, f"{client}: {sorted((Counter(got) - expected).items())[:5]} extra, " \
+                                     f"{sorted((expected - Counter(got)).items())[:5]} missing"
+
+    # From the start with Fetches smaller than a batch: across the emptied
+    # batch, then the partly emptied one.
+    fresh = Consumer(client, proxy.bootstrap, topic, end, cap=SMALL_FETCH).wait()
+    assert Counter(fresh) == expected, f"{client} capped: {len(fresh)} records"
+
+
+def wait_metric(proxy, name: str, want: float, timeout: float = 60.0, **labels) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while proxy.metric_sum(name, **labels) < want:
+        if time.monotonic() > deadline:
+            raise EndMarkersMissing(f"{name}{labels} stayed at {proxy.metric_sum(name, **labels)} < {want}")
+        time.sleep(0.1)

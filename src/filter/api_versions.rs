@@ -79,12 +79,20 @@ pub fn proxy_ranges() -> Vec<ApiVersion> {
 }
 
 /// The v0 answer to an ApiVersions request newer than the proxy knows, the
-/// way brokers answer it: UNSUPPORTED_VERSION plus the ranges, so the client
-/// retries with the highest version both sides speak.
+/// way brokers answer it (`ApiVersionsRequest.getErrorResponse`):
+/// UNSUPPORTED_VERSION plus ApiVersions' own range only, so the client
+/// retries with the highest version both sides speak. (With every range,
+/// franz-go takes the answer as final and never sends the v3+ request that
+/// names it, KIP-511.)
 pub fn unsupported_version_answer(ranges: Vec<ApiVersion>) -> ApiVersionsResponse {
     ApiVersionsResponse::default()
         .with_error_code(UNSUPPORTED_VERSION)
-        .with_api_keys(ranges)
+        .with_api_keys(
+            ranges
+                .into_iter()
+                .filter(|r| r.api_key == ApiKey::ApiVersions as i16)
+                .collect(),
+        )
 }
 
 #[cfg(test)]

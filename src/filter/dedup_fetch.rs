@@ -36,9 +36,11 @@
 //! session ids, watermarks, log start offsets and aborted-transaction lists
 //! untouched; a rewritten batch keeps baseOffset, lastOffsetDelta, epochs,
 //! producer fields, attributes and every kept record's offsetDelta, and a
-//! batch whose every record goes stays as an empty batch (a consumer that
-//! gets nothing for those offsets would fetch them forever). Control
-//! batches, legacy batches and a partial trailing batch pass untouched.
+//! batch whose every record goes becomes a control batch over the same
+//! offsets with one COMMIT marker at its last offset (`records::emptied_marker`:
+//! a consumer that gets nothing for those offsets would fetch them forever,
+//! and kafkajs does so even for an empty batch). Control batches, legacy
+//! batches and a partial trailing batch pass untouched.
 //!
 //! Transactions: with read_uncommitted, transactional batches pass untouched
 //! and teach nothing (the proxy cannot tell whether they commit). With
@@ -61,7 +63,7 @@ use crate::idempotency::key::{Derived, Deriver, KeyBuildHasher};
 use crate::idempotency::window::{SegmentPositions, Window};
 use crate::idempotency::Key;
 use crate::message::Response;
-use crate::records::{Action, BatchItem, Batches, DecodedBatch, SpliceMode, Spliced};
+use crate::records::{self, Action, BatchItem, Batches, DecodedBatch, SpliceMode, Spliced};
 use crate::telemetry::{FailOpen, Metrics, TopicCounts};
 
 /// The fetch-path dedup filter, shared by every connection.
@@ -470,6 +472,16 @@ impl FetchDedup {
         }
         if !actions.contains(&Action::Drop) {
             return None;
+        }
+        // A batch emptied whole goes as a marker consumers move past (kafkajs
+        // never moves past an empty batch: it would fetch it again and again).
+        if actions.iter().all(|a| *a == Action::Drop) {
+            match records::emptied_marker(batch.header()) {
+                Ok(marker) => return Some(marker),
+                Err(e) => {
+                    tracing::warn!(topic, partition, error = %e, "emptied batch marker failed: an empty batch sent")
+                }
+            }
         }
         match batch.rewrite(&actions, SpliceMode::KeepOffsets) {
             Ok(Spliced::Rewritten(bytes)) => Some(bytes),

@@ -76,6 +76,21 @@ pub struct Session {
     started: bool,
     /// Replays dropped on this connection so far.
     dropped: u64,
+    /// The client reports every record of a partition answered with
+    /// base_offset -1 as -1 ("no offset"), rather than numbering -1, 0, 1.
+    reports_no_offset: bool,
+}
+
+impl Session {
+    /// The client's name from its ApiVersions request (KIP-511). Clients whose
+    /// delivery reports give -1 for every record of a partition answered with
+    /// base_offset -1: the Java client (`RecordMetadata`: "baseOffset == -1 ?
+    /// -1 : baseOffset + batchIndex"), franz-go and kafka-python. librdkafka
+    /// and aiokafka number -1, 0, 1, ...; kafkajs, aiokafka and older clients
+    /// send no name: all of them are treated as numbering from any base.
+    pub fn set_client_software(&mut self, name: &str) {
+        self.reports_no_offset = matches!(name, "apache-kafka-java" | "kgo" | "kafka-python");
+    }
 }
 
 /// What to do with a Produce request.
@@ -373,6 +388,7 @@ impl ProduceDedup {
                             .filter_partition(
                                 rule,
                                 (name.as_str(), partition.index),
+                                session.reports_no_offset,
                                 records,
                                 (&mut plan.claim, &mut mine, wait_until),
                                 &mut counts,
@@ -550,6 +566,7 @@ impl ProduceDedup {
         &self,
         rule: &Rule,
         (topic, partition): (&str, i32),
+        reports_no_offset: bool,
         records: &Bytes,
         (claim, mine, wait_until): (
             &mut Claim,
@@ -684,6 +701,8 @@ impl ProduceDedup {
         // both stay: one partition can fail while the other succeeds.
         let mut in_request: HashSet<Key, KeyBuildHasher> = HashSet::default();
         let mut decisions = Vec::with_capacity(batch.len());
+        // What each record dropped below would be if it had to go after all.
+        let mut undrop = Vec::new();
         let mut claimed = Vec::new();
         for record in batch.records() {
             let derived = deriver.derive(topic, &record);
@@ -761,12 +780,31 @@ impl ProduceDedup {
                 }
                 Some(seen) if may_drop => {
                     counts.dropped += 1;
+                    undrop.push((decisions.len(), keep));
                     decisions.push(Decision::Drop { key, seen });
                 }
                 Some(_) => {
                     counts.observed += 1;
                     decisions.push(keep);
                 }
+            }
+        }
+
+        // Clients number a partition's records base_offset + i, librdkafka
+        // and aiokafka even from -1 ("no offset"). Unless the client is known
+        // to report -1 per record, records are removed only when one base
+        // offset is true for all of them; otherwise they all go (a duplicate,
+        // never a wrong offset).
+        if !undrop.is_empty()
+            && !reports_no_offset
+            && !self.numbered((topic, partition), &decisions)
+        {
+            self.metrics
+                .dedup
+                .fail_open(FailOpen::Unnumbered, undrop.len() as u64);
+            counts.dropped -= undrop.len() as u64;
+            for (i, keep) in undrop {
+                decisions[i] = keep;
             }
         }
 
@@ -964,6 +1002,21 @@ impl ProduceDedup {
                 )
             }
         }
+    }
+
+    /// Whether one base offset numbers every record of the batch truly once
+    /// the `Drop`s are removed: all of them dropped, with first copies
+    /// consecutive in this partition (answered with the first one), or a
+    /// single record (answered -1: "no offset", per record too); or a dropped
+    /// prefix whose first copies are consecutive here (answered with the
+    /// first one when the broker appends the rest right after them).
+    fn numbered(&self, place: (&str, i32), decisions: &[Decision]) -> bool {
+        let is_drop = |d: &Decision| matches!(d, Decision::Drop { .. });
+        let k = decisions.iter().filter(|d| is_drop(d)).count();
+        if k == 0 || (k == 1 && decisions.len() == 1) {
+            return true;
+        }
+        decisions[..k].iter().all(is_drop) && self.original_base_offset(place, &decisions[..k]) >= 0
     }
 
     /// The offset the first copy of these dropped records got, when that is
@@ -1321,6 +1374,7 @@ mod tests {
                 let resp: ProduceResponse =
                     message::decode_response(ApiKey::Produce, VERSION, &bytes).unwrap();
                 assert_eq!(resp.responses[0].partition_responses[0].error_code, 0);
+                LAST_BASE.with(|b| b.set(resp.responses[0].partition_responses[0].base_offset));
                 None
             }
         }
@@ -1352,18 +1406,55 @@ mod tests {
         // b and c were at 1 and 2, d landed at 3: the client is told 1, so
         // base + index is every record's true offset.
         assert_eq!(LAST_BASE.with(|b| b.get()), 1);
-        // Replays not at the front: no single base offset is true.
-        let mixed = send(&b, &mut s2, batch(&["x", "a", "y"], NO_PRODUCER, -1), 4).await;
-        assert_eq!(mixed.unwrap().0, ["x", "y"]);
-        assert_eq!(LAST_BASE.with(|b| b.get()), -1);
-        // A whole replay is answered by the proxy.
+        // A whole replay whose first copies are consecutive is answered by
+        // the proxy, with the first one's offset.
         assert_eq!(
-            send(&b, &mut s2, batch(&["a", "d"], NO_PRODUCER, -1), 4).await,
+            send(&b, &mut s2, batch(&["a", "b"], NO_PRODUCER, -1), 4).await,
             None
         );
+        assert_eq!(LAST_BASE.with(|b| b.get()), 0);
         let topics = b.dedup.metrics.dedup.topics();
         let c = topics[&("orders".to_string(), "orders".to_string())];
-        assert_eq!((c.records, c.dropped), (11, 5));
+        assert_eq!((c.records, c.dropped), (8, 4));
+    }
+
+    #[tokio::test]
+    async fn replays_no_base_offset_can_number_are_forwarded() {
+        let b = bench("drop");
+        let mut s = Session::default();
+        let first = send(&b, &mut s, batch(&["a", "b", "c", "d"], NO_PRODUCER, -1), 0).await;
+        assert_eq!(first.unwrap().0, ["a", "b", "c", "d"]);
+        // Clients number records base_offset + i, librdkafka and aiokafka
+        // even from -1: a replay between new records has no base offset that
+        // is true for every record, so the batch goes whole, at its own offsets.
+        let mixed = send(&b, &mut s, batch(&["x", "a", "y"], NO_PRODUCER, -1), 4).await;
+        assert_eq!(mixed.unwrap().0, ["x", "a", "y"]);
+        // A whole replay whose first copies are not consecutive: the same.
+        let whole = send(&b, &mut s, batch(&["a", "c"], NO_PRODUCER, -1), 7).await;
+        assert_eq!(whole.unwrap().0, ["a", "c"]);
+        // A replayed prefix whose first copies are not consecutive: the same.
+        let prefix = send(&b, &mut s, batch(&["b", "d", "z"], NO_PRODUCER, -1), 9).await;
+        assert_eq!(prefix.unwrap().0, ["b", "d", "z"]);
+        let dedup = &b.dedup.metrics.dedup;
+        assert_eq!(dedup.fail_open_count(FailOpen::Unnumbered), 5);
+        // A single record's replay is always answered: at its first copy's
+        // offset here (-1, "no offset" for every client, if that were elsewhere).
+        assert_eq!(
+            send(&b, &mut s, batch(&["c"], NO_PRODUCER, -1), 12).await,
+            None
+        );
+        assert_eq!(LAST_BASE.with(|b| b.get()), 2);
+        // The Java client (KIP-511 name) reports -1 for every record of a
+        // partition answered -1: its replays are removed and it is told -1.
+        let mut java = Session::default();
+        java.set_client_software("apache-kafka-java");
+        let mixed = send(&b, &mut java, batch(&["q", "a", "r"], NO_PRODUCER, -1), 13).await;
+        assert_eq!(mixed.unwrap().0, ["q", "r"]);
+        assert_eq!(LAST_BASE.with(|b| b.get()), -1);
+        assert_eq!(dedup.fail_open_count(FailOpen::Unnumbered), 5);
+        let topics = dedup.topics();
+        let c = topics[&("orders".to_string(), "orders".to_string())];
+        assert_eq!((c.records, c.dropped), (16, 2));
     }
 
     /// Records of one forwarded batch: how many carry the tag header.

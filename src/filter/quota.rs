@@ -29,11 +29,15 @@
 //! How: a token bucket per kind, holding `burst` seconds of its rate, that
 //! may go into debt. A request is always forwarded; the debt it leaves is the
 //! throttle: the response carries `throttle_time_ms = max(broker's, ours)`
-//! (KIP-219) and the connection is muted until the debt is repaid, capped at
-//! `quota.max_throttle`. Muting holds back the next Produce or Fetch (and so
-//! everything behind it); requests that are neither — heartbeats, joins,
-//! commits, metadata — are read and forwarded while muted, so a group member
-//! whose coordinator shares the connection stays in its group.
+//! (KIP-219) and the connection is muted for it, at most `quota.max_throttle`
+//! at a time. Muting holds back the next Produce or Fetch (and so everything
+//! behind it); a Produce is held until the debt is repaid — muted again, a
+//! throttle at a time, for a debt larger than one throttle — but at most
+//! `quota.max_hold`, after which it goes and the debt carries over (a Fetch's
+//! size is capped to what the bucket holds instead). Requests that are neither —
+//! heartbeats, joins, commits, metadata — are read and forwarded while muted,
+//! so a group member whose coordinator shares the connection stays in its
+//! group.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -155,6 +159,16 @@ impl Bucket {
         }
     }
 
+    /// The time until the bucket is out of debt, with nothing more taken.
+    fn owed(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+
     /// A new limit keeps what was owed or saved, within the new capacity.
     fn retune(&mut self, limit: &Limit, now: Instant) {
         self.refill(now);
@@ -173,6 +187,8 @@ pub struct Counters {
     /// Total throttle imposed, microseconds.
     pub throttle_micros: AtomicU64,
     pub throttled: AtomicU64,
+    /// Produce or Fetch requests held right now (muted, in debt or paused).
+    pub held: AtomicU64,
 }
 
 /// One entity's quota state, shared by its connections.
@@ -240,6 +256,10 @@ impl Entity {
     /// Counts `n` units of `kind` and charges them to its bucket, if any:
     /// the throttle they leave (zero when within the quota).
     pub fn charge(&self, kind: Kind, n: u64) -> Duration {
+        self.charge_at(kind, n, Instant::now())
+    }
+
+    fn charge_at(&self, kind: Kind, n: u64, now: Instant) -> Duration {
         let counter = match kind {
             Kind::Produce => &self.counters.produce_bytes,
             Kind::Fetch => &self.counters.fetch_bytes,
@@ -251,9 +271,49 @@ impl Entity {
         }
         let mut guard = self.limits.lock().expect("quota lock");
         match &mut guard.1[kind as usize] {
-            Some(b) => b.charge(n as f64, Instant::now()),
+            Some(b) => b.charge(n as f64, now),
             None => Duration::ZERO,
         }
+    }
+
+    /// The time until this entity may send `kind` (Produce or Fetch) again:
+    /// until the debt of that kind's bucket, and of the request bucket, is
+    /// repaid.
+    pub fn owed(&self, kind: Kind, now: Instant) -> Duration {
+        let mask = (1 << kind as usize) | (1 << Kind::Requests as usize);
+        if self.limited.load(Relaxed) & mask == 0 {
+            return Duration::ZERO;
+        }
+        let mut guard = self.limits.lock().expect("quota lock");
+        let buckets = &mut guard.1;
+        let mut owed = Duration::ZERO;
+        for i in [kind as usize, Kind::Requests as usize] {
+            if let Some(b) = buckets[i].as_mut() {
+                owed = owed.max(b.owed(now));
+            }
+        }
+        owed
+    }
+
+    /// A Produce of this entity waiting to be read, `held` so far:
+    /// the next piece of its hold, or `None` when it may go. While a debt is
+    /// owed the request is held again and again, each piece at most
+    /// `max_throttle` (so each `throttle_time_ms` stays short) and all of them
+    /// together at most `max_hold` (so no request nears the client's
+    /// request.timeout.ms). So a quota holds for requests larger than
+    /// `quota × max_throttle` (up to `quota × max_hold`), where one hold per
+    /// request would let one request through per `max_throttle`, whatever
+    /// its size.
+    pub fn hold_step(
+        &self,
+        kind: Kind,
+        held: Duration,
+        (max_throttle, max_hold): (Duration, Duration),
+        now: Instant,
+    ) -> Option<Duration> {
+        let owed = self.owed(kind, now);
+        let left = max_hold.saturating_sub(held);
+        (!owed.is_zero() && !left.is_zero()).then(|| owed.min(max_throttle).min(left))
     }
 
     /// Charges proxy time to a `request_percentage` bucket (a
@@ -550,7 +610,7 @@ impl Quotas {
             ),
             (
                 "idemgate_throttled_responses_total",
-                "Responses that carried a throttle of the proxy's.",
+                "Throttles imposed: on a response, or once more on a held request while a debt is owed.",
                 |c| c.throttled.load(Relaxed) as f64,
             ),
         ];
@@ -559,6 +619,11 @@ impl Quotas {
             for e in &all {
                 let _ = writeln!(out, "{name}{{{}}} {}", labels(e), value(&e.counters));
             }
+        }
+        let _ = writeln!(out, "# HELP idemgate_requests_held Produce or Fetch requests held now (muted, owing or paused), per connector and tenant.\n# TYPE idemgate_requests_held gauge");
+        for e in &all {
+            let held = e.counters.held.load(Relaxed);
+            let _ = writeln!(out, "idemgate_requests_held{{{}}} {held}", labels(e));
         }
         let _ = writeln!(out, "# HELP idemgate_quota_limit The limit in force, per second (bytes, requests, or microseconds of proxy time for request_percentage).\n# TYPE idemgate_quota_limit gauge");
         for e in &all {
@@ -881,6 +946,77 @@ mod tests {
             t2,
         );
         assert_eq!(b.charge(0.0, t2), Duration::from_secs(4));
+    }
+
+    /// A client whose every request is 1 MB against a 200 KiB/s produce
+    /// quota (librdkafka's default batch.size), on a simulated clock: it sends
+    /// its next request the moment the proxy reads it.
+    fn large_requests(max_throttle: Duration, max_hold: Duration) -> (f64, u64, u64) {
+        let (s, rules) =
+            quotas("[[quotas]]\nconnector = \"big\"\nproduce_bytes_per_sec = 204800\n");
+        let q = Quotas::new(s, rules);
+        let e = q.entity(&Identity::from_client_id("connector-producer-big-0"), None);
+        const REQUEST: u64 = 1_000_000;
+        let start = Instant::now();
+        let mut now = start;
+        let (mut pieces, mut sent) = (0, 0);
+        for _ in 0..40 {
+            let held_at = now;
+            while let Some(piece) =
+                e.hold_step(Kind::Produce, now - held_at, (max_throttle, max_hold), now)
+            {
+                assert!(
+                    piece <= max_throttle,
+                    "one throttle is at most max_throttle"
+                );
+                now += piece;
+                pieces += 1;
+            }
+            assert!(
+                now - held_at <= max_hold,
+                "no request is held past max_hold"
+            );
+            e.charge_at(Kind::Produce, REQUEST, now);
+            sent += REQUEST;
+        }
+        // Usage counted over the run, after the 1 s burst and the last
+        // request (charged the moment it was read, repaid after the run).
+        let rate = (sent - 204_800 - REQUEST) as f64 / (now - start).as_secs_f64();
+        (
+            rate / 204_800.0,
+            pieces,
+            e.counters.produce_bytes.load(Relaxed),
+        )
+    }
+
+    #[test]
+    fn a_debt_larger_than_max_throttle_is_carried_across_holds_until_repaid() {
+        // 1 MB at 200 KiB/s is ~4.9 s of debt: each request is held in
+        // pieces of at most 2 s until it is repaid, so the bucket's rate
+        // holds (before: one 2 s hold per request, 2.4x the quota).
+        let (ratio, pieces, counted) =
+            large_requests(Duration::from_secs(2), Duration::from_secs(10));
+        assert_eq!(counted, 40 * 1_000_000, "every byte counted");
+        assert!(ratio <= 1.0 + 1e-9, "the quota holds: {ratio:.3}x");
+        // Each request waited for its whole debt, longer than one throttle:
+        // at least two pieces each.
+        assert!(pieces >= 2 * 39, "{pieces} pieces");
+        // The debt repaid between requests is one request's: the client is
+        // never held longer than its own request costs.
+        assert!(ratio > 0.95, "not starved: {ratio:.3}x");
+    }
+
+    #[test]
+    fn a_hold_stops_at_max_hold_and_the_debt_carries_over() {
+        // A quota of 200 KiB/s with max_hold 2 s: a 1 MB request's 4.9 s of
+        // debt is more than one request may wait; it goes after 2 s and the
+        // debt stays, so the next request waits its full 2 s at once.
+        let (ratio, pieces, _) = large_requests(Duration::from_secs(2), Duration::from_secs(2));
+        assert_eq!(pieces, 39, "one 2 s piece per request after the burst");
+        assert!(
+            ratio > 2.0,
+            "{ratio:.3}x: bounded by one request per max_hold"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@
 //! [`Bounded`], so a new decode without the check does not compile.
 
 use kafka_protocol::messages::{
-    AddPartitionsToTxnRequest, ApiVersionsResponse, DescribeClusterResponse,
+    AddPartitionsToTxnRequest, ApiVersionsRequest, ApiVersionsResponse, DescribeClusterResponse,
     DescribeConfigsResponse, EndTxnRequest, EndTxnResponse, FetchRequest, FetchResponse,
     FindCoordinatorResponse, JoinGroupRequest, MetadataResponse, ProduceRequest, ProduceResponse,
     SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
@@ -742,6 +742,16 @@ const SASL_HANDSHAKE_REQUEST: Schema = Schema {
 
 // --- ApiVersions (api 18) ---
 
+const API_VERSIONS_REQUEST: Schema = Schema {
+    name: "ApiVersionsRequest",
+    versions: (0, 4),
+    flexible: 3,
+    fields: &[
+        f("client_software_name", 3, N, STRING),
+        f("client_software_version", 3, N, STRING),
+    ],
+};
+
 const API_VERSIONS_RESPONSE: Schema = Schema {
     name: "ApiVersionsResponse",
     versions: (0, 4),
@@ -1081,6 +1091,7 @@ bounded! {
     MetadataResponse => METADATA_RESPONSE,
     FindCoordinatorResponse => FIND_COORDINATOR_RESPONSE,
     SaslHandshakeRequest => SASL_HANDSHAKE_REQUEST,
+    ApiVersionsRequest => API_VERSIONS_REQUEST,
     ApiVersionsResponse => API_VERSIONS_RESPONSE,
     EndTxnRequest => END_TXN_REQUEST,
     AddPartitionsToTxnRequest => ADD_PARTITIONS_TO_TXN_REQUEST,
@@ -1178,6 +1189,7 @@ mod tests {
             case::<MetadataResponse>(ApiKey::Metadata, false),
             case::<FindCoordinatorResponse>(ApiKey::FindCoordinator, false),
             case::<SaslHandshakeRequest>(ApiKey::SaslHandshake, true),
+            case::<ApiVersionsRequest>(ApiKey::ApiVersions, true),
             case::<ApiVersionsResponse>(ApiKey::ApiVersions, false),
             case::<EndTxnRequest>(ApiKey::EndTxn, true),
             case::<AddPartitionsToTxnRequest>(ApiKey::AddPartitionsToTxn, true),
@@ -1689,6 +1701,17 @@ mod tests {
             vec![
                 SaslHandshakeRequest::default(),
                 SaslHandshakeRequest::default().with_mechanism(s("SCRAM-SHA-512")),
+            ]
+        }
+    }
+
+    impl Sample for ApiVersionsRequest {
+        fn samples(_: i16) -> Vec<Self> {
+            vec![
+                ApiVersionsRequest::default(),
+                ApiVersionsRequest::default()
+                    .with_client_software_name(s("apache-kafka-java"))
+                    .with_client_software_version(s("4.4.0")),
             ]
         }
     }
