@@ -473,7 +473,27 @@ impl Window {
         if entries.is_empty() {
             return Ok(None);
         }
-        let id = self.next_segment.fetch_add(1, Relaxed);
+        let id = self.reserve_segment();
+        self.write_segment(id, topic, partition, base_offset, producer, entries)
+            .map(Some)
+    }
+
+    /// A new segment's id, not yet written.
+    fn reserve_segment(&self) -> u64 {
+        self.next_segment.fetch_add(1, Relaxed)
+    }
+
+    /// Writes the segment `id` ([`reserve_segment`](Self::reserve_segment))
+    /// and marks its keys seen.
+    fn write_segment(
+        &self,
+        id: u64,
+        topic: &str,
+        partition: i32,
+        base_offset: i64,
+        producer: Producer,
+        entries: &[(Key, u32)],
+    ) -> Result<u64, Error> {
         let value = Segment::encode(now_ms(), topic, partition, base_offset, producer, entries);
         if let Err(e) = self.store.put_segment(id, &value) {
             self.store_errors.fetch_add(1, Relaxed);
@@ -483,7 +503,7 @@ impl Window {
             self.insert_seen(key, id);
         }
         self.changed.notify_waiters();
-        Ok(Some(id))
+        Ok(id)
     }
 
     /// The idempotent producer whose batch put a segment's keys in the
