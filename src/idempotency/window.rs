@@ -586,6 +586,12 @@ impl Window {
         if segment < self.durable_below.load(Relaxed) {
             return Ok(());
         }
+        self.flush().await
+    }
+
+    /// Flushes the store: every segment written before the call is on disk
+    /// when it returns (the periodic flush, `dedup.flush_interval`).
+    pub async fn flush(&self) -> Result<(), Error> {
         // Read before the flush: only writes that landed before it started
         // are surely carried by it.
         let written = self.written_below();
