@@ -1048,6 +1048,66 @@ async fn zombie_and_successor_lose_nothing() {
     proxy.assert_no_leaks().await;
 }
 
+/// `acks=1` producers are checked against the window but never teach it
+/// (README, docs/operations.md): a leader failover can truncate an acks=1
+/// write, and a replay restoring it must not be dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_1_is_checked_but_never_teaches() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    let topic = "acks-one";
+    create_topic(&proxy.bootstrap, topic, 3).await;
+    let records = recs(0..100, "a");
+    // acks=all teaches 0..50.
+    let all = task_producer(&proxy.bootstrap, "connector-producer-acks-0", &[]);
+    send_ok(&all, topic, &records[..50]).await;
+    drop(all);
+    assert_eq!(
+        wait_gauge(proxy.admin, "idemgate_window_keys", 50.0).await,
+        50.0
+    );
+    // acks=1 replays 0..50 (checked: dropped) and writes 50..100 (not learned).
+    let one = task_producer(
+        &proxy.bootstrap,
+        "connector-producer-acks-0",
+        &[("acks", "1")],
+    );
+    send_ok(&one, topic, &records).await;
+    drop(one);
+    assert_eq!(
+        dedup_counts(proxy.admin, "acks", topic).await,
+        (150.0, 50.0, 0.0),
+        "acks=1: its replays of acks=all records are dropped"
+    );
+    // An acks=all replay of 50..100 is not dropped: acks=1 taught nothing.
+    let all = task_producer(&proxy.bootstrap, "connector-producer-acks-0", &[]);
+    send_ok(&all, topic, &records[50..]).await;
+    drop(all);
+    assert_eq!(
+        dedup_counts(proxy.admin, "acks", topic).await,
+        (200.0, 50.0, 0.0),
+        "nothing acks=1 wrote was in the window"
+    );
+    let rows = consume_all(&broker.addr, topic, 3).await;
+    let counts = copies(&rows);
+    for (i, r) in records.iter().enumerate() {
+        let want = if i < 50 { 1 } else { 2 };
+        assert_eq!(
+            counts.get(&(r.key.clone(), r.value.clone())),
+            Some(&want),
+            "record {i}"
+        );
+    }
+    assert_eq!(rows.len(), 150);
+    assert_eq!(
+        wait_gauge(proxy.admin, "idemgate_window_keys", 100.0).await,
+        100.0,
+        "the acks=all copies of 50..100 were learned"
+    );
+    assert_no_fail_open(proxy.admin).await;
+    proxy.assert_no_leaks().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_key_rule_and_fallback_pass() {
     let broker = Tansu::start();
@@ -1818,6 +1878,80 @@ async fn sinks_read_each_record_once_whoever_wrote_the_copies() {
         places(&rows),
         BTreeSet::from([(0, 36)]),
         "the consumer moved past the duplicates"
+    );
+    assert_no_fail_open(proxy.admin).await;
+    proxy.assert_no_leaks().await;
+}
+
+/// Fetch dedup on a topic of three partitions: a copy in the same partition
+/// is a replay and goes; a copy in another partition is delivered (its
+/// first position is in another log, which this read may not cover).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_in_another_partition_is_delivered() {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(
+        &broker.addr,
+        &dedup_toml("key = \"content\"\ndirection = \"fetch\""),
+    )
+    .await;
+    let topic = "sink-spread";
+    create_topic(&broker.addr, topic, 3).await;
+    let around = task_producer(&broker.addr, "around-the-proxy", &[]);
+    let originals = recs(0..30, "s");
+    // (partition, record): 0..10 to each partition in turn; then copies of
+    // 0..10 in their own partitions, and of 10..20 in the next partition.
+    let mut writes: Vec<(i32, &Rec)> = (0..20).map(|i| ((i % 3) as i32, &originals[i])).collect();
+    writes.extend((0..10).map(|i| ((i % 3) as i32, &originals[i])));
+    writes.extend((10..20).map(|i| (((i + 1) % 3) as i32, &originals[i])));
+    let mut placed: Vec<(i32, i64, usize)> = Vec::new();
+    for (p, r) in &writes {
+        let d = around
+            .send(
+                FutureRecord::to(topic)
+                    .partition(*p)
+                    .key(r.key.as_deref().unwrap())
+                    .payload(r.value.as_str()),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("{r:?}: {e}"));
+        placed.push((d.partition, d.offset, index_of(&r.value)));
+    }
+    drop(around);
+    // The first copy of each record in each partition is what a sink gets.
+    let mut want: BTreeMap<(i32, usize), i64> = BTreeMap::new();
+    for &(p, o, i) in &placed {
+        want.entry((p, i)).or_insert(o);
+    }
+    let rows = sink_reads(
+        (&proxy.bootstrap, &broker.addr),
+        topic,
+        3,
+        "connect-spread-sink",
+    )
+    .await;
+    let got: BTreeMap<(i32, usize), i64> = rows
+        .iter()
+        .map(|r| ((r.partition, index_of(&r.value)), r.offset))
+        .collect();
+    assert_eq!(rows.len(), got.len(), "a record twice in one partition");
+    assert_eq!(
+        got, want,
+        "each record once per partition it was written to, at its first place there"
+    );
+    assert_eq!(
+        rows.len(),
+        30,
+        "20 records, and 10 copies in other partitions"
+    );
+    let text = metrics(proxy.admin).await;
+    assert_eq!(
+        common::metric_value(
+            &text,
+            &fetch_series("idemgate_duplicates_dropped_total", "spread-sink", topic)
+        ),
+        10.0,
+        "the copies in their own partitions"
     );
     assert_no_fail_open(proxy.admin).await;
     proxy.assert_no_leaks().await;
