@@ -1368,6 +1368,30 @@ async fn wait_counter(admin: SocketAddr, name: &str, at_least: f64) -> f64 {
     }
 }
 
+/// A content drop rule for every topic, the store flushed every `interval`:
+/// the config file written into `dir` (the store in `dir/store`), its
+/// bootstrap and admin ports.
+fn flushing_every(
+    dir: &std::path::Path,
+    broker: &str,
+    interval: &str,
+) -> (std::path::PathBuf, u16, u16) {
+    let rule = format!(
+        "flush_interval = \"{interval}\"\n{}",
+        dedup_toml("key = \"content\"").trim_start_matches("[dedup]\n")
+    );
+    let (text, bootstrap, admin) = Proxy::config_text(
+        broker,
+        &dir.join("store"),
+        "",
+        "",
+        &format!("[dedup]\n{rule}"),
+    );
+    let config = dir.join("idemgate.toml");
+    std::fs::write(&config, text).unwrap();
+    (config, bootstrap, admin)
+}
+
 /// SIGKILL after a store flush that started after every ack: every
 /// acknowledged key is on disk (the documented policy: at most
 /// `dedup.flush_interval` of keys can be forgotten), so a full replay
@@ -1376,15 +1400,7 @@ async fn wait_counter(admin: SocketAddr, name: &str, at_least: f64) -> f64 {
 async fn sigkill_keeps_what_the_flush_policy_promises() {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let rule = format!(
-        "flush_interval = \"200ms\"\n{}",
-        dedup_toml("key = \"content\"").trim_start_matches("[dedup]\n")
-    );
-    let (text, bootstrap, admin) =
-        Proxy::config_text(&broker.addr, &store, "", "", &format!("[dedup]\n{rule}"));
-    let config = dir.path().join("idemgate.toml");
-    std::fs::write(&config, text).unwrap();
+    let (config, bootstrap, admin) = flushing_every(dir.path(), &broker.addr, "200ms");
     let topic = "killed";
     let records = recs(0..300, "k");
 
@@ -1421,15 +1437,7 @@ async fn sigkill_keeps_what_the_flush_policy_promises() {
 async fn sigkill_within_the_flush_interval_loses_nothing() {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let rule = format!(
-        "flush_interval = \"1h\"\n{}",
-        dedup_toml("key = \"content\"").trim_start_matches("[dedup]\n")
-    );
-    let (text, bootstrap, admin) =
-        Proxy::config_text(&broker.addr, &store, "", "", &format!("[dedup]\n{rule}"));
-    let config = dir.path().join("idemgate.toml");
-    std::fs::write(&config, text).unwrap();
+    let (config, bootstrap, admin) = flushing_every(dir.path(), &broker.addr, "1h");
     let topic = "killed-early";
     let records = recs(0..300, "e");
 
