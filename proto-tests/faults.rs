@@ -180,6 +180,11 @@ const MAX_OUTSTANDING: usize = 2000;
 struct Task {
     id: usize,
     client_id: String,
+    /// An idempotent producer (`enable.idempotence=true`, five requests in
+    /// flight), as a Connect worker with idempotence on, or any Java client
+    /// by default: each instance gets a new producer id, and the proxy
+    /// shifts its sequences past what it drops.
+    idempotent: bool,
     state: Mutex<TaskState>,
 }
 
@@ -267,9 +272,15 @@ type TaskProducer = ThreadedProducer<Reports>;
 impl Task {
     /// Task `id`; `seed` decides which of its offset commits fail.
     fn new(id: usize, client_id: &str, seed: u64) -> Arc<Task> {
+        Self::with_idempotence(id, client_id, seed, false)
+    }
+
+    /// [`new`](Self::new), idempotent or not.
+    fn with_idempotence(id: usize, client_id: &str, seed: u64, idempotent: bool) -> Arc<Task> {
         Arc::new(Task {
             id,
             client_id: client_id.to_string(),
+            idempotent,
             state: Mutex::new(TaskState {
                 sent: Vec::new(),
                 committed: 0,
@@ -287,8 +298,9 @@ impl Task {
     }
 
     /// Starts instance `instance`: a new producer (acks=all, one request in
-    /// flight, not idempotent: Connect's source producer) that starts from
-    /// the committed offset. `socket_timeout` bounds a request in flight.
+    /// flight, not idempotent: Connect's source producer; or idempotent with
+    /// five in flight) that starts from the committed offset.
+    /// `socket_timeout` bounds a request in flight.
     fn start(
         self: &Arc<Task>,
         bootstrap: &str,
@@ -305,12 +317,17 @@ impl Task {
             s.outstanding = 0;
         }
         let timeout = socket_timeout.as_millis().to_string();
+        let (idempotence, in_flight) = if self.idempotent {
+            ("true", "5")
+        } else {
+            ("false", "1")
+        };
         ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("client.id", &self.client_id)
             .set("acks", "all")
-            .set("max.in.flight.requests.per.connection", "1")
-            .set("enable.idempotence", "false")
+            .set("max.in.flight.requests.per.connection", in_flight)
+            .set("enable.idempotence", idempotence)
             .set("linger.ms", "5")
             .set("retry.backoff.ms", "50")
             // Connect retries a record for as long as it takes.
@@ -907,6 +924,19 @@ fn tasks(seed: u64) -> Vec<Arc<Task>> {
     .collect()
 }
 
+/// [`tasks`], and a fourth of another connector whose producer is
+/// idempotent.
+fn tasks_with_an_idempotent_one(seed: u64) -> Vec<Arc<Task>> {
+    let mut all = tasks(seed);
+    all.push(Task::with_idempotence(
+        all.len(),
+        "connector-producer-idem-0",
+        seed,
+        true,
+    ));
+    all
+}
+
 fn ledger(tasks: &[Arc<Task>]) -> Vec<Vec<Sent>> {
     tasks
         .iter()
@@ -917,7 +947,9 @@ fn ledger(tasks: &[Arc<Task>]) -> Vec<Vec<Sent>> {
 /// Kafka Connect source tasks stream and replay through the proxy, which is
 /// killed with SIGKILL at random points (seeded) and restarted on the same
 /// store; after each kill every task restarts the way Connect restarts one
-/// and replays everything since its last offset commit. Nothing
+/// and replays everything since its last offset commit. One task's producer
+/// is idempotent, so its replays are dropped from batches whose sequences
+/// the proxy then shifts, across every kill. Nothing
 /// acknowledged may be lost, and every duplicate must be one the flush
 /// policy allows ([`KillPolicy`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -942,7 +974,7 @@ async fn sigkill_at_random_points_loses_nothing() {
     let mut proxy = ProxyProcess::start(&config, bootstrap, admin).await;
 
     let t0 = Instant::now();
-    let tasks = tasks(seed);
+    let tasks = tasks_with_an_idempotent_one(seed);
     let control = Control::new();
     let threads = start_tasks(&tasks, &control, &proxy.bootstrap, topic);
     let mut policy = KillPolicy {
@@ -1021,6 +1053,17 @@ async fn sigkill_at_random_points_loses_nothing() {
     ));
     // Every duplicate is the flush policy's.
     verdict.assert_all_checked(&unchecked, "no replay reached back past the flush policy");
+    // The idempotent task's replays too: some had to be dropped (its
+    // sequences shifted past them), and none of its records is missing.
+    let idempotent = tasks.iter().find(|t| t.idempotent).unwrap().id;
+    let held = sent[idempotent]
+        .iter()
+        .filter(|s| s.attempts.len() > 1 && policy.allowed(s) == 0)
+        .count();
+    assert!(
+        held > 0,
+        "the idempotent task's replays were never held to once"
+    );
 }
 
 // === Case 2: an upstream that hangs up mid-request or answers late ===
