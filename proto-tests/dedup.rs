@@ -976,7 +976,7 @@ async fn zombie_and_successor_lose_nothing() {
         &mock.bootstrap_servers(),
         // Untagged: a tag's growth would ask the held broker for the topic's
         // limit (src/topic_config.rs), holding the successor too.
-        "[dedup]\npending_wait = \"60s\"\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\ntag = false\n",
+        "[dedup]\npending_wait = \"60s\"\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\ntag = false\n",
     )
     .await;
     let records = recs(0..300, "z");
