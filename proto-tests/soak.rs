@@ -29,9 +29,11 @@
 //! would pass it within the first minutes); open descriptors at most 32
 //! above (connections come and go with the crashes and the sink); the
 //! store directory no higher in the second half of those samples than in
-//! the first, but for one step of sled's segments (a quarter, at least
-//! 4 MiB): a store that keeps growing fails it. Every sample is printed, so a creeping figure can be read
-//! even when it stays inside the bound.
+//! the first, but for a quarter of it or 1 MiB, whichever is more (sled
+//! appends and reclaims in segments: measured here, it swings between 3.6
+//! and 6 MiB at 20,000 keys): a store that keeps growing fails it. Every
+//! sample is printed, so a creeping figure can be read even when it stays
+//! inside the bound.
 
 mod common;
 
@@ -343,7 +345,29 @@ fn sink(bootstrap: String, restart_every: Duration, stop: Arc<AtomicBool>) -> u6
 }
 
 /// Every id in the orders topic, read straight from the broker: id → copies.
-fn log_ids(broker: &str, expected: usize) -> HashMap<u64, usize> {
+/// Once every client is done, an end marker goes to each partition, and each
+/// is read up to it: a copy arriving late is counted, where a quiet
+/// interval would have ended the read before it.
+fn log_ids(broker: &str) -> HashMap<u64, usize> {
+    let marker: rdkafka::producer::BaseProducer = client_config(broker).create().unwrap();
+    for p in 0..PARTITIONS {
+        marker
+            .send(
+                BaseRecord::<str, str>::to(ORDERS)
+                    .partition(p)
+                    .key("end")
+                    .payload("end"),
+            )
+            .unwrap_or_else(|(e, _)| panic!("end marker for partition {p}: {e}"));
+    }
+    assert_eq!(
+        marker
+            .flush(Duration::from_secs(60))
+            .map_err(|e| e.to_string()),
+        Ok(()),
+        "end markers written"
+    );
+    drop(marker);
     let consumer: BaseConsumer = client_config(broker)
         .set("group.id", "soak-check")
         .set("enable.auto.commit", "false")
@@ -356,24 +380,27 @@ fn log_ids(broker: &str, expected: usize) -> HashMap<u64, usize> {
     }
     consumer.assign(&tpl).unwrap();
     let mut ids: HashMap<u64, usize> = HashMap::new();
-    let mut total = 0;
-    let mut quiet_since = Instant::now();
-    while total < expected || quiet_since.elapsed() < Duration::from_secs(2) {
+    let mut ended = HashSet::new();
+    let start = Instant::now();
+    while ended.len() < PARTITIONS as usize {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "end markers of {ended:?} only, after 300 s"
+        );
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
+                if m.key() == Some(b"end".as_slice()) {
+                    ended.insert(m.partition());
+                    continue;
+                }
                 let v = std::str::from_utf8(m.payload().unwrap()).unwrap();
                 let id: u64 = v["{\"order\":".len()..v.find(',').unwrap()]
                     .parse()
                     .unwrap();
                 *ids.entry(id).or_default() += 1;
-                total += 1;
-                quiet_since = Instant::now();
             }
             Some(Err(e)) => panic!("reading the log: {e}"),
-            None => assert!(
-                quiet_since.elapsed() < Duration::from_secs(60),
-                "the log holds {total} records, {expected} expected"
-            ),
+            None => {}
         }
     }
     ids
@@ -475,7 +502,7 @@ async fn memory_descriptors_and_store_stay_flat_under_mixed_traffic() {
     let (first, second) = after.split_at(after.len() / 2);
     let first_peak = first.iter().map(|s| s.store).max().unwrap();
     let second_peak = second.iter().map(|s| s.store).max().unwrap();
-    let step = (first_peak / 4).max(4 << 20);
+    let step = (first_peak / 4).max(1 << 20);
     assert!(
         second_peak <= first_peak + step,
         "the store kept growing: {} bytes at the end of the warm-up, peak {first_peak} in the \
@@ -507,7 +534,7 @@ async fn memory_descriptors_and_store_stay_flat_under_mixed_traffic() {
     let failed = in_flight.len();
     let unacked = distinct.iter().filter(|id| !acked.contains(id)).count();
     assert_eq!(unacked, 0, "ids never acknowledged, replays included");
-    let log = log_ids(&broker.addr, distinct.len());
+    let log = log_ids(&broker.addr);
     let missing: Vec<u64> = distinct
         .iter()
         .filter(|id| !log.contains_key(id))
