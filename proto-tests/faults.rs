@@ -180,8 +180,21 @@ const MAX_OUTSTANDING: usize = 2000;
 struct Task {
     id: usize,
     client_id: String,
+    /// An idempotent producer (`enable.idempotence=true`, five requests in
+    /// flight), as a Connect worker with idempotence on, or any Java client
+    /// by default: each instance gets a new producer id, and the proxy
+    /// shifts its sequences past what it drops.
+    idempotent: bool,
+    /// A transactional producer (Connect's exactly-once source): records go
+    /// in transactions of [`TXN_RECORDS`]; a record counts as acknowledged,
+    /// and the source offset moves past it, only when its transaction
+    /// commits. An instance killed mid-transaction leaves it to be aborted.
+    transactional: bool,
     state: Mutex<TaskState>,
 }
+
+/// Records per transaction of a transactional task.
+const TXN_RECORDS: usize = 300;
 
 struct TaskState {
     /// By record index: what the clients saw, over every instance.
@@ -246,6 +259,13 @@ impl ProducerContext for Reports {
     fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
         let now = Instant::now();
         let mut state = self.task.state.lock().unwrap();
+        if self.task.transactional {
+            // Written, not yet committed: the commit acknowledges it.
+            if state.instance == self.instance {
+                state.outstanding -= 1;
+            }
+            return;
+        }
         if result.is_ok() {
             let attempts = &mut state.sent[index].attempts;
             if let Some(a) = attempts.iter_mut().find(|a| a.instance == self.instance) {
@@ -267,9 +287,27 @@ type TaskProducer = ThreadedProducer<Reports>;
 impl Task {
     /// Task `id`; `seed` decides which of its offset commits fail.
     fn new(id: usize, client_id: &str, seed: u64) -> Arc<Task> {
+        Self::with_idempotence(id, client_id, seed, false)
+    }
+
+    /// [`new`](Self::new), idempotent or not.
+    fn with_idempotence(id: usize, client_id: &str, seed: u64, idempotent: bool) -> Arc<Task> {
+        Self::with_kind(id, client_id, seed, idempotent, false)
+    }
+
+    /// [`new`](Self::new), idempotent or not, transactional or not.
+    fn with_kind(
+        id: usize,
+        client_id: &str,
+        seed: u64,
+        idempotent: bool,
+        transactional: bool,
+    ) -> Arc<Task> {
         Arc::new(Task {
             id,
             client_id: client_id.to_string(),
+            idempotent: idempotent || transactional,
+            transactional,
             state: Mutex::new(TaskState {
                 sent: Vec::new(),
                 committed: 0,
@@ -287,8 +325,9 @@ impl Task {
     }
 
     /// Starts instance `instance`: a new producer (acks=all, one request in
-    /// flight, not idempotent: Connect's source producer) that starts from
-    /// the committed offset. `socket_timeout` bounds a request in flight.
+    /// flight, not idempotent: Connect's source producer; or idempotent with
+    /// five in flight) that starts from the committed offset.
+    /// `socket_timeout` bounds a request in flight.
     fn start(
         self: &Arc<Task>,
         bootstrap: &str,
@@ -305,18 +344,32 @@ impl Task {
             s.outstanding = 0;
         }
         let timeout = socket_timeout.as_millis().to_string();
-        ClientConfig::new()
+        let (idempotence, in_flight) = if self.idempotent {
+            ("true", "5")
+        } else {
+            ("false", "1")
+        };
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", bootstrap)
             .set("client.id", &self.client_id)
             .set("acks", "all")
-            .set("max.in.flight.requests.per.connection", "1")
-            .set("enable.idempotence", "false")
+            .set("max.in.flight.requests.per.connection", in_flight)
+            .set("enable.idempotence", idempotence)
             .set("linger.ms", "5")
             .set("retry.backoff.ms", "50")
             // Connect retries a record for as long as it takes.
             .set("message.timeout.ms", "600000")
             .set("socket.timeout.ms", &timeout)
-            .set("request.timeout.ms", &timeout)
+            .set("request.timeout.ms", &timeout);
+        if self.transactional {
+            // A transaction, and so each of its records, has a minute.
+            config
+                .set("transactional.id", format!("{}-txn", self.client_id))
+                .set("transaction.timeout.ms", "60000")
+                .set("message.timeout.ms", "60000");
+        }
+        config
             .create_with_context(Reports {
                 task: self.clone(),
                 instance,
@@ -371,6 +424,47 @@ impl Task {
                 Err((e, _)) => panic!("{id}: {e}"),
             }
         }
+    }
+
+    /// Commits the running transaction of `records` (indices) and begins
+    /// the next: on success they are acknowledged and the source offset
+    /// moves past them (exactly-once source). False if the commit failed
+    /// (the proxy was killed): the instance is done.
+    fn commit(
+        &self,
+        producer: &TaskProducer,
+        records: &mut Vec<usize>,
+        still: impl Fn() -> bool,
+    ) -> bool {
+        // Short tries, retried while the instance lives: a kill must not
+        // leave it blocked in a commit for the whole timeout.
+        loop {
+            match producer.commit_transaction(Duration::from_secs(2)) {
+                Ok(()) => break,
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && still() => continue,
+                Err(_) => return false,
+            }
+        }
+        let now = Instant::now();
+        {
+            let mut s = self.state.lock().unwrap();
+            let instance = s.instance;
+            for &index in records.iter() {
+                if let Some(a) = s.sent[index]
+                    .attempts
+                    .iter_mut()
+                    .find(|a| a.instance == instance)
+                {
+                    a.acked.get_or_insert(now);
+                }
+            }
+            if let Some(&last) = records.iter().max() {
+                s.committed = s.committed.max(last + 1);
+                s.commits += 1;
+            }
+        }
+        records.clear();
+        producer.begin_transaction().is_ok()
     }
 
     /// Waits until every record of the running instance has its report.
@@ -457,9 +551,18 @@ fn run_task(task: Arc<Task>, control: Arc<Control>, bootstrap: String, topic: St
         let Phase::Run(n) = phase else { unreachable!() };
         instance = n;
         let producer = task.start(&bootstrap, instance, Duration::from_secs(30));
+        // A transactional instance that cannot start or commit (the proxy
+        // it talks to was killed) only waits for the end of its life.
+        let mut alive = !task.transactional
+            || (producer.init_transactions(Duration::from_secs(60)).is_ok()
+                && producer.begin_transaction().is_ok());
         control.done.fetch_add(1, Ordering::SeqCst);
-        for index in task.committed()..task.next_new() {
-            task.send(&producer, &topic, index);
+        let mut in_txn: Vec<usize> = Vec::new();
+        if alive {
+            for index in task.committed()..task.next_new() {
+                task.send(&producer, &topic, index);
+                in_txn.push(index);
+            }
         }
         let started = Instant::now();
         let mut fresh = 0;
@@ -469,14 +572,27 @@ fn run_task(task: Arc<Task>, control: Arc<Control>, bootstrap: String, topic: St
                 break phase;
             }
             let due = (started.elapsed().as_secs_f64() * RATE) as usize;
-            if fresh < due && task.outstanding() < MAX_OUTSTANDING {
-                task.send(&producer, &topic, task.next_new());
+            if alive && task.transactional && in_txn.len() >= TXN_RECORDS {
+                alive = task.commit(&producer, &mut in_txn, || {
+                    control.phase() == Phase::Run(instance)
+                });
+            } else if alive && fresh < due && task.outstanding() < MAX_OUTSTANDING {
+                let index = task.next_new();
+                task.send(&producer, &topic, index);
+                in_txn.push(index);
                 fresh += 1;
             } else {
                 std::thread::sleep(Duration::from_millis(2));
             }
         };
         if ended == Phase::Drain {
+            if task.transactional {
+                assert!(
+                    alive && task.commit(&producer, &mut in_txn, || true),
+                    "{}: the last transaction did not commit",
+                    task.client_id
+                );
+            }
             task.settle(&producer, Duration::from_secs(300));
             return;
         }
@@ -930,6 +1046,26 @@ fn tasks(seed: u64) -> Vec<Arc<Task>> {
     .collect()
 }
 
+/// [`tasks`], a fourth of another connector whose producer is idempotent,
+/// and a fifth whose producer is transactional (exactly-once source).
+fn tasks_with_an_idempotent_one(seed: u64) -> Vec<Arc<Task>> {
+    let mut all = tasks(seed);
+    all.push(Task::with_idempotence(
+        all.len(),
+        "connector-producer-idem-0",
+        seed,
+        true,
+    ));
+    all.push(Task::with_kind(
+        all.len(),
+        "connector-producer-eos-0",
+        seed,
+        true,
+        true,
+    ));
+    all
+}
+
 fn ledger(tasks: &[Arc<Task>]) -> Vec<Vec<Sent>> {
     tasks
         .iter()
@@ -940,7 +1076,12 @@ fn ledger(tasks: &[Arc<Task>]) -> Vec<Vec<Sent>> {
 /// Kafka Connect source tasks stream and replay through the proxy, which is
 /// killed with SIGKILL at random points (seeded) and restarted on the same
 /// store; after each kill every task restarts the way Connect restarts one
-/// and replays everything since its last offset commit. Nothing
+/// and replays everything since its last offset commit. One task's producer
+/// is idempotent, so its replays are dropped from batches whose sequences
+/// the proxy then shifts, across every kill; another's is transactional
+/// (exactly-once source: its offsets move with its commits, and a kill
+/// mid-transaction leaves an aborted copy that tansu shows readers, which
+/// the in-flight allowance covers). Nothing
 /// acknowledged may be lost, and every duplicate must be one the flush
 /// policy allows ([`KillPolicy`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -965,7 +1106,7 @@ async fn sigkill_at_random_points_loses_nothing() {
     let mut proxy = ProxyProcess::start(&config, bootstrap, admin).await;
 
     let t0 = Instant::now();
-    let tasks = tasks(seed);
+    let tasks = tasks_with_an_idempotent_one(seed);
     let control = Control::new();
     let threads = start_tasks(&tasks, &control, &proxy.bootstrap, topic);
     let mut policy = KillPolicy {
@@ -1023,6 +1164,21 @@ async fn sigkill_at_random_points_loses_nothing() {
             }
         }
     }
+    for t in &tasks {
+        let s = t.state.lock().unwrap();
+        println!(
+            "sigkill: task {} ({}{}): {} records, {} commits",
+            t.id,
+            if t.idempotent { "idempotent" } else { "plain" },
+            if t.transactional {
+                ", transactional"
+            } else {
+                ""
+            },
+            s.sent.len(),
+            s.commits
+        );
+    }
     let (commits, failed_commits) = tasks.iter().fold((0, 0), |(c, f), t| {
         let s = t.state.lock().unwrap();
         (c + s.commits, f + s.failed_commits)
@@ -1045,6 +1201,21 @@ async fn sigkill_at_random_points_loses_nothing() {
     ));
     // Every duplicate is the flush policy's.
     verdict.assert_all_checked(&unchecked, "no replay reached back past the flush policy");
+    // The idempotent task's replays too: some had to be dropped (its
+    // sequences shifted past them), and none of its records is missing.
+    let idempotent = tasks
+        .iter()
+        .find(|t| t.idempotent && !t.transactional)
+        .unwrap()
+        .id;
+    let held = sent[idempotent]
+        .iter()
+        .filter(|s| s.attempts.len() > 1 && policy.allowed(s) == 0)
+        .count();
+    assert!(
+        held > 0,
+        "the idempotent task's replays were never held to once"
+    );
 }
 
 // === Case 2: an upstream that hangs up mid-request or answers late ===

@@ -607,7 +607,7 @@ async fn oauthbearer_and_reauthentication_rebind_the_principal() {
 /// copies are first occurrences; a committed transaction's copy of an earlier
 /// record goes; markers, the aborted list and the watermarks are untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_committed_neither_delivers_nor_learns_aborted_records() {
+async fn read_committed_passes_aborted_records_untouched_and_learns_nothing_from_them() {
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::messages::{FetchRequest, FetchResponse};
     use kafka_protocol::records::RecordBatchDecoder;

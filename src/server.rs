@@ -304,6 +304,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     tasks.spawn(broker_listeners(shared.clone()));
     tasks.spawn(refresh_metadata(shared.clone()));
     tasks.spawn(keep_window(shared.clone()));
+    tasks.spawn(flush_store(shared.clone()));
     tasks.spawn(sample_quotas(shared.clone()));
     for tls in [shared.tls.clone(), shared.admin_tls.clone()]
         .into_iter()
@@ -414,6 +415,23 @@ async fn keep_window(shared: Arc<Shared>) {
         dedup
             .store_bytes
             .store(shared.store.size_on_disk() as i64, Relaxed);
+    }
+}
+
+/// Flushes the store every `dedup.flush_interval` (sled's own timer does
+/// too) and counts each flush, so "every key acknowledged before this flush
+/// is on disk" is an event (`idemgate_store_flushes_total`), not a guess.
+async fn flush_store(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.config.dedup.flush_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match shared.window.flush().await {
+            Ok(()) => {
+                shared.metrics.dedup.store_flushes.fetch_add(1, Relaxed);
+            }
+            Err(e) => tracing::debug!(error = %e, "periodic store flush failed"),
+        }
     }
 }
 

@@ -275,6 +275,8 @@ pub struct DedupMetrics {
     pub store_bytes: AtomicI64,
     /// 1 once the window is loaded after a start.
     pub window_loaded: AtomicI64,
+    /// Periodic store flushes completed.
+    pub store_flushes: AtomicU64,
 }
 
 impl DedupMetrics {
@@ -297,6 +299,7 @@ impl DedupMetrics {
             window_bytes: AtomicI64::new(0),
             store_bytes: AtomicI64::new(0),
             window_loaded: AtomicI64::new(0),
+            store_flushes: AtomicU64::new(0),
         }
     }
 
@@ -489,6 +492,13 @@ impl DedupMetrics {
             "Records that waited for the same key in flight in another request (a zombie and its \
              successor); one request waits at most dedup.pending_wait in all.",
             self.pending_waits.load(Relaxed),
+        );
+        counter(
+            out,
+            "idemgate_store_flushes_total",
+            "Periodic store flushes completed (every dedup.flush_interval): every key acknowledged \
+             before one started is on disk once it is counted.",
+            self.store_flushes.load(Relaxed),
         );
         counter(
             out,

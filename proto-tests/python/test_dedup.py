@@ -8,32 +8,50 @@ scripts/test runs the proxy with a `drop` rule for topics named "dedup-*"
 from __future__ import annotations
 
 import re
-import time
 
 from kafka import KafkaConsumer, TopicPartition
 
-from e2e import deadline, kp_produce, record_value, seq_of
+from e2e import deadline, kp_produce, record_value, seq_of, unique
 
 HEADER = "idempotency-key"
 
 
-def read_all(bootstrap: str, topic: str, partitions: int, want: int, seconds: float = 60):
-    """Every record of the topic from the start: [(partition, offset, seq, headers)].
-    Reads until `want` arrived, then 2 s more to catch any surplus."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+def end_markers(broker: str, topic: str, partitions: int) -> bytes:
+    """Writes an end marker to each partition straight to the broker (never
+    through the proxy) and returns its value: every record acknowledged
+    before it sits at a lower offset."""
+    from kafka import KafkaProducer
+
+    marker = f"end-{unique('m')}".encode()
+    producer = KafkaProducer(bootstrap_servers=broker, acks="all", request_timeout_ms=30000)
+    try:
+        for p in range(partitions):
+            producer.send(topic, key=b"end", value=marker, partition=p).get(timeout=60)
+    finally:
+        producer.close(timeout=30)
+    return marker
+
+
+def read_all(broker: str, topic: str, partitions: int, seconds: float = 60):
+    """Every record of the topic from the start, read straight from the
+    broker up to fresh end markers: [(partition, offset, seq, headers)]."""
+    marker = end_markers(broker, topic, partitions)
+    consumer = KafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False,
                              request_timeout_ms=30000)
     try:
         tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
         consumer.seek_to_beginning(*tps)
-        rows, dl, settle = [], deadline(seconds), None
-        while dl.left():
+        rows, dl, ended = [], deadline(seconds), set()
+        while len(ended) < partitions:
+            assert dl.left(), f"end markers not all read in {seconds} s: {len(rows)} rows, ended {ended}"
             for batch in consumer.poll(timeout_ms=500).values():
-                rows.extend((m.partition, m.offset, seq_of(m.value), m.headers) for m in batch)
-            if len(rows) >= want:
-                settle = settle or time.monotonic() + 2
-                if time.monotonic() > settle:
-                    break
+                for m in batch:
+                    if m.key == b"end":
+                        if m.value == marker:
+                            ended.add(m.partition)
+                        continue
+                    rows.append((m.partition, m.offset, seq_of(m.value), m.headers))
         return rows
     finally:
         consumer.close()
@@ -58,7 +76,7 @@ def test_replay_after_a_crash_reaches_the_broker_once(bootstrap, endpoints, make
     kp_produce(bootstrap, topic, range(0, 300), **task)
     # The successor replays the last 120 and goes on.
     kp_produce(bootstrap, topic, range(180, 360), **task)
-    rows = read_all(endpoints.direct, topic, 3, 360)
+    rows = read_all(endpoints.direct, topic, 3)
     check_exactly_once(rows, range(360))
 
 
@@ -71,7 +89,7 @@ def test_idempotent_producer_replay_keeps_working(bootstrap, endpoints, make_top
     # (the broker must accept the translated sequence after the drop).
     kp_produce(bootstrap, topic, range(120, 300), enable_idempotence=True,
                client_id="connector-producer-kp-idem-0")
-    rows = read_all(endpoints.direct, topic, 3, 300)
+    rows = read_all(endpoints.direct, topic, 3)
     check_exactly_once(rows, range(300))
 
 
@@ -104,7 +122,7 @@ def test_committed_transaction_teaches_the_window(bootstrap, endpoints, make_top
         producer.close(timeout=30)
     kp_produce(bootstrap, topic, range(0, 200), client_id="connector-producer-kp-eos-0",
                enable_idempotence=False, max_in_flight_requests_per_connection=1)
-    rows = read_all(endpoints.direct, topic, 3, 250)
+    rows = read_all(endpoints.direct, topic, 3)
     copies = {}
     for _, _, seq, headers in rows:
         copies.setdefault(seq, []).append([v for k, v in headers if k == HEADER])

@@ -1380,6 +1380,57 @@ mod tests {
         }
     }
 
+    /// Produce for a covered topic waits up to `dedup.load_wait` for the
+    /// window to be read back after a start (README, operations.md § 3):
+    /// decided against it when the load ends within the wait; past the
+    /// wait, forwarded unchecked and counted (`fail_open{reason="loading"}`).
+    #[tokio::test]
+    async fn produce_waits_load_wait_for_the_window_then_passes_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[store]\ndir = \"{}\"\n[dedup]\nload_wait = \"2s\"\n\
+             [[dedup.rules]]\ntopics = \"*\"\nmode = \"drop\"\n",
+            dir.path().display()
+        );
+        let config = Arc::new(Config::parse(&text).unwrap());
+        let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
+        let proxy = |window: &Arc<Window>, dir| Bench {
+            dedup: ProduceDedup::new(config.clone(), window.clone(), Arc::new(Metrics::new())),
+            _dir: dir,
+        };
+        // Before the restart: "a" acknowledged.
+        let first = Arc::new(Window::new(store.clone(), config.dedup.window, 1000));
+        first.load().unwrap();
+        let before = proxy(&first, tempfile::tempdir().unwrap());
+        let mut s = Session::default();
+        assert!(send(&before, &mut s, batch(&["a"], NO_PRODUCER, -1), 0)
+            .await
+            .is_some());
+
+        // After it, the window not yet loaded: past the wait, "a" goes out
+        // unchecked, counted.
+        let window = Arc::new(Window::new(store.clone(), config.dedup.window, 1000));
+        let after = proxy(&window, dir);
+        let mut s = Session::default();
+        let passed = send(&after, &mut s, batch(&["a"], NO_PRODUCER, -1), 1).await;
+        assert_eq!(passed.map(|(v, _)| v), Some(vec!["a".to_string()]));
+        let loading = || after.dedup.metrics.dedup.fail_open_count(FailOpen::Loading);
+        assert_eq!(loading(), 1);
+
+        // The load ends within the wait: the replay is decided, and dropped.
+        let loader = {
+            let window = window.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                window.load().unwrap();
+            })
+        };
+        let replay = send(&after, &mut s, batch(&["a"], NO_PRODUCER, -1), 2).await;
+        loader.await.unwrap();
+        assert_eq!(replay, None, "answered by the proxy: a replay");
+        assert_eq!(loading(), 1, "nothing more passed unchecked");
+    }
+
     #[tokio::test]
     async fn a_success_without_a_base_offset_teaches_nothing() {
         let b = bench("drop");

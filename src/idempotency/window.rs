@@ -24,7 +24,7 @@
 //! segments written since the last flush are gone: their replays pass (a
 //! duplicate, never a loss).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -107,6 +107,10 @@ pub struct Window {
     pub store_errors: AtomicU64,
     /// Segments below this id are known to be on disk ([`flush_through`](Self::flush_through)).
     durable_below: AtomicU64,
+    /// Segment ids taken whose write has not landed yet: a flush that starts
+    /// now does not carry them, so none of them counts as durable after it.
+    /// Ids are taken under this lock.
+    writing: Mutex<BTreeSet<u64>>,
     /// Segments below this id were evicted in order (expiry, capacity):
     /// [`sweep`](Self::sweep) starts here, so one the store failed to remove
     /// (disk full) is not met again every second, and later ones still expire.
@@ -146,6 +150,7 @@ impl Window {
             changed: Notify::new(),
             store_errors: AtomicU64::new(0),
             durable_below: AtomicU64::new(0),
+            writing: Mutex::new(BTreeSet::new()),
             evicted_below: AtomicU64::new(0),
         }
     }
@@ -473,9 +478,46 @@ impl Window {
         if entries.is_empty() {
             return Ok(None);
         }
+        let id = self.reserve_segment();
+        self.write_segment(id, topic, partition, base_offset, producer, entries)
+            .map(Some)
+    }
+
+    /// A new segment's id, not yet written: [`write_segment`](Self::write_segment) must follow.
+    fn reserve_segment(&self) -> u64 {
+        let mut writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let id = self.next_segment.fetch_add(1, Relaxed);
+        writing.insert(id);
+        id
+    }
+
+    /// Every segment below this id was written (or failed to be).
+    fn written_below(&self) -> u64 {
+        let writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        writing
+            .first()
+            .copied()
+            .unwrap_or_else(|| self.next_segment.load(Relaxed))
+    }
+
+    /// Writes the segment `id` ([`reserve_segment`](Self::reserve_segment))
+    /// and marks its keys seen.
+    fn write_segment(
+        &self,
+        id: u64,
+        topic: &str,
+        partition: i32,
+        base_offset: i64,
+        producer: Producer,
+        entries: &[(Key, u32)],
+    ) -> Result<u64, Error> {
         let value = Segment::encode(now_ms(), topic, partition, base_offset, producer, entries);
-        if let Err(e) = self.store.put_segment(id, &value) {
+        let put = self.store.put_segment(id, &value);
+        self.writing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if let Err(e) = put {
             self.store_errors.fetch_add(1, Relaxed);
             return Err(e);
         }
@@ -483,7 +525,7 @@ impl Window {
             self.insert_seen(key, id);
         }
         self.changed.notify_waiters();
-        Ok(Some(id))
+        Ok(id)
     }
 
     /// The idempotent producer whose batch put a segment's keys in the
@@ -544,7 +586,15 @@ impl Window {
         if segment < self.durable_below.load(Relaxed) {
             return Ok(());
         }
-        let written = self.next_segment.load(Relaxed);
+        self.flush().await
+    }
+
+    /// Flushes the store: every segment written before the call is on disk
+    /// when it returns (the periodic flush, `dedup.flush_interval`).
+    pub async fn flush(&self) -> Result<(), Error> {
+        // Read before the flush: only writes that landed before it started
+        // are surely carried by it.
+        let written = self.written_below();
         self.store.flush().await?;
         self.durable_below.fetch_max(written, Relaxed);
         Ok(())
@@ -850,6 +900,29 @@ mod tests {
             entries.push((Key(k), i as u32));
         }
         claim.commit("orders", 3, base, &entries).unwrap();
+    }
+
+    /// A segment whose id was taken but whose write has not landed when a
+    /// flush starts is not on disk after that flush: it must not count as
+    /// durable, or a fetch drop resting on it answers before it is flushed.
+    #[tokio::test]
+    async fn flush_through_never_counts_a_segment_being_written_as_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = window(dir.path(), Duration::from_secs(3600), 100);
+        let a = w.reserve_segment();
+        let b = w
+            .learn_segment("orders", 0, 10, NO_PRODUCER, &[(Key(2), 0)])
+            .unwrap()
+            .unwrap();
+        w.flush_through(b).await.unwrap();
+        w.write_segment(a, "orders", 0, 0, NO_PRODUCER, &[(Key(1), 0)])
+            .unwrap();
+        assert!(
+            w.durable_below.load(Relaxed) <= a,
+            "segment {a} counted durable by a flush that ran before it was written"
+        );
+        w.flush_through(a).await.unwrap();
+        assert!(w.durable_below.load(Relaxed) > a);
     }
 
     #[test]
