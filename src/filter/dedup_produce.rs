@@ -1292,19 +1292,7 @@ mod tests {
     }
 
     fn ack(base_offset: i64) -> Bytes {
-        let resp = ProduceResponse::default().with_responses(vec![TopicProduceResponse::default()
-            .with_name(StrBytes::from_static_str("orders").into())
-            .with_partition_responses(vec![PartitionProduceResponse::default()
-                .with_index(0)
-                .with_base_offset(base_offset)])]);
-        message::encode_local_response(
-            ApiKey::Produce,
-            VERSION,
-            ApiKey::Produce.response_header_version(VERSION),
-            7,
-            &resp,
-        )
-        .unwrap()
+        answer(base_offset, 0)
     }
 
     /// (values forwarded, base sequence) of a forwarded request.
