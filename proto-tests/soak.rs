@@ -53,7 +53,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 const ORDERS: &str = "soak-orders";
 const BACKFILL: &str = "soak-backfill";
 const TASKS: usize = 3;
-const PARTITIONS: i32 = 3;
+/// One partition per task (see [`send`]).
+const PARTITIONS: i32 = TASKS as i32;
 /// Records a second, all source tasks together.
 const RATE: u64 = 1500;
 /// Records a crashed task sends again.
@@ -198,10 +199,17 @@ fn value(id: u64) -> String {
     format!("{{\"order\":{id},\"note\":\"soak record {id:012} of the orders stream\"}}")
 }
 
-fn send(p: &ThreadedProducer<Acks>, id: u64) {
+/// Task `task` writes partition `task`, as a source task whose records are
+/// keyed by its own source partition: a replay's first copies then sit in
+/// order in one partition, so the proxy can answer the replays with their
+/// true offsets (librdkafka numbers a batch's records from one base offset;
+/// replays scattered between other writers' records would be forwarded,
+/// `fail_open{reason="unnumbered"}`).
+fn send(p: &ThreadedProducer<Acks>, task: usize, id: u64) {
     let v = value(id);
     let key = format!("k{}", id % 1024);
     let mut record = BaseRecord::with_opaque_to(ORDERS, Box::new(id))
+        .partition(task as i32)
         .key(&key)
         .payload(&v);
     loop {
@@ -250,7 +258,7 @@ fn source_task(
             std::thread::sleep(wait);
         }
         let id = n * TASKS as u64 + task as u64;
-        send(&p, id);
+        send(&p, task, id);
         sent.push(id);
         n += 1;
         if Instant::now() >= next_crash {
@@ -270,7 +278,7 @@ fn source_task(
                 &acks,
             );
             for &id in &sent[committed.min(sent.len().saturating_sub(REPLAY))..] {
-                send(&p, id);
+                send(&p, task, id);
                 replayed += 1;
             }
             next_crash += crash_every;
