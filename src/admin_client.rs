@@ -180,23 +180,16 @@ pub fn run(args: &AdminArgs) -> std::process::ExitCode {
 fn call(target: &Target, what: &AdminCall) -> Result<(u16, String), String> {
     let agent = agent(target)?;
     let url = |path: &str| format!("{}{path}", target.base);
-    let auth = |r: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match &target.token {
-        Some(t) => r.header("Authorization", format!("Bearer {t}")),
-        None => r,
-    };
-    let auth_body = |r: ureq::RequestBuilder<ureq::typestate::WithBody>| match &target.token {
-        Some(t) => r.header("Authorization", format!("Bearer {t}")),
-        None => r,
-    };
+    let token = target.token.as_deref();
     let response = match what {
-        AdminCall::Ready => auth(agent.get(url("/readyz"))).call(),
-        AdminCall::Metrics => auth(agent.get(url("/metrics"))).call(),
-        AdminCall::Connections => auth(agent.get(url("/connections"))).call(),
-        AdminCall::Connectors => auth(agent.get(url("/connectors"))).call(),
-        AdminCall::Quotas { set: None } => auth(agent.get(url("/quotas"))).call(),
+        AdminCall::Ready => with_token(agent.get(url("/readyz")), token).call(),
+        AdminCall::Metrics => with_token(agent.get(url("/metrics")), token).call(),
+        AdminCall::Connections => with_token(agent.get(url("/connections")), token).call(),
+        AdminCall::Connectors => with_token(agent.get(url("/connectors")), token).call(),
+        AdminCall::Quotas { set: None } => with_token(agent.get(url("/quotas")), token).call(),
         AdminCall::Quotas { set: Some(file) } => {
             let body = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-            auth_body(agent.put(url("/quotas")))
+            with_token(agent.put(url("/quotas")), token)
                 .header("Content-Type", "application/toml")
                 .send(&body[..])
         }
@@ -207,14 +200,18 @@ fn call(target: &Target, what: &AdminCall) -> Result<(u16, String), String> {
                 "resume"
             };
             let name = utf8_percent_encode(connector);
-            auth_body(agent.post(url(&format!("/connectors/{name}/{verb}")))).send_empty()
+            with_token(
+                agent.post(url(&format!("/connectors/{name}/{verb}"))),
+                token,
+            )
+            .send_empty()
         }
         AdminCall::Lookup {
             topic,
             key,
             record_key,
         } => {
-            let r = auth(agent.get(url("/window/lookup"))).query("topic", topic);
+            let r = with_token(agent.get(url("/window/lookup")), token).query("topic", topic);
             match (key, record_key) {
                 (Some(k), _) => r.query("key", k),
                 (None, Some(k)) => r.query("record_key", k),
@@ -222,7 +219,7 @@ fn call(target: &Target, what: &AdminCall) -> Result<(u16, String), String> {
             }
             .call()
         }
-        AdminCall::Purge { topic } => auth_body(agent.post(url("/window/purge")))
+        AdminCall::Purge { topic } => with_token(agent.post(url("/window/purge")), token)
             .query("topic", topic)
             .send_empty(),
     };
@@ -233,6 +230,14 @@ fn call(target: &Target, what: &AdminCall) -> Result<(u16, String), String> {
         .read_to_string()
         .map_err(|e| format!("{}: reading the answer: {e}", target.base))?;
     Ok((status, body))
+}
+
+/// The bearer token, when there is one, on any request.
+fn with_token<B>(r: ureq::RequestBuilder<B>, token: Option<&str>) -> ureq::RequestBuilder<B> {
+    match token {
+        Some(t) => r.header("Authorization", format!("Bearer {t}")),
+        None => r,
+    }
 }
 
 /// A path segment, percent-encoded (connector names may hold anything).
