@@ -69,6 +69,9 @@ enum Placed {
     Unseen,
 }
 
+/// One producer's partitions: topic → partition → the connection.
+type Added = HashMap<String, HashMap<i32, u64>>;
+
 /// Acknowledged records of one open transaction.
 #[derive(Debug)]
 struct Open {
@@ -96,8 +99,8 @@ pub struct Transactions {
     metrics: Arc<Metrics>,
     open: Mutex<HashMap<Producer, Open>>,
     /// Transactions v1: the connection each (producer, topic, partition) was
-    /// last added to a transaction on.
-    added: Mutex<HashMap<(Producer, String, i32), u64>>,
+    /// last added to a transaction on, per producer, topic and partition.
+    added: Mutex<HashMap<Producer, Added>>,
     max_keys: usize,
     open_for: Duration,
 }
@@ -129,12 +132,15 @@ impl Transactions {
     /// what it produces to them next belongs to the one ending on `conn`.
     pub fn partitions_added(&self, producer: Producer, conn: u64, parts: &[(String, i32)]) {
         let mut added = self.added.lock().expect("transactions lock");
-        if added.len() >= self.max_keys {
+        if added.len() >= self.max_keys && !added.contains_key(&producer) {
             // Bounded: forgetting costs only the learning of their keys.
             added.clear();
         }
+        let mine = added.entry(producer).or_default();
         for (topic, partition) in parts {
-            added.insert((producer, topic.clone(), *partition), conn);
+            mine.entry(topic.clone())
+                .or_default()
+                .insert(*partition, conn);
         }
         drop(added);
         let mut open = self.open.lock().expect("transactions lock");
@@ -167,7 +173,8 @@ impl Transactions {
             self.added
                 .lock()
                 .expect("transactions lock")
-                .get(&(part.producer, part.topic.clone(), part.partition))
+                .get(&part.producer)
+                .and_then(|topics| topics.get(part.topic.as_str())?.get(&part.partition))
                 .map_or(Placed::Unseen, |&c| Placed::AddedOn(c))
         };
         let mut open = self.open.lock().expect("transactions lock");
@@ -230,7 +237,7 @@ impl Transactions {
         self.added
             .lock()
             .expect("transactions lock")
-            .retain(|(p, _, _), _| *p != producer);
+            .remove(&producer);
         let Some(txn) = self
             .open
             .lock()
