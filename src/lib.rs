@@ -9,7 +9,7 @@
 //! client socket
 //!   → server.rs       listeners (bootstrap + one per broker), connection limit, drain
 //!   → connection.rs   one client: frames in → pipeline → upstream → responses out, in order;
-//!                     quotas: holds Produce/Fetch while muted or paused (filter/quota.rs)
+//!                     quotas: holds Produce/Fetch while muted or paused (quota.rs)
 //!   → codec.rs        length-checked frames; api_key/version/correlation_id/client_id peeked
 //!   → pipeline.rs     the ordered filters (filter/): api versions, broker addresses
 //!   → message.rs      the only place messages are decoded, and only when a filter asks;
@@ -48,9 +48,11 @@ pub mod connection;
 pub mod error;
 pub mod filter;
 pub mod idempotency;
+pub mod identity;
 pub mod limits;
 pub mod message;
 pub mod pipeline;
+pub mod quota;
 pub mod records;
 pub mod server;
 pub mod store;

@@ -3,7 +3,7 @@
 //! ```text
 //! request  → quota (in connection.rs, before these: a muted connection's or
 //!            paused connector's Produce/Fetch held, bytes charged, Fetch
-//!            max_bytes capped; filter/quota.rs)
+//!            max_bytes capped; quota.rs)
 //!          → api versions (answer too-new versions locally)
 //!          → produce acks / request waits (how long the broker may take)
 //!          → identity (connector and task from the client id)
@@ -42,11 +42,11 @@ use crate::filter::api_versions;
 use crate::filter::broker_address::{carries_upstream_address, Rewriter};
 use crate::filter::dedup_fetch::{FetchDedup, FetchPlan};
 use crate::filter::dedup_produce::{self, ProduceDedup, ProducePlan};
-use crate::filter::identity::Identity;
-use crate::filter::quota::Entity;
 use crate::filter::sasl::SaslState;
 use crate::idempotency::window::Producer;
+use crate::identity::Identity;
 use crate::message::{self, Response};
+use crate::quota::Entity;
 use crate::telemetry::Metrics;
 use crate::topology::Topology;
 

@@ -58,10 +58,10 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::config::{Config, Mode, Rule};
 use crate::error::Error;
-use crate::filter::identity::Identity;
 use crate::idempotency::key::{Derived, Deriver, KeyBuildHasher};
 use crate::idempotency::window::{SegmentPositions, Window};
 use crate::idempotency::Key;
+use crate::identity::Identity;
 use crate::message::Response;
 use crate::records::{self, Action, BatchItem, Batches, DecodedBatch, SpliceMode, Spliced};
 use crate::telemetry::{FailOpen, Metrics, TopicCounts};

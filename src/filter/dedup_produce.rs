@@ -27,7 +27,7 @@
 //! producer-partition are made one at a time.
 //! Transactional batches, control batches, Produce with acks=0 and topics no
 //! rule covers pass byte for byte. Keys of transactional records are learned
-//! when their transaction commits (`filter::dedup_txn`).
+//! when their transaction commits (`idempotency::transactions`).
 //!
 //! acks=1 requests are tagged and checked against the window, but their keys
 //! are never learned: a leader failover can truncate an acks=1 write, and a
@@ -44,12 +44,12 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 use crate::codec::{api_name, RequestHead};
 use crate::config::{Config, KeyStrategy, Mode, Rule};
 use crate::error::Error;
-use crate::filter::dedup_txn::{Transactions, TxnPart};
-use crate::filter::identity::Identity;
 use crate::idempotency::key::{Derived, Deriver, KeyBuildHasher};
 use crate::idempotency::sequences::{Point, Prior, SeqKey, Sequences};
+use crate::idempotency::transactions::{Transactions, TxnPart};
 use crate::idempotency::window::{Check, Claim, Producer, Window, NO_PRODUCER};
 use crate::idempotency::Key;
+use crate::identity::Identity;
 use crate::message::{self, Response};
 use crate::records::{self, Action, BatchItem, Batches, HeaderRef, SpliceMode, Spliced};
 use crate::telemetry::{FailOpen, Metrics, TopicCounts};

@@ -5,7 +5,4 @@ pub mod api_versions;
 pub mod broker_address;
 pub mod dedup_fetch;
 pub mod dedup_produce;
-pub mod dedup_txn;
-pub mod identity;
-pub mod quota;
 pub mod sasl;

@@ -49,7 +49,7 @@ use tokio::sync::watch;
 
 use crate::admin::json_str;
 use crate::config::{Glob, QuotaRule, QuotaSettings};
-use crate::filter::identity::Identity;
+use crate::identity::Identity;
 use crate::telemetry::escape;
 
 /// What a bucket counts.
