@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Admin;
 use crate::idempotency::Key;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Requests larger than this are not admin requests.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;

@@ -42,11 +42,12 @@ use tracing::Instrument;
 
 use crate::codec::{CodecError, FrameReader, RequestHead, REQUEST_CORRELATION_OFFSET};
 use crate::error::{Error, Side};
+use crate::limits::Admission;
 use crate::limits::{Charge, MemoryBudget, StallGuard};
 use crate::message;
 use crate::pipeline::{ConnState, QuotaCharge, RequestAction, ResponsePlan};
 use crate::quota::{Entity, Kind};
-use crate::server::{Admission, ConnView, Shared};
+use crate::shared::{ConnView, Shared};
 use crate::tls::{self, ClientTlsStream};
 use crate::upstream::{self, UpstreamStream, MAX_RESPONSE_FRAME};
 

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! client socket
-//!   → server.rs       listeners (bootstrap + one per broker), connection limit, drain
+//!   → server.rs       listeners (bootstrap + one per broker), admission, drain
 //!   → connection.rs   one client: frames in → pipeline → upstream → responses out, in order;
 //!                     quotas: holds Produce/Fetch while muted or paused (quota.rs)
 //!   → codec.rs        length-checked frames; api_key/version/correlation_id/client_id peeked
@@ -18,8 +18,11 @@
 //!                     DescribeConfigs lookups
 //! ```
 //!
-//! Beside the path: `limits.rs` (memory for in-flight bytes, clients that
-//! stop reading), `topology.rs` (node id ⇄ proxy port, stable across
+//! Beside the path: `shared.rs` (what connections and the admin API share,
+//! readiness, SIGHUP reload), `upkeep.rs` (the periodic loops: window sweep,
+//! store flush, quota sampling, TLS reload, Metadata probe), `limits.rs`
+//! (connection limits, memory for in-flight bytes, clients that stop
+//! reading), `topology.rs` (node id ⇄ proxy port, stable across
 //! restarts), `topic_config.rs` (each covered topic's `cleanup.policy` and
 //! `max.message.bytes`, asked of the brokers), `store.rs` (sled, the only persistent state), `records.rs` (the
 //! byte-level RecordBatch v2 splicer the dedup filters use), `admin.rs`
@@ -55,9 +58,11 @@ pub mod pipeline;
 pub mod quota;
 pub mod records;
 pub mod server;
+pub mod shared;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod topic_config;
 pub mod topology;
+mod upkeep;
 pub mod upstream;

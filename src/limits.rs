@@ -1,6 +1,7 @@
-//! Bounds on what clients can make the proxy hold: bytes buffered for
-//! requests and responses ([`MemoryBudget`]), and time spent writing to a
-//! client that has stopped reading ([`StallGuard`]).
+//! Bounds on what clients can make the proxy hold: connections
+//! ([`ConnectionLimit`], [`Admission`]), bytes buffered for requests and
+//! responses ([`MemoryBudget`]), and time spent writing to a client that has
+//! stopped reading ([`StallGuard`]).
 //!
 //! The budget works like a broker's memory pool (`queued.max.request.bytes`):
 //! a frame's body is read only once its bytes are granted, so a connection
@@ -8,15 +9,17 @@
 //! larger than the whole budget still goes through when nothing else holds
 //! any (it could never fit otherwise).
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::io::AsyncWrite;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Sleep;
 
 /// Bytes that may be held at once, shared by everything charged to it.
@@ -219,6 +222,41 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for StallGuard<W> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.progress(cx, poll)
+    }
+}
+
+/// Which connection limit refused a client.
+#[derive(Debug, Clone, Copy)]
+pub enum ConnectionLimit {
+    Total,
+    PerIp,
+}
+
+impl ConnectionLimit {
+    pub fn key(self) -> &'static str {
+        match self {
+            ConnectionLimit::Total => "listen.max_connections",
+            ConnectionLimit::PerIp => "listen.max_connections_per_ip",
+        }
+    }
+}
+
+/// A connection's place under the limits; given back when it is dropped.
+pub struct Admission {
+    pub(crate) _permit: OwnedSemaphorePermit,
+    pub(crate) ip: IpAddr,
+    pub(crate) per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -122,7 +122,7 @@ async fn run(config: Config, path: PathBuf) -> ExitCode {
 /// Until SIGTERM or SIGINT. SIGHUP reads the config file again and puts its
 /// quotas in force; a file with problems is refused whole (each problem
 /// logged with its key path) and the quotas in force stay.
-async fn serve_signals(shared: &idemgate::server::Shared, path: &std::path::Path) {
+async fn serve_signals(shared: &idemgate::shared::Shared, path: &std::path::Path) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");

@@ -14,114 +14,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
+use crate::admin;
 use crate::config::Config;
 use crate::connection::{self, Target};
 use crate::error::Error;
 use crate::idempotency::Window;
-use crate::limits::MemoryBudget;
+use crate::limits::{Admission, ConnectionLimit, MemoryBudget};
 use crate::pipeline::Pipeline;
 use crate::quota::Quotas;
+use crate::shared::Shared;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::tls::{ServerTls, UpstreamTlsConnector};
 use crate::topology::Topology;
-use crate::{admin, upstream};
-
-/// What every connection shares.
-pub struct Shared {
-    pub config: Arc<Config>,
-    pub metrics: Arc<Metrics>,
-    pub topology: Arc<Topology>,
-    pub pipeline: Pipeline,
-    pub store: Arc<Store>,
-    /// The idempotency window (loaded in the background after a start).
-    pub window: Arc<Window>,
-    /// `[listen.tls]`: the client-side TLS configuration, reloadable.
-    pub tls: Option<Arc<ServerTls>>,
-    /// `[admin.tls]`: HTTPS for the admin listener, reloadable.
-    pub admin_tls: Option<Arc<ServerTls>>,
-    /// `[upstream.tls]`: TLS to the brokers.
-    pub upstream_tls: Option<UpstreamTlsConnector>,
-    /// Becomes `true` once: stop reading requests, finish what is in flight.
-    pub shutdown: watch::Receiver<bool>,
-    /// `listen.max_in_flight_bytes_total`: every connection's request bodies
-    /// and unwritten responses.
-    pub in_flight: Arc<MemoryBudget>,
-    /// `[quota]` and `[[quotas]]` as in force now (SIGHUP and the admin API
-    /// change them), and every client's buckets and counters.
-    pub quotas: Arc<Quotas>,
-    /// Permits for `listen.max_connections`.
-    connections: Arc<Semaphore>,
-    /// Open connections per client IP, for `listen.max_connections_per_ip`.
-    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    tracker: TaskTracker,
-    next_conn_id: AtomicU64,
-    /// Open client connections, for `/connections`.
-    pub registry: Mutex<BTreeMap<u64, ConnView>>,
-    /// Last time a refused connection was logged (seconds since start), so
-    /// a connection flood gives one line a second, not one per connection.
-    last_refusal_log: AtomicU64,
-    started: std::time::Instant,
-}
-
-/// What `/connections` shows of one open client connection.
-#[derive(Debug, Clone)]
-pub struct ConnView {
-    pub client_addr: SocketAddr,
-    /// -1 for the bootstrap listener.
-    pub node_id: i32,
-    pub client_id: Option<String>,
-    /// The TLS client certificate's subject, when the client sent one.
-    pub principal: Option<String>,
-    pub since: std::time::SystemTime,
-}
-
-impl Shared {
-    /// Applies `update` to connection `conn_id`'s entry in the registry.
-    pub fn update_conn(&self, conn_id: u64, update: impl FnOnce(&mut ConnView)) {
-        if let Some(view) = self
-            .registry
-            .lock()
-            .expect("registry lock")
-            .get_mut(&conn_id)
-        {
-            update(view);
-        }
-    }
-
-    pub fn next_conn_id(&self) -> u64 {
-        self.next_conn_id.fetch_add(1, Relaxed)
-    }
-
-    /// Ready when the store answers, the last upstream probe succeeded and (with
-    /// dedup rules) the window is loaded.
-    pub fn readiness(&self) -> Result<(), Vec<&'static str>> {
-        let mut not = Vec::new();
-        if !self.store.is_healthy() {
-            not.push("store not readable");
-        }
-        if self.metrics.upstream_up.load(Relaxed) != 1 {
-            not.push("upstream not reachable");
-        }
-        if self.metrics.broker_listeners_missing.load(Relaxed) > 0 {
-            not.push("a broker listener's port is taken");
-        }
-        if self.config.dedup.enabled() && !self.window.is_loaded() {
-            not.push("idempotency window not loaded");
-        }
-        if *self.shutdown.borrow() {
-            not.push("shutting down");
-        }
-        if not.is_empty() {
-            Ok(())
-        } else {
-            Err(not)
-        }
-    }
-}
+use crate::upkeep::{flush_store, keep_window, refresh_metadata, reload_tls, sample_quotas};
 
 /// A running proxy: its addresses, and the handle that stops it.
 pub struct Running {
@@ -137,76 +46,6 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.done.await;
-    }
-}
-
-impl Shared {
-    /// A config file read again (SIGHUP): its `[quota]` and `[[quotas]]` are
-    /// put in force for every open connection; any other section that
-    /// changed is logged as needing a restart and left as it is.
-    pub fn reload(&self, new: &Config) {
-        let old = &self.config;
-        let sections: [(&str, String, String); 8] = [
-            (
-                "listen",
-                format!("{:?}", old.listen),
-                format!("{:?}", new.listen),
-            ),
-            (
-                "upstream",
-                format!("{:?}", old.upstream),
-                format!("{:?}", new.upstream),
-            ),
-            (
-                "admin",
-                format!("{:?}", old.admin),
-                format!("{:?}", new.admin),
-            ),
-            (
-                "store",
-                format!("{:?}", old.store),
-                format!("{:?}", new.store),
-            ),
-            (
-                "shutdown",
-                format!("{:?}", old.shutdown),
-                format!("{:?}", new.shutdown),
-            ),
-            ("log", format!("{:?}", old.log), format!("{:?}", new.log)),
-            (
-                "diagnostics",
-                format!("{:?}", old.diagnostics),
-                format!("{:?}", new.diagnostics),
-            ),
-            (
-                "dedup",
-                format!("{:?}", old.dedup),
-                format!("{:?}", new.dedup),
-            ),
-        ];
-        for (section, was, now) in sections {
-            if was != now {
-                tracing::warn!(section, "[{section}] changed in the file: not reloaded, takes effect at the next restart");
-            }
-        }
-        let settings_changed = self.quotas.settings() != new.quota;
-        let changes = self
-            .quotas
-            .apply(Some(new.quota.clone()), new.quotas.clone());
-        self.metrics_reload();
-        for c in &changes {
-            tracing::info!(change = %c, "quota changed (SIGHUP)");
-        }
-        tracing::info!(
-            rules = new.quotas.len(),
-            entities_changed = changes.len(),
-            settings_changed,
-            "quotas reloaded from the config file (SIGHUP)"
-        );
-    }
-
-    fn metrics_reload(&self) {
-        self.quotas.reloads.fetch_add(1, Relaxed);
     }
 }
 
@@ -370,82 +209,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     })
 }
 
-/// Loads the window from the store, then evicts expired and surplus keys
-/// every second and keeps its gauges current.
-async fn keep_window(shared: Arc<Shared>) {
-    let window = shared.window.clone();
-    let loaded = tokio::task::spawn_blocking(move || window.load()).await;
-    let dedup = &shared.metrics.dedup;
-    match loaded {
-        Ok(Ok(report)) => {
-            dedup.window_loaded.store(1, Relaxed);
-            tracing::info!(
-                keys = report.keys,
-                segments = report.segments,
-                expired = report.expired,
-                took = ?report.took,
-                "idempotency window loaded"
-            );
-        }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "idempotency window could not be loaded: dedup topics pass through unchecked");
-            return;
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "idempotency window load panicked: dedup topics pass through unchecked");
-            return;
-        }
-    }
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let window = shared.window.clone();
-        let swept = tokio::task::spawn_blocking(move || window.sweep()).await;
-        match swept {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::debug!(evicted = n, "window keys evicted"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "window sweep failed"),
-            Err(e) => tracing::warn!(error = %e, "window sweep panicked"),
-        }
-        dedup.window_keys.store(shared.window.len() as i64, Relaxed);
-        dedup
-            .window_bytes
-            .store(shared.window.memory_bytes() as i64, Relaxed);
-        dedup
-            .store_bytes
-            .store(shared.store.size_on_disk() as i64, Relaxed);
-    }
-}
-
-/// Flushes the store every `dedup.flush_interval` (sled's own timer does
-/// too) and counts each flush, so "every key acknowledged before this flush
-/// is on disk" is an event (`idemgate_store_flushes_total`), not a guess.
-async fn flush_store(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.config.dedup.flush_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        match shared.window.flush().await {
-            Ok(()) => {
-                shared.metrics.dedup.store_flushes.fetch_add(1, Relaxed);
-            }
-            Err(e) => tracing::debug!(error = %e, "periodic store flush failed"),
-        }
-    }
-}
-
-/// Samples every quota entity's byte counters once a second, for the rates
-/// `/quotas` shows.
-async fn sample_quotas(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        shared.quotas.sample();
-    }
-}
-
 async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, Error> {
     TcpListener::bind(addr)
         .await
@@ -492,52 +255,17 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, target: Target)
     }
 }
 
-/// Which connection limit refused a client.
-#[derive(Debug, Clone, Copy)]
-pub enum Limit {
-    Total,
-    PerIp,
-}
-
-impl Limit {
-    pub fn key(self) -> &'static str {
-        match self {
-            Limit::Total => "listen.max_connections",
-            Limit::PerIp => "listen.max_connections_per_ip",
-        }
-    }
-}
-
-/// A connection's place under the limits; given back when it is dropped.
-pub struct Admission {
-    _permit: OwnedSemaphorePermit,
-    ip: IpAddr,
-    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Takes a place under `listen.max_connections` and `max_connections_per_ip`.
-fn admit(shared: &Shared, ip: IpAddr) -> Result<Admission, Limit> {
+fn admit(shared: &Shared, ip: IpAddr) -> Result<Admission, ConnectionLimit> {
     let permit = shared
         .connections
         .clone()
         .try_acquire_owned()
-        .map_err(|_| Limit::Total)?;
+        .map_err(|_| ConnectionLimit::Total)?;
     let mut per_ip = shared.per_ip.lock().expect("per-ip lock");
     let n = per_ip.entry(ip).or_insert(0);
     if *n >= shared.config.listen.max_connections_per_ip.get() {
-        return Err(Limit::PerIp);
+        return Err(ConnectionLimit::PerIp);
     }
     *n += 1;
     Ok(Admission {
@@ -594,72 +322,5 @@ async fn broker_listeners(shared: Arc<Shared>) {
             r = changed.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
         }
-    }
-}
-
-/// Loads changed TLS files every `reload_interval` (`listen.tls`, `admin.tls`).
-async fn reload_tls(shared: Arc<Shared>, tls: Arc<ServerTls>) {
-    loop {
-        tokio::time::sleep(tls.settings().reload_interval).await;
-        match tls.reload_if_changed() {
-            Ok(true) => {
-                shared.metrics.tls_reloads.fetch_add(1, Relaxed);
-                tracing::info!(cert = %tls.settings().cert.display(), "TLS files reloaded for new connections");
-            }
-            Ok(false) => {}
-            Err(problems) => {
-                shared.metrics.tls_reload_failures.fetch_add(1, Relaxed);
-                for p in problems {
-                    tracing::error!(key = %p.path, error = %p.message, "TLS files changed but cannot be loaded; keeping the previous ones");
-                }
-            }
-        }
-    }
-}
-
-/// Probes upstream Metadata now and every `upstream.metadata_refresh`.
-async fn refresh_metadata(shared: Arc<Shared>) {
-    loop {
-        // Fetch rules need topic ids (Fetch v13+ names topics by id): the
-        // probe learns them all, so that a client continuing its fetch
-        // session after a proxy restart is filtered before its next Metadata.
-        let all_topics = shared.pipeline.wants_topic_names();
-        match upstream::probe(
-            &shared.config.upstream,
-            shared.upstream_tls.as_ref(),
-            &shared.topology,
-            all_topics,
-        )
-        .await
-        {
-            Ok(probed) => {
-                if let upstream::Probed::Brokers(metadata) = &probed {
-                    shared.pipeline.learn_topic_names(metadata);
-                }
-                if shared.metrics.upstream_up.swap(1, Relaxed) != 1 {
-                    match probed {
-                        upstream::Probed::Brokers(metadata) => {
-                            tracing::info!(brokers = metadata.brokers.len(), "upstream reachable")
-                        }
-                        upstream::Probed::NeedsAuthentication => tracing::info!(
-                            "upstream reachable; it answers Metadata only after authentication \
-                             (SASL listener), so its brokers are learned from clients' Metadata"
-                        ),
-                    }
-                }
-            }
-            Err(e) => {
-                if shared.metrics.upstream_up.swap(0, Relaxed) != 0 {
-                    tracing::warn!(error = %e, "upstream metadata probe failed");
-                }
-            }
-        }
-        let period = if shared.metrics.upstream_up.load(Relaxed) == 1 {
-            shared.config.upstream.metadata_refresh
-        } else {
-            // Not ready yet: look again soon.
-            Duration::from_millis(500).min(shared.config.upstream.metadata_refresh)
-        };
-        tokio::time::sleep(period).await;
     }
 }

@@ -584,7 +584,7 @@ impl Metrics {
         self.api(key).upstream_latency.observe(d);
     }
 
-    pub fn connection_rejected(&self, limit: crate::server::Limit) {
+    pub fn connection_rejected(&self, limit: crate::limits::ConnectionLimit) {
         self.connections_rejected[limit as usize].fetch_add(1, Relaxed);
     }
 

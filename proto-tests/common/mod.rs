@@ -231,7 +231,7 @@ impl Proxy {
         (text, bootstrap, admin)
     }
 
-    pub fn shared(&self) -> &std::sync::Arc<server::Shared> {
+    pub fn shared(&self) -> &std::sync::Arc<idemgate::shared::Shared> {
         &self.running.as_ref().expect("running").shared
     }
 
