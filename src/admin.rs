@@ -27,6 +27,8 @@ use crate::config::Admin;
 use crate::idempotency::Key;
 use crate::shared::Shared;
 
+mod views;
+
 /// Requests larger than this are not admin requests.
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// The largest body taken (PUT /quotas: a list of rules).
@@ -212,7 +214,7 @@ async fn change(
                 "application/json",
                 format!(
                     "{{\"connector\":{},\"paused\":{paused},\"entities\":{entities}}}\n",
-                    json_string(Some(&name))
+                    views::json_string(Some(&name))
                 ),
             );
         }
@@ -246,7 +248,10 @@ fn set_quotas(body: &str, shared: &Shared) -> (u16, &'static str, String) {
                 tracing::info!(change = %c, "quota changed (admin)");
             }
             tracing::info!(rules = n, changed = changes.len(), "quotas set (admin)");
-            let listed: Vec<String> = changes.iter().map(|c| json_string(Some(c))).collect();
+            let listed: Vec<String> = changes
+                .iter()
+                .map(|c| views::json_string(Some(c)))
+                .collect();
             (
                 200,
                 "application/json",
@@ -290,7 +295,7 @@ async fn purge_topic(query: &str, shared: &Shared) -> Result<String, String> {
     );
     Ok(format!(
         "{{\"topic\":{},\"keys_forgotten\":{},\"segments_removed\":{}}}\n",
-        json_string(Some(&topic)),
+        views::json_string(Some(&topic)),
         purged.keys,
         purged.segments
     ))
@@ -316,9 +321,9 @@ fn route(method: &str, path: &str, query: &str, shared: &Shared) -> (u16, &'stat
             },
             Err(why) => (503, TEXT, format!("not ready: {}\n", why.join(", "))),
         },
-        "/connections" => (200, "application/json", connections_json(shared)),
-        "/connectors" => (200, "application/json", connectors_json(shared)),
-        "/quotas" => (200, "application/json", shared.quotas.view_json()),
+        "/connections" => (200, "application/json", views::connections_json(shared)),
+        "/connectors" => (200, "application/json", views::connectors_json(shared)),
+        "/quotas" => (200, "application/json", views::quotas(&shared.quotas)),
         "/window/lookup" => match window_lookup(query, shared) {
             Ok(body) => (200, "application/json", body),
             Err(message) => (400, TEXT, format!("{message}\n")),
@@ -332,7 +337,7 @@ fn route(method: &str, path: &str, query: &str, shared: &Shared) -> (u16, &'stat
                     std::sync::atomic::Ordering::Relaxed,
                 );
                 let mut text = shared.metrics.render();
-                shared.quotas.render(&mut text);
+                crate::telemetry::prometheus::quotas(&shared.quotas, &mut text);
                 text
             },
         ),
@@ -342,71 +347,6 @@ fn route(method: &str, path: &str, query: &str, shared: &Shared) -> (u16, &'stat
             format!("no such path {path}; try /healthz, /readyz, /metrics, /connections, /connectors, /quotas, /window/lookup?topic=T&key=K\n"),
         ),
     }
-}
-
-/// Open client connections as a JSON array, oldest first.
-fn connections_json(shared: &Shared) -> String {
-    let registry = shared.registry.lock().expect("registry lock");
-    let rows: Vec<String> = registry
-        .iter()
-        .map(|(id, v)| {
-            let since = v.since.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            format!(
-                "{{\"conn_id\":{id},\"client_addr\":{},\"node_id\":{},\"client_id\":{},\"principal\":{},\"since_unix\":{since}}}",
-                json_string(Some(&v.client_addr.to_string())),
-                v.node_id,
-                json_string(v.client_id.as_deref()),
-                json_string(v.principal.as_deref()),
-            )
-        })
-        .collect();
-    format!("[{}]\n", rows.join(",\n"))
-}
-
-/// Per connector: the replays it absorbed, and its records per topic.
-fn connectors_json(shared: &Shared) -> String {
-    let dedup = &shared.metrics.dedup;
-    let replays = dedup.replays();
-    let topics = dedup.topics();
-    let fetch_topics = dedup.fetch_topics();
-    let mut names: Vec<&String> = replays.keys().collect();
-    names.extend(topics.keys().map(|(c, _)| c));
-    names.extend(fetch_topics.keys().map(|(c, _)| c));
-    names.sort();
-    names.dedup();
-    let per_topic = |map: &std::collections::BTreeMap<(String, String), _>, name: &String| {
-        let rows: Vec<String> = map
-            .iter()
-            .filter(|((c, _), _): &(&(String, String), &crate::telemetry::TopicCounts)| c == name)
-            .map(|((_, t), c)| {
-                format!(
-                    "{{\"topic\":{},\"records\":{},\"dropped\":{},\"observed\":{}}}",
-                    json_string(Some(t)),
-                    c.records,
-                    c.dropped,
-                    c.observed
-                )
-            })
-            .collect();
-        rows.join(",")
-    };
-    let rows: Vec<String> = names
-        .into_iter()
-        .map(|name| {
-            let r = replays.get(name).copied().unwrap_or_default();
-            format!(
-                "{{\"connector\":{},\"producer_sessions\":{},\"sessions_with_replays\":{},\"records_dropped\":{},\"largest_replay\":{},\"topics\":[{}],\"fetch_topics\":[{}]}}",
-                json_string(Some(name)),
-                r.sessions,
-                r.sessions_with_replays,
-                r.records_dropped,
-                r.largest_replay,
-                per_topic(&topics, name),
-                per_topic(&fetch_topics, name)
-            )
-        })
-        .collect();
-    format!("[{}]\n", rows.join(",\n"))
 }
 
 /// `topic=T&key=K`: K is an idempotency key as the tag header carries it
@@ -451,14 +391,14 @@ fn window_lookup(query: &str, shared: &Shared) -> Result<String, String> {
     let body = match position.filter(|p| p.topic == topic) {
         Some(p) => format!(
             "{{\"topic\":{},\"key\":\"{key}\",\"seen\":true,\"partition\":{},\"offset\":{},\"acked_at_ms\":{}}}\n",
-            json_string(Some(&topic)),
+            views::json_string(Some(&topic)),
             p.partition,
             if p.offset >= 0 { p.offset.to_string() } else { "null".into() },
             p.acked_ms
         ),
         None => format!(
             "{{\"topic\":{},\"key\":\"{key}\",\"seen\":false,\"window_loaded\":{}}}\n",
-            json_string(Some(&topic)),
+            views::json_string(Some(&topic)),
             window.is_loaded()
         ),
     };
@@ -487,27 +427,6 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-/// A JSON string literal (or null).
-fn json_string(s: Option<&str>) -> String {
-    s.map_or_else(|| "null".into(), json_str)
-}
-
-/// A JSON string literal.
-pub(crate) fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 async fn respond<S: AsyncWrite + Unpin>(
@@ -544,7 +463,8 @@ async fn respond<S: AsyncWrite + Unpin>(
 
 #[cfg(test)]
 mod tests {
-    use super::{authorize, json_string, need, percent_decode, Need};
+    use super::views::json_string;
+    use super::{authorize, need, percent_decode, Need};
     use crate::config::Config;
 
     fn admin(text: &str) -> crate::config::Admin {

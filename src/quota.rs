@@ -40,17 +40,14 @@
 //! group.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::admin::json_str;
 use crate::config::{Glob, QuotaRule, QuotaSettings};
 use crate::identity::Identity;
-use crate::telemetry::escape;
 
 /// What a bucket counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +61,10 @@ pub enum Kind {
     Requests = 2,
 }
 
-const KINDS: [Kind; 3] = [Kind::Produce, Kind::Fetch, Kind::Requests];
+pub(crate) const KINDS: [Kind; 3] = [Kind::Produce, Kind::Fetch, Kind::Requests];
 
 impl Kind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Produce => "produce",
             Kind::Fetch => "fetch",
@@ -550,7 +547,7 @@ impl Quotas {
             .collect()
     }
 
-    fn sorted(&self) -> Vec<Arc<Entity>> {
+    pub(crate) fn sorted(&self) -> Vec<Arc<Entity>> {
         let mut all: Vec<Arc<Entity>> = self
             .entities
             .lock()
@@ -568,147 +565,6 @@ impl Quotas {
         for e in self.sorted() {
             e.sample(now);
         }
-    }
-
-    /// The quota series of `/metrics`.
-    pub fn render(&self, out: &mut String) {
-        let all = self.sorted();
-        let labels = |e: &Entity| {
-            format!(
-                "connector=\"{}\",tenant=\"{}\"",
-                escape(e.key.label()),
-                escape(e.key.tenant.as_deref().unwrap_or(""))
-            )
-        };
-        let _ = writeln!(out, "# HELP idemgate_client_bytes_total Bytes per connector and tenant: produce requests and fetch responses.\n# TYPE idemgate_client_bytes_total counter");
-        for e in &all {
-            let l = labels(e);
-            let c = &e.counters;
-            let _ = writeln!(
-                out,
-                "idemgate_client_bytes_total{{{l},direction=\"produce\"}} {}",
-                c.produce_bytes.load(Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "idemgate_client_bytes_total{{{l},direction=\"fetch\"}} {}",
-                c.fetch_bytes.load(Relaxed)
-            );
-        }
-        // One counter per entity: (name, help, value).
-        type Counter = (&'static str, &'static str, fn(&Counters) -> f64);
-        let counters: [Counter; 3] = [
-            (
-                "idemgate_client_requests_total",
-                "Requests per connector and tenant.",
-                |c| c.requests.load(Relaxed) as f64,
-            ),
-            (
-                "idemgate_throttle_seconds_total",
-                "Throttle imposed by quotas (each connection muted this long).",
-                |c| c.throttle_micros.load(Relaxed) as f64 / 1e6,
-            ),
-            (
-                "idemgate_throttled_responses_total",
-                "Throttles imposed: on a response, or once more on a held request while a debt is owed.",
-                |c| c.throttled.load(Relaxed) as f64,
-            ),
-        ];
-        for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for e in &all {
-                let _ = writeln!(out, "{name}{{{}}} {}", labels(e), value(&e.counters));
-            }
-        }
-        let _ = writeln!(out, "# HELP idemgate_requests_held Produce or Fetch requests held now (muted, owing or paused), per connector and tenant.\n# TYPE idemgate_requests_held gauge");
-        for e in &all {
-            let held = e.counters.held.load(Relaxed);
-            let _ = writeln!(out, "idemgate_requests_held{{{}}} {held}", labels(e));
-        }
-        let _ = writeln!(out, "# HELP idemgate_quota_limit The limit in force, per second (bytes, requests, or microseconds of proxy time for request_percentage).\n# TYPE idemgate_quota_limit gauge");
-        for e in &all {
-            for kind in KINDS {
-                if let Some(l) = e.limits()[kind as usize] {
-                    let _ = writeln!(
-                        out,
-                        "idemgate_quota_limit{{{},kind=\"{}\"}} {}",
-                        labels(e),
-                        if l.time_based {
-                            "request_time_micros"
-                        } else {
-                            kind.as_str()
-                        },
-                        l.rate
-                    );
-                }
-            }
-        }
-        let _ = writeln!(out, "# HELP idemgate_connector_paused 1 while the connector is paused (admin API).\n# TYPE idemgate_connector_paused gauge");
-        for e in &all {
-            let _ = writeln!(
-                out,
-                "idemgate_connector_paused{{{}}} {}",
-                labels(e),
-                u8::from(e.is_paused())
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP idemgate_quota_reloads_total Quota changes put in force (SIGHUP, admin API).\n# TYPE idemgate_quota_reloads_total counter\nidemgate_quota_reloads_total {}",
-            self.reloads.load(Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP idemgate_quota_reload_failures_total Quota changes refused (the previous ones stay).\n# TYPE idemgate_quota_reload_failures_total counter\nidemgate_quota_reload_failures_total {}",
-            self.reload_failures.load(Relaxed)
-        );
-    }
-
-    /// `GET /quotas`: the rules, the pauses, and every entity's rate, limit
-    /// and throttle.
-    pub fn view_json(&self) -> String {
-        let live = self.live.read().expect("quota lock").clone();
-        let rules: Vec<String> = live.rules.iter().map(rule_json).collect();
-        let paused: Vec<String> = self.paused().iter().map(|p| json_str(p)).collect();
-        let entities: Vec<String> = self
-            .sorted()
-            .iter()
-            .map(|e| {
-                let (produce, fetch) = e.rates();
-                let limits = e.limits();
-                let limit = |k: Kind| match limits[k as usize] {
-                    Some(l) => format!("{{\"per_sec\":{},\"rule\":{}}}", l.rate, l.rule),
-                    None => "null".into(),
-                };
-                let c = &e.counters;
-                format!(
-                    "{{\"connector\":{},\"tenant\":{},\"paused\":{},\"produce_bytes_per_sec\":{:.0},\"fetch_bytes_per_sec\":{:.0},\"produce_bytes_total\":{},\"fetch_bytes_total\":{},\"requests_total\":{},\"throttle_seconds_total\":{},\"throttled_responses_total\":{},\"limits\":{{\"produce_bytes_per_sec\":{},\"fetch_bytes_per_sec\":{},\"requests\":{}}}}}",
-                    json_str(e.key.label()),
-                    e.key.tenant.as_deref().map(json_str).unwrap_or("null".into()),
-                    e.is_paused(),
-                    produce,
-                    fetch,
-                    c.produce_bytes.load(Relaxed),
-                    c.fetch_bytes.load(Relaxed),
-                    c.requests.load(Relaxed),
-                    c.throttle_micros.load(Relaxed) as f64 / 1e6,
-                    c.throttled.load(Relaxed),
-                    limit(Kind::Produce),
-                    limit(Kind::Fetch),
-                    limit(Kind::Requests),
-                )
-            })
-            .collect();
-        let s = &live.settings;
-        format!(
-            "{{\"settings\":{{\"burst_ms\":{},\"max_throttle_ms\":{},\"max_hold_ms\":{}}},\"rules\":[{}],\"paused\":[{}],\"entities\":[{}]}}\n",
-            s.burst.as_millis(),
-            s.max_throttle.as_millis(),
-            s.max_hold.as_millis(),
-            rules.join(","),
-            paused.join(","),
-            entities.join(",\n")
-        )
     }
 }
 
@@ -813,24 +669,21 @@ fn describe_limits(limits: &Limits) -> String {
     }
 }
 
-fn rule_json(r: &QuotaRule) -> String {
-    let g = |g: &Option<Glob>| {
-        g.as_ref()
-            .map(|g| json_str(g.as_str()))
-            .unwrap_or("null".into())
-    };
-    let n = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or("null".into());
-    format!(
-        "{{\"connector\":{},\"tenant\":{},\"client_id\":{},\"produce_bytes_per_sec\":{},\"fetch_bytes_per_sec\":{},\"requests_per_sec\":{},\"request_percentage\":{},\"burst_ms\":{}}}",
-        g(&r.connector),
-        g(&r.tenant),
-        g(&r.client_id),
-        n(r.produce_bytes_per_sec),
-        n(r.fetch_bytes_per_sec),
-        n(r.requests_per_sec),
-        n(r.request_percentage),
-        r.burst.map(|b| b.as_millis().to_string()).unwrap_or("null".into())
-    )
+/// A connector `x` of tenant `alice`, paused and resumed (for the
+/// renderers' tests).
+#[cfg(test)]
+pub(crate) fn resumed_alice() -> Quotas {
+    let c =
+        crate::config::Config::parse("[[quotas]]\nconnector = \"x\"\nfetch_bytes_per_sec = 100\n")
+            .expect("a quota rule");
+    let q = Quotas::new(c.quota, c.quotas);
+    q.entity(
+        &Identity::from_client_id("connector-consumer-x-1"),
+        Some("alice"),
+    );
+    q.set_paused("x", true);
+    q.set_paused("x", false);
+    q
 }
 
 #[cfg(test)]
@@ -1052,16 +905,6 @@ mod tests {
         );
         q.set_paused("x", false);
         assert!(!e.is_paused() && !later.is_paused());
-        let text = {
-            let mut out = String::new();
-            q.render(&mut out);
-            out
-        };
-        assert!(
-            text.contains("idemgate_connector_paused{connector=\"x\",tenant=\"alice\"} 0"),
-            "{text}"
-        );
-        assert!(q.view_json().contains("\"connector\":\"x\""));
     }
 
     #[test]

@@ -19,6 +19,8 @@ use crate::config::{Log, LogFormat};
 use crate::error::Side;
 use crate::limits::MemoryBudget;
 
+pub mod prometheus;
+
 /// Starts the global tracing subscriber. `RUST_LOG` overrides `log.level`.
 pub fn init_tracing(log: &Log) {
     use tracing_subscriber::EnvFilter;
