@@ -1,11 +1,9 @@
 //! `idemgate admin …` against a running proxy's admin API: the binary as an
 //! operator runs it, with the token the config sets.
 
-mod common;
-
 use std::process::Command;
 
-use common::Proxy;
+use crate::support::Proxy;
 
 const TOKEN: &str = "an-admin-token-long-enough";
 

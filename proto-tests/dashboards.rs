@@ -5,12 +5,10 @@
 //! rule and a quota, so every family is on). A rename that would leave a
 //! panel or an alert silently watching nothing fails here.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use common::Proxy;
+use crate::support::Proxy;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 

@@ -3,13 +3,12 @@
 //! Connect source tasks that crash and replay. What lands in the log is read
 //! straight from the broker, never through the proxy, and counted exactly.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{client_config, create_topic, http_get, Proxy, ProxyProcess, Tansu};
+use crate::support;
+use crate::support::{client_config, create_topic, http_get, Proxy, ProxyProcess, Tansu};
 use idemgate::config::Config;
 use idemgate::server::{self, Running};
 use rdkafka::config::ClientConfig;
@@ -301,12 +300,12 @@ fn series(name: &str, connector: &str, topic: &str) -> String {
 async fn dedup_counts(admin: SocketAddr, connector: &str, topic: &str) -> (f64, f64, f64) {
     let text = metrics(admin).await;
     (
-        common::metric_value(&text, &series("idemgate_records_total", connector, topic)),
-        common::metric_value(
+        support::metric_value(&text, &series("idemgate_records_total", connector, topic)),
+        support::metric_value(
             &text,
             &series("idemgate_duplicates_dropped_total", connector, topic),
         ),
-        common::metric_value(
+        support::metric_value(
             &text,
             &series("idemgate_duplicates_observed_total", connector, topic),
         ),
@@ -363,7 +362,7 @@ async fn connector_json(admin: SocketAddr, connector: &str) -> serde_json::Value
 async fn wait_gauge(admin: SocketAddr, name: &str, want: f64) -> f64 {
     let start = Instant::now();
     loop {
-        let v = common::metric_value(&metrics(admin).await, name);
+        let v = support::metric_value(&metrics(admin).await, name);
         if v == want || start.elapsed() > Duration::from_secs(10) {
             return v;
         }
@@ -695,7 +694,7 @@ async fn fetch_all_raw(via: &str, broker: &str, topic: &str) -> Vec<RawRow> {
     use kafka_protocol::protocol::StrBytes;
     use kafka_protocol::records::RecordBatchDecoder;
     let marker = end_markers(broker, topic, 1).await;
-    let mut conn = common::RawConn::connect(via).await;
+    let mut conn = support::RawConn::connect(via).await;
     let mut rows: Vec<RawRow> = Vec::new();
     let mut next = 0i64;
     let mut correlation_id = 1;
@@ -765,12 +764,12 @@ async fn replay_is_dropped_in_zstd_batches() {
     // The first instance writes 200 records; after its crash, the second
     // replays the last 80 and continues with 40 new, each in one zstd batch.
     for (correlation_id, records) in [(1, &originals[..200]), (2, &originals[120..])] {
-        let mut conn = common::RawConn::connect(&proxy.bootstrap).await;
+        let mut conn = support::RawConn::connect(&proxy.bootstrap).await;
         conn.send_frame(&zstd_produce(topic, correlation_id, records))
             .await;
         let frame = conn.recv_frame().await.expect("a Produce response");
         let resp: ProduceResponse =
-            common::decode_response_frame(ApiKey::Produce, 9, correlation_id, frame);
+            support::decode_response_frame(ApiKey::Produce, 9, correlation_id, frame);
         let p = &resp.responses[0].partition_responses[0];
         assert_eq!(p.error_code, 0, "request {correlation_id}: {p:?}");
     }
@@ -890,7 +889,7 @@ async fn committed_transactions_teach_the_window_aborted_ones_do_not() {
     drop(txn);
 
     let metrics_text = metrics(proxy.admin).await;
-    let value = |series: &str| common::metric_value(&metrics_text, series);
+    let value = |series: &str| support::metric_value(&metrics_text, series);
     assert_eq!(
         value("idemgate_transactions_total{outcome=\"committed\"}"),
         1.0
@@ -959,7 +958,7 @@ async fn purging_a_topic_forgets_its_keys_only() {
         80.0
     );
 
-    let (status, body) = common::http_call(
+    let (status, body) = support::http_call(
         proxy.admin,
         "POST",
         &format!("/window/purge?topic={purged}"),
@@ -973,7 +972,7 @@ async fn purging_a_topic_forgets_its_keys_only() {
         wait_gauge(proxy.admin, "idemgate_window_keys", 40.0).await,
         40.0
     );
-    let (status, body) = common::http_call(proxy.admin, "POST", "/window/purge", None).await;
+    let (status, body) = support::http_call(proxy.admin, "POST", "/window/purge", None).await;
     assert_eq!(status, 400, "{body}");
 
     // The same records again: written to the purged topic, dropped on the other.
@@ -1542,7 +1541,7 @@ async fn proxy_restart_keeps_the_window() {
     a.running.shutdown().await; // drains and flushes the store
 
     // The same config, on the same store, on a fresh admin port.
-    let new_admin = common::free_port();
+    let new_admin = support::free_port();
     let text_b = text.replace(
         &format!("listen = \"127.0.0.1:{admin_port}\""),
         &format!("listen = \"127.0.0.1:{new_admin}\""),
@@ -1565,7 +1564,7 @@ const FLUSHES: &str = "idemgate_store_flushes_total";
 async fn wait_counter(admin: SocketAddr, name: &str, at_least: f64) -> f64 {
     let start = Instant::now();
     loop {
-        let v = common::metric_value(&metrics(admin).await, name);
+        let v = support::metric_value(&metrics(admin).await, name);
         if v >= at_least || start.elapsed() > Duration::from_secs(30) {
             return v;
         }
@@ -1616,7 +1615,7 @@ async fn sigkill_keeps_what_the_flush_policy_promises() {
     drop(producer);
     // A flush that started after every ack (the second one counted from
     // now: the first may have been under way already), then no goodbye.
-    let flushes = common::metric_value(&metrics(a.admin).await, FLUSHES);
+    let flushes = support::metric_value(&metrics(a.admin).await, FLUSHES);
     assert!(
         wait_counter(a.admin, FLUSHES, flushes + 2.0).await >= flushes + 2.0,
         "no store flush within 30 s"
@@ -1869,11 +1868,11 @@ async fn lost_ack_retry_is_dropped_not_written_twice() {
 async fn write_around(broker: &str, topic: &str, codec: &str, records: &[Rec]) {
     if codec == "zstd" {
         use kafka_protocol::messages::{ApiKey, ProduceResponse};
-        let mut conn = common::RawConn::connect(broker).await;
+        let mut conn = support::RawConn::connect(broker).await;
         let id = 7;
         conn.send_frame(&zstd_produce(topic, id, records)).await;
         let frame = conn.recv_frame().await.expect("a Produce response");
-        let resp: ProduceResponse = common::decode_response_frame(ApiKey::Produce, 9, id, frame);
+        let resp: ProduceResponse = support::decode_response_frame(ApiKey::Produce, 9, id, frame);
         assert_eq!(resp.responses[0].partition_responses[0].error_code, 0);
         return;
     }
@@ -2176,7 +2175,7 @@ async fn sinks_read_each_record_once_whoever_wrote_the_copies() {
         assert_eq!(places(&again), want, "{codec}: a seek back reads the same");
 
         let text = metrics(proxy.admin).await;
-        let read = |name| common::metric_value(&text, &fetch_series(name, "pg-sink", &topic));
+        let read = |name| support::metric_value(&text, &fetch_series(name, "pg-sink", &topic));
         // 110 records and the end markers pg-sink's fetches carried (the
         // proxy counts a record each time a response carries it).
         let passed = read("idemgate_records_total");
@@ -2297,7 +2296,7 @@ async fn a_copy_in_another_partition_is_delivered() {
     );
     let text = metrics(proxy.admin).await;
     assert_eq!(
-        common::metric_value(
+        support::metric_value(
             &text,
             &fetch_series("idemgate_duplicates_dropped_total", "spread-sink", topic)
         ),

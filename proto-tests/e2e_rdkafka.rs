@@ -2,12 +2,10 @@
 //! broker: what a client sees through idemgate must be what it sees direct.
 //! The leak check runs in every test.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{client_config, create_topic, Proxy, Tansu};
+use crate::support::{client_config, create_topic, Proxy, Tansu};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};

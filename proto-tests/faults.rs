@@ -13,16 +13,15 @@
 //! on demand), `IDEMGATE_FAULT_SEED` the seed of every random choice (each
 //! case prints the one it used; timing still differs from run to run).
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::{create_topic, http_get, metric_value, Proxy, ProxyProcess, Tansu};
 use bytes::Bytes;
-use common::{create_topic, http_get, metric_value, Proxy, ProxyProcess, Tansu};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader};
 use kafka_protocol::protocol::Decodable;
 use kafka_protocol::records::RecordBatchDecoder;
@@ -1927,7 +1926,7 @@ async fn never_reads(bootstrap: &str, topic: &'static str, n: usize) -> TcpStrea
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(bootstrap.parse().unwrap()).await.unwrap();
-    let frame = common::request_frame(ApiKey::Fetch, 11, 0, &common::long_poll(topic, 100));
+    let frame = support::request_frame(ApiKey::Fetch, 11, 0, &support::long_poll(topic, 100));
     let mut wire = Vec::new();
     for _ in 0..n {
         wire.extend_from_slice(&(frame.len() as i32).to_be_bytes());
@@ -1941,7 +1940,7 @@ async fn never_reads(bootstrap: &str, topic: &'static str, n: usize) -> TcpStrea
 /// `None` if it was refused (closed unanswered).
 async fn knock(bootstrap: &str) -> Option<TcpStream> {
     let mut stream = TcpStream::connect(bootstrap).await.ok()?;
-    let frame = common::request_frame(ApiKey::ApiVersions, 3, 1, &common::client_software());
+    let frame = support::request_frame(ApiKey::ApiVersions, 3, 1, &support::client_software());
     stream
         .write_all(&(frame.len() as i32).to_be_bytes())
         .await

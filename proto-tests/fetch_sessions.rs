@@ -1,7 +1,7 @@
 //! Incremental fetch sessions (KIP-227) through the proxy with fetch dedup on.
 //!
 //! tansu 0.6.0 answers every Fetch with session_id 0, so a session layer
-//! (common/fetch_sessions.rs) plays the broker's session cache in front of
+//! (support/fetch_sessions.rs) plays the broker's session cache in front of
 //! it. tansu advertises the layer, so every broker connection — the proxy's
 //! bootstrap probe and the node connections it opens after Metadata — goes
 //! through it:
@@ -18,8 +18,6 @@
 //! the client's session breaks (a wrong id or epoch is refused, a partition
 //! added to an incremental answer is "invalid").
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,10 +25,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::fetch_sessions::{
+use crate::support;
+use crate::support::fetch_sessions::{
     Counts, FetchSessions, FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH,
 };
-use common::{client_config, create_topic, Proxy, RawConn, Tansu};
+use crate::support::{client_config, create_topic, Proxy, RawConn, Tansu};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
@@ -63,7 +62,7 @@ const READ_LIMIT: Duration = Duration::from_secs(720);
 
 /// tansu behind the session layer, and the proxy in front of the layer.
 async fn bench() -> (Tansu, FetchSessions, Proxy) {
-    let layer_port = common::free_port();
+    let layer_port = support::free_port();
     let broker = Tansu::start_advertising(Some(layer_port));
     let layer = FetchSessions::start(layer_port, &broker.addr).await;
     let proxy = Proxy::start_with(&layer.addr, FETCH_RULE).await;
@@ -200,7 +199,7 @@ impl Drop for KafkaPython {
 
 /// kafka-python as a Connect sink task (proto-tests/python/clients/session_consumer.py).
 fn spawn_kafka_python(bootstrap: &str, topic: &str) -> KafkaPython {
-    common::tansu_bin(); // installs the venv too, on a fresh machine
+    support::tansu_bin(); // installs the venv too, on a fresh machine
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     Command::new(root.join(".cache/venv/bin/python"))
         .arg(root.join("proto-tests/python/clients/session_consumer.py"))
@@ -457,7 +456,7 @@ async fn kafka_python_keeps_its_fetch_session_over_thousands_of_fetches() {
     assert_eq!(counts.session_errors(), 0, "{counts:?}");
 
     let text = proxy.metrics().await;
-    let read = |name| common::metric_value(&text, &fetch_series(name, "pg-sink", topic));
+    let read = |name| support::metric_value(&text, &fetch_series(name, "pg-sink", topic));
     assert_eq!(
         (
             read("idemgate_records_total"),
@@ -751,7 +750,7 @@ async fn incremental_answers_pass_the_proxy_with_session_fields_untouched() {
         assert_eq!(new, want, "v{version}: what the layer did");
         let text = proxy.metrics().await;
         let series = fetch_series("idemgate_duplicates_dropped_total", "proto-tests", &name);
-        assert_eq!(common::metric_value(&text, &series), 5.0, "{text}");
+        assert_eq!(support::metric_value(&text, &series), 5.0, "{text}");
     }
     proxy.assert_no_leaks().await;
 }
@@ -792,7 +791,7 @@ async fn fetch_by_topic_id_is_filtered_before_any_metadata_through_the_proxy() {
     );
     let text = proxy.metrics().await;
     assert_eq!(
-        common::metric_value(&text, "idemgate_dedup_fail_open_total{reason=\"topic_id\"}"),
+        support::metric_value(&text, "idemgate_dedup_fail_open_total{reason=\"topic_id\"}"),
         0.0,
         "{text}"
     );

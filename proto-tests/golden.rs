@@ -374,7 +374,7 @@ fn every_golden_frame_passes_the_fuzz_checks() {
 
 /// Writes the record sets of every golden Produce request and Fetch response
 /// to fuzz/seeds/record_batch/:
-/// `cargo test --test golden write_fuzz_seeds -- --ignored`.
+/// `cargo test --test proto golden::write_fuzz_seeds -- --ignored`.
 #[test]
 #[ignore]
 fn write_fuzz_seeds() {

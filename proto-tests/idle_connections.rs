@@ -3,13 +3,12 @@
 //! binary no more resident memory than documented, all stay open, and a
 //! new connection is still served while they sit there.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{RawConn, Tansu};
+use crate::support;
+use crate::support::{RawConn, Tansu};
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 
 /// The binary under test: this build's, or `IDEMGATE_BIN` (a release build,
@@ -110,7 +109,7 @@ async fn ask(conn: &mut RawConn, correlation_id: i32) {
             ApiKey::ApiVersions,
             API_VERSIONS_V3,
             correlation_id,
-            &common::client_software(),
+            &support::client_software(),
         )
         .await;
     assert_eq!(resp.error_code, 0, "ApiVersions error");
@@ -125,7 +124,7 @@ async fn start_proxy(upstream: &str, dir: &Path) -> (ProxyProcess, String, std::
     // (1,000 by default) above the 1,000 idle ones plus the extra one.
     let listen_extra = "max_connections_per_ip = 5000";
     let (text, bootstrap, admin) =
-        common::Proxy::config_text(upstream, &dir.join("store"), listen_extra, "", "");
+        support::Proxy::config_text(upstream, &dir.join("store"), listen_extra, "", "");
     let config = dir.join("idemgate.toml");
     std::fs::write(&config, text).unwrap();
     let log = dir.join("idemgate.log");
@@ -139,7 +138,7 @@ async fn start_proxy(upstream: &str, dir: &Path) -> (ProxyProcess, String, std::
     let proxy = ProxyProcess { child, log };
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     let start = Instant::now();
-    while common::http_get(admin, "/readyz").await.0 != 200 {
+    while support::http_get(admin, "/readyz").await.0 != 200 {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "idemgate not ready within 20 s:\n{}",
@@ -152,9 +151,9 @@ async fn start_proxy(upstream: &str, dir: &Path) -> (ProxyProcess, String, std::
 
 /// `idemgate_connections_active` from `/metrics`.
 async fn active(admin: std::net::SocketAddr) -> f64 {
-    let (status, body) = common::http_get(admin, "/metrics").await;
+    let (status, body) = support::http_get(admin, "/metrics").await;
     assert_eq!(status, 200, "/metrics");
-    common::metric_value(&body, "idemgate_connections_active")
+    support::metric_value(&body, "idemgate_connections_active")
 }
 
 /// Waits (up to 10 s) for `idemgate_connections_active` to read `want`:

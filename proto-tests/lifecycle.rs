@@ -2,13 +2,12 @@
 //! with its key path (exit 2), every file in config/ is valid, and `run`
 //! drains in-flight requests on SIGTERM and exits 0.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{request_frame, RawConn, Tansu};
+use crate::support;
+use crate::support::{request_frame, RawConn, Tansu};
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, FetchResponse};
 
 const BIN: &str = env!("CARGO_BIN_EXE_idemgate");
@@ -166,7 +165,8 @@ fn check_lists_every_problem_with_its_key_path_and_exits_2() {
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
-    let (text, bootstrap, admin) = common::Proxy::config_text(&broker.addr, dir.path(), "", "", "");
+    let (text, bootstrap, admin) =
+        support::Proxy::config_text(&broker.addr, dir.path(), "", "", "");
     let path = dir.path().join("idemgate.toml");
     std::fs::write(&path, text).unwrap();
     let mut child = Command::new(BIN)
@@ -176,27 +176,27 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         .spawn()
         .unwrap();
     let bootstrap = format!("127.0.0.1:{bootstrap}");
-    common::wait_for_port(&bootstrap, Duration::from_secs(20));
+    support::wait_for_port(&bootstrap, Duration::from_secs(20));
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     let start = Instant::now();
-    while common::http_get(admin, "/readyz").await.0 != 200 {
+    while support::http_get(admin, "/readyz").await.0 != 200 {
         assert!(start.elapsed() < Duration::from_secs(20), "never ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     let mut conn = RawConn::connect(&bootstrap).await;
-    common::create_topic_raw(&mut conn, "drain", 1).await;
+    support::create_topic_raw(&mut conn, "drain", 1).await;
     // A long poll the drain must wait for: long enough to see /readyz say
     // so on a busy machine, well inside recv_frame's 20 s.
-    let fetch = common::long_poll("drain", 12_000);
+    let fetch = support::long_poll("drain", 12_000);
     conn.send_frame(&request_frame(ApiKey::Fetch, 11, 2, &fetch))
         .await;
     // SIGTERM only once the proxy has read the Fetch: a request still in the
     // socket when the drain begins is not read, by design.
     let start = Instant::now();
     loop {
-        let metrics = common::http_get(admin, "/metrics").await.1;
-        if common::metric_value(&metrics, "idemgate_requests_total{api=\"Fetch\"}") >= 1.0 {
+        let metrics = support::http_get(admin, "/metrics").await.1;
+        if support::metric_value(&metrics, "idemgate_requests_total{api=\"Fetch\"}") >= 1.0 {
             break;
         }
         assert!(
@@ -214,7 +214,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     // While it drains, the admin listener still answers: not ready.
     let start = Instant::now();
     loop {
-        let (status, body) = common::http_get(admin, "/readyz").await;
+        let (status, body) = support::http_get(admin, "/readyz").await;
         if status == 503 {
             assert!(body.contains("shutting down"), "{body}");
             break;
@@ -231,7 +231,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         .recv_frame()
         .await
         .expect("the in-flight fetch is answered during the drain");
-    let resp: FetchResponse = common::decode_response_frame(ApiKey::Fetch, 11, 2, frame);
+    let resp: FetchResponse = support::decode_response_frame(ApiKey::Fetch, 11, 2, frame);
     assert_eq!(resp.error_code, 0);
     // ...and then the connection closes: no new requests are read.
     conn.send_frame(&request_frame(

@@ -2,11 +2,9 @@
 //! brokers (a listener per node, leaders spread across them) and injected
 //! faults (broker errors, a broker down and back).
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Proxy, RawConn};
+use crate::support::{Proxy, RawConn};
 use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};

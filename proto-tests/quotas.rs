@@ -7,14 +7,13 @@
 //! change on live connections (admin API, SIGHUP). Rates themselves are
 //! measured by the bench (benches/quota.rs, docs/performance.md).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{client_config, create_topic, http_call, http_get, Proxy, Tansu};
+use crate::support;
+use crate::support::{client_config, create_topic, http_call, http_get, Proxy, Tansu};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -208,16 +207,16 @@ async fn a_produce_quota_shapes_librdkafka_and_spares_its_neighbour() {
     let series =
         |c: &str| format!("idemgate_throttle_seconds_total{{connector=\"{c}\",tenant=\"\"}}");
     assert_eq!(
-        common::metric_value(&metrics, &series("free")),
+        support::metric_value(&metrics, &series("free")),
         0.0,
         "{metrics}"
     );
     assert!(
-        common::metric_value(&metrics, &series("throttled")) > 0.0,
+        support::metric_value(&metrics, &series("throttled")) > 0.0,
         "{metrics}"
     );
     assert!(
-        common::metric_value(
+        support::metric_value(
             &metrics,
             "idemgate_client_bytes_total{connector=\"throttled\",tenant=\"\",direction=\"produce\"}"
         ) >= (6 * MIB) as f64
@@ -620,7 +619,7 @@ async fn sighup_reloads_quotas_and_pauses_nothing_else() {
         .spawn()
         .unwrap();
     let bootstrap = format!("127.0.0.1:{bootstrap}");
-    common::wait_for_port(&bootstrap, Duration::from_secs(20));
+    support::wait_for_port(&bootstrap, Duration::from_secs(20));
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     wait_until("ready", || async {
         http_get(admin, "/readyz").await.0 == 200
@@ -630,7 +629,7 @@ async fn sighup_reloads_quotas_and_pauses_nothing_else() {
     let steady = Steady::start(&bootstrap, "connector-producer-hup-0", "q-hup");
     steady.wait_for_more(32).await;
     let metric = |name: &'static str| async move {
-        common::metric_value(&http_get(admin, "/metrics").await.1, name)
+        support::metric_value(&http_get(admin, "/metrics").await.1, name)
     };
     let throttle = "idemgate_throttle_seconds_total{connector=\"hup\",tenant=\"\"}";
     assert_eq!(metric(throttle).await, 0.0);

@@ -26,16 +26,15 @@
 //! it has no SCRAM (`builtin.features` lacks `sasl_scram`): librdkafka is
 //! exercised through confluent-kafka's wheel (librdkafka 2.16.0, with SCRAM).
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::{http_get, metric_value, wait_for_port, RawConn};
 use bytes::Bytes;
-use common::{http_get, metric_value, wait_for_port, RawConn};
 use kafka_protocol::messages::{
     ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
     SaslHandshakeResponse,
@@ -59,7 +58,7 @@ struct ScramKafka {
 impl ScramKafka {
     fn start(users: &[(&str, &str)]) -> ScramKafka {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        common::tansu_bin(); // runs scripts/setup on a fresh machine: the venv
+        support::tansu_bin(); // runs scripts/setup on a fresh machine: the venv
         assert!(
             root.join(".cache/kafka/libs/kafka_2.13-4.4.0.jar").exists(),
             "no Apache Kafka 4.4.0 jars in .cache/kafka/libs: run scripts/setup"
@@ -118,7 +117,7 @@ impl ProxyProcess {
     async fn start(upstream: &str, extra: &str) -> ProxyProcess {
         let dir = tempfile::tempdir().unwrap();
         let (text, bootstrap, admin) =
-            common::Proxy::config_text(upstream, &dir.path().join("store"), "", "", extra);
+            support::Proxy::config_text(upstream, &dir.path().join("store"), "", "", extra);
         let config = dir.path().join("idemgate.toml");
         std::fs::write(&config, text).unwrap();
         let bin = std::env::var_os("IDEMGATE_BIN")
@@ -222,7 +221,7 @@ struct ClientArgs<'a> {
 impl ClientRun {
     fn start(bootstrap: &str, a: &ClientArgs) -> ClientRun {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        common::tansu_bin(); // installs the venv too, on a fresh machine
+        support::tansu_bin(); // installs the venv too, on a fresh machine
         let stderr = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new(root.join(".cache/venv/bin/python"))
             .arg(root.join("proto-tests/python/clients/sasl_roundtrip.py"))

@@ -4,12 +4,11 @@
 //! proxy's own ApiVersions + Metadata probe like a one-node cluster, and
 //! every other request as its script says.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::support;
+use crate::support::{request_frame, Proxy, RawConn};
 use bytes::{BufMut, Bytes, BytesMut};
-use common::{request_frame, Proxy, RawConn};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::metadata_response::MetadataResponseBroker;
 use kafka_protocol::messages::{
@@ -361,7 +360,7 @@ async fn serve(mut s: TcpStream, port: u16, script: Script) {
 }
 
 fn api_versions(corr: i32) -> Bytes {
-    request_frame(ApiKey::ApiVersions, 3, corr, &common::client_software())
+    request_frame(ApiKey::ApiVersions, 3, corr, &support::client_software())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,7 +448,7 @@ async fn a_broker_closing_an_idle_connection_closes_the_clients() {
 /// The principal `/connections` shows for this client connection.
 async fn principal_of(proxy: &Proxy, conn: &RawConn) -> Option<String> {
     let me = conn.stream.local_addr().unwrap().to_string();
-    let (_, body) = common::http_get(proxy.admin, "/connections").await;
+    let (_, body) = support::http_get(proxy.admin, "/connections").await;
     let row = body
         .lines()
         .find(|l| l.contains(&format!("\"client_addr\":\"{me}\"")))?;
@@ -525,7 +524,7 @@ async fn a_produce_claiming_billions_of_topics_does_not_take_the_proxy_down() {
     )
     .await;
     let mut evil = RawConn::connect(&proxy.bootstrap).await;
-    let mut body = common::request_frame(
+    let mut body = support::request_frame(
         ApiKey::Produce,
         9,
         1,
@@ -541,7 +540,7 @@ async fn a_produce_claiming_billions_of_topics_does_not_take_the_proxy_down() {
 
     let mut next = RawConn::connect(&proxy.bootstrap).await;
     let resp: kafka_protocol::messages::ApiVersionsResponse = next
-        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
         .await;
     assert_eq!(resp.error_code, 0, "the proxy still serves");
 }
@@ -563,7 +562,7 @@ async fn a_metadata_response_claiming_billions_of_brokers_does_not_take_the_prox
 
     let mut next = RawConn::connect(&proxy.bootstrap).await;
     let resp: ApiVersionsResponse = next
-        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
         .await;
     assert_eq!(resp.error_code, 0, "the proxy still serves");
 }
@@ -761,20 +760,20 @@ async fn a_tenant_quota_keys_on_the_principal_the_broker_accepted() {
     let resp = bob.call(ApiKey::Produce, 7, 4, &big_produce(50_000)).await;
     assert_eq!(throttle_of(resp), 0, "bob has no quota");
 
-    let (_, quotas) = common::http_get(proxy.admin, "/quotas").await;
+    let (_, quotas) = support::http_get(proxy.admin, "/quotas").await;
     assert!(
         quotas.contains("\"connector\":\"proto-tests\",\"tenant\":\"alice\""),
         "{quotas}"
     );
     assert!(quotas.contains("\"tenant\":\"bob\""), "{quotas}");
     let metrics = proxy.metrics().await;
-    let alice_throttle = common::metric_value(
+    let alice_throttle = support::metric_value(
         &metrics,
         "idemgate_throttle_seconds_total{connector=\"proto-tests\",tenant=\"alice\"}",
     );
     assert!(alice_throttle >= 4.0, "{metrics}");
     assert_eq!(
-        common::metric_value(
+        support::metric_value(
             &metrics,
             "idemgate_throttle_seconds_total{connector=\"proto-tests\",tenant=\"bob\"}"
         ),
@@ -833,7 +832,7 @@ async fn produce_above_the_advertised_version_closes_like_kafka_and_is_never_fil
     .await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
     let advertised: ApiVersionsResponse = conn
-        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
         .await;
     let produce = advertised.api_keys.iter().find(|v| v.api_key == 0).unwrap();
     assert_eq!(
@@ -862,7 +861,7 @@ async fn produce_above_the_advertised_version_closes_like_kafka_and_is_never_fil
         "the dedup filter saw the v13 request: {metrics}"
     );
     assert!(
-        common::metric_value(
+        support::metric_value(
             &metrics,
             "idemgate_connection_errors_total{side=\"client\"}"
         ) >= 1.0,
@@ -892,7 +891,7 @@ async fn sasl_handshake_v0_is_not_advertised_and_closes() {
     let proxy = Proxy::start(&peer.addr).await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
     let advertised: ApiVersionsResponse = conn
-        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
         .await;
     let handshake = advertised
         .api_keys

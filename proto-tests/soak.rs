@@ -4,7 +4,7 @@
 //! record a source task sent is in the log exactly once.
 //!
 //! ```text
-//! cargo test --test soak                   # scripts/test: 5 minutes
+//! cargo test --test proto soak::          # scripts/test: 5 minutes
 //! scripts/soak --minutes 30                # on demand
 //! ```
 //!
@@ -35,8 +35,6 @@
 //! sample is printed, so a creeping figure can be read even when it stays
 //! inside the bound.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -44,7 +42,8 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{client_config, create_topic, http_get, metric_value, wait_for_port, Tansu};
+use crate::support;
+use crate::support::{client_config, create_topic, http_get, metric_value, wait_for_port, Tansu};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -75,7 +74,7 @@ fn config(upstream: &str, store: &Path) -> (String, u16, u16) {
          [[dedup.rules]]\ntopics = \"{ORDERS}\"\nkey = \"content\"\nmode = \"drop\"\ndirection = \"both\"\n\
          [[quotas]]\nconnector = \"backfill\"\nproduce_bytes_per_sec = \"256KiB\"\n"
     );
-    common::Proxy::config_text(upstream, store, "", "", &rules)
+    support::Proxy::config_text(upstream, store, "", "", &rules)
 }
 
 /// The proxy binary, killed on drop.

@@ -4,15 +4,14 @@
 //! mTLS and the principal; reload without dropping connections; the
 //! handshake timeout; and `idemgate check` on broken TLS files.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::{http_get, request_frame, Proxy, RawConn, Tansu};
 use bytes::{BufMut, BytesMut};
-use common::{http_get, request_frame, Proxy, RawConn, Tansu};
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, MetadataRequest, MetadataResponse};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -140,7 +139,7 @@ async fn raw_kafka_over_tls_on_bootstrap_and_broker_listeners() {
     let connector = pki.connector(None);
     let mut conn = tls_connect(&proxy.bootstrap, &connector).await.unwrap();
     let av: ApiVersionsResponse = conn
-        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
         .await;
     assert_eq!(av.error_code, 0);
     let md: MetadataResponse = conn
@@ -152,7 +151,7 @@ async fn raw_kafka_over_tls_on_bootstrap_and_broker_listeners() {
         .await
         .unwrap();
     let _: ApiVersionsResponse = node
-        .call(ApiKey::ApiVersions, 3, 3, &common::client_software())
+        .call(ApiKey::ApiVersions, 3, 3, &support::client_software())
         .await;
     // Plaintext on a TLS listener: the handshake fails, that connection only.
     let mut plain = RawConn::connect(&proxy.bootstrap).await;
@@ -161,12 +160,12 @@ async fn raw_kafka_over_tls_on_bootstrap_and_broker_listeners() {
             ApiKey::ApiVersions,
             3,
             1,
-            &common::client_software(),
+            &support::client_software(),
         ))
         .await;
     assert!(plain.is_closed().await);
     let _: ApiVersionsResponse = conn
-        .call(ApiKey::ApiVersions, 3, 4, &common::client_software())
+        .call(ApiKey::ApiVersions, 3, 4, &support::client_software())
         .await;
     assert_eq!(
         proxy
@@ -217,7 +216,7 @@ async fn mtls_requires_a_client_certificate_and_names_the_principal() {
             ApiKey::ApiVersions,
             3,
             1,
-            &common::client_software(),
+            &support::client_software(),
         ))
         .await;
         assert!(
@@ -230,7 +229,7 @@ async fn mtls_requires_a_client_certificate_and_names_the_principal() {
         .await
         .unwrap();
     let _: ApiVersionsResponse = conn
-        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
         .await;
     let (status, body) = http_get(proxy.admin, "/connections").await;
     assert_eq!(status, 200);
@@ -267,7 +266,12 @@ async fn an_mtls_subject_is_the_tenant_its_quota_keys_on() {
         // one write, so a slow machine cannot spread them past the debt.
         let mut wire = BytesMut::new();
         for i in 0..10 {
-            let frame = request_frame(ApiKey::ApiVersions, 3, corr + i, &common::client_software());
+            let frame = request_frame(
+                ApiKey::ApiVersions,
+                3,
+                corr + i,
+                &support::client_software(),
+            );
             wire.put_i32(frame.len() as i32);
             wire.extend_from_slice(&frame);
         }
@@ -275,7 +279,7 @@ async fn an_mtls_subject_is_the_tenant_its_quota_keys_on() {
         for i in 0..10 {
             let frame = conn.recv_frame().await.expect("an answer");
             let av: ApiVersionsResponse =
-                common::decode_response_frame(ApiKey::ApiVersions, 3, corr + i, frame);
+                support::decode_response_frame(ApiKey::ApiVersions, 3, corr + i, frame);
             assert_eq!(av.error_code, 0);
         }
     }
@@ -284,11 +288,11 @@ async fn an_mtls_subject_is_the_tenant_its_quota_keys_on() {
     };
     let metrics = proxy.metrics().await;
     assert!(
-        common::metric_value(&metrics, &throttled("CN=orders-source,O=Acme")) > 0.0,
+        support::metric_value(&metrics, &throttled("CN=orders-source,O=Acme")) > 0.0,
         "{metrics}"
     );
     assert_eq!(
-        common::metric_value(&metrics, &throttled("CN=pg-sink,O=Acme")),
+        support::metric_value(&metrics, &throttled("CN=pg-sink,O=Acme")),
         0.0,
         "{metrics}"
     );
@@ -326,7 +330,7 @@ async fn certificates_reload_without_dropping_connections() {
     }
     // The connection made before the rotation still works.
     let _: ApiVersionsResponse = old
-        .call(ApiKey::ApiVersions, 3, 9, &common::client_software())
+        .call(ApiKey::ApiVersions, 3, 9, &support::client_software())
         .await;
     assert_eq!(proxy.metric("idemgate_tls_reloads_total").await, 1.0);
 
@@ -343,7 +347,7 @@ async fn certificates_reload_without_dropping_connections() {
     let mut after = tls_connect(&proxy.bootstrap, &connector).await.unwrap();
     assert_eq!(server_cn(&after), "CN=second.localhost,O=Acme");
     let _: ApiVersionsResponse = after
-        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
         .await;
 }
 
@@ -363,7 +367,7 @@ async fn real_clients_produce_and_consume_over_tls() {
     pki.leaf("client", "pg-sink", &["pg-sink"]);
     let proxy = tls_proxy(&broker.addr, &pki, true).await;
     let python = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
-    common::tansu_bin(); // installs the venv too, on a fresh machine
+    support::tansu_bin(); // installs the venv too, on a fresh machine
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("proto-tests/python/clients/tls_roundtrip.py");
     let (bootstrap, dir) = (proxy.bootstrap.clone(), pki.dir.path().to_path_buf());
@@ -576,9 +580,9 @@ async fn the_proxy_speaks_tls_to_the_broker() {
     let port = md.brokers[0].port;
     assert!((proxy.broker_ports.0 as i32..=proxy.broker_ports.1 as i32).contains(&port));
     let mut node = RawConn::connect(&format!("127.0.0.1:{port}")).await;
-    common::create_topic_raw(&mut node, "over-tls", 2).await;
+    support::create_topic_raw(&mut node, "over-tls", 2).await;
     let _: ApiVersionsResponse = node
-        .call(ApiKey::ApiVersions, 3, 3, &common::client_software())
+        .call(ApiKey::ApiVersions, 3, 3, &support::client_software())
         .await;
     assert!(
         relay.handshakes.load(std::sync::atomic::Ordering::SeqCst) >= 2,
@@ -606,7 +610,7 @@ async fn a_broker_certificate_from_another_ca_is_refused() {
         ApiKey::ApiVersions,
         3,
         1,
-        &common::client_software(),
+        &support::client_software(),
     ))
     .await;
     assert!(
@@ -636,7 +640,7 @@ async fn a_client_certificate_for_brokers_that_require_mtls() {
     let proxy = proxy_to_tls_broker(&relay, &pki, "ca.pem", true, true).await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
     let av: ApiVersionsResponse = conn
-        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
         .await;
     assert_eq!(av.error_code, 0);
     drop(relay.broker);
@@ -674,7 +678,7 @@ async fn the_admin_api_over_tls_with_a_bearer_token() {
                 .connect(ServerName::try_from("localhost").unwrap(), tcp)
                 .await
                 .expect("admin TLS handshake");
-            common::http_over(tls, method, path, token).await
+            support::http_over(tls, method, path, token).await
         }
     };
     let start = Instant::now();

@@ -2,12 +2,11 @@
 //! ordering, acks=0, ApiVersions, request-derived deadlines, and hostile
 //! input that must close only its own connection.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::support;
+use crate::support::{request_frame, Proxy, RawConn, Tansu};
 use bytes::{BufMut, BytesMut};
-use common::{request_frame, Proxy, RawConn, Tansu};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, DescribeClusterRequest, DescribeClusterResponse, FetchResponse,
     MetadataRequest, MetadataResponse, ProduceRequest,
@@ -20,7 +19,7 @@ async fn assert_alive(conn: &mut RawConn, correlation_id: i32) {
             ApiKey::ApiVersions,
             3,
             correlation_id,
-            &common::client_software(),
+            &support::client_software(),
         )
         .await;
     assert_eq!(resp.error_code, 0);
@@ -33,10 +32,10 @@ async fn api_versions_advertises_the_intersection() {
     let mut through = RawConn::connect(&proxy.bootstrap).await;
     let mut direct = RawConn::connect(&broker.addr).await;
     let ours: ApiVersionsResponse = through
-        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
         .await;
     let theirs: ApiVersionsResponse = direct
-        .call(ApiKey::ApiVersions, 3, 1, &common::client_software())
+        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
         .await;
     assert_eq!(ours.error_code, 0);
     for v in &ours.api_keys {
@@ -83,7 +82,8 @@ async fn api_versions_newer_than_known_gets_the_v0_unsupported_answer() {
     conn.send_frame(&frame).await;
     let resp = conn.recv_frame().await.unwrap();
     // Always response header v0 and message v0 (KIP-511).
-    let resp: ApiVersionsResponse = common::decode_response_frame(ApiKey::ApiVersions, 0, 77, resp);
+    let resp: ApiVersionsResponse =
+        support::decode_response_frame(ApiKey::ApiVersions, 0, 77, resp);
     assert_eq!(resp.error_code, 35, "UNSUPPORTED_VERSION");
     // ApiVersions' own range only, as Kafka answers (franz-go retries only then).
     assert_eq!(resp.api_keys.len(), 1, "{:?}", resp.api_keys);
@@ -106,7 +106,7 @@ async fn pipelined_requests_answer_in_order_and_acks_0_gets_nothing() {
     let frames = [
         request_frame(ApiKey::Metadata, 9, 10, &metadata),
         request_frame(ApiKey::Produce, 9, 11, &produce0),
-        request_frame(ApiKey::ApiVersions, 3, 12, &common::client_software()),
+        request_frame(ApiKey::ApiVersions, 3, 12, &support::client_software()),
     ];
     let mut wire = BytesMut::new();
     for f in &frames {
@@ -115,10 +115,10 @@ async fn pipelined_requests_answer_in_order_and_acks_0_gets_nothing() {
     }
     conn.send_raw(&wire).await;
     let first = conn.recv_frame().await.unwrap();
-    let md: MetadataResponse = common::decode_response_frame(ApiKey::Metadata, 9, 10, first);
+    let md: MetadataResponse = support::decode_response_frame(ApiKey::Metadata, 9, 10, first);
     assert!(!md.brokers.is_empty());
     let second = conn.recv_frame().await.unwrap();
-    let _: ApiVersionsResponse = common::decode_response_frame(ApiKey::ApiVersions, 3, 12, second);
+    let _: ApiVersionsResponse = support::decode_response_frame(ApiKey::ApiVersions, 3, 12, second);
     proxy.assert_no_leaks().await;
 }
 
@@ -175,7 +175,7 @@ async fn readyz_until(
 ) -> String {
     let start = Instant::now();
     loop {
-        let (status, body) = common::http_get(admin, "/readyz").await;
+        let (status, body) = support::http_get(admin, "/readyz").await;
         if done(status, &body) {
             return body;
         }
@@ -195,7 +195,7 @@ async fn a_taken_broker_port_is_not_ready_until_it_frees() {
     let broker = Tansu::start();
     let store = tempfile::tempdir().unwrap();
     let (text, _, admin) = Proxy::config_text(&broker.addr, store.path(), "", "", "");
-    let (port, _) = common::free_port_range(1);
+    let (port, _) = support::free_port_range(1);
     let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
     let at = text.find("broker_ports = ").unwrap();
     let end = at + text[at..].find('\n').unwrap();
@@ -213,7 +213,7 @@ async fn a_taken_broker_port_is_not_ready_until_it_frees() {
     })
     .await;
     assert!(!body.contains("upstream"), "only the port is wrong: {body}");
-    let (_, metrics) = common::http_get(admin, "/metrics").await;
+    let (_, metrics) = support::http_get(admin, "/metrics").await;
     assert!(
         metrics
             .lines()
@@ -226,7 +226,7 @@ async fn a_taken_broker_port_is_not_ready_until_it_frees() {
         status == 200
     })
     .await;
-    let (_, metrics) = common::http_get(admin, "/metrics").await;
+    let (_, metrics) = support::http_get(admin, "/metrics").await;
     assert!(metrics
         .lines()
         .any(|l| l == "idemgate_broker_listeners_missing 0"));
@@ -241,10 +241,10 @@ async fn a_long_fetch_wait_is_not_cut_by_the_base_timeout() {
     // A 3 s base timeout: a blanket timeout would kill a 10 s long poll.
     // (The topic is made straight on the broker: CreateTopics through the
     // proxy would have only the base timeout, which a busy machine can pass.)
-    common::create_topic(&broker.addr, "quiet", 1).await;
+    support::create_topic(&broker.addr, "quiet", 1).await;
     let proxy = Proxy::start_full(&broker.addr, "", "request_timeout = \"3s\"", "").await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
-    let fetch = common::long_poll("quiet", 10_000);
+    let fetch = support::long_poll("quiet", 10_000);
     let resp: FetchResponse = conn.call(ApiKey::Fetch, 11, 2, &fetch).await;
     assert_eq!(resp.error_code, 0);
     // tansu holds an empty fetch for max_wait_ms (10 s), past the 3 s base:
@@ -347,7 +347,7 @@ async fn only_the_third_connection_is_refused(listen_extra: &str, limit: &str) {
             ApiKey::ApiVersions,
             3,
             9,
-            &common::client_software(),
+            &support::client_software(),
         ))
         .await;
         if d.recv_frame().await.is_some() {
@@ -376,10 +376,10 @@ async fn idle_connections_close_but_a_long_poll_is_not_idle() {
     let broker = Tansu::start();
     let proxy = Proxy::start_full(&broker.addr, "idle_timeout = \"4s\"", "", "").await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
-    common::create_topic_raw(&mut conn, "idle", 1).await;
+    support::create_topic_raw(&mut conn, "idle", 1).await;
     // An 8 s long poll: longer than idle_timeout, but something is owed.
     let resp: FetchResponse = conn
-        .call(ApiKey::Fetch, 11, 2, &common::long_poll("idle", 8000))
+        .call(ApiKey::Fetch, 11, 2, &support::long_poll("idle", 8000))
         .await;
     assert_eq!(resp.error_code, 0);
     assert_alive(&mut conn, 3).await;
@@ -390,8 +390,8 @@ async fn idle_connections_close_but_a_long_poll_is_not_idle() {
 /// Writes `n` records of `size` bytes straight to the broker.
 async fn fill(broker: &str, topic: &str, n: usize, size: usize) {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    common::create_topic(broker, topic, 1).await;
-    let producer: FutureProducer = common::client_config(broker)
+    support::create_topic(broker, topic, 1).await;
+    let producer: FutureProducer = support::client_config(broker)
         .set("message.max.bytes", "10000000")
         .create()
         .unwrap();
@@ -409,7 +409,7 @@ async fn fill(broker: &str, topic: &str, n: usize, size: usize) {
 /// A Fetch of partition 0 from offset 0 returning up to 1 MiB (tansu
 /// answers a max_wait_ms of 0 with no data at all).
 fn fetch_from_start(topic: &'static str) -> bytes::Bytes {
-    request_frame(ApiKey::Fetch, 11, 0, &common::long_poll(topic, 500))
+    request_frame(ApiKey::Fetch, 11, 0, &support::long_poll(topic, 500))
 }
 
 /// Sends `n` pipelined Fetches on a connection whose socket buffers are
@@ -497,7 +497,7 @@ async fn a_client_that_stops_reading_holds_only_its_budget_and_is_closed() {
     // Another client on the same proxy is served meanwhile.
     let mut other = RawConn::connect(&proxy.bootstrap).await;
     let resp: FetchResponse = other
-        .call(ApiKey::Fetch, 11, 1, &common::long_poll("big", 500))
+        .call(ApiKey::Fetch, 11, 1, &support::long_poll("big", 500))
         .await;
     assert_eq!(resp.responses[0].partitions[0].error_code, 0);
     assert!(
@@ -541,7 +541,7 @@ async fn requests_wait_for_the_overall_budget_and_then_go_through() {
     )
     .await;
     let mut producer = RawConn::connect(&proxy.bootstrap).await;
-    common::create_topic_raw(&mut producer, "small", 1).await;
+    support::create_topic_raw(&mut producer, "small", 1).await;
     let stalled = stop_reading_after(&proxy, "big", 24).await;
     // Its responses fill its connection's budget: the next one waits. (The
     // counter of waits moves only when one ends, which here may be never:
@@ -567,7 +567,7 @@ async fn requests_wait_for_the_overall_budget_and_then_go_through() {
     // A Metadata request now waits for the stalled client's bytes.
     let metadata = MetadataRequest::default().with_topics(Some(vec![]));
     producer
-        .send_frame(&common::request_frame(ApiKey::Metadata, 9, 7, &metadata))
+        .send_frame(&support::request_frame(ApiKey::Metadata, 9, 7, &metadata))
         .await;
     assert_eq!(
         proxy
@@ -580,7 +580,7 @@ async fn requests_wait_for_the_overall_budget_and_then_go_through() {
     // through, answered in full.
     drop(stalled);
     let frame = producer.recv_frame().await.expect("the Metadata response");
-    let answered: MetadataResponse = common::decode_response_frame(ApiKey::Metadata, 9, 7, frame);
+    let answered: MetadataResponse = support::decode_response_frame(ApiKey::Metadata, 9, 7, frame);
     assert!(!answered.brokers.is_empty());
     assert_eq!(
         proxy

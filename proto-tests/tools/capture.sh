@@ -7,7 +7,7 @@
 # every client connection (bootstrap and per-broker) goes through capture.py.
 # Env: BROKER_PORT (default 39092), RELAY_PORT (39093), KEEP_RAW=DIR to keep the
 # full recording, CAPTURE_DATE=YYYY-MM-DD for the README. Afterwards,
-# `cargo test --test golden` checks every frame (proto-tests/golden.rs).
+# `cargo test --test proto golden::` checks every frame (proto-tests/golden.rs).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -50,4 +50,4 @@ cat "$RAW/relay.log" >&2
 "$PY" "$TOOLS/capture.py" select --raw "$RAW" --out "$GOLDEN" ${CAPTURE_DATE:+--date "$CAPTURE_DATE"}
 echo "capture.sh: $(ls "$GOLDEN"/*.bin | wc -l) frames, $(cat "$GOLDEN"/*.bin | wc -c) bytes in $GOLDEN" >&2
 
-echo "capture.sh: now run: cargo test --test golden" >&2
+echo "capture.sh: now run: cargo test --test proto golden::" >&2
