@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use crate::config::{Glob, QuotaRule};
 use crate::quota::{Kind, Quotas};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Open client connections as a JSON array, oldest first.
 pub(crate) fn connections_json(shared: &Shared) -> String {
