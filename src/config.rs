@@ -126,7 +126,7 @@ pub struct Config {
     pub quotas: Vec<QuotaRule>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listen {
     /// What clients put in `bootstrap.servers`.
     pub bootstrap: SocketAddr,
@@ -158,7 +158,7 @@ pub struct Listen {
 }
 
 /// TLS for clients, terminated by the proxy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenTls {
     /// Where these keys sit in the config (`listen.tls`, `admin.tls`), for
     /// problems' key paths.
@@ -177,7 +177,7 @@ pub struct ListenTls {
     pub handshake_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
     /// Seed brokers, as `host:port` strings (resolved at connect time so DNS changes are seen).
     pub bootstrap: Vec<String>,
@@ -190,7 +190,7 @@ pub struct Upstream {
 }
 
 /// TLS from the proxy to the brokers.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamTls {
     /// PEM CA bundle the brokers' certificates must chain to; `None`: the
     /// system's trust store.
@@ -203,7 +203,7 @@ pub struct UpstreamTls {
     pub key: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Admin {
     /// `None` when `admin.listen = ""`: no admin listener at all.
     pub listen: Option<SocketAddr>,
@@ -239,12 +239,12 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Store {
     pub dir: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Shutdown {
     /// How long SIGTERM waits for in-flight requests before closing anyway.
     pub drain_timeout: Duration,
@@ -256,14 +256,14 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Log {
     pub format: LogFormat,
     /// A `tracing_subscriber::EnvFilter` directive; `RUST_LOG` overrides it.
     pub level: String,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Diagnostics {
     /// Scan every response that leaves the proxy for an upstream broker address
     /// and count any hit in `idemgate_address_leaks_total`. Costs a scan per
@@ -272,7 +272,7 @@ pub struct Diagnostics {
 }
 
 /// `[dedup]`: the idempotency window and the rules that use it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Dedup {
     /// How long an acknowledged key is remembered.
     pub window: Duration,
@@ -309,7 +309,7 @@ pub struct Dedup {
 }
 
 /// One `[[dedup.rules]]` entry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     pub topics: Glob,
     /// Only records from this connector (parsed from Connect's client ids).
@@ -628,6 +628,13 @@ pub struct LearnedTopics(
     /// (`Identity::is_connect_offset_key`), internal or not.
     std::sync::Mutex<std::collections::HashSet<String>>,
 );
+
+/// Learned at run time, not read from a file: never makes two configs differ.
+impl PartialEq for LearnedTopics {
+    fn eq(&self, _: &LearnedTopics) -> bool {
+        true
+    }
+}
 
 impl LearnedTopics {
     /// True the first time `topic` is asked about: its first batch is then
@@ -1410,6 +1417,14 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+impl ConfigErrors {
+    /// The problems as one error line, `; ` between them (for a proxy that
+    /// is starting, where `idemgate check` would have listed them).
+    pub fn into_error(self) -> crate::error::Error {
+        crate::error::Error::Internal(self.to_string().replace('\n', "; "))
+    }
+}
+
 // === impl Section ===
 
 /// A table being read: takes keys out one by one, records problems with their
@@ -1796,6 +1811,19 @@ mod tests {
             Some(defaults::ADMIN_LISTEN.parse().unwrap())
         );
         assert!(!c.diagnostics.leak_check);
+    }
+
+    /// SIGHUP compares sections by value: topics learned at run time are
+    /// not a change, secrets are (their Debug shows no content).
+    #[test]
+    fn sections_compare_by_value_not_by_what_they_print() {
+        let text = "[dedup]\n[[dedup.rules]]\ntopics = \"orders\"\nkey = \"record-key\"\n";
+        let old = Config::parse(&format!("[admin]\ntoken = \"aaaaaaaaaaaaaaaa\"\n{text}")).unwrap();
+        let new = Config::parse(&format!("[admin]\ntoken = \"bbbbbbbbbbbbbbbb\"\n{text}")).unwrap();
+        old.dedup.connect_internal.learn("connect-offsets");
+        assert_eq!(old.dedup, new.dedup);
+        assert_eq!(old.listen, new.listen);
+        assert_ne!(old.admin, new.admin);
     }
 
     #[test]

@@ -30,8 +30,7 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest, ApiVersionsResponse, EndTxnRequest,
-    EndTxnResponse, MetadataResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
-    SaslHandshakeRequest,
+    EndTxnResponse, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -184,6 +183,7 @@ impl Pipeline {
                 window.clone(),
                 self.metrics.clone(),
                 topic_configs.clone(),
+                self.topology.clone(),
             ));
         }
         if self.config.dedup.enabled() {
@@ -364,8 +364,8 @@ impl Pipeline {
                 out = changed;
             }
         }
-        if let (Some(dedup), ApiKey::Metadata) = (&self.fetch_dedup, api) {
-            dedup.learn_names(version, &out);
+        if let (Some(_), ApiKey::Metadata) = (&self.fetch_dedup, api) {
+            self.topology.learn_names(version, &out);
         }
         if api == ApiKey::ApiVersions {
             if let Some(changed) = self.filter_api_versions(version, &out)? {
@@ -387,18 +387,6 @@ impl Pipeline {
             tracing::error!(api = ?api, version, "response carries an upstream broker address");
         }
         Ok(out)
-    }
-
-    /// Whether a fetch rule needs topic ids resolved to names.
-    pub fn wants_topic_names(&self) -> bool {
-        self.fetch_dedup.is_some()
-    }
-
-    /// Topic ids from a Metadata response of the proxy's own (its probe).
-    pub fn learn_topic_names(&self, metadata: &MetadataResponse) {
-        if let Some(dedup) = &self.fetch_dedup {
-            dedup.learn_names_from(metadata);
-        }
     }
 
     /// For a SaslAuthenticate response: did the broker accept?

@@ -18,7 +18,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::{Config, ConfigErrors};
 use crate::connection::{self, Target};
 use crate::error::Error;
 use crate::idempotency::Window;
@@ -73,25 +73,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let load_tls = |settings: &Option<crate::config::ListenTls>| match settings {
         Some(settings) => ServerTls::load(settings)
             .map(|t| Some(Arc::new(t)))
-            .map_err(|problems| {
-                Error::Internal(
-                    crate::config::ConfigErrors(problems)
-                        .to_string()
-                        .replace('\n', "; "),
-                )
-            }),
+            .map_err(|problems| ConfigErrors(problems).into_error()),
         None => Ok(None),
     };
     let tls = load_tls(&config.listen.tls)?;
     let admin_tls = load_tls(&config.admin.tls)?;
     let upstream_tls = match &config.upstream.tls {
-        Some(settings) => Some(UpstreamTlsConnector::load(settings).map_err(|problems| {
-            Error::Internal(
-                crate::config::ConfigErrors(problems)
-                    .to_string()
-                    .replace('\n', "; "),
-            )
-        })?),
+        Some(settings) => Some(
+            UpstreamTlsConnector::load(settings)
+                .map_err(|problems| ConfigErrors(problems).into_error())?,
+        ),
         None => None,
     };
     let topic_configs = Arc::new(crate::topic_config::TopicConfigs::new(

@@ -119,46 +119,18 @@ impl Shared {
     /// changed is logged as needing a restart and left as it is.
     pub fn reload(&self, new: &Config) {
         let old = &self.config;
-        let sections: [(&str, String, String); 8] = [
-            (
-                "listen",
-                format!("{:?}", old.listen),
-                format!("{:?}", new.listen),
-            ),
-            (
-                "upstream",
-                format!("{:?}", old.upstream),
-                format!("{:?}", new.upstream),
-            ),
-            (
-                "admin",
-                format!("{:?}", old.admin),
-                format!("{:?}", new.admin),
-            ),
-            (
-                "store",
-                format!("{:?}", old.store),
-                format!("{:?}", new.store),
-            ),
-            (
-                "shutdown",
-                format!("{:?}", old.shutdown),
-                format!("{:?}", new.shutdown),
-            ),
-            ("log", format!("{:?}", old.log), format!("{:?}", new.log)),
-            (
-                "diagnostics",
-                format!("{:?}", old.diagnostics),
-                format!("{:?}", new.diagnostics),
-            ),
-            (
-                "dedup",
-                format!("{:?}", old.dedup),
-                format!("{:?}", new.dedup),
-            ),
+        let sections = [
+            ("listen", old.listen != new.listen),
+            ("upstream", old.upstream != new.upstream),
+            ("admin", old.admin != new.admin),
+            ("store", old.store != new.store),
+            ("shutdown", old.shutdown != new.shutdown),
+            ("log", old.log != new.log),
+            ("diagnostics", old.diagnostics != new.diagnostics),
+            ("dedup", old.dedup != new.dedup),
         ];
-        for (section, was, now) in sections {
-            if was != now {
+        for (section, changed) in sections {
+            if changed {
                 tracing::warn!(section, "[{section}] changed in the file: not reloaded, takes effect at the next restart");
             }
         }

@@ -1,4 +1,5 @@
-//! node_id ⇄ proxy port, stable across restarts and metadata changes.
+//! node_id ⇄ proxy port, stable across restarts and metadata changes; and
+//! topic id ⇄ name, for Fetch v13+ (which names topics by id only).
 //!
 //! Clients cache broker addresses, so the port we hand out for a node must
 //! mean that node forever: the first time a node id is seen it gets port
@@ -7,13 +8,17 @@
 //! written to the store before any client sees it, and it is never
 //! reassigned. Its upstream address may change (a broker moved); the port stays.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::RangeInclusive;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
+use bytes::Bytes;
+use kafka_protocol::messages::{ApiKey, MetadataResponse};
+use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
 
 use crate::error::Error;
+use crate::message::Response;
 use crate::store::{NodeRecord, Store};
 
 pub struct Topology {
@@ -22,6 +27,9 @@ pub struct Topology {
     nodes: Mutex<BTreeMap<i32, NodeRecord>>,
     /// Bumped whenever a node is added, so the server opens its listener.
     changed: watch::Sender<u64>,
+    /// Topic ids (Fetch v13+ names topics by id) → names, from the Metadata
+    /// responses clients fetch through the proxy.
+    names: RwLock<HashMap<[u8; 16], StrBytes>>,
 }
 
 impl Topology {
@@ -34,6 +42,7 @@ impl Topology {
             store,
             nodes: Mutex::new(nodes),
             changed,
+            names: RwLock::new(HashMap::new()),
         })
     }
 
@@ -119,6 +128,36 @@ impl Topology {
         drop(nodes);
         self.changed.send_modify(|g| *g += 1);
         Ok(port)
+    }
+
+    /// Remembers the topic ids a Metadata response names (v10+).
+    pub fn learn_names(&self, version: i16, frame: &Bytes) {
+        if version < 10 {
+            return;
+        }
+        if let Ok(resp) = Response::<MetadataResponse>::decode(ApiKey::Metadata, version, frame) {
+            self.learn_names_from(&resp.msg);
+        }
+    }
+
+    /// Remembers the topic ids of a decoded Metadata response.
+    pub fn learn_names_from(&self, metadata: &MetadataResponse) {
+        let mut names = self.names.write().expect("topic names lock");
+        for topic in &metadata.topics {
+            if let Some(name) = &topic.name {
+                if !topic.topic_id.is_nil() {
+                    names.insert(*topic.topic_id.as_bytes(), name.0.clone());
+                }
+            }
+        }
+    }
+
+    pub fn name_of(&self, id: &[u8; 16]) -> Option<StrBytes> {
+        self.names
+            .read()
+            .expect("topic names lock")
+            .get(id)
+            .cloned()
     }
 
     /// Every upstream address as (host bytes, port) pairs, for the leak check.

@@ -112,7 +112,7 @@ pub(crate) async fn refresh_metadata(shared: Arc<Shared>) {
         // Fetch rules need topic ids (Fetch v13+ names topics by id): the
         // probe learns them all, so that a client continuing its fetch
         // session after a proxy restart is filtered before its next Metadata.
-        let all_topics = shared.pipeline.wants_topic_names();
+        let all_topics = shared.config.dedup.fetch_enabled();
         match upstream::probe(
             &shared.config.upstream,
             shared.upstream_tls.as_ref(),
@@ -122,8 +122,8 @@ pub(crate) async fn refresh_metadata(shared: Arc<Shared>) {
         .await
         {
             Ok(probed) => {
-                if let upstream::Probed::Brokers(metadata) = &probed {
-                    shared.pipeline.learn_topic_names(metadata);
+                if let (true, upstream::Probed::Brokers(metadata)) = (all_topics, &probed) {
+                    shared.topology.learn_names_from(metadata);
                 }
                 if shared.metrics.upstream_up.swap(1, Relaxed) != 1 {
                     match probed {

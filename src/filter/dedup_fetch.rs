@@ -49,12 +49,11 @@
 //! and teach nothing; committed ones are filtered like any other.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse};
-use kafka_protocol::messages::{ApiKey, FetchResponse, MetadataResponse};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiKey, FetchResponse};
 
 use crate::config::{Config, Mode, Rule};
 use crate::error::Error;
@@ -65,6 +64,7 @@ use crate::identity::Identity;
 use crate::message::Response;
 use crate::records::{self, Action, BatchItem, Batches, DecodedBatch, SpliceMode, Spliced};
 use crate::telemetry::{FailOpen, Metrics, TopicCounts};
+use crate::topology::Topology;
 
 /// The fetch-path dedup filter, shared by every connection.
 pub struct FetchDedup {
@@ -74,9 +74,8 @@ pub struct FetchDedup {
     /// Each topic's `cleanup.policy`: nothing is removed from a compacted
     /// topic, nor from one whose policy the brokers would not say.
     topic_configs: Arc<crate::topic_config::TopicConfigs>,
-    /// Topic ids (Fetch v13+ names topics by id) → names, from the Metadata
-    /// responses clients fetch through the proxy.
-    names: RwLock<HashMap<[u8; 16], StrBytes>>,
+    /// Topic ids → names (Fetch v13+ names topics by id).
+    topology: Arc<Topology>,
 }
 
 /// What the response of a Fetch needs.
@@ -118,44 +117,15 @@ impl FetchDedup {
         window: Arc<Window>,
         metrics: Arc<Metrics>,
         topic_configs: Arc<crate::topic_config::TopicConfigs>,
+        topology: Arc<Topology>,
     ) -> FetchDedup {
         FetchDedup {
             config,
             window,
             metrics,
             topic_configs,
-            names: RwLock::new(HashMap::new()),
+            topology,
         }
-    }
-
-    /// Remembers the topic ids a Metadata response names (v10+).
-    pub fn learn_names(&self, version: i16, frame: &Bytes) {
-        if version < 10 {
-            return;
-        }
-        if let Ok(resp) = Response::<MetadataResponse>::decode(ApiKey::Metadata, version, frame) {
-            self.learn_names_from(&resp.msg);
-        }
-    }
-
-    /// Remembers the topic ids of a decoded Metadata response.
-    pub fn learn_names_from(&self, metadata: &MetadataResponse) {
-        let mut names = self.names.write().expect("topic names lock");
-        for topic in &metadata.topics {
-            if let Some(name) = &topic.name {
-                if !topic.topic_id.is_nil() {
-                    names.insert(*topic.topic_id.as_bytes(), name.0.clone());
-                }
-            }
-        }
-    }
-
-    fn name_of(&self, id: &[u8; 16]) -> Option<StrBytes> {
-        self.names
-            .read()
-            .expect("topic names lock")
-            .get(id)
-            .cloned()
     }
 
     fn rule(&self, topic: &str, plan: &FetchPlan) -> Option<&Rule> {
@@ -187,7 +157,7 @@ impl FetchDedup {
         let mut changed = false;
         for topic in &mut resp.msg.responses {
             let name = if version >= 13 {
-                match self.name_of(topic.topic_id.as_bytes()) {
+                match self.topology.name_of(topic.topic_id.as_bytes()) {
                     Some(name) => name,
                     None => {
                         let records = topic_records(topic);
