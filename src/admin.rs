@@ -7,9 +7,10 @@
 //! `PUT /quotas` (a TOML body of `[[quotas]]`, in force at once) and
 //! `POST /connectors/{name}/pause` / `resume`.
 //!
-//! A deliberately small HTTP/1.1 server (one request per connection, no
-//! keep-alive): pulling in a web framework for a handful of routes would cost
-//! more build time than the code below.
+//! Routes on axum; tower-http checks the bearer token, caps the body and
+//! times a request out; hyper serves each connection (one request per
+//! connection, no keep-alive), plain or through `[admin.tls]`'s acceptor
+//! (rustls stays in `tls.rs`). The bodies are in [`views`].
 //!
 //! Not a backdoor: it binds loopback by default. A call that changes state
 //! needs `Authorization: Bearer <admin token>` whenever a token is set, and
@@ -20,8 +21,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::{Method, Request, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::validate_request::{ValidateRequest, ValidateRequestHeaderLayer};
 
 use crate::config::Admin;
 use crate::idempotency::Key;
@@ -29,12 +44,16 @@ use crate::shared::Shared;
 
 mod views;
 
-/// Requests larger than this are not admin requests.
+/// Requests larger than this are not admin requests (hyper's smallest
+/// read buffer: a longer head is answered 431).
 const MAX_REQUEST_HEAD: usize = 8 * 1024;
 /// The largest body taken (PUT /quotas: a list of rules).
 const MAX_REQUEST_BODY: usize = 256 * 1024;
+/// A connection (TLS handshake, request and response) ends after this.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let app = router(shared.clone());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(pair) => pair,
@@ -44,15 +63,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let shared = shared.clone();
+        let (shared, app) = (shared.clone(), app.clone());
         tokio::spawn(async move {
-            let served = tokio::time::timeout(Duration::from_secs(10), async {
+            let served = tokio::time::timeout(CONNECTION_TIMEOUT, async {
                 match &shared.admin_tls {
                     Some(tls) => match tls.acceptor().accept(stream).await {
-                        Ok(stream) => handle(stream, &shared).await,
+                        Ok(stream) => connection(stream, app).await,
                         Err(e) => tracing::debug!(%peer, error = %e, "admin TLS handshake failed"),
                     },
-                    None => handle(stream, &shared).await,
+                    None => connection(stream, app).await,
                 }
             })
             .await;
@@ -63,67 +82,118 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn handle<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, shared: &Shared) {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if buf.len() > MAX_REQUEST_HEAD {
-            let _ = respond(&mut stream, 431, "text/plain", "request head too large\n").await;
-            return;
-        }
+/// One HTTP/1.1 connection, one request.
+async fn connection<S>(stream: S, app: Router)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let served = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "admin connection failed");
     }
-    let head_end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(buf.len(), |at| at + 4);
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let content_length = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    if content_length > MAX_REQUEST_BODY {
-        let _ = respond(&mut stream, 413, TEXT, "request body too large\n").await;
-        return;
-    }
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < content_length {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    body.truncate(content_length);
-    let body = String::from_utf8_lossy(&body);
-    let mut lines = head.lines();
-    let mut parts = lines.next().unwrap_or("").split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let authorization = lines
-        .take_while(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
-        .map(|(_, value)| value.trim().to_string());
-    let (status, content_type, body) = match authorize(
-        &shared.config.admin,
-        need(method, path),
-        authorization.as_deref(),
-    ) {
-        Ok(()) if method == "POST" || method == "PUT" => {
-            change(method, path, query, &body, shared).await
-        }
-        Ok(()) => route(method, path, query, shared),
-        Err((status, message)) => (status, TEXT, message),
-    };
-    let _ = respond(&mut stream, status, content_type, &body).await;
+}
+
+/// Every route, behind the token check, the body cap and the timeout.
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { text(StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/connections", get(connections))
+        .route("/connectors", get(connectors))
+        // `{*rest}`, not `{name}/pause`: a name may hold an encoded `/`,
+        // and an empty one is answered "bad connector name".
+        .route("/connectors/{*rest}", post(pause_or_resume))
+        .route("/quotas", get(quotas).put(set_quotas).post(set_quotas))
+        .route("/window/lookup", get(window_lookup))
+        .route("/window/purge", post(purge_topic))
+        .fallback(no_such_path)
+        .method_not_allowed_fallback(no_such_path)
+        .layer(RequestBodyLimitLayer::new(MAX_REQUEST_BODY))
+        .layer(ValidateRequestHeaderLayer::custom(Authorize(
+            shared.clone(),
+        )))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            CONNECTION_TIMEOUT,
+        ))
+        .with_state(shared)
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (status, [(CONTENT_TYPE, TEXT)], body.into()).into_response()
+}
+
+fn json(body: String) -> Response {
+    (StatusCode::OK, [(CONTENT_TYPE, JSON)], body).into_response()
+}
+
+/// Unknown paths and methods: 404 with the routes to try, 405 for a
+/// method no route takes.
+async fn no_such_path(method: Method, uri: Uri) -> Response {
+    let path = uri.path();
+    match method {
+        Method::GET => text(
+            StatusCode::NOT_FOUND,
+            format!("no such path {path}; try /healthz, /readyz, /metrics, /connections, /connectors, /quotas, /window/lookup?topic=T&key=K\n"),
+        ),
+        Method::POST | Method::PUT => text(
+            StatusCode::NOT_FOUND,
+            format!("no such path {path} for {method}; try POST /window/purge?topic=T, PUT /quotas, POST /connectors/NAME/pause or /resume\n"),
+        ),
+        _ => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} not allowed on {path}\n"),
+        ),
+    }
+}
+
+// === impl Authorize ===
+
+/// The token check, as a tower-http request validator.
+#[derive(Clone)]
+struct Authorize(Arc<Shared>);
+
+impl<B> ValidateRequest<B> for Authorize {
+    type ResponseBody = Body;
+
+    fn validate(&mut self, request: &mut Request<B>) -> Result<(), Response> {
+        let authorization = request
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let need = need(request.method().as_str(), request.uri().path());
+        if let Err((status, message)) = authorize(&self.0.config.admin, need, authorization) {
+            let mut response = text(status, message);
+            if status == StatusCode::UNAUTHORIZED {
+                response.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    "Bearer realm=\"idemgate admin\""
+                        .parse()
+                        .expect("a header value"),
+                );
+            }
+            return Err(response);
+        }
+        // Only GET, POST and PUT are routes here: HEAD and the rest are
+        // refused, as axum would otherwise answer HEAD from a GET route.
+        if !matches!(*request.method(), Method::GET | Method::POST | Method::PUT) {
+            let (method, path) = (request.method(), request.uri().path());
+            return Err(text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} not allowed on {path}\n"),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// What a call may do, for [`authorize`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,7 +214,11 @@ fn need(method: &str, path: &str) -> Need {
 
 /// Who may call: the token when one is set (always for changes, for reads
 /// with `token_for_reads`); without a token, changes only on loopback.
-fn authorize(admin: &Admin, need: Need, authorization: Option<&str>) -> Result<(), (u16, String)> {
+fn authorize(
+    admin: &Admin,
+    need: Need,
+    authorization: Option<&str>,
+) -> Result<(), (StatusCode, &'static str)> {
     let token_required = match need {
         Need::Probe => false,
         Need::Read => admin.token_for_reads,
@@ -155,10 +229,9 @@ fn authorize(admin: &Admin, need: Need, authorization: Option<&str>) -> Result<(
     }
     let Some(token) = &admin.token else {
         return Err((
-            403,
+            StatusCode::FORBIDDEN,
             "refused: this admin listener is not loopback and no admin token is set \
-             (admin.token or $IDEMGATE_ADMIN_TOKEN)\n"
-                .into(),
+             (admin.token or $IDEMGATE_ADMIN_TOKEN)\n",
         ));
     };
     let given = authorization
@@ -169,10 +242,10 @@ fn authorize(admin: &Admin, need: Need, authorization: Option<&str>) -> Result<(
         .map(str::trim);
     match given {
         Some(given) if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) => Ok(()),
-        Some(_) => Err((401, "wrong bearer token\n".into())),
+        Some(_) => Err((StatusCode::UNAUTHORIZED, "wrong bearer token\n")),
         None => Err((
-            401,
-            "this call needs `Authorization: Bearer <admin token>`\n".into(),
+            StatusCode::UNAUTHORIZED,
+            "this call needs `Authorization: Bearer <admin token>`\n",
         )),
     }
 }
@@ -186,60 +259,81 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The calls that change state.
-async fn change(
-    method: &str,
-    path: &str,
-    query: &str,
-    body: &str,
-    shared: &Shared,
-) -> (u16, &'static str, String) {
-    if let Some(rest) = path.strip_prefix("/connectors/") {
-        let pause = match rest.rsplit_once('/') {
-            Some((name, "pause")) => Some((name, true)),
-            Some((name, "resume")) => Some((name, false)),
-            _ => None,
-        };
-        if let (Some((name, paused)), "POST") = (pause, method) {
-            let Some(name) = percent_decode(name)
-                .map(|n| String::from_utf8_lossy(&n).into_owned())
-                .filter(|n| !n.is_empty())
-            else {
-                return (400, TEXT, "bad connector name\n".into());
-            };
-            let entities = shared.quotas.set_paused(&name, paused);
-            tracing::warn!(connector = %name, entities, "connector {} (admin)", if paused { "paused" } else { "resumed" });
-            return (
-                200,
-                "application/json",
-                format!(
-                    "{{\"connector\":{},\"paused\":{paused},\"entities\":{entities}}}\n",
-                    views::json_string(Some(&name))
-                ),
-            );
-        }
-    }
-    match (method, path) {
-        ("POST", "/window/purge") => match purge_topic(query, shared).await {
-            Ok(body) => (200, "application/json", body),
-            Err(message) => (400, TEXT, format!("{message}\n")),
+// === the routes ===
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.readiness() {
+        // Still ready: failing open (forwarding unrecorded) keeps the
+        // Kafka path up, where a 503 would take every replica of a
+        // central tier with the same full disk out of its Service.
+        Ok(()) => match shared.store.write_failure() {
+            Some(e) => text(
+                StatusCode::OK,
+                format!("ready, degraded: the store refuses writes ({e}); records pass unrecorded until idemgate restarts\n"),
+            ),
+            None => text(StatusCode::OK, "ready\n"),
         },
-        ("PUT" | "POST", "/quotas") => set_quotas(body, shared),
-        _ => (
-            404,
-            TEXT,
-            format!("no such path {path} for {method}; try POST /window/purge?topic=T, PUT /quotas, POST /connectors/NAME/pause or /resume\n"),
+        Err(why) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", why.join(", ")),
         ),
     }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    shared.metrics.store_writable.store(
+        i64::from(shared.store.write_failure().is_none()),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let mut body = shared.metrics.render();
+    crate::telemetry::prometheus::quotas(&shared.quotas, &mut body);
+    (
+        StatusCode::OK,
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn connections(State(shared): State<Arc<Shared>>) -> Response {
+    json(views::connections(&shared))
+}
+
+async fn connectors(State(shared): State<Arc<Shared>>) -> Response {
+    json(views::connectors(&shared.metrics.dedup))
+}
+
+async fn quotas(State(shared): State<Arc<Shared>>) -> Response {
+    json(views::quotas(&shared.quotas))
+}
+
+/// `POST /connectors/{name}/pause` and `/resume`.
+async fn pause_or_resume(
+    State(shared): State<Arc<Shared>>,
+    Path(rest): Path<String>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    let (name, paused) = match rest.rsplit_once('/') {
+        Some((name, "pause")) => (name, true),
+        Some((name, "resume")) => (name, false),
+        _ => return no_such_path(method, uri).await,
+    };
+    if name.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "bad connector name\n");
+    }
+    let entities = shared.quotas.set_paused(name, paused);
+    tracing::warn!(connector = %name, entities, "connector {} (admin)", if paused { "paused" } else { "resumed" });
+    json(views::paused(name, paused, entities))
 }
 
 /// `PUT /quotas`: a TOML body of `[[quotas]]` entries (and `[quota]`
 /// settings, optional) as in the config file, put in force for every
 /// connection at once. It replaces every rule: send the whole list. A
 /// SIGHUP later reloads the file's rules over it.
-fn set_quotas(body: &str, shared: &Shared) -> (u16, &'static str, String) {
+async fn set_quotas(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     use std::sync::atomic::Ordering::Relaxed;
-    match crate::config::parse_quotas(body) {
+    match crate::config::parse_quotas(&String::from_utf8_lossy(&body)) {
         Ok((settings, rules)) => {
             let n = rules.len();
             let changes = shared.quotas.apply(settings, rules);
@@ -248,135 +342,90 @@ fn set_quotas(body: &str, shared: &Shared) -> (u16, &'static str, String) {
                 tracing::info!(change = %c, "quota changed (admin)");
             }
             tracing::info!(rules = n, changed = changes.len(), "quotas set (admin)");
-            let listed: Vec<String> = changes
-                .iter()
-                .map(|c| views::json_string(Some(c)))
-                .collect();
-            (
-                200,
-                "application/json",
-                format!("{{\"rules\":{n},\"changed\":[{}]}}\n", listed.join(",")),
-            )
+            json(views::quotas_set(n, &changes))
         }
         Err(problems) => {
             shared.quotas.reload_failures.fetch_add(1, Relaxed);
-            (400, TEXT, format!("{problems}\n"))
+            text(StatusCode::BAD_REQUEST, format!("{problems}\n"))
         }
     }
+}
+
+/// The query parameters of `/window/purge` and `/window/lookup`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeQuery {
+    topic: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupQuery {
+    topic: Option<String>,
+    key: Option<String>,
+    record_key: Option<String>,
+}
+
+/// A query string that did not parse: 400 with serde's reason.
+fn bad_query(rejection: QueryRejection) -> Response {
+    text(
+        StatusCode::BAD_REQUEST,
+        format!("{}\n", rejection.body_text()),
+    )
 }
 
 /// `topic=T`: forgets every key the window holds for topic T (a topic
 /// deleted and created again must not see its new records dropped as
 /// replays of the old ones).
-async fn purge_topic(query: &str, shared: &Shared) -> Result<String, String> {
-    let mut topic = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value).ok_or_else(|| format!("{name}: bad percent-encoding"))?;
-        match name {
-            "topic" => topic = Some(String::from_utf8_lossy(&value).into_owned()),
-            other => return Err(format!("unknown parameter {other:?} (topic)")),
-        }
-    }
-    let topic = topic
-        .filter(|t| !t.is_empty())
-        .ok_or("topic= is required")?;
+async fn purge_topic(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<PurgeQuery>, QueryRejection>,
+) -> Response {
+    let topic = match query {
+        Ok(Query(PurgeQuery { topic: Some(t) })) if !t.is_empty() => t,
+        Ok(_) => return text(StatusCode::BAD_REQUEST, "topic= is required\n"),
+        Err(rejection) => return bad_query(rejection),
+    };
     let window = shared.window.clone();
     let name = topic.clone();
-    let purged = tokio::task::spawn_blocking(move || window.purge_topic(&name))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    let purged = match tokio::task::spawn_blocking(move || window.purge_topic(&name)).await {
+        Ok(Ok(purged)) => purged,
+        Ok(Err(e)) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
     tracing::info!(
         topic,
         keys = purged.keys,
         segments = purged.segments,
         "window purged for a topic (admin)"
     );
-    Ok(format!(
-        "{{\"topic\":{},\"keys_forgotten\":{},\"segments_removed\":{}}}\n",
-        views::json_string(Some(&topic)),
-        purged.keys,
-        purged.segments
-    ))
-}
-
-fn route(method: &str, path: &str, query: &str, shared: &Shared) -> (u16, &'static str, String) {
-    if method != "GET" {
-        return (405, TEXT, format!("{method} not allowed on {path}\n"));
-    }
-    match path {
-        "/healthz" => (200, TEXT, "ok\n".into()),
-        "/readyz" => match shared.readiness() {
-            // Still ready: failing open (forwarding unrecorded) keeps the
-            // Kafka path up, where a 503 would take every replica of a
-            // central tier with the same full disk out of its Service.
-            Ok(()) => match shared.store.write_failure() {
-                Some(e) => (
-                    200,
-                    TEXT,
-                    format!("ready, degraded: the store refuses writes ({e}); records pass unrecorded until idemgate restarts\n"),
-                ),
-                None => (200, TEXT, "ready\n".into()),
-            },
-            Err(why) => (503, TEXT, format!("not ready: {}\n", why.join(", "))),
-        },
-        "/connections" => (200, "application/json", views::connections_json(shared)),
-        "/connectors" => (200, "application/json", views::connectors_json(shared)),
-        "/quotas" => (200, "application/json", views::quotas(&shared.quotas)),
-        "/window/lookup" => match window_lookup(query, shared) {
-            Ok(body) => (200, "application/json", body),
-            Err(message) => (400, TEXT, format!("{message}\n")),
-        },
-        "/metrics" => (
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            {
-                shared.metrics.store_writable.store(
-                    i64::from(shared.store.write_failure().is_none()),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                let mut text = shared.metrics.render();
-                crate::telemetry::prometheus::quotas(&shared.quotas, &mut text);
-                text
-            },
-        ),
-        _ => (
-            404,
-            TEXT,
-            format!("no such path {path}; try /healthz, /readyz, /metrics, /connections, /connectors, /quotas, /window/lookup?topic=T&key=K\n"),
-        ),
-    }
+    json(views::purged(&topic, purged.keys, purged.segments))
 }
 
 /// `topic=T&key=K`: K is an idempotency key as the tag header carries it
 /// (32 hex digits), or, with `record_key=K` instead, a record key (for rules
 /// with `key = "record-key"`).
-fn window_lookup(query: &str, shared: &Shared) -> Result<String, String> {
-    let mut topic = None;
-    let mut key = None;
-    let mut record_key = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value).ok_or_else(|| format!("{name}: bad percent-encoding"))?;
-        match name {
-            "topic" => topic = Some(String::from_utf8_lossy(&value).into_owned()),
-            "key" => key = Some(value),
-            "record_key" => record_key = Some(value),
-            other => {
-                return Err(format!(
-                    "unknown parameter {other:?} (topic, key, record_key)"
-                ))
-            }
-        }
+async fn window_lookup(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<LookupQuery>, QueryRejection>,
+) -> Response {
+    match query {
+        Ok(Query(query)) => match lookup(query, &shared) {
+            Ok(body) => json(body),
+            Err(message) => text(StatusCode::BAD_REQUEST, format!("{message}\n")),
+        },
+        Err(rejection) => bad_query(rejection),
     }
-    let topic = topic.ok_or("topic= is required")?;
+}
+
+fn lookup(query: LookupQuery, shared: &Shared) -> Result<String, String> {
+    let topic = query.topic.ok_or("topic= is required")?;
     let secret = shared.config.dedup.key_secret.as_ref();
-    let key = match (key, record_key) {
-        (Some(hex), None) => Key::parse_hex(&hex).ok_or(
+    let key = match (query.key, query.record_key) {
+        (Some(hex), None) => Key::parse_hex(hex.as_bytes()).ok_or(
             "key= must be 32 lowercase hex digits, as the proxy writes the idempotency-key header",
         )?,
-        (None, Some(rk)) => crate::idempotency::key::record_key(secret, &topic, &rk),
+        (None, Some(rk)) => crate::idempotency::key::record_key(secret, &topic, rk.as_bytes()),
         _ => return Err("give exactly one of key= or record_key=".into()),
     };
     let window = &shared.window;
@@ -388,83 +437,19 @@ fn window_lookup(query: &str, shared: &Shared) -> Result<String, String> {
     if position.is_none() {
         position = window.position(key).map_err(|e| e.to_string())?;
     }
-    let body = match position.filter(|p| p.topic == topic) {
-        Some(p) => format!(
-            "{{\"topic\":{},\"key\":\"{key}\",\"seen\":true,\"partition\":{},\"offset\":{},\"acked_at_ms\":{}}}\n",
-            views::json_string(Some(&topic)),
-            p.partition,
-            if p.offset >= 0 { p.offset.to_string() } else { "null".into() },
-            p.acked_ms
-        ),
-        None => format!(
-            "{{\"topic\":{},\"key\":\"{key}\",\"seen\":false,\"window_loaded\":{}}}\n",
-            views::json_string(Some(&topic)),
-            window.is_loaded()
-        ),
-    };
-    Ok(body)
-}
-
-fn percent_decode(s: &str) -> Option<Vec<u8>> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    Some(out)
-}
-
-async fn respond<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    status: u16,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Payload Too Large",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "",
-    };
-    let challenge = if status == 401 {
-        "www-authenticate: Bearer realm=\"idemgate admin\"\r\n"
-    } else {
-        ""
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{challenge}connection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
+    Ok(views::lookup(
+        &topic,
+        key,
+        position.filter(|p| p.topic == topic).as_ref(),
+        window.is_loaded(),
+    ))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::views::json_string;
-    use super::{authorize, need, percent_decode, Need};
+    use axum::http::StatusCode;
+
+    use super::{authorize, need, Need};
     use crate::config::Config;
 
     fn admin(text: &str) -> crate::config::Admin {
@@ -472,6 +457,8 @@ mod tests {
     }
 
     const TOKEN: &str = "0123456789abcdef-token";
+    const UNAUTHORIZED: StatusCode = StatusCode::UNAUTHORIZED;
+    const FORBIDDEN: StatusCode = StatusCode::FORBIDDEN;
 
     #[test]
     fn changes_need_the_token_reads_and_probes_do_not() {
@@ -480,15 +467,18 @@ mod tests {
         assert_eq!(authorize(&a, Need::Probe, None), Ok(()));
         assert_eq!(authorize(&a, Need::Read, None), Ok(()));
         assert_eq!(authorize(&a, Need::Change, Some(&bearer)), Ok(()));
-        assert_eq!(authorize(&a, Need::Change, None).unwrap_err().0, 401);
+        assert_eq!(
+            authorize(&a, Need::Change, None).unwrap_err().0,
+            UNAUTHORIZED
+        );
         let wrong = format!("Bearer {TOKEN}x");
         assert_eq!(
             authorize(&a, Need::Change, Some(&wrong)).unwrap_err().0,
-            401
+            UNAUTHORIZED
         );
         assert_eq!(
             authorize(&a, Need::Change, Some(TOKEN)).unwrap_err().0,
-            401,
+            UNAUTHORIZED,
             "no scheme"
         );
     }
@@ -498,12 +488,15 @@ mod tests {
         let local = admin("[admin]\nlisten = \"127.0.0.1:9644\"\n");
         assert_eq!(authorize(&local, Need::Change, None), Ok(()));
         let open = admin("[admin]\nlisten = \"0.0.0.0:9644\"\n");
-        assert_eq!(authorize(&open, Need::Change, None).unwrap_err().0, 403);
+        assert_eq!(
+            authorize(&open, Need::Change, None).unwrap_err().0,
+            FORBIDDEN
+        );
         assert_eq!(
             authorize(&open, Need::Change, Some("Bearer anything-at-all-here"))
                 .unwrap_err()
                 .0,
-            403
+            FORBIDDEN
         );
         assert_eq!(authorize(&open, Need::Read, None), Ok(()));
         assert_eq!(authorize(&open, Need::Probe, None), Ok(()));
@@ -514,7 +507,7 @@ mod tests {
         let a = admin(&format!(
             "[admin]\nlisten = \"0.0.0.0:9644\"\ntoken = \"{TOKEN}\"\ntoken_for_reads = true\n"
         ));
-        assert_eq!(authorize(&a, Need::Read, None).unwrap_err().0, 401);
+        assert_eq!(authorize(&a, Need::Read, None).unwrap_err().0, UNAUTHORIZED);
         assert_eq!(
             authorize(&a, Need::Read, Some(&format!("Bearer {TOKEN}"))),
             Ok(())
@@ -546,18 +539,12 @@ mod tests {
     }
 
     #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%2Fb+c").unwrap(), b"a/b c");
-        assert_eq!(percent_decode("%zz"), None);
-        assert_eq!(percent_decode("%4"), None);
-    }
-
-    #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_string(None), "null");
-        assert_eq!(
-            json_string(Some("CN=a\\,O=\"x\"\n")),
-            r#""CN=a\\,O=\"x\"\u000a""#
-        );
+    fn query_strings_are_percent_decoded() {
+        use axum::extract::Query;
+        let uri = "/window/purge?topic=a%2Fb+c".parse().unwrap();
+        let Query(q) = Query::<super::PurgeQuery>::try_from_uri(&uri).unwrap();
+        assert_eq!(q.topic.as_deref(), Some("a/b c"));
+        let uri = "/window/lookup?topic=t&nope=1".parse().unwrap();
+        assert!(Query::<super::LookupQuery>::try_from_uri(&uri).is_err());
     }
 }

@@ -26,8 +26,10 @@
 //! restarts), `topic_config.rs` (each covered topic's `cleanup.policy` and
 //! `max.message.bytes`, asked of the brokers), `store.rs` (sled, the only persistent state), `records.rs` (the
 //! byte-level RecordBatch v2 splicer the dedup filters use), `admin.rs`
-//! (`/healthz`, `/readyz`, `/metrics`), `telemetry.rs` (logs and metric
-//! names), `config.rs` (every default, every problem with its key path).
+//! (`/healthz`, `/readyz`, `/metrics`; bodies in `admin/views.rs`),
+//! `telemetry.rs` (logs; `telemetry/metrics.rs` the registry,
+//! `telemetry/dedup.rs` the dedup counters, `telemetry/prometheus.rs` the
+//! exposition), `config.rs` (every default, every problem with its key path).
 //!
 //! # Facts about Kafka this code relies on
 //!
