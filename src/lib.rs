@@ -21,8 +21,8 @@
 //! Beside the path: `limits.rs` (memory for in-flight bytes, clients that
 //! stop reading), `topology.rs` (node id ⇄ proxy port, stable across
 //! restarts), `topic_config.rs` (each covered topic's `cleanup.policy` and
-//! `max.message.bytes`, asked of the brokers), `store.rs` (sled, the only persistent state), `records.rs` (the
-//! byte-level RecordBatch v2 splicer the dedup filters use), `admin.rs`
+//! `max.message.bytes`, asked of the brokers), `store.rs` (sled, the only persistent state), `records.rs` and
+//! `records/` (the byte-level RecordBatch v2 splicer the dedup filters use), `admin.rs`
 //! (`/healthz`, `/readyz`, `/metrics`), `telemetry.rs` (logs and metric
 //! names), `config.rs` (every default, every problem with its key path).
 //!
