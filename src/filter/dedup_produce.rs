@@ -43,7 +43,7 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::codec::{api_name, RequestHead};
 use crate::config::{Config, KeyStrategy, Mode, Rule};
-use crate::error::Error;
+use crate::error::{Error, Side};
 use crate::idempotency::key::{Derived, Deriver, KeyBuildHasher};
 use crate::idempotency::sequences::{Point, Prior, SeqKey, Sequences};
 use crate::idempotency::transactions::{Transactions, TxnPart};
@@ -475,6 +475,7 @@ impl ProduceDedup {
             .map_err(|source| Error::Codec {
                 api: api_name(ApiKey::Produce),
                 version: head.api_version,
+                side: Side::Internal,
                 source,
             })?;
         Ok(Outcome::Rewritten(out, plan))

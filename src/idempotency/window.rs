@@ -623,8 +623,8 @@ impl Window {
     /// old ones. Refused while the window is loading.
     pub fn purge_topic(&self, topic: &str) -> Result<Purged, Error> {
         if !self.is_loaded() {
-            return Err(Error::Store(
-                "the window is still loading; purge once /readyz says ready".into(),
+            return Err(Error::store(
+                "the window is still loading; purge once /readyz says ready",
             ));
         }
         let mut purged = Purged::default();
