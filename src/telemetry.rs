@@ -597,10 +597,6 @@ impl Metrics {
         self.errors[i].fetch_add(1, Relaxed);
     }
 
-    pub fn requests_of(&self, key: ApiKey) -> u64 {
-        self.api(key).requests.load(Relaxed)
-    }
-
     /// Prometheus text exposition format 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(16 * 1024);

@@ -756,10 +756,6 @@ impl Claim {
         self.keys.is_empty()
     }
 
-    pub fn window(&self) -> &Arc<Window> {
-        &self.window
-    }
-
     /// Commits `entries` (all claimed by this request) and stops owning them.
     pub fn commit(
         &mut self,
