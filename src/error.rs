@@ -5,6 +5,9 @@
 
 use std::fmt;
 
+/// A typed error kept as the source of one of ours.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Whose fault an error is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -82,18 +85,27 @@ pub enum Error {
     /// client retries, as it would have without the proxy.
     #[error("upstream {addr} closed the connection")]
     UpstreamClosed { addr: String },
+    /// A message that would not decode or encode; `side` says whose bytes
+    /// they were (a response from upstream, or our own encoding).
     #[error("{api} v{version}: {source}")]
     Codec {
         api: &'static str,
         version: i16,
+        side: Side,
         #[source]
         source: anyhow::Error,
     },
     /// A client's TLS handshake failed or timed out.
     #[error("tls: {0}")]
     Tls(String),
-    #[error("store: {0}")]
-    Store(String),
+    /// The store failed: what was being done, and the error behind it (sled's,
+    /// an I/O error) when there is one.
+    #[error("store: {message}")]
+    Store {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -106,19 +118,25 @@ impl Error {
             Error::UpstreamIo { .. } | Error::Upstream { .. } | Error::UpstreamClosed { .. } => {
                 Side::Upstream
             }
-            // A message we could not decode came from upstream (responses) or a
-            // client (requests); callers that know which say so in the log.
-            Error::Codec { .. } | Error::Store(_) | Error::Internal(_) => Side::Internal,
+            Error::Codec { side, .. } => *side,
+            Error::Store { .. } | Error::Internal(_) => Side::Internal,
         }
     }
 
-    /// Whether trying again (a new connection) may succeed.
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::UpstreamIo { .. } | Error::Upstream { .. } | Error::ClientIo(_)
-        )
+    /// A store failure with no error behind it.
+    pub fn store(message: impl Into<String>) -> Self {
+        Error::Store {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A store failure caused by `source`; `message` says what was being
+    /// done (the log line reads as before, the cause stays reachable).
+    pub fn store_caused(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Store {
+            message: message.into(),
+            source: Some(source.into()),
+        }
     }
 }
-
-pub type Result<T, E = Error> = std::result::Result<T, E>;

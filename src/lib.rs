@@ -24,8 +24,8 @@
 //! (connection limits, memory for in-flight bytes, clients that stop
 //! reading), `topology.rs` (node id ⇄ proxy port, stable across
 //! restarts), `topic_config.rs` (each covered topic's `cleanup.policy` and
-//! `max.message.bytes`, asked of the brokers), `store.rs` (sled, the only persistent state), `records.rs` (the
-//! byte-level RecordBatch v2 splicer the dedup filters use), `admin.rs`
+//! `max.message.bytes`, asked of the brokers), `store.rs` (sled, the only persistent state), `records.rs` and
+//! `records/` (the byte-level RecordBatch v2 splicer the dedup filters use), `admin.rs`
 //! (`/healthz`, `/readyz`, `/metrics`; bodies in `admin/views.rs`),
 //! `telemetry.rs` (logs; `telemetry/metrics.rs` the registry,
 //! `telemetry/dedup.rs` the dedup counters, `telemetry/prometheus.rs` the

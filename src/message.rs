@@ -9,7 +9,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message};
 
 use crate::codec::{api_name, skip_tagged_fields};
-use crate::error::Error;
+use crate::error::{Error, Side};
 
 mod bounds;
 
@@ -53,11 +53,13 @@ impl<T: Decodable + Bounded> Response<T> {
         bounds::check(T::SCHEMA, version, &body).map_err(|refused| Error::Codec {
             api: api_name(api),
             version,
+            side: Side::Upstream,
             source: refused.into(),
         })?;
         let msg = T::decode(&mut body, version).map_err(|source| Error::Codec {
             api: api_name(api),
             version,
+            side: Side::Upstream,
             source,
         })?;
         Ok(Response {
@@ -76,6 +78,7 @@ impl<T: Encodable> Response<T> {
         let wrap = |source| Error::Codec {
             api: api_name(self.api),
             version: self.version,
+            side: Side::Internal,
             source,
         };
         let size = self.msg.compute_size(self.version).map_err(wrap)?;
@@ -133,6 +136,7 @@ pub fn encode_local_response<T: Encodable>(
         .map_err(|source| Error::Codec {
             api: api_name(api),
             version,
+            side: Side::Internal,
             source,
         })?;
     Ok(out.freeze())
@@ -156,6 +160,7 @@ pub fn encode_request<T: Encodable + HeaderVersion + Message>(
     let wrap = |source| Error::Codec {
         api: api_name(api),
         version,
+        side: Side::Internal,
         source,
     };
     header
@@ -169,6 +174,7 @@ fn codec_error(api: ApiKey, version: i16, what: &'static str) -> Error {
     Error::Codec {
         api: api_name(api),
         version,
+        side: Side::Upstream,
         source: anyhow::anyhow!(what),
     }
 }

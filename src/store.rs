@@ -40,7 +40,7 @@ pub struct Store {
 pub const MIN_CACHE: usize = 1 << 20;
 
 fn store_err(e: sled::Error) -> Error {
-    Error::Store(e.to_string())
+    Error::store_caused(e.to_string(), e)
 }
 
 impl Store {
@@ -62,22 +62,22 @@ impl Store {
         cache_bytes: usize,
     ) -> Result<Store, Error> {
         std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Store(format!("cannot create {}: {e}", dir.display())))?;
+            .map_err(|e| Error::store_caused(format!("cannot create {}: {e}", dir.display()), e))?;
         let db = sled::Config::new()
             .path(dir.join("sled"))
             .cache_capacity(cache_bytes.max(MIN_CACHE) as u64)
             .flush_every_ms(Some(flush_every.as_millis().max(1) as u64))
             .open()
-            .map_err(|e| Error::Store(format!("cannot open {}: {e}", dir.display())))?;
+            .map_err(|e| Error::store_caused(format!("cannot open {}: {e}", dir.display()), e))?;
         let topology = db
             .open_tree("topology")
-            .map_err(|e| Error::Store(format!("cannot open the topology tree: {e}")))?;
+            .map_err(|e| Error::store_caused(format!("cannot open the topology tree: {e}"), e))?;
         let segments = db
             .open_tree("window")
-            .map_err(|e| Error::Store(format!("cannot open the window tree: {e}")))?;
+            .map_err(|e| Error::store_caused(format!("cannot open the window tree: {e}"), e))?;
         let sequences = db
             .open_tree("sequences")
-            .map_err(|e| Error::Store(format!("cannot open the sequences tree: {e}")))?;
+            .map_err(|e| Error::store_caused(format!("cannot open the sequences tree: {e}"), e))?;
         Ok(Store {
             db,
             topology,
@@ -99,7 +99,7 @@ impl Store {
                  (idemgate_dedup_fail_open_total{{reason=\"store_error\"}}); free the space, then restart idemgate"
             );
         }
-        Error::Store(message)
+        Error::store_caused(message, e)
     }
 
     /// The first write the store refused, if any.
@@ -134,7 +134,7 @@ impl Store {
             .load(std::sync::atomic::Ordering::Relaxed)
         {
             let _ = self.write_failure.set("refused (test)".into());
-            return Err(Error::Store("refused (test)".into()));
+            return Err(Error::store("refused (test)"));
         }
         Ok(())
     }
@@ -162,7 +162,7 @@ impl Store {
             let id = u64::from_be_bytes(
                 k.as_ref()
                     .try_into()
-                    .map_err(|_| Error::Store("bad window segment id".into()))?,
+                    .map_err(|_| Error::store("bad window segment id"))?,
             );
             Ok((id, v))
         })
@@ -240,14 +240,14 @@ impl Store {
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, Error> {
         let mut out = Vec::new();
         for item in self.topology.iter() {
-            let (k, v) = item.map_err(|e| Error::Store(e.to_string()))?;
+            let (k, v) = item.map_err(store_err)?;
             let node_id = i32::from_be_bytes(
                 k.as_ref()
                     .try_into()
-                    .map_err(|_| Error::Store("bad topology key".into()))?,
+                    .map_err(|_| Error::store("bad topology key"))?,
             );
             if v.len() < 2 {
-                return Err(Error::Store(format!(
+                return Err(Error::store(format!(
                     "bad topology value for node {node_id}"
                 )));
             }
@@ -289,6 +289,25 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_store_error_keeps_what_caused_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-directory");
+        std::fs::write(&file, b"").unwrap();
+        let err = Store::open(&file.join("store"))
+            .err()
+            .expect("a file is not a directory");
+        assert!(
+            err.to_string().starts_with("store: cannot create "),
+            "{err}"
+        );
+        let source = std::error::Error::source(&err).expect("the I/O error kept as the source");
+        assert!(
+            source.downcast_ref::<std::io::Error>().is_some(),
+            "{source:?}"
+        );
+    }
 
     #[test]
     fn nodes_survive_a_reopen() {

@@ -43,15 +43,18 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::codec::{api_name, RequestHead};
 use crate::config::{Config, KeyStrategy, Mode, Rule};
-use crate::error::Error;
+use crate::error::{Error, Side};
 use crate::idempotency::key::{Derived, Deriver, KeyBuildHasher};
-use crate::idempotency::sequences::{Point, Prior, SeqKey, Sequences};
+use crate::idempotency::sequences::{Point, Prior, SeqKey, Sequences, Turn};
 use crate::idempotency::transactions::{Transactions, TxnPart};
 use crate::idempotency::window::{Check, Claim, Producer, Window, NO_PRODUCER};
 use crate::idempotency::Key;
 use crate::identity::Identity;
 use crate::message::{self, Response};
-use crate::records::{self, Action, BatchItem, Batches, HeaderRef, SpliceMode, Spliced};
+use crate::records::{
+    self, Action, BatchItem, Batches, DecodedBatch, HeaderRef, RawBatch, RecordsError, SpliceMode,
+    Spliced,
+};
 use crate::telemetry::{FailOpen, Metrics, TopicCounts};
 
 /// Kafka's default `max.message.bytes` (1 MiB + the 12-byte log overhead):
@@ -147,6 +150,24 @@ enum PartitionKind {
     Refused { error_code: i16 },
 }
 
+impl PartitionKind {
+    /// Forwarded as it came: nothing to commit, nothing removed.
+    fn untouched() -> Self {
+        Self::sent(Vec::new(), NO_PRODUCER)
+    }
+
+    /// Forwarded with no record removed; on success these claimed keys at
+    /// these offset deltas become seen.
+    fn sent(commits: Vec<(Key, u32)>, producer: Producer) -> Self {
+        PartitionKind::Upstream {
+            commits,
+            trimmed: false,
+            producer,
+            replayed_prefix: None,
+        }
+    }
+}
+
 /// Kafka's KAFKA_STORAGE_ERROR: retriable for every client (Java's
 /// KafkaStorageException is an InvalidMetadataException).
 const KAFKA_STORAGE_ERROR: i16 = 56;
@@ -182,6 +203,57 @@ enum Decision {
         key: Key,
         seen: Option<u64>,
     },
+}
+
+/// The request's claim on the keys it sends, the keys claimed so far, and
+/// how long a record may wait for a key in flight elsewhere.
+type Claiming<'a> = (
+    &'a mut Claim,
+    &'a mut HashSet<Key, KeyBuildHasher>,
+    tokio::time::Instant,
+);
+
+/// What deciding one partition's batch needs besides its records.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    rule: &'a Rule,
+    place: (&'a str, i32),
+    /// The client reports -1 per record: any record may be removed.
+    reports_no_offset: bool,
+    producer: Producer,
+    idempotent: bool,
+    /// What an earlier attempt of this batch removed (nothing for a retry
+    /// of a whole batch): the same again. `None`: decided afresh.
+    decided: Option<&'a [u32]>,
+    /// Maybe a resend of what an earlier process forwarded: its replays stay.
+    guarded: bool,
+}
+
+/// The batch with its base sequence moved back by `delta`, the records this
+/// proxy removed from the producer's earlier batches.
+fn translate(bytes: &Bytes, base_seq: i32, delta: i32) -> Result<Bytes, RecordsError> {
+    if delta == 0 {
+        Ok(bytes.clone())
+    } else {
+        records::with_base_sequence(bytes, base_seq.wrapping_sub(delta))
+    }
+}
+
+/// A splice with the base sequence translated: an unchanged batch is
+/// rewritten when its sequence must move.
+fn translate_sequence(
+    batch: &DecodedBatch,
+    spliced: Result<Spliced, RecordsError>,
+    base_seq: i32,
+    delta: i32,
+) -> Result<Spliced, RecordsError> {
+    spliced.and_then(|s| match s {
+        Spliced::Unchanged if delta != 0 => {
+            translate(batch.original(), base_seq, delta).map(Spliced::Rewritten)
+        }
+        Spliced::Rewritten(b) => translate(&b, base_seq, delta).map(Spliced::Rewritten),
+        other => Ok(other),
+    })
 }
 
 impl ProduceDedup {
@@ -475,6 +547,7 @@ impl ProduceDedup {
             .map_err(|source| Error::Codec {
                 api: api_name(ApiKey::Produce),
                 version: head.api_version,
+                side: Side::Internal,
                 source,
             })?;
         Ok(Outcome::Rewritten(out, plan))
@@ -562,93 +635,27 @@ impl ProduceDedup {
 
     /// One partition's records: what happens to it, and its new records if
     /// they changed. Anything doubtful leaves the records as they are.
+    ///
+    /// The steps: [`shape_check`](Self::shape_check) → decode (or
+    /// [`undecodable`](Self::undecodable)) → [`decide`](Self::decide) each
+    /// record → [`splice`](Self::splice) (with the untagged fallback) →
+    /// [`translate_sequence`] → [`persist`](Self::persist) the decision →
+    /// the partition's outcome.
     async fn filter_partition(
         &self,
         rule: &Rule,
         (topic, partition): (&str, i32),
         reports_no_offset: bool,
         records: &Bytes,
-        (claim, mine, wait_until): (
-            &mut Claim,
-            &mut HashSet<Key, KeyBuildHasher>,
-            tokio::time::Instant,
-        ),
+        (claim, mine, wait_until): Claiming<'_>,
         counts: &mut TopicCounts,
     ) -> (PartitionKind, Option<Bytes>) {
-        let untouched = PartitionKind::Upstream {
-            commits: Vec::new(),
-            trimmed: false,
-            producer: NO_PRODUCER,
-            replayed_prefix: None,
+        let Some(raw) = self.shape_check(records, counts) else {
+            return (PartitionKind::untouched(), None);
         };
-        let mut items = Batches::new(records.clone());
-        let raw = match (items.next(), items.next()) {
-            (Some(Ok(BatchItem::Batch(raw))), None) => raw,
-            _ => {
-                let n = record_count(Some(records));
-                counts.records += n;
-                self.metrics.dedup.fail_open(FailOpen::NotOneV2Batch, n);
-                return (untouched, None);
-            }
-        };
-        let attributes = raw.header().attributes;
-        if attributes.is_transactional() || attributes.is_control() {
-            self.metrics.dedup.transactional_records.fetch_add(
-                raw.header().records_count.max(0) as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            return (untouched, None);
-        }
         let batch = match raw.decode_with_limit(self.config.listen.max_frame_bytes) {
             Ok(b) => b,
-            Err(e) => {
-                let n = raw.header().records_count.max(0) as u64;
-                counts.records += n;
-                self.metrics.dedup.fail_open(FailOpen::Undecodable, n);
-                tracing::debug!(topic, error = %e, "batch not decodable: forwarded as it came");
-                // An idempotent producer that lost records before: the
-                // broker must still see its sequence without a gap.
-                let h = raw.header();
-                if h.producer_id >= 0 {
-                    let key = SeqKey {
-                        producer_id: h.producer_id,
-                        epoch: h.producer_epoch,
-                        topic: topic.to_string(),
-                        partition,
-                    };
-                    let turn = match self
-                        .sequences
-                        .begin(&key, h.base_sequence, h.records_count.max(0))
-                        .await
-                    {
-                        Ok(turn) => turn,
-                        Err(e) => {
-                            // State unreadable: the shift is unknown, and
-                            // untranslated after earlier drops the batch
-                            // would be refused as out of sequence. The
-                            // client retries this answer instead.
-                            self.metrics.dedup.fail_open(FailOpen::StoreError, n);
-                            tracing::warn!(topic, error = %e, "sequence state unreadable: undecodable idempotent batch answered KAFKA_STORAGE_ERROR");
-                            let error_code = KAFKA_STORAGE_ERROR;
-                            return (PartitionKind::Refused { error_code }, None);
-                        }
-                    };
-                    let delta = turn.delta();
-                    if let Err(e) = turn.finish(None).await {
-                        tracing::warn!(topic, error = %e, "sequence state not stored");
-                        self.metrics.dedup.fail_open(FailOpen::StoreError, n);
-                    }
-                    if delta != 0 {
-                        if let Ok(b) = records::with_base_sequence(
-                            raw.bytes(),
-                            h.base_sequence.wrapping_sub(delta),
-                        ) {
-                            return (untouched, Some(b));
-                        }
-                    }
-                }
-                return (untouched, None);
-            }
+            Err(e) => return self.undecodable((topic, partition), &raw, &e, counts).await,
         };
         counts.records += batch.len() as u64;
         let h = batch.header();
@@ -672,7 +679,7 @@ impl ProduceDedup {
                     self.metrics
                         .dedup
                         .fail_open(FailOpen::StoreError, batch.len() as u64);
-                    return (untouched, None);
+                    return (PartitionKind::untouched(), None);
                 }
             }
         } else {
@@ -688,6 +695,211 @@ impl ProduceDedup {
             Some(Prior::Unknown) => (None, true),
             Some(Prior::New) | None => (None, false),
         };
+        let attempt = Attempt {
+            rule,
+            place: (topic, partition),
+            reports_no_offset,
+            producer,
+            idempotent,
+            decided: decided.as_deref(),
+            guarded,
+        };
+
+        // 1. Decide each record.
+        let (decisions, claimed) = self
+            .decide(&attempt, &batch, (claim, mine, wait_until), counts)
+            .await;
+        let dropped_idx: Vec<u32> = decisions
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| matches!(d, Decision::Drop { .. }))
+            .map(|(i, _)| i as u32)
+            .collect();
+        let producer = if idempotent { producer } else { NO_PRODUCER };
+
+        // 2. Offsets of the claimed keys among the records that stay.
+        let mut kept_index = Vec::with_capacity(decisions.len());
+        let mut next = 0u32;
+        for d in &decisions {
+            kept_index.push(next);
+            if !matches!(d, Decision::Drop { .. }) {
+                next += 1;
+            }
+        }
+        let commits: Vec<(Key, u32)> = claimed
+            .iter()
+            .map(|&(i, key)| (key, kept_index[i]))
+            .collect();
+        let any_dropped = decisions.iter().any(|d| matches!(d, Decision::Drop { .. }));
+
+        // 3. Splice, then move the base sequence by what went before.
+        let spliced = self.splice(topic, &batch, &decisions).await;
+        let spliced = translate_sequence(&batch, spliced, base_seq, delta);
+
+        // 4. An idempotent batch's decision goes to disk before the batch
+        // goes anywhere. If it can't, the batch goes with its replays
+        // (translated by what went before).
+        let point =
+            (spliced.is_ok() && decided.is_none() && !dropped_idx.is_empty()).then(|| Point {
+                base: base_seq,
+                count,
+                delta_after: delta + dropped_idx.len() as i32,
+                dropped: dropped_idx.clone(),
+            });
+        if !self.persist(topic, turn, point, &batch, &dropped_idx).await {
+            counts.dropped -= dropped_idx.len() as u64;
+            let commits = claimed.iter().map(|&(i, key)| (key, i as u32)).collect();
+            let kind = PartitionKind::sent(commits, producer);
+            return match translate(batch.original(), base_seq, delta) {
+                Ok(b) if delta != 0 => (kind, Some(b)),
+                _ => (kind, None),
+            };
+        }
+
+        // 5. What the partition becomes.
+        match spliced {
+            Ok(Spliced::Unchanged) => (PartitionKind::sent(commits, producer), None),
+            Ok(Spliced::Rewritten(bytes)) => {
+                let k = dropped_idx.len();
+                let prefix = dropped_idx
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &d)| d as usize == i);
+                let replayed_prefix = (k > 0 && prefix)
+                    .then(|| self.original_base_offset((topic, partition), &decisions[..k]))
+                    .filter(|first| *first >= 0)
+                    .map(|first| (first, k as u32));
+                (
+                    PartitionKind::Upstream {
+                        commits,
+                        trimmed: any_dropped,
+                        producer,
+                        replayed_prefix,
+                    },
+                    Some(bytes),
+                )
+            }
+            Ok(Spliced::NoneKept) => {
+                let base_offset = self.original_base_offset((topic, partition), &decisions);
+                (PartitionKind::Answered { base_offset }, None)
+            }
+            Err(e) => {
+                // Forward the original: every record, at its original index.
+                // (An idempotent batch whose decision was already stored can't
+                // get here: its rewrite succeeded when it was decided.)
+                tracing::warn!(topic, error = %e, "rewrite failed: batch forwarded as it came");
+                self.metrics
+                    .dedup
+                    .fail_open(FailOpen::Undecodable, batch.len() as u64);
+                counts.dropped = counts.dropped.saturating_sub(dropped_idx.len() as u64);
+                let commits = claimed.iter().map(|&(i, key)| (key, i as u32)).collect();
+                (PartitionKind::sent(commits, producer), None)
+            }
+        }
+    }
+
+    /// Only one v2 batch that is neither transactional nor a control batch
+    /// is decided; anything else goes as it came (counted).
+    fn shape_check(&self, records: &Bytes, counts: &mut TopicCounts) -> Option<RawBatch> {
+        let mut items = Batches::new(records.clone());
+        let raw = match (items.next(), items.next()) {
+            (Some(Ok(BatchItem::Batch(raw))), None) => raw,
+            _ => {
+                let n = record_count(Some(records));
+                counts.records += n;
+                self.metrics.dedup.fail_open(FailOpen::NotOneV2Batch, n);
+                return None;
+            }
+        };
+        let attributes = raw.header().attributes;
+        if attributes.is_transactional() || attributes.is_control() {
+            self.metrics.dedup.transactional_records.fetch_add(
+                raw.header().records_count.max(0) as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            return None;
+        }
+        Some(raw)
+    }
+
+    /// A batch that does not decode goes as it came (counted); an idempotent
+    /// producer's still has its base sequence translated, so the broker sees
+    /// no gap after records this proxy removed earlier.
+    async fn undecodable(
+        &self,
+        (topic, partition): (&str, i32),
+        raw: &RawBatch,
+        e: &RecordsError,
+        counts: &mut TopicCounts,
+    ) -> (PartitionKind, Option<Bytes>) {
+        let n = raw.header().records_count.max(0) as u64;
+        counts.records += n;
+        self.metrics.dedup.fail_open(FailOpen::Undecodable, n);
+        tracing::debug!(topic, error = %e, "batch not decodable: forwarded as it came");
+        // An idempotent producer that lost records before: the
+        // broker must still see its sequence without a gap.
+        let h = raw.header();
+        if h.producer_id >= 0 {
+            let key = SeqKey {
+                producer_id: h.producer_id,
+                epoch: h.producer_epoch,
+                topic: topic.to_string(),
+                partition,
+            };
+            let turn = match self
+                .sequences
+                .begin(&key, h.base_sequence, h.records_count.max(0))
+                .await
+            {
+                Ok(turn) => turn,
+                Err(e) => {
+                    // State unreadable: the shift is unknown, and
+                    // untranslated after earlier drops the batch
+                    // would be refused as out of sequence. The
+                    // client retries this answer instead.
+                    self.metrics.dedup.fail_open(FailOpen::StoreError, n);
+                    tracing::warn!(topic, error = %e, "sequence state unreadable: undecodable idempotent batch answered KAFKA_STORAGE_ERROR");
+                    let error_code = KAFKA_STORAGE_ERROR;
+                    return (PartitionKind::Refused { error_code }, None);
+                }
+            };
+            let delta = turn.delta();
+            if let Err(e) = turn.finish(None).await {
+                tracing::warn!(topic, error = %e, "sequence state not stored");
+                self.metrics.dedup.fail_open(FailOpen::StoreError, n);
+            }
+            if delta != 0 {
+                if let Ok(b) =
+                    records::with_base_sequence(raw.bytes(), h.base_sequence.wrapping_sub(delta))
+                {
+                    return (PartitionKind::untouched(), Some(b));
+                }
+            }
+        }
+        (PartitionKind::untouched(), None)
+    }
+
+    /// Decides each record: keep, tag, or drop as a replay. A key twice in
+    /// this batch: the second copy goes (a batch is written or fails as a
+    /// whole). Across partitions both stay: one partition can fail while the
+    /// other succeeds. Returns the decisions and the keys this request
+    /// claimed, with their record indexes.
+    async fn decide(
+        &self,
+        attempt: &Attempt<'_>,
+        batch: &DecodedBatch,
+        (claim, mine, wait_until): Claiming<'_>,
+        counts: &mut TopicCounts,
+    ) -> (Vec<Decision>, Vec<(usize, Key)>) {
+        let Attempt {
+            rule,
+            place: (topic, partition),
+            reports_no_offset,
+            producer,
+            idempotent,
+            decided,
+            guarded,
+        } = *attempt;
         let may_drop = rule.mode == Mode::Drop;
         let deriver = Deriver {
             strategy: &rule.key,
@@ -695,10 +907,6 @@ impl ProduceDedup {
             tag_header: self.config.dedup.header.as_bytes(),
             secret: self.config.dedup.key_secret.as_ref(),
         };
-
-        // 1. Decide each record. A key twice in this batch: the second copy
-        // goes (a batch is written or fails as a whole). Across partitions
-        // both stay: one partition can fail while the other succeeds.
         let mut in_request: HashSet<Key, KeyBuildHasher> = HashSet::default();
         let mut decisions = Vec::with_capacity(batch.len());
         // What each record dropped below would be if it had to go after all.
@@ -714,7 +922,7 @@ impl ProduceDedup {
                 Derived::Made { tag, .. } if rule.tag => Decision::Tag(tag),
                 _ => Decision::Keep,
             };
-            if let Some(dropped) = &decided {
+            if let Some(dropped) = decided {
                 // A retry: exactly what the first attempt got.
                 in_request.insert(key);
                 if dropped.binary_search(&(record.index() as u32)).is_ok() {
@@ -807,31 +1015,19 @@ impl ProduceDedup {
                 decisions[i] = keep;
             }
         }
+        (decisions, claimed)
+    }
 
-        let dropped_idx: Vec<u32> = decisions
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| matches!(d, Decision::Drop { .. }))
-            .map(|(i, _)| i as u32)
-            .collect();
-        let producer = if idempotent { producer } else { NO_PRODUCER };
-
-        // 2. Offsets of the claimed keys among the records that stay.
-        let mut kept_index = Vec::with_capacity(decisions.len());
-        let mut next = 0u32;
-        for d in &decisions {
-            kept_index.push(next);
-            if !matches!(d, Decision::Drop { .. }) {
-                next += 1;
-            }
-        }
-        let commits: Vec<(Key, u32)> = claimed
-            .iter()
-            .map(|&(i, key)| (key, kept_index[i]))
-            .collect();
-        let any_dropped = decisions.iter().any(|d| matches!(d, Decision::Drop { .. }));
-
-        // 3. Splice, then move the base sequence by what went before.
+    /// The batch as decided: replays removed, kept records tagged. The tag
+    /// must not push a batch the broker would take over the topic's
+    /// max.message.bytes: such a batch goes untagged (still deduplicated)
+    /// rather than being refused as too large.
+    async fn splice(
+        &self,
+        topic: &str,
+        batch: &DecodedBatch,
+        decisions: &[Decision],
+    ) -> Result<Spliced, RecordsError> {
         let hexes: Vec<[u8; 32]> = decisions
             .iter()
             .map(|d| match d {
@@ -852,17 +1048,7 @@ impl ProduceDedup {
                 }),
             })
             .collect();
-        let translated = |bytes: &Bytes| {
-            if delta == 0 {
-                Ok(bytes.clone())
-            } else {
-                records::with_base_sequence(bytes, base_seq.wrapping_sub(delta))
-            }
-        };
         let mut spliced = batch.rewrite(&actions, SpliceMode::Renumber);
-        // The tag must not push a batch the broker would take over the
-        // topic's max.message.bytes: such a batch goes untagged (still
-        // deduplicated) rather than being refused as too large.
         let tagged = match &spliced {
             Ok(Spliced::Rewritten(b)) => b.len(),
             _ => 0,
@@ -898,110 +1084,41 @@ impl ProduceDedup {
                 "tagged batch over the topic's max.message.bytes: sent untagged"
             );
         }
-        let spliced = spliced.and_then(|s| match s {
-            Spliced::Unchanged if delta != 0 => {
-                translated(batch.original()).map(Spliced::Rewritten)
-            }
-            Spliced::Rewritten(b) => translated(&b).map(Spliced::Rewritten),
-            other => Ok(other),
-        });
+        spliced
+    }
 
-        // 4. An idempotent batch's decision goes to disk before the batch
-        // goes anywhere. If it can't, the batch goes with its replays
-        // (translated by what went before).
-        let point =
-            (spliced.is_ok() && decided.is_none() && !dropped_idx.is_empty()).then(|| Point {
-                base: base_seq,
-                count,
-                delta_after: delta + dropped_idx.len() as i32,
-                dropped: dropped_idx.clone(),
-            });
+    /// An idempotent batch's decision goes to disk before the batch goes
+    /// anywhere. False when a decision that removes records could not be
+    /// stored: the batch must then go with its replays.
+    async fn persist(
+        &self,
+        topic: &str,
+        turn: Option<Turn<'_>>,
+        point: Option<Point>,
+        batch: &DecodedBatch,
+        dropped_idx: &[u32],
+    ) -> bool {
         let trims = point.is_some();
         let stored = match turn {
             Some(turn) => turn.finish(point).await,
             None => Ok(()),
         };
-        if let Err(e) = stored {
-            if !trims {
-                // Forwarded as decided; only a restart could not tell it went.
-                tracing::warn!(topic, error = %e, "sequence state not stored");
-                self.metrics
-                    .dedup
-                    .fail_open(FailOpen::StoreError, batch.len() as u64);
-            } else {
-                tracing::warn!(topic, error = %e, "sequence decision not stored: batch forwarded with its replays");
-                self.metrics
-                    .dedup
-                    .fail_open(FailOpen::StoreError, dropped_idx.len() as u64);
-                counts.dropped -= dropped_idx.len() as u64;
-                let commits = claimed.iter().map(|&(i, key)| (key, i as u32)).collect();
-                let kind = PartitionKind::Upstream {
-                    commits,
-                    trimmed: false,
-                    producer,
-                    replayed_prefix: None,
-                };
-                return match translated(batch.original()) {
-                    Ok(b) if delta != 0 => (kind, Some(b)),
-                    _ => (kind, None),
-                };
-            }
+        let Err(e) = stored else {
+            return true;
+        };
+        if !trims {
+            // Forwarded as decided; only a restart could not tell it went.
+            tracing::warn!(topic, error = %e, "sequence state not stored");
+            self.metrics
+                .dedup
+                .fail_open(FailOpen::StoreError, batch.len() as u64);
+            return true;
         }
-        match spliced {
-            Ok(Spliced::Unchanged) => (
-                PartitionKind::Upstream {
-                    commits,
-                    trimmed: false,
-                    producer,
-                    replayed_prefix: None,
-                },
-                None,
-            ),
-            Ok(Spliced::Rewritten(bytes)) => {
-                let k = dropped_idx.len();
-                let prefix = dropped_idx
-                    .iter()
-                    .enumerate()
-                    .all(|(i, &d)| d as usize == i);
-                let replayed_prefix = (k > 0 && prefix)
-                    .then(|| self.original_base_offset((topic, partition), &decisions[..k]))
-                    .filter(|first| *first >= 0)
-                    .map(|first| (first, k as u32));
-                (
-                    PartitionKind::Upstream {
-                        commits,
-                        trimmed: any_dropped,
-                        producer,
-                        replayed_prefix,
-                    },
-                    Some(bytes),
-                )
-            }
-            Ok(Spliced::NoneKept) => {
-                let base_offset = self.original_base_offset((topic, partition), &decisions);
-                (PartitionKind::Answered { base_offset }, None)
-            }
-            Err(e) => {
-                // Forward the original: every record, at its original index.
-                // (An idempotent batch whose decision was already stored can't
-                // get here: its rewrite succeeded when it was decided.)
-                tracing::warn!(topic, error = %e, "rewrite failed: batch forwarded as it came");
-                self.metrics
-                    .dedup
-                    .fail_open(FailOpen::Undecodable, batch.len() as u64);
-                counts.dropped = counts.dropped.saturating_sub(dropped_idx.len() as u64);
-                let commits = claimed.iter().map(|&(i, key)| (key, i as u32)).collect();
-                (
-                    PartitionKind::Upstream {
-                        commits,
-                        trimmed: false,
-                        producer,
-                        replayed_prefix: None,
-                    },
-                    None,
-                )
-            }
-        }
+        tracing::warn!(topic, error = %e, "sequence decision not stored: batch forwarded with its replays");
+        self.metrics
+            .dedup
+            .fail_open(FailOpen::StoreError, dropped_idx.len() as u64);
+        false
     }
 
     /// Whether one base offset numbers every record of the batch truly once

@@ -385,8 +385,9 @@ impl Sequences {
             return Ok(s);
         }
         let state = match self.store.sequence_state(&key.bytes())? {
-            Some(v) => SeqState::decode(&v)
-                .ok_or_else(|| Error::Store("unreadable sequence state".into()))?,
+            Some(v) => {
+                SeqState::decode(&v).ok_or_else(|| Error::store("unreadable sequence state"))?
+            }
             None => SeqState::default(),
         };
         self.cache.insert(key.clone(), state.clone());
@@ -413,7 +414,7 @@ impl Sequences {
         let store = self.store.clone();
         let pruned = tokio::task::spawn_blocking(move || prune(&store, now))
             .await
-            .map_err(|e| Error::Store(format!("sequence pruning panicked: {e}")))??;
+            .map_err(|e| Error::store_caused(format!("sequence pruning panicked: {e}"), e))??;
         for key in &pruned {
             if let Some(key) = SeqKey::from_bytes(key) {
                 self.cache.invalidate(&key);

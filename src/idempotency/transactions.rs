@@ -29,6 +29,12 @@
 //! `transaction.max.timeout.ms`. The keys held for open transactions are
 //! bounded by [`MAX_OPEN_KEYS`]: a transaction that would go past it learns
 //! nothing (counted), which costs dedup, never a record.
+//!
+//! Where v1 partitions were added is kept in a moka cache: at most
+//! [`MAX_OPEN_KEYS`] partitions over all producers, the least used producer
+//! forgotten first when full, and a producer not added to for [`OPEN_FOR`]
+//! forgotten (its last transaction is over by then). A forgotten placement
+//! makes its keys `txn_unseen`: it only ever costs dedup.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -100,7 +106,9 @@ pub struct Transactions {
     open: Mutex<HashMap<Producer, Open>>,
     /// Transactions v1: the connection each (producer, topic, partition) was
     /// last added to a transaction on, per producer, topic and partition.
-    added: Mutex<HashMap<Producer, Added>>,
+    /// Bounded (weighed in partitions) and expiring [`OPEN_FOR`] after a
+    /// producer's last AddPartitionsToTxn; forgetting one only fails open.
+    added: moka::sync::Cache<Producer, Arc<Added>>,
     max_keys: usize,
     open_for: Duration,
 }
@@ -120,7 +128,14 @@ impl Transactions {
             window,
             metrics,
             open: Mutex::new(HashMap::new()),
-            added: Mutex::new(HashMap::new()),
+            added: moka::sync::Cache::builder()
+                .max_capacity(max_keys as u64)
+                .weigher(|_, parts: &Arc<Added>| {
+                    let n: usize = parts.values().map(HashMap::len).sum();
+                    u32::try_from(n.max(1)).unwrap_or(u32::MAX)
+                })
+                .time_to_live(open_for)
+                .build(),
             max_keys,
             open_for,
         }
@@ -131,18 +146,15 @@ impl Transactions {
     /// earlier transaction (a partition is added once per transaction), and
     /// what it produces to them next belongs to the one ending on `conn`.
     pub fn partitions_added(&self, producer: Producer, conn: u64, parts: &[(String, i32)]) {
-        let mut added = self.added.lock().expect("transactions lock");
-        if added.len() >= self.max_keys && !added.contains_key(&producer) {
-            // Bounded: forgetting costs only the learning of their keys.
-            added.clear();
-        }
-        let mine = added.entry(producer).or_default();
-        for (topic, partition) in parts {
-            mine.entry(topic.clone())
-                .or_default()
-                .insert(*partition, conn);
-        }
-        drop(added);
+        self.added.entry(producer).and_upsert_with(|held| {
+            let mut mine = held.map_or_else(Added::new, |e| Added::clone(&e.into_value()));
+            for (topic, partition) in parts {
+                mine.entry(topic.clone())
+                    .or_default()
+                    .insert(*partition, conn);
+            }
+            Arc::new(mine)
+        });
         let mut open = self.open.lock().expect("transactions lock");
         if let Some(txn) = open.get_mut(&producer) {
             let before = txn.parts.len();
@@ -171,11 +183,14 @@ impl Transactions {
             Placed::Epoch
         } else {
             self.added
-                .lock()
-                .expect("transactions lock")
                 .get(&part.producer)
-                .and_then(|topics| topics.get(part.topic.as_str())?.get(&part.partition))
-                .map_or(Placed::Unseen, |&c| Placed::AddedOn(c))
+                .and_then(|topics| {
+                    topics
+                        .get(part.topic.as_str())?
+                        .get(&part.partition)
+                        .copied()
+                })
+                .map_or(Placed::Unseen, Placed::AddedOn)
         };
         let mut open = self.open.lock().expect("transactions lock");
         let now = Instant::now();
@@ -234,10 +249,7 @@ impl Transactions {
     /// connection `conn`, with EndTxn v5+ (`v2`) or an earlier version.
     /// Returns how many keys became seen.
     pub fn ended(&self, producer: Producer, committed: bool, conn: u64, v2: bool) -> usize {
-        self.added
-            .lock()
-            .expect("transactions lock")
-            .remove(&producer);
+        self.added.invalidate(&producer);
         let Some(txn) = self
             .open
             .lock()
@@ -454,6 +466,36 @@ mod tests {
         assert_eq!(window.peek(Key(3)), None);
         assert_eq!(window.peek(Key(4)), None, "a duplicate later, never a loss");
         assert_eq!(txns.metrics.dedup.fail_open_count(FailOpen::TxnUnseen), 2);
+    }
+
+    #[test]
+    fn v1_a_full_placement_map_forgets_at_most_one_producer() {
+        // Three producers' placements fill the bound; a fourth producer adds
+        // a partition before the three produce. Forgetting a placement only
+        // fails open (its keys are not learned), but forgetting every live
+        // producer's placements at once loses the dedup of all their
+        // transactions, as the wipe at the threshold did.
+        let (txns, window, _dir) = setup(3, OPEN_FOR);
+        for pid in 1..=3 {
+            txns.partitions_added((pid, 0), 1, &orders0());
+        }
+        txns.partitions_added((4, 0), 1, &orders0());
+        // why: moka evicts in its housekeeping; run it before the lookups.
+        txns.added.run_pending_tasks();
+        assert!(txns.added.weighted_size() <= 3, "bounded");
+        for pid in 1..=3 {
+            txns.produced(&v1((pid, 0), &[pid as u128]), 40);
+        }
+        let learned: usize = (1..=3)
+            .map(|pid| txns.ended((pid, 0), true, 1, false))
+            .sum();
+        assert!(
+            learned >= 2,
+            "one producer past the bound forgot {} of 3 live producers' placements",
+            3 - learned
+        );
+        let seen = (1..=3).filter(|k| window.peek(Key(*k)).is_some()).count();
+        assert_eq!(seen, learned);
     }
 
     #[test]

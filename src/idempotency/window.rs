@@ -623,8 +623,8 @@ impl Window {
     /// old ones. Refused while the window is loading.
     pub fn purge_topic(&self, topic: &str) -> Result<Purged, Error> {
         if !self.is_loaded() {
-            return Err(Error::Store(
-                "the window is still loading; purge once /readyz says ready".into(),
+            return Err(Error::store(
+                "the window is still loading; purge once /readyz says ready",
             ));
         }
         let mut purged = Purged::default();
@@ -754,10 +754,6 @@ impl Claim {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
-    }
-
-    pub fn window(&self) -> &Arc<Window> {
-        &self.window
     }
 
     /// Commits `entries` (all claimed by this request) and stops owning them.

@@ -162,10 +162,6 @@ impl Metrics {
         };
         self.errors[i].fetch_add(1, Relaxed);
     }
-
-    pub fn requests_of(&self, key: ApiKey) -> u64 {
-        self.api(key).requests.load(Relaxed)
-    }
 }
 
 impl Metrics {

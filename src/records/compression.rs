@@ -1,0 +1,183 @@
+//! The five codecs in the framing Java clients read and write, with a bound on the
+//! decompressed size (the bomb guard).
+
+use std::fmt;
+use std::io::{Read, Write};
+
+use bytes::{BufMut, BytesMut};
+
+use super::{be_i32, Codec, RecordsError};
+
+/// xerial snappy-java stream header: magic, version 1, compatible version 1.
+const XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
+pub(super) const XERIAL_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
+/// snappy-java's default block size, which Kafka's Java client uses.
+const XERIAL_BLOCK: usize = 32 * 1024;
+/// Kafka's default zstd level (`CompressionType.ZSTD` / `ZstdCompression.DEFAULT_LEVEL`).
+const ZSTD_LEVEL: i32 = 3;
+
+fn decompress_err(codec: Codec, e: impl fmt::Display) -> RecordsError {
+    RecordsError::Decompress {
+        codec,
+        reason: e.to_string(),
+    }
+}
+
+fn compress_err(codec: Codec, e: impl fmt::Display) -> RecordsError {
+    RecordsError::Compress {
+        codec,
+        reason: e.to_string(),
+    }
+}
+
+/// Reads a streaming decoder to the end, refusing more than `limit` bytes.
+fn read_bounded(
+    codec: Codec,
+    src_len: usize,
+    reader: impl Read,
+    limit: usize,
+) -> Result<Vec<u8>, RecordsError> {
+    // why: a guess from the compressed size, capped by the limit; never from a size field
+    // inside the stream, which an attacker controls.
+    let mut out = Vec::with_capacity(src_len.saturating_mul(4).min(limit));
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    reader
+        .take(cap)
+        .read_to_end(&mut out)
+        .map_err(|e| decompress_err(codec, e))?;
+    if out.len() > limit {
+        return Err(RecordsError::TooLarge { limit });
+    }
+    Ok(out)
+}
+
+pub(super) fn decompress(codec: Codec, src: &[u8], limit: usize) -> Result<Vec<u8>, RecordsError> {
+    match codec {
+        Codec::None => Ok(src.to_vec()),
+        // why: Multi: Java's GZIPInputStream reads concatenated members too.
+        Codec::Gzip => read_bounded(
+            codec,
+            src.len(),
+            flate2::read::MultiGzDecoder::new(src),
+            limit,
+        ),
+        Codec::Lz4 => read_bounded(
+            codec,
+            src.len(),
+            lz4_flex::frame::FrameDecoder::new(src),
+            limit,
+        ),
+        Codec::Zstd => {
+            let mut decoder = zstd::stream::read::Decoder::with_buffer(src)
+                .map_err(|e| decompress_err(codec, e))?;
+            // why: the frame header picks the window the decoder allocates; cap it to what the
+            // output limit could ever need (and zstd's own default ceiling, 2^27).
+            let window_log = (usize::BITS - limit.max(1).leading_zeros()).clamp(10, 27);
+            decoder
+                .window_log_max(window_log)
+                .map_err(|e| decompress_err(codec, e))?;
+            read_bounded(codec, src.len(), decoder, limit)
+        }
+        Codec::Snappy => snappy_decompress(src, limit),
+    }
+}
+
+/// Kafka/xerial framing (`\x82SNAPPY\0`, version ints, blocks with a 4-byte BE length); raw
+/// snappy is accepted too, as snappy-java's `SnappyInputStream` does.
+pub(super) fn snappy_decompress(src: &[u8], limit: usize) -> Result<Vec<u8>, RecordsError> {
+    let codec = Codec::Snappy;
+    let mut decoder = snap::raw::Decoder::new();
+    let mut out = Vec::new();
+    let mut block = |block: &[u8], out: &mut Vec<u8>| -> Result<(), RecordsError> {
+        let len = snap::raw::decompress_len(block).map_err(|e| decompress_err(codec, e))?;
+        // why: the block preamble is attacker-controlled; check it before allocating.
+        if len > limit.saturating_sub(out.len()) {
+            return Err(RecordsError::TooLarge { limit });
+        }
+        let at = out.len();
+        out.resize(at + len, 0);
+        let n = decoder
+            .decompress(block, &mut out[at..])
+            .map_err(|e| decompress_err(codec, e))?;
+        out.truncate(at + n);
+        Ok(())
+    };
+    if !src.starts_with(XERIAL_MAGIC) {
+        block(src, &mut out)?;
+        return Ok(out);
+    }
+    let mut pos = 0;
+    while pos < src.len() {
+        // why: snappy-java accepts concatenated streams, each with its own header.
+        if src[pos..].starts_with(XERIAL_MAGIC) {
+            if src.len() - pos < XERIAL_HEADER.len() {
+                return Err(decompress_err(codec, "short xerial header"));
+            }
+            pos += XERIAL_HEADER.len();
+            continue;
+        }
+        let len_bytes = src
+            .get(pos..pos + 4)
+            .ok_or_else(|| decompress_err(codec, "short block length"))?;
+        let len = be_i32(len_bytes, 0) as u32 as usize;
+        pos += 4;
+        let data = pos
+            .checked_add(len)
+            .and_then(|end| src.get(pos..end))
+            .ok_or_else(|| decompress_err(codec, "block runs past the payload"))?;
+        pos += len;
+        block(data, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// Appends `src` compressed with `codec` to `out`, in the framing Java clients read.
+pub(super) fn compress_into(
+    codec: Codec,
+    src: &[u8],
+    out: &mut BytesMut,
+) -> Result<(), RecordsError> {
+    match codec {
+        Codec::None => out.extend_from_slice(src),
+        Codec::Gzip => {
+            // why: level 6 is Java's Deflater.DEFAULT_COMPRESSION, Kafka's gzip default.
+            let mut enc =
+                flate2::write::GzEncoder::new(out.writer(), flate2::Compression::default());
+            enc.write_all(src).map_err(|e| compress_err(codec, e))?;
+            enc.finish().map_err(|e| compress_err(codec, e))?;
+        }
+        Codec::Lz4 => {
+            // why: Java's KafkaLZ4BlockInputStream refuses dependent blocks, and BD block
+            // sizes other than 64 KiB..4 MiB; lz4_flex's "Auto" size is pinned explicitly.
+            let info = lz4_flex::frame::FrameInfo::new()
+                .block_mode(lz4_flex::frame::BlockMode::Independent)
+                .block_size(lz4_flex::frame::BlockSize::Max64KB);
+            let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, out.writer());
+            enc.write_all(src).map_err(|e| compress_err(codec, e))?;
+            enc.finish().map_err(|e| compress_err(codec, e))?;
+        }
+        Codec::Zstd => {
+            let mut enc = zstd::stream::write::Encoder::new(out.writer(), ZSTD_LEVEL)
+                .map_err(|e| compress_err(codec, e))?;
+            enc.write_all(src).map_err(|e| compress_err(codec, e))?;
+            enc.finish().map_err(|e| compress_err(codec, e))?;
+        }
+        Codec::Snappy => {
+            // why: xerial framing, not raw snappy: Java can't read raw snappy batches
+            // (kafka-protocol <= 0.16 shipped that bug).
+            out.extend_from_slice(XERIAL_HEADER);
+            let mut enc = snap::raw::Encoder::new();
+            for chunk in src.chunks(XERIAL_BLOCK) {
+                let len_at = out.len();
+                out.resize(len_at + 4 + snap::raw::max_compress_len(chunk.len()), 0);
+                let n = enc
+                    .compress(chunk, &mut out[len_at + 4..])
+                    .map_err(|e| compress_err(codec, e))?;
+                out.truncate(len_at + 4 + n);
+                // why: n <= max_compress_len(32 KiB), far below u32::MAX.
+                out[len_at..len_at + 4].copy_from_slice(&(n as u32).to_be_bytes());
+            }
+        }
+    }
+    Ok(())
+}
