@@ -54,13 +54,15 @@
 //! scripts/perf-report; what is printed stays the same.
 
 mod common;
+// What the integration tests share (proto-tests/support): the proxy
+// launcher, tansu, ports. A bench uses a part of it.
+#[allow(dead_code, unused_imports)]
+#[path = "../proto-tests/support/mod.rs"]
+mod support;
 
-use common::{
-    cpu_seconds, create_topic, free_port, http_get, median, start_tansu, wait_port, JsonOut,
-    Killed, Records,
-};
+use common::{block_on, cpu_seconds, create_topic, median, metrics, JsonOut, Records};
+use support::{free_port, free_port_range, ProxyLog, ProxyProcess, Tansu};
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -212,7 +214,7 @@ impl Path {
 // === Processes ===
 
 struct Proxy {
-    child: Killed,
+    process: ProxyProcess,
     bootstrap: String,
     admin: u16,
     /// The store's directory, removed with the proxy.
@@ -225,18 +227,12 @@ struct Proxy {
 fn start_proxy(upstream: &str, dedup: bool) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let ports = loop {
-        let p = free_port();
-        if p < 65000 && (1..8).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            break p;
-        }
-    };
+    let (ports, last) = free_port_range(8);
     let admin = free_port();
     let mut config = format!(
-        "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{}\"\n\
+        "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{last}\"\n\
          [upstream]\nbootstrap = [\"{upstream}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
          [store]\ndir = \"{}\"\n[log]\nlevel = \"warn\"\n",
-        ports + 7,
         dir.path().join("store").display()
     );
     if dedup {
@@ -246,27 +242,16 @@ fn start_proxy(upstream: &str, dedup: bool) -> Proxy {
     }
     let path = dir.path().join("bench.toml");
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_idemgate"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let child = Killed(child);
-    wait_port(port);
     // Ready: upstream seen and the (empty) window loaded.
-    let start = Instant::now();
-    while http_get(admin, "/readyz").is_none_or(|r| !r.starts_with("HTTP/1.1 200")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "idemgate never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let process = block_on(
+        ProxyProcess::options(&path, port, admin)
+            .log(ProxyLog::Inherit)
+            .start(),
+    );
     // The broker listener opens after the first metadata probe.
     std::thread::sleep(Duration::from_millis(500));
     Proxy {
-        child,
+        process,
         bootstrap: format!("127.0.0.1:{port}"),
         admin,
         _dir: dir,
@@ -298,7 +283,7 @@ impl std::ops::Sub for FetchCounts {
 }
 
 fn fetch_counts(admin: u16, topic: &str) -> FetchCounts {
-    let body = http_get(admin, "/metrics").expect("idemgate /metrics");
+    let body = metrics(admin);
     let labels = format!("{{connector=\"{CONNECTOR}\",topic=\"{topic}\",direction=\"fetch\"}}");
     let mut c = FetchCounts::default();
     for line in body.lines().filter(|l| !l.starts_with('#')) {
@@ -554,7 +539,7 @@ fn measure(
     let pass_through = (path == Path::Idemgate).then(|| start_proxy(broker, false));
     let proxy = proxy.or(pass_through.as_ref());
     let addr = proxy.map_or(broker, |p| p.bootstrap.as_str());
-    let pid = proxy.map(|p| p.child.0.id());
+    let pid = proxy.map(|p| p.process.pid());
     let counts_before = proxy
         .filter(|_| path.dedup())
         .map(|p| fetch_counts(p.admin, &topic));
@@ -631,7 +616,8 @@ fn main() {
         .map(|c| Log::new(a.records, c.dup_pct as f64 / 100.0, a.distance))
         .collect();
     let records = Records::new(logs.iter().map(|l| l.distinct).max().unwrap_or(0), a.size);
-    let (_tansu, broker) = start_tansu();
+    let tansu = Tansu::start();
+    let broker = tansu.addr.clone();
     for (case, log) in a.cases.iter().zip(&logs) {
         let filled = Instant::now();
         fill(&broker, &case.topic(), &a, log, &records, &case.codec);

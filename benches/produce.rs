@@ -56,13 +56,15 @@
 //! can be read from /proc apart from the client's.
 
 mod common;
+// What the integration tests share (proto-tests/support): the proxy
+// launcher, tansu, ports. A bench uses a part of it.
+#[allow(dead_code, unused_imports)]
+#[path = "../proto-tests/support/mod.rs"]
+mod support;
 
-use common::{
-    cpu_seconds, create_topic, free_port, http_get, median, spawn_tansu, start_tansu, wait_port,
-    JsonOut, Killed, Records,
-};
+use common::{block_on, cpu_seconds, create_topic, median, metrics, JsonOut, Records};
+use support::{free_port, free_port_range, ProxyLog, ProxyProcess, Tansu};
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -285,15 +287,12 @@ impl PathKind {
 // === Processes ===
 
 /// `tansu proxy`: another Rust Kafka proxy (pass-through only), as a peer.
-fn start_tansu_proxy(upstream: &str) -> (Killed, String) {
-    spawn_tansu(
-        "proxy",
-        &["--origin-url".into(), format!("tcp://{upstream}")],
-    )
+fn start_tansu_proxy(upstream: &str) -> Tansu {
+    Tansu::spawn("proxy", &["--origin-url", &format!("tcp://{upstream}")])
 }
 
 struct Proxy {
-    child: Killed,
+    process: ProxyProcess,
     bootstrap: String,
     /// The admin port (runs with a rule only: it is off otherwise).
     admin: Option<u16>,
@@ -304,18 +303,12 @@ struct Proxy {
 /// header on: the defaults) and the admin listener is on, for /metrics.
 fn start_proxy(upstream: &str, dir: &std::path::Path, rule: Option<&str>) -> Proxy {
     let port = free_port();
-    let ports = loop {
-        let p = free_port();
-        if p < 65000 && (1..8).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            break p;
-        }
-    };
+    let (ports, last) = free_port_range(8);
     let admin = rule.map(|_| free_port());
     let mut config = format!(
-        "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{}\"\n\
+        "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{last}\"\n\
          [upstream]\nbootstrap = [\"{upstream}\"]\n[admin]\nlisten = \"{}\"\n\
          [store]\ndir = \"{}\"\n[log]\nlevel = \"warn\"\n",
-        ports + 7,
         admin.map(|p| format!("127.0.0.1:{p}")).unwrap_or_default(),
         dir.join("store").display()
     );
@@ -326,28 +319,19 @@ fn start_proxy(upstream: &str, dir: &std::path::Path, rule: Option<&str>) -> Pro
     }
     let path = dir.join("bench.toml");
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_idemgate"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    wait_port(port);
-    if let Some(admin) = admin {
-        // Ready: upstream seen and the (empty) window loaded.
-        let start = Instant::now();
-        while http_get(admin, "/readyz").is_none_or(|r| !r.starts_with("HTTP/1.1 200")) {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "idemgate never became ready"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    // Ready: upstream seen and the (empty) window loaded (asked of the admin
+    // listener where there is one).
+    let options = ProxyProcess::options(&path, port, admin.unwrap_or(0)).log(ProxyLog::Inherit);
+    let options = if admin.is_some() {
+        options
+    } else {
+        options.no_admin()
+    };
+    let process = block_on(options.start());
     // The broker listener opens after the first metadata probe.
     std::thread::sleep(Duration::from_millis(500));
     Proxy {
-        child: Killed(child),
+        process,
         bootstrap: format!("127.0.0.1:{port}"),
         admin,
     }
@@ -368,7 +352,7 @@ struct DedupCounts {
 }
 
 fn dedup_counts(admin: u16, topic: &str) -> DedupCounts {
-    let body = http_get(admin, "/metrics").expect("idemgate /metrics");
+    let body = metrics(admin);
     let of_topic = format!("topic=\"{topic}\"");
     let mut c = DedupCounts::default();
     for line in body.lines().filter(|l| !l.starts_with('#')) {
@@ -660,7 +644,8 @@ fn measure(
     rate: Option<f64>,
 ) -> (RunResult, Extra) {
     let dir = tempfile::tempdir().unwrap();
-    let (_tansu, direct) = start_tansu();
+    let tansu = Tansu::start();
+    let direct = tansu.addr.clone();
     let (proxy, tansu_proxy) = match path.front {
         Front::Direct => (None, None),
         Front::Idemgate | Front::IdemgateObserve | Front::IdemgateDedup => (
@@ -670,8 +655,8 @@ fn measure(
         Front::TansuProxy => (None, Some(start_tansu_proxy(&direct))),
     };
     let (pid, addr) = match (&proxy, &tansu_proxy) {
-        (Some(p), _) => (Some(p.child.0.id()), p.bootstrap.clone()),
-        (_, Some((child, addr))) => (Some(child.0.id()), addr.clone()),
+        (Some(p), _) => (Some(p.process.pid()), p.bootstrap.clone()),
+        (_, Some(tansu)) => (Some(tansu.pid()), tansu.addr.clone()),
         _ => (None, direct.clone()),
     };
     let warm = Schedule::new(WARM, 0.0, 0);

@@ -27,11 +27,16 @@
 //! scripts/perf-report; what is printed stays the same.
 
 mod common;
+// What the integration tests share (proto-tests/support): the proxy
+// launcher, tansu, ports. A bench uses a part of it.
+#[allow(dead_code, unused_imports)]
+#[path = "../proto-tests/support/mod.rs"]
+mod support;
 
-use common::{create_topic, free_port, median, start_tansu, wait_port, JsonOut, Killed};
-use std::process::Command;
+use common::{block_on, create_topic, median, JsonOut};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::{free_port, free_port_range, ProxyLog, ProxyProcess, Tansu};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -39,16 +44,11 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 
 const MIB: usize = 1 << 20;
 
-fn start_proxy(upstream: &str, dir: &std::path::Path) -> (Killed, String) {
+fn start_proxy(upstream: &str, dir: &std::path::Path) -> (ProxyProcess, String) {
     let port = free_port();
-    let ports = loop {
-        let p = free_port();
-        if p < 65000 && (1..8).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            break p;
-        }
-    };
+    let (ports, last) = free_port_range(8);
     let config = format!(
-        "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{}\"\n\
+        "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{last}\"\n\
          [upstream]\nbootstrap = [\"{upstream}\"]\n[admin]\nlisten = \"\"\n\
          [store]\ndir = \"{}\"\n[log]\nlevel = \"warn\"\n\
          [[quotas]]\nconnector = \"q1\"\nproduce_bytes_per_sec = \"1MiB\"\n\
@@ -56,19 +56,18 @@ fn start_proxy(upstream: &str, dir: &std::path::Path) -> (Killed, String) {
          [[quotas]]\nconnector = \"q50\"\nproduce_bytes_per_sec = \"50MiB\"\n\
          [[quotas]]\nconnector = \"unbound\"\nproduce_bytes_per_sec = \"100GiB\"\n\
          [[quotas]]\nconnector = \"big\"\nproduce_bytes_per_sec = \"200KiB\"\n",
-        ports + 7,
         dir.join("store").display()
     );
     let path = dir.join("bench.toml");
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_idemgate"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .spawn()
-        .unwrap();
-    wait_port(port);
+    let process = block_on(
+        ProxyProcess::options(&path, port, 0)
+            .no_admin()
+            .log(ProxyLog::Inherit)
+            .start(),
+    );
     std::thread::sleep(Duration::from_millis(500));
-    (Killed(child), format!("127.0.0.1:{port}"))
+    (process, format!("127.0.0.1:{port}"))
 }
 
 /// (when, value bytes) per acknowledged record.
@@ -163,7 +162,8 @@ fn main() {
     }
     let mut json = JsonOut::from_args("quota");
     let dir = tempfile::tempdir().unwrap();
-    let (_broker, direct) = start_tansu();
+    let broker = Tansu::start();
+    let direct = broker.addr.clone();
     let (_proxy, proxied) = start_proxy(&direct, dir.path());
 
     println!(

@@ -42,6 +42,11 @@
 //! same.
 
 mod common;
+// What the integration tests share (proto-tests/support): the proxy
+// launcher, tansu, ports. A bench uses a part of it.
+#[allow(dead_code, unused_imports)]
+#[path = "../proto-tests/support/mod.rs"]
+mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

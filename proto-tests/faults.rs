@@ -1668,7 +1668,10 @@ async fn unwritable_store_fails_open() {
         .arg(env!("CARGO_BIN_EXE_idemgate"))
         .args(["run", "--config"])
         .arg(&config);
-    let proxy = ProxyProcess::spawn(wrapped, &config, bootstrap, admin).await;
+    let proxy = ProxyProcess::options(&config, bootstrap, admin)
+        .command(wrapped)
+        .start()
+        .await;
     let task = Task::new(0, "connector-producer-store-0", 0);
     let (before, during, after) = (0..500, 500..1000, 1000..1500);
     let run = |instance: u64, bootstrap: String, range: std::ops::Range<usize>| {

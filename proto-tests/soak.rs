@@ -37,13 +37,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support;
-use crate::support::{client_config, create_topic, http_get, metric_value, wait_for_port, Tansu};
+use crate::support::{client_config, create_topic, http_get, metric_value, ProxyProcess, Tansu};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -75,44 +75,6 @@ fn config(upstream: &str, store: &Path) -> (String, u16, u16) {
          [[quotas]]\nconnector = \"backfill\"\nproduce_bytes_per_sec = \"256KiB\"\n"
     );
     support::Proxy::config_text(upstream, store, "", "", &rules)
-}
-
-/// The proxy binary, killed on drop.
-struct Binary {
-    child: Child,
-    bootstrap: String,
-    admin: std::net::SocketAddr,
-}
-
-impl Binary {
-    async fn start(config: &Path, bootstrap: u16, admin: u16) -> Binary {
-        let child = Command::new(env!("CARGO_BIN_EXE_idemgate"))
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start idemgate");
-        let proxy = Binary {
-            child,
-            bootstrap: format!("127.0.0.1:{bootstrap}"),
-            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
-        };
-        wait_for_port(&proxy.bootstrap, Duration::from_secs(20));
-        let start = Instant::now();
-        while http_get(proxy.admin, "/readyz").await.0 != 200 {
-            assert!(start.elapsed() < Duration::from_secs(20), "not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        proxy
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One look at the proxy process.
@@ -424,8 +386,8 @@ async fn memory_descriptors_and_store_stay_flat_under_mixed_traffic() {
     let (text, bootstrap, admin) = config(&broker.addr, &store);
     let path = dir.path().join("idemgate.toml");
     std::fs::write(&path, text).unwrap();
-    let proxy = Binary::start(&path, bootstrap, admin).await;
-    let pid = proxy.child.id();
+    let proxy = ProxyProcess::start(&path, bootstrap, admin).await;
+    let pid = proxy.pid();
 
     let stop = Arc::new(AtomicBool::new(false));
     let task_acks: Vec<Acks> = (0..TASKS).map(|_| Acks::default()).collect();

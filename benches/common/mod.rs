@@ -5,13 +5,7 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 /// Deterministic, cheap, good enough for test data.
 pub struct SplitMix(pub u64);
@@ -68,59 +62,22 @@ pub fn json_value(id: u64, size: usize) -> Vec<u8> {
 
 // === Processes ===
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Runs a future of the shared test support (proto-tests/support) to its end
+/// on a runtime of its own: the benches are plain threads.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(f)
 }
 
-pub fn wait_port(port: u16) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "port {port} never opened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A child process, killed and reaped when dropped.
-pub struct Killed(pub Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub fn tansu_bin() -> PathBuf {
-    let bin = std::env::var("TANSU_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/bin/tansu"));
-    assert!(
-        bin.exists(),
-        "no tansu at {}: run scripts/setup",
-        bin.display()
-    );
-    bin
-}
-
-pub fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
+/// idemgate's `/metrics` text, from its admin port.
+pub fn metrics(admin: u16) -> String {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    let (status, body) = block_on(crate::support::http_get(addr, "/metrics"));
+    assert_eq!(status, 200, "idemgate /metrics");
+    body
 }
 
 /// user + system CPU seconds of a process so far.
@@ -145,48 +102,9 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Starts `tansu <subcommand> <extra…>` listening and advertising on a fresh
-/// loopback port.
-pub fn spawn_tansu(subcommand: &str, extra: &[String]) -> (Killed, String) {
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu_bin())
-        .args([
-            subcommand,
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu (scripts/setup installs it)");
-    wait_port(port);
-    (Killed(child), format!("127.0.0.1:{port}"))
-}
-
-/// `tansu broker` on in-memory storage, on a fresh loopback port.
-pub fn start_tansu() -> (Killed, String) {
-    spawn_tansu(
-        "broker",
-        &["--storage-engine".into(), "memory://tansu/".into()],
-    )
-}
-
 /// Creates `name` with `partitions` partitions, replication 1.
 pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let res =
-        futures::executor::block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap();
-    for r in res {
-        r.unwrap();
-    }
+    block_on(crate::support::create_topic(bootstrap, name, partitions));
 }
 
 // === Machine-readable output ===

