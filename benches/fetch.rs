@@ -70,7 +70,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 
 /// Records per chunk: the unit a copy re-writes.
 const CHUNK: usize = 1000;
@@ -453,20 +453,14 @@ fn id_of(value: &[u8]) -> usize {
 /// each marker came, like a sink task (assign, no group membership).
 fn read(bootstrap: &str, topic: &str, partitions: i32, ids: usize) -> ReadResult {
     let start = Instant::now();
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "connect-bench-sink")
         .set("client.id", CLIENT_ID)
         .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Offset(0))
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+        .set("enable.auto.offset.store", "false");
+    let consumer = support::assign_all(&config, topic, partitions, Offset::Offset(0));
     let mut seen = vec![false; ids];
     let mut ended = vec![false; partitions as usize];
     let (mut delivered, mut distinct, mut ends) = (0, 0, 0);

@@ -17,7 +17,7 @@ use crate::support::{client_config, create_topic, http_call, http_get, Proxy, Ta
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::Offset;
 use rdkafka::ClientContext;
 
 const MIB: usize = 1 << 20;
@@ -112,15 +112,11 @@ fn rate_after_burst(events: &[(Instant, usize)], burst: usize) -> f64 {
 
 /// Every key 0..n once in `topic` (one partition), read back from the start.
 fn keys_in(bootstrap: &str, topic: &str, n: usize) -> BTreeSet<usize> {
-    let consumer: BaseConsumer = client_config(bootstrap)
+    let mut config = client_config(bootstrap);
+    config
         .set("group.id", "quota-check")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
+        .set("enable.auto.commit", "false");
+    let consumer = support::assign_all(&config, topic, 1, Offset::Beginning);
     let mut keys = BTreeSet::new();
     let mut records = 0;
     let start = Instant::now();

@@ -47,7 +47,7 @@ use crate::support::{client_config, create_topic, http_get, metric_value, ProxyP
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset};
 
 const ORDERS: &str = "soak-orders";
 const BACKFILL: &str = "soak-backfill";
@@ -337,17 +337,11 @@ fn log_ids(broker: &str) -> HashMap<u64, usize> {
         "end markers written"
     );
     drop(marker);
-    let consumer: BaseConsumer = client_config(broker)
+    let mut config = client_config(broker);
+    config
         .set("group.id", "soak-check")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(ORDERS, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+        .set("enable.auto.commit", "false");
+    let consumer = support::assign_all(&config, ORDERS, PARTITIONS, Offset::Beginning);
     let mut ids: HashMap<u64, usize> = HashMap::new();
     let mut ended = HashSet::new();
     let start = Instant::now();

@@ -29,3 +29,23 @@ pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
         r.unwrap();
     }
 }
+
+/// A consumer built from `config` (its `group.id` included: librdkafka wants
+/// one, though an assigned consumer never joins the group) that reads every
+/// partition of `topic` from `from`, without group membership (assign), as
+/// a sink task or a check of what the log holds does.
+pub fn assign_all(
+    config: &rdkafka::config::ClientConfig,
+    topic: &str,
+    partitions: i32,
+    from: rdkafka::Offset,
+) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::BaseConsumer = config.create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, from).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    consumer
+}
