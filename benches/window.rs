@@ -654,7 +654,7 @@ struct Load {
 fn load(a: &Args, codec: Codec) -> Load {
     let n = a.records as u64;
     let unique: Vec<u64> = (0..n).collect();
-    let mut rng = common::SplitMix(7);
+    let mut rng = support::rng::SplitMix(7);
     let mut mixed = Vec::with_capacity(a.records);
     let mut replayed = 0u64;
     for i in 0..n {

@@ -20,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support;
+use crate::support::rng::SplitMix as Rng;
 use crate::support::{create_topic, http_get, metric_value, Proxy, ProxyProcess, Tansu};
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader};
@@ -61,30 +62,6 @@ fn seed() -> u64 {
 /// One case at a time, whatever the harness's threads: each case keeps both
 /// cores busy, and the SIGKILL case classifies duplicates by time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// splitmix64: a seeded generator with no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`, to the millisecond.
-    fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
-        let span = (hi - lo).as_millis() as u64 + 1;
-        lo + Duration::from_millis(self.next() % span)
-    }
-
-    /// True with probability `p`.
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64) < p * (1u64 << 53) as f64
-    }
-}
 
 // === Records and what their clients saw ===
 

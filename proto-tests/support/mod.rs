@@ -9,6 +9,7 @@ pub mod clients;
 pub mod fetch_sessions;
 pub mod frames;
 pub mod proxy;
+pub mod rng;
 
 pub use clients::*;
 pub use frames::*;
