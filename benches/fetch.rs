@@ -60,7 +60,8 @@ mod common;
 #[path = "../proto-tests/support/mod.rs"]
 mod support;
 
-use common::{block_on, cpu_seconds, create_topic, median, metrics, JsonOut, Records};
+use common::{block_on, create_topic, median, metrics, JsonOut, Records};
+use support::proc::cpu_seconds;
 use support::{free_port, free_port_range, ProxyLog, ProxyProcess, Tansu};
 
 use std::time::{Duration, Instant};
@@ -302,13 +303,6 @@ fn fetch_counts(admin: u16, topic: &str) -> FetchCounts {
         }
     }
     c
-}
-
-/// The 1-, 5- and 15-minute load averages, as /proc/loadavg gives them.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
 
 // === The logs ===
@@ -594,7 +588,7 @@ fn main() {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
-        load_average()
+        support::proc::loadavg()
     );
     println!(
         "# paths: {}",
@@ -638,7 +632,7 @@ fn main() {
         .map(|_| PATHS.iter().map(|_| Vec::new()).collect())
         .collect();
     for round in 0..a.rounds {
-        println!("# round {round}: load average {}", load_average());
+        println!("# round {round}: load average {}", support::proc::loadavg());
         for (c, (case, log)) in a.cases.iter().zip(&logs).enumerate() {
             let mut dedup_proxy = None;
             for (p, &path) in PATHS.iter().enumerate() {
@@ -673,7 +667,7 @@ fn main() {
             }
         }
     }
-    println!("# load average at the end: {}", load_average());
+    println!("# load average at the end: {}", support::proc::loadavg());
 
     let gb = (a.records * a.size) as f64 / 1e9;
     println!();

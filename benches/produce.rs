@@ -62,7 +62,8 @@ mod common;
 #[path = "../proto-tests/support/mod.rs"]
 mod support;
 
-use common::{block_on, cpu_seconds, create_topic, median, metrics, JsonOut, Records};
+use common::{block_on, create_topic, median, metrics, JsonOut, Records};
+use support::proc::cpu_seconds;
 use support::{free_port, free_port_range, ProxyLog, ProxyProcess, Tansu};
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};

@@ -25,24 +25,6 @@ const MAX_RSS_PER_IDLE_CONNECTION: u64 = 64 * 1024;
 /// ApiVersions v3: the first request every modern client sends.
 const API_VERSIONS_V3: i16 = 3;
 
-/// A `kB` field of `/proc/<pid>/status` (VmRSS, RssAnon...), in bytes.
-fn proc_status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    let kb: u64 = line
-        .trim()
-        .strip_suffix("kB")
-        .unwrap_or_else(|| panic!("{field}: {line}"))
-        .trim()
-        .parse()
-        .unwrap();
-    kb * 1024
-}
-
 /// Resident memory, anonymous part of it, and data segment of the process.
 #[derive(Debug, Clone, Copy)]
 struct Memory {
@@ -53,9 +35,9 @@ struct Memory {
 
 fn memory(pid: u32) -> Memory {
     Memory {
-        rss: proc_status_bytes(pid, "VmRSS"),
-        anon: proc_status_bytes(pid, "RssAnon"),
-        data: proc_status_bytes(pid, "VmData"),
+        rss: support::proc::status_bytes(pid, "VmRSS"),
+        anon: support::proc::status_bytes(pid, "RssAnon"),
+        data: support::proc::status_bytes(pid, "VmData"),
     }
 }
 

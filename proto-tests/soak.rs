@@ -87,23 +87,6 @@ struct Sample {
     window_keys: f64,
 }
 
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/<pid>/status");
-    kib * 1024
-}
-
-fn open_fds(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count() as u64
-}
-
 fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0;
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -410,8 +393,8 @@ async fn memory_descriptors_and_store_stay_flat_under_mixed_traffic() {
         assert_eq!(status, 200);
         let s = Sample {
             at: started.elapsed(),
-            rss: rss_bytes(pid),
-            fds: open_fds(pid),
+            rss: support::proc::status_bytes(pid, "VmRSS"),
+            fds: support::proc::open_fds(pid),
             store: dir_bytes(&store),
             window_keys: metric_value(&metrics, "idemgate_window_keys"),
         };

@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::process::Command;
 
 use crate::support::rng::SplitMix;
 
@@ -67,23 +66,6 @@ pub fn metrics(admin: u16) -> String {
     let (status, body) = block_on(crate::support::http_get(addr, "/metrics"));
     assert_eq!(status, 200, "idemgate /metrics");
     body
-}
-
-/// user + system CPU seconds of a process so far.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the ")" that closes the command name: utime is 14th, stime 15th overall.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    let hz = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0);
-    ticks / hz
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {

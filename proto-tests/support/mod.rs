@@ -8,6 +8,7 @@
 pub mod clients;
 pub mod fetch_sessions;
 pub mod frames;
+pub mod proc;
 pub mod proxy;
 pub mod rng;
 
