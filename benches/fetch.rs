@@ -68,7 +68,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::Offset;
@@ -367,15 +366,8 @@ fn fill(broker: &str, topic: &str, a: &Args, log: &Log, records: &Records, codec
                  (zstd needs `--features rdkafka/zstd`, which scripts/bench-fetch passes)"
             )
         });
-    let send = |mut record: BaseRecord<'_, str, [u8]>| loop {
-        match producer.send(record) {
-            Ok(()) => break,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, _)) => panic!("send: {e}"),
-        }
+    let send = |record: BaseRecord<'_, str, [u8]>| {
+        support::send_queued(&producer, record, Duration::from_millis(1), "send")
     };
     for &id in &log.ids {
         send(

@@ -73,7 +73,6 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{
     BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
 };
@@ -587,19 +586,10 @@ fn run(
                 at: Instant::now(),
                 chunk: c as u32,
             });
-            let mut record = BaseRecord::with_opaque_to(topic, sent)
+            let record = BaseRecord::with_opaque_to(topic, sent)
                 .key(records.key(id))
                 .payload(records.value(id));
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err((e, _)) => panic!("send: {e}"),
-                }
-            }
+            support::send_queued(&producer, record, Duration::from_millis(1), "send");
         }
     }
     producer.flush(Duration::from_secs(120)).unwrap();

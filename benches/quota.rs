@@ -113,35 +113,13 @@ fn push(
     let start = Instant::now();
     for i in 0..count {
         let key = i.to_string();
-        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(1));
-                }
-            }
-        }
+        let record = BaseRecord::to(topic).key(&key).payload(&value);
+        support::send_queued(&producer, record, Duration::from_millis(1), "send");
     }
     producer.flush(Duration::from_secs(300)).unwrap();
     let took = start.elapsed().as_secs_f64();
     let g = acks.0.lock().unwrap();
     (g.0.clone(), g.1, took)
-}
-
-fn rate_after(events: &[(Instant, usize)], burst: usize) -> f64 {
-    let mut events = events.to_vec();
-    events.sort_by_key(|e| e.0);
-    let (mut total, mut from) = (0, None);
-    for (t, n) in &events {
-        total += n;
-        if from.is_none() && total >= burst {
-            from = Some((*t, total));
-        }
-    }
-    let (t0, at) = from.unwrap();
-    (total - at) as f64 / (events.last().unwrap().0 - t0).as_secs_f64()
 }
 
 fn main() {
@@ -220,7 +198,7 @@ fn main() {
             8192,
             "65536",
         );
-        let rate = rate_after(&acks, mib * MIB);
+        let rate = support::rate_after_burst(&acks, mib * MIB);
         // A bucket that starts full lets `burst` through, then the rate:
         // total = burst + rate x time, whatever the broker's own pace.
         let total: usize = acks.iter().map(|a| a.1).sum();

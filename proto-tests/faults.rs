@@ -28,7 +28,7 @@ use kafka_protocol::protocol::Decodable;
 use kafka_protocol::records::RecordBatchDecoder;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{
     BaseRecord, FutureProducer, FutureRecord, Producer, ProducerContext, ThreadedProducer,
@@ -386,19 +386,10 @@ impl Task {
             index,
         };
         let (key, value) = (id.key(), id.value());
-        let mut record = BaseRecord::with_opaque_to(topic, index)
+        let record = BaseRecord::with_opaque_to(topic, index)
             .key(&key)
             .payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => panic!("{id}: {e}"),
-            }
-        }
+        support::send_queued(producer, record, Duration::from_millis(5), id);
     }
 
     /// Commits the running transaction of `records` (indices) and begins

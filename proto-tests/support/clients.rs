@@ -49,3 +49,48 @@ pub fn assign_all(
     consumer.assign(&tpl).unwrap();
     consumer
 }
+
+/// Queues `record`, waiting `wait` and trying again while librdkafka's queue
+/// is full (its own backpressure); any other error fails, naming `what`.
+pub fn send_queued<'a, C, K, P>(
+    producer: &rdkafka::producer::ThreadedProducer<C>,
+    mut record: rdkafka::producer::BaseRecord<'a, K, P, C::DeliveryOpaque>,
+    wait: Duration,
+    what: impl std::fmt::Display,
+) where
+    C: rdkafka::producer::ProducerContext + 'static,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(wait);
+            }
+            Err((e, _)) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+/// Bytes per second after the first `burst` bytes of `events` (when, bytes):
+/// from the moment the cumulative count passed the burst to the last event.
+/// What a quota lets through once its burst is spent, as the quota suite
+/// checks it and the quota bench measures it.
+pub fn rate_after_burst(events: &[(std::time::Instant, usize)], burst: usize) -> f64 {
+    let mut events = events.to_vec();
+    events.sort_by_key(|(t, _)| *t);
+    let mut total = 0;
+    let mut from = None;
+    for (t, n) in &events {
+        total += n;
+        if from.is_none() && total >= burst {
+            from = Some((*t, total));
+        }
+    }
+    let (t0, at) = from.expect("more than the burst");
+    let (t1, _) = *events.last().unwrap();
+    (total - at) as f64 / (t1 - t0).as_secs_f64()
+}
