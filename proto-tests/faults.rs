@@ -20,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support;
+use crate::support::frames::{read_frame, write_frame};
 use crate::support::rng::SplitMix as Rng;
 use crate::support::{create_topic, http_get, metric_value, Proxy, ProxyProcess, Tansu};
 use bytes::Bytes;
@@ -1294,19 +1295,6 @@ impl FaultRelay {
     }
 }
 
-async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).await.ok()?;
-    let mut body = vec![0u8; usize::try_from(i32::from_be_bytes(len)).ok()?];
-    r.read_exact(&mut body).await.ok()?;
-    Some(body)
-}
-
-async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> Option<()> {
-    w.write_all(&(body.len() as i32).to_be_bytes()).await.ok()?;
-    w.write_all(body).await.ok()
-}
-
 /// A Produce request's correlation id and the records it carries for `topic`.
 fn produce_records(frame: &[u8], topic: &str) -> Option<(i32, Vec<RecordId>)> {
     let api_key = i16::from_be_bytes(frame.get(..2)?.try_into().ok()?);
@@ -1391,7 +1379,7 @@ async fn relay_connection(
                 };
                 faults.lock().unwrap().insert(correlation_id, forwarded);
             }
-            write_frame(&mut to_broker, &frame).await?;
+            write_frame(&mut to_broker, &frame).await.ok()?;
             if fault == Fault::HangUpAfterRequest {
                 return None::<()>;
             }
@@ -1429,7 +1417,7 @@ async fn relay_connection(
                 }
                 _ => {}
             }
-            write_frame(&mut to_proxy, &frame).await?;
+            write_frame(&mut to_proxy, &frame).await.ok()?;
         }
     };
     tokio::select! {

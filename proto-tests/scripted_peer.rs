@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::support;
+use crate::support::frames::read_frame;
 use crate::support::{request_frame, Proxy, RawConn};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -15,7 +16,7 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, MetadataResponse, ProduceRequest,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// What the peer does with a request that is not part of the probe.
@@ -35,14 +36,6 @@ enum Script {
 
 struct Peer {
     addr: String,
-}
-
-async fn read_frame(s: &mut TcpStream) -> Option<Bytes> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).await.ok()?;
-    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).await.ok()?;
-    Some(Bytes::from(body))
 }
 
 fn frame(correlation_id: i32, flexible_header: bool, msg: &impl Encodable, version: i16) -> Bytes {

@@ -158,3 +158,31 @@ pub fn long_poll(topic: &'static str, max_wait_ms: i32) -> FetchRequest {
             .with_topic(StrBytes::from_static_str(topic).into())
             .with_partitions(vec![partition])])
 }
+
+/// The largest frame [`read_frame`] takes (64 MiB): a length past it, or a
+/// negative one, ends the connection as a broker would.
+pub const MAX_FRAME: usize = 64 << 20;
+
+/// Reads one length-prefixed Kafka frame and returns its body, or `None`
+/// at the end of the stream, on an error, or on a length past [`MAX_FRAME`].
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Option<Bytes> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await.ok()?;
+    let len = usize::try_from(i32::from_be_bytes(len))
+        .ok()
+        .filter(|&n| n <= MAX_FRAME)?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.ok()?;
+    Some(Bytes::from(body))
+}
+
+/// Writes `body` as one length-prefixed frame.
+pub async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as i32).to_be_bytes());
+    out.extend_from_slice(body);
+    w.write_all(&out).await
+}
