@@ -20,6 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support;
+use crate::support::fake_broker::FakeBroker;
 use crate::support::frames::{read_frame, write_frame};
 use crate::support::rng::SplitMix as Rng;
 use crate::support::{create_topic, http_get, metric_value, Proxy, ProxyProcess, Tansu};
@@ -1266,6 +1267,7 @@ struct RelayLog {
 struct FaultRelay {
     log: Arc<Mutex<RelayLog>>,
     plan: Arc<Mutex<FaultPlan>>,
+    _broker: FakeBroker,
 }
 
 impl FaultRelay {
@@ -1275,19 +1277,23 @@ impl FaultRelay {
         topic: &str,
         plan: FaultPlan,
     ) -> FaultRelay {
-        let relay = FaultRelay {
-            log: Arc::default(),
-            plan: Arc::new(Mutex::new(plan)),
-        };
-        let (log, plan, topic) = (relay.log.clone(), relay.plan.clone(), topic.to_string());
-        tokio::spawn(async move {
-            while let Ok((proxy_side, _)) = listener.accept().await {
+        let (log, plan) = (
+            Arc::<Mutex<RelayLog>>::default(),
+            Arc::new(Mutex::new(plan)),
+        );
+        let broker = FakeBroker::serve(listener, {
+            let (log, plan, topic) = (log.clone(), plan.clone(), topic.to_string());
+            move |proxy_side| {
                 let (log, plan) = (log.clone(), plan.clone());
                 let (upstream, topic) = (upstream.clone(), topic.clone());
-                tokio::spawn(relay_connection(proxy_side, upstream, topic, plan, log));
+                relay_connection(proxy_side, upstream, topic, plan, log)
             }
         });
-        relay
+        FaultRelay {
+            log,
+            plan,
+            _broker: broker,
+        }
     }
 
     fn faults_left(&self) -> usize {

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::support;
+use crate::support::fake_broker::FakeBroker;
 use crate::support::frames::read_frame;
 use crate::support::{request_frame, Proxy, RawConn};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -36,6 +37,7 @@ enum Script {
 
 struct Peer {
     addr: String,
+    _broker: FakeBroker,
 }
 
 fn frame(correlation_id: i32, flexible_header: bool, msg: &impl Encodable, version: i16) -> Bytes {
@@ -295,14 +297,10 @@ impl Peer {
     async fn start(script: Script) -> Peer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            loop {
-                let (s, _) = listener.accept().await.unwrap();
-                tokio::spawn(serve(s, port, script));
-            }
-        });
+        let broker = FakeBroker::serve(listener, move |s| serve(s, port, script));
         Peer {
-            addr: format!("127.0.0.1:{port}"),
+            addr: broker.addr.clone(),
+            _broker: broker,
         }
     }
 }

@@ -50,8 +50,8 @@ use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ResponseHeader, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
+use super::fake_broker::FakeBroker;
 use super::frames::{read_frame, write_frame};
 
 /// Kafka's FETCH_SESSION_ID_NOT_FOUND.
@@ -96,7 +96,7 @@ impl Counts {
 pub struct FetchSessions {
     pub addr: String,
     shared: Arc<Shared>,
-    accept: JoinHandle<()>,
+    _broker: FakeBroker,
 }
 
 struct Shared {
@@ -184,18 +184,14 @@ impl FetchSessions {
             answers: Mutex::new(None),
             faults: Mutex::new(HashMap::new()),
         });
-        let accept = tokio::spawn({
+        let broker = FakeBroker::serve(listener, {
             let shared = shared.clone();
-            async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    tokio::spawn(serve(shared.clone(), client));
-                }
-            }
+            move |client| serve(shared.clone(), client)
         });
         FetchSessions {
-            addr: format!("127.0.0.1:{port}"),
+            addr: broker.addr.clone(),
             shared,
-            accept,
+            _broker: broker,
         }
     }
 
@@ -230,12 +226,6 @@ impl FetchSessions {
             .unwrap()
             .clone()
             .unwrap_or_default()
-    }
-}
-
-impl Drop for FetchSessions {
-    fn drop(&mut self) {
-        self.accept.abort();
     }
 }
 

@@ -6,6 +6,7 @@
 //! needs it and cannot find it fails, saying how to install it: never skips.
 
 pub mod clients;
+pub mod fake_broker;
 pub mod fetch_sessions;
 pub mod frames;
 pub mod proc;
