@@ -60,7 +60,7 @@ mod common;
 #[path = "../proto-tests/support/mod.rs"]
 mod support;
 
-use common::{block_on, create_topic, median, metrics, JsonOut, Records};
+use common::{block_on, create_topic, median, metrics, JsonOut, Records, RunFlags};
 use support::proc::cpu_seconds;
 use support::{free_port, free_port_range, ProxyLog, ProxyProcess, Tansu};
 
@@ -110,44 +110,33 @@ impl Case {
     }
 }
 
+/// The command line; the top of this file says what each run measures.
+#[derive(clap::Parser, Debug)]
+struct Cli {
+    #[command(flatten)]
+    run: RunFlags,
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// A copy re-writes a chunk at least this many records back (default: a
+    /// tenth of the run, at most 20,000).
+    #[arg(long)]
+    distance: Option<usize>,
+    /// codec or codec-NN (NN % of the log copies), comma-separated.
+    #[arg(long, default_value = "none,none-30,lz4,lz4-30")]
+    cases: String,
+}
+
 fn args() -> Args {
+    let cli = <Cli as clap::Parser>::parse();
     let mut a = Args {
-        records: 200_000,
-        size: 512,
-        partitions: 4,
-        rounds: 5,
+        records: cli.run.records,
+        size: cli.run.size,
+        partitions: cli.partitions,
+        rounds: cli.run.rounds,
         distance: 0,
         cases: Vec::new(),
     };
-    let mut distance = None;
-    let mut cases = "none,none-30,lz4,lz4-30".to_string();
-    let argv: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < argv.len() {
-        let value = |i: usize| -> &str {
-            argv.get(i + 1)
-                .map(String::as_str)
-                .unwrap_or_else(|| panic!("{} needs a value", argv[i]))
-        };
-        let number = |i: usize| -> usize {
-            value(i)
-                .parse()
-                .unwrap_or_else(|_| panic!("{} needs a number", argv[i]))
-        };
-        match argv[i].as_str() {
-            "--records" => a.records = number(i),
-            "--size" => a.size = number(i),
-            "--partitions" => a.partitions = number(i) as i32,
-            "--rounds" => a.rounds = number(i),
-            "--distance" => distance = Some(number(i)),
-            "--cases" => cases = value(i).to_string(),
-            "--json" => {} // JsonOut reads it
-            _ => {
-                i -= 1; // cargo bench passes --bench
-            }
-        }
-        i += 2;
-    }
+    let (distance, cases) = (cli.distance, cli.cases);
     assert!(
         a.records > 0 && a.rounds > 0 && a.partitions > 0,
         "--records, --rounds and --partitions must be > 0"

@@ -62,7 +62,7 @@ mod common;
 #[path = "../proto-tests/support/mod.rs"]
 mod support;
 
-use common::{block_on, create_topic, median, metrics, JsonOut, Records};
+use common::{block_on, create_topic, median, metrics, JsonOut, Records, RunFlags};
 use support::proc::cpu_seconds;
 use support::{free_port, free_port_range, ProxyLog, ProxyProcess, Tansu};
 
@@ -99,79 +99,59 @@ struct Args {
     sweep: Vec<f64>,
 }
 
+/// The command line; the top of this file says what each run measures.
+#[derive(clap::Parser, Debug)]
+struct Cli {
+    #[command(flatten)]
+    run: RunFlags,
+    /// Share of the records sent that are replays, on the `-NN` paths.
+    #[arg(long, default_value_t = 0.3, value_parser = replay_share)]
+    replays: f64,
+    /// A replay re-sends a chunk at least this many records back (default: a
+    /// tenth of the run, at most 20,000).
+    #[arg(long)]
+    replay_distance: Option<usize>,
+    /// Codecs, comma-separated.
+    #[arg(long, default_value = "none", value_delimiter = ',', value_parser = ["none", "gzip", "snappy", "lz4", "zstd"])]
+    compression: Vec<String>,
+    /// Paths to measure, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    paths: Option<Vec<String>>,
+    /// Fractions of direct's saturation rate to pace a sweep at, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = sweep_fraction)]
+    sweep: Vec<f64>,
+    /// Every path, the dedup ones too (without --paths).
+    #[arg(long)]
+    dedup: bool,
+}
+
+fn replay_share(v: &str) -> Result<f64, String> {
+    v.parse()
+        .ok()
+        .filter(|r| (0.0..0.5).contains(r))
+        .ok_or_else(|| "a share in [0, 0.5), e.g. 0.3".to_string())
+}
+
+fn sweep_fraction(v: &str) -> Result<f64, String> {
+    v.parse()
+        .ok()
+        .filter(|f: &f64| *f > 0.0 && *f <= 2.0)
+        .ok_or_else(|| format!("fractions of direct's rate in (0, 2], not {v:?}"))
+}
+
 fn args() -> Args {
+    let cli = <Cli as clap::Parser>::parse();
     let mut a = Args {
-        records: 200_000,
-        size: 512,
-        rounds: 5,
-        replays: 0.3,
+        records: cli.run.records,
+        size: cli.run.size,
+        rounds: cli.run.rounds,
+        replays: cli.replays,
         replay_distance: 0,
-        compression: vec!["none".into()],
+        compression: cli.compression,
         paths: Vec::new(),
-        sweep: Vec::new(),
+        sweep: cli.sweep,
     };
-    let mut dedup = false;
-    let mut distance = None;
-    let mut names: Option<Vec<String>> = None;
-    let argv: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < argv.len() {
-        let value = |i: usize| -> &str {
-            argv.get(i + 1)
-                .map(String::as_str)
-                .unwrap_or_else(|| panic!("{} needs a value", argv[i]))
-        };
-        let number = |i: usize| -> usize {
-            value(i)
-                .parse()
-                .unwrap_or_else(|_| panic!("{} needs a number", argv[i]))
-        };
-        match argv[i].as_str() {
-            "--records" => a.records = number(i),
-            "--size" => a.size = number(i),
-            "--rounds" => a.rounds = number(i),
-            "--replay-distance" => distance = Some(number(i)),
-            "--replays" => {
-                a.replays = value(i)
-                    .parse()
-                    .ok()
-                    .filter(|r| (0.0..0.5).contains(r))
-                    .expect("--replays needs a share in [0, 0.5), e.g. 0.3");
-            }
-            "--compression" => {
-                a.compression = value(i).split(',').map(str::to_string).collect();
-                for c in &a.compression {
-                    assert!(
-                        ["none", "gzip", "snappy", "lz4", "zstd"].contains(&c.as_str()),
-                        "--compression: none, gzip, snappy, lz4 or zstd (comma-separated), not {c:?}"
-                    );
-                }
-            }
-            "--paths" => names = Some(value(i).split(',').map(str::to_string).collect()),
-            "--sweep" => {
-                a.sweep = value(i)
-                    .split(',')
-                    .map(|f| {
-                        f.parse()
-                            .ok()
-                            .filter(|f: &f64| *f > 0.0 && *f <= 2.0)
-                            .unwrap_or_else(|| {
-                                panic!("--sweep: fractions of direct's rate in (0, 2], not {f:?}")
-                            })
-                    })
-                    .collect();
-            }
-            "--json" => {} // JsonOut reads it
-            "--dedup" => {
-                dedup = true;
-                i -= 1; // a flag without a value
-            }
-            _ => {
-                i -= 1; // cargo bench passes --bench
-            }
-        }
-        i += 2;
-    }
+    let (dedup, distance, names) = (cli.dedup, cli.replay_distance, cli.paths);
     assert!(
         a.records > 0 && a.rounds > 0,
         "--records and --rounds must be > 0"

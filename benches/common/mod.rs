@@ -78,6 +78,29 @@ pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
     block_on(crate::support::create_topic(bootstrap, name, partitions));
 }
 
+// === Command line ===
+
+/// The flags the data-path benches (fetch, produce) share, parsed by clap
+/// with each bench's own.
+#[derive(clap::Args, Debug)]
+pub struct RunFlags {
+    /// Records a round.
+    #[arg(long, default_value_t = 200_000)]
+    pub records: usize,
+    /// Bytes a value.
+    #[arg(long, default_value_t = 512)]
+    pub size: usize,
+    /// Rounds.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Every table row also to PATH as JSON lines, for scripts/perf-report.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<String>,
+    /// What `cargo bench` passes.
+    #[arg(long, hide = true)]
+    pub bench: bool,
+}
+
 // === Machine-readable output ===
 
 /// `--json PATH`: every figure a bench prints in its tables, also written to
