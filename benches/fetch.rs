@@ -60,7 +60,7 @@ mod common;
 #[path = "../proto-tests/support/mod.rs"]
 mod support;
 
-use common::{block_on, create_topic, median, metrics, JsonOut, Records, RunFlags};
+use common::{block_on, create_topic, median, samples, JsonOut, Records, RunFlags};
 use support::proc::cpu_seconds;
 use support::{free_port, free_port_range, ProxyLog, ProxyProcess, Tansu};
 
@@ -272,18 +272,10 @@ impl std::ops::Sub for FetchCounts {
 }
 
 fn fetch_counts(admin: u16, topic: &str) -> FetchCounts {
-    let body = metrics(admin);
     let labels = format!("{{connector=\"{CONNECTOR}\",topic=\"{topic}\",direction=\"fetch\"}}");
     let mut c = FetchCounts::default();
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(v) = value.parse::<f64>() else {
-            continue;
-        };
-        let (name, rest) = series.split_at(series.find('{').unwrap_or(series.len()));
-        match name {
+    for (name, rest, v) in samples(admin) {
+        match name.as_str() {
             "idemgate_records_total" if rest == labels => c.records += v,
             "idemgate_duplicates_dropped_total" if rest == labels => c.dropped += v,
             "idemgate_dedup_fail_open_total" => c.fail_open += v,

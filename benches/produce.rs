@@ -62,7 +62,7 @@ mod common;
 #[path = "../proto-tests/support/mod.rs"]
 mod support;
 
-use common::{block_on, create_topic, median, metrics, JsonOut, Records, RunFlags};
+use common::{block_on, create_topic, median, samples, JsonOut, Records, RunFlags};
 use support::proc::cpu_seconds;
 use support::{free_port, free_port_range, ProxyLog, ProxyProcess, Tansu};
 
@@ -332,19 +332,11 @@ struct DedupCounts {
 }
 
 fn dedup_counts(admin: u16, topic: &str) -> DedupCounts {
-    let body = metrics(admin);
     let of_topic = format!("topic=\"{topic}\"");
     let mut c = DedupCounts::default();
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(v) = value.parse::<f64>() else {
-            continue;
-        };
-        let name = series.split('{').next().unwrap_or(series);
-        let mine = series.contains(&of_topic);
-        match name {
+    for (name, labels, v) in samples(admin) {
+        let mine = labels.contains(&of_topic);
+        match name.as_str() {
             "idemgate_records_total" if mine => c.records += v,
             "idemgate_duplicates_dropped_total" if mine => c.dropped += v,
             "idemgate_dedup_fail_open_total" => c.fail_open += v,

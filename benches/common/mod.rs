@@ -73,6 +73,21 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// idemgate's `/metrics` samples from its admin port: (name, labels in
+/// their braces or "", value), comments left out.
+pub fn samples(admin: u16) -> Vec<(String, String, f64)> {
+    metrics(admin)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let v = value.parse::<f64>().ok()?;
+            let (name, labels) = series.split_at(series.find('{').unwrap_or(series.len()));
+            Some((name.to_string(), labels.to_string(), v))
+        })
+        .collect()
+}
+
 /// Creates `name` with `partitions` partitions, replication 1.
 pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
     block_on(crate::support::create_topic(bootstrap, name, partitions));
