@@ -55,7 +55,7 @@
 
 mod common;
 // What the integration tests share (proto-tests/support): the proxy
-// launcher, tansu, ports. A bench uses a part of it.
+// launcher, tansu, /proc readings, the seeded generator. A bench uses a part.
 #[allow(dead_code, unused_imports)]
 #[path = "../proto-tests/support/mod.rs"]
 mod support;

