@@ -184,11 +184,12 @@ impl Proxy {
 /// (stderr) is appended to `<config>.log`, through a pipe, so that a store
 /// made unwritable under it cannot silence its log, and a failing test can
 /// show it. [`ProxyProcess::options`] starts it otherwise: another binary,
-/// a wrapper command, more environment, its log inherited or dropped, no
-/// admin listener.
+/// a wrapper command, more environment, its log inherited, no admin
+/// listener.
 pub struct ProxyProcess {
     child: Child,
     pub bootstrap: String,
+    /// Port 0 when it runs without an admin listener.
     pub admin: SocketAddr,
     pub log: PathBuf,
 }
@@ -242,6 +243,7 @@ impl ProxyOptions {
         self
     }
 
+    /// Where its log goes ([`ProxyLog::File`] unless said).
     #[allow(dead_code)] // used by benches/ only
     pub fn log(mut self, log: ProxyLog) -> Self {
         self.log = log;
