@@ -54,21 +54,23 @@
 //! scripts/perf-report; what is printed stays the same.
 
 mod common;
+// What the integration tests share (proto-tests/support): the proxy
+// launcher, tansu, /proc readings, the seeded generator. A bench uses a part.
+#[allow(dead_code, unused_imports)]
+#[path = "../proto-tests/support/mod.rs"]
+mod support;
 
-use common::{
-    cpu_seconds, create_topic, free_port, http_get, median, start_tansu, wait_port, JsonOut,
-    Killed, Records,
-};
+use common::{block_on, create_topic, median, samples, JsonOut, Records, RunFlags};
+use support::proc::cpu_seconds;
+use support::{free_port, free_port_range, ProxyLog, ProxyProcess, Tansu};
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 
 /// Records per chunk: the unit a copy re-writes.
 const CHUNK: usize = 1000;
@@ -108,44 +110,33 @@ impl Case {
     }
 }
 
+/// The command line; the top of this file says what each run measures.
+#[derive(clap::Parser, Debug)]
+struct Cli {
+    #[command(flatten)]
+    run: RunFlags,
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// A copy re-writes a chunk at least this many records back (default: a
+    /// tenth of the run, at most 20,000).
+    #[arg(long)]
+    distance: Option<usize>,
+    /// codec or codec-NN (NN % of the log copies), comma-separated.
+    #[arg(long, default_value = "none,none-30,lz4,lz4-30")]
+    cases: String,
+}
+
 fn args() -> Args {
+    let cli = <Cli as clap::Parser>::parse();
     let mut a = Args {
-        records: 200_000,
-        size: 512,
-        partitions: 4,
-        rounds: 5,
+        records: cli.run.records,
+        size: cli.run.size,
+        partitions: cli.partitions,
+        rounds: cli.run.rounds,
         distance: 0,
         cases: Vec::new(),
     };
-    let mut distance = None;
-    let mut cases = "none,none-30,lz4,lz4-30".to_string();
-    let argv: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < argv.len() {
-        let value = |i: usize| -> &str {
-            argv.get(i + 1)
-                .map(String::as_str)
-                .unwrap_or_else(|| panic!("{} needs a value", argv[i]))
-        };
-        let number = |i: usize| -> usize {
-            value(i)
-                .parse()
-                .unwrap_or_else(|_| panic!("{} needs a number", argv[i]))
-        };
-        match argv[i].as_str() {
-            "--records" => a.records = number(i),
-            "--size" => a.size = number(i),
-            "--partitions" => a.partitions = number(i) as i32,
-            "--rounds" => a.rounds = number(i),
-            "--distance" => distance = Some(number(i)),
-            "--cases" => cases = value(i).to_string(),
-            "--json" => {} // JsonOut reads it
-            _ => {
-                i -= 1; // cargo bench passes --bench
-            }
-        }
-        i += 2;
-    }
+    let (distance, cases) = (cli.distance, cli.cases);
     assert!(
         a.records > 0 && a.rounds > 0 && a.partitions > 0,
         "--records, --rounds and --partitions must be > 0"
@@ -212,7 +203,7 @@ impl Path {
 // === Processes ===
 
 struct Proxy {
-    child: Killed,
+    process: ProxyProcess,
     bootstrap: String,
     admin: u16,
     /// The store's directory, removed with the proxy.
@@ -225,18 +216,12 @@ struct Proxy {
 fn start_proxy(upstream: &str, dedup: bool) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let ports = loop {
-        let p = free_port();
-        if p < 65000 && (1..8).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            break p;
-        }
-    };
+    let (ports, last) = free_port_range(8);
     let admin = free_port();
     let mut config = format!(
-        "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{}\"\n\
+        "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{last}\"\n\
          [upstream]\nbootstrap = [\"{upstream}\"]\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
          [store]\ndir = \"{}\"\n[log]\nlevel = \"warn\"\n",
-        ports + 7,
         dir.path().join("store").display()
     );
     if dedup {
@@ -246,27 +231,16 @@ fn start_proxy(upstream: &str, dedup: bool) -> Proxy {
     }
     let path = dir.path().join("bench.toml");
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_idemgate"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let child = Killed(child);
-    wait_port(port);
     // Ready: upstream seen and the (empty) window loaded.
-    let start = Instant::now();
-    while http_get(admin, "/readyz").is_none_or(|r| !r.starts_with("HTTP/1.1 200")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "idemgate never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let process = block_on(
+        ProxyProcess::options(&path, port, admin)
+            .log(ProxyLog::Inherit)
+            .start(),
+    );
     // The broker listener opens after the first metadata probe.
     std::thread::sleep(Duration::from_millis(500));
     Proxy {
-        child,
+        process,
         bootstrap: format!("127.0.0.1:{port}"),
         admin,
         _dir: dir,
@@ -298,18 +272,10 @@ impl std::ops::Sub for FetchCounts {
 }
 
 fn fetch_counts(admin: u16, topic: &str) -> FetchCounts {
-    let body = http_get(admin, "/metrics").expect("idemgate /metrics");
     let labels = format!("{{connector=\"{CONNECTOR}\",topic=\"{topic}\",direction=\"fetch\"}}");
     let mut c = FetchCounts::default();
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(v) = value.parse::<f64>() else {
-            continue;
-        };
-        let (name, rest) = series.split_at(series.find('{').unwrap_or(series.len()));
-        match name {
+    for (name, rest, v) in samples(admin) {
+        match name.as_str() {
             "idemgate_records_total" if rest == labels => c.records += v,
             "idemgate_duplicates_dropped_total" if rest == labels => c.dropped += v,
             "idemgate_dedup_fail_open_total" => c.fail_open += v,
@@ -317,13 +283,6 @@ fn fetch_counts(admin: u16, topic: &str) -> FetchCounts {
         }
     }
     c
-}
-
-/// The 1-, 5- and 15-minute load averages, as /proc/loadavg gives them.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
 }
 
 // === The logs ===
@@ -388,15 +347,8 @@ fn fill(broker: &str, topic: &str, a: &Args, log: &Log, records: &Records, codec
                  (zstd needs `--features rdkafka/zstd`, which scripts/bench-fetch passes)"
             )
         });
-    let send = |mut record: BaseRecord<'_, str, [u8]>| loop {
-        match producer.send(record) {
-            Ok(()) => break,
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, _)) => panic!("send: {e}"),
-        }
+    let send = |record: BaseRecord<'_, str, [u8]>| {
+        support::send_queued(&producer, record, Duration::from_millis(1), "send")
     };
     for &id in &log.ids {
         send(
@@ -468,20 +420,14 @@ fn id_of(value: &[u8]) -> usize {
 /// each marker came, like a sink task (assign, no group membership).
 fn read(bootstrap: &str, topic: &str, partitions: i32, ids: usize) -> ReadResult {
     let start = Instant::now();
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "connect-bench-sink")
         .set("client.id", CLIENT_ID)
         .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Offset(0))
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+        .set("enable.auto.offset.store", "false");
+    let consumer = support::assign_all(&config, topic, partitions, Offset::Offset(0));
     let mut seen = vec![false; ids];
     let mut ended = vec![false; partitions as usize];
     let (mut delivered, mut distinct, mut ends) = (0, 0, 0);
@@ -554,7 +500,7 @@ fn measure(
     let pass_through = (path == Path::Idemgate).then(|| start_proxy(broker, false));
     let proxy = proxy.or(pass_through.as_ref());
     let addr = proxy.map_or(broker, |p| p.bootstrap.as_str());
-    let pid = proxy.map(|p| p.child.0.id());
+    let pid = proxy.map(|p| p.process.pid());
     let counts_before = proxy
         .filter(|_| path.dedup())
         .map(|p| fetch_counts(p.admin, &topic));
@@ -615,7 +561,7 @@ fn main() {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
-        load_average()
+        support::proc::loadavg()
     );
     println!(
         "# paths: {}",
@@ -631,7 +577,8 @@ fn main() {
         .map(|c| Log::new(a.records, c.dup_pct as f64 / 100.0, a.distance))
         .collect();
     let records = Records::new(logs.iter().map(|l| l.distinct).max().unwrap_or(0), a.size);
-    let (_tansu, broker) = start_tansu();
+    let tansu = Tansu::start();
+    let broker = tansu.addr.clone();
     for (case, log) in a.cases.iter().zip(&logs) {
         let filled = Instant::now();
         fill(&broker, &case.topic(), &a, log, &records, &case.codec);
@@ -658,7 +605,7 @@ fn main() {
         .map(|_| PATHS.iter().map(|_| Vec::new()).collect())
         .collect();
     for round in 0..a.rounds {
-        println!("# round {round}: load average {}", load_average());
+        println!("# round {round}: load average {}", support::proc::loadavg());
         for (c, (case, log)) in a.cases.iter().zip(&logs).enumerate() {
             let mut dedup_proxy = None;
             for (p, &path) in PATHS.iter().enumerate() {
@@ -693,7 +640,7 @@ fn main() {
             }
         }
     }
-    println!("# load average at the end: {}", load_average());
+    println!("# load average at the end: {}", support::proc::loadavg());
 
     let gb = (a.records * a.size) as f64 / 1e9;
     println!();

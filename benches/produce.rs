@@ -56,13 +56,16 @@
 //! can be read from /proc apart from the client's.
 
 mod common;
+// What the integration tests share (proto-tests/support): the proxy
+// launcher, tansu, /proc readings, the seeded generator. A bench uses a part.
+#[allow(dead_code, unused_imports)]
+#[path = "../proto-tests/support/mod.rs"]
+mod support;
 
-use common::{
-    cpu_seconds, create_topic, free_port, http_get, median, spawn_tansu, start_tansu, wait_port,
-    JsonOut, Killed, Records,
-};
+use common::{block_on, create_topic, median, samples, JsonOut, Records, RunFlags};
+use support::proc::cpu_seconds;
+use support::{free_port, free_port_range, ProxyLog, ProxyProcess, Tansu};
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -70,7 +73,6 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{
     BaseRecord, DefaultProducerContext, DeliveryResult, Producer, ProducerContext, ThreadedProducer,
 };
@@ -97,79 +99,59 @@ struct Args {
     sweep: Vec<f64>,
 }
 
+/// The command line; the top of this file says what each run measures.
+#[derive(clap::Parser, Debug)]
+struct Cli {
+    #[command(flatten)]
+    run: RunFlags,
+    /// Share of the records sent that are replays, on the `-NN` paths.
+    #[arg(long, default_value_t = 0.3, value_parser = replay_share)]
+    replays: f64,
+    /// A replay re-sends a chunk at least this many records back (default: a
+    /// tenth of the run, at most 20,000).
+    #[arg(long)]
+    replay_distance: Option<usize>,
+    /// Codecs, comma-separated.
+    #[arg(long, default_value = "none", value_delimiter = ',', value_parser = ["none", "gzip", "snappy", "lz4", "zstd"])]
+    compression: Vec<String>,
+    /// Paths to measure, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    paths: Option<Vec<String>>,
+    /// Fractions of direct's saturation rate to pace a sweep at, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = sweep_fraction)]
+    sweep: Vec<f64>,
+    /// Every path, the dedup ones too (without --paths).
+    #[arg(long)]
+    dedup: bool,
+}
+
+fn replay_share(v: &str) -> Result<f64, String> {
+    v.parse()
+        .ok()
+        .filter(|r| (0.0..0.5).contains(r))
+        .ok_or_else(|| "a share in [0, 0.5), e.g. 0.3".to_string())
+}
+
+fn sweep_fraction(v: &str) -> Result<f64, String> {
+    v.parse()
+        .ok()
+        .filter(|f: &f64| *f > 0.0 && *f <= 2.0)
+        .ok_or_else(|| format!("fractions of direct's rate in (0, 2], not {v:?}"))
+}
+
 fn args() -> Args {
+    let cli = <Cli as clap::Parser>::parse();
     let mut a = Args {
-        records: 200_000,
-        size: 512,
-        rounds: 5,
-        replays: 0.3,
+        records: cli.run.records,
+        size: cli.run.size,
+        rounds: cli.run.rounds,
+        replays: cli.replays,
         replay_distance: 0,
-        compression: vec!["none".into()],
+        compression: cli.compression,
         paths: Vec::new(),
-        sweep: Vec::new(),
+        sweep: cli.sweep,
     };
-    let mut dedup = false;
-    let mut distance = None;
-    let mut names: Option<Vec<String>> = None;
-    let argv: Vec<String> = std::env::args().collect();
-    let mut i = 1;
-    while i < argv.len() {
-        let value = |i: usize| -> &str {
-            argv.get(i + 1)
-                .map(String::as_str)
-                .unwrap_or_else(|| panic!("{} needs a value", argv[i]))
-        };
-        let number = |i: usize| -> usize {
-            value(i)
-                .parse()
-                .unwrap_or_else(|_| panic!("{} needs a number", argv[i]))
-        };
-        match argv[i].as_str() {
-            "--records" => a.records = number(i),
-            "--size" => a.size = number(i),
-            "--rounds" => a.rounds = number(i),
-            "--replay-distance" => distance = Some(number(i)),
-            "--replays" => {
-                a.replays = value(i)
-                    .parse()
-                    .ok()
-                    .filter(|r| (0.0..0.5).contains(r))
-                    .expect("--replays needs a share in [0, 0.5), e.g. 0.3");
-            }
-            "--compression" => {
-                a.compression = value(i).split(',').map(str::to_string).collect();
-                for c in &a.compression {
-                    assert!(
-                        ["none", "gzip", "snappy", "lz4", "zstd"].contains(&c.as_str()),
-                        "--compression: none, gzip, snappy, lz4 or zstd (comma-separated), not {c:?}"
-                    );
-                }
-            }
-            "--paths" => names = Some(value(i).split(',').map(str::to_string).collect()),
-            "--sweep" => {
-                a.sweep = value(i)
-                    .split(',')
-                    .map(|f| {
-                        f.parse()
-                            .ok()
-                            .filter(|f: &f64| *f > 0.0 && *f <= 2.0)
-                            .unwrap_or_else(|| {
-                                panic!("--sweep: fractions of direct's rate in (0, 2], not {f:?}")
-                            })
-                    })
-                    .collect();
-            }
-            "--json" => {} // JsonOut reads it
-            "--dedup" => {
-                dedup = true;
-                i -= 1; // a flag without a value
-            }
-            _ => {
-                i -= 1; // cargo bench passes --bench
-            }
-        }
-        i += 2;
-    }
+    let (dedup, distance, names) = (cli.dedup, cli.replay_distance, cli.paths);
     assert!(
         a.records > 0 && a.rounds > 0,
         "--records and --rounds must be > 0"
@@ -285,15 +267,12 @@ impl PathKind {
 // === Processes ===
 
 /// `tansu proxy`: another Rust Kafka proxy (pass-through only), as a peer.
-fn start_tansu_proxy(upstream: &str) -> (Killed, String) {
-    spawn_tansu(
-        "proxy",
-        &["--origin-url".into(), format!("tcp://{upstream}")],
-    )
+fn start_tansu_proxy(upstream: &str) -> Tansu {
+    Tansu::spawn("proxy", &["--origin-url", &format!("tcp://{upstream}")])
 }
 
 struct Proxy {
-    child: Killed,
+    process: ProxyProcess,
     bootstrap: String,
     /// The admin port (runs with a rule only: it is off otherwise).
     admin: Option<u16>,
@@ -304,18 +283,12 @@ struct Proxy {
 /// header on: the defaults) and the admin listener is on, for /metrics.
 fn start_proxy(upstream: &str, dir: &std::path::Path, rule: Option<&str>) -> Proxy {
     let port = free_port();
-    let ports = loop {
-        let p = free_port();
-        if p < 65000 && (1..8).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            break p;
-        }
-    };
+    let (ports, last) = free_port_range(8);
     let admin = rule.map(|_| free_port());
     let mut config = format!(
-        "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{}\"\n\
+        "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{last}\"\n\
          [upstream]\nbootstrap = [\"{upstream}\"]\n[admin]\nlisten = \"{}\"\n\
          [store]\ndir = \"{}\"\n[log]\nlevel = \"warn\"\n",
-        ports + 7,
         admin.map(|p| format!("127.0.0.1:{p}")).unwrap_or_default(),
         dir.join("store").display()
     );
@@ -326,28 +299,19 @@ fn start_proxy(upstream: &str, dir: &std::path::Path, rule: Option<&str>) -> Pro
     }
     let path = dir.join("bench.toml");
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_idemgate"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    wait_port(port);
-    if let Some(admin) = admin {
-        // Ready: upstream seen and the (empty) window loaded.
-        let start = Instant::now();
-        while http_get(admin, "/readyz").is_none_or(|r| !r.starts_with("HTTP/1.1 200")) {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "idemgate never became ready"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    // Ready: upstream seen and the (empty) window loaded (asked of the admin
+    // listener where there is one).
+    let options = ProxyProcess::options(&path, port, admin.unwrap_or(0)).log(ProxyLog::Inherit);
+    let options = if admin.is_some() {
+        options
+    } else {
+        options.no_admin()
+    };
+    let process = block_on(options.start());
     // The broker listener opens after the first metadata probe.
     std::thread::sleep(Duration::from_millis(500));
     Proxy {
-        child: Killed(child),
+        process,
         bootstrap: format!("127.0.0.1:{port}"),
         admin,
     }
@@ -368,19 +332,11 @@ struct DedupCounts {
 }
 
 fn dedup_counts(admin: u16, topic: &str) -> DedupCounts {
-    let body = http_get(admin, "/metrics").expect("idemgate /metrics");
     let of_topic = format!("topic=\"{topic}\"");
     let mut c = DedupCounts::default();
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(v) = value.parse::<f64>() else {
-            continue;
-        };
-        let name = series.split('{').next().unwrap_or(series);
-        let mine = series.contains(&of_topic);
-        match name {
+    for (name, labels, v) in samples(admin) {
+        let mine = labels.contains(&of_topic);
+        match name.as_str() {
             "idemgate_records_total" if mine => c.records += v,
             "idemgate_duplicates_dropped_total" if mine => c.dropped += v,
             "idemgate_dedup_fail_open_total" => c.fail_open += v,
@@ -602,19 +558,10 @@ fn run(
                 at: Instant::now(),
                 chunk: c as u32,
             });
-            let mut record = BaseRecord::with_opaque_to(topic, sent)
+            let record = BaseRecord::with_opaque_to(topic, sent)
                 .key(records.key(id))
                 .payload(records.value(id));
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    Err((e, _)) => panic!("send: {e}"),
-                }
-            }
+            support::send_queued(&producer, record, Duration::from_millis(1), "send");
         }
     }
     producer.flush(Duration::from_secs(120)).unwrap();
@@ -660,7 +607,8 @@ fn measure(
     rate: Option<f64>,
 ) -> (RunResult, Extra) {
     let dir = tempfile::tempdir().unwrap();
-    let (_tansu, direct) = start_tansu();
+    let tansu = Tansu::start();
+    let direct = tansu.addr.clone();
     let (proxy, tansu_proxy) = match path.front {
         Front::Direct => (None, None),
         Front::Idemgate | Front::IdemgateObserve | Front::IdemgateDedup => (
@@ -670,8 +618,8 @@ fn measure(
         Front::TansuProxy => (None, Some(start_tansu_proxy(&direct))),
     };
     let (pid, addr) = match (&proxy, &tansu_proxy) {
-        (Some(p), _) => (Some(p.child.0.id()), p.bootstrap.clone()),
-        (_, Some((child, addr))) => (Some(child.0.id()), addr.clone()),
+        (Some(p), _) => (Some(p.process.pid()), p.bootstrap.clone()),
+        (_, Some(tansu)) => (Some(tansu.pid()), tansu.addr.clone()),
         _ => (None, direct.clone()),
     };
     let warm = Schedule::new(WARM, 0.0, 0);

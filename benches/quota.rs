@@ -27,11 +27,16 @@
 //! scripts/perf-report; what is printed stays the same.
 
 mod common;
+// What the integration tests share (proto-tests/support): the proxy
+// launcher, tansu, /proc readings, the seeded generator. A bench uses a part.
+#[allow(dead_code, unused_imports)]
+#[path = "../proto-tests/support/mod.rs"]
+mod support;
 
-use common::{create_topic, free_port, median, start_tansu, wait_port, JsonOut, Killed};
-use std::process::Command;
+use common::{block_on, create_topic, median, JsonOut};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::{free_port, free_port_range, ProxyLog, ProxyProcess, Tansu};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -39,16 +44,11 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 
 const MIB: usize = 1 << 20;
 
-fn start_proxy(upstream: &str, dir: &std::path::Path) -> (Killed, String) {
+fn start_proxy(upstream: &str, dir: &std::path::Path) -> (ProxyProcess, String) {
     let port = free_port();
-    let ports = loop {
-        let p = free_port();
-        if p < 65000 && (1..8).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
-            break p;
-        }
-    };
+    let (ports, last) = free_port_range(8);
     let config = format!(
-        "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{}\"\n\
+        "[listen]\nbootstrap = \"127.0.0.1:{port}\"\nbroker_ports = \"{ports}-{last}\"\n\
          [upstream]\nbootstrap = [\"{upstream}\"]\n[admin]\nlisten = \"\"\n\
          [store]\ndir = \"{}\"\n[log]\nlevel = \"warn\"\n\
          [[quotas]]\nconnector = \"q1\"\nproduce_bytes_per_sec = \"1MiB\"\n\
@@ -56,19 +56,18 @@ fn start_proxy(upstream: &str, dir: &std::path::Path) -> (Killed, String) {
          [[quotas]]\nconnector = \"q50\"\nproduce_bytes_per_sec = \"50MiB\"\n\
          [[quotas]]\nconnector = \"unbound\"\nproduce_bytes_per_sec = \"100GiB\"\n\
          [[quotas]]\nconnector = \"big\"\nproduce_bytes_per_sec = \"200KiB\"\n",
-        ports + 7,
         dir.join("store").display()
     );
     let path = dir.join("bench.toml");
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_idemgate"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .spawn()
-        .unwrap();
-    wait_port(port);
+    let process = block_on(
+        ProxyProcess::options(&path, port, 0)
+            .no_admin()
+            .log(ProxyLog::Inherit)
+            .start(),
+    );
     std::thread::sleep(Duration::from_millis(500));
-    (Killed(child), format!("127.0.0.1:{port}"))
+    (process, format!("127.0.0.1:{port}"))
 }
 
 /// (when, value bytes) per acknowledged record.
@@ -114,35 +113,13 @@ fn push(
     let start = Instant::now();
     for i in 0..count {
         let key = i.to_string();
-        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    record = r;
-                    producer.poll(Duration::from_millis(1));
-                }
-            }
-        }
+        let record = BaseRecord::to(topic).key(&key).payload(&value);
+        support::send_queued(&producer, record, Duration::from_millis(1), "send");
     }
     producer.flush(Duration::from_secs(300)).unwrap();
     let took = start.elapsed().as_secs_f64();
     let g = acks.0.lock().unwrap();
     (g.0.clone(), g.1, took)
-}
-
-fn rate_after(events: &[(Instant, usize)], burst: usize) -> f64 {
-    let mut events = events.to_vec();
-    events.sort_by_key(|e| e.0);
-    let (mut total, mut from) = (0, None);
-    for (t, n) in &events {
-        total += n;
-        if from.is_none() && total >= burst {
-            from = Some((*t, total));
-        }
-    }
-    let (t0, at) = from.unwrap();
-    (total - at) as f64 / (events.last().unwrap().0 - t0).as_secs_f64()
 }
 
 fn main() {
@@ -163,7 +140,8 @@ fn main() {
     }
     let mut json = JsonOut::from_args("quota");
     let dir = tempfile::tempdir().unwrap();
-    let (_broker, direct) = start_tansu();
+    let broker = Tansu::start();
+    let direct = broker.addr.clone();
     let (_proxy, proxied) = start_proxy(&direct, dir.path());
 
     println!(
@@ -220,7 +198,7 @@ fn main() {
             8192,
             "65536",
         );
-        let rate = rate_after(&acks, mib * MIB);
+        let rate = support::rate_after_burst(&acks, mib * MIB);
         // A bucket that starts full lets `burst` through, then the rate:
         // total = burst + rate x time, whatever the broker's own pace.
         let total: usize = acks.iter().map(|a| a.1).sum();

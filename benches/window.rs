@@ -42,6 +42,11 @@
 //! same.
 
 mod common;
+// What the integration tests share (proto-tests/support): the proxy
+// launcher, tansu, /proc readings, the seeded generator. A bench uses a part.
+#[allow(dead_code, unused_imports)]
+#[path = "../proto-tests/support/mod.rs"]
+mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -157,10 +162,11 @@ fn machine() -> String {
         .and_then(|l| l.split_once(':'))
         .map(|(_, m)| m.trim().to_string())
         .unwrap_or_else(|| "unknown CPU".into());
-    let mem_kb = status_kb(
+    let mem_kb = support::proc::kb_field(
         &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
-        "MemTotal:",
-    );
+        "MemTotal",
+    )
+    .unwrap_or(0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!(
         "{} cores (nproc), {model}, {:.0} GiB, Linux {}",
@@ -172,58 +178,14 @@ fn machine() -> String {
     )
 }
 
-fn status_kb(text: &str, field: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The 1, 5 and 15 minute load averages: how busy the shared machine was.
-fn loadavg() -> String {
-    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Resident set size of this process, bytes.
 fn rss() -> u64 {
-    status_kb(
-        &std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
-        "VmRSS:",
-    ) * 1024
+    support::proc::status_bytes("self", "VmRSS")
 }
 
 /// Peak resident set size of this process, bytes.
 fn rss_peak() -> u64 {
-    status_kb(
-        &std::fs::read_to_string("/proc/self/status").unwrap_or_default(),
-        "VmHWM:",
-    ) * 1024
-}
-
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// user + system CPU seconds from a `/proc/.../stat` file (10 ms ticks).
-fn stat_cpu(path: &str, hz: f64) -> f64 {
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    let Some(close) = stat.rfind(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / hz
+    support::proc::status_bytes("self", "VmHWM")
 }
 
 /// CPU seconds of this thread and of the whole process (sled's flusher included).
@@ -233,10 +195,10 @@ struct Cpu {
     process: f64,
 }
 
-fn cpu(hz: f64) -> Cpu {
+fn cpu() -> Cpu {
     Cpu {
-        thread: stat_cpu("/proc/thread-self/stat", hz),
-        process: stat_cpu("/proc/self/stat", hz),
+        thread: support::proc::cpu_seconds("thread-self"),
+        process: support::proc::cpu_seconds("self"),
     }
 }
 
@@ -649,7 +611,7 @@ struct Load {
 fn load(a: &Args, codec: Codec) -> Load {
     let n = a.records as u64;
     let unique: Vec<u64> = (0..n).collect();
-    let mut rng = common::SplitMix(7);
+    let mut rng = support::rng::SplitMix(7);
     let mut mixed = Vec::with_capacity(a.records);
     let mut replayed = 0u64;
     for i in 0..n {
@@ -811,13 +773,12 @@ fn run_case(a: &Args, load: &Load, case: Case) -> Run {
     } else {
         &load.unique
     };
-    let hz = clock_ticks();
     let mut timers = [Duration::ZERO; 2];
-    let before = cpu(hz);
+    let before = cpu();
     let started = Instant::now();
     let tally = rt.block_on(drive(&dedup, measured, &mut timers));
     let wall = started.elapsed().as_secs_f64();
-    let after = cpu(hz);
+    let after = cpu();
     let keys = window.len();
     drop(dedup);
     drop(window);
@@ -947,7 +908,7 @@ fn main() {
     println!(
         "# machine: {}; shared with other work (load average {} at the start)",
         machine(),
-        loadavg()
+        support::proc::loadavg()
     );
     println!(
         "# window: keys {:?} in segments of {}, sled cache {:.0} MiB; dedup: {} records a case, {} partitions x {} records x {} B a request, {:.0}% replays, window prefilled with {} keys, {} round(s), medians",
@@ -1087,5 +1048,5 @@ fn main() {
         }
     }
     println!();
-    println!("# load average at the end: {}", loadavg());
+    println!("# load average at the end: {}", support::proc::loadavg());
 }

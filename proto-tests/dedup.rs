@@ -10,13 +10,12 @@ use std::time::{Duration, Instant};
 use crate::support;
 use crate::support::{client_config, create_topic, http_get, Proxy, ProxyProcess, Tansu};
 use idemgate::config::Config;
-use idemgate::server::{self, Running};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::Offset;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 const HEADER: &str = "idempotency-key";
@@ -212,20 +211,13 @@ async fn consume_via(bootstrap: &str, broker: &str, topic: &str, partitions: i32
 /// A consumer without a group (assign) on every partition of `topic`, from
 /// the beginning.
 fn assign_from_start(bootstrap: &str, topic: &str, partitions: i32) -> BaseConsumer {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", "unused-assign-only")
         .set("enable.auto.commit", "false")
-        .set("session.timeout.ms", "6000")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    consumer
+        .set("session.timeout.ms", "6000");
+    support::assign_all(&config, topic, partitions, Offset::Beginning)
 }
 
 /// How many copies of each logical record the log holds.
@@ -1454,34 +1446,6 @@ async fn idempotent_producer_is_not_broken() {
     idempotent_replay(&mock.bootstrap_servers(), &proxy, "idem").await;
 }
 
-/// A proxy started on a given store directory (so a second one can reopen it).
-struct StoreProxy {
-    running: Running,
-    bootstrap: String,
-    admin: SocketAddr,
-}
-
-impl StoreProxy {
-    async fn start(config_text: &str) -> StoreProxy {
-        let config = Config::parse(config_text).unwrap_or_else(|e| panic!("test config: {e}"));
-        let running = server::start(config).await.expect("proxy starts");
-        let proxy = StoreProxy {
-            bootstrap: running.bootstrap.to_string(),
-            admin: running.admin.expect("admin listener"),
-            running,
-        };
-        let start = Instant::now();
-        while http_get(proxy.admin, "/readyz").await.0 != 200 {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "proxy not ready within 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        proxy
-    }
-}
-
 /// After a restart on the same store: the window holds the `records` the
 /// first proxy saw acknowledged, and replaying them all through the new
 /// proxy (`admin`, `bootstrap`) drops every one; the topic keeps one copy each.
@@ -1529,7 +1493,7 @@ async fn proxy_restart_keeps_the_window() {
     let topic = "restart";
     let records = recs(0..200, "r");
 
-    let a = StoreProxy::start(&text).await;
+    let a = Proxy::start_config(&text).await;
     create_topic(&a.bootstrap, topic, 3).await;
     let producer = task_producer(&a.bootstrap, "connector-producer-restart-0", &[]);
     send_ok(&producer, topic, &records).await;
@@ -1538,7 +1502,7 @@ async fn proxy_restart_keeps_the_window() {
         dedup_counts(a.admin, "restart", topic).await,
         (200.0, 0.0, 0.0)
     );
-    a.running.shutdown().await; // drains and flushes the store
+    a.stop().await; // drains and flushes the store
 
     // The same config, on the same store, on a fresh admin port.
     let new_admin = support::free_port();
@@ -1547,7 +1511,7 @@ async fn proxy_restart_keeps_the_window() {
         &format!("listen = \"127.0.0.1:{new_admin}\""),
     );
     assert_ne!(text, text_b);
-    let b = StoreProxy::start(&text_b).await;
+    let b = Proxy::start_config(&text_b).await;
     replay_through_restarted(
         (b.admin, &b.bootstrap),
         &broker.addr,
@@ -1555,7 +1519,7 @@ async fn proxy_restart_keeps_the_window() {
         &records,
     )
     .await;
-    b.running.shutdown().await;
+    b.stop().await;
 }
 
 const FLUSHES: &str = "idemgate_store_flushes_total";

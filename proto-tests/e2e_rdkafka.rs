@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::support::{client_config, create_topic, Proxy, Tansu};
+use crate::support::{assign_all, client_config, create_topic, Proxy, Tansu};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::Offset;
 
 /// (partition, offset, key, value) of one record.
 type Row = (i32, i64, Vec<u8>, Vec<u8>);
@@ -72,17 +72,11 @@ async fn consume_group(bootstrap: &str, topic: &str, group: &str, n: usize) -> V
 async fn consume_assigned(bootstrap: &str, topic: &str, partitions: i32, n: usize) -> Vec<Row> {
     let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = client_config(&bootstrap)
+        let mut config = client_config(&bootstrap);
+        config
             .set("group.id", "unused-assign-only")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
+            .set("enable.auto.commit", "false");
+        let consumer = assign_all(&config, &topic, partitions, Offset::Beginning);
         poll_rows(&consumer, n)
     })
     .await

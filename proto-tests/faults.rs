@@ -20,6 +20,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support;
+use crate::support::fake_broker::FakeBroker;
+use crate::support::frames::{read_frame, write_frame};
+use crate::support::rng::SplitMix as Rng;
 use crate::support::{create_topic, http_get, metric_value, Proxy, ProxyProcess, Tansu};
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, ProduceRequest, RequestHeader};
@@ -27,13 +30,12 @@ use kafka_protocol::protocol::Decodable;
 use kafka_protocol::records::RecordBatchDecoder;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{
     BaseRecord, FutureProducer, FutureRecord, Producer, ProducerContext, ThreadedProducer,
 };
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::Offset;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -62,30 +64,6 @@ fn seed() -> u64 {
 /// One case at a time, whatever the harness's threads: each case keeps both
 /// cores busy, and the SIGKILL case classifies duplicates by time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// splitmix64: a seeded generator with no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`, to the millisecond.
-    fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
-        let span = (hi - lo).as_millis() as u64 + 1;
-        lo + Duration::from_millis(self.next() % span)
-    }
-
-    /// True with probability `p`.
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64) < p * (1u64 << 53) as f64
-    }
-}
 
 // === Records and what their clients saw ===
 
@@ -410,19 +388,10 @@ impl Task {
             index,
         };
         let (key, value) = (id.key(), id.value());
-        let mut record = BaseRecord::with_opaque_to(topic, index)
+        let record = BaseRecord::with_opaque_to(topic, index)
             .key(&key)
             .payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => panic!("{id}: {e}"),
-            }
-        }
+        support::send_queued(producer, record, Duration::from_millis(5), id);
     }
 
     /// Commits the running transaction of `records` (indices) and begins
@@ -652,18 +621,12 @@ async fn read_log(broker: &str, topic: &str) -> Vec<Row> {
     }
     let (broker, topic) = (broker.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &broker)
             .set("group.id", "fault-suite-reader")
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
+            .set("enable.auto.commit", "false");
+        let consumer = support::assign_all(&config, &topic, PARTITIONS, Offset::Beginning);
         let mut rows = Vec::new();
         let mut ended = vec![false; PARTITIONS as usize];
         let start = Instant::now();
@@ -1304,6 +1267,7 @@ struct RelayLog {
 struct FaultRelay {
     log: Arc<Mutex<RelayLog>>,
     plan: Arc<Mutex<FaultPlan>>,
+    _broker: FakeBroker,
 }
 
 impl FaultRelay {
@@ -1313,37 +1277,28 @@ impl FaultRelay {
         topic: &str,
         plan: FaultPlan,
     ) -> FaultRelay {
-        let relay = FaultRelay {
-            log: Arc::default(),
-            plan: Arc::new(Mutex::new(plan)),
-        };
-        let (log, plan, topic) = (relay.log.clone(), relay.plan.clone(), topic.to_string());
-        tokio::spawn(async move {
-            while let Ok((proxy_side, _)) = listener.accept().await {
+        let (log, plan) = (
+            Arc::<Mutex<RelayLog>>::default(),
+            Arc::new(Mutex::new(plan)),
+        );
+        let broker = FakeBroker::serve(listener, {
+            let (log, plan, topic) = (log.clone(), plan.clone(), topic.to_string());
+            move |proxy_side| {
                 let (log, plan) = (log.clone(), plan.clone());
                 let (upstream, topic) = (upstream.clone(), topic.clone());
-                tokio::spawn(relay_connection(proxy_side, upstream, topic, plan, log));
+                relay_connection(proxy_side, upstream, topic, plan, log)
             }
         });
-        relay
+        FaultRelay {
+            log,
+            plan,
+            _broker: broker,
+        }
     }
 
     fn faults_left(&self) -> usize {
         self.plan.lock().unwrap().budget
     }
-}
-
-async fn read_frame<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Option<Vec<u8>> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len).await.ok()?;
-    let mut body = vec![0u8; usize::try_from(i32::from_be_bytes(len)).ok()?];
-    r.read_exact(&mut body).await.ok()?;
-    Some(body)
-}
-
-async fn write_frame<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> Option<()> {
-    w.write_all(&(body.len() as i32).to_be_bytes()).await.ok()?;
-    w.write_all(body).await.ok()
 }
 
 /// A Produce request's correlation id and the records it carries for `topic`.
@@ -1430,7 +1385,7 @@ async fn relay_connection(
                 };
                 faults.lock().unwrap().insert(correlation_id, forwarded);
             }
-            write_frame(&mut to_broker, &frame).await?;
+            write_frame(&mut to_broker, &frame).await.ok()?;
             if fault == Fault::HangUpAfterRequest {
                 return None::<()>;
             }
@@ -1468,7 +1423,7 @@ async fn relay_connection(
                 }
                 _ => {}
             }
-            write_frame(&mut to_proxy, &frame).await?;
+            write_frame(&mut to_proxy, &frame).await.ok()?;
         }
     };
     tokio::select! {
@@ -1668,7 +1623,10 @@ async fn unwritable_store_fails_open() {
         .arg(env!("CARGO_BIN_EXE_idemgate"))
         .args(["run", "--config"])
         .arg(&config);
-    let proxy = ProxyProcess::spawn(wrapped, &config, bootstrap, admin).await;
+    let proxy = ProxyProcess::options(&config, bootstrap, admin)
+        .command(wrapped)
+        .start()
+        .await;
     let task = Task::new(0, "connector-producer-store-0", 0);
     let (before, during, after) = (0..500, 500..1000, 1000..1500);
     let run = |instance: u64, bootstrap: String, range: std::ops::Range<usize>| {

@@ -29,6 +29,7 @@ use crate::support;
 use crate::support::fetch_sessions::{
     Counts, FetchSessions, FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH,
 };
+use crate::support::rng::SplitMix;
 use crate::support::{client_config, create_topic, Proxy, RawConn, Tansu};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
@@ -153,18 +154,6 @@ impl Written {
     /// The partition of `seq`'s first write.
     fn partition_of(&self, seq: u32) -> i32 {
         self.records.iter().find(|r| r.2 == seq).unwrap().0
-    }
-}
-
-/// A tiny deterministic generator for which records get copied.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below
     }
 }
 
@@ -340,7 +329,7 @@ async fn kafka_python_keeps_its_fetch_session_over_thousands_of_fetches() {
 
     let producer = writer(&broker.addr);
     let mut written = Written::default();
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut rng = SplitMix(0x2545_f491_4f6c_dd1d);
     let mut seq = 0u32;
     let start = Instant::now();
     while layer.counts().incremental < INCREMENTAL_FETCHES {
@@ -359,8 +348,8 @@ async fn kafka_python_keeps_its_fetch_session_over_thousands_of_fetches() {
         );
         let mut round: Vec<(i32, u32)> = (0..3).map(|p| (p, seq + p as u32)).collect();
         seq += 3;
-        if seq > 9 && rng.next(2) == 0 {
-            let old = rng.next(u64::from(seq - 3)) as u32;
+        if seq > 9 && rng.below(2) == 0 {
+            let old = rng.below(u64::from(seq - 3)) as u32;
             round.push((written.partition_of(old), old));
         }
         written
@@ -377,7 +366,7 @@ async fn kafka_python_keeps_its_fetch_session_over_thousands_of_fetches() {
                 .filter(|((part, _), _)| *part == p)
                 .map(|(_, seq)| seq)
                 .collect();
-            (p, firsts[rng.next(firsts.len() as u64) as usize])
+            (p, firsts[rng.below(firsts.len() as u64) as usize])
         })
         .collect();
     written.records.extend(write(&producer, topic, &tail).await);

@@ -3,21 +3,12 @@
 //! binary no more resident memory than documented, all stay open, and a
 //! new connection is still served while they sit there.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support;
-use crate::support::{RawConn, Tansu};
+use crate::support::{ProxyProcess, RawConn, Tansu};
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
-
-/// The binary under test: this build's, or `IDEMGATE_BIN` (a release build,
-/// say: `IDEMGATE_BIN=target/release/idemgate`).
-fn bin() -> PathBuf {
-    std::env::var_os("IDEMGATE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_idemgate")))
-}
 
 /// How many idle connections are held open at once.
 const IDLE: usize = 1000;
@@ -34,51 +25,6 @@ const MAX_RSS_PER_IDLE_CONNECTION: u64 = 64 * 1024;
 /// ApiVersions v3: the first request every modern client sends.
 const API_VERSIONS_V3: i16 = 3;
 
-/// The proxy binary as a child process, killed on drop so that a failing
-/// assertion leaves no process behind.
-struct ProxyProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ProxyProcess {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The last lines of its log, for a failure message.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A `kB` field of `/proc/<pid>/status` (VmRSS, RssAnon...), in bytes.
-fn proc_status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    let kb: u64 = line
-        .trim()
-        .strip_suffix("kB")
-        .unwrap_or_else(|| panic!("{field}: {line}"))
-        .trim()
-        .parse()
-        .unwrap();
-    kb * 1024
-}
-
 /// Resident memory, anonymous part of it, and data segment of the process.
 #[derive(Debug, Clone, Copy)]
 struct Memory {
@@ -89,9 +35,9 @@ struct Memory {
 
 fn memory(pid: u32) -> Memory {
     Memory {
-        rss: proc_status_bytes(pid, "VmRSS"),
-        anon: proc_status_bytes(pid, "RssAnon"),
-        data: proc_status_bytes(pid, "VmData"),
+        rss: support::proc::status_bytes(pid, "VmRSS"),
+        anon: support::proc::status_bytes(pid, "RssAnon"),
+        data: support::proc::status_bytes(pid, "VmData"),
     }
 }
 
@@ -127,25 +73,11 @@ async fn start_proxy(upstream: &str, dir: &Path) -> (ProxyProcess, String, std::
         support::Proxy::config_text(upstream, &dir.join("store"), listen_extra, "", "");
     let config = dir.join("idemgate.toml");
     std::fs::write(&config, text).unwrap();
-    let log = dir.join("idemgate.log");
-    let child = Command::new(bin())
-        .args(["run", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start idemgate");
-    let proxy = ProxyProcess { child, log };
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let start = Instant::now();
-    while support::http_get(admin, "/readyz").await.0 != 200 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "idemgate not ready within 20 s:\n{}",
-            proxy.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let proxy = ProxyProcess::options(&config, bootstrap, admin)
+        .binary(support::idemgate_bin())
+        .start()
+        .await;
+    let admin = proxy.admin;
     (proxy, format!("127.0.0.1:{bootstrap}"), admin)
 }
 
@@ -203,7 +135,7 @@ async fn a_thousand_idle_connections_stay_open_within_the_documented_memory() {
         wait_active(admin, IDLE as f64).await,
         IDLE as f64,
         "idemgate_connections_active with {IDLE} idle connections open:\n{}",
-        proxy.log_tail()
+        proxy.log_tail(30)
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = memory(pid);
@@ -213,7 +145,7 @@ async fn a_thousand_idle_connections_stay_open_within_the_documented_memory() {
     eprintln!(
         "{} (pid {pid}): VmRSS {} KiB -> {} KiB, {rss_per_connection} B per idle connection \
          (RssAnon {} B, VmData {} B per connection); bound {MAX_RSS_PER_IDLE_CONNECTION} B",
-        bin().display(),
+        support::idemgate_bin().display(),
         before.rss / 1024,
         after.rss / 1024,
         per(after.anon, before.anon),
@@ -243,7 +175,7 @@ async fn a_thousand_idle_connections_stay_open_within_the_documented_memory() {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             other => panic!(
                 "idle connection {i} is not open and quiet ({other:?}):\n{}",
-                proxy.log_tail()
+                proxy.log_tail(30)
             ),
         }
         ask(conn, (IDLE + i) as i32).await;

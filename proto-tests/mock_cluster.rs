@@ -4,14 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Proxy, RawConn};
+use crate::support::{assign_all, Proxy, RawConn};
 use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::Offset;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 fn producer(bootstrap: &str) -> FutureProducer {
@@ -46,17 +45,11 @@ async fn send_all(producer: &FutureProducer, topic: &str, n: usize, tag: &str) -
 }
 
 fn count_direct(bootstrap: &str, topic: &str, partitions: i32, n: usize) -> usize {
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", "count")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+        .set("group.id", "count");
+    let consumer = assign_all(&config, topic, partitions, Offset::Beginning);
     let start = Instant::now();
     let mut seen = 0;
     while seen < n && start.elapsed() < Duration::from_secs(30) {

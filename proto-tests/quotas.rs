@@ -17,7 +17,7 @@ use crate::support::{client_config, create_topic, http_call, http_get, Proxy, Ta
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::Offset;
 use rdkafka::ClientContext;
 
 const MIB: usize = 1 << 20;
@@ -76,51 +76,20 @@ fn push(bootstrap: &str, client_id: &str, topic: &str, bytes: usize) -> Deliveri
     let value = vec![b'q'; VALUE];
     for i in 0..bytes / VALUE {
         let key = i.to_string();
-        let mut record = BaseRecord::to(topic).key(&key).payload(&value);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                // Queue full: librdkafka's own backpressure.
-                Err((_, r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
+        let record = BaseRecord::to(topic).key(&key).payload(&value);
+        support::send_queued(&producer, record, Duration::from_millis(5), "send");
     }
     producer.flush(Duration::from_secs(120)).unwrap();
     deliveries
 }
 
-/// Bytes per second after the first `burst` bytes: from the moment the
-/// cumulative count passed the burst to the last event.
-fn rate_after_burst(events: &[(Instant, usize)], burst: usize) -> f64 {
-    let mut events = events.to_vec();
-    events.sort_by_key(|(t, _)| *t);
-    let mut total = 0;
-    let mut from = None;
-    for (t, n) in &events {
-        total += n;
-        if from.is_none() && total >= burst {
-            from = Some((*t, total));
-        }
-    }
-    let (t0, at) = from.expect("more than the burst");
-    let (t1, _) = *events.last().unwrap();
-    (total - at) as f64 / (t1 - t0).as_secs_f64()
-}
-
 /// Every key 0..n once in `topic` (one partition), read back from the start.
 fn keys_in(bootstrap: &str, topic: &str, n: usize) -> BTreeSet<usize> {
-    let consumer: BaseConsumer = client_config(bootstrap)
+    let mut config = client_config(bootstrap);
+    config
         .set("group.id", "quota-check")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
+        .set("enable.auto.commit", "false");
+    let consumer = support::assign_all(&config, topic, 1, Offset::Beginning);
     let mut keys = BTreeSet::new();
     let mut records = 0;
     let start = Instant::now();
@@ -187,7 +156,7 @@ async fn a_produce_quota_shapes_librdkafka_and_spares_its_neighbour() {
     assert_eq!(*throttled.errors.lock().unwrap(), Vec::<String>::new());
     assert_eq!(*free.errors.lock().unwrap(), Vec::<String>::new());
     let n = 6 * MIB / VALUE;
-    let rate = rate_after_burst(&throttled.acked.lock().unwrap(), MIB);
+    let rate = support::rate_after_burst(&throttled.acked.lock().unwrap(), MIB);
     eprintln!(
         "throttled: {:.3} MiB/s after the burst (quota 1 MiB/s)",
         rate / MIB as f64
@@ -200,7 +169,7 @@ async fn a_produce_quota_shapes_librdkafka_and_spares_its_neighbour() {
         "{bytes} B counted in {elapsed:?}, the quota allows {bound:.0}"
     );
     // The neighbour ran at the same time and was never throttled.
-    let free_rate = rate_after_burst(&free.acked.lock().unwrap(), 0);
+    let free_rate = support::rate_after_burst(&free.acked.lock().unwrap(), 0);
     eprintln!("neighbour: {:.1} MiB/s", free_rate / MIB as f64);
     // Never throttled (below): its own bucket, not its neighbour's.
     let metrics = proxy.metrics().await;
@@ -378,7 +347,7 @@ async fn a_fetch_quota_shapes_a_sink_consumer_and_its_group_stays_stable() {
     .await
     .unwrap();
     assert_eq!(events.len(), 6 * MIB / VALUE, "every record consumed");
-    let rate = rate_after_burst(&events, MIB);
+    let rate = support::rate_after_burst(&events, MIB);
     eprintln!(
         "sink: {:.3} MiB/s after the burst (quota 1 MiB/s)",
         rate / MIB as f64

@@ -33,7 +33,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::support;
-use crate::support::{http_get, metric_value, wait_for_port, RawConn};
+use crate::support::{http_get, metric_value, ProxyProcess, RawConn};
 use bytes::Bytes;
 use kafka_protocol::messages::{
     ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
@@ -104,65 +104,49 @@ impl Drop for ScramKafka {
     }
 }
 
-/// The `idemgate` binary (its log is what the test reads), killed on drop.
-struct ProxyProcess {
-    child: Child,
+/// The `idemgate` binary (its log is what the test reads).
+struct SaslProxy {
+    process: ProxyProcess,
     bootstrap: String,
     admin: std::net::SocketAddr,
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
-impl ProxyProcess {
+impl SaslProxy {
     /// `extra`: config sections after the generated ones.
-    async fn start(upstream: &str, extra: &str) -> ProxyProcess {
+    async fn start(upstream: &str, extra: &str) -> SaslProxy {
         let dir = tempfile::tempdir().unwrap();
         let (text, bootstrap, admin) =
             support::Proxy::config_text(upstream, &dir.path().join("store"), "", "", extra);
         let config = dir.path().join("idemgate.toml");
         std::fs::write(&config, text).unwrap();
-        let bin = std::env::var_os("IDEMGATE_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_idemgate")));
-        let child = Command::new(bin)
-            .args(["run", "--config"])
-            .arg(&config)
-            // Everything the proxy would ever say about a connection.
-            .env("RUST_LOG", "info,idemgate=trace")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("idemgate.log")).unwrap())
-            .spawn()
-            .expect("start idemgate");
-        let proxy = ProxyProcess {
-            child,
-            bootstrap: format!("127.0.0.1:{bootstrap}"),
-            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
-            dir,
-        };
         // Ready although the proxy's own probe carries no credentials: the
         // broker answers its ApiVersions and closes on its Metadata, which
-        // is what a SASL listener does. Broker listeners then open from the
-        // Metadata clients receive once authenticated.
-        let start = Instant::now();
-        while http_get(proxy.admin, "/readyz").await.0 != 200 {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "idemgate not ready within 20 s (a SASL-only broker must count as \
-                 reachable):\n{}",
-                proxy.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        // is what a SASL listener does (a SASL-only broker must count as
+        // reachable). Broker listeners then open from the Metadata clients
+        // receive once authenticated.
+        let process = ProxyProcess::options(&config, bootstrap, admin)
+            .binary(support::idemgate_bin())
+            // Everything the proxy would ever say about a connection.
+            .env("RUST_LOG", "info,idemgate=trace")
+            .start()
+            .await;
+        let proxy = SaslProxy {
+            bootstrap: process.bootstrap.clone(),
+            admin: process.admin,
+            process,
+            _dir: dir,
+        };
         assert_eq!(
             proxy.metric("idemgate_upstream_up").await,
             1.0,
             "the probe counts the SASL listener as up"
         );
-        wait_for_port(&proxy.bootstrap, Duration::from_secs(20));
         proxy
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("idemgate.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.process.log).unwrap_or_default()
     }
 
     /// `/connections`, parsed.
@@ -189,13 +173,6 @@ impl ProxyProcess {
                 "the proxy's log contains {secret:?}:\n{log}"
             );
         }
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -326,7 +303,7 @@ const ALICE_QUOTA: &str = "[[quotas]]\ntenant = \"alice\"\nproduce_bytes_per_sec
 /// `/connections`, and its Produce bytes are charged to tenant alice's quota.
 async fn round_trips(client: &str, expected_line: &str) {
     let broker = ScramKafka::start(&[ALICE, MALLORY]);
-    let proxy = ProxyProcess::start(&broker.addr, ALICE_QUOTA).await;
+    let proxy = SaslProxy::start(&broker.addr, ALICE_QUOTA).await;
     for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
         let id = client_id(&format!("sasl-{client}"));
         let mut run = ClientRun::start(
@@ -439,7 +416,7 @@ const PROOF_B64: &str = "aWRlbWdhdGUtd3JvbmctcHJvb2YtMDEyMzQ1Njc4OSE=";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_password_gets_the_brokers_error_and_binds_no_principal() {
     let broker = ScramKafka::start(&[ALICE, MALLORY]);
-    let proxy = ProxyProcess::start(&broker.addr, "").await;
+    let proxy = SaslProxy::start(&broker.addr, "").await;
 
     // Kafka answers a wrong proof with SASL_AUTHENTICATION_FAILED and a
     // message, then closes the connection: librdkafka reports that message

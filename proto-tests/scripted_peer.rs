@@ -7,6 +7,8 @@
 use std::time::Duration;
 
 use crate::support;
+use crate::support::fake_broker::FakeBroker;
+use crate::support::frames::read_frame;
 use crate::support::{request_frame, Proxy, RawConn};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
@@ -15,7 +17,7 @@ use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, MetadataResponse, ProduceRequest,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// What the peer does with a request that is not part of the probe.
@@ -35,14 +37,7 @@ enum Script {
 
 struct Peer {
     addr: String,
-}
-
-async fn read_frame(s: &mut TcpStream) -> Option<Bytes> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).await.ok()?;
-    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-    s.read_exact(&mut body).await.ok()?;
-    Some(Bytes::from(body))
+    _broker: FakeBroker,
 }
 
 fn frame(correlation_id: i32, flexible_header: bool, msg: &impl Encodable, version: i16) -> Bytes {
@@ -302,14 +297,10 @@ impl Peer {
     async fn start(script: Script) -> Peer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move {
-            loop {
-                let (s, _) = listener.accept().await.unwrap();
-                tokio::spawn(serve(s, port, script));
-            }
-        });
+        let broker = FakeBroker::serve(listener, move |s| serve(s, port, script));
         Peer {
-            addr: format!("127.0.0.1:{port}"),
+            addr: broker.addr.clone(),
+            _broker: broker,
         }
     }
 }

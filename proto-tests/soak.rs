@@ -37,17 +37,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support;
-use crate::support::{client_config, create_topic, http_get, metric_value, wait_for_port, Tansu};
+use crate::support::{client_config, create_topic, http_get, metric_value, ProxyProcess, Tansu};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Offset};
 
 const ORDERS: &str = "soak-orders";
 const BACKFILL: &str = "soak-backfill";
@@ -77,44 +77,6 @@ fn config(upstream: &str, store: &Path) -> (String, u16, u16) {
     support::Proxy::config_text(upstream, store, "", "", &rules)
 }
 
-/// The proxy binary, killed on drop.
-struct Binary {
-    child: Child,
-    bootstrap: String,
-    admin: std::net::SocketAddr,
-}
-
-impl Binary {
-    async fn start(config: &Path, bootstrap: u16, admin: u16) -> Binary {
-        let child = Command::new(env!("CARGO_BIN_EXE_idemgate"))
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start idemgate");
-        let proxy = Binary {
-            child,
-            bootstrap: format!("127.0.0.1:{bootstrap}"),
-            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
-        };
-        wait_for_port(&proxy.bootstrap, Duration::from_secs(20));
-        let start = Instant::now();
-        while http_get(proxy.admin, "/readyz").await.0 != 200 {
-            assert!(start.elapsed() < Duration::from_secs(20), "not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        proxy
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One look at the proxy process.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -123,23 +85,6 @@ struct Sample {
     fds: u64,
     store: u64,
     window_keys: f64,
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc/<pid>/status");
-    kib * 1024
-}
-
-fn open_fds(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count() as u64
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -375,17 +320,11 @@ fn log_ids(broker: &str) -> HashMap<u64, usize> {
         "end markers written"
     );
     drop(marker);
-    let consumer: BaseConsumer = client_config(broker)
+    let mut config = client_config(broker);
+    config
         .set("group.id", "soak-check")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(ORDERS, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+        .set("enable.auto.commit", "false");
+    let consumer = support::assign_all(&config, ORDERS, PARTITIONS, Offset::Beginning);
     let mut ids: HashMap<u64, usize> = HashMap::new();
     let mut ended = HashSet::new();
     let start = Instant::now();
@@ -424,8 +363,8 @@ async fn memory_descriptors_and_store_stay_flat_under_mixed_traffic() {
     let (text, bootstrap, admin) = config(&broker.addr, &store);
     let path = dir.path().join("idemgate.toml");
     std::fs::write(&path, text).unwrap();
-    let proxy = Binary::start(&path, bootstrap, admin).await;
-    let pid = proxy.child.id();
+    let proxy = ProxyProcess::start(&path, bootstrap, admin).await;
+    let pid = proxy.pid();
 
     let stop = Arc::new(AtomicBool::new(false));
     let task_acks: Vec<Acks> = (0..TASKS).map(|_| Acks::default()).collect();
@@ -454,8 +393,8 @@ async fn memory_descriptors_and_store_stay_flat_under_mixed_traffic() {
         assert_eq!(status, 200);
         let s = Sample {
             at: started.elapsed(),
-            rss: rss_bytes(pid),
-            fds: open_fds(pid),
+            rss: support::proc::status_bytes(pid, "VmRSS"),
+            fds: support::proc::open_fds(pid),
             store: dir_bytes(&store),
             window_keys: metric_value(&metrics, "idemgate_window_keys"),
         };

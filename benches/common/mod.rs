@@ -5,26 +5,8 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use std::time::{Duration, Instant};
-
-/// Deterministic, cheap, good enough for test data.
-pub struct SplitMix(pub u64);
-
-impl SplitMix {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
+use crate::support::rng::SplitMix;
 
 const WORDS: [&str; 16] = [
     "order",
@@ -68,76 +50,22 @@ pub fn json_value(id: u64, size: usize) -> Vec<u8> {
 
 // === Processes ===
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Runs a future of the shared test support (proto-tests/support) to its end
+/// on a runtime of its own: the benches are plain threads.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(f)
 }
 
-pub fn wait_port(port: u16) {
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "port {port} never opened"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A child process, killed and reaped when dropped.
-pub struct Killed(pub Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub fn tansu_bin() -> PathBuf {
-    let bin = std::env::var("TANSU_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/bin/tansu"));
-    assert!(
-        bin.exists(),
-        "no tansu at {}: run scripts/setup",
-        bin.display()
-    );
-    bin
-}
-
-pub fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
-
-/// user + system CPU seconds of a process so far.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the ")" that closes the command name: utime is 14th, stime 15th overall.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    let hz = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0);
-    ticks / hz
+/// idemgate's `/metrics` text, from its admin port.
+pub fn metrics(admin: u16) -> String {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    let (status, body) = block_on(crate::support::http_get(addr, "/metrics"));
+    assert_eq!(status, 200, "idemgate /metrics");
+    body
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {
@@ -145,48 +73,47 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Starts `tansu <subcommand> <extra…>` listening and advertising on a fresh
-/// loopback port.
-pub fn spawn_tansu(subcommand: &str, extra: &[String]) -> (Killed, String) {
-    let port = free_port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu_bin())
-        .args([
-            subcommand,
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tansu (scripts/setup installs it)");
-    wait_port(port);
-    (Killed(child), format!("127.0.0.1:{port}"))
-}
-
-/// `tansu broker` on in-memory storage, on a fresh loopback port.
-pub fn start_tansu() -> (Killed, String) {
-    spawn_tansu(
-        "broker",
-        &["--storage-engine".into(), "memory://tansu/".into()],
-    )
+/// idemgate's `/metrics` samples from its admin port: (name, labels in
+/// their braces or "", value), comments left out.
+pub fn samples(admin: u16) -> Vec<(String, String, f64)> {
+    metrics(admin)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let v = value.parse::<f64>().ok()?;
+            let (name, labels) = series.split_at(series.find('{').unwrap_or(series.len()));
+            Some((name.to_string(), labels.to_string(), v))
+        })
+        .collect()
 }
 
 /// Creates `name` with `partitions` partitions, replication 1.
 pub fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
-    let res =
-        futures::executor::block_on(admin.create_topics(&[topic], &AdminOptions::new())).unwrap();
-    for r in res {
-        r.unwrap();
-    }
+    block_on(crate::support::create_topic(bootstrap, name, partitions));
+}
+
+// === Command line ===
+
+/// The flags the data-path benches (fetch, produce) share, parsed by clap
+/// with each bench's own.
+#[derive(clap::Args, Debug)]
+pub struct RunFlags {
+    /// Records a round.
+    #[arg(long, default_value_t = 200_000)]
+    pub records: usize,
+    /// Bytes a value.
+    #[arg(long, default_value_t = 512)]
+    pub size: usize,
+    /// Rounds.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Every table row also to PATH as JSON lines, for scripts/perf-report.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<String>,
+    /// What `cargo bench` passes.
+    #[arg(long, hide = true)]
+    pub bench: bool,
 }
 
 // === Machine-readable output ===

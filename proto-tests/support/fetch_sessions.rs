@@ -49,9 +49,10 @@ use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::fetch_response::PartitionData;
 use kafka_protocol::messages::{ApiKey, FetchRequest, FetchResponse, ResponseHeader, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+
+use super::fake_broker::FakeBroker;
+use super::frames::{read_frame, write_frame};
 
 /// Kafka's FETCH_SESSION_ID_NOT_FOUND.
 pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
@@ -60,9 +61,6 @@ pub const INVALID_FETCH_SESSION_EPOCH: i16 = 71;
 
 /// The first Fetch version with sessions.
 const FIRST_SESSION_VERSION: i16 = 7;
-
-/// No frame here comes near this; a bigger length is a broken stream.
-const MAX_FRAME: usize = 64 << 20;
 
 /// What the layer did with the Fetches it saw.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +96,7 @@ impl Counts {
 pub struct FetchSessions {
     pub addr: String,
     shared: Arc<Shared>,
-    accept: JoinHandle<()>,
+    _broker: FakeBroker,
 }
 
 struct Shared {
@@ -186,18 +184,14 @@ impl FetchSessions {
             answers: Mutex::new(None),
             faults: Mutex::new(HashMap::new()),
         });
-        let accept = tokio::spawn({
+        let broker = FakeBroker::serve(listener, {
             let shared = shared.clone();
-            async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    tokio::spawn(serve(shared.clone(), client));
-                }
-            }
+            move |client| serve(shared.clone(), client)
         });
         FetchSessions {
-            addr: format!("127.0.0.1:{port}"),
+            addr: broker.addr.clone(),
             shared,
-            accept,
+            _broker: broker,
         }
     }
 
@@ -232,12 +226,6 @@ impl FetchSessions {
             .unwrap()
             .clone()
             .unwrap_or_default()
-    }
-}
-
-impl Drop for FetchSessions {
-    fn drop(&mut self) {
-        self.accept.abort();
     }
 }
 
@@ -603,22 +591,4 @@ fn encode(
     resp.encode(&mut out, version)
         .expect("encode a Fetch response");
     out.freeze()
-}
-
-async fn read_frame(s: &mut TcpStream) -> Option<Bytes> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).await.ok()?;
-    let len = usize::try_from(i32::from_be_bytes(len))
-        .ok()
-        .filter(|&n| n <= MAX_FRAME)?;
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).await.ok()?;
-    Some(Bytes::from(body))
-}
-
-async fn write_frame(s: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
-    let mut out = Vec::with_capacity(4 + body.len());
-    out.extend_from_slice(&(body.len() as i32).to_be_bytes());
-    out.extend_from_slice(body);
-    s.write_all(&out).await
 }
