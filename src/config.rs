@@ -7,7 +7,7 @@
 //! this file, in [`defaults`], and `config/idemgate.toml` shows each of them.
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -64,15 +64,10 @@ pub mod defaults {
     /// would time out and come back as a retry.
     pub const DEDUP_PENDING_WAIT: Duration = Duration::from_secs(5);
     pub const DEDUP_LOAD_WAIT: Duration = Duration::from_secs(10);
-    /// sled's own default: a key acknowledged less than this long before a
-    /// crash may be forgotten (its replay then passes: a duplicate, never a loss).
-    pub const DEDUP_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
-    /// sled's page cache (sled's own default is 1 GiB, which let 10M keys'
-    /// segments pile up to ~200 MiB beside the window's maps). The window
-    /// writes each segment once and reads it back at a start or for a
-    /// replay's answer: little cache is needed, and below ~32 MiB sled holds
-    /// about as much anyway (docs/performance.md).
-    pub const DEDUP_STORE_CACHE: usize = 32 << 20;
+    /// `dedup.flush_interval`: the store's own default.
+    pub const DEDUP_FLUSH_INTERVAL: Duration = crate::store::DEFAULT_FLUSH_INTERVAL;
+    /// `dedup.store_cache`: the store's own default.
+    pub const DEDUP_STORE_CACHE: usize = crate::store::DEFAULT_CACHE;
     /// Topics excluded on top of the ones the proxy always leaves alone
     /// ([`CONNECT_INTERNAL_TOPICS`], `__*`, and those learned from Connect's
     /// internal clients): none.
@@ -305,7 +300,25 @@ pub struct Dedup {
     /// From `key_secret_file`: keys every hash, so a tenant who can write a
     /// topic cannot predict (and pre-empt) another's keys. `None`: public
     /// XXH3 keys.
-    pub key_secret: Option<crate::idempotency::key::KeySecret>,
+    pub key_secret: Option<KeySecret>,
+}
+
+/// A per-deployment secret that keys every hash (`dedup.key_secret_file`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeySecret(pub(crate) [u8; 32]);
+
+impl KeySecret {
+    /// The secret made from the file's bytes (any length): BLAKE3's key
+    /// derivation, so the file can hold a passphrase or random bytes alike.
+    pub fn derive(material: &[u8]) -> KeySecret {
+        KeySecret(blake3::derive_key("idemgate 2026 window keys", material))
+    }
+}
+
+impl std::fmt::Debug for KeySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeySecret(..)")
+    }
 }
 
 /// One `[[dedup.rules]]` entry.
@@ -1053,9 +1066,9 @@ fn dedup(s: &mut Section<'_, '_>) -> Dedup {
         path if path.is_empty() => None,
         path => {
             match std::fs::read(&path) {
-                Ok(bytes) if bytes.trim_ascii().len() >= 16 => Some(
-                    crate::idempotency::key::KeySecret::derive(bytes.trim_ascii()),
-                ),
+                Ok(bytes) if bytes.trim_ascii().len() >= 16 => {
+                    Some(KeySecret::derive(bytes.trim_ascii()))
+                }
                 Ok(_) => {
                     s.problem(
                     "key_secret_file",
@@ -1741,12 +1754,6 @@ fn valid_host_port(s: &str) -> bool {
         Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
         None => false,
     }
-}
-
-/// Resolves `host:port` now; used at connect time, not at load time, so that a
-/// broker whose DNS name changes is followed.
-pub fn resolve(host_port: &str) -> std::io::Result<Vec<SocketAddr>> {
-    Ok(host_port.to_socket_addrs()?.collect())
 }
 
 fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {

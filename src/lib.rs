@@ -13,7 +13,8 @@
 //!   → codec.rs        length-checked frames; api_key/version/correlation_id/client_id peeked
 //!   → pipeline.rs     the ordered filters (filter/): api versions, broker addresses
 //!   → message.rs      the only place messages are decoded, and only when a filter asks;
-//!                     message/bounds.rs checks every length against the frame first
+//!                     message/bounds.rs checks every length against the frame first;
+//!                     message/fields.rs reads and patches a few fields in place
 //!   → upstream.rs     broker connections, the proxy's own Metadata probe and
 //!                     DescribeConfigs lookups
 //! ```

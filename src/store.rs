@@ -36,6 +36,16 @@ pub struct Store {
     refuse_writes: std::sync::atomic::AtomicBool,
 }
 
+/// sled's own default: a key acknowledged less than this long before a
+/// crash may be forgotten (its replay then passes: a duplicate, never a loss).
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// sled's page cache (sled's own default is 1 GiB, which let 10M keys'
+/// segments pile up to ~200 MiB beside the window's maps). The window
+/// writes each segment once and reads it back at a start or for a
+/// replay's answer: little cache is needed, and below ~32 MiB sled holds
+/// about as much anyway (docs/performance.md).
+pub const DEFAULT_CACHE: usize = 32 << 20;
+
 /// sled wants some cache to work with; `[dedup] store_cache` refuses less.
 pub const MIN_CACHE: usize = 1 << 20;
 
@@ -45,13 +55,9 @@ fn store_err(e: sled::Error) -> Error {
 
 impl Store {
     /// Opens with the defaults of `[dedup] flush_interval` (sled's own 500 ms)
-    /// and `[dedup] store_cache`.
+    /// and `[dedup] store_cache` ([`DEFAULT_FLUSH_INTERVAL`], [`DEFAULT_CACHE`]).
     pub fn open(dir: &Path) -> Result<Store, Error> {
-        Self::open_with(
-            dir,
-            crate::config::defaults::DEDUP_FLUSH_INTERVAL,
-            crate::config::defaults::DEDUP_STORE_CACHE,
-        )
+        Self::open_with(dir, DEFAULT_FLUSH_INTERVAL, DEFAULT_CACHE)
     }
 
     /// Opens with writes reaching the disk at least every `flush_every`, and

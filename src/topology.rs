@@ -8,9 +8,10 @@
 //! written to the store before any client sees it, and it is never
 //! reassigned. Its upstream address may change (a broker moved); the port stays.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, MetadataResponse};
@@ -21,6 +22,14 @@ use crate::error::Error;
 use crate::message::Response;
 use crate::store::{NodeRecord, Store};
 
+/// Topic ids remembered at most (a cluster with more topics than this has
+/// some of their Fetches pass unfiltered, counted).
+pub const TOPIC_NAMES: u64 = 100_000;
+
+/// How long a topic id is remembered after it was last learned: well above
+/// any `upstream.metadata_refresh`, which learns every live topic again.
+pub const TOPIC_NAME_TTL: Duration = Duration::from_secs(24 * 3600);
+
 pub struct Topology {
     ports: RangeInclusive<u16>,
     store: Arc<Store>,
@@ -28,8 +37,13 @@ pub struct Topology {
     /// Bumped whenever a node is added, so the server opens its listener.
     changed: watch::Sender<u64>,
     /// Topic ids (Fetch v13+ names topics by id) → names, from the Metadata
-    /// responses clients fetch through the proxy.
-    names: RwLock<HashMap<[u8; 16], StrBytes>>,
+    /// responses clients fetch through the proxy and the proxy's own probe.
+    /// Bounded: [`TOPIC_NAMES`] ids, each forgotten [`TOPIC_NAME_TTL`] after
+    /// it was last learned. A topic that exists is learned again by every
+    /// probe (`upstream.metadata_refresh`), so only deleted topics' ids age
+    /// out; an id not (or no longer) known passes its Fetch unfiltered,
+    /// counted as a fail-open (`topic_id`).
+    names: moka::sync::Cache<[u8; 16], StrBytes>,
 }
 
 impl Topology {
@@ -42,7 +56,10 @@ impl Topology {
             store,
             nodes: Mutex::new(nodes),
             changed,
-            names: RwLock::new(HashMap::new()),
+            names: moka::sync::Cache::builder()
+                .max_capacity(TOPIC_NAMES)
+                .time_to_live(TOPIC_NAME_TTL)
+                .build(),
         })
     }
 
@@ -142,22 +159,19 @@ impl Topology {
 
     /// Remembers the topic ids of a decoded Metadata response.
     pub fn learn_names_from(&self, metadata: &MetadataResponse) {
-        let mut names = self.names.write().expect("topic names lock");
         for topic in &metadata.topics {
             if let Some(name) = &topic.name {
                 if !topic.topic_id.is_nil() {
-                    names.insert(*topic.topic_id.as_bytes(), name.0.clone());
+                    self.names
+                        .insert(*topic.topic_id.as_bytes(), name.0.clone());
                 }
             }
         }
     }
 
+    /// The name of a topic id learned from Metadata, if still remembered.
     pub fn name_of(&self, id: &[u8; 16]) -> Option<StrBytes> {
-        self.names
-            .read()
-            .expect("topic names lock")
-            .get(id)
-            .cloned()
+        self.names.get(id)
     }
 
     /// Every upstream address as (host bytes, port) pairs, for the leak check.
@@ -201,5 +215,30 @@ mod tests {
         assert_eq!(t.learn(5, "broker-d", 9092).unwrap(), 19096);
         let err = t.learn(6, "broker-e", 9092).unwrap_err();
         assert!(err.to_string().contains("no free port"), "{err}");
+    }
+
+    #[test]
+    fn topic_names_are_learned_by_id_and_a_nil_id_is_not() {
+        use kafka_protocol::messages::metadata_response::MetadataResponseTopic;
+        use kafka_protocol::messages::TopicName;
+        use kafka_protocol::protocol::StrBytes;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let t = Topology::load(19093..=19096, store).unwrap();
+        let topic = |name: &'static str, id: u128| {
+            MetadataResponseTopic::default()
+                .with_name(Some(TopicName(StrBytes::from_static_str(name))))
+                .with_topic_id(
+                    format!("00000000-0000-0000-0000-{id:012x}")
+                        .parse()
+                        .unwrap(),
+                )
+        };
+        let metadata =
+            MetadataResponse::default().with_topics(vec![topic("orders", 7), topic("nil", 0)]);
+        t.learn_names_from(&metadata);
+        assert_eq!(t.name_of(&7u128.to_be_bytes()).as_deref(), Some("orders"));
+        assert_eq!(t.name_of(&8u128.to_be_bytes()), None);
+        assert_eq!(t.name_of(&0u128.to_be_bytes()), None);
     }
 }

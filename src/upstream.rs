@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use crate::codec::FrameCodec;
-use crate::config::{resolve, Upstream};
+use crate::config::Upstream;
 use crate::error::Error;
 use crate::message::{decode_response, encode_request};
 use crate::tls::{UpstreamTlsConnector, UpstreamTlsStream};
@@ -358,4 +358,10 @@ where
     let frame = framed.next().await.ok_or(RoundTrip::Closed)?.map_err(io)?;
     let frame: Bytes = frame.freeze();
     decode_response(api, version, &frame).map_err(RoundTrip::Failed)
+}
+
+/// Resolves `host:port` now; used at connect time, not at load time, so that a
+/// broker whose DNS name changes is followed.
+pub fn resolve(host_port: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    Ok(std::net::ToSocketAddrs::to_socket_addrs(host_port)?.collect())
 }

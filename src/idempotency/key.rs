@@ -31,7 +31,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::config::{Fallback, KeyStrategy};
+use crate::config::{Fallback, KeySecret, KeyStrategy};
 use crate::records::RecordView;
 
 /// Keys are already uniform hashes: maps and sets of keys use their bits as
@@ -98,24 +98,6 @@ impl Key {
 impl std::fmt::Display for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:032x}", self.0)
-    }
-}
-
-/// A per-deployment secret that keys every hash (`dedup.key_secret_file`).
-#[derive(Clone, PartialEq, Eq)]
-pub struct KeySecret([u8; 32]);
-
-impl KeySecret {
-    /// The secret made from the file's bytes (any length): BLAKE3's key
-    /// derivation, so the file can hold a passphrase or random bytes alike.
-    pub fn derive(material: &[u8]) -> KeySecret {
-        KeySecret(blake3::derive_key("idemgate 2026 window keys", material))
-    }
-}
-
-impl std::fmt::Debug for KeySecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeySecret(..)")
     }
 }
 
