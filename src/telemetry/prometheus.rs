@@ -121,6 +121,27 @@ fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> Result<()
     ConstGauge::new(v).encode(gauges(e, name, help)?)
 }
 
+/// A family of one sample, without labels.
+#[derive(Debug, Clone, Copy)]
+enum One {
+    Counter(u64),
+    Gauge(i64),
+}
+
+/// Families of one sample each: (name, help, value).
+fn singles<const N: usize>(
+    e: &mut DescriptorEncoder,
+    rows: [(&str, &str, One); N],
+) -> Result<(), Error> {
+    for (name, help, v) in rows {
+        match v {
+            One::Counter(v) => counter(e, name, help, v)?,
+            One::Gauge(v) => gauge(e, name, help, v)?,
+        }
+    }
+    Ok(())
+}
+
 /// One labelled sample of an open family.
 fn sample(
     m: &mut MetricEncoder,
@@ -200,17 +221,20 @@ fn process(m: &Metrics, store_writable: bool, e: &mut DescriptorEncoder) -> Resu
         }
     }
 
-    gauge(
+    singles(
         e,
-        "idemgate_connections_active",
-        "Client connections open now.",
-        m.connections_active.load(Relaxed),
-    )?;
-    counter(
-        e,
-        "idemgate_connections_total",
-        "Client connections accepted.",
-        m.connections_total.load(Relaxed),
+        [
+            (
+                "idemgate_connections_active",
+                "Client connections open now.",
+                One::Gauge(m.connections_active.load(Relaxed)),
+            ),
+            (
+                "idemgate_connections_total",
+                "Client connections accepted.",
+                One::Counter(m.connections_total.load(Relaxed)),
+            ),
+        ],
     )?;
     let mut f = counters(
         e,
@@ -230,66 +254,26 @@ fn process(m: &Metrics, store_writable: bool, e: &mut DescriptorEncoder) -> Resu
         let v = m.errors[i].load(Relaxed);
         sample(&mut f, &[("side", V(side))], ConstCounter::new(v))?;
     }
-    counter(
+    singles(
         e,
-        "idemgate_address_leaks_total",
-        "Responses that carried an upstream broker address (diagnostics.leak_check).",
-        m.address_leaks.load(Relaxed),
-    )?;
-    gauge(
-        e,
-        "idemgate_upstream_up",
-        "1 if the last probe of upstream succeeded (ApiVersions and Metadata, or ApiVersions on a SASL-only listener).",
-        m.upstream_up.load(Relaxed),
-    )?;
-    gauge(
-        e,
-        "idemgate_broker_listeners",
-        "Per-broker listeners open.",
-        m.broker_listeners.load(Relaxed),
-    )?;
-    gauge(
-        e,
-        "idemgate_store_writable",
-        "0 once the store refused a write (disk full, read-only): keys are no longer recorded and replays pass, until idemgate restarts.",
-        i64::from(store_writable),
-    )?;
-    gauge(
-        e,
-        "idemgate_broker_listeners_missing",
-        "Known brokers whose listener could not be opened (its port is taken): clients sent there are refused, and /readyz says not ready.",
-        m.broker_listeners_missing.load(Relaxed),
-    )?;
-    counter(
-        e,
-        "idemgate_tls_handshake_failures_total",
-        "Client TLS handshakes that failed or timed out.",
-        m.tls_handshake_failures.load(Relaxed),
-    )?;
-    counter(
-        e,
-        "idemgate_tls_reloads_total",
-        "TLS certificate files loaded again after a change.",
-        m.tls_reloads.load(Relaxed),
-    )?;
-    counter(
-        e,
-        "idemgate_tls_reload_failures_total",
-        "TLS file changes that could not be loaded (the previous files stay in use).",
-        m.tls_reload_failures.load(Relaxed),
+        [
+            ("idemgate_address_leaks_total", "Responses that carried an upstream broker address (diagnostics.leak_check).", One::Counter(m.address_leaks.load(Relaxed))),
+            ("idemgate_upstream_up", "1 if the last probe of upstream succeeded (ApiVersions and Metadata, or ApiVersions on a SASL-only listener).", One::Gauge(m.upstream_up.load(Relaxed))),
+            ("idemgate_broker_listeners", "Per-broker listeners open.", One::Gauge(m.broker_listeners.load(Relaxed))),
+            ("idemgate_store_writable", "0 once the store refused a write (disk full, read-only): keys are no longer recorded and replays pass, until idemgate restarts.", One::Gauge(i64::from(store_writable))),
+            ("idemgate_broker_listeners_missing", "Known brokers whose listener could not be opened (its port is taken): clients sent there are refused, and /readyz says not ready.", One::Gauge(m.broker_listeners_missing.load(Relaxed))),
+            ("idemgate_tls_handshake_failures_total", "Client TLS handshakes that failed or timed out.", One::Counter(m.tls_handshake_failures.load(Relaxed))),
+            ("idemgate_tls_reloads_total", "TLS certificate files loaded again after a change.", One::Counter(m.tls_reloads.load(Relaxed))),
+            ("idemgate_tls_reload_failures_total", "TLS file changes that could not be loaded (the previous files stay in use).", One::Counter(m.tls_reload_failures.load(Relaxed))),
+        ],
     )?;
     if let Some(budget) = m.in_flight.get() {
-        gauge(
+        singles(
             e,
-            "idemgate_in_flight_bytes",
-            "Bytes held for requests not yet sent and responses not yet written, all connections.",
-            i64::try_from(budget.used()).unwrap_or(i64::MAX),
-        )?;
-        gauge(
-            e,
-            "idemgate_in_flight_bytes_limit",
-            "listen.max_in_flight_bytes_total.",
-            i64::try_from(budget.capacity()).unwrap_or(i64::MAX),
+            [
+                ("idemgate_in_flight_bytes", "Bytes held for requests not yet sent and responses not yet written, all connections.", One::Gauge(i64::try_from(budget.used()).unwrap_or(i64::MAX))),
+                ("idemgate_in_flight_bytes_limit", "listen.max_in_flight_bytes_total.", One::Gauge(i64::try_from(budget.capacity()).unwrap_or(i64::MAX))),
+            ],
         )?;
     }
     let mut f = counters(
@@ -414,62 +398,22 @@ fn dedup(d: &DedupMetrics, e: &mut DescriptorEncoder) -> Result<(), Error> {
         let v = n.load(Relaxed);
         sample(&mut f, &[("outcome", V(outcome))], ConstCounter::new(v))?;
     }
-    counter(
+    singles(
         e,
-        "idemgate_transaction_keys_learned_total",
-        "Keys that entered the window when their transaction committed.",
-        d.txn_keys_learned.load(Relaxed),
-    )?;
-    counter(
-        e,
-        "idemgate_batches_untagged_too_large_total",
-        "Batches forwarded without the tag header because the tags would have taken them \
-         past the broker's default max.message.bytes (still deduplicated).",
-        d.untagged_too_large.load(Relaxed),
-    )?;
-    counter(
-        e,
-        "idemgate_pending_waits_total",
-        "Records that waited for the same key in flight in another request (a zombie and its \
-         successor); one request waits at most dedup.pending_wait in all.",
-        d.pending_waits.load(Relaxed),
-    )?;
-    counter(
-        e,
-        "idemgate_store_flushes_total",
-        "Periodic store flushes completed (every dedup.flush_interval): every key acknowledged \
-         before one started is on disk once it is counted.",
-        d.store_flushes.load(Relaxed),
-    )?;
-    counter(
-        e,
-        "idemgate_produce_answered_locally_total",
-        "Produce requests answered by the proxy because every record was a replay.",
-        d.answered_locally.load(Relaxed),
-    )?;
-    gauge(
-        e,
-        "idemgate_window_keys",
-        "Keys in the idempotency window.",
-        d.window_keys.load(Relaxed),
-    )?;
-    gauge(
-        e,
-        "idemgate_window_memory_bytes",
-        "Memory held by the window's key maps (estimate).",
-        d.window_bytes.load(Relaxed),
-    )?;
-    gauge(
-        e,
-        "idemgate_store_bytes",
-        "Size of the store on disk (sled's estimate).",
-        d.store_bytes.load(Relaxed),
-    )?;
-    gauge(
-        e,
-        "idemgate_window_loaded",
-        "1 once the window has been read back from the store after a start.",
-        d.window_loaded.load(Relaxed),
+        [
+            ("idemgate_transaction_keys_learned_total", "Keys that entered the window when their transaction committed.", One::Counter(d.txn_keys_learned.load(Relaxed))),
+            ("idemgate_batches_untagged_too_large_total", "Batches forwarded without the tag header because the tags would have taken them \
+         past the broker's default max.message.bytes (still deduplicated).", One::Counter(d.untagged_too_large.load(Relaxed))),
+            ("idemgate_pending_waits_total", "Records that waited for the same key in flight in another request (a zombie and its \
+         successor); one request waits at most dedup.pending_wait in all.", One::Counter(d.pending_waits.load(Relaxed))),
+            ("idemgate_store_flushes_total", "Periodic store flushes completed (every dedup.flush_interval): every key acknowledged \
+         before one started is on disk once it is counted.", One::Counter(d.store_flushes.load(Relaxed))),
+            ("idemgate_produce_answered_locally_total", "Produce requests answered by the proxy because every record was a replay.", One::Counter(d.answered_locally.load(Relaxed))),
+            ("idemgate_window_keys", "Keys in the idempotency window.", One::Gauge(d.window_keys.load(Relaxed))),
+            ("idemgate_window_memory_bytes", "Memory held by the window's key maps (estimate).", One::Gauge(d.window_bytes.load(Relaxed))),
+            ("idemgate_store_bytes", "Size of the store on disk (sled's estimate).", One::Gauge(d.store_bytes.load(Relaxed))),
+            ("idemgate_window_loaded", "1 once the window has been read back from the store after a start.", One::Gauge(d.window_loaded.load(Relaxed))),
+        ],
     )
 }
 
@@ -566,17 +510,20 @@ fn quotas(q: &Quotas, e: &mut DescriptorEncoder) -> Result<(), Error> {
         let v = i64::from(en.is_paused());
         sample(&mut f, &labels(en), ConstGauge::new(v))?;
     }
-    counter(
+    singles(
         e,
-        "idemgate_quota_reloads_total",
-        "Quota changes put in force (SIGHUP, admin API).",
-        q.reloads.load(Relaxed),
-    )?;
-    counter(
-        e,
-        "idemgate_quota_reload_failures_total",
-        "Quota changes refused (the previous ones stay).",
-        q.reload_failures.load(Relaxed),
+        [
+            (
+                "idemgate_quota_reloads_total",
+                "Quota changes put in force (SIGHUP, admin API).",
+                One::Counter(q.reloads.load(Relaxed)),
+            ),
+            (
+                "idemgate_quota_reload_failures_total",
+                "Quota changes refused (the previous ones stay).",
+                One::Counter(q.reload_failures.load(Relaxed)),
+            ),
+        ],
     )
 }
 
