@@ -696,7 +696,8 @@ async fn the_admin_api_over_tls_with_a_bearer_token() {
     );
     let (status, body) = https("GET", "/metrics", Some(token)).await;
     assert_eq!(status, 200);
-    assert!(body.contains("idemgate_requests_total"));
+    // OpenMetrics: the counter family is declared without `_total`.
+    assert!(body.contains("# TYPE idemgate_requests counter"), "{body}");
     assert_eq!(https("POST", "/window/purge?topic=t", None).await.0, 401);
     let (status, body) = https("POST", "/window/purge?topic=t", Some(token)).await;
     assert_eq!(

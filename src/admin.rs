@@ -281,15 +281,12 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    shared.metrics.store_writable.store(
-        i64::from(shared.store.write_failure().is_none()),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    let mut body = shared.metrics.render();
-    crate::telemetry::prometheus::quotas(&shared.quotas, &mut body);
+    let store_writable = shared.store.write_failure().is_none();
+    let body =
+        crate::telemetry::prometheus::render(&shared.metrics, &shared.quotas, store_writable);
     (
         StatusCode::OK,
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(CONTENT_TYPE, crate::telemetry::prometheus::CONTENT_TYPE)],
         body,
     )
         .into_response()

@@ -2,8 +2,8 @@
 //! dedup counters in `dedup.rs`, every metric name in `prometheus.rs`.
 //!
 //! Metrics are plain atomics in fixed arrays indexed by API key, so the hot
-//! path never takes a lock or allocates; `/metrics` renders them as Prometheus
-//! text. Latency is measured per hop: `hop="client"` is the whole time a
+//! path never takes a lock or allocates; `/metrics` encodes them with
+//! prometheus-client (OpenMetrics text). Latency is measured per hop: `hop="client"` is the whole time a
 //! request spends with us (frame read to response written), `hop="upstream"`
 //! the broker's share of it (request written to response read).
 

@@ -21,6 +21,12 @@ pub(super) const BUCKETS: [f64; 17] = [
 const API_SLOTS: usize = 128;
 
 /// A latency histogram with Prometheus' cumulative buckets.
+///
+/// Not prometheus-client's `Histogram`: that one takes a write lock on
+/// every observation, and `Family` a read lock and a hash lookup per
+/// sample; these are observed twice per request, so they stay atomics in
+/// fixed arrays and prometheus-client only encodes them
+/// (`telemetry/prometheus.rs`).
 pub struct Histogram {
     pub(super) buckets: [AtomicU64; BUCKETS.len() + 1],
     pub(super) sum_micros: AtomicU64,
@@ -87,8 +93,6 @@ pub struct Metrics {
     pub broker_listeners: AtomicI64,
     /// Known brokers whose listener could not be opened (port taken).
     pub broker_listeners_missing: AtomicI64,
-    /// 0 once the store refused a write (set when `/metrics` is read).
-    pub store_writable: AtomicI64,
     /// Client TLS handshakes that failed or timed out.
     pub tls_handshake_failures: AtomicU64,
     /// TLS file reloads, and reloads that failed (the old files stay in use).
@@ -118,7 +122,6 @@ impl Metrics {
             upstream_up: AtomicI64::new(0),
             broker_listeners: AtomicI64::new(0),
             broker_listeners_missing: AtomicI64::new(0),
-            store_writable: AtomicI64::new(1),
             tls_handshake_failures: AtomicU64::new(0),
             tls_reloads: AtomicU64::new(0),
             tls_reload_failures: AtomicU64::new(0),
