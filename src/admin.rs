@@ -251,12 +251,9 @@ fn authorize(
 }
 
 /// Compares without stopping at the first difference (no timing hint of
-/// how much of a guess was right).
+/// how much of a guess was right); only the length shows.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 // === the routes ===
@@ -466,6 +463,13 @@ mod tests {
         assert_eq!(authorize(&a, Need::Change, Some(&bearer)), Ok(()));
         assert_eq!(
             authorize(&a, Need::Change, None).unwrap_err().0,
+            UNAUTHORIZED
+        );
+        let same_length = format!("Bearer {}", "x".repeat(TOKEN.len()));
+        assert_eq!(
+            authorize(&a, Need::Change, Some(&same_length))
+                .unwrap_err()
+                .0,
             UNAUTHORIZED
         );
         let wrong = format!("Bearer {TOKEN}x");

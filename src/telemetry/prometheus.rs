@@ -8,7 +8,7 @@
 //! proxy has always exported; the exposition ends with `# EOF`.
 
 use std::fmt::{Error, Write as _};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use kafka_protocol::messages::ApiKey;
@@ -23,7 +23,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::codec::api_name;
-use crate::quota::{Quotas, KINDS};
+use crate::quota::{Counters, Entity, Quotas, KINDS};
 
 use super::dedup::FailOpen;
 use super::metrics::BUCKETS;
@@ -142,6 +142,22 @@ fn singles<const N: usize>(
     Ok(())
 }
 
+/// A counter family with one label: (label value, counter) per sample.
+fn counters_by<'a>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    rows: impl IntoIterator<Item = (&'a str, &'a AtomicU64)>,
+) -> Result<(), Error> {
+    let mut f = counters(e, name, help)?;
+    for (value, n) in rows {
+        let v = n.load(Relaxed);
+        sample(&mut f, &[(label, V(value))], ConstCounter::new(v))?;
+    }
+    Ok(())
+}
+
 /// One labelled sample of an open family.
 fn sample(
     m: &mut MetricEncoder,
@@ -236,24 +252,22 @@ fn process(m: &Metrics, store_writable: bool, e: &mut DescriptorEncoder) -> Resu
             ),
         ],
     )?;
-    let mut f = counters(
+    counters_by(
         e,
         "idemgate_connections_rejected_total",
         "Client connections refused at accept, by the limit reached.",
+        "limit",
+        ["total", "per_ip"].into_iter().zip(&m.connections_rejected),
     )?;
-    for (i, limit) in ["total", "per_ip"].iter().enumerate() {
-        let v = m.connections_rejected[i].load(Relaxed);
-        sample(&mut f, &[("limit", V(limit))], ConstCounter::new(v))?;
-    }
-    let mut f = counters(
+    counters_by(
         e,
         "idemgate_connection_errors_total",
         "Connections closed by an error, by whose fault it was.",
+        "side",
+        ["client", "upstream", "internal"]
+            .into_iter()
+            .zip(&m.errors),
     )?;
-    for (i, side) in ["client", "upstream", "internal"].iter().enumerate() {
-        let v = m.errors[i].load(Relaxed);
-        sample(&mut f, &[("side", V(side))], ConstCounter::new(v))?;
-    }
     singles(
         e,
         [
@@ -276,15 +290,13 @@ fn process(m: &Metrics, store_writable: bool, e: &mut DescriptorEncoder) -> Resu
             ],
         )?;
     }
-    let mut f = counters(
+    counters_by(
         e,
         "idemgate_memory_waits_total",
         "Reads held back for memory: side=client a request body (max_in_flight_bytes_total), side=upstream a response (max_in_flight_bytes).",
+        "side",
+        ["client", "upstream"].into_iter().zip(&m.memory_waits),
     )?;
-    for (i, side) in ["client", "upstream"].iter().enumerate() {
-        let v = m.memory_waits[i].load(Relaxed);
-        sample(&mut f, &[("side", V(side))], ConstCounter::new(v))?;
-    }
     let mut f = gauges(
         e,
         "idemgate_reads_waiting_for_memory",
@@ -382,22 +394,20 @@ fn dedup(d: &DedupMetrics, e: &mut DescriptorEncoder) -> Result<(), Error> {
         "Records of transactional batches, passed through untouched.",
         d.transactional_records.load(Relaxed),
     )?;
-    let mut f = counters(
+    counters_by(
         e,
         "idemgate_transactions_total",
         "Transactions ended through the proxy, by outcome (expired: forgotten after the \
          longest transaction timeout; unlearned: committed past the bound on keys held for \
          open transactions).",
+        "outcome",
+        [
+            ("committed", &d.txn_committed),
+            ("aborted", &d.txn_aborted),
+            ("expired", &d.txn_expired),
+            ("unlearned", &d.txn_unlearned),
+        ],
     )?;
-    for (outcome, n) in [
-        ("committed", &d.txn_committed),
-        ("aborted", &d.txn_aborted),
-        ("expired", &d.txn_expired),
-        ("unlearned", &d.txn_unlearned),
-    ] {
-        let v = n.load(Relaxed);
-        sample(&mut f, &[("outcome", V(outcome))], ConstCounter::new(v))?;
-    }
     singles(
         e,
         [
@@ -420,11 +430,30 @@ fn dedup(d: &DedupMetrics, e: &mut DescriptorEncoder) -> Result<(), Error> {
 // === quotas ===
 
 /// An entity's `connector` and `tenant` labels.
-fn labels(en: &crate::quota::Entity) -> [(&'static str, V<'_>); 2] {
+fn labels(en: &Entity) -> [(&'static str, V<'_>); 2] {
     [
         ("connector", V(en.key.label())),
         ("tenant", V(en.key.tenant.as_deref().unwrap_or(""))),
     ]
+}
+
+/// A family of one sample per entity; a counter if `name` ends in `_total`.
+fn per_entity<M: EncodeMetric>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    all: &[Arc<Entity>],
+    value: impl Fn(&Counters) -> M,
+) -> Result<(), Error> {
+    let mut f = if name.ends_with("_total") {
+        counters(e, name, help)?
+    } else {
+        gauges(e, name, help)?
+    };
+    for en in all {
+        sample(&mut f, &labels(en), value(&en.counters))?;
+    }
+    Ok(())
 }
 
 /// The quota series: one sample per entity (connector and tenant).
@@ -446,42 +475,34 @@ fn quotas(q: &Quotas, e: &mut DescriptorEncoder) -> Result<(), Error> {
             sample(&mut f, &l, ConstCounter::new(v))?;
         }
     }
-    let mut f = counters(
+    per_entity(
         e,
         "idemgate_client_requests_total",
         "Requests per connector and tenant.",
+        &all,
+        |c| ConstCounter::new(c.requests.load(Relaxed)),
     )?;
-    for en in &all {
-        let v = en.counters.requests.load(Relaxed);
-        sample(&mut f, &labels(en), ConstCounter::new(v))?;
-    }
-    let mut f = counters(
+    per_entity(
         e,
         "idemgate_throttle_seconds_total",
         "Throttle imposed by quotas (each connection muted this long).",
+        &all,
+        |c| ConstCounter::new(c.throttle_micros.load(Relaxed) as f64 / 1e6),
     )?;
-    for en in &all {
-        let v = en.counters.throttle_micros.load(Relaxed) as f64 / 1e6;
-        sample(&mut f, &labels(en), ConstCounter::new(v))?;
-    }
-    let mut f = counters(
+    per_entity(
         e,
         "idemgate_throttled_responses_total",
         "Throttles imposed: on a response, or once more on a held request while a debt is owed.",
+        &all,
+        |c| ConstCounter::new(c.throttled.load(Relaxed)),
     )?;
-    for en in &all {
-        let v = en.counters.throttled.load(Relaxed);
-        sample(&mut f, &labels(en), ConstCounter::new(v))?;
-    }
-    let mut f = gauges(
+    per_entity(
         e,
         "idemgate_requests_held",
         "Produce or Fetch requests held now (muted, owing or paused), per connector and tenant.",
+        &all,
+        |c| ConstGauge::new(i64::try_from(c.held.load(Relaxed)).unwrap_or(i64::MAX)),
     )?;
-    for en in &all {
-        let held = i64::try_from(en.counters.held.load(Relaxed)).unwrap_or(i64::MAX);
-        sample(&mut f, &labels(en), ConstGauge::new(held))?;
-    }
     let mut f = gauges(
         e,
         "idemgate_quota_limit",
