@@ -18,13 +18,13 @@
 //!           ↑ bind it if the broker accepts (filter/sasl.rs)
 //!   ▸ api versions  ↓ answer too-new versions locally (v0 UNSUPPORTED_VERSION)
 //!                   ↑ intersect ranges
+//!   ▸ leak check  ↑ no upstream address reaches a client (diagnostics.leak_check)
+//!   ▸ broker addresses  ↑ Metadata, FindCoordinator, DescribeCluster, KIP-951
 //!   ▸ request waits  ↓ how long the broker may take (Produce timeout, Fetch max_wait, JoinGroup)
 //!   ▸ identity  ↓ connector and task from the client id
 //!   ▸ dedup (produce)  ↓ tag, drop replays, answer wholly replayed requests
 //!                      ↑ commit acknowledged keys, merge answered partitions; EndTxn
 //!   ▸ dedup (fetch)  ↑ learn first positions, remove later copies
-//!   ▸ broker addresses  ↑ Metadata, FindCoordinator, DescribeCluster, KIP-951
-//!   ▸ leak check  ↑ no upstream address reaches a client (diagnostics.leak_check)
 //!   ▸ upstream  the proxy's own correlation ids, the in-flight queue, deadlines (upstream.rs)
 //! ```
 //!

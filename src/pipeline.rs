@@ -12,16 +12,15 @@
 //! a filter names are ever decoded.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
-use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
-    AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest, ApiVersionsResponse, EndTxnRequest,
-    EndTxnResponse, MetadataResponse,
+    AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest, EndTxnRequest, EndTxnResponse,
+    MetadataResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::io::AsyncWrite;
@@ -30,8 +29,8 @@ use tower::{layer::layer_fn, Layer, Service, ServiceBuilder, ServiceExt};
 use crate::codec::RequestHead;
 use crate::config::Config;
 use crate::error::Error;
-use crate::filter::api_versions;
-use crate::filter::broker_address::{carries_upstream_address, Rewriter};
+use crate::filter::api_versions::{Advertised, ApiVersions};
+use crate::filter::broker_address::{BrokerAddresses, LeakCheck};
 use crate::filter::dedup_fetch::{FetchDedup, FetchPlan};
 use crate::filter::dedup_produce::{self, ProduceDedup, ProducePlan};
 use crate::filter::quota::{Gate, Quota};
@@ -39,7 +38,7 @@ use crate::filter::sasl::{Binding, Sasl};
 use crate::filter::{Call, Exchange, Named, Pending};
 use crate::idempotency::window::Producer;
 use crate::identity::Identity;
-use crate::message::{self, Response};
+use crate::message;
 use crate::telemetry::Metrics;
 use crate::topology::Topology;
 use crate::upstream::{Exchanger, Outbound};
@@ -120,7 +119,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     advertised_host: StrBytes,
     /// The last ranges advertised to a client, for local UNSUPPORTED_VERSION answers.
-    advertised_versions: RwLock<Option<Vec<ApiVersion>>>,
+    advertised_versions: Advertised,
     /// `None` when no dedup rule is on.
     dedup: Option<ProduceDedup>,
     /// `None` when no rule filters the fetch path.
@@ -135,7 +134,7 @@ impl Pipeline {
             topology,
             metrics,
             advertised_host,
-            advertised_versions: RwLock::new(None),
+            advertised_versions: Advertised::default(),
             dedup: None,
             fetch_dedup: None,
         }
@@ -178,11 +177,6 @@ impl Pipeline {
         }
         let mut produce = None;
         let wait = match head.api_key {
-            ApiKey::ApiVersions if head.api_version > api_versions::MAX_VERSION => {
-                return self
-                    .answer_unsupported_api_versions(head)
-                    .map(RequestAction::Answer);
-            }
             ApiKey::Produce => {
                 match message::produce_acks_and_timeout(&frame, head.body_offset, head.api_version)
                 {
@@ -323,26 +317,20 @@ impl Pipeline {
         if let (Some(dedup), ApiKey::Metadata) = (&self.fetch_dedup, api) {
             dedup.learn_names(version, &out);
         }
-        if api == ApiKey::ApiVersions {
-            if let Some(changed) = self.filter_api_versions(version, &out)? {
-                out = changed;
-            }
-        } else if Rewriter::applies(api, version) {
-            let rewriter = Rewriter {
-                topology: &*self.topology,
-                advertised_host: &self.advertised_host,
-            };
-            if let Some(changed) = rewriter.rewrite(api, version, &out)? {
-                out = changed;
-            }
-        }
-        if self.config.diagnostics.leak_check
-            && carries_upstream_address(&out, &self.topology.upstream_addresses())
-        {
-            self.metrics.address_leaks.fetch_add(1, Relaxed);
-            tracing::error!(api = ?api, version, "response carries an upstream broker address");
-        }
         Ok(out)
+    }
+
+    /// What the leak check needs, if `diagnostics.leak_check` is on.
+    fn leak_check(&self) -> Option<(&Topology, &Metrics)> {
+        self.config
+            .diagnostics
+            .leak_check
+            .then_some((&*self.topology, &*self.metrics))
+    }
+
+    /// What the api versions filter advertised last.
+    pub fn advertised_versions(&self) -> &Advertised {
+        &self.advertised_versions
     }
 
     /// Whether a fetch rule needs topic ids resolved to names.
@@ -356,50 +344,16 @@ impl Pipeline {
             dedup.learn_names_from(metadata);
         }
     }
-
-    fn filter_api_versions(&self, version: i16, frame: &Bytes) -> Result<Option<Bytes>, Error> {
-        let api = ApiKey::ApiVersions;
-        let mut resp: Response<ApiVersionsResponse> = match Response::decode(api, version, frame) {
-            Ok(r) => r,
-            // A broker that does not speak this version answers in v0 with an
-            // error (KIP-511); cut its ranges all the same.
-            Err(_) if version > 0 => {
-                let mut r: Response<ApiVersionsResponse> = Response::decode(api, 0, frame)?;
-                api_versions::intersect(&mut r.msg);
-                return r.encode().map(Some);
-            }
-            Err(e) => return Err(e),
-        };
-        api_versions::intersect(&mut resp.msg);
-        if resp.msg.error_code == 0 {
-            *self.advertised_versions.write().expect("versions lock") =
-                Some(resp.msg.api_keys.clone());
-        }
-        resp.encode().map(Some)
-    }
-
-    fn answer_unsupported_api_versions(&self, head: &RequestHead) -> Result<Bytes, Error> {
-        let ranges = self
-            .advertised_versions
-            .read()
-            .expect("versions lock")
-            .clone()
-            .unwrap_or_else(api_versions::proxy_ranges);
-        let resp = api_versions::unsupported_version_answer(ranges);
-        tracing::debug!(
-            version = head.api_version,
-            "ApiVersions newer than the proxy knows: answered v0 UNSUPPORTED_VERSION"
-        );
-        // The v0 answer always uses response header v0.
-        message::encode_local_response(ApiKey::ApiVersions, 0, 0, head.correlation_id, &resp)
-    }
 }
 
 // === The stack ===
 
 /// The filter stack of one connection, outermost first. Its type is what
 /// [`stack`] builds, so the names it gives ([`Named`]) are the stack's.
-pub type Stack<'a, W> = Quota<'a, Sasl<'a, Filters<'a, Upstream<'a, W>>>>;
+pub type Stack<'a, W> = Quota<
+    'a,
+    Sasl<'a, ApiVersions<'a, LeakCheck<'a, BrokerAddresses<'a, Filters<'a, Upstream<'a, W>>>>>>,
+>;
 
 /// Stacks one connection's filters over its upstream exchange.
 pub fn stack<'a, W: AsyncWrite + Unpin + Send>(
@@ -412,6 +366,12 @@ pub fn stack<'a, W: AsyncWrite + Unpin + Send>(
     ServiceBuilder::new()
         .layer(Quota::layer(quota))
         .layer(Sasl::layer(sasl))
+        .layer(ApiVersions::layer(filters.advertised_versions()))
+        .layer(LeakCheck::layer(filters.leak_check()))
+        .layer(BrokerAddresses::layer(
+            &filters.topology,
+            &filters.advertised_host,
+        ))
         .layer(Filters::layer(filters, state, upstream))
         .service(Upstream(upstream))
 }
@@ -439,9 +399,9 @@ pub fn layer_names() -> Vec<&'static str> {
     names
 }
 
-/// The filters still switched by [`Pipeline`] (api versions, request waits,
-/// identity, produce and fetch dedup, transactions, broker addresses, the
-/// leak check), as one layer until each is a layer of its own.
+/// The filters still switched by [`Pipeline`] (request waits,
+/// identity, produce and fetch dedup, transactions), as one layer until each
+/// is a layer of its own.
 pub struct Filters<'a, S> {
     pipeline: &'a Pipeline,
     state: &'a tokio::sync::Mutex<ConnState>,
@@ -480,13 +440,10 @@ impl<'a, S> Filters<'a, S> {
 impl<S: Named> Named for Filters<'_, S> {
     fn names(out: &mut Vec<&'static str>) {
         out.extend([
-            "api versions",
             "request waits",
             "identity",
             "dedup (produce)",
             "dedup (fetch)",
-            "broker addresses",
-            "leak check",
         ]);
         S::names(out);
     }

@@ -86,6 +86,16 @@ impl<'a> Pending<'a> {
     }
 }
 
+/// Runs `f` over the broker's answer to `call`, once it comes: a filter's
+/// response work.
+pub fn on_response<'a, F, Fut>(call: Call<'a>, f: F) -> Call<'a>
+where
+    F: FnOnce(Reply) -> Fut + Send + 'a,
+    Fut: Future<Output = Result<Reply, Error>> + Send + 'a,
+{
+    Box::pin(async move { Ok(call.await?.then(f)) })
+}
+
 /// A layer's name in the drawing of the flow (`lib.rs`): each service of
 /// the stack names itself, then what is under it.
 pub trait Named {

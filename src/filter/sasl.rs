@@ -26,7 +26,7 @@ use kafka_protocol::messages::{
 };
 use tower::{layer::layer_fn, Layer, Service};
 
-use super::{Call, Exchange, Named, Pending};
+use super::{on_response, Call, Exchange, Named, Pending};
 use crate::error::Error;
 use crate::message;
 
@@ -173,13 +173,11 @@ where
         let Some(principal) = authenticates else {
             return call;
         };
-        Box::pin(async move {
-            Ok(call.await?.then(move |reply| async move {
-                if accepted(version, &reply.bytes) {
-                    binding.bind(principal);
-                }
-                Ok(reply)
-            }))
+        on_response(call, move |reply| async move {
+            if accepted(version, &reply.bytes) {
+                binding.bind(principal);
+            }
+            Ok(reply)
         })
     }
 }
