@@ -1,23 +1,20 @@
-//! One client connection: frames in → pipeline → upstream → pipeline → out, in order.
+//! One client connection: transport only. Frames in, each through the
+//! filter stack (`pipeline.rs`) to upstream, responses out in request order.
 //!
 //! Three loops share the connection, joined so that one failing ends all:
 //!
 //! ```text
-//! client ──frames──▶ read_requests ──(write)──▶ upstream
-//!                        │  slot per request       │
-//!                        │  (in request order)     │ responses, FIFO
-//!                        ▼                         ▼
-//! client ◀──frames── write_responses ◀──oneshot── read_responses
+//! client ──frames──▶ read_requests ──stack──▶ upstream (upstream.rs: correlation ids, in-flight queue)
+//!                        │  slot per request            │
+//!                        │  (in request order)          │ responses, FIFO
+//!                        ▼                              ▼
+//! client ◀──frames── write_responses ◀──response filters── read_responses (upstream.rs)
 //! ```
 //!
-//! Kafka brokers answer a connection's requests in the order sent, so the
-//! in-flight queue is a plain FIFO; each entry carries the correlation id the
-//! client used, since upstream sees the proxy's own sequence (which leaves room
-//! for a filter to send requests of its own). Local answers take their slot
-//! like any other, so responses always leave in request order; Produce with
-//! acks=0 takes none (and should a broker answer it anyway, as tansu does, that
-//! answer is dropped). Each request's deadline is its own wait plus
-//! `upstream.request_timeout`, checked at the head of the queue only.
+//! Requests go through the stack one at a time; each call ends with its
+//! request sent (or answered locally) and leaves the response to come in the
+//! next slot. The writer takes the slots in order and runs each response's
+//! filters as it comes; Produce with acks=0 takes no slot.
 //!
 //! Memory (`limits.rs`): a request's body is read only once the overall
 //! budget (`listen.max_in_flight_bytes_total`) has room for it, and given back
@@ -26,30 +23,34 @@
 //! in the overall one until it is written to the client. A client that takes
 //! none of its responses for `listen.write_timeout` is closed.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
+use futures::future::{self, BoxFuture};
+use futures::FutureExt;
 use kafka_protocol::messages::ApiKey;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::codec::{CodecError, FrameReader, RequestHead, REQUEST_CORRELATION_OFFSET};
+use crate::codec::{CodecError, FrameReader, RequestHead};
 use crate::error::{Error, Side};
+use crate::filter::quota::Gate;
+use crate::filter::sasl::{Binding, Principal};
+use crate::filter::{Exchange, Pending};
 use crate::limits::Admission;
 use crate::limits::{Charge, MemoryBudget, StallGuard};
-use crate::message;
-use crate::pipeline::{ConnState, QuotaCharge, RequestAction, ResponsePlan};
-use crate::quota::{Entity, Kind};
+use crate::pipeline::{self, ConnState, Exchanges};
 use crate::shared::{ConnView, Shared};
 use crate::tls::{self, ClientTlsStream};
-use crate::upstream::{self, UpstreamStream, MAX_RESPONSE_FRAME};
+use crate::upstream::{
+    self, shrink_read_buffer, write_frame, Exchanger, Reply, UpstreamStream, QUIET,
+};
 
 /// Which listener a client came in on.
 #[derive(Debug, Clone, Copy)]
@@ -61,49 +62,11 @@ pub enum Target {
 }
 
 /// A response to come, in its place in the order.
-struct Slot {
-    response: oneshot::Receiver<Reply>,
-    api_key: kafka_protocol::messages::ApiKey,
+struct Slot<'a> {
+    response: BoxFuture<'a, Result<Option<Reply>, Error>>,
+    api_key: ApiKey,
     started: Instant,
 }
-
-/// A request sent upstream, in send order.
-struct InFlight {
-    upstream_correlation_id: i32,
-    /// `None` for Produce with acks=0: Kafka never answers it (tansu does
-    /// anyway, and that answer is dropped here, never shown to the client).
-    awaited: Option<Awaited>,
-}
-
-/// What is needed to hand a response back to its client.
-struct Awaited {
-    client_correlation_id: i32,
-    plan: ResponsePlan,
-    sent_at: Instant,
-    reply: oneshot::Sender<Reply>,
-}
-
-/// A response and the memory charged for it (its connection's budget, the
-/// overall one), given back once it is written.
-struct Reply {
-    bytes: Bytes,
-    _held: (Charge, Charge),
-}
-
-impl Reply {
-    /// Made by the proxy itself: small, charged nowhere.
-    fn local(bytes: Bytes) -> Reply {
-        Reply {
-            bytes,
-            _held: (Charge::none(), Charge::none()),
-        }
-    }
-}
-
-/// Ids of acks=0 requests a broker might still answer, kept until a later
-/// response proves it will not (answers come in order). Bounded, for brokers
-/// that never answer and clients that only ever send acks=0.
-const MAX_UNANSWERED: usize = 4096;
 
 /// Serves one client until it leaves, fails, or the proxy shuts down. Logs
 /// one line on the way out if it ended with an error.
@@ -242,8 +205,8 @@ async fn proxy<R, W>(
     target: Target,
 ) -> Result<(), Error>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
 {
     let config = &shared.config;
     let addrs = upstream_addresses(shared, target).await?;
@@ -264,23 +227,20 @@ where
     let conn = Conn {
         shared,
         conn_id,
-        upstream_addr,
         upstream_gone: CancellationToken::new(),
         owed: AtomicUsize::new(0),
         opened: Instant::now(),
         answered_ms: AtomicU64::new(0),
-        muted_until: Mutex::new(None),
-        principal: Mutex::new(principal),
-        principal_changes: AtomicU64::new(0),
     };
+    let principal = Principal::new(principal);
     match upstream {
         UpstreamStream::Plain(s) => {
             let (r, w) = s.into_split();
-            pipe(&conn, client_r, client_w, r, w).await
+            pipe(&conn, &principal, upstream_addr, client_r, client_w, r, w).await
         }
         UpstreamStream::Tls(s) => {
             let (r, w) = tokio::io::split(*s);
-            pipe(&conn, client_r, client_w, r, w).await
+            pipe(&conn, &principal, upstream_addr, client_r, client_w, r, w).await
         }
     }
 }
@@ -288,27 +248,59 @@ where
 /// The three loops of a connection, joined.
 async fn pipe<R, W, UR, UW>(
     conn: &Conn<'_>,
+    principal: &Principal,
+    upstream_addr: String,
     client_r: R,
     client_w: W,
     upstream_r: UR,
     upstream_w: UW,
 ) -> Result<(), Error>
 where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
     UR: AsyncRead + Unpin,
-    UW: AsyncWrite + Unpin,
+    UW: AsyncWrite + Unpin + Send,
 {
-    let in_flight = conn.shared.config.listen.max_in_flight.get();
-    let (slot_tx, slot_rx) = mpsc::channel(in_flight);
+    let shared = conn.shared;
+    let in_flight = shared.config.listen.max_in_flight.get();
     let (in_flight_tx, in_flight_rx) = mpsc::channel(in_flight);
-    let requests = read_requests(conn, client_r, upstream_w, slot_tx, in_flight_tx);
-    let budget = MemoryBudget::counting_waits_in(
-        conn.shared.config.listen.max_in_flight_bytes,
-        conn.shared.metrics.responses_waiting.clone(),
+    let exchanger = Exchanger::new(upstream_w, upstream_addr.clone(), in_flight_tx);
+    let gate = Gate::new(
+        &shared.quotas,
+        principal,
+        &exchanger,
+        shared.shutdown.clone(),
+        &conn.upstream_gone,
     );
-    let responses = read_responses(conn, upstream_r, in_flight_rx, budget);
-    let writer = write_responses(conn, client_w, slot_rx);
+    let conn_id = conn.conn_id;
+    let binding = Binding::new(principal, tracing::Span::current(), move |p: &str| {
+        shared.update_conn(conn_id, |v| v.principal = Some(p.to_string()))
+    });
+    let state = tokio::sync::Mutex::new(ConnState::default());
+    let mut stack = pipeline::stack(&gate, &binding, &shared.pipeline, &state, &exchanger);
+    // After what the responses to come borrow: dropped before them.
+    let (slot_tx, slot_rx) = mpsc::channel(in_flight);
+    let requests: BoxFuture<'_, Result<(), Error>> = Box::pin(async {
+        read_requests(conn, client_r, &mut stack, slot_tx).await?;
+        // The writer itself stays open until everything is answered.
+        exchanger.finish().await
+    });
+    let responses = upstream::read_responses(
+        upstream::Responses {
+            addr: &upstream_addr,
+            budget: MemoryBudget::counting_waits_in(
+                shared.config.listen.max_in_flight_bytes,
+                shared.metrics.responses_waiting.clone(),
+            ),
+            overall: &shared.in_flight,
+            metrics: &shared.metrics,
+            gone: &conn.upstream_gone,
+        },
+        upstream_r,
+        in_flight_rx,
+    );
+    let writer: BoxFuture<'_, Result<(), Error>> =
+        Box::pin(write_responses(conn, client_w, slot_rx));
     tokio::try_join!(requests, responses, writer)?;
     Ok(())
 }
@@ -345,8 +337,6 @@ async fn upstream_addresses(shared: &Shared, target: Target) -> Result<Vec<Strin
 struct Conn<'a> {
     shared: &'a Shared,
     conn_id: u64,
-    /// The broker this connection talks to, for errors.
-    upstream_addr: String,
     /// Set by the response reader when the broker hangs up with nothing in
     /// flight: the request reader stops, the writer sends what it has.
     upstream_gone: CancellationToken,
@@ -361,15 +351,6 @@ struct Conn<'a> {
     /// answered, under the client's next request.)
     opened: Instant,
     answered_ms: AtomicU64,
-    /// Quotas: the next Produce or Fetch read waits until then (KIP-219's
-    /// mute). Set by the request reader (Produce bytes, request rate) and
-    /// the response reader (Fetch bytes).
-    muted_until: Mutex<Option<Instant>>,
-    /// Who authenticated: the mTLS subject from the start, or the SASL
-    /// principal once the broker accepts it.
-    principal: Mutex<Option<String>>,
-    /// Bumped when `principal` changes: the request reader re-keys its quota.
-    principal_changes: AtomicU64,
 }
 
 // === impl Conn ===
@@ -387,70 +368,31 @@ impl Conn<'_> {
             .elapsed()
             .saturating_sub(Duration::from_millis(self.answered_ms.load(Relaxed)))
     }
-
-    /// Mutes the connection for `d` from now (never shortens a mute).
-    fn mute(&self, d: Duration) {
-        if d.is_zero() {
-            return;
-        }
-        let until = Instant::now() + d;
-        let mut muted = self.muted_until.lock().expect("mute lock");
-        if muted.is_none_or(|u| u < until) {
-            *muted = Some(until);
-        }
-    }
-
-    fn muted_until(&self) -> Option<Instant> {
-        let muted = *self.muted_until.lock().expect("mute lock");
-        muted.filter(|u| *u > Instant::now())
-    }
-
-    /// Throttle `d` (capped at `quota.max_throttle`) imposed on `entity`:
-    /// counted, and the connection muted for it. Returns what was imposed.
-    fn throttle(&self, entity: &Entity, d: Duration) -> Duration {
-        if d.is_zero() {
-            return d;
-        }
-        let d = d.min(self.shared.quotas.max_throttle());
-        self.mute(d);
-        entity.throttled(d);
-        d
-    }
 }
 
-/// Reads client frames, runs the request filters, writes upstream. Returns
-/// (keeping the upstream writer open until everything is answered) when the
-/// client closes or the proxy shuts down.
-async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
+/// Reads client frames and puts each through the stack, one at a time.
+/// Returns when the client closes or the proxy shuts down.
+async fn read_requests<'a, R: AsyncRead + Unpin>(
     conn: &Conn<'_>,
     client_r: R,
-    upstream_w: UW,
-    slots: mpsc::Sender<Slot>,
-    in_flight: mpsc::Sender<InFlight>,
-) -> Result<UW, Error> {
+    stack: &mut dyn Exchanges<'a>,
+    slots: mpsc::Sender<Slot<'a>>,
+) -> Result<(), Error> {
     let Conn {
         shared,
         conn_id,
-        upstream_addr,
         upstream_gone,
         ..
     } = conn;
-    let (conn_id, upstream_addr) = (*conn_id, upstream_addr.as_str());
+    let conn_id = *conn_id;
     let idle = shared.config.listen.idle_timeout;
     let mut frames = FrameReader::new(client_r, shared.config.listen.max_frame_bytes);
-    let mut upstream = BufWriter::with_capacity(64 * 1024, upstream_w);
     let mut shutdown: watch::Receiver<bool> = shared.shutdown.clone();
-    let mut state = ConnState::default();
-    let mut next_correlation_id: i32 = 0;
     let mut client_id_recorded = false;
     let mut last_request = Instant::now();
-    // The quota entity, and the principal it was keyed on (by change count).
-    let mut entity: Option<Arc<Entity>> = None;
-    let mut keyed_on = 0u64;
-    let mut quota_changes = shared.quotas.subscribe();
 
     loop {
-        let (mut frame, charge): (BytesMut, Charge) = tokio::select! {
+        let (frame, charge): (BytesMut, Charge) = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
             _ = upstream_gone.cancelled() => break,
@@ -487,236 +429,43 @@ async fn read_requests<R: AsyncRead + Unpin, UW: AsyncWrite + Unpin>(
             client_id_recorded = true;
         }
         shared.metrics.request(head.api_key, frame.len() + 4);
-        tracing::trace!(api_key = ?head.api_key, version = head.api_version, correlation_id = head.correlation_id, bytes = frame.len(), "request");
-
-        // Quotas: who this is (again once SASL names a principal).
-        let changes = conn.principal_changes.load(Relaxed);
-        if entity.is_none() || changes != keyed_on {
-            let identity = shared.quotas.identify(&head.client_id_str());
-            let principal = conn.principal.lock().expect("principal lock").clone();
-            entity = Some(shared.quotas.entity(&identity, principal.as_deref()));
-            if keyed_on == 0 && changes == 0 {
-                state.set_identity(identity);
-            }
-            keyed_on = changes;
-        }
-        let entity = entity.clone().expect("set above");
-        // A muted connection, or a paused connector, holds its next Produce
-        // or Fetch, and reads nothing more meanwhile; other requests
-        // (heartbeats, commits, metadata) are never held.
-        let kind = match head.api_key {
-            ApiKey::Produce => Some(Kind::Produce),
-            ApiKey::Fetch => Some(Kind::Fetch),
-            _ => None,
+        let span = tracing::debug_span!(
+            "req",
+            api_key = ?head.api_key,
+            api_version = head.api_version,
+            correlation_id = head.correlation_id
+        );
+        tracing::trace!(parent: &span, bytes = frame.len(), "request");
+        let api_key = head.api_key;
+        let exchange = Exchange {
+            head,
+            frame,
+            charge,
+            started,
+            // Pipelined requests already buffered go out in one write.
+            more_follow: whole_frame_buffered(frames.buffer()),
+            identity: None,
+            wait: Some(shared.config.upstream.request_timeout),
         };
-        let data = kind.is_some();
-        let mut still_paused = false;
-        if let Some(kind) = kind {
-            // A Produce also waits out a debt larger than one throttle. A
-            // Fetch does not: its size is capped to what the bucket holds,
-            // and a long hold would hold a kafka-python consumer's
-            // heartbeats, which share its fetch connection.
-            if entity.is_paused()
-                || conn.muted_until().is_some()
-                || (kind == Kind::Produce && !entity.owed(kind, Instant::now()).is_zero())
-            {
-                upstream
-                    .flush()
-                    .await
-                    .map_err(|e| upstream_io(upstream_addr, e))?;
-                still_paused = hold(conn, &entity, kind, &mut quota_changes, &mut shutdown).await;
-            }
-        }
-        let mut owed = entity.charge_request();
-        match head.api_key {
-            ApiKey::Produce => {
-                owed = owed.max(entity.charge(Kind::Produce, (frame.len() + 4) as u64));
-            }
-            ApiKey::Fetch => {
-                // What the budget allows now; a paused connector held past
-                // quota.max_hold gets the least (one batch, KIP-74).
-                let cap = if still_paused {
-                    Some(1)
-                } else {
-                    entity.fetch_allowance()
-                };
-                if let Some(cap) = cap {
-                    message::cap_fetch_max_bytes(
-                        &mut frame,
-                        head.body_offset,
-                        head.api_version,
-                        cap,
-                    );
-                }
-            }
-            _ => {}
-        }
-        let throttle = conn.throttle(&entity, owed);
-
-        // The dedup filter may wait on keys an earlier request of this very
-        // connection has in flight: that request must have left, not sit in
-        // the buffer behind the wait.
-        if head.api_key == ApiKey::Produce && !upstream.buffer().is_empty() {
-            upstream
-                .flush()
-                .await
-                .map_err(|e| upstream_io(upstream_addr, e))?;
-        }
-        let action = shared.pipeline.on_request(&mut state, &head, frame).await?;
-        let spent = entity.charge_time(started.elapsed());
-        let throttle = throttle.max(conn.throttle(&entity, spent));
-        match action {
-            RequestAction::Answer(bytes) => {
-                drop(charge);
-                let _ = open_slot(conn, &slots, head.api_key, started)
-                    .await?
-                    .send(Reply::local(bytes));
-            }
-            RequestAction::Forward(mut frame, mut plan) => {
-                if let Some(plan) = plan.as_mut() {
-                    // Fetch bytes are counted (and charged) as they come back.
-                    if head.api_key == ApiKey::Fetch || (data && !throttle.is_zero()) {
-                        plan.quota = Some(QuotaCharge {
-                            entity: entity.clone(),
-                            throttle,
-                        });
-                    }
-                }
-                let upstream_id = next_correlation_id;
-                next_correlation_id = next_correlation_id.wrapping_add(1);
-                frame[REQUEST_CORRELATION_OFFSET..REQUEST_CORRELATION_OFFSET + 4]
-                    .copy_from_slice(&upstream_id.to_be_bytes());
-                let awaited = match plan {
-                    Some(plan) => Some(Awaited {
-                        client_correlation_id: head.correlation_id,
-                        plan,
-                        sent_at: Instant::now(),
-                        reply: open_slot(conn, &slots, head.api_key, started).await?,
-                    }),
-                    None => None,
-                };
-                let entry = InFlight {
-                    upstream_correlation_id: upstream_id,
-                    awaited,
-                };
-                if in_flight.send(entry).await.is_err() {
-                    // The response reader is gone: the broker closed.
-                    return Err(Error::UpstreamClosed {
-                        addr: upstream_addr.to_string(),
-                    });
-                }
-                write_frame(&mut upstream, &frame)
-                    .await
-                    .map_err(|e| upstream_io(upstream_addr, e))?;
-                // Sent, or in the 64 KiB the upstream writer keeps.
-                drop((frame, charge));
-                // Pipelined requests already buffered go out in one write.
-                if !whole_frame_buffered(frames.buffer()) {
-                    upstream
-                        .flush()
-                        .await
-                        .map_err(|e| upstream_io(upstream_addr, e))?;
-                }
-            }
-        }
-    }
-    upstream
-        .flush()
-        .await
-        .map_err(|e| upstream_io(upstream_addr, e))?;
-    Ok(upstream.into_inner())
-}
-
-/// Holds a Produce or Fetch while its connection is muted, a Produce also
-/// while its entity owes a debt (muted again, a throttle at a time: a debt
-/// larger than one throttle is carried across holds until repaid), or while
-/// its connector is paused; all of it at most `quota.max_hold`, so that no
-/// request waits anywhere near the client's request.timeout.ms. Nothing else
-/// is read from the client meanwhile. True if the pause outlasted `max_hold`.
-async fn hold(
-    conn: &Conn<'_>,
-    entity: &Entity,
-    kind: Kind,
-    changes: &mut watch::Receiver<u64>,
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
-    let held_at = Instant::now();
-    // Counted while held, however the wait ends (a closed connection drops it).
-    struct Held<'a>(&'a std::sync::atomic::AtomicU64);
-    impl Drop for Held<'_> {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Relaxed);
-        }
-    }
-    entity.counters.held.fetch_add(1, Relaxed);
-    let _held = Held(&entity.counters.held);
-    hold_until_free(conn, entity, kind, held_at, changes, shutdown).await
-}
-
-async fn hold_until_free(
-    conn: &Conn<'_>,
-    entity: &Entity,
-    kind: Kind,
-    held_at: Instant,
-    changes: &mut watch::Receiver<u64>,
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
-    loop {
-        let settings = conn.shared.quotas.settings();
-        let max_hold = settings.max_hold;
-        let paused = entity.is_paused();
-        if kind == Kind::Produce && conn.muted_until().is_none() {
-            let now = Instant::now();
-            let limits = (settings.max_throttle, max_hold);
-            if let Some(piece) = entity.hold_step(kind, now - held_at, limits, now) {
-                conn.throttle(entity, piece);
-            }
-        }
-        let mut until = conn.muted_until();
-        if paused {
-            let end = held_at + max_hold;
-            until = Some(until.map_or(end, |u| u.max(end)));
-        }
-        let Some(until) = until.filter(|u| *u > Instant::now()) else {
-            return paused;
+        // A place in the response order first: with `listen.max_in_flight`
+        // responses unwritten, nothing more is read.
+        let place = slots
+            .reserve()
+            .await
+            .map_err(|_| Error::Internal("response writer stopped".into()))?;
+        let response = match stack.exchange(exchange).instrument(span.clone()).await? {
+            Pending::NoAnswer => continue,
+            Pending::Local(bytes) => future::ready(Ok(Some(Reply::local(bytes)))).boxed(),
+            Pending::Later(response) => response.instrument(span).boxed(),
         };
-        tokio::select! {
-            _ = tokio::time::sleep_until(until.into()) => {}
-            // A resume, a new quota: look again.
-            _ = changes.changed() => {}
-            _ = shutdown.wait_for(|stop| *stop) => return false,
-            _ = conn.upstream_gone.cancelled() => return false,
-        }
+        place.send(Slot {
+            response,
+            api_key,
+            started,
+        });
+        conn.owed.fetch_add(1, Relaxed);
     }
-}
-
-/// Takes the next place in the response order; the response goes into the
-/// returned sender whenever it is ready.
-async fn open_slot(
-    conn: &Conn<'_>,
-    slots: &mpsc::Sender<Slot>,
-    api_key: kafka_protocol::messages::ApiKey,
-    started: Instant,
-) -> Result<oneshot::Sender<Reply>, Error> {
-    let (tx, rx) = oneshot::channel();
-    let slot = Slot {
-        response: rx,
-        api_key,
-        started,
-    };
-    slots
-        .send(slot)
-        .await
-        .map_err(|_| Error::Internal("response writer stopped".into()))?;
-    conn.owed.fetch_add(1, Relaxed);
-    Ok(tx)
-}
-
-fn upstream_io(addr: &str, source: std::io::Error) -> Error {
-    Error::UpstreamIo {
-        addr: addr.to_string(),
-        source,
-    }
+    Ok(())
 }
 
 fn whole_frame_buffered(buf: &BytesMut) -> bool {
@@ -729,201 +478,12 @@ fn whole_frame_buffered(buf: &BytesMut) -> bool {
     }
 }
 
-/// After this long without a frame, a connection's read buffer gives back
-/// what its largest frame made it grow to.
-const QUIET: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// What a quiet connection's read buffer may keep (its frames' allocation
-/// stays with the buffer after they are consumed: one 50 MiB Fetch would
-/// otherwise stay resident for as long as the connection lives).
-const READ_BUFFER_KEPT: usize = 64 * 1024;
-
-/// Its capacity does not show the allocation it holds (a consumed frame's
-/// memory comes back to it on the next reserve), so a quiet buffer always
-/// moves to a fresh small one: at most once a second, at most 64 KiB copied.
-fn shrink_read_buffer(buf: &mut BytesMut) {
-    if buf.len() <= READ_BUFFER_KEPT {
-        let mut small = BytesMut::with_capacity(8 * 1024);
-        small.extend_from_slice(buf);
-        *buf = small;
-    }
-}
-
-/// Reads upstream responses in order, checks each against the request it
-/// answers, runs the response filters, and hands it to its slot.
-async fn read_responses<UR: AsyncRead + Unpin>(
-    conn: &Conn<'_>,
-    upstream_r: UR,
-    mut in_flight: mpsc::Receiver<InFlight>,
-    budget: Arc<MemoryBudget>,
-) -> Result<(), Error> {
-    let Conn {
-        shared,
-        upstream_addr: addr,
-        upstream_gone,
-        ..
-    } = conn;
-    let mut frames = FrameReader::new(upstream_r, MAX_RESPONSE_FRAME);
-    let fail = |message: String| Error::Upstream {
-        addr: addr.clone(),
-        message,
-    };
-    let in_flight_gone = || fail("closed the connection with requests in flight".into());
-    let mut unanswered: VecDeque<i32> = VecDeque::new();
-    loop {
-        // Between responses, keep reading upstream too: a broker that closes
-        // the connection (restart, idle timeout) closes the client's with it,
-        // as it would have without the proxy, and answers to acks=0 produces
-        // (tansu sends them) never pile up in the socket. `biased`: an entry
-        // is queued before its request is written, so a response that is
-        // already here always finds its entry first.
-        let entry = tokio::select! {
-            biased;
-            entry = in_flight.recv() => entry,
-            _ = tokio::time::sleep(QUIET) => {
-                shrink_read_buffer(frames.buffer_mut());
-                continue;
-            }
-            len = frames.next_len() => {
-                let Some(len) = len.map_err(|e| fail(e.to_string()))? else {
-                    tracing::info!(upstream = %addr, "upstream closed the connection; closing the client's");
-                    upstream_gone.cancel();
-                    return Ok(());
-                };
-                // Nothing is awaited: an answer to an acks=0 produce, read
-                // and dropped.
-                let frame = frames.body(len).await.map_err(|e| fail(e.to_string()))?;
-                let id = correlation_id_of(&frame).map_err(&fail)?;
-                if !forget_unanswered(&mut unanswered, id) {
-                    return Err(fail(format!("sent a response (correlation id {id}) nobody asked for")));
-                }
-                continue;
-            }
-        };
-        let Some(entry) = entry else { return Ok(()) };
-        let Some(mut awaited) = entry.awaited else {
-            if unanswered.len() == MAX_UNANSWERED {
-                unanswered.pop_front();
-            }
-            unanswered.push_back(entry.upstream_correlation_id);
-            continue;
-        };
-        let api = awaited.plan.api_key;
-        let mut deadline = tokio::time::Instant::from_std(awaited.sent_at + awaited.plan.wait);
-        let too_late = || {
-            fail(format!(
-                "no response to {api:?} v{} within {:?}",
-                awaited.plan.api_version, awaited.plan.wait
-            ))
-        };
-        let (mut frame, held) = loop {
-            let len = match tokio::time::timeout_at(deadline, frames.next_len()).await {
-                Err(_) => return Err(too_late()),
-                Ok(len) => len
-                    .map_err(|e| fail(e.to_string()))?
-                    .ok_or_else(in_flight_gone)?,
-            };
-            // Waiting for the client to take earlier responses is not the
-            // broker's time: the deadline moves by as much.
-            let asked = tokio::time::Instant::now();
-            let mine = budget.charge(len + 4).await;
-            if mine.waited() {
-                shared.metrics.memory_wait(true);
-                deadline += asked.elapsed();
-            }
-            let held = (mine, shared.in_flight.force(len + 4));
-            let frame = match tokio::time::timeout_at(deadline, frames.body(len)).await {
-                Err(_) => return Err(too_late()),
-                Ok(frame) => frame.map_err(|e| fail(e.to_string()))?,
-            };
-            let id = correlation_id_of(&frame).map_err(&fail)?;
-            if id == entry.upstream_correlation_id {
-                // Answers are in order: earlier acks=0 requests got none.
-                unanswered.clear();
-                break (frame, held);
-            }
-            if !forget_unanswered(&mut unanswered, id) {
-                return Err(fail(format!(
-                    "answered correlation id {id} when {} was due",
-                    entry.upstream_correlation_id
-                )));
-            }
-        };
-        frame[..4].copy_from_slice(&awaited.client_correlation_id.to_be_bytes());
-        shared
-            .metrics
-            .upstream_latency(api, awaited.sent_at.elapsed());
-        let mut response = shared
-            .pipeline
-            .on_response(&mut awaited.plan, frame.freeze())
-            .await?;
-        if let Some(quota) = &awaited.plan.quota {
-            let mut throttle = quota.throttle;
-            if api == ApiKey::Fetch {
-                let owed = quota
-                    .entity
-                    .charge(Kind::Fetch, (response.len() + 4) as u64);
-                throttle = throttle.max(conn.throttle(&quota.entity, owed));
-            }
-            if !throttle.is_zero() {
-                let ms = i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX);
-                match message::raise_throttle_time(api, awaited.plan.api_version, &response, ms) {
-                    Ok(Some(changed)) => response = changed,
-                    Ok(None) => {}
-                    // The client is muted all the same; only the hint is lost.
-                    Err(e) => tracing::debug!(error = %e, "throttle_time_ms not rewritten"),
-                }
-            }
-        }
-        if let Some(principal) = &awaited.plan.authenticates {
-            if shared.pipeline.authenticated(&awaited.plan, &response) {
-                *conn.principal.lock().expect("principal lock") = Some(principal.clone());
-                conn.principal_changes.fetch_add(1, Relaxed);
-                tracing::Span::current().record("principal", principal.as_str());
-                tracing::info!(%principal, "SASL authentication accepted by the broker");
-                shared.update_conn(conn.conn_id, |v| v.principal = Some(principal.clone()));
-            }
-        }
-        // The writer may be gone if the client left; nothing more to do then.
-        let _ = awaited.reply.send(Reply {
-            bytes: response,
-            _held: held,
-        });
-    }
-}
-
-fn correlation_id_of(frame: &[u8]) -> Result<i32, String> {
-    match frame.get(..4) {
-        Some(head) => Ok(i32::from_be_bytes(head.try_into().expect("4 bytes"))),
-        None => Err(format!(
-            "{}-byte response frame has no correlation id",
-            frame.len()
-        )),
-    }
-}
-
-/// Drops the answer to an acks=0 request (and every earlier one, which can no
-/// longer come). False if `id` was not one of them.
-fn forget_unanswered(unanswered: &mut VecDeque<i32>, id: i32) -> bool {
-    match unanswered.iter().position(|u| *u == id) {
-        Some(at) => {
-            unanswered.drain(..=at);
-            tracing::trace!(
-                correlation_id = id,
-                "dropped the broker's answer to an acks=0 produce"
-            );
-            true
-        }
-        None => false,
-    }
-}
-
 /// Writes responses to the client in request order, flushing whenever the
 /// next one is not ready yet.
 async fn write_responses<W: AsyncWrite + Unpin>(
     conn: &Conn<'_>,
     client_w: W,
-    mut slots: mpsc::Receiver<Slot>,
+    mut slots: mpsc::Receiver<Slot<'_>>,
 ) -> Result<(), Error> {
     let stalled = StallGuard::new(client_w, conn.shared.config.listen.write_timeout);
     let mut out = BufWriter::with_capacity(64 * 1024, stalled);
@@ -939,7 +499,7 @@ async fn write_responses<W: AsyncWrite + Unpin>(
 async fn write_in_order<W: AsyncWrite + Unpin>(
     conn: &Conn<'_>,
     out: &mut BufWriter<W>,
-    slots: &mut mpsc::Receiver<Slot>,
+    slots: &mut mpsc::Receiver<Slot<'_>>,
 ) -> Result<(), Error> {
     loop {
         let slot = match slots.try_recv() {
@@ -953,17 +513,16 @@ async fn write_in_order<W: AsyncWrite + Unpin>(
             }
         };
         let mut response = slot.response;
-        let reply = match response.try_recv() {
-            Ok(reply) => reply,
-            Err(oneshot::error::TryRecvError::Empty) => {
+        let reply = match (&mut response).now_or_never() {
+            Some(reply) => reply,
+            None => {
                 out.flush().await.map_err(Error::ClientIo)?;
-                match response.await {
-                    Ok(reply) => reply,
-                    // The response reader failed and reports why.
-                    Err(_) => return Ok(()),
-                }
+                response.await
             }
-            Err(oneshot::error::TryRecvError::Closed) => return Ok(()),
+        };
+        let Some(reply) = reply? else {
+            // The response reader failed and reports why.
+            return Ok(());
         };
         write_frame(out, &reply.bytes)
             .await
@@ -980,34 +539,9 @@ async fn write_in_order<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
-    let len = i32::try_from(body.len()).map_err(|_| std::io::Error::other("frame over 2 GiB"))?;
-    w.write_all(&len.to_be_bytes()).await?;
-    w.write_all(body).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_quiet_read_buffer_gives_back_its_largest_frame() {
-        let mut buf = BytesMut::with_capacity(4 << 20);
-        buf.extend_from_slice(&[7; 4 << 20]);
-        let frame = buf.split_to((4 << 20) - 10);
-        drop(frame);
-        // The consumed frame's 4 MiB come back to the buffer.
-        buf.reserve(1);
-        assert!(buf.capacity() >= (4 << 20) - 10, "{}", buf.capacity());
-        shrink_read_buffer(&mut buf);
-        assert_eq!(&buf[..], &[7; 10], "the start of the next frame is kept");
-        assert!(buf.capacity() <= READ_BUFFER_KEPT, "{}", buf.capacity());
-        // A big frame still arriving is left alone.
-        let mut arriving = BytesMut::with_capacity(4 << 20);
-        arriving.extend_from_slice(&[1; 1 << 20]);
-        shrink_read_buffer(&mut arriving);
-        assert_eq!(arriving.len(), 1 << 20);
-    }
 
     #[test]
     fn whole_frame_detection() {

@@ -1,6 +1,36 @@
 //! idemgate: a Kafka-protocol proxy that makes Kafka Connect replays harmless
 //! and backpressure deliberate.
 //!
+//! # How a request flows
+//!
+//! The one drawing of it. Each `▸` line is a layer of the filter stack
+//! (`pipeline::stack`), outermost first: a request goes down through them
+//! one at a time, in arrival order, and its response comes back up through
+//! the same layers in reverse. A unit test checks these lines against the
+//! stack, so the drawing cannot drift from the code.
+//!
+//! ```text
+//! client socket → connection.rs (frames, memory; responses leave in request order)
+//!   ▸ quota  ↓ hold a muted connection's or paused connector's Produce/Fetch;
+//!            charge requests, Produce bytes, time; cap Fetch max_bytes
+//!            ↑ charge Fetch bytes; raise throttle_time_ms (filter/quota.rs)
+//!   ▸ sasl  ↓ learn the principal from the exchange
+//!           ↑ bind it if the broker accepts (filter/sasl.rs)
+//!   ▸ api versions  ↓ answer too-new versions locally (v0 UNSUPPORTED_VERSION)
+//!                   ↑ intersect ranges
+//!   ▸ leak check  ↑ no upstream address reaches a client (diagnostics.leak_check)
+//!   ▸ broker addresses  ↑ Metadata, FindCoordinator, DescribeCluster, KIP-951
+//!   ▸ request waits  ↓ how long the broker may take (Produce timeout, Fetch max_wait, JoinGroup)
+//!   ▸ identity  ↓ connector and task from the client id
+//!   ▸ dedup (produce)  ↓ tag, drop replays, answer wholly replayed requests
+//!                      ↑ commit acknowledged keys, merge answered partitions; EndTxn
+//!   ▸ dedup (fetch)  ↑ learn first positions, remove later copies
+//!   ▸ upstream  the proxy's own correlation ids, the in-flight queue, deadlines (upstream.rs)
+//! ```
+//!
+//! A local answer skips the response side of every layer. Produce with
+//! acks=0 gets no response and no place in the order.
+//!
 //! # Layout
 //!
 //! The tree follows the data path of one request:
@@ -8,14 +38,14 @@
 //! ```text
 //! client socket
 //!   → server.rs       listeners (bootstrap + one per broker), admission, drain
-//!   → connection.rs   one client: frames in → pipeline → upstream → responses out, in order;
-//!                     quotas: holds Produce/Fetch while muted or paused (quota.rs)
+//!   → connection.rs   one client: frames in → the stack → responses out, in order
 //!   → codec.rs        length-checked frames; api_key/version/correlation_id/client_id peeked
-//!   → pipeline.rs     the ordered filters (filter/): api versions, broker addresses
+//!   → pipeline.rs     the filter stack, in order (filter/: one file per filter)
 //!   → message.rs      the only place messages are decoded, and only when a filter asks;
 //!                     message/bounds.rs checks every length against the frame first;
 //!                     message/fields.rs reads and patches a few fields in place
-//!   → upstream.rs     broker connections, the proxy's own Metadata probe and
+//!   → upstream.rs     broker connections: the exchange (correlation ids, in-flight
+//!                     queue, acks=0, deadlines), the proxy's own Metadata probe and
 //!                     DescribeConfigs lookups
 //! ```
 //!

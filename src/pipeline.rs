@@ -1,53 +1,46 @@
-//! The ordered filter stack, applied to each request and its response.
+//! The filter stack, in order: the one place a request's way is decided.
+//! The drawing of it is in `lib.rs` (a test checks it against [`stack`]).
 //!
-//! ```text
-//! request  → quota (in connection.rs, before these: a muted connection's or
-//!            paused connector's Produce/Fetch held, bytes charged, Fetch
-//!            max_bytes capped; quota.rs)
-//!          → api versions (answer too-new versions locally)
-//!          → produce acks / request waits (how long the broker may take)
-//!          → identity (connector and task from the client id)
-//!          → dedup (produce): tag, drop replays, answer wholly replayed requests
-//!          → upstream
-//! response ← dedup (produce): commit acknowledged keys, merge answered partitions
-//!          ← dedup (fetch): learn first positions, remove later copies
-//!          ← quota (in connection.rs, after these: Fetch bytes charged,
-//!            throttle_time_ms raised to the proxy's throttle)
-//!          ← api versions (intersect ranges)
-//!          ← broker addresses (Metadata, FindCoordinator, DescribeCluster, KIP-951)
-//!          ← leak check (diagnostics.leak_check)
-//! ```
+//! Requests go through one at a time, in arrival order: a call completes
+//! once its request has been sent upstream (or answered), and resolves to
+//! the response to come ([`Pending`]), which the connection puts in its
+//! place in the response order. Responses may complete concurrently but
+//! leave in request order.
 //!
-//! A filter either leaves a message alone (its bytes travel untouched), changes
-//! it (decode, edit, encode), or answers it locally. Only the APIs a filter
-//! names are ever decoded.
+//! A filter either leaves a message alone (its bytes travel untouched),
+//! changes it (decode, edit, encode), or answers it locally. Only the APIs
+//! a filter names are ever decoded.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::api_versions_response::ApiVersion;
+use futures::future::BoxFuture;
 use kafka_protocol::messages::{
-    AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest, ApiVersionsResponse, EndTxnRequest,
-    EndTxnResponse, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest, EndTxnRequest, EndTxnResponse,
 };
 use kafka_protocol::protocol::StrBytes;
+use tokio::io::AsyncWrite;
+use tower::{layer::layer_fn, Layer, Service, ServiceBuilder, ServiceExt};
 
 use crate::codec::RequestHead;
 use crate::config::Config;
 use crate::error::Error;
-use crate::filter::api_versions;
-use crate::filter::broker_address::{carries_upstream_address, Rewriter};
+use crate::filter::api_versions::{Advertised, ApiVersions};
+use crate::filter::broker_address::{BrokerAddresses, LeakCheck};
 use crate::filter::dedup_fetch::{FetchDedup, FetchPlan};
 use crate::filter::dedup_produce::{self, ProduceDedup, ProducePlan};
-use crate::filter::sasl::SaslState;
+use crate::filter::quota::{Gate, Quota};
+use crate::filter::sasl::{Binding, Sasl};
+use crate::filter::{Call, Exchange, Named, Pending};
 use crate::idempotency::window::Producer;
 use crate::identity::Identity;
-use crate::message::{self, Response};
-use crate::quota::Entity;
+use crate::message;
 use crate::telemetry::Metrics;
 use crate::topology::Topology;
+use crate::upstream::{Exchanger, Outbound};
 
 /// What to do with a request.
 pub enum RequestAction {
@@ -66,9 +59,6 @@ pub struct ResponsePlan {
     /// (Fetch max_wait_ms, Produce timeout_ms, JoinGroup rebalance_timeout_ms)
     /// plus `upstream.request_timeout`.
     pub wait: Duration,
-    /// SaslAuthenticate: the principal this connection has if the broker
-    /// answers without an error.
-    pub authenticates: Option<String>,
     /// Produce with keys awaiting the broker's answer, or partitions the
     /// proxy answered itself.
     pub produce: Option<Box<ProducePlan>>,
@@ -77,9 +67,6 @@ pub struct ResponsePlan {
     pub end_txn: Option<EndTxn>,
     /// Fetch, when a fetch rule is on: who reads, and how.
     pub fetch: Option<FetchPlan>,
-    /// Produce and Fetch of a client with quotas: whom to charge the
-    /// response to (Fetch), and the throttle already owed (Produce).
-    pub quota: Option<QuotaCharge>,
 }
 
 /// An EndTxn on its way to the coordinator.
@@ -93,30 +80,12 @@ pub struct EndTxn {
     pub v2: bool,
 }
 
-/// What the response of a Produce or Fetch owes to its client's quota.
-pub struct QuotaCharge {
-    pub entity: Arc<Entity>,
-    /// Throttle the request itself left (Produce bytes, request rate).
-    pub throttle: Duration,
-}
-
-impl std::fmt::Debug for QuotaCharge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("QuotaCharge")
-            .field("entity", &self.entity.key)
-            .field("throttle", &self.throttle)
-            .finish()
-    }
-}
-
 /// What a connection remembers between its requests.
 #[derive(Debug, Default)]
 pub struct ConnState {
     /// The last JoinGroup's rebalance timeout: a SyncGroup may be held by the
     /// coordinator that long too.
     rebalance_timeout: Option<Duration>,
-    /// The SASL exchange so far, to learn the principal.
-    sasl: SaslState,
     /// Who the client says it is (its first request's client id).
     identity: Option<Identity>,
     /// Produce-path dedup of this connection.
@@ -149,7 +118,7 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     advertised_host: StrBytes,
     /// The last ranges advertised to a client, for local UNSUPPORTED_VERSION answers.
-    advertised_versions: RwLock<Option<Vec<ApiVersion>>>,
+    advertised_versions: Advertised,
     /// `None` when no dedup rule is on.
     dedup: Option<ProduceDedup>,
     /// `None` when no rule filters the fetch path.
@@ -164,7 +133,7 @@ impl Pipeline {
             topology,
             metrics,
             advertised_host,
-            advertised_versions: RwLock::new(None),
+            advertised_versions: Advertised::default(),
             dedup: None,
             fetch_dedup: None,
         }
@@ -208,11 +177,6 @@ impl Pipeline {
         }
         let mut produce = None;
         let wait = match head.api_key {
-            ApiKey::ApiVersions if head.api_version > api_versions::MAX_VERSION => {
-                return self
-                    .answer_unsupported_api_versions(head)
-                    .map(RequestAction::Answer);
-            }
             ApiKey::Produce => {
                 match message::produce_acks_and_timeout(&frame, head.body_offset, head.api_version)
                 {
@@ -258,7 +222,6 @@ impl Pipeline {
             ApiKey::SyncGroup => conn.rebalance_timeout.unwrap_or_default(),
             _ => Duration::ZERO,
         };
-        let mut authenticates = None;
         let mut end_txn = None;
         let mut fetch = None;
         match head.api_key {
@@ -311,28 +274,15 @@ impl Pipeline {
                         .set_client_software(req.client_software_name.as_str());
                 }
             }
-            ApiKey::SaslHandshake => {
-                if let Some(req) = message::decode_request::<SaslHandshakeRequest>(&frame, head) {
-                    conn.sasl.handshake(req.mechanism.as_str());
-                }
-            }
-            ApiKey::SaslAuthenticate => {
-                if let Some(req) = message::decode_request::<SaslAuthenticateRequest>(&frame, head)
-                {
-                    authenticates = conn.sasl.authenticate(&req.auth_bytes);
-                }
-            }
             _ => {}
         }
         let plan = ResponsePlan {
             api_key: head.api_key,
             api_version: head.api_version,
             wait: base + wait,
-            authenticates,
             produce,
             end_txn,
             fetch,
-            quota: None,
         };
         Ok(RequestAction::Forward(frame, Some(plan)))
     }
@@ -367,70 +317,235 @@ impl Pipeline {
         if let (Some(_), ApiKey::Metadata) = (&self.fetch_dedup, api) {
             self.topology.learn_names(version, &out);
         }
-        if api == ApiKey::ApiVersions {
-            if let Some(changed) = self.filter_api_versions(version, &out)? {
-                out = changed;
-            }
-        } else if Rewriter::applies(api, version) {
-            let rewriter = Rewriter {
-                topology: &*self.topology,
-                advertised_host: &self.advertised_host,
-            };
-            if let Some(changed) = rewriter.rewrite(api, version, &out)? {
-                out = changed;
-            }
-        }
-        if self.config.diagnostics.leak_check
-            && carries_upstream_address(&out, &self.topology.upstream_addresses())
-        {
-            self.metrics.address_leaks.fetch_add(1, Relaxed);
-            tracing::error!(api = ?api, version, "response carries an upstream broker address");
-        }
         Ok(out)
     }
 
-    /// For a SaslAuthenticate response: did the broker accept?
-    pub fn authenticated(&self, plan: &ResponsePlan, frame: &Bytes) -> bool {
-        message::decode_response::<SaslAuthenticateResponse>(plan.api_key, plan.api_version, frame)
-            // SCRAM: a server-final message "e=..." is a refusal (RFC 5802), and
-            // tansu sends it with error code 0.
-            .is_ok_and(|r| r.error_code == 0 && !r.auth_bytes.starts_with(b"e="))
+    /// What the leak check needs, if `diagnostics.leak_check` is on.
+    fn leak_check(&self) -> Option<(&Topology, &Metrics)> {
+        self.config
+            .diagnostics
+            .leak_check
+            .then_some((&*self.topology, &*self.metrics))
     }
 
-    fn filter_api_versions(&self, version: i16, frame: &Bytes) -> Result<Option<Bytes>, Error> {
-        let api = ApiKey::ApiVersions;
-        let mut resp: Response<ApiVersionsResponse> = match Response::decode(api, version, frame) {
-            Ok(r) => r,
-            // A broker that does not speak this version answers in v0 with an
-            // error (KIP-511); cut its ranges all the same.
-            Err(_) if version > 0 => {
-                let mut r: Response<ApiVersionsResponse> = Response::decode(api, 0, frame)?;
-                api_versions::intersect(&mut r.msg);
-                return r.encode().map(Some);
-            }
-            Err(e) => return Err(e),
-        };
-        api_versions::intersect(&mut resp.msg);
-        if resp.msg.error_code == 0 {
-            *self.advertised_versions.write().expect("versions lock") =
-                Some(resp.msg.api_keys.clone());
+    /// What the api versions filter advertised last.
+    pub fn advertised_versions(&self) -> &Advertised {
+        &self.advertised_versions
+    }
+}
+
+// === The stack ===
+
+/// The filter stack of one connection, outermost first. Its type is what
+/// [`stack`] builds, so the names it gives ([`Named`]) are the stack's.
+pub type Stack<'a, W> = Quota<
+    'a,
+    Sasl<'a, ApiVersions<'a, LeakCheck<'a, BrokerAddresses<'a, Filters<'a, Upstream<'a, W>>>>>>,
+>;
+
+/// Stacks one connection's filters over its upstream exchange.
+pub fn stack<'a, W: AsyncWrite + Unpin + Send>(
+    quota: &'a Gate<'a>,
+    sasl: &'a Binding<'a>,
+    filters: &'a Pipeline,
+    state: &'a tokio::sync::Mutex<ConnState>,
+    upstream: &'a Exchanger<W>,
+) -> Stack<'a, W> {
+    ServiceBuilder::new()
+        .layer(Quota::layer(quota))
+        .layer(Sasl::layer(sasl))
+        .layer(ApiVersions::layer(filters.advertised_versions()))
+        .layer(LeakCheck::layer(filters.leak_check()))
+        .layer(BrokerAddresses::layer(
+            &filters.topology,
+            &filters.advertised_host,
+        ))
+        .layer(Filters::layer(filters, state, upstream))
+        .service(Upstream(upstream))
+}
+
+/// A connection's stack as its read loop sees it: waits until the stack is
+/// ready, then calls it.
+pub trait Exchanges<'a>: Send {
+    fn exchange(&mut self, ex: Exchange) -> BoxFuture<'_, Result<Pending<'a>, Error>>;
+}
+
+impl<'a, S> Exchanges<'a> for S
+where
+    S: Service<Exchange, Response = Pending<'a>, Error = Error> + Send,
+    S::Future: Send,
+{
+    fn exchange(&mut self, ex: Exchange) -> BoxFuture<'_, Result<Pending<'a>, Error>> {
+        Box::pin(async move { self.ready().await?.call(ex).await })
+    }
+}
+
+/// The layers in order, as [`stack`] builds them.
+pub fn layer_names() -> Vec<&'static str> {
+    let mut names = Vec::new();
+    <Stack<'static, tokio::io::Sink> as Named>::names(&mut names);
+    names
+}
+
+/// The filters still switched by [`Pipeline`] (request waits,
+/// identity, produce and fetch dedup, transactions), as one layer until each
+/// is a layer of its own.
+pub struct Filters<'a, S> {
+    pipeline: &'a Pipeline,
+    state: &'a tokio::sync::Mutex<ConnState>,
+    upstream: &'a dyn Outbound,
+    inner: S,
+}
+
+impl<S: Clone> Clone for Filters<'_, S> {
+    fn clone(&self) -> Self {
+        Filters {
+            pipeline: self.pipeline,
+            state: self.state,
+            upstream: self.upstream,
+            inner: self.inner.clone(),
         }
-        resp.encode().map(Some)
+    }
+}
+
+// === impl Filters ===
+
+impl<'a, S> Filters<'a, S> {
+    pub fn layer(
+        pipeline: &'a Pipeline,
+        state: &'a tokio::sync::Mutex<ConnState>,
+        upstream: &'a dyn Outbound,
+    ) -> impl Layer<S, Service = Filters<'a, S>> {
+        layer_fn(move |inner| Filters {
+            pipeline,
+            state,
+            upstream,
+            inner,
+        })
+    }
+}
+
+impl<S: Named> Named for Filters<'_, S> {
+    fn names(out: &mut Vec<&'static str>) {
+        out.extend([
+            "request waits",
+            "identity",
+            "dedup (produce)",
+            "dedup (fetch)",
+        ]);
+        S::names(out);
+    }
+}
+
+impl<'a, S> Service<Exchange> for Filters<'a, S>
+where
+    S: Service<Exchange, Response = Pending<'a>, Error = Error, Future = Call<'a>>
+        + Clone
+        + Send
+        + 'a,
+{
+    type Response = Pending<'a>;
+    type Error = Error;
+    type Future = Call<'a>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
     }
 
-    fn answer_unsupported_api_versions(&self, head: &RequestHead) -> Result<Bytes, Error> {
-        let ranges = self
-            .advertised_versions
-            .read()
-            .expect("versions lock")
-            .clone()
-            .unwrap_or_else(api_versions::proxy_ranges);
-        let resp = api_versions::unsupported_version_answer(ranges);
-        tracing::debug!(
-            version = head.api_version,
-            "ApiVersions newer than the proxy knows: answered v0 UNSUPPORTED_VERSION"
+    fn call(&mut self, mut ex: Exchange) -> Call<'a> {
+        let (pipeline, state, upstream) = (self.pipeline, self.state, self.upstream);
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let mut state = state.lock().await;
+            if let Some(identity) = ex.identity.take() {
+                state.set_identity(identity);
+            }
+            // The dedup filter may wait on keys an earlier request of this
+            // very connection has in flight: that request must have left,
+            // not sit in the writer behind the wait.
+            if ex.head.api_key == ApiKey::Produce {
+                upstream.flush().await?;
+            }
+            let frame = std::mem::take(&mut ex.frame);
+            let action = pipeline.on_request(&mut state, &ex.head, frame).await?;
+            drop(state);
+            match action {
+                RequestAction::Answer(bytes) => Ok(Pending::Local(bytes)),
+                RequestAction::Forward(frame, None) => {
+                    ex.frame = frame;
+                    ex.wait = None;
+                    inner.call(ex).await
+                }
+                RequestAction::Forward(frame, Some(mut plan)) => {
+                    ex.frame = frame;
+                    ex.wait = Some(plan.wait);
+                    Ok(inner.call(ex).await?.then(move |mut reply| async move {
+                        reply.bytes = pipeline.on_response(&mut plan, reply.bytes).await?;
+                        Ok(reply)
+                    }))
+                }
+            }
+        })
+    }
+}
+
+/// The last hop: the request goes to the broker under the proxy's own
+/// correlation id (`upstream.rs`).
+pub struct Upstream<'a, W>(&'a Exchanger<W>);
+
+impl<W> Clone for Upstream<'_, W> {
+    fn clone(&self) -> Self {
+        Upstream(self.0)
+    }
+}
+
+impl<W> Named for Upstream<'_, W> {
+    fn names(out: &mut Vec<&'static str>) {
+        out.push("upstream");
+    }
+}
+
+impl<'a, W: AsyncWrite + Unpin + Send> Service<Exchange> for Upstream<'a, W> {
+    type Response = Pending<'a>;
+    type Error = Error;
+    type Future = Call<'a>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, ex: Exchange) -> Call<'a> {
+        let exchanger = self.0;
+        Box::pin(async move {
+            let answer = exchanger
+                .send(&ex.head, ex.frame, ex.charge, ex.wait, ex.more_follow)
+                .await?;
+            Ok(match answer {
+                None => Pending::NoAnswer,
+                // A sender dropped: the response reader failed, and says why.
+                Some(rx) => Pending::Later(Box::pin(async move { Ok(rx.await.ok()) })),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The drawing of the flow in `lib.rs` names the stack's layers, in the
+    /// order `stack` builds them.
+    #[test]
+    fn the_drawing_in_lib_rs_is_the_stack() {
+        let lib = include_str!("lib.rs");
+        let drawn: Vec<&str> = lib
+            .lines()
+            .filter_map(|l| l.strip_prefix("//!   ▸ "))
+            .map(|l| l.split("  ").next().unwrap_or(l).trim())
+            .collect();
+        assert_eq!(
+            drawn,
+            super::layer_names(),
+            "src/lib.rs drawing vs pipeline::stack"
         );
-        // The v0 answer always uses response header v0.
-        message::encode_local_response(ApiKey::ApiVersions, 0, 0, head.correlation_id, &resp)
     }
 }

@@ -16,7 +16,9 @@
 //! reachable; its brokers are learned from the Metadata responses clients
 //! fetch through the proxy once they have authenticated.
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -29,14 +31,18 @@ use kafka_protocol::protocol::StrBytes;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
 
-use crate::codec::FrameCodec;
+use crate::codec::{FrameCodec, FrameReader};
 use crate::config::Upstream;
 use crate::error::Error;
+use crate::limits::{Charge, MemoryBudget};
 use crate::message::{decode_response, encode_request};
+use crate::telemetry::Metrics;
 use crate::tls::{UpstreamTlsConnector, UpstreamTlsStream};
 use crate::topology::Topology;
 
@@ -364,4 +370,403 @@ where
 /// broker whose DNS name changes is followed.
 pub fn resolve(host_port: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
     Ok(std::net::ToSocketAddrs::to_socket_addrs(host_port)?.collect())
+}
+
+// === The exchange with one client's broker connection ===
+//
+// Kafka brokers answer a connection's requests in the order sent, so the
+// in-flight queue is a plain FIFO; each entry carries the correlation id the
+// client used, since upstream sees the proxy's own sequence (which leaves room
+// for a filter to send requests of its own). Produce with acks=0 gets no
+// entry to wait on (and should a broker answer it anyway, as tansu does, that
+// answer is dropped). Each request's deadline is its own wait plus
+// `upstream.request_timeout`, checked at the head of the queue only.
+
+/// A response and the memory charged for it (its connection's budget, the
+/// overall one), given back once it is written to the client.
+pub struct Reply {
+    pub bytes: Bytes,
+    _held: (Charge, Charge),
+}
+
+impl Reply {
+    /// Made by the proxy itself: small, charged nowhere.
+    pub fn local(bytes: Bytes) -> Reply {
+        Reply {
+            bytes,
+            _held: (Charge::none(), Charge::none()),
+        }
+    }
+}
+
+/// A request sent upstream, in send order.
+pub struct InFlight {
+    upstream_correlation_id: i32,
+    /// `None` for Produce with acks=0: Kafka never answers it (tansu does
+    /// anyway, and that answer is dropped here, never shown to the client).
+    awaited: Option<Awaited>,
+}
+
+/// What is needed to hand a response back to its client.
+struct Awaited {
+    client_correlation_id: i32,
+    api_key: ApiKey,
+    api_version: i16,
+    /// The request's own wait plus `upstream.request_timeout`.
+    wait: Duration,
+    sent_at: Instant,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Ids of acks=0 requests a broker might still answer, kept until a later
+/// response proves it will not (answers come in order). Bounded, for brokers
+/// that never answer and clients that only ever send acks=0.
+const MAX_UNANSWERED: usize = 4096;
+
+/// After this long without a frame, a connection's read buffer gives back
+/// what its largest frame made it grow to.
+pub const QUIET: Duration = Duration::from_secs(1);
+
+/// The sending half of one client's broker connection: the innermost
+/// service of the filter stack (`pipeline.rs`).
+pub struct Exchanger<W> {
+    writer: tokio::sync::Mutex<Sending<W>>,
+    /// The broker this connection talks to, for errors.
+    addr: String,
+    /// See [`Outbound::last_send`].
+    last_send: std::sync::Mutex<Option<Instant>>,
+}
+
+struct Sending<W> {
+    out: BufWriter<W>,
+    /// The proxy's own correlation id for the next request.
+    next_correlation_id: i32,
+    /// To the response reader; dropped once the client sends no more, so
+    /// that the reader ends when everything is answered.
+    in_flight: Option<mpsc::Sender<InFlight>>,
+}
+
+// === impl Exchanger ===
+
+impl<W: AsyncWrite + Unpin + Send> Exchanger<W> {
+    /// Sends over `upstream_w`; the entries go to [`read_responses`].
+    pub fn new(upstream_w: W, addr: String, in_flight: mpsc::Sender<InFlight>) -> Self {
+        Exchanger {
+            writer: tokio::sync::Mutex::new(Sending {
+                out: BufWriter::with_capacity(64 * 1024, upstream_w),
+                next_correlation_id: 0,
+                in_flight: Some(in_flight),
+            }),
+            addr,
+            last_send: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Sends whatever waits in the writer: before a request is held (quota)
+    /// or waits on keys an earlier request of this connection has in flight
+    /// (dedup), that request must have left, not sit behind the wait.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let mut w = self.writer.lock().await;
+        if w.out.buffer().is_empty() {
+            return Ok(());
+        }
+        w.out.flush().await.map_err(|e| upstream_io(&self.addr, e))
+    }
+
+    /// The client sends no more: sends everything written so far, and lets
+    /// the response reader end once every answer has come (the writer
+    /// itself stays open until then).
+    pub async fn finish(&self) -> Result<(), Error> {
+        let mut w = self.writer.lock().await;
+        w.in_flight = None;
+        w.out.flush().await.map_err(|e| upstream_io(&self.addr, e))
+    }
+
+    /// Sends one request under the proxy's own correlation id; resolves to
+    /// its answer's receiver (`None` for acks=0). `more_follow`: another
+    /// whole request is already buffered, so this one may wait in the writer
+    /// (pipelined requests go out in one write).
+    pub async fn send(
+        &self,
+        head: &crate::codec::RequestHead,
+        mut frame: bytes::BytesMut,
+        charge: Charge,
+        wait: Option<Duration>,
+        more_follow: bool,
+    ) -> Result<Option<oneshot::Receiver<Reply>>, Error> {
+        use crate::codec::REQUEST_CORRELATION_OFFSET;
+        *self.last_send.lock().expect("last send lock") = Some(Instant::now());
+        let mut w = self.writer.lock().await;
+        let upstream_id = w.next_correlation_id;
+        w.next_correlation_id = upstream_id.wrapping_add(1);
+        frame[REQUEST_CORRELATION_OFFSET..REQUEST_CORRELATION_OFFSET + 4]
+            .copy_from_slice(&upstream_id.to_be_bytes());
+        let (awaited, rx) = match wait {
+            Some(wait) => {
+                let (tx, rx) = oneshot::channel();
+                let awaited = Awaited {
+                    client_correlation_id: head.correlation_id,
+                    api_key: head.api_key,
+                    api_version: head.api_version,
+                    wait,
+                    sent_at: Instant::now(),
+                    reply: tx,
+                };
+                (Some(awaited), Some(rx))
+            }
+            None => (None, None),
+        };
+        let entry = InFlight {
+            upstream_correlation_id: upstream_id,
+            awaited,
+        };
+        // No sender: `finish` came first, and nothing is sent after it.
+        let sent = match &w.in_flight {
+            Some(in_flight) => in_flight.send(entry).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The response reader is gone: the broker closed.
+            return Err(Error::UpstreamClosed {
+                addr: self.addr.clone(),
+            });
+        }
+        write_frame(&mut w.out, &frame)
+            .await
+            .map_err(|e| upstream_io(&self.addr, e))?;
+        // Sent, or in the 64 KiB the upstream writer keeps.
+        drop((frame, charge));
+        if !more_follow {
+            w.out
+                .flush()
+                .await
+                .map_err(|e| upstream_io(&self.addr, e))?;
+        }
+        Ok(rx)
+    }
+}
+
+/// A connection's upstream writer as the filters see it, whatever its type.
+pub trait Outbound: Sync {
+    /// See [`Exchanger::flush`].
+    fn flush(&self) -> futures::future::BoxFuture<'_, Result<(), Error>>;
+    /// When the last request began to be sent: the end of the filters' work
+    /// on it (quota's `request_percentage` charges that time, not the
+    /// socket's).
+    fn last_send(&self) -> Option<Instant>;
+}
+
+impl<W: AsyncWrite + Unpin + Send> Outbound for Exchanger<W> {
+    fn flush(&self) -> futures::future::BoxFuture<'_, Result<(), Error>> {
+        Box::pin(Exchanger::flush(self))
+    }
+
+    fn last_send(&self) -> Option<Instant> {
+        *self.last_send.lock().expect("last send lock")
+    }
+}
+
+fn upstream_io(addr: &str, source: std::io::Error) -> Error {
+    Error::UpstreamIo {
+        addr: addr.to_string(),
+        source,
+    }
+}
+
+/// Writes one length-prefixed frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
+    let len = i32::try_from(body.len()).map_err(|_| std::io::Error::other("frame over 2 GiB"))?;
+    w.write_all(&len.to_be_bytes()).await?;
+    w.write_all(body).await
+}
+
+/// What the response reader of one connection needs beside its socket.
+pub struct Responses<'a> {
+    /// The broker, for errors.
+    pub addr: &'a str,
+    /// This connection's budget for responses not yet written.
+    pub budget: Arc<MemoryBudget>,
+    /// The overall budget (`listen.max_in_flight_bytes_total`).
+    pub overall: &'a Arc<MemoryBudget>,
+    pub metrics: &'a Metrics,
+    /// Cancelled when the broker hangs up with nothing in flight: the
+    /// request reader stops, the writer sends what it has.
+    pub gone: &'a CancellationToken,
+}
+
+/// Reads upstream responses in order, checks each against the request it
+/// answers, gives it back the client's correlation id and hands it to its
+/// request's receiver.
+pub async fn read_responses<UR: AsyncRead + Unpin>(
+    ctx: Responses<'_>,
+    upstream_r: UR,
+    mut in_flight: mpsc::Receiver<InFlight>,
+) -> Result<(), Error> {
+    let Responses {
+        addr,
+        budget,
+        overall,
+        metrics,
+        gone,
+    } = ctx;
+    let mut frames = FrameReader::new(upstream_r, MAX_RESPONSE_FRAME);
+    let fail = |message: String| Error::Upstream {
+        addr: addr.to_string(),
+        message,
+    };
+    let in_flight_gone = || fail("closed the connection with requests in flight".into());
+    let mut unanswered: VecDeque<i32> = VecDeque::new();
+    loop {
+        // Between responses, keep reading upstream too: a broker that closes
+        // the connection (restart, idle timeout) closes the client's with it,
+        // as it would have without the proxy, and answers to acks=0 produces
+        // (tansu sends them) never pile up in the socket. `biased`: an entry
+        // is queued before its request is written, so a response that is
+        // already here always finds its entry first.
+        let entry = tokio::select! {
+            biased;
+            entry = in_flight.recv() => entry,
+            _ = tokio::time::sleep(QUIET) => {
+                shrink_read_buffer(frames.buffer_mut());
+                continue;
+            }
+            len = frames.next_len() => {
+                let Some(len) = len.map_err(|e| fail(e.to_string()))? else {
+                    tracing::info!(upstream = %addr, "upstream closed the connection; closing the client's");
+                    gone.cancel();
+                    return Ok(());
+                };
+                // Nothing is awaited: an answer to an acks=0 produce, read
+                // and dropped.
+                let frame = frames.body(len).await.map_err(|e| fail(e.to_string()))?;
+                let id = correlation_id_of(&frame).map_err(&fail)?;
+                if !forget_unanswered(&mut unanswered, id) {
+                    return Err(fail(format!("sent a response (correlation id {id}) nobody asked for")));
+                }
+                continue;
+            }
+        };
+        let Some(entry) = entry else { return Ok(()) };
+        let Some(awaited) = entry.awaited else {
+            if unanswered.len() == MAX_UNANSWERED {
+                unanswered.pop_front();
+            }
+            unanswered.push_back(entry.upstream_correlation_id);
+            continue;
+        };
+        let api = awaited.api_key;
+        let mut deadline = tokio::time::Instant::from_std(awaited.sent_at + awaited.wait);
+        let too_late = || {
+            fail(format!(
+                "no response to {api:?} v{} within {:?}",
+                awaited.api_version, awaited.wait
+            ))
+        };
+        let (mut frame, held) = loop {
+            let len = match tokio::time::timeout_at(deadline, frames.next_len()).await {
+                Err(_) => return Err(too_late()),
+                Ok(len) => len
+                    .map_err(|e| fail(e.to_string()))?
+                    .ok_or_else(in_flight_gone)?,
+            };
+            // Waiting for the client to take earlier responses is not the
+            // broker's time: the deadline moves by as much.
+            let asked = tokio::time::Instant::now();
+            let mine = budget.charge(len + 4).await;
+            if mine.waited() {
+                metrics.memory_wait(true);
+                deadline += asked.elapsed();
+            }
+            let held = (mine, overall.force(len + 4));
+            let frame = match tokio::time::timeout_at(deadline, frames.body(len)).await {
+                Err(_) => return Err(too_late()),
+                Ok(frame) => frame.map_err(|e| fail(e.to_string()))?,
+            };
+            let id = correlation_id_of(&frame).map_err(&fail)?;
+            if id == entry.upstream_correlation_id {
+                // Answers are in order: earlier acks=0 requests got none.
+                unanswered.clear();
+                break (frame, held);
+            }
+            if !forget_unanswered(&mut unanswered, id) {
+                return Err(fail(format!(
+                    "answered correlation id {id} when {} was due",
+                    entry.upstream_correlation_id
+                )));
+            }
+        };
+        frame[..4].copy_from_slice(&awaited.client_correlation_id.to_be_bytes());
+        metrics.upstream_latency(api, awaited.sent_at.elapsed());
+        // The client may be gone; nothing more to do then.
+        let _ = awaited.reply.send(Reply {
+            bytes: frame.freeze(),
+            _held: held,
+        });
+    }
+}
+
+fn correlation_id_of(frame: &[u8]) -> Result<i32, String> {
+    match frame.get(..4) {
+        Some(head) => Ok(i32::from_be_bytes(head.try_into().expect("4 bytes"))),
+        None => Err(format!(
+            "{}-byte response frame has no correlation id",
+            frame.len()
+        )),
+    }
+}
+
+/// Drops the answer to an acks=0 request (and every earlier one, which can no
+/// longer come). False if `id` was not one of them.
+fn forget_unanswered(unanswered: &mut VecDeque<i32>, id: i32) -> bool {
+    match unanswered.iter().position(|u| *u == id) {
+        Some(at) => {
+            unanswered.drain(..=at);
+            tracing::trace!(
+                correlation_id = id,
+                "dropped the broker's answer to an acks=0 produce"
+            );
+            true
+        }
+        None => false,
+    }
+}
+
+/// What a quiet connection's read buffer may keep (its frames' allocation
+/// stays with the buffer after they are consumed: one 50 MiB Fetch would
+/// otherwise stay resident for as long as the connection lives).
+const READ_BUFFER_KEPT: usize = 64 * 1024;
+
+/// Its capacity does not show the allocation it holds (a consumed frame's
+/// memory comes back to it on the next reserve), so a quiet buffer always
+/// moves to a fresh small one: at most once a second, at most 64 KiB copied.
+pub fn shrink_read_buffer(buf: &mut bytes::BytesMut) {
+    if buf.len() <= READ_BUFFER_KEPT {
+        let mut small = bytes::BytesMut::with_capacity(8 * 1024);
+        small.extend_from_slice(buf);
+        *buf = small;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quiet_read_buffer_gives_back_its_largest_frame() {
+        let mut buf = bytes::BytesMut::with_capacity(4 << 20);
+        buf.extend_from_slice(&[7; 4 << 20]);
+        let frame = buf.split_to((4 << 20) - 10);
+        drop(frame);
+        // The consumed frame's 4 MiB come back to the buffer.
+        buf.reserve(1);
+        assert!(buf.capacity() >= (4 << 20) - 10, "{}", buf.capacity());
+        shrink_read_buffer(&mut buf);
+        assert_eq!(&buf[..], &[7; 10], "the start of the next frame is kept");
+        assert!(buf.capacity() <= READ_BUFFER_KEPT, "{}", buf.capacity());
+        // A big frame still arriving is left alone.
+        let mut arriving = bytes::BytesMut::with_capacity(4 << 20);
+        arriving.extend_from_slice(&[1; 1 << 20]);
+        shrink_read_buffer(&mut arriving);
+        assert_eq!(arriving.len(), 1 << 20);
+    }
 }

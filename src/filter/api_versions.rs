@@ -17,8 +17,18 @@
 //! codec, as Kafka 4.4 closes one whose version it does not enable
 //! (`Processor.parseRequestHeader` throws, `processChannelException` closes).
 
+use std::sync::RwLock;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+use tower::{layer::layer_fn, Layer, Service};
+
+use super::{on_response, Call, Exchange, Named, Pending};
+use crate::codec::RequestHead;
+use crate::error::Error;
+use crate::message::{self, Response};
 
 /// ApiVersions versions the proxy can answer; above this, clients get the v0
 /// UNSUPPORTED_VERSION answer and retry lower (KIP-511).
@@ -93,6 +103,103 @@ pub fn unsupported_version_answer(ranges: Vec<ApiVersion>) -> ApiVersionsRespons
                 .filter(|r| r.api_key == ApiKey::ApiVersions as i16)
                 .collect(),
         )
+}
+
+// === The filter ===
+
+/// The ranges last advertised to a client (by any connection), for local
+/// UNSUPPORTED_VERSION answers.
+#[derive(Debug, Default)]
+pub struct Advertised(RwLock<Option<Vec<ApiVersion>>>);
+
+/// The api versions filter: answers too-new ApiVersions requests locally,
+/// cuts the broker's ranges on the way back.
+#[derive(Clone)]
+pub struct ApiVersions<'a, S> {
+    advertised: &'a Advertised,
+    inner: S,
+}
+
+// === impl ApiVersions ===
+
+impl<'a, S> ApiVersions<'a, S> {
+    pub fn layer(advertised: &'a Advertised) -> impl Layer<S, Service = ApiVersions<'a, S>> {
+        layer_fn(move |inner| ApiVersions { advertised, inner })
+    }
+}
+
+impl<S: Named> Named for ApiVersions<'_, S> {
+    fn names(out: &mut Vec<&'static str>) {
+        out.push("api versions");
+        S::names(out);
+    }
+}
+
+impl<'a, S> Service<Exchange> for ApiVersions<'a, S>
+where
+    S: Service<Exchange, Response = Pending<'a>, Error = Error, Future = Call<'a>>,
+{
+    type Response = Pending<'a>;
+    type Error = Error;
+    type Future = Call<'a>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, ex: Exchange) -> Call<'a> {
+        if ex.head.api_key != ApiKey::ApiVersions {
+            return self.inner.call(ex);
+        }
+        let advertised = self.advertised;
+        if ex.head.api_version > MAX_VERSION {
+            let answer = answer_unsupported(advertised, &ex.head).map(Pending::Local);
+            return Box::pin(std::future::ready(answer));
+        }
+        let version = ex.head.api_version;
+        let call = self.inner.call(ex);
+        on_response(call, move |mut reply| async move {
+            reply.bytes = cut_ranges(advertised, version, &reply.bytes)?;
+            Ok(reply)
+        })
+    }
+}
+
+/// The broker's ApiVersions answer, cut to what the proxy handles.
+fn cut_ranges(advertised: &Advertised, version: i16, frame: &Bytes) -> Result<Bytes, Error> {
+    let api = ApiKey::ApiVersions;
+    let mut resp: Response<ApiVersionsResponse> = match Response::decode(api, version, frame) {
+        Ok(r) => r,
+        // A broker that does not speak this version answers in v0 with an
+        // error (KIP-511); cut its ranges all the same.
+        Err(_) if version > 0 => {
+            let mut r: Response<ApiVersionsResponse> = Response::decode(api, 0, frame)?;
+            intersect(&mut r.msg);
+            return r.encode();
+        }
+        Err(e) => return Err(e),
+    };
+    intersect(&mut resp.msg);
+    if resp.msg.error_code == 0 {
+        *advertised.0.write().expect("versions lock") = Some(resp.msg.api_keys.clone());
+    }
+    resp.encode()
+}
+
+fn answer_unsupported(advertised: &Advertised, head: &RequestHead) -> Result<Bytes, Error> {
+    let ranges = advertised
+        .0
+        .read()
+        .expect("versions lock")
+        .clone()
+        .unwrap_or_else(proxy_ranges);
+    let resp = unsupported_version_answer(ranges);
+    tracing::debug!(
+        api_version = head.api_version,
+        "ApiVersions newer than the proxy knows: answered v0 UNSUPPORTED_VERSION"
+    );
+    // The v0 answer always uses response header v0.
+    message::encode_local_response(ApiKey::ApiVersions, 0, 0, head.correlation_id, &resp)
 }
 
 #[cfg(test)]

@@ -14,8 +14,15 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+
+use tower::{layer::layer_fn, Layer, Service};
+
+use super::{on_response, Call, Exchange, Named, Pending};
 use crate::error::Error;
 use crate::message::Response;
+use crate::telemetry::Metrics;
 use crate::topology::Topology;
 
 /// Where a node's proxy port comes from: the [`Topology`] in the proxy; a
@@ -164,6 +171,120 @@ pub fn carries_upstream_address(frame: &[u8], upstream: &[(String, i32)]) -> boo
         needle.extend_from_slice(&port.to_be_bytes());
         frame.windows(needle.len()).any(|w| w == needle.as_slice())
     })
+}
+
+// === The filters ===
+
+/// Rewrites every broker address a response carries to the proxy's.
+#[derive(Clone)]
+pub struct BrokerAddresses<'a, S> {
+    topology: &'a Topology,
+    advertised_host: &'a StrBytes,
+    inner: S,
+}
+
+impl<'a, S> BrokerAddresses<'a, S> {
+    pub fn layer(
+        topology: &'a Topology,
+        advertised_host: &'a StrBytes,
+    ) -> impl Layer<S, Service = BrokerAddresses<'a, S>> {
+        layer_fn(move |inner| BrokerAddresses {
+            topology,
+            advertised_host,
+            inner,
+        })
+    }
+}
+
+impl<S: Named> Named for BrokerAddresses<'_, S> {
+    fn names(out: &mut Vec<&'static str>) {
+        out.push("broker addresses");
+        S::names(out);
+    }
+}
+
+impl<'a, S> Service<Exchange> for BrokerAddresses<'a, S>
+where
+    S: Service<Exchange, Response = Pending<'a>, Error = Error, Future = Call<'a>>,
+{
+    type Response = Pending<'a>;
+    type Error = Error;
+    type Future = Call<'a>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, ex: Exchange) -> Call<'a> {
+        let (api, version) = (ex.head.api_key, ex.head.api_version);
+        let call = self.inner.call(ex);
+        if !Rewriter::applies(api, version) {
+            return call;
+        }
+        let (topology, advertised_host) = (self.topology, self.advertised_host);
+        on_response(call, move |mut reply| async move {
+            let rewriter = Rewriter {
+                topology,
+                advertised_host,
+            };
+            if let Some(changed) = rewriter.rewrite(api, version, &reply.bytes)? {
+                reply.bytes = changed;
+            }
+            Ok(reply)
+        })
+    }
+}
+
+/// `diagnostics.leak_check`: counts and logs a response that still carries
+/// an upstream broker's address.
+#[derive(Clone)]
+pub struct LeakCheck<'a, S> {
+    /// `None`: the check is off.
+    on: Option<(&'a Topology, &'a Metrics)>,
+    inner: S,
+}
+
+impl<'a, S> LeakCheck<'a, S> {
+    pub fn layer(
+        on: Option<(&'a Topology, &'a Metrics)>,
+    ) -> impl Layer<S, Service = LeakCheck<'a, S>> {
+        layer_fn(move |inner| LeakCheck { on, inner })
+    }
+}
+
+impl<S: Named> Named for LeakCheck<'_, S> {
+    fn names(out: &mut Vec<&'static str>) {
+        out.push("leak check");
+        S::names(out);
+    }
+}
+
+impl<'a, S> Service<Exchange> for LeakCheck<'a, S>
+where
+    S: Service<Exchange, Response = Pending<'a>, Error = Error, Future = Call<'a>>,
+{
+    type Response = Pending<'a>;
+    type Error = Error;
+    type Future = Call<'a>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, ex: Exchange) -> Call<'a> {
+        let (api, version) = (ex.head.api_key, ex.head.api_version);
+        let call = self.inner.call(ex);
+        let Some((topology, metrics)) = self.on else {
+            return call;
+        };
+        on_response(call, move |reply| async move {
+            if carries_upstream_address(&reply.bytes, &topology.upstream_addresses()) {
+                metrics.address_leaks.fetch_add(1, Relaxed);
+                tracing::error!(api_key = ?api, api_version = version, "response carries an upstream broker address");
+            }
+            Ok(reply)
+        })
+    }
 }
 
 // === Fuzzing ===

@@ -16,7 +16,171 @@
 //!   principal is the JWT's `sub` claim (the broker validated the token; the
 //!   proxy only reads it). One round.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
+use kafka_protocol::messages::{
+    ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+};
+use tower::{layer::layer_fn, Layer, Service};
+
+use super::{on_response, Call, Exchange, Named, Pending};
+use crate::error::Error;
+use crate::message;
+
+/// Who authenticated on a connection: the mTLS subject from the start, or
+/// the SASL principal once the broker accepts it.
+#[derive(Debug, Default)]
+pub struct Principal {
+    name: Mutex<Option<String>>,
+    /// Bumped on every change: the quota filter re-keys its entity.
+    changes: AtomicU64,
+}
+
+// === impl Principal ===
+
+impl Principal {
+    pub fn new(name: Option<String>) -> Self {
+        Principal {
+            name: Mutex::new(name),
+            changes: AtomicU64::new(0),
+        }
+    }
+
+    pub fn name(&self) -> Option<String> {
+        self.name.lock().expect("principal lock").clone()
+    }
+
+    /// How many times the principal changed since the connection opened.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Relaxed)
+    }
+
+    fn bind(&self, name: String) {
+        *self.name.lock().expect("principal lock") = Some(name);
+        self.changes.fetch_add(1, Relaxed);
+    }
+}
+
+/// One connection's SASL exchange, and what a bound principal changes.
+pub struct Binding<'a> {
+    state: Mutex<SaslState>,
+    principal: &'a Principal,
+    /// The connection's span, whose `principal` field is recorded.
+    conn_span: tracing::Span,
+    /// Shows the principal elsewhere (the connection registry).
+    on_bind: Box<dyn Fn(&str) + Send + Sync + 'a>,
+}
+
+impl<'a> Binding<'a> {
+    pub fn new(
+        principal: &'a Principal,
+        conn_span: tracing::Span,
+        on_bind: impl Fn(&str) + Send + Sync + 'a,
+    ) -> Self {
+        Binding {
+            state: Mutex::new(SaslState::default()),
+            principal,
+            conn_span,
+            on_bind: Box::new(on_bind),
+        }
+    }
+
+    fn bind(&self, principal: String) {
+        self.conn_span.record("principal", principal.as_str());
+        tracing::info!(%principal, "SASL authentication accepted by the broker");
+        (self.on_bind)(&principal);
+        self.principal.bind(principal);
+    }
+}
+
+/// For a SaslAuthenticate response: did the broker accept?
+fn accepted(api_version: i16, frame: &Bytes) -> bool {
+    message::decode_response::<SaslAuthenticateResponse>(
+        ApiKey::SaslAuthenticate,
+        api_version,
+        frame,
+    )
+    // SCRAM: a server-final message "e=..." is a refusal (RFC 5802), and
+    // tansu sends it with error code 0.
+    .is_ok_and(|r| r.error_code == 0 && !r.auth_bytes.starts_with(b"e="))
+}
+
+/// The SASL filter: learns the principal from the exchange, binds it when
+/// the broker accepts.
+#[derive(Clone)]
+pub struct Sasl<'a, S> {
+    binding: &'a Binding<'a>,
+    inner: S,
+}
+
+// === impl Sasl ===
+
+impl<'a, S> Sasl<'a, S> {
+    pub fn layer(binding: &'a Binding<'a>) -> impl Layer<S, Service = Sasl<'a, S>> {
+        layer_fn(move |inner| Sasl { binding, inner })
+    }
+}
+
+impl<S: Named> Named for Sasl<'_, S> {
+    fn names(out: &mut Vec<&'static str>) {
+        out.push("sasl");
+        S::names(out);
+    }
+}
+
+impl<'a, S> Service<Exchange> for Sasl<'a, S>
+where
+    S: Service<Exchange, Response = Pending<'a>, Error = Error, Future = Call<'a>>,
+{
+    type Response = Pending<'a>;
+    type Error = Error;
+    type Future = Call<'a>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, ex: Exchange) -> Call<'a> {
+        let binding = self.binding;
+        let (head, frame) = (&ex.head, &ex.frame);
+        let mut authenticates = None;
+        match head.api_key {
+            ApiKey::SaslHandshake => {
+                if let Some(req) = message::decode_request::<SaslHandshakeRequest>(frame, head) {
+                    binding
+                        .state
+                        .lock()
+                        .expect("sasl lock")
+                        .handshake(req.mechanism.as_str());
+                }
+            }
+            ApiKey::SaslAuthenticate => {
+                if let Some(req) = message::decode_request::<SaslAuthenticateRequest>(frame, head) {
+                    authenticates = binding
+                        .state
+                        .lock()
+                        .expect("sasl lock")
+                        .authenticate(&req.auth_bytes);
+                }
+            }
+            _ => {}
+        }
+        let version = head.api_version;
+        let call = self.inner.call(ex);
+        let Some(principal) = authenticates else {
+            return call;
+        };
+        on_response(call, move |reply| async move {
+            if accepted(version, &reply.bytes) {
+                binding.bind(principal);
+            }
+            Ok(reply)
+        })
+    }
+}
 
 /// What a connection's SASL exchange has shown so far.
 #[derive(Debug, Default)]
