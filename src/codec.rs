@@ -17,7 +17,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::FrameError;
-use crate::filter::api_versions;
 
 /// Length-prefixed Kafka frames: `i32` big-endian length, then that many bytes.
 #[derive(Debug, Clone)]
@@ -223,8 +222,8 @@ impl RequestHead {
                 api_key: raw_key,
                 name: api_name(api_key),
                 version: api_version,
-                min: api_versions::min_version(api_key),
-                max: api_versions::max_version(api_key),
+                min: min_version(api_key),
+                max: max_version(api_key),
             });
         }
         // client_id is a classic nullable string in every header version >= 1,
@@ -274,8 +273,8 @@ impl RequestHead {
 fn advertised(api_key: ApiKey, api_version: i16) -> bool {
     match api_key {
         ApiKey::ApiVersions => true,
-        ApiKey::SaslHandshake => api_version >= api_versions::min_version(api_key),
-        _ => api_version <= api_versions::max_version(api_key),
+        ApiKey::SaslHandshake => api_version >= min_version(api_key),
+        _ => api_version <= max_version(api_key),
     }
 }
 
@@ -505,6 +504,35 @@ pub fn fuzz_request_head(frame: &[u8]) -> Option<RequestHead> {
         assert_eq!(head.body_offset, frame.len() - rest.len(), "body offset");
     }
     peeked.ok()
+}
+
+// === The versions the proxy advertises, and so accepts ===
+//
+// filter/api_versions.rs cuts the broker's ranges to these; the codec
+// closes a connection whose request is outside them.
+
+/// The newest Produce the proxy advertises (v13 carries topic ids, not names).
+pub const MAX_PRODUCE_VERSION: i16 = 12;
+
+/// The newest version of `key` the proxy advertises, and so accepts.
+pub fn max_version(key: ApiKey) -> i16 {
+    let max = key.valid_versions().max;
+    if key == ApiKey::Produce {
+        max.min(MAX_PRODUCE_VERSION)
+    } else {
+        max
+    }
+}
+
+/// The oldest version of `key` the proxy advertises (Produce keeps the
+/// broker's instead, see `filter/api_versions.rs`).
+pub fn min_version(key: ApiKey) -> i16 {
+    let min = key.valid_versions().min;
+    if key == ApiKey::SaslHandshake {
+        min.max(1)
+    } else {
+        min
+    }
 }
 
 #[cfg(test)]

@@ -355,7 +355,7 @@ mod tests {
     #[test]
     fn produce_acks_every_version() {
         // Every version the codec lets through (v13 closes the connection).
-        for version in 3..=crate::filter::api_versions::MAX_PRODUCE_VERSION {
+        for version in 3..=crate::codec::MAX_PRODUCE_VERSION {
             let mut req = ProduceRequest::default()
                 .with_acks(-1)
                 .with_timeout_ms(1234);

@@ -37,29 +37,7 @@ pub const MAX_VERSION: i16 = 4;
 /// Kafka's UNSUPPORTED_VERSION error code.
 pub const UNSUPPORTED_VERSION: i16 = 35;
 
-/// The newest Produce the proxy advertises (v13 carries topic ids, not names).
-pub const MAX_PRODUCE_VERSION: i16 = 12;
-
-/// The newest version of `key` the proxy advertises, and so accepts.
-pub fn max_version(key: ApiKey) -> i16 {
-    let max = key.valid_versions().max;
-    if key == ApiKey::Produce {
-        max.min(MAX_PRODUCE_VERSION)
-    } else {
-        max
-    }
-}
-
-/// The oldest version of `key` the proxy advertises (Produce keeps the
-/// broker's instead, see the module doc).
-pub fn min_version(key: ApiKey) -> i16 {
-    let min = key.valid_versions().min;
-    if key == ApiKey::SaslHandshake {
-        min.max(1)
-    } else {
-        min
-    }
-}
+pub use crate::codec::{max_version, min_version, MAX_PRODUCE_VERSION};
 
 /// Cuts a broker's ranges to what the proxy handles.
 pub fn intersect(resp: &mut ApiVersionsResponse) {

@@ -1250,7 +1250,7 @@ fn produce_claiming(version: i16, count: u32) -> Vec<u8> {
 #[test]
 fn produce_requests_claiming_more_topics_than_bytes_are_not_decoded() {
     // Every version the codec lets through (v13 closes the connection).
-    for version in 3..=crate::filter::api_versions::MAX_PRODUCE_VERSION {
+    for version in 3..=crate::codec::MAX_PRODUCE_VERSION {
         for count in [u32::MAX - 1, i32::MAX as u32, 1 << 20, 1] {
             let frame = produce_claiming(version, count);
             let head = RequestHead::peek(&frame).unwrap();
