@@ -984,11 +984,17 @@ async fn purging_a_topic_forgets_its_keys_only() {
 /// held at the broker: the successor's copies of it meet keys in flight
 /// (pending) and wait for them, never forwarded beside them. Every record
 /// lands once.
+///
+/// One partition, so that the successor's first request necessarily carries
+/// the zombie's held first batch (`k-0000`..): with three, each client's
+/// first request could be for a different partition, the successor's was
+/// then held at the broker beside the zombie's and no wait happened before
+/// the hold ran out (seen on a loaded 2-core machine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zombie_and_successor_lose_nothing() {
     let mock = MockCluster::new(1).unwrap();
     let topic = "zombie";
-    mock.create_topic(topic, 3, 1).unwrap();
+    mock.create_topic(topic, 1, 1).unwrap();
     let proxy = Proxy::start_with(
         &mock.bootstrap_servers(),
         // Untagged: a tag's growth would ask the held broker for the topic's
@@ -997,15 +1003,32 @@ async fn zombie_and_successor_lose_nothing() {
     )
     .await;
     let records = recs(0..300, "z");
+    // Backstops far beyond the broker's hold (HOLD): a request held there
+    // must not time out in the client, which would retry it (an extra copy
+    // in the drop counts) or fail its records (MessageTimedOut), as both did
+    // on a loaded machine when these were 30 s and 20 s.
+    let backstops = [
+        ("request.timeout.ms", "180000"),
+        ("socket.timeout.ms", "180000"),
+        ("message.timeout.ms", "300000"),
+    ];
     let zombie = task_producer(
         &proxy.bootstrap,
         "connector-producer-zomb-0",
-        &[("linger.ms", "0"), ("batch.num.messages", "7")],
+        &[
+            &[("linger.ms", "0"), ("batch.num.messages", "7")][..],
+            &backstops,
+        ]
+        .concat(),
     );
     let successor = task_producer(
         &proxy.bootstrap,
         "connector-producer-zomb-0",
-        &[("linger.ms", "2"), ("batch.num.messages", "10")],
+        &[
+            &[("linger.ms", "2"), ("batch.num.messages", "10")][..],
+            &backstops,
+        ]
+        .concat(),
     );
     // Both know the topic and hold their connections before the race.
     let warm = |who: &str| Rec {
@@ -1018,10 +1041,13 @@ async fn zombie_and_successor_lose_nothing() {
     const WAITS: &str = "idemgate_pending_waits_total";
     assert_eq!(proxy.metric(WAITS).await, 0.0);
 
-    // The broker holds every answer (10 s, well within the clients' request
-    // timeout) while a wait is looked for.
-    mock.broker_round_trip_time(1, Duration::from_secs(10))
-        .unwrap();
+    // The broker holds every answer while a wait is looked for, and lets
+    // them go as soon as one is seen. HOLD is only a backstop: when it ran
+    // out (10 s) before the successor's request reached the proxy on a
+    // loaded machine, the zombie's first answer came back, the race was
+    // lost and every later request was held in turn.
+    const HOLD: Duration = Duration::from_secs(120);
+    mock.broker_round_trip_time(1, HOLD).unwrap();
     let before = proxy.metric(PRODUCE).await;
     let zombie_sending = {
         let (producer, records) = (zombie.clone(), records.clone());
@@ -1055,7 +1081,7 @@ async fn zombie_and_successor_lose_nothing() {
     drop((zombie, successor));
 
     // Everything the log holds, up to end markers: each record once.
-    let rows = consume_all(&mock.bootstrap_servers(), topic, 3).await;
+    let rows = consume_all(&mock.bootstrap_servers(), topic, 1).await;
     let mut expected = records.clone();
     expected.extend([warm("zombie"), warm("successor")]);
     assert_exactly_once(&rows, &expected);
