@@ -1564,80 +1564,6 @@ impl<'a> Iterator for HeaderIter<'a> {
     }
 }
 
-// === Fuzzing ===
-
-/// Entry point for the `record_batch` fuzz target (and the property test that runs it on
-/// stable): walk `data` as a partition's `records`, decode each batch, splice it (keep every
-/// other record, append a header) in both modes, and panic if a rewrite does not decode back
-/// to exactly what was asked for. Never panics on its own for any other input.
-#[doc(hidden)]
-pub fn fuzz_entry(data: &[u8]) {
-    // why: small, so the fuzzer spends its time on framing rather than inflating zeros.
-    const LIMIT: usize = 1 << 20;
-    const KEY: &[u8] = b"idemgate.fuzz";
-    for item in Batches::new(Bytes::copy_from_slice(data)) {
-        let Ok(BatchItem::Batch(raw)) = item else {
-            continue;
-        };
-        let Ok(batch) = raw.decode_with_limit(LIMIT) else {
-            continue;
-        };
-        let keep: Vec<bool> = (0..batch.len()).map(|i| i % 2 == 0).collect();
-        let kept: Vec<usize> = (0..batch.len()).step_by(2).collect();
-        let header = HeaderRef {
-            key: KEY,
-            value: Some(b"v"),
-        };
-        for mode in [SpliceMode::Renumber, SpliceMode::KeepOffsets] {
-            let out = match batch.splice(&keep, Some(header), mode) {
-                Ok(Spliced::Rewritten(out)) => out,
-                Ok(Spliced::Unchanged) => {
-                    assert!(!batch.would_change(&keep, Some(header)));
-                    continue;
-                }
-                Ok(Spliced::NoneKept) => {
-                    assert!(mode == SpliceMode::Renumber && kept.is_empty());
-                    continue;
-                }
-                // why: only a rewrite whose lengths outgrow an int32 may fail.
-                Err(e) => {
-                    assert!(matches!(e, RecordsError::Overflow { .. }), "{e}");
-                    continue;
-                }
-            };
-            let again = RawBatch::new(out)
-                .and_then(|r| r.decode_with_limit(usize::MAX))
-                .unwrap_or_else(|e| panic!("a {mode:?} rewrite must decode: {e}"));
-            let (h, oh) = (again.header(), batch.header());
-            assert_eq!(again.len(), kept.len());
-            assert_eq!(h.base_offset, oh.base_offset);
-            assert_eq!(
-                (h.producer_id, h.producer_epoch, h.base_sequence),
-                (oh.producer_id, oh.producer_epoch, oh.base_sequence)
-            );
-            match mode {
-                SpliceMode::Renumber => assert_eq!(h.last_offset_delta as usize, kept.len() - 1),
-                SpliceMode::KeepOffsets => assert_eq!(h.last_offset_delta, oh.last_offset_delta),
-            }
-            for (new, &old) in again.records().zip(&kept) {
-                let old = batch.record(old).expect("a kept index");
-                assert_eq!(new.key(), old.key());
-                assert_eq!(new.value(), old.value());
-                assert_eq!(new.timestamp_delta(), old.timestamp_delta());
-                assert_eq!(new.attributes(), old.attributes());
-                let (old_h, new_h) = (old.header_list(), new.header_list());
-                assert!(new_h.starts_with(&old_h), "existing headers kept in order");
-                assert_eq!(new_h.len() - old_h.len(), usize::from(!old.has_header(KEY)));
-                assert!(new.has_header(KEY));
-                match mode {
-                    SpliceMode::Renumber => assert_eq!(new.offset_delta() as usize, new.index()),
-                    SpliceMode::KeepOffsets => assert_eq!(new.offset_delta(), old.offset_delta()),
-                }
-            }
-        }
-    }
-}
-
 // === impl Record / BatchBuilder ===
 
 /// An owned record: what [`BatchBuilder`] writes and [`RecordView::to_record`] returns.
@@ -3110,7 +3036,7 @@ mod tests {
 
         #[test]
         fn fuzz_entry_on_garbage(data in prop::collection::vec(any::<u8>(), 0..300)) {
-            fuzz_entry(&data);
+            crate::fuzz::record_batch(&data);
         }
 
         #[test]
@@ -3138,7 +3064,7 @@ mod tests {
                 fix_crc(&mut v[..good.len()]);
             }
             v.truncate(good.len() + cut.index(good.len() + 1));
-            fuzz_entry(&v);
+            crate::fuzz::record_batch(&v);
         }
     }
 
