@@ -336,14 +336,13 @@ fn response_input(g: &Golden) -> Vec<u8> {
 
 #[test]
 fn every_golden_frame_passes_the_fuzz_checks() {
-    use idemgate::filter::{broker_address, sasl};
     let goldens = goldens();
     let mut streams: std::collections::BTreeMap<&str, Vec<u8>> = Default::default();
     for g in &goldens {
         if g.request {
-            let head = idemgate::codec::fuzz_request_head(&g.bytes)
+            let head = idemgate::fuzz::request_head(&g.bytes)
                 .unwrap_or_else(|| panic!("{}: peeks", g.file));
-            message::fuzz_request_fields(&g.bytes, &head);
+            idemgate::fuzz::request_fields(&g.bytes, &head);
             // One client's requests, as frame_codec takes them: the largest
             // limit, 7-byte reads, then the length-prefixed frames.
             let client = g
@@ -356,19 +355,19 @@ fn every_golden_frame_passes_the_fuzz_checks() {
             stream.extend_from_slice(&(g.bytes.len() as i32).to_be_bytes());
             stream.extend_from_slice(&g.bytes);
         } else {
-            broker_address::fuzz_entry(&response_input(g));
-            message::fuzz_throttle(&response_input(g));
+            idemgate::fuzz::broker_address(&response_input(g));
+            idemgate::fuzz::throttle_time(&response_input(g));
         }
         for set in record_sets(g) {
-            records::fuzz_entry(&set);
+            idemgate::fuzz::record_batch(&set);
         }
     }
     for stream in streams.values() {
-        idemgate::codec::fuzz_frames(stream);
+        idemgate::fuzz::frame_codec(stream);
     }
     let seeds = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/sasl");
     for entry in std::fs::read_dir(&seeds).expect("fuzz/seeds/sasl") {
-        sasl::fuzz_entry(&std::fs::read(entry.unwrap().path()).unwrap());
+        idemgate::fuzz::sasl(&std::fs::read(entry.unwrap().path()).unwrap());
     }
 }
 

@@ -7,13 +7,10 @@
 //! bytes. The body is never touched here.
 
 use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::FutureExt;
 use kafka_protocol::messages::ApiKey;
-use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::FrameError;
@@ -270,7 +267,7 @@ impl RequestHead {
 /// Whether the proxy accepts `api_version` of `api_key`: at most what it
 /// advertises, and no SaslHandshake v0. Below the advertised minimum
 /// otherwise passes (the broker answers old versions).
-fn advertised(api_key: ApiKey, api_version: i16) -> bool {
+pub(crate) fn advertised(api_key: ApiKey, api_version: i16) -> bool {
     match api_key {
         ApiKey::ApiVersions => true,
         ApiKey::SaslHandshake => api_version >= min_version(api_key),
@@ -322,188 +319,6 @@ pub fn skip_tagged_fields(buf: &[u8], offset: usize) -> Option<usize> {
         }
     }
     Some(offset)
-}
-
-// === Fuzzing ===
-
-/// Entry point for the `frame_codec` fuzz target (and the property test that
-/// runs it on stable). `data[0]` sets the frame limit (16-byte steps, so
-/// `TooLarge` is in reach), `data[1]` how many bytes each read brings; the
-/// rest is a client's stream. Checks [`FrameCodec`] and [`FrameReader`]
-/// against a model of the framing: the same frames, each exactly the bytes
-/// its prefix announced, then the same end or the same error. The reader's
-/// reads alternate with `Pending` and every `Pending` drops its future, so
-/// each frame is also read across cancellations, as `select!` does.
-#[doc(hidden)]
-pub fn fuzz_frames(data: &[u8]) {
-    let [limit, chunk, stream @ ..] = data else {
-        return;
-    };
-    let max = usize::from(*limit) << 4;
-    let (frames, end) = model_frames(stream, max);
-
-    let mut codec = FrameCodec::new(max);
-    let mut buf = BytesMut::from(stream);
-    let mut got = Vec::new();
-    let codec_end = loop {
-        match codec.decode_eof(&mut buf) {
-            Ok(Some(frame)) => got.push(frame),
-            Ok(None) => break None,
-            Err(CodecError::Frame(e)) => break Some(e),
-            Err(CodecError::Io(e)) => panic!("no i/o under a buffer: {e}"),
-        }
-    };
-    assert_eq!(got, frames, "FrameCodec frames");
-    assert_eq!(codec_end, end, "FrameCodec end");
-
-    let client = Trickle {
-        data: stream,
-        chunk: usize::from(*chunk).max(1),
-        ready: false,
-    };
-    let mut reader = FrameReader::new(client, max);
-    let mut got = Vec::new();
-    let reader_end = loop {
-        // why: `now_or_never` drops the future at its first `Pending`.
-        match reader.next(|n| async move { n }).now_or_never() {
-            None => continue,
-            Some(Ok(Some((frame, admitted)))) => {
-                assert_eq!(
-                    admitted,
-                    4 + frame.len(),
-                    "admit is asked for the whole frame"
-                );
-                got.push(frame);
-            }
-            Some(Ok(None)) => break None,
-            Some(Err(CodecError::Frame(e))) => break Some(e),
-            Some(Err(CodecError::Io(e))) => panic!("the client has no i/o error: {e}"),
-        }
-    };
-    assert_eq!(got, frames, "FrameReader frames");
-    assert_eq!(reader_end, end, "FrameReader end");
-}
-
-/// The framing as Kafka defines it: the frames of `stream`, then `None` at a
-/// clean end or the error the first unacceptable prefix calls for.
-fn model_frames(stream: &[u8], max: usize) -> (Vec<&[u8]>, Option<FrameError>) {
-    let mut frames = Vec::new();
-    let mut rest = stream;
-    loop {
-        let Some((prefix, body)) = rest.split_first_chunk::<4>() else {
-            let end = (!rest.is_empty()).then_some(FrameError::Truncated(rest.len()));
-            return (frames, end);
-        };
-        let len = i32::from_be_bytes(*prefix);
-        let Ok(len) = usize::try_from(len) else {
-            return (frames, Some(FrameError::NegativeLength(len)));
-        };
-        if len > max {
-            return (frames, Some(FrameError::TooLarge { len, max }));
-        }
-        let Some((frame, next)) = body.split_at_checked(len) else {
-            return (frames, Some(FrameError::Truncated(rest.len())));
-        };
-        frames.push(frame);
-        rest = next;
-    }
-}
-
-/// A client that sends its stream `chunk` bytes at a time, with a `Pending`
-/// before every read.
-struct Trickle<'a> {
-    data: &'a [u8],
-    chunk: usize,
-    ready: bool,
-}
-
-impl AsyncRead for Trickle<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        self.ready = !self.ready;
-        if !self.ready {
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        let n = self.chunk.min(self.data.len()).min(buf.remaining());
-        let (now, rest) = self.data.split_at(n);
-        buf.put_slice(now);
-        self.data = rest;
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// Whether a varint at `offset` runs past five bytes: Kafka refuses it,
-/// [`read_uvarint`] too, and kafka_protocol reads its first five bytes as
-/// the number. The fuzz checks that compare with kafka_protocol skip it.
-pub(crate) fn overlong_varint_at(buf: &[u8], offset: usize) -> bool {
-    buf.get(offset..offset + 5)
-        .is_some_and(|run| run.iter().all(|b| b & 0x80 != 0))
-}
-
-/// Entry point for the `request_head` fuzz target: `frame` is a request
-/// frame body. Checks that the peek agrees with kafka_protocol's own header
-/// decoder (api_key, api_version, correlation_id, client_id, where the body
-/// starts) whenever that one decodes a header of an API and version the
-/// proxy reads, refuses what the proxy cannot read, and never points past
-/// the frame. Returns the peeked head for the readers that trust it.
-#[doc(hidden)]
-pub fn fuzz_request_head(frame: &[u8]) -> Option<RequestHead> {
-    use kafka_protocol::messages::RequestHeader;
-    use kafka_protocol::protocol::Decodable;
-
-    let peeked = RequestHead::peek(frame);
-    if let Ok(head) = &peeked {
-        assert!(head.body_offset <= frame.len(), "{head:?}");
-    }
-    let Some(&[k0, k1, v0, v1]) = frame.first_chunk::<4>() else {
-        assert!(peeked.is_err());
-        return None;
-    };
-    let (raw_key, version) = (i16::from_be_bytes([k0, k1]), i16::from_be_bytes([v0, v1]));
-    let Ok(api_key) = ApiKey::try_from(raw_key) else {
-        assert!(peeked.is_err(), "unknown api_key {raw_key} peeked");
-        return None;
-    };
-    let readable = version >= 0
-        && (version <= api_key.valid_versions().max || api_key == ApiKey::ApiVersions)
-        && advertised(api_key, version);
-    let mut rest = frame;
-    if let Ok(header) = RequestHeader::decode(&mut rest, api_key.request_header_version(version)) {
-        if !readable {
-            assert!(peeked.is_err(), "{api_key:?} v{version} peeked");
-            return None;
-        }
-        let head = match &peeked {
-            Ok(head) => head,
-            // Kafka (ByteUtils.readUnsignedVarint) refuses a varint whose
-            // fifth byte still has its continuation bit; kafka_protocol
-            // stops there and reads on. The peek sides with Kafka.
-            Err(FrameError::BadHeader("header tagged fields run past the frame"))
-                if (0..frame.len() - rest.len()).any(|at| overlong_varint_at(frame, at)) =>
-            {
-                return None
-            }
-            Err(e) => panic!("kafka_protocol reads this header, the peek refused it: {e}"),
-        };
-        assert_eq!(
-            (head.api_key as i16, head.api_version, head.correlation_id),
-            (
-                header.request_api_key,
-                header.request_api_version,
-                header.correlation_id
-            )
-        );
-        assert_eq!(
-            head.client_id.as_deref(),
-            header.client_id.as_deref().map(str::as_bytes)
-        );
-        assert_eq!(head.body_offset, frame.len() - rest.len(), "body offset");
-    }
-    peeked.ok()
 }
 
 // === The versions the proxy advertises, and so accepts ===
@@ -728,7 +543,7 @@ mod tests {
                 "header tagged fields run past the frame"
             ))
         );
-        assert!(fuzz_request_head(&b).is_none());
+        assert!(crate::fuzz::request_head(&b).is_none());
         // Five bytes, the last one ending the number, is the longest legal form.
         let mut b = header(11, 7, 3, Some("go"));
         b.extend_from_slice(&[1, 0x80, 0x80, 0x80, 0x80, 0x00, 0]);
@@ -776,10 +591,10 @@ mod tests {
 
     #[test]
     fn fuzz_frames_survives_garbage() {
-        fuzz_frames(&[1, 3, 0, 0, 0, 3, 1, 2, 3, 0xff, 0xff, 0xff, 0xff]);
-        fuzz_frames(&[255, 1, 0x7f, 0xff, 0xff, 0xff]);
-        fuzz_frames(&[0, 0, 0, 0, 0, 0, 0, 0, 0]);
-        fuzz_frames(&[]);
+        crate::fuzz::frame_codec(&[1, 3, 0, 0, 0, 3, 1, 2, 3, 0xff, 0xff, 0xff, 0xff]);
+        crate::fuzz::frame_codec(&[255, 1, 0x7f, 0xff, 0xff, 0xff]);
+        crate::fuzz::frame_codec(&[0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        crate::fuzz::frame_codec(&[]);
     }
 
     proptest::proptest! {
@@ -790,7 +605,7 @@ mod tests {
 
         #[test]
         fn fuzz_frames_on_garbage(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
-            fuzz_frames(&data);
+            crate::fuzz::frame_codec(&data);
         }
 
         #[test]
@@ -806,7 +621,7 @@ mod tests {
                 data.extend_from_slice(&body);
             }
             data.truncate(2 + cut);
-            fuzz_frames(&data);
+            crate::fuzz::frame_codec(&data);
         }
 
         #[test]
@@ -823,7 +638,7 @@ mod tests {
             b.put_i32(correlation_id);
             b.put_i16(id_len);
             b.extend_from_slice(&rest);
-            fuzz_request_head(&b);
+            crate::fuzz::request_head(&b);
         }
     }
 }

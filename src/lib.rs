@@ -83,6 +83,8 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod idempotency;
 pub mod identity;
 pub mod limits;

@@ -184,147 +184,6 @@ fn codec_error(api: ApiKey, version: i16, what: &'static str) -> Error {
     }
 }
 
-// === Fuzzing ===
-
-/// Entry point for the `request_head` fuzz target, after the peek: every
-/// field read in place agrees with a full decode of the request whenever
-/// kafka_protocol decodes it, and capping Fetch `max_bytes` changes that
-/// field and nothing else. On requests that do not decode, the readers only
-/// must not panic.
-#[doc(hidden)]
-pub fn fuzz_request_fields(frame: &[u8], head: &crate::codec::RequestHead) {
-    use kafka_protocol::messages::{FetchRequest, JoinGroupRequest, ProduceRequest};
-
-    let (at, version) = (head.body_offset, head.api_version);
-    // The nullable string that comes first in these bodies: with a length
-    // Kafka refuses, the readers refuse the request too (it is forwarded as
-    // it came, for the broker to refuse), while kafka_protocol reads on.
-    let compact_first = matches!(
-        (head.api_key, version),
-        (ApiKey::Produce, 9..) | (ApiKey::JoinGroup, 6..)
-    );
-    if compact_first && crate::codec::overlong_varint_at(frame, at) {
-        let read = match head.api_key {
-            ApiKey::Produce => produce_acks_and_timeout(frame, at, version).map(drop),
-            _ => join_group_rebalance_timeout(frame, at, version).map(drop),
-        };
-        assert_eq!(read, None, "a length Kafka refuses, read");
-        return;
-    }
-    match head.api_key {
-        ApiKey::Produce => {
-            let read = produce_acks_and_timeout(frame, at, version);
-            if let Some(req) = decode_request::<ProduceRequest>(frame, head) {
-                assert_eq!(read, Some((req.acks, req.timeout_ms)));
-            }
-        }
-        ApiKey::Fetch => {
-            // why: the fuzzer picks the cap through a field it already controls.
-            let cap = head.correlation_id.max(0);
-            let (wait, isolation) = (
-                fetch_max_wait(frame, at, version),
-                fetch_isolation_level(frame, at, version),
-            );
-            let mut capped = frame.to_vec();
-            let asked = cap_fetch_max_bytes(&mut capped, at, version, cap);
-            let Some(req) = decode_request::<FetchRequest>(frame, head) else {
-                return;
-            };
-            assert_eq!(wait, Some(req.max_wait_ms));
-            assert_eq!(isolation, Some(req.isolation_level));
-            assert_eq!(asked, (req.max_bytes > cap).then_some(req.max_bytes));
-            let back =
-                decode_request::<FetchRequest>(&capped, head).expect("a capped Fetch decodes");
-            let want = req.clone().with_max_bytes(req.max_bytes.min(cap));
-            assert_eq!(back, want, "only max_bytes changed");
-        }
-        ApiKey::JoinGroup => {
-            let read = join_group_rebalance_timeout(frame, at, version);
-            if let Some(req) = decode_request::<JoinGroupRequest>(frame, head) {
-                // v0 has no rebalance timeout: the session timeout serves for both.
-                let want = if version >= 1 {
-                    req.rebalance_timeout_ms
-                } else {
-                    req.session_timeout_ms
-                };
-                assert_eq!(read, Some(want));
-            }
-        }
-        _ => {}
-    }
-}
-
-/// The input of the response fuzz targets: api_key and api_version (int16
-/// each, the version of the request answered), then a response frame body,
-/// as the golden response files are.
-#[doc(hidden)]
-pub fn fuzz_response_input(data: &[u8]) -> Option<(ApiKey, i16, Bytes)> {
-    let (head, frame) = data.split_first_chunk::<4>()?;
-    let api = ApiKey::try_from(i16::from_be_bytes([head[0], head[1]])).ok()?;
-    let version = i16::from_be_bytes([head[2], head[3]]);
-    Some((api, version, Bytes::copy_from_slice(frame)))
-}
-
-/// Entry point for the `throttle_time` fuzz target (input: see
-/// [`fuzz_response_input`]). For each of a few throttles: a response that
-/// decodes is raised to exactly that throttle when the broker's is lower,
-/// left alone otherwise, and nothing else in it changes (header and trailing
-/// bytes included); one that does not decode gets an error or its own bytes
-/// back, never a panic. Produce v1-8 keeps throttle_time_ms as its last
-/// field, so that check holds for frames that end with their message, as a
-/// broker writes them.
-#[doc(hidden)]
-pub fn fuzz_throttle(data: &[u8]) {
-    use kafka_protocol::messages::{FetchResponse, ProduceResponse};
-
-    let Some((api, version, frame)) = fuzz_response_input(data) else {
-        return;
-    };
-    for ms in [0, 1, 30_000, i32::MAX] {
-        let out = raise_throttle_time(api, version, &frame, ms);
-        match api {
-            ApiKey::Produce => {
-                check_throttle::<ProduceResponse>(api, version, &frame, ms, out, |m| {
-                    &mut m.throttle_time_ms
-                })
-            }
-            ApiKey::Fetch => check_throttle::<FetchResponse>(api, version, &frame, ms, out, |m| {
-                &mut m.throttle_time_ms
-            }),
-            _ => assert!(matches!(out, Ok(None)), "{api:?} has no throttle to raise"),
-        }
-    }
-}
-
-fn check_throttle<T: Decodable + Bounded + PartialEq + std::fmt::Debug>(
-    api: ApiKey,
-    version: i16,
-    frame: &Bytes,
-    ms: i32,
-    out: Result<Option<Bytes>, Error>,
-    throttle: fn(&mut T) -> &mut i32,
-) {
-    let Some((mut before, header, trailing)) = decode_parts::<T>(api, version, frame) else {
-        return;
-    };
-    if api == ApiKey::Produce && version <= 8 && !trailing.is_empty() {
-        return;
-    }
-    let out = out.unwrap_or_else(|e| panic!("a response that decodes is raised: {e}"));
-    let old = *throttle(&mut before);
-    let Some(out) = out else {
-        assert!(old >= ms, "throttle {old} left below {ms}");
-        return;
-    };
-    assert!(old < ms, "throttle {old} changed for {ms}");
-    let (mut after, out_header, out_trailing) =
-        decode_parts::<T>(api, version, &out).expect("a raised response decodes");
-    assert_eq!((out_header, out_trailing), (header, trailing));
-    assert_eq!(*throttle(&mut after), ms);
-    *throttle(&mut after) = old;
-    assert_eq!(after, before, "only throttle_time_ms changed");
-}
-
 /// A response frame body as (message, header bytes, trailing bytes), for the
 /// fuzz checks; `None` when it does not decode.
 pub(crate) fn decode_parts<T: Decodable + Bounded>(
@@ -539,8 +398,8 @@ mod tests {
                 encode_request(ApiKey::JoinGroup, version % 10, correlation_id, &join),
             ];
             for frame in frames.into_iter().flatten() {
-                let head = crate::codec::fuzz_request_head(&frame).expect("our own request peeks");
-                fuzz_request_fields(&frame, &head);
+                let head = crate::fuzz::request_head(&frame).expect("our own request peeks");
+                crate::fuzz::request_fields(&frame, &head);
             }
         }
 
@@ -562,7 +421,7 @@ mod tests {
                 input.extend_from_slice(&version.to_be_bytes());
                 input.extend_from_slice(&frame.unwrap());
                 input.extend_from_slice(&trailing);
-                fuzz_throttle(&input);
+                crate::fuzz::throttle_time(&input);
             }
         }
     }
@@ -588,7 +447,7 @@ mod tests {
         assert_eq!((read.transactional_id, read.acks), (None, -32768));
         assert_eq!(decode_request::<ProduceRequest>(frame, &head), None);
         assert_eq!(produce_acks_and_timeout(frame, head.body_offset, 9), None);
-        fuzz_request_fields(frame, &head);
+        crate::fuzz::request_fields(frame, &head);
     }
 
     #[test]

@@ -287,179 +287,6 @@ where
     }
 }
 
-// === Fuzzing ===
-
-/// The fuzz target's ports: a fixed function of the node id, so every input
-/// gets the same answer and nothing is written anywhere.
-struct FuzzPorts;
-
-impl FuzzPorts {
-    fn port(node_id: i32) -> u16 {
-        20_000 + node_id.rem_euclid(10_000) as u16
-    }
-}
-
-impl PortMap for FuzzPorts {
-    fn learn(&self, node_id: i32, _host: &str, _port: i32) -> Result<u16, Error> {
-        Ok(FuzzPorts::port(node_id))
-    }
-}
-
-/// The host every rewritten address must carry in the fuzz target.
-const FUZZ_HOST: &str = "proxy.fuzz";
-
-/// Entry point for the `broker_address` fuzz target (input: see
-/// [`message::fuzz_response_input`](crate::message::fuzz_response_input)).
-/// A response that decodes is rewritten without error; afterwards it
-/// decodes again, every address a client could use (every broker, every
-/// coordinator with a node id, every KIP-951 endpoint) is the proxy's for
-/// that node id, and with the old addresses put back it is the message that
-/// came in, header and trailing bytes included. `None` (forward as it came)
-/// only when there was no address to rewrite. A response that does not
-/// decode gets an error, never a panic.
-#[doc(hidden)]
-pub fn fuzz_entry(data: &[u8]) {
-    let Some((api, version, frame)) = crate::message::fuzz_response_input(data) else {
-        return;
-    };
-    let host = StrBytes::from_static_str(FUZZ_HOST);
-    let rewriter = Rewriter {
-        topology: &FuzzPorts,
-        advertised_host: &host,
-    };
-    let out = rewriter.rewrite(api, version, &frame);
-    match api {
-        ApiKey::Metadata => check_rewrite::<MetadataResponse>(api, version, &frame, out, |m, _| {
-            m.brokers
-                .iter_mut()
-                .map(|b| (b.node_id.0, &mut b.host, &mut b.port))
-                .collect()
-        }),
-        ApiKey::FindCoordinator => {
-            check_rewrite::<FindCoordinatorResponse>(api, version, &frame, out, |m, version| {
-                // v0-3 answer with one node, v4+ with a list; an error answer
-                // (node id -1) has no address to hide.
-                let single = (version < 4 && m.node_id.0 >= 0).then_some((
-                    m.node_id.0,
-                    &mut m.host,
-                    &mut m.port,
-                ));
-                let list = m
-                    .coordinators
-                    .iter_mut()
-                    .filter(|c| c.node_id.0 >= 0)
-                    .map(|c| (c.node_id.0, &mut c.host, &mut c.port));
-                single.into_iter().chain(list).collect()
-            })
-        }
-        ApiKey::DescribeCluster => {
-            check_rewrite::<DescribeClusterResponse>(api, version, &frame, out, |m, _| {
-                m.brokers
-                    .iter_mut()
-                    .map(|b| (b.broker_id.0, &mut b.host, &mut b.port))
-                    .collect()
-            })
-        }
-        ApiKey::Produce if version >= 10 => {
-            check_rewrite::<ProduceResponse>(api, version, &frame, out, |m, _| {
-                m.node_endpoints
-                    .iter_mut()
-                    .map(|e| (e.node_id.0, &mut e.host, &mut e.port))
-                    .collect()
-            })
-        }
-        ApiKey::Fetch if version >= 16 => {
-            check_rewrite::<FetchResponse>(api, version, &frame, out, |m, _| {
-                m.node_endpoints
-                    .iter_mut()
-                    .map(|e| (e.node_id.0, &mut e.host, &mut e.port))
-                    .collect()
-            })
-        }
-        ApiKey::ShareFetch => {
-            check_rewrite::<ShareFetchResponse>(api, version, &frame, out, |m, _| {
-                m.node_endpoints
-                    .iter_mut()
-                    .map(|e| (e.node_id.0, &mut e.host, &mut e.port))
-                    .collect()
-            })
-        }
-        ApiKey::ShareAcknowledge => {
-            check_rewrite::<ShareAcknowledgeResponse>(api, version, &frame, out, |m, _| {
-                m.node_endpoints
-                    .iter_mut()
-                    .map(|e| (e.node_id.0, &mut e.host, &mut e.port))
-                    .collect()
-            })
-        }
-        _ => assert!(
-            matches!(out, Ok(None)),
-            "{api:?} v{version} carries no address"
-        ),
-    }
-}
-
-/// The (node id, host, port) of every address a client could connect to,
-/// in a message of the given version.
-type Addresses<T> = for<'m> fn(&'m mut T, i16) -> Vec<(i32, &'m mut StrBytes, &'m mut i32)>;
-
-fn check_rewrite<T>(
-    api: ApiKey,
-    version: i16,
-    frame: &Bytes,
-    out: Result<Option<Bytes>, Error>,
-    addresses: Addresses<T>,
-) where
-    T: kafka_protocol::protocol::Decodable + crate::message::Bounded + PartialEq + std::fmt::Debug,
-{
-    let Some((mut before, header, trailing)) =
-        crate::message::decode_parts::<T>(api, version, frame)
-    else {
-        assert!(
-            out.is_err(),
-            "{api:?} v{version}: an undecodable response rewritten"
-        );
-        return;
-    };
-    let out = out.unwrap_or_else(|e| panic!("a response that decodes is rewritten: {e}"));
-    let old: Vec<(i32, StrBytes, i32)> = addresses(&mut before, version)
-        .into_iter()
-        .map(|(id, host, port)| (id, host.clone(), *port))
-        .collect();
-    let Some(out) = out else {
-        assert!(
-            old.is_empty()
-                && matches!(
-                    api,
-                    ApiKey::FindCoordinator
-                        | ApiKey::Produce
-                        | ApiKey::Fetch
-                        | ApiKey::ShareFetch
-                        | ApiKey::ShareAcknowledge
-                ),
-            "{api:?} v{version}: forwarded as it came with addresses {old:?}"
-        );
-        return;
-    };
-    let (mut after, out_header, out_trailing) =
-        crate::message::decode_parts::<T>(api, version, &out)
-            .expect("a rewritten response decodes");
-    assert_eq!((out_header, out_trailing), (header, trailing));
-    let new = addresses(&mut after, version);
-    assert_eq!(new.len(), old.len(), "the same addresses");
-    for ((id, host, port), (old_id, old_host, old_port)) in new.into_iter().zip(old) {
-        assert_eq!(id, old_id, "node ids kept");
-        assert_eq!(host.as_str(), FUZZ_HOST, "node {id}: upstream host left");
-        assert_eq!(
-            *port,
-            i32::from(FuzzPorts::port(id)),
-            "node {id}: upstream port left"
-        );
-        (*host, *port) = (old_host, old_port);
-    }
-    assert_eq!(after, before, "only addresses changed");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,7 +442,7 @@ mod tests {
             for (api, version, frame) in frames {
                 // A field this version cannot carry does not encode: nothing to rewrite.
                 if let Some(frame) = frame {
-                    fuzz_entry(&fuzz_input(api, version, &frame));
+                    crate::fuzz::broker_address(&fuzz_input(api, version, &frame));
                 }
             }
         }
@@ -692,7 +519,7 @@ mod tests {
             assert!(Rewriter::applies(api, 1), "{api:?}");
             let out = r.rewrite(api, 1, &frame).unwrap().expect("rewritten");
             assert!(!carries_upstream_address(&out, &upstream()), "{api:?}");
-            fuzz_entry(&fuzz_input(api, 1, &frame));
+            crate::fuzz::broker_address(&fuzz_input(api, 1, &frame));
         }
         let empty = encode(ApiKey::ShareFetch, 1, 7, &ShareFetchResponse::default()).unwrap();
         assert!(r.rewrite(ApiKey::ShareFetch, 1, &empty).unwrap().is_none());

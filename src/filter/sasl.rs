@@ -276,127 +276,6 @@ fn base64url_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-// === Fuzzing ===
-
-/// What the fuzz target's handshakes name: each mechanism the sniffer reads,
-/// one spelled as a client might, and one it does not read.
-const FUZZ_MECHANISMS: [&str; 6] = [
-    "PLAIN",
-    "SCRAM-SHA-256",
-    "SCRAM-SHA-512",
-    "OAUTHBEARER",
-    "plain",
-    "GSSAPI",
-];
-
-/// A secret no principal may ever contain.
-const FUZZ_SECRET: &[u8] = b"\x7fidemgate-fuzz-secret\x7f";
-
-/// Entry point for the `sasl` fuzz target. Input: a series of steps, each
-/// `0xff` then a byte choosing a mechanism (a SaslHandshake), or a length
-/// byte then that many bytes (a SaslAuthenticate token). Checks, on every
-/// step: a principal is never empty; PLAIN's is the authcid (the field
-/// between the two NULs, never the password after them); SCRAM's comes
-/// once, from the second round, and is what the first round named; and a
-/// twin exchange whose secrets (PLAIN's password, SCRAM's client-final
-/// message with its proof, the JWT's signature) are replaced by a marker
-/// binds the same principal, which never contains the marker.
-#[doc(hidden)]
-pub fn fuzz_entry(mut data: &[u8]) {
-    let (mut state, mut twin) = (SaslState::default(), SaslState::default());
-    let mut mechanism: Option<&str> = None;
-    let mut round = 0u32;
-    // The fuzzer learns the marker from the comparison below and may write it
-    // into a user name itself; only a marker it did not send is a leak.
-    let mut sent_marker = false;
-    while let Some((&op, rest)) = data.split_first() {
-        if op == 0xff {
-            let Some((&pick, rest)) = rest.split_first() else {
-                return;
-            };
-            let name = FUZZ_MECHANISMS[usize::from(pick) % FUZZ_MECHANISMS.len()];
-            state.handshake(name);
-            twin.handshake(name);
-            mechanism = Some(name);
-            round = 0;
-            data = rest;
-            continue;
-        }
-        let (token, rest) = rest.split_at(usize::from(op).min(rest.len()));
-        data = rest;
-        round += 1;
-        sent_marker |= contains(token, FUZZ_SECRET);
-        let upper = mechanism.map(str::to_ascii_uppercase);
-        let swapped = match upper.as_deref() {
-            Some("PLAIN") => plain_with_password(token, FUZZ_SECRET),
-            Some("SCRAM-SHA-256" | "SCRAM-SHA-512") if round >= 2 => FUZZ_SECRET.to_vec(),
-            Some("OAUTHBEARER") => jwt_with_signature(token, FUZZ_SECRET),
-            _ => token.to_vec(),
-        };
-        let principal = state.authenticate(&Bytes::copy_from_slice(token));
-        let twin_principal = twin.authenticate(&Bytes::from(swapped));
-        assert_eq!(
-            principal, twin_principal,
-            "the principal depends on a secret"
-        );
-        let Some(principal) = principal else {
-            continue;
-        };
-        assert!(!principal.is_empty());
-        assert!(
-            sent_marker || !contains(principal.as_bytes(), FUZZ_SECRET),
-            "a secret became the principal"
-        );
-        match upper.as_deref() {
-            Some("PLAIN") => {
-                assert_eq!(token.split(|b| *b == 0).nth(1), Some(principal.as_bytes()));
-            }
-            Some("SCRAM-SHA-256" | "SCRAM-SHA-512") => {
-                assert_eq!(round, 2, "SCRAM binds once, after the client-final message")
-            }
-            Some("OAUTHBEARER") => {}
-            other => panic!("{other:?} bound {principal:?}"),
-        }
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// A PLAIN token with everything after its second NUL (the password) replaced.
-fn plain_with_password(token: &[u8], password: &[u8]) -> Vec<u8> {
-    let mut parts = token.splitn(3, |b| *b == 0);
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(authzid), Some(authcid), Some(_)) => {
-            [authzid, b"\0", authcid, b"\0", password].concat()
-        }
-        _ => token.to_vec(),
-    }
-}
-
-/// An OAUTHBEARER token with its JWT's signature (after the second `.` of
-/// the `auth=` value, up to the next `\x01`) replaced; as it came when it
-/// has none.
-fn jwt_with_signature(token: &[u8], signature: &[u8]) -> Vec<u8> {
-    let Ok(text) = std::str::from_utf8(token) else {
-        return token.to_vec();
-    };
-    let mut at = 0;
-    for kv in text.split('\x01') {
-        if kv.starts_with("auth=") {
-            let Some((cut, _)) = kv.match_indices('.').nth(1) else {
-                break;
-            };
-            let start = at + cut + 1;
-            let end = at + kv.len();
-            return [&token[..start], signature, &token[end..]].concat();
-        }
-        at += kv.len() + 1;
-    }
-    token.to_vec()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,7 +336,7 @@ mod tests {
     /// One handshake's mechanism (an index into `FUZZ_MECHANISMS`) and its tokens.
     type Exchange = (u8, Vec<Vec<u8>>);
 
-    /// A `fuzz_entry` input.
+    /// A `crate::fuzz::sasl` input.
     fn fuzz_input(exchanges: &[Exchange]) -> Vec<u8> {
         let mut out = Vec::new();
         for (mechanism, tokens) in exchanges {
@@ -497,19 +376,22 @@ mod tests {
     #[test]
     fn fuzz_entry_on_real_exchanges() {
         for (_, exchanges) in seed_exchanges() {
-            fuzz_entry(&fuzz_input(&exchanges));
+            crate::fuzz::sasl(&fuzz_input(&exchanges));
         }
         assert_eq!(
-            jwt_with_signature(b"\x01auth=Bearer h.p.sig\x01\x01", b"X"),
+            crate::fuzz::jwt_with_signature(b"\x01auth=Bearer h.p.sig\x01\x01", b"X"),
             b"\x01auth=Bearer h.p.X\x01\x01"
         );
-        assert_eq!(plain_with_password(b"a\0b\0c\0d", b"X"), b"a\0b\0X");
+        assert_eq!(
+            crate::fuzz::plain_with_password(b"a\0b\0c\0d", b"X"),
+            b"a\0b\0X"
+        );
         // From the sasl fuzz target: the fuzzer wrote the marker into a PLAIN
         // user name itself; binding that name is no leak.
         let mut authcid = b"\0sric=".to_vec();
-        authcid.extend_from_slice(FUZZ_SECRET);
+        authcid.extend_from_slice(crate::fuzz::FUZZ_SECRET);
         authcid.extend_from_slice(b"\0KaEifQ.c2ln");
-        fuzz_entry(&fuzz_input(&[(0, vec![authcid])]));
+        crate::fuzz::sasl(&fuzz_input(&[(0, vec![authcid])]));
     }
 
     /// Writes the `sasl` fuzz seeds: `cargo test --lib sasl::tests::write_fuzz_seeds -- --ignored`.
@@ -531,7 +413,7 @@ mod tests {
 
         #[test]
         fn fuzz_entry_on_garbage(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
-            fuzz_entry(&data);
+            crate::fuzz::sasl(&data);
         }
 
         #[test]
@@ -545,7 +427,7 @@ mod tests {
                 .into_iter()
                 .map(|(m, tokens)| (m, tokens.into_iter().map(String::into_bytes).collect()))
                 .collect();
-            fuzz_entry(&fuzz_input(&exchanges));
+            crate::fuzz::sasl(&fuzz_input(&exchanges));
         }
     }
 

@@ -1298,7 +1298,7 @@ proptest! {
 
     #[test]
     fn fuzz_entry_on_garbage(data in prop::collection::vec(any::<u8>(), 0..300)) {
-        fuzz_entry(&data);
+        crate::fuzz::record_batch(&data);
     }
 
     #[test]
@@ -1326,7 +1326,7 @@ proptest! {
             fix_crc(&mut v[..good.len()]);
         }
         v.truncate(good.len() + cut.index(good.len() + 1));
-        fuzz_entry(&v);
+        crate::fuzz::record_batch(&v);
     }
 }
 
