@@ -880,8 +880,28 @@ impl<'a> Segment<'a> {
 mod tests {
     use super::*;
 
+    /// Opens the store in `dir`, which the previous test step's store may
+    /// still lock for a moment: sled's flusher thread lets go of the file
+    /// lock when it next wakes, after the last handle is dropped (seen on a
+    /// loaded 2-core machine).
+    fn reopen(dir: &std::path::Path) -> Store {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Ok(store) => return store,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
     fn window(dir: &std::path::Path, ttl: Duration, max_keys: usize) -> Arc<Window> {
-        let store = Arc::new(Store::open(dir).unwrap());
+        let store = Arc::new(reopen(dir));
         let w = Arc::new(Window::new(store, ttl, max_keys));
         w.load().unwrap();
         w
@@ -1017,7 +1037,7 @@ mod tests {
         };
         for threads in [1, 2, 3, 4] {
             // Before each load: an unreadable segment and an expired one.
-            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let store = Arc::new(reopen(dir.path()));
             let junk = store.last_segment_id().unwrap().unwrap() + 1;
             store.put_segment(junk, b"junk").unwrap();
             let old = Segment::encode(1, "orders", 0, 0, NO_PRODUCER, &[(Key(n + 1), 0)]);
