@@ -1131,7 +1131,7 @@ mod tests {
             commit(&w, &[1, 2], 0);
             w.store().flush_now().unwrap();
         }
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let store = Arc::new(reopen(dir.path()));
         let w = Arc::new(Window::new(store, Duration::from_secs(3600), 100));
         // Learned before load(): must land after segment 0.
         w.learn("orders", 3, 10, NO_PRODUCER, &[(Key(9), 0)])
