@@ -54,6 +54,17 @@
 //!
 //! The proxy runs as its own process (the release binary), so its CPU time
 //! can be read from /proc apart from the client's.
+//!
+//! `--base-bin PATH` measures another build of idemgate (another commit's
+//! release binary; scripts/bench-compare builds it) in the same run: every
+//! idemgate path picked gets a twin `NAME@base` run by that binary, measured
+//! right after it in every round, on a fresh broker like every run. The table
+//! shows the twins as paths of their own (vs direct, CPU s/GB), then a table
+//! of new/base ratios. `--new-bin PATH` runs the other idemgate paths with
+//! that binary instead of the one cargo built beside this bench: cargo
+//! builds that one with the dev-dependencies' features (tokio's `test-util`,
+//! whose clock takes a lock on every read), so scripts/bench-compare builds
+//! both binaries alike with `cargo build --release` and passes both.
 
 mod common;
 // What the integration tests share (proto-tests/support): the proxy
@@ -66,6 +77,7 @@ use common::{block_on, create_topic, median, samples, JsonOut, Records, RunFlags
 use support::proc::cpu_seconds;
 use support::{free_port, free_port_range, ProxyLog, ProxyProcess, Tansu};
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -97,6 +109,21 @@ struct Args {
     /// Fractions of direct's saturation rate to pace the sweep at (none: no
     /// sweep).
     sweep: Vec<f64>,
+    /// The binary of the idemgate paths (None: the one cargo built).
+    new_bin: Option<PathBuf>,
+    /// The binary of the `@base` paths.
+    base_bin: Option<PathBuf>,
+}
+
+impl Args {
+    /// The binary that runs `path`'s proxy (None: the one cargo built).
+    fn binary(&self, path: &PathKind) -> Option<&Path> {
+        if path.base {
+            self.base_bin.as_deref()
+        } else {
+            self.new_bin.as_deref()
+        }
+    }
 }
 
 /// The command line; the top of this file says what each run measures.
@@ -123,6 +150,21 @@ struct Cli {
     /// Every path, the dedup ones too (without --paths).
     #[arg(long)]
     dedup: bool,
+    /// Another idemgate build (another commit's release binary): every
+    /// idemgate path gets a twin `NAME@base` run by it, in the same rounds.
+    #[arg(long, value_name = "PATH", value_parser = binary)]
+    base_bin: Option<PathBuf>,
+    /// The idemgate paths' binary (default: the one cargo built beside this
+    /// bench, with the dev-dependencies' features).
+    #[arg(long, value_name = "PATH", value_parser = binary)]
+    new_bin: Option<PathBuf>,
+}
+
+fn binary(v: &str) -> Result<PathBuf, String> {
+    let path = std::fs::canonicalize(v).map_err(|e| format!("{v}: {e}"))?;
+    path.is_file()
+        .then_some(path)
+        .ok_or_else(|| format!("{v}: not a file"))
 }
 
 fn replay_share(v: &str) -> Result<f64, String> {
@@ -150,6 +192,8 @@ fn args() -> Args {
         compression: cli.compression,
         paths: Vec::new(),
         sweep: cli.sweep,
+        new_bin: cli.new_bin,
+        base_bin: cli.base_bin,
     };
     let (dedup, distance, names) = (cli.dedup, cli.replay_distance, cli.paths);
     assert!(
@@ -186,9 +230,17 @@ fn args() -> Args {
             picked.push(base);
         }
     }
-    a.paths = all.into_iter().filter(|p| picked.contains(p)).collect();
-    // --replays 0: the replay paths are the plain ones.
-    a.paths.dedup();
+    // In `all`'s order (--replays 0: the replay paths are the plain ones,
+    // once), each idemgate path's `@base` twin right after it.
+    for p in all.into_iter().filter(|p| picked.contains(p)) {
+        if a.paths.contains(&p) {
+            continue;
+        }
+        a.paths.push(p);
+        if a.base_bin.is_some() && p.front.is_idemgate() {
+            a.paths.push(PathKind { base: true, ..p });
+        }
+    }
     // A value holds its record's id in its first bytes: shorter, two records
     // could be the same bytes, and the proxy would rightly drop one.
     let dedup_paths = a.paths.iter().any(|p| p.front.rule().is_some());
@@ -219,6 +271,14 @@ impl Front {
             Front::Direct | Front::Idemgate | Front::TansuProxy => None,
         }
     }
+
+    /// Runs idemgate (and so has an `@base` twin with `--base-bin`).
+    fn is_idemgate(self) -> bool {
+        matches!(
+            self,
+            Front::Idemgate | Front::IdemgateObserve | Front::IdemgateDedup
+        )
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -226,11 +286,17 @@ struct PathKind {
     front: Front,
     /// Percent of the records sent that are replays (0: every record new).
     replay_pct: u32,
+    /// Run by the `--base-bin` binary: the `@base` twin of an idemgate path.
+    base: bool,
 }
 
 impl PathKind {
     fn all(pct: u32) -> Vec<PathKind> {
-        let p = |front, replay_pct| PathKind { front, replay_pct };
+        let p = |front, replay_pct| PathKind {
+            front,
+            replay_pct,
+            base: false,
+        };
         vec![
             p(Front::Direct, 0),
             p(Front::Idemgate, 0),
@@ -250,9 +316,14 @@ impl PathKind {
             Front::IdemgateDedup => "idemgate-dedup",
             Front::TansuProxy => "tansu-proxy",
         };
-        match self.replay_pct {
+        let name = match self.replay_pct {
             0 => front.to_string(),
             n => format!("{front}-{n}"),
+        };
+        if self.base {
+            format!("{name}@base")
+        } else {
+            name
         }
     }
 
@@ -260,6 +331,15 @@ impl PathKind {
         PathKind {
             front: Front::Direct,
             replay_pct: self.replay_pct,
+            base: false,
+        }
+    }
+
+    /// The path run by the other binary: `@base` for a new path, and back.
+    fn twin(&self) -> PathKind {
+        PathKind {
+            base: !self.base,
+            ..*self
         }
     }
 }
@@ -278,10 +358,11 @@ struct Proxy {
     admin: Option<u16>,
 }
 
-/// idemgate in front of `upstream`, its store in `dir` (fresh per run). With
-/// a `rule` mode, one rule in that mode covers every topic (content keys, tag
-/// header on: the defaults) and the admin listener is on, for /metrics.
-fn start_proxy(upstream: &str, dir: &std::path::Path, rule: Option<&str>) -> Proxy {
+/// idemgate (`binary`, or the one cargo built) in front of `upstream`, its
+/// store in `dir` (fresh per run). With a `rule` mode, one rule in that mode
+/// covers every topic (content keys, tag header on: the defaults) and the
+/// admin listener is on, for /metrics.
+fn start_proxy(upstream: &str, dir: &Path, rule: Option<&str>, binary: Option<&Path>) -> Proxy {
     let port = free_port();
     let (ports, last) = free_port_range(8);
     let admin = rule.map(|_| free_port());
@@ -306,6 +387,10 @@ fn start_proxy(upstream: &str, dir: &std::path::Path, rule: Option<&str>) -> Pro
         options
     } else {
         options.no_admin()
+    };
+    let options = match binary {
+        Some(binary) => options.binary(binary.to_path_buf()),
+        None => options,
     };
     let process = block_on(options.start());
     // The broker listener opens after the first metadata probe.
@@ -598,13 +683,15 @@ struct Extra {
 
 /// One measured run on a fresh broker (and a fresh proxy with a fresh store
 /// in front of it for a proxy path): tansu's memory only grows and its later
-/// runs slow down, so no run inherits another's log or window.
+/// runs slow down, so no run inherits another's log or window. `binary` runs
+/// an idemgate path's proxy (None: the one cargo built).
 fn measure(
     path: PathKind,
     schedule: &Schedule,
     records: &Records,
     compression: &str,
     rate: Option<f64>,
+    binary: Option<&Path>,
 ) -> (RunResult, Extra) {
     let dir = tempfile::tempdir().unwrap();
     let tansu = Tansu::start();
@@ -612,7 +699,7 @@ fn measure(
     let (proxy, tansu_proxy) = match path.front {
         Front::Direct => (None, None),
         Front::Idemgate | Front::IdemgateObserve | Front::IdemgateDedup => (
-            Some(start_proxy(&direct, dir.path(), path.front.rule())),
+            Some(start_proxy(&direct, dir.path(), path.front.rule(), binary)),
             None,
         ),
         Front::TansuProxy => (None, Some(start_tansu_proxy(&direct))),
@@ -693,7 +780,7 @@ fn bench_codec(
     for round in 0..a.rounds {
         for (i, path) in a.paths.iter().enumerate() {
             let s = schedule(path);
-            let (r, extra) = measure(*path, s, records, compression, None);
+            let (r, extra) = measure(*path, s, records, compression, None, a.binary(path));
             let waited = if s.replayed > 0 {
                 format!(
                     "  replay wait {:>5.0} ms",
@@ -726,7 +813,14 @@ fn bench_codec(
     let mut cpu: Vec<Vec<f64>> = (0..n).map(|_| Vec::new()).collect();
     for round in 0..a.rounds {
         for (i, path) in a.paths.iter().enumerate() {
-            let (r, extra) = measure(*path, schedule(path), records, compression, Some(offered));
+            let (r, extra) = measure(
+                *path,
+                schedule(path),
+                records,
+                compression,
+                Some(offered),
+                a.binary(path),
+            );
             // Below saturation the originals are delivered long before their
             // replays are due; a wait here means the path fell behind.
             let waited = if r.replay_wait > Duration::ZERO {
@@ -817,6 +911,9 @@ fn bench_codec(
             a.paths.iter().map(|p| p.replay_pct).max().unwrap_or(0)
         );
     }
+    if a.base_bin.is_some() {
+        versus_base(a, compression, &sat, &cpu, json);
+    }
     if !a.sweep.is_empty() {
         sweep(
             a,
@@ -827,6 +924,71 @@ fn bench_codec(
             json,
         );
     }
+}
+
+/// Each idemgate path against its `@base` twin, from the medians of the
+/// rounds both ran in: saturation (each vs its direct baseline, and new/base)
+/// and the proxy's CPU per GB at half load (and new/base). Below 1 x in the
+/// saturation column, or above it in the CPU column, the new build is slower.
+fn versus_base(
+    a: &Args,
+    compression: &str,
+    sat: &[Vec<RunResult>],
+    cpu: &[Vec<f64>],
+    json: &mut JsonOut,
+) {
+    let index = |p: PathKind| a.paths.iter().position(|q| *q == p).unwrap();
+    let rate = |i: usize| median(sat[i].iter().map(|r| r.records_per_sec).collect());
+    println!();
+    println!(
+        "| path | new vs direct | base vs direct | saturation new/base | proxy CPU s/GB new | base | CPU new/base |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for path in a.paths.iter().filter(|p| p.base) {
+        let (new, base) = (index(path.twin()), index(*path));
+        let direct = rate(index(path.baseline()));
+        let (new_cpu, base_cpu) = (median(cpu[new].clone()), median(cpu[base].clone()));
+        println!(
+            "| {} | {:.3} x | {:.3} x | {:.3} x | {new_cpu:.2} | {base_cpu:.2} | {:.3} x |",
+            path.twin().name(),
+            rate(new) / direct,
+            rate(base) / direct,
+            rate(new) / rate(base),
+            new_cpu / base_cpu,
+        );
+        json.write(serde_json::json!({
+            "kind": "produce-vs-base",
+            "codec": compression,
+            "path": path.twin().name(),
+            "base_path": path.name(),
+            "new_bin": binary_name(a.new_bin.as_deref()),
+            "base_bin": binary_name(a.base_bin.as_deref()),
+            "records": a.records,
+            "size": a.size,
+            "rounds": a.rounds,
+            "saturation_records_per_sec": rate(new),
+            "base_saturation_records_per_sec": rate(base),
+            "saturation_vs_baseline": rate(new) / direct,
+            "base_saturation_vs_baseline": rate(base) / direct,
+            "saturation_new_over_base": rate(new) / rate(base),
+            "proxy_cpu_s_per_gb": new_cpu,
+            "base_proxy_cpu_s_per_gb": base_cpu,
+            "proxy_cpu_new_over_base": new_cpu / base_cpu,
+        }));
+    }
+}
+
+/// A binary's path, or what cargo built.
+fn binary_name(binary: Option<&Path>) -> String {
+    binary.map_or_else(
+        || {
+            format!(
+                "{} (cargo's, beside this bench)",
+                env!("CARGO_BIN_EXE_idemgate")
+            )
+        },
+        |b| b.display().to_string(),
+    )
 }
 
 /// The load paced at each `--sweep` fraction of `direct_rate`, every path
@@ -861,7 +1023,14 @@ fn sweep(
         for (f, &fraction) in a.sweep.iter().enumerate() {
             let offered = direct_rate * fraction;
             for (p, path) in paths.iter().enumerate() {
-                let (r, extra) = measure(*path, schedule, records, compression, Some(offered));
+                let (r, extra) = measure(
+                    *path,
+                    schedule,
+                    records,
+                    compression,
+                    Some(offered),
+                    a.binary(path),
+                );
                 println!(
                     "sweep {fraction:.2} x {offered:>7.0} rec/s {:w$} round {round}: {:>9.0} rec/s  \
                      p50 {:>7.2} ms  p99 {:>7.2} ms  proxy CPU {:.2} s",
@@ -939,6 +1108,12 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if a.new_bin.is_some() || a.base_bin.is_some() {
+        println!("# idemgate: {}", binary_name(a.new_bin.as_deref()));
+    }
+    if let Some(base) = &a.base_bin {
+        println!("# idemgate@base: {}", base.display());
+    }
     let mut pcts: Vec<u32> = a.paths.iter().map(|p| p.replay_pct).collect();
     pcts.sort_unstable();
     pcts.dedup();
