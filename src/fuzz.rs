@@ -720,3 +720,6 @@ pub(crate) fn jwt_with_signature(token: &[u8], signature: &[u8]) -> Vec<u8> {
     }
     token.to_vec()
 }
+
+#[cfg(test)]
+mod tests;

@@ -47,7 +47,7 @@ mod builder;
 mod compression;
 mod splice;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod varint;
 
 pub use batch::{DecodedBatch, HeaderIter, HeaderRef, RecordView};

@@ -48,7 +48,7 @@ fn uncompressed_batch() -> Bytes {
 }
 
 /// Recomputes the CRC after a test edits bytes, so the error under test is the one hit.
-fn fix_crc(buf: &mut [u8]) {
+pub(crate) fn fix_crc(buf: &mut [u8]) {
     let crc = crc32c::crc32c(&buf[CRC_START..]);
     buf[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
 }
@@ -1028,7 +1028,7 @@ fn arb_ts_delta() -> impl Strategy<Value = i64> {
     prop_oneof![-5_000i64..5_000, -(1i64 << 41)..(1i64 << 41)]
 }
 
-fn arb_record() -> impl Strategy<Value = Record> {
+pub(crate) fn arb_record() -> impl Strategy<Value = Record> {
     (
         arb_ts_delta(),
         arb_field(24),
@@ -1294,39 +1294,6 @@ proptest! {
     #[test]
     fn splice_keep_offsets_props(case in arb_case()) {
         check_case(&case, SpliceMode::KeepOffsets)?;
-    }
-
-    #[test]
-    fn fuzz_entry_on_garbage(data in prop::collection::vec(any::<u8>(), 0..300)) {
-        crate::fuzz::record_batch(&data);
-    }
-
-    #[test]
-    fn fuzz_entry_on_mutated_batches(
-        codec in prop::sample::select(Codec::ALL.to_vec()),
-        records in prop::collection::vec(arb_record(), 0..6),
-        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
-        fix in any::<bool>(),
-        cut in any::<prop::sample::Index>(),
-    ) {
-        let records: Vec<Record> = records
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| Record { offset_delta: i as i32, ..r })
-            .collect();
-        let good = BatchBuilder::new(codec).build(&records).unwrap();
-        let mut v = good.to_vec();
-        v.extend_from_slice(&good);
-        for (at, byte) in flips {
-            // after baseOffset: every other byte can change how the batch frames
-            let i = 8 + at.index(v.len() - 8);
-            v[i] = byte;
-        }
-        if fix {
-            fix_crc(&mut v[..good.len()]);
-        }
-        v.truncate(good.len() + cut.index(good.len() + 1));
-        crate::fuzz::record_batch(&v);
     }
 }
 
