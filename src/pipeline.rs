@@ -34,7 +34,7 @@ use crate::filter::dedup_fetch::{FetchDedup, FetchPlan};
 use crate::filter::dedup_produce::{self, ProduceDedup, ProducePlan};
 use crate::filter::quota::{Gate, Quota};
 use crate::filter::sasl::{Binding, Sasl};
-use crate::filter::{Call, Exchange, Named, Pending};
+use crate::filter::{Call, Exchange, Filter as _, Filtered, Named, Pending};
 use crate::idempotency::window::Producer;
 use crate::identity::Identity;
 use crate::message;
@@ -338,9 +338,15 @@ impl Pipeline {
 
 /// The filter stack of one connection, outermost first. Its type is what
 /// [`stack`] builds, so the names it gives ([`Named`]) are the stack's.
-pub type Stack<'a, W> = Quota<
-    'a,
-    Sasl<'a, ApiVersions<'a, LeakCheck<'a, BrokerAddresses<'a, Filters<'a, Upstream<'a, W>>>>>>,
+pub type Stack<'a, W> = Filtered<
+    Quota<'a>,
+    Filtered<
+        Sasl<'a>,
+        Filtered<
+            ApiVersions<'a>,
+            Filtered<LeakCheck<'a>, Filtered<BrokerAddresses<'a>, Filters<'a, Upstream<'a, W>>>>,
+        >,
+    >,
 >;
 
 /// Stacks one connection's filters over its upstream exchange.
@@ -352,14 +358,11 @@ pub fn stack<'a, W: AsyncWrite + Unpin + Send>(
     upstream: &'a Exchanger<W>,
 ) -> Stack<'a, W> {
     ServiceBuilder::new()
-        .layer(Quota::layer(quota))
-        .layer(Sasl::layer(sasl))
-        .layer(ApiVersions::layer(filters.advertised_versions()))
-        .layer(LeakCheck::layer(filters.leak_check()))
-        .layer(BrokerAddresses::layer(
-            &filters.topology,
-            &filters.advertised_host,
-        ))
+        .layer(Quota::new(quota).layer())
+        .layer(Sasl::new(sasl).layer())
+        .layer(ApiVersions::new(filters.advertised_versions()).layer())
+        .layer(LeakCheck::new(filters.leak_check()).layer())
+        .layer(BrokerAddresses::new(&filters.topology, &filters.advertised_host).layer())
         .layer(Filters::layer(filters, state, upstream))
         .service(Upstream(upstream))
 }
