@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::filter::api_versions::{Advertised, ApiVersions};
 use crate::filter::broker_address::{BrokerAddresses, LeakCheck};
-use crate::filter::dedup_fetch::{FetchDedup, FetchPlan};
+use crate::filter::dedup_fetch::{DedupFetch, FetchDedup};
 use crate::filter::dedup_produce::{self, ProduceDedup, ProducePlan};
 use crate::filter::quota::{Gate, Quota};
 use crate::filter::sasl::{Binding, Sasl};
@@ -65,8 +65,6 @@ pub struct ResponsePlan {
     /// EndTxn: the producer and whether it commits, for the dedup filter to
     /// learn (or forget) the transaction's keys once the coordinator agrees.
     pub end_txn: Option<EndTxn>,
-    /// Fetch, when a fetch rule is on: who reads, and how.
-    pub fetch: Option<FetchPlan>,
 }
 
 /// An EndTxn on its way to the coordinator.
@@ -102,6 +100,11 @@ impl ConnState {
             self.id = NEXT.fetch_add(1, Relaxed);
         }
         self.id
+    }
+
+    /// Who the client is, once its first request has come.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
     }
 
     /// Who the client is, as the quota filter named it (Connect client ids,
@@ -223,7 +226,6 @@ impl Pipeline {
             _ => Duration::ZERO,
         };
         let mut end_txn = None;
-        let mut fetch = None;
         match head.api_key {
             ApiKey::EndTxn if self.dedup.is_some() => {
                 if let Some(req) = message::decode_request::<EndTxnRequest>(&frame, head) {
@@ -256,18 +258,6 @@ impl Pipeline {
                     );
                 }
             }
-            ApiKey::Fetch => {
-                if let Some(dedup) = &self.fetch_dedup {
-                    let identity = conn.identity.as_ref().expect("set above");
-                    let isolation =
-                        message::fetch_isolation_level(&frame, head.body_offset, head.api_version);
-                    // Connect's own config/offset/status readers: their
-                    // topics are never touched, whatever they are called.
-                    if !identity.is_connect_internal() {
-                        fetch = dedup.plan(identity, isolation);
-                    }
-                }
-            }
             ApiKey::ApiVersions if head.api_version >= 3 && self.dedup.is_some() => {
                 if let Some(req) = message::decode_request::<ApiVersionsRequest>(&frame, head) {
                     conn.session
@@ -282,7 +272,6 @@ impl Pipeline {
             wait: base + wait,
             produce,
             end_txn,
-            fetch,
         };
         Ok(RequestAction::Forward(frame, Some(plan)))
     }
@@ -308,14 +297,6 @@ impl Pipeline {
                 ),
                 Err(_) => {}
             }
-        }
-        if let (Some(dedup), Some(fetch)) = (&self.fetch_dedup, plan.fetch.as_ref()) {
-            if let Some(changed) = dedup.on_response(fetch, version, &out).await? {
-                out = changed;
-            }
-        }
-        if let (Some(_), ApiKey::Metadata) = (&self.fetch_dedup, api) {
-            self.topology.learn_names(version, &out);
         }
         Ok(out)
     }
@@ -344,7 +325,13 @@ pub type Stack<'a, W> = Filtered<
         Sasl<'a>,
         Filtered<
             ApiVersions<'a>,
-            Filtered<LeakCheck<'a>, Filtered<BrokerAddresses<'a>, Filters<'a, Upstream<'a, W>>>>,
+            Filtered<
+                LeakCheck<'a>,
+                Filtered<
+                    BrokerAddresses<'a>,
+                    Filters<'a, Filtered<DedupFetch<'a>, Upstream<'a, W>>>,
+                >,
+            >,
         >,
     >,
 >;
@@ -364,6 +351,7 @@ pub fn stack<'a, W: AsyncWrite + Unpin + Send>(
         .layer(LeakCheck::new(filters.leak_check()).layer())
         .layer(BrokerAddresses::new(&filters.topology, &filters.advertised_host).layer())
         .layer(Filters::layer(filters, state, upstream))
+        .layer(DedupFetch::new(filters.fetch_dedup.as_ref(), &filters.topology, state).layer())
         .service(Upstream(upstream))
 }
 
@@ -391,7 +379,7 @@ pub fn layer_names() -> Vec<&'static str> {
 }
 
 /// The filters still switched by [`Pipeline`] (request waits,
-/// identity, produce and fetch dedup, transactions), as one layer until each
+/// identity, produce dedup, transactions), as one layer until each
 /// is a layer of its own.
 pub struct Filters<'a, S> {
     pipeline: &'a Pipeline,
@@ -430,12 +418,7 @@ impl<'a, S> Filters<'a, S> {
 
 impl<S: Named> Named for Filters<'_, S> {
     fn names(out: &mut Vec<&'static str>) {
-        out.extend([
-            "request waits",
-            "identity",
-            "dedup (produce)",
-            "dedup (fetch)",
-        ]);
+        out.extend(["request waits", "identity", "dedup (produce)"]);
         S::names(out);
     }
 }
