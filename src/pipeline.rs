@@ -14,7 +14,6 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
@@ -33,6 +32,7 @@ use crate::filter::broker_address::{BrokerAddresses, LeakCheck};
 use crate::filter::dedup_fetch::{DedupFetch, FetchDedup};
 use crate::filter::dedup_produce::{self, ProduceDedup, ProducePlan};
 use crate::filter::quota::{Gate, Quota};
+use crate::filter::request_waits::RequestWaits;
 use crate::filter::sasl::{Binding, Sasl};
 use crate::filter::{Call, Exchange, Filter as _, Filtered, Named, Pending};
 use crate::idempotency::window::Producer;
@@ -55,10 +55,6 @@ pub enum RequestAction {
 pub struct ResponsePlan {
     pub api_key: ApiKey,
     pub api_version: i16,
-    /// How long the broker may legitimately take: the request's own wait
-    /// (Fetch max_wait_ms, Produce timeout_ms, JoinGroup rebalance_timeout_ms)
-    /// plus `upstream.request_timeout`.
-    pub wait: Duration,
     /// Produce with keys awaiting the broker's answer, or partitions the
     /// proxy answered itself.
     pub produce: Option<Box<ProducePlan>>,
@@ -81,9 +77,6 @@ pub struct EndTxn {
 /// What a connection remembers between its requests.
 #[derive(Debug, Default)]
 pub struct ConnState {
-    /// The last JoinGroup's rebalance timeout: a SyncGroup may be held by the
-    /// coordinator that long too.
-    rebalance_timeout: Option<Duration>,
     /// Who the client says it is (its first request's client id).
     identity: Option<Identity>,
     /// Produce-path dedup of this connection.
@@ -173,58 +166,34 @@ impl Pipeline {
         head: &RequestHead,
         mut frame: BytesMut,
     ) -> Result<RequestAction, Error> {
-        let base = self.config.upstream.request_timeout;
-        let wait_ms = |ms: Option<i32>| Duration::from_millis(ms.unwrap_or(0).max(0) as u64);
         if conn.identity.is_none() {
             conn.identity = Some(Identity::from_client_id(&head.client_id_str()));
         }
         let mut produce = None;
-        let wait = match head.api_key {
-            ApiKey::Produce => {
-                match message::produce_acks_and_timeout(&frame, head.body_offset, head.api_version)
-                {
-                    Some((0, _)) => return Ok(RequestAction::Forward(frame, None)),
-                    Some((acks, timeout)) => {
-                        if let Some(dedup) = &self.dedup {
-                            let identity = conn.identity.as_ref().expect("set above");
-                            match dedup
-                                .on_request(&mut conn.session, identity, head, &frame, acks)
-                                .await?
-                            {
-                                dedup_produce::Outcome::Unchanged(plan) => {
-                                    produce = plan.map(Box::new)
-                                }
-                                dedup_produce::Outcome::Rewritten(new, plan) => {
-                                    produce = Some(Box::new(plan));
-                                    frame = new;
-                                }
-                                dedup_produce::Outcome::Answer(bytes) => {
-                                    return Ok(RequestAction::Answer(bytes))
-                                }
+        if head.api_key == ApiKey::Produce {
+            match message::produce_acks_and_timeout(&frame, head.body_offset, head.api_version) {
+                Some((0, _)) => return Ok(RequestAction::Forward(frame, None)),
+                Some((acks, _)) => {
+                    if let Some(dedup) = &self.dedup {
+                        let identity = conn.identity.as_ref().expect("set above");
+                        match dedup
+                            .on_request(&mut conn.session, identity, head, &frame, acks)
+                            .await?
+                        {
+                            dedup_produce::Outcome::Unchanged(plan) => produce = plan.map(Box::new),
+                            dedup_produce::Outcome::Rewritten(new, plan) => {
+                                produce = Some(Box::new(plan));
+                                frame = new;
+                            }
+                            dedup_produce::Outcome::Answer(bytes) => {
+                                return Ok(RequestAction::Answer(bytes))
                             }
                         }
-                        wait_ms(Some(timeout))
                     }
-                    None => Duration::ZERO,
                 }
+                None => {}
             }
-            ApiKey::Fetch => wait_ms(message::fetch_max_wait(
-                &frame,
-                head.body_offset,
-                head.api_version,
-            )),
-            ApiKey::JoinGroup => {
-                let t = wait_ms(message::join_group_rebalance_timeout(
-                    &frame,
-                    head.body_offset,
-                    head.api_version,
-                ));
-                conn.rebalance_timeout = Some(t);
-                t
-            }
-            ApiKey::SyncGroup => conn.rebalance_timeout.unwrap_or_default(),
-            _ => Duration::ZERO,
-        };
+        }
         let mut end_txn = None;
         match head.api_key {
             ApiKey::EndTxn if self.dedup.is_some() => {
@@ -269,7 +238,6 @@ impl Pipeline {
         let plan = ResponsePlan {
             api_key: head.api_key,
             api_version: head.api_version,
-            wait: base + wait,
             produce,
             end_txn,
         };
@@ -329,7 +297,7 @@ pub type Stack<'a, W> = Filtered<
                 LeakCheck<'a>,
                 Filtered<
                     BrokerAddresses<'a>,
-                    Filters<'a, Filtered<DedupFetch<'a>, Upstream<'a, W>>>,
+                    Filtered<RequestWaits, Filters<'a, Filtered<DedupFetch<'a>, Upstream<'a, W>>>>,
                 >,
             >,
         >,
@@ -350,6 +318,7 @@ pub fn stack<'a, W: AsyncWrite + Unpin + Send>(
         .layer(ApiVersions::new(filters.advertised_versions()).layer())
         .layer(LeakCheck::new(filters.leak_check()).layer())
         .layer(BrokerAddresses::new(&filters.topology, &filters.advertised_host).layer())
+        .layer(RequestWaits::new(filters.config.upstream.request_timeout).layer())
         .layer(Filters::layer(filters, state, upstream))
         .layer(DedupFetch::new(filters.fetch_dedup.as_ref(), &filters.topology, state).layer())
         .service(Upstream(upstream))
@@ -378,8 +347,7 @@ pub fn layer_names() -> Vec<&'static str> {
     names
 }
 
-/// The filters still switched by [`Pipeline`] (request waits,
-/// identity, produce dedup, transactions), as one layer until each
+/// The filters still switched by [`Pipeline`] (identity, produce dedup, transactions), as one layer until each
 /// is a layer of its own.
 pub struct Filters<'a, S> {
     pipeline: &'a Pipeline,
@@ -418,7 +386,7 @@ impl<'a, S> Filters<'a, S> {
 
 impl<S: Named> Named for Filters<'_, S> {
     fn names(out: &mut Vec<&'static str>) {
-        out.extend(["request waits", "identity", "dedup (produce)"]);
+        out.extend(["identity", "dedup (produce)"]);
         S::names(out);
     }
 }
@@ -460,12 +428,10 @@ where
                 RequestAction::Answer(bytes) => Ok(Pending::Local(bytes)),
                 RequestAction::Forward(frame, None) => {
                     ex.frame = frame;
-                    ex.wait = None;
                     inner.call(ex).await
                 }
                 RequestAction::Forward(frame, Some(mut plan)) => {
                     ex.frame = frame;
-                    ex.wait = Some(plan.wait);
                     Ok(inner.call(ex).await?.then(move |mut reply| async move {
                         reply.bytes = pipeline.on_response(&mut plan, reply.bytes).await?;
                         Ok(reply)

@@ -35,6 +35,7 @@ pub mod broker_address;
 pub mod dedup_fetch;
 pub mod dedup_produce;
 pub mod quota;
+pub mod request_waits;
 pub mod sasl;
 
 /// One request on its way through the stack.
