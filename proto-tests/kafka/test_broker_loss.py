@@ -201,7 +201,15 @@ def test_leader_loss_and_leader_moves_lose_nothing_acknowledged(kafka3, proxies)
     lost = [v for v in acked if log[v] == 0]
     assert not lost, f"{len(lost)} records the client was told are written are missing: {lost[:10]}"
     copies = {v: n for v, n in log.items() if n > 1}
-    assert all(n == 2 for n in copies.values()), f"more than two copies: {copies}"
+    unnumbered = proxy.metric_sum("idemgate_dedup_fail_open_total", reason="unnumbered")
+    # Two copies at most from the stream (one retry of an unanswered request);
+    # a third only for a record that was retried at a disruption AND whose
+    # replay the proxy let pass, counted, because no base offset numbers its
+    # batch (below). Seen in 1 of 4 runs: v-7600..v-7609 three times.
+    thrice = {v for v, n in copies.items() if n > 2}
+    assert all(copies[v] == 3 for v in thrice), f"more than three copies: {copies}"
+    assert thrice <= set(replayed), f"three copies of records never replayed: {sorted(thrice - set(replayed))}"
+    assert len(thrice) <= unnumbered, f"{len(thrice)} records thrice, {unnumbered} replays let pass unnumbered"
     # One in-flight request per partition can be unanswered at each disruption
     # (the loss; the moves answer NOT_LEADER, nothing written): its retry
     # writes it again.
@@ -209,7 +217,6 @@ def test_leader_loss_and_leader_moves_lose_nothing_acknowledged(kafka3, proxies)
     # (null-key records land in other partitions the second time, and
     # librdkafka numbers records from any base, -1 included) is a copy too,
     # and counted.
-    unnumbered = proxy.metric_sum("idemgate_dedup_fail_open_total", reason="unnumbered")
     bound = BATCH * PARTITIONS * 2 + unnumbered
     assert len(copies) <= bound, f"{len(copies)} duplicated records, > {bound}: {sorted(copies)[:20]}"
     dropped = proxy.metric_sum("idemgate_duplicates_dropped_total", topic=topic)
