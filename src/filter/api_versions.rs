@@ -18,12 +18,14 @@
 //! (`Processor.parseRequestHeader` throws, `processChannelException` closes).
 
 use std::sync::RwLock;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
+use tower::{layer::layer_fn, Layer, Service};
 
-use super::{on_response, Call, Exchange, Filter, Pending};
+use super::{on_response, Call, Exchange, Named, Pending};
 use crate::codec::RequestHead;
 use crate::error::Error;
 use crate::message::{self, Response};
@@ -91,24 +93,41 @@ pub struct Advertised(RwLock<Option<Vec<ApiVersion>>>);
 /// The api versions filter: answers too-new ApiVersions requests locally,
 /// cuts the broker's ranges on the way back.
 #[derive(Clone)]
-pub struct ApiVersions<'a> {
+pub struct ApiVersions<'a, S> {
     advertised: &'a Advertised,
+    inner: S,
 }
 
 // === impl ApiVersions ===
 
-impl<'a> ApiVersions<'a> {
-    pub fn new(advertised: &'a Advertised) -> Self {
-        ApiVersions { advertised }
+impl<'a, S> ApiVersions<'a, S> {
+    pub fn layer(advertised: &'a Advertised) -> impl Layer<S, Service = ApiVersions<'a, S>> {
+        layer_fn(move |inner| ApiVersions { advertised, inner })
     }
 }
 
-impl<'a> Filter<'a> for ApiVersions<'a> {
-    const NAME: &'static str = "api versions";
+impl<S: Named> Named for ApiVersions<'_, S> {
+    fn names(out: &mut Vec<&'static str>) {
+        out.push("api versions");
+        S::names(out);
+    }
+}
 
-    fn call(&self, ex: Exchange, next: impl FnOnce(Exchange) -> Call<'a> + Send + 'a) -> Call<'a> {
+impl<'a, S> Service<Exchange> for ApiVersions<'a, S>
+where
+    S: Service<Exchange, Response = Pending<'a>, Error = Error, Future = Call<'a>>,
+{
+    type Response = Pending<'a>;
+    type Error = Error;
+    type Future = Call<'a>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, ex: Exchange) -> Call<'a> {
         if ex.head.api_key != ApiKey::ApiVersions {
-            return next(ex);
+            return self.inner.call(ex);
         }
         let advertised = self.advertised;
         if ex.head.api_version > MAX_VERSION {
@@ -116,7 +135,8 @@ impl<'a> Filter<'a> for ApiVersions<'a> {
             return Box::pin(std::future::ready(answer));
         }
         let version = ex.head.api_version;
-        on_response(next(ex), move |mut reply| async move {
+        let call = self.inner.call(ex);
+        on_response(call, move |mut reply| async move {
             reply.bytes = cut_ranges(advertised, version, &reply.bytes)?;
             Ok(reply)
         })
