@@ -28,6 +28,7 @@ Read straight from the brokers, to end markers on every partition:
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -50,6 +51,8 @@ def _producer_conf(bootstrap: str, client_id: str, stats=None) -> dict:
             "enable.idempotence": False, "max.in.flight.requests.per.connection": 1,
             "batch.num.messages": BATCH, "linger.ms": 5, "message.timeout.ms": 120000,
             "request.timeout.ms": 15000, "retry.backoff.ms": 200}
+    if os.environ.get("RDKAFKA_DEBUG"):  # e.g. "msg,protocol": why a client retried
+        conf["debug"] = os.environ["RDKAFKA_DEBUG"]
     if stats is not None:
         conf["statistics.interval.ms"] = 1000
         conf["stats_cb"] = stats
@@ -195,8 +198,12 @@ def test_leader_loss_and_leader_moves_lose_nothing_acknowledged(kafka3, proxies)
         scanned[0] = len(recs)
         return seen == ends
 
-    log = Counter(m.value().decode() for m in read_topic(kafka3.bootstrap, topic, all_ends,
-                                                         timeout=120))
+    records = read_topic(kafka3.bootstrap, topic, all_ends, timeout=120)
+    log = Counter(m.value().decode() for m in records)
+    where: dict[str, list[str]] = {}  # value -> "partition@offset (timestamp)" of each copy
+    for m in records:
+        where.setdefault(m.value().decode(), []).append(
+            f"{m.partition()}@{m.offset()} ({m.timestamp()[1]})")
 
     lost = [v for v in acked if log[v] == 0]
     assert not lost, f"{len(lost)} records the client was told are written are missing: {lost[:10]}"
@@ -208,7 +215,8 @@ def test_leader_loss_and_leader_moves_lose_nothing_acknowledged(kafka3, proxies)
     # batch (below). Seen in 1 of 4 runs: v-7600..v-7609 three times.
     thrice = {v for v, n in copies.items() if n > 2}
     assert all(copies[v] == 3 for v in thrice), f"more than three copies: {copies}"
-    assert thrice <= set(replayed), f"three copies of records never replayed: {sorted(thrice - set(replayed))}"
+    assert thrice <= set(replayed), "three copies of records never replayed: " + "; ".join(
+        f"{v}: {where[v]}" for v in sorted(thrice - set(replayed)))
     assert len(thrice) <= unnumbered, f"{len(thrice)} records thrice, {unnumbered} replays let pass unnumbered"
     # One in-flight request per partition can be unanswered at each disruption
     # (the loss; the moves answer NOT_LEADER, nothing written): its retry
