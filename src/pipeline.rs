@@ -14,7 +14,6 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
@@ -30,11 +29,12 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::filter::api_versions::{Advertised, ApiVersions};
 use crate::filter::broker_address::{BrokerAddresses, LeakCheck};
-use crate::filter::dedup_fetch::{FetchDedup, FetchPlan};
+use crate::filter::dedup_fetch::{DedupFetch, FetchDedup};
 use crate::filter::dedup_produce::{self, ProduceDedup, ProducePlan};
 use crate::filter::quota::{Gate, Quota};
+use crate::filter::request_waits::RequestWaits;
 use crate::filter::sasl::{Binding, Sasl};
-use crate::filter::{Call, Exchange, Named, Pending};
+use crate::filter::{Call, Exchange, Filter as _, Filtered, Named, Pending};
 use crate::idempotency::window::Producer;
 use crate::identity::Identity;
 use crate::message;
@@ -55,18 +55,12 @@ pub enum RequestAction {
 pub struct ResponsePlan {
     pub api_key: ApiKey,
     pub api_version: i16,
-    /// How long the broker may legitimately take: the request's own wait
-    /// (Fetch max_wait_ms, Produce timeout_ms, JoinGroup rebalance_timeout_ms)
-    /// plus `upstream.request_timeout`.
-    pub wait: Duration,
     /// Produce with keys awaiting the broker's answer, or partitions the
     /// proxy answered itself.
     pub produce: Option<Box<ProducePlan>>,
     /// EndTxn: the producer and whether it commits, for the dedup filter to
     /// learn (or forget) the transaction's keys once the coordinator agrees.
     pub end_txn: Option<EndTxn>,
-    /// Fetch, when a fetch rule is on: who reads, and how.
-    pub fetch: Option<FetchPlan>,
 }
 
 /// An EndTxn on its way to the coordinator.
@@ -83,9 +77,6 @@ pub struct EndTxn {
 /// What a connection remembers between its requests.
 #[derive(Debug, Default)]
 pub struct ConnState {
-    /// The last JoinGroup's rebalance timeout: a SyncGroup may be held by the
-    /// coordinator that long too.
-    rebalance_timeout: Option<Duration>,
     /// Who the client says it is (its first request's client id).
     identity: Option<Identity>,
     /// Produce-path dedup of this connection.
@@ -102,6 +93,11 @@ impl ConnState {
             self.id = NEXT.fetch_add(1, Relaxed);
         }
         self.id
+    }
+
+    /// Who the client is, once its first request has come.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
     }
 
     /// Who the client is, as the quota filter named it (Connect client ids,
@@ -170,60 +166,35 @@ impl Pipeline {
         head: &RequestHead,
         mut frame: BytesMut,
     ) -> Result<RequestAction, Error> {
-        let base = self.config.upstream.request_timeout;
-        let wait_ms = |ms: Option<i32>| Duration::from_millis(ms.unwrap_or(0).max(0) as u64);
         if conn.identity.is_none() {
             conn.identity = Some(Identity::from_client_id(&head.client_id_str()));
         }
         let mut produce = None;
-        let wait = match head.api_key {
-            ApiKey::Produce => {
-                match message::produce_acks_and_timeout(&frame, head.body_offset, head.api_version)
-                {
-                    Some((0, _)) => return Ok(RequestAction::Forward(frame, None)),
-                    Some((acks, timeout)) => {
-                        if let Some(dedup) = &self.dedup {
-                            let identity = conn.identity.as_ref().expect("set above");
-                            match dedup
-                                .on_request(&mut conn.session, identity, head, &frame, acks)
-                                .await?
-                            {
-                                dedup_produce::Outcome::Unchanged(plan) => {
-                                    produce = plan.map(Box::new)
-                                }
-                                dedup_produce::Outcome::Rewritten(new, plan) => {
-                                    produce = Some(Box::new(plan));
-                                    frame = new;
-                                }
-                                dedup_produce::Outcome::Answer(bytes) => {
-                                    return Ok(RequestAction::Answer(bytes))
-                                }
+        if head.api_key == ApiKey::Produce {
+            match message::produce_acks_and_timeout(&frame, head.body_offset, head.api_version) {
+                Some((0, _)) => return Ok(RequestAction::Forward(frame, None)),
+                Some((acks, _)) => {
+                    if let Some(dedup) = &self.dedup {
+                        let identity = conn.identity.as_ref().expect("set above");
+                        match dedup
+                            .on_request(&mut conn.session, identity, head, &frame, acks)
+                            .await?
+                        {
+                            dedup_produce::Outcome::Unchanged(plan) => produce = plan.map(Box::new),
+                            dedup_produce::Outcome::Rewritten(new, plan) => {
+                                produce = Some(Box::new(plan));
+                                frame = new;
+                            }
+                            dedup_produce::Outcome::Answer(bytes) => {
+                                return Ok(RequestAction::Answer(bytes))
                             }
                         }
-                        wait_ms(Some(timeout))
                     }
-                    None => Duration::ZERO,
                 }
+                None => {}
             }
-            ApiKey::Fetch => wait_ms(message::fetch_max_wait(
-                &frame,
-                head.body_offset,
-                head.api_version,
-            )),
-            ApiKey::JoinGroup => {
-                let t = wait_ms(message::join_group_rebalance_timeout(
-                    &frame,
-                    head.body_offset,
-                    head.api_version,
-                ));
-                conn.rebalance_timeout = Some(t);
-                t
-            }
-            ApiKey::SyncGroup => conn.rebalance_timeout.unwrap_or_default(),
-            _ => Duration::ZERO,
-        };
+        }
         let mut end_txn = None;
-        let mut fetch = None;
         match head.api_key {
             ApiKey::EndTxn if self.dedup.is_some() => {
                 if let Some(req) = message::decode_request::<EndTxnRequest>(&frame, head) {
@@ -256,18 +227,6 @@ impl Pipeline {
                     );
                 }
             }
-            ApiKey::Fetch => {
-                if let Some(dedup) = &self.fetch_dedup {
-                    let identity = conn.identity.as_ref().expect("set above");
-                    let isolation =
-                        message::fetch_isolation_level(&frame, head.body_offset, head.api_version);
-                    // Connect's own config/offset/status readers: their
-                    // topics are never touched, whatever they are called.
-                    if !identity.is_connect_internal() {
-                        fetch = dedup.plan(identity, isolation);
-                    }
-                }
-            }
             ApiKey::ApiVersions if head.api_version >= 3 && self.dedup.is_some() => {
                 if let Some(req) = message::decode_request::<ApiVersionsRequest>(&frame, head) {
                     conn.session
@@ -279,10 +238,8 @@ impl Pipeline {
         let plan = ResponsePlan {
             api_key: head.api_key,
             api_version: head.api_version,
-            wait: base + wait,
             produce,
             end_txn,
-            fetch,
         };
         Ok(RequestAction::Forward(frame, Some(plan)))
     }
@@ -309,14 +266,6 @@ impl Pipeline {
                 Err(_) => {}
             }
         }
-        if let (Some(dedup), Some(fetch)) = (&self.fetch_dedup, plan.fetch.as_ref()) {
-            if let Some(changed) = dedup.on_response(fetch, version, &out).await? {
-                out = changed;
-            }
-        }
-        if let (Some(_), ApiKey::Metadata) = (&self.fetch_dedup, api) {
-            self.topology.learn_names(version, &out);
-        }
         Ok(out)
     }
 
@@ -338,9 +287,21 @@ impl Pipeline {
 
 /// The filter stack of one connection, outermost first. Its type is what
 /// [`stack`] builds, so the names it gives ([`Named`]) are the stack's.
-pub type Stack<'a, W> = Quota<
-    'a,
-    Sasl<'a, ApiVersions<'a, LeakCheck<'a, BrokerAddresses<'a, Filters<'a, Upstream<'a, W>>>>>>,
+pub type Stack<'a, W> = Filtered<
+    Quota<'a>,
+    Filtered<
+        Sasl<'a>,
+        Filtered<
+            ApiVersions<'a>,
+            Filtered<
+                LeakCheck<'a>,
+                Filtered<
+                    BrokerAddresses<'a>,
+                    Filtered<RequestWaits, Filters<'a, Filtered<DedupFetch<'a>, Upstream<'a, W>>>>,
+                >,
+            >,
+        >,
+    >,
 >;
 
 /// Stacks one connection's filters over its upstream exchange.
@@ -352,15 +313,14 @@ pub fn stack<'a, W: AsyncWrite + Unpin + Send>(
     upstream: &'a Exchanger<W>,
 ) -> Stack<'a, W> {
     ServiceBuilder::new()
-        .layer(Quota::layer(quota))
-        .layer(Sasl::layer(sasl))
-        .layer(ApiVersions::layer(filters.advertised_versions()))
-        .layer(LeakCheck::layer(filters.leak_check()))
-        .layer(BrokerAddresses::layer(
-            &filters.topology,
-            &filters.advertised_host,
-        ))
+        .layer(Quota::new(quota).layer())
+        .layer(Sasl::new(sasl).layer())
+        .layer(ApiVersions::new(filters.advertised_versions()).layer())
+        .layer(LeakCheck::new(filters.leak_check()).layer())
+        .layer(BrokerAddresses::new(&filters.topology, &filters.advertised_host).layer())
+        .layer(RequestWaits::new(filters.config.upstream.request_timeout).layer())
         .layer(Filters::layer(filters, state, upstream))
+        .layer(DedupFetch::new(filters.fetch_dedup.as_ref(), &filters.topology, state).layer())
         .service(Upstream(upstream))
 }
 
@@ -387,8 +347,7 @@ pub fn layer_names() -> Vec<&'static str> {
     names
 }
 
-/// The filters still switched by [`Pipeline`] (request waits,
-/// identity, produce and fetch dedup, transactions), as one layer until each
+/// The filters still switched by [`Pipeline`] (identity, produce dedup, transactions), as one layer until each
 /// is a layer of its own.
 pub struct Filters<'a, S> {
     pipeline: &'a Pipeline,
@@ -427,12 +386,7 @@ impl<'a, S> Filters<'a, S> {
 
 impl<S: Named> Named for Filters<'_, S> {
     fn names(out: &mut Vec<&'static str>) {
-        out.extend([
-            "request waits",
-            "identity",
-            "dedup (produce)",
-            "dedup (fetch)",
-        ]);
+        out.extend(["identity", "dedup (produce)"]);
         S::names(out);
     }
 }
@@ -474,12 +428,10 @@ where
                 RequestAction::Answer(bytes) => Ok(Pending::Local(bytes)),
                 RequestAction::Forward(frame, None) => {
                     ex.frame = frame;
-                    ex.wait = None;
                     inner.call(ex).await
                 }
                 RequestAction::Forward(frame, Some(mut plan)) => {
                     ex.frame = frame;
-                    ex.wait = Some(plan.wait);
                     Ok(inner.call(ex).await?.then(move |mut reply| async move {
                         reply.bytes = pipeline.on_response(&mut plan, reply.bytes).await?;
                         Ok(reply)

@@ -18,14 +18,12 @@
 //! (`Processor.parseRequestHeader` throws, `processChannelException` closes).
 
 use std::sync::RwLock;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
-use tower::{layer::layer_fn, Layer, Service};
 
-use super::{on_response, Call, Exchange, Named, Pending};
+use super::{on_response, Call, Exchange, Filter, Pending};
 use crate::codec::RequestHead;
 use crate::error::Error;
 use crate::message::{self, Response};
@@ -93,41 +91,24 @@ pub struct Advertised(RwLock<Option<Vec<ApiVersion>>>);
 /// The api versions filter: answers too-new ApiVersions requests locally,
 /// cuts the broker's ranges on the way back.
 #[derive(Clone)]
-pub struct ApiVersions<'a, S> {
+pub struct ApiVersions<'a> {
     advertised: &'a Advertised,
-    inner: S,
 }
 
 // === impl ApiVersions ===
 
-impl<'a, S> ApiVersions<'a, S> {
-    pub fn layer(advertised: &'a Advertised) -> impl Layer<S, Service = ApiVersions<'a, S>> {
-        layer_fn(move |inner| ApiVersions { advertised, inner })
+impl<'a> ApiVersions<'a> {
+    pub fn new(advertised: &'a Advertised) -> Self {
+        ApiVersions { advertised }
     }
 }
 
-impl<S: Named> Named for ApiVersions<'_, S> {
-    fn names(out: &mut Vec<&'static str>) {
-        out.push("api versions");
-        S::names(out);
-    }
-}
+impl<'a> Filter<'a> for ApiVersions<'a> {
+    const NAME: &'static str = "api versions";
 
-impl<'a, S> Service<Exchange> for ApiVersions<'a, S>
-where
-    S: Service<Exchange, Response = Pending<'a>, Error = Error, Future = Call<'a>>,
-{
-    type Response = Pending<'a>;
-    type Error = Error;
-    type Future = Call<'a>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, ex: Exchange) -> Call<'a> {
+    fn call(&self, ex: Exchange, next: impl FnOnce(Exchange) -> Call<'a> + Send + 'a) -> Call<'a> {
         if ex.head.api_key != ApiKey::ApiVersions {
-            return self.inner.call(ex);
+            return next(ex);
         }
         let advertised = self.advertised;
         if ex.head.api_version > MAX_VERSION {
@@ -135,8 +116,7 @@ where
             return Box::pin(std::future::ready(answer));
         }
         let version = ex.head.api_version;
-        let call = self.inner.call(ex);
-        on_response(call, move |mut reply| async move {
+        on_response(next(ex), move |mut reply| async move {
             reply.bytes = cut_ranges(advertised, version, &reply.bytes)?;
             Ok(reply)
         })

@@ -15,11 +15,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::task::{Context, Poll};
 
-use tower::{layer::layer_fn, Layer, Service};
-
-use super::{on_response, Call, Exchange, Named, Pending};
+use super::{on_response, Call, Exchange, Filter};
 use crate::error::Error;
 use crate::message::Response;
 use crate::telemetry::Metrics;
@@ -177,47 +174,26 @@ pub fn carries_upstream_address(frame: &[u8], upstream: &[(String, i32)]) -> boo
 
 /// Rewrites every broker address a response carries to the proxy's.
 #[derive(Clone)]
-pub struct BrokerAddresses<'a, S> {
+pub struct BrokerAddresses<'a> {
     topology: &'a Topology,
     advertised_host: &'a StrBytes,
-    inner: S,
 }
 
-impl<'a, S> BrokerAddresses<'a, S> {
-    pub fn layer(
-        topology: &'a Topology,
-        advertised_host: &'a StrBytes,
-    ) -> impl Layer<S, Service = BrokerAddresses<'a, S>> {
-        layer_fn(move |inner| BrokerAddresses {
+impl<'a> BrokerAddresses<'a> {
+    pub fn new(topology: &'a Topology, advertised_host: &'a StrBytes) -> Self {
+        BrokerAddresses {
             topology,
             advertised_host,
-            inner,
-        })
+        }
     }
 }
 
-impl<S: Named> Named for BrokerAddresses<'_, S> {
-    fn names(out: &mut Vec<&'static str>) {
-        out.push("broker addresses");
-        S::names(out);
-    }
-}
+impl<'a> Filter<'a> for BrokerAddresses<'a> {
+    const NAME: &'static str = "broker addresses";
 
-impl<'a, S> Service<Exchange> for BrokerAddresses<'a, S>
-where
-    S: Service<Exchange, Response = Pending<'a>, Error = Error, Future = Call<'a>>,
-{
-    type Response = Pending<'a>;
-    type Error = Error;
-    type Future = Call<'a>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, ex: Exchange) -> Call<'a> {
+    fn call(&self, ex: Exchange, next: impl FnOnce(Exchange) -> Call<'a> + Send + 'a) -> Call<'a> {
         let (api, version) = (ex.head.api_key, ex.head.api_version);
-        let call = self.inner.call(ex);
+        let call = next(ex);
         if !Rewriter::applies(api, version) {
             return call;
         }
@@ -238,42 +214,23 @@ where
 /// `diagnostics.leak_check`: counts and logs a response that still carries
 /// an upstream broker's address.
 #[derive(Clone)]
-pub struct LeakCheck<'a, S> {
+pub struct LeakCheck<'a> {
     /// `None`: the check is off.
     on: Option<(&'a Topology, &'a Metrics)>,
-    inner: S,
 }
 
-impl<'a, S> LeakCheck<'a, S> {
-    pub fn layer(
-        on: Option<(&'a Topology, &'a Metrics)>,
-    ) -> impl Layer<S, Service = LeakCheck<'a, S>> {
-        layer_fn(move |inner| LeakCheck { on, inner })
+impl<'a> LeakCheck<'a> {
+    pub fn new(on: Option<(&'a Topology, &'a Metrics)>) -> Self {
+        LeakCheck { on }
     }
 }
 
-impl<S: Named> Named for LeakCheck<'_, S> {
-    fn names(out: &mut Vec<&'static str>) {
-        out.push("leak check");
-        S::names(out);
-    }
-}
+impl<'a> Filter<'a> for LeakCheck<'a> {
+    const NAME: &'static str = "leak check";
 
-impl<'a, S> Service<Exchange> for LeakCheck<'a, S>
-where
-    S: Service<Exchange, Response = Pending<'a>, Error = Error, Future = Call<'a>>,
-{
-    type Response = Pending<'a>;
-    type Error = Error;
-    type Future = Call<'a>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, ex: Exchange) -> Call<'a> {
+    fn call(&self, ex: Exchange, next: impl FnOnce(Exchange) -> Call<'a> + Send + 'a) -> Call<'a> {
         let (api, version) = (ex.head.api_key, ex.head.api_version);
-        let call = self.inner.call(ex);
+        let call = next(ex);
         let Some((topology, metrics)) = self.on else {
             return call;
         };

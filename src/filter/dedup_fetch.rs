@@ -55,13 +55,15 @@ use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse};
 use kafka_protocol::messages::{ApiKey, FetchResponse};
 
+use super::{on_response, Call, Exchange, Filter};
 use crate::config::{Config, Mode, Rule};
 use crate::error::Error;
 use crate::idempotency::key::{Derived, Deriver, KeyBuildHasher};
 use crate::idempotency::window::{SegmentPositions, Window};
 use crate::idempotency::Key;
 use crate::identity::Identity;
-use crate::message::Response;
+use crate::message::{self, Response};
+use crate::pipeline::ConnState;
 use crate::records::{self, Action, BatchItem, Batches, DecodedBatch, SpliceMode, Spliced};
 use crate::telemetry::{FailOpen, Metrics, TopicCounts};
 use crate::topology::Topology;
@@ -514,6 +516,85 @@ fn topic_records(topic: &FetchableTopicResponse) -> u64 {
             _ => 0,
         })
         .sum()
+}
+
+// === The filter ===
+
+/// The fetch dedup filter: plans a Fetch by who reads it and how, and
+/// removes the later copies from its answer; learns topic names from every
+/// Metadata answer (Fetch v13+ names topics by id only).
+#[derive(Clone)]
+pub struct DedupFetch<'a> {
+    /// `None` when no rule filters the fetch path: the filter does nothing.
+    dedup: Option<&'a FetchDedup>,
+    topology: &'a Topology,
+    /// Who the client is (set by the identity filter above).
+    state: &'a tokio::sync::Mutex<ConnState>,
+}
+
+impl<'a> DedupFetch<'a> {
+    pub fn new(
+        dedup: Option<&'a FetchDedup>,
+        topology: &'a Topology,
+        state: &'a tokio::sync::Mutex<ConnState>,
+    ) -> Self {
+        DedupFetch {
+            dedup,
+            topology,
+            state,
+        }
+    }
+}
+
+impl<'a> Filter<'a> for DedupFetch<'a> {
+    const NAME: &'static str = "dedup (fetch)";
+
+    fn call(&self, ex: Exchange, next: impl FnOnce(Exchange) -> Call<'a> + Send + 'a) -> Call<'a> {
+        let Some(dedup) = self.dedup else {
+            return next(ex);
+        };
+        let version = ex.head.api_version;
+        match ex.head.api_key {
+            ApiKey::Metadata => {
+                let topology = self.topology;
+                on_response(next(ex), move |reply| async move {
+                    topology.learn_names(version, &reply.bytes);
+                    Ok(reply)
+                })
+            }
+            ApiKey::Fetch => {
+                let state = self.state;
+                Box::pin(async move {
+                    let plan = {
+                        let state = state.lock().await;
+                        let identity = state.identity().expect("set by the identity filter");
+                        let isolation =
+                            message::fetch_isolation_level(&ex.frame, ex.head.body_offset, version);
+                        // Connect's own config/offset/status readers: their
+                        // topics are never touched, whatever they are called.
+                        if identity.is_connect_internal() {
+                            None
+                        } else {
+                            dedup.plan(identity, isolation)
+                        }
+                    };
+                    let pending = next(ex).await?;
+                    let Some(plan) = plan else {
+                        return Ok(pending);
+                    };
+                    Ok(pending.then(move |mut reply| async move {
+                        if let Some(changed) =
+                            dedup.on_response(&plan, version, &reply.bytes).await?
+                        {
+                            reply.bytes = changed;
+                        }
+                        Ok(reply)
+                    }))
+                })
+            }
+            _ => next(ex),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,18 +10,15 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::ApiKey;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tower::{layer::layer_fn, Layer, Service};
 
 use super::sasl::Principal;
-use super::{Call, Exchange, Named, Pending};
+use super::{Call, Exchange, Filter};
 use crate::codec::RequestHead;
-use crate::error::Error;
 use crate::identity::Identity;
 use crate::message;
 use crate::quota::{Entity, Kind, Quotas};
@@ -170,45 +167,27 @@ impl<'a> Gate<'a> {
 
 /// The quota filter.
 #[derive(Clone)]
-pub struct Quota<'a, S> {
+pub struct Quota<'a> {
     gate: &'a Gate<'a>,
-    inner: S,
 }
 
 // === impl Quota ===
 
-impl<'a, S> Quota<'a, S> {
-    pub fn layer(gate: &'a Gate<'a>) -> impl Layer<S, Service = Quota<'a, S>> {
-        layer_fn(move |inner| Quota { gate, inner })
+impl<'a> Quota<'a> {
+    pub fn new(gate: &'a Gate<'a>) -> Self {
+        Quota { gate }
     }
 }
 
-impl<S: Named> Named for Quota<'_, S> {
-    fn names(out: &mut Vec<&'static str>) {
-        out.push("quota");
-        S::names(out);
-    }
-}
+impl<'a> Filter<'a> for Quota<'a> {
+    const NAME: &'static str = "quota";
 
-impl<'a, S> Service<Exchange> for Quota<'a, S>
-where
-    S: Service<Exchange, Response = Pending<'a>, Error = Error, Future = Call<'a>>
-        + Clone
-        + Send
-        + 'a,
-{
-    type Response = Pending<'a>;
-    type Error = Error;
-    type Future = Call<'a>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut ex: Exchange) -> Call<'a> {
+    fn call(
+        &self,
+        mut ex: Exchange,
+        next: impl FnOnce(Exchange) -> Call<'a> + Send + 'a,
+    ) -> Call<'a> {
         let gate = self.gate;
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let (entity, identity) = gate.key(&ex.head);
             if identity.is_some() {
@@ -263,7 +242,7 @@ where
             }
             let throttle = gate.throttle(&entity, owed);
             let (api, version, started) = (head.api_key, head.api_version, ex.started);
-            let pending = inner.call(ex).await?;
+            let pending = next(ex).await?;
             // The filters' time: until the request began to leave, or was
             // answered.
             let spent = match gate.upstream.last_send() {

@@ -18,16 +18,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
     ApiKey, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
 };
-use tower::{layer::layer_fn, Layer, Service};
 
-use super::{on_response, Call, Exchange, Named, Pending};
-use crate::error::Error;
+use super::{on_response, Call, Exchange, Filter};
 use crate::message;
 
 /// Who authenticated on a connection: the mTLS subject from the start, or
@@ -111,39 +108,22 @@ fn accepted(api_version: i16, frame: &Bytes) -> bool {
 /// The SASL filter: learns the principal from the exchange, binds it when
 /// the broker accepts.
 #[derive(Clone)]
-pub struct Sasl<'a, S> {
+pub struct Sasl<'a> {
     binding: &'a Binding<'a>,
-    inner: S,
 }
 
 // === impl Sasl ===
 
-impl<'a, S> Sasl<'a, S> {
-    pub fn layer(binding: &'a Binding<'a>) -> impl Layer<S, Service = Sasl<'a, S>> {
-        layer_fn(move |inner| Sasl { binding, inner })
+impl<'a> Sasl<'a> {
+    pub fn new(binding: &'a Binding<'a>) -> Self {
+        Sasl { binding }
     }
 }
 
-impl<S: Named> Named for Sasl<'_, S> {
-    fn names(out: &mut Vec<&'static str>) {
-        out.push("sasl");
-        S::names(out);
-    }
-}
+impl<'a> Filter<'a> for Sasl<'a> {
+    const NAME: &'static str = "sasl";
 
-impl<'a, S> Service<Exchange> for Sasl<'a, S>
-where
-    S: Service<Exchange, Response = Pending<'a>, Error = Error, Future = Call<'a>>,
-{
-    type Response = Pending<'a>;
-    type Error = Error;
-    type Future = Call<'a>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, ex: Exchange) -> Call<'a> {
+    fn call(&self, ex: Exchange, next: impl FnOnce(Exchange) -> Call<'a> + Send + 'a) -> Call<'a> {
         let binding = self.binding;
         let (head, frame) = (&ex.head, &ex.frame);
         let mut authenticates = None;
@@ -169,7 +149,7 @@ where
             _ => {}
         }
         let version = head.api_version;
-        let call = self.inner.call(ex);
+        let call = next(ex);
         let Some(principal) = authenticates else {
             return call;
         };
