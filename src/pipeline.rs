@@ -11,7 +11,6 @@
 //! changes it (decode, edit, encode), or answers it locally. Only the APIs
 //! a filter names are ever decoded.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -34,6 +33,7 @@ use crate::filter::dedup_produce::{self, ProduceDedup, ProducePlan};
 use crate::filter::quota::{Gate, Quota};
 use crate::filter::request_waits::RequestWaits;
 use crate::filter::sasl::{Binding, Sasl};
+pub use crate::filter::state::ConnState;
 use crate::filter::{Call, Exchange, Filter as _, Filtered, Named, Pending};
 use crate::idempotency::window::Producer;
 use crate::identity::Identity;
@@ -72,39 +72,6 @@ pub struct EndTxn {
     pub conn: u64,
     /// v5+: transactions v2 (KIP-890).
     pub v2: bool,
-}
-
-/// What a connection remembers between its requests.
-#[derive(Debug, Default)]
-pub struct ConnState {
-    /// Who the client says it is (its first request's client id).
-    identity: Option<Identity>,
-    /// Produce-path dedup of this connection.
-    session: dedup_produce::Session,
-    /// This connection among the process's (0 until asked).
-    id: u64,
-}
-
-impl ConnState {
-    /// A number no other connection of this process has.
-    fn id(&mut self) -> u64 {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        if self.id == 0 {
-            self.id = NEXT.fetch_add(1, Relaxed);
-        }
-        self.id
-    }
-
-    /// Who the client is, once its first request has come.
-    pub fn identity(&self) -> Option<&Identity> {
-        self.identity.as_ref()
-    }
-
-    /// Who the client is, as the quota filter named it (Connect client ids,
-    /// then `quota.connector_patterns`), for the filters after it.
-    pub fn set_identity(&mut self, identity: Identity) {
-        self.identity = Some(identity);
-    }
 }
 
 /// The filters and what they share across connections.

@@ -37,6 +37,7 @@ pub mod dedup_produce;
 pub mod quota;
 pub mod request_waits;
 pub mod sasl;
+pub mod state;
 
 /// One request on its way through the stack.
 pub struct Exchange {
