@@ -14,65 +14,26 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
-use kafka_protocol::messages::{
-    AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest, EndTxnRequest, EndTxnResponse,
-};
 use kafka_protocol::protocol::StrBytes;
 use tokio::io::AsyncWrite;
-use tower::{layer::layer_fn, Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceBuilder, ServiceExt};
 
-use crate::codec::RequestHead;
 use crate::config::Config;
 use crate::error::Error;
 use crate::filter::api_versions::{Advertised, ApiVersions};
 use crate::filter::broker_address::{BrokerAddresses, LeakCheck};
 use crate::filter::dedup_fetch::{DedupFetch, FetchDedup};
-use crate::filter::dedup_produce::{self, ProduceDedup, ProducePlan};
+use crate::filter::dedup_produce::{DedupProduce, ProduceDedup};
+use crate::filter::identity::Identify;
 use crate::filter::quota::{Gate, Quota};
 use crate::filter::request_waits::RequestWaits;
 use crate::filter::sasl::{Binding, Sasl};
 pub use crate::filter::state::ConnState;
 use crate::filter::{Call, Exchange, Filter as _, Filtered, Named, Pending};
-use crate::idempotency::window::Producer;
-use crate::identity::Identity;
-use crate::message;
 use crate::telemetry::Metrics;
 use crate::topology::Topology;
-use crate::upstream::{Exchanger, Outbound};
-
-/// What to do with a request.
-pub enum RequestAction {
-    /// Send it upstream. `None`: no response will come (Produce acks=0).
-    Forward(BytesMut, Option<ResponsePlan>),
-    /// Answer it ourselves, in its place in the response order.
-    Answer(Bytes),
-}
-
-/// What the response of a forwarded request needs.
-#[derive(Debug)]
-pub struct ResponsePlan {
-    pub api_key: ApiKey,
-    pub api_version: i16,
-    /// Produce with keys awaiting the broker's answer, or partitions the
-    /// proxy answered itself.
-    pub produce: Option<Box<ProducePlan>>,
-    /// EndTxn: the producer and whether it commits, for the dedup filter to
-    /// learn (or forget) the transaction's keys once the coordinator agrees.
-    pub end_txn: Option<EndTxn>,
-}
-
-/// An EndTxn on its way to the coordinator.
-#[derive(Debug, Clone, Copy)]
-pub struct EndTxn {
-    pub producer: Producer,
-    pub committed: bool,
-    /// The connection it came on (`ConnState::id`).
-    pub conn: u64,
-    /// v5+: transactions v2 (KIP-890).
-    pub v2: bool,
-}
+use crate::upstream::Exchanger;
 
 /// The filters and what they share across connections.
 pub struct Pipeline {
@@ -127,115 +88,6 @@ impl Pipeline {
         self
     }
 
-    pub async fn on_request(
-        &self,
-        conn: &mut ConnState,
-        head: &RequestHead,
-        mut frame: BytesMut,
-    ) -> Result<RequestAction, Error> {
-        if conn.identity.is_none() {
-            conn.identity = Some(Identity::from_client_id(&head.client_id_str()));
-        }
-        let mut produce = None;
-        if head.api_key == ApiKey::Produce {
-            match message::produce_acks_and_timeout(&frame, head.body_offset, head.api_version) {
-                Some((0, _)) => return Ok(RequestAction::Forward(frame, None)),
-                Some((acks, _)) => {
-                    if let Some(dedup) = &self.dedup {
-                        let identity = conn.identity.as_ref().expect("set above");
-                        match dedup
-                            .on_request(&mut conn.session, identity, head, &frame, acks)
-                            .await?
-                        {
-                            dedup_produce::Outcome::Unchanged(plan) => produce = plan.map(Box::new),
-                            dedup_produce::Outcome::Rewritten(new, plan) => {
-                                produce = Some(Box::new(plan));
-                                frame = new;
-                            }
-                            dedup_produce::Outcome::Answer(bytes) => {
-                                return Ok(RequestAction::Answer(bytes))
-                            }
-                        }
-                    }
-                }
-                None => {}
-            }
-        }
-        let mut end_txn = None;
-        match head.api_key {
-            ApiKey::EndTxn if self.dedup.is_some() => {
-                if let Some(req) = message::decode_request::<EndTxnRequest>(&frame, head) {
-                    end_txn = Some(EndTxn {
-                        producer: (req.producer_id.0, req.producer_epoch),
-                        committed: req.committed,
-                        conn: conn.id(),
-                        v2: head.api_version >= 5,
-                    });
-                }
-            }
-            // v0-v3 come from clients (v4+ only from brokers).
-            ApiKey::AddPartitionsToTxn if head.api_version <= 3 => {
-                if let (Some(dedup), Some(req)) = (
-                    &self.dedup,
-                    message::decode_request::<AddPartitionsToTxnRequest>(&frame, head),
-                ) {
-                    let parts: Vec<(String, i32)> = req
-                        .v3_and_below_topics
-                        .iter()
-                        .flat_map(|t| t.partitions.iter().map(|&p| (t.name.to_string(), p)))
-                        .collect();
-                    dedup.partitions_added(
-                        (
-                            req.v3_and_below_producer_id.0,
-                            req.v3_and_below_producer_epoch,
-                        ),
-                        conn.id(),
-                        &parts,
-                    );
-                }
-            }
-            ApiKey::ApiVersions if head.api_version >= 3 && self.dedup.is_some() => {
-                if let Some(req) = message::decode_request::<ApiVersionsRequest>(&frame, head) {
-                    conn.session
-                        .set_client_software(req.client_software_name.as_str());
-                }
-            }
-            _ => {}
-        }
-        let plan = ResponsePlan {
-            api_key: head.api_key,
-            api_version: head.api_version,
-            produce,
-            end_txn,
-        };
-        Ok(RequestAction::Forward(frame, Some(plan)))
-    }
-
-    /// Filters a response frame body (correlation id already the client's).
-    pub async fn on_response(&self, plan: &mut ResponsePlan, frame: Bytes) -> Result<Bytes, Error> {
-        let (api, version) = (plan.api_key, plan.api_version);
-        let mut out = frame;
-        if let (Some(dedup), Some(produce)) = (&self.dedup, plan.produce.as_mut()) {
-            if let Some(changed) = dedup.on_response(produce, version, &out)? {
-                out = changed;
-            }
-        }
-        if let (Some(dedup), Some(end)) = (&self.dedup, plan.end_txn) {
-            match message::decode_response::<EndTxnResponse>(api, version, &out) {
-                Ok(r) if r.error_code == 0 => {
-                    dedup.transaction_ended(end.producer, end.committed, end.conn, end.v2)
-                }
-                Ok(r) => tracing::debug!(
-                    producer_id = end.producer.0,
-                    error_code = r.error_code,
-                    "EndTxn failed: the transaction's keys stay held until it ends"
-                ),
-                Err(_) => {}
-            }
-        }
-        Ok(out)
-    }
-
     /// What the leak check needs, if `diagnostics.leak_check` is on.
     fn leak_check(&self) -> Option<(&Topology, &Metrics)> {
         self.config
@@ -264,7 +116,13 @@ pub type Stack<'a, W> = Filtered<
                 LeakCheck<'a>,
                 Filtered<
                     BrokerAddresses<'a>,
-                    Filtered<RequestWaits, Filters<'a, Filtered<DedupFetch<'a>, Upstream<'a, W>>>>,
+                    Filtered<
+                        RequestWaits,
+                        Filtered<
+                            Identify<'a>,
+                            Filtered<DedupProduce<'a>, Filtered<DedupFetch<'a>, Upstream<'a, W>>>,
+                        >,
+                    >,
                 >,
             >,
         >,
@@ -286,7 +144,8 @@ pub fn stack<'a, W: AsyncWrite + Unpin + Send>(
         .layer(LeakCheck::new(filters.leak_check()).layer())
         .layer(BrokerAddresses::new(&filters.topology, &filters.advertised_host).layer())
         .layer(RequestWaits::new(filters.config.upstream.request_timeout).layer())
-        .layer(Filters::layer(filters, state, upstream))
+        .layer(Identify::new(state).layer())
+        .layer(DedupProduce::new(filters.dedup.as_ref(), state, upstream).layer())
         .layer(DedupFetch::new(filters.fetch_dedup.as_ref(), &filters.topology, state).layer())
         .service(Upstream(upstream))
 }
@@ -312,101 +171,6 @@ pub fn layer_names() -> Vec<&'static str> {
     let mut names = Vec::new();
     <Stack<'static, tokio::io::Sink> as Named>::names(&mut names);
     names
-}
-
-/// The filters still switched by [`Pipeline`] (identity, produce dedup, transactions), as one layer until each
-/// is a layer of its own.
-pub struct Filters<'a, S> {
-    pipeline: &'a Pipeline,
-    state: &'a tokio::sync::Mutex<ConnState>,
-    upstream: &'a dyn Outbound,
-    inner: S,
-}
-
-impl<S: Clone> Clone for Filters<'_, S> {
-    fn clone(&self) -> Self {
-        Filters {
-            pipeline: self.pipeline,
-            state: self.state,
-            upstream: self.upstream,
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-// === impl Filters ===
-
-impl<'a, S> Filters<'a, S> {
-    pub fn layer(
-        pipeline: &'a Pipeline,
-        state: &'a tokio::sync::Mutex<ConnState>,
-        upstream: &'a dyn Outbound,
-    ) -> impl Layer<S, Service = Filters<'a, S>> {
-        layer_fn(move |inner| Filters {
-            pipeline,
-            state,
-            upstream,
-            inner,
-        })
-    }
-}
-
-impl<S: Named> Named for Filters<'_, S> {
-    fn names(out: &mut Vec<&'static str>) {
-        out.extend(["identity", "dedup (produce)"]);
-        S::names(out);
-    }
-}
-
-impl<'a, S> Service<Exchange> for Filters<'a, S>
-where
-    S: Service<Exchange, Response = Pending<'a>, Error = Error, Future = Call<'a>>
-        + Clone
-        + Send
-        + 'a,
-{
-    type Response = Pending<'a>;
-    type Error = Error;
-    type Future = Call<'a>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut ex: Exchange) -> Call<'a> {
-        let (pipeline, state, upstream) = (self.pipeline, self.state, self.upstream);
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let mut state = state.lock().await;
-            if let Some(identity) = ex.identity.take() {
-                state.set_identity(identity);
-            }
-            // The dedup filter may wait on keys an earlier request of this
-            // very connection has in flight: that request must have left,
-            // not sit in the writer behind the wait.
-            if ex.head.api_key == ApiKey::Produce {
-                upstream.flush().await?;
-            }
-            let frame = std::mem::take(&mut ex.frame);
-            let action = pipeline.on_request(&mut state, &ex.head, frame).await?;
-            drop(state);
-            match action {
-                RequestAction::Answer(bytes) => Ok(Pending::Local(bytes)),
-                RequestAction::Forward(frame, None) => {
-                    ex.frame = frame;
-                    inner.call(ex).await
-                }
-                RequestAction::Forward(frame, Some(mut plan)) => {
-                    ex.frame = frame;
-                    Ok(inner.call(ex).await?.then(move |mut reply| async move {
-                        reply.bytes = pipeline.on_response(&mut plan, reply.bytes).await?;
-                        Ok(reply)
-                    }))
-                }
-            }
-        })
-    }
 }
 
 /// The last hop: the request goes to the broker under the proxy's own

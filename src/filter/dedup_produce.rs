@@ -38,12 +38,17 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{
+    AddPartitionsToTxnRequest, ApiKey, ApiVersionsRequest, EndTxnRequest, EndTxnResponse,
+    ProduceRequest, ProduceResponse,
+};
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::codec::{api_name, RequestHead};
 use crate::config::{Config, KeyStrategy, Mode, Rule};
 use crate::error::{Error, Side};
+use crate::filter::state::ConnState;
+use crate::filter::{Call, Exchange, Filter, Pending};
 use crate::idempotency::key::{Derived, Deriver, KeyBuildHasher};
 use crate::idempotency::sequences::{Point, Prior, SeqKey, Sequences, Turn};
 use crate::idempotency::transactions::{Transactions, TxnPart};
@@ -56,6 +61,7 @@ use crate::records::{
     Spliced,
 };
 use crate::telemetry::{FailOpen, Metrics, TopicCounts};
+use crate::upstream::Outbound;
 
 /// Kafka's default `max.message.bytes` (1 MiB + the 12-byte log overhead):
 /// a batch under it must not grow past it by its tags.
@@ -1334,6 +1340,175 @@ fn record_count(records: Option<&Bytes>) -> u64 {
             _ => None,
         })
         .sum()
+}
+
+// === The filter ===
+
+/// An EndTxn on its way to the coordinator.
+#[derive(Debug, Clone, Copy)]
+struct EndTxn {
+    producer: Producer,
+    committed: bool,
+    /// The connection it came on (`ConnState::id`).
+    conn: u64,
+    /// v5+: transactions v2 (KIP-890).
+    v2: bool,
+}
+
+/// The produce-path dedup filter of one connection: Produce (tag, drop
+/// replays, answer wholly replayed requests; commit acknowledged keys),
+/// and what it learns of transactions (AddPartitionsToTxn, EndTxn) and of
+/// the client (ApiVersions v3+).
+#[derive(Clone)]
+pub struct DedupProduce<'a> {
+    /// `None`: no dedup rule is on.
+    dedup: Option<&'a ProduceDedup>,
+    state: &'a tokio::sync::Mutex<ConnState>,
+    upstream: &'a dyn Outbound,
+}
+
+impl<'a> DedupProduce<'a> {
+    pub fn new(
+        dedup: Option<&'a ProduceDedup>,
+        state: &'a tokio::sync::Mutex<ConnState>,
+        upstream: &'a dyn Outbound,
+    ) -> Self {
+        DedupProduce {
+            dedup,
+            state,
+            upstream,
+        }
+    }
+}
+
+impl<'a> Filter<'a> for DedupProduce<'a> {
+    const NAME: &'static str = "dedup (produce)";
+
+    fn call(
+        &self,
+        mut ex: Exchange,
+        next: impl FnOnce(Exchange) -> Call<'a> + Send + 'a,
+    ) -> Call<'a> {
+        let Some(dedup) = self.dedup else {
+            return next(ex);
+        };
+        let (state, upstream) = (self.state, self.upstream);
+        let head = &ex.head;
+        match head.api_key {
+            ApiKey::Produce => Box::pin(async move {
+                let head = &ex.head;
+                // acks=0: nothing could ever be learned from it; it passes.
+                let acks = match message::produce_acks_and_timeout(
+                    &ex.frame,
+                    head.body_offset,
+                    head.api_version,
+                ) {
+                    Some((0, _)) | None => return next(ex).await,
+                    Some((acks, _)) => acks,
+                };
+                // The filter may wait on keys an earlier request of this very
+                // connection has in flight: that request must have left, not
+                // sit in the writer behind the wait.
+                upstream.flush().await?;
+                let plan = {
+                    let mut state = state.lock().await;
+                    let state = &mut *state;
+                    let identity = state.identity.as_ref().expect("set by the identity filter");
+                    match dedup
+                        .on_request(&mut state.session, identity, head, &ex.frame, acks)
+                        .await?
+                    {
+                        Outcome::Unchanged(None) => return next(ex).await,
+                        Outcome::Unchanged(Some(plan)) => plan,
+                        Outcome::Rewritten(new, plan) => {
+                            ex.frame = new;
+                            plan
+                        }
+                        Outcome::Answer(bytes) => return Ok(Pending::Local(bytes)),
+                    }
+                };
+                let version = ex.head.api_version;
+                let mut plan = Box::new(plan);
+                Ok(next(ex).await?.then(move |mut reply| async move {
+                    if let Some(changed) = dedup.on_response(&mut plan, version, &reply.bytes)? {
+                        reply.bytes = changed;
+                    }
+                    Ok(reply)
+                }))
+            }),
+            ApiKey::EndTxn => {
+                let Some(req) = message::decode_request::<EndTxnRequest>(&ex.frame, head) else {
+                    return next(ex);
+                };
+                let version = head.api_version;
+                Box::pin(async move {
+                    let end = EndTxn {
+                        producer: (req.producer_id.0, req.producer_epoch),
+                        committed: req.committed,
+                        conn: state.lock().await.id(),
+                        v2: version >= 5,
+                    };
+                    Ok(next(ex).await?.then(move |reply| async move {
+                        match message::decode_response::<EndTxnResponse>(
+                            ApiKey::EndTxn,
+                            version,
+                            &reply.bytes,
+                        ) {
+                            Ok(r) if r.error_code == 0 => dedup.transaction_ended(
+                                end.producer,
+                                end.committed,
+                                end.conn,
+                                end.v2,
+                            ),
+                            Ok(r) => tracing::debug!(
+                                producer_id = end.producer.0,
+                                error_code = r.error_code,
+                                "EndTxn failed: the transaction's keys stay held until it ends"
+                            ),
+                            Err(_) => {}
+                        }
+                        Ok(reply)
+                    }))
+                })
+            }
+            // v0-v3 come from clients (v4+ only from brokers).
+            ApiKey::AddPartitionsToTxn if head.api_version <= 3 => {
+                let Some(req) =
+                    message::decode_request::<AddPartitionsToTxnRequest>(&ex.frame, head)
+                else {
+                    return next(ex);
+                };
+                Box::pin(async move {
+                    let parts: Vec<(String, i32)> = req
+                        .v3_and_below_topics
+                        .iter()
+                        .flat_map(|t| t.partitions.iter().map(|&p| (t.name.to_string(), p)))
+                        .collect();
+                    let producer = (
+                        req.v3_and_below_producer_id.0,
+                        req.v3_and_below_producer_epoch,
+                    );
+                    dedup.partitions_added(producer, state.lock().await.id(), &parts);
+                    next(ex).await
+                })
+            }
+            ApiKey::ApiVersions if head.api_version >= 3 => {
+                let Some(req) = message::decode_request::<ApiVersionsRequest>(&ex.frame, head)
+                else {
+                    return next(ex);
+                };
+                Box::pin(async move {
+                    state
+                        .lock()
+                        .await
+                        .session
+                        .set_client_software(req.client_software_name.as_str());
+                    next(ex).await
+                })
+            }
+            _ => next(ex),
+        }
+    }
 }
 
 #[cfg(test)]

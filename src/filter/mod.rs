@@ -34,6 +34,7 @@ pub mod api_versions;
 pub mod broker_address;
 pub mod dedup_fetch;
 pub mod dedup_produce;
+pub mod identity;
 pub mod quota;
 pub mod request_waits;
 pub mod sasl;
