@@ -713,9 +713,11 @@ async fn drive(dedup: &ProduceDedup, exchanges: &[Exchange], timers: &mut [Durat
         };
         if let Some(mut plan) = plan {
             let t2 = Instant::now();
+            let mut reply = idemgate::message::ResponseFrame::new(x.response.clone());
             dedup
-                .on_response(&mut plan, VERSION, &x.response)
+                .on_response(&mut plan, VERSION, &mut reply)
                 .expect("on_response");
+            reply.into_bytes().expect("encode");
             drop(plan);
             timers[1] += t2.elapsed();
         }

@@ -520,18 +520,18 @@ async fn write_in_order<W: AsyncWrite + Unpin>(
                 response.await
             }
         };
-        let Some(reply) = reply? else {
+        let Some(mut reply) = reply? else {
             // The response reader failed and reports why.
             return Ok(());
         };
-        write_frame(out, &reply.bytes)
-            .await
-            .map_err(Error::ClientIo)?;
+        let bytes = reply.frame.bytes()?;
+        write_frame(out, bytes).await.map_err(Error::ClientIo)?;
+        let len = bytes.len();
         conn.answered();
         conn.owed.fetch_sub(1, Relaxed);
         conn.shared
             .metrics
-            .response(slot.api_key, reply.bytes.len() + 4, slot.started.elapsed());
+            .response(slot.api_key, len + 4, slot.started.elapsed());
         // In the writer's buffer or on the wire: the memory is given back.
         drop(reply);
     }

@@ -307,7 +307,9 @@ pub fn throttle_time(data: &[u8]) {
         return;
     };
     for ms in [0, 1, 30_000, i32::MAX] {
-        let out = raise_throttle_time(api, version, &frame, ms);
+        let mut raised = crate::message::ResponseFrame::new(frame.clone());
+        let out =
+            raise_throttle_time(api, version, &mut raised, ms).and_then(|()| raised.into_changed());
         match api {
             ApiKey::Produce => {
                 check_throttle::<ProduceResponse>(api, version, &frame, ms, out, |m| {

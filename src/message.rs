@@ -33,6 +33,18 @@ pub fn response_body_offset(api: ApiKey, version: i16, frame: &[u8]) -> Option<u
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Responses decoded on this thread (each test runs on its own).
+    static DECODES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Responses decoded so far on this thread.
+#[cfg(test)]
+pub(crate) fn decodes() -> usize {
+    DECODES.with(|n| n.get())
+}
+
 /// A decoded response, with the bytes around its message kept so that it
 /// encodes back to the same frame but for what a filter changed.
 pub struct Response<T> {
@@ -52,6 +64,8 @@ impl<T: Decodable + Bounded> Response<T> {
     /// (`message/bounds.rs`) has passed it; a message it refuses fails like
     /// one that does not decode.
     pub fn decode(api: ApiKey, version: i16, frame: &Bytes) -> Result<Self, Error> {
+        #[cfg(test)]
+        DECODES.with(|n| n.set(n.get() + 1));
         let offset = response_body_offset(api, version, frame)
             .ok_or_else(|| codec_error(api, version, "short response header"))?;
         let mut body = frame.slice(offset..);
@@ -92,6 +106,167 @@ impl<T: Encodable> Response<T> {
         self.msg.encode(&mut out, self.version).map_err(wrap)?;
         out.extend_from_slice(&self.trailing);
         Ok(out.freeze())
+    }
+}
+
+/// A response frame body on its way up the stack: the bytes as they came,
+/// and its message, decoded once for every filter that reads it (each
+/// asks with [`message`](Self::message) or [`message_mut`](Self::message_mut))
+/// and encoded again once, only if one changed it. A filter that works on
+/// bytes ([`bytes`](Self::bytes), [`set_bytes`](Self::set_bytes)) gets them
+/// as they are now.
+pub struct ResponseFrame {
+    /// `None` while the decoded message has changes not yet encoded.
+    bytes: Option<Bytes>,
+    decoded: Option<Box<dyn Held>>,
+    changed: bool,
+}
+
+/// A decoded [`Response`] of any message type.
+trait Held: Send {
+    fn encode(&self) -> Result<Bytes, Error>;
+    fn as_any(&self) -> &dyn std::any::Any;
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any>;
+}
+
+impl<T: Encodable + Send + 'static> Held for Response<T> {
+    fn encode(&self) -> Result<Bytes, Error> {
+        Response::encode(self)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
+impl ResponseFrame {
+    pub fn new(bytes: Bytes) -> Self {
+        ResponseFrame {
+            bytes: Some(bytes),
+            decoded: None,
+            changed: false,
+        }
+    }
+
+    /// The frame body as it is now (encoded again if its message changed).
+    pub fn bytes(&mut self) -> Result<&Bytes, Error> {
+        if self.bytes.is_none() {
+            let held = self
+                .decoded
+                .as_ref()
+                .expect("a frame holds bytes or a message");
+            self.bytes = Some(held.encode()?);
+        }
+        Ok(self.bytes.as_ref().expect("just set"))
+    }
+
+    /// New bytes for the whole frame body (the decoded message goes).
+    pub fn set_bytes(&mut self, bytes: Bytes) {
+        self.bytes = Some(bytes);
+        self.decoded = None;
+        self.changed = true;
+    }
+
+    /// The message, decoded on the first ask.
+    pub fn message<T>(&mut self, api: ApiKey, version: i16) -> Result<&T, Error>
+    where
+        T: Decodable + Encodable + Bounded + Send + 'static,
+    {
+        Ok(&self.decoded_as::<T>(api, version)?.msg)
+    }
+
+    /// The message to change, decoded on the first ask; encoded again when
+    /// the bytes are next asked for.
+    pub fn message_mut<T>(&mut self, api: ApiKey, version: i16) -> Result<&mut T, Error>
+    where
+        T: Decodable + Encodable + Bounded + Send + 'static,
+    {
+        self.decoded_as::<T>(api, version)?;
+        self.bytes = None;
+        self.changed = true;
+        let held = self.decoded.as_mut().expect("decoded above");
+        Ok(&mut held
+            .as_any_mut()
+            .downcast_mut::<Response<T>>()
+            .expect("decoded as T above")
+            .msg)
+    }
+
+    fn decoded_as<T>(&mut self, api: ApiKey, version: i16) -> Result<&mut Response<T>, Error>
+    where
+        T: Decodable + Encodable + Bounded + Send + 'static,
+    {
+        let held = self
+            .decoded
+            .as_ref()
+            .map(|h| h.as_any().is::<Response<T>>());
+        if held != Some(true) {
+            // Not decoded yet (or as another type): from the bytes as they are.
+            let resp = Response::<T>::decode(api, version, self.bytes()?)?;
+            self.decoded = Some(Box::new(resp));
+        }
+        let held = self.decoded.as_mut().expect("decoded above");
+        Ok(held
+            .as_any_mut()
+            .downcast_mut::<Response<T>>()
+            .expect("checked above"))
+    }
+
+    /// The decoded message taken out, for work across awaits; the frame
+    /// keeps its bytes as they are. Give it back with
+    /// [`put_response`](Self::put_response), or drop it to leave the frame
+    /// as it was.
+    pub fn take_response<T>(&mut self, api: ApiKey, version: i16) -> Result<Response<T>, Error>
+    where
+        T: Decodable + Encodable + Bounded + Send + 'static,
+    {
+        self.decoded_as::<T>(api, version)?;
+        self.bytes()?;
+        let held = self.decoded.take().expect("decoded above");
+        let any: Box<dyn std::any::Any> = held.into_any();
+        Ok(*any.downcast::<Response<T>>().expect("decoded as T above"))
+    }
+
+    /// Gives back a message [`take_response`](Self::take_response) took;
+    /// `changed`: it is encoded again when the bytes are next asked for.
+    pub fn put_response<T: Encodable + Send + 'static>(
+        &mut self,
+        resp: Response<T>,
+        changed: bool,
+    ) {
+        self.decoded = Some(Box::new(resp));
+        if changed {
+            self.bytes = None;
+            self.changed = true;
+        }
+    }
+
+    /// Whether a filter changed it.
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// The frame body to send.
+    pub fn into_bytes(mut self) -> Result<Bytes, Error> {
+        self.bytes()?;
+        Ok(self.bytes.expect("set by bytes()"))
+    }
+
+    /// The new frame body if a filter changed it, `None` if not.
+    pub fn into_changed(self) -> Result<Option<Bytes>, Error> {
+        match self.changed {
+            true => self.into_bytes().map(Some),
+            false => Ok(None),
+        }
     }
 }
 
@@ -198,8 +373,85 @@ pub(crate) fn decode_parts<T: Decodable + Bounded>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kafka_protocol::messages::{FetchRequest, JoinGroupRequest, ProduceRequest};
+    use kafka_protocol::messages::{
+        FetchRequest, JoinGroupRequest, ProduceRequest, ProduceResponse,
+    };
     use kafka_protocol::protocol::StrBytes;
+
+    fn produce_response_frame(version: i16, throttle: i32) -> Bytes {
+        let resp = ProduceResponse::default().with_throttle_time_ms(throttle);
+        encode_local_response(ApiKey::Produce, version, 1, 7, &resp).unwrap()
+    }
+
+    #[test]
+    fn a_response_is_decoded_once_however_many_read_it() {
+        let bytes = produce_response_frame(11, 10);
+        let mut frame = ResponseFrame::new(bytes.clone());
+        let before = decodes();
+        for _ in 0..3 {
+            let m = frame
+                .message::<ProduceResponse>(ApiKey::Produce, 11)
+                .unwrap();
+            assert_eq!(m.throttle_time_ms, 10);
+        }
+        assert_eq!(decodes() - before, 1);
+        // Read only: the bytes are the very ones that came.
+        assert_eq!(frame.bytes().unwrap().as_ptr(), bytes.as_ptr());
+        assert!(!frame.changed());
+        // Changed: the next reader sees the change without decoding again,
+        // and the bytes are encoded once, with it.
+        frame
+            .message_mut::<ProduceResponse>(ApiKey::Produce, 11)
+            .unwrap()
+            .throttle_time_ms = 900;
+        let m = frame
+            .message::<ProduceResponse>(ApiKey::Produce, 11)
+            .unwrap();
+        assert_eq!(m.throttle_time_ms, 900);
+        assert_eq!(decodes() - before, 1);
+        let out = frame.into_changed().unwrap().expect("changed");
+        let back: ProduceResponse = decode_response(ApiKey::Produce, 11, &out).unwrap();
+        assert_eq!(back.throttle_time_ms, 900);
+    }
+
+    #[test]
+    fn a_taken_message_not_given_back_leaves_the_frame_as_it_came() {
+        let bytes = produce_response_frame(11, 10);
+        let mut frame = ResponseFrame::new(bytes.clone());
+        let mut taken = frame
+            .take_response::<ProduceResponse>(ApiKey::Produce, 11)
+            .unwrap();
+        taken.msg.throttle_time_ms = 5; // then dropped, as after a failed step
+        drop(taken);
+        let m = frame
+            .message::<ProduceResponse>(ApiKey::Produce, 11)
+            .unwrap();
+        assert_eq!(m.throttle_time_ms, 10);
+        assert_eq!(frame.into_changed().unwrap(), None);
+
+        let mut frame = ResponseFrame::new(bytes);
+        let mut taken = frame
+            .take_response::<ProduceResponse>(ApiKey::Produce, 11)
+            .unwrap();
+        taken.msg.throttle_time_ms = 5;
+        frame.put_response(taken, true);
+        let out = frame.into_changed().unwrap().expect("changed");
+        let back: ProduceResponse = decode_response(ApiKey::Produce, 11, &out).unwrap();
+        assert_eq!(back.throttle_time_ms, 5);
+    }
+
+    #[test]
+    fn bytes_set_by_a_filter_are_what_the_next_one_decodes() {
+        let mut frame = ResponseFrame::new(produce_response_frame(11, 10));
+        frame
+            .message::<ProduceResponse>(ApiKey::Produce, 11)
+            .unwrap();
+        frame.set_bytes(produce_response_frame(11, 77));
+        let m = frame
+            .message::<ProduceResponse>(ApiKey::Produce, 11)
+            .unwrap();
+        assert_eq!(m.throttle_time_ms, 77);
+    }
 
     fn request_bytes<T: Encodable + HeaderVersion + Message>(
         api: ApiKey,
@@ -308,6 +560,13 @@ mod tests {
         }
     }
 
+    /// The frame `raise_throttle_time` leaves, if it changed it.
+    fn raised(api: ApiKey, version: i16, f: &Bytes, ms: i32) -> Result<Option<Bytes>, Error> {
+        let mut frame = ResponseFrame::new(f.clone());
+        raise_throttle_time(api, version, &mut frame, ms)?;
+        frame.into_changed()
+    }
+
     #[test]
     fn throttle_time_is_raised_never_lowered_every_version() {
         use kafka_protocol::messages::produce_response::{
@@ -335,36 +594,28 @@ mod tests {
                 .with_responses(vec![topic])
                 .with_throttle_time_ms(10);
             let f = frame(ApiKey::Produce, version, &resp);
-            let out = raise_throttle_time(ApiKey::Produce, version, &f, 900)
-                .unwrap()
-                .unwrap();
+            let out = raised(ApiKey::Produce, version, &f, 900).unwrap().unwrap();
             let back: ProduceResponse = decode_response(ApiKey::Produce, version, &out).unwrap();
             assert_eq!(back.throttle_time_ms, 900, "v{version}");
             if version < 13 {
                 // v13 names topics by id: the name is not on the wire.
                 assert_eq!(back.responses, resp.responses, "v{version}");
             }
-            assert!(raise_throttle_time(ApiKey::Produce, version, &f, 5)
-                .unwrap()
-                .is_none());
+            assert!(raised(ApiKey::Produce, version, &f, 5).unwrap().is_none());
         }
         for version in 4..=17 {
             let resp = FetchResponse::default()
                 .with_throttle_time_ms(10)
                 .with_session_id(if version >= 7 { 3 } else { 0 });
             let f = frame(ApiKey::Fetch, version, &resp);
-            let out = raise_throttle_time(ApiKey::Fetch, version, &f, 900)
-                .unwrap()
-                .unwrap();
+            let out = raised(ApiKey::Fetch, version, &f, 900).unwrap().unwrap();
             let back: FetchResponse = decode_response(ApiKey::Fetch, version, &out).unwrap();
             assert_eq!(
                 (back.throttle_time_ms, back.session_id),
                 (900, if version >= 7 { 3 } else { 0 }),
                 "v{version}"
             );
-            assert!(raise_throttle_time(ApiKey::Fetch, version, &f, 5)
-                .unwrap()
-                .is_none());
+            assert!(raised(ApiKey::Fetch, version, &f, 5).unwrap().is_none());
         }
     }
 

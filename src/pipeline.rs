@@ -8,8 +8,13 @@
 //! leave in request order.
 //!
 //! A filter either leaves a message alone (its bytes travel untouched),
-//! changes it (decode, edit, encode), or answers it locally. Only the APIs
-//! a filter names are ever decoded.
+//! changes it, or answers it locally. Only the APIs a filter names are ever
+//! decoded, and a response at most once however many filters read it: it
+//! travels up as a [`ResponseFrame`](crate::message::ResponseFrame), which
+//! keeps the decoded message for the next filter and encodes it again once,
+//! only if one changed it (Produce v10+ is read by dedup, the broker
+//! addresses and, when throttled, the quota; Fetch v16+ and Metadata by the
+//! fetch dedup and the broker addresses).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};

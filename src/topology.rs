@@ -13,13 +13,12 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use kafka_protocol::messages::{ApiKey, MetadataResponse};
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::watch;
 
 use crate::error::Error;
-use crate::message::Response;
+use crate::message::ResponseFrame;
 use crate::store::{NodeRecord, Store};
 
 /// Topic ids remembered at most (a cluster with more topics than this has
@@ -148,12 +147,12 @@ impl Topology {
     }
 
     /// Remembers the topic ids a Metadata response names (v10+).
-    pub fn learn_names(&self, version: i16, frame: &Bytes) {
+    pub fn learn_names(&self, version: i16, frame: &mut ResponseFrame) {
         if version < 10 {
             return;
         }
-        if let Ok(resp) = Response::<MetadataResponse>::decode(ApiKey::Metadata, version, frame) {
-            self.learn_names_from(&resp.msg);
+        if let Ok(resp) = frame.message::<MetadataResponse>(ApiKey::Metadata, version) {
+            self.learn_names_from(resp);
         }
     }
 

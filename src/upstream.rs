@@ -41,7 +41,7 @@ use crate::codec::{FrameCodec, FrameReader};
 use crate::config::Upstream;
 use crate::error::Error;
 use crate::limits::{Charge, MemoryBudget};
-use crate::message::{decode_response, encode_request};
+use crate::message::{decode_response, encode_request, ResponseFrame};
 use crate::telemetry::Metrics;
 use crate::tls::{UpstreamTlsConnector, UpstreamTlsStream};
 use crate::topology::Topology;
@@ -385,7 +385,9 @@ pub fn resolve(host_port: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
 /// A response and the memory charged for it (its connection's budget, the
 /// overall one), given back once it is written to the client.
 pub struct Reply {
-    pub bytes: Bytes,
+    /// Its frame body (correlation id the client's), decoded at most once
+    /// however many filters read it.
+    pub frame: ResponseFrame,
     _held: (Charge, Charge),
 }
 
@@ -393,7 +395,7 @@ impl Reply {
     /// Made by the proxy itself: small, charged nowhere.
     pub fn local(bytes: Bytes) -> Reply {
         Reply {
-            bytes,
+            frame: ResponseFrame::new(bytes),
             _held: (Charge::none(), Charge::none()),
         }
     }
@@ -699,7 +701,7 @@ pub async fn read_responses<UR: AsyncRead + Unpin>(
         metrics.upstream_latency(api, awaited.sent_at.elapsed());
         // The client may be gone; nothing more to do then.
         let _ = awaited.reply.send(Reply {
-            bytes: frame.freeze(),
+            frame: ResponseFrame::new(frame.freeze()),
             _held: held,
         });
     }

@@ -117,7 +117,8 @@ impl<'a> Filter<'a> for ApiVersions<'a> {
         }
         let version = ex.head.api_version;
         on_response(next(ex), move |mut reply| async move {
-            reply.bytes = cut_ranges(advertised, version, &reply.bytes)?;
+            let cut = cut_ranges(advertised, version, reply.frame.bytes()?)?;
+            reply.frame.set_bytes(cut);
             Ok(reply)
         })
     }

@@ -12,13 +12,13 @@ use kafka_protocol::messages::{
     ApiKey, DescribeClusterResponse, FetchResponse, FindCoordinatorResponse, MetadataResponse,
     ProduceResponse, ShareAcknowledgeResponse, ShareFetchResponse,
 };
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{on_response, Call, Exchange, Filter};
 use crate::error::Error;
-use crate::message::Response;
+use crate::message::{Bounded, ResponseFrame};
 use crate::telemetry::Metrics;
 use crate::topology::Topology;
 
@@ -70,90 +70,111 @@ impl Rewriter<'_> {
         version: i16,
         frame: &Bytes,
     ) -> Result<Option<Bytes>, Error> {
+        let mut frame = ResponseFrame::new(frame.clone());
+        self.rewrite_in(api, version, &mut frame)?;
+        frame.into_changed()
+    }
+
+    /// Rewrites the addresses of a response on its way up the stack; its
+    /// message is decoded (once, shared with the other filters) only for
+    /// the APIs that carry addresses.
+    pub fn rewrite_in(
+        &self,
+        api: ApiKey,
+        version: i16,
+        frame: &mut ResponseFrame,
+    ) -> Result<(), Error> {
         match api {
             ApiKey::Metadata => {
-                let mut resp: Response<MetadataResponse> = Response::decode(api, version, frame)?;
-                for b in &mut resp.msg.brokers {
+                let resp = frame.message_mut::<MetadataResponse>(api, version)?;
+                for b in &mut resp.brokers {
                     self.map(b.node_id.0, &mut b.host, &mut b.port)?;
                 }
-                resp.encode().map(Some)
             }
             ApiKey::FindCoordinator => {
-                let mut resp: Response<FindCoordinatorResponse> =
-                    Response::decode(api, version, frame)?;
-                let mut changed = false;
+                let resp = frame.message::<FindCoordinatorResponse>(api, version)?;
                 // v0-3: one coordinator; on error node_id is -1 and host empty.
-                if version < 4 && resp.msg.node_id.0 >= 0 {
-                    self.map(resp.msg.node_id.0, &mut resp.msg.host, &mut resp.msg.port)?;
-                    changed = true;
+                let one = version < 4 && resp.node_id.0 >= 0;
+                if !one && resp.coordinators.iter().all(|c| c.node_id.0 < 0) {
+                    return Ok(());
                 }
-                for c in &mut resp.msg.coordinators {
+                let resp = frame.message_mut::<FindCoordinatorResponse>(api, version)?;
+                if one {
+                    self.map(resp.node_id.0, &mut resp.host, &mut resp.port)?;
+                }
+                for c in &mut resp.coordinators {
                     if c.node_id.0 >= 0 {
                         self.map(c.node_id.0, &mut c.host, &mut c.port)?;
-                        changed = true;
                     }
-                }
-                if changed {
-                    resp.encode().map(Some)
-                } else {
-                    Ok(None)
                 }
             }
             ApiKey::DescribeCluster => {
-                let mut resp: Response<DescribeClusterResponse> =
-                    Response::decode(api, version, frame)?;
-                for b in &mut resp.msg.brokers {
+                let resp = frame.message_mut::<DescribeClusterResponse>(api, version)?;
+                for b in &mut resp.brokers {
                     self.map(b.broker_id.0, &mut b.host, &mut b.port)?;
                 }
-                resp.encode().map(Some)
             }
             // KIP-951: endpoints only come with NOT_LEADER_OR_FOLLOWER and
             // friends, so most Produce/Fetch responses decode, find none, and
             // leave as the bytes they came in.
-            ApiKey::Produce if version >= 10 => {
-                let mut resp: Response<ProduceResponse> = Response::decode(api, version, frame)?;
-                if resp.msg.node_endpoints.is_empty() {
-                    return Ok(None);
-                }
-                for e in &mut resp.msg.node_endpoints {
-                    self.map(e.node_id.0, &mut e.host, &mut e.port)?;
-                }
-                resp.encode().map(Some)
-            }
-            ApiKey::Fetch if version >= 16 => {
-                let mut resp: Response<FetchResponse> = Response::decode(api, version, frame)?;
-                if resp.msg.node_endpoints.is_empty() {
-                    return Ok(None);
-                }
-                for e in &mut resp.msg.node_endpoints {
-                    self.map(e.node_id.0, &mut e.host, &mut e.port)?;
-                }
-                resp.encode().map(Some)
-            }
+            ApiKey::Produce if version >= 10 => self.endpoints::<ProduceResponse, _>(
+                frame,
+                api,
+                version,
+                |m| &mut m.node_endpoints,
+                |e| (e.node_id.0, &mut e.host, &mut e.port),
+            )?,
+            ApiKey::Fetch if version >= 16 => self.endpoints::<FetchResponse, _>(
+                frame,
+                api,
+                version,
+                |m| &mut m.node_endpoints,
+                |e| (e.node_id.0, &mut e.host, &mut e.port),
+            )?,
             // KIP-932: share consumers follow these like KIP-951 endpoints.
-            ApiKey::ShareFetch => {
-                let mut resp: Response<ShareFetchResponse> = Response::decode(api, version, frame)?;
-                if resp.msg.node_endpoints.is_empty() {
-                    return Ok(None);
-                }
-                for e in &mut resp.msg.node_endpoints {
-                    self.map(e.node_id.0, &mut e.host, &mut e.port)?;
-                }
-                resp.encode().map(Some)
-            }
-            ApiKey::ShareAcknowledge => {
-                let mut resp: Response<ShareAcknowledgeResponse> =
-                    Response::decode(api, version, frame)?;
-                if resp.msg.node_endpoints.is_empty() {
-                    return Ok(None);
-                }
-                for e in &mut resp.msg.node_endpoints {
-                    self.map(e.node_id.0, &mut e.host, &mut e.port)?;
-                }
-                resp.encode().map(Some)
-            }
-            _ => Ok(None),
+            ApiKey::ShareFetch => self.endpoints::<ShareFetchResponse, _>(
+                frame,
+                api,
+                version,
+                |m| &mut m.node_endpoints,
+                |e| (e.node_id.0, &mut e.host, &mut e.port),
+            )?,
+            ApiKey::ShareAcknowledge => self.endpoints::<ShareAcknowledgeResponse, _>(
+                frame,
+                api,
+                version,
+                |m| &mut m.node_endpoints,
+                |e| (e.node_id.0, &mut e.host, &mut e.port),
+            )?,
+            _ => {}
         }
+        Ok(())
+    }
+}
+
+impl Rewriter<'_> {
+    /// A response's KIP-951 / KIP-932 leader endpoints: the message changes
+    /// only when it carries some.
+    fn endpoints<T, E>(
+        &self,
+        frame: &mut ResponseFrame,
+        api: ApiKey,
+        version: i16,
+        list: fn(&mut T) -> &mut Vec<E>,
+        address: fn(&mut E) -> (i32, &mut StrBytes, &mut i32),
+    ) -> Result<(), Error>
+    where
+        T: Decodable + Encodable + Bounded + Send + 'static,
+    {
+        let mut resp = frame.take_response::<T>(api, version)?;
+        let endpoints = list(&mut resp.msg);
+        let changed = !endpoints.is_empty();
+        for e in endpoints {
+            let (node_id, host, port) = address(e);
+            self.map(node_id, host, port)?;
+        }
+        frame.put_response(resp, changed);
+        Ok(())
     }
 }
 
@@ -203,9 +224,7 @@ impl<'a> Filter<'a> for BrokerAddresses<'a> {
                 topology,
                 advertised_host,
             };
-            if let Some(changed) = rewriter.rewrite(api, version, &reply.bytes)? {
-                reply.bytes = changed;
-            }
+            rewriter.rewrite_in(api, version, &mut reply.frame)?;
             Ok(reply)
         })
     }
@@ -234,8 +253,8 @@ impl<'a> Filter<'a> for LeakCheck<'a> {
         let Some((topology, metrics)) = self.on else {
             return call;
         };
-        on_response(call, move |reply| async move {
-            if carries_upstream_address(&reply.bytes, &topology.upstream_addresses()) {
+        on_response(call, move |mut reply| async move {
+            if carries_upstream_address(reply.frame.bytes()?, &topology.upstream_addresses()) {
                 metrics.address_leaks.fetch_add(1, Relaxed);
                 tracing::error!(api_key = ?api, api_version = version, "response carries an upstream broker address");
             }
@@ -375,5 +394,20 @@ pub(crate) mod tests {
         assert!(!carries_upstream_address(&out, &upstream()));
         assert!(!Rewriter::applies(ApiKey::Produce, 9));
         assert!(Rewriter::applies(ApiKey::Fetch, 16));
+
+        // Under the dedup filter, which read the same response first: one
+        // decode for both, one encode.
+        let mut shared = ResponseFrame::new(frame);
+        let before = crate::message::decodes();
+        shared
+            .message::<ProduceResponse>(ApiKey::Produce, 11)
+            .unwrap();
+        r.rewrite_in(ApiKey::Produce, 11, &mut shared).unwrap();
+        let m = shared
+            .message::<ProduceResponse>(ApiKey::Produce, 11)
+            .unwrap();
+        assert_eq!(m.node_endpoints[0].host, host);
+        assert_eq!(crate::message::decodes() - before, 1);
+        assert_eq!(shared.into_bytes().unwrap(), out);
     }
 }

@@ -63,7 +63,7 @@ use crate::idempotency::key::{Derived, Deriver, KeyBuildHasher};
 use crate::idempotency::window::{SegmentPositions, Window};
 use crate::idempotency::Key;
 use crate::identity::Identity;
-use crate::message::{self, Response};
+use crate::message::{self, ResponseFrame};
 use crate::records::{self, Action, BatchItem, Batches, DecodedBatch, SpliceMode, Spliced};
 use crate::telemetry::{FailOpen, Metrics, TopicCounts};
 use crate::topology::Topology;
@@ -143,17 +143,18 @@ impl FetchDedup {
         &self,
         plan: &FetchPlan,
         version: i16,
-        frame: &Bytes,
-    ) -> Result<Option<Bytes>, Error> {
-        let mut resp = match Response::<FetchResponse>::decode(ApiKey::Fetch, version, frame) {
+        frame: &mut ResponseFrame,
+    ) -> Result<(), Error> {
+        let mut resp = match frame.take_response::<FetchResponse>(ApiKey::Fetch, version) {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(error = %e, "Fetch response did not decode: forwarded as it came");
-                return Ok(None);
+                return Ok(());
             }
         };
         if resp.msg.error_code != 0 {
-            return Ok(None);
+            frame.put_response(resp, false);
+            return Ok(());
         }
         let mut pass = Pass::default();
         let mut changed = false;
@@ -224,7 +225,8 @@ impl FetchDedup {
                 .add_fetch(&plan.label, &name, pass.counts);
         }
         if !changed {
-            return Ok(None);
+            frame.put_response(resp, false);
+            return Ok(());
         }
         // A drop rests on a first position: it must outlive a crash.
         if let Some(segment) = pass.rests_on {
@@ -233,10 +235,12 @@ impl FetchDedup {
                 self.metrics
                     .dedup
                     .fail_open(FailOpen::StoreError, pass.counts.dropped);
-                return Ok(None);
+                // The frame keeps the bytes it came with.
+                return Ok(());
             }
         }
-        resp.encode().map(Some)
+        frame.put_response(resp, true);
+        Ok(())
     }
 
     /// What a Fetch's response needs; `None` when no fetch rule could apply
@@ -557,8 +561,8 @@ impl<'a> Filter<'a> for DedupFetch<'a> {
         match ex.head.api_key {
             ApiKey::Metadata => {
                 let topology = self.topology;
-                on_response(next(ex), move |reply| async move {
-                    topology.learn_names(version, &reply.bytes);
+                on_response(next(ex), move |mut reply| async move {
+                    topology.learn_names(version, &mut reply.frame);
                     Ok(reply)
                 })
             }
@@ -583,11 +587,7 @@ impl<'a> Filter<'a> for DedupFetch<'a> {
                         return Ok(pending);
                     };
                     Ok(pending.then(move |mut reply| async move {
-                        if let Some(changed) =
-                            dedup.on_response(&plan, version, &reply.bytes).await?
-                        {
-                            reply.bytes = changed;
-                        }
+                        dedup.on_response(&plan, version, &mut reply.frame).await?;
                         Ok(reply)
                     }))
                 })

@@ -55,7 +55,7 @@ use crate::idempotency::transactions::{Transactions, TxnPart};
 use crate::idempotency::window::{Check, Claim, Producer, Window, NO_PRODUCER};
 use crate::idempotency::Key;
 use crate::identity::Identity;
-use crate::message::{self, Response};
+use crate::message::{self, ResponseFrame};
 use crate::records::{
     self, Action, BatchItem, Batches, DecodedBatch, HeaderRef, RawBatch, RecordsError, SpliceMode,
     Spliced,
@@ -1179,20 +1179,18 @@ impl ProduceDedup {
         &self,
         plan: &mut ProducePlan,
         version: i16,
-        frame: &Bytes,
-    ) -> Result<Option<Bytes>, Error> {
-        let mut resp: Response<ProduceResponse> =
-            match Response::decode(ApiKey::Produce, version, frame) {
-                Ok(r) => r,
-                // Keys are released when the plan goes; a response we can't
-                // read while owing answered partitions can't be completed.
-                Err(e) if plan.needs_response_rewrite() => return Err(e),
-                Err(_) => return Ok(None),
-            };
+        frame: &mut ResponseFrame,
+    ) -> Result<(), Error> {
+        let resp = match frame.message::<ProduceResponse>(ApiKey::Produce, version) {
+            Ok(r) => r,
+            // Keys are released when the plan goes; a response we can't
+            // read while owing answered partitions can't be completed.
+            Err(e) if plan.needs_response_rewrite() => return Err(e),
+            Err(_) => return Ok(()),
+        };
         if plan.acks == -1 {
             for part in &plan.transactional {
                 let acked = resp
-                    .msg
                     .responses
                     .iter()
                     .filter(|t| t.name.0.as_str() == part.topic)
@@ -1203,7 +1201,7 @@ impl ProduceDedup {
                 }
             }
             for topic in &plan.topics {
-                let Some(t) = resp.msg.responses.iter().find(|t| t.name.0 == topic.name) else {
+                let Some(t) = resp.responses.iter().find(|t| t.name.0 == topic.name) else {
                     continue;
                 };
                 for p in &topic.partitions {
@@ -1246,12 +1244,11 @@ impl ProduceDedup {
                 }
             }
         }
-        if !plan.needs_response_rewrite() {
-            return Ok(None);
+        if plan.needs_response_rewrite() {
+            let msg = frame.message_mut::<ProduceResponse>(ApiKey::Produce, version)?;
+            *msg = merge(plan, std::mem::take(msg));
         }
-        let msg = std::mem::take(&mut resp.msg);
-        resp.msg = merge(plan, msg);
-        resp.encode().map(Some)
+        Ok(())
     }
 }
 
@@ -1430,9 +1427,7 @@ impl<'a> Filter<'a> for DedupProduce<'a> {
                 let version = ex.head.api_version;
                 let mut plan = Box::new(plan);
                 Ok(next(ex).await?.then(move |mut reply| async move {
-                    if let Some(changed) = dedup.on_response(&mut plan, version, &reply.bytes)? {
-                        reply.bytes = changed;
-                    }
+                    dedup.on_response(&mut plan, version, &mut reply.frame)?;
                     Ok(reply)
                 }))
             }),
@@ -1448,12 +1443,11 @@ impl<'a> Filter<'a> for DedupProduce<'a> {
                         conn: state.lock().await.id(),
                         v2: version >= 5,
                     };
-                    Ok(next(ex).await?.then(move |reply| async move {
-                        match message::decode_response::<EndTxnResponse>(
-                            ApiKey::EndTxn,
-                            version,
-                            &reply.bytes,
-                        ) {
+                    Ok(next(ex).await?.then(move |mut reply| async move {
+                        let answer = reply
+                            .frame
+                            .message::<EndTxnResponse>(ApiKey::EndTxn, version);
+                        match answer {
                             Ok(r) if r.error_code == 0 => dedup.transaction_ended(
                                 end.producer,
                                 end.committed,
@@ -1619,23 +1613,20 @@ mod tests {
             Outcome::Unchanged(plan) => {
                 let out = forwarded(&head, &f);
                 if let Some(mut plan) = plan {
-                    b.dedup
-                        .on_response(&mut plan, VERSION, &ack(offset))
-                        .unwrap();
+                    let mut reply = ResponseFrame::new(ack(offset));
+                    b.dedup.on_response(&mut plan, VERSION, &mut reply).unwrap();
                 }
                 Some(out)
             }
             Outcome::Rewritten(new, mut plan) => {
                 let head = RequestHead::peek(&new).unwrap();
                 let out = forwarded(&head, &new);
-                let resp = b
-                    .dedup
-                    .on_response(&mut plan, VERSION, &ack(offset))
-                    .unwrap();
+                let mut reply = ResponseFrame::new(ack(offset));
+                b.dedup.on_response(&mut plan, VERSION, &mut reply).unwrap();
                 let resp: ProduceResponse = message::decode_response(
                     ApiKey::Produce,
                     VERSION,
-                    &resp.unwrap_or_else(|| ack(offset)),
+                    &reply.into_bytes().unwrap(),
                 )
                 .unwrap();
                 let base = resp.responses[0].partition_responses[0].base_offset;
@@ -2038,7 +2029,8 @@ mod tests {
             Err(code) => answer(-1, code),
         };
         if let Some(mut plan) = plan {
-            dedup.on_response(&mut plan, VERSION, &reply).unwrap();
+            let mut reply = ResponseFrame::new(reply);
+            dedup.on_response(&mut plan, VERSION, &mut reply).unwrap();
         }
         Some(result.map(drop))
     }

@@ -258,16 +258,15 @@ impl<'a> Filter<'a> for Quota<'a> {
             Ok(pending.then(move |mut reply| async move {
                 let mut throttle = throttle;
                 if api == ApiKey::Fetch {
-                    let owed = entity.charge(Kind::Fetch, (reply.bytes.len() + 4) as u64);
+                    let owed = entity.charge(Kind::Fetch, (reply.frame.bytes()?.len() + 4) as u64);
                     throttle = throttle.max(gate.throttle(&entity, owed));
                 }
                 if !throttle.is_zero() {
                     let ms = i32::try_from(throttle.as_millis()).unwrap_or(i32::MAX);
-                    match message::raise_throttle_time(api, version, &reply.bytes, ms) {
-                        Ok(Some(changed)) => reply.bytes = changed,
-                        Ok(None) => {}
+                    if let Err(e) = message::raise_throttle_time(api, version, &mut reply.frame, ms)
+                    {
                         // The client is muted all the same; only the hint is lost.
-                        Err(e) => tracing::debug!(error = %e, "throttle_time_ms not rewritten"),
+                        tracing::debug!(error = %e, "throttle_time_ms not rewritten");
                     }
                 }
                 Ok(reply)

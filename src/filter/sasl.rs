@@ -153,8 +153,8 @@ impl<'a> Filter<'a> for Sasl<'a> {
         let Some(principal) = authenticates else {
             return call;
         };
-        on_response(call, move |reply| async move {
-            if accepted(version, &reply.bytes) {
+        on_response(call, move |mut reply| async move {
+            if accepted(version, reply.frame.bytes()?) {
                 binding.bind(principal);
             }
             Ok(reply)

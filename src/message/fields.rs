@@ -4,10 +4,10 @@
 //! (acks=0 has no response). They are read straight from the bytes, so a
 //! 1 MiB Produce is never decoded just to learn its acks.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use kafka_protocol::messages::ApiKey;
 
-use super::{codec_error, response_body_offset, Response};
+use super::{codec_error, response_body_offset, ResponseFrame};
 use crate::error::Error;
 
 /// Reads a nullable string (classic or compact) and returns the offset after it.
@@ -99,36 +99,43 @@ pub fn cap_fetch_max_bytes(
 
 /// Produce and Fetch responses: `throttle_time_ms` raised to `ms` if the
 /// broker's is lower (KIP-219: the client sees the larger of the two). Fetch
-/// v1+ has it first; Produce v1-8 last; flexible Produce (v9+) has tagged
-/// fields after it, so it is decoded and encoded again. `None`: left as is.
+/// v1+ has it first; Produce v1-8 last: patched in place. Flexible Produce
+/// (v9+) has tagged fields after it, so its message is changed (decoded
+/// once, with the other filters that read it). Left as is otherwise.
 pub fn raise_throttle_time(
     api: ApiKey,
     version: i16,
-    frame: &Bytes,
+    frame: &mut ResponseFrame,
     ms: i32,
-) -> Result<Option<Bytes>, Error> {
+) -> Result<(), Error> {
     use kafka_protocol::messages::ProduceResponse;
+    let bytes = frame.bytes()?;
     let at = match (api, version) {
-        (ApiKey::Fetch, v) if v >= 1 => response_body_offset(api, version, frame),
-        (ApiKey::Produce, 1..=8) => frame.len().checked_sub(4),
+        (ApiKey::Fetch, v) if v >= 1 => response_body_offset(api, version, bytes),
+        (ApiKey::Produce, 1..=8) => bytes.len().checked_sub(4),
         (ApiKey::Produce, v) if v >= 9 => {
-            let mut resp: Response<ProduceResponse> = Response::decode(api, version, frame)?;
-            if resp.msg.throttle_time_ms >= ms {
-                return Ok(None);
+            if frame
+                .message::<ProduceResponse>(api, version)?
+                .throttle_time_ms
+                < ms
+            {
+                frame
+                    .message_mut::<ProduceResponse>(api, version)?
+                    .throttle_time_ms = ms;
             }
-            resp.msg.throttle_time_ms = ms;
-            return resp.encode().map(Some);
+            return Ok(());
         }
         _ => None,
     };
-    let Some(at) = at else { return Ok(None) };
-    match read_i32(frame, at) {
+    let Some(at) = at else { return Ok(()) };
+    match read_i32(bytes, at) {
         Some(broker) if broker < ms => {
-            let mut out = BytesMut::from(&frame[..]);
+            let mut out = BytesMut::from(&bytes[..]);
             out[at..at + 4].copy_from_slice(&ms.to_be_bytes());
-            Ok(Some(out.freeze()))
+            frame.set_bytes(out.freeze());
+            Ok(())
         }
-        Some(_) => Ok(None),
+        Some(_) => Ok(()),
         None => Err(codec_error(
             api,
             version,
