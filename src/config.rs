@@ -1358,7 +1358,7 @@ mod tests {
         assert_eq!(c.dedup.store_cache, 64 << 20);
         let c = Config::parse("[dedup]\nstore_cache = 8388608\n").unwrap();
         assert_eq!(c.dedup.store_cache, 8 << 20);
-        for bad in ["\"512KiB\"", "\"1TB\"", "-1", "true"] {
+        for bad in ["\"512KiB\"", "\"1QB\"", "-1", "true"] {
             let err = Config::parse(&format!("[dedup]\nstore_cache = {bad}\n")).unwrap_err();
             let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
             assert_eq!(paths, ["dedup.store_cache"], "{bad}: {err}");

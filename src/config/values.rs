@@ -4,31 +4,12 @@
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"2d"`.
+/// Parses a duration the way humantime does: `"250ms"`, `"30s"`, `"5m"`,
+/// `"1h"`, `"2d"`, or several parts such as `"1h 30m"`. A bare number has
+/// no unit and is refused.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{text:?} has no unit (ms, s, m, h, d)"))?;
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
-    let ms = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "{text:?} has an unknown unit {unit:?} (ms, s, m, h, d)"
-            ))
-        }
-    };
-    n.checked_mul(ms)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{text:?} is too long"))
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?}: {e} (e.g. \"250ms\", \"30s\", \"5m\", \"1h\", \"2d\")"))
 }
 
 pub(crate) fn valid_host_port(s: &str) -> bool {
@@ -58,26 +39,15 @@ pub(crate) fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
     Ok(a..=b)
 }
 
+/// Parses a size the way the bytesize crate does: a number of bytes, or
+/// one with a binary (`"64KiB"`, `"1MiB"`, `"1GiB"`) or decimal (`"1MB"`)
+/// unit.
 pub(crate) fn parse_byte_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(split);
-    let n: usize = number
+    let size: bytesize::ByteSize = s
+        .trim()
         .parse()
-        .map_err(|_| format!("{s:?} does not start with a whole number"))?;
-    let mult: usize = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        other => {
-            return Err(format!(
-                "{s:?} has an unknown unit {other:?} (B, KiB, MiB, GiB)"
-            ))
-        }
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))
+        .map_err(|e| format!("{s:?}: {e} (e.g. \"512\", \"64KiB\", \"1MiB\")"))?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("{s:?} is too large"))
 }
 
 #[cfg(test)]
@@ -89,10 +59,16 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert!(parse_duration("1").is_err());
-        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("1q").is_err());
         assert!(parse_duration("-1s").is_err());
         assert_eq!(parse_byte_size("1MiB").unwrap(), 1 << 20);
         assert_eq!(parse_byte_size("512").unwrap(), 512);
-        assert!(parse_byte_size("1TB").is_err());
+        assert_eq!(parse_byte_size("64 KiB").unwrap(), 64 << 10);
+        assert_eq!(parse_byte_size("1MB").unwrap(), 1_000_000);
+        assert!(parse_byte_size("1QB").is_err());
+        assert!(parse_byte_size("-1").is_err());
+        assert!(parse_byte_size("").is_err());
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("").is_err());
     }
 }
