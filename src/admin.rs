@@ -52,7 +52,7 @@ const MAX_REQUEST_BODY: usize = 256 * 1024;
 /// A connection (TLS handshake, request and response) ends after this.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let app = router(shared.clone());
     loop {
         let (stream, peer) = match listener.accept().await {

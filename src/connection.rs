@@ -54,7 +54,7 @@ use crate::upstream::{
 
 /// Which listener a client came in on.
 #[derive(Debug, Clone, Copy)]
-pub enum Target {
+pub(crate) enum Target {
     /// The bootstrap listener: any upstream bootstrap broker will do.
     Bootstrap,
     /// A broker listener: this node and no other.
@@ -70,7 +70,7 @@ struct Slot<'a> {
 
 /// Serves one client until it leaves, fails, or the proxy shuts down. Logs
 /// one line on the way out if it ended with an error.
-pub async fn serve(
+pub(crate) async fn serve(
     shared: Arc<Shared>,
     client: TcpStream,
     peer: SocketAddr,

@@ -76,28 +76,33 @@
 //!   answers an ApiVersions version it does not know with a v0
 //!   UNSUPPORTED_VERSION response listing its ranges (KIP-511).
 
-pub mod admin;
+#![warn(unreachable_pub)]
+
+// Modules are private to the crate unless `main.rs`, `benches/`,
+// `proto-tests/` or `fuzz/` reach them; inside a private one, items are
+// `pub(crate)` (the crate-wide `unreachable_pub` lint holds it so).
+mod admin;
 pub mod admin_client;
 pub mod codec;
 pub mod config;
-pub mod connection;
+mod connection;
 pub mod error;
 pub mod filter;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod idempotency;
 pub mod identity;
-pub mod limits;
+mod limits;
 pub mod message;
-pub mod pipeline;
-pub mod quota;
+mod pipeline;
+mod quota;
 pub mod records;
 pub mod server;
 pub mod shared;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
-pub mod topic_config;
+mod topic_config;
 pub mod topology;
 mod upkeep;
-pub mod upstream;
+mod upstream;

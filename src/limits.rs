@@ -159,14 +159,14 @@ impl Drop for Charge {
 /// `limit`: a client that stopped reading its responses would otherwise hold
 /// its connection's buffered responses (and their share of the budget)
 /// forever. Any progress restarts the clock.
-pub struct StallGuard<W> {
+pub(crate) struct StallGuard<W> {
     inner: W,
     limit: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl<W> StallGuard<W> {
-    pub fn new(inner: W, limit: Duration) -> StallGuard<W> {
+    pub(crate) fn new(inner: W, limit: Duration) -> StallGuard<W> {
         StallGuard {
             inner,
             limit,
@@ -242,7 +242,7 @@ impl ConnectionLimit {
 }
 
 /// A connection's place under the limits; given back when it is dropped.
-pub struct Admission {
+pub(crate) struct Admission {
     pub(crate) _permit: OwnedSemaphorePermit,
     pub(crate) ip: IpAddr,
     pub(crate) per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,

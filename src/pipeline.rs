@@ -34,7 +34,7 @@ use crate::filter::identity::Identify;
 use crate::filter::quota::{Gate, Quota};
 use crate::filter::request_waits::RequestWaits;
 use crate::filter::sasl::{Binding, Sasl};
-pub use crate::filter::state::ConnState;
+pub(crate) use crate::filter::state::ConnState;
 use crate::filter::{Call, Exchange, Filter as _, Filtered, Named, Pending};
 use crate::telemetry::Metrics;
 use crate::topology::Topology;
@@ -111,7 +111,7 @@ impl Pipeline {
 
 /// The filter stack of one connection, outermost first. Its type is what
 /// [`stack`] builds, so the names it gives ([`Named`]) are the stack's.
-pub type Stack<'a, W> = Filtered<
+pub(crate) type Stack<'a, W> = Filtered<
     Quota<'a>,
     Filtered<
         Sasl<'a>,
@@ -135,7 +135,7 @@ pub type Stack<'a, W> = Filtered<
 >;
 
 /// Stacks one connection's filters over its upstream exchange.
-pub fn stack<'a, W: AsyncWrite + Unpin + Send>(
+pub(crate) fn stack<'a, W: AsyncWrite + Unpin + Send>(
     quota: &'a Gate<'a>,
     sasl: &'a Binding<'a>,
     filters: &'a Pipeline,
@@ -157,7 +157,7 @@ pub fn stack<'a, W: AsyncWrite + Unpin + Send>(
 
 /// A connection's stack as its read loop sees it: waits until the stack is
 /// ready, then calls it.
-pub trait Exchanges<'a>: Send {
+pub(crate) trait Exchanges<'a>: Send {
     fn exchange(&mut self, ex: Exchange) -> BoxFuture<'_, Result<Pending<'a>, Error>>;
 }
 
@@ -172,7 +172,8 @@ where
 }
 
 /// The layers in order, as [`stack`] builds them.
-pub fn layer_names() -> Vec<&'static str> {
+#[cfg(test)]
+fn layer_names() -> Vec<&'static str> {
     let mut names = Vec::new();
     <Stack<'static, tokio::io::Sink> as Named>::names(&mut names);
     names
@@ -180,7 +181,7 @@ pub fn layer_names() -> Vec<&'static str> {
 
 /// The last hop: the request goes to the broker under the proxy's own
 /// correlation id (`upstream.rs`).
-pub struct Upstream<'a, W>(&'a Exchanger<W>);
+pub(crate) struct Upstream<'a, W>(&'a Exchanger<W>);
 
 impl<W> Clone for Upstream<'_, W> {
     fn clone(&self) -> Self {

@@ -86,7 +86,7 @@ pub struct Limit {
 }
 
 /// A limit per [`Kind`]; `None`: unlimited.
-pub type Limits = [Option<Limit>; 3];
+pub(crate) type Limits = [Option<Limit>; 3];
 
 /// Who a quota applies to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -594,7 +594,7 @@ fn matches(rule: &QuotaRule, key: &EntityKey) -> bool {
 }
 
 /// Each kind from the most specific matching rule that sets it.
-pub fn resolve(rules: &[QuotaRule], settings: &QuotaSettings, key: &EntityKey) -> Limits {
+pub(crate) fn resolve(rules: &[QuotaRule], settings: &QuotaSettings, key: &EntityKey) -> Limits {
     let mut best: [Option<((u8, u8), usize)>; 3] = [None; 3];
     for (i, rule) in rules.iter().enumerate() {
         if !matches(rule, key) {

@@ -28,7 +28,7 @@ use crate::tls::UpstreamTlsConnector;
 use crate::upstream::{describe_topics, DescribedTopic};
 
 /// How soon a topic the brokers would not describe is asked again.
-pub const RETRY_UNKNOWN: Duration = Duration::from_secs(10);
+pub(crate) const RETRY_UNKNOWN: Duration = Duration::from_secs(10);
 /// Topics remembered at once (least recently used go first).
 const CAPACITY: u64 = 100_000;
 

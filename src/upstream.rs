@@ -48,10 +48,10 @@ use crate::topology::Topology;
 
 /// The largest response frame accepted from a broker. Brokers are trusted,
 /// but a corrupt length must not make us allocate gigabytes.
-pub const MAX_RESPONSE_FRAME: usize = 1 << 30;
+pub(crate) const MAX_RESPONSE_FRAME: usize = 1 << 30;
 
 /// A broker connection, plaintext or TLS.
-pub enum UpstreamStream {
+pub(crate) enum UpstreamStream {
     Plain(TcpStream),
     Tls(Box<UpstreamTlsStream>),
 }
@@ -98,7 +98,7 @@ impl AsyncWrite for UpstreamStream {
 
 /// Connects to the first of `addrs` that answers, within `timeout` each
 /// (TCP connect and, with `tls`, the handshake).
-pub async fn connect(
+pub(crate) async fn connect(
     addrs: &[String],
     timeout: Duration,
     tls: Option<&UpstreamTlsConnector>,
@@ -153,7 +153,7 @@ pub async fn connect(
 
 /// What a successful probe learned.
 #[derive(Debug)]
-pub enum Probed {
+pub(crate) enum Probed {
     /// Metadata answered; its brokers are taught to the topology.
     Brokers(Box<MetadataResponse>),
     /// ApiVersions answered, then the connection closed on Metadata: a
@@ -163,7 +163,7 @@ pub enum Probed {
 
 /// Asks upstream for its brokers and teaches them to the topology; with
 /// `all_topics`, for every topic too (their ids, for fetch rules).
-pub async fn probe(
+pub(crate) async fn probe(
     upstream: &Upstream,
     tls: Option<&UpstreamTlsConnector>,
     topology: &Topology,
@@ -233,7 +233,7 @@ pub struct DescribedTopic {
 /// error (unknown, not authorised) is left out of the answer; a broker that
 /// closes the connection (a listener that wants authentication first) is an
 /// error.
-pub async fn describe_topics(
+pub(crate) async fn describe_topics(
     upstream: &Upstream,
     tls: Option<&UpstreamTlsConnector>,
     topics: &[&str],
@@ -368,7 +368,7 @@ where
 
 /// Resolves `host:port` now; used at connect time, not at load time, so that a
 /// broker whose DNS name changes is followed.
-pub fn resolve(host_port: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+pub(crate) fn resolve(host_port: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
     Ok(std::net::ToSocketAddrs::to_socket_addrs(host_port)?.collect())
 }
 
@@ -402,7 +402,7 @@ impl Reply {
 }
 
 /// A request sent upstream, in send order.
-pub struct InFlight {
+pub(crate) struct InFlight {
     upstream_correlation_id: i32,
     /// `None` for Produce with acks=0: Kafka never answers it (tansu does
     /// anyway, and that answer is dropped here, never shown to the client).
@@ -427,11 +427,11 @@ const MAX_UNANSWERED: usize = 4096;
 
 /// After this long without a frame, a connection's read buffer gives back
 /// what its largest frame made it grow to.
-pub const QUIET: Duration = Duration::from_secs(1);
+pub(crate) const QUIET: Duration = Duration::from_secs(1);
 
 /// The sending half of one client's broker connection: the innermost
 /// service of the filter stack (`pipeline.rs`).
-pub struct Exchanger<W> {
+pub(crate) struct Exchanger<W> {
     writer: tokio::sync::Mutex<Sending<W>>,
     /// The broker this connection talks to, for errors.
     addr: String,
@@ -452,7 +452,7 @@ struct Sending<W> {
 
 impl<W: AsyncWrite + Unpin + Send> Exchanger<W> {
     /// Sends over `upstream_w`; the entries go to [`read_responses`].
-    pub fn new(upstream_w: W, addr: String, in_flight: mpsc::Sender<InFlight>) -> Self {
+    pub(crate) fn new(upstream_w: W, addr: String, in_flight: mpsc::Sender<InFlight>) -> Self {
         Exchanger {
             writer: tokio::sync::Mutex::new(Sending {
                 out: BufWriter::with_capacity(64 * 1024, upstream_w),
@@ -467,7 +467,7 @@ impl<W: AsyncWrite + Unpin + Send> Exchanger<W> {
     /// Sends whatever waits in the writer: before a request is held (quota)
     /// or waits on keys an earlier request of this connection has in flight
     /// (dedup), that request must have left, not sit behind the wait.
-    pub async fn flush(&self) -> Result<(), Error> {
+    pub(crate) async fn flush(&self) -> Result<(), Error> {
         let mut w = self.writer.lock().await;
         if w.out.buffer().is_empty() {
             return Ok(());
@@ -478,7 +478,7 @@ impl<W: AsyncWrite + Unpin + Send> Exchanger<W> {
     /// The client sends no more: sends everything written so far, and lets
     /// the response reader end once every answer has come (the writer
     /// itself stays open until then).
-    pub async fn finish(&self) -> Result<(), Error> {
+    pub(crate) async fn finish(&self) -> Result<(), Error> {
         let mut w = self.writer.lock().await;
         w.in_flight = None;
         w.out.flush().await.map_err(|e| upstream_io(&self.addr, e))
@@ -488,7 +488,7 @@ impl<W: AsyncWrite + Unpin + Send> Exchanger<W> {
     /// its answer's receiver (`None` for acks=0). `more_follow`: another
     /// whole request is already buffered, so this one may wait in the writer
     /// (pipelined requests go out in one write).
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         head: &crate::codec::RequestHead,
         mut frame: bytes::BytesMut,
@@ -576,14 +576,17 @@ fn upstream_io(addr: &str, source: std::io::Error) -> Error {
 }
 
 /// Writes one length-prefixed frame.
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
+pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    body: &[u8],
+) -> std::io::Result<()> {
     let len = i32::try_from(body.len()).map_err(|_| std::io::Error::other("frame over 2 GiB"))?;
     w.write_all(&len.to_be_bytes()).await?;
     w.write_all(body).await
 }
 
 /// What the response reader of one connection needs beside its socket.
-pub struct Responses<'a> {
+pub(crate) struct Responses<'a> {
     /// The broker, for errors.
     pub addr: &'a str,
     /// This connection's budget for responses not yet written.
@@ -599,7 +602,7 @@ pub struct Responses<'a> {
 /// Reads upstream responses in order, checks each against the request it
 /// answers, gives it back the client's correlation id and hands it to its
 /// request's receiver.
-pub async fn read_responses<UR: AsyncRead + Unpin>(
+pub(crate) async fn read_responses<UR: AsyncRead + Unpin>(
     ctx: Responses<'_>,
     upstream_r: UR,
     mut in_flight: mpsc::Receiver<InFlight>,
@@ -741,7 +744,7 @@ const READ_BUFFER_KEPT: usize = 64 * 1024;
 /// Its capacity does not show the allocation it holds (a consumed frame's
 /// memory comes back to it on the next reserve), so a quiet buffer always
 /// moves to a fresh small one: at most once a second, at most 64 KiB copied.
-pub fn shrink_read_buffer(buf: &mut bytes::BytesMut) {
+pub(crate) fn shrink_read_buffer(buf: &mut bytes::BytesMut) {
     if buf.len() <= READ_BUFFER_KEPT {
         let mut small = bytes::BytesMut::with_capacity(8 * 1024);
         small.extend_from_slice(buf);

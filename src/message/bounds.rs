@@ -96,7 +96,7 @@ enum Ty {
 /// Why a message was refused, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("refused before decoding: {message} v{version}, {field} at byte {at} of the body: {why}")]
-pub struct Refused {
+pub(super) struct Refused {
     /// The message type, as kafka-protocol names it.
     pub message: &'static str,
     pub version: i16,
@@ -109,7 +109,7 @@ pub struct Refused {
 
 /// What was wrong with the field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Why {
+pub(super) enum Why {
     #[error("versions are {0}-{1}")]
     Version(i16, i16),
     #[error("runs past the end of the frame")]
@@ -132,7 +132,7 @@ pub enum Why {
 
 /// Checks a message body (after its header) against `schema`; returns where
 /// the message ends. Bytes after it are not judged.
-pub fn check(schema: &Schema, version: i16, body: &[u8]) -> Result<usize, Refused> {
+pub(super) fn check(schema: &Schema, version: i16, body: &[u8]) -> Result<usize, Refused> {
     walk(schema, version, body, None)
 }
 
