@@ -84,6 +84,18 @@ impl Rewriter<'_> {
         version: i16,
         frame: &mut ResponseFrame,
     ) -> Result<(), Error> {
+        // Each of these names its leader endpoints the same way.
+        macro_rules! endpoints {
+            ($message:ty) => {
+                self.endpoints::<$message, _>(
+                    frame,
+                    api,
+                    version,
+                    |m| &mut m.node_endpoints,
+                    |e| (e.node_id.0, &mut e.host, &mut e.port),
+                )?
+            };
+        }
         match api {
             ApiKey::Metadata => {
                 let resp = frame.message_mut::<MetadataResponse>(api, version)?;
@@ -117,35 +129,11 @@ impl Rewriter<'_> {
             // KIP-951: endpoints only come with NOT_LEADER_OR_FOLLOWER and
             // friends, so most Produce/Fetch responses decode, find none, and
             // leave as the bytes they came in.
-            ApiKey::Produce if version >= 10 => self.endpoints::<ProduceResponse, _>(
-                frame,
-                api,
-                version,
-                |m| &mut m.node_endpoints,
-                |e| (e.node_id.0, &mut e.host, &mut e.port),
-            )?,
-            ApiKey::Fetch if version >= 16 => self.endpoints::<FetchResponse, _>(
-                frame,
-                api,
-                version,
-                |m| &mut m.node_endpoints,
-                |e| (e.node_id.0, &mut e.host, &mut e.port),
-            )?,
+            ApiKey::Produce if version >= 10 => endpoints!(ProduceResponse),
+            ApiKey::Fetch if version >= 16 => endpoints!(FetchResponse),
             // KIP-932: share consumers follow these like KIP-951 endpoints.
-            ApiKey::ShareFetch => self.endpoints::<ShareFetchResponse, _>(
-                frame,
-                api,
-                version,
-                |m| &mut m.node_endpoints,
-                |e| (e.node_id.0, &mut e.host, &mut e.port),
-            )?,
-            ApiKey::ShareAcknowledge => self.endpoints::<ShareAcknowledgeResponse, _>(
-                frame,
-                api,
-                version,
-                |m| &mut m.node_endpoints,
-                |e| (e.node_id.0, &mut e.host, &mut e.port),
-            )?,
+            ApiKey::ShareFetch => endpoints!(ShareFetchResponse),
+            ApiKey::ShareAcknowledge => endpoints!(ShareAcknowledgeResponse),
             _ => {}
         }
         Ok(())
