@@ -316,25 +316,18 @@ impl Entity {
     /// Charges proxy time to a `request_percentage` bucket (a
     /// `requests_per_sec` one counts requests instead, in [`charge`]).
     pub fn charge_time(&self, spent: Duration) -> Duration {
-        if !self.is_limited(Kind::Requests) {
-            return Duration::ZERO;
-        }
-        let mut guard = self.limits.lock().expect("quota lock");
-        let (limits, buckets) = &mut *guard;
-        match (
-            &limits[Kind::Requests as usize],
-            &mut buckets[Kind::Requests as usize],
-        ) {
-            (Some(l), Some(b)) if l.time_based => {
-                b.charge(spent.as_micros() as f64, Instant::now())
-            }
-            _ => Duration::ZERO,
-        }
+        self.charge_requests(true, spent.as_micros() as f64)
     }
 
     /// One request: counted, and charged to a `requests_per_sec` bucket.
     pub fn charge_request(&self) -> Duration {
         self.counters.requests.fetch_add(1, Relaxed);
+        self.charge_requests(false, 1.0)
+    }
+
+    /// Charges the requests bucket if it counts `time_based` (microseconds
+    /// of proxy time) or not (requests).
+    fn charge_requests(&self, time_based: bool, amount: f64) -> Duration {
         if !self.is_limited(Kind::Requests) {
             return Duration::ZERO;
         }
@@ -344,7 +337,7 @@ impl Entity {
             &limits[Kind::Requests as usize],
             &mut buckets[Kind::Requests as usize],
         ) {
-            (Some(l), Some(b)) if !l.time_based => b.charge(1.0, Instant::now()),
+            (Some(l), Some(b)) if l.time_based == time_based => b.charge(amount, Instant::now()),
             _ => Duration::ZERO,
         }
     }
