@@ -40,8 +40,11 @@
 //!   → server.rs       listeners (bootstrap + one per broker), admission, drain
 //!   → connection.rs   one client: frames in → the stack → responses out, in order
 //!   → codec.rs        length-checked frames; api_key/version/correlation_id/client_id peeked
-//!   → pipeline.rs     the filter stack, in order (filter/: one file per filter)
+//!   → pipeline.rs     the filter stack, in order; filter/: one file per filter
+//!                     (mod.rs the Filter trait and its one Layer/Service;
+//!                     state.rs what a connection remembers between requests)
 //!   → message.rs      the only place messages are decoded, and only when a filter asks;
+//!                     a response at most once (ResponseFrame), encoded again only if changed;
 //!                     message/bounds.rs checks every length against the frame first;
 //!                     message/fields.rs reads and patches a few fields in place
 //!   → upstream.rs     broker connections: the exchange (correlation ids, in-flight
@@ -49,18 +52,33 @@
 //!                     DescribeConfigs lookups
 //! ```
 //!
-//! Beside the path: `shared.rs` (what connections and the admin API share,
+//! What the filters work with:
+//! - `idempotency/`: `key.rs` (what a record's key is), `window.rs` (which
+//!   keys the broker acknowledged, persistent), `sequences.rs` (idempotent
+//!   producers' sequence translation), `transactions.rs` (keys held until
+//!   their transaction commits), `connector_events.rs` (the connector
+//!   presets' event shapes);
+//! - `records.rs` and `records/` (the byte-level RecordBatch v2 splicer:
+//!   varints, codecs, batch headers, splice, builder);
+//! - `quota.rs` (quota state: entities, buckets, pause), `identity.rs`
+//!   (connector and task from a client id), `topology.rs` (node id ⇄ proxy
+//!   port, stable across restarts; topic id ⇄ name), `topic_config.rs`
+//!   (each covered topic's `cleanup.policy` and `max.message.bytes`, asked
+//!   of the brokers), `limits.rs` (connection limits, memory for in-flight
+//!   bytes, clients that stop reading).
+//!
+//! Around them: `shared.rs` (what connections and the admin API share,
 //! readiness, SIGHUP reload), `upkeep.rs` (the periodic loops: window sweep,
-//! store flush, quota sampling, TLS reload, Metadata probe), `limits.rs`
-//! (connection limits, memory for in-flight bytes, clients that stop
-//! reading), `topology.rs` (node id ⇄ proxy port, stable across
-//! restarts), `topic_config.rs` (each covered topic's `cleanup.policy` and
-//! `max.message.bytes`, asked of the brokers), `store.rs` (sled, the only persistent state), `records.rs` and
-//! `records/` (the byte-level RecordBatch v2 splicer the dedup filters use), `admin.rs`
-//! (`/healthz`, `/readyz`, `/metrics`; bodies in `admin/views.rs`),
+//! store flush, quota sampling, TLS reload, Metadata probe), `store.rs`
+//! (sled, the only persistent state), `tls.rs` (rustls for both sides),
+//! `admin.rs` (`/healthz`, `/readyz`, `/metrics`, the admin API on axum;
+//! bodies in `admin/views.rs`), `admin_client.rs` (`idemgate admin …`),
 //! `telemetry.rs` (logs; `telemetry/metrics.rs` the registry,
 //! `telemetry/dedup.rs` the dedup counters, `telemetry/prometheus.rs` the
-//! exposition), `config.rs` (every default, every problem with its key path).
+//! exposition through prometheus-client), `config.rs` and `config/`
+//! (defaults, the TOML walk with every problem's key path, values, rules),
+//! `error.rs`, and `fuzz.rs` (the fuzz targets' entry points, checked by
+//! `fuzz/tests.rs`).
 //!
 //! # Facts about Kafka this code relies on
 //!
