@@ -48,6 +48,7 @@ use crate::codec::{api_name, RequestHead};
 use crate::config::{Config, KeyStrategy, Mode, Rule};
 use crate::error::{Error, Side};
 use crate::filter::state::ConnState;
+pub use crate::filter::state::Session;
 use crate::filter::{Call, Exchange, Filter, Pending};
 use crate::idempotency::key::{Derived, Deriver, KeyBuildHasher};
 use crate::idempotency::sequences::{Point, Prior, SeqKey, Sequences, Turn};
@@ -77,29 +78,6 @@ pub struct ProduceDedup {
     /// Each topic's `max.message.bytes`; without it (benches), the broker's
     /// default.
     topic_configs: Option<Arc<crate::topic_config::TopicConfigs>>,
-}
-
-/// What one connection remembers.
-#[derive(Debug, Default)]
-pub struct Session {
-    started: bool,
-    /// Replays dropped on this connection so far.
-    dropped: u64,
-    /// The client reports every record of a partition answered with
-    /// base_offset -1 as -1 ("no offset"), rather than numbering -1, 0, 1.
-    reports_no_offset: bool,
-}
-
-impl Session {
-    /// The client's name from its ApiVersions request (KIP-511). Clients whose
-    /// delivery reports give -1 for every record of a partition answered with
-    /// base_offset -1: the Java client (`RecordMetadata`: "baseOffset == -1 ?
-    /// -1 : baseOffset + batchIndex"), franz-go and kafka-python. librdkafka
-    /// and aiokafka number -1, 0, 1, ...; kafkajs, aiokafka and older clients
-    /// send no name: all of them are treated as numbering from any base.
-    pub fn set_client_software(&mut self, name: &str) {
-        self.reports_no_offset = matches!(name, "apache-kafka-java" | "kgo" | "kafka-python");
-    }
 }
 
 /// What to do with a Produce request.

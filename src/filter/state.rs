@@ -3,7 +3,6 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::filter::dedup_produce;
 use crate::identity::Identity;
 
 /// What a connection remembers between its requests.
@@ -12,7 +11,7 @@ pub struct ConnState {
     /// Who the client says it is (its first request's client id).
     pub(crate) identity: Option<Identity>,
     /// Produce-path dedup of this connection.
-    pub(crate) session: dedup_produce::Session,
+    pub(crate) session: Session,
     /// This connection among the process's (0 until asked).
     pub(crate) id: u64,
 }
@@ -36,5 +35,28 @@ impl ConnState {
     /// then `quota.connector_patterns`), for the filters after it.
     pub fn set_identity(&mut self, identity: Identity) {
         self.identity = Some(identity);
+    }
+}
+
+/// What the produce dedup filter remembers of one connection.
+#[derive(Debug, Default)]
+pub struct Session {
+    pub(crate) started: bool,
+    /// Replays dropped on this connection so far.
+    pub(crate) dropped: u64,
+    /// The client reports every record of a partition answered with
+    /// base_offset -1 as -1 ("no offset"), rather than numbering -1, 0, 1.
+    pub(crate) reports_no_offset: bool,
+}
+
+impl Session {
+    /// The client's name from its ApiVersions request (KIP-511). Clients whose
+    /// delivery reports give -1 for every record of a partition answered with
+    /// base_offset -1: the Java client (`RecordMetadata`: "baseOffset == -1 ?
+    /// -1 : baseOffset + batchIndex"), franz-go and kafka-python. librdkafka
+    /// and aiokafka number -1, 0, 1, ...; kafkajs, aiokafka and older clients
+    /// send no name: all of them are treated as numbering from any base.
+    pub fn set_client_software(&mut self, name: &str) {
+        self.reports_no_offset = matches!(name, "apache-kafka-java" | "kgo" | "kafka-python");
     }
 }
