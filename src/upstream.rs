@@ -242,27 +242,7 @@ pub(crate) async fn describe_topics(
     let mut framed = Framed::new(stream, FrameCodec::new(MAX_RESPONSE_FRAME));
     let deadline = upstream.request_timeout;
     let result = tokio::time::timeout(deadline, async {
-        let versions: ApiVersionsResponse = round_trip(
-            &mut framed,
-            &addr,
-            ApiKey::ApiVersions,
-            0,
-            1,
-            &ApiVersionsRequest::default(),
-        )
-        .await
-        .map_err(|e| e.into_error(&addr))?;
-        let ours = ApiKey::DescribeConfigs.valid_versions();
-        let version = versions
-            .api_keys
-            .iter()
-            .find(|k| k.api_key == ApiKey::DescribeConfigs as i16)
-            .map(|k| k.max_version.min(ours.max))
-            .filter(|v| *v >= ours.min)
-            .ok_or_else(|| Error::Upstream {
-                addr: addr.clone(),
-                message: "broker does not offer DescribeConfigs v1+".into(),
-            })?;
+        let version = negotiate(&mut framed, &addr, ApiKey::DescribeConfigs).await?;
         // Every setting (configuration_keys null): tansu 0.6 cannot read a
         // list of names and closes the connection.
         let request = DescribeConfigsRequest::default().with_resources(
@@ -315,6 +295,115 @@ pub(crate) async fn describe_topics(
         Err(_) => Err(Error::Upstream {
             addr,
             message: format!("DescribeConfigs timed out after {deadline:?}"),
+        }),
+    }
+}
+
+/// The newest version of `api` both the broker and the proxy speak.
+async fn negotiate(
+    framed: &mut Framed<UpstreamStream, FrameCodec>,
+    addr: &str,
+    api: ApiKey,
+) -> Result<i16, Error> {
+    let versions: ApiVersionsResponse = round_trip(
+        framed,
+        addr,
+        ApiKey::ApiVersions,
+        0,
+        1,
+        &ApiVersionsRequest::default(),
+    )
+    .await
+    .map_err(|e| e.into_error(addr))?;
+    let ours = api.valid_versions();
+    versions
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == api as i16)
+        .map(|k| k.max_version.min(ours.max))
+        .filter(|v| *v >= ours.min)
+        .ok_or_else(|| Error::Upstream {
+            addr: addr.to_string(),
+            message: format!(
+                "broker does not offer {} v{}+",
+                crate::codec::api_name(api),
+                ours.min
+            ),
+        })
+}
+
+/// Creates `topic` with `configs` unless it exists, on a connection of the
+/// proxy's own (TLS as `[upstream.tls]`, no SASL: a listener that wants
+/// authentication first closes it, an error). `Ok(true)`: created now.
+pub(crate) async fn create_topic(
+    upstream: &Upstream,
+    tls: Option<&UpstreamTlsConnector>,
+    topic: &str,
+    partitions: i32,
+    replication_factor: i16,
+    configs: &[(&str, String)],
+) -> Result<bool, Error> {
+    use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+    use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse, TopicName};
+    let (stream, addr) = connect(&upstream.bootstrap, upstream.connect_timeout, tls).await?;
+    let mut framed = Framed::new(stream, FrameCodec::new(MAX_RESPONSE_FRAME));
+    let deadline = upstream.request_timeout;
+    let result = tokio::time::timeout(deadline, async {
+        let version = negotiate(&mut framed, &addr, ApiKey::CreateTopics).await?;
+        let creatable = CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_num_partitions(partitions)
+            .with_replication_factor(replication_factor)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(name, value)| {
+                        CreatableTopicConfig::default()
+                            .with_name(StrBytes::from_string(name.to_string()))
+                            .with_value(Some(StrBytes::from_string(value.clone())))
+                    })
+                    .collect(),
+            );
+        let request = CreateTopicsRequest::default()
+            .with_topics(vec![creatable])
+            .with_timeout_ms(i32::try_from(deadline.as_millis()).unwrap_or(i32::MAX));
+        let response: CreateTopicsResponse = round_trip(
+            &mut framed,
+            &addr,
+            ApiKey::CreateTopics,
+            version,
+            2,
+            &request,
+        )
+        .await
+        .map_err(|e| e.into_error(&addr))?;
+        match response
+            .topics
+            .first()
+            .map(|t| (t.error_code, t.error_message.clone()))
+        {
+            Some((0, _)) => Ok(true),
+            // TOPIC_ALREADY_EXISTS
+            Some((36, _)) => Ok(false),
+            Some((code, message)) => Err(Error::Upstream {
+                addr: addr.clone(),
+                message: format!(
+                    "CreateTopics {topic}: error {code}{}",
+                    message.map(|m| format!(" ({m})")).unwrap_or_default()
+                ),
+            }),
+            None => Err(Error::Upstream {
+                addr: addr.clone(),
+                message: format!("CreateTopics {topic}: no answer for the topic"),
+            }),
+        }
+    })
+    .await;
+    match result {
+        Ok(r) => r,
+        Err(_) => Err(Error::Upstream {
+            addr,
+            message: format!("CreateTopics timed out after {deadline:?}"),
         }),
     }
 }

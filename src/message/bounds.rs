@@ -34,10 +34,10 @@
 //! [`Bounded`], so a new decode without the check does not compile.
 
 use kafka_protocol::messages::{
-    AddPartitionsToTxnRequest, ApiVersionsRequest, ApiVersionsResponse, DescribeClusterResponse,
-    DescribeConfigsResponse, EndTxnRequest, EndTxnResponse, FetchRequest, FetchResponse,
-    FindCoordinatorResponse, JoinGroupRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
+    AddPartitionsToTxnRequest, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsResponse,
+    DescribeClusterResponse, DescribeConfigsResponse, EndTxnRequest, EndTxnResponse, FetchRequest,
+    FetchResponse, FindCoordinatorResponse, JoinGroupRequest, MetadataResponse, ProduceRequest,
+    ProduceResponse, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest,
     ShareAcknowledgeResponse, ShareFetchResponse,
 };
 
@@ -981,6 +981,43 @@ const DESCRIBE_CONFIGS_RESPONSE: Schema = Schema {
     ],
 };
 
+// --- CreateTopics (api 19): the shared window's topic ---
+
+const CREATE_TOPICS_RESPONSE: Schema = Schema {
+    name: "CreateTopicsResponse",
+    versions: (2, 7),
+    flexible: 5,
+    fields: &[
+        f("throttle_time_ms", 2, N, INT32),
+        f(
+            "topics",
+            2,
+            N,
+            Ty::Array(&Ty::Struct(&[
+                f("name", 2, N, STRING),
+                f("topic_id", 7, N, UUID),
+                f("error_code", 2, N, INT16),
+                f("error_message", 2, N, STRING),
+                tagged(0, "topic_config_error_code", 5, N, INT16),
+                f("num_partitions", 5, N, INT32),
+                f("replication_factor", 5, N, INT16),
+                f(
+                    "configs",
+                    5,
+                    N,
+                    Ty::Array(&Ty::Struct(&[
+                        f("name", 5, N, STRING),
+                        f("value", 5, N, STRING),
+                        f("read_only", 5, N, BOOL),
+                        f("config_source", 5, N, INT8),
+                        f("is_sensitive", 5, N, BOOL),
+                    ])),
+                ),
+            ])),
+        ),
+    ],
+};
+
 // --- ShareFetch (api 78), ShareAcknowledge (api 79): KIP-932, v1 only ---
 
 /// The KIP-932 responses' `node_endpoints` (a plain field, not tagged).
@@ -1100,6 +1137,7 @@ bounded! {
     SaslAuthenticateResponse => SASL_AUTHENTICATE_RESPONSE,
     DescribeClusterResponse => DESCRIBE_CLUSTER_RESPONSE,
     DescribeConfigsResponse => DESCRIBE_CONFIGS_RESPONSE,
+    CreateTopicsResponse => CREATE_TOPICS_RESPONSE,
     JoinGroupRequest => JOIN_GROUP_REQUEST,
     ShareFetchResponse => SHARE_FETCH_RESPONSE,
     ShareAcknowledgeResponse => SHARE_ACKNOWLEDGE_RESPONSE,

@@ -4,9 +4,10 @@ use crate::error::Error;
 use crate::message::{decode_request, encode_request, response_body_offset, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
-    api_versions_response, describe_cluster_response, describe_configs_response, fetch_request,
-    fetch_response, find_coordinator_response, metadata_response, produce_request,
-    produce_response, ApiKey, BrokerId, ProducerId, TopicName, TransactionalId,
+    api_versions_response, create_topics_response, describe_cluster_response,
+    describe_configs_response, fetch_request, fetch_response, find_coordinator_response,
+    metadata_response, produce_request, produce_response, ApiKey, BrokerId, ProducerId, TopicName,
+    TransactionalId,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, Message, StrBytes};
 use proptest::prelude::*;
@@ -89,6 +90,7 @@ fn cases() -> Vec<Case> {
         case::<SaslAuthenticateResponse>(ApiKey::SaslAuthenticate, false),
         case::<DescribeClusterResponse>(ApiKey::DescribeCluster, false),
         case::<DescribeConfigsResponse>(ApiKey::DescribeConfigs, false),
+        case::<CreateTopicsResponse>(ApiKey::CreateTopics, false),
         case::<JoinGroupRequest>(ApiKey::JoinGroup, true),
         case::<ShareFetchResponse>(ApiKey::ShareFetch, false),
         case::<ShareAcknowledgeResponse>(ApiKey::ShareAcknowledge, false),
@@ -753,6 +755,39 @@ impl Sample for DescribeConfigsResponse {
                     .with_resource_name(s("gone")),
             ]);
         vec![DescribeConfigsResponse::default(), full]
+    }
+}
+
+impl Sample for CreateTopicsResponse {
+    fn samples(v: i16) -> Vec<Self> {
+        let mut created = create_topics_response::CreatableTopicResult::default()
+            .with_name(TopicName(s("_idemgate-window")))
+            .with_error_message(Some(s("")));
+        if v >= 5 {
+            created = created
+                .with_num_partitions(6)
+                .with_replication_factor(3)
+                .with_topic_config_error_code(7)
+                .with_configs(Some(vec![
+                    create_topics_response::CreatableTopicConfigs::default()
+                        .with_name(s("retention.ms"))
+                        .with_value(Some(s("7200000")))
+                        .with_config_source(1),
+                ]));
+        }
+        if v >= 7 {
+            created.topic_id = topic_id();
+        }
+        let full = CreateTopicsResponse::default()
+            .with_throttle_time_ms(1)
+            .with_topics(vec![
+                created,
+                create_topics_response::CreatableTopicResult::default()
+                    .with_name(TopicName(s("taken")))
+                    .with_error_code(36)
+                    .with_error_message(None),
+            ]);
+        vec![CreateTopicsResponse::default(), full]
     }
 }
 
