@@ -263,12 +263,12 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         // Still ready: failing open (forwarding unrecorded) keeps the
         // Kafka path up, where a 503 would take every replica of a
         // central tier with the same full disk out of its Service.
-        Ok(()) => match shared.store.write_failure() {
-            Some(e) => text(
+        Ok(()) => match shared.degraded() {
+            why if why.is_empty() => text(StatusCode::OK, "ready\n"),
+            why => text(
                 StatusCode::OK,
-                format!("ready, degraded: the store refuses writes ({e}); records pass unrecorded until idemgate restarts\n"),
+                format!("ready, degraded: {}\n", why.join("; ")),
             ),
-            None => text(StatusCode::OK, "ready\n"),
         },
         Err(why) => text(
             StatusCode::SERVICE_UNAVAILABLE,

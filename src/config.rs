@@ -227,6 +227,46 @@ pub struct Dedup {
     /// topic cannot predict (and pre-empt) another's keys. `None`: public
     /// XXH3 keys.
     pub key_secret: Option<KeySecret>,
+    /// `[dedup.shared]`: the window's log in a Kafka topic, shared by every
+    /// process in front of the cluster. `None`: this process's own window.
+    pub shared: Option<SharedWindow>,
+}
+
+/// `[dedup.shared]`: every idemgate process in front of one cluster
+/// publishes the keys the broker acknowledged through it to `topic`, and
+/// learns the others' from it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedWindow {
+    /// The window's topic, created if missing (`cleanup.policy=delete`).
+    pub topic: String,
+    /// Partitions of a topic the proxy creates.
+    pub partitions: i32,
+    /// Replication factor of a topic the proxy creates; -1: the brokers'
+    /// `default.replication.factor`.
+    pub replication_factor: i16,
+    /// The topic's `retention.ms` is `dedup.window` plus this.
+    pub retention_margin: Duration,
+    /// The proxy's own SASL credentials for the topic (`None`: none).
+    pub sasl: Option<SharedSasl>,
+}
+
+/// `[dedup.shared.sasl]`.
+#[derive(Clone, PartialEq)]
+pub struct SharedSasl {
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    pub mechanism: String,
+    pub username: String,
+    /// Read from `password_file` (trailing whitespace trimmed).
+    pub password: String,
+}
+
+impl std::fmt::Debug for SharedSasl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedSasl")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A per-deployment secret that keys every hash (`dedup.key_secret_file`).
@@ -866,6 +906,7 @@ fn dedup(s: &mut Section<'_, '_>) -> Dedup {
             }
         }
     };
+    let shared = s.optional_section("shared", shared_window);
     let notes = rules
         .iter()
         .enumerate()
@@ -889,6 +930,78 @@ fn dedup(s: &mut Section<'_, '_>) -> Dedup {
         notes,
         rules,
         key_secret,
+        shared,
+    }
+}
+
+fn shared_window(s: &mut Section<'_, '_>) -> SharedWindow {
+    let topic = s.string("topic", defaults::SHARED_TOPIC);
+    if topic.is_empty()
+        || topic.len() > 249
+        || !topic
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        s.problem(
+            "topic",
+            format!("{topic:?} is not a Kafka topic name (1-249 of a-z, A-Z, 0-9, '.', '_', '-')"),
+        );
+    }
+    let partitions = s.typed(
+        "partitions",
+        defaults::SHARED_PARTITIONS,
+        "an integer",
+        |v| v.as_integer().map(Ok),
+    );
+    if !(1..=10_000).contains(&partitions) {
+        s.problem("partitions", format!("{partitions} must be 1 to 10000"));
+    }
+    let replication_factor = s.typed("replication_factor", -1, "an integer", |v| {
+        v.as_integer().map(Ok)
+    });
+    if replication_factor != -1 && !(1..=32).contains(&replication_factor) {
+        s.problem(
+            "replication_factor",
+            format!("{replication_factor} must be 1 to 32, or -1 for the brokers' default"),
+        );
+    }
+    let retention_margin = s.duration("retention_margin", defaults::SHARED_RETENTION_MARGIN);
+    let sasl = s.optional_section("sasl", |s| {
+        let mechanism = s.string("mechanism", "SCRAM-SHA-512");
+        if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism.as_str()) {
+            s.problem(
+                "mechanism",
+                format!("{mechanism:?} is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+            );
+        }
+        let username = s.string("username", "");
+        if s.table.is_some() && username.is_empty() {
+            s.problem("username", "is required".into());
+        }
+        let path = s.required_path("password_file");
+        let password = match std::fs::read_to_string(&path) {
+            Ok(p) => p.trim_end().to_string(),
+            Err(e) if !path.as_os_str().is_empty() => {
+                s.problem(
+                    "password_file",
+                    format!("{}: cannot read it: {e}", path.display()),
+                );
+                String::new()
+            }
+            Err(_) => String::new(),
+        };
+        SharedSasl {
+            mechanism,
+            username,
+            password,
+        }
+    });
+    SharedWindow {
+        topic,
+        partitions: partitions.clamp(1, 10_000) as i32,
+        replication_factor: replication_factor.clamp(-1, 32) as i16,
+        retention_margin,
+        sasl,
     }
 }
 

@@ -134,6 +134,17 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     tasks.spawn(broker_listeners(shared.clone()));
     tasks.spawn(refresh_metadata(shared.clone()));
     tasks.spawn(keep_window(shared.clone()));
+    if let (Some(settings), true) = (&config.dedup.shared, config.dedup.enabled()) {
+        tasks.spawn(crate::idempotency::shared::start(
+            settings.clone(),
+            config.dedup.window,
+            config.upstream.clone(),
+            shared.upstream_tls.clone(),
+            shared.window.clone(),
+            shared.metrics.clone(),
+            shared.shutdown.clone(),
+        ));
+    }
     tasks.spawn(flush_store(shared.clone()));
     tasks.spawn(sample_quotas(shared.clone()));
     for tls in [shared.tls.clone(), shared.admin_tls.clone()]

@@ -102,6 +102,9 @@ impl Shared {
         if self.config.dedup.enabled() && !self.window.is_loaded() {
             not.push("idempotency window not loaded");
         }
+        if self.shared_window_catching_up() {
+            not.push("shared window catching up with its topic");
+        }
         if *self.shutdown.borrow() {
             not.push("shutting down");
         }
@@ -110,6 +113,38 @@ impl Shared {
         } else {
             Err(not)
         }
+    }
+}
+
+impl Shared {
+    /// `[dedup.shared]`: the first catch-up with the topic is not done and
+    /// `dedup.load_wait` has not passed since the start (after it, the
+    /// proxy serves with what it knows: [`degraded`](Self::degraded)).
+    fn shared_window_catching_up(&self) -> bool {
+        let s = &self.metrics.dedup.shared;
+        s.enabled.load(Relaxed)
+            && !s.caught_up.load(Relaxed)
+            && self.started.elapsed() < self.config.dedup.load_wait
+    }
+
+    /// Ready, but missing something a replay check needs.
+    pub fn degraded(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if let Some(e) = self.store.write_failure() {
+            why.push(format!(
+                "the store refuses writes ({e}); records pass unrecorded until idemgate restarts"
+            ));
+        }
+        let s = &self.metrics.dedup.shared;
+        if s.enabled.load(Relaxed) && !s.connected.load(Relaxed) {
+            why.push("the shared window's topic is unreachable; replays through other processes pass until it is back".into());
+        } else if s.enabled.load(Relaxed) && !s.caught_up.load(Relaxed) {
+            why.push(
+                "the shared window is still reading its topic; replays it does not know yet pass"
+                    .into(),
+            );
+        }
+        why
     }
 }
 

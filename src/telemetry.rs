@@ -13,7 +13,7 @@ mod dedup;
 mod metrics;
 pub mod prometheus;
 
-pub use dedup::{DedupMetrics, FailOpen, Replays, TopicCounts};
+pub use dedup::{DedupMetrics, FailOpen, Replays, SharedWindowStats, TopicCounts};
 pub use metrics::{Histogram, Metrics};
 
 /// Starts the global tracing subscriber. `RUST_LOG` overrides `log.level`.

@@ -358,6 +358,12 @@ impl UpstreamTlsConnector {
         })
     }
 
+    /// The rustls configuration, for a client that makes its own handshakes
+    /// (the shared window's).
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.connector.config().clone()
+    }
+
     /// The TLS handshake with a broker at `host` (the host part of its address).
     pub async fn connect(&self, host: &str, tcp: TcpStream) -> std::io::Result<UpstreamTlsStream> {
         let name = self.server_name.as_deref().unwrap_or(host);

@@ -54,6 +54,13 @@ pub const DEDUP_STORE_CACHE: usize = crate::store::DEFAULT_CACHE;
 /// ([`CONNECT_INTERNAL_TOPICS`], `__*`, and those learned from Connect's
 /// internal clients): none.
 pub const DEDUP_EXCLUDE_TOPICS: &[&str] = &[];
+/// `[dedup.shared]`: the window's topic.
+pub const SHARED_TOPIC: &str = "_idemgate-window";
+/// Partitions of the window's topic, when the proxy creates it: each
+/// process tails every one, so a few are enough.
+pub const SHARED_PARTITIONS: i64 = 6;
+/// The window's topic keeps its records `dedup.window` plus this.
+pub const SHARED_RETENTION_MARGIN: Duration = Duration::from_secs(3600);
 /// The shapes of Kafka Connect's internal topics, always left alone:
 /// `config.storage.topic`, `offset.storage.topic` (and a KIP-618
 /// connector's own `offsets.storage.topic`) and `status.storage.topic`

@@ -5,6 +5,7 @@
 mod connector_events;
 pub mod key;
 pub mod sequences;
+pub mod shared;
 pub mod transactions;
 pub mod window;
 

@@ -93,6 +93,9 @@ pub struct Position {
     pub acked_ms: u64,
 }
 
+/// Where a segment this process learned goes (`[dedup.shared]`).
+pub type Publish = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 pub struct Window {
     shards: Vec<Mutex<Shard>>,
     store: Arc<Store>,
@@ -115,6 +118,9 @@ pub struct Window {
     /// [`sweep`](Self::sweep) starts here, so one the store failed to remove
     /// (disk full) is not met again every second, and later ones still expire.
     evicted_below: AtomicU64,
+    /// `[dedup.shared]`: given every segment this process learns from its
+    /// own broker acknowledgements, once it is in the store.
+    publish: std::sync::OnceLock<Publish>,
 }
 
 fn now_ms() -> u64 {
@@ -152,7 +158,56 @@ impl Window {
             durable_below: AtomicU64::new(0),
             writing: Mutex::new(BTreeSet::new()),
             evicted_below: AtomicU64::new(0),
+            publish: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands every segment learned from now on from this process's own
+    /// acknowledgements to `publish` (the shared window's log); segments
+    /// learned from peers ([`learn_encoded`](Self::learn_encoded)) are not.
+    pub fn publish_to(&self, publish: Publish) {
+        if self.publish.set(publish).is_err() {
+            tracing::warn!("window: a second publisher was refused");
+        }
+    }
+
+    /// Learns a segment another process published (its bytes as
+    /// [`publish_to`](Self::publish_to) gave them): stored, and its keys
+    /// seen, unless it has expired or brings no key this window lacks.
+    /// Returns the keys it added and the segment's acknowledgement time.
+    pub fn learn_encoded(&self, value: &[u8]) -> Result<Option<(usize, u64)>, Error> {
+        let Some(seg) = Segment::parse(value) else {
+            return Err(Error::Internal(
+                "a shared window record is not a segment".into(),
+            ));
+        };
+        let oldest_alive = now_ms().saturating_sub(self.ttl.as_millis() as u64);
+        if seg.acked_ms < oldest_alive {
+            return Ok(None);
+        }
+        let new = seg
+            .entries()
+            .filter(|(k, _)| self.peek(*k).is_none())
+            .count();
+        if new == 0 {
+            return Ok(Some((0, seg.acked_ms)));
+        }
+        let id = self.reserve_segment();
+        let put = self.store.put_segment(id, value);
+        self.writing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if let Err(e) = put {
+            self.store_errors.fetch_add(1, Relaxed);
+            return Err(e);
+        }
+        let added = seg
+            .entries()
+            .filter(|&(key, _)| self.insert_seen(key, id))
+            .count();
+        self.changed.notify_waiters();
+        Ok(Some((added, seg.acked_ms)))
     }
 
     fn shard(&self, key: Key) -> std::sync::MutexGuard<'_, Shard> {
@@ -525,6 +580,9 @@ impl Window {
             self.insert_seen(key, id);
         }
         self.changed.notify_waiters();
+        if let Some(publish) = self.publish.get() {
+            publish(&value);
+        }
         Ok(id)
     }
 

@@ -2,7 +2,7 @@
 //! absorbed, fail-opens by reason.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 /// Why a record that a rule covers was forwarded unchecked.
@@ -135,6 +135,30 @@ pub struct DedupMetrics {
     pub window_loaded: AtomicI64,
     /// Periodic store flushes completed.
     pub store_flushes: AtomicU64,
+    pub shared: SharedWindowStats,
+}
+
+/// What the shared window (`[dedup.shared]`) reports (`/metrics`, `/readyz`).
+#[derive(Default)]
+pub struct SharedWindowStats {
+    /// `[dedup.shared]` is on.
+    pub enabled: AtomicBool,
+    /// Segments (one acknowledged batch's keys) published.
+    pub published: AtomicU64,
+    /// Segments whose publish failed: their keys stay known here only.
+    pub publish_failures: AtomicU64,
+    /// Keys learned from other processes.
+    pub keys_learned: AtomicU64,
+    /// Segments read from the topic (every origin but this run).
+    pub segments_read: AtomicU64,
+    /// Milliseconds from a peer's broker acknowledgement to this process
+    /// knowing its keys, for the last segment learned.
+    pub lag_ms: AtomicI64,
+    /// The first catch-up (every partition read to the end it had at the
+    /// start) is done.
+    pub caught_up: AtomicBool,
+    /// The topic is reachable now (client built, topic there).
+    pub connected: AtomicBool,
 }
 
 impl DedupMetrics {
@@ -158,6 +182,16 @@ impl DedupMetrics {
             store_bytes: AtomicI64::new(0),
             window_loaded: AtomicI64::new(0),
             store_flushes: AtomicU64::new(0),
+            shared: SharedWindowStats {
+                enabled: AtomicBool::new(false),
+                published: AtomicU64::new(0),
+                publish_failures: AtomicU64::new(0),
+                keys_learned: AtomicU64::new(0),
+                segments_read: AtomicU64::new(0),
+                lag_ms: AtomicI64::new(0),
+                caught_up: AtomicBool::new(false),
+                connected: AtomicBool::new(false),
+            },
         }
     }
 

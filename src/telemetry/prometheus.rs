@@ -27,7 +27,7 @@ use crate::quota::{Counters, Entity, Quotas, KINDS};
 
 use super::dedup::FailOpen;
 use super::metrics::BUCKETS;
-use super::{DedupMetrics, Histogram, Metrics, TopicCounts};
+use super::{DedupMetrics, Histogram, Metrics, SharedWindowStats, TopicCounts};
 
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -423,6 +423,26 @@ fn dedup(d: &DedupMetrics, e: &mut DescriptorEncoder) -> Result<(), Error> {
             ("idemgate_window_memory_bytes", "Memory held by the window's key maps (estimate).", One::Gauge(d.window_bytes.load(Relaxed))),
             ("idemgate_store_bytes", "Size of the store on disk (sled's estimate).", One::Gauge(d.store_bytes.load(Relaxed))),
             ("idemgate_window_loaded", "1 once the window has been read back from the store after a start.", One::Gauge(d.window_loaded.load(Relaxed))),
+        ],
+    )?;
+    shared_window(&d.shared, e)
+}
+
+/// `[dedup.shared]`'s series, when it is on.
+fn shared_window(s: &SharedWindowStats, e: &mut DescriptorEncoder) -> Result<(), Error> {
+    if !s.enabled.load(Relaxed) {
+        return Ok(());
+    }
+    singles(
+        e,
+        [
+            ("idemgate_shared_window_published_total", "Segments (one acknowledged batch's keys) published to the shared window's topic.", One::Counter(s.published.load(Relaxed))),
+            ("idemgate_shared_window_publish_failures_total", "Segments whose publish failed: their keys stay known to this process only (replays through others pass).", One::Counter(s.publish_failures.load(Relaxed))),
+            ("idemgate_shared_window_segments_read_total", "Segments of other processes read from the shared window's topic.", One::Counter(s.segments_read.load(Relaxed))),
+            ("idemgate_shared_window_keys_learned_total", "Keys learned from other processes through the shared window's topic.", One::Counter(s.keys_learned.load(Relaxed))),
+            ("idemgate_shared_window_lag_milliseconds", "From a peer's broker acknowledgement to this process knowing its keys, for the last segment learned.", One::Gauge(s.lag_ms.load(Relaxed))),
+            ("idemgate_shared_window_caught_up", "1 once every partition of the topic was read to the end it had at the start.", One::Gauge(i64::from(s.caught_up.load(Relaxed)))),
+            ("idemgate_shared_window_connected", "1 while the topic is reachable.", One::Gauge(i64::from(s.connected.load(Relaxed)))),
         ],
     )
 }

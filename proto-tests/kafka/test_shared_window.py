@@ -1,0 +1,130 @@
+"""One window for every idemgate process in front of a cluster (`[dedup.shared]`),
+against Apache Kafka 4.4.
+
+Each process publishes the keys the broker acknowledged through it to the
+window's topic and learns the others' from it:
+- a replay through another process (a moved Connect task, a producer that
+  reconnects to another replica) is dropped there; the same replay through a
+  process with its own window only adds a copy of every record (the scenario
+  bites without the shared window);
+- a process started with an empty store rebuilds its window from the topic
+  before it says it is ready, and drops the replay too;
+- the proxy creates the topic with cleanup.policy=delete and retention.ms =
+  dedup.window + retention_margin.
+
+Reads end on markers, straight from the broker.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from confluent_kafka import Producer
+from confluent_kafka.admin import ConfigResource
+
+from bed import read_topic, unique, wait_for
+
+N = 300
+
+
+def _rule(window_topic: str, shared: bool = True) -> str:
+    rule = """
+[dedup]
+window = "1h"
+[[dedup.rules]]
+topics = "shw-*"
+key = "content"
+mode = "drop"
+"""
+    if shared:
+        rule += f"""
+[dedup.shared]
+topic = "{window_topic}"
+partitions = 2
+replication_factor = 1
+retention_margin = "30m"
+"""
+    return rule
+
+
+def _produce(bootstrap: str, topic: str, values, marker: str):
+    """Writes `values` then `marker`, acks=all, one in flight (Connect's settings)."""
+    errors = []
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False,
+                  "max.in.flight.requests.per.connection": 1, "linger.ms": 5,
+                  "client.id": "connector-producer-shw-0"})
+    for v in values:
+        p.produce(topic, value=v.encode(), on_delivery=lambda e, _m: e and errors.append(e))
+    p.produce(topic, value=marker.encode(), on_delivery=lambda e, _m: e and errors.append(e))
+    assert p.flush(60) == 0 and not errors, f"produce through {bootstrap}: {errors[:3]}"
+
+
+def _log(bootstrap: str, topic: str, marker: str) -> Counter:
+    records = read_topic(bootstrap, topic, lambda recs: any(m.value() == marker.encode() for m in recs))
+    return Counter(m.value().decode() for m in records)
+
+
+def _learned(proxy) -> float:
+    return proxy.metric_sum("idemgate_shared_window_keys_learned_total")
+
+
+def test_a_replay_through_another_process_is_dropped_there(kafka, proxies):
+    window_topic = unique("_idemgate-window")
+    topic = unique("shw")
+    kafka.create_topic(topic, partitions=1, replication=1)  # see below
+    a = proxies(kafka.bootstrap, _rule(window_topic))
+    b = proxies(kafka.bootstrap, _rule(window_topic))
+    values = [f"{topic}-v-{i}" for i in range(N)]
+
+    _produce(a.bootstrap, topic, values, "END-1")
+    wait_for("A published every acknowledged batch",
+             lambda: a.metric_sum("idemgate_shared_window_published_total") > 0, 30)
+    wait_for(f"B learned A's {N} keys from the window's topic", lambda: _learned(b) >= N, 60)
+    lag = b.metric_sum("idemgate_shared_window_lag_milliseconds")
+    print(f"B learned {_learned(b):.0f} keys; last segment's lag {lag:.0f} ms")
+
+    # The task moved: it replays through B.
+    _produce(b.bootstrap, topic, values, "END-2")
+    log = _log(kafka.bootstrap, topic, "END-2")
+    assert all(log[v] == 1 for v in values), \
+        f"copies through B: {sorted((v, n) for v, n in log.items() if n != 1)[:10]}"
+    assert b.metric_sum("idemgate_duplicates_dropped_total", topic=topic) == N
+
+    # The topic the proxy made: delete policy, retention = window + margin.
+    admin = kafka.admin()
+    res = ConfigResource(ConfigResource.Type.TOPIC, window_topic)
+    configs = admin.describe_configs([res])[res].result(30)
+    assert configs["cleanup.policy"].value == "delete"
+    assert configs["retention.ms"].value == str((3600 + 1800) * 1000)
+
+    # Without the shared window, the same replay through a process of its own
+    # writes every record again.
+    c = proxies(kafka.bootstrap, _rule(window_topic, shared=False))
+    _produce(c.bootstrap, topic, values, "END-3")
+    log = _log(kafka.bootstrap, topic, "END-3")
+    assert all(log[v] == 2 for v in values), "the replay through a lone process was not written"
+    assert c.metric_sum("idemgate_duplicates_dropped_total", topic=topic) == 0
+
+
+def test_a_process_with_an_empty_store_rebuilds_its_window_from_the_topic(kafka, proxies):
+    window_topic = unique("_idemgate-window")
+    topic = unique("shw")
+    # One partition: a null-key replay lands where its first copy is, so the
+    # proxy can number what it answers (librdkafka numbers from any base).
+    kafka.create_topic(topic, partitions=1, replication=1)
+    a = proxies(kafka.bootstrap, _rule(window_topic))
+    values = [f"{topic}-v-{i}" for i in range(N)]
+    _produce(a.bootstrap, topic, values, "END-1")
+    wait_for("A published its keys",
+             lambda: a.metric_sum("idemgate_shared_window_published_total") > 0, 30)
+    a.stop()
+
+    # A rescheduled pod: a new process, an empty store. Ready means caught up.
+    d = proxies(kafka.bootstrap, _rule(window_topic))
+    assert d.metric_sum("idemgate_shared_window_caught_up") == 1
+    assert _learned(d) >= N, f"D learned {_learned(d):.0f} of {N} keys before it was ready"
+    _produce(d.bootstrap, topic, values, "END-2")
+    log = _log(kafka.bootstrap, topic, "END-2")
+    assert all(log[v] == 1 for v in values), \
+        f"copies through D: {sorted((v, n) for v, n in log.items() if n != 1)[:10]}"
+    assert d.metric_sum("idemgate_duplicates_dropped_total", topic=topic) == N

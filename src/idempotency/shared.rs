@@ -1,0 +1,374 @@
+//! The shared window (`[dedup.shared]`): every idemgate process in front of
+//! one Kafka cluster publishes the keys the broker acknowledged through it
+//! to one topic, and learns the others' from it, so a replay that arrives
+//! through another sidecar or replica is known there too.
+//!
+//! ```text
+//! ack → Window::write_segment → publish (the segment's bytes, as sled keeps them)
+//!       → one record on `topic`, partition by the data partition, header origin=<this run>
+//! tail: every partition of `topic`, from (now - dedup.window) → Window::learn_encoded
+//!       (stored as a local segment, keys seen; records of this run skipped)
+//! ```
+//!
+//! The local store stays the window's memory; the topic is how processes
+//! share it, and how a process that starts with an empty disk rebuilds it:
+//! at every start each partition is read from the first record younger
+//! than `dedup.window` (ListOffsets by time). `/readyz` waits for that
+//! first catch-up, bounded by `dedup.load_wait`; after that, or while the
+//! topic is unreachable, the proxy serves with what it knows: a replay a
+//! peer's key would have caught passes (a duplicate, counted), never a loss.
+//!
+//! Nothing is ever dropped on the topic's word alone: a key is published
+//! only after the broker acknowledged its record through a peer, exactly
+//! what a local commit needs. A publish that fails is retried, then counted
+//! (`idemgate_shared_window_publish_failures_total`); its keys stay known
+//! to this process only.
+//!
+//! The client is rskafka (pure Rust, our rustls `ClientConfig`, SASL PLAIN
+//! and SCRAM). Producing and tailing use separate partition clients, so a
+//! publish never waits behind a long-polling fetch. rskafka cannot create a
+//! topic with settings, so `upstream::create_topic` does that on a
+//! connection of the proxy's own.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
+use rskafka::record::Record;
+use rskafka::BackoffConfig;
+use tokio::sync::{mpsc, watch};
+
+use super::window::Window;
+use crate::config::{SharedWindow, Upstream};
+use crate::telemetry::{Metrics, SharedWindowStats};
+use crate::tls::UpstreamTlsConnector;
+
+/// Segments waiting to be published; past this, new ones are counted as
+/// publish failures (the process is far behind the topic).
+const QUEUE: usize = 65_536;
+/// The most segments one produce request carries.
+const BATCH: usize = 500;
+/// The record header naming the process run that published a segment.
+const ORIGIN: &str = "idemgate-origin";
+
+/// Hands the window's new segments to the log at once, and returns the
+/// task that publishes them and tails the topic (until `shutdown` turns
+/// true).
+pub fn start(
+    settings: SharedWindow,
+    window_len: Duration,
+    upstream: Upstream,
+    tls: Option<UpstreamTlsConnector>,
+    window: Arc<Window>,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    metrics.dedup.shared.enabled.store(true, Relaxed);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE);
+    {
+        let metrics = metrics.clone();
+        window.publish_to(Box::new(move |segment: &[u8]| {
+            if tx.try_send(segment.to_vec()).is_err() {
+                metrics.dedup.shared.publish_failures.fetch_add(1, Relaxed);
+            }
+        }));
+    }
+    let origin = rand_origin();
+    let log = Log {
+        settings,
+        window_len,
+        upstream,
+        tls,
+        window,
+        metrics,
+        origin,
+    };
+    log.run(rx, shutdown)
+}
+
+/// A number for this run of the process: its own records are skipped when
+/// tailing (their keys are already here).
+fn rand_origin() -> [u8; 8] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mixed = xxhash_rust::xxh3::xxh3_64(
+        &[
+            nanos.to_be_bytes().as_slice(),
+            &std::process::id().to_be_bytes(),
+        ]
+        .concat(),
+    );
+    mixed.to_be_bytes()
+}
+
+struct Log {
+    settings: SharedWindow,
+    window_len: Duration,
+    upstream: Upstream,
+    tls: Option<UpstreamTlsConnector>,
+    window: Arc<Window>,
+    metrics: Arc<Metrics>,
+    origin: [u8; 8],
+}
+
+impl Log {
+    fn stats(&self) -> &SharedWindowStats {
+        &self.metrics.dedup.shared
+    }
+}
+
+impl Log {
+    async fn run(self, mut rx: mpsc::Receiver<Vec<u8>>, mut shutdown: watch::Receiver<bool>) {
+        let this = Arc::new(self);
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let attempt = async {
+                let client = this.connect().await?;
+                this.stats().connected.store(true, Relaxed);
+                backoff = Duration::from_millis(200);
+                this.serve(&client, &mut rx).await
+            };
+            let outcome = tokio::select! {
+                r = attempt => r,
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            };
+            this.stats().connected.store(false, Relaxed);
+            if let Err(e) = outcome {
+                tracing::warn!(topic = %this.settings.topic, error = %e, retry_in = ?backoff,
+                    "shared window: topic unreachable; replays through other processes pass until it is back");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// The client, with the topic created if missing.
+    async fn connect(&self) -> Result<Client, String> {
+        let created = crate::upstream::create_topic(
+            &self.upstream,
+            self.tls.as_ref(),
+            &self.settings.topic,
+            self.settings.partitions,
+            self.settings.replication_factor,
+            &[
+                ("cleanup.policy", "delete".to_string()),
+                (
+                    "retention.ms",
+                    (self.window_len + self.settings.retention_margin)
+                        .as_millis()
+                        .to_string(),
+                ),
+            ],
+        )
+        .await;
+        match created {
+            Ok(true) => {
+                tracing::info!(topic = %self.settings.topic, partitions = self.settings.partitions,
+                "shared window: topic created")
+            }
+            Ok(false) => {}
+            // With SASL the proxy's own connection (no SASL) is refused: the
+            // topic must then exist, which the client below finds out.
+            Err(e) => tracing::debug!(error = %e, "shared window: topic not created here"),
+        }
+        let mut builder = ClientBuilder::new(self.upstream.bootstrap.clone())
+            .client_id("idemgate-shared-window")
+            .backoff_config(BackoffConfig {
+                deadline: Some(self.upstream.request_timeout),
+                ..Default::default()
+            });
+        if let Some(tls) = &self.tls {
+            builder = builder.tls_config(tls.client_config());
+        }
+        if let Some(sasl) = &self.settings.sasl {
+            let credentials = Credentials::new(sasl.username.clone(), sasl.password.clone());
+            builder = builder.sasl_config(match sasl.mechanism.as_str() {
+                "PLAIN" => SaslConfig::Plain(credentials),
+                "SCRAM-SHA-256" => SaslConfig::ScramSha256(credentials),
+                _ => SaslConfig::ScramSha512(credentials),
+            });
+        }
+        let client = tokio::time::timeout(self.upstream.connect_timeout * 3, builder.build())
+            .await
+            .map_err(|_| "connecting timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let topics = client.list_topics().await.map_err(|e| e.to_string())?;
+        if !topics.iter().any(|t| t.name == self.settings.topic) {
+            return Err(format!(
+                "topic {} does not exist and could not be created",
+                self.settings.topic
+            ));
+        }
+        Ok(client)
+    }
+
+    /// Publishes and tails until an error.
+    async fn serve(
+        self: &Arc<Self>,
+        client: &Client,
+        rx: &mut mpsc::Receiver<Vec<u8>>,
+    ) -> Result<(), String> {
+        let topics = client.list_topics().await.map_err(|e| e.to_string())?;
+        let partitions: Vec<i32> = topics
+            .iter()
+            .find(|t| t.name == self.settings.topic)
+            .map(|t| t.partitions.iter().copied().collect())
+            .unwrap_or_default();
+        if partitions.is_empty() {
+            return Err(format!("topic {} has no partitions", self.settings.topic));
+        }
+        let mut producers = HashMap::new();
+        let mut tails = tokio::task::JoinSet::new();
+        let caught_up = Arc::new(AtomicU64::new(0));
+        for &p in &partitions {
+            let client_for = |p| {
+                client.partition_client(self.settings.topic.clone(), p, UnknownTopicHandling::Retry)
+            };
+            producers.insert(p, client_for(p).await.map_err(|e| e.to_string())?);
+            let tail = client_for(p).await.map_err(|e| e.to_string())?;
+            let this = self.clone();
+            let (caught_up, total) = (caught_up.clone(), partitions.len() as u64);
+            tails.spawn(async move { this.tail(tail, caught_up, total).await });
+        }
+        let mut sorted: Vec<i32> = partitions.clone();
+        sorted.sort_unstable();
+        loop {
+            tokio::select! {
+                Some(done) = tails.join_next() => {
+                    return Err(match done {
+                        Ok(Err(e)) => e,
+                        Ok(Ok(())) => "a tail ended".into(),
+                        Err(e) => format!("a tail panicked: {e}"),
+                    });
+                }
+                first = rx.recv() => {
+                    let Some(first) = first else { return Ok(()) };
+                    let mut batch = vec![first];
+                    while batch.len() < BATCH {
+                        match rx.try_recv() {
+                            Ok(s) => batch.push(s),
+                            Err(_) => break,
+                        }
+                    }
+                    self.publish(&producers, &sorted, batch).await?;
+                }
+            }
+        }
+    }
+
+    /// One produce request per window partition; a failed one is counted
+    /// (its keys stay known here only) and ends this connection.
+    async fn publish(
+        &self,
+        producers: &HashMap<i32, PartitionClient>,
+        partitions: &[i32],
+        batch: Vec<Vec<u8>>,
+    ) -> Result<(), String> {
+        let mut by_partition: HashMap<i32, Vec<Record>> = HashMap::new();
+        for segment in batch {
+            // Spread by the segment's own bytes (topic and partition lead
+            // them): any partition would do, every process reads all.
+            let p = partitions[(xxhash_rust::xxh3::xxh3_64(&segment[8..segment.len().min(40)])
+                % partitions.len() as u64) as usize];
+            by_partition.entry(p).or_default().push(Record {
+                key: None,
+                value: Some(segment),
+                headers: [(ORIGIN.to_string(), self.origin.to_vec())]
+                    .into_iter()
+                    .collect(),
+                timestamp: chrono::Utc::now(),
+            });
+        }
+        for (p, records) in by_partition {
+            let n = records.len() as u64;
+            let produce = producers[&p].produce(records, Compression::NoCompression);
+            match tokio::time::timeout(self.upstream.request_timeout, produce).await {
+                Ok(Ok(_)) => {
+                    self.stats().published.fetch_add(n, Relaxed);
+                }
+                failed => {
+                    self.stats().publish_failures.fetch_add(n, Relaxed);
+                    return Err(match failed {
+                        Ok(Err(e)) => format!("publish: {e}"),
+                        _ => "publish timed out".into(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one partition from the first record younger than the window,
+    /// for ever.
+    async fn tail(
+        &self,
+        client: PartitionClient,
+        caught_up: Arc<AtomicU64>,
+        total: u64,
+    ) -> Result<(), String> {
+        let since = chrono::Utc::now()
+            - chrono::Duration::from_std(self.window_len).unwrap_or(chrono::Duration::days(1));
+        let end = client
+            .get_offset(OffsetAt::Latest)
+            .await
+            .map_err(|e| e.to_string())?;
+        // -1: no record that young, so nothing to read before the end.
+        let mut offset = match client.get_offset(OffsetAt::Timestamp(since)).await {
+            Ok(at) if at >= 0 => at,
+            Ok(_) => end,
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut counted = false;
+        let mut count_once = |at: i64| {
+            if !counted && at >= end {
+                counted = true;
+                if caught_up.fetch_add(1, Relaxed) + 1 >= total {
+                    self.stats().caught_up.store(true, Relaxed);
+                    tracing::info!(topic = %self.settings.topic, keys = self.window.len(),
+                        "shared window: caught up with the topic");
+                }
+            }
+        };
+        count_once(offset);
+        loop {
+            let (records, _high) = client
+                .fetch_records(offset, 1..4 * 1024 * 1024, 500)
+                .await
+                .map_err(|e| e.to_string())?;
+            for r in records {
+                offset = r.offset + 1;
+                if r.record
+                    .headers
+                    .get(ORIGIN)
+                    .is_some_and(|o| o.as_slice() == self.origin)
+                {
+                    continue;
+                }
+                let Some(value) = r.record.value else {
+                    continue;
+                };
+                self.stats().segments_read.fetch_add(1, Relaxed);
+                match self.window.learn_encoded(&value) {
+                    Ok(Some((added, acked_ms))) => {
+                        self.stats().keys_learned.fetch_add(added as u64, Relaxed);
+                        let now = chrono::Utc::now().timestamp_millis();
+                        self.stats().lag_ms.store(now - acked_ms as i64, Relaxed);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "shared window: a segment was not learned")
+                    }
+                }
+            }
+            count_once(offset);
+        }
+    }
+}
