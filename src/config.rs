@@ -1464,6 +1464,62 @@ mod tests {
     }
 
     #[test]
+    fn dedup_shared_has_defaults_and_every_problem_with_its_path() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.dedup.shared, None);
+        let c = Config::parse("[dedup.shared]\n").unwrap();
+        let shared = c.dedup.shared.unwrap();
+        assert_eq!(shared.topic, "_idemgate-window");
+        assert_eq!((shared.partitions, shared.replication_factor), (6, -1));
+        assert_eq!(shared.retention_margin, Duration::from_secs(3600));
+        assert!(shared.sasl.is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("pw");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let text = format!(
+            "[dedup.shared]\ntopic = \"w\"\n[dedup.shared.sasl]\nmechanism = \"PLAIN\"\n\
+             username = \"idemgate\"\npassword_file = \"{}\"\n",
+            secret.display()
+        );
+        let sasl = Config::parse(&text)
+            .unwrap()
+            .dedup
+            .shared
+            .unwrap()
+            .sasl
+            .unwrap();
+        assert_eq!(
+            (sasl.mechanism.as_str(), sasl.password.as_str()),
+            ("PLAIN", "s3cret")
+        );
+        assert!(
+            !format!("{sasl:?}").contains("s3cret"),
+            "the password stays out of Debug"
+        );
+
+        let err = Config::parse(
+            "[dedup.shared]\ntopic = \"no spaces\"\npartitions = 0\nreplication_factor = 0\n\
+             retention_margin = \"soon\"\n[dedup.shared.sasl]\nmechanism = \"GSSAPI\"\n",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "dedup.shared.topic",
+                "dedup.shared.partitions",
+                "dedup.shared.replication_factor",
+                "dedup.shared.retention_margin",
+                "dedup.shared.sasl.mechanism",
+                "dedup.shared.sasl.username",
+                "dedup.shared.sasl.password_file",
+            ],
+            "{err}"
+        );
+    }
+
+    #[test]
     fn dedup_store_cache_is_a_byte_size() {
         let c = Config::parse("").unwrap();
         assert_eq!(c.dedup.store_cache, defaults::DEDUP_STORE_CACHE);

@@ -965,6 +965,61 @@ mod tests {
         w
     }
 
+    #[test]
+    fn what_this_process_learns_is_published_and_what_peers_publish_is_learned() {
+        let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = window(a_dir.path(), Duration::from_secs(3600), 1000);
+        let b = window(b_dir.path(), Duration::from_secs(3600), 1000);
+        let published = Arc::new(Mutex::new(Vec::new()));
+        let sink = published.clone();
+        a.publish_to(Box::new(move |seg: &[u8]| {
+            sink.lock().unwrap().push(seg.to_vec())
+        }));
+        commit(&a, &[1, 2, 3], 100);
+        let segments = published.lock().unwrap().clone();
+        assert_eq!(segments.len(), 1, "one segment per acknowledged batch");
+
+        // B learns them: seen, stored, at the same positions.
+        let (added, acked_ms) = b.learn_encoded(&segments[0]).unwrap().unwrap();
+        assert_eq!(added, 3);
+        assert!(acked_ms > 0);
+        for k in [1, 2, 3] {
+            assert!(matches!(b.check(Key(k)), Check::Seen(_)));
+        }
+        let pos = b.position(Key(2)).unwrap().unwrap();
+        assert_eq!((pos.partition, pos.offset), (3, 101));
+        // Learned again: nothing new, nothing stored twice.
+        assert_eq!(b.learn_encoded(&segments[0]).unwrap(), Some((0, acked_ms)));
+        // A peer's segments are not published again.
+        let republished = Arc::new(Mutex::new(0usize));
+        let count = republished.clone();
+        b.publish_to(Box::new(move |_| *count.lock().unwrap() += 1));
+        let peer = Segment::encode(now_ms(), "orders", 1, 7, NO_PRODUCER, &[(Key(4), 0)]);
+        assert_eq!(b.learn_encoded(&peer).unwrap().map(|(n, _)| n), Some(1));
+        assert_eq!(*republished.lock().unwrap(), 0);
+        let mut short = segments[0].clone();
+        short.truncate(short.len() - ENTRY);
+        assert!(
+            b.learn_encoded(&short).is_err(),
+            "a cut segment is not read"
+        );
+
+        // Kept across a restart of B, from its own store.
+        drop(b);
+        let b = window(b_dir.path(), Duration::from_secs(3600), 1000);
+        assert!(matches!(b.check(Key(3)), Check::Seen(_)));
+    }
+
+    #[test]
+    fn a_peer_segment_older_than_the_window_or_unreadable_is_not_learned() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = window(dir.path(), Duration::from_secs(60), 1000);
+        let old = Segment::encode(1, "orders", 0, 0, NO_PRODUCER, &[(Key(9), 0)]);
+        assert_eq!(w.learn_encoded(&old).unwrap(), None);
+        assert!(w.learn_encoded(b"junk").is_err());
+        assert!(matches!(w.check(Key(9)), Check::Claimed));
+    }
+
     fn commit(w: &Arc<Window>, keys: &[u128], base: i64) {
         let mut claim = Claim::new(w.clone());
         let mut entries = Vec::new();
