@@ -42,6 +42,14 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def dedup_rule(topics: str, *more: str) -> str:
+    """One `[[dedup.rules]]` of the proxy's config: a record on `topics` whose
+    content the proxy saw acknowledged before is dropped; `more` are further
+    lines of the rule (`direction = "fetch"`...)."""
+    lines = [f'topics = "{topics}"', 'key = "content"', 'mode = "drop"', *more]
+    return "\n[[dedup.rules]]\n" + "\n".join(lines) + "\n"
+
+
 def wait_for(what: str, cond, timeout: float, interval: float = 0.2):
     """Poll `cond()` until it returns a truthy value; fail after `timeout` s."""
     end = time.monotonic() + timeout
