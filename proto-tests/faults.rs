@@ -570,21 +570,23 @@ fn run_task(task: Arc<Task>, control: Arc<Control>, bootstrap: String, topic: St
     }
 }
 
-/// Starts each task's life ([`run_task`]) on its own thread, through `bootstrap`.
+/// Starts each task's life ([`run_task`]) on its own thread, through
+/// `bootstrap`, under a new [`Control`].
 fn start_tasks(
     tasks: &[Arc<Task>],
-    control: &Arc<Control>,
     bootstrap: &str,
     topic: &str,
-) -> Vec<std::thread::JoinHandle<()>> {
-    tasks
+) -> (Arc<Control>, Vec<std::thread::JoinHandle<()>>) {
+    let control = Control::new();
+    let threads = tasks
         .iter()
         .map(|task| {
             let (task, control) = (task.clone(), control.clone());
             let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
             std::thread::spawn(move || run_task(task, control, bootstrap, topic))
         })
-        .collect()
+        .collect();
+    (control, threads)
 }
 
 // === What the broker holds ===
@@ -976,6 +978,11 @@ async fn metrics(admin: std::net::SocketAddr) -> String {
 /// Writes a proxy's config into `dir` (its store in `dir/store`), with
 /// `upstream_extra` in `[upstream]` and `dedup` in `[dedup]` (keys and
 /// rules); returns its path, bootstrap port and admin port.
+/// The `[[dedup.rules]]` dropping replays by content on `topic`.
+fn drop_rule(topic: &str) -> String {
+    format!("[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n")
+}
+
 fn proxy_config(
     dir: &std::path::Path,
     upstream: &str,
@@ -1061,16 +1068,16 @@ async fn sigkill_at_random_points_loses_nothing() {
         &broker.addr,
         "",
         &format!(
-            "flush_interval = \"{}ms\"\n[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n",
-            FLUSH_INTERVAL.as_millis()
+            "flush_interval = \"{}ms\"\n{}",
+            FLUSH_INTERVAL.as_millis(),
+            drop_rule(topic)
         ),
     );
     let mut proxy = ProxyProcess::start(&config, bootstrap, admin).await;
 
     let t0 = Instant::now();
     let tasks = tasks_with_an_idempotent_one(seed);
-    let control = Control::new();
-    let threads = start_tasks(&tasks, &control, &proxy.bootstrap, topic);
+    let (control, threads) = start_tasks(&tasks, &proxy.bootstrap, topic);
     let mut policy = KillPolicy {
         t0,
         kills: Vec::new(),
@@ -1472,9 +1479,7 @@ async fn upstream_faults_lose_nothing() {
         ),
         // A retry that finds its first attempt still in flight waits 1 s
         // for it (well under the client's timeout), then goes as it came.
-        &format!(
-            "pending_wait = \"1s\"\n[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n"
-        ),
+        &format!("pending_wait = \"1s\"\n{}", drop_rule(topic)),
     );
     let proxy = ProxyProcess::start(&config, bootstrap, admin).await;
 
@@ -1613,8 +1618,9 @@ async fn unwritable_store_fails_open() {
         &broker.addr,
         "",
         &format!(
-            "flush_interval = \"{}ms\"\n[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n",
-            flush.as_millis()
+            "flush_interval = \"{}ms\"\n{}",
+            flush.as_millis(),
+            drop_rule(topic)
         ),
     );
     let mut wrapped = std::process::Command::new("sh");
@@ -1813,18 +1819,12 @@ async fn broker_restarts_under_load_lose_nothing() {
     let brokers = mock.bootstrap_servers();
     let first = brokers.split(',').next().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let (config, bootstrap, admin) = proxy_config(
-        dir.path(),
-        &first,
-        "",
-        &format!("[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n"),
-    );
+    let (config, bootstrap, admin) = proxy_config(dir.path(), &first, "", &drop_rule(topic));
     let proxy = ProxyProcess::start(&config, bootstrap, admin).await;
 
     let t0 = Instant::now();
     let tasks = tasks(seed);
-    let control = Control::new();
-    let threads = start_tasks(&tasks, &control, &proxy.bootstrap, topic);
+    let (control, threads) = start_tasks(&tasks, &proxy.bootstrap, topic);
     let mut policy = BouncePolicy {
         t0,
         kills: Vec::new(),
@@ -1948,15 +1948,14 @@ async fn stalled_readers_and_a_connection_flood_harm_nobody_else() {
              max_in_flight_bytes = \"1MiB\"\nwrite_timeout = \"3s\""
         ),
         "",
-        &format!("[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n"),
+        &drop_rule(topic),
     );
     let config = dir.path().join("idemgate.toml");
     std::fs::write(&config, text).unwrap();
     let proxy = ProxyProcess::start(&config, bootstrap, admin).await;
 
     let tasks = tasks(0);
-    let control = Control::new();
-    let threads = start_tasks(&tasks, &control, &proxy.bootstrap, topic);
+    let (control, threads) = start_tasks(&tasks, &proxy.bootstrap, topic);
     control.enter(Phase::Run(0), tasks.len()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
