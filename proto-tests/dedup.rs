@@ -415,13 +415,16 @@ struct Replay {
     second_delivered: Vec<(i32, i64)>,
 }
 
+/// [`Replay`] of a source task of `connector` (client id
+/// `connector-producer-{connector}-0`).
 async fn crash_and_replay(
     bootstrap: &str,
     topic: &str,
-    client_id: &str,
+    connector: &str,
     (first, replayed, new): (usize, usize, usize),
     extra: &[(&str, &str)],
 ) -> Replay {
+    let client_id = &format!("connector-producer-{connector}-0");
     let originals = recs(0..first + new, "orig");
     let producer = task_producer(bootstrap, client_id, extra);
     let first_delivered = send_ok(&producer, topic, &originals[..first]).await;
@@ -481,14 +484,7 @@ async fn replay_after_crash_is_dropped() {
     let topic = "orders-replay";
     create_topic(&proxy.bootstrap, topic, 3).await;
 
-    let replay = crash_and_replay(
-        &proxy.bootstrap,
-        topic,
-        "connector-producer-orders-0",
-        (500, 200, 100),
-        &[],
-    )
-    .await;
+    let replay = crash_and_replay(&proxy.bootstrap, topic, "orders", (500, 200, 100), &[]).await;
     let rows = consume_all(&broker.addr, topic, 3).await;
     let by_index = check_replay_log(&rows, &replay);
     let partitions: BTreeSet<i32> = rows.iter().map(|r| r.partition).collect();
@@ -555,14 +551,7 @@ async fn delivery_reports_after_a_replay_name_the_right_offsets() {
     let (broker, proxy) = tansu_proxy("key = \"content\"").await;
     let topic = "reports";
     create_topic(&proxy.bootstrap, topic, 3).await;
-    let replay = crash_and_replay(
-        &proxy.bootstrap,
-        topic,
-        "connector-producer-reports-0",
-        (300, 100, 50),
-        &[],
-    )
-    .await;
+    let replay = crash_and_replay(&proxy.bootstrap, topic, "reports", (300, 100, 50), &[]).await;
     let rows = consume_all(&broker.addr, topic, 3).await;
     let by_index = check_replay_log(&rows, &replay);
     // What the restarted task's producer is told: where each record (its
@@ -619,7 +608,7 @@ async fn replay_after_crash_is_dropped_with_every_codec() {
         let replay = crash_and_replay(
             &proxy.bootstrap,
             &topic,
-            &format!("connector-producer-codec-{codec}-0"),
+            &format!("codec-{codec}"),
             (200, 80, 40),
             &[("compression.type", codec)],
         )
@@ -828,14 +817,7 @@ async fn observe_mode_forwards_everything_and_counts() {
     let (broker, proxy) = tansu_proxy("key = \"content\"\nmode = \"observe\"").await;
     let topic = "observed";
     create_topic(&proxy.bootstrap, topic, 3).await;
-    let replay = crash_and_replay(
-        &proxy.bootstrap,
-        topic,
-        "connector-producer-watch-0",
-        (300, 100, 0),
-        &[],
-    )
-    .await;
+    let replay = crash_and_replay(&proxy.bootstrap, topic, "watch", (300, 100, 0), &[]).await;
     let rows = consume_all(&broker.addr, topic, 3).await;
     assert_eq!(rows.len(), 400, "every replay forwarded");
     let counts = copies(&rows);
@@ -1460,38 +1442,68 @@ async fn idempotent_producer_is_not_broken() {
     idempotent_replay(&mock.bootstrap_servers(), &proxy, "idem").await;
 }
 
-/// After a restart on the same store: the window holds the `records` the
-/// first proxy saw acknowledged, and replaying them all through the new
-/// proxy (`admin`, `bootstrap`) drops every one; the topic keeps one copy each.
-async fn replay_via_restarted(
-    admin: SocketAddr,
-    bootstrap: &str,
-    broker: &str,
-    (topic, connector): (&str, &str),
-    records: &[Rec],
-) {
-    let n = records.len() as f64;
-    assert_eq!(
-        wait_gauge(admin, "idemgate_window_keys", n).await,
-        n,
-        "every acknowledged key read back"
-    );
-    let producer = task_producer(bootstrap, &format!("connector-producer-{connector}-0"), &[]);
-    send_ok(&producer, topic, records).await;
-    drop(producer);
-    let rows = consume_all(broker, topic, 3).await;
-    assert_exactly_once(&rows, records);
-    assert_eq!(
-        dedup_counts(admin, connector, topic).await,
-        (n, n, 0.0),
-        "every replay through the restarted proxy dropped"
-    );
-    assert_eq!(
-        fail_open_total(admin).await,
-        0.0,
-        "{:?}",
-        fail_open(admin).await
-    );
+/// A proxy restart case: a source task of `connector` sends `records` to
+/// `topic` (3 partitions, on `broker`) through a first proxy, then all of
+/// them again through the restarted one.
+struct Restart<'a> {
+    broker: &'a str,
+    topic: &'a str,
+    connector: &'a str,
+    records: &'a [Rec],
+}
+
+impl Restart<'_> {
+    /// Creates the topic and sends every record through the proxy at
+    /// `bootstrap`, each acknowledged.
+    async fn send_first(&self, bootstrap: &str) {
+        create_topic(bootstrap, self.topic, 3).await;
+        self.send(bootstrap).await;
+    }
+
+    /// [`send_first`](Self::send_first), and the proxy (`admin`) counts every
+    /// record and drops none.
+    async fn send_first_counted(&self, admin: SocketAddr, bootstrap: &str) {
+        self.send_first(bootstrap).await;
+        let n = self.records.len() as f64;
+        assert_eq!(
+            dedup_counts(admin, self.connector, self.topic).await,
+            (n, 0.0, 0.0)
+        );
+    }
+
+    async fn send(&self, bootstrap: &str) {
+        let client_id = format!("connector-producer-{}-0", self.connector);
+        let producer = task_producer(bootstrap, &client_id, &[]);
+        send_ok(&producer, self.topic, self.records).await;
+    }
+
+    /// After a restart on the same store: the window holds the records the
+    /// first proxy saw acknowledged, and replaying them all through the new
+    /// proxy (`admin`, `bootstrap`) drops every one; the topic keeps one copy
+    /// each.
+    async fn replay_dropped(&self, admin: SocketAddr, bootstrap: &str) {
+        let (topic, connector, records) = (self.topic, self.connector, self.records);
+        let n = records.len() as f64;
+        assert_eq!(
+            wait_gauge(admin, "idemgate_window_keys", n).await,
+            n,
+            "every acknowledged key read back"
+        );
+        self.send(bootstrap).await;
+        let rows = consume_all(self.broker, topic, 3).await;
+        assert_exactly_once(&rows, records);
+        assert_eq!(
+            dedup_counts(admin, connector, topic).await,
+            (n, n, 0.0),
+            "every replay through the restarted proxy dropped"
+        );
+        assert_eq!(
+            fail_open_total(admin).await,
+            0.0,
+            "{:?}",
+            fail_open(admin).await
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1505,18 +1517,16 @@ async fn proxy_restart_keeps_the_window() {
         "",
         &dedup_toml("key = \"content\""),
     );
-    let topic = "restart";
     let records = recs(0..200, "r");
+    let case = Restart {
+        broker: &broker.addr,
+        topic: "restart",
+        connector: "restart",
+        records: &records,
+    };
 
     let a = Proxy::start_config(&text).await;
-    create_topic(&a.bootstrap, topic, 3).await;
-    let producer = task_producer(&a.bootstrap, "connector-producer-restart-0", &[]);
-    send_ok(&producer, topic, &records).await;
-    drop(producer);
-    assert_eq!(
-        dedup_counts(a.admin, "restart", topic).await,
-        (200.0, 0.0, 0.0)
-    );
+    case.send_first_counted(a.admin, &a.bootstrap).await;
     a.stop().await; // drains and flushes the store
 
     // The same config, on the same store, on a fresh admin port.
@@ -1527,14 +1537,7 @@ async fn proxy_restart_keeps_the_window() {
     );
     assert_ne!(text, text_b);
     let b = Proxy::start_config(&text_b).await;
-    replay_via_restarted(
-        b.admin,
-        &b.bootstrap,
-        &broker.addr,
-        (topic, "restart"),
-        &records,
-    )
-    .await;
+    case.replay_dropped(b.admin, &b.bootstrap).await;
     b.stop().await;
 }
 
@@ -1585,14 +1588,16 @@ async fn sigkill_keeps_what_the_flush_policy_promises() {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let (config, bootstrap, admin) = flushing_every(dir.path(), &broker.addr, "200ms");
-    let topic = "killed";
     let records = recs(0..300, "k");
+    let case = Restart {
+        broker: &broker.addr,
+        topic: "killed",
+        connector: "killed",
+        records: &records,
+    };
 
     let a = ProxyProcess::start(&config, bootstrap, admin).await;
-    create_topic(&a.bootstrap, topic, 3).await;
-    let producer = task_producer(&a.bootstrap, "connector-producer-killed-0", &[]);
-    send_ok(&producer, topic, &records).await;
-    drop(producer);
+    case.send_first(&a.bootstrap).await;
     // A flush that started after every ack (the second one counted from
     // now: the first may have been under way already), then no goodbye.
     let flushes = support::metric_value(&metrics(a.admin).await, FLUSHES);
@@ -1603,14 +1608,7 @@ async fn sigkill_keeps_what_the_flush_policy_promises() {
     a.kill9();
 
     let b = ProxyProcess::start(&config, bootstrap, admin).await;
-    replay_via_restarted(
-        b.admin,
-        &b.bootstrap,
-        &broker.addr,
-        (topic, "killed"),
-        &records,
-    )
-    .await;
+    case.replay_dropped(b.admin, &b.bootstrap).await;
     b.stop().await;
 }
 
@@ -1625,22 +1623,19 @@ async fn sigkill_within_the_flush_interval_loses_nothing() {
     let (config, bootstrap, admin) = flushing_every(dir.path(), &broker.addr, "1h");
     let topic = "killed-early";
     let records = recs(0..300, "e");
+    let case = Restart {
+        broker: &broker.addr,
+        topic,
+        connector: "early",
+        records: &records,
+    };
 
     let a = ProxyProcess::start(&config, bootstrap, admin).await;
-    create_topic(&a.bootstrap, topic, 3).await;
-    let producer = task_producer(&a.bootstrap, "connector-producer-early-0", &[]);
-    send_ok(&producer, topic, &records).await;
-    drop(producer);
-    assert_eq!(
-        dedup_counts(a.admin, "early", topic).await,
-        (300.0, 0.0, 0.0)
-    );
+    case.send_first_counted(a.admin, &a.bootstrap).await;
     a.kill9();
 
     let b = ProxyProcess::start(&config, bootstrap, admin).await;
-    let producer = task_producer(&b.bootstrap, "connector-producer-early-0", &[]);
-    send_ok(&producer, topic, &records).await;
-    drop(producer);
+    case.send(&b.bootstrap).await;
     let (_, dropped, _) = dedup_counts(b.admin, "early", topic).await;
     let rows = consume_all(&broker.addr, topic, 3).await;
     let counts = copies(&rows);
@@ -1675,29 +1670,20 @@ async fn proxy_process_restart_keeps_the_window() {
     );
     let config = dir.path().join("idemgate.toml");
     std::fs::write(&config, text).unwrap();
-    let topic = "restart-process";
     let records = recs(0..200, "r");
+    let case = Restart {
+        broker: &broker.addr,
+        topic: "restart-process",
+        connector: "restart",
+        records: &records,
+    };
 
     let a = ProxyProcess::start(&config, bootstrap, admin).await;
-    create_topic(&a.bootstrap, topic, 3).await;
-    let producer = task_producer(&a.bootstrap, "connector-producer-restart-0", &[]);
-    send_ok(&producer, topic, &records).await;
-    drop(producer);
-    assert_eq!(
-        dedup_counts(a.admin, "restart", topic).await,
-        (200.0, 0.0, 0.0)
-    );
+    case.send_first_counted(a.admin, &a.bootstrap).await;
     a.stop().await;
 
     let b = ProxyProcess::start(&config, bootstrap, admin).await;
-    replay_via_restarted(
-        b.admin,
-        &b.bootstrap,
-        &broker.addr,
-        (topic, "restart"),
-        &records,
-    )
-    .await;
+    case.replay_dropped(b.admin, &b.bootstrap).await;
     b.stop().await;
 }
 
