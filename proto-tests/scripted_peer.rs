@@ -293,6 +293,9 @@ fn idempotent_fetch() -> kafka_protocol::messages::FetchResponse {
             .with_partitions(vec![partition])])
 }
 
+/// Connections closed for an upstream's fault.
+const UPSTREAM_ERRORS: &str = "idemgate_connection_errors_total{side=\"upstream\"}";
+
 /// A peer playing `script`, and the proxy in front of it with `extra` config.
 async fn behind_proxy(script: Script, extra: &str) -> (Peer, Proxy) {
     let peer = Peer::start(script).await;
@@ -402,12 +405,7 @@ async fn acks_0_that_kafka_never_answers_leaves_the_order_intact() {
     );
     let second = conn.recv_frame().await.unwrap();
     assert_eq!(&second[..4], &4i32.to_be_bytes());
-    assert_eq!(
-        proxy
-            .metric("idemgate_connection_errors_total{side=\"upstream\"}")
-            .await,
-        0.0
-    );
+    assert_eq!(proxy.metric(UPSTREAM_ERRORS).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,12 +415,7 @@ async fn a_broker_slower_than_the_deadline_closes_the_connection() {
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
     conn.send_frame(&api_versions(1)).await;
     assert!(conn.recv_frame().await.is_none(), "closed, not answered");
-    assert_eq!(
-        proxy
-            .wait_metric("idemgate_connection_errors_total{side=\"upstream\"}", 1.0)
-            .await,
-        1.0
-    );
+    assert_eq!(proxy.wait_metric(UPSTREAM_ERRORS, 1.0).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,12 +430,7 @@ async fn a_broker_answering_out_of_order_is_refused() {
     conn.send_raw(&wire).await;
     // Never a swapped answer: the connection closes instead.
     assert!(conn.recv_frame().await.is_none());
-    assert_eq!(
-        proxy
-            .wait_metric("idemgate_connection_errors_total{side=\"upstream\"}", 1.0)
-            .await,
-        1.0
-    );
+    assert_eq!(proxy.wait_metric(UPSTREAM_ERRORS, 1.0).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
