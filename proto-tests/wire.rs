@@ -430,6 +430,21 @@ async fn stop_reading_after(proxy: &Proxy, topic: &'static str, n: usize) -> tok
     stream
 }
 
+/// A client that sent 24 Fetches of `big` ([`stop_reading_after`]), once the
+/// proxy's reader of their responses waits for memory (`what` if it never does).
+async fn stalled_client(proxy: &Proxy, what: &str) -> tokio::net::TcpStream {
+    let stalled = stop_reading_after(proxy, "big", 24).await;
+    assert_eq!(
+        proxy
+            .wait_metric("idemgate_reads_waiting_for_memory{side=\"upstream\"}", 1.0)
+            .await,
+        1.0,
+        "{what}:\n{}",
+        proxy.metrics().await
+    );
+    stalled
+}
+
 /// Waits until a metric stops rising for half a second, then returns it.
 async fn settled(proxy: &Proxy, series: &str) -> f64 {
     let mut last = proxy.metric(series).await;
@@ -473,16 +488,9 @@ async fn a_client_that_stops_reading_holds_only_its_budget_and_is_closed() {
     .await;
     // 24 responses of ~1.2 MB each: far more than kernel buffers and the
     // budget hold together.
-    let stalled = stop_reading_after(&proxy, "big", 24).await;
     // The next response waits for the client (the gauge, not the counter of
     // waits, which moves only when a wait ends).
-    assert_eq!(
-        proxy
-            .wait_metric("idemgate_reads_waiting_for_memory{side=\"upstream\"}", 1.0)
-            .await,
-        1.0,
-        "the responses' reader waits for the client"
-    );
+    let stalled = stalled_client(&proxy, "the responses' reader waits for the client").await;
     let held = settled(&proxy, "idemgate_in_flight_bytes").await;
     // The budget, plus the one response that may go over it.
     let one_response = 1.3e6;
@@ -539,18 +547,14 @@ async fn requests_wait_for_the_overall_budget_and_then_go_through() {
     .await;
     let mut producer = RawConn::connect(&proxy.bootstrap).await;
     support::create_topic_raw(&mut producer, "small", 1).await;
-    let stalled = stop_reading_after(&proxy, "big", 24).await;
     // Its responses fill its connection's budget: the next one waits. (The
     // counter of waits moves only when one ends, which here may be never:
     // how much a stalled socket takes depends on the kernel's buffers.)
-    assert_eq!(
-        proxy
-            .wait_metric("idemgate_reads_waiting_for_memory{side=\"upstream\"}", 1.0)
-            .await,
-        1.0,
-        "the stalled client's responses filled its connection's budget:\n{}",
-        proxy.metrics().await
-    );
+    let stalled = stalled_client(
+        &proxy,
+        "the stalled client's responses filled its connection's budget",
+    )
+    .await;
     // Two ~1.1 MB responses fit the connection's 3 MiB: more than the 2 MiB
     // overall budget, which only gates reading new requests.
     let held = proxy
