@@ -978,6 +978,13 @@ async fn metrics(admin: std::net::SocketAddr) -> String {
 /// Writes a proxy's config into `dir` (its store in `dir/store`), with
 /// `upstream_extra` in `[upstream]` and `dedup` in `[dedup]` (keys and
 /// rules); returns its path, bootstrap port and admin port.
+/// A tansu broker holding `topic` with [`PARTITIONS`] partitions.
+async fn tansu_with(topic: &str) -> Tansu {
+    let broker = Tansu::start();
+    create_topic(&broker.addr, topic, PARTITIONS).await;
+    broker
+}
+
 /// The `[[dedup.rules]]` dropping replays by content on `topic`.
 fn drop_rule(topic: &str) -> String {
     format!("[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n")
@@ -1059,9 +1066,8 @@ async fn sigkill_at_random_points_loses_nothing() {
     let (kills, seed) = (kills(), seed());
     println!("sigkill: {kills} kills, IDEMGATE_FAULT_SEED={seed}");
     let mut rng = Rng(seed);
-    let broker = Tansu::start();
     let topic = "faults-sigkill";
-    create_topic(&broker.addr, topic, PARTITIONS).await;
+    let broker = tansu_with(topic).await;
     let dir = tempfile::tempdir().unwrap();
     let (config, bootstrap, admin) = proxy_config(
         dir.path(),
@@ -1608,9 +1614,8 @@ async fn upstream_faults_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwritable_store_fails_open() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let broker = Tansu::start();
     let topic = "faults-store";
-    create_topic(&broker.addr, topic, PARTITIONS).await;
+    let broker = tansu_with(topic).await;
     let dir = tempfile::tempdir().unwrap();
     let flush = Duration::from_millis(100);
     let (config, bootstrap, admin) = proxy_config(
@@ -1935,9 +1940,8 @@ fn acked_so_far(tasks: &[Arc<Task>]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_readers_and_a_connection_flood_harm_nobody_else() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let broker = Tansu::start();
     let topic = "faults-neighbours";
-    create_topic(&broker.addr, topic, PARTITIONS).await;
+    let broker = tansu_with(topic).await;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let (text, bootstrap, admin) = Proxy::config_text(
