@@ -119,6 +119,18 @@ struct Sent {
     attempts: Vec<Attempt>,
 }
 
+impl Attempt {
+    /// "instance I sent +S acknowledged +A" (`never` if not), times since `t0`.
+    fn describe(&self, t0: Instant) -> String {
+        format!(
+            "instance {} sent {} acknowledged {}",
+            self.instance,
+            at(t0, self.sent),
+            self.acked.map_or("never".into(), |t| at(t0, t)),
+        )
+    }
+}
+
 impl Sent {
     fn first_ack(&self) -> Option<Instant> {
         self.attempts.iter().filter_map(|a| a.acked).min()
@@ -939,10 +951,8 @@ impl KillPolicy {
             .map(|a| {
                 let kill = self.kills.get(a.instance as usize);
                 format!(
-                    "instance {} sent {} acknowledged {} killed {}",
-                    a.instance,
-                    at(t0, a.sent),
-                    a.acked.map_or("never".into(), |t| at(t0, t)),
+                    "{} killed {}",
+                    a.describe(t0),
                     kill.map_or("never".into(), |k| at(t0, *k)),
                 )
             })
@@ -1775,18 +1785,7 @@ impl BouncePolicy {
 
     fn why(&self, s: &Sent) -> String {
         let t0 = self.t0;
-        let attempts: Vec<String> = s
-            .attempts
-            .iter()
-            .map(|a| {
-                format!(
-                    "instance {} sent {} acknowledged {}",
-                    a.instance,
-                    at(t0, a.sent),
-                    a.acked.map_or("never".into(), |t| at(t0, t)),
-                )
-            })
-            .collect();
+        let attempts: Vec<String> = s.attempts.iter().map(|a| a.describe(t0)).collect();
         let kills: Vec<String> = self.kills.iter().map(|k| at(t0, *k)).collect();
         format!(
             "{}; broker killed at {}",
