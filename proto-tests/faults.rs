@@ -1000,6 +1000,15 @@ fn drop_rule(topic: &str) -> String {
     format!("[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n")
 }
 
+/// [`drop_rule`] with the store flushed every `flush`.
+fn flushing_rule(topic: &str, flush: Duration) -> String {
+    format!(
+        "flush_interval = \"{}ms\"\n{}",
+        flush.as_millis(),
+        drop_rule(topic)
+    )
+}
+
 fn proxy_config(
     dir: &std::path::Path,
     upstream: &str,
@@ -1083,11 +1092,7 @@ async fn sigkill_at_random_points_loses_nothing() {
         dir.path(),
         &broker.addr,
         "",
-        &format!(
-            "flush_interval = \"{}ms\"\n{}",
-            FLUSH_INTERVAL.as_millis(),
-            drop_rule(topic)
-        ),
+        &flushing_rule(topic, FLUSH_INTERVAL),
     );
     let mut proxy = ProxyProcess::start(&config, bootstrap, admin).await;
 
@@ -1628,16 +1633,8 @@ async fn unwritable_store_fails_open() {
     let broker = tansu_with(topic).await;
     let dir = tempfile::tempdir().unwrap();
     let flush = Duration::from_millis(100);
-    let (config, bootstrap, admin) = proxy_config(
-        dir.path(),
-        &broker.addr,
-        "",
-        &format!(
-            "flush_interval = \"{}ms\"\n{}",
-            flush.as_millis(),
-            drop_rule(topic)
-        ),
-    );
+    let (config, bootstrap, admin) =
+        proxy_config(dir.path(), &broker.addr, "", &flushing_rule(topic, flush));
     let mut wrapped = std::process::Command::new("sh");
     wrapped
         .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
