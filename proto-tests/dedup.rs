@@ -14,7 +14,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::Offset;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
@@ -29,6 +29,26 @@ fn dedup_toml(rule: &str) -> String {
         "mode = \"drop\"\n"
     };
     format!("[dedup]\n[[dedup.rules]]\ntopics = \"*\"\n{mode}{rule}\n")
+}
+
+/// A tansu broker and the proxy in front of it with [`dedup_toml`]`(rule)`.
+async fn tansu_proxy(rule: &str) -> (Tansu, Proxy) {
+    let broker = Tansu::start();
+    let proxy = Proxy::start_with(&broker.addr, &dedup_toml(rule)).await;
+    (broker, proxy)
+}
+
+/// librdkafka's mock cluster (one broker) holding `topic`, and the proxy in
+/// front of it dropping replays by content.
+async fn mock_proxy(
+    topic: &str,
+    partitions: i32,
+) -> (MockCluster<'static, DefaultProducerContext>, Proxy) {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic(topic, partitions, 1).unwrap();
+    let proxy =
+        Proxy::start_with(&mock.bootstrap_servers(), &dedup_toml("key = \"content\"")).await;
+    (mock, proxy)
 }
 
 // === Clients ===
@@ -99,6 +119,17 @@ async fn send(
 }
 
 /// [`send`], asserting every delivery succeeded.
+/// Every delivery report of `who` (a [`send`]) is a success.
+fn assert_delivered(who: &str, reports: &[Result<(i32, i64), String>]) {
+    let failed: Vec<_> = reports.iter().filter(|r| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{who}: {} deliveries failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}
+
 async fn send_ok(producer: &FutureProducer, topic: &str, records: &[Rec]) -> Vec<(i32, i64)> {
     send(producer, topic, records)
         .await
@@ -333,6 +364,16 @@ async fn assert_no_fail_open(admin: SocketAddr) {
     assert_eq!(by_reason.values().sum::<f64>(), 0.0, "{by_reason:?}");
 }
 
+/// [`dedup_counts`] are `want`, and nothing was forwarded unchecked.
+async fn assert_counts(admin: SocketAddr, connector: &str, topic: &str, want: (f64, f64, f64)) {
+    assert_eq!(
+        dedup_counts(admin, connector, topic).await,
+        want,
+        "(records, dropped, observed)"
+    );
+    assert_no_fail_open(admin).await;
+}
+
 async fn json(admin: SocketAddr, path: &str) -> serde_json::Value {
     let (status, body) = http_get(admin, path).await;
     assert_eq!(status, 200, "{path}: {body}");
@@ -374,13 +415,16 @@ struct Replay {
     second_delivered: Vec<(i32, i64)>,
 }
 
+/// [`Replay`] of a source task of `connector` (client id
+/// `connector-producer-{connector}-0`).
 async fn crash_and_replay(
     bootstrap: &str,
     topic: &str,
-    client_id: &str,
+    connector: &str,
     (first, replayed, new): (usize, usize, usize),
     extra: &[(&str, &str)],
 ) -> Replay {
+    let client_id = &format!("connector-producer-{connector}-0");
     let originals = recs(0..first + new, "orig");
     let producer = task_producer(bootstrap, client_id, extra);
     let first_delivered = send_ok(&producer, topic, &originals[..first]).await;
@@ -436,30 +480,17 @@ fn check_replay_log(rows: &[Consumed], replay: &Replay) -> BTreeMap<usize, Consu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_after_crash_is_dropped() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    let (broker, proxy) = tansu_proxy("key = \"content\"").await;
     let topic = "orders-replay";
     create_topic(&proxy.bootstrap, topic, 3).await;
 
-    let replay = crash_and_replay(
-        &proxy.bootstrap,
-        topic,
-        "connector-producer-orders-0",
-        (500, 200, 100),
-        &[],
-    )
-    .await;
+    let replay = crash_and_replay(&proxy.bootstrap, topic, "orders", (500, 200, 100), &[]).await;
     let rows = consume_all(&broker.addr, topic, 3).await;
     let by_index = check_replay_log(&rows, &replay);
     let partitions: BTreeSet<i32> = rows.iter().map(|r| r.partition).collect();
     assert_eq!(partitions.len(), 3, "keys spread over all 3 partitions");
 
-    assert_eq!(
-        dedup_counts(proxy.admin, "orders", topic).await,
-        (800.0, 200.0, 0.0),
-        "(records, dropped, observed)"
-    );
-    assert_no_fail_open(proxy.admin).await;
+    assert_counts(proxy.admin, "orders", topic, (800.0, 200.0, 0.0)).await;
     assert_eq!(
         wait_gauge(proxy.admin, "idemgate_window_keys", 600.0).await,
         600.0
@@ -517,18 +548,10 @@ async fn replay_after_crash_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_reports_after_a_replay_name_the_right_offsets() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    let (broker, proxy) = tansu_proxy("key = \"content\"").await;
     let topic = "reports";
     create_topic(&proxy.bootstrap, topic, 3).await;
-    let replay = crash_and_replay(
-        &proxy.bootstrap,
-        topic,
-        "connector-producer-reports-0",
-        (300, 100, 50),
-        &[],
-    )
-    .await;
+    let replay = crash_and_replay(&proxy.bootstrap, topic, "reports", (300, 100, 50), &[]).await;
     let rows = consume_all(&broker.addr, topic, 3).await;
     let by_index = check_replay_log(&rows, &replay);
     // What the restarted task's producer is told: where each record (its
@@ -576,8 +599,7 @@ async fn delivery_reports_after_a_replay_name_the_right_offsets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_after_crash_is_dropped_with_every_codec() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    let (broker, proxy) = tansu_proxy("key = \"content\"").await;
     // zstd: `replay_is_dropped_in_zstd_batches` (the vendored librdkafka
     // here is built without libzstd).
     for codec in ["gzip", "snappy", "lz4"] {
@@ -586,7 +608,7 @@ async fn replay_after_crash_is_dropped_with_every_codec() {
         let replay = crash_and_replay(
             &proxy.bootstrap,
             &topic,
-            &format!("connector-producer-codec-{codec}-0"),
+            &format!("codec-{codec}"),
             (200, 80, 40),
             &[("compression.type", codec)],
         )
@@ -748,8 +770,7 @@ async fn fetch_all_raw(via: &str, broker: &str, topic: &str) -> Vec<RawRow> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_is_dropped_in_zstd_batches() {
     use kafka_protocol::messages::{ApiKey, ProduceResponse};
-    let broker = Tansu::start();
-    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    let (broker, proxy) = tansu_proxy("key = \"content\"").await;
     let topic = "codec-zstd";
     create_topic(&proxy.bootstrap, topic, 1).await;
     let originals = recs(0..240, "orig");
@@ -787,33 +808,16 @@ async fn replay_is_dropped_in_zstd_batches() {
             "offset {offset}: the rewritten batch keeps its codec"
         );
     }
-    assert_eq!(
-        dedup_counts(proxy.admin, "codec-zstd", topic).await,
-        (320.0, 80.0, 0.0),
-        "(records, dropped, observed)"
-    );
-    assert_no_fail_open(proxy.admin).await;
+    assert_counts(proxy.admin, "codec-zstd", topic, (320.0, 80.0, 0.0)).await;
     proxy.assert_no_leaks().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn observe_mode_forwards_everything_and_counts() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start_with(
-        &broker.addr,
-        &dedup_toml("key = \"content\"\nmode = \"observe\""),
-    )
-    .await;
+    let (broker, proxy) = tansu_proxy("key = \"content\"\nmode = \"observe\"").await;
     let topic = "observed";
     create_topic(&proxy.bootstrap, topic, 3).await;
-    let replay = crash_and_replay(
-        &proxy.bootstrap,
-        topic,
-        "connector-producer-watch-0",
-        (300, 100, 0),
-        &[],
-    )
-    .await;
+    let replay = crash_and_replay(&proxy.bootstrap, topic, "watch", (300, 100, 0), &[]).await;
     let rows = consume_all(&broker.addr, topic, 3).await;
     assert_eq!(rows.len(), 400, "every replay forwarded");
     let counts = copies(&rows);
@@ -839,12 +843,7 @@ async fn observe_mode_forwards_everything_and_counts() {
         assert!(by_pos.contains(d), "report {d:?} names a record in the log");
     }
 
-    assert_eq!(
-        dedup_counts(proxy.admin, "watch", topic).await,
-        (400.0, 0.0, 100.0),
-        "(records, dropped, observed)"
-    );
-    assert_no_fail_open(proxy.admin).await;
+    assert_counts(proxy.admin, "watch", topic, (400.0, 0.0, 100.0)).await;
     proxy.assert_no_leaks().await;
 }
 
@@ -854,8 +853,7 @@ async fn observe_mode_forwards_everything_and_counts() {
 /// dropped; a replay of aborted ones is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_transactions_teach_the_window_aborted_ones_do_not() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    let (broker, proxy) = tansu_proxy("key = \"content\"").await;
     let topic = "txn-orders";
     create_topic(&proxy.bootstrap, topic, 3).await;
 
@@ -937,8 +935,7 @@ async fn committed_transactions_teach_the_window_aborted_ones_do_not() {
 /// only T's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purging_a_topic_forgets_its_keys_only() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    let (broker, proxy) = tansu_proxy("key = \"content\"").await;
     let (purged, kept) = ("recreated", "untouched");
     for topic in [purged, kept] {
         create_topic(&proxy.bootstrap, topic, 3).await;
@@ -1070,13 +1067,7 @@ async fn zombie_and_successor_lose_nothing() {
     let a = zombie_sending.await.unwrap();
     let b = successor_sending.await.unwrap();
     for (who, reports) in [("zombie", &a), ("successor", &b)] {
-        let failed: Vec<_> = reports.iter().filter(|r| r.is_err()).collect();
-        assert!(
-            failed.is_empty(),
-            "{who}: {} deliveries failed: {:?}",
-            failed.len(),
-            &failed[..failed.len().min(3)]
-        );
+        assert_delivered(who, reports);
     }
     drop((zombie, successor));
 
@@ -1096,8 +1087,7 @@ async fn zombie_and_successor_lose_nothing() {
 /// write, and a replay restoring it must not be dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_1_is_checked_but_never_teaches() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    let (broker, proxy) = tansu_proxy("key = \"content\"").await;
     let topic = "acks-one";
     create_topic(&proxy.bootstrap, topic, 3).await;
     let records = recs(0..100, "a");
@@ -1329,12 +1319,7 @@ async fn state_changes_back_to_an_earlier_value_survive_the_default_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_key_rule_and_fallback_pass() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start_with(
-        &broker.addr,
-        &dedup_toml("key = \"record-key\"\nfallback = \"pass\""),
-    )
-    .await;
+    let (broker, proxy) = tansu_proxy("key = \"record-key\"\nfallback = \"pass\"").await;
     let topic = "keyed";
     create_topic(&proxy.bootstrap, topic, 3).await;
     let null = Rec {
@@ -1386,12 +1371,7 @@ async fn record_key_rule_and_fallback_pass() {
         }
     }
 
-    assert_eq!(
-        dedup_counts(proxy.admin, "keyed", topic).await,
-        (203.0, 100.0, 0.0),
-        "(records, dropped, observed)"
-    );
-    assert_no_fail_open(proxy.admin).await;
+    assert_counts(proxy.admin, "keyed", topic, (203.0, 100.0, 0.0)).await;
     let k5 = rows
         .iter()
         .find(|r| r.key.as_deref() == Some("k-0005"))
@@ -1427,13 +1407,7 @@ async fn idempotent_replay(broker: &str, proxy: &Proxy, topic: &str) {
     let second_reports = send(&second, topic, &originals[200..]).await;
     drop(second);
     for (who, reports) in [("first", &first_reports), ("second", &second_reports)] {
-        let failed: Vec<_> = reports.iter().filter(|r| r.is_err()).collect();
-        assert!(
-            failed.is_empty(),
-            "{who}: {} deliveries failed: {:?}",
-            failed.len(),
-            &failed[..failed.len().min(3)]
-        );
+        assert_delivered(who, reports);
     }
 
     // Every record of the first instance was acknowledged before the second
@@ -1460,49 +1434,76 @@ async fn idempotent_replay(broker: &str, proxy: &Proxy, topic: &str) {
 /// checks every producer's sequences the way Kafka does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_producer_is_not_broken() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start_with(&broker.addr, &dedup_toml("key = \"content\"")).await;
+    let (broker, proxy) = tansu_proxy("key = \"content\"").await;
     create_topic(&proxy.bootstrap, "idem", 3).await;
     idempotent_replay(&broker.addr, &proxy, "idem").await;
 
-    let mock = MockCluster::new(1).unwrap();
-    mock.create_topic("idem", 3, 1).unwrap();
-    let proxy =
-        Proxy::start_with(&mock.bootstrap_servers(), &dedup_toml("key = \"content\"")).await;
+    let (mock, proxy) = mock_proxy("idem", 3).await;
     idempotent_replay(&mock.bootstrap_servers(), &proxy, "idem").await;
 }
 
-/// After a restart on the same store: the window holds the `records` the
-/// first proxy saw acknowledged, and replaying them all through the new
-/// proxy (`admin`, `bootstrap`) drops every one; the topic keeps one copy each.
-async fn replay_through_restarted(
-    (admin, bootstrap): (SocketAddr, &str),
-    broker: &str,
-    (topic, connector): (&str, &str),
-    records: &[Rec],
-) {
-    let n = records.len() as f64;
-    assert_eq!(
-        wait_gauge(admin, "idemgate_window_keys", n).await,
-        n,
-        "every acknowledged key read back"
-    );
-    let producer = task_producer(bootstrap, &format!("connector-producer-{connector}-0"), &[]);
-    send_ok(&producer, topic, records).await;
-    drop(producer);
-    let rows = consume_all(broker, topic, 3).await;
-    assert_exactly_once(&rows, records);
-    assert_eq!(
-        dedup_counts(admin, connector, topic).await,
-        (n, n, 0.0),
-        "every replay through the restarted proxy dropped"
-    );
-    assert_eq!(
-        fail_open_total(admin).await,
-        0.0,
-        "{:?}",
-        fail_open(admin).await
-    );
+/// A proxy restart case: a source task of `connector` sends `records` to
+/// `topic` (3 partitions, on `broker`) through a first proxy, then all of
+/// them again through the restarted one.
+struct Restart<'a> {
+    broker: &'a str,
+    topic: &'a str,
+    connector: &'a str,
+    records: &'a [Rec],
+}
+
+impl Restart<'_> {
+    /// Creates the topic and sends every record through the proxy at
+    /// `bootstrap`, each acknowledged.
+    async fn send_first(&self, bootstrap: &str) {
+        create_topic(bootstrap, self.topic, 3).await;
+        self.send(bootstrap).await;
+    }
+
+    /// [`send_first`](Self::send_first), and the proxy (`admin`) counts every
+    /// record and drops none.
+    async fn send_first_counted(&self, admin: SocketAddr, bootstrap: &str) {
+        self.send_first(bootstrap).await;
+        let n = self.records.len() as f64;
+        assert_eq!(
+            dedup_counts(admin, self.connector, self.topic).await,
+            (n, 0.0, 0.0)
+        );
+    }
+
+    async fn send(&self, bootstrap: &str) {
+        let client_id = format!("connector-producer-{}-0", self.connector);
+        let producer = task_producer(bootstrap, &client_id, &[]);
+        send_ok(&producer, self.topic, self.records).await;
+    }
+
+    /// After a restart on the same store: the window holds the records the
+    /// first proxy saw acknowledged, and replaying them all through the new
+    /// proxy (`admin`, `bootstrap`) drops every one; the topic keeps one copy
+    /// each.
+    async fn replay_dropped(&self, admin: SocketAddr, bootstrap: &str) {
+        let (topic, connector, records) = (self.topic, self.connector, self.records);
+        let n = records.len() as f64;
+        assert_eq!(
+            wait_gauge(admin, "idemgate_window_keys", n).await,
+            n,
+            "every acknowledged key read back"
+        );
+        self.send(bootstrap).await;
+        let rows = consume_all(self.broker, topic, 3).await;
+        assert_exactly_once(&rows, records);
+        assert_eq!(
+            dedup_counts(admin, connector, topic).await,
+            (n, n, 0.0),
+            "every replay through the restarted proxy dropped"
+        );
+        assert_eq!(
+            fail_open_total(admin).await,
+            0.0,
+            "{:?}",
+            fail_open(admin).await
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1516,18 +1517,16 @@ async fn proxy_restart_keeps_the_window() {
         "",
         &dedup_toml("key = \"content\""),
     );
-    let topic = "restart";
     let records = recs(0..200, "r");
+    let case = Restart {
+        broker: &broker.addr,
+        topic: "restart",
+        connector: "restart",
+        records: &records,
+    };
 
     let a = Proxy::start_config(&text).await;
-    create_topic(&a.bootstrap, topic, 3).await;
-    let producer = task_producer(&a.bootstrap, "connector-producer-restart-0", &[]);
-    send_ok(&producer, topic, &records).await;
-    drop(producer);
-    assert_eq!(
-        dedup_counts(a.admin, "restart", topic).await,
-        (200.0, 0.0, 0.0)
-    );
+    case.send_first_counted(a.admin, &a.bootstrap).await;
     a.stop().await; // drains and flushes the store
 
     // The same config, on the same store, on a fresh admin port.
@@ -1538,13 +1537,7 @@ async fn proxy_restart_keeps_the_window() {
     );
     assert_ne!(text, text_b);
     let b = Proxy::start_config(&text_b).await;
-    replay_through_restarted(
-        (b.admin, &b.bootstrap),
-        &broker.addr,
-        (topic, "restart"),
-        &records,
-    )
-    .await;
+    case.replay_dropped(b.admin, &b.bootstrap).await;
     b.stop().await;
 }
 
@@ -1595,14 +1588,16 @@ async fn sigkill_keeps_what_the_flush_policy_promises() {
     let broker = Tansu::start();
     let dir = tempfile::tempdir().unwrap();
     let (config, bootstrap, admin) = flushing_every(dir.path(), &broker.addr, "200ms");
-    let topic = "killed";
     let records = recs(0..300, "k");
+    let case = Restart {
+        broker: &broker.addr,
+        topic: "killed",
+        connector: "killed",
+        records: &records,
+    };
 
     let a = ProxyProcess::start(&config, bootstrap, admin).await;
-    create_topic(&a.bootstrap, topic, 3).await;
-    let producer = task_producer(&a.bootstrap, "connector-producer-killed-0", &[]);
-    send_ok(&producer, topic, &records).await;
-    drop(producer);
+    case.send_first(&a.bootstrap).await;
     // A flush that started after every ack (the second one counted from
     // now: the first may have been under way already), then no goodbye.
     let flushes = support::metric_value(&metrics(a.admin).await, FLUSHES);
@@ -1613,13 +1608,7 @@ async fn sigkill_keeps_what_the_flush_policy_promises() {
     a.kill9();
 
     let b = ProxyProcess::start(&config, bootstrap, admin).await;
-    replay_through_restarted(
-        (b.admin, &b.bootstrap),
-        &broker.addr,
-        (topic, "killed"),
-        &records,
-    )
-    .await;
+    case.replay_dropped(b.admin, &b.bootstrap).await;
     b.stop().await;
 }
 
@@ -1634,22 +1623,19 @@ async fn sigkill_within_the_flush_interval_loses_nothing() {
     let (config, bootstrap, admin) = flushing_every(dir.path(), &broker.addr, "1h");
     let topic = "killed-early";
     let records = recs(0..300, "e");
+    let case = Restart {
+        broker: &broker.addr,
+        topic,
+        connector: "early",
+        records: &records,
+    };
 
     let a = ProxyProcess::start(&config, bootstrap, admin).await;
-    create_topic(&a.bootstrap, topic, 3).await;
-    let producer = task_producer(&a.bootstrap, "connector-producer-early-0", &[]);
-    send_ok(&producer, topic, &records).await;
-    drop(producer);
-    assert_eq!(
-        dedup_counts(a.admin, "early", topic).await,
-        (300.0, 0.0, 0.0)
-    );
+    case.send_first_counted(a.admin, &a.bootstrap).await;
     a.kill9();
 
     let b = ProxyProcess::start(&config, bootstrap, admin).await;
-    let producer = task_producer(&b.bootstrap, "connector-producer-early-0", &[]);
-    send_ok(&producer, topic, &records).await;
-    drop(producer);
+    case.send(&b.bootstrap).await;
     let (_, dropped, _) = dedup_counts(b.admin, "early", topic).await;
     let rows = consume_all(&broker.addr, topic, 3).await;
     let counts = copies(&rows);
@@ -1684,38 +1670,27 @@ async fn proxy_process_restart_keeps_the_window() {
     );
     let config = dir.path().join("idemgate.toml");
     std::fs::write(&config, text).unwrap();
-    let topic = "restart-process";
     let records = recs(0..200, "r");
+    let case = Restart {
+        broker: &broker.addr,
+        topic: "restart-process",
+        connector: "restart",
+        records: &records,
+    };
 
     let a = ProxyProcess::start(&config, bootstrap, admin).await;
-    create_topic(&a.bootstrap, topic, 3).await;
-    let producer = task_producer(&a.bootstrap, "connector-producer-restart-0", &[]);
-    send_ok(&producer, topic, &records).await;
-    drop(producer);
-    assert_eq!(
-        dedup_counts(a.admin, "restart", topic).await,
-        (200.0, 0.0, 0.0)
-    );
+    case.send_first_counted(a.admin, &a.bootstrap).await;
     a.stop().await;
 
     let b = ProxyProcess::start(&config, bootstrap, admin).await;
-    replay_through_restarted(
-        (b.admin, &b.bootstrap),
-        &broker.addr,
-        (topic, "restart"),
-        &records,
-    )
-    .await;
+    case.replay_dropped(b.admin, &b.bootstrap).await;
     b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_retry_is_not_a_replay() {
-    let mock = MockCluster::new(1).unwrap();
     let topic = "retried";
-    mock.create_topic(topic, 3, 1).unwrap();
-    let proxy =
-        Proxy::start_with(&mock.bootstrap_servers(), &dedup_toml("key = \"content\"")).await;
+    let (mock, proxy) = mock_proxy(topic, 3).await;
     let records = recs(0..150, "t");
     let producer = task_producer(&proxy.bootstrap, "connector-producer-retry-0", &[]);
     // Warm up (metadata, connections) so the faults hit the records' batches.
@@ -1786,11 +1761,8 @@ async fn producer_retry_is_not_a_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_ack_retry_is_dropped_not_written_twice() {
-    let mock = MockCluster::new(1).unwrap();
     let topic = "lost-ack";
-    mock.create_topic(topic, 1, 1).unwrap();
-    let proxy =
-        Proxy::start_with(&mock.bootstrap_servers(), &dedup_toml("key = \"content\"")).await;
+    let (mock, proxy) = mock_proxy(topic, 1).await;
     let records = recs(0..20, "l");
     // A request unanswered for 3 s times out, and the connection is dropped.
     let producer = task_producer(
@@ -1966,12 +1938,8 @@ fn fetch_series(name: &str, connector: &str, topic: &str) -> String {
 /// each record read back cost a second key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_and_fetch_share_one_key_per_record() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start_with(
-        &broker.addr,
-        &dedup_toml("key = \"content\"\nmode = \"drop\"\ndirection = \"both\""),
-    )
-    .await;
+    let (broker, proxy) =
+        tansu_proxy("key = \"content\"\nmode = \"drop\"\ndirection = \"both\"").await;
     let topic = "one-key";
     create_topic(&broker.addr, topic, 1).await;
     let around = recs(0..10, "around");
@@ -2102,12 +2070,7 @@ async fn a_key_secret_keys_per_deployment() {
 /// not stop the consumer (a record written after it still arrives).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sinks_read_each_record_once_whoever_wrote_the_copies() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start_with(
-        &broker.addr,
-        &dedup_toml("key = \"content\"\ndirection = \"fetch\""),
-    )
-    .await;
+    let (broker, proxy) = tansu_proxy("key = \"content\"\ndirection = \"fetch\"").await;
     for codec in ["none", "gzip", "snappy", "lz4", "zstd"] {
         let topic = format!("sink-{codec}");
         create_topic(&broker.addr, &topic, 1).await;
@@ -2228,12 +2191,7 @@ async fn sinks_read_each_record_once_whoever_wrote_the_copies() {
 /// first position is in another log, which this read may not cover).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_in_another_partition_is_delivered() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start_with(
-        &broker.addr,
-        &dedup_toml("key = \"content\"\ndirection = \"fetch\""),
-    )
-    .await;
+    let (broker, proxy) = tansu_proxy("key = \"content\"\ndirection = \"fetch\"").await;
     let topic = "sink-spread";
     create_topic(&broker.addr, topic, 3).await;
     let around = task_producer(&broker.addr, "around-the-proxy", &[]);

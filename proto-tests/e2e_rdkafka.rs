@@ -14,6 +14,14 @@ use rdkafka::topic_partition_list::Offset;
 /// (partition, offset, key, value) of one record.
 type Row = (i32, i64, Vec<u8>, Vec<u8>);
 
+/// A tansu broker, the proxy in front of it, and `topic` with 3 partitions.
+async fn proxied_topic(topic: &str) -> (Tansu, Proxy) {
+    let broker = Tansu::start();
+    let proxy = Proxy::start(&broker.addr).await;
+    create_topic(&proxy.bootstrap, topic, 3).await;
+    (broker, proxy)
+}
+
 /// Produces `n` records `key-i`/`value-i` with acks=all and waits for every
 /// delivery; returns where each landed.
 async fn produce(bootstrap: &str, topic: &str, n: usize, extra: &[(&str, &str)]) -> Vec<Row> {
@@ -118,10 +126,8 @@ fn assert_ordered_per_partition(rows: &[Row]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_and_consume_10k_records_across_3_partitions_same_as_direct() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start(&broker.addr).await;
     let topic = "orders-10k";
-    create_topic(&proxy.bootstrap, topic, 3).await;
+    let (broker, proxy) = proxied_topic(topic).await;
 
     let produced = produce(&proxy.bootstrap, topic, 10_000, &[]).await;
     let partitions: std::collections::BTreeSet<i32> = produced.iter().map(|r| r.0).collect();
@@ -153,10 +159,8 @@ async fn produce_and_consume_10k_records_across_3_partitions_same_as_direct() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_group_commits_and_a_rejoin_resumes() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start(&broker.addr).await;
     let topic = "rejoin";
-    create_topic(&proxy.bootstrap, topic, 3).await;
+    let (_broker, proxy) = proxied_topic(topic).await;
     produce(&proxy.bootstrap, topic, 600, &[]).await;
 
     // First member reads a part, commits what it read, leaves.
@@ -190,10 +194,8 @@ async fn consumer_group_commits_and_a_rejoin_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_producer_through_the_proxy() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start(&broker.addr).await;
     let topic = "idempotent";
-    create_topic(&proxy.bootstrap, topic, 3).await;
+    let (broker, proxy) = proxied_topic(topic).await;
     let produced = produce(
         &proxy.bootstrap,
         topic,
@@ -217,10 +219,8 @@ async fn idempotent_producer_through_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_shows_only_the_proxy_and_list_offsets_match_direct() {
-    let broker = Tansu::start();
-    let proxy = Proxy::start(&broker.addr).await;
     let topic = "offsets";
-    create_topic(&proxy.bootstrap, topic, 3).await;
+    let (broker, proxy) = proxied_topic(topic).await;
     produce(&proxy.bootstrap, topic, 900, &[]).await;
 
     let (bootstrap, direct_addr, t) = (

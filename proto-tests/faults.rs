@@ -119,6 +119,18 @@ struct Sent {
     attempts: Vec<Attempt>,
 }
 
+impl Attempt {
+    /// "instance I sent +S acknowledged +A" (`never` if not), times since `t0`.
+    fn describe(&self, t0: Instant) -> String {
+        format!(
+            "instance {} sent {} acknowledged {}",
+            self.instance,
+            at(t0, self.sent),
+            self.acked.map_or("never".into(), |t| at(t0, t)),
+        )
+    }
+}
+
 impl Sent {
     fn first_ack(&self) -> Option<Instant> {
         self.attempts.iter().filter_map(|a| a.acked).min()
@@ -570,21 +582,23 @@ fn run_task(task: Arc<Task>, control: Arc<Control>, bootstrap: String, topic: St
     }
 }
 
-/// Starts each task's life ([`run_task`]) on its own thread, through `bootstrap`.
+/// Starts each task's life ([`run_task`]) on its own thread, through
+/// `bootstrap`, under a new [`Control`].
 fn start_tasks(
     tasks: &[Arc<Task>],
-    control: &Arc<Control>,
     bootstrap: &str,
     topic: &str,
-) -> Vec<std::thread::JoinHandle<()>> {
-    tasks
+) -> (Arc<Control>, Vec<std::thread::JoinHandle<()>>) {
+    let control = Control::new();
+    let threads = tasks
         .iter()
         .map(|task| {
             let (task, control) = (task.clone(), control.clone());
             let (bootstrap, topic) = (bootstrap.to_string(), topic.to_string());
             std::thread::spawn(move || run_task(task, control, bootstrap, topic))
         })
-        .collect()
+        .collect();
+    (control, threads)
 }
 
 // === What the broker holds ===
@@ -937,10 +951,8 @@ impl KillPolicy {
             .map(|a| {
                 let kill = self.kills.get(a.instance as usize);
                 format!(
-                    "instance {} sent {} acknowledged {} killed {}",
-                    a.instance,
-                    at(t0, a.sent),
-                    a.acked.map_or("never".into(), |t| at(t0, t)),
+                    "{} killed {}",
+                    a.describe(t0),
                     kill.map_or("never".into(), |k| at(t0, *k)),
                 )
             })
@@ -976,6 +988,27 @@ async fn metrics(admin: std::net::SocketAddr) -> String {
 /// Writes a proxy's config into `dir` (its store in `dir/store`), with
 /// `upstream_extra` in `[upstream]` and `dedup` in `[dedup]` (keys and
 /// rules); returns its path, bootstrap port and admin port.
+/// A tansu broker holding `topic` with [`PARTITIONS`] partitions.
+async fn tansu_with(topic: &str) -> Tansu {
+    let broker = Tansu::start();
+    create_topic(&broker.addr, topic, PARTITIONS).await;
+    broker
+}
+
+/// The `[[dedup.rules]]` dropping replays by content on `topic`.
+fn drop_rule(topic: &str) -> String {
+    format!("[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n")
+}
+
+/// [`drop_rule`] with the store flushed every `flush`.
+fn flushing_rule(topic: &str, flush: Duration) -> String {
+    format!(
+        "flush_interval = \"{}ms\"\n{}",
+        flush.as_millis(),
+        drop_rule(topic)
+    )
+}
+
 fn proxy_config(
     dir: &std::path::Path,
     upstream: &str,
@@ -1052,25 +1085,20 @@ async fn sigkill_at_random_points_loses_nothing() {
     let (kills, seed) = (kills(), seed());
     println!("sigkill: {kills} kills, IDEMGATE_FAULT_SEED={seed}");
     let mut rng = Rng(seed);
-    let broker = Tansu::start();
     let topic = "faults-sigkill";
-    create_topic(&broker.addr, topic, PARTITIONS).await;
+    let broker = tansu_with(topic).await;
     let dir = tempfile::tempdir().unwrap();
     let (config, bootstrap, admin) = proxy_config(
         dir.path(),
         &broker.addr,
         "",
-        &format!(
-            "flush_interval = \"{}ms\"\n[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n",
-            FLUSH_INTERVAL.as_millis()
-        ),
+        &flushing_rule(topic, FLUSH_INTERVAL),
     );
     let mut proxy = ProxyProcess::start(&config, bootstrap, admin).await;
 
     let t0 = Instant::now();
     let tasks = tasks_with_an_idempotent_one(seed);
-    let control = Control::new();
-    let threads = start_tasks(&tasks, &control, &proxy.bootstrap, topic);
+    let (control, threads) = start_tasks(&tasks, &proxy.bootstrap, topic);
     let mut policy = KillPolicy {
         t0,
         kills: Vec::new(),
@@ -1472,9 +1500,7 @@ async fn upstream_faults_lose_nothing() {
         ),
         // A retry that finds its first attempt still in flight waits 1 s
         // for it (well under the client's timeout), then goes as it came.
-        &format!(
-            "pending_wait = \"1s\"\n[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n"
-        ),
+        &format!("pending_wait = \"1s\"\n{}", drop_rule(topic)),
     );
     let proxy = ProxyProcess::start(&config, bootstrap, admin).await;
 
@@ -1603,20 +1629,12 @@ async fn upstream_faults_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwritable_store_fails_open() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let broker = Tansu::start();
     let topic = "faults-store";
-    create_topic(&broker.addr, topic, PARTITIONS).await;
+    let broker = tansu_with(topic).await;
     let dir = tempfile::tempdir().unwrap();
     let flush = Duration::from_millis(100);
-    let (config, bootstrap, admin) = proxy_config(
-        dir.path(),
-        &broker.addr,
-        "",
-        &format!(
-            "flush_interval = \"{}ms\"\n[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n",
-            flush.as_millis()
-        ),
-    );
+    let (config, bootstrap, admin) =
+        proxy_config(dir.path(), &broker.addr, "", &flushing_rule(topic, flush));
     let mut wrapped = std::process::Command::new("sh");
     wrapped
         .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
@@ -1764,18 +1782,7 @@ impl BouncePolicy {
 
     fn why(&self, s: &Sent) -> String {
         let t0 = self.t0;
-        let attempts: Vec<String> = s
-            .attempts
-            .iter()
-            .map(|a| {
-                format!(
-                    "instance {} sent {} acknowledged {}",
-                    a.instance,
-                    at(t0, a.sent),
-                    a.acked.map_or("never".into(), |t| at(t0, t)),
-                )
-            })
-            .collect();
+        let attempts: Vec<String> = s.attempts.iter().map(|a| a.describe(t0)).collect();
         let kills: Vec<String> = self.kills.iter().map(|k| at(t0, *k)).collect();
         format!(
             "{}; broker killed at {}",
@@ -1813,18 +1820,12 @@ async fn broker_restarts_under_load_lose_nothing() {
     let brokers = mock.bootstrap_servers();
     let first = brokers.split(',').next().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let (config, bootstrap, admin) = proxy_config(
-        dir.path(),
-        &first,
-        "",
-        &format!("[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n"),
-    );
+    let (config, bootstrap, admin) = proxy_config(dir.path(), &first, "", &drop_rule(topic));
     let proxy = ProxyProcess::start(&config, bootstrap, admin).await;
 
     let t0 = Instant::now();
     let tasks = tasks(seed);
-    let control = Control::new();
-    let threads = start_tasks(&tasks, &control, &proxy.bootstrap, topic);
+    let (control, threads) = start_tasks(&tasks, &proxy.bootstrap, topic);
     let mut policy = BouncePolicy {
         t0,
         kills: Vec::new(),
@@ -1935,9 +1936,8 @@ fn acked_so_far(tasks: &[Arc<Task>]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_readers_and_a_connection_flood_harm_nobody_else() {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let broker = Tansu::start();
     let topic = "faults-neighbours";
-    create_topic(&broker.addr, topic, PARTITIONS).await;
+    let broker = tansu_with(topic).await;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let (text, bootstrap, admin) = Proxy::config_text(
@@ -1948,15 +1948,14 @@ async fn stalled_readers_and_a_connection_flood_harm_nobody_else() {
              max_in_flight_bytes = \"1MiB\"\nwrite_timeout = \"3s\""
         ),
         "",
-        &format!("[[dedup.rules]]\ntopics = \"{topic}\"\nkey = \"content\"\nmode = \"drop\"\n"),
+        &drop_rule(topic),
     );
     let config = dir.path().join("idemgate.toml");
     std::fs::write(&config, text).unwrap();
     let proxy = ProxyProcess::start(&config, bootstrap, admin).await;
 
     let tasks = tasks(0);
-    let control = Control::new();
-    let threads = start_tasks(&tasks, &control, &proxy.bootstrap, topic);
+    let (control, threads) = start_tasks(&tasks, &proxy.bootstrap, topic);
     control.enter(Phase::Run(0), tasks.len()).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 

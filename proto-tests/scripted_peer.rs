@@ -293,6 +293,31 @@ fn idempotent_fetch() -> kafka_protocol::messages::FetchResponse {
             .with_partitions(vec![partition])])
 }
 
+/// Connections closed for an upstream's fault.
+const UPSTREAM_ERRORS: &str = "idemgate_connection_errors_total{side=\"upstream\"}";
+
+/// A peer playing `script`, and the proxy in front of it with `extra` config.
+async fn behind_proxy(script: Script, extra: &str) -> (Peer, Proxy) {
+    let peer = Peer::start(script).await;
+    let proxy = Proxy::start_with(&peer.addr, extra).await;
+    (peer, proxy)
+}
+
+/// One `[[dedup.rules]]` for every topic, dropping replays by `key`, with
+/// `more` lines after it.
+fn drop_rule(key: &str, more: &str) -> String {
+    format!("[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"{key}\"\nmode = \"drop\"\n{more}")
+}
+
+/// A new connection's ApiVersions is answered.
+async fn assert_still_serves(proxy: &Proxy) {
+    let mut next = RawConn::connect(&proxy.bootstrap).await;
+    let resp: ApiVersionsResponse = next
+        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
+        .await;
+    assert_eq!(resp.error_code, 0, "the proxy still serves");
+}
+
 impl Peer {
     async fn start(script: Script) -> Peer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -356,8 +381,7 @@ fn api_versions(corr: i32) -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_0_that_kafka_never_answers_leaves_the_order_intact() {
-    let peer = Peer::start(Script::Kafka).await;
-    let proxy = Proxy::start(&peer.addr).await;
+    let (_peer, proxy) = behind_proxy(Script::Kafka, "").await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
     let acks0 = ProduceRequest::default().with_acks(0).with_timeout_ms(1000);
     let acks1 = ProduceRequest::default().with_acks(1).with_timeout_ms(1000);
@@ -381,12 +405,7 @@ async fn acks_0_that_kafka_never_answers_leaves_the_order_intact() {
     );
     let second = conn.recv_frame().await.unwrap();
     assert_eq!(&second[..4], &4i32.to_be_bytes());
-    assert_eq!(
-        proxy
-            .metric("idemgate_connection_errors_total{side=\"upstream\"}")
-            .await,
-        0.0
-    );
+    assert_eq!(proxy.metric(UPSTREAM_ERRORS).await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,18 +415,12 @@ async fn a_broker_slower_than_the_deadline_closes_the_connection() {
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
     conn.send_frame(&api_versions(1)).await;
     assert!(conn.recv_frame().await.is_none(), "closed, not answered");
-    assert_eq!(
-        proxy
-            .wait_metric("idemgate_connection_errors_total{side=\"upstream\"}", 1.0)
-            .await,
-        1.0
-    );
+    assert_eq!(proxy.wait_metric(UPSTREAM_ERRORS, 1.0).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_answering_out_of_order_is_refused() {
-    let peer = Peer::start(Script::Swap).await;
-    let proxy = Proxy::start(&peer.addr).await;
+    let (_peer, proxy) = behind_proxy(Script::Swap, "").await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
     let mut wire = BytesMut::new();
     for f in [api_versions(1), api_versions(2)] {
@@ -417,18 +430,12 @@ async fn a_broker_answering_out_of_order_is_refused() {
     conn.send_raw(&wire).await;
     // Never a swapped answer: the connection closes instead.
     assert!(conn.recv_frame().await.is_none());
-    assert_eq!(
-        proxy
-            .wait_metric("idemgate_connection_errors_total{side=\"upstream\"}", 1.0)
-            .await,
-        1.0
-    );
+    assert_eq!(proxy.wait_metric(UPSTREAM_ERRORS, 1.0).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_closing_an_idle_connection_closes_the_clients() {
-    let peer = Peer::start(Script::CloseAfterFirst).await;
-    let proxy = Proxy::start(&peer.addr).await;
+    let (_peer, proxy) = behind_proxy(Script::CloseAfterFirst, "").await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
     conn.send_frame(&api_versions(1)).await;
     assert!(conn.recv_frame().await.is_some());
@@ -467,8 +474,7 @@ async fn sasl_handshake(conn: &mut RawConn, mechanism: &'static str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_passes_through_and_the_principal_is_bound_only_on_success() {
-    let peer = Peer::start(Script::Kafka).await;
-    let proxy = Proxy::start(&peer.addr).await;
+    let (_peer, proxy) = behind_proxy(Script::Kafka, "").await;
 
     // PLAIN, refused: the client sees the broker's error; no principal.
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
@@ -508,12 +514,7 @@ async fn sasl_passes_through_and_the_principal_is_bound_only_on_success() {
 /// the proxy serves the next connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_produce_claiming_billions_of_topics_does_not_take_the_proxy_down() {
-    let peer = Peer::start(Script::Kafka).await;
-    let proxy = Proxy::start_with(
-        &peer.addr,
-        "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\n",
-    )
-    .await;
+    let (_peer, proxy) = behind_proxy(Script::Kafka, &drop_rule("content", "")).await;
     let mut evil = RawConn::connect(&proxy.bootstrap).await;
     let mut body = support::request_frame(
         ApiKey::Produce,
@@ -529,11 +530,7 @@ async fn a_produce_claiming_billions_of_topics_does_not_take_the_proxy_down() {
     evil.send_frame(&body).await;
     let _ = evil.recv_frame().await;
 
-    let mut next = RawConn::connect(&proxy.bootstrap).await;
-    let resp: kafka_protocol::messages::ApiVersionsResponse = next
-        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
-        .await;
-    assert_eq!(resp.error_code, 0, "the proxy still serves");
+    assert_still_serves(&proxy).await;
 }
 
 /// A broker (or whatever answers in its place) sending a 14-byte Metadata
@@ -543,19 +540,14 @@ async fn a_produce_claiming_billions_of_topics_does_not_take_the_proxy_down() {
 /// and the proxy serves the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_metadata_response_claiming_billions_of_brokers_does_not_take_the_proxy_down() {
-    let peer = Peer::start(Script::HugeMetadata).await;
-    let proxy = Proxy::start(&peer.addr).await;
+    let (_peer, proxy) = behind_proxy(Script::HugeMetadata, "").await;
     let mut evil = RawConn::connect(&proxy.bootstrap).await;
     let request = kafka_protocol::messages::MetadataRequest::default();
     evil.send_frame(&request_frame(ApiKey::Metadata, 12, 1, &request))
         .await;
     assert!(evil.recv_frame().await.is_none(), "closed, not answered");
 
-    let mut next = RawConn::connect(&proxy.bootstrap).await;
-    let resp: ApiVersionsResponse = next
-        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
-        .await;
-    assert_eq!(resp.error_code, 0, "the proxy still serves");
+    assert_still_serves(&proxy).await;
 }
 
 /// OAUTHBEARER client-first messages (RFC 7628) with unsigned JWTs whose
@@ -573,8 +565,7 @@ const OAUTH_SVC_C_REFUSED: &[u8] =
 /// broker closes such a connection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oauthbearer_and_reauthentication_rebind_the_principal() {
-    let peer = Peer::start(Script::Kafka).await;
-    let proxy = Proxy::start(&peer.addr).await;
+    let (_peer, proxy) = behind_proxy(Script::Kafka, "").await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
     sasl_handshake(&mut conn, "OAUTHBEARER").await;
     assert_eq!(sasl_round(&mut conn, 2, OAUTH_SVC_A).await, 0);
@@ -601,10 +592,9 @@ async fn read_committed_passes_aborted_records_untouched_and_learns_nothing_from
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::messages::{FetchRequest, FetchResponse};
     use kafka_protocol::records::RecordBatchDecoder;
-    let peer = Peer::start(Script::Kafka).await;
-    let proxy = Proxy::start_with(
-        &peer.addr,
-        "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"record-key\"\nmode = \"drop\"\ndirection = \"fetch\"\n",
+    let (_peer, proxy) = behind_proxy(
+        Script::Kafka,
+        &drop_rule("record-key", "direction = \"fetch\"\n"),
     )
     .await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
@@ -712,9 +702,8 @@ fn big_produce(bytes: usize) -> ProduceRequest {
 async fn a_tenant_quota_keys_on_the_principal_the_broker_accepted() {
     // The mock cluster and tansu's PLAIN are unavailable (tansu --authentication
     // has SCRAM only): this peer accepts PLAIN and SCRAM like a broker would.
-    let peer = Peer::start(Script::Kafka).await;
-    let proxy = Proxy::start_with(
-        &peer.addr,
+    let (_peer, proxy) = behind_proxy(
+        Script::Kafka,
         "[[quotas]]\ntenant = \"alice\"\nproduce_bytes_per_sec = 10000\n",
     )
     .await;
@@ -815,12 +804,7 @@ fn produce_v13(correlation_id: i32, topics: &[(u128, Bytes)]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_above_the_advertised_version_closes_like_kafka_and_is_never_filtered() {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
-    let peer = Peer::start(Script::Kafka).await;
-    let proxy = Proxy::start_with(
-        &peer.addr,
-        "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\n",
-    )
-    .await;
+    let (_peer, proxy) = behind_proxy(Script::Kafka, &drop_rule("content", "")).await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
     let advertised: ApiVersionsResponse = conn
         .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
@@ -878,8 +862,7 @@ async fn produce_above_the_advertised_version_closes_like_kafka_and_is_never_fil
 /// closes the connection before it reaches the broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_handshake_v0_is_not_advertised_and_closes() {
-    let peer = Peer::start(Script::Kafka).await;
-    let proxy = Proxy::start(&peer.addr).await;
+    let (_peer, proxy) = behind_proxy(Script::Kafka, "").await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
     let advertised: ApiVersionsResponse = conn
         .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
@@ -914,10 +897,9 @@ async fn a_producer_retrying_its_own_batch_a_sink_already_read_goes_to_the_broke
     use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{FetchRequest, FetchResponse, ProduceResponse};
-    let peer = Peer::start(Script::Kafka).await;
-    let proxy = Proxy::start_with(
-        &peer.addr,
-        "[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\ndirection = \"both\"\n",
+    let (_peer, proxy) = behind_proxy(
+        Script::Kafka,
+        &drop_rule("content", "direction = \"both\"\n"),
     )
     .await;
     let mut sink = RawConn::connect(&proxy.bootstrap).await;

@@ -2,7 +2,7 @@
 //! ordering, acks=0, ApiVersions, request-derived deadlines, and hostile
 //! input that must close only its own connection.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support;
 use crate::support::{request_frame, Proxy, RawConn, Tansu};
@@ -173,18 +173,18 @@ async fn readyz_until(
     what: &str,
     done: impl Fn(u16, &str) -> bool,
 ) -> String {
-    let start = Instant::now();
-    loop {
+    let done = &done;
+    support::poll_until(Duration::from_secs(20), move || async move {
         let (status, body) = support::http_get(admin, "/readyz").await;
         if done(status, &body) {
-            return body;
+            Ok(body)
+        } else {
+            Err(format!(
+                "{what} within 20 s; /readyz said {status} {body:?}"
+            ))
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{what} within 20 s; /readyz said {status} {body:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// A broker port another process holds: the proxy reports it (not ready,
@@ -340,9 +340,9 @@ async fn only_the_third_connection_is_refused(listen_extra: &str, limit: &str) {
     let series = format!("idemgate_connections_rejected_total{{limit=\"{limit}\"}}");
     assert_eq!(proxy.wait_metric(&series, 1.0).await, 1.0);
     drop(a);
-    let start = Instant::now();
-    loop {
-        let mut d = RawConn::connect(&proxy.bootstrap).await;
+    let bootstrap = &proxy.bootstrap;
+    support::poll_until(Duration::from_secs(10), move || async move {
+        let mut d = RawConn::connect(bootstrap).await;
         d.send_frame(&request_frame(
             ApiKey::ApiVersions,
             3,
@@ -350,15 +350,12 @@ async fn only_the_third_connection_is_refused(listen_extra: &str, limit: &str) {
             &support::client_software(),
         ))
         .await;
-        if d.recv_frame().await.is_some() {
-            break;
+        match d.recv_frame().await {
+            Some(_) => Ok(()),
+            None => Err(format!("place never freed ({limit})")),
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "place never freed ({limit})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,6 +430,21 @@ async fn stop_reading_after(proxy: &Proxy, topic: &'static str, n: usize) -> tok
     stream
 }
 
+/// A client that sent 24 Fetches of `big` ([`stop_reading_after`]), once the
+/// proxy's reader of their responses waits for memory (`what` if it never does).
+async fn stalled_client(proxy: &Proxy, what: &str) -> tokio::net::TcpStream {
+    let stalled = stop_reading_after(proxy, "big", 24).await;
+    assert_eq!(
+        proxy
+            .wait_metric("idemgate_reads_waiting_for_memory{side=\"upstream\"}", 1.0)
+            .await,
+        1.0,
+        "{what}:\n{}",
+        proxy.metrics().await
+    );
+    stalled
+}
+
 /// Waits until a metric stops rising for half a second, then returns it.
 async fn settled(proxy: &Proxy, series: &str) -> f64 {
     let mut last = proxy.metric(series).await;
@@ -476,16 +488,9 @@ async fn a_client_that_stops_reading_holds_only_its_budget_and_is_closed() {
     .await;
     // 24 responses of ~1.2 MB each: far more than kernel buffers and the
     // budget hold together.
-    let stalled = stop_reading_after(&proxy, "big", 24).await;
     // The next response waits for the client (the gauge, not the counter of
     // waits, which moves only when a wait ends).
-    assert_eq!(
-        proxy
-            .wait_metric("idemgate_reads_waiting_for_memory{side=\"upstream\"}", 1.0)
-            .await,
-        1.0,
-        "the responses' reader waits for the client"
-    );
+    let stalled = stalled_client(&proxy, "the responses' reader waits for the client").await;
     let held = settled(&proxy, "idemgate_in_flight_bytes").await;
     // The budget, plus the one response that may go over it.
     let one_response = 1.3e6;
@@ -542,18 +547,14 @@ async fn requests_wait_for_the_overall_budget_and_then_go_through() {
     .await;
     let mut producer = RawConn::connect(&proxy.bootstrap).await;
     support::create_topic_raw(&mut producer, "small", 1).await;
-    let stalled = stop_reading_after(&proxy, "big", 24).await;
     // Its responses fill its connection's budget: the next one waits. (The
     // counter of waits moves only when one ends, which here may be never:
     // how much a stalled socket takes depends on the kernel's buffers.)
-    assert_eq!(
-        proxy
-            .wait_metric("idemgate_reads_waiting_for_memory{side=\"upstream\"}", 1.0)
-            .await,
-        1.0,
-        "the stalled client's responses filled its connection's budget:\n{}",
-        proxy.metrics().await
-    );
+    let stalled = stalled_client(
+        &proxy,
+        "the stalled client's responses filled its connection's budget",
+    )
+    .await;
     // Two ~1.1 MB responses fit the connection's 3 MiB: more than the 2 MiB
     // overall budget, which only gates reading new requests.
     let held = proxy

@@ -42,6 +42,14 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def dedup_rule(topics: str, *more: str) -> str:
+    """One `[[dedup.rules]]` of the proxy's config: a record on `topics` whose
+    content the proxy saw acknowledged before is dropped; `more` are further
+    lines of the rule (`direction = "fetch"`...)."""
+    lines = [f'topics = "{topics}"', 'key = "content"', 'mode = "drop"', *more]
+    return "\n[[dedup.rules]]\n" + "\n".join(lines) + "\n"
+
+
 def wait_for(what: str, cond, timeout: float, interval: float = 0.2):
     """Poll `cond()` until it returns a truthy value; fail after `timeout` s."""
     end = time.monotonic() + timeout
@@ -91,6 +99,19 @@ def _kv_lines(text: str) -> dict[str, str]:
     return out
 
 
+def _script(name: str, *args, timeout: float, **kw) -> subprocess.CompletedProcess:
+    """Runs scripts/`name` with `args`."""
+    return subprocess.run([str(ROOT / "scripts" / name), *map(str, args)], timeout=timeout, **kw)
+
+
+def _start(name: str, *args, timeout: float) -> dict[str, str]:
+    """`scripts/<name> start ARGS`: the `key=value` lines it prints; BedError if it fails."""
+    out = _script(name, "start", *args, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise BedError(f"scripts/{name} start failed:\n{out.stderr}")
+    return _kv_lines(out.stdout)
+
+
 def http(method: str, url: str, body=None, timeout: float = 15.0, token: str | None = None):
     """(status, parsed JSON or text) of one HTTP call."""
     data = None
@@ -128,24 +149,19 @@ class KafkaCluster:
     def start(cls, brokers: int = 1, heap: str = "512m") -> "KafkaCluster":
         if not (KAFKA_LIBS / "kafka_2.13-4.4.0.jar").exists():
             raise BedError(f"no Apache Kafka 4.4.0 in {KAFKA_LIBS}: run scripts/setup")
-        out = subprocess.run([str(ROOT / "scripts" / "kafka"), "start", "--brokers", str(brokers),
-                              "--heap", heap], capture_output=True, text=True, timeout=120)
-        if out.returncode != 0:
-            raise BedError(f"scripts/kafka start failed:\n{out.stderr}")
-        kv = _kv_lines(out.stdout)
+        kv = _start("kafka", "--brokers", brokers, "--heap", heap, timeout=120)
         return cls(dir=Path(kv["dir"]), bootstrap=kv["bootstrap"],
                    brokers={i: kv[f"broker.{i}"] for i in range(1, brokers + 1)})
 
     def stop(self):
-        subprocess.run([str(ROOT / "scripts" / "kafka"), "stop", str(self.dir)], timeout=120)
+        _script("kafka", "stop", self.dir, timeout=120)
 
     def kill(self, node_id: int):
-        subprocess.run([str(ROOT / "scripts" / "kafka"), "kill", str(self.dir), str(node_id)],
-                       check=True, timeout=30)
+        _script("kafka", "kill", self.dir, node_id, check=True, timeout=30)
 
     def restart(self, node_id: int):
-        subprocess.run([str(ROOT / "scripts" / "kafka"), "restart", str(self.dir), str(node_id)],
-                       check=True, timeout=120, stdout=subprocess.DEVNULL)
+        _script("kafka", "restart", self.dir, node_id, check=True, timeout=120,
+                stdout=subprocess.DEVNULL)
 
     def log_tail(self, n: int = 40) -> str:
         parts = []
@@ -303,28 +319,23 @@ class ConnectCluster:
     @classmethod
     def start(cls, bootstrap: str, workers: int = 2, flush_ms: int = 60000,
               rebalance_delay_ms: int = 5000, props: dict | None = None) -> "ConnectCluster":
-        argv = [str(ROOT / "scripts" / "connect"), "start", "--bootstrap", bootstrap,
-                "--workers", str(workers), "--flush-ms", str(flush_ms),
-                "--rebalance-delay-ms", str(rebalance_delay_ms)]
+        args = ["--bootstrap", bootstrap, "--workers", workers, "--flush-ms", flush_ms,
+                "--rebalance-delay-ms", rebalance_delay_ms]
         for k, v in (props or {}).items():
-            argv += ["--prop", f"{k}={v}"]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=180)
-        if out.returncode != 0:
-            raise BedError(f"scripts/connect start failed:\n{out.stderr}")
-        kv = _kv_lines(out.stdout)
+            args += ["--prop", f"{k}={v}"]
+        kv = _start("connect", *args, timeout=180)
         return cls(dir=Path(kv["dir"]), group=kv["group"],
                    workers={i: kv[f"worker.{i}"] for i in range(1, workers + 1)})
 
     def stop(self):
-        subprocess.run([str(ROOT / "scripts" / "connect"), "stop", str(self.dir)], timeout=120)
+        _script("connect", "stop", self.dir, timeout=120)
 
     def kill(self, n: int):
-        subprocess.run([str(ROOT / "scripts" / "connect"), "kill", str(self.dir), str(n)],
-                       check=True, timeout=30)
+        _script("connect", "kill", self.dir, n, check=True, timeout=30)
 
     def restart(self, n: int):
-        subprocess.run([str(ROOT / "scripts" / "connect"), "restart", str(self.dir), str(n)],
-                       check=True, timeout=180, stdout=subprocess.DEVNULL)
+        _script("connect", "restart", self.dir, n, check=True, timeout=180,
+                stdout=subprocess.DEVNULL)
 
     def alive(self, n: int) -> bool:
         try:

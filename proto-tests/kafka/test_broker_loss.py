@@ -59,6 +59,22 @@ def _producer_conf(bootstrap: str, client_id: str, stats=None) -> dict:
     return conf
 
 
+def _replay(bootstrap: str, client_id: str, topic: str, values: list[str], end: str, what: str) -> set[bytes]:
+    """One producer sends `values`, then the end marker `{end}-{partition}` to
+    every partition, and each delivery succeeds; returns the end markers."""
+    from confluent_kafka import Producer
+
+    errors = []
+    p = Producer(_producer_conf(bootstrap, client_id))
+    for v in values:
+        p.produce(topic, value=v.encode(), on_delivery=lambda e, _m: e and errors.append(e))
+    for part in range(PARTITIONS):
+        p.produce(topic, value=f"{end}-{part}".encode(), partition=part,
+                  on_delivery=lambda e, _m: e and errors.append(e))
+    assert p.flush(60) == 0 and not errors, f"{what}: {errors[:3]}"
+    return {f"{end}-{i}".encode() for i in range(PARTITIONS)}
+
+
 class Streamer(threading.Thread):
     """Produces v-0, v-1, ... through the proxy until stopped; keeps which
     ones the client was told are written and which failed."""
@@ -181,16 +197,8 @@ def test_leader_loss_and_leader_moves_lose_nothing_acknowledged(kafka3, proxies)
 
     # 3. A task restarting from an older offset commit replays what was written.
     replayed = acked[-200:]
-    errors = []
-    p = Producer(_producer_conf(proxy.bootstrap, "connector-producer-loss-0"))
-    for v in replayed:
-        p.produce(topic, value=v.encode(), on_delivery=lambda e, _m: e and errors.append(e))
-    for part in range(PARTITIONS):
-        p.produce(topic, value=f"END-{part}".encode(), partition=part,
-                  on_delivery=lambda e, _m: e and errors.append(e))
-    assert p.flush(60) == 0 and not errors, f"replay through the proxy: {errors[:3]}"
-
-    ends = {f"END-{i}".encode() for i in range(PARTITIONS)}
+    ends = _replay(proxy.bootstrap, "connector-producer-loss-0", topic, replayed, "END",
+                   "replay through the proxy")
     seen, scanned = set(), [0]
 
     def all_ends(recs):  # called on every poll: look only at the new records
@@ -242,14 +250,7 @@ def test_leader_loss_and_leader_moves_lose_nothing_acknowledged(kafka3, proxies)
 
     # The same replay straight to the brokers writes a copy of each: the
     # scenario bites without the proxy.
-    p = Producer(_producer_conf(kafka3.bootstrap, "direct-replay"))
-    for v in replayed:
-        p.produce(topic, value=v.encode(), on_delivery=lambda e, _m: e and errors.append(e))
-    for part in range(PARTITIONS):
-        p.produce(topic, value=f"END2-{part}".encode(), partition=part,
-                  on_delivery=lambda e, _m: e and errors.append(e))
-    assert p.flush(60) == 0 and not errors, f"direct replay: {errors[:3]}"
-    ends = {f"END2-{i}".encode() for i in range(PARTITIONS)}
+    ends = _replay(kafka3.bootstrap, "direct-replay", topic, replayed, "END2", "direct replay")
     seen.clear()
     scanned[0] = 0
     again = Counter(m.value().decode() for m in read_topic(kafka3.bootstrap, topic, all_ends,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 
-from bed import BedError, read_topic, unique, wait_for
+from bed import BedError, dedup_rule, read_topic, unique, wait_for
 
 KILLS = 3
 LINES_PER_SECOND = 50
@@ -111,14 +111,7 @@ def test_connect_source_task_moved_by_worker_crashes_replays_nothing_through_the
     assert extra > 0, ("three worker crashes straight to the broker left no extra copies: "
                        "the scenario does not replay, so the proxy run would prove nothing")
 
-    proxy = proxies(kafka.bootstrap, """
-[dedup]
-window = "1h"
-[[dedup.rules]]
-topics = "lines-*"
-key = "content"
-mode = "drop"
-""")
+    proxy = proxies(kafka.bootstrap, '[dedup]\nwindow = "1h"\n' + dedup_rule("lines-*"))
     written, values, topic = crash_and_replay(
         connect_clusters, proxy.bootstrap, kafka, tmp_path, unique("proxied"))
     dropped = proxy.metric_sum("idemgate_duplicates_dropped_total", topic=topic)

@@ -15,7 +15,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from bed import unique, wait_for
+from bed import dedup_rule, unique, wait_for
 
 N = 2000
 REPLAYED = range(800, 1400)  # sent twice: 600 copies
@@ -70,13 +70,7 @@ def test_sink_reads_each_record_once_through_fetch_dedup(kafka, proxies, connect
     log = produce_with_copies(kafka.bootstrap, topic)
     distinct = list(dict.fromkeys(log))
 
-    proxy = proxies(kafka.bootstrap, f"""
-[[dedup.rules]]
-topics = "{topic}"
-key = "content"
-direction = "fetch"
-mode = "drop"
-""")
+    proxy = proxies(kafka.bootstrap, dedup_rule(topic, 'direction = "fetch"'))
     lines = sink_output(connect_clusters, proxy.bootstrap, topic)
     twice = {v: n for v, n in Counter(lines).items() if n > 1}
     assert not twice, f"{len(twice)} records written more than once through the proxy"
@@ -130,13 +124,7 @@ def test_read_committed_sink_through_fetch_dedup(kafka, proxies, connect_cluster
     topic = unique("sink-txn")
     kafka.create_topic(topic, partitions=1)
     committed, distinct = produce_with_transactions(kafka.bootstrap, topic)
-    proxy = proxies(kafka.bootstrap, f"""
-[[dedup.rules]]
-topics = "{topic}"
-key = "content"
-direction = "fetch"
-mode = "drop"
-""")
+    proxy = proxies(kafka.bootstrap, dedup_rule(topic, 'direction = "fetch"'))
     lines = sink_output(connect_clusters, proxy.bootstrap, topic, isolation="read_committed")
     lost = set(distinct) - set(lines)
     assert not lost, f"{len(lost)} committed records never reached the sink, e.g. {sorted(lost)[:3]}"

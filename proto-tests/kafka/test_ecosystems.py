@@ -54,7 +54,7 @@ from pathlib import Path
 
 import pytest
 
-from bed import CACHE, ROOT, read_topic, unique
+from bed import CACHE, ROOT, dedup_rule, read_topic, unique
 
 CLIENTS_DIR = ROOT / "proto-tests" / "clients"
 N = 200          # records per run
@@ -168,25 +168,6 @@ def check_reports(client: str, reports: list[dict], by_pos: dict) -> list[str]:
     return wrong
 
 
-def produce_rule(topic: str) -> str:
-    return f"""
-[[dedup.rules]]
-topics = "{topic}"
-key = "content"
-mode = "drop"
-"""
-
-
-def fetch_rule(topic: str) -> str:
-    return f"""
-[[dedup.rules]]
-topics = "{topic}"
-key = "content"
-mode = "drop"
-direction = "fetch"
-"""
-
-
 # Every client numbers a batch's records from the partition's base offset,
 # librdkafka and aiokafka even from -1 ("no offset"). A replayed record whose
 # first copy is elsewhere (null-key records go to another partition the
@@ -275,7 +256,7 @@ def replay_case(kafka, proxies, client, produce):
     via, direct = f"{prefix}-via", f"{prefix}-direct"
     for t in (via, direct):
         create_topic(kafka, t)
-    proxy = proxies(kafka.bootstrap, produce_rule(via))
+    proxy = proxies(kafka.bootstrap, dedup_rule(via))
 
     reports = {}
     for topic, bootstrap in ((via, proxy.bootstrap), (direct, kafka.bootstrap)):
@@ -407,7 +388,7 @@ def fetch_dedup(kafka, proxies, client, codec, max_partition_bytes=0, timeout=90
     direct, _ = cl.consume(kafka.bootstrap, topic, end, timeout, max_partition_bytes, partitions)
     assert Counter(r["value"] for r in direct) == counts, "direct read differs from the log"
 
-    proxy = proxies(kafka.bootstrap, fetch_rule(topic))
+    proxy = proxies(kafka.bootstrap, dedup_rule(topic, 'direction = "fetch"'))
     records, _ = cl.consume(proxy.bootstrap, topic, end, timeout, max_partition_bytes, partitions)
     got = Counter(r["value"] for r in records)
     assert got == expected, (f"through the proxy: {sum(got.values())} records, expected "
@@ -547,7 +528,7 @@ def test_consumers_move_past_emptied_batches(kafka, proxies, client):
     first = [f"{prefix}-{i:04d}" for i in range(100)]
     produce_direct(kafka.bootstrap, topic, [*first, f"END1-{prefix}-p0"])
     produce_direct(kafka.bootstrap, topic, first)  # all copies: emptied whole
-    proxy = proxies(kafka.bootstrap, fetch_rule(topic))
+    proxy = proxies(kafka.bootstrap, dedup_rule(topic, 'direction = "fetch"'))
 
     end = f"END2-{prefix}-p0"
     behind = Consumer(client, proxy.bootstrap, topic, end)

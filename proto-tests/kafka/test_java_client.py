@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from bed import JVM_CLIENT, KAFKA_LIBS, LOG4J, BedError, read_topic, unique, wait_for
+from bed import JVM_CLIENT, KAFKA_LIBS, LOG4J, BedError, dedup_rule, read_topic, unique, wait_for
 
 MAIN = "dev.idemgate.testclient.Main"
 LOGS = Path(tempfile.mkdtemp(prefix="idemgate-javaclient."))
@@ -49,15 +49,6 @@ SHARE_MOVE_WARN = [
     r"org\.apache\.kafka\.common\.errors\.NotLeaderOrFollowerException",
     r"Got error produce response .* Error: NOT_LEADER_OR_FOLLOWER",
 ]
-
-
-def dedup_rule(topic: str) -> str:
-    return f"""
-[[dedup.rules]]
-topics = "{topic}"
-key = "content"
-mode = "drop"
-"""
 
 
 class Run:

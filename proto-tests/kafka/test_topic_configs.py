@@ -15,7 +15,7 @@ import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from bed import read_topic, unique, wait_for
+from bed import dedup_rule, read_topic, unique, wait_for
 
 FETCH_RULE = """
 [dedup]
@@ -101,14 +101,7 @@ def test_tags_never_push_a_batch_past_the_topics_own_limit(kafka, proxies):
     """A 64 KiB topic limit and batches sized just under it: each tag adds
     about 49 B per record, so tagged, the batches would be refused as too
     large. The proxy sends them untagged instead; every record arrives."""
-    proxy = proxies(kafka.bootstrap, """
-[dedup]
-window = "1h"
-[[dedup.rules]]
-topics = "limit-*"
-key = "content"
-mode = "drop"
-""")
+    proxy = proxies(kafka.bootstrap, '[dedup]\nwindow = "1h"\n' + dedup_rule("limit-*"))
     topic = unique("limit-64k")
     kafka.create_topic(topic, partitions=1, config={"max.message.bytes": "65536"})
     errors = []

@@ -158,6 +158,20 @@ def kp_consume(consumer, want: int, seconds: float, *, commit: bool, consumed: C
     return consumed
 
 
+def kp_read_from_start(bootstrap: str, topic: str, partitions: int, want: int, seconds: float) -> Consumed:
+    """kafka-python, in no group, reads `want` records of `topic`'s first
+    `partitions` partitions from their start ([`kp_consume`], no commits)."""
+    from kafka import TopicPartition
+
+    consumer = kp_consumer(bootstrap, group_id=None)
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        consumer.seek_to_beginning()
+        return kp_consume(consumer, want, seconds, commit=False)
+    finally:
+        consumer.close()
+
+
 # ------------------------------------------------------------ confluent-kafka
 
 def ck_produce(bootstrap: str, topic: str, seqs, *, partition=None, **conf) -> Written:

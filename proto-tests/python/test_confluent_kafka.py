@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import TopicPartition
 
-from e2e import Consumed, assert_exactly, ck_consume, ck_consumer, ck_produce, kp_consume, kp_consumer, deadline, unique
+from e2e import Consumed, assert_exactly, ck_consume, ck_consumer, ck_produce, kp_consume, kp_consumer, kp_read_from_start, deadline, unique
 
 N_BULK = 10_000
 
@@ -30,19 +30,11 @@ def test_idempotent_produce_10k_consume_in_group(bootstrap, make_topic):
 @pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
 def test_librdkafka_codec_read_by_kafka_python(bootstrap, make_topic, codec):
     """Batches compressed by librdkafka, decoded by kafka-python."""
-    from kafka import TopicPartition as KTP
-
     topic = make_topic(1)
     n = 500
     written = ck_produce(bootstrap, topic, range(n), partition=0,
                          **{"compression.type": codec, "linger.ms": 20, "enable.idempotence": False})
-    consumer = kp_consumer(bootstrap, group_id=None)
-    try:
-        consumer.assign([KTP(topic, 0)])
-        consumer.seek_to_beginning()
-        consumed = kp_consume(consumer, n, 60, commit=False)
-    finally:
-        consumer.close()
+    consumed = kp_read_from_start(bootstrap, topic, 1, n, 60)
     assert_exactly(written, consumed)
 
 

@@ -7,7 +7,7 @@ import pytest
 from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 
-from e2e import Consumed, assert_exactly, kp_consume, kp_consumer, kp_produce, unique
+from e2e import Consumed, assert_exactly, kp_consume, kp_consumer, kp_produce, kp_read_from_start, unique
 
 N_BULK = 10_000
 
@@ -74,13 +74,7 @@ def test_idempotent_producer(bootstrap, make_topic):
     written = kp_produce(bootstrap, topic, range(n), enable_idempotence=True, acks="all",
                          max_in_flight_requests_per_connection=5)
     assert written.count == n
-    consumer = kp_consumer(bootstrap, group_id=None)
-    try:
-        consumer.assign([TopicPartition(topic, p) for p in range(3)])
-        consumer.seek_to_beginning()
-        consumed = kp_consume(consumer, n, 60, commit=False)
-    finally:
-        consumer.close()
+    consumed = kp_read_from_start(bootstrap, topic, 3, n, 60)
     assert_exactly(written, consumed)
 
 
@@ -90,11 +84,5 @@ def test_compressed_roundtrip(bootstrap, make_topic, codec):
     n = 300
     written = kp_produce(bootstrap, topic, range(n), compression_type=codec, enable_idempotence=False,
                          linger_ms=20, batch_size=16384)
-    consumer = kp_consumer(bootstrap, group_id=None)
-    try:
-        consumer.assign([TopicPartition(topic, 0)])
-        consumer.seek_to_beginning()
-        consumed = kp_consume(consumer, n, 60, commit=False)
-    finally:
-        consumer.close()
+    consumed = kp_read_from_start(bootstrap, topic, 1, n, 60)
     assert_exactly(written, consumed)

@@ -169,6 +169,22 @@ pub fn wait_for_port(addr: &str, limit: Duration) {
     }
 }
 
+/// Calls `attempt` every 50 ms until it gives `Ok`, for at most `limit`:
+/// past it, panics with what the last attempt said.
+pub async fn poll_until<T, F>(limit: Duration, mut attempt: impl FnMut() -> F) -> T
+where
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        match attempt().await {
+            Ok(done) => return done,
+            Err(last) => assert!(start.elapsed() < limit, "{last}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {

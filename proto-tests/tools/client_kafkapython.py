@@ -12,13 +12,10 @@ import time
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-BS = sys.argv[1]
+from golden_client import BS, CODECS, TIMEOUT, topic_names
+
 CID = "golden-kafkapython"
-CODECS = ["gzip", "snappy", "lz4", "zstd"]
-T_PLAIN = "golden-kp-plain"
-T_IDEM = "golden-kp-idempotent"
-T_CODEC = {c: f"golden-kp-{c}" for c in CODECS}
-TIMEOUT = 15
+T_PLAIN, T_IDEM, T_CODEC = topic_names("kp")
 
 
 def produce(conf, topic, n, tag, partition=None):

@@ -12,13 +12,10 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
-BS = sys.argv[1]
+from golden_client import BS, CODECS, TIMEOUT, topic_names
+
 CID = "golden-librdkafka"
-CODECS = ["gzip", "snappy", "lz4", "zstd"]
-T_PLAIN = "golden-rd-plain"
-T_IDEM = "golden-rd-idempotent"
-T_CODEC = {c: f"golden-rd-{c}" for c in CODECS}
-TIMEOUT = 15
+T_PLAIN, T_IDEM, T_CODEC = topic_names("rd")
 
 
 def records(n, tag):
