@@ -193,15 +193,7 @@ impl Window {
             return Ok(Some((0, seg.acked_ms)));
         }
         let id = self.reserve_segment();
-        let put = self.store.put_segment(id, value);
-        self.writing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        if let Err(e) = put {
-            self.store_errors.fetch_add(1, Relaxed);
-            return Err(e);
-        }
+        self.put_reserved(id, value)?;
         let added = seg
             .entries()
             .filter(|&(key, _)| self.insert_seen(key, id))
@@ -555,6 +547,20 @@ impl Window {
             .unwrap_or_else(|| self.next_segment.load(Relaxed))
     }
 
+    /// Stores the segment `id` ([`reserve_segment`](Self::reserve_segment)):
+    /// landed or failed, it is no longer being written.
+    fn put_reserved(&self, id: u64, value: &[u8]) -> Result<(), Error> {
+        let put = self.store.put_segment(id, value);
+        self.writing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        if put.is_err() {
+            self.store_errors.fetch_add(1, Relaxed);
+        }
+        put
+    }
+
     /// Writes the segment `id` ([`reserve_segment`](Self::reserve_segment))
     /// and marks its keys seen.
     fn write_segment(
@@ -567,15 +573,7 @@ impl Window {
         entries: &[(Key, u32)],
     ) -> Result<u64, Error> {
         let value = Segment::encode(now_ms(), topic, partition, base_offset, producer, entries);
-        let put = self.store.put_segment(id, &value);
-        self.writing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
-        if let Err(e) = put {
-            self.store_errors.fetch_add(1, Relaxed);
-            return Err(e);
-        }
+        self.put_reserved(id, &value)?;
         for &(key, _) in entries {
             self.insert_seen(key, id);
         }
