@@ -318,11 +318,16 @@ class ConnectCluster:
 
     @classmethod
     def start(cls, bootstrap: str, workers: int = 2, flush_ms: int = 60000,
-              rebalance_delay_ms: int = 5000, props: dict | None = None) -> "ConnectCluster":
+              rebalance_delay_ms: int = 5000, props: dict | None = None,
+              worker_bootstrap: dict[int, str] | None = None) -> "ConnectCluster":
+        """`worker_bootstrap`: worker number -> its own bootstrap.servers (a
+        sidecar proxy); the others use `bootstrap`."""
         args = ["--bootstrap", bootstrap, "--workers", workers, "--flush-ms", flush_ms,
                 "--rebalance-delay-ms", rebalance_delay_ms]
         for k, v in (props or {}).items():
             args += ["--prop", f"{k}={v}"]
+        for n, b in (worker_bootstrap or {}).items():
+            args += ["--worker-bootstrap", f"{n}={b}"]
         kv = _start("connect", *args, timeout=180)
         return cls(dir=Path(kv["dir"]), group=kv["group"],
                    workers={i: kv[f"worker.{i}"] for i in range(1, workers + 1)})

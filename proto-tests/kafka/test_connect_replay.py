@@ -58,16 +58,19 @@ class LineWriter(threading.Thread):
         return [self.line(n) for n in range(self.count)] + [self.marker]
 
 
-def crash_and_replay(connect, bootstrap: str, kafka, tmp_path, name: str):
-    """Run the scenario with the workers' bootstrap at `bootstrap`; return the
-    lines the writer wrote and the values the topic holds (read from the broker)."""
+def crash_and_replay(connect, bootstrap: str, kafka, tmp_path, name: str,
+                     worker_bootstrap: dict[int, str] | None = None):
+    """Run the scenario with the workers' bootstrap at `bootstrap` (or each
+    worker's own, `worker_bootstrap`: sidecars); return the lines the writer
+    wrote, the values the topic holds (read from the broker) and the topic."""
     topic = unique("lines")
     kafka.create_topic(topic, partitions=1)
     source = tmp_path / f"{name}.txt"
     source.touch()
     writer = LineWriter(source, name)
     workers = connect(bootstrap, workers=2, flush_ms=FLUSH_MS, rebalance_delay_ms=3000,
-                      props={"session.timeout.ms": "6000", "heartbeat.interval.ms": "1500"})
+                      props={"session.timeout.ms": "6000", "heartbeat.interval.ms": "1500"},
+                      worker_bootstrap=worker_bootstrap)
     try:
         workers.create_connector(name, {
             "connector.class": "org.apache.kafka.connect.file.FileStreamSourceConnector",

@@ -10,7 +10,11 @@ window's topic and learns the others' from it:
 - a process started with an empty store rebuilds its window from the topic
   before it says it is ready, and drops the replay too;
 - the proxy creates the topic with cleanup.policy=delete and retention.ms =
-  dedup.window + retention_margin.
+  dedup.window + retention_margin;
+- sidecars: two Connect 4.4 workers, each behind its own idemgate (its own
+  store), a FileStreamSource task moved by SIGKILLing its worker three
+  times: with the shared window every line is in the topic once; with each
+  sidecar's own window, the moved task's replays are extra copies.
 
 Reads end on markers, straight from the broker.
 """
@@ -22,7 +26,8 @@ from collections import Counter
 from confluent_kafka import Producer
 from confluent_kafka.admin import ConfigResource
 
-from bed import read_topic, unique, wait_for
+from bed import dedup_rule, read_topic, unique, wait_for
+from test_connect_replay import crash_and_replay
 
 N = 300
 
@@ -128,3 +133,41 @@ def test_a_process_with_an_empty_store_rebuilds_its_window_from_the_topic(kafka,
     assert all(log[v] == 1 for v in values), \
         f"copies through D: {sorted((v, n) for v, n in log.items() if n != 1)[:10]}"
     assert d.metric_sum("idemgate_duplicates_dropped_total", topic=topic) == N
+
+
+def _sidecars(kafka, proxies, shared: bool):
+    """Two sidecars, one per worker; with `shared`, one window topic."""
+    extra = '[dedup]\nwindow = "1h"\n' + dedup_rule("lines-*")
+    if shared:
+        extra += f'[dedup.shared]\ntopic = "{unique("_idemgate-window")}"\nreplication_factor = 1\n'
+    return [proxies(kafka.bootstrap, extra) for _ in range(2)]
+
+
+def test_sidecars_sharing_the_window_drop_a_moved_tasks_replays(kafka, proxies, connect_clusters,
+                                                                tmp_path):
+    # Each sidecar with its own window: the task that moved replays through
+    # the other worker's sidecar, which never saw its lines.
+    alone = _sidecars(kafka, proxies, shared=False)
+    written, values, _ = crash_and_replay(
+        connect_clusters, kafka.bootstrap, kafka, tmp_path, unique("alone"),
+        worker_bootstrap={1: alone[0].bootstrap, 2: alone[1].bootstrap})
+    assert set(values) == set(written), "the run with separate windows lost lines"
+    extra = len(values) - len(set(values))
+    print(f"sidecars with their own windows: {len(written)} lines, {extra} extra copies")
+    assert extra > 0, ("three worker crashes behind separate sidecars left no extra copies: "
+                       "the moved task never replayed through the other sidecar")
+
+    a, b = _sidecars(kafka, proxies, shared=True)
+    written, values, topic = crash_and_replay(
+        connect_clusters, kafka.bootstrap, kafka, tmp_path, unique("shared"),
+        worker_bootstrap={1: a.bootstrap, 2: b.bootstrap})
+    dropped = sum(p.metric_sum("idemgate_duplicates_dropped_total", topic=topic) for p in (a, b))
+    learned = [p.metric_sum("idemgate_shared_window_keys_learned_total") for p in (a, b)]
+    print(f"sidecars sharing the window: {len(written)} lines, {len(values)} records, "
+          f"{dropped:.0f} replays dropped, keys learned from the other {learned}")
+    missing = sorted(set(written) - set(values))
+    assert not missing, f"{len(missing)} lines never reached the topic, e.g. {missing[:5]}"
+    copies = len(values) - len(set(values))
+    assert copies == 0, f"{copies} extra copies went through the sidecars"
+    assert values == written, "the topic's lines are not in file order"
+    assert dropped > 0 and all(n > 0 for n in learned), "no replay met a key from the other sidecar"
