@@ -26,7 +26,7 @@ from collections import Counter
 from confluent_kafka import Producer
 from confluent_kafka.admin import ConfigResource
 
-from bed import dedup_rule, read_topic, unique, wait_for
+from bed import dedup_rule, http, read_topic, unique, wait_for
 from test_connect_replay import crash_and_replay
 
 N = 300
@@ -171,3 +171,46 @@ def test_sidecars_sharing_the_window_drop_a_moved_tasks_replays(kafka, proxies, 
     assert copies == 0, f"{copies} extra copies went through the sidecars"
     assert values == written, "the topic's lines are not in file order"
     assert dropped > 0 and all(n > 0 for n in learned), "no replay met a key from the other sidecar"
+
+
+def test_the_window_topic_lost_then_back_loses_nothing_and_publishes_late(kafka3, proxies):
+    """The window topic's only replica goes away (three brokers, the data
+    topic replicated on all): Produce goes on, each process serves with what
+    it knows and says `ready, degraded`, and what it learned meanwhile is
+    published once the topic is back."""
+    window_topic = unique("_idemgate-window")
+    topic = unique("shw")
+    kafka3.create_topic(topic, partitions=1, replication=3)
+    kafka3.create_topic(window_topic, partitions=1, replication=1)
+    rule = _rule(window_topic).replace("replication_factor = 1\n", "")
+    a = proxies(kafka3.bootstrap, rule)
+    b = proxies(kafka3.bootstrap, rule)
+    first = [f"{topic}-first-{i}" for i in range(N)]
+    second = [f"{topic}-second-{i}" for i in range(N)]
+    _produce(a.bootstrap, topic, first, "END-1")
+    wait_for(f"B learned A's first {N} keys", lambda: _learned(b) >= N, 60)
+
+    md = kafka3.admin().list_topics(window_topic, timeout=10).topics[window_topic]
+    gone = md.partitions[0].leader
+    kafka3.kill(gone)
+    try:
+        # Acknowledged while the window topic is away: known to A only.
+        _produce(a.bootstrap, topic, second, "END-2")
+        wait_for("A says degraded: the window topic is unreachable",
+                 lambda: "degraded" in str(http("GET", f"{a.admin}/readyz")[1]), 90)
+        status, text = http("GET", f"{a.admin}/readyz")
+        assert status == 200, f"A must stay ready (fail open): {status} {text}"
+        # B still drops what it learned before.
+        _produce(b.bootstrap, topic, first, "END-3")
+    finally:
+        kafka3.restart(gone)
+    log = _log(kafka3.bootstrap, topic, "END-3")
+    assert all(log[v] == 1 for v in first + second), \
+        f"lost or copied: {sorted((v, n) for v, n in log.items() if n != 1 and 'END' not in v)[:10]}"
+
+    # Back: A's segments from the outage reach B, and B drops their replays.
+    wait_for("B learned A's keys from the outage", lambda: _learned(b) >= 2 * N, 120)
+    _produce(b.bootstrap, topic, second, "END-4")
+    log = _log(kafka3.bootstrap, topic, "END-4")
+    assert all(log[v] == 1 for v in second), "a replay of keys published late passed"
+    assert a.metric_sum("idemgate_shared_window_publish_failures_total") == 0

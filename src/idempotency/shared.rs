@@ -20,9 +20,10 @@
 //!
 //! Nothing is ever dropped on the topic's word alone: a key is published
 //! only after the broker acknowledged its record through a peer, exactly
-//! what a local commit needs. A publish that fails is retried, then counted
-//! (`idemgate_shared_window_publish_failures_total`); its keys stay known
-//! to this process only.
+//! what a local commit needs. A publish that fails is sent again once the
+//! topic is back; segments that find the queue full are counted
+//! (`idemgate_shared_window_publish_failures_total`) and stay known to this
+//! process only.
 //!
 //! The client is rskafka (pure Rust, our rustls `ClientConfig`, SASL PLAIN
 //! and SCRAM). Producing and tailing use separate partition clients, so a
@@ -126,12 +127,14 @@ impl Log {
     async fn run(self, mut rx: mpsc::Receiver<Vec<u8>>, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut backoff = Duration::from_millis(200);
+        // Segments whose publish failed: sent first once the topic is back.
+        let mut carry = Vec::new();
         loop {
             let attempt = async {
                 let client = this.connect().await?;
                 this.stats().connected.store(true, Relaxed);
                 backoff = Duration::from_millis(200);
-                this.serve(&client, &mut rx).await
+                this.serve(&client, &mut rx, &mut carry).await
             };
             let outcome = tokio::select! {
                 r = attempt => r,
@@ -210,11 +213,13 @@ impl Log {
         Ok(client)
     }
 
-    /// Publishes and tails until an error.
+    /// Publishes and tails until an error; a batch whose publish failed is
+    /// left in `carry`, for the next connection.
     async fn serve(
         self: &Arc<Self>,
         client: &Client,
         rx: &mut mpsc::Receiver<Vec<u8>>,
+        carry: &mut Vec<Vec<u8>>,
     ) -> Result<(), String> {
         let topics = client.list_topics().await.map_err(|e| e.to_string())?;
         let partitions: Vec<i32> = topics
@@ -240,6 +245,10 @@ impl Log {
         }
         let mut sorted: Vec<i32> = partitions.clone();
         sorted.sort_unstable();
+        if !carry.is_empty() {
+            self.publish(&producers, &sorted, carry).await?;
+            carry.clear();
+        }
         loop {
             tokio::select! {
                 Some(done) = tails.join_next() => {
@@ -251,26 +260,28 @@ impl Log {
                 }
                 first = rx.recv() => {
                     let Some(first) = first else { return Ok(()) };
-                    let mut batch = vec![first];
-                    while batch.len() < BATCH {
+                    carry.push(first);
+                    while carry.len() < BATCH {
                         match rx.try_recv() {
-                            Ok(s) => batch.push(s),
+                            Ok(s) => carry.push(s),
                             Err(_) => break,
                         }
                     }
-                    self.publish(&producers, &sorted, batch).await?;
+                    self.publish(&producers, &sorted, carry).await?;
+                    carry.clear();
                 }
             }
         }
     }
 
-    /// One produce request per window partition; a failed one is counted
-    /// (its keys stay known here only) and ends this connection.
+    /// One produce request per window partition. A failure ends this
+    /// connection; the caller keeps the batch and sends it again on the next
+    /// (a segment published twice is learned once).
     async fn publish(
         &self,
         producers: &HashMap<i32, PartitionClient>,
         partitions: &[i32],
-        batch: Vec<Vec<u8>>,
+        batch: &[Vec<u8>],
     ) -> Result<(), String> {
         let mut by_partition: HashMap<i32, Vec<Record>> = HashMap::new();
         for segment in batch {
@@ -280,7 +291,7 @@ impl Log {
                 % partitions.len() as u64) as usize];
             by_partition.entry(p).or_default().push(Record {
                 key: None,
-                value: Some(segment),
+                value: Some(segment.clone()),
                 headers: [(ORIGIN.to_string(), self.origin.to_vec())]
                     .into_iter()
                     .collect(),
@@ -295,7 +306,6 @@ impl Log {
                     self.stats().published.fetch_add(n, Relaxed);
                 }
                 failed => {
-                    self.stats().publish_failures.fetch_add(n, Relaxed);
                     return Err(match failed {
                         Ok(Err(e)) => format!("publish: {e}"),
                         _ => "publish timed out".into(),

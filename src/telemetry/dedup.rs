@@ -145,7 +145,8 @@ pub struct SharedWindowStats {
     pub enabled: AtomicBool,
     /// Segments (one acknowledged batch's keys) published.
     pub published: AtomicU64,
-    /// Segments whose publish failed: their keys stay known here only.
+    /// Segments that found the publish queue full (the topic away too
+    /// long): their keys stay known here only.
     pub publish_failures: AtomicU64,
     /// Keys learned from other processes.
     pub keys_learned: AtomicU64,

@@ -437,7 +437,7 @@ fn shared_window(s: &SharedWindowStats, e: &mut DescriptorEncoder) -> Result<(),
         e,
         [
             ("idemgate_shared_window_published_total", "Segments (one acknowledged batch's keys) published to the shared window's topic.", One::Counter(s.published.load(Relaxed))),
-            ("idemgate_shared_window_publish_failures_total", "Segments whose publish failed: their keys stay known to this process only (replays through others pass).", One::Counter(s.publish_failures.load(Relaxed))),
+            ("idemgate_shared_window_publish_failures_total", "Segments never published (the queue was full while the topic was away): their keys stay known to this process only (replays through others pass).", One::Counter(s.publish_failures.load(Relaxed))),
             ("idemgate_shared_window_segments_read_total", "Segments of other processes read from the shared window's topic.", One::Counter(s.segments_read.load(Relaxed))),
             ("idemgate_shared_window_keys_learned_total", "Keys learned from other processes through the shared window's topic.", One::Counter(s.keys_learned.load(Relaxed))),
             ("idemgate_shared_window_lag_milliseconds", "From a peer's broker acknowledgement to this process knowing its keys, for the last segment learned.", One::Gauge(s.lag_ms.load(Relaxed))),
