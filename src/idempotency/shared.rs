@@ -86,6 +86,7 @@ pub fn start(
         window,
         metrics,
         origin,
+        positions: Default::default(),
     };
     log.run(rx, shutdown)
 }
@@ -115,6 +116,8 @@ struct Log {
     window: Arc<Window>,
     metrics: Arc<Metrics>,
     origin: [u8; 8],
+    /// The next offset to read, per partition, once one was read this run.
+    positions: std::sync::Mutex<HashMap<i32, i64>>,
 }
 
 impl Log {
@@ -330,11 +333,23 @@ impl Log {
             .get_offset(OffsetAt::Latest)
             .await
             .map_err(|e| e.to_string())?;
-        // -1: no record that young, so nothing to read before the end.
-        let mut offset = match client.get_offset(OffsetAt::Timestamp(since)).await {
-            Ok(at) if at >= 0 => at,
-            Ok(_) => end,
-            Err(e) => return Err(e.to_string()),
+        let partition = client.partition();
+        let resume = self
+            .positions
+            .lock()
+            .expect("positions lock")
+            .get(&partition)
+            .copied();
+        let mut offset = match resume {
+            // Read before this start: on from there (not the whole window
+            // again after every reconnect).
+            Some(at) => at,
+            None => match client.get_offset(OffsetAt::Timestamp(since)).await {
+                Ok(at) if at >= 0 => at,
+                // -1: no record that young, so nothing to read before the end.
+                Ok(_) => end,
+                Err(e) => return Err(e.to_string()),
+            },
         };
         let mut counted = false;
         let mut count_once = |at: i64| {
@@ -349,12 +364,29 @@ impl Log {
         };
         count_once(offset);
         loop {
-            let (records, _high) = client
-                .fetch_records(offset, 1..4 * 1024 * 1024, 500)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (records, _high) = match client.fetch_records(offset, 1..4 * 1024 * 1024, 500).await
+            {
+                Ok(read) => read,
+                Err(e) => {
+                    if matches!(
+                        e,
+                        rskafka::client::error::Error::ServerError {
+                            protocol_error: rskafka::client::error::ProtocolError::OffsetOutOfRange,
+                            ..
+                        }
+                    ) {
+                        // Deleted by retention meanwhile: from the window's
+                        // start again next time.
+                        self.positions
+                            .lock()
+                            .expect("positions lock")
+                            .remove(&partition);
+                    }
+                    return Err(e.to_string());
+                }
+            };
+            let read = records.last().map(|r| r.offset + 1);
             for r in records {
-                offset = r.offset + 1;
                 if r.record
                     .headers
                     .get(ORIGIN)
@@ -377,6 +409,13 @@ impl Log {
                         tracing::warn!(error = %e, "shared window: a segment was not learned")
                     }
                 }
+            }
+            if let Some(next) = read {
+                offset = next;
+                self.positions
+                    .lock()
+                    .expect("positions lock")
+                    .insert(partition, offset);
             }
             count_once(offset);
         }
