@@ -11,6 +11,10 @@ window's topic and learns the others' from it:
   before it says it is ready, and drops the replay too;
 - the proxy creates the topic with cleanup.policy=delete and retention.ms =
   dedup.window + retention_margin;
+- a central tier of two replicas: a producer whose replica is SIGKILLed
+  mid-stream goes on through the other, nothing acknowledged is lost, and
+  the survivor drops replays of what went through the dead one;
+- the window topic lost and back: nothing lost, keys published late;
 - sidecars: two Connect 4.4 workers, each behind its own idemgate (its own
   store), a FileStreamSource task moved by SIGKILLing its worker three
   times: with the shared window every line is in the topic once; with each
@@ -214,3 +218,50 @@ def test_the_window_topic_lost_then_back_loses_nothing_and_publishes_late(kafka3
     log = _log(kafka3.bootstrap, topic, "END-4")
     assert all(log[v] == 1 for v in second), "a replay of keys published late passed"
     assert a.metric_sum("idemgate_shared_window_publish_failures_total") == 0
+
+
+def test_a_producer_failing_over_to_the_other_replica_loses_nothing(kafka, proxies):
+    """A central tier of two replicas sharing the window; a Connect-shaped
+    producer (acks=all, one request in flight) bootstraps from both, and the
+    replica carrying its traffic is SIGKILLed mid-stream: the producer goes on
+    through the other one. Nothing it was told is written is missing; the only
+    copies are the retries of what was in flight at the kill; and a replay of
+    what went through the dead replica is dropped by the survivor."""
+    from test_broker_loss import BATCH, Streamer
+
+    window_topic = unique("_idemgate-window")
+    topic = unique("shw")
+    kafka.create_topic(topic, partitions=1, replication=1)
+    a = proxies(kafka.bootstrap, _rule(window_topic))
+    b = proxies(kafka.bootstrap, _rule(window_topic))
+    stream = Streamer(f"{a.bootstrap},{b.bootstrap}", topic)
+    stream.start()
+    try:
+        wait_for("300 records acknowledged", lambda: stream.n_acked() >= 300, 90)
+        # librdkafka took its first metadata from either: the victim is the
+        # replica its Produce went through.
+        through_a = a.metric_sum("idemgate_requests_total", api="Produce")
+        through_b = b.metric_sum("idemgate_requests_total", api="Produce")
+        victim, survivor = (a, b) if through_a >= through_b else (b, a)
+        victim.sigkill()
+        at_kill = stream.n_acked()
+        wait_for("300 more records acknowledged through the survivor",
+                 lambda: stream.n_acked() >= at_kill + 300, 120)
+    finally:
+        stream.finish()
+    acked = list(stream.acked)
+    assert survivor.metric_sum("idemgate_requests_total", api="Produce") > 0
+
+    # What went through the dead replica long before it died, replayed
+    # through the survivor: dropped there.
+    early = acked[:200]
+    _produce(survivor.bootstrap, topic, early, "END")
+    log = _log(kafka.bootstrap, topic, "END")
+    lost = [v for v in acked if log[v] == 0]
+    assert not lost, f"{len(lost)} acknowledged records missing, e.g. {lost[:5]}"
+    copies = {v: n for v, n in log.items() if n > 1}
+    # One request in flight at the kill: its retry through the survivor may
+    # write it again (the dead replica never published it).
+    assert len(copies) <= BATCH, f"{len(copies)} records copied: {sorted(copies)[:10]}"
+    assert not set(copies) & set(early), "a replay the survivor knew of was written again"
+    assert survivor.metric_sum("idemgate_duplicates_dropped_total", topic=topic) >= len(early)
