@@ -640,6 +640,22 @@ impl Config {
                 ),
             });
         }
+        let server_name = config
+            .upstream
+            .tls
+            .as_ref()
+            .and_then(|t| t.server_name.as_ref());
+        if let (Some(name), Some(_)) = (server_name, &config.dedup.shared) {
+            problems.push(Problem {
+                path: "dedup.shared".into(),
+                message: format!(
+                    "upstream.tls.server_name ({name:?}) cannot apply to the shared window's \
+                     client, which verifies each broker's own host name: leave server_name \
+                     out (the brokers' certificates name their advertised hosts) or run \
+                     without [dedup.shared]"
+                ),
+            });
+        }
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -1504,6 +1520,15 @@ mod tests {
         )
         .unwrap_err();
         let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        let tls = "[upstream.tls]\nserver_name = \"kafka.internal\"\n[dedup.shared]\n";
+        let refused = Config::parse(tls).unwrap_err();
+        assert!(
+            refused
+                .0
+                .iter()
+                .any(|p| p.path == "dedup.shared" && p.message.contains("server_name")),
+            "{refused}"
+        );
         assert_eq!(
             paths,
             [
