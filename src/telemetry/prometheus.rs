@@ -428,14 +428,13 @@ fn dedup(d: &DedupMetrics, e: &mut DescriptorEncoder) -> Result<(), Error> {
     shared_window(&d.shared, e)
 }
 
-/// `[dedup.shared]`'s series, when it is on.
+/// `[dedup.shared]`'s series, zeros while it is off (`…_enabled` says
+/// which), so dashboards and alerts always find them.
 fn shared_window(s: &SharedWindowStats, e: &mut DescriptorEncoder) -> Result<(), Error> {
-    if !s.enabled.load(Relaxed) {
-        return Ok(());
-    }
     singles(
         e,
         [
+            ("idemgate_shared_window_enabled", "1 when [dedup.shared] is on: the window is shared through a Kafka topic.", One::Gauge(i64::from(s.enabled.load(Relaxed)))),
             ("idemgate_shared_window_published_total", "Segments (one acknowledged batch's keys) published to the shared window's topic.", One::Counter(s.published.load(Relaxed))),
             ("idemgate_shared_window_publish_failures_total", "Segments never published (the queue was full while the topic was away): their keys stay known to this process only (replays through others pass).", One::Counter(s.publish_failures.load(Relaxed))),
             ("idemgate_shared_window_segments_read_total", "Segments of other processes read from the shared window's topic.", One::Counter(s.segments_read.load(Relaxed))),
