@@ -135,13 +135,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     tasks.spawn(refresh_metadata(shared.clone()));
     tasks.spawn(keep_window(shared.clone()));
     if let (Some(settings), true) = (&config.dedup.shared, config.dedup.enabled()) {
+        let setup = crate::idempotency::shared::Setup {
+            settings: settings.clone(),
+            window_len: config.dedup.window,
+            upstream: config.upstream.clone(),
+            tls: shared.upstream_tls.clone(),
+            window: shared.window.clone(),
+            metrics: shared.metrics.clone(),
+        };
         tasks.spawn(crate::idempotency::shared::start(
-            settings.clone(),
-            config.dedup.window,
-            config.upstream.clone(),
-            shared.upstream_tls.clone(),
-            shared.window.clone(),
-            shared.metrics.clone(),
+            setup,
             shared.shutdown.clone(),
         ));
     }

@@ -55,37 +55,35 @@ const BATCH: usize = 500;
 /// The record header naming the process run that published a segment.
 const ORIGIN: &str = "idemgate-origin";
 
+/// What the shared window works with.
+pub struct Setup {
+    pub settings: SharedWindow,
+    /// `dedup.window`.
+    pub window_len: Duration,
+    pub upstream: Upstream,
+    pub tls: Option<UpstreamTlsConnector>,
+    pub window: Arc<Window>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Hands the window's new segments to the log at once, and returns the
 /// task that publishes them and tails the topic (until `shutdown` turns
 /// true).
 pub fn start(
-    settings: SharedWindow,
-    window_len: Duration,
-    upstream: Upstream,
-    tls: Option<UpstreamTlsConnector>,
-    window: Arc<Window>,
-    metrics: Arc<Metrics>,
+    setup: Setup,
     shutdown: watch::Receiver<bool>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let metrics = setup.metrics.clone();
     metrics.dedup.shared.enabled.store(true, Relaxed);
     let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE);
-    {
-        let metrics = metrics.clone();
-        window.publish_to(Box::new(move |segment: &[u8]| {
-            if tx.try_send(segment.to_vec()).is_err() {
-                metrics.dedup.shared.publish_failures.fetch_add(1, Relaxed);
-            }
-        }));
-    }
-    let origin = rand_origin();
+    setup.window.publish_to(Box::new(move |segment: &[u8]| {
+        if tx.try_send(segment.to_vec()).is_err() {
+            metrics.dedup.shared.publish_failures.fetch_add(1, Relaxed);
+        }
+    }));
     let log = Log {
-        settings,
-        window_len,
-        upstream,
-        tls,
-        window,
-        metrics,
-        origin,
+        setup,
+        origin: rand_origin(),
         positions: Default::default(),
     };
     log.run(rx, shutdown)
@@ -109,12 +107,7 @@ fn rand_origin() -> [u8; 8] {
 }
 
 struct Log {
-    settings: SharedWindow,
-    window_len: Duration,
-    upstream: Upstream,
-    tls: Option<UpstreamTlsConnector>,
-    window: Arc<Window>,
-    metrics: Arc<Metrics>,
+    setup: Setup,
     origin: [u8; 8],
     /// The next offset to read, per partition, once one was read this run.
     positions: std::sync::Mutex<HashMap<i32, i64>>,
@@ -122,7 +115,7 @@ struct Log {
 
 impl Log {
     fn stats(&self) -> &SharedWindowStats {
-        &self.metrics.dedup.shared
+        &self.setup.metrics.dedup.shared
     }
 }
 
@@ -145,7 +138,7 @@ impl Log {
             };
             this.stats().connected.store(false, Relaxed);
             if let Err(e) = outcome {
-                tracing::warn!(topic = %this.settings.topic, error = %e, retry_in = ?backoff,
+                tracing::warn!(topic = %this.setup.settings.topic, error = %e, retry_in = ?backoff,
                     "shared window: topic unreachable; replays through other processes pass until it is back");
             }
             tokio::select! {
@@ -159,16 +152,16 @@ impl Log {
     /// The client, with the topic created if missing.
     async fn connect(&self) -> Result<Client, String> {
         let created = crate::upstream::create_topic(
-            &self.upstream,
-            self.tls.as_ref(),
-            &self.settings.topic,
-            self.settings.partitions,
-            self.settings.replication_factor,
+            &self.setup.upstream,
+            self.setup.tls.as_ref(),
+            &self.setup.settings.topic,
+            self.setup.settings.partitions,
+            self.setup.settings.replication_factor,
             &[
                 ("cleanup.policy", "delete".to_string()),
                 (
                     "retention.ms",
-                    (self.window_len + self.settings.retention_margin)
+                    (self.setup.window_len + self.setup.settings.retention_margin)
                         .as_millis()
                         .to_string(),
                 ),
@@ -177,7 +170,7 @@ impl Log {
         .await;
         match created {
             Ok(true) => {
-                tracing::info!(topic = %self.settings.topic, partitions = self.settings.partitions,
+                tracing::info!(topic = %self.setup.settings.topic, partitions = self.setup.settings.partitions,
                 "shared window: topic created")
             }
             Ok(false) => {}
@@ -185,16 +178,16 @@ impl Log {
             // topic must then exist, which the client below finds out.
             Err(e) => tracing::debug!(error = %e, "shared window: topic not created here"),
         }
-        let mut builder = ClientBuilder::new(self.upstream.bootstrap.clone())
+        let mut builder = ClientBuilder::new(self.setup.upstream.bootstrap.clone())
             .client_id("idemgate-shared-window")
             .backoff_config(BackoffConfig {
-                deadline: Some(self.upstream.request_timeout),
+                deadline: Some(self.setup.upstream.request_timeout),
                 ..Default::default()
             });
-        if let Some(tls) = &self.tls {
+        if let Some(tls) = &self.setup.tls {
             builder = builder.tls_config(tls.client_config());
         }
-        if let Some(sasl) = &self.settings.sasl {
+        if let Some(sasl) = &self.setup.settings.sasl {
             let credentials = Credentials::new(sasl.username.clone(), sasl.password.clone());
             builder = builder.sasl_config(match sasl.mechanism.as_str() {
                 "PLAIN" => SaslConfig::Plain(credentials),
@@ -202,15 +195,15 @@ impl Log {
                 _ => SaslConfig::ScramSha512(credentials),
             });
         }
-        let client = tokio::time::timeout(self.upstream.connect_timeout * 3, builder.build())
+        let client = tokio::time::timeout(self.setup.upstream.connect_timeout * 3, builder.build())
             .await
             .map_err(|_| "connecting timed out".to_string())?
             .map_err(|e| e.to_string())?;
         let topics = client.list_topics().await.map_err(|e| e.to_string())?;
-        if !topics.iter().any(|t| t.name == self.settings.topic) {
+        if !topics.iter().any(|t| t.name == self.setup.settings.topic) {
             return Err(format!(
                 "topic {} does not exist and could not be created",
-                self.settings.topic
+                self.setup.settings.topic
             ));
         }
         Ok(client)
@@ -227,18 +220,25 @@ impl Log {
         let topics = client.list_topics().await.map_err(|e| e.to_string())?;
         let partitions: Vec<i32> = topics
             .iter()
-            .find(|t| t.name == self.settings.topic)
+            .find(|t| t.name == self.setup.settings.topic)
             .map(|t| t.partitions.iter().copied().collect())
             .unwrap_or_default();
         if partitions.is_empty() {
-            return Err(format!("topic {} has no partitions", self.settings.topic));
+            return Err(format!(
+                "topic {} has no partitions",
+                self.setup.settings.topic
+            ));
         }
         let mut producers = HashMap::new();
         let mut tails = tokio::task::JoinSet::new();
         let caught_up = Arc::new(AtomicU64::new(0));
         for &p in &partitions {
             let client_for = |p| {
-                client.partition_client(self.settings.topic.clone(), p, UnknownTopicHandling::Retry)
+                client.partition_client(
+                    self.setup.settings.topic.clone(),
+                    p,
+                    UnknownTopicHandling::Retry,
+                )
             };
             producers.insert(p, client_for(p).await.map_err(|e| e.to_string())?);
             let tail = client_for(p).await.map_err(|e| e.to_string())?;
@@ -304,7 +304,7 @@ impl Log {
         for (p, records) in by_partition {
             let n = records.len() as u64;
             let produce = producers[&p].produce(records, Compression::NoCompression);
-            match tokio::time::timeout(self.upstream.request_timeout, produce).await {
+            match tokio::time::timeout(self.setup.upstream.request_timeout, produce).await {
                 Ok(Ok(_)) => {
                     self.stats().published.fetch_add(n, Relaxed);
                 }
@@ -328,7 +328,8 @@ impl Log {
         total: u64,
     ) -> Result<(), String> {
         let since = chrono::Utc::now()
-            - chrono::Duration::from_std(self.window_len).unwrap_or(chrono::Duration::days(1));
+            - chrono::Duration::from_std(self.setup.window_len)
+                .unwrap_or(chrono::Duration::days(1));
         let end = client
             .get_offset(OffsetAt::Latest)
             .await
@@ -357,7 +358,7 @@ impl Log {
                 counted = true;
                 if caught_up.fetch_add(1, Relaxed) + 1 >= total {
                     self.stats().caught_up.store(true, Relaxed);
-                    tracing::info!(topic = %self.settings.topic, keys = self.window.len(),
+                    tracing::info!(topic = %self.setup.settings.topic, keys = self.setup.window.len(),
                         "shared window: caught up with the topic");
                 }
             }
@@ -398,7 +399,7 @@ impl Log {
                     continue;
                 };
                 self.stats().segments_read.fetch_add(1, Relaxed);
-                match self.window.learn_encoded(&value) {
+                match self.setup.window.learn_encoded(&value) {
                     Ok(Some((added, acked_ms))) => {
                         self.stats().keys_learned.fetch_add(added as u64, Relaxed);
                         let now = chrono::Utc::now().timestamp_millis();
