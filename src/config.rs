@@ -248,6 +248,10 @@ pub struct SharedWindow {
     pub retention_margin: Duration,
     /// The proxy's own SASL credentials for the topic (`None`: none).
     pub sasl: Option<SharedSasl>,
+    /// How long a connection's first Produce waits for this process to
+    /// read the topic up to where it ends now (a replay that follows its
+    /// original through another process by less than the lag).
+    pub catch_up_wait: Duration,
 }
 
 /// `[dedup.shared.sasl]`.
@@ -982,6 +986,7 @@ fn shared_window(s: &mut Section<'_, '_>) -> SharedWindow {
         );
     }
     let retention_margin = s.duration("retention_margin", defaults::SHARED_RETENTION_MARGIN);
+    let catch_up_wait = s.duration("catch_up_wait", defaults::SHARED_CATCH_UP_WAIT);
     let sasl = s.optional_section("sasl", |s| {
         let mechanism = s.string("mechanism", "SCRAM-SHA-512");
         if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism.as_str()) {
@@ -1018,6 +1023,7 @@ fn shared_window(s: &mut Section<'_, '_>) -> SharedWindow {
         replication_factor: replication_factor.clamp(-1, 32) as i16,
         retention_margin,
         sasl,
+        catch_up_wait,
     }
 }
 

@@ -412,6 +412,7 @@ impl ProduceDedup {
         if !session.started {
             session.started = true;
             self.metrics.dedup.session_started(&label);
+            self.catch_up_with_peers().await;
         }
 
         let mut plan = ProducePlan {
@@ -596,6 +597,32 @@ impl ProduceDedup {
             }
         }
         parts
+    }
+
+    /// `[dedup.shared]`: a connection's first Produce waits, bounded by
+    /// `catch_up_wait`, until this process has read the window's topic to
+    /// where it ends now: a task that moved here replays right after its
+    /// original was acknowledged through another process, and that
+    /// process's keys may still be on their way. Not caught up in time:
+    /// the replays it would have caught pass (duplicates, counted).
+    async fn catch_up_with_peers(&self) {
+        let Some(shared) = &self.config.dedup.shared else {
+            return;
+        };
+        let stats = &self.metrics.dedup.shared;
+        match self.window.catch_up(shared.catch_up_wait).await {
+            Some(true) => {
+                stats
+                    .catch_ups
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Some(false) => {
+                stats
+                    .catch_up_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            None => {}
+        }
     }
 
     /// A transactions-v1 client adds partitions to its transaction on
@@ -1678,6 +1705,68 @@ mod tests {
         loader.await.unwrap();
         assert_eq!(replay, None, "answered by the proxy: a replay");
         assert_eq!(loading(), 1, "nothing more passed unchecked");
+    }
+
+    /// Two processes sharing the window: the second's first Produce on a
+    /// connection waits until it has learned what the first published, so
+    /// a replay right behind its original is dropped; a process that does
+    /// not catch up passes it.
+    #[tokio::test]
+    async fn a_connections_first_produce_catches_up_with_the_peers_first() {
+        let process = |shared: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let text = format!(
+                "[store]\ndir = \"{}\"\n[[dedup.rules]]\ntopics = \"*\"\nmode = \"drop\"\n{}",
+                dir.path().display(),
+                if shared { "[dedup.shared]\n" } else { "" }
+            );
+            let config = Arc::new(Config::parse(&text).unwrap());
+            let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
+            let window = Arc::new(Window::new(store, config.dedup.window, 1000));
+            window.load().unwrap();
+            Bench {
+                dedup: ProduceDedup::new(config, window, Arc::new(Metrics::new())),
+                _dir: dir,
+            }
+        };
+        let a = process(true);
+        let published = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+        let sink = published.clone();
+        a.dedup.window.publish_to(Box::new(move |seg: &[u8]| {
+            sink.lock().unwrap().push(seg.to_vec())
+        }));
+        let mut s = Session::default();
+        assert!(send(&a, &mut s, batch(&["a", "b"], NO_PRODUCER, -1), 0)
+            .await
+            .is_some());
+
+        // B's log still has A's segment on its way: catching up learns it.
+        let b = process(true);
+        let window = b.dedup.window.clone();
+        let on_the_way = published.clone();
+        b.dedup.window.catch_up_with(Box::new(move || {
+            let (window, segments) = (window.clone(), on_the_way.lock().unwrap().clone());
+            Box::pin(async move {
+                for seg in segments {
+                    window.learn_encoded(&seg).unwrap();
+                }
+                true
+            })
+        }));
+        let mut s = Session::default();
+        let replay = send(&b, &mut s, batch(&["a", "b"], NO_PRODUCER, -1), 5).await;
+        assert_eq!(replay, None, "answered by B: both records were replays");
+        let stats = &b.dedup.metrics.dedup.shared;
+        assert_eq!(
+            stats.catch_ups.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+
+        // C does not catch up: the same replay passes.
+        let c = process(false);
+        let mut s = Session::default();
+        let passed = send(&c, &mut s, batch(&["a", "b"], NO_PRODUCER, -1), 5).await;
+        assert_eq!(passed.map(|(v, _)| v.len()), Some(2));
     }
 
     #[tokio::test]

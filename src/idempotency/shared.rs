@@ -40,7 +40,7 @@ use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, Unknown
 use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
 use rskafka::record::Record;
 use rskafka::BackoffConfig;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::window::Window;
 use crate::config::{SharedWindow, Upstream};
@@ -81,12 +81,22 @@ pub fn start(
             metrics.dedup.shared.publish_failures.fetch_add(1, Relaxed);
         }
     }));
+    let (catch_up_tx, catch_up_rx) = mpsc::channel::<oneshot::Sender<bool>>(1024);
+    setup.window.catch_up_with(Box::new(move || {
+        let asked = catch_up_tx.clone();
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            // Full: too many waiting already; the caller goes on.
+            asked.try_send(reply).is_ok() && answer.await.unwrap_or(false)
+        })
+    }));
     let log = Log {
         setup,
         origin: rand_origin(),
         positions: Default::default(),
+        advanced: Notify::new(),
     };
-    log.run(rx, shutdown)
+    log.run(rx, catch_up_rx, shutdown)
 }
 
 /// A number for this run of the process: its own records are skipped when
@@ -111,6 +121,8 @@ struct Log {
     origin: [u8; 8],
     /// The next offset to read, per partition, once one was read this run.
     positions: std::sync::Mutex<HashMap<i32, i64>>,
+    /// Woken whenever a tail moves on.
+    advanced: Notify,
 }
 
 impl Log {
@@ -120,7 +132,12 @@ impl Log {
 }
 
 impl Log {
-    async fn run(self, mut rx: mpsc::Receiver<Vec<u8>>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        self,
+        mut rx: mpsc::Receiver<Vec<u8>>,
+        mut catch_ups: mpsc::Receiver<oneshot::Sender<bool>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let this = Arc::new(self);
         let mut backoff = Duration::from_millis(200);
         // Segments whose publish failed: sent first once the topic is back.
@@ -130,7 +147,8 @@ impl Log {
                 let client = this.connect().await?;
                 this.stats().connected.store(true, Relaxed);
                 backoff = Duration::from_millis(200);
-                this.serve(&client, &mut rx, &mut carry).await
+                this.serve(&client, &mut rx, &mut catch_ups, &mut carry)
+                    .await
             };
             let outcome = tokio::select! {
                 r = attempt => r,
@@ -215,6 +233,7 @@ impl Log {
         self: &Arc<Self>,
         client: &Client,
         rx: &mut mpsc::Receiver<Vec<u8>>,
+        catch_ups: &mut mpsc::Receiver<oneshot::Sender<bool>>,
         carry: &mut Vec<Vec<u8>>,
     ) -> Result<(), String> {
         let topics = client.list_topics().await.map_err(|e| e.to_string())?;
@@ -240,7 +259,7 @@ impl Log {
                     UnknownTopicHandling::Retry,
                 )
             };
-            producers.insert(p, client_for(p).await.map_err(|e| e.to_string())?);
+            producers.insert(p, Arc::new(client_for(p).await.map_err(|e| e.to_string())?));
             let tail = client_for(p).await.map_err(|e| e.to_string())?;
             let this = self.clone();
             let (caught_up, total) = (caught_up.clone(), partitions.len() as u64);
@@ -254,6 +273,13 @@ impl Log {
         }
         loop {
             tokio::select! {
+                Some(reply) = catch_ups.recv() => {
+                    let this = self.clone();
+                    let producers = producers.clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(this.catch_up(&producers).await);
+                    });
+                }
                 Some(done) = tails.join_next() => {
                     return Err(match done {
                         Ok(Err(e)) => e,
@@ -282,7 +308,7 @@ impl Log {
     /// (a segment published twice is learned once).
     async fn publish(
         &self,
-        producers: &HashMap<i32, PartitionClient>,
+        producers: &HashMap<i32, Arc<PartitionClient>>,
         partitions: &[i32],
         batch: &[Vec<u8>],
     ) -> Result<(), String> {
@@ -319,6 +345,32 @@ impl Log {
         Ok(())
     }
 
+    /// Asks where every partition ends now, then waits until the tails
+    /// have read that far. `false`: an end could not be asked.
+    async fn catch_up(&self, producers: &HashMap<i32, Arc<PartitionClient>>) -> bool {
+        let mut ends = Vec::with_capacity(producers.len());
+        for (&p, client) in producers {
+            match client.get_offset(OffsetAt::Latest).await {
+                Ok(end) => ends.push((p, end)),
+                Err(_) => return false,
+            }
+        }
+        loop {
+            let advanced = self.advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            let behind = {
+                let positions = self.positions.lock().expect("positions lock");
+                ends.iter()
+                    .any(|(p, end)| positions.get(p).is_none_or(|at| at < end))
+            };
+            if !behind {
+                return true;
+            }
+            advanced.await;
+        }
+    }
+
     /// Reads one partition from the first record younger than the window,
     /// for ever.
     async fn tail(
@@ -352,6 +404,11 @@ impl Log {
                 Err(e) => return Err(e.to_string()),
             },
         };
+        self.positions
+            .lock()
+            .expect("positions lock")
+            .insert(partition, offset);
+        self.advanced.notify_waiters();
         let mut counted = false;
         let mut count_once = |at: i64| {
             if !counted && at >= end {
@@ -417,6 +474,7 @@ impl Log {
                     .lock()
                     .expect("positions lock")
                     .insert(partition, offset);
+                self.advanced.notify_waiters();
             }
             count_once(offset);
         }

@@ -96,6 +96,10 @@ pub struct Position {
 /// Where a segment this process learned goes (`[dedup.shared]`).
 pub type Publish = Box<dyn Fn(&[u8]) + Send + Sync>;
 
+/// Resolves once the window holds every segment its peers had published
+/// when it was called (`true`), or `false` if that cannot be known now.
+pub type CatchUp = Box<dyn Fn() -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
+
 pub struct Window {
     shards: Vec<Mutex<Shard>>,
     store: Arc<Store>,
@@ -121,6 +125,8 @@ pub struct Window {
     /// `[dedup.shared]`: given every segment this process learns from its
     /// own broker acknowledgements, once it is in the store.
     publish: std::sync::OnceLock<Publish>,
+    /// `[dedup.shared]`: how to catch up with the peers' segments.
+    catch_up: std::sync::OnceLock<CatchUp>,
 }
 
 fn now_ms() -> u64 {
@@ -159,7 +165,27 @@ impl Window {
             writing: Mutex::new(BTreeSet::new()),
             evicted_below: AtomicU64::new(0),
             publish: std::sync::OnceLock::new(),
+            catch_up: std::sync::OnceLock::new(),
         }
+    }
+
+    /// How [`catch_up`](Self::catch_up) reaches the peers' log.
+    pub fn catch_up_with(&self, catch_up: CatchUp) {
+        if self.catch_up.set(catch_up).is_err() {
+            tracing::warn!("window: a second catch-up was refused");
+        }
+    }
+
+    /// Waits, up to `limit`, until the window holds every segment its
+    /// peers had published when asked. `None`: the window is not shared;
+    /// `Some(false)`: not caught up within `limit` (or the log is away).
+    pub async fn catch_up(&self, limit: Duration) -> Option<bool> {
+        let catch_up = self.catch_up.get()?;
+        Some(
+            tokio::time::timeout(limit, catch_up())
+                .await
+                .unwrap_or(false),
+        )
     }
 
     /// Hands every segment learned from now on from this process's own

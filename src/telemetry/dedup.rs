@@ -160,6 +160,11 @@ pub struct SharedWindowStats {
     pub caught_up: AtomicBool,
     /// The topic is reachable now (client built, topic there).
     pub connected: AtomicBool,
+    /// Connections whose first Produce waited for the topic to be read to
+    /// its end, and did.
+    pub catch_ups: AtomicU64,
+    /// The same, not done within `catch_up_wait` (or the topic away).
+    pub catch_up_timeouts: AtomicU64,
 }
 
 impl DedupMetrics {
@@ -192,6 +197,8 @@ impl DedupMetrics {
                 lag_ms: AtomicI64::new(0),
                 caught_up: AtomicBool::new(false),
                 connected: AtomicBool::new(false),
+                catch_ups: AtomicU64::new(0),
+                catch_up_timeouts: AtomicU64::new(0),
             },
         }
     }

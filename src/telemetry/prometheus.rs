@@ -442,6 +442,8 @@ fn shared_window(s: &SharedWindowStats, e: &mut DescriptorEncoder) -> Result<(),
             ("idemgate_shared_window_lag_milliseconds", "From a peer's broker acknowledgement to this process knowing its keys, for the last segment learned.", One::Gauge(s.lag_ms.load(Relaxed))),
             ("idemgate_shared_window_caught_up", "1 once every partition of the topic was read to the end it had at the start.", One::Gauge(i64::from(s.caught_up.load(Relaxed)))),
             ("idemgate_shared_window_connected", "1 while the topic is reachable.", One::Gauge(i64::from(s.connected.load(Relaxed)))),
+            ("idemgate_shared_window_catch_ups_total", "Connections whose first Produce waited until the window's topic was read to where it ended (dedup.shared.catch_up_wait).", One::Counter(s.catch_ups.load(Relaxed))),
+            ("idemgate_shared_window_catch_up_timeouts_total", "The same, not caught up within dedup.shared.catch_up_wait (or the topic away): replays it would have caught pass.", One::Counter(s.catch_up_timeouts.load(Relaxed))),
         ],
     )
 }
