@@ -1533,9 +1533,14 @@ mod tests {
     }
 
     fn bench(mode: &str) -> Bench {
+        bench_with(mode, "")
+    }
+
+    /// [`bench`] with more TOML after the rule.
+    fn bench_with(mode: &str, extra: &str) -> Bench {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
-            "[store]\ndir = \"{}\"\n[[dedup.rules]]\ntopics = \"*\"\nmode = \"{mode}\"\n",
+            "[store]\ndir = \"{}\"\n[[dedup.rules]]\ntopics = \"*\"\nmode = \"{mode}\"\n{extra}",
             dir.path().display()
         );
         let config = Arc::new(Config::parse(&text).unwrap());
@@ -1713,22 +1718,8 @@ mod tests {
     /// not catch up passes it.
     #[tokio::test]
     async fn a_connections_first_produce_catches_up_with_the_peers_first() {
-        let process = |shared: bool| {
-            let dir = tempfile::tempdir().unwrap();
-            let text = format!(
-                "[store]\ndir = \"{}\"\n[[dedup.rules]]\ntopics = \"*\"\nmode = \"drop\"\n{}",
-                dir.path().display(),
-                if shared { "[dedup.shared]\n" } else { "" }
-            );
-            let config = Arc::new(Config::parse(&text).unwrap());
-            let store = Arc::new(crate::store::Store::open(dir.path()).unwrap());
-            let window = Arc::new(Window::new(store, config.dedup.window, 1000));
-            window.load().unwrap();
-            Bench {
-                dedup: ProduceDedup::new(config, window, Arc::new(Metrics::new())),
-                _dir: dir,
-            }
-        };
+        let process =
+            |shared: bool| bench_with("drop", if shared { "[dedup.shared]\n" } else { "" });
         let a = process(true);
         let published = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
         let sink = published.clone();
