@@ -109,24 +109,26 @@ pub fn raise_throttle_time(
     ms: i32,
 ) -> Result<(), Error> {
     use kafka_protocol::messages::ProduceResponse;
-    let bytes = frame.bytes()?;
-    let at = match (api, version) {
-        (ApiKey::Fetch, v) if v >= 1 => response_body_offset(api, version, bytes),
-        (ApiKey::Produce, 1..=8) => bytes.len().checked_sub(4),
-        (ApiKey::Produce, v) if v >= 9 => {
-            if frame
-                .message::<ProduceResponse>(api, version)?
-                .throttle_time_ms
-                < ms
-            {
-                frame
-                    .message_mut::<ProduceResponse>(api, version)?
-                    .throttle_time_ms = ms;
-            }
-            return Ok(());
+    // Flexible Produce first: through the decoded message, so a response
+    // another filter changed is not encoded here only to be changed again.
+    if api == ApiKey::Produce && version >= 9 {
+        if frame
+            .message::<ProduceResponse>(api, version)?
+            .throttle_time_ms
+            < ms
+        {
+            frame
+                .message_mut::<ProduceResponse>(api, version)?
+                .throttle_time_ms = ms;
         }
+        return Ok(());
+    }
+    let at = match (api, version) {
+        (ApiKey::Fetch, v) if v >= 1 => response_body_offset(api, version, frame.bytes()?),
+        (ApiKey::Produce, 1..=8) => frame.bytes()?.len().checked_sub(4),
         _ => None,
     };
+    let bytes = frame.bytes()?;
     let Some(at) = at else { return Ok(()) };
     match read_i32(bytes, at) {
         Some(broker) if broker < ms => {
