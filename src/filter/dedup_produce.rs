@@ -1723,9 +1723,9 @@ mod tests {
         let a = process(true);
         let published = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
         let sink = published.clone();
-        a.dedup.window.publish_to(Box::new(move |seg: &[u8]| {
-            sink.lock().unwrap().push(seg.to_vec())
-        }));
+        a.dedup
+            .window
+            .publish_to(Box::new(move |seg: Vec<u8>| sink.lock().unwrap().push(seg)));
         let mut s = Session::default();
         assert!(send(&a, &mut s, batch(&["a", "b"], NO_PRODUCER, -1), 0)
             .await

@@ -76,8 +76,8 @@ pub fn start(
     let metrics = setup.metrics.clone();
     metrics.dedup.shared.enabled.store(true, Relaxed);
     let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE);
-    setup.window.publish_to(Box::new(move |segment: &[u8]| {
-        if tx.try_send(segment.to_vec()).is_err() {
+    setup.window.publish_to(Box::new(move |segment: Vec<u8>| {
+        if tx.try_send(segment).is_err() {
             metrics.dedup.shared.publish_failures.fetch_add(1, Relaxed);
         }
     }));

@@ -94,7 +94,7 @@ pub struct Position {
 }
 
 /// Where a segment this process learned goes (`[dedup.shared]`).
-pub type Publish = Box<dyn Fn(&[u8]) + Send + Sync>;
+pub type Publish = Box<dyn Fn(Vec<u8>) + Send + Sync>;
 
 /// Resolves once the window holds every segment its peers had published
 /// when it was called (`true`), or `false` if that cannot be known now.
@@ -605,7 +605,7 @@ impl Window {
         }
         self.changed.notify_waiters();
         if let Some(publish) = self.publish.get() {
-            publish(&value);
+            publish(value);
         }
         Ok(id)
     }
@@ -996,9 +996,7 @@ mod tests {
         let b = window(b_dir.path(), Duration::from_secs(3600), 1000);
         let published = Arc::new(Mutex::new(Vec::new()));
         let sink = published.clone();
-        a.publish_to(Box::new(move |seg: &[u8]| {
-            sink.lock().unwrap().push(seg.to_vec())
-        }));
+        a.publish_to(Box::new(move |seg: Vec<u8>| sink.lock().unwrap().push(seg)));
         commit(&a, &[1, 2, 3], 100);
         let segments = published.lock().unwrap().clone();
         assert_eq!(segments.len(), 1, "one segment per acknowledged batch");
