@@ -101,6 +101,11 @@ impl Pipeline {
             .then_some((&*self.topology, &*self.metrics))
     }
 
+    /// The produce dedup's sequence state (`[dedup.shared]` shares it).
+    pub fn sequences(&self) -> Option<Arc<crate::idempotency::sequences::Sequences>> {
+        self.dedup.as_ref().map(|d| d.sequences())
+    }
+
     /// What the api versions filter advertised last.
     pub fn advertised_versions(&self) -> &Advertised {
         &self.advertised_versions

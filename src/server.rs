@@ -141,6 +141,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             upstream: config.upstream.clone(),
             tls: shared.upstream_tls.clone(),
             window: shared.window.clone(),
+            sequences: shared.pipeline.sequences(),
             metrics: shared.metrics.clone(),
         };
         tasks.spawn(crate::idempotency::shared::start(

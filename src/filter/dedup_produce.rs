@@ -209,8 +209,10 @@ struct Attempt<'a> {
     /// What an earlier attempt of this batch removed (nothing for a retry
     /// of a whole batch): the same again. `None`: decided afresh.
     decided: Option<&'a [u32]>,
-    /// Maybe a resend of what an earlier process forwarded: its replays stay.
-    guarded: bool,
+    /// Its replays stay, counted under this reason: maybe a resend of what
+    /// an earlier process forwarded (`SequenceUnknown`), or a decision the
+    /// tier's other processes could not learn now (`SequenceUnshared`).
+    guarded: Option<FailOpen>,
 }
 
 /// The batch with its base sequence moved back by `delta`, the records this
@@ -250,6 +252,10 @@ impl ProduceDedup {
             metrics,
             topic_configs: None,
         }
+    }
+
+    pub fn sequences(&self) -> Arc<Sequences> {
+        self.sequences.clone()
     }
 
     /// Tags respect each topic's own `max.message.bytes`, as `configs` learns it.
@@ -699,12 +705,16 @@ impl ProduceDedup {
         let delta = turn.as_ref().map_or(0, |t| t.delta());
         // `decided`: what an earlier attempt of this batch lost (nothing for
         // a retry of a whole batch). `guarded`: maybe a resend of what an
-        // earlier process forwarded; its replays stay.
+        // earlier process forwarded, or a decision the tier's other processes
+        // could not learn now; its replays stay.
         let (decided, guarded) = match turn.as_ref().map(|t| t.prior()) {
-            Some(Prior::Decided(dropped)) => (Some(dropped.clone()), false),
-            Some(Prior::Retry) => (Some(Vec::new()), false),
-            Some(Prior::Unknown) => (None, true),
-            Some(Prior::New) | None => (None, false),
+            Some(Prior::Decided(dropped)) => (Some(dropped.clone()), None),
+            Some(Prior::Retry) => (Some(Vec::new()), None),
+            Some(Prior::Unknown) => (None, Some(FailOpen::SequenceUnknown)),
+            Some(Prior::New) if turn.as_ref().is_some_and(|t| t.unshared()) => {
+                (None, Some(FailOpen::SequenceUnshared))
+            }
+            Some(Prior::New) | None => (None, None),
         };
         let attempt = Attempt {
             rule,
@@ -993,8 +1003,10 @@ impl ProduceDedup {
             };
             match replay_of {
                 None => decisions.push(keep),
-                Some(_) if may_drop && guarded => {
-                    self.metrics.dedup.fail_open(FailOpen::SequenceUnknown, 1);
+                Some(_) if may_drop && guarded.is_some() => {
+                    if let Some(reason) = guarded {
+                        self.metrics.dedup.fail_open(reason, 1);
+                    }
                     decisions.push(keep);
                 }
                 Some(seen) if may_drop => {
@@ -1513,6 +1525,7 @@ impl<'a> Filter<'a> for DedupProduce<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::idempotency::sequences::{decode_shared, PointLog};
     use crate::records::{decode_batch, BatchBuilder, Codec, Record};
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::produce_response::PartitionProduceResponse;
@@ -2221,6 +2234,88 @@ mod tests {
         // A new epoch starts over.
         assert_eq!(go!(["h"], (6, 1), 0), Ok(()));
         assert_eq!(leader.log, ["a", "b", "c", "d", "e", "f", "g", "h"]);
+    }
+
+    /// Two processes sharing the window: an idempotent producer whose
+    /// batches lost replays at A moves to B (A died). B learned A's sequence
+    /// points through the log and translates the producer's next batches by
+    /// the same delta; the leader sees one gap-free sequence. Without the
+    /// points B sends the client's own sequence, which the leader refuses as
+    /// out of order.
+    #[tokio::test]
+    async fn a_producer_moving_to_another_process_keeps_its_translated_sequence() {
+        for share_points in [true, false] {
+            let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let (a, b) = (dedup_on(dir_a.path()), dedup_on(dir_b.path()));
+            let peer = b.window.clone();
+            a.window.publish_to(Box::new(move |segment: Vec<u8>| {
+                peer.learn_encoded(&segment).unwrap();
+            }));
+            if share_points {
+                let peer = b.sequences();
+                a.sequences().share_with(PointLog {
+                    reachable: Box::new(|| true),
+                    publish: Box::new(move |point| {
+                        let peer = peer.clone();
+                        Box::pin(async move {
+                            let (key, point) = decode_shared(&point).unwrap();
+                            peer.learn(&key, point).await.unwrap()
+                        })
+                    }),
+                });
+            }
+            let mut leader = Leader::default();
+            macro_rules! go {
+                ($via:expr, $values:expr, $producer:expr, $seq:expr) => {
+                    attempt(&$via, &mut leader, batch(&$values, $producer, $seq), true)
+                        .await
+                        .unwrap()
+                };
+            }
+            assert_eq!(go!(a, ["a", "b", "c"], (5, 0), 0), Ok(()));
+            // Producer 6 replays b, c through A, which removes them.
+            assert_eq!(go!(a, ["b", "c", "d"], (6, 0), 0), Ok(()));
+            assert_eq!(go!(a, ["e"], (6, 0), 3), Ok(()));
+            // A dies; producer 6 goes on through B.
+            let through_b = go!(b, ["f"], (6, 0), 4);
+            if !share_points {
+                assert_eq!(through_b, Err(45), "B sent the client's own sequence");
+                continue;
+            }
+            assert_eq!(through_b, Ok(()));
+            for (i, v) in ["g", "h", "i", "j"].iter().enumerate() {
+                assert_eq!(go!(b, [*v], (6, 0), 5 + i as i32), Ok(()));
+            }
+            // Past B's guard, B removes a replay itself, on top of A's delta.
+            assert_eq!(go!(b, ["a", "k"], (6, 0), 9), Ok(()));
+            assert_eq!(go!(b, ["l"], (6, 0), 11), Ok(()));
+            assert_eq!(
+                leader.log,
+                ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"]
+            );
+        }
+    }
+
+    /// While the shared window's topic is unreachable, nothing new is
+    /// removed from an idempotent batch: peers could not learn the point.
+    #[tokio::test]
+    async fn an_unreachable_log_keeps_idempotent_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dedup_on(dir.path());
+        a.sequences().share_with(PointLog {
+            reachable: Box::new(|| false),
+            publish: Box::new(|_| Box::pin(async { panic!("nothing to publish") })),
+        });
+        let mut leader = Leader::default();
+        for (values, producer) in [(vec!["a", "b"], (5, 0)), (vec!["b", "c"], (6, 0))] {
+            let sent = attempt(&a, &mut leader, batch(&values, producer, 0), true).await;
+            assert_eq!(sent, Some(Ok(())));
+        }
+        assert_eq!(leader.log, ["a", "b", "b", "c"]);
+        assert_eq!(
+            a.metrics.dedup.fail_open_count(FailOpen::SequenceUnshared),
+            1
+        );
     }
 
     /// A Produce the filter cannot read goes on as it came, and is counted:

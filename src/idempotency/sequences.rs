@@ -55,9 +55,26 @@
 //! One process's memory: a producer whose batches reach several idempotent
 //! processes without a shared store is protected by the guard above only
 //! when it moves mid-stream (its first batch here starts above 0).
+//!
+//! **Across a tier (`[dedup.shared]`).** A producer that moves to another
+//! process (its replica died, its connection went elsewhere) must be
+//! translated there by the same delta, or the broker answers its next
+//! batches `OUT_OF_ORDER_SEQUENCE_NUMBER`. So every point is published to
+//! the shared window's topic after it is on disk here and before its batch
+//! goes upstream ([`PointLog`], bounded by `dedup.shared.catch_up_wait`), and
+//! every process folds its peers' points into its own store
+//! ([`Sequences::learn`]). A connection's first Produce catches up with the
+//! topic before anything is decided, so the process a producer moves to
+//! knows every point published before the move. A point whose publish was
+//! not confirmed in time still governs its batch (the batch goes trimmed):
+//! a peer that never learns it translates by less than the truth, which the
+//! broker refuses as out of order, never as a duplicate. While the topic is
+//! unreachable nothing new is trimmed from idempotent batches
+//! (`fail_open{reason="sequence_unshared"}`): no point is made that peers
+//! could not know.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::Error;
@@ -77,6 +94,58 @@ pub const GUARDED_BATCHES: u8 = 5;
 pub const STATE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often the store is scanned for state past [`STATE_TTL`].
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// `[dedup.shared]`: how decisions reach the tier's other processes.
+pub struct PointLog {
+    /// The log is reachable now: only then may a batch lose records.
+    pub reachable: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Publishes one encoded point ([`encode_shared`]); `true` once the log
+    /// acknowledged it, `false` if that was not confirmed in time.
+    pub publish: Box<dyn Fn(Vec<u8>) -> futures::future::BoxFuture<'static, bool> + Send + Sync>,
+}
+
+/// One point as published to the shared window's topic: the producer-
+/// partition (length-prefixed) and the point.
+pub fn encode_shared(key: &SeqKey, point: &Point) -> Vec<u8> {
+    let k = key.bytes();
+    let mut out = Vec::with_capacity(2 + k.len() + 16 + 4 * point.dropped.len());
+    out.extend_from_slice(&(k.len() as u16).to_be_bytes());
+    out.extend_from_slice(&k);
+    for v in [point.base, point.count, point.delta_after] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    out.extend_from_slice(&(point.dropped.len() as u32).to_be_bytes());
+    for i in &point.dropped {
+        out.extend_from_slice(&i.to_be_bytes());
+    }
+    out
+}
+
+/// The inverse of [`encode_shared`]; `None` for anything malformed.
+pub fn decode_shared(buf: &[u8]) -> Option<(SeqKey, Point)> {
+    let klen = u16::from_be_bytes(buf.get(0..2)?.try_into().ok()?) as usize;
+    let key = SeqKey::from_bytes(buf.get(2..2 + klen)?)?;
+    let rest = buf.get(2 + klen..)?;
+    let word = |i: usize| -> Option<u32> {
+        Some(u32::from_be_bytes(
+            rest.get(4 * i..4 * i + 4)?.try_into().ok()?,
+        ))
+    };
+    let n = word(3)? as usize;
+    if rest.len() != 16 + 4 * n {
+        return None;
+    }
+    let dropped = (0..n).map(|i| word(4 + i)).collect::<Option<Vec<u32>>>()?;
+    Some((
+        key,
+        Point {
+            base: word(0)? as i32,
+            count: word(1)? as i32,
+            delta_after: word(2)? as i32,
+            dropped,
+        },
+    ))
+}
 
 /// Identifies one producer's sequence on one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -256,6 +325,15 @@ impl Turn<'_> {
         self.state.delta_before(self.base)
     }
 
+    /// `[dedup.shared]` with its log unreachable now: peers could not learn
+    /// a decision made now, so nothing may be removed.
+    pub fn unshared(&self) -> bool {
+        self.sequences
+            .log
+            .get()
+            .is_some_and(|log| !(log.reachable)())
+    }
+
     /// The batch goes upstream with `point` (`None`: it loses nothing).
     /// Durable before it returns; on an error the caller forwards the batch
     /// whole, and this process keeps translating as if no point was made.
@@ -285,6 +363,7 @@ impl Turn<'_> {
             return Ok(());
         }
         let mut state = self.state.clone();
+        let encoded = point.as_ref().map(|p| encode_shared(&self.key, p));
         if let Some(p) = point {
             state.push(p);
         }
@@ -296,7 +375,16 @@ impl Turn<'_> {
             .await
         {
             Ok(()) => {
+                // Shared before the batch goes: the process this producer
+                // moves to translates by the same delta.
+                let shared = match (encoded, seqs.log.get()) {
+                    (Some(bytes), Some(log)) => Some((log.publish)(bytes)),
+                    _ => None,
+                };
                 seqs.cache.insert(self.key, state);
+                if let Some(published) = shared {
+                    published.await;
+                }
                 Ok(())
             }
             Err(e) => {
@@ -322,6 +410,8 @@ pub struct Sequences {
     pinned: Mutex<HashMap<SeqKey, SeqState>>,
     locks: Mutex<HashMap<SeqKey, Arc<tokio::sync::Mutex<()>>>>,
     pruned_at: Mutex<Option<std::time::Instant>>,
+    /// `[dedup.shared]`: where points are published.
+    log: OnceLock<PointLog>,
 }
 
 impl Sequences {
@@ -334,23 +424,53 @@ impl Sequences {
             locks: Mutex::new(HashMap::new()),
             // The first scan a while after start: not in a restart's rush.
             pruned_at: Mutex::new(Some(std::time::Instant::now())),
+            log: OnceLock::new(),
         }
+    }
+
+    /// `[dedup.shared]`: publish every point to `log` (set once).
+    pub fn share_with(&self, log: PointLog) {
+        if self.log.set(log).is_err() {
+            tracing::warn!("sequences: a second point log was refused");
+        }
+    }
+
+    /// Folds a point a peer published into this process's state, so a
+    /// producer that moves here is translated as it was there. `false`: it
+    /// was known already.
+    pub async fn learn(&self, key: &SeqKey, point: Point) -> Result<bool, Error> {
+        let _guard = self.lock_for(key).lock_owned().await;
+        let mut state = self.state(key)?;
+        if state.decided(point.base, point.count) == Some(&point) {
+            return Ok(false);
+        }
+        state.push(point);
+        state.forwarded = true;
+        state.touched_ms = now_ms();
+        self.store
+            .put_sequence_state_durably(&key.bytes(), &state.encode())
+            .await?;
+        self.pinned.lock().expect("sequences lock").remove(key);
+        self.cache.insert(key.clone(), state);
+        Ok(true)
+    }
+
+    /// The lock that makes one producer-partition's decisions one at a time.
+    fn lock_for(&self, key: &SeqKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().expect("sequences lock");
+        // Locks nobody holds or waits for go (a lock alive elsewhere has
+        // more than the map's reference).
+        if locks.len() > 1024 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks.entry(key.clone()).or_default().clone()
     }
 
     /// Starts deciding a batch of `key` at client sequence `base`: waits for
     /// any other decision of the same producer-partition, then says what is
     /// known of this batch.
     pub async fn begin(&self, key: &SeqKey, base: i32, count: i32) -> Result<Turn<'_>, Error> {
-        let lock = {
-            let mut locks = self.locks.lock().expect("sequences lock");
-            // Locks nobody holds or waits for go (a lock alive elsewhere has
-            // more than the map's reference).
-            if locks.len() > 1024 {
-                locks.retain(|_, l| Arc::strong_count(l) > 1);
-            }
-            locks.entry(key.clone()).or_default().clone()
-        };
-        let guard = lock.lock_owned().await;
+        let guard = self.lock_for(key).lock_owned().await;
         let state = self.state(key)?;
         let memory = self.memory.get(key);
         let prior = if let Some(p) = state.decided(base, count) {
@@ -625,6 +745,34 @@ mod tests {
             "gone from the store"
         );
         assert!(seqs.state(&recent).unwrap().forwarded, "kept");
+    }
+
+    /// A peer's point, learned: a retry of its batch gets its decision, later
+    /// sequences its delta, and the producer-partition counts as forwarded
+    /// (its first batches here are guarded). Learned twice, stored once.
+    #[tokio::test]
+    async fn a_peers_point_governs_here_as_it_did_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let seqs = open(dir.path());
+        let point = Point {
+            base: 10,
+            count: 4,
+            dropped: vec![1, 3],
+            delta_after: 2,
+        };
+        let wire = encode_shared(&key(), &point);
+        assert_eq!(decode_shared(&wire), Some((key(), point.clone())));
+        assert_eq!(decode_shared(&wire[..wire.len() - 1]), None);
+        let (k, p) = decode_shared(&wire).unwrap();
+        assert!(seqs.learn(&k, p.clone()).await.unwrap());
+        assert!(!seqs.learn(&k, p).await.unwrap(), "known already");
+        assert_eq!(decide(&seqs, 10, 4, None).await, Prior::Decided(vec![1, 3]));
+        let s = seqs.state(&key()).unwrap();
+        assert_eq!(s.delta_before(14), 2);
+        let other_dir = tempfile::tempdir().unwrap();
+        let fresh = open(other_dir.path());
+        fresh.learn(&key(), point).await.unwrap();
+        assert_eq!(decide(&fresh, 0, 1, None).await, Prior::Unknown);
     }
 
     #[test]

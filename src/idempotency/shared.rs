@@ -8,6 +8,10 @@
 //!       → one record on `topic`, partition by the data partition, header origin=<this run>
 //! tail: every partition of `topic`, from (now - dedup.window) → Window::learn_encoded
 //!       (stored as a local segment, keys seen; records of this run skipped)
+//!
+//! sequence point (an idempotent batch lost replays) → on disk → publish, header
+//!       kind=seq, partition by producer-partition, acknowledged before the batch goes
+//!       → peers: Sequences::learn (see `idempotency::sequences`)
 //! ```
 //!
 //! The local store stays the window's memory; the topic is how processes
@@ -42,6 +46,7 @@ use rskafka::record::Record;
 use rskafka::BackoffConfig;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use super::sequences::{decode_shared, PointLog, Sequences};
 use super::window::Window;
 use crate::config::{SharedWindow, Upstream};
 use crate::telemetry::{Metrics, SharedWindowStats};
@@ -54,6 +59,33 @@ const QUEUE: usize = 65_536;
 const BATCH: usize = 500;
 /// The record header naming the process run that published a segment.
 const ORIGIN: &str = "idemgate-origin";
+/// The record header marking a sequence point (segments have none).
+const KIND: &str = "idemgate-kind";
+const KIND_SEQ: &[u8] = b"seq";
+
+/// One record to publish: a segment, or a sequence point.
+struct Outgoing {
+    bytes: Vec<u8>,
+    point: bool,
+}
+
+impl Outgoing {
+    /// Any partition would do for a segment (every process reads all), so
+    /// it is spread by its own bytes (topic and partition lead them). A
+    /// producer-partition's points stay in one partition, in order.
+    fn spread(&self) -> u64 {
+        let b = &self.bytes;
+        let part = if self.point {
+            let klen = b
+                .get(0..2)
+                .map_or(0, |l| u16::from_be_bytes([l[0], l[1]]) as usize);
+            &b[2.min(b.len())..(2 + klen).min(b.len())]
+        } else {
+            &b[8.min(b.len())..b.len().min(40)]
+        };
+        xxhash_rust::xxh3::xxh3_64(part)
+    }
+}
 
 /// What the shared window works with.
 pub struct Setup {
@@ -63,6 +95,8 @@ pub struct Setup {
     pub upstream: Upstream,
     pub tls: Option<UpstreamTlsConnector>,
     pub window: Arc<Window>,
+    /// The produce dedup's sequence state (`None`: produce dedup is off).
+    pub sequences: Option<Arc<Sequences>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -90,13 +124,48 @@ pub fn start(
             asked.try_send(reply).is_ok() && answer.await.unwrap_or(false)
         })
     }));
+    let (points_tx, points_rx) = mpsc::channel::<(Vec<u8>, oneshot::Sender<()>)>(1024);
+    if let Some(sequences) = &setup.sequences {
+        let (reach, stats) = (setup.metrics.clone(), setup.metrics.clone());
+        let wait = setup.settings.catch_up_wait;
+        sequences.share_with(PointLog {
+            reachable: Box::new(move || reach.dedup.shared.connected.load(Relaxed)),
+            publish: Box::new(move |point| {
+                let (points, stats) = (points_tx.clone(), stats.clone());
+                Box::pin(async move {
+                    let (done, published) = oneshot::channel();
+                    let confirmed = points.try_send((point, done)).is_ok()
+                        && matches!(tokio::time::timeout(wait, published).await, Ok(Ok(())));
+                    if !confirmed {
+                        stats.dedup.shared.points_unconfirmed.fetch_add(1, Relaxed);
+                    }
+                    confirmed
+                })
+            }),
+        });
+    }
     let log = Log {
         setup,
         origin: rand_origin(),
         positions: Default::default(),
         advanced: Notify::new(),
     };
-    log.run(rx, catch_up_rx, shutdown)
+    log.run(
+        Queues {
+            segments: rx,
+            points: points_rx,
+            catch_ups: catch_up_rx,
+        },
+        shutdown,
+    )
+}
+
+/// What the log task receives.
+struct Queues {
+    segments: mpsc::Receiver<Vec<u8>>,
+    /// Sequence points, each with who waits for its acknowledgement.
+    points: mpsc::Receiver<(Vec<u8>, oneshot::Sender<()>)>,
+    catch_ups: mpsc::Receiver<oneshot::Sender<bool>>,
 }
 
 /// A number for this run of the process: its own records are skipped when
@@ -132,12 +201,7 @@ impl Log {
 }
 
 impl Log {
-    async fn run(
-        self,
-        mut rx: mpsc::Receiver<Vec<u8>>,
-        mut catch_ups: mpsc::Receiver<oneshot::Sender<bool>>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn run(self, mut queues: Queues, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut backoff = Duration::from_millis(200);
         // Segments whose publish failed: sent first once the topic is back.
@@ -147,8 +211,7 @@ impl Log {
                 let client = this.connect().await?;
                 this.stats().connected.store(true, Relaxed);
                 backoff = Duration::from_millis(200);
-                this.serve(&client, &mut rx, &mut catch_ups, &mut carry)
-                    .await
+                this.serve(&client, &mut queues, &mut carry).await
             };
             let outcome = tokio::select! {
                 r = attempt => r,
@@ -232,9 +295,8 @@ impl Log {
     async fn serve(
         self: &Arc<Self>,
         client: &Client,
-        rx: &mut mpsc::Receiver<Vec<u8>>,
-        catch_ups: &mut mpsc::Receiver<oneshot::Sender<bool>>,
-        carry: &mut Vec<Vec<u8>>,
+        queues: &mut Queues,
+        carry: &mut Vec<Outgoing>,
     ) -> Result<(), String> {
         let topics = client.list_topics().await.map_err(|e| e.to_string())?;
         let partitions: Vec<i32> = topics
@@ -273,7 +335,7 @@ impl Log {
         }
         loop {
             tokio::select! {
-                Some(reply) = catch_ups.recv() => {
+                Some(reply) = queues.catch_ups.recv() => {
                     let this = self.clone();
                     let producers = producers.clone();
                     tokio::spawn(async move {
@@ -287,12 +349,20 @@ impl Log {
                         Err(e) => format!("a tail panicked: {e}"),
                     });
                 }
-                first = rx.recv() => {
+                // Before the segments: a produce waits for it.
+                Some((point, done)) = queues.points.recv() => {
+                    carry.push(Outgoing { bytes: point, point: true });
+                    self.publish(&producers, &sorted, carry).await?;
+                    carry.clear();
+                    self.stats().points_published.fetch_add(1, Relaxed);
+                    let _ = done.send(());
+                }
+                first = queues.segments.recv() => {
                     let Some(first) = first else { return Ok(()) };
-                    carry.push(first);
+                    carry.push(Outgoing { bytes: first, point: false });
                     while carry.len() < BATCH {
-                        match rx.try_recv() {
-                            Ok(s) => carry.push(s),
+                        match queues.segments.try_recv() {
+                            Ok(s) => carry.push(Outgoing { bytes: s, point: false }),
                             Err(_) => break,
                         }
                     }
@@ -310,20 +380,20 @@ impl Log {
         &self,
         producers: &HashMap<i32, Arc<PartitionClient>>,
         partitions: &[i32],
-        batch: &[Vec<u8>],
+        batch: &[Outgoing],
     ) -> Result<(), String> {
         let mut by_partition: HashMap<i32, Vec<Record>> = HashMap::new();
-        for segment in batch {
-            // Spread by the segment's own bytes (topic and partition lead
-            // them): any partition would do, every process reads all.
-            let p = partitions[(xxhash_rust::xxh3::xxh3_64(&segment[8..segment.len().min(40)])
-                % partitions.len() as u64) as usize];
+        for item in batch {
+            let p = partitions[(item.spread() % partitions.len() as u64) as usize];
+            let mut headers = std::collections::BTreeMap::new();
+            headers.insert(ORIGIN.to_string(), self.origin.to_vec());
+            if item.point {
+                headers.insert(KIND.to_string(), KIND_SEQ.to_vec());
+            }
             by_partition.entry(p).or_default().push(Record {
                 key: None,
-                value: Some(segment.clone()),
-                headers: [(ORIGIN.to_string(), self.origin.to_vec())]
-                    .into_iter()
-                    .collect(),
+                value: Some(item.bytes.clone()),
+                headers,
                 timestamp: chrono::Utc::now(),
             });
         }
@@ -455,6 +525,10 @@ impl Log {
                 let Some(value) = r.record.value else {
                     continue;
                 };
+                if r.record.headers.get(KIND).map(Vec::as_slice) == Some(KIND_SEQ) {
+                    self.learn_point(&value).await;
+                    continue;
+                }
                 self.stats().segments_read.fetch_add(1, Relaxed);
                 match self.setup.window.learn_encoded(&value) {
                     Ok(Some((added, acked_ms))) => {
@@ -477,6 +551,25 @@ impl Log {
                 self.advanced.notify_waiters();
             }
             count_once(offset);
+        }
+    }
+
+    /// Folds a peer's sequence point into this process's state.
+    async fn learn_point(&self, value: &[u8]) {
+        let Some(sequences) = &self.setup.sequences else {
+            return;
+        };
+        let Some((key, point)) = decode_shared(value) else {
+            tracing::warn!("shared window: an unreadable sequence point was skipped");
+            return;
+        };
+        match sequences.learn(&key, point).await {
+            Ok(true) => {
+                self.stats().points_learned.fetch_add(1, Relaxed);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, producer_id = key.producer_id, topic = %key.topic,
+                partition = key.partition, "shared window: a sequence point was not stored"),
         }
     }
 }

@@ -30,6 +30,10 @@ pub enum FailOpen {
     /// forwarded (a producer this process has no memory of): its replays
     /// stay, so the broker never takes a trimmed resend for the next batch.
     SequenceUnknown,
+    /// Replays kept in an idempotent producer's batch because the shared
+    /// window's topic (`[dedup.shared]`) was unreachable: a decision peers
+    /// could not learn would mistranslate the producer there.
+    SequenceUnshared,
     /// A committed transaction's keys this process could not place in it
     /// (transactions v1 whose partition it did not see added on the
     /// connection the EndTxn came on): not learned.
@@ -46,7 +50,7 @@ pub enum FailOpen {
 }
 
 impl FailOpen {
-    pub(super) const ALL: [FailOpen; 14] = [
+    pub(super) const ALL: [FailOpen; 15] = [
         FailOpen::Undecodable,
         FailOpen::NotOneV2Batch,
         FailOpen::Loading,
@@ -57,6 +61,7 @@ impl FailOpen {
         FailOpen::Compacted,
         FailOpen::TopicConfig,
         FailOpen::SequenceUnknown,
+        FailOpen::SequenceUnshared,
         FailOpen::TxnUnseen,
         FailOpen::OldVersion,
         FailOpen::UnreadableRequest,
@@ -75,6 +80,7 @@ impl FailOpen {
             FailOpen::Compacted => "compacted",
             FailOpen::TopicConfig => "topic_config",
             FailOpen::SequenceUnknown => "sequence_unknown",
+            FailOpen::SequenceUnshared => "sequence_unshared",
             FailOpen::TxnUnseen => "txn_unseen",
             FailOpen::OldVersion => "old_version",
             FailOpen::UnreadableRequest => "unreadable_request",
@@ -165,6 +171,14 @@ pub struct SharedWindowStats {
     pub catch_ups: AtomicU64,
     /// The same, not done within `catch_up_wait` (or the topic away).
     pub catch_up_timeouts: AtomicU64,
+    /// Sequence points (an idempotent batch that lost records) published.
+    pub points_published: AtomicU64,
+    /// Points whose publish was not confirmed within `catch_up_wait`: their
+    /// batch went on; a producer moving to a peer before it learns the
+    /// point gets OUT_OF_ORDER_SEQUENCE there (never a loss).
+    pub points_unconfirmed: AtomicU64,
+    /// Peers' points folded into this process's sequence state.
+    pub points_learned: AtomicU64,
 }
 
 impl DedupMetrics {
@@ -199,6 +213,9 @@ impl DedupMetrics {
                 connected: AtomicBool::new(false),
                 catch_ups: AtomicU64::new(0),
                 catch_up_timeouts: AtomicU64::new(0),
+                points_published: AtomicU64::new(0),
+                points_unconfirmed: AtomicU64::new(0),
+                points_learned: AtomicU64::new(0),
             },
         }
     }

@@ -444,6 +444,9 @@ fn shared_window(s: &SharedWindowStats, e: &mut DescriptorEncoder) -> Result<(),
             ("idemgate_shared_window_connected", "1 while the topic is reachable.", One::Gauge(i64::from(s.connected.load(Relaxed)))),
             ("idemgate_shared_window_catch_ups_total", "Connections whose first Produce waited until the window's topic was read to where it ended (dedup.shared.catch_up_wait).", One::Counter(s.catch_ups.load(Relaxed))),
             ("idemgate_shared_window_catch_up_timeouts_total", "The same, not caught up within dedup.shared.catch_up_wait (or the topic away): replays it would have caught pass.", One::Counter(s.catch_up_timeouts.load(Relaxed))),
+            ("idemgate_shared_window_points_published_total", "Sequence points (an idempotent producer's batch that lost replays) published, so a peer the producer moves to translates its sequence the same.", One::Counter(s.points_published.load(Relaxed))),
+            ("idemgate_shared_window_points_unconfirmed_total", "Sequence points not confirmed by the topic within dedup.shared.catch_up_wait: the batch went on; a producer moving to a peer before it learns the point is refused there as out of order (never a loss).", One::Counter(s.points_unconfirmed.load(Relaxed))),
+            ("idemgate_shared_window_points_learned_total", "Sequence points of other processes folded into this one's sequence state.", One::Counter(s.points_learned.load(Relaxed))),
         ],
     )
 }
