@@ -134,6 +134,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     tasks.spawn(broker_listeners(shared.clone()));
     tasks.spawn(refresh_metadata(shared.clone()));
     tasks.spawn(keep_window(shared.clone()));
+    // Outside the task set too: it publishes what the drain acknowledges,
+    // then what is still queued, and stops last (`log_stop`).
+    let (log_stop, log_stopped) = watch::channel(false);
+    let mut log_task = None;
     if let (Some(settings), true) = (&config.dedup.shared, config.dedup.enabled()) {
         let setup = crate::idempotency::shared::Setup {
             settings: settings.clone(),
@@ -144,10 +148,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             sequences: shared.pipeline.sequences(),
             metrics: shared.metrics.clone(),
         };
-        tasks.spawn(crate::idempotency::shared::start(
+        log_task = Some(tokio::spawn(crate::idempotency::shared::start(
             setup,
-            shared.shutdown.clone(),
-        ));
+            log_stopped,
+        )));
     }
     tasks.spawn(flush_store(shared.clone()));
     tasks.spawn(sample_quotas(shared.clone()));
@@ -193,6 +197,21 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 ?drain,
                 "drain timed out; closing the rest"
             );
+        }
+        if let Some(task) = log_task {
+            // Segments the drain queued reach the peers: their replays
+            // through another process are then dropped there too.
+            let _ = log_stop.send(true);
+            let bound = done_shared.config.upstream.request_timeout + Duration::from_secs(1);
+            let mut task = task;
+            if tokio::time::timeout(bound, &mut task).await.is_err() {
+                tracing::warn!(
+                    ?bound,
+                    "shared window: segments still queued were not published"
+                );
+                task.abort();
+                let _ = task.await;
+            }
         }
         match done_shared.store.flush().await {
             Ok(()) => tracing::info!("store flushed; bye"),

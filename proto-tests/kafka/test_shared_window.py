@@ -104,6 +104,7 @@ def test_a_replay_through_another_process_is_dropped_there(kafka, proxies):
     configs = admin.describe_configs([res])[res].result(30)
     assert configs["cleanup.policy"].value == "delete"
     assert configs["retention.ms"].value == str((3600 + 1800) * 1000)
+    assert configs["segment.ms"].value == str(1800 * 1000), "segments must roll within the margin"
 
     # Without the shared window, the same replay through a process of its own
     # writes every record again.
@@ -136,6 +137,39 @@ def test_a_process_with_an_empty_store_rebuilds_its_window_from_the_topic(kafka,
     assert all(log[v] == 1 for v in values), \
         f"copies through D: {sorted((v, n) for v, n in log.items() if n != 1)[:10]}"
     assert d.metric_sum("idemgate_duplicates_dropped_total", topic=topic) == N
+
+
+def test_keys_acknowledged_during_a_graceful_stop_reach_the_peers(kafka, proxies):
+    """SIGTERM lets in-flight requests finish; what the broker acknowledges
+    then is published before the process ends, so a replay through a peer
+    started afterwards is dropped there."""
+    window_topic = unique("_idemgate-window")
+    topic = unique("shw")
+    kafka.create_topic(topic, partitions=1, replication=1)
+    a = proxies(kafka.bootstrap, _rule(window_topic))
+    # A paused connector's Produce is held, until the stop lets it go.
+    status, _ = http("POST", f"{a.admin}/connectors/shw/pause")
+    assert status == 200
+    values = [f"{topic}-v-{i}" for i in range(N)]
+    errors, acked = [], []
+    p = Producer({"bootstrap.servers": a.bootstrap, "acks": "all", "enable.idempotence": False,
+                  "linger.ms": 500, "client.id": "connector-producer-shw-0"})
+    for v in values:
+        p.produce(topic, value=v.encode(),
+                  on_delivery=lambda e, m: errors.append(e) if e else acked.append(m.offset()))
+    p.poll(0)
+    wait_for("A holds the Produce", lambda: a.metric_sum("idemgate_requests_held") >= 1, 30)
+    a.stop()
+    assert p.flush(30) == 0 and not errors, f"through A: {errors[:3]}"
+    assert len(acked) == N
+
+    b = proxies(kafka.bootstrap, _rule(window_topic))
+    assert _learned(b) >= N, f"B learned {_learned(b):.0f} of the {N} keys A acknowledged last"
+    _produce(b.bootstrap, topic, values, "END-2")
+    log = _log(kafka.bootstrap, topic, "END-2")
+    assert all(log[v] == 1 for v in values), \
+        f"copies through B: {sorted((v, n) for v, n in log.items() if n != 1)[:10]}"
+    assert "queue published on shutdown" in a.log_tail(200), a.log_tail(30)
 
 
 def _sidecars(kafka, proxies, shared: bool):

@@ -101,8 +101,9 @@ pub struct Setup {
 }
 
 /// Hands the window's new segments to the log at once, and returns the
-/// task that publishes them and tails the topic (until `shutdown` turns
-/// true).
+/// task that publishes them and tails the topic. When `shutdown` turns
+/// true it publishes what is still queued (if the topic is reachable) and
+/// ends.
 pub fn start(
     setup: Setup,
     shutdown: watch::Receiver<bool>,
@@ -211,13 +212,16 @@ impl Log {
                 let client = this.connect().await?;
                 this.stats().connected.store(true, Relaxed);
                 backoff = Duration::from_millis(200);
-                this.serve(&client, &mut queues, &mut carry).await
+                this.serve(&client, &mut queues, &mut carry, shutdown.clone())
+                    .await
             };
-            let outcome = tokio::select! {
-                r = attempt => r,
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            };
+            // Not raced against `shutdown`: serving ends by itself then,
+            // after publishing the queue (the server bounds the wait).
+            let outcome = attempt.await;
             this.stats().connected.store(false, Relaxed);
+            if *shutdown.borrow() {
+                return;
+            }
             if let Err(e) = outcome {
                 tracing::warn!(topic = %this.setup.settings.topic, error = %e, retry_in = ?backoff,
                     "shared window: topic unreachable; replays through other processes pass until it is back");
@@ -244,6 +248,18 @@ impl Log {
                     "retention.ms",
                     (self.setup.window_len + self.setup.settings.retention_margin)
                         .as_millis()
+                        .to_string(),
+                ),
+                // Kafka deletes whole closed segments only: without a roll
+                // time a quiet partition would keep a week of keys (the
+                // brokers' 7-day default), not the window.
+                (
+                    "segment.ms",
+                    self.setup
+                        .settings
+                        .retention_margin
+                        .as_millis()
+                        .max(60_000)
                         .to_string(),
                 ),
             ],
@@ -297,6 +313,7 @@ impl Log {
         client: &Client,
         queues: &mut Queues,
         carry: &mut Vec<Outgoing>,
+        mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), String> {
         let topics = client.list_topics().await.map_err(|e| e.to_string())?;
         let partitions: Vec<i32> = topics
@@ -335,6 +352,19 @@ impl Log {
         }
         loop {
             tokio::select! {
+                _ = async { shutdown.wait_for(|stop| *stop).await.map(drop) } => {
+                    // What the drain acknowledged last, still queued.
+                    while let Ok(s) = queues.segments.try_recv() {
+                        carry.push(Outgoing { bytes: s, point: false });
+                    }
+                    let n = carry.len();
+                    for chunk in carry.chunks(BATCH) {
+                        self.publish(&producers, &sorted, chunk).await?;
+                    }
+                    carry.clear();
+                    tracing::info!(segments = n, "shared window: queue published on shutdown");
+                    return Ok(());
+                }
                 Some(reply) = queues.catch_ups.recv() => {
                     let this = self.clone();
                     let producers = producers.clone();
