@@ -91,7 +91,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- $_ := set (get $cfg "admin") "listen" (printf "0.0.0.0:%d" (int .Values.ports.admin)) -}}
 {{- $_ := set (get $cfg "store") "dir" "/var/lib/idemgate" -}}
-{{- /* The TLS tables: the files of the mounted Secrets (idemgate.tlsMounts), the user's other keys. */ -}}
+{{- /* The TLS tables: the files of the mounted Secrets (idemgate.secretMounts), the user's other keys. */ -}}
 {{- $owned := dict "listen" (list "cert" "key" "client_ca") "upstream" (list "ca" "server_name" "cert" "key") "admin" (list "cert" "key" "client_ca") -}}
 {{- range $part := list "listen" "upstream" "admin" -}}
 {{- $v := get $.Values.tls $part -}}
@@ -115,7 +115,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail (printf "config.%s.tls.%s is set by the chart (from tls.%s); remove it from your values" $part $k $part) -}}
 {{- end -}}
 {{- end -}}
-{{- range $m := include "idemgate.tlsMounts" $ | fromJsonArray -}}
+{{- range $m := include "idemgate.secretMounts" $ | fromJsonArray -}}
 {{- if eq $m.part $part -}}
 {{- range $f := $m.files -}}
 {{- $_ := set $tbl $f.config (printf "%s/%s" $m.dir $f.key) -}}
@@ -153,7 +153,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   config is the key of the TLS table the file goes to and key the Secret's or
   ConfigMap's key (also the file name under dir).
 */ -}}
-{{- define "idemgate.tlsMounts" -}}
+{{- define "idemgate.secretMounts" -}}
 {{- $t := .Values.tls -}}
 {{- $out := list -}}
 {{- range $part := list "listen" "admin" -}}
@@ -354,7 +354,7 @@ volumeMounts:
     readOnly: true
   - name: store
     mountPath: /var/lib/idemgate
-  {{- range $m := include "idemgate.tlsMounts" . | fromJsonArray }}
+  {{- range $m := include "idemgate.secretMounts" . | fromJsonArray }}
   - name: {{ $m.name }}
     mountPath: {{ $m.dir }}
     readOnly: true
@@ -362,8 +362,8 @@ volumeMounts:
 {{- end -}}
 
 {{- /* The pod's volumes for the TLS files: only the keys the config names. */ -}}
-{{- define "idemgate.tlsVolumes" -}}
-{{- range $m := include "idemgate.tlsMounts" . | fromJsonArray }}
+{{- define "idemgate.secretVolumes" -}}
+{{- range $m := include "idemgate.secretMounts" . | fromJsonArray }}
 - name: {{ $m.name }}
   {{- if $m.secret }}
   secret:
