@@ -36,8 +36,17 @@ fn dashboard_queries() -> Vec<(String, String)> {
     let text = std::fs::read_to_string(Path::new(ROOT).join("deploy/grafana/idemgate.json"))
         .expect("the dashboard");
     let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
-    let panels = dash["panels"].as_array().expect("panels");
-    assert!(!panels.is_empty());
+    let top = dash["panels"].as_array().expect("panels");
+    assert!(!top.is_empty());
+    // A row only groups panels: those after it, or (collapsed) its own.
+    let mut panels = Vec::new();
+    for p in top {
+        if p["type"] == "row" {
+            panels.extend(p["panels"].as_array().into_iter().flatten());
+        } else {
+            panels.push(p);
+        }
+    }
     let mut out = Vec::new();
     for p in panels {
         let title = p["title"].as_str().expect("a panel title").to_string();

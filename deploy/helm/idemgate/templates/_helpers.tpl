@@ -91,7 +91,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- $_ := set (get $cfg "admin") "listen" (printf "0.0.0.0:%d" (int .Values.ports.admin)) -}}
 {{- $_ := set (get $cfg "store") "dir" "/var/lib/idemgate" -}}
-{{- /* The TLS tables: the files of the mounted Secrets (idemgate.tlsMounts), the user's other keys. */ -}}
+{{- /* The TLS tables: the files of the mounted Secrets (idemgate.secretMounts), the user's other keys. */ -}}
 {{- $owned := dict "listen" (list "cert" "key" "client_ca") "upstream" (list "ca" "server_name" "cert" "key") "admin" (list "cert" "key" "client_ca") -}}
 {{- range $part := list "listen" "upstream" "admin" -}}
 {{- $v := get $.Values.tls $part -}}
@@ -115,7 +115,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail (printf "config.%s.tls.%s is set by the chart (from tls.%s); remove it from your values" $part $k $part) -}}
 {{- end -}}
 {{- end -}}
-{{- range $m := include "idemgate.tlsMounts" $ | fromJsonArray -}}
+{{- range $m := include "idemgate.secretMounts" $ | fromJsonArray -}}
 {{- if eq $m.part $part -}}
 {{- range $f := $m.files -}}
 {{- $_ := set $tbl $f.config (printf "%s/%s" $m.dir $f.key) -}}
@@ -144,16 +144,56 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- else if eq (toString (get $admin "token_for_reads")) "true" -}}
 {{- fail "config.admin.token_for_reads is true, but there is no token: set adminToken.existingSecret" -}}
 {{- end -}}
+{{- /* The shared window: [dedup.shared] from sharedWindow, never from config. */ -}}
+{{- $dedup := dict -}}
+{{- if and (hasKey $cfg "dedup") (not (kindIs "invalid" (index $cfg "dedup"))) -}}{{- $dedup = index $cfg "dedup" -}}{{- end -}}
+{{- if not (kindIs "map" $dedup) -}}
+{{- fail "config.dedup must be a map of keys (a TOML table)" -}}
+{{- end -}}
+{{- if and (hasKey $dedup "shared") (not (kindIs "invalid" (index $dedup "shared"))) -}}
+{{- fail "config.dedup.shared is set by the chart (from sharedWindow); remove it from your values" -}}
+{{- end -}}
+{{- $sw := .Values.sharedWindow -}}
+{{- if $sw.enabled -}}
+{{- if and .Values.tls.upstream.enabled .Values.tls.upstream.serverName -}}
+{{- fail "tls.upstream.serverName cannot apply to the shared window's client, which checks each broker's own host name (idemgate check refuses the two together): leave serverName empty, or set sharedWindow.enabled=false" -}}
+{{- end -}}
+{{- $shared := dict "topic" $sw.topic "partitions" (int $sw.partitions) "replication_factor" (int $sw.replicationFactor) "retention_margin" $sw.retentionMargin "catch_up_wait" $sw.catchUpWait -}}
+{{- if $sw.sasl.enabled -}}
+{{- $m := include "idemgate.sharedSaslMount" . | fromJson -}}
+{{- $_ := set $shared "sasl" (dict "mechanism" $sw.sasl.mechanism "username" $sw.sasl.username "password_file" (printf "%s/%s" $m.dir $sw.sasl.passwordKey)) -}}
+{{- end -}}
+{{- $_ := set $dedup "shared" $shared -}}
+{{- $_ := set $cfg "dedup" $dedup -}}
+{{- else if $sw.sasl.enabled -}}
+{{- fail "sharedWindow.sasl.enabled is true, but sharedWindow.enabled is false: the credentials are for the shared window's topic" -}}
+{{- end -}}
 {{- toJson $cfg -}}
 {{- end -}}
 
 {{- /*
-  The Secrets and ConfigMaps the TLS tables read, as JSON: one entry per
-  volume, {part, name, dir, secret | configMap, files: [{config, key}]}, where
-  config is the key of the TLS table the file goes to and key the Secret's or
-  ConfigMap's key (also the file name under dir).
+  The Secret holding the shared window's SASL password, as the JSON of one
+  idemgate.secretMounts entry.
 */ -}}
-{{- define "idemgate.tlsMounts" -}}
+{{- define "idemgate.sharedSaslMount" -}}
+{{- $s := .Values.sharedWindow.sasl -}}
+{{- if not $s.username -}}
+{{- fail "sharedWindow.sasl.enabled needs sharedWindow.sasl.username" -}}
+{{- end -}}
+{{- if not $s.existingSecret -}}
+{{- fail "sharedWindow.sasl.enabled needs sharedWindow.sasl.existingSecret: the Secret with the password (key sharedWindow.sasl.passwordKey)" -}}
+{{- end -}}
+{{- toJson (dict "part" "shared-sasl" "name" "shared-window-sasl" "dir" "/etc/idemgate-sasl/shared-window" "secret" $s.existingSecret "files" (list (dict "config" "password_file" "key" $s.passwordKey))) -}}
+{{- end -}}
+
+{{- /*
+  The Secrets and ConfigMaps the config's files come from, as JSON: one entry
+  per volume, {part, name, dir, secret | configMap, files: [{config, key}]},
+  where part is the TLS table (or shared-sasl: [dedup.shared.sasl]) the file
+  goes to, config its key there and key the Secret's or ConfigMap's key (also
+  the file name under dir).
+*/ -}}
+{{- define "idemgate.secretMounts" -}}
 {{- $t := .Values.tls -}}
 {{- $out := list -}}
 {{- range $part := list "listen" "admin" -}}
@@ -183,6 +223,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- with $u.clientCert.existingSecret -}}
 {{- $out = append $out (dict "part" "upstream" "name" "tls-upstream-client" "dir" "/etc/idemgate-tls/upstream-client" "secret" . "files" (list (dict "config" "cert" "key" $u.clientCert.certKey) (dict "config" "key" "key" $u.clientCert.keyKey))) -}}
 {{- end -}}
+{{- end -}}
+{{- if and .Values.sharedWindow.enabled .Values.sharedWindow.sasl.enabled -}}
+{{- $out = append $out (include "idemgate.sharedSaslMount" . | fromJson) -}}
 {{- end -}}
 {{- toJson $out -}}
 {{- end -}}
@@ -354,16 +397,17 @@ volumeMounts:
     readOnly: true
   - name: store
     mountPath: /var/lib/idemgate
-  {{- range $m := include "idemgate.tlsMounts" . | fromJsonArray }}
+  {{- range $m := include "idemgate.secretMounts" . | fromJsonArray }}
   - name: {{ $m.name }}
     mountPath: {{ $m.dir }}
     readOnly: true
   {{- end }}
 {{- end -}}
 
-{{- /* The pod's volumes for the TLS files: only the keys the config names. */ -}}
-{{- define "idemgate.tlsVolumes" -}}
-{{- range $m := include "idemgate.tlsMounts" . | fromJsonArray }}
+{{- /* The pod's volumes for the config's files (TLS, the shared window's
+  password): only the keys the config names. */ -}}
+{{- define "idemgate.secretVolumes" -}}
+{{- range $m := include "idemgate.secretMounts" . | fromJsonArray }}
 - name: {{ $m.name }}
   {{- if $m.secret }}
   secret:
