@@ -106,6 +106,12 @@ impl Pipeline {
         self.dedup.as_ref().map(|d| d.sequences())
     }
 
+    /// The produce dedup's open transactions (`[dedup.shared]` shares
+    /// their ends).
+    pub fn transactions(&self) -> Option<Arc<crate::idempotency::transactions::Transactions>> {
+        self.dedup.as_ref().map(|d| d.transactions())
+    }
+
     /// What the api versions filter advertised last.
     pub fn advertised_versions(&self) -> &Advertised {
         &self.advertised_versions

@@ -146,6 +146,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             tls: shared.upstream_tls.clone(),
             window: shared.window.clone(),
             sequences: shared.pipeline.sequences(),
+            transactions: shared.pipeline.transactions(),
             metrics: shared.metrics.clone(),
         };
         log_task = Some(tokio::spawn(crate::idempotency::shared::start(

@@ -22,7 +22,7 @@ import time
 
 from confluent_kafka import Producer
 
-from bed import BedError, read_topic, unique
+from bed import BedError, read_topic, unique, wait_for
 
 RULE = """
 [dedup]
@@ -216,3 +216,41 @@ def test_transactions_v2_keys_count_at_their_own_epochs_end(kafka, proxies):
     assert all(got.count(v) == 1 for v in committed), \
         "the committed transaction taught A its keys: replays dropped"
     assert a.metric_sum("idemgate_duplicates_dropped_total", topic=topic) == len(committed)
+
+
+def test_a_v2_commit_through_another_replica_teaches_its_keys_through_the_shared_window(
+        kafka, proxies):
+    """Transactions v2 in a tier sharing the window: produced through A,
+    committed through B. B publishes the end to the window's topic; A, which
+    holds the transaction's keys, learns them as if the EndTxn had come its
+    way, so a plain replay through A is dropped. Without the shared window
+    A never hears of the commit and the replay is written again."""
+    for shared in (False, True):
+        topic = unique("txn1-v2-tier")
+        kafka.create_topic(topic, partitions=1)
+        rule = RULE
+        if shared:
+            rule += f'[dedup.shared]\ntopic = "{unique("_idemgate-window")}"\n' \
+                    'partitions = 1\nreplication_factor = 1\n'
+        a = proxies(kafka.bootstrap, rule)
+        b = proxies(kafka.bootstrap, rule)
+        txn = TxnV1({"a": a.bootstrap, "b": b.bootstrap}, unique("txn2"))
+        committed = values(f"tier-{shared}")
+        try:
+            txn.init("a")
+            txn.produce("a", topic, committed, version=12)
+            txn.end("b", commit=True, version=5)
+        finally:
+            txn.close()
+        if shared:
+            wait_for("A learned the transaction B committed",
+                     lambda: a.metric_sum("idemgate_transaction_keys_learned_total") >= len(committed),
+                     30)
+        replay(a.bootstrap, topic, [committed, [b"END"]])
+        got = [m.value() for m in read_topic(kafka.bootstrap, topic, isolation="read_committed",
+                                             until=lambda rs: any(m.value() == b"END" for m in rs))]
+        copies = 1 if shared else 2
+        assert all(got.count(v) == copies for v in committed), \
+            f"shared={shared}: each committed value {copies}x, got {got.count(committed[0])}x"
+        dropped = a.metric_sum("idemgate_duplicates_dropped_total", topic=topic)
+        assert dropped == (len(committed) if shared else 0)

@@ -73,7 +73,7 @@ pub struct ProduceDedup {
     config: Arc<Config>,
     window: Arc<Window>,
     sequences: Arc<Sequences>,
-    transactions: Transactions,
+    transactions: Arc<Transactions>,
     metrics: Arc<Metrics>,
     /// Each topic's `max.message.bytes`; without it (benches), the broker's
     /// default.
@@ -247,7 +247,7 @@ impl ProduceDedup {
         ProduceDedup {
             config,
             sequences: Arc::new(Sequences::new(window.store().clone())),
-            transactions: Transactions::new(window.clone(), metrics.clone()),
+            transactions: Arc::new(Transactions::new(window.clone(), metrics.clone())),
             window,
             metrics,
             topic_configs: None,
@@ -256,6 +256,10 @@ impl ProduceDedup {
 
     pub fn sequences(&self) -> Arc<Sequences> {
         self.sequences.clone()
+    }
+
+    pub fn transactions(&self) -> Arc<Transactions> {
+        self.transactions.clone()
     }
 
     /// Tags respect each topic's own `max.message.bytes`, as `configs` learns it.

@@ -12,6 +12,8 @@
 //! sequence point (an idempotent batch lost replays) → on disk → publish, header
 //!       kind=seq, partition by producer-partition, acknowledged before the batch goes
 //!       → peers: Sequences::learn (see `idempotency::sequences`)
+//! EndTxn v5+ answered → publish, header kind=txn (producer id, epoch, committed)
+//!       → peers: Transactions::ended_elsewhere (see `idempotency::transactions`)
 //! ```
 //!
 //! The local store stays the window's memory; the topic is how processes
@@ -47,6 +49,7 @@ use rskafka::BackoffConfig;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::sequences::{decode_shared, PointLog, Sequences};
+use super::transactions::{decode_end, Transactions};
 use super::window::Window;
 use crate::config::{SharedWindow, Upstream};
 use crate::telemetry::{Metrics, SharedWindowStats};
@@ -59,29 +62,62 @@ const QUEUE: usize = 65_536;
 const BATCH: usize = 500;
 /// The record header naming the process run that published a segment.
 const ORIGIN: &str = "idemgate-origin";
-/// The record header marking a sequence point (segments have none).
+/// The record header saying what a record is (segments have none).
 const KIND: &str = "idemgate-kind";
-const KIND_SEQ: &[u8] = b"seq";
 
-/// One record to publish: a segment, or a sequence point.
+/// What a record of the topic carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A segment: one acknowledged batch's keys.
+    Segment,
+    /// A sequence point (`idempotency::sequences`).
+    Point,
+    /// A transactions-v2 end (`idempotency::transactions`).
+    TxnEnd,
+}
+
+impl Kind {
+    fn header(self) -> Option<&'static [u8]> {
+        match self {
+            Kind::Segment => None,
+            Kind::Point => Some(b"seq"),
+            Kind::TxnEnd => Some(b"txn"),
+        }
+    }
+
+    fn of(header: Option<&[u8]>) -> Option<Kind> {
+        match header {
+            None => Some(Kind::Segment),
+            Some(b"seq") => Some(Kind::Point),
+            Some(b"txn") => Some(Kind::TxnEnd),
+            // A kind of a later version: not this one's to read.
+            Some(_) => None,
+        }
+    }
+}
+
+/// One record to publish.
 struct Outgoing {
     bytes: Vec<u8>,
-    point: bool,
+    kind: Kind,
 }
 
 impl Outgoing {
     /// Any partition would do for a segment (every process reads all), so
     /// it is spread by its own bytes (topic and partition lead them). A
-    /// producer-partition's points stay in one partition, in order.
+    /// producer-partition's points stay in one partition, in order, and so
+    /// do a producer's transaction ends.
     fn spread(&self) -> u64 {
         let b = &self.bytes;
-        let part = if self.point {
-            let klen = b
-                .get(0..2)
-                .map_or(0, |l| u16::from_be_bytes([l[0], l[1]]) as usize);
-            &b[2.min(b.len())..(2 + klen).min(b.len())]
-        } else {
-            &b[8.min(b.len())..b.len().min(40)]
+        let part = match self.kind {
+            Kind::Point => {
+                let klen = b
+                    .get(0..2)
+                    .map_or(0, |l| u16::from_be_bytes([l[0], l[1]]) as usize);
+                &b[2.min(b.len())..(2 + klen).min(b.len())]
+            }
+            Kind::TxnEnd => &b[..b.len().min(8)],
+            Kind::Segment => &b[8.min(b.len())..b.len().min(40)],
         };
         xxhash_rust::xxh3::xxh3_64(part)
     }
@@ -97,6 +133,8 @@ pub struct Setup {
     pub window: Arc<Window>,
     /// The produce dedup's sequence state (`None`: produce dedup is off).
     pub sequences: Option<Arc<Sequences>>,
+    /// The produce dedup's open transactions (`None`: produce dedup is off).
+    pub transactions: Option<Arc<Transactions>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -110,12 +148,19 @@ pub fn start(
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let metrics = setup.metrics.clone();
     metrics.dedup.shared.enabled.store(true, Relaxed);
-    let (tx, rx) = mpsc::channel::<Vec<u8>>(QUEUE);
-    setup.window.publish_to(Box::new(move |segment: Vec<u8>| {
-        if tx.try_send(segment).is_err() {
-            metrics.dedup.shared.publish_failures.fetch_add(1, Relaxed);
+    let (tx, rx) = mpsc::channel::<Outgoing>(QUEUE);
+    let queue = move |kind: Kind| {
+        let (tx, metrics) = (tx.clone(), metrics.clone());
+        move |bytes: Vec<u8>| {
+            if tx.try_send(Outgoing { bytes, kind }).is_err() {
+                metrics.dedup.shared.publish_failures.fetch_add(1, Relaxed);
+            }
         }
-    }));
+    };
+    setup.window.publish_to(Box::new(queue(Kind::Segment)));
+    if let Some(transactions) = &setup.transactions {
+        transactions.share_ends_with(Box::new(queue(Kind::TxnEnd)));
+    }
     let (catch_up_tx, catch_up_rx) = mpsc::channel::<oneshot::Sender<bool>>(1024);
     setup.window.catch_up_with(Box::new(move || {
         let asked = catch_up_tx.clone();
@@ -163,7 +208,8 @@ pub fn start(
 
 /// What the log task receives.
 struct Queues {
-    segments: mpsc::Receiver<Vec<u8>>,
+    /// Segments and transaction ends.
+    segments: mpsc::Receiver<Outgoing>,
     /// Sequence points, each with who waits for its acknowledgement.
     points: mpsc::Receiver<(Vec<u8>, oneshot::Sender<()>)>,
     catch_ups: mpsc::Receiver<oneshot::Sender<bool>>,
@@ -355,7 +401,7 @@ impl Log {
                 _ = async { shutdown.wait_for(|stop| *stop).await.map(drop) } => {
                     // What the drain acknowledged last, still queued.
                     while let Ok(s) = queues.segments.try_recv() {
-                        carry.push(Outgoing { bytes: s, point: false });
+                        carry.push(s);
                     }
                     let n = carry.len();
                     for chunk in carry.chunks(BATCH) {
@@ -381,7 +427,7 @@ impl Log {
                 }
                 // Before the segments: a produce waits for it.
                 Some((point, done)) = queues.points.recv() => {
-                    carry.push(Outgoing { bytes: point, point: true });
+                    carry.push(Outgoing { bytes: point, kind: Kind::Point });
                     self.publish(&producers, &sorted, carry).await?;
                     carry.clear();
                     self.stats().points_published.fetch_add(1, Relaxed);
@@ -389,10 +435,10 @@ impl Log {
                 }
                 first = queues.segments.recv() => {
                     let Some(first) = first else { return Ok(()) };
-                    carry.push(Outgoing { bytes: first, point: false });
+                    carry.push(first);
                     while carry.len() < BATCH {
                         match queues.segments.try_recv() {
-                            Ok(s) => carry.push(Outgoing { bytes: s, point: false }),
+                            Ok(item) => carry.push(item),
                             Err(_) => break,
                         }
                     }
@@ -417,8 +463,8 @@ impl Log {
             let p = partitions[(item.spread() % partitions.len() as u64) as usize];
             let mut headers = std::collections::BTreeMap::new();
             headers.insert(ORIGIN.to_string(), self.origin.to_vec());
-            if item.point {
-                headers.insert(KIND.to_string(), KIND_SEQ.to_vec());
+            if let Some(kind) = item.kind.header() {
+                headers.insert(KIND.to_string(), kind.to_vec());
             }
             by_partition.entry(p).or_default().push(Record {
                 key: None,
@@ -555,9 +601,17 @@ impl Log {
                 let Some(value) = r.record.value else {
                     continue;
                 };
-                if r.record.headers.get(KIND).map(Vec::as_slice) == Some(KIND_SEQ) {
-                    self.learn_point(&value).await;
-                    continue;
+                match Kind::of(r.record.headers.get(KIND).map(Vec::as_slice)) {
+                    Some(Kind::Segment) => {}
+                    Some(Kind::Point) => {
+                        self.learn_point(&value).await;
+                        continue;
+                    }
+                    Some(Kind::TxnEnd) => {
+                        self.learn_txn_end(&value);
+                        continue;
+                    }
+                    None => continue,
                 }
                 self.stats().segments_read.fetch_add(1, Relaxed);
                 match self.setup.window.learn_encoded(&value) {
@@ -581,6 +635,24 @@ impl Log {
                 self.advanced.notify_waiters();
             }
             count_once(offset);
+        }
+    }
+
+    /// A peer saw a v2 transaction end: what this process holds of it is
+    /// learned or forgotten.
+    fn learn_txn_end(&self, value: &[u8]) {
+        let (Some(transactions), Some((producer, committed))) =
+            (&self.setup.transactions, decode_end(value))
+        else {
+            return;
+        };
+        let learned = transactions.ended_elsewhere(producer, committed);
+        if learned > 0 {
+            tracing::debug!(
+                producer_id = producer.0,
+                keys = learned,
+                "shared window: a transaction that ended through a peer taught its keys"
+            );
         }
     }
 

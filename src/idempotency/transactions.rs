@@ -30,6 +30,13 @@
 //! bounded by [`MAX_OPEN_KEYS`]: a transaction that would go past it learns
 //! nothing (counted), which costs dedup, never a record.
 //!
+//! In a tier sharing the window (`[dedup.shared]`) a v2 transaction's end
+//! travels through the window's topic too: the process that sees the EndTxn
+//! publishes (producer id, epoch, committed), and a peer that holds keys of
+//! that (producer id, epoch) learns or forgets them as if it had seen the
+//! EndTxn itself ([`Transactions::ended_elsewhere`]). v1 ends are not
+//! shared: they can only be placed on the connection they came on.
+//!
 //! Where v1 partitions were added is kept in a moka cache: at most
 //! [`MAX_OPEN_KEYS`] partitions over all producers, the least used producer
 //! forgotten first when full, and a producer not added to for [`OPEN_FOR`]
@@ -111,6 +118,30 @@ pub struct Transactions {
     added: moka::sync::Cache<Producer, Arc<Added>>,
     max_keys: usize,
     open_for: Duration,
+    /// `[dedup.shared]`: where v2 ends are published.
+    share: std::sync::OnceLock<ShareEnd>,
+}
+
+/// Publishes one encoded transaction end ([`encode_end`]).
+pub type ShareEnd = Box<dyn Fn(Vec<u8>) + Send + Sync>;
+
+/// A v2 transaction's end as published: producer id, epoch, committed.
+pub fn encode_end(producer: Producer, committed: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(11);
+    out.extend_from_slice(&producer.0.to_be_bytes());
+    out.extend_from_slice(&producer.1.to_be_bytes());
+    out.push(u8::from(committed));
+    out
+}
+
+/// The inverse of [`encode_end`].
+pub fn decode_end(buf: &[u8]) -> Option<(Producer, bool)> {
+    if buf.len() != 11 {
+        return None;
+    }
+    let id = i64::from_be_bytes(buf[0..8].try_into().ok()?);
+    let epoch = i16::from_be_bytes(buf[8..10].try_into().ok()?);
+    Some(((id, epoch), buf[10] != 0))
 }
 
 impl Transactions {
@@ -138,7 +169,21 @@ impl Transactions {
                 .build(),
             max_keys,
             open_for,
+            share: std::sync::OnceLock::new(),
         }
+    }
+
+    /// `[dedup.shared]`: publish every v2 end seen here (set once).
+    pub fn share_ends_with(&self, share: ShareEnd) {
+        if self.share.set(share).is_err() {
+            tracing::warn!("transactions: a second publisher was refused");
+        }
+    }
+
+    /// A peer saw a v2 transaction of `producer` end: what this process
+    /// holds of it is learned (committed) or forgotten (aborted).
+    pub fn ended_elsewhere(&self, producer: Producer, committed: bool) -> usize {
+        self.end(producer, committed, 0, true)
     }
 
     /// A transactions-v1 client adds partitions to its transaction on
@@ -249,6 +294,13 @@ impl Transactions {
     /// connection `conn`, with EndTxn v5+ (`v2`) or an earlier version.
     /// Returns how many keys became seen.
     pub fn ended(&self, producer: Producer, committed: bool, conn: u64, v2: bool) -> usize {
+        if let (true, Some(share)) = (v2, self.share.get()) {
+            share(encode_end(producer, committed));
+        }
+        self.end(producer, committed, conn, v2)
+    }
+
+    fn end(&self, producer: Producer, committed: bool, conn: u64, v2: bool) -> usize {
         self.added.invalidate(&producer);
         let Some(txn) = self
             .open
@@ -504,6 +556,35 @@ mod tests {
         txns.produced(&v1((7, 0), &[1]), 40);
         assert_eq!(txns.ended((7, 0), true, 1, false), 0);
         assert_eq!(window.peek(Key(1)), None);
+    }
+
+    #[test]
+    fn a_v2_end_a_peer_saw_ends_what_this_process_holds() {
+        let (a, _, _dir_a) = setup(100, OPEN_FOR);
+        let (b, window_b, _dir_b) = setup(100, OPEN_FOR);
+        let published = Arc::new(Mutex::new(Vec::new()));
+        let sink = published.clone();
+        a.share_ends_with(Box::new(move |end| sink.lock().unwrap().push(end)));
+        // B holds two transactions' keys; both end through A.
+        b.produced(&part((7, 3), &[1]), 40);
+        b.produced(&part((8, 0), &[2]), 41);
+        assert_eq!(a.ended((7, 3), true, 9, true), 0, "A holds nothing of it");
+        assert_eq!(a.ended((8, 0), false, 9, true), 0);
+        a.ended((9, 0), true, 9, false);
+        let ends = published.lock().unwrap().clone();
+        assert_eq!(ends.len(), 2, "v1 ends are not shared");
+        let learned: Vec<usize> = ends
+            .iter()
+            .map(|e| {
+                let (producer, committed) = decode_end(e).unwrap();
+                b.ended_elsewhere(producer, committed)
+            })
+            .collect();
+        assert_eq!(learned, [1, 0]);
+        assert!(window_b.peek(Key(1)).is_some(), "committed: learned");
+        assert!(window_b.peek(Key(2)).is_none(), "aborted: forgotten");
+        assert_eq!(b.held(), 0);
+        assert_eq!(decode_end(&ends[0][..10]), None);
     }
 
     #[test]
