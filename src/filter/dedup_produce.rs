@@ -126,6 +126,9 @@ enum PartitionKind {
         /// writes the rest at `first + count`, answering `first` gives every
         /// record its true offset (clients number records base + index).
         replayed_prefix: Option<(i64, u32)>,
+        /// The client numbers the batch's records from the base offset it
+        /// is answered (it does not report -1 per record).
+        client_numbers: bool,
     },
     /// Every record was a replay: answered by the proxy.
     Answered { base_offset: i64 },
@@ -148,9 +151,14 @@ impl PartitionKind {
             trimmed: false,
             producer,
             replayed_prefix: None,
+            client_numbers: false,
         }
     }
 }
+
+/// Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND: written, not acknowledged;
+/// retriable for every client (librdkafka: "possibly persisted").
+const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
 
 /// Kafka's KAFKA_STORAGE_ERROR: retriable for every client (Java's
 /// KafkaStorageException is an InvalidMetadataException).
@@ -467,12 +475,7 @@ impl ProduceDedup {
                         }
                         kind
                     }
-                    _ => PartitionKind::Upstream {
-                        commits: Vec::new(),
-                        trimmed: false,
-                        producer: NO_PRODUCER,
-                        replayed_prefix: None,
-                    },
+                    _ => PartitionKind::untouched(),
                 };
                 if let PartitionKind::Refused { .. } = kind {
                     changed = true;
@@ -526,7 +529,7 @@ impl ProduceDedup {
                 .dedup
                 .answered_locally
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let resp = merge(&plan, ProduceResponse::default());
+            let resp = merge(&plan, ProduceResponse::default(), &self.metrics);
             return message::encode_local_response(
                 ApiKey::Produce,
                 head.api_version,
@@ -800,6 +803,7 @@ impl ProduceDedup {
                         trimmed: any_dropped,
                         producer,
                         replayed_prefix,
+                        client_numbers: !reports_no_offset,
                     },
                     Some(bytes),
                 )
@@ -1032,7 +1036,7 @@ impl ProduceDedup {
         // never a wrong offset).
         if !undrop.is_empty()
             && !reports_no_offset
-            && !self.numbered((topic, partition), &decisions)
+            && !self.numbered((topic, partition), &decisions, idempotent)
         {
             self.metrics
                 .dedup
@@ -1154,13 +1158,21 @@ impl ProduceDedup {
     /// single record (answered -1: "no offset", per record too); or a dropped
     /// prefix whose first copies are consecutive here (answered with the
     /// first one when the broker appends the rest right after them).
-    fn numbered(&self, place: (&str, i32), decisions: &[Decision]) -> bool {
+    ///
+    /// A prefix is a bet that nobody writes the partition between the first
+    /// copies and the rest; a lost bet is answered with a retriable error
+    /// (see [`merge`]), whose retry goes whole. An idempotent producer's
+    /// retry would get the same decision again (its point), so for it only
+    /// a whole batch is cut.
+    fn numbered(&self, place: (&str, i32), decisions: &[Decision], idempotent: bool) -> bool {
         let is_drop = |d: &Decision| matches!(d, Decision::Drop { .. });
         let k = decisions.iter().filter(|d| is_drop(d)).count();
         if k == 0 || (k == 1 && decisions.len() == 1) {
             return true;
         }
-        decisions[..k].iter().all(is_drop) && self.original_base_offset(place, &decisions[..k]) >= 0
+        (k == decisions.len() || !idempotent)
+            && decisions[..k].iter().all(is_drop)
+            && self.original_base_offset(place, &decisions[..k]) >= 0
     }
 
     /// The offset the first copy of these dropped records got, when that is
@@ -1267,7 +1279,7 @@ impl ProduceDedup {
         }
         if plan.needs_response_rewrite() {
             let msg = frame.message_mut::<ProduceResponse>(ApiKey::Produce, version)?;
-            *msg = merge(plan, std::mem::take(msg));
+            *msg = merge(plan, std::mem::take(msg), &self.metrics);
         }
         Ok(())
     }
@@ -1275,7 +1287,11 @@ impl ProduceDedup {
 
 /// The client's view: its topics and partitions in request order, answered
 /// partitions filled in, base_offset -1 where records were removed.
-fn merge(plan: &ProducePlan, mut from_broker: ProduceResponse) -> ProduceResponse {
+fn merge(
+    plan: &ProducePlan,
+    mut from_broker: ProduceResponse,
+    metrics: &Metrics,
+) -> ProduceResponse {
     let mut topics = Vec::with_capacity(plan.topics.len());
     for topic in &plan.topics {
         let mut broker_partitions = match from_broker
@@ -1308,6 +1324,7 @@ fn merge(plan: &ProducePlan, mut from_broker: ProduceResponse) -> ProduceRespons
                 PartitionKind::Upstream {
                     trimmed,
                     replayed_prefix,
+                    client_numbers,
                     ..
                 } => {
                     if let Some(i) = broker_partitions.iter().position(|r| r.index == p.index) {
@@ -1319,6 +1336,21 @@ fn merge(plan: &ProducePlan, mut from_broker: ProduceResponse) -> ProduceRespons
                                         && r.base_offset == first + i64::from(k) =>
                                 {
                                     first
+                                }
+                                // Written apart from the replays' first
+                                // copies (another writer came between): no
+                                // base offset numbers the batch truly. A
+                                // client that numbers from it is told the
+                                // records went in unacknowledged (retriable,
+                                // "possibly written"); its retry is all
+                                // replays, not consecutive, so it goes whole,
+                                // at true offsets (duplicates, counted).
+                                Some((_, k)) if r.error_code == 0 && client_numbers => {
+                                    r.error_code = NOT_ENOUGH_REPLICAS_AFTER_APPEND;
+                                    metrics
+                                        .dedup
+                                        .fail_open(FailOpen::OffsetsApart, u64::from(k));
+                                    -1
                                 }
                                 _ => -1,
                             };
@@ -1542,6 +1574,8 @@ mod tests {
     thread_local! {
         /// The base offset the client got for the last trimmed partition.
         static LAST_BASE: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+        /// The error code the client got for the last trimmed partition.
+        static LAST_ERROR: std::cell::Cell<i16> = const { std::cell::Cell::new(0) };
     }
 
     struct Bench {
@@ -1657,6 +1691,7 @@ mod tests {
                 )
                 .unwrap();
                 let base = resp.responses[0].partition_responses[0].base_offset;
+                LAST_ERROR.with(|e| e.set(resp.responses[0].partition_responses[0].error_code));
                 if out.0.len() < sent {
                     // Removed from the front, first copies right before: the
                     // first copy's offset; otherwise no base offset to trust.
@@ -1813,6 +1848,51 @@ mod tests {
         let topics = b.dedup.metrics.dedup.topics();
         let c = topics[&("orders".to_string(), "orders".to_string())];
         assert_eq!((c.records, c.dropped), (8, 4));
+    }
+
+    /// Issue 15 item 7's last shape: a replayed prefix removed, and another
+    /// writer appended between the first copies and the rest, so the broker
+    /// writes the rest apart from them. No base offset numbers the batch, so
+    /// the client is answered a retriable "written, not acknowledged" (never
+    /// a base it would number wrong), and its retry goes whole.
+    #[tokio::test]
+    async fn a_prefix_written_apart_from_its_first_copies_is_retried_whole() {
+        let b = bench("drop");
+        let mut s = Session::default();
+        send(&b, &mut s, batch(&["a", "b"], NO_PRODUCER, -1), 0).await;
+        // Another writer put a record at 2: the rest lands at 3, not 2.
+        let cut = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 3).await;
+        assert_eq!(cut.unwrap().0, ["c"]);
+        assert_eq!(
+            LAST_ERROR.with(|e| e.get()),
+            NOT_ENOUGH_REPLICAS_AFTER_APPEND
+        );
+        assert_eq!(LAST_BASE.with(|b| b.get()), -1);
+        assert_eq!(
+            b.dedup
+                .metrics
+                .dedup
+                .fail_open_count(FailOpen::OffsetsApart),
+            2
+        );
+        // The retry: a at 0, b at 1, c at 3 are not consecutive; it goes
+        // whole, and the broker numbers it.
+        let retry = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 4).await;
+        assert_eq!(retry.unwrap().0, ["a", "b", "c"]);
+        assert_eq!(LAST_ERROR.with(|e| e.get()), 0);
+        // Where the rest lands right after the first copies, the prefix goes.
+        send(&b, &mut s, batch(&["x", "y"], NO_PRODUCER, -1), 7).await;
+        let cut = send(&b, &mut s, batch(&["x", "y", "z"], NO_PRODUCER, -1), 9).await;
+        assert_eq!(cut.unwrap().0, ["z"]);
+        assert_eq!(
+            (LAST_ERROR.with(|e| e.get()), LAST_BASE.with(|b| b.get())),
+            (0, 7)
+        );
+        // An idempotent producer's retry would get the same cut again (its
+        // sequence point): for a client that numbers from the base, only a
+        // whole replayed batch is removed.
+        let idem = send(&b, &mut s, batch(&["x", "y", "w"], (3, 0), 0), 10).await;
+        assert_eq!(idem.unwrap().0, ["x", "y", "w"]);
     }
 
     #[tokio::test]
@@ -2070,6 +2150,16 @@ mod tests {
         .unwrap()
     }
 
+    /// A session of the Java client (the idempotent producer these tests
+    /// model): it reports -1 per record of a partition answered -1, so any
+    /// replay may be removed. (librdkafka's idempotent producer numbers
+    /// from the base: only whole replayed batches are removed for it.)
+    fn java_session() -> Session {
+        let mut s = Session::default();
+        s.set_client_software("apache-kafka-java");
+        s
+    }
+
     /// One attempt of a batch through the proxy to `leader`. `Ok`: the
     /// client was told its records are written; `Err`: the broker's error.
     /// With `answered = false` the proxy never sees the broker's answer (it
@@ -2082,7 +2172,7 @@ mod tests {
     ) -> Option<Result<(), i16>> {
         let identity = Identity::from_client_id("connector-producer-orders-0");
         let (head, f) = frame(records);
-        let mut session = Session::default();
+        let mut session = java_session();
         let outcome = dedup
             .on_request(&mut session, &identity, &head, &f, -1)
             .await
@@ -2188,7 +2278,7 @@ mod tests {
         let attempt = |dedup: Arc<ProduceDedup>| async move {
             let identity = Identity::from_client_id("connector-producer-orders-0");
             let (head, f) = frame(batch(&["a", "b", "c"], (2, 0), 0));
-            let mut session = Session::default();
+            let mut session = java_session();
             match dedup
                 .on_request(&mut session, &identity, &head, &f, -1)
                 .await
