@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -639,6 +640,44 @@ def read_topic(bootstrap: str, topic: str, until, timeout: float = 90.0,
         return records
     finally:
         c.close()
+
+
+def shared_window_rule(window_topic: str, shared: bool = True) -> str:
+    rule = """
+[dedup]
+window = "1h"
+[[dedup.rules]]
+topics = "shw-*"
+key = "content"
+mode = "drop"
+"""
+    if shared:
+        rule += f"""
+[dedup.shared]
+topic = "{window_topic}"
+partitions = 2
+replication_factor = 1
+retention_margin = "30m"
+"""
+    return rule
+
+
+def produce_acked(bootstrap: str, topic: str, values, marker: str):
+    """Writes `values` then `marker`, acks=all, one in flight (Connect's settings)."""
+    from confluent_kafka import Producer
+    errors = []
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False,
+                  "max.in.flight.requests.per.connection": 1, "linger.ms": 5,
+                  "client.id": "connector-producer-shw-0"})
+    for v in values:
+        p.produce(topic, value=v.encode(), on_delivery=lambda e, _m: e and errors.append(e))
+    p.produce(topic, value=marker.encode(), on_delivery=lambda e, _m: e and errors.append(e))
+    assert p.flush(60) == 0 and not errors, f"produce through {bootstrap}: {errors[:3]}"
+
+
+def log_counts(bootstrap: str, topic: str, marker: str) -> Counter:
+    records = read_topic(bootstrap, topic, lambda recs: any(m.value() == marker.encode() for m in recs))
+    return Counter(m.value().decode() for m in records)
 
 
 # === the Java test client =====================================================
