@@ -642,12 +642,14 @@ def read_topic(bootstrap: str, topic: str, until, timeout: float = 90.0,
         c.close()
 
 
-def shared_window_rule(window_topic: str, shared: bool = True) -> str:
-    rule = """
+def shared_window_rule(window_topic: str, shared: bool = True, topics: str = "shw-*") -> str:
+    """The proxy's dedup config: a one-hour window, replays on `topics` dropped,
+    and with `shared` the window's log in `window_topic` (`[dedup.shared]`)."""
+    rule = f"""
 [dedup]
 window = "1h"
 [[dedup.rules]]
-topics = "shw-*"
+topics = "{topics}"
 key = "content"
 mode = "drop"
 """
