@@ -417,41 +417,37 @@ class ServiceAddress:
                     continue
                 for sock in (client, upstream):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                pair = (client, upstream)
-                with self._lock:
-                    self._pairs.add(pair)
-                    self.connections[target] = self.connections.get(target, 0) + 1
-                produce_ids: set[int] = set()  # correlation ids of Produce requests
-                threading.Thread(target=self._requests, args=(pair, produce_ids), daemon=True).start()
-                threading.Thread(target=self._answers, args=(pair, produce_ids), daemon=True).start()
+                self._forward(client, upstream, target)
 
-    def _requests(self, pair, produce_ids: set[int]):
-        client, upstream = pair
+    def _forward(self, client: socket.socket, upstream: socket.socket, target: str):
+        pair = (client, upstream)
+        with self._lock:
+            self._pairs.add(pair)
+            self.connections[target] = self.connections.get(target, 0) + 1
+        produce_ids: set[int] = set()  # correlation ids of this connection's Produce requests
+
+        def request(frame: bytes) -> bool:
+            if int.from_bytes(frame[4:6], "big") == 0:  # api_key 0: Produce
+                produce_ids.add(int.from_bytes(frame[8:12], "big"))
+            return True
+
+        def answer(frame: bytes) -> bool:
+            with self._lock:
+                if self._muted and int.from_bytes(frame[4:8], "big") in produce_ids:
+                    self.produce_answers_lost += 1
+                return not self._muted
+
+        for src, dst, on_frame in ((client, upstream, request), (upstream, client, answer)):
+            threading.Thread(target=self._pump, args=(pair, src, dst, on_frame), daemon=True).start()
+
+    def _pump(self, pair, src: socket.socket, dst: socket.socket, on_frame):
+        """Passes the frames from `src` to `dst` that `on_frame` lets through."""
         frames = _Frames()
         try:
-            while data := client.recv(65536):
+            while data := src.recv(65536):
                 for frame in frames.feed(data):
-                    if int.from_bytes(frame[4:6], "big") == 0:  # api_key 0: Produce
-                        produce_ids.add(int.from_bytes(frame[8:12], "big"))
-                upstream.sendall(data)
-        except OSError:
-            pass
-        finally:
-            self._close(pair)
-
-    def _answers(self, pair, produce_ids: set[int]):
-        client, upstream = pair
-        frames = _Frames()
-        try:
-            while data := upstream.recv(65536):
-                for frame in frames.feed(data):
-                    with self._lock:
-                        muted = self._muted
-                    if not muted:
-                        client.sendall(frame)
-                    elif int.from_bytes(frame[4:8], "big") in produce_ids:
-                        with self._lock:
-                            self.produce_answers_lost += 1
+                    if on_frame(frame):
+                        dst.sendall(frame)
         except OSError:
             pass
         finally:
@@ -677,8 +673,10 @@ def produce_acked(bootstrap: str, topic: str, values, marker: str):
     assert p.flush(60) == 0 and not errors, f"produce through {bootstrap}: {errors[:3]}"
 
 
-def log_counts(bootstrap: str, topic: str, marker: str) -> Counter:
-    records = read_topic(bootstrap, topic, lambda recs: any(m.value() == marker.encode() for m in recs))
+def log_counts(bootstrap: str, topic: str, marker: str,
+               isolation: str = "read_uncommitted") -> Counter:
+    records = read_topic(bootstrap, topic, lambda recs: any(m.value() == marker.encode() for m in recs),
+                         isolation=isolation)
     return Counter(m.value().decode() for m in records)
 
 
