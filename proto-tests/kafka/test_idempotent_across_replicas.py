@@ -28,6 +28,12 @@ the same way but the producer comes back to A:
 - the producer saw no send error (each one is printed), the broker never
   answered it OUT_OF_ORDER_SEQUENCE_NUMBER, and its epoch never changed;
 - A dropped replays before the move, and B dropped replays after it.
+
+The transactional variant moves a Java transactional producer (transactions
+v2) from A to B in the middle of a transaction, its EndTxn through B: every
+committed record once even after a replay (a transaction's keys count at its
+commit, wherever its records went through), no aborted record visible to a
+read_committed reader, no error.
 """
 
 from __future__ import annotations
@@ -61,6 +67,44 @@ def _fail_open(proxy) -> float:
     return proxy.metric_sum("idemgate_dedup_fail_open_total")
 
 
+def _stream(name: str, bootstrap: str, topic: str, *flags: str) -> JavaRun:
+    """The Java client's steered producer (`stream`), sending as told on stdin."""
+    return JavaRun(name, ["stream", "--bootstrap", bootstrap, "--topic", topic, "--pause-ms", "3",
+                          *flags], stdin=subprocess.PIPE)
+
+
+def _tell(producer: JavaRun, *commands: str):
+    producer.proc.stdin.write("".join(f"{c}\n" for c in commands))
+    producer.proc.stdin.flush()
+
+
+def _sends(values) -> list[str]:
+    return [f"send {v}" for v in values]
+
+
+def _wait_events(producer: JavaRun, kind: str, n: int, what: str, timeout: float = 120):
+    """Until the producer printed `n` events `kind` (it must not end first)."""
+    wait_for(what, lambda: producer.proc.poll() is not None or len(producer.of(kind)) >= n, timeout)
+    assert producer.proc.poll() is None, f"the producer ended early\n{producer.describe()}"
+
+
+def _answers_die(service):
+    """The replica's answers die on the way back until the broker appended
+    batches the producer never hears of (and will resend)."""
+    service.mute()
+    wait_for(f"{LOST_ANSWERS} Produce answers lost on the way back",
+             lambda: service.produce_answers_lost >= LOST_ANSWERS, 60)
+
+
+def _send_errors(producer: JavaRun) -> list[dict]:
+    """Every failed send or step, printed."""
+    failed = producer.of("send_failed") + producer.of("step_failed")
+    print(f"send errors: {len(failed)}; by error: {dict(Counter(e['error'] for e in failed))}")
+    for e in failed[:10]:
+        print(f"  {e}")
+    return failed
+
+
 @pytest.mark.parametrize("move", [True, False], ids=["moves", "stays"])
 def test_an_idempotent_producer_moving_replicas_keeps_its_sequence(kafka, tiers, move):
     window_topic = unique("_idemgate-window")
@@ -77,16 +121,11 @@ def test_an_idempotent_producer_moving_replicas_keeps_its_sequence(kafka, tiers,
     # replay, new, replay, new, ... then the end marker (a new value too).
     new = [f"{topic}-new-{i}" for i in range(N_NEW)]
     stream = [v for pair in zip(old, new) for v in pair] + [END]
-    producer = JavaRun("across-replicas", ["stream", "--bootstrap", bootstrap, "--topic", topic,
-                                           "--pause-ms", "3", "--client-id", "connector-producer-xr-0"],
-                       stdin=subprocess.PIPE)
+    producer = _stream("across-replicas", bootstrap, topic, "--client-id", "connector-producer-xr-0")
     try:
-        producer.proc.stdin.write("".join(f"send {v}\n" for v in stream) + "flush\n")
-        producer.proc.stdin.flush()
-        wait_for(f"{KILL_AFTER} records of the stream acknowledged through A",
-                 lambda: producer.proc.poll() is not None
-                 or len(producer.of("acked")) >= KILL_AFTER, 120)
-        assert producer.proc.poll() is None, f"the producer ended early\n{producer.describe()}"
+        _tell(producer, *_sends(stream), "flush")
+        _wait_events(producer, "acked", KILL_AFTER,
+                     f"{KILL_AFTER} records of the stream acknowledged through A")
         a_dropped = _dropped(a, topic)
         a_fail_open = _fail_open(a)
         # The scenario bites: A removed replays from the producer's batches,
@@ -94,9 +133,7 @@ def test_an_idempotent_producer_moving_replicas_keeps_its_sequence(kafka, tiers,
         assert a_dropped > 0, "A dropped no replay from the stream: nothing to translate"
         # The pod's answers die first: batches A trimmed and the broker
         # appended, the producer never hears of, and resends.
-        service.mute()
-        wait_for(f"{LOST_ANSWERS} Produce answers lost on the way back",
-                 lambda: service.produce_answers_lost >= LOST_ANSWERS, 60)
+        _answers_die(service)
         if move:
             a.sigkill()
             service.switch(b.host)
@@ -112,11 +149,7 @@ def test_an_idempotent_producer_moving_replicas_keeps_its_sequence(kafka, tiers,
     finally:
         producer.kill()
 
-    failed = producer.of("send_failed") + producer.of("step_failed")
-    errors = Counter(e["error"] for e in failed)
-    print(f"send errors: {len(failed)}; by error: {dict(errors)}")
-    for e in failed[:10]:
-        print(f"  {e}")
+    failed = _send_errors(producer)
     # Java's idempotent producer retries an OUT_OF_ORDER_SEQUENCE_NUMBER
     # answer under a bumped epoch (KIP-360) instead of failing the send:
     # its log is where the broker's refusal shows.
@@ -145,8 +178,7 @@ def test_an_idempotent_producer_moving_replicas_keeps_its_sequence(kafka, tiers,
     assert old_copies <= a_fail_open + b_fail_open, \
         f"{old_copies} replays written again, {a_fail_open + b_fail_open:.0f} counted fail-open"
 
-    assert not failed, (f"the idempotent producer saw {len(failed)} send errors "
-                        f"{dict(errors)}, e.g. {failed[:3]}")
+    assert not failed, f"the idempotent producer saw {len(failed)} send errors, e.g. {failed[:3]}"
     assert not out_of_order, (
         f"the broker answered the producer OUT_OF_ORDER_SEQUENCE_NUMBER {len(out_of_order)} times "
         f"(the client retried under a bumped epoch; (id, epoch) taken: {epochs}), "
@@ -157,3 +189,78 @@ def test_an_idempotent_producer_moving_replicas_keeps_its_sequence(kafka, tiers,
     if move:
         assert through_b > 0, "the producer never connected to B"
         assert b_dropped > 0, "B dropped no replay after the move"
+
+
+# Records of each transaction in the transactional run.
+N_TXN = 300
+
+
+def test_a_transactional_producer_moving_replicas_mid_transaction(kafka, tiers):
+    """Transactions v2 (Produce v12, EndTxn v5) from one Java producer: T1
+    wholly through A and committed; T2's records through A, A's last answers
+    lost and A SIGKILLed, the rest of T2 and its EndTxn (commit) through B;
+    T3 through B, its records on the broker, then aborted; T4 through B,
+    committed. Then a Connect-shaped producer replays every committed value
+    through the tier. Read read_committed straight from the broker: every
+    committed record once (its replay dropped: the keys of a transaction
+    that moved count at its commit like any other's), no aborted record, no
+    send or transaction error."""
+    window_topic = unique("_idemgate-window")
+    topic = unique("xt")
+    kafka.create_topic(topic, partitions=1, replication=1)
+    service, bootstrap, (a, b) = tiers(kafka.bootstrap,
+                                        shared_window_rule(window_topic, topics="xt-*"))
+    t1, t2, t3, t4 = ([f"{topic}-{name}-{i}" for i in range(N_TXN)]
+                      for name in ("t1", "t2", "aborted", "t4"))
+    producer = _stream("txn-across-replicas", bootstrap, topic,
+                       "--transactional-id", unique("xt-txn"))
+    try:
+        _tell(producer, "begin", *_sends(t1), "commit")
+        _wait_events(producer, "committed", 1, "T1 committed through A")
+        wait_for("B learned T1's keys through the window's topic",
+                 lambda: b.metric_sum("idemgate_shared_window_keys_learned_total") >= N_TXN, 60)
+
+        _tell(producer, "begin", *_sends(t2))
+        _wait_events(producer, "acked", N_TXN + N_TXN // 3, "a third of T2 acknowledged through A")
+        _answers_die(service)
+        a.sigkill()
+        service.switch(b.host)
+        print(f"A SIGKILLed in T2 after {len(producer.of('acked')) - N_TXN} of its records were "
+              f"acknowledged, {service.produce_answers_lost} answers lost; the address moved to B")
+        _tell(producer, "commit")
+        _wait_events(producer, "committed", 2, "T2 committed through B")
+
+        _tell(producer, "begin", *_sends(t3), "flush", "abort")
+        _wait_events(producer, "aborted", 1, "T3 aborted through B")
+        _tell(producer, "begin", *_sends(t4), "commit")
+        _wait_events(producer, "committed", 3, "T4 committed through B")
+        producer.proc.stdin.close()
+        producer.wait(60)
+    finally:
+        producer.kill()
+
+    failed = _send_errors(producer)
+    apis = producer.sent_apis()
+    assert apis[("PRODUCE", 12)] > 0 and apis[("END_TXN", 5)] > 0, f"not transactions v2: {apis}"
+    assert service.connections.get(b.host, 0) > 0, "the producer never connected to B"
+
+    committed = {"T1": t1, "T2 (moved)": t2, "T4": t4}
+    # One transaction's values a flush: a replay batch is answered locally
+    # only if its first copies sit at consecutive offsets (no commit marker
+    # between them).
+    for i, values in enumerate(committed.values()):
+        produce_acked(bootstrap, topic, values, END if i == len(committed) - 1 else f"R{i}")
+    b_dropped = _dropped(b, topic)
+    log = log_counts(kafka.bootstrap, topic, END, isolation="read_committed")
+    print(f"B dropped {b_dropped:.0f} replays; fail-open on B: "
+          f"{ {k: v for k, v in b.metrics().items() if 'fail_open' in k and v} }")
+
+    lost = {name: [v for v in vs if log[v] == 0] for name, vs in committed.items()}
+    assert not any(lost.values()), f"committed records missing: {lost}"
+    visible = [v for v in t3 if log[v]]
+    assert not visible, f"{len(visible)} aborted records visible read_committed, e.g. {visible[:5]}"
+    assert not failed, f"the transactional producer saw {len(failed)} errors, e.g. {failed[:3]}"
+    copies = {name: sum(log[v] > 1 for v in vs) for name, vs in committed.items()}
+    assert not any(copies.values()), (
+        f"committed records written again by their replay (records with copies, by transaction): "
+        f"{copies}; T2's records went through A and B, its EndTxn through B")
