@@ -15,22 +15,27 @@ from __future__ import annotations
 import json
 import os
 import random
+import selectors
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / ".cache"
 KAFKA_LIBS = Path(os.environ.get("KAFKA_LIBS", CACHE / "kafka" / "libs"))
-JVM_CLIENT = CACHE / "jvm-client" / "classes"
+# IDEMGATE_JVM_CLIENT: classes compiled from a changed client (javac -d DIR),
+# for trying a new mode before scripts/setup compiles it into .cache.
+JVM_CLIENT = Path(os.environ.get("IDEMGATE_JVM_CLIENT", CACHE / "jvm-client" / "classes"))
 LOG4J = ROOT / "proto-tests" / "jvm" / "log4j2.properties"
 
 
@@ -67,27 +72,34 @@ def wait_for(what: str, cond, timeout: float, interval: float = 0.2):
         time.sleep(interval)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_block(n: int) -> tuple[int, int]:
-    """n consecutive free ports below Linux's ephemeral range (32768+), where
-    outgoing connections take their local ports."""
-    def free(p):
+def _free_on(port: int, hosts) -> bool:
+    for host in hosts:
         with socket.socket() as s:
             try:
-                s.bind(("127.0.0.1", p))
-                return True
+                s.bind((host, port))
             except OSError:
                 return False
+    return True
+
+
+def free_port(hosts=("127.0.0.1",)) -> int:
+    """A port free on every one of `hosts` (loopback addresses)."""
+    if tuple(hosts) == ("127.0.0.1",):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    lo, _ = free_port_block(1, hosts)
+    return lo
+
+
+def free_port_block(n: int, hosts=("127.0.0.1",)) -> tuple[int, int]:
+    """n consecutive ports free on every one of `hosts`, below Linux's
+    ephemeral range (32768+), where outgoing connections take their local ports."""
     for _ in range(500):
         lo = random.randrange(20000, 32000 - n)
-        if all(free(p) for p in range(lo, lo + n)):
+        if all(_free_on(p, hosts) for p in range(lo, lo + n)):
             return lo, lo + n - 1
-    raise BedError(f"no {n} consecutive free ports in 20000-32000")
+    raise BedError(f"no {n} consecutive free ports in 20000-32000 on {', '.join(hosts)}")
 
 
 def _kv_lines(text: str) -> dict[str, str]:
@@ -193,12 +205,20 @@ def idemgate_bin() -> Path:
     return path
 
 
+# Broker ports each proxy gets: node ids up to 20 keep port start + node_id.
+BROKER_PORTS = 21
+
+
 @dataclass
 class Proxy:
     """The idemgate binary in front of `upstream`, with its own ports and store.
 
     `extra` is TOML appended to the generated config (rules, quotas, ...).
     Every proxy runs with the address-leak check on; `assert_no_leaks()` reads it.
+    `host` is the address its bootstrap and broker listeners bind;
+    `advertised_host` the one it writes into broker addresses (`host` unless
+    given): replicas of a central tier bind their own and advertise a shared
+    one (see ServiceAddress). The admin listener is always on 127.0.0.1.
     """
 
     upstream: str
@@ -211,12 +231,15 @@ class Proxy:
     port: int = 0
     admin_port: int = 0
     broker_ports: tuple[int, int] | None = None
+    host: str = "127.0.0.1"
+    advertised_host: str | None = None
 
     def __post_init__(self):
-        self.port = self.port or free_port()
+        self.port = self.port or free_port((self.host,))
         self.admin_port = self.admin_port or free_port()
-        lo, hi = self.broker_ports or free_port_block(21)
-        self.bootstrap = f"127.0.0.1:{self.port}"
+        lo, hi = self.broker_ports or free_port_block(BROKER_PORTS, (self.host,))
+        self.broker_ports = (lo, hi)
+        self.bootstrap = f"{self.host}:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.workdir.mkdir(parents=True, exist_ok=True)
         upstream = ", ".join(f'"{a}"' for a in self.upstream.split(","))
@@ -224,6 +247,7 @@ class Proxy:
         self.config_path.write_text(f"""\
 [listen]
 bootstrap = "{self.bootstrap}"
+advertised_host = "{self.advertised_host or self.host}"
 broker_ports = "{lo}-{hi}"
 [upstream]
 bootstrap = [{upstream}]
@@ -304,6 +328,175 @@ leak_check = true
     def assert_no_leaks(self):
         leaks = self.metric_sum("idemgate_address_leaks_total")
         assert leaks == 0, f"the proxy handed out upstream broker addresses {leaks:.0f} times"
+
+
+# === a central tier behind one address ========================================
+
+class ServiceAddress:
+    """A stand-in for a Kubernetes Service in front of a central tier: it
+    listens on `host` (127.0.0.1) at every one of `ports` and forwards each new
+    connection to the same port on the current target (a replica's own
+    loopback address, 127.0.0.2, 127.0.0.3...). Every replica advertises
+    `host`, so the client's metadata names the same brokers whichever replica
+    answers, as it would with a Service name.
+
+    `switch(to)` sends new connections to another target and closes the
+    existing ones, as a dead pod's connections die with it. `mute()` first
+    makes the pod's answers die before they reach the clients while their
+    requests still go through: what the broker appended then, the client
+    never hears of, and resends. The forwarder reads Kafka's frames for that
+    (a size, then the request header's api_key and correlation_id), and
+    counts in `produce_answers_lost` the Produce answers it swallowed.
+    `connections[target]` counts the connections forwarded to each target.
+    """
+
+    def __init__(self, ports, target: str, host: str = "127.0.0.1"):
+        self.host = host
+        self.target = target
+        self.connections: dict[str, int] = {}
+        self.produce_answers_lost = 0
+        self._muted = False
+        self._lock = threading.Lock()
+        self._pairs: set[tuple[socket.socket, socket.socket]] = set()
+        self._stop = threading.Event()
+        self._sel = selectors.DefaultSelector()
+        self._listeners = []
+        for port in ports:
+            ls = socket.create_server((host, port))
+            ls.setblocking(False)
+            self._sel.register(ls, selectors.EVENT_READ, port)
+            self._listeners.append(ls)
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True,
+                                        name=f"service-{host}")
+        self._thread.start()
+
+    def address(self, port: int) -> str:
+        return f"{self.host}:{port}"
+
+    def mute(self):
+        """From now on, no answer on the open connections reaches its client."""
+        with self._lock:
+            self._muted = True
+
+    def switch(self, to: str):
+        """New connections go to `to` (and are heard); the open ones are closed."""
+        with self._lock:
+            self.target = to
+            self._muted = False
+            pairs = list(self._pairs)
+        for pair in pairs:
+            self._close(pair)
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(5)
+        for ls in self._listeners:
+            self._sel.unregister(ls)
+            ls.close()
+        self._sel.close()
+        with self._lock:
+            pairs = list(self._pairs)
+        for pair in pairs:
+            self._close(pair)
+
+    def _accept_loop(self):
+        while not self._stop.is_set():
+            for key, _ in self._sel.select(timeout=0.2):
+                try:
+                    client, _ = key.fileobj.accept()
+                except OSError:
+                    continue
+                client.setblocking(True)
+                with self._lock:
+                    target = self.target
+                try:
+                    upstream = socket.create_connection((target, key.data), timeout=5)
+                    upstream.settimeout(None)
+                except OSError:
+                    client.close()  # the target is gone: as a refused connection
+                    continue
+                for sock in (client, upstream):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._forward(client, upstream, target)
+
+    def _forward(self, client: socket.socket, upstream: socket.socket, target: str):
+        pair = (client, upstream)
+        with self._lock:
+            self._pairs.add(pair)
+            self.connections[target] = self.connections.get(target, 0) + 1
+        produce_ids: set[int] = set()  # correlation ids of this connection's Produce requests
+
+        def request(frame: bytes) -> bool:
+            if int.from_bytes(frame[4:6], "big") == 0:  # api_key 0: Produce
+                produce_ids.add(int.from_bytes(frame[8:12], "big"))
+            return True
+
+        def answer(frame: bytes) -> bool:
+            with self._lock:
+                if self._muted and int.from_bytes(frame[4:8], "big") in produce_ids:
+                    self.produce_answers_lost += 1
+                return not self._muted
+
+        for src, dst, on_frame in ((client, upstream, request), (upstream, client, answer)):
+            threading.Thread(target=self._pump, args=(pair, src, dst, on_frame), daemon=True).start()
+
+    def _pump(self, pair, src: socket.socket, dst: socket.socket, on_frame):
+        """Passes the frames from `src` to `dst` that `on_frame` lets through."""
+        frames = _Frames()
+        try:
+            while data := src.recv(65536):
+                for frame in frames.feed(data):
+                    if on_frame(frame):
+                        dst.sendall(frame)
+        except OSError:
+            pass
+        finally:
+            self._close(pair)
+
+    def _close(self, pair):
+        with self._lock:
+            self._pairs.discard(pair)
+        for sock in pair:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+class _Frames:
+    """Kafka frames out of a byte stream: a 4-byte big-endian size, then that
+    many bytes."""
+
+    def __init__(self):
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buf += data
+        out = []
+        while len(self.buf) >= 4:
+            end = 4 + int.from_bytes(self.buf[:4], "big")
+            if len(self.buf) < end:
+                break
+            out.append(bytes(self.buf[:end]))
+            del self.buf[:end]
+        return out
+
+
+def central_tier(make_proxy, upstream: str, extra: str = "", replicas: int = 2):
+    """`replicas` idemgate processes on 127.0.0.2, 127.0.0.3, ... with the same
+    bootstrap and broker ports, each advertising 127.0.0.1, behind one
+    ServiceAddress on 127.0.0.1 that starts on the first. `make_proxy(upstream,
+    extra, **Proxy fields)` starts one (the `proxies` fixture). Returns
+    (service, bootstrap for clients, [proxies]); the caller closes the service."""
+    hosts = [f"127.0.0.{i + 2}" for i in range(replicas)]
+    every = ("127.0.0.1", *hosts)
+    lo, hi = free_port_block(BROKER_PORTS + 1, every)
+    port, broker_ports = lo, (lo + 1, hi)
+    started = [make_proxy(upstream, extra, host=h, advertised_host="127.0.0.1", port=port,
+                          broker_ports=broker_ports) for h in hosts]
+    service = ServiceAddress(range(lo, hi + 1), target=hosts[0])
+    return service, service.address(port), started
 
 
 # === Kafka Connect ============================================================
@@ -443,6 +636,48 @@ def read_topic(bootstrap: str, topic: str, until, timeout: float = 90.0,
         return records
     finally:
         c.close()
+
+
+def shared_window_rule(window_topic: str, shared: bool = True, topics: str = "shw-*") -> str:
+    """The proxy's dedup config: a one-hour window, replays on `topics` dropped,
+    and with `shared` the window's log in `window_topic` (`[dedup.shared]`)."""
+    rule = f"""
+[dedup]
+window = "1h"
+[[dedup.rules]]
+topics = "{topics}"
+key = "content"
+mode = "drop"
+"""
+    if shared:
+        rule += f"""
+[dedup.shared]
+topic = "{window_topic}"
+partitions = 2
+replication_factor = 1
+retention_margin = "30m"
+"""
+    return rule
+
+
+def produce_acked(bootstrap: str, topic: str, values, marker: str):
+    """Writes `values` then `marker`, acks=all, one in flight (Connect's settings)."""
+    from confluent_kafka import Producer
+    errors = []
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False,
+                  "max.in.flight.requests.per.connection": 1, "linger.ms": 5,
+                  "client.id": "connector-producer-shw-0"})
+    for v in values:
+        p.produce(topic, value=v.encode(), on_delivery=lambda e, _m: e and errors.append(e))
+    p.produce(topic, value=marker.encode(), on_delivery=lambda e, _m: e and errors.append(e))
+    assert p.flush(60) == 0 and not errors, f"produce through {bootstrap}: {errors[:3]}"
+
+
+def log_counts(bootstrap: str, topic: str, marker: str,
+               isolation: str = "read_uncommitted") -> Counter:
+    records = read_topic(bootstrap, topic, lambda recs: any(m.value() == marker.encode() for m in recs),
+                         isolation=isolation)
+    return Counter(m.value().decode() for m in records)
 
 
 # === the Java test client =====================================================

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from bed import ConnectCluster, KafkaCluster, Proxy
+from bed import ConnectCluster, KafkaCluster, Proxy, central_tier
 
 
 @pytest.fixture(scope="session")
@@ -29,12 +29,12 @@ def kafka3():
 
 @pytest.fixture
 def proxies():
-    """`proxies(upstream, extra_toml)` starts an idemgate; all are stopped after
-    the test, and each one's leak check must read 0."""
+    """`proxies(upstream, extra_toml, **Proxy fields)` starts an idemgate; all
+    are stopped after the test, and each one's leak check must read 0."""
     started: list[Proxy] = []
 
-    def make(upstream: str, extra: str = "") -> Proxy:
-        p = Proxy(upstream=upstream, extra=extra).start()
+    def make(upstream: str, extra: str = "", **kw) -> Proxy:
+        p = Proxy(upstream=upstream, extra=extra, **kw).start()
         started.append(p)
         return p
 
@@ -50,6 +50,23 @@ def proxies():
         finally:
             p.stop()
     assert not failures, "; ".join(failures)
+
+
+@pytest.fixture
+def tiers(proxies):
+    """`tiers(upstream, extra_toml, replicas=2)` starts a central tier behind one
+    address (bed.central_tier): (service, client bootstrap, [replicas]). The
+    services close and the replicas stop after the test."""
+    services = []
+
+    def make(upstream: str, extra: str = "", replicas: int = 2):
+        service, bootstrap, started = central_tier(proxies, upstream, extra, replicas)
+        services.append(service)
+        return service, bootstrap, started
+
+    yield make
+    for s in services:
+        s.close()
 
 
 @pytest.fixture

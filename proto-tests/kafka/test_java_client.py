@@ -54,7 +54,7 @@ SHARE_MOVE_WARN = [
 class Run:
     """One Java client process: its JSON events, its log, its exit code."""
 
-    def __init__(self, name: str, args: list[str]):
+    def __init__(self, name: str, args: list[str], stdin=subprocess.DEVNULL):
         self.name = name
         self.log = LOGS / f"{unique(name)}.log"
         java = shutil.which("java")
@@ -67,7 +67,7 @@ class Run:
         self.stderr = ""
         self.lock = threading.Lock()
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, text=True)
+                                     stdin=stdin, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self._err = threading.Thread(target=self._read_err, daemon=True)

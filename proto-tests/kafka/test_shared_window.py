@@ -25,52 +25,12 @@ Reads end on markers, straight from the broker.
 
 from __future__ import annotations
 
-from collections import Counter
-
-from confluent_kafka import Producer
 from confluent_kafka.admin import ConfigResource
 
-from bed import dedup_rule, http, read_topic, unique, wait_for
+from bed import dedup_rule, http, log_counts, produce_acked, shared_window_rule, unique, wait_for
 from test_connect_replay import crash_and_replay
 
 N = 300
-
-
-def _rule(window_topic: str, shared: bool = True) -> str:
-    rule = """
-[dedup]
-window = "1h"
-[[dedup.rules]]
-topics = "shw-*"
-key = "content"
-mode = "drop"
-"""
-    if shared:
-        rule += f"""
-[dedup.shared]
-topic = "{window_topic}"
-partitions = 2
-replication_factor = 1
-retention_margin = "30m"
-"""
-    return rule
-
-
-def _produce(bootstrap: str, topic: str, values, marker: str):
-    """Writes `values` then `marker`, acks=all, one in flight (Connect's settings)."""
-    errors = []
-    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False,
-                  "max.in.flight.requests.per.connection": 1, "linger.ms": 5,
-                  "client.id": "connector-producer-shw-0"})
-    for v in values:
-        p.produce(topic, value=v.encode(), on_delivery=lambda e, _m: e and errors.append(e))
-    p.produce(topic, value=marker.encode(), on_delivery=lambda e, _m: e and errors.append(e))
-    assert p.flush(60) == 0 and not errors, f"produce through {bootstrap}: {errors[:3]}"
-
-
-def _log(bootstrap: str, topic: str, marker: str) -> Counter:
-    records = read_topic(bootstrap, topic, lambda recs: any(m.value() == marker.encode() for m in recs))
-    return Counter(m.value().decode() for m in records)
 
 
 def _learned(proxy) -> float:
@@ -81,19 +41,19 @@ def test_a_replay_through_another_process_is_dropped_there(kafka, proxies):
     window_topic = unique("_idemgate-window")
     topic = unique("shw")
     kafka.create_topic(topic, partitions=1, replication=1)  # see below
-    a = proxies(kafka.bootstrap, _rule(window_topic))
-    b = proxies(kafka.bootstrap, _rule(window_topic))
+    a = proxies(kafka.bootstrap, shared_window_rule(window_topic))
+    b = proxies(kafka.bootstrap, shared_window_rule(window_topic))
     values = [f"{topic}-v-{i}" for i in range(N)]
 
-    _produce(a.bootstrap, topic, values, "END-1")
+    produce_acked(a.bootstrap, topic, values, "END-1")
 
     # The task moved: it replays through B at once, B's first Produce on the
     # connection waiting until B has read the window's topic to its end.
-    _produce(b.bootstrap, topic, values, "END-2")
+    produce_acked(b.bootstrap, topic, values, "END-2")
     lag = b.metric_sum("idemgate_shared_window_lag_milliseconds")
     print(f"B learned {_learned(b):.0f} keys; last segment's lag {lag:.0f} ms")
     assert b.metric_sum("idemgate_shared_window_catch_ups_total") >= 1
-    log = _log(kafka.bootstrap, topic, "END-2")
+    log = log_counts(kafka.bootstrap, topic, "END-2")
     assert all(log[v] == 1 for v in values), \
         f"copies through B: {sorted((v, n) for v, n in log.items() if n != 1)[:10]}"
     assert b.metric_sum("idemgate_duplicates_dropped_total", topic=topic) == N
@@ -108,9 +68,9 @@ def test_a_replay_through_another_process_is_dropped_there(kafka, proxies):
 
     # Without the shared window, the same replay through a process of its own
     # writes every record again.
-    c = proxies(kafka.bootstrap, _rule(window_topic, shared=False))
-    _produce(c.bootstrap, topic, values, "END-3")
-    log = _log(kafka.bootstrap, topic, "END-3")
+    c = proxies(kafka.bootstrap, shared_window_rule(window_topic, shared=False))
+    produce_acked(c.bootstrap, topic, values, "END-3")
+    log = log_counts(kafka.bootstrap, topic, "END-3")
     assert all(log[v] == 2 for v in values), "the replay through a lone process was not written"
     assert c.metric_sum("idemgate_duplicates_dropped_total", topic=topic) == 0
 
@@ -121,19 +81,19 @@ def test_a_process_with_an_empty_store_rebuilds_its_window_from_the_topic(kafka,
     # One partition: a null-key replay lands where its first copy is, so the
     # proxy can number what it answers (librdkafka numbers from any base).
     kafka.create_topic(topic, partitions=1, replication=1)
-    a = proxies(kafka.bootstrap, _rule(window_topic))
+    a = proxies(kafka.bootstrap, shared_window_rule(window_topic))
     values = [f"{topic}-v-{i}" for i in range(N)]
-    _produce(a.bootstrap, topic, values, "END-1")
+    produce_acked(a.bootstrap, topic, values, "END-1")
     wait_for("A published its keys",
              lambda: a.metric_sum("idemgate_shared_window_published_total") > 0, 30)
     a.stop()
 
     # A rescheduled pod: a new process, an empty store. Ready means caught up.
-    d = proxies(kafka.bootstrap, _rule(window_topic))
+    d = proxies(kafka.bootstrap, shared_window_rule(window_topic))
     assert d.metric_sum("idemgate_shared_window_caught_up") == 1
     assert _learned(d) >= N, f"D learned {_learned(d):.0f} of {N} keys before it was ready"
-    _produce(d.bootstrap, topic, values, "END-2")
-    log = _log(kafka.bootstrap, topic, "END-2")
+    produce_acked(d.bootstrap, topic, values, "END-2")
+    log = log_counts(kafka.bootstrap, topic, "END-2")
     assert all(log[v] == 1 for v in values), \
         f"copies through D: {sorted((v, n) for v, n in log.items() if n != 1)[:10]}"
     assert d.metric_sum("idemgate_duplicates_dropped_total", topic=topic) == N
@@ -219,12 +179,12 @@ def test_the_window_topic_lost_then_back_loses_nothing_and_publishes_late(kafka3
     topic = unique("shw")
     kafka3.create_topic(topic, partitions=1, replication=3)
     kafka3.create_topic(window_topic, partitions=1, replication=1)
-    rule = _rule(window_topic).replace("replication_factor = 1\n", "")
+    rule = shared_window_rule(window_topic).replace("replication_factor = 1\n", "")
     a = proxies(kafka3.bootstrap, rule)
     b = proxies(kafka3.bootstrap, rule)
     first = [f"{topic}-first-{i}" for i in range(N)]
     second = [f"{topic}-second-{i}" for i in range(N)]
-    _produce(a.bootstrap, topic, first, "END-1")
+    produce_acked(a.bootstrap, topic, first, "END-1")
     wait_for(f"B learned A's first {N} keys", lambda: _learned(b) >= N, 60)
 
     md = kafka3.admin().list_topics(window_topic, timeout=10).topics[window_topic]
@@ -232,23 +192,23 @@ def test_the_window_topic_lost_then_back_loses_nothing_and_publishes_late(kafka3
     kafka3.kill(gone)
     try:
         # Acknowledged while the window topic is away: known to A only.
-        _produce(a.bootstrap, topic, second, "END-2")
+        produce_acked(a.bootstrap, topic, second, "END-2")
         wait_for("A says degraded: the window topic is unreachable",
                  lambda: "degraded" in str(http("GET", f"{a.admin}/readyz")[1]), 90)
         status, text = http("GET", f"{a.admin}/readyz")
         assert status == 200, f"A must stay ready (fail open): {status} {text}"
         # B still drops what it learned before.
-        _produce(b.bootstrap, topic, first, "END-3")
+        produce_acked(b.bootstrap, topic, first, "END-3")
     finally:
         kafka3.restart(gone)
-    log = _log(kafka3.bootstrap, topic, "END-3")
+    log = log_counts(kafka3.bootstrap, topic, "END-3")
     assert all(log[v] == 1 for v in first + second), \
         f"lost or copied: {sorted((v, n) for v, n in log.items() if n != 1 and 'END' not in v)[:10]}"
 
     # Back: A's segments from the outage reach B, and B drops their replays.
     wait_for("B learned A's keys from the outage", lambda: _learned(b) >= 2 * N, 120)
-    _produce(b.bootstrap, topic, second, "END-4")
-    log = _log(kafka3.bootstrap, topic, "END-4")
+    produce_acked(b.bootstrap, topic, second, "END-4")
+    log = log_counts(kafka3.bootstrap, topic, "END-4")
     assert all(log[v] == 1 for v in second), "a replay of keys published late passed"
     assert a.metric_sum("idemgate_shared_window_publish_failures_total") == 0
 
@@ -265,8 +225,8 @@ def test_a_producer_failing_over_to_the_other_replica_loses_nothing(kafka, proxi
     window_topic = unique("_idemgate-window")
     topic = unique("shw")
     kafka.create_topic(topic, partitions=1, replication=1)
-    a = proxies(kafka.bootstrap, _rule(window_topic))
-    b = proxies(kafka.bootstrap, _rule(window_topic))
+    a = proxies(kafka.bootstrap, shared_window_rule(window_topic))
+    b = proxies(kafka.bootstrap, shared_window_rule(window_topic))
     stream = Streamer(f"{a.bootstrap},{b.bootstrap}", topic)
     stream.start()
     try:
@@ -288,8 +248,8 @@ def test_a_producer_failing_over_to_the_other_replica_loses_nothing(kafka, proxi
     # What went through the dead replica long before it died, replayed
     # through the survivor: dropped there.
     early = acked[:200]
-    _produce(survivor.bootstrap, topic, early, "END")
-    log = _log(kafka.bootstrap, topic, "END")
+    produce_acked(survivor.bootstrap, topic, early, "END")
+    log = log_counts(kafka.bootstrap, topic, "END")
     lost = [v for v in acked if log[v] == 0]
     assert not lost, f"{len(lost)} acknowledged records missing, e.g. {lost[:5]}"
     copies = {v: n for v, n in log.items() if n > 1}

@@ -51,6 +51,9 @@ import org.apache.logging.log4j.core.config.Configurator;
  *   produce  --bootstrap B --topic T --count N [--prefix P] [--compression C]
  *            [--transactional-id ID [--abort]] [--marker VALUE] [--pause-ms MS]
  *            [--partitions K]
+ *   stream   --bootstrap B --topic T [--partition P] [--transactional-id ID]
+ *            [--pause-ms MS] [--client-id C]
+ *            (one producer, steered line by line from stdin: see stream())
  *   consume  --bootstrap B --topic T --group G [--group-protocol consumer|classic]
  *            [--isolation read_committed] --until VALUE [--timeout-ms MS]
  *   share    --bootstrap B --topic T --group G --until VALUE [--timeout-ms MS]
@@ -94,6 +97,7 @@ public final class Main {
             case "produce": return produce(f);
             case "consume": return consume(f);
             case "share": return share(f);
+            case "stream": return stream(f);
             case "metadata": return metadata(f);
             case "move-leader": return moveLeader(f);
             default: throw new IllegalArgumentException("unknown subcommand " + args[0]);
@@ -148,16 +152,8 @@ public final class Main {
                     break;
                 }
                 String value = values.get(i);
-                producer.send(new ProducerRecord<>(topic, targets.get(i), null, value), (md, e) -> {
-                    if (e != null) {
-                        failed.compareAndSet(null, e);
-                        emit(obj("event", "send_failed", "value", value, "error", e.toString()));
-                    } else {
-                        acked.incrementAndGet();
-                        emit(obj("event", "acked", "value", value, "partition", md.partition(),
-                                "offset", md.offset()));
-                    }
-                });
+                producer.send(new ProducerRecord<>(topic, targets.get(i), null, value),
+                        answer(value, acked, e -> failed.compareAndSet(null, e)));
                 if (pauseMs > 0) {
                     Thread.sleep(pauseMs);
                 }
@@ -184,6 +180,108 @@ public final class Main {
             throw failed.get();
         }
         emit(obj("event", "done", "acked", acked.get()));
+        return 0;
+    }
+
+    /** A send's answer: prints acked (and counts it) or send_failed (and hands the error on). */
+    private static org.apache.kafka.clients.producer.Callback answer(
+            String value, AtomicInteger acked, java.util.function.Consumer<Exception> onFailure) {
+        return (md, e) -> {
+            if (e != null) {
+                onFailure.accept(e);
+                emit(obj("event", "send_failed", "value", value, "error", e.toString()));
+            } else {
+                acked.incrementAndGet();
+                emit(obj("event", "acked", "value", value, "partition", md.partition(),
+                        "offset", md.offset()));
+            }
+        };
+    }
+
+    // ---- stream: one producer, steered from stdin ---------------------------
+
+    /**
+     * One producer that lives while the test steers it, so the test can act
+     * between its steps (kill a proxy, move the client) and the same producer
+     * (same producer id, epoch and sequences) goes on. Commands, one a line:
+     * <pre>
+     *   send VALUE   sends VALUE to T, partition P (0 unless --partition);
+     *                its answer prints acked or send_failed
+     *   flush        waits for the answer to every send so far; prints flushed
+     *   begin | commit | abort   (with --transactional-id) prints begun,
+     *                committed or aborted
+     * </pre>
+     * Unlike produce, a failed send or step does not end the run: it prints
+     * send_failed or step_failed (with the exception) and the next command
+     * goes on, so the test counts every failure. At the end of input: flush,
+     * close, {"event":"done","acked":N,"failed":M}; exit 0 unless the client
+     * could not be built or closed. The client's log records every producer
+     * id and epoch it takes (TransactionManager at DEBUG): an idempotent
+     * producer answered OUT_OF_ORDER_SEQUENCE_NUMBER retries under a bumped
+     * epoch without failing a send (KIP-360), and the log is where that shows.
+     */
+    private static int stream(Map<String, String> f) throws Exception {
+        Configurator.setLevel("org.apache.kafka.clients.producer.internals.TransactionManager", Level.DEBUG);
+        String topic = need(f, "topic");
+        int partition = Integer.parseInt(f.getOrDefault("partition", "0"));
+        long pauseMs = Long.parseLong(f.getOrDefault("pause-ms", "0"));
+        String txn = f.get("transactional-id");
+        Properties p = new Properties();
+        p.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, need(f, "bootstrap"));
+        p.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        p.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        if (f.containsKey("client-id")) {
+            p.put(ProducerConfig.CLIENT_ID_CONFIG, f.get("client-id"));
+        }
+        if (txn != null) {
+            p.put(ProducerConfig.TRANSACTIONAL_ID_CONFIG, txn);
+        }
+        AtomicInteger acked = new AtomicInteger();
+        AtomicInteger failed = new AtomicInteger();
+        java.io.BufferedReader in = new java.io.BufferedReader(
+                new java.io.InputStreamReader(System.in, java.nio.charset.StandardCharsets.UTF_8));
+        try (KafkaProducer<String, String> producer = new KafkaProducer<>(p)) {
+            if (txn != null) {
+                producer.initTransactions();
+            }
+            emit(obj("event", "ready"));
+            String line;
+            while ((line = in.readLine()) != null) {
+                String cmd = line.strip();
+                if (cmd.isEmpty()) {
+                    continue;
+                }
+                try {
+                    if (cmd.startsWith("send ")) {
+                        String value = cmd.substring(5);
+                        producer.send(new ProducerRecord<>(topic, partition, null, value),
+                                answer(value, acked, e -> failed.incrementAndGet()));
+                        if (pauseMs > 0) {
+                            Thread.sleep(pauseMs);
+                        }
+                    } else if (cmd.equals("flush")) {
+                        producer.flush();
+                        emit(obj("event", "flushed", "acked", acked.get(), "failed", failed.get()));
+                    } else if (cmd.equals("begin")) {
+                        producer.beginTransaction();
+                        emit(obj("event", "begun"));
+                    } else if (cmd.equals("commit")) {
+                        producer.commitTransaction();
+                        emit(obj("event", "committed"));
+                    } else if (cmd.equals("abort")) {
+                        producer.abortTransaction();
+                        emit(obj("event", "aborted"));
+                    } else {
+                        throw new IllegalArgumentException("unknown command: " + cmd);
+                    }
+                } catch (Exception e) {
+                    failed.incrementAndGet();
+                    emit(obj("event", "step_failed", "command", cmd, "error", e.toString()));
+                }
+            }
+            producer.flush();
+        }
+        emit(obj("event", "done", "acked", acked.get(), "failed", failed.get()));
         return 0;
     }
 
