@@ -106,7 +106,7 @@ def test_keys_acknowledged_during_a_graceful_stop_reach_the_peers(kafka, proxies
     window_topic = unique("_idemgate-window")
     topic = unique("shw")
     kafka.create_topic(topic, partitions=1, replication=1)
-    a = proxies(kafka.bootstrap, _rule(window_topic))
+    a = proxies(kafka.bootstrap, shared_window_rule(window_topic))
     # A paused connector's Produce is held, until the stop lets it go.
     status, _ = http("POST", f"{a.admin}/connectors/shw/pause")
     assert status == 200
@@ -123,10 +123,10 @@ def test_keys_acknowledged_during_a_graceful_stop_reach_the_peers(kafka, proxies
     assert p.flush(30) == 0 and not errors, f"through A: {errors[:3]}"
     assert len(acked) == N
 
-    b = proxies(kafka.bootstrap, _rule(window_topic))
+    b = proxies(kafka.bootstrap, shared_window_rule(window_topic))
     assert _learned(b) >= N, f"B learned {_learned(b):.0f} of the {N} keys A acknowledged last"
-    _produce(b.bootstrap, topic, values, "END-2")
-    log = _log(kafka.bootstrap, topic, "END-2")
+    produce_acked(b.bootstrap, topic, values, "END-2")
+    log = log_counts(kafka.bootstrap, topic, "END-2")
     assert all(log[v] == 1 for v in values), \
         f"copies through B: {sorted((v, n) for v, n in log.items() if n != 1)[:10]}"
     assert "queue published on shutdown" in a.log_tail(200), a.log_tail(30)

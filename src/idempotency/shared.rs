@@ -49,7 +49,7 @@ use rskafka::BackoffConfig;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::sequences::{decode_shared, PointLog, Sequences};
-use super::transactions::{decode_end, Transactions};
+use super::transactions::{decode_end, decode_part, Shared, Transactions};
 use super::window::Window;
 use crate::config::{SharedWindow, Upstream};
 use crate::telemetry::{Metrics, SharedWindowStats};
@@ -74,6 +74,8 @@ enum Kind {
     Point,
     /// A transactions-v2 end (`idempotency::transactions`).
     TxnEnd,
+    /// A transactions-v2 part: keys held until the end.
+    TxnPart,
 }
 
 impl Kind {
@@ -82,6 +84,7 @@ impl Kind {
             Kind::Segment => None,
             Kind::Point => Some(b"seq"),
             Kind::TxnEnd => Some(b"txn"),
+            Kind::TxnPart => Some(b"txnpart"),
         }
     }
 
@@ -90,6 +93,7 @@ impl Kind {
             None => Some(Kind::Segment),
             Some(b"seq") => Some(Kind::Point),
             Some(b"txn") => Some(Kind::TxnEnd),
+            Some(b"txnpart") => Some(Kind::TxnPart),
             // A kind of a later version: not this one's to read.
             Some(_) => None,
         }
@@ -116,7 +120,7 @@ impl Outgoing {
                     .map_or(0, |l| u16::from_be_bytes([l[0], l[1]]) as usize);
                 &b[2.min(b.len())..(2 + klen).min(b.len())]
             }
-            Kind::TxnEnd => &b[..b.len().min(8)],
+            Kind::TxnEnd | Kind::TxnPart => &b[..b.len().min(8)],
             Kind::Segment => &b[8.min(b.len())..b.len().min(40)],
         };
         xxhash_rust::xxh3::xxh3_64(part)
@@ -159,7 +163,11 @@ pub fn start(
     };
     setup.window.publish_to(Box::new(queue(Kind::Segment)));
     if let Some(transactions) = &setup.transactions {
-        transactions.share_ends_with(Box::new(queue(Kind::TxnEnd)));
+        let (part, end) = (queue(Kind::TxnPart), queue(Kind::TxnEnd));
+        transactions.share_with(Box::new(move |kind, bytes| match kind {
+            Shared::Part => part(bytes),
+            Shared::End => end(bytes),
+        }));
     }
     let (catch_up_tx, catch_up_rx) = mpsc::channel::<oneshot::Sender<bool>>(1024);
     setup.window.catch_up_with(Box::new(move || {
@@ -609,6 +617,14 @@ impl Log {
                     }
                     Some(Kind::TxnEnd) => {
                         self.learn_txn_end(&value);
+                        continue;
+                    }
+                    Some(Kind::TxnPart) => {
+                        if let (Some(txns), Some((part, base))) =
+                            (&self.setup.transactions, decode_part(&value))
+                        {
+                            txns.produced_elsewhere(&part, base);
+                        }
                         continue;
                     }
                     None => continue,

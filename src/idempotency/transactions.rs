@@ -30,12 +30,16 @@
 //! bounded by [`MAX_OPEN_KEYS`]: a transaction that would go past it learns
 //! nothing (counted), which costs dedup, never a record.
 //!
-//! In a tier sharing the window (`[dedup.shared]`) a v2 transaction's end
-//! travels through the window's topic too: the process that sees the EndTxn
-//! publishes (producer id, epoch, committed), and a peer that holds keys of
-//! that (producer id, epoch) learns or forgets them as if it had seen the
-//! EndTxn itself ([`Transactions::ended_elsewhere`]). v1 ends are not
-//! shared: they can only be placed on the connection they came on.
+//! In a tier sharing the window (`[dedup.shared]`) a v2 transaction travels
+//! through the window's topic too, so it may move between processes: each
+//! acknowledged part is published (its keys, where they went) and every peer
+//! holds it as its own ([`Transactions::produced_elsewhere`]); the process
+//! that sees the EndTxn publishes (producer id, epoch, committed), and every
+//! peer that holds parts of that (producer id, epoch) learns or forgets them
+//! as if it had seen the EndTxn itself ([`Transactions::ended_elsewhere`]).
+//! A part a peer has not read yet when the end comes is held until
+//! [`OPEN_FOR`] and never learned (a duplicate later, never a loss). v1 is
+//! not shared: its parts can only be placed on the connection they came on.
 //!
 //! Where v1 partitions were added is kept in a moka cache: at most
 //! [`MAX_OPEN_KEYS`] partitions over all producers, the least used producer
@@ -118,12 +122,74 @@ pub struct Transactions {
     added: moka::sync::Cache<Producer, Arc<Added>>,
     max_keys: usize,
     open_for: Duration,
-    /// `[dedup.shared]`: where v2 ends are published.
-    share: std::sync::OnceLock<ShareEnd>,
+    /// `[dedup.shared]`: where v2 parts and ends are published.
+    share: std::sync::OnceLock<Share>,
 }
 
-/// Publishes one encoded transaction end ([`encode_end`]).
-pub type ShareEnd = Box<dyn Fn(Vec<u8>) + Send + Sync>;
+/// What a transaction publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shared {
+    /// One partition's acknowledged records ([`encode_part`]).
+    Part,
+    /// The end ([`encode_end`]).
+    End,
+}
+
+/// Publishes one encoded part or end.
+pub type Share = Box<dyn Fn(Shared, Vec<u8>) + Send + Sync>;
+
+/// A v2 transaction's acknowledged part as published: producer, base
+/// offset, partition, topic, then each key and its offset delta.
+pub fn encode_part(part: &TxnPart, base_offset: i64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(30 + part.topic.len() + 20 * part.entries.len());
+    out.extend_from_slice(&part.producer.0.to_be_bytes());
+    out.extend_from_slice(&part.producer.1.to_be_bytes());
+    out.extend_from_slice(&base_offset.to_be_bytes());
+    out.extend_from_slice(&part.partition.to_be_bytes());
+    out.extend_from_slice(&(part.topic.len() as u16).to_be_bytes());
+    out.extend_from_slice(part.topic.as_bytes());
+    out.extend_from_slice(&(part.entries.len() as u32).to_be_bytes());
+    for (key, delta) in &part.entries {
+        out.extend_from_slice(&key.0.to_be_bytes());
+        out.extend_from_slice(&delta.to_be_bytes());
+    }
+    out
+}
+
+/// The inverse of [`encode_part`]: the part (transactions v2) and its base
+/// offset.
+pub fn decode_part(buf: &[u8]) -> Option<(TxnPart, i64)> {
+    let mut at = 0;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let s = buf.get(at..at + n)?;
+        at += n;
+        Some(s)
+    };
+    let id = i64::from_be_bytes(take(8)?.try_into().ok()?);
+    let epoch = i16::from_be_bytes(take(2)?.try_into().ok()?);
+    let base_offset = i64::from_be_bytes(take(8)?.try_into().ok()?);
+    let partition = i32::from_be_bytes(take(4)?.try_into().ok()?);
+    let tlen = u16::from_be_bytes(take(2)?.try_into().ok()?) as usize;
+    let topic = std::str::from_utf8(take(tlen)?).ok()?.to_string();
+    let n = u32::from_be_bytes(take(4)?.try_into().ok()?) as usize;
+    let mut entries = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        let key = Key(u128::from_be_bytes(take(16)?.try_into().ok()?));
+        let delta = u32::from_be_bytes(take(4)?.try_into().ok()?);
+        entries.push((key, delta));
+    }
+    if at != buf.len() {
+        return None;
+    }
+    let part = TxnPart {
+        topic,
+        partition,
+        producer: (id, epoch),
+        entries,
+        implicit: true,
+    };
+    Some((part, base_offset))
+}
 
 /// A v2 transaction's end as published: producer id, epoch, committed.
 pub fn encode_end(producer: Producer, committed: bool) -> Vec<u8> {
@@ -173,8 +239,8 @@ impl Transactions {
         }
     }
 
-    /// `[dedup.shared]`: publish every v2 end seen here (set once).
-    pub fn share_ends_with(&self, share: ShareEnd) {
+    /// `[dedup.shared]`: publish every v2 part and end seen here (set once).
+    pub fn share_with(&self, share: Share) {
         if self.share.set(share).is_err() {
             tracing::warn!("transactions: a second publisher was refused");
         }
@@ -184,6 +250,13 @@ impl Transactions {
     /// holds of it is learned (committed) or forgotten (aborted).
     pub fn ended_elsewhere(&self, producer: Producer, committed: bool) -> usize {
         self.end(producer, committed, 0, true)
+    }
+
+    /// A peer's v2 part, held here as if it had been acknowledged here.
+    pub fn produced_elsewhere(&self, part: &TxnPart, base_offset: i64) {
+        if part.implicit {
+            self.hold(part, base_offset);
+        }
     }
 
     /// A transactions-v1 client adds partitions to its transaction on
@@ -221,8 +294,18 @@ impl Transactions {
     /// The broker acknowledged `part` at `base_offset` inside its producer's
     /// open transaction.
     pub fn produced(&self, part: &TxnPart, base_offset: i64) {
+        if self.hold(part, base_offset) && part.implicit {
+            if let Some(share) = self.share.get() {
+                share(Shared::Part, encode_part(part, base_offset));
+            }
+        }
+    }
+
+    /// Holds a part's keys until its transaction ends; `false`: not held
+    /// (nothing to hold, or past the bound).
+    fn hold(&self, part: &TxnPart, base_offset: i64) -> bool {
         if part.entries.is_empty() {
-            return;
+            return false;
         }
         let placed = if part.implicit {
             Placed::Epoch
@@ -267,7 +350,7 @@ impl Transactions {
             parts: Vec::new(),
         });
         if txn.overflowed {
-            return;
+            return false;
         }
         if held + part.entries.len() > self.max_keys {
             tracing::warn!(
@@ -278,7 +361,7 @@ impl Transactions {
             txn.overflowed = true;
             txn.keys = 0;
             txn.parts = Vec::new();
-            return;
+            return false;
         }
         txn.keys += part.entries.len();
         txn.parts.push(Acked {
@@ -288,6 +371,7 @@ impl Transactions {
             entries: part.entries.clone(),
             placed,
         });
+        true
     }
 
     /// The coordinator ended `producer`'s transaction without an error, on
@@ -295,7 +379,7 @@ impl Transactions {
     /// Returns how many keys became seen.
     pub fn ended(&self, producer: Producer, committed: bool, conn: u64, v2: bool) -> usize {
         if let (true, Some(share)) = (v2, self.share.get()) {
-            share(encode_end(producer, committed));
+            share(Shared::End, encode_end(producer, committed));
         }
         self.end(producer, committed, conn, v2)
     }
@@ -559,32 +643,56 @@ mod tests {
     }
 
     #[test]
-    fn a_v2_end_a_peer_saw_ends_what_this_process_holds() {
-        let (a, _, _dir_a) = setup(100, OPEN_FOR);
+    fn a_v2_transaction_moves_between_processes_through_what_they_publish() {
+        let (a, window_a, _dir_a) = setup(100, OPEN_FOR);
         let (b, window_b, _dir_b) = setup(100, OPEN_FOR);
         let published = Arc::new(Mutex::new(Vec::new()));
         let sink = published.clone();
-        a.share_ends_with(Box::new(move |end| sink.lock().unwrap().push(end)));
-        // B holds two transactions' keys; both end through A.
-        b.produced(&part((7, 3), &[1]), 40);
-        b.produced(&part((8, 0), &[2]), 41);
-        assert_eq!(a.ended((7, 3), true, 9, true), 0, "A holds nothing of it");
+        a.share_with(Box::new(move |kind, bytes| {
+            sink.lock().unwrap().push((kind, bytes))
+        }));
+        let mut deliver = || {
+            for (kind, bytes) in published.lock().unwrap().drain(..) {
+                match kind {
+                    Shared::Part => {
+                        let (part, base) = decode_part(&bytes).unwrap();
+                        b.produced_elsewhere(&part, base);
+                    }
+                    Shared::End => {
+                        let (producer, committed) = decode_end(&bytes).unwrap();
+                        b.ended_elsewhere(producer, committed);
+                    }
+                }
+            }
+        };
+        // (7, 3) produced through A and committed there; (8, 0) produced
+        // through A, aborted there; (9, 0) v1 through A: never published.
+        a.produced(&part((7, 3), &[1]), 40);
+        a.produced(&part((8, 0), &[2]), 41);
+        a.partitions_added((9, 0), 5, &orders0());
+        a.produced(&v1((9, 0), &[3]), 42);
+        deliver();
+        assert_eq!(b.held(), 2, "B holds A's v2 parts");
+        assert_eq!(a.ended((7, 3), true, 9, true), 1);
         assert_eq!(a.ended((8, 0), false, 9, true), 0);
-        a.ended((9, 0), true, 9, false);
-        let ends = published.lock().unwrap().clone();
-        assert_eq!(ends.len(), 2, "v1 ends are not shared");
-        let learned: Vec<usize> = ends
-            .iter()
-            .map(|e| {
-                let (producer, committed) = decode_end(e).unwrap();
-                b.ended_elsewhere(producer, committed)
-            })
-            .collect();
-        assert_eq!(learned, [1, 0]);
-        assert!(window_b.peek(Key(1)).is_some(), "committed: learned");
+        a.ended((9, 0), true, 5, false);
+        deliver();
+        assert!(window_a.peek(Key(1)).is_some() && window_b.peek(Key(1)).is_some());
         assert!(window_b.peek(Key(2)).is_none(), "aborted: forgotten");
+        assert!(
+            window_b.peek(Key(3)).is_none(),
+            "v1 stays where it was placed"
+        );
         assert_eq!(b.held(), 0);
-        assert_eq!(decode_end(&ends[0][..10]), None);
+        // A part that moved: held by B, committed through B.
+        a.produced(&part((7, 4), &[4]), 43);
+        deliver();
+        assert_eq!(b.ended((7, 4), true, 1, true), 1);
+        assert!(window_b.peek(Key(4)).is_some());
+        let end = encode_end((7, 4), true);
+        assert_eq!(decode_end(&end[..10]), None);
+        let bytes = encode_part(&part((7, 4), &[4]), 43);
+        assert!(decode_part(&bytes[..bytes.len() - 1]).is_none());
     }
 
     #[test]
