@@ -651,7 +651,7 @@ mod tests {
         a.share_with(Box::new(move |kind, bytes| {
             sink.lock().unwrap().push((kind, bytes))
         }));
-        let mut deliver = || {
+        let deliver = || {
             for (kind, bytes) in published.lock().unwrap().drain(..) {
                 match kind {
                     Shared::Part => {
