@@ -110,6 +110,7 @@ pub mod filter;
 pub mod fuzz;
 pub mod idempotency;
 pub mod identity;
+mod kafka_client;
 mod limits;
 pub mod message;
 mod pipeline;
