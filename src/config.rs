@@ -955,7 +955,33 @@ fn dedup(s: &mut Section<'_, '_>) -> Dedup {
 }
 
 fn shared_window(s: &mut Section<'_, '_>) -> SharedWindow {
-    let topic = s.string("topic", defaults::SHARED_TOPIC);
+    let topic = topic_name(s, defaults::SHARED_TOPIC);
+    let partitions = s.typed(
+        "partitions",
+        defaults::SHARED_PARTITIONS,
+        "an integer",
+        |v| v.as_integer().map(Ok),
+    );
+    if !(1..=10_000).contains(&partitions) {
+        s.problem("partitions", format!("{partitions} must be 1 to 10000"));
+    }
+    let replication_factor = replication_factor(s);
+    let retention_margin = s.duration("retention_margin", defaults::SHARED_RETENTION_MARGIN);
+    let catch_up_wait = s.duration("catch_up_wait", defaults::SHARED_CATCH_UP_WAIT);
+    let sasl = s.optional_section("sasl", shared_sasl);
+    SharedWindow {
+        topic,
+        partitions: partitions.clamp(1, 10_000) as i32,
+        replication_factor,
+        retention_margin,
+        sasl,
+        catch_up_wait,
+    }
+}
+
+/// `topic` of a section naming a topic of the proxy's own.
+pub(super) fn topic_name(s: &mut Section<'_, '_>, default: &str) -> String {
+    let topic = s.string("topic", default);
     if topic.is_empty()
         || topic.len() > 249
         || !topic
@@ -967,15 +993,11 @@ fn shared_window(s: &mut Section<'_, '_>) -> SharedWindow {
             format!("{topic:?} is not a Kafka topic name (1-249 of a-z, A-Z, 0-9, '.', '_', '-')"),
         );
     }
-    let partitions = s.typed(
-        "partitions",
-        defaults::SHARED_PARTITIONS,
-        "an integer",
-        |v| v.as_integer().map(Ok),
-    );
-    if !(1..=10_000).contains(&partitions) {
-        s.problem("partitions", format!("{partitions} must be 1 to 10000"));
-    }
+    topic
+}
+
+/// `replication_factor` of a section naming a topic of the proxy's own.
+pub(super) fn replication_factor(s: &mut Section<'_, '_>) -> i16 {
     let replication_factor = s.typed("replication_factor", -1, "an integer", |v| {
         v.as_integer().map(Ok)
     });
@@ -985,45 +1007,39 @@ fn shared_window(s: &mut Section<'_, '_>) -> SharedWindow {
             format!("{replication_factor} must be 1 to 32, or -1 for the brokers' default"),
         );
     }
-    let retention_margin = s.duration("retention_margin", defaults::SHARED_RETENTION_MARGIN);
-    let catch_up_wait = s.duration("catch_up_wait", defaults::SHARED_CATCH_UP_WAIT);
-    let sasl = s.optional_section("sasl", |s| {
-        let mechanism = s.string("mechanism", "SCRAM-SHA-512");
-        if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism.as_str()) {
+    replication_factor.clamp(-1, 32) as i16
+}
+
+/// `[dedup.shared.sasl]`, `[quota.shared.sasl]`: the proxy's own
+/// credentials for its topic.
+pub(super) fn shared_sasl(s: &mut Section<'_, '_>) -> SharedSasl {
+    let mechanism = s.string("mechanism", "SCRAM-SHA-512");
+    if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism.as_str()) {
+        s.problem(
+            "mechanism",
+            format!("{mechanism:?} is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+        );
+    }
+    let username = s.string("username", "");
+    if s.table.is_some() && username.is_empty() {
+        s.problem("username", "is required".into());
+    }
+    let path = s.required_path("password_file");
+    let password = match std::fs::read_to_string(&path) {
+        Ok(p) => p.trim_end().to_string(),
+        Err(e) if !path.as_os_str().is_empty() => {
             s.problem(
-                "mechanism",
-                format!("{mechanism:?} is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+                "password_file",
+                format!("{}: cannot read it: {e}", path.display()),
             );
+            String::new()
         }
-        let username = s.string("username", "");
-        if s.table.is_some() && username.is_empty() {
-            s.problem("username", "is required".into());
-        }
-        let path = s.required_path("password_file");
-        let password = match std::fs::read_to_string(&path) {
-            Ok(p) => p.trim_end().to_string(),
-            Err(e) if !path.as_os_str().is_empty() => {
-                s.problem(
-                    "password_file",
-                    format!("{}: cannot read it: {e}", path.display()),
-                );
-                String::new()
-            }
-            Err(_) => String::new(),
-        };
-        SharedSasl {
-            mechanism,
-            username,
-            password,
-        }
-    });
-    SharedWindow {
-        topic,
-        partitions: partitions.clamp(1, 10_000) as i32,
-        replication_factor: replication_factor.clamp(-1, 32) as i16,
-        retention_margin,
-        sasl,
-        catch_up_wait,
+        Err(_) => String::new(),
+    };
+    SharedSasl {
+        mechanism,
+        username,
+        password,
     }
 }
 
