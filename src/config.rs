@@ -557,6 +557,29 @@ pub struct QuotaSettings {
     /// Client-id patterns naming the connector of clients that are not Kafka
     /// Connect's (`"etl-{connector}-*"`): first match wins.
     pub connector_patterns: Vec<ConnectorPattern>,
+    /// `[quota.shared]`: quotas hold for every idemgate process in front of
+    /// the cluster (usage and pauses through a Kafka topic). `None`: each
+    /// process enforces its own. Read at the start only: a reload keeps it.
+    pub shared: Option<SharedQuota>,
+}
+
+/// `[quota.shared]`: every process publishes its usage per quota subject to
+/// `topic` and enforces against the tier's total (see `quota/tier.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedQuota {
+    /// The usage and pause topic, created if missing (one partition,
+    /// `cleanup.policy=compact`).
+    pub topic: String,
+    /// Replication factor of a topic the proxy creates; -1: the brokers'
+    /// `default.replication.factor`.
+    pub replication_factor: i16,
+    /// How often this process publishes its usage.
+    pub report_every: Duration,
+    /// A peer whose last report is older than this no longer counts (a
+    /// dead or cut-off process stops counting after it).
+    pub peer_expiry: Duration,
+    /// The proxy's own SASL credentials for the topic (`None`: none).
+    pub sasl: Option<SharedSasl>,
 }
 
 /// One `[[quotas]]` entry: whom it matches, and the limits it sets.
@@ -657,6 +680,16 @@ impl Config {
                      client, which verifies each broker's own host name: leave server_name \
                      out (the brokers' certificates name their advertised hosts) or run \
                      without [dedup.shared]"
+                ),
+            });
+        }
+        if let (Some(name), Some(_)) = (server_name, &config.quota.shared) {
+            problems.push(Problem {
+                path: "quota.shared".into(),
+                message: format!(
+                    "upstream.tls.server_name ({name:?}) cannot apply to the quota topic's \
+                     client, which verifies each broker's own host name: leave server_name \
+                     out or run without [quota.shared]"
                 ),
             });
         }
@@ -1498,6 +1531,40 @@ mod tests {
                 err.contains("dedup.rules[0].key") && err.contains(says),
                 "{bad}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn quota_shared_has_defaults_and_every_problem_with_its_path() {
+        assert_eq!(Config::parse("").unwrap().quota.shared, None);
+        let shared = Config::parse("[quota.shared]\n")
+            .unwrap()
+            .quota
+            .shared
+            .unwrap();
+        assert_eq!(shared.topic, "_idemgate-quota");
+        assert_eq!(shared.replication_factor, -1);
+        assert_eq!(shared.report_every, Duration::from_secs(1));
+        assert_eq!(shared.peer_expiry, Duration::from_secs(3));
+        assert!(shared.sasl.is_none());
+        let err = Config::parse(
+            "[upstream.tls]\nserver_name = \"k\"\n[quota.shared]\ntopic = \"a b\"\nreplication_factor = 0\n\
+             report_every = \"10ms\"\npeer_expiry = \"15ms\"\ncolour = 1\n[quota.shared.sasl]\nmechanism = \"GSSAPI\"\n",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        for path in [
+            "quota.shared.topic",
+            "quota.shared.replication_factor",
+            "quota.shared.report_every",
+            "quota.shared.peer_expiry",
+            "quota.shared.colour",
+            "quota.shared.sasl.mechanism",
+            "quota.shared.sasl.username",
+            "quota.shared.sasl.password_file",
+            "quota.shared",
+        ] {
+            assert!(paths.contains(&path), "{path} missing from {paths:?}");
         }
     }
 
