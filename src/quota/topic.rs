@@ -101,6 +101,10 @@ async fn serve(setup: &Setup, client: &Client, position: &mut Option<i64>) -> St
     let quotas = &setup.quotas;
     let mut tick = tokio::time::interval(setup.settings.report_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Usage while the topic was away is never published: charged late and
+    // at once, it would throttle the whole tier for the length of the
+    // outage. The first report covers from here.
+    quotas.report(Instant::now(), chrono::Utc::now().timestamp_millis());
     // Pauses queued while the topic was away go first.
     quotas.tier.pauses_queued.notify_one();
     let tailing = tail_topic(setup, &tail, position);
