@@ -672,26 +672,32 @@ impl Config {
             .tls
             .as_ref()
             .and_then(|t| t.server_name.as_ref());
-        if let (Some(name), Some(_)) = (server_name, &config.dedup.shared) {
-            problems.push(Problem {
-                path: "dedup.shared".into(),
-                message: format!(
-                    "upstream.tls.server_name ({name:?}) cannot apply to the shared window's \
-                     client, which verifies each broker's own host name: leave server_name \
-                     out (the brokers' certificates name their advertised hosts) or run \
-                     without [dedup.shared]"
-                ),
-            });
-        }
-        if let (Some(name), Some(_)) = (server_name, &config.quota.shared) {
-            problems.push(Problem {
-                path: "quota.shared".into(),
-                message: format!(
-                    "upstream.tls.server_name ({name:?}) cannot apply to the quota topic's \
-                     client, which verifies each broker's own host name: leave server_name \
-                     out or run without [quota.shared]"
-                ),
-            });
+        // The proxy's own Kafka client (kafka_client.rs) verifies each
+        // broker's own host name.
+        let own_clients = [
+            (
+                "dedup.shared",
+                "the shared window's",
+                config.dedup.shared.is_some(),
+            ),
+            (
+                "quota.shared",
+                "the quota topic's",
+                config.quota.shared.is_some(),
+            ),
+        ];
+        for (section, client, on) in own_clients {
+            if let (Some(name), true) = (server_name, on) {
+                problems.push(Problem {
+                    path: section.into(),
+                    message: format!(
+                        "upstream.tls.server_name ({name:?}) cannot apply to {client} \
+                         client, which verifies each broker's own host name: leave server_name \
+                         out (the brokers' certificates name their advertised hosts) or run \
+                         without [{section}]"
+                    ),
+                });
+            }
         }
         if problems.is_empty() {
             Ok(config)

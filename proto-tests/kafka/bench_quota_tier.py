@@ -30,24 +30,9 @@ import time
 from confluent_kafka import Producer
 
 from bed import KafkaCluster, Proxy, unique
+from test_quota_tier import tier_config
 
 CONNECTOR = "tierbench"
-
-
-def config(quota: int, quota_topic: str | None, report_every: str) -> str:
-    text = f"""
-[[quotas]]
-connector = "{CONNECTOR}"
-produce_bytes_per_sec = {quota}
-"""
-    if quota_topic:
-        text += f"""
-[quota.shared]
-topic = "{quota_topic}"
-replication_factor = 1
-report_every = "{report_every}"
-"""
-    return text
 
 
 def push(bootstrap: str, task: int, topic: str, stop: threading.Event, acked: list):
@@ -81,7 +66,7 @@ def run(kafka, quota: int, replicas: int, shared: bool, seconds: float, skip: fl
     topic = unique("tierbench")
     kafka.create_topic(topic, partitions=1, replication=1)
     quota_topic = unique("_idemgate-quota") if shared else None
-    proxies = [Proxy(upstream=kafka.bootstrap, extra=config(quota, quota_topic, report_every)).start()
+    proxies = [Proxy(upstream=kafka.bootstrap, extra=tier_config(CONNECTOR, quota, quota_topic, report_every)).start()
                for _ in range(replicas)]
     try:
         if shared:

@@ -31,23 +31,30 @@ PERIOD = 0.1
 LOAD_SECONDS = 8.0
 
 
-def _config(quota_topic: str, shared: bool = True) -> str:
+def tier_config(connector: str, quota: int, quota_topic: str | None,
+                report_every: str = "1s", peer_expiry: str = "3s") -> str:
+    """A produce quota on `connector`; with `quota_topic`, for the tier."""
     text = f"""
 [quota]
 max_hold = "20s"
 [[quotas]]
-connector = "tq"
-produce_bytes_per_sec = {QUOTA}
+connector = "{connector}"
+produce_bytes_per_sec = {quota}
 """
-    if shared:
+    if quota_topic:
         text += f"""
 [quota.shared]
 topic = "{quota_topic}"
 replication_factor = 1
-report_every = "{int(REPORT_EVERY * 1000)}ms"
-peer_expiry = "{int(PEER_EXPIRY * 1000)}ms"
+report_every = "{report_every}"
+peer_expiry = "{peer_expiry}"
 """
     return text
+
+
+def _config(quota_topic: str | None) -> str:
+    return tier_config("tq", QUOTA, quota_topic, f"{int(REPORT_EVERY * 1000)}ms",
+                       f"{int(PEER_EXPIRY * 1000)}ms")
 
 
 def _producer(bootstrap: str, task: int) -> Producer:
@@ -105,7 +112,7 @@ def test_a_connector_spread_over_two_replicas_is_throttled_at_the_tier_total(kaf
     kafka.create_topic(topic, partitions=1, replication=1)
 
     # Each replica on its own: 70% of the quota through each, never throttled.
-    lone = [proxies(kafka.bootstrap, _config("", shared=False)) for _ in range(2)]
+    lone = [proxies(kafka.bootstrap, _config(None)) for _ in range(2)]
     _load(kafka, *lone, topic)
     assert all(_own(px) >= 0.5 * QUOTA * LOAD_SECONDS for px in lone), [_own(px) for px in lone]
     assert [_throttled(px) for px in lone] == [0, 0], "70% of the quota alone is throttled"
@@ -174,3 +181,38 @@ def test_a_pause_through_one_replica_holds_produce_on_the_other(kafka, proxies):
     wait_for("B and C resumed", lambda: not _paused(b) and not _paused(c), 15)
     assert p.flush(30) == 0 and delivered == [None, None], delivered
     assert b.metric_sum("idemgate_requests_held", connector="tq") == 0
+
+
+def test_with_the_quota_topic_unreachable_a_replica_enforces_alone_and_says_degraded(kafka, proxies, tmp_path):
+    # Credentials the broker's plaintext listener refuses: the quota
+    # topic's client cannot connect, whatever else works.
+    password = tmp_path / "pw"
+    password.write_text("nope\n")
+    sasl = f"""
+[quota.shared.sasl]
+mechanism = "PLAIN"
+username = "idemgate"
+password_file = "{password}"
+"""
+    topic = unique("tq")
+    kafka.create_topic(topic, partitions=1, replication=1)
+    a = proxies(kafka.bootstrap, _config(unique("_idemgate-quota")) + sasl)
+    wait_for("the quota topic refused", lambda: "quota topic unreachable" in a.log_tail(200), 30)
+    status, text = http("GET", f"{a.admin}/readyz")
+    assert status == 200 and "quota topic is unreachable" in text, text
+    assert a.metric_sum("idemgate_quota_shared_enabled") == 1
+    assert a.metric_sum("idemgate_quota_shared_connected") == 0
+
+    # The quota still holds, on this replica's own usage: 3 × the burst at
+    # once is throttled, and every record goes through.
+    p = _producer(a.bootstrap, 0)
+    errors: list = []
+    for _ in range(3 * QUOTA // MESSAGE):
+        p.produce(topic, value=b"x" * MESSAGE, on_delivery=lambda e, _m: e and errors.append(e))
+    assert p.flush(60) == 0 and not errors, errors[:3]
+    assert _throttled(a) > 0
+    assert _peer(a) == 0
+
+    # A pause applies here, and waits for the topic to reach the others.
+    status, body = http("POST", f"{a.admin}/connectors/tq/pause")
+    assert status == 200 and body["tier"] is True and _paused(a), body
