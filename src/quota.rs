@@ -547,7 +547,7 @@ impl Quotas {
             if let Some(mut s) = settings {
                 if s.shared != live.settings.shared {
                     tracing::warn!(
-                        "[quota.shared] changed: not reloaded, takes effect at the next restart"
+                        "[quota.shared] differs from the one in force: kept as it is until the next restart"
                     );
                 }
                 s.shared = live.settings.shared.clone();

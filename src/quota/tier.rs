@@ -472,6 +472,18 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_keeps_the_tier_in_force() {
+        let a = replica();
+        let plain = Config::parse("[quota]\nburst = \"2s\"\n").expect("a config");
+        a.apply(Some(plain.quota), vec![]);
+        assert_eq!(a.settings().burst, Duration::from_secs(2));
+        assert!(
+            a.settings().shared.is_some(),
+            "[quota.shared] read at the start only"
+        );
+    }
+
+    #[test]
     fn pauses_from_the_tier_apply_and_queue_only_when_shared() {
         let a = replica();
         let e = producer(&a, 0);

@@ -99,7 +99,9 @@ async fn serve(setup: &Setup, client: &Client, position: &mut Option<i64>) -> St
         (Err(e), _) | (_, Err(e)) => return e.to_string(),
     };
     let quotas = &setup.quotas;
-    let mut tick = tokio::time::interval(setup.settings.report_every);
+    let every = setup.settings.report_every;
+    // The first report a whole interval after the baseline below.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Usage while the topic was away is never published: charged late and
     // at once, it would throttle the whole tier for the length of the
