@@ -316,9 +316,9 @@ async fn pause_or_resume(
     if name.is_empty() {
         return text(StatusCode::BAD_REQUEST, "bad connector name\n");
     }
-    let entities = shared.quotas.set_paused(name, paused);
-    tracing::warn!(connector = %name, entities, "connector {} (admin)", if paused { "paused" } else { "resumed" });
-    json(views::paused(name, paused, entities))
+    let (entities, tier) = shared.quotas.pause(name, paused);
+    tracing::warn!(connector = %name, entities, tier, "connector {} (admin)", if paused { "paused" } else { "resumed" });
+    json(views::paused(name, paused, entities, tier))
 }
 
 /// `PUT /quotas`: a TOML body of `[[quotas]]` entries (and `[quota]`

@@ -557,6 +557,29 @@ pub struct QuotaSettings {
     /// Client-id patterns naming the connector of clients that are not Kafka
     /// Connect's (`"etl-{connector}-*"`): first match wins.
     pub connector_patterns: Vec<ConnectorPattern>,
+    /// `[quota.shared]`: quotas hold for every idemgate process in front of
+    /// the cluster (usage and pauses through a Kafka topic). `None`: each
+    /// process enforces its own. Read at the start only: a reload keeps it.
+    pub shared: Option<SharedQuota>,
+}
+
+/// `[quota.shared]`: every process publishes its usage per quota subject to
+/// `topic` and enforces against the tier's total (see `quota/tier.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedQuota {
+    /// The usage and pause topic, created if missing (one partition,
+    /// `cleanup.policy=compact`).
+    pub topic: String,
+    /// Replication factor of a topic the proxy creates; -1: the brokers'
+    /// `default.replication.factor`.
+    pub replication_factor: i16,
+    /// How often this process publishes its usage.
+    pub report_every: Duration,
+    /// A peer whose last report is older than this no longer counts (a
+    /// dead or cut-off process stops counting after it).
+    pub peer_expiry: Duration,
+    /// The proxy's own SASL credentials for the topic (`None`: none).
+    pub sasl: Option<SharedSasl>,
 }
 
 /// One `[[quotas]]` entry: whom it matches, and the limits it sets.
@@ -649,16 +672,32 @@ impl Config {
             .tls
             .as_ref()
             .and_then(|t| t.server_name.as_ref());
-        if let (Some(name), Some(_)) = (server_name, &config.dedup.shared) {
-            problems.push(Problem {
-                path: "dedup.shared".into(),
-                message: format!(
-                    "upstream.tls.server_name ({name:?}) cannot apply to the shared window's \
-                     client, which verifies each broker's own host name: leave server_name \
-                     out (the brokers' certificates name their advertised hosts) or run \
-                     without [dedup.shared]"
-                ),
-            });
+        // The proxy's own Kafka client (kafka_client.rs) verifies each
+        // broker's own host name.
+        let own_clients = [
+            (
+                "dedup.shared",
+                "the shared window's",
+                config.dedup.shared.is_some(),
+            ),
+            (
+                "quota.shared",
+                "the quota topic's",
+                config.quota.shared.is_some(),
+            ),
+        ];
+        for (section, client, on) in own_clients {
+            if let (Some(name), true) = (server_name, on) {
+                problems.push(Problem {
+                    path: section.into(),
+                    message: format!(
+                        "upstream.tls.server_name ({name:?}) cannot apply to {client} \
+                         client, which verifies each broker's own host name: leave server_name \
+                         out (the brokers' certificates name their advertised hosts) or run \
+                         without [{section}]"
+                    ),
+                });
+            }
         }
         if problems.is_empty() {
             Ok(config)
@@ -955,7 +994,33 @@ fn dedup(s: &mut Section<'_, '_>) -> Dedup {
 }
 
 fn shared_window(s: &mut Section<'_, '_>) -> SharedWindow {
-    let topic = s.string("topic", defaults::SHARED_TOPIC);
+    let topic = topic_name(s, defaults::SHARED_TOPIC);
+    let partitions = s.typed(
+        "partitions",
+        defaults::SHARED_PARTITIONS,
+        "an integer",
+        |v| v.as_integer().map(Ok),
+    );
+    if !(1..=10_000).contains(&partitions) {
+        s.problem("partitions", format!("{partitions} must be 1 to 10000"));
+    }
+    let replication_factor = replication_factor(s);
+    let retention_margin = s.duration("retention_margin", defaults::SHARED_RETENTION_MARGIN);
+    let catch_up_wait = s.duration("catch_up_wait", defaults::SHARED_CATCH_UP_WAIT);
+    let sasl = s.optional_section("sasl", shared_sasl);
+    SharedWindow {
+        topic,
+        partitions: partitions.clamp(1, 10_000) as i32,
+        replication_factor,
+        retention_margin,
+        sasl,
+        catch_up_wait,
+    }
+}
+
+/// `topic` of a section naming a topic of the proxy's own.
+pub(super) fn topic_name(s: &mut Section<'_, '_>, default: &str) -> String {
+    let topic = s.string("topic", default);
     if topic.is_empty()
         || topic.len() > 249
         || !topic
@@ -967,15 +1032,11 @@ fn shared_window(s: &mut Section<'_, '_>) -> SharedWindow {
             format!("{topic:?} is not a Kafka topic name (1-249 of a-z, A-Z, 0-9, '.', '_', '-')"),
         );
     }
-    let partitions = s.typed(
-        "partitions",
-        defaults::SHARED_PARTITIONS,
-        "an integer",
-        |v| v.as_integer().map(Ok),
-    );
-    if !(1..=10_000).contains(&partitions) {
-        s.problem("partitions", format!("{partitions} must be 1 to 10000"));
-    }
+    topic
+}
+
+/// `replication_factor` of a section naming a topic of the proxy's own.
+pub(super) fn replication_factor(s: &mut Section<'_, '_>) -> i16 {
     let replication_factor = s.typed("replication_factor", -1, "an integer", |v| {
         v.as_integer().map(Ok)
     });
@@ -985,45 +1046,39 @@ fn shared_window(s: &mut Section<'_, '_>) -> SharedWindow {
             format!("{replication_factor} must be 1 to 32, or -1 for the brokers' default"),
         );
     }
-    let retention_margin = s.duration("retention_margin", defaults::SHARED_RETENTION_MARGIN);
-    let catch_up_wait = s.duration("catch_up_wait", defaults::SHARED_CATCH_UP_WAIT);
-    let sasl = s.optional_section("sasl", |s| {
-        let mechanism = s.string("mechanism", "SCRAM-SHA-512");
-        if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism.as_str()) {
+    replication_factor.clamp(-1, 32) as i16
+}
+
+/// `[dedup.shared.sasl]`, `[quota.shared.sasl]`: the proxy's own
+/// credentials for its topic.
+pub(super) fn shared_sasl(s: &mut Section<'_, '_>) -> SharedSasl {
+    let mechanism = s.string("mechanism", "SCRAM-SHA-512");
+    if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism.as_str()) {
+        s.problem(
+            "mechanism",
+            format!("{mechanism:?} is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+        );
+    }
+    let username = s.string("username", "");
+    if s.table.is_some() && username.is_empty() {
+        s.problem("username", "is required".into());
+    }
+    let path = s.required_path("password_file");
+    let password = match std::fs::read_to_string(&path) {
+        Ok(p) => p.trim_end().to_string(),
+        Err(e) if !path.as_os_str().is_empty() => {
             s.problem(
-                "mechanism",
-                format!("{mechanism:?} is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+                "password_file",
+                format!("{}: cannot read it: {e}", path.display()),
             );
+            String::new()
         }
-        let username = s.string("username", "");
-        if s.table.is_some() && username.is_empty() {
-            s.problem("username", "is required".into());
-        }
-        let path = s.required_path("password_file");
-        let password = match std::fs::read_to_string(&path) {
-            Ok(p) => p.trim_end().to_string(),
-            Err(e) if !path.as_os_str().is_empty() => {
-                s.problem(
-                    "password_file",
-                    format!("{}: cannot read it: {e}", path.display()),
-                );
-                String::new()
-            }
-            Err(_) => String::new(),
-        };
-        SharedSasl {
-            mechanism,
-            username,
-            password,
-        }
-    });
-    SharedWindow {
-        topic,
-        partitions: partitions.clamp(1, 10_000) as i32,
-        replication_factor: replication_factor.clamp(-1, 32) as i16,
-        retention_margin,
-        sasl,
-        catch_up_wait,
+        Err(_) => String::new(),
+    };
+    SharedSasl {
+        mechanism,
+        username,
+        password,
     }
 }
 
@@ -1482,6 +1537,40 @@ mod tests {
                 err.contains("dedup.rules[0].key") && err.contains(says),
                 "{bad}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn quota_shared_has_defaults_and_every_problem_with_its_path() {
+        assert_eq!(Config::parse("").unwrap().quota.shared, None);
+        let shared = Config::parse("[quota.shared]\n")
+            .unwrap()
+            .quota
+            .shared
+            .unwrap();
+        assert_eq!(shared.topic, "_idemgate-quota");
+        assert_eq!(shared.replication_factor, -1);
+        assert_eq!(shared.report_every, Duration::from_secs(1));
+        assert_eq!(shared.peer_expiry, Duration::from_secs(3));
+        assert!(shared.sasl.is_none());
+        let err = Config::parse(
+            "[upstream.tls]\nserver_name = \"k\"\n[quota.shared]\ntopic = \"a b\"\nreplication_factor = 0\n\
+             report_every = \"10ms\"\npeer_expiry = \"15ms\"\ncolour = 1\n[quota.shared.sasl]\nmechanism = \"GSSAPI\"\n",
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        for path in [
+            "quota.shared.topic",
+            "quota.shared.replication_factor",
+            "quota.shared.report_every",
+            "quota.shared.peer_expiry",
+            "quota.shared.colour",
+            "quota.shared.sasl.mechanism",
+            "quota.shared.sasl.username",
+            "quota.shared.sasl.password_file",
+            "quota.shared",
+        ] {
+            assert!(paths.contains(&path), "{path} missing from {paths:?}");
         }
     }
 

@@ -60,7 +60,9 @@
 //!   presets' event shapes);
 //! - `records.rs` and `records/` (the byte-level RecordBatch v2 splicer:
 //!   varints, codecs, batch headers, splice, builder);
-//! - `quota.rs` (quota state: entities, buckets, pause), `identity.rs`
+//! - `quota.rs` (quota state: entities, buckets, pause; `quota/tier.rs`
+//!   and `quota/topic.rs`: `[quota.shared]`, the tier's usage and pauses
+//!   through a Kafka topic), `identity.rs`
 //!   (connector and task from a client id), `topology.rs` (node id ⇄ proxy
 //!   port, stable across restarts; topic id ⇄ name), `topic_config.rs`
 //!   (each covered topic's `cleanup.policy` and `max.message.bytes`, asked
@@ -71,6 +73,7 @@
 //! readiness, SIGHUP reload), `upkeep.rs` (the periodic loops: window sweep,
 //! store flush, quota sampling, TLS reload, Metadata probe), `store.rs`
 //! (sled, the only persistent state), `tls.rs` (rustls for both sides),
+//! `kafka_client.rs` (the proxy's own rskafka client, for its topics),
 //! `admin.rs` (`/healthz`, `/readyz`, `/metrics`, the admin API on axum;
 //! bodies in `admin/views.rs`), `admin_client.rs` (`idemgate admin …`),
 //! `telemetry.rs` (logs; `telemetry/metrics.rs` the registry,
@@ -110,6 +113,7 @@ pub mod filter;
 pub mod fuzz;
 pub mod idempotency;
 pub mod identity;
+mod kafka_client;
 mod limits;
 pub mod message;
 mod pipeline;

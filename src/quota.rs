@@ -49,6 +49,9 @@ use tokio::sync::watch;
 use crate::config::{Glob, QuotaRule, QuotaSettings};
 use crate::identity::Identity;
 
+pub(crate) mod tier;
+pub(crate) mod topic;
+
 /// What a bucket counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -186,6 +189,13 @@ pub struct Counters {
     pub throttled: AtomicU64,
     /// Produce or Fetch requests held right now (muted, in debt or paused).
     pub held: AtomicU64,
+    /// Microseconds of proxy time spent on this entity's requests (what a
+    /// `request_percentage` bucket is charged).
+    pub request_micros: AtomicU64,
+    /// Units other processes of the tier reported for this entity
+    /// (`[quota.shared]`), per [`tier::Used`] slot: charged to the buckets
+    /// here as if used here.
+    pub peer: [AtomicU64; tier::USED],
 }
 
 /// One entity's quota state, shared by its connections.
@@ -316,7 +326,48 @@ impl Entity {
     /// Charges proxy time to a `request_percentage` bucket (a
     /// `requests_per_sec` one counts requests instead, in [`charge`]).
     pub fn charge_time(&self, spent: Duration) -> Duration {
-        self.charge_requests(true, spent.as_micros() as f64)
+        let micros = spent.as_micros() as u64;
+        self.counters.request_micros.fetch_add(micros, Relaxed);
+        self.charge_requests(true, micros as f64)
+    }
+
+    /// What this entity used here, per [`tier::Used`] slot.
+    pub(crate) fn used(&self) -> tier::Used {
+        let c = &self.counters;
+        [
+            c.produce_bytes.load(Relaxed),
+            c.fetch_bytes.load(Relaxed),
+            c.requests.load(Relaxed),
+            c.request_micros.load(Relaxed),
+        ]
+    }
+
+    /// Usage a peer reported for this entity: counted apart, and charged to
+    /// the buckets as if it were this process's own, so the debt (and the
+    /// throttle and hold) here is the tier's.
+    pub(crate) fn absorb_peer(&self, used: &tier::Used) {
+        for (slot, n) in used.iter().enumerate() {
+            self.counters.peer[slot].fetch_add(*n, Relaxed);
+        }
+        if self.limited.load(Relaxed) == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut guard = self.limits.lock().expect("quota lock");
+        let (limits, buckets) = &mut *guard;
+        for kind in KINDS {
+            let i = kind as usize;
+            let n = match (kind, limits[i]) {
+                (_, None) => continue,
+                (Kind::Produce, _) => used[0],
+                (Kind::Fetch, _) => used[1],
+                (Kind::Requests, Some(l)) if l.time_based => used[3],
+                (Kind::Requests, Some(_)) => used[2],
+            };
+            if let Some(b) = buckets[i].as_mut() {
+                b.charge(n as f64, now);
+            }
+        }
     }
 
     /// One request: counted, and charged to a `requests_per_sec` bucket.
@@ -410,11 +461,14 @@ pub struct Quotas {
     changed: watch::Sender<u64>,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// `[quota.shared]`: the tier's reports and this process's own.
+    pub tier: tier::Tier,
 }
 
 impl Quotas {
     pub fn new(settings: QuotaSettings, rules: Vec<QuotaRule>) -> Quotas {
         Quotas {
+            tier: tier::Tier::new(settings.shared.as_ref()),
             live: RwLock::new(Live { settings, rules }),
             entities: Mutex::new(HashMap::new()),
             paused: Mutex::new(BTreeSet::new()),
@@ -457,7 +511,12 @@ impl Quotas {
 
     /// The entity of a client, made on first sight.
     pub fn entity(&self, identity: &Identity, principal: Option<&str>) -> Arc<Entity> {
-        let key = EntityKey::new(identity, principal);
+        self.entity_by_key(EntityKey::new(identity, principal))
+    }
+
+    /// The entity of `key`, made on first sight (a client here, or a peer's
+    /// report).
+    pub(crate) fn entity_by_key(&self, key: EntityKey) -> Arc<Entity> {
         let mut entities = self.entities.lock().expect("entities lock");
         if let Some(e) = entities.get(&key) {
             return e.clone();
@@ -485,7 +544,13 @@ impl Quotas {
     pub fn apply(&self, settings: Option<QuotaSettings>, rules: Vec<QuotaRule>) -> Vec<String> {
         let live = {
             let mut live = self.live.write().expect("quota lock");
-            if let Some(s) = settings {
+            if let Some(mut s) = settings {
+                if s.shared != live.settings.shared {
+                    tracing::warn!(
+                        "[quota.shared] differs from the one in force: kept as it is until the next restart"
+                    );
+                }
+                s.shared = live.settings.shared.clone();
                 live.settings = s;
             }
             live.rules = rules;
@@ -529,6 +594,15 @@ impl Quotas {
         }
         self.changed.send_modify(|v| *v += 1);
         n
+    }
+
+    /// A pause or resume from the admin API: in force here now, and
+    /// published to the tier with `[quota.shared]` (every replica, and any
+    /// that starts later, applies it). Returns how many entities exist for
+    /// it here, and whether it goes to the tier.
+    pub fn pause(&self, label: &str, paused: bool) -> (usize, bool) {
+        let n = self.set_paused(label, paused);
+        (n, self.tier.queue_pause(label, paused))
     }
 
     pub fn paused(&self) -> Vec<String> {

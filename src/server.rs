@@ -154,6 +154,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             log_stopped,
         )));
     }
+    if let Some(settings) = &config.quota.shared {
+        let setup = crate::quota::topic::Setup {
+            settings: settings.clone(),
+            upstream: config.upstream.clone(),
+            tls: shared.upstream_tls.clone(),
+            quotas: shared.quotas.clone(),
+        };
+        tasks.spawn(crate::quota::topic::run(setup, shared.shutdown.clone()));
+    }
     tasks.spawn(flush_store(shared.clone()));
     tasks.spawn(sample_quotas(shared.clone()));
     for tls in [shared.tls.clone(), shared.admin_tls.clone()]

@@ -144,6 +144,9 @@ impl Shared {
                     .into(),
             );
         }
+        if let Some(quota) = self.quotas.tier.degraded() {
+            why.push(quota.into());
+        }
         why
     }
 }

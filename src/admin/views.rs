@@ -277,18 +277,21 @@ pub(crate) fn quotas_set(rules: usize, changed: &[String]) -> String {
     body(&Set { rules, changed })
 }
 
-/// `POST /connectors/{name}/pause` (or `resume`).
-pub(crate) fn paused(connector: &str, paused: bool, entities: usize) -> String {
+/// `POST /connectors/{name}/pause` (or `resume`): `tier` says it goes to
+/// every replica (`[quota.shared]`), not this process alone.
+pub(crate) fn paused(connector: &str, paused: bool, entities: usize, tier: bool) -> String {
     #[derive(Serialize)]
     struct Paused<'a> {
         connector: &'a str,
         paused: bool,
         entities: usize,
+        tier: bool,
     }
     body(&Paused {
         connector,
         paused,
         entities,
+        tier,
     })
 }
 
@@ -354,10 +357,10 @@ mod tests {
 
     #[test]
     fn strings_are_escaped_and_whole_numbers_stay_whole() {
-        let text = paused("CN=a\\,O=\"x\"\n", true, 2);
+        let text = paused("CN=a\\,O=\"x\"\n", true, 2, false);
         assert_eq!(
             text,
-            "{\"connector\":\"CN=a\\\\,O=\\\"x\\\"\\n\",\"paused\":true,\"entities\":2}\n"
+            "{\"connector\":\"CN=a\\\\,O=\\\"x\\\"\\n\",\"paused\":true,\"entities\":2,\"tier\":false}\n"
         );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["connector"], "CN=a\\,O=\"x\"\n");

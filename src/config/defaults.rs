@@ -64,6 +64,12 @@ pub const SHARED_RETENTION_MARGIN: Duration = Duration::from_secs(3600);
 /// A connection's first Produce waits at most this for the shared window to
 /// read its topic to the end (measured lag: ~15 ms quiet, ~100 ms busy).
 pub const SHARED_CATCH_UP_WAIT: Duration = Duration::from_millis(500);
+/// `[quota.shared]`: the tier's usage and pause topic.
+pub const QUOTA_SHARED_TOPIC: &str = "_idemgate-quota";
+/// How often each process publishes its usage per quota subject.
+pub const QUOTA_REPORT_EVERY: Duration = Duration::from_secs(1);
+/// A peer not heard from for this long stops counting (three reports).
+pub const QUOTA_PEER_EXPIRY: Duration = Duration::from_secs(3);
 /// The shapes of Kafka Connect's internal topics, always left alone:
 /// `config.storage.topic`, `offset.storage.topic` (and a KIP-618
 /// connector's own `offsets.storage.topic`) and `status.storage.topic`

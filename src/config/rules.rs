@@ -8,7 +8,9 @@ use std::time::Duration;
 use toml::Table;
 
 use super::walk::Section;
-use super::{defaults, ConfigErrors, Dedup, Mode, Problem, QuotaRule, QuotaSettings, Rule};
+use super::{
+    defaults, ConfigErrors, Dedup, Mode, Problem, QuotaRule, QuotaSettings, Rule, SharedQuota,
+};
 
 /// A topic or connector name pattern: `*` any run of characters, `?` one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,11 +177,43 @@ pub(super) fn quota_settings(s: &mut Section<'_, '_>) -> QuotaSettings {
             Err(message) => s.problem(&format!("connector_patterns[{i}]"), message),
         }
     }
+    let shared = s.optional_section("shared", shared_quota);
     QuotaSettings {
         burst,
         max_throttle,
         max_hold,
         connector_patterns,
+        shared,
+    }
+}
+
+/// `[quota.shared]`.
+fn shared_quota(s: &mut Section<'_, '_>) -> SharedQuota {
+    let topic = super::topic_name(s, defaults::QUOTA_SHARED_TOPIC);
+    let replication_factor = super::replication_factor(s);
+    let report_every = s.duration("report_every", defaults::QUOTA_REPORT_EVERY);
+    if report_every < Duration::from_millis(100) || report_every > Duration::from_secs(10) {
+        s.problem(
+            "report_every",
+            format!("{report_every:?}: must be 100ms to 10s (the tier's view is this late)"),
+        );
+    }
+    let peer_expiry = s.duration("peer_expiry", defaults::QUOTA_PEER_EXPIRY);
+    if peer_expiry < report_every * 2 {
+        s.problem(
+            "peer_expiry",
+            format!(
+                "{peer_expiry:?}: must be at least twice report_every ({report_every:?}), or a live peer drops out between two of its reports"
+            ),
+        );
+    }
+    let sasl = s.optional_section("sasl", super::shared_sasl);
+    SharedQuota {
+        topic,
+        replication_factor,
+        report_every,
+        peer_expiry,
+        sasl,
     }
 }
 

@@ -43,9 +43,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rskafka::client::partition::{Compression, OffsetAt, PartitionClient, UnknownTopicHandling};
-use rskafka::client::{Client, ClientBuilder, Credentials, SaslConfig};
+use rskafka::client::Client;
 use rskafka::record::Record;
-use rskafka::BackoffConfig;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use super::sequences::{decode_shared, PointLog, Sequences};
@@ -290,74 +289,33 @@ impl Log {
 
     /// The client, with the topic created if missing.
     async fn connect(&self) -> Result<Client, String> {
-        let created = crate::upstream::create_topic(
+        let settings = &self.setup.settings;
+        let retention = (self.setup.window_len + settings.retention_margin).as_millis();
+        let configs = [
+            ("cleanup.policy", "delete".to_string()),
+            ("retention.ms", retention.to_string()),
+            // Kafka deletes whole closed segments only: without a roll time
+            // a quiet partition would keep a week of keys (the brokers'
+            // 7-day default), not the window.
+            (
+                "segment.ms",
+                settings.retention_margin.as_millis().max(60_000).to_string(),
+            ),
+        ];
+        let topic = crate::kafka_client::OwnTopic {
+            client_id: "idemgate-shared-window",
+            name: &settings.topic,
+            partitions: settings.partitions,
+            replication_factor: settings.replication_factor,
+            configs: &configs,
+        };
+        crate::kafka_client::connect(
             &self.setup.upstream,
             self.setup.tls.as_ref(),
-            &self.setup.settings.topic,
-            self.setup.settings.partitions,
-            self.setup.settings.replication_factor,
-            &[
-                ("cleanup.policy", "delete".to_string()),
-                (
-                    "retention.ms",
-                    (self.setup.window_len + self.setup.settings.retention_margin)
-                        .as_millis()
-                        .to_string(),
-                ),
-                // Kafka deletes whole closed segments only: without a roll
-                // time a quiet partition would keep a week of keys (the
-                // brokers' 7-day default), not the window.
-                (
-                    "segment.ms",
-                    self.setup
-                        .settings
-                        .retention_margin
-                        .as_millis()
-                        .max(60_000)
-                        .to_string(),
-                ),
-            ],
+            settings.sasl.as_ref(),
+            &topic,
         )
-        .await;
-        match created {
-            Ok(true) => {
-                tracing::info!(topic = %self.setup.settings.topic, partitions = self.setup.settings.partitions,
-                "shared window: topic created")
-            }
-            Ok(false) => {}
-            // With SASL the proxy's own connection (no SASL) is refused: the
-            // topic must then exist, which the client below finds out.
-            Err(e) => tracing::debug!(error = %e, "shared window: topic not created here"),
-        }
-        let mut builder = ClientBuilder::new(self.setup.upstream.bootstrap.clone())
-            .client_id("idemgate-shared-window")
-            .backoff_config(BackoffConfig {
-                deadline: Some(self.setup.upstream.request_timeout),
-                ..Default::default()
-            });
-        if let Some(tls) = &self.setup.tls {
-            builder = builder.tls_config(tls.client_config());
-        }
-        if let Some(sasl) = &self.setup.settings.sasl {
-            let credentials = Credentials::new(sasl.username.clone(), sasl.password.clone());
-            builder = builder.sasl_config(match sasl.mechanism.as_str() {
-                "PLAIN" => SaslConfig::Plain(credentials),
-                "SCRAM-SHA-256" => SaslConfig::ScramSha256(credentials),
-                _ => SaslConfig::ScramSha512(credentials),
-            });
-        }
-        let client = tokio::time::timeout(self.setup.upstream.connect_timeout * 3, builder.build())
-            .await
-            .map_err(|_| "connecting timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        let topics = client.list_topics().await.map_err(|e| e.to_string())?;
-        if !topics.iter().any(|t| t.name == self.setup.settings.topic) {
-            return Err(format!(
-                "topic {} does not exist and could not be created",
-                self.setup.settings.topic
-            ));
-        }
-        Ok(client)
+        .await
     }
 
     /// Publishes and tails until an error; a batch whose publish failed is

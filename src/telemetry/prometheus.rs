@@ -23,6 +23,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::codec::api_name;
+use crate::quota::tier::SLOTS;
 use crate::quota::{Counters, Entity, Quotas, KINDS};
 
 use super::dedup::FailOpen;
@@ -555,6 +556,7 @@ fn quotas(q: &Quotas, e: &mut DescriptorEncoder) -> Result<(), Error> {
         let v = i64::from(en.is_paused());
         sample(&mut f, &labels(en), ConstGauge::new(v))?;
     }
+    tier(q, &all, e)?;
     singles(
         e,
         [
@@ -568,6 +570,53 @@ fn quotas(q: &Quotas, e: &mut DescriptorEncoder) -> Result<(), Error> {
                 "Quota changes refused (the previous ones stay).",
                 One::Counter(q.reload_failures.load(Relaxed)),
             ),
+        ],
+    )
+}
+
+/// `[quota.shared]`'s series (zeros while it is off:
+/// `idemgate_quota_shared_enabled` says which).
+fn tier(q: &Quotas, all: &[Arc<Entity>], e: &mut DescriptorEncoder) -> Result<(), Error> {
+    let t = &q.tier;
+    let mut f = gauges(
+        e,
+        "idemgate_quota_tier_rate",
+        "Usage per second across the tier ([quota.shared]): this process's over its last report plus every live peer's, per connector, tenant and kind.",
+    )?;
+    for (key, rates) in t.rates(std::time::Instant::now()) {
+        for (slot, rate) in SLOTS.iter().zip(rates) {
+            let l = [
+                ("connector", V(key.label())),
+                ("tenant", V(key.tenant.as_deref().unwrap_or(""))),
+                ("kind", V(slot)),
+            ];
+            sample(&mut f, &l, ConstGauge::new(rate))?;
+        }
+    }
+    let mut f = counters(
+        e,
+        "idemgate_quota_peer_usage_total",
+        "Units other processes of the tier reported per connector, tenant and kind, charged to this process's quota buckets.",
+    )?;
+    for en in all {
+        let [connector, tenant] = labels(en);
+        for (slot, n) in SLOTS.iter().zip(&en.counters.peer) {
+            let l = [connector, tenant, ("kind", V(slot))];
+            sample(&mut f, &l, ConstCounter::new(n.load(Relaxed)))?;
+        }
+    }
+    let peers = i64::try_from(t.peers(std::time::Instant::now())).unwrap_or(i64::MAX);
+    singles(
+        e,
+        [
+            ("idemgate_quota_shared_enabled", "1 when [quota.shared] is on: quotas hold for the tier, through a Kafka topic.", One::Gauge(i64::from(t.enabled))),
+            ("idemgate_quota_shared_connected", "1 while the quota topic is reachable (0: quotas hold per process).", One::Gauge(i64::from(t.connected.load(Relaxed)))),
+            ("idemgate_quota_shared_caught_up", "1 once the quota topic was read to the end it had at the start (the tier's pauses are in force).", One::Gauge(i64::from(t.caught_up.load(Relaxed)))),
+            ("idemgate_quota_shared_peers", "Other processes whose last usage report is younger than quota.shared.peer_expiry.", One::Gauge(peers)),
+            ("idemgate_quota_shared_published_total", "Usage reports and pause records published to the quota topic.", One::Counter(t.published.load(Relaxed))),
+            ("idemgate_quota_shared_publish_failures_total", "Publishes to the quota topic that failed (the topic away): a usage report lost, or pauses sent again later.", One::Counter(t.publish_failures.load(Relaxed))),
+            ("idemgate_quota_shared_reports_read_total", "Peers' usage reports read and charged.", One::Counter(t.reports_read.load(Relaxed))),
+            ("idemgate_quota_shared_reports_stale_total", "Peers' usage reports read older than quota.shared.peer_expiry, not charged.", One::Counter(t.reports_stale.load(Relaxed))),
         ],
     )
 }
