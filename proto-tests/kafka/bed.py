@@ -661,7 +661,11 @@ retention_margin = "30m"
 
 
 def produce_acked(bootstrap: str, topic: str, values, marker: str):
-    """Writes `values` then `marker`, acks=all, one in flight (Connect's settings)."""
+    """Writes `values`, then (after they are acknowledged) `marker`, acks=all,
+    one in flight (Connect's settings). The marker goes in a batch of its own:
+    librdkafka numbers a batch's records from one base offset, so the proxy
+    removes replays only from batches that are replays whole (README,
+    "unnumbered")."""
     from confluent_kafka import Producer
     errors = []
     p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False,
@@ -669,6 +673,7 @@ def produce_acked(bootstrap: str, topic: str, values, marker: str):
                   "client.id": "connector-producer-shw-0"})
     for v in values:
         p.produce(topic, value=v.encode(), on_delivery=lambda e, _m: e and errors.append(e))
+    assert p.flush(60) == 0 and not errors, f"produce through {bootstrap}: {errors[:3]}"
     p.produce(topic, value=marker.encode(), on_delivery=lambda e, _m: e and errors.append(e))
     assert p.flush(60) == 0 and not errors, f"produce through {bootstrap}: {errors[:3]}"
 

@@ -299,7 +299,11 @@ impl Log {
             // 7-day default), not the window.
             (
                 "segment.ms",
-                settings.retention_margin.as_millis().max(60_000).to_string(),
+                settings
+                    .retention_margin
+                    .as_millis()
+                    .max(60_000)
+                    .to_string(),
             ),
         ];
         let topic = crate::kafka_client::OwnTopic {
@@ -621,6 +625,8 @@ impl Log {
             return;
         };
         let learned = transactions.ended_elsewhere(producer, committed);
+        // Keys learned from a peer, as its segments' would have been.
+        self.stats().keys_learned.fetch_add(learned as u64, Relaxed);
         if learned > 0 {
             tracing::debug!(
                 producer_id = producer.0,
