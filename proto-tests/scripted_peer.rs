@@ -4,6 +4,8 @@
 //! proxy's own ApiVersions + Metadata probe like a one-node cluster, and
 //! every other request as its script says.
 
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support;
@@ -19,6 +21,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 /// What the peer does with a request that is not part of the probe.
 #[derive(Clone, Copy, PartialEq)]
@@ -37,7 +40,21 @@ enum Script {
 
 struct Peer {
     addr: String,
+    /// What it saw, and what it holds back until the test says.
+    hooks: Arc<Hooks>,
     _broker: FakeBroker,
+}
+
+/// Holds and records, for tests that look at what the proxy itself sends.
+#[derive(Default)]
+struct Hooks {
+    /// When set, a DescribeConfigs is answered only once the test adds a
+    /// permit (one per answer), as a broker that hangs on it would.
+    describe_configs_gate: Option<Semaphore>,
+    /// DescribeConfigs requests answered so far.
+    describe_configs_answered: AtomicUsize,
+    /// Every Produce request frame the proxy forwarded, as it came.
+    produced: Mutex<Vec<Bytes>>,
 }
 
 fn frame(correlation_id: i32, flexible_header: bool, msg: &impl Encodable, version: i16) -> Bytes {
@@ -320,19 +337,27 @@ async fn assert_still_serves(proxy: &Proxy) {
 
 impl Peer {
     async fn start(script: Script) -> Peer {
+        Peer::start_hooked(script, Hooks::default()).await
+    }
+
+    async fn start_hooked(script: Script, hooks: Hooks) -> Peer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let broker = FakeBroker::serve(listener, move |s| serve(s, port, script));
+        let hooks = Arc::new(hooks);
+        let serving = hooks.clone();
+        let broker = FakeBroker::serve(listener, move |s| serve(s, port, script, serving.clone()));
         Peer {
             addr: broker.addr.clone(),
+            hooks,
             _broker: broker,
         }
     }
 }
 
 /// Serves one connection: the proxy's own probe (client id "idemgate") is
-/// answered plainly, everything else as the script says.
-async fn serve(mut s: TcpStream, port: u16, script: Script) {
+/// answered plainly, everything else as the script says; `hooks` hold back
+/// DescribeConfigs and record Produce requests, whoever sent them.
+async fn serve(mut s: TcpStream, port: u16, script: Script, hooks: Arc<Hooks>) {
     let mut held: Option<Bytes> = None;
     while let Some(request) = read_frame(&mut s).await {
         let client_id_len = i16::from_be_bytes([request[8], request[9]]).max(0) as usize;
@@ -340,6 +365,16 @@ async fn serve(mut s: TcpStream, port: u16, script: Script) {
         let Some(response) = answer(&request, port) else {
             continue;
         };
+        match ApiKey::try_from(i16::from_be_bytes([request[0], request[1]])) {
+            Ok(ApiKey::DescribeConfigs) => {
+                if let Some(gate) = &hooks.describe_configs_gate {
+                    gate.acquire().await.unwrap().forget();
+                }
+                hooks.describe_configs_answered.fetch_add(1, SeqCst);
+            }
+            Ok(ApiKey::Produce) => hooks.produced.lock().unwrap().push(request.clone()),
+            _ => {}
+        }
         if from_proxy_probe {
             s.write_all(&response).await.unwrap();
             continue;
@@ -933,4 +968,92 @@ async fn a_producer_retrying_its_own_batch_a_sink_already_read_goes_to_the_broke
         resp.responses.is_empty(),
         "answered by the proxy, not the broker: {resp:?}"
     );
+}
+
+/// The record batch of the first partition of a Produce request frame.
+fn produced_batch(frame: &[u8]) -> Bytes {
+    use kafka_protocol::protocol::Decodable;
+    let head = idemgate::codec::RequestHead::peek(frame).unwrap();
+    let mut body = Bytes::copy_from_slice(&frame[head.body_offset..]);
+    let req = ProduceRequest::decode(&mut body, head.api_version).unwrap();
+    req.topic_data[0].partition_data[0].records.clone().unwrap()
+}
+
+/// A tag grows a batch, so a Produce asks the topic's `max.message.bytes`
+/// (DescribeConfigs on the proxy's own connection) the first time. A broker
+/// that hangs on DescribeConfigs (librdkafka's mock cluster does) used to
+/// hold that Produce for the whole lookup (`upstream.request_timeout`, here
+/// 60 s). Now it waits at most `dedup.topic_config_wait`, then goes on
+/// untagged (still deduplicated), counted as a fail-open of its own; the
+/// lookup goes on, and once the broker answers, batches are tagged again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_hanging_on_describe_configs_holds_a_produce_only_topic_config_wait() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::ProduceResponse;
+    use kafka_protocol::records::RecordBatchDecoder;
+    const WAITED_OUT: &str = "idemgate_dedup_fail_open_total{reason=\"topic_config_wait\"}";
+    let hooks = Hooks {
+        describe_configs_gate: Some(Semaphore::new(0)),
+        ..Hooks::default()
+    };
+    let peer = Peer::start_hooked(Script::Kafka, hooks).await;
+    let proxy = Proxy::start_full(
+        &peer.addr,
+        "",
+        "request_timeout = \"60s\"",
+        "[dedup]\ntopic_config_wait = \"2s\"\n\
+         [[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\n",
+    )
+    .await;
+    let produce = |records: Bytes| {
+        ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(1000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(StrBytes::from_static_str("t").into())
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(records))])])
+    };
+    let tagged = |batch: Bytes| {
+        let mut batch = batch;
+        let set = RecordBatchDecoder::decode(&mut batch).unwrap();
+        set.records
+            .iter()
+            .all(|r| r.headers.keys().any(|k| k.as_str() == "idempotency-key"))
+    };
+
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    let first = batch(0, -1, &["first"], None);
+    let _: ProduceResponse = conn
+        .call(ApiKey::Produce, 9, 1, &produce(first.clone()))
+        .await;
+    assert_eq!(
+        peer.hooks.describe_configs_answered.load(SeqCst),
+        0,
+        "answered while DescribeConfigs still hangs"
+    );
+    let forwarded = peer.hooks.produced.lock().unwrap()[0].clone();
+    assert_eq!(produced_batch(&forwarded), first, "the client's own bytes");
+    assert_eq!(proxy.metric(WAITED_OUT).await, 1.0, "one record");
+
+    // The broker answers the lookup still in flight: the next batch is
+    // tagged, and nothing is asked again.
+    peer.hooks
+        .describe_configs_gate
+        .as_ref()
+        .unwrap()
+        .add_permits(1);
+    let _: ProduceResponse = conn
+        .call(
+            ApiKey::Produce,
+            9,
+            2,
+            &produce(batch(0, -1, &["second"], None)),
+        )
+        .await;
+    let forwarded = peer.hooks.produced.lock().unwrap()[1].clone();
+    assert!(tagged(produced_batch(&forwarded)), "tagged once known");
+    assert_eq!(proxy.metric(WAITED_OUT).await, 1.0);
+    assert_eq!(peer.hooks.describe_configs_answered.load(SeqCst), 1);
 }

@@ -141,7 +141,6 @@ impl TopicConfigs {
     /// brokers would not say), else [`Late`]. The lookup runs in a task of
     /// its own and goes on after `wait`, so a later request finds its
     /// answer in the cache.
-    #[allow(dead_code)] // called by dedup_produce.rs from the next commit
     pub async fn get_within(
         self: &Arc<Self>,
         topic: &str,
