@@ -55,7 +55,15 @@ struct Hooks {
     describe_configs_answered: AtomicUsize,
     /// Every Produce request frame the proxy forwarded, as it came.
     produced: Mutex<Vec<Bytes>>,
+    /// Every StreamsGroupHeartbeat request frame, as it came.
+    streams_heartbeats: Mutex<Vec<Bytes>>,
 }
+
+/// StreamsGroupHeartbeat (88, KIP-1071): a key kafka-protocol 0.18 does not
+/// know. The peer answers it with [`STREAMS_ANSWER`] after the correlation
+/// id; the proxy must carry both ways without reading either.
+const STREAMS_GROUP_HEARTBEAT: i16 = 88;
+const STREAMS_ANSWER: &[u8] = b"\0 a StreamsGroupHeartbeat answer nobody decodes";
 
 fn frame(correlation_id: i32, flexible_header: bool, msg: &impl Encodable, version: i16) -> Bytes {
     let mut b = BytesMut::new();
@@ -95,6 +103,11 @@ fn answer(request: &[u8], port: u16) -> Option<Bytes> {
                     .with_min_version(r.min)
                     .with_max_version(r.max)
             })
+            // A StreamsGroupHeartbeat newer than the proxy has checked.
+            .chain([ApiVersion::default()
+                .with_api_key(STREAMS_GROUP_HEARTBEAT)
+                .with_min_version(0)
+                .with_max_version(3)])
             .collect();
             // Always header v0 for ApiVersions.
             Some(frame(
@@ -362,6 +375,19 @@ async fn serve(mut s: TcpStream, port: u16, script: Script, hooks: Arc<Hooks>) {
     while let Some(request) = read_frame(&mut s).await {
         let client_id_len = i16::from_be_bytes([request[8], request[9]]).max(0) as usize;
         let from_proxy_probe = &request[10..10 + client_id_len] == b"idemgate";
+        if request[..2] == STREAMS_GROUP_HEARTBEAT.to_be_bytes() {
+            hooks
+                .streams_heartbeats
+                .lock()
+                .unwrap()
+                .push(request.clone());
+            let mut answer = BytesMut::new();
+            answer.put_i32((4 + STREAMS_ANSWER.len()) as i32);
+            answer.put_slice(&request[4..8]); // correlation_id
+            answer.put_slice(STREAMS_ANSWER);
+            s.write_all(&answer).await.unwrap();
+            continue;
+        }
         let Some(response) = answer(&request, port) else {
             continue;
         };
@@ -1056,4 +1082,81 @@ async fn a_broker_hanging_on_describe_configs_holds_a_produce_only_topic_config_
     assert!(tagged(produced_batch(&forwarded)), "tagged once known");
     assert_eq!(proxy.metric(WAITED_OUT).await, 1.0);
     assert_eq!(peer.hooks.describe_configs_answered.load(SeqCst), 1);
+}
+
+/// A StreamsGroupHeartbeat v1 request (header v2), its body opaque to the
+/// proxy: whatever the client wrote must reach the broker as written.
+fn streams_group_heartbeat(correlation_id: i32) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i16(STREAMS_GROUP_HEARTBEAT);
+    b.put_i16(1);
+    b.put_i32(correlation_id);
+    b.put_i16(11);
+    b.put_slice(b"streams-app");
+    b.put_u8(0); // header tagged fields
+    b.put_slice(b"\x06group\x00\x00\x00\x00\xff\xfe not decoded by the proxy\x00");
+    b.freeze()
+}
+
+/// StreamsGroupHeartbeat (KIP-1071, Kafka 4.2+) is an API key kafka-protocol
+/// 0.18 does not know. The proxy used to leave it out of ApiVersions and
+/// close the connection that sent it, so a Kafka Streams application with
+/// `group.protocol=streams` could not run through it. Now it is advertised
+/// up to the version whose schema was checked (v1, though the broker offers
+/// v3), forwarded byte for byte but for the correlation id (the proxy's own
+/// upstream), answered byte for byte in its place among pipelined requests;
+/// a version above the checked one still closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_the_crate_does_not_know_passes_byte_for_byte() {
+    let peer = Peer::start(Script::Kafka).await;
+    let proxy = Proxy::start_with(&peer.addr, "").await;
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    let advertised: ApiVersionsResponse = conn
+        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
+        .await;
+    let heartbeat = advertised
+        .api_keys
+        .iter()
+        .find(|v| v.api_key == STREAMS_GROUP_HEARTBEAT)
+        .map(|v| (v.min_version, v.max_version));
+    assert_eq!(heartbeat, Some((0, 1)), "advertised, cut to v1");
+
+    // Pipelined: ApiVersions, StreamsGroupHeartbeat, ApiVersions.
+    let request = streams_group_heartbeat(3);
+    let mut wire = BytesMut::new();
+    for f in [api_versions(2), request.clone(), api_versions(4)] {
+        wire.put_i32(f.len() as i32);
+        wire.extend_from_slice(&f);
+    }
+    conn.send_raw(&wire).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(conn.recv_frame().await.expect("an answer"));
+    }
+    let ids: Vec<i32> = got
+        .iter()
+        .map(|f| i32::from_be_bytes(f[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(ids, [2, 3, 4], "in order");
+    assert_eq!(
+        &got[1][4..],
+        STREAMS_ANSWER,
+        "the broker's answer, byte for byte"
+    );
+    let seen = peer.hooks.streams_heartbeats.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (&seen[0][..4], &seen[0][8..]),
+        (&request[..4], &request[8..]),
+        "the client's request, byte for byte but for the correlation id"
+    );
+
+    // v2: not checked, not advertised; it closes like any unadvertised
+    // version, and never reaches the broker.
+    let mut v2 = BytesMut::from(&streams_group_heartbeat(5)[..]);
+    v2[2..4].copy_from_slice(&2i16.to_be_bytes());
+    conn.send_frame(&v2).await;
+    assert_eq!(conn.recv_frame().await, None, "closed");
+    assert_eq!(peer.hooks.streams_heartbeats.lock().unwrap().len(), 1);
+    assert_still_serves(&proxy).await;
 }
