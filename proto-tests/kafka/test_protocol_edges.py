@@ -6,7 +6,8 @@ passed through untouched or neither advertised nor let through.
   88, StreamsGroupDescribe 89); kafka-protocol 0.18, which the proxy reads
   headers with, does not know them. Their schemas name no broker address,
   so the proxy advertises them at the broker's versions (up to the ones
-  checked, src/codec.rs RAW_APIS) and forwards them byte for byte.
+  checked, src/codec.rs RAW_APIS) and forwards them byte for byte: a Kafka
+  Streams application runs through it with group.protocol=streams.
 - Produce v13 (topic ids) is the broker's newest, the proxy advertises v12
   and closes a connection that sends v13, as Kafka 4.4 closes one whose
   version it does not enable.
@@ -15,8 +16,13 @@ passed through untouched or neither advertised nor let through.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
+
+from confluent_kafka import Producer
+
+from bed import java_client, read_topic, unique
 
 RULE = """
 [dedup]
@@ -177,3 +183,36 @@ def test_produce_v13_is_not_advertised_nor_accepted(kafka, proxies):
 
     # The proxy still serves after each refusal.
     assert api_versions(proxy.bootstrap) == ours
+
+
+def test_a_kafka_streams_application_runs_through_the_proxy_with_the_streams_protocol(kafka, proxies):
+    """Kafka Streams 4.4 with group.protocol=streams (KIP-1071): its member
+    joins with StreamsGroupHeartbeat and Admin describes the group with
+    StreamsGroupDescribe, both through the proxy. With the APIs left out of
+    ApiVersions the application could not start (the broker, it was told,
+    does not support them)."""
+    proxy = proxies(kafka.bootstrap, RULE)
+    source, sink, app = unique("streams-in"), unique("streams-out"), unique("streams-app")
+    kafka.create_topic(source, partitions=1)
+    kafka.create_topic(sink, partitions=1)
+    values = [f"v{i}" for i in range(200)] + ["end"]
+    p = Producer({"bootstrap.servers": kafka.bootstrap})
+    for v in values:
+        p.produce(source, value=v.encode())
+    assert p.flush(30) == 0
+
+    run = java_client("dev.idemgate.testclient.Main", "streams", "--bootstrap", proxy.bootstrap, "--input", source,
+                      "--output", sink, "--application-id", app, "--until", "end",
+                      "--group-protocol", "streams")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    group = next(e for e in events if e["event"] == "group")
+    assert "error" not in group, group
+    assert (group["group"], group["members"]) == (app, 1), group
+    # The coordinator Admin found is the proxy, never the broker itself.
+    assert group["coordinator"] != kafka.bootstrap, group
+    assert group["coordinator"].rsplit(":", 1)[0] == proxy.bootstrap.rsplit(":", 1)[0], group
+
+    # Every record went through the application once, in order.
+    out = read_topic(kafka.bootstrap, sink, until=lambda rs: any(r.value() == b"END" for r in rs))
+    assert [r.value().decode() for r in out] == [v.upper() for v in values]
