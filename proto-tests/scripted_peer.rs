@@ -339,6 +339,18 @@ fn drop_rule(key: &str, more: &str) -> String {
     format!("[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"{key}\"\nmode = \"drop\"\n{more}")
 }
 
+/// The (min, max) versions of `api_key` the proxy advertises on `conn`
+/// (an ApiVersions v3, correlation id 1).
+async fn advertised(conn: &mut RawConn, api_key: i16) -> Option<(i16, i16)> {
+    let resp: ApiVersionsResponse = conn
+        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
+        .await;
+    resp.api_keys
+        .iter()
+        .find(|v| v.api_key == api_key)
+        .map(|v| (v.min_version, v.max_version))
+}
+
 /// A new connection's ApiVersions is answered.
 async fn assert_still_serves(proxy: &Proxy) {
     let mut next = RawConn::connect(&proxy.bootstrap).await;
@@ -745,6 +757,19 @@ async fn read_committed_passes_aborted_records_untouched_and_learns_nothing_from
     assert_eq!(txn, vec![(6, "f".to_string()), (7, "a".to_string())]);
 }
 
+/// A Produce of `records` to partition 0 of "t", acks=all.
+fn produce_to_t(records: Bytes) -> ProduceRequest {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(StrBytes::from_static_str("t").into())
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records))])])
+}
+
 /// A Produce carrying `bytes` of (opaque) records, acks=1.
 fn big_produce(bytes: usize) -> ProduceRequest {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -864,17 +889,10 @@ fn produce_v13(correlation_id: i32, topics: &[(u128, Bytes)]) -> Vec<u8> {
 /// topic's identical record was dropped as a replay of the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_above_the_advertised_version_closes_like_kafka_and_is_never_filtered() {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     let (_peer, proxy) = behind_proxy(Script::Kafka, &drop_rule("content", "")).await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
-    let advertised: ApiVersionsResponse = conn
-        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
-        .await;
-    let produce = advertised.api_keys.iter().find(|v| v.api_key == 0).unwrap();
-    assert_eq!(
-        produce.max_version, 12,
-        "the peer has v13, the proxy stops at v12"
-    );
+    let produce = advertised(&mut conn, ApiKey::Produce as i16).await.unwrap();
+    assert_eq!(produce.1, 12, "the peer has v13, the proxy stops at v12");
 
     let frame = produce_v13(
         2,
@@ -905,14 +923,7 @@ async fn produce_above_the_advertised_version_closes_like_kafka_and_is_never_fil
     );
     // v12, by name, still goes through.
     let mut next = RawConn::connect(&proxy.bootstrap).await;
-    let v12 = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(1000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(StrBytes::from_static_str("t").into())
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(batch(0, -1, &["same"], None)))])]);
+    let v12 = produce_to_t(batch(0, -1, &["same"], None));
     let _: kafka_protocol::messages::ProduceResponse =
         next.call(ApiKey::Produce, 12, 3, &v12).await;
 }
@@ -925,15 +936,8 @@ async fn produce_above_the_advertised_version_closes_like_kafka_and_is_never_fil
 async fn sasl_handshake_v0_is_not_advertised_and_closes() {
     let (_peer, proxy) = behind_proxy(Script::Kafka, "").await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
-    let advertised: ApiVersionsResponse = conn
-        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
-        .await;
-    let handshake = advertised
-        .api_keys
-        .iter()
-        .find(|v| v.api_key == ApiKey::SaslHandshake as i16)
-        .unwrap();
-    assert_eq!((handshake.min_version, handshake.max_version), (1, 1));
+    let handshake = advertised(&mut conn, ApiKey::SaslHandshake as i16).await;
+    assert_eq!(handshake, Some((1, 1)));
 
     let req = kafka_protocol::messages::SaslHandshakeRequest::default()
         .with_mechanism(StrBytes::from_static_str("PLAIN"));
@@ -1014,7 +1018,6 @@ fn produced_batch(frame: &[u8]) -> Bytes {
 /// lookup goes on, and once the broker answers, batches are tagged again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_hanging_on_describe_configs_holds_a_produce_only_topic_config_wait() {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::ProduceResponse;
     use kafka_protocol::records::RecordBatchDecoder;
     const WAITED_OUT: &str = "idemgate_dedup_fail_open_total{reason=\"topic_config_wait\"}";
@@ -1031,16 +1034,6 @@ async fn a_broker_hanging_on_describe_configs_holds_a_produce_only_topic_config_
          [[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\n",
     )
     .await;
-    let produce = |records: Bytes| {
-        ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(1000)
-            .with_topic_data(vec![TopicProduceData::default()
-                .with_name(StrBytes::from_static_str("t").into())
-                .with_partition_data(vec![PartitionProduceData::default()
-                    .with_index(0)
-                    .with_records(Some(records))])])
-    };
     let tagged = |batch: Bytes| {
         let mut batch = batch;
         let set = RecordBatchDecoder::decode(&mut batch).unwrap();
@@ -1052,7 +1045,7 @@ async fn a_broker_hanging_on_describe_configs_holds_a_produce_only_topic_config_
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
     let first = batch(0, -1, &["first"], None);
     let _: ProduceResponse = conn
-        .call(ApiKey::Produce, 9, 1, &produce(first.clone()))
+        .call(ApiKey::Produce, 9, 1, &produce_to_t(first.clone()))
         .await;
     assert_eq!(
         peer.hooks.describe_configs_answered.load(SeqCst),
@@ -1075,7 +1068,7 @@ async fn a_broker_hanging_on_describe_configs_holds_a_produce_only_topic_config_
             ApiKey::Produce,
             9,
             2,
-            &produce(batch(0, -1, &["second"], None)),
+            &produce_to_t(batch(0, -1, &["second"], None)),
         )
         .await;
     let forwarded = peer.hooks.produced.lock().unwrap()[1].clone();
@@ -1111,14 +1104,7 @@ async fn an_api_key_the_crate_does_not_know_passes_byte_for_byte() {
     let peer = Peer::start(Script::Kafka).await;
     let proxy = Proxy::start_with(&peer.addr, "").await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
-    let advertised: ApiVersionsResponse = conn
-        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
-        .await;
-    let heartbeat = advertised
-        .api_keys
-        .iter()
-        .find(|v| v.api_key == STREAMS_GROUP_HEARTBEAT)
-        .map(|v| (v.min_version, v.max_version));
+    let heartbeat = advertised(&mut conn, STREAMS_GROUP_HEARTBEAT).await;
     assert_eq!(heartbeat, Some((0, 1)), "advertised, cut to v1");
 
     // Pipelined: ApiVersions, StreamsGroupHeartbeat, ApiVersions.
