@@ -1016,6 +1016,9 @@ fn produced_batch(frame: &[u8]) -> Bytes {
 /// 60 s). Now it waits at most `dedup.topic_config_wait`, then goes on
 /// untagged (still deduplicated), counted as a fail-open of its own; the
 /// lookup goes on, and once the broker answers, batches are tagged again.
+/// The wait is once per topic, not per partition: the first request's
+/// three partitions would wait 3 x 8 s, past the 20 s the test waits for
+/// an answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_hanging_on_describe_configs_holds_a_produce_only_topic_config_wait() {
     use kafka_protocol::messages::ProduceResponse;
@@ -1030,7 +1033,7 @@ async fn a_broker_hanging_on_describe_configs_holds_a_produce_only_topic_config_
         &peer.addr,
         "",
         "request_timeout = \"60s\"",
-        "[dedup]\ntopic_config_wait = \"2s\"\n\
+        "[dedup]\ntopic_config_wait = \"8s\"\n\
          [[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\n",
     )
     .await;
@@ -1044,9 +1047,14 @@ async fn a_broker_hanging_on_describe_configs_holds_a_produce_only_topic_config_
 
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
     let first = batch(0, -1, &["first"], None);
-    let _: ProduceResponse = conn
-        .call(ApiKey::Produce, 9, 1, &produce_to_t(first.clone()))
-        .await;
+    let mut three = produce_to_t(first.clone());
+    for (index, value) in [(1, "first-1"), (2, "first-2")] {
+        let mut partition = three.topic_data[0].partition_data[0].clone();
+        partition.index = index;
+        partition.records = Some(batch(0, -1, &[value], None));
+        three.topic_data[0].partition_data.push(partition);
+    }
+    let _: ProduceResponse = conn.call(ApiKey::Produce, 9, 1, &three).await;
     assert_eq!(
         peer.hooks.describe_configs_answered.load(SeqCst),
         0,
@@ -1054,26 +1062,41 @@ async fn a_broker_hanging_on_describe_configs_holds_a_produce_only_topic_config_
     );
     let forwarded = peer.hooks.produced.lock().unwrap()[0].clone();
     assert_eq!(produced_batch(&forwarded), first, "the client's own bytes");
-    assert_eq!(proxy.metric(WAITED_OUT).await, 1.0, "one record");
+    assert_eq!(
+        proxy.metric(WAITED_OUT).await,
+        3.0,
+        "a record per partition"
+    );
 
-    // The broker answers the lookup still in flight: the next batch is
-    // tagged, and nothing is asked again.
+    // The broker answers the lookup still in flight. Batches sent before
+    // the proxy has read that answer still go untagged, without waiting
+    // (the topic's wait ran out once); then they are tagged, and nothing
+    // is asked again.
     peer.hooks
         .describe_configs_gate
         .as_ref()
         .unwrap()
         .add_permits(1);
-    let _: ProduceResponse = conn
-        .call(
-            ApiKey::Produce,
-            9,
-            2,
-            &produce_to_t(batch(0, -1, &["second"], None)),
-        )
-        .await;
-    let forwarded = peer.hooks.produced.lock().unwrap()[1].clone();
-    assert!(tagged(produced_batch(&forwarded)), "tagged once known");
-    assert_eq!(proxy.metric(WAITED_OUT).await, 1.0);
+    let mut untagged = 0.0;
+    for i in 0.. {
+        assert!(i < 100, "never tagged after the broker answered");
+        let value = format!("after-{i}");
+        let _: ProduceResponse = conn
+            .call(
+                ApiKey::Produce,
+                9,
+                2 + i,
+                &produce_to_t(batch(0, -1, &[&value], None)),
+            )
+            .await;
+        let forwarded = peer.hooks.produced.lock().unwrap()[1 + i as usize].clone();
+        if tagged(produced_batch(&forwarded)) {
+            break;
+        }
+        untagged += 1.0;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(proxy.metric(WAITED_OUT).await, 3.0 + untagged);
     assert_eq!(peer.hooks.describe_configs_answered.load(SeqCst), 1);
 }
 

@@ -209,7 +209,8 @@ pub struct Dedup {
     pub load_wait: Duration,
     /// How long a Produce whose tags grow a batch waits for the topic's
     /// `max.message.bytes` the first time (DescribeConfigs), before the
-    /// batch goes on untagged; the lookup goes on in the background.
+    /// batch goes on untagged; the lookup goes on in the background, and
+    /// the topic's batches until it answers do not wait again.
     pub topic_config_wait: Duration,
     /// How often the window is written to disk.
     pub flush_interval: Duration,

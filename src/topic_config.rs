@@ -52,11 +52,20 @@ pub struct TopicConfigs {
     content_drop_checked: Mutex<std::collections::HashSet<String>>,
     /// Lookups running in a task of their own for [`Self::get_within`],
     /// until their answer is in `cache`.
-    background: Mutex<HashMap<String, Lookup>>,
+    background: Mutex<HashMap<String, Background>>,
 }
 
 /// A lookup that goes on whether or not anyone still waits for it.
 type Lookup = Shared<BoxFuture<'static, Option<DescribedTopic>>>;
+
+#[derive(Clone)]
+struct Background {
+    lookup: Lookup,
+    /// A wait for it ran out: nobody waits again while it runs, so a
+    /// request's other partitions of the topic, and the requests after it,
+    /// go on at once (with N partitions, N waits would add up).
+    overdue: Arc<AtomicBool>,
+}
 
 /// A topic's settings were not known within the wait; the lookup goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +149,8 @@ impl TopicConfigs {
     /// `topic`'s settings if they are known within `wait` (`Ok(None)`: the
     /// brokers would not say), else [`Late`]. The lookup runs in a task of
     /// its own and goes on after `wait`, so a later request finds its
-    /// answer in the cache.
+    /// answer in the cache; once one wait for it ran out, the others do not
+    /// wait (one wait per topic and lookup, not per partition).
     pub async fn get_within(
         self: &Arc<Self>,
         topic: &str,
@@ -149,18 +159,26 @@ impl TopicConfigs {
         if let Some(known) = self.cache.get(topic).await {
             return Ok(known);
         }
-        tokio::time::timeout(wait, self.in_background(topic))
-            .await
-            .map_err(|_| Late)
+        let Background { lookup, overdue } = self.in_background(topic);
+        if overdue.load(Relaxed) {
+            return lookup.now_or_never().ok_or(Late);
+        }
+        match tokio::time::timeout(wait, lookup).await {
+            Ok(found) => Ok(found),
+            Err(_) => {
+                overdue.store(true, Relaxed);
+                Err(Late)
+            }
+        }
     }
 
     /// The lookup of `topic` running in its own task, started if none is.
-    fn in_background(self: &Arc<Self>, topic: &str) -> Lookup {
+    fn in_background(self: &Arc<Self>, topic: &str) -> Background {
         // Held while the task is spawned and listed: the task unlists itself
         // under this lock, so it can never do so before it is listed.
         let mut running = self.background.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(lookup) = running.get(topic) {
-            return lookup.clone();
+        if let Some(background) = running.get(topic) {
+            return background.clone();
         }
         let configs = self.clone();
         let name = topic.to_string();
@@ -174,9 +192,12 @@ impl TopicConfigs {
             found
         });
         // A lookup that panicked knows nothing.
-        let lookup = task.map(|joined| joined.ok().flatten()).boxed().shared();
-        running.insert(topic.to_string(), lookup.clone());
-        lookup
+        let background = Background {
+            lookup: task.map(|joined| joined.ok().flatten()).boxed().shared(),
+            overdue: Arc::default(),
+        };
+        running.insert(topic.to_string(), background.clone());
+        background
     }
 
     async fn describe(&self, topic: &str) -> Option<DescribedTopic> {
