@@ -4,6 +4,8 @@
 //! proxy's own ApiVersions + Metadata probe like a one-node cluster, and
 //! every other request as its script says.
 
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::support;
@@ -19,6 +21,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Encodable, StrBytes};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 /// What the peer does with a request that is not part of the probe.
 #[derive(Clone, Copy, PartialEq)]
@@ -37,8 +40,30 @@ enum Script {
 
 struct Peer {
     addr: String,
+    /// What it saw, and what it holds back until the test says.
+    hooks: Arc<Hooks>,
     _broker: FakeBroker,
 }
+
+/// Holds and records, for tests that look at what the proxy itself sends.
+#[derive(Default)]
+struct Hooks {
+    /// When set, a DescribeConfigs is answered only once the test adds a
+    /// permit (one per answer), as a broker that hangs on it would.
+    describe_configs_gate: Option<Semaphore>,
+    /// DescribeConfigs requests answered so far.
+    describe_configs_answered: AtomicUsize,
+    /// Every Produce request frame the proxy forwarded, as it came.
+    produced: Mutex<Vec<Bytes>>,
+    /// Every StreamsGroupHeartbeat request frame, as it came.
+    streams_heartbeats: Mutex<Vec<Bytes>>,
+}
+
+/// StreamsGroupHeartbeat (88, KIP-1071): a key kafka-protocol 0.18 does not
+/// know. The peer answers it with [`STREAMS_ANSWER`] after the correlation
+/// id; the proxy must carry both ways without reading either.
+const STREAMS_GROUP_HEARTBEAT: i16 = 88;
+const STREAMS_ANSWER: &[u8] = b"\0 a StreamsGroupHeartbeat answer nobody decodes";
 
 fn frame(correlation_id: i32, flexible_header: bool, msg: &impl Encodable, version: i16) -> Bytes {
     let mut b = BytesMut::new();
@@ -78,6 +103,11 @@ fn answer(request: &[u8], port: u16) -> Option<Bytes> {
                     .with_min_version(r.min)
                     .with_max_version(r.max)
             })
+            // A StreamsGroupHeartbeat newer than the proxy has checked.
+            .chain([ApiVersion::default()
+                .with_api_key(STREAMS_GROUP_HEARTBEAT)
+                .with_min_version(0)
+                .with_max_version(3)])
             .collect();
             // Always header v0 for ApiVersions.
             Some(frame(
@@ -309,6 +339,18 @@ fn drop_rule(key: &str, more: &str) -> String {
     format!("[dedup]\n[[dedup.rules]]\ntopics = \"*\"\nkey = \"{key}\"\nmode = \"drop\"\n{more}")
 }
 
+/// The (min, max) versions of `api_key` the proxy advertises on `conn`
+/// (an ApiVersions v3, correlation id 1).
+async fn advertised(conn: &mut RawConn, api_key: i16) -> Option<(i16, i16)> {
+    let resp: ApiVersionsResponse = conn
+        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
+        .await;
+    resp.api_keys
+        .iter()
+        .find(|v| v.api_key == api_key)
+        .map(|v| (v.min_version, v.max_version))
+}
+
 /// A new connection's ApiVersions is answered.
 async fn assert_still_serves(proxy: &Proxy) {
     let mut next = RawConn::connect(&proxy.bootstrap).await;
@@ -320,26 +362,57 @@ async fn assert_still_serves(proxy: &Proxy) {
 
 impl Peer {
     async fn start(script: Script) -> Peer {
+        Peer::start_hooked(script, Hooks::default()).await
+    }
+
+    async fn start_hooked(script: Script, hooks: Hooks) -> Peer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let broker = FakeBroker::serve(listener, move |s| serve(s, port, script));
+        let hooks = Arc::new(hooks);
+        let serving = hooks.clone();
+        let broker = FakeBroker::serve(listener, move |s| serve(s, port, script, serving.clone()));
         Peer {
             addr: broker.addr.clone(),
+            hooks,
             _broker: broker,
         }
     }
 }
 
 /// Serves one connection: the proxy's own probe (client id "idemgate") is
-/// answered plainly, everything else as the script says.
-async fn serve(mut s: TcpStream, port: u16, script: Script) {
+/// answered plainly, everything else as the script says; `hooks` hold back
+/// DescribeConfigs and record Produce requests, whoever sent them.
+async fn serve(mut s: TcpStream, port: u16, script: Script, hooks: Arc<Hooks>) {
     let mut held: Option<Bytes> = None;
     while let Some(request) = read_frame(&mut s).await {
         let client_id_len = i16::from_be_bytes([request[8], request[9]]).max(0) as usize;
         let from_proxy_probe = &request[10..10 + client_id_len] == b"idemgate";
+        if request[..2] == STREAMS_GROUP_HEARTBEAT.to_be_bytes() {
+            hooks
+                .streams_heartbeats
+                .lock()
+                .unwrap()
+                .push(request.clone());
+            let mut answer = BytesMut::new();
+            answer.put_i32((4 + STREAMS_ANSWER.len()) as i32);
+            answer.put_slice(&request[4..8]); // correlation_id
+            answer.put_slice(STREAMS_ANSWER);
+            s.write_all(&answer).await.unwrap();
+            continue;
+        }
         let Some(response) = answer(&request, port) else {
             continue;
         };
+        match ApiKey::try_from(i16::from_be_bytes([request[0], request[1]])) {
+            Ok(ApiKey::DescribeConfigs) => {
+                if let Some(gate) = &hooks.describe_configs_gate {
+                    gate.acquire().await.unwrap().forget();
+                }
+                hooks.describe_configs_answered.fetch_add(1, SeqCst);
+            }
+            Ok(ApiKey::Produce) => hooks.produced.lock().unwrap().push(request.clone()),
+            _ => {}
+        }
         if from_proxy_probe {
             s.write_all(&response).await.unwrap();
             continue;
@@ -684,6 +757,19 @@ async fn read_committed_passes_aborted_records_untouched_and_learns_nothing_from
     assert_eq!(txn, vec![(6, "f".to_string()), (7, "a".to_string())]);
 }
 
+/// A Produce of `records` to partition 0 of "t", acks=all.
+fn produce_to_t(records: Bytes) -> ProduceRequest {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(StrBytes::from_static_str("t").into())
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records))])])
+}
+
 /// A Produce carrying `bytes` of (opaque) records, acks=1.
 fn big_produce(bytes: usize) -> ProduceRequest {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
@@ -803,17 +889,10 @@ fn produce_v13(correlation_id: i32, topics: &[(u128, Bytes)]) -> Vec<u8> {
 /// topic's identical record was dropped as a replay of the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_above_the_advertised_version_closes_like_kafka_and_is_never_filtered() {
-    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     let (_peer, proxy) = behind_proxy(Script::Kafka, &drop_rule("content", "")).await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
-    let advertised: ApiVersionsResponse = conn
-        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
-        .await;
-    let produce = advertised.api_keys.iter().find(|v| v.api_key == 0).unwrap();
-    assert_eq!(
-        produce.max_version, 12,
-        "the peer has v13, the proxy stops at v12"
-    );
+    let produce = advertised(&mut conn, ApiKey::Produce as i16).await.unwrap();
+    assert_eq!(produce.1, 12, "the peer has v13, the proxy stops at v12");
 
     let frame = produce_v13(
         2,
@@ -844,14 +923,7 @@ async fn produce_above_the_advertised_version_closes_like_kafka_and_is_never_fil
     );
     // v12, by name, still goes through.
     let mut next = RawConn::connect(&proxy.bootstrap).await;
-    let v12 = ProduceRequest::default()
-        .with_acks(-1)
-        .with_timeout_ms(1000)
-        .with_topic_data(vec![TopicProduceData::default()
-            .with_name(StrBytes::from_static_str("t").into())
-            .with_partition_data(vec![PartitionProduceData::default()
-                .with_index(0)
-                .with_records(Some(batch(0, -1, &["same"], None)))])]);
+    let v12 = produce_to_t(batch(0, -1, &["same"], None));
     let _: kafka_protocol::messages::ProduceResponse =
         next.call(ApiKey::Produce, 12, 3, &v12).await;
 }
@@ -864,15 +936,8 @@ async fn produce_above_the_advertised_version_closes_like_kafka_and_is_never_fil
 async fn sasl_handshake_v0_is_not_advertised_and_closes() {
     let (_peer, proxy) = behind_proxy(Script::Kafka, "").await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
-    let advertised: ApiVersionsResponse = conn
-        .call(ApiKey::ApiVersions, 3, 1, &support::client_software())
-        .await;
-    let handshake = advertised
-        .api_keys
-        .iter()
-        .find(|v| v.api_key == ApiKey::SaslHandshake as i16)
-        .unwrap();
-    assert_eq!((handshake.min_version, handshake.max_version), (1, 1));
+    let handshake = advertised(&mut conn, ApiKey::SaslHandshake as i16).await;
+    assert_eq!(handshake, Some((1, 1)));
 
     let req = kafka_protocol::messages::SaslHandshakeRequest::default()
         .with_mechanism(StrBytes::from_static_str("PLAIN"));
@@ -933,4 +998,174 @@ async fn a_producer_retrying_its_own_batch_a_sink_already_read_goes_to_the_broke
         resp.responses.is_empty(),
         "answered by the proxy, not the broker: {resp:?}"
     );
+}
+
+/// The record batch of the first partition of a Produce request frame.
+fn produced_batch(frame: &[u8]) -> Bytes {
+    use kafka_protocol::protocol::Decodable;
+    let head = idemgate::codec::RequestHead::peek(frame).unwrap();
+    let mut body = Bytes::copy_from_slice(&frame[head.body_offset..]);
+    let req = ProduceRequest::decode(&mut body, head.api_version).unwrap();
+    req.topic_data[0].partition_data[0].records.clone().unwrap()
+}
+
+/// A tag grows a batch, so a Produce asks the topic's `max.message.bytes`
+/// (DescribeConfigs on the proxy's own connection) the first time. A broker
+/// that hangs on DescribeConfigs (librdkafka's mock cluster does) used to
+/// hold that Produce for the whole lookup (`upstream.request_timeout`, here
+/// 60 s). Now it waits at most `dedup.topic_config_wait`, then goes on
+/// untagged (still deduplicated), counted as a fail-open of its own; the
+/// lookup goes on, and once the broker answers, batches are tagged again.
+/// The wait is once per topic, not per partition: the first request's
+/// three partitions would wait 3 x 8 s, past the 20 s the test waits for
+/// an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_hanging_on_describe_configs_holds_a_produce_only_topic_config_wait() {
+    use kafka_protocol::messages::ProduceResponse;
+    use kafka_protocol::records::RecordBatchDecoder;
+    const WAITED_OUT: &str = "idemgate_dedup_fail_open_total{reason=\"topic_config_wait\"}";
+    let hooks = Hooks {
+        describe_configs_gate: Some(Semaphore::new(0)),
+        ..Hooks::default()
+    };
+    let peer = Peer::start_hooked(Script::Kafka, hooks).await;
+    let proxy = Proxy::start_full(
+        &peer.addr,
+        "",
+        "request_timeout = \"60s\"",
+        "[dedup]\ntopic_config_wait = \"8s\"\n\
+         [[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\n",
+    )
+    .await;
+    let tagged = |batch: Bytes| {
+        let mut batch = batch;
+        let set = RecordBatchDecoder::decode(&mut batch).unwrap();
+        set.records
+            .iter()
+            .all(|r| r.headers.keys().any(|k| k.as_str() == "idempotency-key"))
+    };
+
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    let first = batch(0, -1, &["first"], None);
+    let mut three = produce_to_t(first.clone());
+    for (index, value) in [(1, "first-1"), (2, "first-2")] {
+        let mut partition = three.topic_data[0].partition_data[0].clone();
+        partition.index = index;
+        partition.records = Some(batch(0, -1, &[value], None));
+        three.topic_data[0].partition_data.push(partition);
+    }
+    let _: ProduceResponse = conn.call(ApiKey::Produce, 9, 1, &three).await;
+    assert_eq!(
+        peer.hooks.describe_configs_answered.load(SeqCst),
+        0,
+        "answered while DescribeConfigs still hangs"
+    );
+    let forwarded = peer.hooks.produced.lock().unwrap()[0].clone();
+    assert_eq!(produced_batch(&forwarded), first, "the client's own bytes");
+    assert_eq!(
+        proxy.metric(WAITED_OUT).await,
+        3.0,
+        "a record per partition"
+    );
+
+    // The broker answers the lookup still in flight. Batches sent before
+    // the proxy has read that answer still go untagged, without waiting
+    // (the topic's wait ran out once); then they are tagged, and nothing
+    // is asked again.
+    peer.hooks
+        .describe_configs_gate
+        .as_ref()
+        .unwrap()
+        .add_permits(1);
+    let mut untagged = 0.0;
+    for i in 0.. {
+        assert!(i < 100, "never tagged after the broker answered");
+        let value = format!("after-{i}");
+        let _: ProduceResponse = conn
+            .call(
+                ApiKey::Produce,
+                9,
+                2 + i,
+                &produce_to_t(batch(0, -1, &[&value], None)),
+            )
+            .await;
+        let forwarded = peer.hooks.produced.lock().unwrap()[1 + i as usize].clone();
+        if tagged(produced_batch(&forwarded)) {
+            break;
+        }
+        untagged += 1.0;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(proxy.metric(WAITED_OUT).await, 3.0 + untagged);
+    assert_eq!(peer.hooks.describe_configs_answered.load(SeqCst), 1);
+}
+
+/// A StreamsGroupHeartbeat v1 request (header v2), its body opaque to the
+/// proxy: whatever the client wrote must reach the broker as written.
+fn streams_group_heartbeat(correlation_id: i32) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_i16(STREAMS_GROUP_HEARTBEAT);
+    b.put_i16(1);
+    b.put_i32(correlation_id);
+    b.put_i16(11);
+    b.put_slice(b"streams-app");
+    b.put_u8(0); // header tagged fields
+    b.put_slice(b"\x06group\x00\x00\x00\x00\xff\xfe not decoded by the proxy\x00");
+    b.freeze()
+}
+
+/// StreamsGroupHeartbeat (KIP-1071, Kafka 4.2+) is an API key kafka-protocol
+/// 0.18 does not know. The proxy used to leave it out of ApiVersions and
+/// close the connection that sent it, so a Kafka Streams application with
+/// `group.protocol=streams` could not run through it. Now it is advertised
+/// up to the version whose schema was checked (v1, though the broker offers
+/// v3), forwarded byte for byte but for the correlation id (the proxy's own
+/// upstream), answered byte for byte in its place among pipelined requests;
+/// a version above the checked one still closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_key_the_crate_does_not_know_passes_byte_for_byte() {
+    let peer = Peer::start(Script::Kafka).await;
+    let proxy = Proxy::start_with(&peer.addr, "").await;
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    let heartbeat = advertised(&mut conn, STREAMS_GROUP_HEARTBEAT).await;
+    assert_eq!(heartbeat, Some((0, 1)), "advertised, cut to v1");
+
+    // Pipelined: ApiVersions, StreamsGroupHeartbeat, ApiVersions.
+    let request = streams_group_heartbeat(3);
+    let mut wire = BytesMut::new();
+    for f in [api_versions(2), request.clone(), api_versions(4)] {
+        wire.put_i32(f.len() as i32);
+        wire.extend_from_slice(&f);
+    }
+    conn.send_raw(&wire).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(conn.recv_frame().await.expect("an answer"));
+    }
+    let ids: Vec<i32> = got
+        .iter()
+        .map(|f| i32::from_be_bytes(f[..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(ids, [2, 3, 4], "in order");
+    assert_eq!(
+        &got[1][4..],
+        STREAMS_ANSWER,
+        "the broker's answer, byte for byte"
+    );
+    let seen = peer.hooks.streams_heartbeats.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (&seen[0][..4], &seen[0][8..]),
+        (&request[..4], &request[8..]),
+        "the client's request, byte for byte but for the correlation id"
+    );
+
+    // v2: not checked, not advertised; it closes like any unadvertised
+    // version, and never reaches the broker.
+    let mut v2 = BytesMut::from(&streams_group_heartbeat(5)[..]);
+    v2[2..4].copy_from_slice(&2i16.to_be_bytes());
+    conn.send_frame(&v2).await;
+    assert_eq!(conn.recv_frame().await, None, "closed");
+    assert_eq!(peer.hooks.streams_heartbeats.lock().unwrap().len(), 1);
+    assert_still_serves(&proxy).await;
 }

@@ -223,24 +223,7 @@ impl RequestHead {
                 max: max_version(api_key),
             });
         }
-        // client_id is a classic nullable string in every header version >= 1,
-        // even the flexible v2 one (KIP-482 kept it non-compact).
-        let id_len = i16::from_be_bytes([frame[8], frame[9]]);
-        let mut offset = 10;
-        let client_id = if id_len < 0 {
-            if id_len != -1 {
-                return Err(FrameError::BadHeader("client_id length below -1"));
-            }
-            None
-        } else {
-            let end = offset + id_len as usize;
-            if end > frame.len() {
-                return Err(FrameError::BadHeader("client_id runs past the frame"));
-            }
-            let id = Bytes::copy_from_slice(&frame[offset..end]);
-            offset = end;
-            Some(id)
-        };
+        let (client_id, mut offset) = client_id(frame)?;
         if api_key.request_header_version(api_version) >= 2 {
             offset = skip_tagged_fields(frame, offset).ok_or(FrameError::BadHeader(
                 "header tagged fields run past the frame",
@@ -257,11 +240,153 @@ impl RequestHead {
 
     /// The client id for logs; lossy on invalid UTF-8.
     pub fn client_id_str(&self) -> String {
-        self.client_id
-            .as_deref()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default()
+        lossy(&self.client_id)
     }
+}
+
+/// The header's client_id and where it ends. client_id is a classic
+/// nullable string in every header version >= 1, even the flexible v2 one
+/// (KIP-482 kept it non-compact).
+fn client_id(frame: &[u8]) -> Result<(Option<Bytes>, usize), FrameError> {
+    let id_len = i16::from_be_bytes([frame[8], frame[9]]);
+    let offset = 10;
+    if id_len < 0 {
+        if id_len != -1 {
+            return Err(FrameError::BadHeader("client_id length below -1"));
+        }
+        return Ok((None, offset));
+    }
+    let end = offset + id_len as usize;
+    if end > frame.len() {
+        return Err(FrameError::BadHeader("client_id runs past the frame"));
+    }
+    Ok((Some(Bytes::copy_from_slice(&frame[offset..end])), end))
+}
+
+// === APIs the kafka-protocol crate does not know: passed through raw ===
+
+/// An API newer than the kafka-protocol crate (0.18, the newest on
+/// crates.io, stops at the share-group keys), that the proxy forwards byte
+/// for byte: no filter reads it, so none needs to decode it. An API goes
+/// here only once its schema shows nothing the proxy must change: no broker
+/// address (those must be rewritten, invariant 7), no records.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RawApi {
+    pub api_key: i16,
+    /// Kafka's name for it, for logs and errors.
+    pub name: &'static str,
+    /// The newest version whose schema was checked: the broker's range is
+    /// advertised up to it, and a request above it closes like any other
+    /// unadvertised version.
+    pub max_version: i16,
+}
+
+/// Kafka Streams' rebalance protocol (KIP-1071), in Kafka 4.2+. Checked
+/// against the schemas Kafka 4.4's kafka-clients carries
+/// (`common/message/StreamsGroup*.json`, the same files as
+/// apache/kafka `clients/src/main/resources/common/message/`):
+///
+/// - StreamsGroupHeartbeat (88) v0-1: the response's only addresses are
+///   `PartitionsByUserEndpoint[].UserEndpoint` (`Host`, `Port`), the
+///   Streams instances' own `application.server` endpoints for Interactive
+///   Queries, which clients dial among themselves: not brokers, nothing to
+///   rewrite.
+/// - StreamsGroupDescribe (89) v0-1: `Members[].UserEndpoint` (the same
+///   application endpoints) and `ClientHost` (the member's own address, as
+///   in DescribeGroups): no broker.
+/// - StreamsGroupTopologyDescriptionUpdate (93) v0 (KIP-1331): throttle,
+///   error code and message only.
+pub const RAW_APIS: [RawApi; 3] = [
+    RawApi {
+        api_key: 88,
+        name: "StreamsGroupHeartbeat",
+        max_version: 1,
+    },
+    RawApi {
+        api_key: 89,
+        name: "StreamsGroupDescribe",
+        max_version: 1,
+    },
+    RawApi {
+        api_key: 93,
+        name: "StreamsGroupTopologyDescriptionUpdate",
+        max_version: 0,
+    },
+];
+
+/// The header of a request for a [`RawApi`]: what forwarding it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawHead {
+    pub api: &'static RawApi,
+    pub api_version: i16,
+    pub correlation_id: i32,
+    pub client_id: Option<Bytes>,
+}
+
+impl RawHead {
+    /// `None` if the frame's api key is not a [`RawApi`]'s (read it with
+    /// [`RequestHead::peek`]); else its header, or why it cannot pass: a
+    /// version above the one checked closes the connection, as for a
+    /// decodable API.
+    pub fn peek(frame: &[u8]) -> Option<Result<RawHead, FrameError>> {
+        if frame.len() < 10 {
+            return None;
+        }
+        let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
+        let api = RAW_APIS.iter().find(|a| a.api_key == raw_key)?;
+        let api_version = i16::from_be_bytes([frame[2], frame[3]]);
+        if !(0..=api.max_version).contains(&api_version) {
+            return Some(Err(FrameError::UnadvertisedVersion {
+                api_key: raw_key,
+                name: api.name,
+                version: api_version,
+                min: 0,
+                max: api.max_version,
+            }));
+        }
+        let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        Some(client_id(frame).map(|(client_id, _)| RawHead {
+            api,
+            api_version,
+            correlation_id,
+            client_id,
+        }))
+    }
+}
+
+/// A request header as the connection reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    /// An API the crate knows: through the filter stack.
+    Decodable(RequestHead),
+    /// A [`RawApi`]: straight to the broker.
+    Raw(RawHead),
+}
+
+impl Head {
+    /// Reads either kind of header (see [`RequestHead::peek`],
+    /// [`RawHead::peek`]).
+    pub fn peek(frame: &[u8]) -> Result<Head, FrameError> {
+        match RawHead::peek(frame) {
+            Some(raw) => raw.map(Head::Raw),
+            None => RequestHead::peek(frame).map(Head::Decodable),
+        }
+    }
+
+    /// The client id for logs; lossy on invalid UTF-8.
+    pub fn client_id_str(&self) -> String {
+        lossy(match self {
+            Head::Decodable(h) => &h.client_id,
+            Head::Raw(h) => &h.client_id,
+        })
+    }
+}
+
+fn lossy(client_id: &Option<Bytes>) -> String {
+    client_id
+        .as_deref()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
 }
 
 /// Whether the proxy accepts `api_version` of `api_key`: at most what it
@@ -498,6 +623,44 @@ pub(crate) mod tests {
         let head = RequestHead::peek(&b).unwrap();
         assert_eq!(head.client_id, None);
         assert_eq!(&b[head.body_offset..], b"body");
+    }
+
+    /// Kafka Streams' StreamsGroup APIs are read as raw heads, up to the
+    /// version whose schema was checked. Once kafka-protocol learns a key,
+    /// this fails: decide then whether it still passes raw.
+    #[test]
+    fn streams_group_apis_are_raw_heads_the_crate_cannot_read() {
+        for raw in &RAW_APIS {
+            assert!(ApiKey::try_from(raw.api_key).is_err(), "{raw:?}");
+            assert_eq!(
+                RequestHead::peek(&header(raw.api_key, 0, 1, None)),
+                Err(FrameError::UnknownApiKey(raw.api_key))
+            );
+        }
+        let head = Head::peek(&header(88, 1, 7, Some("streams-app-1"))).unwrap();
+        let Head::Raw(raw) = &head else {
+            panic!("{head:?}")
+        };
+        assert_eq!(
+            (raw.api.name, raw.api_version, raw.correlation_id),
+            ("StreamsGroupHeartbeat", 1, 7)
+        );
+        assert_eq!(head.client_id_str(), "streams-app-1");
+        assert!(matches!(
+            Head::peek(&header(89, 2, 1, None)),
+            Err(FrameError::UnadvertisedVersion {
+                version: 2,
+                max: 1,
+                ..
+            })
+        ));
+        assert!(matches!(
+            Head::peek(&header(3, 8, 1, None)),
+            Ok(Head::Decodable(RequestHead {
+                api_key: ApiKey::Metadata,
+                ..
+            }))
+        ));
     }
 
     #[test]

@@ -207,6 +207,11 @@ pub struct Dedup {
     /// How long Produce for a dedup topic waits for the window to load after
     /// a restart before it passes through unchecked.
     pub load_wait: Duration,
+    /// How long a Produce whose tags grow a batch waits for the topic's
+    /// `max.message.bytes` the first time (DescribeConfigs), before the
+    /// batch goes on untagged; the lookup goes on in the background, and
+    /// the topic's batches until it answers do not wait again.
+    pub topic_config_wait: Duration,
     /// How often the window is written to disk.
     pub flush_interval: Duration,
     /// The most memory sled's page cache may hold, bytes.
@@ -927,6 +932,7 @@ fn dedup(s: &mut Section<'_, '_>) -> Dedup {
     }
     let pending_wait = s.duration("pending_wait", defaults::DEDUP_PENDING_WAIT);
     let load_wait = s.duration("load_wait", defaults::DEDUP_LOAD_WAIT);
+    let topic_config_wait = s.duration("topic_config_wait", defaults::DEDUP_TOPIC_CONFIG_WAIT);
     let flush_interval = s.duration("flush_interval", defaults::DEDUP_FLUSH_INTERVAL);
     if flush_interval.is_zero() {
         s.problem("flush_interval", "must be longer than 0s".into());
@@ -982,6 +988,7 @@ fn dedup(s: &mut Section<'_, '_>) -> Dedup {
         header,
         pending_wait,
         load_wait,
+        topic_config_wait,
         flush_interval,
         store_cache,
         exclude_topics,

@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::codec::{CodecError, FrameReader, RequestHead};
+use crate::codec::{CodecError, FrameReader, Head};
 use crate::error::{Error, Side};
 use crate::filter::quota::Gate;
 use crate::filter::sasl::{Binding, Principal};
@@ -64,7 +64,8 @@ pub(crate) enum Target {
 /// A response to come, in its place in the order.
 struct Slot<'a> {
     response: BoxFuture<'a, Result<Option<Reply>, Error>>,
-    api_key: ApiKey,
+    /// `None` for an API passed raw (`codec::RAW_APIS`): no per-API metrics.
+    api_key: Option<ApiKey>,
     started: Instant,
 }
 
@@ -281,7 +282,7 @@ where
     // After what the responses to come borrow: dropped before them.
     let (slot_tx, slot_rx) = mpsc::channel(in_flight);
     let requests: BoxFuture<'_, Result<(), Error>> = Box::pin(async {
-        read_requests(conn, client_r, &mut stack, slot_tx).await?;
+        read_requests(conn, client_r, &mut stack, &exchanger, slot_tx).await?;
         // The writer itself stays open until everything is answered.
         exchanger.finish().await
     });
@@ -370,12 +371,14 @@ impl Conn<'_> {
     }
 }
 
-/// Reads client frames and puts each through the stack, one at a time.
+/// Reads client frames and puts each through the stack, one at a time (a
+/// request of an API no filter can read goes to `upstream` directly).
 /// Returns when the client closes or the proxy shuts down.
-async fn read_requests<'a, R: AsyncRead + Unpin>(
+async fn read_requests<'a, R: AsyncRead + Unpin, UW: AsyncWrite + Unpin + Send>(
     conn: &Conn<'_>,
     client_r: R,
     stack: &mut dyn Exchanges<'a>,
+    upstream: &'a Exchanger<UW>,
     slots: mpsc::Sender<Slot<'a>>,
 ) -> Result<(), Error> {
     let Conn {
@@ -421,42 +424,67 @@ async fn read_requests<'a, R: AsyncRead + Unpin>(
         }
         last_request = Instant::now();
         let started = Instant::now();
-        let head = RequestHead::peek(&frame)?;
+        let head = Head::peek(&frame)?;
         if !client_id_recorded {
             let client_id = head.client_id_str();
             tracing::Span::current().record("client_id", client_id.as_str());
             shared.update_conn(conn_id, |v| v.client_id = Some(client_id));
             client_id_recorded = true;
         }
-        shared.metrics.request(head.api_key, frame.len() + 4);
-        let span = tracing::debug_span!(
-            "req",
-            api_key = ?head.api_key,
-            api_version = head.api_version,
-            correlation_id = head.correlation_id
-        );
-        tracing::trace!(parent: &span, bytes = frame.len(), "request");
-        let api_key = head.api_key;
-        let exchange = Exchange {
-            head,
-            frame,
-            charge,
-            started,
-            // Pipelined requests already buffered go out in one write.
-            more_follow: whole_frame_buffered(frames.buffer()),
-            identity: None,
-            wait: Some(shared.config.upstream.request_timeout),
-        };
+        // Pipelined requests already buffered go out in one write.
+        let more_follow = whole_frame_buffered(frames.buffer());
+        let wait = shared.config.upstream.request_timeout;
         // A place in the response order first: with `listen.max_in_flight`
         // responses unwritten, nothing more is read.
         let place = slots
             .reserve()
             .await
             .map_err(|_| Error::Internal("response writer stopped".into()))?;
-        let response = match stack.exchange(exchange).instrument(span.clone()).await? {
-            Pending::NoAnswer => continue,
-            Pending::Local(bytes) => future::ready(Ok(Some(Reply::local(bytes)))).boxed(),
-            Pending::Later(response) => response.instrument(span).boxed(),
+        let (response, api_key) = match head {
+            Head::Decodable(head) => {
+                shared.metrics.request(head.api_key, frame.len() + 4);
+                let span = tracing::debug_span!(
+                    "req",
+                    api_key = ?head.api_key,
+                    api_version = head.api_version,
+                    correlation_id = head.correlation_id
+                );
+                tracing::trace!(parent: &span, bytes = frame.len(), "request");
+                let api_key = head.api_key;
+                let exchange = Exchange {
+                    head,
+                    frame,
+                    charge,
+                    started,
+                    more_follow,
+                    identity: None,
+                    wait: Some(wait),
+                };
+                let response = match stack.exchange(exchange).instrument(span.clone()).await? {
+                    Pending::NoAnswer => continue,
+                    Pending::Local(bytes) => future::ready(Ok(Some(Reply::local(bytes)))).boxed(),
+                    Pending::Later(response) => response.instrument(span).boxed(),
+                };
+                (response, Some(api_key))
+            }
+            // No filter can read it, and none needs to (`codec::RAW_APIS`):
+            // to this connection's broker byte for byte, and its answer back
+            // the same way, in its place in the order.
+            Head::Raw(raw) => {
+                let span = tracing::debug_span!(
+                    "req",
+                    api_key = raw.api.name,
+                    api_version = raw.api_version,
+                    correlation_id = raw.correlation_id
+                );
+                tracing::trace!(parent: &span, bytes = frame.len(), "request passed raw");
+                let answer = upstream
+                    .send_raw(&raw, frame, charge, wait, more_follow)
+                    .instrument(span.clone())
+                    .await?;
+                let response = async move { Ok(answer.await.ok()) }.instrument(span);
+                (response.boxed(), None)
+            }
         };
         place.send(Slot {
             response,
@@ -529,9 +557,11 @@ async fn write_in_order<W: AsyncWrite + Unpin>(
         let len = bytes.len();
         conn.answered();
         conn.owed.fetch_sub(1, Relaxed);
-        conn.shared
-            .metrics
-            .response(slot.api_key, len + 4, slot.started.elapsed());
+        if let Some(api_key) = slot.api_key {
+            conn.shared
+                .metrics
+                .response(api_key, len + 4, slot.started.elapsed());
+        }
         // In the writer's buffer or on the wire: the memory is given back.
         drop(reply);
     }

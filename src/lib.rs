@@ -29,7 +29,11 @@
 //! ```
 //!
 //! A local answer skips the response side of every layer. Produce with
-//! acks=0 gets no response and no place in the order.
+//! acks=0 gets no response and no place in the order. A request of an API
+//! the kafka-protocol crate does not know, but whose schema was checked
+//! (`codec::RAW_APIS`: Kafka Streams' StreamsGroup APIs), skips the stack:
+//! connection.rs hands it to upstream byte for byte, in its place in the
+//! order.
 //!
 //! # Layout
 //!

@@ -15,11 +15,19 @@
 //!
 //! One lookup per topic is in flight at a time (moka's single-flight
 //! `get_with`); the others wait for it. A topic the brokers would not
-//! describe is asked again after [`RETRY_UNKNOWN`].
+//! describe is asked again after [`RETRY_UNKNOWN`]. A Produce never waits
+//! out a lookup: [`TopicConfigs::get_within`] bounds its wait
+//! (`dedup.topic_config_wait`) and leaves the lookup running in a task of
+//! its own, since a broker that hangs on DescribeConfigs (librdkafka's mock
+//! cluster) would otherwise hold every such Produce for
+//! `upstream.request_timeout`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::{BoxFuture, FutureExt, Shared};
 use moka::future::Cache;
 use moka::Expiry;
 
@@ -41,8 +49,27 @@ pub struct TopicConfigs {
     warned: AtomicBool,
     /// Topics a `content` drop rule covers whose `cleanup.policy` was asked
     /// (once each: a compacted one is logged once).
-    content_drop_checked: std::sync::Mutex<std::collections::HashSet<String>>,
+    content_drop_checked: Mutex<std::collections::HashSet<String>>,
+    /// Lookups running in a task of their own for [`Self::get_within`],
+    /// until their answer is in `cache`.
+    background: Mutex<HashMap<String, Background>>,
 }
+
+/// A lookup that goes on whether or not anyone still waits for it.
+type Lookup = Shared<BoxFuture<'static, Option<DescribedTopic>>>;
+
+#[derive(Clone)]
+struct Background {
+    lookup: Lookup,
+    /// A wait for it ran out: nobody waits again while it runs, so a
+    /// request's other partitions of the topic, and the requests after it,
+    /// go on at once (with N partitions, N waits would add up).
+    overdue: Arc<AtomicBool>,
+}
+
+/// A topic's settings were not known within the wait; the lookup goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Late;
 
 /// Answers live for `upstream.metadata_refresh`; "would not say", for
 /// [`RETRY_UNKNOWN`].
@@ -79,6 +106,7 @@ impl TopicConfigs {
                 .build(),
             warned: AtomicBool::new(false),
             content_drop_checked: Default::default(),
+            background: Default::default(),
         }
     }
 
@@ -86,7 +114,7 @@ impl TopicConfigs {
     /// compacted: there the same bytes recur legitimately (a value set back
     /// to an earlier one, a second tombstone for a key), and such a record
     /// is dropped as a replay. Asked in the background; never waits.
-    pub fn warn_if_compacted(self: &std::sync::Arc<Self>, topic: &str) {
+    pub fn warn_if_compacted(self: &Arc<Self>, topic: &str) {
         {
             let mut checked = self
                 .content_drop_checked
@@ -116,6 +144,60 @@ impl TopicConfigs {
         self.cache
             .get_with_by_ref(topic, self.describe(topic))
             .await
+    }
+
+    /// `topic`'s settings if they are known within `wait` (`Ok(None)`: the
+    /// brokers would not say), else [`Late`]. The lookup runs in a task of
+    /// its own and goes on after `wait`, so a later request finds its
+    /// answer in the cache; once one wait for it ran out, the others do not
+    /// wait (one wait per topic and lookup, not per partition).
+    pub async fn get_within(
+        self: &Arc<Self>,
+        topic: &str,
+        wait: Duration,
+    ) -> Result<Option<DescribedTopic>, Late> {
+        if let Some(known) = self.cache.get(topic).await {
+            return Ok(known);
+        }
+        let Background { lookup, overdue } = self.in_background(topic);
+        if overdue.load(Relaxed) {
+            return lookup.now_or_never().ok_or(Late);
+        }
+        match tokio::time::timeout(wait, lookup).await {
+            Ok(found) => Ok(found),
+            Err(_) => {
+                overdue.store(true, Relaxed);
+                Err(Late)
+            }
+        }
+    }
+
+    /// The lookup of `topic` running in its own task, started if none is.
+    fn in_background(self: &Arc<Self>, topic: &str) -> Background {
+        // Held while the task is spawned and listed: the task unlists itself
+        // under this lock, so it can never do so before it is listed.
+        let mut running = self.background.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(background) = running.get(topic) {
+            return background.clone();
+        }
+        let configs = self.clone();
+        let name = topic.to_string();
+        let task = tokio::spawn(async move {
+            let found = configs.get(&name).await;
+            configs
+                .background
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&name);
+            found
+        });
+        // A lookup that panicked knows nothing.
+        let background = Background {
+            lookup: task.map(|joined| joined.ok().flatten()).boxed().shared(),
+            overdue: Arc::default(),
+        };
+        running.insert(topic.to_string(), background.clone());
+        background
     }
 
     async fn describe(&self, topic: &str) -> Option<DescribedTopic> {

@@ -500,13 +500,21 @@ pub(crate) struct InFlight {
 
 /// What is needed to hand a response back to its client.
 struct Awaited {
-    client_correlation_id: i32,
-    api_key: ApiKey,
-    api_version: i16,
+    asked: Asked,
     /// The request's own wait plus `upstream.request_timeout`.
     wait: Duration,
     sent_at: Instant,
     reply: oneshot::Sender<Reply>,
+}
+
+/// The request a response answers, as its client asked it.
+struct Asked {
+    client_correlation_id: i32,
+    /// `None` for an API the crate does not know (`codec::RawApi`).
+    api_key: Option<ApiKey>,
+    /// Its name, for errors.
+    api_name: &'static str,
+    api_version: i16,
 }
 
 /// Ids of acks=0 requests a broker might still answer, kept until a later
@@ -580,6 +588,43 @@ impl<W: AsyncWrite + Unpin + Send> Exchanger<W> {
     pub(crate) async fn send(
         &self,
         head: &crate::codec::RequestHead,
+        frame: bytes::BytesMut,
+        charge: Charge,
+        wait: Option<Duration>,
+        more_follow: bool,
+    ) -> Result<Option<oneshot::Receiver<Reply>>, Error> {
+        let asked = Asked {
+            client_correlation_id: head.correlation_id,
+            api_key: Some(head.api_key),
+            api_name: crate::codec::api_name(head.api_key),
+            api_version: head.api_version,
+        };
+        self.send_as(asked, frame, charge, wait, more_follow).await
+    }
+
+    /// [`send`](Self::send) for a request of an API the crate does not know
+    /// (`codec::RawApi`), which no filter sees: always answered.
+    pub(crate) async fn send_raw(
+        &self,
+        head: &crate::codec::RawHead,
+        frame: bytes::BytesMut,
+        charge: Charge,
+        wait: Duration,
+        more_follow: bool,
+    ) -> Result<oneshot::Receiver<Reply>, Error> {
+        let asked = Asked {
+            client_correlation_id: head.correlation_id,
+            api_key: None,
+            api_name: head.api.name,
+            api_version: head.api_version,
+        };
+        let answer = self.send_as(asked, frame, charge, Some(wait), more_follow);
+        Ok(answer.await?.expect("a request with a wait is answered"))
+    }
+
+    async fn send_as(
+        &self,
+        asked: Asked,
         mut frame: bytes::BytesMut,
         charge: Charge,
         wait: Option<Duration>,
@@ -596,9 +641,7 @@ impl<W: AsyncWrite + Unpin + Send> Exchanger<W> {
             Some(wait) => {
                 let (tx, rx) = oneshot::channel();
                 let awaited = Awaited {
-                    client_correlation_id: head.correlation_id,
-                    api_key: head.api_key,
-                    api_version: head.api_version,
+                    asked,
                     wait,
                     sent_at: Instant::now(),
                     reply: tx,
@@ -748,12 +791,11 @@ pub(crate) async fn read_responses<UR: AsyncRead + Unpin>(
             unanswered.push_back(entry.upstream_correlation_id);
             continue;
         };
-        let api = awaited.api_key;
         let mut deadline = tokio::time::Instant::from_std(awaited.sent_at + awaited.wait);
         let too_late = || {
             fail(format!(
-                "no response to {api:?} v{} within {:?}",
-                awaited.api_version, awaited.wait
+                "no response to {} v{} within {:?}",
+                awaited.asked.api_name, awaited.asked.api_version, awaited.wait
             ))
         };
         let (mut frame, held) = loop {
@@ -789,8 +831,10 @@ pub(crate) async fn read_responses<UR: AsyncRead + Unpin>(
                 )));
             }
         };
-        frame[..4].copy_from_slice(&awaited.client_correlation_id.to_be_bytes());
-        metrics.upstream_latency(api, awaited.sent_at.elapsed());
+        frame[..4].copy_from_slice(&awaited.asked.client_correlation_id.to_be_bytes());
+        if let Some(api) = awaited.asked.api_key {
+            metrics.upstream_latency(api, awaited.sent_at.elapsed());
+        }
         // The client may be gone; nothing more to do then.
         let _ = awaited.reply.send(Reply {
             frame: ResponseFrame::new(frame.freeze()),

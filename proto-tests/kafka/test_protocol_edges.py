@@ -1,12 +1,13 @@
 """Protocol edges against Apache Kafka 4.4, in raw bytes: what the proxy
-advertises is what it accepts, and the APIs it cannot read are neither
-advertised nor let through.
+advertises is what it accepts, and the APIs it cannot read are either
+passed through untouched or neither advertised nor let through.
 
 - Kafka 4.4 advertises the KIP-1071 StreamsGroup APIs (StreamsGroupHeartbeat
   88, StreamsGroupDescribe 89); kafka-protocol 0.18, which the proxy reads
-  headers with, does not know them, so the proxy leaves them out of its
-  ApiVersions answer and closes a connection that sends one anyway, as
-  Kafka closes one that sends a key it does not know.
+  headers with, does not know them. Their schemas name no broker address,
+  so the proxy advertises them at the broker's versions (up to the ones
+  checked, src/codec.rs RAW_APIS) and forwards them byte for byte: a Kafka
+  Streams application runs through it with group.protocol=streams.
 - Produce v13 (topic ids) is the broker's newest, the proxy advertises v12
   and closes a connection that sends v13, as Kafka 4.4 closes one whose
   version it does not enable.
@@ -15,8 +16,13 @@ advertised nor let through.
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
+
+from confluent_kafka import Producer
+
+from bed import java_client, read_topic, unique
 
 RULE = """
 [dedup]
@@ -121,18 +127,50 @@ def produce_v13(corr: int, topic_ids: list[bytes]) -> bytes:
     return body + b"\x00"
 
 
-def test_streams_group_apis_and_produce_v13_are_not_advertised_nor_accepted(kafka, proxies):
+def answer(addr: str, body: bytes) -> bytes | None:
+    s = connect(addr)
+    send(s, body)
+    try:
+        return recv(s)
+    finally:
+        s.close()
+
+
+def streams_group_describe(corr: int, groups: list[bytes]) -> bytes:
+    """StreamsGroupDescribe v0 (header v2): group ids, no authorized operations."""
+    body = header_v2(89, 0, corr) + uvarint(len(groups) + 1)
+    for g in groups:
+        body += uvarint(len(g) + 1) + g
+    return body + b"\x00" + b"\x00"  # IncludeAuthorizedOperations, tagged fields
+
+
+def test_streams_group_apis_are_advertised_and_pass_byte_for_byte(kafka, proxies):
+    """It used to leave 88 and 89 out of ApiVersions and close a connection
+    that sent one: a Kafka Streams application with group.protocol=streams
+    could not run through the proxy."""
     proxy = proxies(kafka.bootstrap, RULE)
     broker = api_versions(kafka.bootstrap)
     ours = api_versions(proxy.bootstrap)
 
-    # Kafka 4.4 has them (KIP-1071 is GA since 4.2), the proxy leaves them out.
+    # Kafka 4.4 has them (KIP-1071 is GA since 4.2); so does the proxy, at
+    # the broker's versions up to the schemas checked (v1).
     assert 88 in broker and 89 in broker, sorted(broker)
-    assert 88 not in ours and 89 not in ours, sorted(ours)
-    # StreamsGroupDescribe v0 (header v2, an empty group list) closes the
-    # connection, never reaching the broker.
-    describe = header_v2(89, 0, 2) + uvarint(1) + b"\x00" + b"\x00"
-    assert closed_without_answer(proxy.bootstrap, describe)
+    for key in (88, 89):
+        assert ours.get(key) == (broker[key][0], min(broker[key][1], 1)), (key, broker, ours)
+    # The broker's answer comes back byte for byte (the same request straight
+    # to the broker is answered the same), an unknown group and an empty list.
+    for groups in ([b"protocol-edges-no-such-group"], []):
+        request = streams_group_describe(2, groups)
+        direct = answer(kafka.bootstrap, request)
+        through = answer(proxy.bootstrap, request)
+        assert direct is not None and direct[:4] == struct.pack(">i", 2), direct
+        assert through == direct, (through, direct)
+
+
+def test_produce_v13_is_not_advertised_nor_accepted(kafka, proxies):
+    proxy = proxies(kafka.bootstrap, RULE)
+    broker = api_versions(kafka.bootstrap)
+    ours = api_versions(proxy.bootstrap)
 
     # Produce: the broker speaks v13, the proxy offers v12 and refuses v13.
     assert broker[0][1] >= 13, broker[0]
@@ -145,3 +183,36 @@ def test_streams_group_apis_and_produce_v13_are_not_advertised_nor_accepted(kafk
 
     # The proxy still serves after each refusal.
     assert api_versions(proxy.bootstrap) == ours
+
+
+def test_a_kafka_streams_application_runs_through_the_proxy_with_the_streams_protocol(kafka, proxies):
+    """Kafka Streams 4.4 with group.protocol=streams (KIP-1071): its member
+    joins with StreamsGroupHeartbeat and Admin describes the group with
+    StreamsGroupDescribe, both through the proxy. With the APIs left out of
+    ApiVersions the application could not start (the broker, it was told,
+    does not support them)."""
+    proxy = proxies(kafka.bootstrap, RULE)
+    source, sink, app = unique("streams-in"), unique("streams-out"), unique("streams-app")
+    kafka.create_topic(source, partitions=1)
+    kafka.create_topic(sink, partitions=1)
+    values = [f"v{i}" for i in range(200)] + ["end"]
+    p = Producer({"bootstrap.servers": kafka.bootstrap})
+    for v in values:
+        p.produce(source, value=v.encode())
+    assert p.flush(30) == 0
+
+    run = java_client("dev.idemgate.testclient.Main", "streams", "--bootstrap", proxy.bootstrap, "--input", source,
+                      "--output", sink, "--application-id", app, "--until", "end",
+                      "--group-protocol", "streams")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    events = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    group = next(e for e in events if e["event"] == "group")
+    assert "error" not in group, group
+    assert (group["group"], group["members"]) == (app, 1), group
+    # The coordinator Admin found is the proxy, never the broker itself.
+    assert group["coordinator"] != kafka.bootstrap, group
+    assert group["coordinator"].rsplit(":", 1)[0] == proxy.bootstrap.rsplit(":", 1)[0], group
+
+    # Every record went through the application once, in order.
+    out = read_topic(kafka.bootstrap, sink, until=lambda rs: any(r.value() == b"END" for r in rs))
+    assert [r.value().decode() for r in out] == [v.upper() for v in values]

@@ -46,6 +46,10 @@ pub const DEDUP_HEADER: &str = "idempotency-key";
 /// would time out and come back as a retry.
 pub const DEDUP_PENDING_WAIT: Duration = Duration::from_secs(5);
 pub const DEDUP_LOAD_WAIT: Duration = Duration::from_secs(10);
+/// `dedup.topic_config_wait`: a healthy broker answers DescribeConfigs in
+/// milliseconds; the first batches of a topic met while one hangs go
+/// untagged rather than waiting out `upstream.request_timeout`.
+pub const DEDUP_TOPIC_CONFIG_WAIT: Duration = Duration::from_millis(500);
 /// `dedup.flush_interval`: the store's own default.
 pub const DEDUP_FLUSH_INTERVAL: Duration = crate::store::DEFAULT_FLUSH_INTERVAL;
 /// `dedup.store_cache`: the store's own default.

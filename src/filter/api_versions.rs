@@ -3,8 +3,11 @@
 //! For every API key the proxy knows, the advertised range is the broker's
 //! range cut to the versions the kafka-protocol crate knows: a client must
 //! never pick a version whose header the proxy cannot read, nor one a decoding
-//! filter cannot decode. Keys the proxy does not know are removed (a request
-//! with one would be refused). Produce keeps the broker's minimum (KAFKA-18659:
+//! filter cannot decode. Keys the crate does not know are removed (a request
+//! with one would be refused), but for the APIs that pass through raw
+//! (`codec::RAW_APIS`: Kafka Streams' StreamsGroup APIs, KIP-1071), which
+//! keep the broker's range up to the newest version whose schema was
+//! checked. Produce keeps the broker's minimum (KAFKA-18659:
 //! clients read Produce min 0 as "this broker still speaks v0-2"; such requests
 //! pass through raw). Produce stops at v12: v13 names topics by id only
 //! (KIP-516), and the dedup rules match topic names. SaslHandshake starts at
@@ -24,7 +27,7 @@ use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{ApiKey, ApiVersionsResponse};
 
 use super::{on_response, Call, Exchange, Filter, Pending};
-use crate::codec::RequestHead;
+use crate::codec::{RequestHead, RAW_APIS};
 use crate::error::Error;
 use crate::message::{self, Response};
 
@@ -40,15 +43,26 @@ pub use crate::codec::{max_version, min_version, MAX_PRODUCE_VERSION};
 /// Cuts a broker's ranges to what the proxy handles.
 pub fn intersect(resp: &mut ApiVersionsResponse) {
     resp.api_keys.retain_mut(|v| {
-        let Ok(key) = ApiKey::try_from(v.api_key) else {
+        let Some((min, max)) = proxy_range(v.api_key) else {
             return false;
         };
-        if key != ApiKey::Produce {
-            v.min_version = v.min_version.max(min_version(key));
+        if v.api_key != ApiKey::Produce as i16 {
+            v.min_version = v.min_version.max(min);
         }
-        v.max_version = v.max_version.min(max_version(key));
+        v.max_version = v.max_version.min(max);
         v.min_version <= v.max_version
     });
+}
+
+/// The versions of `api_key` the proxy handles; `None`: none.
+fn proxy_range(api_key: i16) -> Option<(i16, i16)> {
+    match ApiKey::try_from(api_key) {
+        Ok(key) => Some((min_version(key), max_version(key))),
+        Err(()) => RAW_APIS
+            .iter()
+            .find(|raw| raw.api_key == api_key)
+            .map(|raw| (0, raw.max_version)),
+    }
 }
 
 /// The ranges the proxy itself knows, for a local answer before any broker
@@ -182,6 +196,9 @@ mod tests {
             v(17, 0, 1),   // SaslHandshake: v0 (raw tokens follow) not offered
             v(1000, 0, 1), // unknown key: removed
             v(2, 20, 30),  // ListOffsets: no overlap with 1-10: removed
+            v(88, 0, 1),   // StreamsGroupHeartbeat: unknown to the crate, passed raw
+            v(89, 0, 3),   // StreamsGroupDescribe: cut to the schema checked (v1)
+            v(94, 0, 0),   // unknown to the crate and not passed raw: removed
         ]);
         intersect(&mut resp);
         let got: Vec<(i16, i16, i16)> = resp
@@ -191,7 +208,15 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            vec![(0, 0, 12), (1, 4, 17), (3, 0, 12), (18, 0, 4), (17, 1, 1)]
+            vec![
+                (0, 0, 12),
+                (1, 4, 17),
+                (3, 0, 12),
+                (18, 0, 4),
+                (17, 1, 1),
+                (88, 0, 1),
+                (89, 0, 1)
+            ]
         );
     }
 

@@ -1043,7 +1043,8 @@ impl ProduceDedup {
     /// The batch as decided: replays removed, kept records tagged. The tag
     /// must not push a batch the broker would take over the topic's
     /// max.message.bytes: such a batch goes untagged (still deduplicated)
-    /// rather than being refused as too large.
+    /// rather than being refused as too large, and so does one whose limit
+    /// is not known within `dedup.topic_config_wait`.
     async fn splice(
         &self,
         topic: &str,
@@ -1076,16 +1077,52 @@ impl ProduceDedup {
             _ => 0,
         };
         let original = batch.original().len();
-        let limit = match (&self.topic_configs, tagged > original) {
-            (Some(configs), true) => configs
-                .get(topic)
-                .await
-                .and_then(|c| c.max_message_bytes)
-                .and_then(|m| usize::try_from(m).ok())
-                .unwrap_or(BROKER_MAX_BATCH_BYTES),
-            _ => BROKER_MAX_BATCH_BYTES,
+        let over = |limit: usize| {
+            let over = tagged > limit && original <= limit;
+            if over {
+                self.metrics
+                    .dedup
+                    .untagged_too_large
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::debug!(
+                    topic,
+                    original,
+                    tagged,
+                    limit,
+                    "tagged batch over the topic's max.message.bytes: sent untagged"
+                );
+            }
+            over
         };
-        if tagged > limit && original <= limit {
+        let wait = self.config.dedup.topic_config_wait;
+        let untag = match (&self.topic_configs, tagged > original) {
+            (Some(configs), true) => match configs.get_within(topic, wait).await {
+                Ok(described) => over(
+                    described
+                        .and_then(|c| c.max_message_bytes)
+                        .and_then(|m| usize::try_from(m).ok())
+                        .unwrap_or(BROKER_MAX_BATCH_BYTES),
+                ),
+                // Untagged: never over a limit it cannot see yet.
+                Err(crate::topic_config::Late) => {
+                    let tags = decisions
+                        .iter()
+                        .filter(|d| matches!(d, Decision::Tag(_)))
+                        .count();
+                    self.metrics
+                        .dedup
+                        .fail_open(FailOpen::TopicConfigWait, tags as u64);
+                    tracing::debug!(
+                        topic,
+                        ?wait,
+                        "the topic's max.message.bytes not known in time: sent untagged"
+                    );
+                    true
+                }
+            },
+            _ => over(BROKER_MAX_BATCH_BYTES),
+        };
+        if untag {
             let untagged: Vec<Action<'_>> = actions
                 .iter()
                 .map(|a| match a {
@@ -1094,17 +1131,6 @@ impl ProduceDedup {
                 })
                 .collect();
             spliced = batch.rewrite(&untagged, SpliceMode::Renumber);
-            self.metrics
-                .dedup
-                .untagged_too_large
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(
-                topic,
-                original,
-                tagged,
-                limit,
-                "tagged batch over the topic's max.message.bytes: sent untagged"
-            );
         }
         spliced
     }

@@ -26,6 +26,10 @@ pub enum FailOpen {
     Compacted,
     /// Fetch: the brokers would not describe the topic's cleanup.policy.
     TopicConfig,
+    /// Produce: the topic's max.message.bytes was not known within
+    /// `dedup.topic_config_wait`, so the batch went untagged (still
+    /// deduplicated).
+    TopicConfigWait,
     /// An idempotent batch that may resend what an earlier process
     /// forwarded (a producer this process has no memory of): its replays
     /// stay, so the broker never takes a trimmed resend for the next batch.
@@ -50,7 +54,7 @@ pub enum FailOpen {
 }
 
 impl FailOpen {
-    pub(super) const ALL: [FailOpen; 15] = [
+    pub(super) const ALL: [FailOpen; 16] = [
         FailOpen::Undecodable,
         FailOpen::NotOneV2Batch,
         FailOpen::Loading,
@@ -60,6 +64,7 @@ impl FailOpen {
         FailOpen::NoOffset,
         FailOpen::Compacted,
         FailOpen::TopicConfig,
+        FailOpen::TopicConfigWait,
         FailOpen::SequenceUnknown,
         FailOpen::SequenceUnshared,
         FailOpen::TxnUnseen,
@@ -79,6 +84,7 @@ impl FailOpen {
             FailOpen::NoOffset => "no_offset",
             FailOpen::Compacted => "compacted",
             FailOpen::TopicConfig => "topic_config",
+            FailOpen::TopicConfigWait => "topic_config_wait",
             FailOpen::SequenceUnknown => "sequence_unknown",
             FailOpen::SequenceUnshared => "sequence_unshared",
             FailOpen::TxnUnseen => "txn_unseen",

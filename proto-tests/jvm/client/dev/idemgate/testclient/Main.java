@@ -38,7 +38,14 @@ import org.apache.kafka.common.TopicPartition;
 import org.apache.kafka.common.TopicPartitionInfo;
 import org.apache.kafka.common.config.ConfigResource;
 import org.apache.kafka.common.serialization.StringDeserializer;
+import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.common.serialization.StringSerializer;
+import org.apache.kafka.clients.admin.StreamsGroupDescription;
+import org.apache.kafka.streams.KafkaStreams;
+import org.apache.kafka.streams.StreamsBuilder;
+import org.apache.kafka.streams.StreamsConfig;
+import org.apache.kafka.streams.kstream.Consumed;
+import org.apache.kafka.streams.kstream.Produced;
 import org.apache.logging.log4j.Level;
 import org.apache.logging.log4j.core.config.Configurator;
 
@@ -58,6 +65,10 @@ import org.apache.logging.log4j.core.config.Configurator;
  *            [--isolation read_committed] --until VALUE [--timeout-ms MS]
  *   share    --bootstrap B --topic T --group G --until VALUE [--timeout-ms MS]
  *   metadata --bootstrap B [--topic T] [--group G]
+ *   streams  --bootstrap B --input I --output O --application-id A --until VALUE
+ *            [--group-protocol streams|classic] [--timeout-ms MS]
+ *            (Kafka Streams 4.4: I's values upper-cased into O, until VALUE
+ *            has been processed; then the group as Admin describes it)
  *   move-leader --bootstrap B --topic T --partition P --replicas 2,1
  *            (reassigns P to these replicas, then elects the first: an admin
  *            step of the test, run straight against the brokers)
@@ -99,6 +110,7 @@ public final class Main {
             case "share": return share(f);
             case "stream": return stream(f);
             case "metadata": return metadata(f);
+            case "streams": return streams(f);
             case "move-leader": return moveLeader(f);
             default: throw new IllegalArgumentException("unknown subcommand " + args[0]);
         }
@@ -282,6 +294,71 @@ public final class Main {
             producer.flush();
         }
         emit(obj("event", "done", "acked", acked.get(), "failed", failed.get()));
+        return 0;
+    }
+
+    // ---- streams (Kafka Streams, KIP-1071 or classic) --------------------------
+
+    private static int streams(Map<String, String> f) throws Exception {
+        String input = need(f, "input");
+        String output = need(f, "output");
+        String appId = need(f, "application-id");
+        String until = need(f, "until").toUpperCase(java.util.Locale.ROOT);
+        long timeoutMs = Long.parseLong(f.getOrDefault("timeout-ms", "120000"));
+        Properties p = new Properties();
+        p.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, need(f, "bootstrap"));
+        p.put(StreamsConfig.APPLICATION_ID_CONFIG, appId);
+        p.put(StreamsConfig.GROUP_PROTOCOL_CONFIG, f.getOrDefault("group-protocol", "streams"));
+        p.put(StreamsConfig.STATE_DIR_CONFIG,
+                java.nio.file.Files.createTempDirectory("idemgate-streams").toString());
+        p.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 100);
+        StreamsBuilder builder = new StreamsBuilder();
+        java.util.concurrent.CountDownLatch ended = new java.util.concurrent.CountDownLatch(1);
+        AtomicInteger processed = new AtomicInteger();
+        builder.stream(input, Consumed.with(Serdes.String(), Serdes.String()))
+                .mapValues(v -> v.toUpperCase(java.util.Locale.ROOT))
+                .peek((k, v) -> {
+                    processed.incrementAndGet();
+                    if (v.equals(until)) {
+                        ended.countDown();
+                    }
+                })
+                .to(output, Produced.with(Serdes.String(), Serdes.String()));
+        AtomicReference<Throwable> failed = new AtomicReference<>();
+        try (KafkaStreams streams = new KafkaStreams(builder.build(), p)) {
+            streams.setUncaughtExceptionHandler(e -> {
+                failed.compareAndSet(null, e);
+                ended.countDown();
+                return org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler
+                        .StreamThreadExceptionResponse.SHUTDOWN_CLIENT;
+            });
+            streams.start();
+            if (!ended.await(timeoutMs, TimeUnit.MILLISECONDS)) {
+                throw new IllegalStateException("no " + until + " within " + timeoutMs
+                        + " ms; " + processed.get() + " processed, state " + streams.state());
+            }
+            if (failed.get() != null) {
+                throw new IllegalStateException("a stream thread failed", failed.get());
+            }
+            emit(obj("event", "processed", "records", processed.get(),
+                    "state", streams.state().toString()));
+            Properties a = new Properties();
+            a.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, need(f, "bootstrap"));
+            try (Admin admin = Admin.create(a)) {
+                StreamsGroupDescription g = admin.describeStreamsGroups(List.of(appId))
+                        .all().get(30, TimeUnit.SECONDS).get(appId);
+                Node c = g.coordinator();
+                emit(obj("event", "group", "group", g.groupId(),
+                        "state", String.valueOf(g.groupState()),
+                        "members", g.members().size(),
+                        "coordinator", c.host() + ":" + c.port()));
+            } catch (ExecutionException e) {
+                // A classic-protocol application has no streams group.
+                emit(obj("event", "group", "group", appId, "error", rootCause(e).toString()));
+            }
+            streams.close(Duration.ofSeconds(30));
+        }
+        emit(obj("event", "done", "processed", processed.get()));
         return 0;
     }
 
