@@ -25,6 +25,7 @@ Reads end on markers, straight from the broker.
 
 from __future__ import annotations
 
+from confluent_kafka import Producer
 from confluent_kafka.admin import ConfigResource
 
 from bed import dedup_rule, http, log_counts, produce_acked, shared_window_rule, unique, wait_for
