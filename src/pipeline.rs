@@ -156,7 +156,7 @@ pub(crate) fn stack<'a, W: AsyncWrite + Unpin + Send>(
     ServiceBuilder::new()
         .layer(Quota::new(quota).layer())
         .layer(Sasl::new(sasl).layer())
-        .layer(ApiVersions::new(filters.advertised_versions()).layer())
+        .layer(ApiVersions::new(filters.advertised_versions(), upstream.addr()).layer())
         .layer(LeakCheck::new(filters.leak_check()).layer())
         .layer(BrokerAddresses::new(&filters.topology, &filters.advertised_host).layer())
         .layer(RequestWaits::new(filters.config.upstream.request_timeout).layer())

@@ -548,6 +548,11 @@ struct Sending<W> {
 // === impl Exchanger ===
 
 impl<W: AsyncWrite + Unpin + Send> Exchanger<W> {
+    /// The broker this connection talks to.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
     /// Sends over `upstream_w`; the entries go to [`read_responses`].
     pub(crate) fn new(upstream_w: W, addr: String, in_flight: mpsc::Sender<InFlight>) -> Self {
         Exchanger {

@@ -20,6 +20,7 @@
 //! codec, as Kafka 4.4 closes one whose version it does not enable
 //! (`Processor.parseRequestHeader` throws, `processChannelException` closes).
 
+use std::collections::HashMap;
 use std::sync::RwLock;
 
 use bytes::Bytes;
@@ -97,23 +98,26 @@ pub fn unsupported_version_answer(ranges: Vec<ApiVersion>) -> ApiVersionsRespons
 
 // === The filter ===
 
-/// The ranges last advertised to a client (by any connection), for local
-/// UNSUPPORTED_VERSION answers.
+/// The ranges last advertised to a client, per broker, for local
+/// UNSUPPORTED_VERSION answers: during a rolling upgrade brokers advertise
+/// different ranges, and a client is answered its own broker's (audit D5).
 #[derive(Debug, Default)]
-pub struct Advertised(RwLock<Option<Vec<ApiVersion>>>);
+pub struct Advertised(RwLock<HashMap<String, Vec<ApiVersion>>>);
 
 /// The api versions filter: answers too-new ApiVersions requests locally,
 /// cuts the broker's ranges on the way back.
 #[derive(Clone)]
 pub struct ApiVersions<'a> {
     advertised: &'a Advertised,
+    /// The connection's broker.
+    broker: &'a str,
 }
 
 // === impl ApiVersions ===
 
 impl<'a> ApiVersions<'a> {
-    pub fn new(advertised: &'a Advertised) -> Self {
-        ApiVersions { advertised }
+    pub fn new(advertised: &'a Advertised, broker: &'a str) -> Self {
+        ApiVersions { advertised, broker }
     }
 }
 
@@ -124,14 +128,14 @@ impl<'a> Filter<'a> for ApiVersions<'a> {
         if ex.head.api_key != ApiKey::ApiVersions {
             return next(ex);
         }
-        let advertised = self.advertised;
+        let (advertised, broker) = (self.advertised, self.broker);
         if ex.head.api_version > MAX_VERSION {
-            let answer = answer_unsupported(advertised, &ex.head).map(Pending::Local);
+            let answer = answer_unsupported(advertised, broker, &ex.head).map(Pending::Local);
             return Box::pin(std::future::ready(answer));
         }
         let version = ex.head.api_version;
         on_response(next(ex), move |mut reply| async move {
-            let cut = cut_ranges(advertised, version, reply.frame.bytes()?)?;
+            let cut = cut_ranges(advertised, broker, version, reply.frame.bytes()?)?;
             reply.frame.set_bytes(cut);
             Ok(reply)
         })
@@ -139,7 +143,12 @@ impl<'a> Filter<'a> for ApiVersions<'a> {
 }
 
 /// The broker's ApiVersions answer, cut to what the proxy handles.
-fn cut_ranges(advertised: &Advertised, version: i16, frame: &Bytes) -> Result<Bytes, Error> {
+fn cut_ranges(
+    advertised: &Advertised,
+    broker: &str,
+    version: i16,
+    frame: &Bytes,
+) -> Result<Bytes, Error> {
     let api = ApiKey::ApiVersions;
     let mut resp: Response<ApiVersionsResponse> = match Response::decode(api, version, frame) {
         Ok(r) => r,
@@ -154,17 +163,26 @@ fn cut_ranges(advertised: &Advertised, version: i16, frame: &Bytes) -> Result<By
     };
     intersect(&mut resp.msg);
     if resp.msg.error_code == 0 {
-        *advertised.0.write().expect("versions lock") = Some(resp.msg.api_keys.clone());
+        advertised
+            .0
+            .write()
+            .expect("versions lock")
+            .insert(broker.to_string(), resp.msg.api_keys.clone());
     }
     resp.encode()
 }
 
-fn answer_unsupported(advertised: &Advertised, head: &RequestHead) -> Result<Bytes, Error> {
+fn answer_unsupported(
+    advertised: &Advertised,
+    broker: &str,
+    head: &RequestHead,
+) -> Result<Bytes, Error> {
     let ranges = advertised
         .0
         .read()
         .expect("versions lock")
-        .clone()
+        .get(broker)
+        .cloned()
         .unwrap_or_else(proxy_ranges);
     let resp = unsupported_version_answer(ranges);
     tracing::debug!(
@@ -218,6 +236,40 @@ mod tests {
                 (89, 0, 1)
             ]
         );
+    }
+
+    /// Audit D5: during a rolling upgrade the brokers advertise different
+    /// ranges; a too-new ApiVersions is answered with its own broker's.
+    #[test]
+    fn a_local_answer_carries_its_own_brokers_ranges() {
+        let advertised = Advertised::default();
+        let answer_of = |max: i16| {
+            let resp =
+                ApiVersionsResponse::default().with_api_keys(vec![v(0, 3, 12), v(18, 0, max)]);
+            message::encode_local_response(ApiKey::ApiVersions, 3, 0, 1, &resp).unwrap()
+        };
+        cut_ranges(&advertised, "old:9092", 3, &answer_of(3)).unwrap();
+        cut_ranges(&advertised, "new:9092", 3, &answer_of(4)).unwrap();
+        let head = RequestHead {
+            api_key: ApiKey::ApiVersions,
+            api_version: MAX_VERSION + 1,
+            correlation_id: 7,
+            client_id: None,
+            body_offset: 0,
+        };
+        let max_of = |broker: &str| {
+            let bytes = answer_unsupported(&advertised, broker, &head).unwrap();
+            let resp: Response<ApiVersionsResponse> =
+                Response::decode(ApiKey::ApiVersions, 0, &bytes).unwrap();
+            resp.msg
+                .api_keys
+                .iter()
+                .find(|a| a.api_key == 18)
+                .map(|a| a.max_version)
+        };
+        assert_eq!(max_of("old:9092"), Some(3));
+        assert_eq!(max_of("new:9092"), Some(4));
+        assert_eq!(max_of("unseen:9092"), Some(MAX_VERSION));
     }
 
     #[test]
