@@ -757,6 +757,60 @@ async fn read_committed_passes_aborted_records_untouched_and_learns_nothing_from
     assert_eq!(txn, vec![(6, "f".to_string()), (7, "a".to_string())]);
 }
 
+/// Fetch dedup must know a topic is not compacted before it removes a
+/// copy; a broker that hangs on DescribeConfigs holds a Fetch only
+/// `dedup.topic_config_wait`, after which the records go as they came
+/// (counted). Before, the Fetch waited for the whole lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_hanging_on_describe_configs_holds_a_fetch_only_topic_config_wait() {
+    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+    use kafka_protocol::messages::{FetchRequest, FetchResponse};
+    const WAITED_OUT: &str = "idemgate_dedup_fail_open_total{reason=\"topic_config_wait\"}";
+    let hooks = Hooks {
+        describe_configs_gate: Some(Semaphore::new(0)),
+        ..Hooks::default()
+    };
+    let peer = Peer::start_hooked(Script::Kafka, hooks).await;
+    let proxy = Proxy::start_full(
+        &peer.addr,
+        "",
+        "request_timeout = \"60s\"",
+        &drop_rule("record-key", "direction = \"fetch\"\n").replacen(
+            "[dedup]\n",
+            "[dedup]\ntopic_config_wait = \"2s\"\n",
+            1,
+        ),
+    )
+    .await;
+    let mut conn = RawConn::connect(&proxy.bootstrap).await;
+    let fetch = FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(100)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_isolation_level(1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(StrBytes::from_static_str("txn").into())
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let direct = transactional_fetch().responses[0].partitions[0]
+        .records
+        .clone();
+    let resp: FetchResponse = conn.call(ApiKey::Fetch, 11, 10, &fetch).await;
+    assert_eq!(
+        peer.hooks.describe_configs_answered.load(SeqCst),
+        0,
+        "answered while DescribeConfigs still hangs"
+    );
+    assert_eq!(
+        resp.responses[0].partitions[0].records, direct,
+        "the broker's records, as they came"
+    );
+    assert!(proxy.metric(WAITED_OUT).await > 0.0);
+}
+
 /// A Produce of `records` to partition 0 of "t", acks=all.
 fn produce_to_t(records: Bytes) -> ProduceRequest {
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};

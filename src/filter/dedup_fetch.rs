@@ -184,14 +184,17 @@ impl FetchDedup {
                 continue;
             }
             // Compaction removes records from the middle of a log without
-            // moving its start: a copy there may be the only one left.
-            match self.topic_configs.get(&name).await {
-                Some(c) if !c.compacted => {}
+            // moving its start: a copy there may be the only one left. Not
+            // known within `dedup.topic_config_wait` (a broker that hangs on
+            // DescribeConfigs): the records go as they came.
+            let wait = self.config.dedup.topic_config_wait;
+            match self.topic_configs.get_within(&name, wait).await {
+                Ok(Some(c)) if !c.compacted => {}
                 known => {
-                    let reason = if known.is_some() {
-                        FailOpen::Compacted
-                    } else {
-                        FailOpen::TopicConfig
+                    let reason = match known {
+                        Ok(Some(_)) => FailOpen::Compacted,
+                        Ok(None) => FailOpen::TopicConfig,
+                        Err(_late) => FailOpen::TopicConfigWait,
                     };
                     self.metrics.dedup.fail_open(reason, topic_records(topic));
                     continue;

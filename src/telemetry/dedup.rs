@@ -26,9 +26,10 @@ pub enum FailOpen {
     Compacted,
     /// Fetch: the brokers would not describe the topic's cleanup.policy.
     TopicConfig,
-    /// Produce: the topic's max.message.bytes was not known within
-    /// `dedup.topic_config_wait`, so the batch went untagged (still
-    /// deduplicated).
+    /// The topic's settings were not known within `dedup.topic_config_wait`
+    /// (a broker slow to answer DescribeConfigs): on the produce path the
+    /// batch went untagged (still deduplicated); on the fetch path the
+    /// records went as they came.
     TopicConfigWait,
     /// An idempotent batch that may resend what an earlier process
     /// forwarded (a producer this process has no memory of): its replays
