@@ -16,6 +16,10 @@ const XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
 pub(super) const XERIAL_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
 /// snappy-java's default block size, which Kafka's Java client uses.
 const XERIAL_BLOCK: usize = 32 * 1024;
+/// The largest expansion a zstd frame's own content size is believed for, when the first
+/// output buffer is sized (record batches of text expand 5-10x; a frame that expands more
+/// still decompresses, into a buffer that grows).
+const ZSTD_PLAUSIBLE_RATIO: usize = 32;
 /// Kafka's default zstd level (`CompressionType.ZSTD` / `ZstdCompression.DEFAULT_LEVEL`).
 const ZSTD_LEVEL: i32 = 3;
 
@@ -127,10 +131,12 @@ fn zstd_decompress(src: &[u8], limit: usize) -> Result<Vec<u8>, RecordsError> {
         return Ok(Vec::new());
     }
     // why: the frame's content size (when the producer wrote one) sizes the buffer so zstd
-    // decodes straight into it; it is attacker-controlled, so only under the limit, and the
-    // decoder checks it against what the frame really holds.
+    // decodes straight into it. It is attacker-controlled: it is taken only up to what the
+    // bytes we hold could plausibly expand to (and the limit), never beyond, and the decoder
+    // checks it against what the frame really holds; past that the buffer grows as data comes.
+    let plausible = src.len().saturating_mul(ZSTD_PLAUSIBLE_RATIO).min(limit);
     let first = match zstd_safe::get_frame_content_size(src) {
-        Ok(Some(n)) if n <= limit as u64 => n as usize,
+        Ok(Some(n)) => usize::try_from(n).unwrap_or(usize::MAX).min(plausible),
         _ => src.len().saturating_mul(4).min(limit),
     };
     // why: the frame header picks the window the decoder allocates; cap it to what the
