@@ -98,9 +98,7 @@ use bytes::Bytes;
 use idemgate::records::{
     self, BatchItem, Batches, RawBatch, BATCH_HEADER_LEN, DEFAULT_MAX_DECOMPRESSED,
 };
-use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
-use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::messages::{ApiKey, FetchResponse};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -494,36 +492,16 @@ fn log_batches(broker: &str, topic: &str) -> Vec<Bytes> {
         for partition in 0..PARTITIONS {
             let mut offset = 0i64;
             loop {
-                let wanted = FetchPartition::default()
-                    .with_partition(partition)
-                    .with_fetch_offset(offset)
-                    .with_partition_max_bytes(1 << 20);
-                let req = FetchRequest::default()
-                    .with_replica_id(BrokerId(-1))
-                    .with_max_wait_ms(200)
-                    .with_min_bytes(1)
-                    .with_max_bytes(1 << 20)
-                    .with_topics(vec![FetchTopic::default()
-                        .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
-                        .with_partitions(vec![wanted])]);
+                let req = support::fetch_from(topic, partition, offset, 200);
                 correlation_id += 1;
                 let resp: FetchResponse = conn.call(ApiKey::Fetch, 11, correlation_id, &req).await;
-                let error = resp.error_code.max(
-                    resp.responses
-                        .first()
-                        .and_then(|t| t.partitions.first())
-                        .map_or(0, |p| p.error_code),
-                );
+                let part = resp.responses.first().and_then(|t| t.partitions.first());
                 assert_eq!(
-                    error, 0,
+                    (resp.error_code, part.map_or(0, |p| p.error_code)),
+                    (0, 0),
                     "fetch {topic}/{partition} at {offset} for the codec floor"
                 );
-                let records = resp
-                    .responses
-                    .first()
-                    .and_then(|t| t.partitions.first())
-                    .and_then(|p| p.records.clone())
-                    .unwrap_or_default();
+                let records = part.and_then(|p| p.records.clone()).unwrap_or_default();
                 let before = batches.len();
                 for item in Batches::new(records) {
                     if let Ok(BatchItem::Batch(raw)) = item {

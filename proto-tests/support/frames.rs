@@ -159,6 +159,25 @@ pub fn long_poll(topic: &'static str, max_wait_ms: i32) -> FetchRequest {
             .with_partitions(vec![partition])])
 }
 
+/// A consumer's Fetch of one partition of `topic` from `offset` (1 MiB at
+/// most, held up to `max_wait_ms` for a first byte), as the raw readers of
+/// the tests and the benches send it.
+#[allow(dead_code)] // used by some test modules and benches only
+pub fn fetch_from(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    let wanted = FetchPartition::default()
+        .with_partition(partition)
+        .with_fetch_offset(offset)
+        .with_partition_max_bytes(1 << 20);
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic(StrBytes::from_string(topic.to_string()).into())
+            .with_partitions(vec![wanted])])
+}
+
 /// The largest frame [`read_frame`] takes (64 MiB): a length past it, or a
 /// negative one, ends the connection as a broker would.
 pub const MAX_FRAME: usize = 64 << 20;
