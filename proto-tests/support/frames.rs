@@ -145,24 +145,12 @@ pub async fn create_topic_raw(conn: &mut RawConn, name: &'static str, correlatio
 /// A consumer's long poll of partition 0 from offset 0: on an empty topic the
 /// broker holds it for `max_wait_ms`.
 pub fn long_poll(topic: &'static str, max_wait_ms: i32) -> FetchRequest {
-    let partition = FetchPartition::default()
-        .with_partition(0)
-        .with_fetch_offset(0)
-        .with_partition_max_bytes(1 << 20);
-    FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(max_wait_ms)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(StrBytes::from_static_str(topic).into())
-            .with_partitions(vec![partition])])
+    fetch_from(topic, 0, 0, max_wait_ms)
 }
 
 /// A consumer's Fetch of one partition of `topic` from `offset` (1 MiB at
 /// most, held up to `max_wait_ms` for a first byte), as the raw readers of
 /// the tests and the benches send it.
-#[allow(dead_code)] // used by some test modules and benches only
 pub fn fetch_from(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> FetchRequest {
     let wanted = FetchPartition::default()
         .with_partition(partition)
