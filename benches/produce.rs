@@ -14,6 +14,18 @@
 //! - fixed load: half the direct saturation rate, paced; p50/p99 produce
 //!   latency (enqueue to delivery report) and the proxy's CPU seconds per GB.
 //!
+//! Beside each codec's fixed-load runs, the **codec floor**: after every
+//! direct run at fixed load, the batches the client sent are read back from
+//! the broker's log (raw Fetch v11) and this process decompresses and
+//! recompresses each of them with idemgate's own codec functions
+//! (`records::decompress`, `records::compress_into`: the same crates,
+//! settings and per-thread contexts a rewrite uses), on one thread, timed by
+//! the thread's CPU clock. That is the least CPU a proxy that rewrites
+//! compressed batches can spend; the table gives it per GB (`codec floor
+//! s/GB`, the median over the rounds) and each proxy path's CPU per GB as a
+//! multiple of its baseline's floor (`CPU / floor`; none for uncompressed
+//! records, whose "floor" is two copies).
+//!
 //! With `--sweep F,F,…`, a third measure: the load paced at each fraction F
 //! of direct's saturation rate, on every path without replays, recording the
 //! rate achieved, p50/p99 and the proxy's CPU: where each path's latency
@@ -75,13 +87,18 @@ mod support;
 
 use common::{block_on, create_topic, median, samples, JsonOut, Records, RunFlags};
 use support::proc::cpu_seconds;
-use support::{free_port, free_port_range, ProxyLog, ProxyProcess, Tansu};
+use support::{free_port, free_port_range, ProxyLog, ProxyProcess, RawConn, Tansu};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use idemgate::records::{
+    self, BatchItem, Batches, RawBatch, BATCH_HEADER_LEN, DEFAULT_MAX_DECOMPRESSED,
+};
+use kafka_protocol::messages::{ApiKey, FetchResponse};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -461,6 +478,84 @@ fn log_records(broker: &str, topic: &str) -> Option<i64> {
     Some(total)
 }
 
+// === The codec floor ===
+
+/// The topic's batches as the broker holds them, every partition read from
+/// offset 0 to its end over a raw connection (Fetch v11, as the dedup tests
+/// read tansu; a read that brings no new batch ends a partition): the very
+/// batches the client sent, for the codec floor.
+fn log_batches(broker: &str, topic: &str) -> Vec<Bytes> {
+    block_on(async {
+        let mut conn = RawConn::connect(broker).await;
+        let mut batches = Vec::new();
+        let mut correlation_id = 0;
+        for partition in 0..PARTITIONS {
+            let mut offset = 0i64;
+            loop {
+                let req = support::fetch_from(topic, partition, offset, 200);
+                correlation_id += 1;
+                let resp: FetchResponse = conn.call(ApiKey::Fetch, 11, correlation_id, &req).await;
+                let part = resp.responses.first().and_then(|t| t.partitions.first());
+                assert_eq!(
+                    (resp.error_code, part.map_or(0, |p| p.error_code)),
+                    (0, 0),
+                    "fetch {topic}/{partition} at {offset} for the codec floor"
+                );
+                let records = part.and_then(|p| p.records.clone()).unwrap_or_default();
+                let before = batches.len();
+                for item in Batches::new(records) {
+                    if let Ok(BatchItem::Batch(raw)) = item {
+                        offset = raw.header().last_offset() + 1;
+                        batches.push(raw.into_bytes());
+                    }
+                }
+                if batches.len() == before {
+                    break;
+                }
+            }
+        }
+        batches
+    })
+}
+
+/// This thread's CPU time so far, in seconds (`/proc/thread-self/schedstat`,
+/// nanoseconds: finer than the clock ticks of `/proc/<pid>/stat`).
+fn thread_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |ns| ns / 1e9)
+}
+
+/// The CPU seconds one thread takes to decompress and recompress `batches`
+/// with idemgate's own codec functions (`records::decompress` and
+/// `records::compress_into`: the crates, settings and per-thread contexts a
+/// rewrite uses), nothing else: no CRC, no record walk, no hashing. The floor
+/// a proxy that rewrites compressed batches can approach; the median of three
+/// passes.
+fn codec_floor(batches: &[Bytes]) -> f64 {
+    let pass = || {
+        let mut out = Vec::new();
+        let start = thread_cpu_seconds();
+        for bytes in batches {
+            let raw = RawBatch::new(bytes.clone()).expect("a whole batch from the log");
+            let codec = raw
+                .header()
+                .attributes
+                .codec()
+                .expect("a codec Kafka defines");
+            let plain =
+                records::decompress(codec, &bytes[BATCH_HEADER_LEN..], DEFAULT_MAX_DECOMPRESSED)
+                    .expect("the client's batch decompresses");
+            out.clear();
+            records::compress_into(codec, &plain, &mut out).expect("it compresses again");
+            std::hint::black_box(&out);
+        }
+        thread_cpu_seconds() - start
+    };
+    median((0..3).map(|_| pass()).collect())
+}
+
 // === The records ===
 
 /// What a run sends, in order: record ids, in chunks; a replayed chunk
@@ -679,6 +774,9 @@ struct Extra {
     counts: Option<DedupCounts>,
     /// Records in the broker's log of the measured topic.
     logged: Option<i64>,
+    /// A direct run at fixed load: the codec floor of the batches the client
+    /// sent (CPU seconds, [`codec_floor`]) and how many batches.
+    floor: Option<(f64, usize)>,
 }
 
 /// One measured run on a fresh broker (and a fresh proxy with a fresh store
@@ -724,12 +822,17 @@ fn measure(
     let logged = (path.replay_pct > 0 || path.front.rule().is_some())
         .then(|| log_records(&direct, "bench"))
         .flatten();
+    let floor = (path.front == Front::Direct && rate.is_some()).then(|| {
+        let batches = log_batches(&direct, "bench");
+        (codec_floor(&batches), batches.len())
+    });
     (
         r,
         Extra {
             cpu,
             counts,
             logged,
+            floor,
         },
     )
 }
@@ -811,6 +914,7 @@ fn bench_codec(
     let offered = direct_rate / 2.0;
     let mut fixed: Vec<Vec<RunResult>> = (0..n).map(|_| Vec::new()).collect();
     let mut cpu: Vec<Vec<f64>> = (0..n).map(|_| Vec::new()).collect();
+    let mut floor: Vec<Vec<f64>> = (0..n).map(|_| Vec::new()).collect();
     for round in 0..a.rounds {
         for (i, path) in a.paths.iter().enumerate() {
             let (r, extra) = measure(
@@ -839,15 +943,23 @@ fn bench_codec(
             if let Some(c) = extra.counts {
                 dropped[i].push(c.dropped);
             }
+            if let Some((secs, batches)) = extra.floor {
+                println!(
+                    "codec floor {:w$} round {round}: {secs:.3} CPU s for its {batches} batches ({:.2} s/GB)",
+                    path.name(),
+                    secs / gb
+                );
+                floor[i].push(secs / gb);
+            }
             cpu[i].push(extra.cpu / gb);
             fixed[i].push(r);
         }
     }
     println!();
     println!(
-        "| path | saturation rec/s | MB/s | vs direct | p50 at {offered:.0} rec/s | p99 | proxy CPU s/GB | replays dropped |"
+        "| path | saturation rec/s | MB/s | vs direct | p50 at {offered:.0} rec/s | p99 | proxy CPU s/GB | codec floor s/GB | CPU / floor | replays dropped |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (i, path) in a.paths.iter().enumerate() {
         let b = index(path.baseline());
         let base_rate = med(&sat[b], |r| r.records_per_sec);
@@ -863,6 +975,16 @@ fn bench_codec(
                 format!("{:.2}", median(cpu[i].clone())),
             )
         };
+        // The floor of this path's batches: its direct baseline's, measured
+        // in the same rounds. With no codec it is two copies, no floor.
+        let floor_per_gb = (!floor[b].is_empty())
+            .then(|| median(floor[b].clone()))
+            .filter(|f| *f > 0.0);
+        let floor_text = floor_per_gb.map_or("-".to_string(), |f| format!("{f:.2}"));
+        let over_floor = floor_per_gb
+            .filter(|_| path.front != Front::Direct && compression != "none")
+            .map(|f| median(cpu[i].clone()) / f);
+        let over_text = over_floor.map_or("-".to_string(), |m| format!("{m:.2} x"));
         let drops = if dropped[i].is_empty() {
             "-".to_string()
         } else {
@@ -870,7 +992,7 @@ fn bench_codec(
             format!("{d:.0} ({:.1} %)", d / a.records as f64 * 100.0)
         };
         println!(
-            "| {} | {rate:.0} | {:.1} | {:.3} x | {p50:.2} ms{dp50} | {p99:.2} ms{dp99} | {cpu_text} | {drops} |",
+            "| {} | {rate:.0} | {:.1} | {:.3} x | {p50:.2} ms{dp50} | {p99:.2} ms{dp99} | {cpu_text} | {floor_text} | {over_text} | {drops} |",
             path.name(),
             med(&sat[i], |r| r.mb_per_sec),
             rate / base_rate
@@ -901,6 +1023,10 @@ fn bench_codec(
             // (= ms per MB), and records per CPU-second (per core).
             "proxy_cpu_s_per_gb": proxied.then_some(cpu_per_gb),
             "proxy_records_per_cpu_s": proxied.then(|| a.records as f64 / (cpu_per_gb * gb)),
+            // Decompressing and recompressing the baseline's batches, alone
+            // (CPU s/GB), and this path's proxy CPU as a multiple of it.
+            "codec_floor_s_per_gb": floor_per_gb,
+            "proxy_cpu_over_codec_floor": over_floor,
             "dropped": (!dropped[i].is_empty()).then(|| median(dropped[i].clone())),
         }));
     }

@@ -703,9 +703,7 @@ type RawRow = (
 /// Every record of partition 0 of `topic`, fetched through `via` with raw
 /// Fetch v11 requests up to a fresh end marker written to `broker`.
 async fn fetch_all_raw(via: &str, broker: &str, topic: &str) -> Vec<RawRow> {
-    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-    use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse};
-    use kafka_protocol::protocol::StrBytes;
+    use kafka_protocol::messages::{ApiKey, FetchResponse};
     use kafka_protocol::records::RecordBatchDecoder;
     let marker = end_markers(broker, topic, 1).await;
     let mut conn = support::RawConn::connect(via).await;
@@ -720,18 +718,7 @@ async fn fetch_all_raw(via: &str, broker: &str, topic: &str) -> Vec<RawRow> {
             "end marker {marker} not read after 120 s ({} rows)",
             rows.len()
         );
-        let partition = FetchPartition::default()
-            .with_partition(0)
-            .with_fetch_offset(next)
-            .with_partition_max_bytes(1 << 20);
-        let req = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(200)
-            .with_min_bytes(1)
-            .with_max_bytes(1 << 20)
-            .with_topics(vec![FetchTopic::default()
-                .with_topic(StrBytes::from_string(topic.to_string()).into())
-                .with_partitions(vec![partition])]);
+        let req = support::fetch_from(topic, 0, next, 200);
         let resp: FetchResponse = conn.call(ApiKey::Fetch, 11, correlation_id, &req).await;
         correlation_id += 1;
         let p = &resp.responses[0].partitions[0];

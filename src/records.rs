@@ -15,7 +15,8 @@
 //!    slices (zero-copy for uncompressed batches), headers parsed only when asked.
 //! 4. [`DecodedBatch::splice`] / [`DecodedBatch::rewrite`] build a new batch that keeps some
 //!    records and may append one header to each: unchanged record bodies are copied as raw
-//!    bytes, the output is written into one pre-sized `BytesMut`, recompressed with the same
+//!    bytes, the output is written into one pre-sized buffer (for a compressed batch, the
+//!    worker thread's reused scratch buffer), recompressed with the same
 //!    codec, and `batchLength` and the CRC are computed once, last.
 //!
 //! [`BatchBuilder`] makes batches from scratch for tests and tools.
@@ -52,10 +53,12 @@ mod varint;
 
 pub use batch::{DecodedBatch, HeaderIter, HeaderRef, RecordView};
 pub use builder::{BatchBuilder, Record};
+/// The codecs themselves, for the bench's codec floor (benches/produce.rs): the same
+/// functions, contexts and settings a rewrite uses.
+pub use compression::{compress_into, decompress};
 pub use splice::{emptied_marker, Action, SpliceMode, Spliced};
 
 use batch::walk_records;
-use compression::decompress;
 
 /// `baseOffset` + `batchLength`: the part of a batch that `batchLength` does not count.
 pub const LOG_OVERHEAD: usize = 12;
@@ -568,7 +571,7 @@ pub fn decode_batch(bytes: Bytes) -> Result<DecodedBatch, RecordsError> {
 }
 
 /// Fills `batchLength`, the header and, last, the CRC over [21..end].
-fn finish_batch(mut out: BytesMut, mut header: BatchHeader) -> Result<Bytes, RecordsError> {
+fn finish_batch(mut out: Vec<u8>, mut header: BatchHeader) -> Result<Bytes, RecordsError> {
     header.batch_length =
         i32::try_from(out.len() - LOG_OVERHEAD).map_err(|_| RecordsError::Overflow {
             what: "batchLength",
@@ -577,5 +580,5 @@ fn finish_batch(mut out: BytesMut, mut header: BatchHeader) -> Result<Bytes, Rec
     header.write_into(&mut out[..BATCH_HEADER_LEN]);
     let crc = crc32c::crc32c(&out[CRC_START..]);
     out[CRC_OFFSET..CRC_START].copy_from_slice(&crc.to_be_bytes());
-    Ok(out.freeze())
+    Ok(Bytes::from(out))
 }

@@ -145,9 +145,16 @@ pub async fn create_topic_raw(conn: &mut RawConn, name: &'static str, correlatio
 /// A consumer's long poll of partition 0 from offset 0: on an empty topic the
 /// broker holds it for `max_wait_ms`.
 pub fn long_poll(topic: &'static str, max_wait_ms: i32) -> FetchRequest {
-    let partition = FetchPartition::default()
-        .with_partition(0)
-        .with_fetch_offset(0)
+    fetch_from(topic, 0, 0, max_wait_ms)
+}
+
+/// A consumer's Fetch of one partition of `topic` from `offset` (1 MiB at
+/// most, held up to `max_wait_ms` for a first byte), as the raw readers of
+/// the tests and the benches send it.
+pub fn fetch_from(topic: &str, partition: i32, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    let wanted = FetchPartition::default()
+        .with_partition(partition)
+        .with_fetch_offset(offset)
         .with_partition_max_bytes(1 << 20);
     FetchRequest::default()
         .with_replica_id(BrokerId(-1))
@@ -155,8 +162,8 @@ pub fn long_poll(topic: &'static str, max_wait_ms: i32) -> FetchRequest {
         .with_min_bytes(1)
         .with_max_bytes(1 << 20)
         .with_topics(vec![FetchTopic::default()
-            .with_topic(StrBytes::from_static_str(topic).into())
-            .with_partitions(vec![partition])])
+            .with_topic(StrBytes::from_string(topic.to_string()).into())
+            .with_partitions(vec![wanted])])
 }
 
 /// The largest frame [`read_frame`] takes (64 MiB): a length past it, or a

@@ -286,23 +286,20 @@ impl FetchDedup {
         let mut next_abort = 0;
         let mut aborted_producers: HashSet<i64> = HashSet::new();
 
-        let mut out = BytesMut::with_capacity(records.len());
-        let mut changed = false;
+        // why: most reads change nothing; the bytes are copied into `out` only from the
+        // first batch that changes (everything before it in one copy), not on every read.
+        let mut out = Rewritten::new(&records);
         let mut batches = Batches::new(records.clone());
         loop {
             let start = batches.position();
             let raw = match batches.next() {
                 None => break,
                 Some(Ok(BatchItem::Batch(raw))) => raw,
-                Some(Ok(BatchItem::Legacy { bytes, .. } | BatchItem::PartialTail(bytes))) => {
-                    out.extend_from_slice(&bytes);
-                    continue;
-                }
+                Some(Ok(BatchItem::Legacy { .. } | BatchItem::PartialTail(_))) => continue,
                 Some(Err(e)) => {
                     // The rest as it came: the consumer judges it.
                     tracing::debug!(topic, partition, error = %e, "Fetch records did not parse: the rest forwarded as it came");
                     self.metrics.dedup.fail_open(FailOpen::Undecodable, 0);
-                    out.extend_from_slice(&records[start..]);
                     break;
                 }
             };
@@ -319,13 +316,11 @@ impl FetchDedup {
             if h.attributes.is_control() {
                 // The marker ends that producer's transaction.
                 aborted_producers.remove(&h.producer_id);
-                out.extend_from_slice(raw.bytes());
                 continue;
             }
             if h.attributes.is_transactional()
                 && (!read_committed || aborted_producers.contains(&h.producer_id))
             {
-                out.extend_from_slice(raw.bytes());
                 continue;
             }
             let batch = match raw.decode_with_limit(self.config.listen.max_frame_bytes) {
@@ -335,19 +330,15 @@ impl FetchDedup {
                     self.metrics
                         .dedup
                         .fail_open(FailOpen::Undecodable, h.records_count.max(0) as u64);
-                    out.extend_from_slice(raw.bytes());
                     continue;
                 }
             };
-            match self.filter_batch(rule, topic, (partition, log_start), &batch, pass) {
-                Some(new) => {
-                    out.extend_from_slice(&new);
-                    changed = true;
-                }
-                None => out.extend_from_slice(raw.bytes()),
+            if let Some(new) = self.filter_batch(rule, topic, (partition, log_start), &batch, pass)
+            {
+                out.replace(start..batches.position(), &new);
             }
         }
-        changed.then(|| out.freeze())
+        out.finish()
     }
 
     /// One decoded batch; `None` when it goes as it came.
@@ -597,6 +588,46 @@ impl<'a> Filter<'a> for DedupFetch<'a> {
             }
             _ => next(ex),
         }
+    }
+}
+
+// === impl Rewritten ===
+
+/// A partition's records with some batches replaced, built only once the
+/// first one is: the unchanged bytes between two replaced batches (and
+/// before the first, and after the last) are copied in one piece each.
+struct Rewritten<'a> {
+    records: &'a Bytes,
+    /// The new records so far; `None` while nothing was replaced.
+    out: Option<BytesMut>,
+    /// Where the bytes not yet copied into `out` begin.
+    copied: usize,
+}
+
+impl<'a> Rewritten<'a> {
+    fn new(records: &'a Bytes) -> Self {
+        Rewritten {
+            records,
+            out: None,
+            copied: 0,
+        }
+    }
+
+    /// The item at `range` goes as `new`.
+    fn replace(&mut self, range: std::ops::Range<usize>, new: &[u8]) {
+        let out = self
+            .out
+            .get_or_insert_with(|| BytesMut::with_capacity(self.records.len()));
+        out.extend_from_slice(&self.records[self.copied..range.start]);
+        out.extend_from_slice(new);
+        self.copied = range.end;
+    }
+
+    /// The new records, or `None` when nothing was replaced.
+    fn finish(self) -> Option<Bytes> {
+        let mut out = self.out?;
+        out.extend_from_slice(&self.records[self.copied..]);
+        Some(out.freeze())
     }
 }
 

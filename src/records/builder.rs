@@ -1,7 +1,7 @@
 //! Batches from owned records, for tests, tools, golden files and the fetch path's emptied
 //! marker.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::compression::compress_into;
 use super::varint::{
@@ -26,7 +26,7 @@ pub struct Record {
     pub headers: Vec<(Bytes, Option<Bytes>)>,
 }
 
-fn encode_record(out: &mut BytesMut, r: &Record) -> Result<(), RecordsError> {
+fn encode_record(out: &mut Vec<u8>, r: &Record) -> Result<(), RecordsError> {
     let mut body = 1
         + uvarint_len(zigzag64(r.timestamp_delta))
         + varint_len(r.offset_delta)
@@ -45,7 +45,7 @@ fn encode_record(out: &mut BytesMut, r: &Record) -> Result<(), RecordsError> {
     })?;
     out.reserve(body + 5);
     put_varint(out, len);
-    out.put_i8(r.attributes);
+    out.push(r.attributes as u8);
     put_varlong(out, r.timestamp_delta);
     put_varint(out, r.offset_delta);
     put_nullable(out, r.key.as_deref());
@@ -129,11 +129,11 @@ impl BatchBuilder {
         let count = i32::try_from(records.len()).map_err(|_| RecordsError::Overflow {
             what: "recordsCount",
         })?;
-        let mut recs = BytesMut::new();
+        let mut recs = Vec::new();
         for r in records {
             encode_record(&mut recs, r)?;
         }
-        let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + recs.len());
+        let mut out = Vec::with_capacity(BATCH_HEADER_LEN + recs.len());
         out.extend_from_slice(&[0u8; BATCH_HEADER_LEN]);
         if !records.is_empty() {
             compress_into(self.codec, &recs, &mut out)?;

@@ -1,7 +1,9 @@
 //! Rewriting a [`DecodedBatch`]: keep some records, append a header, renumber or keep
 //! offsets; unchanged record bodies are copied as raw bytes.
 
-use bytes::{Bytes, BytesMut};
+use std::cell::RefCell;
+
+use bytes::Bytes;
 
 use super::batch::{has_header, DecodedBatch, HeaderRef, RecordSpan};
 use super::builder::{BatchBuilder, Record};
@@ -130,17 +132,55 @@ impl DecodedBatch {
                 Spliced::Unchanged
             });
         }
-        let payload: &[u8] = &self.payload;
-        // why: room for the header and, per record, a small appended header plus varint
-        // growth; records that need more grow the buffer once via reserve().
+        // why: room for, per record, a small appended header plus varint growth; records
+        // that need more grow the buffer once via reserve().
         let estimate = self.payload.len() + self.spans.len() * 24;
-        let mut recs = if self.codec == Codec::None {
-            let mut b = BytesMut::with_capacity(BATCH_HEADER_LEN + estimate);
-            b.extend_from_slice(&[0u8; BATCH_HEADER_LEN]);
-            b
-        } else {
-            BytesMut::with_capacity(estimate)
-        };
+        if self.codec == Codec::None {
+            // why: uncompressed records are written straight after the header.
+            let mut out = Vec::with_capacity(BATCH_HEADER_LEN + estimate);
+            out.resize(BATCH_HEADER_LEN, 0);
+            let Some(walk) = self.write_records(mode, force, &action_at, &mut out)? else {
+                return Ok(Spliced::Unchanged);
+            };
+            return self.finish(mode, walk, out);
+        }
+        SCRATCH.with(|scratch| {
+            let mut recs = scratch.borrow_mut();
+            recs.clear();
+            recs.reserve(estimate);
+            let written = self.write_records(mode, force, &action_at, &mut recs);
+            let out = match written {
+                Ok(Some(walk)) if walk.kept > 0 => {
+                    // why: a guess at the compressed size; the codec grows it if it must.
+                    let mut out = Vec::with_capacity(BATCH_HEADER_LEN + recs.len() / 2 + 64);
+                    out.resize(BATCH_HEADER_LEN, 0);
+                    compress_into(self.codec, &recs, &mut out).map(|()| Some((walk, out)))
+                }
+                Ok(Some(walk)) => Ok(Some((walk, Vec::new()))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            // why: one huge batch must not pin its size on this thread for good.
+            if recs.capacity() > SCRATCH_KEEP {
+                *recs = Vec::new();
+            }
+            match out? {
+                None => Ok(Spliced::Unchanged),
+                Some((walk, out)) => self.finish(mode, walk, out),
+            }
+        })
+    }
+
+    /// The kept records, each copied as raw bytes or re-framed, appended to `recs`; `None`
+    /// when nothing would change (and `force` is off).
+    fn write_records<'h>(
+        &self,
+        mode: SpliceMode,
+        force: bool,
+        action_at: &impl Fn(usize) -> Action<'h>,
+        recs: &mut Vec<u8>,
+    ) -> Result<Option<Walk>, RecordsError> {
+        let payload: &[u8] = &self.payload;
         let mut kept = 0usize;
         let mut changed = false;
         let mut max_ts_delta = i64::MIN;
@@ -168,12 +208,16 @@ impl DecodedBatch {
             if append.is_none() && new_od == span.offset_delta {
                 recs.extend_from_slice(&payload[span.range()]);
             } else {
-                write_changed_record(&mut recs, payload, span, new_od, append)?;
+                write_changed_record(recs, payload, span, new_od, append)?;
             }
         }
-        if !changed && !force {
-            return Ok(Spliced::Unchanged);
-        }
+        Ok((changed || force).then_some(Walk { kept, max_ts_delta }))
+    }
+
+    /// The header of the rewritten batch, and the batch: `out` holds the header's room and
+    /// the (compressed) records.
+    fn finish(&self, mode: SpliceMode, walk: Walk, out: Vec<u8>) -> Result<Spliced, RecordsError> {
+        let Walk { kept, max_ts_delta } = walk;
         let mut header = self.header;
         header.magic = MAGIC_V2;
         if kept == 0 {
@@ -190,16 +234,25 @@ impl DecodedBatch {
                 header.max_timestamp = header.base_timestamp.wrapping_add(max_ts_delta);
             }
         }
-        let out = if self.codec == Codec::None {
-            recs
-        } else {
-            let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + recs.len() / 2 + 64);
-            out.extend_from_slice(&[0u8; BATCH_HEADER_LEN]);
-            compress_into(self.codec, &recs, &mut out)?;
-            out
-        };
         finish_batch(out, header).map(Spliced::Rewritten)
     }
+}
+
+/// What [`DecodedBatch::write_records`] wrote: how many records, and the largest
+/// timestampDelta among them.
+#[derive(Debug, Clone, Copy)]
+struct Walk {
+    kept: usize,
+    max_ts_delta: i64,
+}
+
+/// Above this, the scratch buffer is let go after the batch instead of kept for the next.
+const SCRATCH_KEEP: usize = 4 << 20;
+
+thread_local! {
+    /// The records of a compressed batch before they are compressed: one buffer per worker
+    /// thread, reused, instead of an allocation per batch.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A 61-byte batch with no records, as `DefaultRecordBatch.writeEmptyHeader` writes it from
@@ -215,9 +268,7 @@ fn empty_batch(original: &BatchHeader) -> Result<Bytes, RecordsError> {
     );
     header.base_timestamp = -1;
     header.records_count = 0;
-    let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN);
-    out.extend_from_slice(&[0u8; BATCH_HEADER_LEN]);
-    finish_batch(out, header)
+    finish_batch(vec![0u8; BATCH_HEADER_LEN], header)
 }
 
 /// What the fetch path sends in place of a batch it emptied: a control batch
@@ -257,7 +308,7 @@ pub fn emptied_marker(original: &BatchHeader) -> Result<Bytes, RecordsError> {
 }
 
 fn write_changed_record(
-    out: &mut BytesMut,
+    out: &mut Vec<u8>,
     payload: &[u8],
     span: &RecordSpan,
     new_od: i32,

@@ -73,14 +73,14 @@ fn items(buf: Bytes) -> Vec<Result<BatchItem, RecordsError>> {
 #[test]
 fn varint_round_trips_at_the_edges() {
     for v in [0, 1, -1, 63, -64, 64, i32::MAX, i32::MIN] {
-        let mut out = BytesMut::new();
+        let mut out = Vec::new();
         put_varint(&mut out, v);
         assert_eq!(out.len(), varint_len(v));
         let mut c = Cursor { buf: &out, pos: 0 };
         assert_eq!(c.varint().unwrap(), v);
     }
     for v in [0, -1, 1 << 31, -(1 << 40), i64::MAX, i64::MIN] {
-        let mut out = BytesMut::new();
+        let mut out = Vec::new();
         put_varlong(&mut out, v);
         assert_eq!(out.len(), uvarint_len(zigzag64(v)));
         let mut c = Cursor { buf: &out, pos: 0 };
@@ -550,20 +550,87 @@ fn corrupt_compressed_payloads_are_errors() {
     }
 }
 
+/// Codec contexts and buffers are kept per thread: batches of very different sizes, one after
+/// another on one thread, each come back whole, and a corrupt batch in between leaves nothing
+/// behind that spoils the next one.
+#[test]
+fn a_thread_reuses_its_codecs_across_batches_and_errors() {
+    let small = three_records();
+    let big: Vec<Record> = (0..2000i32)
+        .map(|i| {
+            let value = format!(
+                "{{\"id\":{i},\"note\":\"{}\"}}",
+                "abc ".repeat(i as usize % 97)
+            );
+            rec(i, i64::from(i), Some(b"k"), Some(value.as_bytes()), &[])
+        })
+        .collect();
+    for codec in Codec::ALL {
+        for records in [&small, &big, &small, &big] {
+            let bytes = BatchBuilder::new(codec).build(records).unwrap();
+            let batch = decode_batch(bytes.clone()).unwrap();
+            assert_eq!(batch.len(), records.len(), "{codec}");
+            let again = decode_batch(batch.reencode().unwrap()).unwrap();
+            let got: Vec<Record> = again.records().map(|r| r.to_record()).collect();
+            assert_eq!(&got, records, "{codec}");
+            if codec == Codec::None {
+                continue;
+            }
+            // a batch cut short in the middle of its payload fails, and the next is fine
+            let mid = BATCH_HEADER_LEN + (bytes.len() - BATCH_HEADER_LEN) / 2;
+            let count = records.len() as i32;
+            assert!(
+                decode_batch(with_payload(&bytes, count, &bytes[BATCH_HEADER_LEN..mid])).is_err()
+            );
+        }
+    }
+}
+
+/// zstd as Java's producer writes it (a stream: no content size in the frame header) and
+/// two frames back to back both decompress; a frame cut short does not.
+#[test]
+fn zstd_reads_streamed_and_concatenated_frames() {
+    use std::io::Write;
+    let one = uncompressed_batch();
+    let records = &one[BATCH_HEADER_LEN..];
+    let mut streamed = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    streamed.write_all(records).unwrap();
+    let streamed = streamed.finish().unwrap();
+    assert_eq!(
+        zstd::zstd_safe::get_frame_content_size(&streamed).ok(),
+        Some(None),
+        "a streamed frame says no size"
+    );
+    let mut v = with_payload(&one, 3, &streamed).to_vec();
+    v[21..23].copy_from_slice(&i16::from(Codec::Zstd.id()).to_be_bytes());
+    fix_crc(&mut v);
+    assert_eq!(decode_batch(Bytes::from(v)).unwrap().payload(), records);
+    let mut two = Vec::new();
+    compress_into(Codec::Zstd, &records[..20], &mut two).unwrap();
+    compress_into(Codec::Zstd, &records[20..], &mut two).unwrap();
+    assert_eq!(
+        decompress(Codec::Zstd, &two, 1 << 20).unwrap(),
+        records,
+        "concatenated frames"
+    );
+    assert!(decompress(Codec::Zstd, &streamed[..streamed.len() - 3], 1 << 20).is_err());
+    assert!(decompress(Codec::Zstd, &two[..two.len() - 1], 1 << 20).is_err());
+}
+
 #[test]
 fn snappy_reads_raw_and_concatenated_xerial() {
     let one = uncompressed_batch();
     let records = &one[BATCH_HEADER_LEN..];
     let raw = snap::raw::Encoder::new().compress_vec(records).unwrap();
     assert_eq!(snappy_decompress(&raw, 1 << 20).unwrap(), records);
-    let mut xerial = BytesMut::new();
+    let mut xerial = Vec::new();
     compress_into(Codec::Snappy, &records[..10], &mut xerial).unwrap();
     compress_into(Codec::Snappy, &records[10..], &mut xerial).unwrap();
     assert!(xerial.starts_with(XERIAL_HEADER));
     assert_eq!(snappy_decompress(&xerial, 1 << 20).unwrap(), records);
     // the bytes kafka-protocol's tests call "upstream kafka snappy-compressed"
     let upstream = b"\x82\x53\x4e\x41\x50\x50\x59\x00\x00\x00\x00\x01\x00\x00\x00\x01\x00\x00\x00\x0f\x0d\x30\x18\x00\x00\x00\x01\x0csdfdsf\x00";
-    let mut ours = BytesMut::new();
+    let mut ours = Vec::new();
     let plain = snappy_decompress(upstream, 1 << 20).unwrap();
     compress_into(Codec::Snappy, &plain, &mut ours).unwrap();
     assert_eq!(&ours[..], &upstream[..]);
@@ -571,7 +638,7 @@ fn snappy_reads_raw_and_concatenated_xerial() {
 
 #[test]
 fn lz4_frames_use_independent_64k_blocks() {
-    let mut out = BytesMut::new();
+    let mut out = Vec::new();
     compress_into(Codec::Lz4, &[7u8; 200_000], &mut out).unwrap();
     assert_eq!(&out[..4], &[0x04, 0x22, 0x4d, 0x18]);
     let flg = out[4];

@@ -3,8 +3,6 @@
 
 use std::ops::Range;
 
-use bytes::BytesMut;
-
 use super::RecordsError;
 
 /// Why a cursor read stopped; mapped to an error with the record index by the caller.
@@ -122,7 +120,7 @@ pub(super) fn varint_len(v: i32) -> usize {
 }
 
 #[inline]
-pub(super) fn put_uvarint(out: &mut BytesMut, mut v: u64) {
+pub(super) fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
     // why: one extend_from_slice instead of a capacity check per byte.
     let mut buf = [0u8; 10];
     let mut i = 0;
@@ -136,12 +134,12 @@ pub(super) fn put_uvarint(out: &mut BytesMut, mut v: u64) {
 }
 
 #[inline]
-pub(super) fn put_varint(out: &mut BytesMut, v: i32) {
+pub(super) fn put_varint(out: &mut Vec<u8>, v: i32) {
     put_uvarint(out, u64::from(zigzag32(v)));
 }
 
 #[inline]
-pub(super) fn put_varlong(out: &mut BytesMut, v: i64) {
+pub(super) fn put_varlong(out: &mut Vec<u8>, v: i64) {
     put_uvarint(out, zigzag64(v));
 }
 
@@ -159,7 +157,7 @@ pub(super) fn nullable_len(
     }
 }
 
-pub(super) fn put_nullable(out: &mut BytesMut, field: Option<&[u8]>) {
+pub(super) fn put_nullable(out: &mut Vec<u8>, field: Option<&[u8]>) {
     match field {
         // why: lengths were checked by nullable_len() before anything was written.
         Some(d) => {
