@@ -763,18 +763,8 @@ async fn read_committed_passes_aborted_records_untouched_and_learns_nothing_from
 /// (counted). Before, the Fetch waited for the whole lookup.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_hanging_on_describe_configs_holds_a_fetch_only_topic_config_wait() {
-    use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
-    use kafka_protocol::messages::{FetchRequest, FetchResponse};
-    const WAITED_OUT: &str = "idemgate_dedup_fail_open_total{reason=\"topic_config_wait\"}";
-    let hooks = Hooks {
-        describe_configs_gate: Some(Semaphore::new(0)),
-        ..Hooks::default()
-    };
-    let peer = Peer::start_hooked(Script::Kafka, hooks).await;
-    let proxy = Proxy::start_full(
-        &peer.addr,
-        "",
-        "request_timeout = \"60s\"",
+    use kafka_protocol::messages::FetchResponse;
+    let (peer, proxy) = hanging_on_describe_configs(
         &drop_rule("record-key", "direction = \"fetch\"\n").replacen(
             "[dedup]\n",
             "[dedup]\ntopic_config_wait = \"2s\"\n",
@@ -783,18 +773,7 @@ async fn a_broker_hanging_on_describe_configs_holds_a_fetch_only_topic_config_wa
     )
     .await;
     let mut conn = RawConn::connect(&proxy.bootstrap).await;
-    let fetch = FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
-        .with_max_wait_ms(100)
-        .with_min_bytes(1)
-        .with_max_bytes(1 << 20)
-        .with_isolation_level(1)
-        .with_topics(vec![FetchTopic::default()
-            .with_topic(StrBytes::from_static_str("txn").into())
-            .with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(0)
-                .with_partition_max_bytes(1 << 20)])]);
+    let fetch = support::frames::fetch_from("txn", 0, 0, 100).with_isolation_level(1);
     let direct = transactional_fetch().responses[0].partitions[0]
         .records
         .clone();
@@ -809,6 +788,21 @@ async fn a_broker_hanging_on_describe_configs_holds_a_fetch_only_topic_config_wa
         "the broker's records, as they came"
     );
     assert!(proxy.metric(WAITED_OUT).await > 0.0);
+}
+
+/// The fail-open a topic whose settings came too late counts under.
+const WAITED_OUT: &str = "idemgate_dedup_fail_open_total{reason=\"topic_config_wait\"}";
+
+/// A scripted Kafka whose DescribeConfigs answers wait for a permit (none
+/// yet), behind a proxy with `dedup` (TOML) and a 60 s lookup timeout.
+async fn hanging_on_describe_configs(dedup: &str) -> (Peer, Proxy) {
+    let hooks = Hooks {
+        describe_configs_gate: Some(Semaphore::new(0)),
+        ..Hooks::default()
+    };
+    let peer = Peer::start_hooked(Script::Kafka, hooks).await;
+    let proxy = Proxy::start_full(&peer.addr, "", "request_timeout = \"60s\"", dedup).await;
+    (peer, proxy)
 }
 
 /// A Produce of `records` to partition 0 of "t", acks=all.
@@ -1077,16 +1071,7 @@ fn produced_batch(frame: &[u8]) -> Bytes {
 async fn a_broker_hanging_on_describe_configs_holds_a_produce_only_topic_config_wait() {
     use kafka_protocol::messages::ProduceResponse;
     use kafka_protocol::records::RecordBatchDecoder;
-    const WAITED_OUT: &str = "idemgate_dedup_fail_open_total{reason=\"topic_config_wait\"}";
-    let hooks = Hooks {
-        describe_configs_gate: Some(Semaphore::new(0)),
-        ..Hooks::default()
-    };
-    let peer = Peer::start_hooked(Script::Kafka, hooks).await;
-    let proxy = Proxy::start_full(
-        &peer.addr,
-        "",
-        "request_timeout = \"60s\"",
+    let (peer, proxy) = hanging_on_describe_configs(
         "[dedup]\ntopic_config_wait = \"8s\"\n\
          [[dedup.rules]]\ntopics = \"*\"\nkey = \"content\"\nmode = \"drop\"\n",
     )
