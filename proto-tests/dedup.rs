@@ -880,10 +880,10 @@ async fn committed_transactions_teach_the_window_aborted_ones_do_not() {
 
     // The task falls back to plain at-least-once and replays everything:
     // the committed records first, then the aborted ones and new ones.
-    // (librdkafka numbers a batch from one base offset, so a replayed prefix
-    // is cut only on the bet that the rest lands right after its first
-    // copies; after a transaction's marker and an aborted one it never does,
-    // and such a batch would be retried whole: README, "offsets_apart".)
+    // (librdkafka numbers a batch from one base offset; a replayed prefix
+    // is cut on the bet that the rest lands right after its first copies,
+    // which after a transaction's markers it never does: README,
+    // "unnumbered".)
     let plain = task_producer(&proxy.bootstrap, "connector-producer-eos-0", &[]);
     let mut replay = committed.clone();
     send_ok(&plain, topic, &replay).await;

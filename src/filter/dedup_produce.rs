@@ -126,9 +126,6 @@ enum PartitionKind {
         /// writes the rest at `first + count`, answering `first` gives every
         /// record its true offset (clients number records base + index).
         replayed_prefix: Option<(i64, u32)>,
-        /// The client numbers the batch's records from the base offset it
-        /// is answered (it does not report -1 per record).
-        client_numbers: bool,
     },
     /// Every record was a replay: answered by the proxy.
     Answered { base_offset: i64 },
@@ -151,14 +148,9 @@ impl PartitionKind {
             trimmed: false,
             producer,
             replayed_prefix: None,
-            client_numbers: false,
         }
     }
 }
-
-/// Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND: written, not acknowledged;
-/// retriable for every client (librdkafka: "possibly persisted").
-const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
 
 /// Kafka's KAFKA_STORAGE_ERROR: retriable for every client (Java's
 /// KafkaStorageException is an InvalidMetadataException).
@@ -529,7 +521,7 @@ impl ProduceDedup {
                 .dedup
                 .answered_locally
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let resp = merge(&plan, ProduceResponse::default(), &self.metrics);
+            let resp = merge(&plan, ProduceResponse::default());
             return message::encode_local_response(
                 ApiKey::Produce,
                 head.api_version,
@@ -803,10 +795,6 @@ impl ProduceDedup {
                         trimmed: any_dropped,
                         producer,
                         replayed_prefix,
-                        // An idempotent producer's retry gets the same cut
-                        // (its sequence point) and the broker's duplicate
-                        // answer: a retry would not help it.
-                        client_numbers: !reports_no_offset && !idempotent,
                     },
                     Some(bytes),
                 )
@@ -1190,8 +1178,8 @@ impl ProduceDedup {
     ///
     /// A prefix is a bet that nobody writes the partition between the first
     /// copies and the rest (it wins when the replays are the partition's
-    /// latest records, as after a crash); a lost bet is answered with a
-    /// retriable error (see [`merge`]), whose retry goes whole.
+    /// latest records, as after a crash); a lost bet is answered -1, which
+    /// such a client numbers from (the open residual the README names).
     fn numbered(&self, place: (&str, i32), decisions: &[Decision]) -> bool {
         let is_drop = |d: &Decision| matches!(d, Decision::Drop { .. });
         let k = decisions.iter().filter(|d| is_drop(d)).count();
@@ -1305,7 +1293,7 @@ impl ProduceDedup {
         }
         if plan.needs_response_rewrite() {
             let msg = frame.message_mut::<ProduceResponse>(ApiKey::Produce, version)?;
-            *msg = merge(plan, std::mem::take(msg), &self.metrics);
+            *msg = merge(plan, std::mem::take(msg));
         }
         Ok(())
     }
@@ -1313,11 +1301,7 @@ impl ProduceDedup {
 
 /// The client's view: its topics and partitions in request order, answered
 /// partitions filled in, base_offset -1 where records were removed.
-fn merge(
-    plan: &ProducePlan,
-    mut from_broker: ProduceResponse,
-    metrics: &Metrics,
-) -> ProduceResponse {
+fn merge(plan: &ProducePlan, mut from_broker: ProduceResponse) -> ProduceResponse {
     let mut topics = Vec::with_capacity(plan.topics.len());
     for topic in &plan.topics {
         let mut broker_partitions = match from_broker
@@ -1350,7 +1334,6 @@ fn merge(
                 PartitionKind::Upstream {
                     trimmed,
                     replayed_prefix,
-                    client_numbers,
                     ..
                 } => {
                     if let Some(i) = broker_partitions.iter().position(|r| r.index == p.index) {
@@ -1362,21 +1345,6 @@ fn merge(
                                         && r.base_offset == first + i64::from(k) =>
                                 {
                                     first
-                                }
-                                // Written apart from the replays' first
-                                // copies (another writer came between): no
-                                // base offset numbers the batch truly. A
-                                // client that numbers from it is told the
-                                // records went in unacknowledged (retriable,
-                                // "possibly written"); its retry is all
-                                // replays, not consecutive, so it goes whole,
-                                // at true offsets (duplicates, counted).
-                                Some((_, k)) if r.error_code == 0 && client_numbers => {
-                                    r.error_code = NOT_ENOUGH_REPLICAS_AFTER_APPEND;
-                                    metrics
-                                        .dedup
-                                        .fail_open(FailOpen::OffsetsApart, u64::from(k));
-                                    -1
                                 }
                                 _ => -1,
                             };
@@ -1876,52 +1844,29 @@ mod tests {
         assert_eq!((c.records, c.dropped), (8, 4));
     }
 
-    /// Issue 15 item 7's last shape: a replayed prefix removed, and another
-    /// writer appended between the first copies and the rest, so the broker
-    /// writes the rest apart from them. No base offset numbers the batch, so
-    /// the client is answered a retriable "written, not acknowledged" (never
-    /// a base it would number wrong), and its retry goes whole.
+    /// Issue 15 item 7's open residual, as it stands: a replayed prefix is
+    /// cut on the bet that the broker writes the rest right after the first
+    /// copies. Here another writer put a record between (at 2), so the rest
+    /// lands at 3: the client is answered -1, and one that numbers from the
+    /// base (librdkafka, aiokafka) numbers from -1. Where the rest lands
+    /// right after them, the first copy's offset numbers every record.
     #[tokio::test]
-    async fn a_prefix_written_apart_from_its_first_copies_is_retried_whole() {
+    async fn a_replayed_prefix_is_answered_its_first_copy_only_where_the_rest_follows_it() {
         let b = bench("drop");
         let mut s = Session::default();
         send(&b, &mut s, batch(&["a", "b"], NO_PRODUCER, -1), 0).await;
-        // Another writer put a record at 2: the rest lands at 3, not 2.
         let cut = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 3).await;
         assert_eq!(cut.unwrap().0, ["c"]);
         assert_eq!(
-            LAST_ERROR.with(|e| e.get()),
-            NOT_ENOUGH_REPLICAS_AFTER_APPEND
+            (LAST_ERROR.with(|e| e.get()), LAST_BASE.with(|b| b.get())),
+            (0, -1)
         );
-        assert_eq!(LAST_BASE.with(|b| b.get()), -1);
-        assert_eq!(
-            b.dedup
-                .metrics
-                .dedup
-                .fail_open_count(FailOpen::OffsetsApart),
-            2
-        );
-        // The retry: a at 0, b at 1, c at 3 are not consecutive; it goes
-        // whole, and the broker numbers it.
-        let retry = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 4).await;
-        assert_eq!(retry.unwrap().0, ["a", "b", "c"]);
-        assert_eq!(LAST_ERROR.with(|e| e.get()), 0);
-        // Where the rest lands right after the first copies, the prefix goes.
         send(&b, &mut s, batch(&["x", "y"], NO_PRODUCER, -1), 7).await;
         let cut = send(&b, &mut s, batch(&["x", "y", "z"], NO_PRODUCER, -1), 9).await;
         assert_eq!(cut.unwrap().0, ["z"]);
         assert_eq!(
             (LAST_ERROR.with(|e| e.get()), LAST_BASE.with(|b| b.get())),
             (0, 7)
-        );
-        // An idempotent producer's retry would get the same cut again (its
-        // sequence point) and the broker's duplicate answer, so it is not
-        // told to retry: a lost bet is answered -1 (the open residual).
-        let idem = send(&b, &mut s, batch(&["x", "y", "w"], (3, 0), 0), 10).await;
-        assert_eq!(idem.unwrap().0, ["w"]);
-        assert_eq!(
-            (LAST_ERROR.with(|e| e.get()), LAST_BASE.with(|b| b.get())),
-            (0, -1)
         );
     }
 

@@ -39,11 +39,6 @@ pub enum FailOpen {
     /// window's topic (`[dedup.shared]`) was unreachable: a decision peers
     /// could not learn would mistranslate the producer there.
     SequenceUnshared,
-    /// A replayed prefix was removed, and the broker wrote the rest apart
-    /// from the replays' first copies (another writer came between): the
-    /// client, which numbers records from the base offset, was answered a
-    /// retriable error and its retry goes whole (these replays pass).
-    OffsetsApart,
     /// A committed transaction's keys this process could not place in it
     /// (transactions v1 whose partition it did not see added on the
     /// connection the EndTxn came on): not learned.
@@ -60,7 +55,7 @@ pub enum FailOpen {
 }
 
 impl FailOpen {
-    pub(super) const ALL: [FailOpen; 17] = [
+    pub(super) const ALL: [FailOpen; 16] = [
         FailOpen::Undecodable,
         FailOpen::NotOneV2Batch,
         FailOpen::Loading,
@@ -73,7 +68,6 @@ impl FailOpen {
         FailOpen::TopicConfigWait,
         FailOpen::SequenceUnknown,
         FailOpen::SequenceUnshared,
-        FailOpen::OffsetsApart,
         FailOpen::TxnUnseen,
         FailOpen::OldVersion,
         FailOpen::UnreadableRequest,
@@ -94,7 +88,6 @@ impl FailOpen {
             FailOpen::TopicConfigWait => "topic_config_wait",
             FailOpen::SequenceUnknown => "sequence_unknown",
             FailOpen::SequenceUnshared => "sequence_unshared",
-            FailOpen::OffsetsApart => "offsets_apart",
             FailOpen::TxnUnseen => "txn_unseen",
             FailOpen::OldVersion => "old_version",
             FailOpen::UnreadableRequest => "unreadable_request",
