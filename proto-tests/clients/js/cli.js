@@ -4,6 +4,7 @@
 // through idemgate and straight to the broker.
 //
 //   node cli.js produce --bootstrap B --topic T --prefix P --count N [--codec C] [--marker M --partitions P] [--idempotent]
+//   node cli.js produce --bootstrap B --topic T --values FILE [--idempotent]   (FILE's lines, one send, partition 0)
 //   node cli.js consume --bootstrap B --topic T --group G --end M --partitions P [--timeout S] [--max-partition-bytes B]
 //
 // JSON lines on stdout: one object per delivered or consumed record, a
@@ -104,12 +105,20 @@ async function produce (o) {
     const idx = {}
     const parts = assigned.slice(-messages.length) // the partitioner's last pass (a retry calls it again)
     return messages.map((m, i) => {
-      const p = parts[i]
+      const p = m.partition !== undefined ? m.partition : parts[i]
       const n = idx[p] || 0
       idx[p] = n + 1
       const b = baseOf[p]
       return { value: m.value, partition: p, offset: b >= 0 ? b + n : -1, base_offset: b }
     })
+  }
+  if (o.values) { // the file's lines, in one send, all to partition 0
+    const vals = require('fs').readFileSync(o.values, 'utf8').split('\n').filter(v => v !== '')
+    const results = await send(vals.map(v => ({ key: null, value: v, partition: 0 })))
+    await producer.disconnect()
+    results.forEach(emit)
+    emit({ done: results.length })
+    return
   }
   const count = Number(o.count)
   const msgs = []
