@@ -33,7 +33,7 @@
 //! are never learned: a leader failover can truncate an acks=1 write, and a
 //! key learned from it would make the replay that restores it a "duplicate".
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -78,6 +78,14 @@ pub struct ProduceDedup {
     /// Each topic's `max.message.bytes`; without it (benches), the broker's
     /// default.
     topic_configs: Option<Arc<crate::topic_config::TopicConfigs>>,
+    /// Batches whose replayed-prefix bet was lost (see [`merge`]), by
+    /// [`bet_fingerprint`]: their retry goes whole, once. A false match only
+    /// sends a batch whole (duplicates, never a loss).
+    lost_bets: moka::sync::Cache<u64, ()>,
+    /// The last offset this process saw the broker acknowledge in each
+    /// partition (topic → partition → offset): a record written after a
+    /// replayed prefix's first copies means its bet would be lost.
+    written: std::sync::Mutex<HashMap<String, HashMap<i32, i64>>>,
 }
 
 /// What to do with a Produce request.
@@ -126,6 +134,8 @@ enum PartitionKind {
         /// writes the rest at `first + count`, answering `first` gives every
         /// record its true offset (clients number records base + index).
         replayed_prefix: Option<(i64, u32)>,
+        /// How a lost bet on `replayed_prefix` is answered.
+        on_lost: LostBet,
     },
     /// Every record was a replay: answered by the proxy.
     Answered { base_offset: i64 },
@@ -148,8 +158,46 @@ impl PartitionKind {
             trimmed: false,
             producer,
             replayed_prefix: None,
+            on_lost: LostBet::NoOffset,
         }
     }
+}
+
+/// How a lost replayed-prefix bet is answered (see [`merge`]): the broker
+/// wrote the rest apart from the first copies, so no base offset numbers
+/// the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LostBet {
+    /// -1, which the client reports as "no offset" for every record.
+    NoOffset,
+    /// A retriable error; the retry of this batch ([`bet_fingerprint`])
+    /// goes whole.
+    Retry(u64),
+    /// -1, which this idempotent client numbers its records from: its retry
+    /// would get the same cut (its sequence point) and the broker's
+    /// duplicate answer. Made only when nothing this process saw says the
+    /// bet is lost (`numbered`); counted.
+    Misnumbered,
+}
+
+/// Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND: written, not acknowledged;
+/// retriable for every client (librdkafka: "possibly persisted").
+const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
+
+/// How long a lost bet is remembered for its retry: longer than any
+/// client's delivery timeout by default (librdkafka's `message.timeout.ms`
+/// is 300 s, Java's `delivery.timeout.ms` 120 s).
+const LOST_BET_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// One batch, as its retry will look: its partition, its first record's key
+/// (a replay in every attempt) and its length.
+fn bet_fingerprint((topic, partition): (&str, i32), first: Key, len: usize) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(topic.as_bytes());
+    h.update(&partition.to_le_bytes());
+    h.update(&first.0.to_le_bytes());
+    h.update(&(len as u64).to_le_bytes());
+    h.digest()
 }
 
 /// Kafka's KAFKA_STORAGE_ERROR: retriable for every client (Java's
@@ -251,6 +299,11 @@ impl ProduceDedup {
             window,
             metrics,
             topic_configs: None,
+            lost_bets: moka::sync::Cache::builder()
+                .max_capacity(65_536)
+                .time_to_live(LOST_BET_MEMORY)
+                .build(),
+            written: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -521,7 +574,7 @@ impl ProduceDedup {
                 .dedup
                 .answered_locally
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let resp = merge(&plan, ProduceResponse::default());
+            let resp = merge(&plan, ProduceResponse::default(), &mut Vec::new());
             return message::encode_local_response(
                 ApiKey::Produce,
                 head.api_version,
@@ -789,12 +842,21 @@ impl ProduceDedup {
                     .then(|| self.original_base_offset((topic, partition), &decisions[..k]))
                     .filter(|first| *first >= 0)
                     .map(|first| (first, k as u32));
+                let on_lost = match decisions.first() {
+                    _ if reports_no_offset => LostBet::NoOffset,
+                    _ if idempotent => LostBet::Misnumbered,
+                    Some(Decision::Drop { key, .. }) => {
+                        LostBet::Retry(bet_fingerprint((topic, partition), *key, decisions.len()))
+                    }
+                    _ => LostBet::NoOffset,
+                };
                 (
                     PartitionKind::Upstream {
                         commits,
                         trimmed: any_dropped,
                         producer,
                         replayed_prefix,
+                        on_lost,
                     },
                     Some(bytes),
                 )
@@ -1024,17 +1086,31 @@ impl ProduceDedup {
         // and aiokafka even from -1 ("no offset"). Unless the client is known
         // to report -1 per record, records are removed only when one base
         // offset is true for all of them; otherwise they all go (a duplicate,
-        // never a wrong offset).
-        if !undrop.is_empty()
-            && !reports_no_offset
-            && !self.numbered((topic, partition), &decisions)
-        {
-            self.metrics
-                .dedup
-                .fail_open(FailOpen::Unnumbered, undrop.len() as u64);
-            counts.dropped -= undrop.len() as u64;
-            for (i, keep) in undrop {
-                decisions[i] = keep;
+        // never a wrong offset). The retry of a batch whose bet was lost
+        // goes whole: its first attempt wrote every record but the replays,
+        // so all of them are copies now, counted so.
+        if !undrop.is_empty() && !reports_no_offset {
+            let lost_before = !idempotent
+                && match decisions.first() {
+                    Some(Decision::Drop { key, .. }) => {
+                        let fp = bet_fingerprint((topic, partition), *key, decisions.len());
+                        self.lost_bets.remove(&fp).is_some()
+                    }
+                    _ => false,
+                };
+            if lost_before || !self.numbered((topic, partition), &decisions) {
+                let copies = if lost_before {
+                    decisions.len()
+                } else {
+                    undrop.len()
+                };
+                self.metrics
+                    .dedup
+                    .fail_open(FailOpen::Unnumbered, copies as u64);
+                counts.dropped -= undrop.len() as u64;
+                for (i, keep) in undrop {
+                    decisions[i] = keep;
+                }
             }
         }
         (decisions, claimed)
@@ -1178,15 +1254,45 @@ impl ProduceDedup {
     ///
     /// A prefix is a bet that nobody writes the partition between the first
     /// copies and the rest (it wins when the replays are the partition's
-    /// latest records, as after a crash); a lost bet is answered -1, which
-    /// such a client numbers from (the open residual the README names).
+    /// latest records, as after a crash). It is not made when this process
+    /// saw a record written after the first copies. A lost bet is answered
+    /// with a retriable error whose retry goes whole, or, to an idempotent
+    /// producer, -1 (see [`LostBet`]).
     fn numbered(&self, place: (&str, i32), decisions: &[Decision]) -> bool {
         let is_drop = |d: &Decision| matches!(d, Decision::Drop { .. });
         let k = decisions.iter().filter(|d| is_drop(d)).count();
         if k == 0 || (k == 1 && decisions.len() == 1) {
             return true;
         }
-        decisions[..k].iter().all(is_drop) && self.original_base_offset(place, &decisions[..k]) >= 0
+        if !decisions[..k].iter().all(is_drop) {
+            return false;
+        }
+        let first = self.original_base_offset(place, &decisions[..k]);
+        first >= 0 && (k == decisions.len() || !self.written_after(place, first + k as i64 - 1))
+    }
+
+    /// Whether this process saw the broker acknowledge a record of this
+    /// partition after `offset`.
+    fn written_after(&self, (topic, partition): (&str, i32), offset: i64) -> bool {
+        let written = self.written.lock().expect("written offsets lock");
+        written
+            .get(topic)
+            .and_then(|p| p.get(&partition))
+            .is_some_and(|&last| last > offset)
+    }
+
+    /// Remembers that the broker acknowledged a record at `offset`.
+    fn saw_written(&self, (topic, partition): (&str, i32), offset: i64) {
+        let mut written = self.written.lock().expect("written offsets lock");
+        let last = match written.get_mut(topic) {
+            Some(p) => p.entry(partition).or_insert(offset),
+            None => written
+                .entry(topic.to_string())
+                .or_default()
+                .entry(partition)
+                .or_insert(offset),
+        };
+        *last = (*last).max(offset);
     }
 
     /// The offset the first copy of these dropped records got, when that is
@@ -1276,6 +1382,12 @@ impl ProduceDedup {
                             .fail_open(FailOpen::NoOffset, commits.len() as u64);
                         continue;
                     }
+                    if let Some(last) = commits.iter().map(|&(_, delta)| delta).max() {
+                        self.saw_written(
+                            (topic.name.as_str(), p.index),
+                            r.base_offset + i64::from(last),
+                        );
+                    }
                     if let Err(e) = plan.claim.commit_as(
                         topic.name.as_str(),
                         p.index,
@@ -1293,15 +1405,42 @@ impl ProduceDedup {
         }
         if plan.needs_response_rewrite() {
             let msg = frame.message_mut::<ProduceResponse>(ApiKey::Produce, version)?;
-            *msg = merge(plan, std::mem::take(msg));
+            let mut lost = Vec::new();
+            *msg = merge(plan, std::mem::take(msg), &mut lost);
+            let dedup = &self.metrics.dedup;
+            for bet in lost {
+                match bet {
+                    LostBet::Retry(fp) => {
+                        self.lost_bets.insert(fp, ());
+                        dedup
+                            .prefix_bets_lost_retried
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    LostBet::Misnumbered => {
+                        dedup
+                            .prefix_bets_lost_no_offset
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(
+                            "an idempotent producer's replayed prefix was cut and the broker wrote the rest apart from the first copies: answered -1, which it numbers its records from"
+                        );
+                    }
+                    LostBet::NoOffset => {}
+                }
+            }
         }
         Ok(())
     }
 }
 
 /// The client's view: its topics and partitions in request order, answered
-/// partitions filled in, base_offset -1 where records were removed.
-fn merge(plan: &ProducePlan, mut from_broker: ProduceResponse) -> ProduceResponse {
+/// partitions filled in, base_offset -1 where records were removed. A lost
+/// replayed-prefix bet is answered as its [`LostBet`] says, and pushed on
+/// `lost`.
+fn merge(
+    plan: &ProducePlan,
+    mut from_broker: ProduceResponse,
+    lost: &mut Vec<LostBet>,
+) -> ProduceResponse {
     let mut topics = Vec::with_capacity(plan.topics.len());
     for topic in &plan.topics {
         let mut broker_partitions = match from_broker
@@ -1334,6 +1473,7 @@ fn merge(plan: &ProducePlan, mut from_broker: ProduceResponse) -> ProduceRespons
                 PartitionKind::Upstream {
                     trimmed,
                     replayed_prefix,
+                    on_lost,
                     ..
                 } => {
                     if let Some(i) = broker_partitions.iter().position(|r| r.index == p.index) {
@@ -1345,6 +1485,21 @@ fn merge(plan: &ProducePlan, mut from_broker: ProduceResponse) -> ProduceRespons
                                         && r.base_offset == first + i64::from(k) =>
                                 {
                                     first
+                                }
+                                // Written apart from the replays' first
+                                // copies (another writer came between, or
+                                // they were older records): no base offset
+                                // numbers the batch truly. A client that
+                                // numbers from it is told the records went
+                                // in unacknowledged (retriable, "possibly
+                                // written"), and its retry goes whole, at
+                                // true offsets (copies, counted unnumbered).
+                                Some(_) if r.error_code == 0 => {
+                                    if let LostBet::Retry(_) = on_lost {
+                                        r.error_code = NOT_ENOUGH_REPLICAS_AFTER_APPEND;
+                                    }
+                                    lost.push(on_lost);
+                                    -1
                                 }
                                 _ => -1,
                             };
@@ -1844,14 +1999,15 @@ mod tests {
         assert_eq!((c.records, c.dropped), (8, 4));
     }
 
-    /// Issue 15 item 7's open residual, as it stands: a replayed prefix is
-    /// cut on the bet that the broker writes the rest right after the first
-    /// copies. Here another writer put a record between (at 2), so the rest
-    /// lands at 3: the client is answered -1, and one that numbers from the
-    /// base (librdkafka, aiokafka) numbers from -1. Where the rest lands
-    /// right after them, the first copy's offset numbers every record.
+    /// Issue 15 item 7's last shape: a replayed prefix is cut on the bet
+    /// that the broker writes the rest right after the first copies. Here
+    /// another writer put a record between (at 2), so the rest lands at 3
+    /// and no base offset numbers the batch: the client is answered a
+    /// retriable "written, not acknowledged" (never a base it would number
+    /// wrong), and its retry goes whole. Where the rest lands right after
+    /// the first copies, the first copy's offset numbers every record.
     #[tokio::test]
-    async fn a_replayed_prefix_is_answered_its_first_copy_only_where_the_rest_follows_it() {
+    async fn a_prefix_written_apart_from_its_first_copies_is_retried_whole() {
         let b = bench("drop");
         let mut s = Session::default();
         send(&b, &mut s, batch(&["a", "b"], NO_PRODUCER, -1), 0).await;
@@ -1859,8 +2015,18 @@ mod tests {
         assert_eq!(cut.unwrap().0, ["c"]);
         assert_eq!(
             (LAST_ERROR.with(|e| e.get()), LAST_BASE.with(|b| b.get())),
-            (0, -1)
+            (NOT_ENOUGH_REPLICAS_AFTER_APPEND, -1)
         );
+        // The retry: a at 0, b at 1, c at 3; it goes whole and the broker
+        // numbers it. All three are copies now, counted.
+        let retry = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 4).await;
+        assert_eq!(retry.unwrap().0, ["a", "b", "c"]);
+        assert_eq!(LAST_ERROR.with(|e| e.get()), 0);
+        assert_eq!(
+            b.dedup.metrics.dedup.fail_open_count(FailOpen::Unnumbered),
+            3
+        );
+        // Where the rest lands right after the first copies, the prefix goes.
         send(&b, &mut s, batch(&["x", "y"], NO_PRODUCER, -1), 7).await;
         let cut = send(&b, &mut s, batch(&["x", "y", "z"], NO_PRODUCER, -1), 9).await;
         assert_eq!(cut.unwrap().0, ["z"]);
@@ -1868,6 +2034,62 @@ mod tests {
             (LAST_ERROR.with(|e| e.get()), LAST_BASE.with(|b| b.get())),
             (0, 7)
         );
+    }
+
+    /// The retry of a lost bet goes whole even when the first attempt's
+    /// records could not be learned (an unwritable store): it does not lose
+    /// the bet again and again, writing the new records each time.
+    #[tokio::test]
+    async fn a_lost_bet_retried_while_the_store_refuses_writes_goes_whole_once() {
+        let b = bench("drop");
+        let mut s = Session::default();
+        send(&b, &mut s, batch(&["a", "b"], NO_PRODUCER, -1), 0).await;
+        b.dedup.window.store().refuse_writes();
+        let cut = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 3).await;
+        assert_eq!(cut.unwrap().0, ["c"]);
+        assert_eq!(
+            LAST_ERROR.with(|e| e.get()),
+            NOT_ENOUGH_REPLICAS_AFTER_APPEND
+        );
+        let retry = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 4).await;
+        assert_eq!(retry.unwrap().0, ["a", "b", "c"]);
+        assert_eq!(LAST_ERROR.with(|e| e.get()), 0);
+        assert_eq!(
+            b.dedup.metrics.dedup.fail_open_count(FailOpen::Unnumbered),
+            3
+        );
+    }
+
+    /// No bet is made where this process saw a record written after the
+    /// first copies: the prefix goes with the rest (counted), for any client
+    /// that numbers from the base. An idempotent one, whose retry would get
+    /// the same cut, bets only where nothing says it loses; a lost bet is
+    /// answered -1 and counted.
+    #[tokio::test]
+    async fn no_bet_is_made_where_a_record_was_seen_written_after_the_first_copies() {
+        let b = bench("drop");
+        let mut s = Session::default();
+        send(&b, &mut s, batch(&["x", "y"], NO_PRODUCER, -1), 7).await;
+        send(&b, &mut s, batch(&["q"], NO_PRODUCER, -1), 9).await;
+        for (producer, base_seq, new) in [(NO_PRODUCER, -1, "w"), ((3, 0), 0, "v")] {
+            let sent = send(&b, &mut s, batch(&["x", "y", new], producer, base_seq), 10).await;
+            assert_eq!(sent.unwrap().0, ["x", "y", new], "{producer:?}");
+        }
+        assert_eq!(
+            b.dedup.metrics.dedup.fail_open_count(FailOpen::Unnumbered),
+            4
+        );
+        // Nothing seen after a and b: an idempotent producer's prefix is cut
+        // on the bet, and a lost one (another writer at 22) answered -1.
+        send(&b, &mut s, batch(&["a", "b"], NO_PRODUCER, -1), 20).await;
+        let cut = send(&b, &mut s, batch(&["a", "b", "c"], (4, 0), 0), 23).await;
+        assert_eq!(cut.unwrap().0, ["c"]);
+        assert_eq!(
+            (LAST_ERROR.with(|e| e.get()), LAST_BASE.with(|b| b.get())),
+            (0, -1)
+        );
+        let lost = &b.dedup.metrics.dedup.prefix_bets_lost_no_offset;
+        assert_eq!(lost.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

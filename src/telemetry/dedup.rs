@@ -141,6 +141,13 @@ pub struct DedupMetrics {
     pub pending_waits: AtomicU64,
     /// Requests answered by the proxy because every partition was a replay.
     pub answered_locally: AtomicU64,
+    /// Batches whose replayed prefix was cut on the bet that the broker
+    /// writes the rest right after the first copies, and the broker did not,
+    /// by the answer given: `retried` (a retriable error; the retry goes
+    /// whole) or `minus_one` (an idempotent client that numbers from the
+    /// base, answered -1).
+    pub prefix_bets_lost_retried: AtomicU64,
+    pub prefix_bets_lost_no_offset: AtomicU64,
     pub window_keys: AtomicI64,
     pub window_bytes: AtomicI64,
     pub store_bytes: AtomicI64,
@@ -204,6 +211,8 @@ impl DedupMetrics {
             untagged_too_large: AtomicU64::new(0),
             pending_waits: AtomicU64::new(0),
             answered_locally: AtomicU64::new(0),
+            prefix_bets_lost_retried: AtomicU64::new(0),
+            prefix_bets_lost_no_offset: AtomicU64::new(0),
             window_keys: AtomicI64::new(0),
             window_bytes: AtomicI64::new(0),
             store_bytes: AtomicI64::new(0),

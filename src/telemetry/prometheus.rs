@@ -426,6 +426,18 @@ fn dedup(d: &DedupMetrics, e: &mut DescriptorEncoder) -> Result<(), Error> {
             ("idemgate_window_loaded", "1 once the window has been read back from the store after a start.", One::Gauge(d.window_loaded.load(Relaxed))),
         ],
     )?;
+    counters_by(
+        e,
+        "idemgate_dedup_prefix_bets_lost_total",
+        "Batches whose replayed prefix was cut on the bet that the broker writes the rest right after \
+         the first copies, and it did not, by the answer: retried (a retriable error; the retry goes whole) \
+         or minus_one (an idempotent client that numbers from the base, answered -1: its records are numbered from -1).",
+        "answer",
+        [
+            ("retried", &d.prefix_bets_lost_retried),
+            ("minus_one", &d.prefix_bets_lost_no_offset),
+        ],
+    )?;
     shared_window(&d.shared, e)
 }
 
