@@ -251,6 +251,103 @@ def test_replay_dropped_python_clients(kafka, proxies, client):
     replay_case(kafka, proxies, client, produce)
 
 
+def send_librdkafka(bootstrap, topic, vals, idempotent, reports):
+    from confluent_kafka import Producer
+
+    def report(err, msg):
+        assert err is None, err
+        offset = msg.offset()  # None: no offset
+        reports.append({"value": msg.value().decode(), "partition": msg.partition(),
+                        "offset": -1 if offset is None else offset})
+
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 200, "acks": "all",
+                  "enable.idempotence": idempotent})
+    for v in vals:
+        p.produce(topic, value=v.encode(), partition=0, on_delivery=report)
+    assert p.flush(60) == 0
+
+
+def send_aiokafka(bootstrap, topic, vals, idempotent, reports):
+    import asyncio
+
+    from aiokafka import AIOKafkaProducer
+
+    async def run():
+        p = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=200,
+                             enable_idempotence=idempotent, request_timeout_ms=30000)
+        await p.start()
+        try:
+            futs = [await p.send(topic, value=v.encode(), partition=0) for v in vals]
+            for v, m in zip(vals, await asyncio.gather(*futs)):
+                reports.append({"value": v, "partition": m.partition, "offset": m.offset})
+        finally:
+            await p.stop()
+
+    asyncio.run(run())
+
+
+def send_kafkajs(bootstrap, topic, vals, idempotent, reports, tmp_path):
+    """kafkajs answers a send with one base offset per partition; the CLI
+    numbers the records from it, as an application would."""
+    path = tmp_path / f"values-{len(vals)}-{unique('v')}"
+    path.write_text("\n".join(vals) + "\n")
+    lines = CLIENTS["kafkajs"].run("produce", "--bootstrap", bootstrap, "--topic", topic,
+                                   "--values", str(path), *(["--idempotent"] if idempotent else []))
+    assert lines[-1] == {"done": len(vals)}, lines[-3:]
+    reports.extend({"value": r["value"], "partition": r["partition"], "offset": r["offset"]}
+                   for r in lines if "value" in r)
+
+
+@pytest.mark.parametrize("client,idempotent", [
+    pytest.param(c, i, id=f"{c}{'-idempotent' if i else ''}")
+    for c in ("librdkafka", "aiokafka", "kafkajs") for i in (False, True)])
+def test_a_replayed_prefix_written_apart_from_its_first_copies_is_never_misnumbered(
+        kafka, proxies, client, idempotent, tmp_path):
+    """librdkafka and aiokafka number a batch's records from the base offset
+    they are answered, even -1 (kafkajs answers the base, which an
+    application numbers from). A new producer replays 20 records and adds 5
+    in one batch; another writer appended a record after the first copies,
+    so the 5 cannot land right after them and no base offset numbers the
+    batch truly. Before, the proxy cut the 20, the broker wrote the 5 apart,
+    and the client was answered -1 and numbered the 25 records -1, 0, 1, ...
+    (24 wrong reports). Now a producer that can resend the batch whole is
+    answered a retriable "written, not acknowledged" and its retry goes whole;
+    an idempotent one (whose retry would get the same cut) never has its
+    prefix cut where the proxy saw a record written after the first copies.
+    Every delivery report names the offset that holds its value."""
+    send = {"librdkafka": send_librdkafka, "aiokafka": send_aiokafka,
+            "kafkajs": lambda *a: send_kafkajs(*a, tmp_path)}[client]
+    topic = unique(f"eco-apart-{client}")
+    create_topic(kafka, topic, partitions=1)
+    proxy = proxies(kafka.bootstrap, dedup_rule(topic))
+    first = [f"{topic}-a-{i}" for i in range(20)]
+    new = [f"{topic}-c-{i}" for i in range(5)]
+    reports = []
+    send(proxy.bootstrap, topic, first, idempotent, [])
+    # The writer between: straight to the broker, unseen by the proxy, for a
+    # producer whose retry can go whole; through the proxy for an idempotent
+    # one, whose retry would get the same cut (the proxy bets only where it
+    # saw nothing written after the first copies: the open residual).
+    send(proxy.bootstrap if idempotent else kafka.bootstrap, topic, [f"{topic}-between"],
+         idempotent, [])
+    send(proxy.bootstrap, topic, first + new, idempotent, reports)
+    send(proxy.bootstrap, topic, [f"{topic}-END"], idempotent, [])
+
+    msgs = read_topic(kafka.bootstrap, topic,
+                      until=lambda rs: any(m.value() == f"{topic}-END".encode() for m in rs))
+    by_pos = {(m.partition(), m.offset()): m.value().decode() for m in msgs}
+    counts = Counter(by_pos.values())
+    assert all(counts[v] >= 1 for v in first + new), "a value is missing"
+    assert len(reports) == len(first + new)
+    wrong = check_reports(client, reports, by_pos)
+    assert not wrong, f"{len(wrong)} wrong delivery reports, e.g. {wrong[:5]}"
+    assert all(r["offset"] >= 0 for r in reports), "every record was told its offset"
+    unnumbered = proxy.metric_sum("idemgate_dedup_fail_open_total", reason="unnumbered")
+    # The retry of the lost bet goes whole: all 25 are copies by then. An
+    # idempotent producer's 20 replays go with the 5 from the start (no bet).
+    assert unnumbered == (len(first) if idempotent else len(first + new)), unnumbered
+
+
 def replay_case(kafka, proxies, client, produce):
     prefix = unique(f"eco-{client}")
     via, direct = f"{prefix}-via", f"{prefix}-direct"
