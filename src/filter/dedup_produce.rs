@@ -33,7 +33,7 @@
 //! are never learned: a leader failover can truncate an acks=1 write, and a
 //! key learned from it would make the replay that restores it a "duplicate".
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -82,10 +82,6 @@ pub struct ProduceDedup {
     /// [`bet_fingerprint`]: their retry goes whole, once. A false match only
     /// sends a batch whole (duplicates, never a loss).
     lost_bets: moka::sync::Cache<u64, ()>,
-    /// The last offset this process saw the broker acknowledge in each
-    /// partition (topic → partition → offset): a record written after a
-    /// replayed prefix's first copies means its bet would be lost.
-    written: std::sync::Mutex<HashMap<String, HashMap<i32, i64>>>,
 }
 
 /// What to do with a Produce request.
@@ -303,7 +299,6 @@ impl ProduceDedup {
                 .max_capacity(65_536)
                 .time_to_live(LOST_BET_MEMORY)
                 .build(),
-            written: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -1254,8 +1249,9 @@ impl ProduceDedup {
     ///
     /// A prefix is a bet that nobody writes the partition between the first
     /// copies and the rest (it wins when the replays are the partition's
-    /// latest records, as after a crash). It is not made when this process
-    /// saw a record written after the first copies. A lost bet is answered
+    /// latest records, as after a crash). It is not made when the window
+    /// learned of a record written after the first copies (acknowledged to
+    /// this process, to a peer, or read back at load). A lost bet is answered
     /// with a retriable error whose retry goes whole, or, to an idempotent
     /// producer, -1 (see [`LostBet`]).
     fn numbered(&self, place: (&str, i32), decisions: &[Decision]) -> bool {
@@ -1268,31 +1264,11 @@ impl ProduceDedup {
             return false;
         }
         let first = self.original_base_offset(place, &decisions[..k]);
-        first >= 0 && (k == decisions.len() || !self.written_after(place, first + k as i64 - 1))
-    }
-
-    /// Whether this process saw the broker acknowledge a record of this
-    /// partition after `offset`.
-    fn written_after(&self, (topic, partition): (&str, i32), offset: i64) -> bool {
-        let written = self.written.lock().expect("written offsets lock");
-        written
-            .get(topic)
-            .and_then(|p| p.get(&partition))
-            .is_some_and(|&last| last > offset)
-    }
-
-    /// Remembers that the broker acknowledged a record at `offset`.
-    fn saw_written(&self, (topic, partition): (&str, i32), offset: i64) {
-        let mut written = self.written.lock().expect("written offsets lock");
-        let last = match written.get_mut(topic) {
-            Some(p) => p.entry(partition).or_insert(offset),
-            None => written
-                .entry(topic.to_string())
-                .or_default()
-                .entry(partition)
-                .or_insert(offset),
-        };
-        *last = (*last).max(offset);
+        first >= 0
+            && (k == decisions.len()
+                || !self
+                    .window
+                    .written_after(place.0, place.1, first + k as i64 - 1))
     }
 
     /// The offset the first copy of these dropped records got, when that is
@@ -1381,12 +1357,6 @@ impl ProduceDedup {
                             .dedup
                             .fail_open(FailOpen::NoOffset, commits.len() as u64);
                         continue;
-                    }
-                    if let Some(last) = commits.iter().map(|&(_, delta)| delta).max() {
-                        self.saw_written(
-                            (topic.name.as_str(), p.index),
-                            r.base_offset + i64::from(last),
-                        );
                     }
                     if let Err(e) = plan.claim.commit_as(
                         topic.name.as_str(),
@@ -1725,6 +1695,8 @@ mod tests {
         static LAST_BASE: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
         /// The error code the client got for the last trimmed partition.
         static LAST_ERROR: std::cell::Cell<i16> = const { std::cell::Cell::new(0) };
+        /// The acks of the requests [`frame`] builds.
+        static ACKS: std::cell::Cell<i16> = const { std::cell::Cell::new(-1) };
     }
 
     struct Bench {
@@ -1775,7 +1747,7 @@ mod tests {
 
     fn frame(records: Bytes) -> (RequestHead, BytesMut) {
         let req = ProduceRequest::default()
-            .with_acks(-1)
+            .with_acks(ACKS.with(|a| a.get()))
             .with_timeout_ms(1000)
             .with_topic_data(vec![TopicProduceData::default()
                 .with_name(StrBytes::from_static_str("orders").into())
@@ -1816,7 +1788,7 @@ mod tests {
         let (head, f) = frame(records);
         match b
             .dedup
-            .on_request(session, &identity, &head, &f, -1)
+            .on_request(session, &identity, &head, &f, ACKS.with(|a| a.get()))
             .await
             .unwrap()
         {
@@ -2058,6 +2030,25 @@ mod tests {
             b.dedup.metrics.dedup.fail_open_count(FailOpen::Unnumbered),
             3
         );
+    }
+
+    /// The same with acks=1: nothing is learned from an answer (no key, no
+    /// offset), so only the remembered lost bet sends the retry whole.
+    #[tokio::test]
+    async fn a_lost_bet_retried_with_acks_1_goes_whole_once() {
+        let b = bench("drop");
+        let mut s = Session::default();
+        send(&b, &mut s, batch(&["a", "b"], NO_PRODUCER, -1), 0).await;
+        ACKS.with(|a| a.set(1));
+        let cut = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 3).await;
+        let retry = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 4).await;
+        let error = LAST_ERROR.with(|e| e.get());
+        ACKS.with(|a| a.set(-1));
+        assert_eq!(cut.unwrap().0, ["c"]);
+        assert_eq!(retry.unwrap().0, ["a", "b", "c"]);
+        assert_eq!(error, 0);
+        let retried = &b.dedup.metrics.dedup.prefix_bets_lost_retried;
+        assert_eq!(retried.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 
     /// No bet is made where this process saw a record written after the

@@ -127,6 +127,10 @@ pub struct Window {
     publish: std::sync::OnceLock<Publish>,
     /// `[dedup.shared]`: how to catch up with the peers' segments.
     catch_up: std::sync::OnceLock<CatchUp>,
+    /// The last offset of each partition (topic → partition → offset) a
+    /// segment learned since the start says the broker acknowledged: this
+    /// process's own, its peers', and those read back at load.
+    written: Mutex<HashMap<String, HashMap<i32, i64>>>,
 }
 
 fn now_ms() -> u64 {
@@ -166,7 +170,36 @@ impl Window {
             evicted_below: AtomicU64::new(0),
             publish: std::sync::OnceLock::new(),
             catch_up: std::sync::OnceLock::new(),
+            written: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether a segment this window learned says the broker acknowledged
+    /// a record of this partition after `offset`.
+    pub fn written_after(&self, topic: &str, partition: i32, offset: i64) -> bool {
+        let written = self.written.lock().expect("written offsets lock");
+        written
+            .get(topic)
+            .and_then(|p| p.get(&partition))
+            .is_some_and(|&last| last > offset)
+    }
+
+    /// Notes a segment's last acknowledged offset (see `written`).
+    fn note_written(&self, seg: &Segment<'_>) {
+        let Some(last) = seg.entries().map(|(_, delta)| delta).max() else {
+            return;
+        };
+        let last = seg.base_offset + i64::from(last);
+        let mut written = self.written.lock().expect("written offsets lock");
+        let at = match written.get_mut(seg.topic) {
+            Some(p) => p.entry(seg.partition).or_insert(last),
+            None => written
+                .entry(seg.topic.to_string())
+                .or_default()
+                .entry(seg.partition)
+                .or_insert(last),
+        };
+        *at = (*at).max(last);
     }
 
     /// How [`catch_up`](Self::catch_up) reaches the peers' log.
@@ -211,6 +244,7 @@ impl Window {
         if seg.acked_ms < oldest_alive {
             return Ok(None);
         }
+        self.note_written(&seg);
         let new = seg
             .entries()
             .filter(|(k, _)| self.peek(*k).is_none())
@@ -332,6 +366,7 @@ impl Window {
                         continue;
                     };
                     report.segments += 1;
+                    self.note_written(&seg);
                     for (key, _) in seg.entries() {
                         buckets[shard_of(key)].push((split(key), id));
                     }
@@ -599,6 +634,10 @@ impl Window {
         entries: &[(Key, u32)],
     ) -> Result<u64, Error> {
         let value = Segment::encode(now_ms(), topic, partition, base_offset, producer, entries);
+        // Acknowledged whether or not the store takes it.
+        if let Some(seg) = Segment::parse(&value) {
+            self.note_written(&seg);
+        }
         self.put_reserved(id, &value)?;
         for &(key, _) in entries {
             self.insert_seen(key, id);
@@ -1149,6 +1188,24 @@ mod tests {
         commit(&w, &[5], 4);
         assert_eq!(w.position(Key(5)).unwrap().unwrap().offset, 4);
         assert_eq!(w.position(Key(1)).unwrap().unwrap().offset, 0);
+    }
+
+    /// What the broker acknowledged after an offset is known from this
+    /// process's own segments and, after a restart, from those read back.
+    #[test]
+    fn what_was_written_after_an_offset_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let w = window(dir.path(), Duration::from_secs(3600), 100);
+            commit(&w, &[1, 2, 3], 0);
+            assert!(w.written_after("orders", 3, 1));
+            assert!(!w.written_after("orders", 3, 2));
+            w.store.flush_now().unwrap();
+        }
+        let w = window(dir.path(), Duration::from_secs(3600), 100);
+        assert!(w.written_after("orders", 3, 1));
+        assert!(!w.written_after("orders", 3, 2));
+        assert!(!w.written_after("orders", 0, -1));
     }
 
     #[test]
