@@ -118,8 +118,13 @@ def test_transactional_records_pass_and_only_committed_ones_teach_the_window(kaf
             p.produce(topic, key=value(i)[-2:], value=value(i))
         p.flush(30)
         p.abort_transaction(30)
+        # The committed records replayed in a flush of their own: a batch of
+        # their replays followed by new records could never be numbered
+        # truly (the commit marker sits after the first copies), so it
+        # would go whole to librdkafka, which numbers records from any base.
         replay = Reports()
-        produce(bootstrap, topic, [value(i) for i in range(150)] + [b"end"], replay)
+        produce(bootstrap, topic, [value(i) for i in range(100)], replay)
+        produce(bootstrap, topic, [value(i) for i in range(100, 150)] + [b"end"], replay)
         assert not replay.errors, replay.errors
         recs = read_topic(kafka.bootstrap, topic, isolation="read_committed",
                           until=lambda rs: any(r.value() == b"end" for r in rs))

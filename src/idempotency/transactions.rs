@@ -424,7 +424,16 @@ impl Transactions {
                 .window
                 .learn(&a.topic, a.partition, a.base_offset, producer, &a.entries)
             {
-                Ok(()) => learned += a.entries.len(),
+                Ok(()) => {
+                    learned += a.entries.len();
+                    // The commit marker follows the part's records: a plain
+                    // replay of them never lands right after them.
+                    if let Some(last) = a.entries.iter().map(|&(_, delta)| delta).max() {
+                        let marker_at_least = a.base_offset + i64::from(last) + 1;
+                        self.window
+                            .note_written_at(&a.topic, a.partition, marker_at_least);
+                    }
+                }
                 Err(e) => {
                     dedup.fail_open(FailOpen::StoreError, a.entries.len() as u64);
                     tracing::warn!(error = %e, topic = %a.topic, "could not record a committed transaction's keys; their replays will pass");
@@ -497,6 +506,9 @@ mod tests {
         let pos = window.position(Key(3)).unwrap().unwrap();
         assert_eq!((pos.partition, pos.offset), (0, 42));
         assert_eq!(txns.held(), 0);
+        // The commit marker follows the last record: a replayed prefix of
+        // these records is never bet to be followed by the rest.
+        assert!(window.written_after("orders", 0, 42));
     }
 
     #[test]

@@ -186,20 +186,24 @@ impl Window {
 
     /// Notes a segment's last acknowledged offset (see `written`).
     fn note_written(&self, seg: &Segment<'_>) {
-        let Some(last) = seg.entries().map(|(_, delta)| delta).max() else {
-            return;
-        };
-        let last = seg.base_offset + i64::from(last);
+        if let Some(last) = seg.entries().map(|(_, delta)| delta).max() {
+            self.note_written_at(seg.topic, seg.partition, seg.base_offset + i64::from(last));
+        }
+    }
+
+    /// Notes that the broker wrote something at `offset` in this partition
+    /// (a committed transaction's marker follows its records).
+    pub fn note_written_at(&self, topic: &str, partition: i32, offset: i64) {
         let mut written = self.written.lock().expect("written offsets lock");
-        let at = match written.get_mut(seg.topic) {
-            Some(p) => p.entry(seg.partition).or_insert(last),
+        let at = match written.get_mut(topic) {
+            Some(p) => p.entry(partition).or_insert(offset),
             None => written
-                .entry(seg.topic.to_string())
+                .entry(topic.to_string())
                 .or_default()
-                .entry(seg.partition)
-                .or_insert(last),
+                .entry(partition)
+                .or_insert(offset),
         };
-        *at = (*at).max(last);
+        *at = (*at).max(offset);
     }
 
     /// How [`catch_up`](Self::catch_up) reaches the peers' log.
