@@ -380,7 +380,7 @@ impl FetchDedup {
                         if learning.is_empty() {
                             // Sized for the batch at the first key learned
                             // (a first read learns them all; a re-read none):
-                            // grown from empty, the set rehashed about ten
+                            // grown from empty, the set rehashed eight
                             // times a 500-record batch.
                             learning.reserve(batch.len());
                             learn.reserve(batch.len());

@@ -927,8 +927,8 @@ impl ProduceDedup {
             tag_header: self.config.dedup.header.as_bytes(),
             secret: self.config.dedup.key_secret.as_ref(),
         };
-        // Sized for the batch: grown from empty, these sets rehashed about
-        // ten times a 500-record batch (issue 18's profile).
+        // Sized for the batch: started empty, these sets grew (and
+        // rehashed) eight times a 500-record batch (issue 18's profile).
         let mut in_request: HashSet<Key, KeyBuildHasher> =
             HashSet::with_capacity_and_hasher(batch.len(), KeyBuildHasher::default());
         mine.reserve(batch.len());
