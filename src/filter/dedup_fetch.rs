@@ -377,6 +377,14 @@ impl FetchDedup {
             } else {
                 match self.window.peek(key) {
                     None => {
+                        if learning.is_empty() {
+                            // Sized for the batch at the first key learned
+                            // (a first read learns them all; a re-read none):
+                            // grown from empty, the set rehashed eight
+                            // times a 500-record batch.
+                            learning.reserve(batch.len());
+                            learn.reserve(batch.len());
+                        }
                         learning.insert(key);
                         learn.push((key, record.offset_delta() as u32));
                         None

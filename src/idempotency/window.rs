@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! memory  key (u128) → segment id (u64)        16 shards of HashMap, ~25-50 B a key
+//!         (or PENDING: in flight, in the same map)
 //! sled    segment id → time, topic, partition, base offset, [(key, offset delta)]
 //! ```
 //!
@@ -24,7 +25,9 @@
 //! segments written since the last flush are gone: their replays pass (a
 //! duplicate, never a loss).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -39,19 +42,45 @@ use crate::store::Store;
 
 const SHARDS: usize = 16;
 
-type KeyMap<V> = HashMap<[u64; 2], V, KeyBuildHasher>;
-type KeySet = HashSet<[u64; 2], KeyBuildHasher>;
+/// A key as the maps hold it: two words, so that an entry with its segment
+/// id is 24 bytes (a `u128` is 16-aligned: 32).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct MapKey([u64; 2]);
 
-fn split(key: Key) -> [u64; 2] {
-    [(key.0 >> 64) as u64, key.0 as u64]
+impl Hash for MapKey {
+    /// The key is already a 128-bit hash: its two halves folded are the
+    /// hash, one `write_u64` ([`KeyHasher`](super::key::KeyHasher) passes it
+    /// through). `[u64; 2]`'s own `Hash` writes it as 16 bytes, which that
+    /// hasher folds one byte at a time.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[0] ^ self.0[1]);
+    }
 }
+
+type KeyMap<V> = HashMap<MapKey, V, KeyBuildHasher>;
+
+fn split(key: Key) -> MapKey {
+    MapKey([(key.0 >> 64) as u64, key.0 as u64])
+}
+
+/// The value of a key in flight ([`Check::Claimed`] by some request, not
+/// acknowledged yet) in a shard's map: never a segment id (ids count up
+/// from 0, or from `u64::MAX / 2` when the newest one was unreadable).
+/// Pending and seen keys share one map, so a check is one probe, and a
+/// commit turns a pending key into a seen one in place (no removal from
+/// one table and insertion into another).
+const PENDING: u64 = u64::MAX;
+
+/// Below this many keys, a batch locks per key: sorting it by shard costs
+/// more than the locks it saves.
+const SORT_FROM: usize = 16;
 
 fn shard_of(key: Key) -> usize {
     (key.0 as usize) % SHARDS
 }
 
 /// Keys [`Window::load`] read for one shard, with their segments, in order.
-type Bucket = Vec<([u64; 2], u64)>;
+type Bucket = Vec<(MapKey, u64)>;
 
 /// Keys [`Window::load`] reads before handing them to its inserters
 /// (~480 KiB of buckets).
@@ -68,8 +97,27 @@ fn empty_buckets() -> Vec<Bucket> {
 
 #[derive(Default)]
 struct Shard {
-    seen: KeyMap<u64>,
-    pending: KeySet,
+    /// Seen keys with their segment, and pending ones ([`PENDING`]).
+    keys: KeyMap<u64>,
+}
+
+impl Shard {
+    /// Marks `k` seen in `segment` unless it is seen already (in an older
+    /// one, which it keeps); a pending mark gives way. True if it was not
+    /// seen before.
+    fn insert_seen(&mut self, k: MapKey, segment: u64) -> bool {
+        match self.keys.entry(k) {
+            Entry::Occupied(mut o) if *o.get() == PENDING => {
+                o.insert(segment);
+                true
+            }
+            Entry::Occupied(_) => false,
+            Entry::Vacant(v) => {
+                v.insert(segment);
+                true
+            }
+        }
+    }
 }
 
 /// What the window knows of a key.
@@ -258,10 +306,7 @@ impl Window {
         }
         let id = self.reserve_segment();
         self.put_reserved(id, value)?;
-        let added = seg
-            .entries()
-            .filter(|&(key, _)| self.insert_seen(key, id))
-            .count();
+        let added = self.insert_seen(seg.len(), |i| seg.key(i), id);
         self.changed.notify_waiters();
         Ok(Some((added, seg.acked_ms)))
     }
@@ -309,7 +354,7 @@ impl Window {
             }
         }
         for (shard, count) in self.shards.iter().zip(per_shard) {
-            shard.lock().expect("window shard lock").seen.reserve(count);
+            shard.lock().expect("window shard lock").keys.reserve(count);
         }
         let keys = std::thread::scope(|scope| -> Result<usize, Error> {
             let mut senders = Vec::new();
@@ -436,13 +481,7 @@ impl Window {
         let shard = &mut *guard;
         let mut added = 0;
         for (k, segment) in bucket {
-            if !shard.pending.is_empty() {
-                shard.pending.remove(&k);
-            }
-            if let std::collections::hash_map::Entry::Vacant(v) = shard.seen.entry(k) {
-                v.insert(segment);
-                added += 1;
-            }
+            added += usize::from(shard.insert_seen(k, segment));
         }
         drop(guard);
         self.keys.fetch_add(added, Relaxed);
@@ -483,21 +522,63 @@ impl Window {
 
     /// Seen, pending, or (now) claimed by the caller.
     pub fn check(&self, key: Key) -> Check {
-        let k = split(key);
-        let mut shard = self.shard(key);
-        if let Some(&segment) = shard.seen.get(&k) {
-            return Check::Seen(segment);
-        }
-        if shard.pending.insert(k) {
-            Check::Claimed
-        } else {
-            Check::Pending
+        match self.shard(key).keys.entry(split(key)) {
+            Entry::Occupied(o) if *o.get() == PENDING => Check::Pending,
+            Entry::Occupied(o) => Check::Seen(*o.get()),
+            Entry::Vacant(v) => {
+                v.insert(PENDING);
+                Check::Claimed
+            }
         }
     }
 
     /// Seen or not, without claiming.
     pub fn peek(&self, key: Key) -> Option<u64> {
-        self.shard(key).seen.get(&split(key)).copied()
+        let segment = self.shard(key).keys.get(&split(key)).copied();
+        segment.filter(|&s| s != PENDING)
+    }
+
+    /// Runs `f` on each of `n` keys (`key_at(i)` is the `i`-th) under its
+    /// shard's lock, locking each shard once for the lot rather than once
+    /// a key (a counting sort by shard; a shard's keys keep their order).
+    fn by_shard(
+        &self,
+        n: usize,
+        key_at: impl Fn(usize) -> Key,
+        mut f: impl FnMut(&mut Shard, MapKey, usize),
+    ) {
+        if n < SORT_FROM {
+            for i in 0..n {
+                let key = key_at(i);
+                f(&mut self.shard(key), split(key), i);
+            }
+            return;
+        }
+        let mut starts = [0usize; SHARDS + 1];
+        for i in 0..n {
+            starts[shard_of(key_at(i)) + 1] += 1;
+        }
+        for s in 0..SHARDS {
+            starts[s + 1] += starts[s];
+        }
+        let mut next = starts;
+        let mut order = vec![0u32; n];
+        for i in 0..n {
+            let s = shard_of(key_at(i));
+            order[next[s]] = i as u32;
+            next[s] += 1;
+        }
+        for (s, shard) in self.shards.iter().enumerate() {
+            let mine = &order[starts[s]..starts[s + 1]];
+            if mine.is_empty() {
+                continue;
+            }
+            let mut guard = shard.lock().expect("window shard lock");
+            for &i in mine {
+                let i = i as usize;
+                f(&mut guard, split(key_at(i)), i);
+            }
+        }
     }
 
     /// [`check`](Self::check), waiting up to `limit` while another request
@@ -518,29 +599,36 @@ impl Window {
         }
     }
 
-    /// Drops the pending mark of keys whose request failed.
+    /// Drops the pending mark of keys whose request failed (a seen key is
+    /// left as it is).
     fn release(&self, keys: &[Key]) {
         if keys.is_empty() {
             return;
         }
-        for &key in keys {
-            self.shard(key).pending.remove(&split(key));
-        }
+        self.by_shard(
+            keys.len(),
+            |i| keys[i],
+            |shard, k, _| {
+                if let Entry::Occupied(o) = shard.keys.entry(k) {
+                    if *o.get() == PENDING {
+                        o.remove();
+                    }
+                }
+            },
+        );
         self.changed.notify_waiters();
     }
 
-    fn insert_seen(&self, key: Key, segment: u64) -> bool {
-        let mut shard = self.shard(key);
-        let k = split(key);
-        shard.pending.remove(&k);
-        match shard.seen.entry(k) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(segment);
-                self.keys.fetch_add(1, Relaxed);
-                true
-            }
-        }
+    /// Marks `keys` seen in `segment` ([`Shard::insert_seen`]); returns how
+    /// many were not seen before.
+    fn insert_seen(&self, n: usize, key_at: impl Fn(usize) -> Key, segment: u64) -> usize {
+        debug_assert_ne!(segment, PENDING);
+        let mut added = 0;
+        self.by_shard(n, key_at, |shard, k, _| {
+            added += usize::from(shard.insert_seen(k, segment));
+        });
+        self.keys.fetch_add(added, Relaxed);
+        added
     }
 
     /// Records acknowledged keys: `entries` are (key, offset delta from
@@ -643,9 +731,7 @@ impl Window {
             self.note_written(&seg);
         }
         self.put_reserved(id, &value)?;
-        for &(key, _) in entries {
-            self.insert_seen(key, id);
-        }
+        self.insert_seen(entries.len(), |i| entries[i].0, id);
         self.changed.notify_waiters();
         if let Some(publish) = self.publish.get() {
             publish(value);
@@ -802,18 +888,23 @@ impl Window {
     /// Takes the segment's keys out of memory (those it still holds: a key
     /// seen again later lives in its newer segment); returns how many.
     fn forget(&self, id: u64, value: &[u8]) -> usize {
+        let Some(seg) = Segment::parse(value) else {
+            return 0;
+        };
         let mut removed = 0;
-        if let Some(seg) = Segment::parse(value) {
-            for (key, _) in seg.entries() {
-                let mut shard = self.shard(key);
-                let k = split(key);
-                if shard.seen.get(&k) == Some(&id) {
-                    shard.seen.remove(&k);
-                    self.keys.fetch_sub(1, Relaxed);
-                    removed += 1;
+        self.by_shard(
+            seg.len(),
+            |i| seg.key(i),
+            |shard, k, _| {
+                if let Entry::Occupied(o) = shard.keys.entry(k) {
+                    if *o.get() == id {
+                        o.remove();
+                        removed += 1;
+                    }
                 }
-            }
-        }
+            },
+        );
+        self.keys.fetch_sub(removed, Relaxed);
         removed
     }
 
@@ -824,9 +915,8 @@ impl Window {
             .map(|s| {
                 let s = s.lock().expect("window shard lock");
                 // hashbrown: one control byte per bucket, buckets ≥ capacity × 8/7.
-                let buckets = (s.seen.capacity() * 8 / 7).next_power_of_two();
-                let pending = (s.pending.capacity() * 8 / 7).next_power_of_two();
-                buckets * (24 + 1) + pending * (16 + 1)
+                let buckets = (s.keys.capacity() * 8 / 7).next_power_of_two();
+                buckets * (24 + 1)
             })
             .sum()
     }
@@ -905,8 +995,17 @@ impl Claim {
             .window
             .commit(topic, partition, base_offset, producer, entries);
         // Committed or released by commit itself on error: not ours any more.
-        let done: HashSet<Key, KeyBuildHasher> = entries.iter().map(|(k, _)| *k).collect();
-        self.keys.retain(|k| !done.contains(k));
+        if entries.len() == self.keys.len()
+            && entries.iter().zip(&self.keys).all(|(e, k)| e.0 == *k)
+        {
+            // The whole claim, in order (one partition a request).
+            self.keys.clear();
+        } else {
+            let mut done: HashSet<Key, KeyBuildHasher> =
+                HashSet::with_capacity_and_hasher(entries.len(), KeyBuildHasher::default());
+            done.extend(entries.iter().map(|(k, _)| *k));
+            self.keys.retain(|k| !done.contains(k));
+        }
         result
     }
 }
@@ -990,6 +1089,19 @@ impl<'a> Segment<'a> {
             producer: (producer_id, epoch),
             entries,
         })
+    }
+
+    /// How many keys it holds.
+    fn len(&self) -> usize {
+        self.entries.len() / ENTRY
+    }
+
+    /// Its `i`-th key.
+    fn key(&self, i: usize) -> Key {
+        let at = i * ENTRY;
+        Key(u128::from_be_bytes(
+            self.entries[at..at + 16].try_into().expect("16 bytes"),
+        ))
     }
 
     fn entries(&self) -> impl Iterator<Item = (Key, u32)> + 'a {
@@ -1152,6 +1264,51 @@ mod tests {
         assert!(w.is_empty());
     }
 
+    /// Many keys at once (a batch is sorted by shard and each shard locked
+    /// once): a commit of part of a claim makes those seen, a released claim
+    /// drops only pending marks, never a key seen meanwhile, and counts and
+    /// eviction see every key once.
+    #[test]
+    fn a_large_claim_commits_part_and_releases_only_what_is_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = window(dir.path(), Duration::from_secs(3600), 1000);
+        let keys: Vec<Key> = (0..64u128)
+            .map(|i| Key(i * 0x9e37_79b9_7f4a_7c15))
+            .collect();
+        {
+            let mut claim = Claim::new(w.clone());
+            for &k in &keys {
+                assert_eq!(w.check(k), Check::Claimed);
+                claim.add(k);
+            }
+            // Half committed by this claim, a quarter learned elsewhere (a
+            // committed transaction), the rest left pending.
+            let mine: Vec<(Key, u32)> = keys[..32].iter().map(|&k| (k, 0)).collect();
+            claim.commit("t", 0, 0, &mine).unwrap();
+            let theirs: Vec<(Key, u32)> = keys[32..48].iter().map(|&k| (k, 0)).collect();
+            w.learn("t", 1, 0, NO_PRODUCER, &theirs).unwrap();
+            assert_eq!(w.len(), 48);
+            for &k in &keys[48..] {
+                assert_eq!(w.check(k), Check::Pending);
+                assert_eq!(w.peek(k), None, "pending is not seen");
+            }
+        }
+        for &k in &keys[..48] {
+            assert!(matches!(w.check(k), Check::Seen(_)), "seen stays seen");
+        }
+        for &k in &keys[48..] {
+            assert_eq!(w.check(k), Check::Claimed, "released");
+        }
+        assert_eq!(w.len(), 48);
+        // Committed again in a newer segment: each key keeps its first one.
+        let first = w.peek(keys[0]).unwrap();
+        let all: Vec<(Key, u32)> = keys.iter().map(|&k| (k, 1)).collect();
+        w.learn("t", 2, 0, NO_PRODUCER, &all).unwrap();
+        assert_eq!(w.peek(keys[0]), Some(first));
+        assert_eq!(w.len(), 64);
+        assert!(w.memory_bytes() > 0);
+    }
+
     #[tokio::test]
     async fn a_waiter_learns_the_first_outcome() {
         let dir = tempfile::tempdir().unwrap();
@@ -1309,8 +1466,8 @@ mod tests {
         // The next segment over capacity goes too: the failed one does not
         // stop the sweep at the oldest segment for good.
         // Two keys learned in memory only (the store refuses their segment).
-        w.insert_seen(Key(4), 98);
-        w.insert_seen(Key(5), 99);
+        w.insert_seen(1, |_| Key(4), 98);
+        w.insert_seen(1, |_| Key(5), 99);
         w.sweep().unwrap();
         assert_eq!(
             w.peek(Key(3)),
