@@ -18,13 +18,13 @@
 //! only reader before, so it is read or refused exactly as it was.
 //!
 //! why not a frame library here: the crate forbids `unsafe`, so liblz4's frame contexts
-//! (`LZ4F_*`, through lz4-sys) cannot be kept per thread, and the `lz4` crate's safe
-//! `Encoder`/`Decoder` and lz4_flex's frame types allocate their block buffers and tables per
-//! frame and copy each block through them. Measured on this project's machine (bench-like
-//! batches of 512 B JSON records, CPU s per GB, medians; docs/performance.md, "lz4 and fetch
-//! dedup"): lz4_flex frames 0.40-0.48 to decompress and 1.33-1.43 to compress; the `lz4`
-//! crate's frames 0.38-0.45 and 1.12-1.13; this framing over lz4_flex blocks 0.39-0.40 and
-//! 1.26-1.27; over liblz4 blocks 0.32-0.37 and 1.05-1.09, the fastest both ways. The frame
+//! (`LZ4F_*`, through lz4-sys) cannot be kept per thread; the `lz4` crate's safe
+//! `Encoder`/`Decoder` make new ones per frame, and lz4_flex's frame types copy every block
+//! through buffers of their own (its encoder, kept and reused, was no faster). Measured on this project's machine (bench-like
+//! batches, one thread's CPU per GB; docs/performance.md, "lz4 and fetch dedup"): lz4_flex
+//! frames 0.40-0.48 s to decompress and 1.33-1.43 to compress, lz4_flex without its safe-*
+//! features or the `lz4` crate's frames in between, this framing over liblz4's blocks
+//! 0.32-0.37 and 1.04-1.09: the fastest both ways, with no feature change. The frame
 //! format is small and fixed, the block codec is liblz4's own (`LZ4_compress_default`,
 //! `LZ4_decompress_safe`, through the `lz4` crate's safe wrappers), and the tests read every
 //! frame written here with lz4_flex and with liblz4's frame decoder.
