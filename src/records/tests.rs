@@ -731,11 +731,34 @@ fn lz4_frames_written_are_read_by_lz4_flex_and_liblz4() {
     );
 }
 
+/// `input` in one frame of liblz4's own frame encoder (LZ4F), with these settings.
+fn liblz4_frame(
+    input: &[u8],
+    size: lz4::BlockSize,
+    mode: lz4::BlockMode,
+    checksum: lz4::ContentChecksum,
+    block_checksum: lz4::liblz4::BlockChecksum,
+    content_size: u64,
+) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = lz4::EncoderBuilder::new()
+        .block_size(size)
+        .block_mode(mode)
+        .checksum(checksum)
+        .block_checksum(block_checksum)
+        .content_size(content_size)
+        .build(Vec::new())
+        .unwrap();
+    enc.write_all(input).unwrap();
+    let (frame, r) = enc.finish();
+    r.unwrap();
+    frame
+}
+
 /// Frames of every setting liblz4's frame encoder has (block sizes, linked blocks, block and
 /// content checksums, content size) are read, whether by the fast path or lz4_flex's.
 #[test]
 fn lz4_frames_of_every_liblz4_setting_are_read() {
-    use std::io::Write;
     let input = lz4_text(600_000);
     let mut seen = 0;
     for size in [
@@ -754,17 +777,14 @@ fn lz4_frames_of_every_liblz4_setting_are_read() {
                     lz4::liblz4::BlockChecksum::BlockChecksumEnabled,
                 ] {
                     for content_size in [0, input.len() as u64] {
-                        let mut enc = lz4::EncoderBuilder::new()
-                            .block_size(size.clone())
-                            .block_mode(mode.clone())
-                            .checksum(checksum.clone())
-                            .block_checksum(block_checksum.clone())
-                            .content_size(content_size)
-                            .build(Vec::new())
-                            .unwrap();
-                        enc.write_all(&input).unwrap();
-                        let (frame, r) = enc.finish();
-                        r.unwrap();
+                        let frame = liblz4_frame(
+                            &input,
+                            size.clone(),
+                            mode.clone(),
+                            checksum.clone(),
+                            block_checksum.clone(),
+                            content_size,
+                        );
                         assert_eq!(
                             decompress(Codec::Lz4, &frame, 1 << 20).unwrap(),
                             input,
@@ -783,23 +803,18 @@ fn lz4_frames_of_every_liblz4_setting_are_read() {
 /// when they disagree.
 #[test]
 fn lz4_checksums_and_content_sizes_are_checked() {
-    use std::io::Write;
     let input = lz4_text(150_000);
     use lz4::liblz4::BlockChecksum::{BlockChecksumEnabled, NoBlockChecksum};
     use lz4::ContentChecksum::{ChecksumEnabled, NoChecksum};
-    let frame = |checksum: lz4::ContentChecksum,
-                 block_checksum: lz4::liblz4::BlockChecksum,
-                 content_size: u64| {
-        let mut enc = lz4::EncoderBuilder::new()
-            .block_size(lz4::BlockSize::Max64KB)
-            .block_mode(lz4::BlockMode::Independent)
-            .checksum(checksum.clone())
-            .block_checksum(block_checksum.clone())
-            .content_size(content_size)
-            .build(Vec::new())
-            .unwrap();
-        enc.write_all(&input).unwrap();
-        enc.finish().0
+    let frame = |checksum, block_checksum, content_size| {
+        liblz4_frame(
+            &input,
+            lz4::BlockSize::Max64KB,
+            lz4::BlockMode::Independent,
+            checksum,
+            block_checksum,
+            content_size,
+        )
     };
     // content checksum: the last 4 bytes
     let mut v = frame(ChecksumEnabled, NoBlockChecksum, 0);
