@@ -50,6 +50,14 @@
 //! The proxy runs as its own process (the release binary), so its CPU time is
 //! read from /proc apart from the client's and the broker's.
 //!
+//! `--base-bin PATH` runs the three idemgate paths a second time in every
+//! round and case with another build of idemgate (another commit's release
+//! binary), as `idemgate@base`, `idemgate-fetch@base` and
+//! `idemgate-fetch-reread@base`, right after the first three, so a change is
+//! measured against its base on the same machine at the same time; the
+//! table then ends with the new/base ratios. `--new-bin PATH` runs the other
+//! idemgate paths with that binary instead of the one cargo built.
+//!
 //! `--json PATH` writes every row of the table to PATH as JSON lines, for
 //! scripts/perf-report; what is printed stays the same.
 
@@ -60,10 +68,11 @@ mod common;
 #[path = "../proto-tests/support/mod.rs"]
 mod support;
 
-use common::{block_on, create_topic, median, samples, JsonOut, Records, RunFlags};
+use common::{binary, block_on, create_topic, median, samples, JsonOut, Records, RunFlags};
 use support::proc::cpu_seconds;
 use support::{free_port, free_port_range, ProxyLog, ProxyProcess, Tansu};
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -88,6 +97,31 @@ struct Args {
     /// A copy re-writes a chunk at least this many records back.
     distance: usize,
     cases: Vec<Case>,
+    /// The idemgate the paths run (`None`: the one cargo built).
+    new_bin: Option<PathBuf>,
+    /// Another build of idemgate for the `@base` twins.
+    base_bin: Option<PathBuf>,
+}
+
+impl Args {
+    /// The binary `path` runs.
+    fn binary(&self, path: Path) -> Option<&std::path::Path> {
+        if path.base {
+            self.base_bin.as_deref()
+        } else {
+            self.new_bin.as_deref()
+        }
+    }
+
+    /// Every path of a round, in order: the `@base` twins after the others.
+    fn paths(&self) -> Vec<Path> {
+        let new = KINDS.iter().map(|&kind| Path { kind, base: false });
+        let base = KINDS
+            .iter()
+            .filter(|k| **k != Kind::Direct && self.base_bin.is_some())
+            .map(|&kind| Path { kind, base: true });
+        new.chain(base).collect()
+    }
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -124,6 +158,13 @@ struct Cli {
     /// codec or codec-NN (NN % of the log copies), comma-separated.
     #[arg(long, default_value = "none,none-30,lz4,lz4-30")]
     cases: String,
+    /// Another build of idemgate (its release binary): each idemgate path
+    /// again with it, as its `@base` twin.
+    #[arg(long, value_name = "PATH", value_parser = binary)]
+    base_bin: Option<PathBuf>,
+    /// The idemgate the other paths run (default: the one cargo built).
+    #[arg(long, value_name = "PATH", value_parser = binary)]
+    new_bin: Option<PathBuf>,
 }
 
 fn args() -> Args {
@@ -135,6 +176,8 @@ fn args() -> Args {
         rounds: cli.run.rounds,
         distance: 0,
         cases: Vec::new(),
+        new_bin: cli.new_bin,
+        base_bin: cli.base_bin,
     };
     let (distance, cases) = (cli.distance, cli.cases);
     assert!(
@@ -171,32 +214,50 @@ fn args() -> Args {
 // === Paths ===
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Path {
+enum Kind {
     Direct,
     Idemgate,
     IdemgateFetch,
     IdemgateFetchReread,
 }
 
-const PATHS: [Path; 4] = [
-    Path::Direct,
-    Path::Idemgate,
-    Path::IdemgateFetch,
-    Path::IdemgateFetchReread,
+const KINDS: [Kind; 4] = [
+    Kind::Direct,
+    Kind::Idemgate,
+    Kind::IdemgateFetch,
+    Kind::IdemgateFetchReread,
 ];
 
+/// A path: what reads, and with which idemgate.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Path {
+    kind: Kind,
+    /// Run by the `--base-bin` binary: the `@base` twin.
+    base: bool,
+}
+
 impl Path {
-    fn name(self) -> &'static str {
-        match self {
-            Path::Direct => "direct",
-            Path::Idemgate => "idemgate",
-            Path::IdemgateFetch => "idemgate-fetch",
-            Path::IdemgateFetchReread => "idemgate-fetch-reread",
+    const DIRECT: Path = Path {
+        kind: Kind::Direct,
+        base: false,
+    };
+
+    fn name(self) -> String {
+        let kind = match self.kind {
+            Kind::Direct => "direct",
+            Kind::Idemgate => "idemgate",
+            Kind::IdemgateFetch => "idemgate-fetch",
+            Kind::IdemgateFetchReread => "idemgate-fetch-reread",
+        };
+        if self.base {
+            format!("{kind}@base")
+        } else {
+            kind.to_string()
         }
     }
 
     fn dedup(self) -> bool {
-        matches!(self, Path::IdemgateFetch | Path::IdemgateFetchReread)
+        matches!(self.kind, Kind::IdemgateFetch | Kind::IdemgateFetchReread)
     }
 }
 
@@ -213,7 +274,7 @@ struct Proxy {
 /// A fresh idemgate (fresh store, so an empty window) in front of
 /// `upstream`. With `dedup`, one fetch rule covers every topic: content keys,
 /// `mode = "drop"`.
-fn start_proxy(upstream: &str, dedup: bool) -> Proxy {
+fn start_proxy(upstream: &str, dedup: bool, binary: Option<&std::path::Path>) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let (ports, last) = free_port_range(8);
@@ -232,11 +293,11 @@ fn start_proxy(upstream: &str, dedup: bool) -> Proxy {
     let path = dir.path().join("bench.toml");
     std::fs::write(&path, config).unwrap();
     // Ready: upstream seen and the (empty) window loaded.
-    let process = block_on(
-        ProxyProcess::options(&path, port, admin)
-            .log(ProxyLog::Inherit)
-            .start(),
-    );
+    let mut options = ProxyProcess::options(&path, port, admin).log(ProxyLog::Inherit);
+    if let Some(binary) = binary {
+        options = options.binary(binary.to_path_buf());
+    }
+    let process = block_on(options.start());
     // The broker listener opens after the first metadata probe.
     std::thread::sleep(Duration::from_millis(500));
     Proxy {
@@ -497,7 +558,8 @@ fn measure(
     log: &Log,
 ) -> Run {
     let topic = case.topic();
-    let pass_through = (path == Path::Idemgate).then(|| start_proxy(broker, false));
+    let pass_through =
+        (path.kind == Kind::Idemgate).then(|| start_proxy(broker, false, a.binary(path)));
     let proxy = proxy.or(pass_through.as_ref());
     let addr = proxy.map_or(broker, |p| p.bootstrap.as_str());
     let pid = proxy.map(|p| p.process.pid());
@@ -563,14 +625,26 @@ fn main() {
             .unwrap_or(0),
         support::proc::loadavg()
     );
+    let paths = a.paths();
     println!(
         "# paths: {}",
-        PATHS
+        paths
             .iter()
             .map(|p| p.name())
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let shown = |b: Option<&std::path::Path>| {
+        b.map_or("the binary cargo built".to_string(), |b| {
+            b.display().to_string()
+        })
+    };
+    if a.new_bin.is_some() || a.base_bin.is_some() {
+        println!("# idemgate: {}", shown(a.new_bin.as_deref()));
+    }
+    if let Some(base) = &a.base_bin {
+        println!("# idemgate@base: {}", base.display());
+    }
     let logs: Vec<Log> = a
         .cases
         .iter()
@@ -593,24 +667,24 @@ fn main() {
             filled.elapsed().as_secs_f64()
         );
         // Warm-up, unmeasured: the broker's and the client's first read.
-        measure(Path::Direct, &broker, None, &a, case, log);
+        measure(Path::DIRECT, &broker, None, &a, case, log);
     }
 
-    let w = PATHS.iter().map(|p| p.name().len()).max().unwrap_or(0);
+    let w = paths.iter().map(|p| p.name().len()).max().unwrap_or(0);
     let cw = a.cases.iter().map(|c| c.name().len()).max().unwrap_or(0);
     // runs[case][path][round]
     let mut runs: Vec<Vec<Vec<Run>>> = a
         .cases
         .iter()
-        .map(|_| PATHS.iter().map(|_| Vec::new()).collect())
+        .map(|_| paths.iter().map(|_| Vec::new()).collect())
         .collect();
     for round in 0..a.rounds {
         println!("# round {round}: load average {}", support::proc::loadavg());
         for (c, (case, log)) in a.cases.iter().zip(&logs).enumerate() {
             let mut dedup_proxy = None;
-            for (p, &path) in PATHS.iter().enumerate() {
-                if path == Path::IdemgateFetch {
-                    dedup_proxy = Some(start_proxy(&broker, true));
+            for (p, &path) in paths.iter().enumerate() {
+                if path.kind == Kind::IdemgateFetch {
+                    dedup_proxy = Some(start_proxy(&broker, true, a.binary(path)));
                 }
                 let proxy = if path.dedup() {
                     dedup_proxy.as_ref()
@@ -650,7 +724,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (c, case) in a.cases.iter().enumerate() {
         let direct = &runs[c][0];
-        for (p, &path) in PATHS.iter().enumerate() {
+        for (p, &path) in paths.iter().enumerate() {
             let rs = &runs[c][p];
             let med = |f: &dyn Fn(&Run) -> f64| median(rs.iter().map(f).collect());
             // Ratios to direct in the same round, then their median.
@@ -658,7 +732,7 @@ fn main() {
                 median(rs.iter().zip(direct).map(|(r, d)| f(r) / f(d)).collect())
             };
             let cpu = med(&|r| r.cpu);
-            let (cpu, per_gb) = if path == Path::Direct {
+            let (cpu, per_gb) = if path == Path::DIRECT {
                 ("-".to_string(), "-".to_string())
             } else {
                 (format!("{cpu:.2}"), format!("{:.2}", cpu / gb))
@@ -675,14 +749,14 @@ fn main() {
                 ratio(&|r| r.whole),
                 rs[0].delivered,
             );
-            let proxied = path != Path::Direct;
+            let proxied = path != Path::DIRECT;
             json.write(serde_json::json!({
                 "kind": "fetch",
                 "case": case.name(),
                 "codec": case.codec,
                 "dup_pct": case.dup_pct,
                 "path": path.name(),
-                "baseline": Path::Direct.name(),
+                "baseline": Path::DIRECT.name(),
                 "records": a.records,
                 "size": a.size,
                 "partitions": a.partitions,
@@ -700,10 +774,56 @@ fn main() {
             }));
         }
     }
+    if a.base_bin.is_some() {
+        versus_base(&a, &paths, &runs, gb, &mut json);
+    }
     println!(
         "\nrec/s, MB/s: the log's records (copies included) and payload, from the first record to the \
          last marker; first record: from creating the consumer; whole read: both; vs direct: the \
          median of each round's ratio to direct; delivered: what the consumer got (with the fetch \
          rule each logical record once); proxy CPU: user + system, per GB of the log's payload."
     );
+}
+
+/// With `--base-bin`: each idemgate path against its `@base` twin, round by
+/// round (both read the same log in the same round), then the median.
+fn versus_base(a: &Args, paths: &[Path], runs: &[Vec<Vec<Run>>], gb: f64, json: &mut JsonOut) {
+    println!();
+    println!("| case | path | rec/s new/base | whole read new/base | proxy CPU s/GB, new / base | CPU new/base |");
+    println!("|---|---|---|---|---|---|");
+    for (c, case) in a.cases.iter().enumerate() {
+        for (p, &path) in paths.iter().enumerate() {
+            if path.base || path.kind == Kind::Direct {
+                continue;
+            }
+            let Some(b) = paths.iter().position(|q| q.base && q.kind == path.kind) else {
+                continue;
+            };
+            let (new, base) = (&runs[c][p], &runs[c][b]);
+            let ratio = |f: &dyn Fn(&Run) -> f64| {
+                median(new.iter().zip(base).map(|(n, b)| f(n) / f(b)).collect())
+            };
+            let cpu = |rs: &[Run]| median(rs.iter().map(|r| r.cpu).collect()) / gb;
+            println!(
+                "| {} | {} | {:.3} x | {:.3} x | {:.2} / {:.2} | {:.2} x |",
+                case.name(),
+                path.name(),
+                ratio(&|r| r.rate),
+                ratio(&|r| r.whole),
+                cpu(new),
+                cpu(base),
+                ratio(&|r| r.cpu),
+            );
+            json.write(serde_json::json!({
+                "kind": "fetch-versus-base",
+                "case": case.name(),
+                "path": path.name(),
+                "rate_new_over_base": ratio(&|r| r.rate),
+                "whole_read_new_over_base": ratio(&|r| r.whole),
+                "proxy_cpu_s_per_gb": cpu(new),
+                "proxy_cpu_s_per_gb_base": cpu(base),
+                "cpu_new_over_base": ratio(&|r| r.cpu),
+            }));
+        }
+    }
 }

@@ -85,7 +85,7 @@ mod common;
 #[path = "../proto-tests/support/mod.rs"]
 mod support;
 
-use common::{block_on, create_topic, median, samples, JsonOut, Records, RunFlags};
+use common::{binary, block_on, create_topic, median, samples, JsonOut, Records, RunFlags};
 use support::proc::cpu_seconds;
 use support::{free_port, free_port_range, ProxyLog, ProxyProcess, RawConn, Tansu};
 
@@ -175,13 +175,6 @@ struct Cli {
     /// bench, with the dev-dependencies' features).
     #[arg(long, value_name = "PATH", value_parser = binary)]
     new_bin: Option<PathBuf>,
-}
-
-fn binary(v: &str) -> Result<PathBuf, String> {
-    let path = std::fs::canonicalize(v).map_err(|e| format!("{v}: {e}"))?;
-    path.is_file()
-        .then_some(path)
-        .ok_or_else(|| format!("{v}: not a file"))
 }
 
 fn replay_share(v: &str) -> Result<f64, String> {

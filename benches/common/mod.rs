@@ -116,6 +116,14 @@ pub struct RunFlags {
     pub bench: bool,
 }
 
+/// `--base-bin` / `--new-bin`: another build of idemgate, an existing file.
+pub fn binary(v: &str) -> Result<std::path::PathBuf, String> {
+    let path = std::fs::canonicalize(v).map_err(|e| format!("{v}: {e}"))?;
+    path.is_file()
+        .then_some(path)
+        .ok_or_else(|| format!("{v}: not a file"))
+}
+
 // === Machine-readable output ===
 
 /// `--json PATH`: every figure a bench prints in its tables, also written to

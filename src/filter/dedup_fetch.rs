@@ -95,6 +95,9 @@ pub struct FetchPlan {
 struct Pass {
     /// Segments read back for positions, per response.
     segments: HashMap<u64, Option<SegmentPositions>>,
+    /// Segments this response learned, as learned: made into positions only
+    /// when a later record of the response asks (most reads never do).
+    learned: HashMap<u64, Learned>,
     /// The newest segment a drop rests on: on disk before the response leaves.
     rests_on: Option<u64>,
     counts: TopicCounts,
@@ -103,6 +106,29 @@ struct Pass {
 impl Pass {
     fn rest_on(&mut self, segment: u64) {
         self.rests_on = Some(self.rests_on.map_or(segment, |s| s.max(segment)));
+    }
+}
+
+/// A segment this response wrote: its keys and their offset deltas.
+struct Learned {
+    topic: String,
+    partition: i32,
+    base: i64,
+    keys: Vec<(Key, u32)>,
+}
+
+impl Learned {
+    fn into_positions(self) -> SegmentPositions {
+        let base = self.base;
+        SegmentPositions {
+            topic: self.topic,
+            partition: self.partition,
+            offsets: self
+                .keys
+                .into_iter()
+                .map(|(k, delta)| (k, base + i64::from(delta)))
+                .collect(),
+        }
     }
 }
 
@@ -357,7 +383,10 @@ impl FetchDedup {
             secret: self.config.dedup.key_secret.as_ref(),
         };
         let drop = rule.mode == Mode::Drop;
-        let mut actions = vec![Action::Keep; batch.len()];
+        // why: made at the first drop; most batches keep every record.
+        let mut actions: Vec<Action> = Vec::new();
+        // why: sized at the first key learned (a re-read learns none), so they
+        // do not grow and rehash record by record.
         let mut learn: Vec<(Key, u32)> = Vec::new();
         let mut learning: HashSet<Key, KeyBuildHasher> = HashSet::default();
         let mut rests_on_learning = false;
@@ -400,6 +429,9 @@ impl FetchDedup {
             match duplicate_of {
                 None => {}
                 Some(rests_on) if drop => {
+                    if actions.is_empty() {
+                        actions = vec![Action::Keep; batch.len()];
+                    }
                     actions[record.index()] = Action::Drop;
                     pass.counts.dropped += 1;
                     match rests_on {
@@ -420,17 +452,14 @@ impl FetchDedup {
             .learn_segment(topic, partition, base, writer, &learn)
         {
             Ok(Some(segment)) => {
-                let offsets = learn
-                    .iter()
-                    .map(|(k, delta)| (*k, base + i64::from(*delta)))
-                    .collect();
-                pass.segments.insert(
+                pass.learned.insert(
                     segment,
-                    Some(SegmentPositions {
+                    Learned {
                         topic: topic.to_string(),
                         partition,
-                        offsets,
-                    }),
+                        base,
+                        keys: learn,
+                    },
                 );
                 if rests_on_learning {
                     pass.rest_on(segment);
@@ -448,7 +477,7 @@ impl FetchDedup {
                 }
             }
         }
-        if !actions.contains(&Action::Drop) {
+        if actions.is_empty() {
             return None;
         }
         // A batch emptied whole goes as a marker consumers move past (kafkajs
@@ -475,9 +504,12 @@ impl FetchDedup {
     }
 
     /// Where the window says `key` first sat, from `segment` (read once per
-    /// response).
+    /// response, or learned by it).
     fn first_place(&self, pass: &mut Pass, segment: u64, topic: &str, key: Key) -> Option<Place> {
         let positions = pass.segments.entry(segment).or_insert_with(|| {
+            if let Some(learned) = pass.learned.remove(&segment) {
+                return Some(learned.into_positions());
+            }
             self.window
                 .segment_positions(segment)
                 .unwrap_or_else(|e| {

@@ -11,6 +11,8 @@ use zstd::zstd_safe::{
 
 use super::{be_i32, Codec, RecordsError};
 
+mod lz4_frame;
+
 /// xerial snappy-java stream header: magic, version 1, compatible version 1.
 const XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
 pub(super) const XERIAL_HEADER: &[u8; 16] = b"\x82SNAPPY\x00\x00\x00\x00\x01\x00\x00\x00\x01";
@@ -69,12 +71,7 @@ pub fn decompress(codec: Codec, src: &[u8], limit: usize) -> Result<Vec<u8>, Rec
             flate2::read::MultiGzDecoder::new(src),
             limit,
         ),
-        Codec::Lz4 => read_bounded(
-            codec,
-            src.len(),
-            lz4_flex::frame::FrameDecoder::new(src),
-            limit,
-        ),
+        Codec::Lz4 => lz4_frame::decompress(src, limit),
         Codec::Zstd => zstd_decompress(src, limit),
         Codec::Snappy => snappy_decompress(src, limit),
     }
@@ -248,16 +245,9 @@ pub fn compress_into(codec: Codec, src: &[u8], out: &mut Vec<u8>) -> Result<(), 
             enc.write_all(src).map_err(|e| compress_err(codec, e))?;
             enc.finish().map_err(|e| compress_err(codec, e))?;
         }
-        Codec::Lz4 => {
-            // why: Java's KafkaLZ4BlockInputStream refuses dependent blocks, and BD block
-            // sizes other than 64 KiB..4 MiB; lz4_flex's "Auto" size is pinned explicitly.
-            let info = lz4_flex::frame::FrameInfo::new()
-                .block_mode(lz4_flex::frame::BlockMode::Independent)
-                .block_size(lz4_flex::frame::BlockSize::Max64KB);
-            let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, &mut *out);
-            enc.write_all(src).map_err(|e| compress_err(codec, e))?;
-            enc.finish().map_err(|e| compress_err(codec, e))?;
-        }
+        // why: Java's KafkaLZ4BlockInputStream refuses dependent blocks, and BD block sizes
+        // other than 64 KiB..4 MiB; lz4_frame writes its exact shape.
+        Codec::Lz4 => lz4_frame::compress_into(src, out)?,
         Codec::Zstd => zstd_compress(src, out)?,
         Codec::Snappy => {
             // why: xerial framing, not raw snappy: Java can't read raw snappy batches

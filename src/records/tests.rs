@@ -648,6 +648,227 @@ fn lz4_frames_use_independent_64k_blocks() {
     assert_eq!((out[5] >> 4) & 0x07, 4, "64 KiB blocks");
 }
 
+/// Text like the benches' records (JSON with repeated words), so blocks compress.
+fn lz4_text(len: usize) -> Vec<u8> {
+    let words = [
+        "order", "shipped", "customer", "invoice", "amount", "note", "pending",
+    ];
+    let mut v = Vec::with_capacity(len + 16);
+    let mut i = 0u64;
+    while v.len() < len {
+        i = i
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        v.extend_from_slice(
+            format!(
+                "{{\"id\":{},\"w\":\"{}\"}} ",
+                i >> 40,
+                words[(i >> 60) as usize % words.len()]
+            )
+            .as_bytes(),
+        );
+    }
+    v.truncate(len);
+    v
+}
+
+/// Bytes that do not compress (a block of them is stored as it is).
+fn lz4_noise(len: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn lz4_inputs() -> Vec<Vec<u8>> {
+    let mut mixed = lz4_text(100_000);
+    mixed.extend(lz4_noise(70_000));
+    mixed.extend(lz4_text(40_000));
+    vec![
+        Vec::new(),
+        vec![7],
+        lz4_text(65_536),
+        lz4_text(65_537),
+        lz4_text(300_000),
+        lz4_noise(200_000),
+        mixed,
+    ]
+}
+
+/// Every frame written is read back by both other LZ4 readers there are here: lz4_flex's and
+/// liblz4's own frame decoder (LZ4F, which librdkafka uses), and by ours.
+#[test]
+fn lz4_frames_written_are_read_by_lz4_flex_and_liblz4() {
+    use std::io::Read;
+    for input in lz4_inputs() {
+        let mut frame = Vec::new();
+        compress_into(Codec::Lz4, &input, &mut frame).unwrap();
+        let mut flex = Vec::new();
+        lz4_flex::frame::FrameDecoder::new(&frame[..])
+            .read_to_end(&mut flex)
+            .unwrap();
+        assert_eq!(flex, input, "lz4_flex, {} bytes", input.len());
+        let mut c = Vec::new();
+        lz4::Decoder::new(&frame[..])
+            .unwrap()
+            .read_to_end(&mut c)
+            .unwrap();
+        assert_eq!(c, input, "liblz4, {} bytes", input.len());
+        assert_eq!(decompress(Codec::Lz4, &frame, 1 << 20).unwrap(), input);
+    }
+    // appended after what is already in the buffer (the batch header), not over it
+    let mut out = b"header".to_vec();
+    compress_into(Codec::Lz4, b"records", &mut out).unwrap();
+    assert_eq!(&out[..6], b"header");
+    assert_eq!(
+        decompress(Codec::Lz4, &out[6..], 1 << 20).unwrap(),
+        b"records"
+    );
+}
+
+/// `input` in one frame of liblz4's own frame encoder (LZ4F), with these settings.
+fn liblz4_frame(
+    input: &[u8],
+    size: lz4::BlockSize,
+    mode: lz4::BlockMode,
+    checksum: lz4::ContentChecksum,
+    block_checksum: lz4::liblz4::BlockChecksum,
+    content_size: u64,
+) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = lz4::EncoderBuilder::new()
+        .block_size(size)
+        .block_mode(mode)
+        .checksum(checksum)
+        .block_checksum(block_checksum)
+        .content_size(content_size)
+        .build(Vec::new())
+        .unwrap();
+    enc.write_all(input).unwrap();
+    let (frame, r) = enc.finish();
+    r.unwrap();
+    frame
+}
+
+/// Frames of every setting liblz4's frame encoder has (block sizes, linked blocks, block and
+/// content checksums, content size) are read, whether by the fast path or lz4_flex's.
+#[test]
+fn lz4_frames_of_every_liblz4_setting_are_read() {
+    let input = lz4_text(600_000);
+    let mut seen = 0;
+    for size in [
+        lz4::BlockSize::Max64KB,
+        lz4::BlockSize::Max256KB,
+        lz4::BlockSize::Max1MB,
+        lz4::BlockSize::Max4MB,
+    ] {
+        for mode in [lz4::BlockMode::Independent, lz4::BlockMode::Linked] {
+            for checksum in [
+                lz4::ContentChecksum::NoChecksum,
+                lz4::ContentChecksum::ChecksumEnabled,
+            ] {
+                for block_checksum in [
+                    lz4::liblz4::BlockChecksum::NoBlockChecksum,
+                    lz4::liblz4::BlockChecksum::BlockChecksumEnabled,
+                ] {
+                    for content_size in [0, input.len() as u64] {
+                        let frame = liblz4_frame(
+                            &input,
+                            size.clone(),
+                            mode.clone(),
+                            checksum.clone(),
+                            block_checksum.clone(),
+                            content_size,
+                        );
+                        assert_eq!(
+                            decompress(Codec::Lz4, &frame, 1 << 20).unwrap(),
+                            input,
+                            "{size:?} {mode:?} {checksum:?} {block_checksum:?} {content_size}"
+                        );
+                        seen += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(seen, 64);
+}
+
+/// Checksums and sizes the frame carries are checked; what they cover is never returned
+/// when they disagree.
+#[test]
+fn lz4_checksums_and_content_sizes_are_checked() {
+    let input = lz4_text(150_000);
+    use lz4::liblz4::BlockChecksum::{BlockChecksumEnabled, NoBlockChecksum};
+    use lz4::ContentChecksum::{ChecksumEnabled, NoChecksum};
+    let frame = |checksum, block_checksum, content_size| {
+        liblz4_frame(
+            &input,
+            lz4::BlockSize::Max64KB,
+            lz4::BlockMode::Independent,
+            checksum,
+            block_checksum,
+            content_size,
+        )
+    };
+    // content checksum: the last 4 bytes
+    let mut v = frame(ChecksumEnabled, NoBlockChecksum, 0);
+    let n = v.len();
+    v[n - 1] ^= 1;
+    assert!(decompress(Codec::Lz4, &v, 1 << 20).is_err());
+    // a block checksum: the 4 bytes after the first block
+    let mut v = frame(NoChecksum, BlockChecksumEnabled, 0);
+    let first = u32::from_le_bytes(v[7..11].try_into().unwrap()) & 0x7fff_ffff;
+    v[11 + first as usize] ^= 1;
+    assert!(decompress(Codec::Lz4, &v, 1 << 20).is_err());
+    // a content size one short of what the blocks hold, with the header checksum fixed up
+    let mut v = frame(NoChecksum, NoBlockChecksum, input.len() as u64);
+    v[6..14].copy_from_slice(&(input.len() as u64 - 1).to_le_bytes());
+    v[14] = (xxhash_rust::xxh32::xxh32(&v[4..14], 0) >> 8) as u8;
+    assert!(decompress(Codec::Lz4, &v, 1 << 20).is_err());
+    // a wrong header checksum (KIP-57: v2 batches always carry the right one)
+    let mut v = Vec::new();
+    compress_into(Codec::Lz4, &input, &mut v).unwrap();
+    v[6] ^= 1;
+    assert!(decompress(Codec::Lz4, &v, 1 << 20).is_err());
+    // a block past the frame's block size
+    let mut v = Vec::new();
+    compress_into(Codec::Lz4, &input, &mut v).unwrap();
+    v[7..11].copy_from_slice(&(65_537u32 | 0x8000_0000).to_le_bytes());
+    assert!(decompress(Codec::Lz4, &v, 1 << 20).is_err());
+}
+
+/// Concatenated frames are read one after another (as lz4_flex did), and a frame of many
+/// tiny blocks that each claim a 4 MiB block size comes back whole.
+#[test]
+fn lz4_concatenated_frames_and_tiny_blocks() {
+    let mut two = Vec::new();
+    compress_into(Codec::Lz4, b"first ", &mut two).unwrap();
+    compress_into(Codec::Lz4, b"second", &mut two).unwrap();
+    assert_eq!(
+        decompress(Codec::Lz4, &two, 1 << 20).unwrap(),
+        b"first second"
+    );
+    // 4 MiB blocks (BD 7), 20,000 stored blocks of 3 bytes
+    let descriptor = [0x60u8, 0x70];
+    let mut v = vec![0x04, 0x22, 0x4d, 0x18, descriptor[0], descriptor[1]];
+    v.push((xxhash_rust::xxh32::xxh32(&descriptor, 0) >> 8) as u8);
+    for _ in 0..20_000 {
+        v.extend_from_slice(&(3u32 | 0x8000_0000).to_le_bytes());
+        v.extend_from_slice(b"abc");
+    }
+    v.extend_from_slice(&[0; 4]);
+    assert_eq!(
+        decompress(Codec::Lz4, &v, 1 << 20).unwrap(),
+        b"abc".repeat(20_000)
+    );
+}
+
 // === splice ===
 
 fn keep_all_but(n: usize, drop: &[usize]) -> Vec<bool> {
@@ -1453,5 +1674,25 @@ fn bench_splice() {
             (rounds * 1000) as f64 / secs,
             bytes.len()
         );
+    }
+}
+
+proptest! {
+    /// A frame read here is read the same by lz4_flex, whatever byte of it is changed: the
+    /// fast path never returns records lz4_flex would not (it may refuse a block lz4_flex takes
+    /// but liblz4 and Java's lz4-java do not).
+    #[test]
+    fn lz4_damaged_frames_never_read_differently(at in 0usize..4000, bit in 0u8..8, len in 1usize..200_000) {
+        use std::io::Read;
+        let mut frame = Vec::new();
+        compress_into(Codec::Lz4, &lz4_text(len), &mut frame).unwrap();
+        let at = at % frame.len();
+        frame[at] ^= 1 << bit;
+        if let Ok(ours) = decompress(Codec::Lz4, &frame, 1 << 20) {
+            let mut flex = Vec::new();
+            let theirs = lz4_flex::frame::FrameDecoder::new(&frame[..]).read_to_end(&mut flex);
+            prop_assert!(theirs.is_ok(), "byte {at}: ours read it, lz4_flex did not");
+            prop_assert_eq!(ours, flex);
+        }
     }
 }
