@@ -2012,47 +2012,41 @@ mod tests {
         );
     }
 
-    /// The retry of a lost bet goes whole even when the first attempt's
-    /// records could not be learned (an unwritable store): it does not lose
-    /// the bet again and again, writing the new records each time.
+    /// The retry of a lost bet goes whole even when nothing was learned from
+    /// the first attempt (an unwritable store; acks=1, where no key is
+    /// learned and no offset noted): it does not lose the bet again and
+    /// again, writing the new records each time.
     #[tokio::test]
-    async fn a_lost_bet_retried_while_the_store_refuses_writes_goes_whole_once() {
-        let b = bench("drop");
-        let mut s = Session::default();
-        send(&b, &mut s, batch(&["a", "b"], NO_PRODUCER, -1), 0).await;
-        b.dedup.window.store().refuse_writes();
-        let cut = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 3).await;
-        assert_eq!(cut.unwrap().0, ["c"]);
-        assert_eq!(
-            LAST_ERROR.with(|e| e.get()),
-            NOT_ENOUGH_REPLICAS_AFTER_APPEND
-        );
-        let retry = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 4).await;
-        assert_eq!(retry.unwrap().0, ["a", "b", "c"]);
-        assert_eq!(LAST_ERROR.with(|e| e.get()), 0);
-        assert_eq!(
-            b.dedup.metrics.dedup.fail_open_count(FailOpen::Unnumbered),
-            3
-        );
-    }
-
-    /// The same with acks=1: nothing is learned from an answer (no key, no
-    /// offset), so only the remembered lost bet sends the retry whole.
-    #[tokio::test]
-    async fn a_lost_bet_retried_with_acks_1_goes_whole_once() {
-        let b = bench("drop");
-        let mut s = Session::default();
-        send(&b, &mut s, batch(&["a", "b"], NO_PRODUCER, -1), 0).await;
-        ACKS.with(|a| a.set(1));
-        let cut = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 3).await;
-        let retry = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 4).await;
-        let error = LAST_ERROR.with(|e| e.get());
-        ACKS.with(|a| a.set(-1));
-        assert_eq!(cut.unwrap().0, ["c"]);
-        assert_eq!(retry.unwrap().0, ["a", "b", "c"]);
-        assert_eq!(error, 0);
-        let retried = &b.dedup.metrics.dedup.prefix_bets_lost_retried;
-        assert_eq!(retried.load(std::sync::atomic::Ordering::Relaxed), 1);
+    async fn a_lost_bet_retried_without_learning_the_first_attempt_goes_whole_once() {
+        for refuse_writes in [true, false] {
+            let b = bench("drop");
+            let mut s = Session::default();
+            send(&b, &mut s, batch(&["a", "b"], NO_PRODUCER, -1), 0).await;
+            if refuse_writes {
+                b.dedup.window.store().refuse_writes();
+            } else {
+                ACKS.with(|a| a.set(1));
+            }
+            let cut = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 3).await;
+            let lost = LAST_ERROR.with(|e| e.get());
+            let retry = send(&b, &mut s, batch(&["a", "b", "c"], NO_PRODUCER, -1), 4).await;
+            let error = LAST_ERROR.with(|e| e.get());
+            ACKS.with(|a| a.set(-1));
+            assert_eq!(cut.unwrap().0, ["c"]);
+            assert_eq!(lost, NOT_ENOUGH_REPLICAS_AFTER_APPEND);
+            assert_eq!(
+                retry.unwrap().0,
+                ["a", "b", "c"],
+                "refuse_writes {refuse_writes}"
+            );
+            assert_eq!(error, 0);
+            let dedup = &b.dedup.metrics.dedup;
+            assert_eq!(dedup.fail_open_count(FailOpen::Unnumbered), 3);
+            let retried = dedup
+                .prefix_bets_lost_retried
+                .load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(retried, 1);
+        }
     }
 
     /// No bet is made where this process saw a record written after the
