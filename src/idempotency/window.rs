@@ -1165,6 +1165,9 @@ mod tests {
         }
         let pos = b.position(Key(2)).unwrap().unwrap();
         assert_eq!((pos.partition, pos.offset), (3, 101));
+        // What A's broker wrote is known to B too (a replayed prefix's bet).
+        assert!(b.written_after("orders", 3, 101));
+        assert!(!b.written_after("orders", 3, 102));
         // Learned again: nothing new, nothing stored twice.
         assert_eq!(b.learn_encoded(&segments[0]).unwrap(), Some((0, acked_ms)));
         // A peer's segments are not published again.
