@@ -13,12 +13,14 @@ use crate::error::{Error, Side};
 
 mod bounds;
 mod fields;
+mod produce_splice;
 
 pub use bounds::Bounded;
 pub use fields::{
     cap_fetch_max_bytes, fetch_isolation_level, fetch_max_wait, join_group_rebalance_timeout,
     produce_acks_and_timeout, raise_throttle_time,
 };
+pub use produce_splice::{splice_produce, PartitionEdit};
 
 /// Where the message starts in a response frame body: after `correlation_id`
 /// and, for flexible versions (response header v1), the header's tagged fields.
