@@ -1710,6 +1710,22 @@ mod tests {
         (values, b.header().base_sequence)
     }
 
+    /// The frame a request goes on as, when it must be rewritten (`why`
+    /// says why, if it is not).
+    async fn rewritten(
+        b: &Bench,
+        s: &mut Session,
+        head: &RequestHead,
+        f: &mut BytesMut,
+        why: impl std::fmt::Display,
+    ) -> BytesMut {
+        let identity = Identity::from_client_id("connector-producer-orders-0");
+        match b.dedup.on_request(s, &identity, head, f, -1).await.unwrap() {
+            Outcome::Rewritten(new, _plan) => new,
+            _ => panic!("not rewritten: {why}"),
+        }
+    }
+
     /// Sends one batch through and acknowledges it at `offset`; returns what
     /// went upstream (`None`: answered by the proxy).
     async fn send(
@@ -2007,14 +2023,7 @@ mod tests {
 
         // A small batch is tagged as always.
         let (head, mut f) = frame(batch(&["small"], NO_PRODUCER, -1));
-        let Outcome::Rewritten(new, _plan) = b
-            .dedup
-            .on_request(&mut s, &identity, &head, &mut f, -1)
-            .await
-            .unwrap()
-        else {
-            panic!("tagged");
-        };
+        let new = rewritten(&b, &mut s, &head, &mut f, "tagged").await;
         let head = RequestHead::peek(&new).unwrap();
         assert_eq!(tagged_records(&head, &new), (1, 1));
         assert_eq!(b.dedup.metrics.dedup.untagged_too_large.load(Relaxed), 1);
@@ -2023,7 +2032,6 @@ mod tests {
     #[tokio::test]
     async fn one_key_in_two_partitions_of_a_request_never_waits_on_itself() {
         let b = bench("drop");
-        let identity = Identity::from_client_id("connector-producer-orders-0");
         let partition = |index: i32| {
             PartitionProduceData::default()
                 .with_index(index)
@@ -2039,14 +2047,14 @@ mod tests {
         let head = RequestHead::peek(&bytes).unwrap();
         let mut f = BytesMut::from(&bytes[..]);
         let mut s = Session::default();
-        let Outcome::Rewritten(new, _plan) = b
-            .dedup
-            .on_request(&mut s, &identity, &head, &mut f, -1)
-            .await
-            .unwrap()
-        else {
-            panic!("both copies tagged and forwarded");
-        };
+        let new = rewritten(
+            &b,
+            &mut s,
+            &head,
+            &mut f,
+            "both copies tagged and forwarded",
+        )
+        .await;
         let head = RequestHead::peek(&new).unwrap();
         let sent: ProduceRequest = message::decode_request(&new, &head).unwrap();
         assert_eq!(
@@ -2070,7 +2078,6 @@ mod tests {
     /// ones replaced, a null one and the rest as they came.
     #[tokio::test]
     async fn a_rewritten_request_is_the_crates_encoding_of_what_it_says() {
-        let identity = Identity::from_client_id("connector-producer-orders-0");
         for version in 3..=12 {
             let b = bench("drop");
             let mut s = Session::default();
@@ -2106,14 +2113,14 @@ mod tests {
             let bytes = message::encode_request(ApiKey::Produce, version, 7, &req).unwrap();
             let head = RequestHead::peek(&bytes).unwrap();
             let mut f = BytesMut::from(&bytes[..]);
-            let Outcome::Rewritten(new, _plan) = b
-                .dedup
-                .on_request(&mut s, &identity, &head, &mut f, -1)
-                .await
-                .unwrap()
-            else {
-                panic!("v{version}: a replay answered, the rest tagged");
-            };
+            let new = rewritten(
+                &b,
+                &mut s,
+                &head,
+                &mut f,
+                format!("v{version}: a replay answered, the rest tagged"),
+            )
+            .await;
             assert_eq!(
                 f, bytes,
                 "v{version}: the client's frame is left as it came"
