@@ -1719,11 +1719,16 @@ mod tests {
         f: &mut BytesMut,
         why: impl std::fmt::Display,
     ) -> BytesMut {
-        let identity = Identity::from_client_id("connector-producer-orders-0");
-        match b.dedup.on_request(s, &identity, head, f, -1).await.unwrap() {
+        match filtered(b, s, head, f).await {
             Outcome::Rewritten(new, _plan) => new,
             _ => panic!("not rewritten: {why}"),
         }
+    }
+
+    /// What the filter makes of a request of the connector's task.
+    async fn filtered(b: &Bench, s: &mut Session, head: &RequestHead, f: &mut BytesMut) -> Outcome {
+        let identity = Identity::from_client_id("connector-producer-orders-0");
+        b.dedup.on_request(s, &identity, head, f, -1).await.unwrap()
     }
 
     /// Sends one batch through and acknowledges it at `offset`; returns what
@@ -2163,15 +2168,9 @@ mod tests {
     #[tokio::test]
     async fn an_unchanged_request_keeps_its_buffer() {
         let b = bench_with("drop", "tag = false");
-        let identity = Identity::from_client_id("connector-producer-orders-0");
         let (head, mut f) = frame(batch(&["a", "b"], NO_PRODUCER, -1));
         let at = f.as_ptr();
-        let mut s = Session::default();
-        let out = b
-            .dedup
-            .on_request(&mut s, &identity, &head, &mut f, -1)
-            .await
-            .unwrap();
+        let out = filtered(&b, &mut Session::default(), &head, &mut f).await;
         assert!(matches!(out, Outcome::Unchanged(_)));
         assert_eq!(f.as_ptr(), at);
     }
