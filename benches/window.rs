@@ -684,13 +684,16 @@ async fn drive(dedup: &ProduceDedup, exchanges: &[Exchange], timers: &mut [Durat
     let mut session = Session::default();
     let mut tally = Tally::default();
     for x in exchanges {
+        // The filter takes the frame as the pipeline owns it (outside the
+        // timing: the pipeline has it without a copy).
+        let mut frame = x.frame.clone();
         let t0 = Instant::now();
-        let head = RequestHead::peek(&x.frame).expect("a request head");
+        let head = RequestHead::peek(&frame).expect("a request head");
         let (acks, _) =
-            message::produce_acks_and_timeout(&x.frame, head.body_offset, head.api_version)
+            message::produce_acks_and_timeout(&frame, head.body_offset, head.api_version)
                 .expect("acks");
         let outcome = dedup
-            .on_request(&mut session, &identity, &head, &x.frame, acks)
+            .on_request(&mut session, &identity, &head, &mut frame, acks)
             .await
             .expect("on_request");
         let t1 = Instant::now();
@@ -698,7 +701,7 @@ async fn drive(dedup: &ProduceDedup, exchanges: &[Exchange], timers: &mut [Durat
         let plan = match outcome {
             Outcome::Unchanged(plan) => {
                 tally.unchanged += 1;
-                tally.forwarded_bytes += x.frame.len();
+                tally.forwarded_bytes += frame.len();
                 plan
             }
             Outcome::Rewritten(frame, plan) => {

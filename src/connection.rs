@@ -1,7 +1,8 @@
 //! One client connection: transport only. Frames in, each through the
 //! filter stack (`pipeline.rs`) to upstream, responses out in request order.
 //!
-//! Three loops share the connection, joined so that one failing ends all:
+//! Three loops share the connection, joined so that one failing ends all
+//! (one task; `wakes.rs` takes their wakes of each other at once):
 //!
 //! ```text
 //! client ──frames──▶ read_requests ──stack──▶ upstream (upstream.rs: correlation ids, in-flight queue)
@@ -51,6 +52,7 @@ use crate::tls::{self, ClientTlsStream};
 use crate::upstream::{
     self, shrink_read_buffer, write_frame, Exchanger, Reply, UpstreamStream, QUIET,
 };
+use crate::wakes::InlineWakes;
 
 /// Which listener a client came in on.
 #[derive(Debug, Clone, Copy)]
@@ -302,7 +304,9 @@ where
     );
     let writer: BoxFuture<'_, Result<(), Error>> =
         Box::pin(write_responses(conn, client_w, slot_rx));
-    tokio::try_join!(requests, responses, writer)?;
+    // The three loops hand every request on to each other from inside the
+    // task's poll: polled again at once, not yielded to another worker.
+    InlineWakes::new(async { tokio::try_join!(requests, responses, writer) }).await?;
     Ok(())
 }
 

@@ -43,6 +43,8 @@
 //! client socket
 //!   → server.rs       listeners (bootstrap + one per broker), admission, drain
 //!   → connection.rs   one client: frames in → the stack → responses out, in order
+//!                     (one task; wakes.rs polls it again at once when its loops
+//!                     wake each other, instead of a yield to another worker)
 //!   → codec.rs        length-checked frames; api_key/version/correlation_id/client_id peeked
 //!   → pipeline.rs     the filter stack, in order; filter/: one file per filter
 //!                     (mod.rs the Filter trait and its one Layer/Service;
@@ -50,7 +52,8 @@
 //!   → message.rs      the only place messages are decoded, and only when a filter asks;
 //!                     a response at most once (ResponseFrame), encoded again only if changed;
 //!                     message/bounds.rs checks every length against the frame first;
-//!                     message/fields.rs reads and patches a few fields in place
+//!                     message/fields.rs reads and patches a few fields in place;
+//!                     message/produce_splice.rs writes a changed Produce by splicing
 //!   → upstream.rs     broker connections: the exchange (correlation ids, in-flight
 //!                     queue, acks=0, deadlines), the proxy's own Metadata probe and
 //!                     DescribeConfigs lookups
@@ -132,3 +135,4 @@ mod topic_config;
 pub mod topology;
 mod upkeep;
 mod upstream;
+mod wakes;

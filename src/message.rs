@@ -13,12 +13,14 @@ use crate::error::{Error, Side};
 
 mod bounds;
 mod fields;
+mod produce_splice;
 
 pub use bounds::Bounded;
 pub use fields::{
     cap_fetch_max_bytes, fetch_isolation_level, fetch_max_wait, join_group_rebalance_timeout,
     produce_acks_and_timeout, raise_throttle_time,
 };
+pub use produce_splice::{splice_produce, PartitionEdit};
 
 /// Where the message starts in a response frame body: after `correlation_id`
 /// and, for flexible versions (response header v1), the header's tagged fields.
@@ -287,16 +289,38 @@ pub fn decode_request<T: Decodable + Bounded>(
     head: &crate::codec::RequestHead,
 ) -> Option<T> {
     let mut body = frame.get(head.body_offset..)?;
-    if let Err(refused) = bounds::check(T::SCHEMA, head.api_version, body) {
-        tracing::debug!(
-            api_key = ?head.api_key,
-            version = head.api_version,
-            %refused,
-            "request not decoded"
-        );
+    if !bounded::<T>(body, head) {
         return None;
     }
     T::decode(&mut body, head.api_version).ok()
+}
+
+/// Whether the bounds check lets a request body be decoded.
+fn bounded<T: Bounded>(body: &[u8], head: &crate::codec::RequestHead) -> bool {
+    match bounds::check(T::SCHEMA, head.api_version, body) {
+        Ok(_) => true,
+        Err(refused) => {
+            tracing::debug!(
+                api_key = ?head.api_key,
+                version = head.api_version,
+                %refused,
+                "request not decoded"
+            );
+            false
+        }
+    }
+}
+
+/// [`decode_request`] from shared bytes: its `Bytes` fields (a Produce's
+/// records) are slices of `frame`, not copies.
+pub fn decode_request_shared<T: Decodable + Bounded>(
+    frame: &Bytes,
+    head: &crate::codec::RequestHead,
+) -> Option<T> {
+    if !bounded::<T>(frame.get(head.body_offset..)?, head) {
+        return None;
+    }
+    T::decode(&mut frame.slice(head.body_offset..), head.api_version).ok()
 }
 
 /// Encodes a response of our own making (answered locally, never sent upstream).

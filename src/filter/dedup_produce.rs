@@ -56,7 +56,7 @@ use crate::idempotency::transactions::{Transactions, TxnPart};
 use crate::idempotency::window::{Check, Claim, Producer, Window, NO_PRODUCER};
 use crate::idempotency::Key;
 use crate::identity::Identity;
-use crate::message::{self, ResponseFrame};
+use crate::message::{self, PartitionEdit, ResponseFrame};
 use crate::records::{
     self, Action, BatchItem, Batches, DecodedBatch, HeaderRef, RawBatch, RecordsError, SpliceMode,
     Spliced,
@@ -389,19 +389,42 @@ impl ProduceDedup {
         }
     }
 
-    /// Filters one Produce request with acks 1 or all.
+    /// Filters one Produce request with acks 1 or all. `frame` is left as
+    /// it came (the same buffer, not a copy), for [`Outcome::Unchanged`].
     pub async fn on_request(
         &self,
         session: &mut Session,
         identity: &Identity,
         head: &RequestHead,
-        frame: &BytesMut,
+        frame: &mut BytesMut,
+        acks: i16,
+    ) -> Result<Outcome, Error> {
+        // Decoded from shared bytes, the request's records are slices of the
+        // frame, not copies of it; once the decoded request is dropped the
+        // frame is this buffer alone again and goes back as it was. (Copied
+        // only should something still hold a slice of it.)
+        let shared = std::mem::take(frame).freeze();
+        let outcome = self
+            .filter_request(session, identity, head, &shared, acks)
+            .await;
+        *frame = shared
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        outcome
+    }
+
+    async fn filter_request(
+        &self,
+        session: &mut Session,
+        identity: &Identity,
+        head: &RequestHead,
+        frame: &Bytes,
         acks: i16,
     ) -> Result<Outcome, Error> {
         // A request that does not decode, or that the bounds check refuses
         // (a length the frame cannot hold), goes on as it came, for the
         // broker to judge.
-        let Some(mut req) = message::decode_request::<ProduceRequest>(frame, head) else {
+        let Some(req) = message::decode_request_shared::<ProduceRequest>(frame, head) else {
             let reason = if head.api_version < ApiKey::Produce.valid_versions().min {
                 FailOpen::OldVersion
             } else {
@@ -488,15 +511,21 @@ impl ProduceDedup {
         // Keys this request claimed: in another of its partitions, a key of
         // its own is in flight with it, not elsewhere (no wait, both go).
         let mut mine: HashSet<Key, KeyBuildHasher> = HashSet::default();
-        for topic in &mut req.topic_data {
-            let name = topic.name.0.clone();
+        // What becomes of each partition in the frame sent on.
+        let mut edits: Vec<Vec<PartitionEdit>> = Vec::with_capacity(req.topic_data.len());
+        for topic in &req.topic_data {
+            let name = &topic.name.0;
             let mut topic_plan = TopicPlan {
-                name: name.clone(),
+                // Its own copy: a slice would hold the whole frame until the
+                // answer comes, past the memory budget's release.
+                name: StrBytes::from_string(name.to_string()),
                 partitions: Vec::with_capacity(topic.partition_data.len()),
             };
+            let mut topic_edits = Vec::with_capacity(topic.partition_data.len());
             let rule = self.rule(name.as_str(), identity);
             let mut counts = TopicCounts::default();
-            for partition in &mut topic.partition_data {
+            for partition in &topic.partition_data {
+                let mut edit = PartitionEdit::Keep;
                 let kind = match (rule, &partition.records) {
                     (Some(rule), Some(records)) => {
                         let (kind, new_records) = self
@@ -510,17 +539,20 @@ impl ProduceDedup {
                             )
                             .await;
                         if let Some(bytes) = new_records {
-                            partition.records = Some(bytes);
+                            edit = PartitionEdit::Replace(bytes);
                             changed = true;
                         }
                         kind
                     }
                     _ => PartitionKind::untouched(),
                 };
+                // Answered here: it leaves the request.
                 if let PartitionKind::Refused { .. } = kind {
+                    edit = PartitionEdit::Remove;
                     changed = true;
                 }
                 if let PartitionKind::Answered { base_offset } = kind {
+                    edit = PartitionEdit::Remove;
                     changed = true;
                     tracing::debug!(
                         topic = %name,
@@ -533,7 +565,9 @@ impl ProduceDedup {
                     index: partition.index,
                     kind,
                 });
+                topic_edits.push(edit);
             }
+            edits.push(topic_edits);
             if rule.is_some() {
                 dropped_total += counts.dropped;
                 self.metrics.dedup.add(&label, name.as_str(), counts);
@@ -551,20 +585,12 @@ impl ProduceDedup {
             return Ok(Outcome::Unchanged(plan.has_commits().then_some(plan)));
         }
 
-        // Partitions answered here leave the request; topics left empty too.
-        for (topic, topic_plan) in req.topic_data.iter_mut().zip(&plan.topics) {
-            let mut answered = topic_plan.partitions.iter().map(|p| {
-                matches!(
-                    p.kind,
-                    PartitionKind::Answered { .. } | PartitionKind::Refused { .. }
-                )
-            });
-            topic
-                .partition_data
-                .retain(|_| !answered.next().unwrap_or(false));
-        }
-        req.topic_data.retain(|t| !t.partition_data.is_empty());
-        if req.topic_data.is_empty() {
+        // Every partition answered here: nothing goes upstream.
+        let forwarded = edits
+            .iter()
+            .flatten()
+            .any(|e| !matches!(e, PartitionEdit::Remove));
+        if !forwarded {
             self.metrics
                 .dedup
                 .answered_locally
@@ -579,15 +605,19 @@ impl ProduceDedup {
             )
             .map(Outcome::Answer);
         }
-        let mut out = BytesMut::with_capacity(frame.len() + 1024);
-        out.extend_from_slice(&frame[..head.body_offset]);
-        req.encode(&mut out, head.api_version)
-            .map_err(|source| Error::Codec {
-                api: api_name(ApiKey::Produce),
-                version: head.api_version,
-                side: Side::Internal,
-                source,
-            })?;
+        // The frame with only what changed written anew (partitions answered
+        // here out, topics left empty too), as the crate would encode it.
+        if let Some(out) =
+            message::splice_produce(frame, head.body_offset, head.api_version, &edits)
+        {
+            return Ok(Outcome::Rewritten(out, plan));
+        }
+        // Not expected (the frame decoded as this request): encoded whole.
+        tracing::warn!(
+            version = head.api_version,
+            "a Produce request that decoded did not splice: encoded again"
+        );
+        let out = encode_edited(req, frame, head, edits)?;
         Ok(Outcome::Rewritten(out, plan))
     }
 
@@ -1496,6 +1526,38 @@ fn merge(
 }
 
 /// Records in a whole request, from batch headers.
+/// The request with `edits` applied, encoded whole behind the frame's
+/// header: what [`message::splice_produce`] writes, the slow way.
+fn encode_edited(
+    mut req: ProduceRequest,
+    frame: &[u8],
+    head: &RequestHead,
+    edits: Vec<Vec<PartitionEdit>>,
+) -> Result<BytesMut, Error> {
+    for (topic, edits) in req.topic_data.iter_mut().zip(edits) {
+        let mut edits = edits.into_iter();
+        topic.partition_data.retain_mut(|p| match edits.next() {
+            Some(PartitionEdit::Replace(new)) => {
+                p.records = Some(new);
+                true
+            }
+            Some(PartitionEdit::Remove) => false,
+            Some(PartitionEdit::Keep) | None => true,
+        });
+    }
+    req.topic_data.retain(|t| !t.partition_data.is_empty());
+    let mut out = BytesMut::with_capacity(frame.len() + 1024);
+    out.extend_from_slice(&frame[..head.body_offset]);
+    req.encode(&mut out, head.api_version)
+        .map_err(|source| Error::Codec {
+            api: api_name(ApiKey::Produce),
+            version: head.api_version,
+            side: Side::Internal,
+            source,
+        })?;
+    Ok(out)
+}
+
 fn request_records(req: &ProduceRequest) -> u64 {
     req.topic_data
         .iter()
@@ -1588,7 +1650,7 @@ impl<'a> Filter<'a> for DedupProduce<'a> {
                     let state = &mut *state;
                     let identity = state.identity.as_ref().expect("set by the identity filter");
                     match dedup
-                        .on_request(&mut state.session, identity, head, &ex.frame, acks)
+                        .on_request(&mut state.session, identity, head, &mut ex.frame, acks)
                         .await?
                     {
                         Outcome::Unchanged(None) => return next(ex).await,
@@ -1779,6 +1841,27 @@ mod tests {
         (values, b.header().base_sequence)
     }
 
+    /// The frame a request goes on as, when it must be rewritten (`why`
+    /// says why, if it is not).
+    async fn rewritten(
+        b: &Bench,
+        s: &mut Session,
+        head: &RequestHead,
+        f: &mut BytesMut,
+        why: impl std::fmt::Display,
+    ) -> BytesMut {
+        match filtered(b, s, head, f).await {
+            Outcome::Rewritten(new, _plan) => new,
+            _ => panic!("not rewritten: {why}"),
+        }
+    }
+
+    /// What the filter makes of a request of the connector's task.
+    async fn filtered(b: &Bench, s: &mut Session, head: &RequestHead, f: &mut BytesMut) -> Outcome {
+        let identity = Identity::from_client_id("connector-producer-orders-0");
+        b.dedup.on_request(s, &identity, head, f, -1).await.unwrap()
+    }
+
     /// Sends one batch through and acknowledges it at `offset`; returns what
     /// went upstream (`None`: answered by the proxy).
     async fn send(
@@ -1789,10 +1872,10 @@ mod tests {
     ) -> Option<(Vec<String>, i32)> {
         let identity = Identity::from_client_id("connector-producer-orders-0");
         let sent = decode_batch(records.clone()).unwrap().len();
-        let (head, f) = frame(records);
+        let (head, mut f) = frame(records);
         match b
             .dedup
-            .on_request(session, &identity, &head, &f, ACKS.with(|a| a.get()))
+            .on_request(session, &identity, &head, &mut f, ACKS.with(|a| a.get()))
             .await
             .unwrap()
         {
@@ -2141,11 +2224,11 @@ mod tests {
         let big: Vec<&str> = big.iter().map(String::as_str).collect();
         let records = batch(&big, NO_PRODUCER, -1);
         assert!(records.len() <= BROKER_MAX_BATCH_BYTES);
-        let (head, f) = frame(records);
+        let (head, mut f) = frame(records);
         let mut s = Session::default();
         let out = b
             .dedup
-            .on_request(&mut s, &identity, &head, &f, -1)
+            .on_request(&mut s, &identity, &head, &mut f, -1)
             .await
             .unwrap();
         let Outcome::Unchanged(Some(_plan)) = out else {
@@ -2155,15 +2238,8 @@ mod tests {
         assert_eq!(b.dedup.metrics.dedup.untagged_too_large.load(Relaxed), 1);
 
         // A small batch is tagged as always.
-        let (head, f) = frame(batch(&["small"], NO_PRODUCER, -1));
-        let Outcome::Rewritten(new, _plan) = b
-            .dedup
-            .on_request(&mut s, &identity, &head, &f, -1)
-            .await
-            .unwrap()
-        else {
-            panic!("tagged");
-        };
+        let (head, mut f) = frame(batch(&["small"], NO_PRODUCER, -1));
+        let new = rewritten(&b, &mut s, &head, &mut f, "tagged").await;
         let head = RequestHead::peek(&new).unwrap();
         assert_eq!(tagged_records(&head, &new), (1, 1));
         assert_eq!(b.dedup.metrics.dedup.untagged_too_large.load(Relaxed), 1);
@@ -2172,7 +2248,6 @@ mod tests {
     #[tokio::test]
     async fn one_key_in_two_partitions_of_a_request_never_waits_on_itself() {
         let b = bench("drop");
-        let identity = Identity::from_client_id("connector-producer-orders-0");
         let partition = |index: i32| {
             PartitionProduceData::default()
                 .with_index(index)
@@ -2186,16 +2261,16 @@ mod tests {
                 .with_partition_data(vec![partition(0), partition(1)])]);
         let bytes = message::encode_request(ApiKey::Produce, VERSION, 7, &req).unwrap();
         let head = RequestHead::peek(&bytes).unwrap();
-        let f = BytesMut::from(&bytes[..]);
+        let mut f = BytesMut::from(&bytes[..]);
         let mut s = Session::default();
-        let Outcome::Rewritten(new, _plan) = b
-            .dedup
-            .on_request(&mut s, &identity, &head, &f, -1)
-            .await
-            .unwrap()
-        else {
-            panic!("both copies tagged and forwarded");
-        };
+        let new = rewritten(
+            &b,
+            &mut s,
+            &head,
+            &mut f,
+            "both copies tagged and forwarded",
+        )
+        .await;
         let head = RequestHead::peek(&new).unwrap();
         let sent: ProduceRequest = message::decode_request(&new, &head).unwrap();
         assert_eq!(
@@ -2210,6 +2285,105 @@ mod tests {
             "no wait on its own key"
         );
         assert_eq!(dedup.fail_open_count(FailOpen::PendingTimeout), 0);
+    }
+
+    /// A changed request is written by splicing the frame (only what
+    /// changed written anew), and the bytes are the ones kafka-protocol
+    /// encodes for what they say, in every version the filter changes,
+    /// classic and flexible: a partition answered here taken out, changed
+    /// ones replaced, a null one and the rest as they came.
+    #[tokio::test]
+    async fn a_rewritten_request_is_the_crates_encoding_of_what_it_says() {
+        for version in 3..=12 {
+            let b = bench("drop");
+            let mut s = Session::default();
+            // Acknowledged once: a replay from now on.
+            send(&b, &mut s, batch(&["r1", "r2"], NO_PRODUCER, -1), 0).await;
+            let part = |index: i32, records: Option<Bytes>| {
+                PartitionProduceData::default()
+                    .with_index(index)
+                    .with_records(records)
+            };
+            let topic = |name: &'static str, parts| {
+                TopicProduceData::default()
+                    .with_name(StrBytes::from_static_str(name).into())
+                    .with_partition_data(parts)
+            };
+            let req = ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(30_000)
+                .with_topic_data(vec![
+                    topic(
+                        "orders",
+                        vec![
+                            part(0, Some(batch(&["r1", "r2"], NO_PRODUCER, -1))),
+                            part(1, Some(batch(&["n1"], NO_PRODUCER, -1))),
+                            part(2, None),
+                        ],
+                    ),
+                    topic(
+                        "audit",
+                        vec![part(0, Some(batch(&["a"; 130], NO_PRODUCER, -1)))],
+                    ),
+                ]);
+            let bytes = message::encode_request(ApiKey::Produce, version, 7, &req).unwrap();
+            let head = RequestHead::peek(&bytes).unwrap();
+            let mut f = BytesMut::from(&bytes[..]);
+            let new = rewritten(
+                &b,
+                &mut s,
+                &head,
+                &mut f,
+                format!("v{version}: a replay answered, the rest tagged"),
+            )
+            .await;
+            assert_eq!(
+                f, bytes,
+                "v{version}: the client's frame is left as it came"
+            );
+            let sent: ProduceRequest = message::decode_request(&new, &head).unwrap();
+            // Per topic: its partitions' indexes and record counts.
+            type Shape<'a> = Vec<(&'a str, Vec<(i32, Option<usize>)>)>;
+            let shape: Shape = sent
+                .topic_data
+                .iter()
+                .map(|t| {
+                    let parts = t.partition_data.iter();
+                    let parts = parts.map(|p| {
+                        (
+                            p.index,
+                            p.records
+                                .as_ref()
+                                .map(|r| decode_batch(r.clone()).unwrap().len()),
+                        )
+                    });
+                    (t.name.as_str(), parts.collect())
+                })
+                .collect();
+            assert_eq!(
+                shape,
+                [
+                    ("orders", vec![(1, Some(1)), (2, None)]),
+                    ("audit", vec![(0, Some(130))])
+                ],
+                "v{version}"
+            );
+            let mut encoded = BytesMut::from(&new[..head.body_offset]);
+            sent.encode(&mut encoded, version).unwrap();
+            assert_eq!(new, encoded, "v{version}: as the crate encodes it");
+        }
+    }
+
+    /// A request passed as it came is the very buffer the client's frame
+    /// was read into: decoding it copied nothing.
+    #[tokio::test]
+    async fn an_unchanged_request_keeps_its_buffer() {
+        let b = bench_with("drop", "tag = false");
+        let (head, mut f) = frame(batch(&["a", "b"], NO_PRODUCER, -1));
+        let at = f.as_ptr();
+        let out = filtered(&b, &mut Session::default(), &head, &mut f).await;
+        assert!(matches!(out, Outcome::Unchanged(_)));
+        assert_eq!(f.as_ptr(), at);
     }
 
     /// Produce v13 names topics by id only (KIP-516); the proxy does not
@@ -2240,11 +2414,11 @@ mod tests {
             api_version: 13,
             ..RequestHead::peek(&v12).unwrap()
         };
-        let f = BytesMut::from(&bytes[..]);
+        let mut f = BytesMut::from(&bytes[..]);
         let mut s = Session::default();
         let out = b
             .dedup
-            .on_request(&mut s, &identity, &head, &f, -1)
+            .on_request(&mut s, &identity, &head, &mut f, -1)
             .await
             .unwrap();
         assert!(
@@ -2357,10 +2531,10 @@ mod tests {
         answered: bool,
     ) -> Option<Result<(), i16>> {
         let identity = Identity::from_client_id("connector-producer-orders-0");
-        let (head, f) = frame(records);
+        let (head, mut f) = frame(records);
         let mut session = java_session();
         let outcome = dedup
-            .on_request(&mut session, &identity, &head, &f, -1)
+            .on_request(&mut session, &identity, &head, &mut f, -1)
             .await
             .unwrap();
         let (upstream, plan) = match outcome {
@@ -2463,10 +2637,10 @@ mod tests {
         let dedup = Arc::new(b.dedup);
         let attempt = |dedup: Arc<ProduceDedup>| async move {
             let identity = Identity::from_client_id("connector-producer-orders-0");
-            let (head, f) = frame(batch(&["a", "b", "c"], (2, 0), 0));
+            let (head, mut f) = frame(batch(&["a", "b", "c"], (2, 0), 0));
             let mut session = java_session();
             match dedup
-                .on_request(&mut session, &identity, &head, &f, -1)
+                .on_request(&mut session, &identity, &head, &mut f, -1)
                 .await
                 .unwrap()
             {
@@ -2614,14 +2788,14 @@ mod tests {
         v2.extend_from_slice(&[0xff, 0xff, 0, 1, 0, 0, 3, 0xe8, 0, 0, 0, 0]); // acks -1, timeout, no topics
         let (head, whole) = frame(batch(&["a"], NO_PRODUCER, -1));
         let cut = BytesMut::from(&whole[..whole.len() - 10]);
-        for (bytes, reason) in [
+        for (mut bytes, reason) in [
             (BytesMut::from(&v2[..]), FailOpen::OldVersion),
             (cut, FailOpen::UnreadableRequest),
         ] {
             let head = RequestHead::peek(&bytes).unwrap_or(head.clone());
             let out = b
                 .dedup
-                .on_request(&mut s, &identity, &head, &bytes, -1)
+                .on_request(&mut s, &identity, &head, &mut bytes, -1)
                 .await
                 .unwrap();
             assert!(matches!(out, Outcome::Unchanged(None)));
@@ -2660,11 +2834,11 @@ mod tests {
         // Marked gzip, holding plain records: its header reads, it does not.
         let mut bad = batch(&["x"], (5, 0), 10).to_vec();
         bad[22] |= 1;
-        let (head, f) = frame(Bytes::from(bad));
+        let (head, mut f) = frame(Bytes::from(bad));
         let mut s = Session::default();
         let out = b
             .dedup
-            .on_request(&mut s, &identity, &head, &f, -1)
+            .on_request(&mut s, &identity, &head, &mut f, -1)
             .await
             .unwrap();
         let Outcome::Answer(answer) = out else {
