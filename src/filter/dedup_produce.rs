@@ -171,8 +171,8 @@ enum LostBet {
     Retry(u64),
     /// -1, which this idempotent client numbers its records from: its retry
     /// would get the same cut (its sequence point) and the broker's
-    /// duplicate answer. Made only when nothing this process saw says the
-    /// bet is lost (`numbered`); counted.
+    /// duplicate answer. Made only when the window knows of no record
+    /// written after the first copies (`numbered`); counted.
     Misnumbered,
 }
 
@@ -1422,7 +1422,7 @@ impl ProduceDedup {
                     }
                     LostBet::Misnumbered => {
                         dedup
-                            .prefix_bets_lost_no_offset
+                            .prefix_bets_lost_minus_one
                             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::warn!(
                             "an idempotent producer's replayed prefix was cut and the broker wrote the rest apart from the first copies: answered -1, which it numbers its records from"
@@ -2160,7 +2160,7 @@ mod tests {
             (LAST_ERROR.with(|e| e.get()), LAST_BASE.with(|b| b.get())),
             (0, -1)
         );
-        let lost = &b.dedup.metrics.dedup.prefix_bets_lost_no_offset;
+        let lost = &b.dedup.metrics.dedup.prefix_bets_lost_minus_one;
         assert_eq!(lost.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 

@@ -727,8 +727,8 @@ impl Window {
     ) -> Result<u64, Error> {
         let value = Segment::encode(now_ms(), topic, partition, base_offset, producer, entries);
         // Acknowledged whether or not the store takes it.
-        if let Some(seg) = Segment::parse(&value) {
-            self.note_written(&seg);
+        if let Some(last) = entries.iter().map(|&(_, delta)| delta).max() {
+            self.note_written_at(topic, partition, base_offset + i64::from(last));
         }
         self.put_reserved(id, &value)?;
         self.insert_seen(entries.len(), |i| entries[i].0, id);

@@ -147,7 +147,7 @@ pub struct DedupMetrics {
     /// whole) or `minus_one` (an idempotent client that numbers from the
     /// base, answered -1).
     pub prefix_bets_lost_retried: AtomicU64,
-    pub prefix_bets_lost_no_offset: AtomicU64,
+    pub prefix_bets_lost_minus_one: AtomicU64,
     pub window_keys: AtomicI64,
     pub window_bytes: AtomicI64,
     pub store_bytes: AtomicI64,
@@ -212,7 +212,7 @@ impl DedupMetrics {
             pending_waits: AtomicU64::new(0),
             answered_locally: AtomicU64::new(0),
             prefix_bets_lost_retried: AtomicU64::new(0),
-            prefix_bets_lost_no_offset: AtomicU64::new(0),
+            prefix_bets_lost_minus_one: AtomicU64::new(0),
             window_keys: AtomicI64::new(0),
             window_bytes: AtomicI64::new(0),
             store_bytes: AtomicI64::new(0),

@@ -435,7 +435,7 @@ fn dedup(d: &DedupMetrics, e: &mut DescriptorEncoder) -> Result<(), Error> {
         "answer",
         [
             ("retried", &d.prefix_bets_lost_retried),
-            ("minus_one", &d.prefix_bets_lost_no_offset),
+            ("minus_one", &d.prefix_bets_lost_minus_one),
         ],
     )?;
     shared_window(&d.shared, e)
